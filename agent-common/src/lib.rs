@@ -1,0 +1,235 @@
+//! Records shared by the Spyglass eBPF programs (`spyglass-ebpf`) and the
+//! agent. Every record starts with an [`EventHeader`]; its `kind` says which
+//! struct follows. All types are `#[repr(C)]`, fixed width, explicitly
+//! padded, and their sizes are asserted at compile time so that the kernel
+//! and user sides can never silently disagree.
+//!
+//! Never renumber a kind, an op or a counter: add new ones at the end.
+#![no_std]
+
+/// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+/// Bytes of the executable path (`bprm->filename`) kept per exec.
+pub const FILENAME_LEN: usize = 512;
+/// Bytes of the argument block (`mm->arg_start..arg_end`) kept per exec.
+pub const ARGV_LEN: usize = 4096;
+
+/// Record kinds (value of [`EventHeader::kind`]).
+pub mod kind {
+    /// [`super::ExecEvent`]
+    pub const EXEC: u32 = 1;
+    /// [`super::ExitEvent`]
+    pub const EXIT: u32 = 2;
+    /// [`super::ForkEvent`]
+    pub const FORK: u32 = 3;
+    /// [`super::NetEvent`]
+    pub const NET: u32 = 4;
+}
+
+/// Network operations (value of [`NetEvent::op`]).
+pub mod net_op {
+    /// A TCP socket entered LISTEN (`listen(2)`).
+    pub const TCP_LISTEN: u8 = 1;
+    /// An outbound TCP connection finished its handshake or failed.
+    pub const TCP_CONNECT: u8 = 2;
+    /// An inbound TCP connection completed its handshake on a listener.
+    /// The accepting process is not known in the kernel at that point
+    /// (softirq); userspace attributes it to the listener's owner.
+    pub const TCP_ACCEPT: u8 = 3;
+    /// A UDP socket was bound to a local address and port (`bind(2)`).
+    pub const UDP_BIND: u8 = 4;
+    /// A UDP socket was connected to a peer (`connect(2)`).
+    pub const UDP_CONNECT: u8 = 5;
+    /// First datagram a UDP socket sent to a given peer (`sendto`/`sendmsg`).
+    pub const UDP_SEND: u8 = 6;
+}
+
+/// Outcome of a [`net_op::TCP_CONNECT`] (value of [`NetEvent::outcome`]).
+pub mod outcome {
+    /// Not applicable to this op.
+    pub const NONE: u8 = 0;
+    /// SYN_SENT -> ESTABLISHED.
+    pub const ESTABLISHED: u8 = 1;
+    /// SYN_SENT -> CLOSE: refused (RST), unreachable or timed out.
+    pub const FAILED: u8 = 2;
+}
+
+/// Flags of [`ExecEvent::flags`].
+pub mod exec_flags {
+    /// The argument block was longer than [`super::ARGV_LEN`] and was cut.
+    pub const ARGV_TRUNCATED: u32 = 1;
+    /// The argument block could not be read (page not present).
+    pub const ARGV_READ_FAILED: u32 = 2;
+    /// The executable path was longer than [`super::FILENAME_LEN`] and was cut.
+    pub const FILENAME_TRUNCATED: u32 = 4;
+    /// The parent pid could not be read.
+    pub const PPID_READ_FAILED: u32 = 8;
+}
+
+/// Per-CPU counters in the `COUNTERS` array, indexed by these values.
+/// Each increment is a record the kernel could not deliver in full.
+pub mod counter {
+    /// Ring buffer full: an exec record was dropped.
+    pub const EXEC_DROPPED: u32 = 0;
+    /// Ring buffer full: an exit record was dropped.
+    pub const EXIT_DROPPED: u32 = 1;
+    /// Ring buffer full: a fork record was dropped.
+    pub const FORK_DROPPED: u32 = 2;
+    /// Ring buffer full: a network record was dropped.
+    pub const NET_DROPPED: u32 = 3;
+    /// A kernel read failed and a record was sent with missing fields.
+    pub const READ_ERRORS: u32 = 4;
+    /// The TCP connect tracking map was full: the connect was not tracked.
+    pub const CONNECT_TRACK_FULL: u32 = 5;
+    /// Number of counters (size of the array).
+    pub const COUNT: u32 = 8;
+}
+
+/// Kernel struct field offsets the programs need, computed by the agent
+/// from `/sys/kernel/btf/vmlinux` at load time and written into the
+/// `OFFSETS` global (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `task_struct.exit_code`
+    pub task_exit_code: u32,
+    /// `task_struct.start_time` (ns since boot, monotonic)
+    pub task_start_time: u32,
+    /// `mm_struct.arg_start`
+    pub mm_arg_start: u32,
+    /// `mm_struct.arg_end`
+    pub mm_arg_end: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+
+/// Common prefix of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Thread group id (the process id userspace sees). 0 when the record
+    /// comes from interrupt context and the process is unknown.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Real uid of the task.
+    pub uid: u32,
+    /// Real gid of the task.
+    pub gid: u32,
+    /// Padding, always 0.
+    pub _pad: u32,
+    /// `bpf_ktime_get_boot_ns()` when the record was made.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the task (inode of its cgroup directory).
+    pub cgroup_id: u64,
+    /// Task command name, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
+
+/// A successful execve/execveat (`sched_process_exec`).
+///
+/// The kernel sends only the used prefix: the header and fixed fields, the
+/// filename, and `argv_len` bytes of `argv`. [`ExecEvent::FIXED_LEN`] is
+/// the offset of `filename`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Parent process (tgid of `real_parent`).
+    pub ppid: u32,
+    /// [`exec_flags`].
+    pub flags: u32,
+    /// Process start time, ns since boot (`task_struct.start_time`).
+    pub start_time_ns: u64,
+    /// Bytes of `filename` used (without NUL).
+    pub filename_len: u16,
+    /// Bytes of `argv` used: NUL-separated arguments.
+    pub argv_len: u16,
+    /// Full length of the argument block in the process, before truncation.
+    pub argv_total_len: u32,
+    /// Executable path as passed to execve (`bprm->filename`).
+    pub filename: [u8; FILENAME_LEN],
+    /// NUL-separated argument strings.
+    pub argv: [u8; ARGV_LEN],
+}
+impl ExecEvent {
+    /// Offset of `filename`: the size of the fixed part of the record.
+    pub const FIXED_LEN: usize = core::mem::size_of::<EventHeader>() + 24;
+    /// Offset of `argv`.
+    pub const ARGV_OFFSET: usize = Self::FIXED_LEN + FILENAME_LEN;
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == ExecEvent::ARGV_OFFSET + ARGV_LEN);
+
+/// A process (thread group) ended (`sched_process_exit` with `group_dead`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// `task_struct.exit_code`: `(status << 8) | signal` as in wait(2).
+    pub exit_code: u32,
+    /// Padding, always 0.
+    pub _pad: u32,
+    /// Process start time, ns since boot.
+    pub start_time_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 72);
+
+/// A new process was forked (`sched_process_fork`, threads excluded). The
+/// header describes the parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    /// Pid of the new process.
+    pub child_pid: u32,
+    /// Padding, always 0.
+    pub _pad: u32,
+    /// Child start time, ns since boot.
+    pub child_start_time_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 72);
+
+/// A listen, bind, connect, send or accept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetEvent {
+    pub header: EventHeader,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// `IPPROTO_TCP` (6) or `IPPROTO_UDP` (17).
+    pub protocol: u16,
+    /// Local port, host byte order (0 if not yet bound).
+    pub sport: u16,
+    /// Remote port, host byte order (0 for listen/bind).
+    pub dport: u16,
+    /// One of [`net_op`].
+    pub op: u8,
+    /// One of [`outcome`].
+    pub outcome: u8,
+    /// Padding, always 0.
+    pub _pad: [u8; 6],
+    /// Local address; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    /// Remote address; IPv4 in the first 4 bytes.
+    pub daddr: [u8; 16],
+    /// Kernel socket identity (socket cookie or `struct sock` address), to
+    /// correlate records of one socket. Opaque.
+    pub sock_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 112);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, repr(C), no padding holes (explicit _pad fields).
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

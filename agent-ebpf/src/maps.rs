@@ -1,0 +1,66 @@
+//! Maps shared by all probes. Sizes here are defaults; the agent may
+//! resize `EVENTS` at load time (`ring_buffer_bytes` in the config).
+use agent_common::{counter, EventHeader, ExecEvent, KernelOffsets};
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// All records, kernel -> agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Per-CPU loss and error counters, indexed by `agent_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU scratch space for building an exec record (too big for the stack).
+#[map]
+pub static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// TCP connects in flight: `struct sock` address -> the connecting task,
+/// captured at CLOSE -> SYN_SENT (process context) and consumed when the
+/// handshake ends in softirq context.
+#[map]
+pub static CONNECTS: LruHashMap<u64, EventHeader> = LruHashMap::with_max_entries(16384, 0);
+
+/// UDP (socket cookie, peer) pairs already reported, so that a stream of
+/// datagrams to one peer yields one record.
+#[map]
+pub static UDP_PEERS: LruHashMap<UdpPeerKey, u8> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpPeerKey {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+}
+
+/// Kernel struct offsets, written by the agent before load.
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_mm: 0,
+    task_exit_code: 0,
+    task_start_time: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+};
+
+/// Ring buffer fill level (bytes) above which a record wakes the reader.
+/// Below it records are submitted without a wakeup and the reader polls on
+/// a short timer: a wakeup per record costs microseconds in a VM.
+#[unsafe(no_mangle)]
+pub static WAKEUP_THRESHOLD: u64 = 1024 * 1024;
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: a plain read of a global the loader patched; volatile so the
+    // compiler does not fold the zero initializer.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}

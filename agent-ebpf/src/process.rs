@@ -1,0 +1,167 @@
+//! Process lifecycle: exec, exit and fork.
+use agent_common::{
+    counter, exec_flags, kind, ExecEvent, ExitEvent, ForkEvent, ARGV_LEN, FILENAME_LEN,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+    EbpfContext,
+};
+
+use crate::{
+    emit::{count, current_header, send, send_bytes},
+    maps::{offsets, EXEC_SCRATCH},
+    task::read,
+};
+
+/// A successful exec. Interface: classic tracepoint
+/// `sched/sched_process_exec` (stable format: `__data_loc char[] filename`
+/// at offset 8), fired after the point of no return, in the new program's
+/// context, so a failed execve never produces a record. The argument block
+/// is read from the new `mm` (`arg_start..arg_end`), already in place.
+/// Minimum kernel 3.x; `bpf_ktime_get_boot_ns` needs 5.8.
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    if try_exec(&ctx).is_err() {
+        count(counter::READ_ERRORS);
+    }
+    0
+}
+
+fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
+    let ev = EXEC_SCRATCH.get_ptr_mut(0).ok_or(-1)?;
+    // SAFETY: per-CPU scratch slot owned by this program run.
+    let ev = unsafe { &mut *ev };
+    let offs = offsets();
+    ev.header = current_header(kind::EXEC);
+    ev.flags = 0;
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+
+    ev.ppid = match read::<u64>(task, offs.task_real_parent)
+        .and_then(|parent| read::<u32>(parent, offs.task_tgid))
+    {
+        Ok(ppid) => ppid,
+        Err(_) => {
+            ev.flags |= exec_flags::PPID_READ_FAILED;
+            0
+        }
+    };
+    ev.start_time_ns = read::<u64>(task, offs.task_start_time).unwrap_or(0);
+
+    // filename: __data_loc = (len << 16) | offset from the record start.
+    // SAFETY: offset 8 is inside the tracepoint record (format file).
+    let loc: u32 = unsafe { ctx.read_at(8)? };
+    let name_len = (loc >> 16) as usize; // includes the NUL
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    // SAFETY: reading kernel memory through the checked helper.
+    let used = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.filename) }
+        .map(|s| s.len())
+        .unwrap_or(0);
+    ev.filename_len = used as u16;
+    if name_len > FILENAME_LEN {
+        ev.flags |= exec_flags::FILENAME_TRUNCATED;
+    }
+
+    // argv: the NUL-separated block between mm->arg_start and mm->arg_end.
+    let mut n: usize = 0;
+    ev.argv_total_len = 0;
+    if let Ok(mm) = read::<u64>(task, offs.task_mm) {
+        let start = read::<u64>(mm, offs.mm_arg_start).unwrap_or(0);
+        let end = read::<u64>(mm, offs.mm_arg_end).unwrap_or(0);
+        if start != 0 && end > start {
+            let total = end - start;
+            ev.argv_total_len = total as u32;
+            n = if total > ARGV_LEN as u64 {
+                ev.flags |= exec_flags::ARGV_TRUNCATED;
+                ARGV_LEN
+            } else {
+                total as usize
+            };
+            // SAFETY: dst has ARGV_LEN bytes and n <= ARGV_LEN.
+            let rc = unsafe {
+                bpf_probe_read_user(ev.argv.as_mut_ptr().cast(), n as u32, start as *const _)
+            };
+            if rc != 0 {
+                ev.flags |= exec_flags::ARGV_READ_FAILED;
+                n = 0;
+            }
+        }
+    } else {
+        ev.flags |= exec_flags::ARGV_READ_FAILED;
+    }
+    ev.argv_len = n as u16;
+    if n > ARGV_LEN {
+        return Err(-1);
+    }
+    // SAFETY: the prefix lies inside the scratch value (n <= ARGV_LEN).
+    unsafe {
+        send_bytes(
+            (ev as *const ExecEvent).cast(),
+            ExecEvent::ARGV_OFFSET + n,
+            counter::EXEC_DROPPED,
+        )
+    };
+    Ok(())
+}
+
+/// A process ended. Interface: classic tracepoint `sched/sched_process_exit`
+/// (`bool group_dead` at offset 32, kernel 6.x+); only the last thread of a
+/// thread group produces a record. `task_struct.exit_code` is set before
+/// the tracepoint fires.
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    if try_exit(&ctx).is_err() {
+        count(counter::READ_ERRORS);
+    }
+    0
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offset 32 is `group_dead` in the format file.
+    let group_dead: u8 = unsafe { ctx.read_at(32)? };
+    if group_dead == 0 {
+        return Ok(());
+    }
+    let offs = offsets();
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let ev = ExitEvent {
+        header: current_header(kind::EXIT),
+        exit_code: read::<u32>(task, offs.task_exit_code).unwrap_or(0),
+        _pad: 0,
+        start_time_ns: read::<u64>(task, offs.task_start_time).unwrap_or(0),
+    };
+    send(&ev, counter::EXIT_DROPPED);
+    Ok(())
+}
+
+/// A new process (not a thread). Interface: BTF tracepoint
+/// `tp_btf/sched_process_fork(struct task_struct *parent, struct task_struct *child)`,
+/// kernel 5.5+. Fires in the parent's context.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
+    if try_fork(&ctx).is_err() {
+        count(counter::READ_ERRORS);
+    }
+    0
+}
+
+fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let child: u64 = ctx.arg(1);
+    let offs = offsets();
+    let pid = read::<u32>(child, offs.task_pid)?;
+    let tgid = read::<u32>(child, offs.task_tgid)?;
+    if pid != tgid {
+        return Ok(()); // a new thread, not a process
+    }
+    let ev = ForkEvent {
+        header: current_header(kind::FORK),
+        child_pid: tgid,
+        _pad: 0,
+        child_start_time_ns: read::<u64>(child, offs.task_start_time).unwrap_or(0),
+    };
+    send(&ev, counter::FORK_DROPPED);
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! UDP bind, connect and first send to a peer, from cgroup socket hooks
+//! attached at the cgroup v2 root. They run only on those operations, in
+//! the calling task's context, and always allow the operation (return 1).
+use agent_common::{counter, kind, net_op, outcome, NetEvent};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::bpf_get_socket_cookie,
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
+    EbpfContext,
+};
+
+use crate::{
+    emit::{current_header, send},
+    maps::{UdpPeerKey, UDP_PEERS},
+};
+
+const IPPROTO_UDP: u16 = 17;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_DGRAM: u32 = 2;
+const ALLOW: i32 = 1;
+
+/// `cgroup/connect4` (BPF_CGROUP_INET4_CONNECT, kernel 4.17+).
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, AF_INET, net_op::UDP_CONNECT, false);
+    ALLOW
+}
+
+/// `cgroup/connect6` (BPF_CGROUP_INET6_CONNECT, kernel 4.17+).
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, AF_INET6, net_op::UDP_CONNECT, false);
+    ALLOW
+}
+
+/// `cgroup/sendmsg4` (BPF_CGROUP_UDP4_SENDMSG, kernel 4.18+): only sends
+/// with an explicit destination; deduplicated per socket and peer.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, AF_INET, net_op::UDP_SEND, true);
+    ALLOW
+}
+
+/// `cgroup/sendmsg6` (BPF_CGROUP_UDP6_SENDMSG, kernel 4.18+).
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, AF_INET6, net_op::UDP_SEND, true);
+    ALLOW
+}
+
+#[inline(always)]
+fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8, dedupe: bool) {
+    // SAFETY: the context pointer is valid for the program run.
+    let sa = unsafe { &*ctx.sock_addr };
+    if sa.type_ != SOCK_DGRAM || sa.protocol != IPPROTO_UDP as u32 {
+        return; // TCP connects are covered by inet_sock_set_state
+    }
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        // SAFETY: ctx field; the verifier allows 4-byte loads.
+        let ip4 = unsafe { core::ptr::read_volatile(&sa.user_ip4) };
+        daddr[..4].copy_from_slice(&ip4.to_ne_bytes());
+    } else {
+        daddr = ip6_words(&sa.user_ip6);
+    }
+    let dport = u16::from_be(sa.user_port as u16);
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if dedupe {
+        let key = UdpPeerKey { cookie, addr: daddr, port: dport, family, _pad: 0 };
+        if UDP_PEERS.insert(&key, &1u8, BPF_NOEXIST as u64).is_err() {
+            return; // already reported
+        }
+    }
+    let ev = NetEvent {
+        header: current_header(kind::NET),
+        family,
+        protocol: IPPROTO_UDP,
+        dport,
+        op,
+        outcome: outcome::NONE,
+        daddr,
+        sock_id: cookie,
+        ..NetEvent::default()
+    };
+    send(&ev, counter::NET_DROPPED);
+}
+
+/// `cgroup/post_bind4` (BPF_CGROUP_INET4_POST_BIND, kernel 4.17+).
+#[cgroup_sock(post_bind4)]
+pub fn post_bind4(ctx: SockContext) -> i32 {
+    on_bind(&ctx, AF_INET);
+    ALLOW
+}
+
+/// `cgroup/post_bind6` (BPF_CGROUP_INET6_POST_BIND, kernel 4.17+).
+#[cgroup_sock(post_bind6)]
+pub fn post_bind6(ctx: SockContext) -> i32 {
+    on_bind(&ctx, AF_INET6);
+    ALLOW
+}
+
+#[inline(always)]
+fn on_bind(ctx: &SockContext, family: u16) {
+    // SAFETY: the context pointer is valid for the program run.
+    let sk = unsafe { &*ctx.sock };
+    if sk.protocol != IPPROTO_UDP as u32 {
+        return; // TCP services are reported when they listen
+    }
+    let mut saddr = [0u8; 16];
+    if family == AF_INET {
+        saddr[..4].copy_from_slice(&sk.src_ip4.to_ne_bytes());
+    } else {
+        saddr = ip6_words(&sk.src_ip6);
+    }
+    // SAFETY: helper valid for cgroup_sock programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let ev = NetEvent {
+        header: current_header(kind::NET),
+        family,
+        protocol: IPPROTO_UDP,
+        sport: sk.src_port as u16,
+        op: net_op::UDP_BIND,
+        outcome: outcome::NONE,
+        saddr,
+        sock_id: cookie,
+        ..NetEvent::default()
+    };
+    send(&ev, counter::NET_DROPPED);
+}
+
+/// Copy an IPv6 address out of a socket context one 4-byte word at a time:
+/// the verifier accepts only narrow loads of these context fields.
+#[inline(always)]
+fn ip6_words(words: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: in-bounds read of a context field.
+        let w = unsafe { core::ptr::read_volatile(&words[i]) };
+        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        i += 1;
+    }
+    out
+}

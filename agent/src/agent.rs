@@ -1,0 +1,195 @@
+//! `spyglass-agent run`: load probes, start the pipeline, report the
+//! snapshot, then stream events until SIGINT/SIGTERM.
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, PerCpuArray};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::{
+    bpf::{preflight, LoadOptions, Probes},
+    config::Config,
+    event::{AgentInfo, Event, Kind},
+    pipeline::{
+        enrich::Enricher,
+        losses::{self, Totals},
+        reader::{self, ReaderStats},
+    },
+    process::{snapshot, table::Limits},
+};
+
+/// Batches in flight between stages.
+const QUEUE_BATCHES: usize = 64;
+
+fn read_counters(map: &PerCpuArray<MapData, u64>) -> Totals {
+    let mut totals: Totals = Default::default();
+    for (i, t) in totals.iter_mut().enumerate() {
+        if let Ok(values) = map.get(&(i as u32), 0) {
+            *t = values.iter().sum();
+        }
+    }
+    totals
+}
+
+pub async fn run(cfg: Config) -> Result<()> {
+    let node = cfg.node();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let cgroup_root = match &cfg.kernel.cgroup_root {
+        Some(p) => p.clone(),
+        None => preflight::cgroup2_root()?,
+    };
+    let mut probes = Probes::load(&LoadOptions {
+        ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
+        btf_path: cfg.kernel.btf_path.clone(),
+        cgroup_root: Some(cgroup_root.clone()),
+    })?;
+    let ring = probes.take_events()?;
+    let counters = probes.take_counters()?;
+    let attached = probes.status.iter().filter(|p| p.attached).count();
+    info!(attached, total = probes.status.len(), "probes attached");
+
+    // reader thread -> enrich (this task)
+    let (raw_tx, mut raw_rx) = mpsc::channel(QUEUE_BATCHES);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(ReaderStats::default());
+    let reader = {
+        let (stop, stats) = (stop.clone(), stats.clone());
+        let poll = Duration::from_millis(cfg.kernel.poll_interval_ms);
+        std::thread::Builder::new()
+            .name("ringbuf-reader".into())
+            .spawn(move || reader::run(ring, raw_tx, poll, stats, stop))
+            .context("spawning the ring buffer reader thread")?
+    };
+    // enrich -> exporter thread
+    let (out_tx, out_rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
+    let exporter = std::thread::Builder::new()
+        .name("stdout-export".into())
+        .spawn(move || crate::export::stdout::run(out_rx, std::io::stdout().lock()))
+        .context("spawning the stdout exporter thread")?;
+
+    let mut enricher = Enricher::new(
+        Limits {
+            max_entries: cfg.process.max_entries,
+            exited_retained: cfg.process.exited_retained,
+        },
+        cfg.process.ancestors,
+        node.clone(),
+    );
+
+    // Probes are live before the snapshot, so nothing falls in between.
+    let (mut snap_procs, mut snap_socks) = (None, None);
+    if cfg.snapshot.enabled {
+        let root = cgroup_root.clone();
+        let snap = tokio::task::spawn_blocking(move || snapshot::take(&root))
+            .await
+            .context("startup snapshot task")?;
+        snap_procs = Some(snap.processes.len());
+        snap_socks = Some(snap.sockets.len());
+        info!(
+            processes = snap.processes.len(),
+            sockets = snap.sockets.len(),
+            "startup snapshot"
+        );
+        let events = enricher.snapshot(snap);
+        for chunk in events.chunks(1024) {
+            out_tx.send(chunk.to_vec()).await?;
+        }
+    }
+    let mut started = Event::new(Kind::Agent, crate::clock::Clock::new().now(), node.clone());
+    started.agent = Some(AgentInfo {
+        state: "started",
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: kernel.clone(),
+        probes: probes.status.clone(),
+        snapshot_processes: snap_procs,
+        snapshot_sockets: snap_socks,
+    });
+    out_tx.send(vec![started]).await?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.losses.report_interval_ms));
+    let mut prev_counters: Totals = read_counters(&counters);
+    let mut prev_decode = 0u64;
+    let mut report_losses = |enricher: &Enricher| {
+        let cur = read_counters(&counters);
+        let decode = stats.decode_errors.load(Ordering::Relaxed);
+        let loss = losses::delta(&prev_counters, &cur, decode - prev_decode);
+        prev_counters = cur;
+        prev_decode = decode;
+        loss.map(|l| {
+            warn!(
+                exec = l.exec,
+                exit = l.exit,
+                fork = l.fork,
+                network = l.network,
+                read_errors = l.read_errors,
+                decode_errors = l.decode_errors,
+                "events lost or incomplete"
+            );
+            enricher.loss(l)
+        })
+    };
+    loop {
+        tokio::select! {
+            batch = raw_rx.recv() => {
+                let Some(batch) = batch else { break };
+                let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
+                out_tx.send(events).await?;
+            }
+            _ = tick.tick() => {
+                if let Some(ev) = report_losses(&enricher) {
+                    out_tx.send(vec![ev]).await?;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!(
+        processes = enricher.processes_tracked(),
+        records = stats.records.load(Ordering::Relaxed),
+        "stopping"
+    );
+    // Drain what the reader already has, then report final losses.
+    stop.store(true, Ordering::Relaxed);
+    while let Ok(batch) = raw_rx.try_recv() {
+        let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
+        out_tx.send(events).await?;
+    }
+    drop(raw_rx);
+    let _ = reader.join();
+    if let Some(ev) = report_losses(&enricher) {
+        out_tx.send(vec![ev]).await?;
+    }
+    let mut stopping = Event::new(Kind::Agent, crate::clock::Clock::new().now(), node);
+    stopping.agent = Some(AgentInfo {
+        state: "stopping",
+        version: env!("CARGO_PKG_VERSION"),
+        kernel,
+        probes: Vec::new(),
+        snapshot_processes: None,
+        snapshot_sockets: None,
+    });
+    out_tx.send(vec![stopping]).await?;
+    drop(out_tx);
+    let written = exporter
+        .join()
+        .map_err(|_| anyhow::anyhow!("stdout exporter thread panicked"))??;
+    info!(events = written, "stopped");
+    drop(probes);
+    Ok(())
+}

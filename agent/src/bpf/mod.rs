@@ -1,0 +1,249 @@
+//! Loading and attaching the eBPF programs, following [`probes::PROBES`].
+pub mod btf;
+pub mod preflight;
+pub mod probes;
+
+use std::{fs::File, path::Path};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, TracePoint,
+    },
+    Ebpf, EbpfLoader,
+};
+use probes::{Attach, ProbeSpec, PROBES};
+use tracing::{info, warn};
+
+/// The eBPF object built by build.rs, embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SPYGLASS_EBPF_OBJ"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("loading the eBPF object failed: {0}. Run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE")]
+    Object(#[source] aya::EbpfError),
+    #[error("the kernel verifier rejected program `{program}`: {error}\n--- verifier log (last lines) ---\n{log}\nThis is a Spyglass bug on this kernel: please report it with `uname -r` and this log")]
+    Verifier {
+        program: &'static str,
+        error: String,
+        log: String,
+    },
+    #[error("program `{program}` failed to load or attach to {target}: {source}. {fallback}")]
+    Attach {
+        program: &'static str,
+        target: String,
+        fallback: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("program `{0}` is missing from the embedded eBPF object (build mismatch)")]
+    MissingProgram(&'static str),
+    #[error("map `{0}` is missing from the embedded eBPF object (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot open the cgroup v2 root {path}: {source}")]
+    CgroupRoot {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Load settings (from the agent config).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub ring_buffer_bytes: u32,
+    pub btf_path: std::path::PathBuf,
+    pub cgroup_root: Option<std::path::PathBuf>,
+}
+
+/// Attach state of one probe, reported at start.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeStatus {
+    pub program: &'static str,
+    pub attached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Loaded and attached programs; dropping it detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub status: Vec<ProbeStatus>,
+}
+
+impl Probes {
+    /// Check the host, load the object and attach every probe of the table.
+    /// Required probes that fail abort the start; optional ones are
+    /// reported and skipped.
+    pub fn load(opts: &LoadOptions) -> Result<Self, BpfError> {
+        let host = preflight::check(&opts.btf_path)?;
+        let kernel_btf = btf::Btf::from_file(&opts.btf_path)?;
+        let offsets = kernel_btf.kernel_offsets()?;
+        drop(kernel_btf);
+        let aya_btf = aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default()).map_err(
+            |e| {
+                btf::BtfError::Read {
+                    path: opts.btf_path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            },
+        )?;
+        // Wake the reader once a quarter of the ring is full.
+        let wakeup_threshold: u64 = u64::from(opts.ring_buffer_bytes / 4);
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("WAKEUP_THRESHOLD", &wakeup_threshold, true)
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(BpfError::Object)?;
+        info!(?offsets, kernel = %host.kernel, "eBPF object loaded");
+
+        let cgroup_root = match &opts.cgroup_root {
+            Some(p) => p.clone(),
+            None => preflight::cgroup2_root()?,
+        };
+        let cgroup = File::open(&cgroup_root).map_err(|source| BpfError::CgroupRoot {
+            path: cgroup_root.display().to_string(),
+            source,
+        })?;
+
+        let mut status = Vec::new();
+        for spec in PROBES {
+            match attach(&mut ebpf, spec, &aya_btf, &cgroup, &cgroup_root) {
+                Ok(()) => status.push(ProbeStatus {
+                    program: spec.program,
+                    attached: true,
+                    error: None,
+                }),
+                Err(e) if !spec.required => {
+                    let error = error_chain(&e);
+                    warn!(program = spec.program, %error, "optional probe not attached");
+                    status.push(ProbeStatus {
+                        program: spec.program,
+                        attached: false,
+                        error: Some(error),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Self { ebpf, status })
+    }
+
+    /// Take the ring buffer of records (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, BpfError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(BpfError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| BpfError::Map {
+            name: "EVENTS",
+            source,
+        })
+    }
+
+    /// Take the per-CPU loss counters (once).
+    pub fn take_counters(&mut self) -> Result<PerCpuArray<MapData, u64>, BpfError> {
+        let map = self
+            .ebpf
+            .take_map("COUNTERS")
+            .ok_or(BpfError::MissingMap("COUNTERS"))?;
+        PerCpuArray::try_from(map).map_err(|source| BpfError::Map {
+            name: "COUNTERS",
+            source,
+        })
+    }
+}
+
+/// An error and its causes on one line (`a: b: c`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    btf: &aya::Btf,
+    cgroup: &File,
+    cgroup_root: &Path,
+) -> Result<(), BpfError> {
+    let prog = ebpf
+        .program_mut(spec.program)
+        .ok_or(BpfError::MissingProgram(spec.program))?;
+    let target = match spec.attach {
+        Attach::TracePoint { category, name } => format!("tracepoint {category}/{name}"),
+        Attach::BtfTracePoint { name } => format!("tp_btf/{name}"),
+        Attach::CgroupSockAddr | Attach::CgroupSock => {
+            format!("cgroup {}", cgroup_root.display())
+        }
+    };
+    let wrap = |source: ProgramError| match source {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            BpfError::Verifier {
+                program: spec.program,
+                error: io_error.to_string(),
+                log: tail,
+            }
+        }
+        source => BpfError::Attach {
+            program: spec.program,
+            target: target.clone(),
+            fallback: spec.fallback,
+            source,
+        },
+    };
+    let result: Result<(), ProgramError> = (|| {
+        match spec.attach {
+            Attach::TracePoint { category, name } => {
+                let p: &mut TracePoint = prog.try_into()?;
+                p.load()?;
+                p.attach(category, name)?;
+            }
+            Attach::BtfTracePoint { name } => {
+                let p: &mut BtfTracePoint = prog.try_into()?;
+                p.load(name, btf)?;
+                p.attach()?;
+            }
+            Attach::CgroupSockAddr => {
+                let p: &mut CgroupSockAddr = prog.try_into()?;
+                p.load()?;
+                // bpf_link_create: links coexist with other programs on the
+                // cgroup whatever the mode; the mode flag must be 0 (Single).
+                p.attach(cgroup, CgroupAttachMode::Single)?;
+            }
+            Attach::CgroupSock => {
+                let p: &mut CgroupSock = prog.try_into()?;
+                p.load()?;
+                p.attach(cgroup, CgroupAttachMode::Single)?;
+            }
+        }
+        Ok(())
+    })();
+    result.map_err(wrap)
+}

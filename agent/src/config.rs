@@ -1,0 +1,216 @@
+//! Agent configuration: one TOML file, every field optional with a
+//! documented default; unknown fields are errors. CLI flags override it.
+//! `spyglass-agent print-config` shows the effective configuration.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {field} = {value} is out of range: {why}")]
+    Range {
+        path: PathBuf,
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of this node in every event. Default: the host name.
+    pub node_name: Option<String>,
+    pub kernel: KernelConfig,
+    pub process: ProcessConfig,
+    pub snapshot: SnapshotConfig,
+    pub losses: LossConfig,
+}
+
+/// `[kernel]`: probes and the ring buffer.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelConfig {
+    /// Ring buffer size in bytes: a power of two, at least 64 KiB.
+    /// Default 8 MiB (about 60k exec records or 70k network records).
+    pub ring_buffer_bytes: u32,
+    /// How often the reader drains the ring buffer, in milliseconds, when
+    /// the kernel has not woken it. Default 10.
+    pub poll_interval_ms: u64,
+    /// Kernel BTF used to find struct offsets. Default /sys/kernel/btf/vmlinux.
+    pub btf_path: PathBuf,
+    /// cgroup v2 mount where socket hooks attach. Default: auto-detect
+    /// (/sys/fs/cgroup, then /sys/fs/cgroup/unified).
+    pub cgroup_root: Option<PathBuf>,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            ring_buffer_bytes: 8 * 1024 * 1024,
+            poll_interval_ms: 10,
+            btf_path: "/sys/kernel/btf/vmlinux".into(),
+            cgroup_root: None,
+        }
+    }
+}
+
+/// `[process]`: the process table.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Most processes tracked at once. Default 65536.
+    pub max_entries: usize,
+    /// Exited processes kept for late events and parent lookups. Default 4096.
+    pub exited_retained: usize,
+    /// Ancestors reported beyond the parent. Default 4.
+    pub ancestors: usize,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            max_entries: 65536,
+            exited_retained: 4096,
+            ancestors: 4,
+        }
+    }
+}
+
+/// `[snapshot]`: what existed before the agent started.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Report running processes and listening sockets at start. Default true.
+    pub enabled: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig { enabled: true }
+    }
+}
+
+/// `[losses]`: loss reporting.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// How often kernel loss counters are read, in milliseconds. A `loss`
+    /// event is emitted only when a counter moved. Default 1000.
+    pub report_interval_ms: u64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            report_interval_ms: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML text; `path` names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Read and parse a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let rb = self.kernel.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 64 * 1024 {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "kernel.ring_buffer_bytes",
+                value: rb.to_string(),
+                why: "must be a power of two of at least 65536",
+            });
+        }
+        if self.kernel.poll_interval_ms == 0 || self.kernel.poll_interval_ms > 1000 {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "kernel.poll_interval_ms",
+                value: self.kernel.poll_interval_ms.to_string(),
+                why: "must be between 1 and 1000",
+            });
+        }
+        if self.process.max_entries < 1024 {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "process.max_entries",
+                value: self.process.max_entries.to_string(),
+                why: "must be at least 1024",
+            });
+        }
+        if self.losses.report_interval_ms == 0 {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "losses.report_interval_ms",
+                value: "0".into(),
+                why: "must be at least 1",
+            });
+        }
+        Ok(())
+    }
+
+    /// The node name: configured, else the host name.
+    pub fn node(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("a.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.kernel.ring_buffer_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn defaults_round_trip_through_print_config() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(Config::parse(&text, Path::new("x")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = Config::parse("[kernel]\nring_bufer_bytes = 1\n", Path::new("/etc/s.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/s.toml") && e.contains("ring_bufer_bytes"), "{e}");
+        let e = Config::parse("[kernel]\nring_buffer_bytes = 1000\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kernel.ring_buffer_bytes") && e.contains("power of two"), "{e}");
+        let e = Config::parse("node_name = 3", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("node_name"), "{e}");
+    }
+}

@@ -1,0 +1,198 @@
+//! The agent's output event: one JSON object per line on stdout (and, later,
+//! the source of the gRPC messages). Field names are a stable contract,
+//! documented in docs/events.md: add fields, never rename or repurpose.
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+/// `kind` of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Exec,
+    Exit,
+    Fork,
+    Listen,
+    Connect,
+    Accept,
+    Loss,
+    Agent,
+}
+
+/// A process as the agent knows it when the event is made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    /// Thread that did it (equals pid for single-threaded processes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    /// Executable path as passed to execve; empty if never seen.
+    pub exe: String,
+    pub argv: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
+    /// cgroup v2 id (inode of the cgroup directory).
+    pub cgroup_id: u64,
+    /// Process start, RFC 3339 UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+}
+
+/// An ancestor in the parent chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: String,
+    pub comm: String,
+}
+
+/// Exit details.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExitInfo {
+    /// Exit status when the process exited normally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// Signal number when a signal killed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Raw `wait(2)` status word.
+    pub raw: u32,
+}
+
+/// Fork details.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ForkInfo {
+    pub child_pid: u32,
+}
+
+/// One socket endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub addr: String,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Endpoint {
+            addr: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+/// Network details for listen, connect and accept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Network {
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// What happened: `listen`, `bind` (UDP), `connect`, `send` (first UDP
+    /// datagram to a peer), `accept`.
+    pub op: &'static str,
+    pub local: Endpoint,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<Endpoint>,
+    /// TCP connect: `established` or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    /// Listen/bind on a wildcard address (0.0.0.0 or ::): reachable from
+    /// every interface of its network namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wildcard: Option<bool>,
+}
+
+/// Events the kernel or agent could not deliver, with counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Loss {
+    /// Where they were lost: `kernel` (ring buffer full) or `agent`.
+    pub stage: &'static str,
+    /// Records dropped since the previous loss event, by record kind.
+    pub exec: u64,
+    pub exit: u64,
+    pub fork: u64,
+    pub network: u64,
+    /// Records sent with fields the kernel could not read.
+    pub read_errors: u64,
+    /// TCP connects not tracked because the tracking map was full (their
+    /// outcome events carry no process).
+    pub connect_untracked: u64,
+    /// Records that failed to decode.
+    pub decode_errors: u64,
+}
+
+impl Loss {
+    pub fn total_dropped(&self) -> u64 {
+        self.exec + self.exit + self.fork + self.network + self.decode_errors
+    }
+}
+
+/// Agent lifecycle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentInfo {
+    /// `started` or `stopping`.
+    pub state: &'static str,
+    pub version: &'static str,
+    pub kernel: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::bpf::ProbeStatus>,
+    /// Processes and listening sockets reported by the startup snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_processes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_sockets: Option<usize>,
+}
+
+/// One output event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub kind: Kind,
+    /// When it happened, RFC 3339 UTC with nanoseconds.
+    pub time: String,
+    /// Node (host) name.
+    pub node: String,
+    /// Reported by the startup snapshot, not observed live.
+    pub snapshot: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Ancestor>,
+    /// Parent chain beyond `parent`, nearest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Ancestor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fork: Option<ForkInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Loss>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+}
+
+impl Event {
+    /// An event with only the common fields set.
+    pub fn new(kind: Kind, time: String, node: String) -> Self {
+        Event {
+            kind,
+            time,
+            node,
+            snapshot: false,
+            process: None,
+            parent: None,
+            ancestors: Vec::new(),
+            exit: None,
+            fork: None,
+            network: None,
+            loss: None,
+            agent: None,
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Event sinks.
+pub mod stdout;

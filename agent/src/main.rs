@@ -1,0 +1,125 @@
+//! spyglass-agent: the Spyglass node daemon.
+mod agent;
+mod bpf;
+mod clock;
+mod config;
+mod event;
+mod export;
+mod pipeline;
+mod process;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// Spyglass: eBPF runtime security telemetry for containers.
+///
+/// Events are written to stdout as JSON lines; logs go to stderr.
+#[derive(Parser, Debug)]
+#[command(name = "spyglass-agent", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without it, built-in defaults apply.
+    #[arg(long, short, global = true, env = "SPYGLASS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter for stderr (`error`, `warn`, `info`, `debug`, or a
+    /// tracing directive such as `spyglass_agent=debug`). RUST_LOG wins.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Flags that override the config file.
+#[derive(clap::Args, Debug, Default)]
+struct Overrides {
+    /// Node name reported in every event.
+    #[arg(long, global = true)]
+    node_name: Option<String>,
+    /// Ring buffer size in bytes (power of two).
+    #[arg(long, global = true)]
+    ring_buffer_bytes: Option<u32>,
+    /// Do not report processes and sockets that existed before the start.
+    #[arg(long, global = true)]
+    no_snapshot: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load the probes and stream events (the default).
+    Run,
+    /// Print the effective configuration as TOML.
+    PrintConfig,
+    /// Print the version.
+    Version,
+}
+
+fn effective_config(cli: &Cli) -> Result<Config> {
+    let mut cfg = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let o = &cli.overrides;
+    if let Some(n) = &o.node_name {
+        cfg.node_name = Some(n.clone());
+    }
+    if let Some(b) = o.ring_buffer_bytes {
+        cfg.kernel.ring_buffer_bytes = b;
+    }
+    if o.no_snapshot {
+        cfg.snapshot.enabled = false;
+    }
+    let source = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<command line>"));
+    cfg.validate(&source)?;
+    Ok(cfg)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main(cli) {
+        // `{:#}` prints the whole cause chain on one line.
+        eprintln!("spyglass-agent: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Version) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("spyglass-agent {}", env!("CARGO_PKG_VERSION"));
+            }
+            Ok(())
+        }
+        Some(Command::PrintConfig) => {
+            let cfg = effective_config(&cli)?;
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", toml::to_string(&cfg)?);
+            }
+            Ok(())
+        }
+        Some(Command::Run) | None => {
+            let cfg = effective_config(&cli)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(cfg))
+        }
+    }
+}

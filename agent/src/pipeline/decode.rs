@@ -1,0 +1,428 @@
+//! Ring buffer bytes -> typed raw events. Pure code: no I/O, no state.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use agent_common::{
+    exec_flags, kind, net_op, outcome, EventHeader, ExecEvent, ExitEvent, ForkEvent, NetEvent,
+    ARGV_LEN, FILENAME_LEN,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need} bytes of a {what} record")]
+    TooShort {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error("record has unknown kind {0} (agent and eBPF object out of step?)")]
+    UnknownKind(u32),
+    #[error("exec record declares {field} length {len}, over the maximum {max}")]
+    BadLength {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("network record has unknown op {0}")]
+    UnknownOp(u8),
+    #[error("network record has unknown address family {0}")]
+    UnknownFamily(u16),
+}
+
+/// Fields every record carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// 0 when the record came from interrupt context (task unknown).
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// ns since boot (CLOCK_BOOTTIME).
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub header: Header,
+    pub ppid: u32,
+    pub start_time_ns: u64,
+    pub filename: String,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    pub flags: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub header: Header,
+    pub exit_code: u32,
+    pub start_time_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub header: Header,
+    pub child_pid: u32,
+    pub child_start_time_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetOp {
+    TcpListen,
+    TcpConnect,
+    TcpAccept,
+    UdpBind,
+    UdpConnect,
+    UdpSend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    None,
+    Established,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub header: Header,
+    pub op: NetOp,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub outcome: Outcome,
+    pub sock_id: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawEvent {
+    Exec(Exec),
+    Exit(Exit),
+    Fork(Fork),
+    Net(Net),
+}
+
+impl RawEvent {
+    pub fn header(&self) -> &Header {
+        match self {
+            RawEvent::Exec(e) => &e.header,
+            RawEvent::Exit(e) => &e.header,
+            RawEvent::Fork(e) => &e.header,
+            RawEvent::Net(e) => &e.header,
+        }
+    }
+}
+
+fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::TooShort {
+            what,
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked; T is a repr(C) POD from agent-common, valid
+    // for any bit pattern; read_unaligned needs no alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Text up to the first NUL, lossily as UTF-8.
+pub fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// NUL-separated arguments; a trailing NUL does not add an empty one.
+pub fn split_args(block: &[u8]) -> Vec<String> {
+    let block = block.strip_suffix(&[0]).unwrap_or(block);
+    if block.is_empty() {
+        return Vec::new();
+    }
+    block
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn header(h: &EventHeader) -> Header {
+    Header {
+        pid: h.pid,
+        tid: h.tid,
+        uid: h.uid,
+        gid: h.gid,
+        ts_ns: h.ts_ns,
+        cgroup_id: h.cgroup_id,
+        comm: c_string(&h.comm),
+    }
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        2 => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        10 => Ok(IpAddr::V6(Ipv6Addr::from(*raw))),
+        f => Err(DecodeError::UnknownFamily(f)),
+    }
+}
+
+/// Decode one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let h: EventHeader = read(bytes, "header")?;
+    match h.kind {
+        kind::EXEC => {
+            let fixed = ExecEvent::ARGV_OFFSET;
+            if bytes.len() < fixed {
+                return Err(DecodeError::TooShort {
+                    what: "exec",
+                    len: bytes.len(),
+                    need: fixed,
+                });
+            }
+            // Fixed fields sit right after the header.
+            let at = std::mem::size_of::<EventHeader>();
+            let ppid: u32 = read(&bytes[at..], "exec")?;
+            let flags: u32 = read(&bytes[at + 4..], "exec")?;
+            let start_time_ns: u64 = read(&bytes[at + 8..], "exec")?;
+            let filename_len = read::<u16>(&bytes[at + 16..], "exec")? as usize;
+            let argv_len = read::<u16>(&bytes[at + 18..], "exec")? as usize;
+            if filename_len > FILENAME_LEN {
+                return Err(DecodeError::BadLength {
+                    field: "filename",
+                    len: filename_len,
+                    max: FILENAME_LEN,
+                });
+            }
+            if argv_len > ARGV_LEN {
+                return Err(DecodeError::BadLength {
+                    field: "argv",
+                    len: argv_len,
+                    max: ARGV_LEN,
+                });
+            }
+            if bytes.len() < fixed + argv_len {
+                return Err(DecodeError::TooShort {
+                    what: "exec argv",
+                    len: bytes.len(),
+                    need: fixed + argv_len,
+                });
+            }
+            let name = &bytes[ExecEvent::FIXED_LEN..ExecEvent::FIXED_LEN + filename_len];
+            Ok(RawEvent::Exec(Exec {
+                header: header(&h),
+                ppid,
+                start_time_ns,
+                filename: c_string(name),
+                argv: split_args(&bytes[fixed..fixed + argv_len]),
+                argv_truncated: flags & exec_flags::ARGV_TRUNCATED != 0,
+                flags,
+            }))
+        }
+        kind::EXIT => {
+            let e: ExitEvent = read(bytes, "exit")?;
+            Ok(RawEvent::Exit(Exit {
+                header: header(&e.header),
+                exit_code: e.exit_code,
+                start_time_ns: e.start_time_ns,
+            }))
+        }
+        kind::FORK => {
+            let e: ForkEvent = read(bytes, "fork")?;
+            Ok(RawEvent::Fork(Fork {
+                header: header(&e.header),
+                child_pid: e.child_pid,
+                child_start_time_ns: e.child_start_time_ns,
+            }))
+        }
+        kind::NET => {
+            let e: NetEvent = read(bytes, "net")?;
+            let op = match e.op {
+                net_op::TCP_LISTEN => NetOp::TcpListen,
+                net_op::TCP_CONNECT => NetOp::TcpConnect,
+                net_op::TCP_ACCEPT => NetOp::TcpAccept,
+                net_op::UDP_BIND => NetOp::UdpBind,
+                net_op::UDP_CONNECT => NetOp::UdpConnect,
+                net_op::UDP_SEND => NetOp::UdpSend,
+                other => return Err(DecodeError::UnknownOp(other)),
+            };
+            let outcome = match e.outcome {
+                outcome::ESTABLISHED => Outcome::Established,
+                outcome::FAILED => Outcome::Failed,
+                _ => Outcome::None,
+            };
+            Ok(RawEvent::Net(Net {
+                header: header(&e.header),
+                op,
+                local: SocketAddr::new(ip(e.family, &e.saddr)?, e.sport),
+                remote: SocketAddr::new(ip(e.family, &e.daddr)?, e.dport),
+                outcome,
+                sock_id: e.sock_id,
+            }))
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// Split a `wait(2)`-style exit code into (status, signal).
+pub fn split_exit_code(code: u32) -> (Option<i32>, Option<i32>) {
+    let signal = (code & 0x7f) as i32;
+    if signal == 0 {
+        (Some(((code >> 8) & 0xff) as i32), None)
+    } else {
+        (None, Some(signal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test fixtures are repr(C) PODs.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn hdr(kind: u32) -> EventHeader {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        EventHeader {
+            kind,
+            pid: 42,
+            tid: 43,
+            uid: 1000,
+            gid: 1001,
+            _pad: 0,
+            ts_ns: 123_456,
+            cgroup_id: 77,
+            comm,
+        }
+    }
+
+    fn exec_record(filename: &[u8], argv: &[u8], flags: u32) -> Vec<u8> {
+        // ExecEvent is ~4.7 KiB: build it on the heap.
+        let mut ev: Box<ExecEvent> = Box::new(unsafe { std::mem::zeroed() });
+        ev.header = hdr(kind::EXEC);
+        ev.ppid = 7;
+        ev.flags = flags;
+        ev.start_time_ns = 99;
+        ev.filename[..filename.len()].copy_from_slice(filename);
+        ev.filename_len = filename.len() as u16;
+        ev.argv[..argv.len()].copy_from_slice(argv);
+        ev.argv_len = argv.len() as u16;
+        let mut b = bytes_of(&*ev);
+        b.truncate(ExecEvent::ARGV_OFFSET + argv.len()); // as the kernel sends it
+        b
+    }
+
+    #[test]
+    fn decodes_exec_with_argv_prefix_only() {
+        let b = exec_record(b"/usr/bin/curl", b"curl\0-s\0a b\0", 0);
+        let RawEvent::Exec(e) = decode(&b).unwrap() else {
+            panic!("not exec")
+        };
+        assert_eq!(e.header.pid, 42);
+        assert_eq!(e.header.uid, 1000);
+        assert_eq!(e.header.comm, "curl");
+        assert_eq!(e.ppid, 7);
+        assert_eq!(e.filename, "/usr/bin/curl");
+        assert_eq!(e.argv, ["curl", "-s", "a b"]);
+        assert!(!e.argv_truncated);
+    }
+
+    #[test]
+    fn exec_truncation_flag_and_partial_last_arg() {
+        let b = exec_record(b"/bin/x", b"x\0yy", exec_flags::ARGV_TRUNCATED);
+        let RawEvent::Exec(e) = decode(&b).unwrap() else {
+            panic!("not exec")
+        };
+        assert_eq!(e.argv, ["x", "yy"]);
+        assert!(e.argv_truncated);
+    }
+
+    #[test]
+    fn exec_with_lying_lengths_is_rejected() {
+        let mut b = exec_record(b"/bin/x", b"x\0", 0);
+        let at = std::mem::size_of::<EventHeader>() + 18;
+        b[at..at + 2].copy_from_slice(&100u16.to_ne_bytes()); // argv_len beyond the record
+        assert!(matches!(decode(&b), Err(DecodeError::TooShort { .. })));
+        b[at..at + 2].copy_from_slice(&u16::MAX.to_ne_bytes());
+        assert!(matches!(decode(&b), Err(DecodeError::BadLength { .. })));
+    }
+
+    #[test]
+    fn decodes_exit_and_fork() {
+        let exit = ExitEvent {
+            header: hdr(kind::EXIT),
+            exit_code: 7 << 8,
+            _pad: 0,
+            start_time_ns: 5,
+        };
+        let RawEvent::Exit(e) = decode(&bytes_of(&exit)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(split_exit_code(e.exit_code), (Some(7), None));
+        assert_eq!(split_exit_code(9), (None, Some(9)));
+        let fork = ForkEvent {
+            header: hdr(kind::FORK),
+            child_pid: 4242,
+            _pad: 0,
+            child_start_time_ns: 6,
+        };
+        let RawEvent::Fork(f) = decode(&bytes_of(&fork)).unwrap() else {
+            panic!()
+        };
+        assert_eq!((f.header.pid, f.child_pid), (42, 4242));
+    }
+
+    #[test]
+    fn decodes_ipv4_and_ipv6_net() {
+        let mut ev = NetEvent {
+            header: hdr(kind::NET),
+            family: 2,
+            protocol: 6,
+            sport: 40000,
+            dport: 8080,
+            op: net_op::TCP_CONNECT,
+            outcome: outcome::FAILED,
+            ..NetEvent::default()
+        };
+        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let RawEvent::Net(n) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(n.remote, "10.1.2.3:8080".parse().unwrap());
+        assert_eq!((n.op, n.outcome), (NetOp::TcpConnect, Outcome::Failed));
+
+        ev.family = 10;
+        ev.op = net_op::TCP_LISTEN;
+        ev.saddr = Ipv6Addr::LOCALHOST.octets();
+        ev.daddr = [0; 16];
+        let RawEvent::Net(n) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.local, "[::1]:40000".parse().unwrap());
+        assert_eq!(n.op, NetOp::TcpListen);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::TooShort { .. })));
+        let mut h = bytes_of(&hdr(99));
+        assert_eq!(decode(&h), Err(DecodeError::UnknownKind(99)));
+        h[..4].copy_from_slice(&kind::NET.to_ne_bytes());
+        assert!(matches!(decode(&h), Err(DecodeError::TooShort { .. })));
+        let bad = NetEvent {
+            header: hdr(kind::NET),
+            family: 1,
+            op: net_op::TCP_LISTEN,
+            ..NetEvent::default()
+        };
+        assert_eq!(decode(&bytes_of(&bad)), Err(DecodeError::UnknownFamily(1)));
+        for n in 0..200 {
+            let junk: Vec<u8> = (0..n).map(|i| (i * 37 + n) as u8).collect();
+            let _ = decode(&junk);
+        }
+    }
+}

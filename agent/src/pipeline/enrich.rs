@@ -1,0 +1,372 @@
+//! Enrichment: raw kernel records + the process table -> output events.
+//! Owns the process table and the listener registry; runs in one task.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use super::decode::{split_exit_code, Exec, Header, Net, NetOp, Outcome, RawEvent};
+use crate::{
+    clock::Clock,
+    event::{Endpoint, Event, ExitInfo, ForkInfo, Kind, Loss, Network, Process},
+    process::{
+        snapshot::Snapshot,
+        table::{Limits, ProcInfo, ProcessTable},
+    },
+};
+
+/// Who listens on a port, to attribute accepts (which the kernel sees in
+/// softirq context, without the accepting process).
+#[derive(Default)]
+struct Listeners {
+    by_port: HashMap<(&'static str, u16), Vec<(IpAddr, u32)>>,
+}
+
+impl Listeners {
+    fn add(&mut self, protocol: &'static str, local: SocketAddr, pid: u32) {
+        let v = self.by_port.entry((protocol, local.port())).or_default();
+        v.retain(|(ip, _)| *ip != local.ip());
+        v.push((local.ip(), pid));
+    }
+
+    fn remove_pid(&mut self, pid: u32) {
+        self.by_port.retain(|_, v| {
+            v.retain(|(_, p)| *p != pid);
+            !v.is_empty()
+        });
+    }
+
+    /// Owner of the listener that accepted a connection on `local`: exact
+    /// address first, then a wildcard listener, then any on the port.
+    fn owner(&self, protocol: &'static str, local: SocketAddr) -> Option<u32> {
+        let v = self.by_port.get(&(protocol, local.port()))?;
+        v.iter()
+            .find(|(ip, _)| *ip == local.ip())
+            .or_else(|| v.iter().find(|(ip, _)| ip.is_unspecified()))
+            .or_else(|| v.first())
+            .map(|(_, pid)| *pid)
+    }
+}
+
+pub struct Enricher {
+    table: ProcessTable,
+    listeners: Listeners,
+    clock: Clock,
+    node: String,
+    depth: usize,
+}
+
+fn family(a: &SocketAddr) -> &'static str {
+    if a.is_ipv4() {
+        "ipv4"
+    } else {
+        "ipv6"
+    }
+}
+
+impl Enricher {
+    pub fn new(limits: Limits, ancestors: usize, node: String) -> Self {
+        Enricher {
+            table: ProcessTable::new(limits),
+            listeners: Listeners::default(),
+            clock: Clock::new(),
+            node,
+            depth: ancestors,
+        }
+    }
+
+    pub fn processes_tracked(&self) -> usize {
+        self.table.len()
+    }
+
+    fn event(&self, kind: Kind, ts_ns: u64) -> Event {
+        Event::new(kind, self.clock.rfc3339(ts_ns), self.node.clone())
+    }
+
+    /// Process, parent and ancestors of `pid` into `ev`. Live fields from
+    /// the record header (uid, comm, cgroup, thread) take precedence.
+    fn attach_process(&self, ev: &mut Event, pid: u32, header: Option<&Header>) {
+        let known = self.table.get(pid);
+        let mut p = match known {
+            Some(info) => self.process_of(info),
+            None => Process {
+                pid,
+                ..Process::default()
+            },
+        };
+        if let Some(h) = header.filter(|h| h.pid != 0) {
+            p.tid = Some(h.tid);
+            p.uid = h.uid;
+            p.gid = h.gid;
+            p.comm = h.comm.clone();
+            p.cgroup_id = h.cgroup_id;
+        }
+        let mut chain = self.table.ancestors(pid, self.depth + 1);
+        if chain.is_empty() && p.ppid != 0 {
+            chain.push(crate::event::Ancestor {
+                pid: p.ppid,
+                exe: String::new(),
+                comm: String::new(),
+            });
+        }
+        let mut chain = chain.into_iter();
+        ev.parent = chain.next();
+        ev.ancestors = chain.collect();
+        ev.process = Some(p);
+    }
+
+    fn process_of(&self, info: &ProcInfo) -> Process {
+        Process {
+            pid: info.pid,
+            tid: None,
+            ppid: info.ppid,
+            uid: info.uid,
+            gid: info.gid,
+            comm: info.comm.clone(),
+            exe: info.exe.clone(),
+            argv: info.argv.to_vec(),
+            argv_truncated: info.argv_truncated,
+            cgroup_id: info.cgroup_id,
+            start_time: (info.start_time_ns != 0).then(|| self.clock.rfc3339(info.start_time_ns)),
+        }
+    }
+
+    /// Seed the table with the startup snapshot and report it.
+    pub fn snapshot(&mut self, snap: Snapshot) -> Vec<Event> {
+        let mut out = Vec::with_capacity(snap.processes.len() + snap.sockets.len());
+        for info in &snap.processes {
+            self.table.upsert(info.clone());
+        }
+        let now = Clock::boot_now();
+        for info in &snap.processes {
+            let mut ev = self.event(Kind::Exec, now);
+            ev.snapshot = true;
+            self.attach_process(&mut ev, info.pid, None);
+            out.push(ev);
+        }
+        for s in &snap.sockets {
+            self.listeners.add(s.protocol, s.local, s.pid);
+            let mut ev = self.event(Kind::Listen, now);
+            ev.snapshot = true;
+            self.attach_process(&mut ev, s.pid, None);
+            ev.network = Some(Network {
+                protocol: s.protocol,
+                family: family(&s.local),
+                op: if s.protocol == "tcp" { "listen" } else { "bind" },
+                local: s.local.into(),
+                remote: None,
+                outcome: None,
+                wildcard: Some(s.local.ip().is_unspecified()),
+            });
+            out.push(ev);
+        }
+        out
+    }
+
+    /// A loss event.
+    pub fn loss(&self, loss: Loss) -> Event {
+        let mut ev = self.event(Kind::Loss, Clock::boot_now());
+        ev.loss = Some(loss);
+        ev
+    }
+
+    /// One raw record -> one event.
+    pub fn handle(&mut self, raw: RawEvent) -> Event {
+        match raw {
+            RawEvent::Exec(e) => self.on_exec(e),
+            RawEvent::Fork(f) => {
+                let parent = f.header.pid;
+                self.table.fork(parent, f.child_pid, f.child_start_time_ns);
+                let mut ev = self.event(Kind::Fork, f.header.ts_ns);
+                self.attach_process(&mut ev, f.child_pid, None);
+                if let Some(p) = ev.process.as_mut() {
+                    p.uid = f.header.uid;
+                    p.gid = f.header.gid;
+                    p.cgroup_id = f.header.cgroup_id;
+                }
+                ev.fork = Some(ForkInfo {
+                    child_pid: f.child_pid,
+                });
+                ev
+            }
+            RawEvent::Exit(x) => {
+                let pid = x.header.pid;
+                let mut ev = self.event(Kind::Exit, x.header.ts_ns);
+                self.attach_process(&mut ev, pid, Some(&x.header));
+                if let Some(p) = ev.process.as_mut() {
+                    p.tid = None;
+                }
+                let (code, signal) = split_exit_code(x.exit_code);
+                ev.exit = Some(ExitInfo {
+                    code,
+                    signal,
+                    raw: x.exit_code,
+                });
+                self.table.exit(pid);
+                self.listeners.remove_pid(pid);
+                ev
+            }
+            RawEvent::Net(n) => self.on_net(n),
+        }
+    }
+
+    fn on_exec(&mut self, e: Exec) -> Event {
+        let h = &e.header;
+        let ppid = if e.ppid != 0 {
+            e.ppid
+        } else {
+            self.table.get(h.pid).map(|p| p.ppid).unwrap_or(0)
+        };
+        self.table.upsert(ProcInfo {
+            pid: h.pid,
+            ppid,
+            uid: h.uid,
+            gid: h.gid,
+            comm: h.comm.clone(),
+            exe: e.filename.clone(),
+            argv: e.argv.into(),
+            argv_truncated: e.argv_truncated,
+            cgroup_id: h.cgroup_id,
+            start_time_ns: e.start_time_ns,
+        });
+        let mut ev = self.event(Kind::Exec, h.ts_ns);
+        self.attach_process(&mut ev, h.pid, Some(h));
+        ev
+    }
+
+    fn on_net(&mut self, n: Net) -> Event {
+        let (kind, protocol, op) = match n.op {
+            NetOp::TcpListen => (Kind::Listen, "tcp", "listen"),
+            NetOp::UdpBind => (Kind::Listen, "udp", "bind"),
+            NetOp::TcpConnect => (Kind::Connect, "tcp", "connect"),
+            NetOp::UdpConnect => (Kind::Connect, "udp", "connect"),
+            NetOp::UdpSend => (Kind::Connect, "udp", "send"),
+            NetOp::TcpAccept => (Kind::Accept, "tcp", "accept"),
+        };
+        let pid = match n.op {
+            NetOp::TcpAccept => self.listeners.owner("tcp", n.local).unwrap_or(0),
+            _ => n.header.pid,
+        };
+        if kind == Kind::Listen && pid != 0 {
+            self.listeners.add(protocol, n.local, pid);
+        }
+        let mut ev = self.event(kind, n.header.ts_ns);
+        if pid != 0 {
+            self.attach_process(&mut ev, pid, Some(&n.header));
+        }
+        let listen = kind == Kind::Listen;
+        ev.network = Some(Network {
+            protocol,
+            family: family(&n.local),
+            op,
+            local: Endpoint::from(n.local),
+            remote: (!listen).then(|| Endpoint::from(n.remote)),
+            outcome: match n.outcome {
+                Outcome::Established => Some("established"),
+                Outcome::Failed => Some("failed"),
+                Outcome::None => None,
+            },
+            wildcard: listen.then(|| n.local.ip().is_unspecified()),
+        });
+        ev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: u32) -> Header {
+        Header {
+            pid,
+            tid: pid,
+            uid: 1000,
+            gid: 1000,
+            ts_ns: 1,
+            cgroup_id: 9,
+            comm: "x".into(),
+        }
+    }
+
+    fn enricher() -> Enricher {
+        Enricher::new(
+            Limits {
+                max_entries: 100,
+                exited_retained: 10,
+            },
+            4,
+            "node1".into(),
+        )
+    }
+
+    fn exec(pid: u32, ppid: u32, exe: &str) -> RawEvent {
+        RawEvent::Exec(Exec {
+            header: header(pid),
+            ppid,
+            start_time_ns: pid as u64,
+            filename: exe.into(),
+            argv: vec![exe.into(), "--flag".into()],
+            argv_truncated: false,
+            flags: 0,
+        })
+    }
+
+    #[test]
+    fn exec_carries_parent_chain() {
+        let mut e = enricher();
+        e.handle(exec(10, 1, "/bin/bash"));
+        let ev = e.handle(exec(11, 10, "/usr/bin/curl"));
+        assert_eq!(ev.kind, Kind::Exec);
+        let p = ev.process.unwrap();
+        assert_eq!((p.pid, p.ppid, p.exe.as_str()), (11, 10, "/usr/bin/curl"));
+        assert_eq!(p.argv, ["/usr/bin/curl", "--flag"]);
+        let parent = ev.parent.unwrap();
+        assert_eq!((parent.pid, parent.exe.as_str()), (10, "/bin/bash"));
+        assert_eq!(ev.ancestors[0].pid, 1);
+    }
+
+    #[test]
+    fn accept_is_attributed_to_the_listener() {
+        let mut e = enricher();
+        e.handle(exec(20, 1, "/usr/sbin/nginx"));
+        let net = |op, local: &str, remote: &str, pid| {
+            RawEvent::Net(Net {
+                header: header(pid),
+                op,
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+                outcome: Outcome::None,
+                sock_id: 1,
+            })
+        };
+        let l = e.handle(net(NetOp::TcpListen, "0.0.0.0:8080", "0.0.0.0:0", 20));
+        assert_eq!(l.kind, Kind::Listen);
+        let n = l.network.unwrap();
+        assert_eq!((n.wildcard, n.remote), (Some(true), None));
+        let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5555", 0));
+        assert_eq!(a.kind, Kind::Accept);
+        assert_eq!(a.process.unwrap().exe, "/usr/sbin/nginx");
+        // after the owner exits, accepts on the port are unattributed
+        e.handle(RawEvent::Exit(super::super::decode::Exit {
+            header: header(20),
+            exit_code: 0,
+            start_time_ns: 20,
+        }));
+        let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5556", 0));
+        assert!(a.process.is_none());
+    }
+
+    #[test]
+    fn exit_reports_code_or_signal() {
+        let mut e = enricher();
+        e.handle(exec(30, 1, "/bin/sh"));
+        let ev = e.handle(RawEvent::Exit(super::super::decode::Exit {
+            header: header(30),
+            exit_code: 9,
+            start_time_ns: 30,
+        }));
+        let x = ev.exit.unwrap();
+        assert_eq!((x.code, x.signal), (None, Some(9)));
+        assert_eq!(ev.process.unwrap().exe, "/bin/sh");
+    }
+}

@@ -1,0 +1,176 @@
+//! What was running before the agent started: processes and listening
+//! sockets read from /proc (the `procfs` crate), reported once and marked
+//! as snapshot. Sockets are read per network namespace
+//! (`/proc/PID/net/*` of one process in each), so listeners inside
+//! containers are found too.
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
+
+use procfs::{
+    net::{TcpState, UdpState},
+    process::{FDTarget, Process},
+};
+use tracing::debug;
+
+use super::table::ProcInfo;
+
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// A socket found by the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapSocket {
+    pub pid: u32,
+    /// `tcp` (LISTEN) or `udp` (bound, unconnected).
+    pub protocol: &'static str,
+    pub local: SocketAddr,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub processes: Vec<ProcInfo>,
+    pub sockets: Vec<SnapSocket>,
+}
+
+/// The cgroup v2 path of a process from `/proc/PID/cgroup` (`0::/path`).
+pub fn cgroup2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim)
+}
+
+/// cgroup v2 id of a path: the inode of its directory under the v2 root.
+pub fn cgroup_id(cgroup_root: &Path, path: &str) -> u64 {
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    std::fs::metadata(dir).map(|m| m.ino()).unwrap_or(0)
+}
+
+fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Option<ProcInfo> {
+    let stat = p.stat().ok()?;
+    if stat.flags & PF_KTHREAD != 0 || p.pid as u32 == own_pid {
+        return None;
+    }
+    let status = p.status().ok();
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
+    Some(ProcInfo {
+        pid: p.pid as u32,
+        ppid: stat.ppid as u32,
+        uid: status.as_ref().map(|s| s.ruid).unwrap_or(0),
+        gid: status.as_ref().map(|s| s.rgid).unwrap_or(0),
+        comm: stat.comm.clone(),
+        exe: p
+            .exe()
+            .map(|e| e.display().to_string())
+            .unwrap_or_default(),
+        argv: p.cmdline().unwrap_or_default().into(),
+        argv_truncated: false,
+        cgroup_id: cgroup2_path(&cgroup)
+            .map(|c| cgroup_id(cgroup_root, c))
+            .unwrap_or(0),
+        start_time_ns: stat.starttime * (1_000_000_000 / ticks.max(1)),
+    })
+}
+
+/// Read every process and every listening socket.
+pub fn take(cgroup_root: &Path) -> Snapshot {
+    let ticks = procfs::ticks_per_second();
+    let own_pid = std::process::id();
+    let mut snap = Snapshot::default();
+    let Ok(all) = procfs::process::all_processes() else {
+        return snap;
+    };
+    let procs: Vec<Process> = all.filter_map(Result::ok).collect();
+
+    let mut inode_owner: HashMap<u64, u32> = HashMap::new();
+    let mut netns_reader: HashMap<u64, i32> = HashMap::new();
+    for p in &procs {
+        let Some(info) = proc_info(p, cgroup_root, ticks, own_pid) else {
+            continue;
+        };
+        if let Ok(fds) = p.fd() {
+            for fd in fds.flatten() {
+                if let FDTarget::Socket(inode) = fd.target {
+                    inode_owner.entry(inode).or_insert(info.pid);
+                }
+            }
+        }
+        if let Ok(ns) = std::fs::metadata(format!("/proc/{}/ns/net", p.pid)) {
+            netns_reader.entry(ns.ino()).or_insert(p.pid);
+        }
+        snap.processes.push(info);
+    }
+
+    let mut seen = HashSet::new();
+    for (&netns, &pid) in &netns_reader {
+        let Ok(p) = Process::new(pid) else { continue };
+        let tcp = p.tcp().unwrap_or_default().into_iter().chain(p.tcp6().unwrap_or_default());
+        for e in tcp.filter(|e| e.state == TcpState::Listen) {
+            if let Some(&owner) = inode_owner.get(&e.inode) {
+                if seen.insert(("tcp", e.inode)) {
+                    snap.sockets.push(SnapSocket {
+                        pid: owner,
+                        protocol: "tcp",
+                        local: e.local_address,
+                    });
+                }
+            }
+        }
+        let udp = p.udp().unwrap_or_default().into_iter().chain(p.udp6().unwrap_or_default());
+        for e in udp.filter(|e| e.state == UdpState::Close && e.local_address.port() != 0) {
+            if let Some(&owner) = inode_owner.get(&e.inode) {
+                if seen.insert(("udp", e.inode)) {
+                    snap.sockets.push(SnapSocket {
+                        pid: owner,
+                        protocol: "udp",
+                        local: e.local_address,
+                    });
+                }
+            }
+        }
+        debug!(netns, pid, "read sockets of network namespace");
+    }
+    snap.processes.sort_by_key(|p| p.pid);
+    snap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_v2_path_on_hybrid_and_unified_hosts() {
+        let hybrid = "12:pids:/user.slice\n1:name=systemd:/k8s.io/abc\n0::/k8s.io/abc\n";
+        assert_eq!(cgroup2_path(hybrid), Some("/k8s.io/abc"));
+        assert_eq!(cgroup2_path("0::/\n"), Some("/"));
+        assert_eq!(cgroup2_path("3:cpu:/x\n"), None);
+    }
+
+    #[test]
+    fn finds_own_process_and_listener() {
+        if !Path::new("/proc/self/stat").exists() {
+            return;
+        }
+        // A child we own, with a listening socket held by this process.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let root = crate::bpf::preflight::cgroup2_root().unwrap_or_else(|_| "/sys/fs/cgroup".into());
+        let snap = take(&root);
+        let _ = child.kill();
+        let _ = child.wait();
+        let me = std::process::id();
+        // The agent leaves itself out; its child is in.
+        assert!(snap.processes.iter().all(|p| p.pid != me));
+        let c = snap.processes.iter().find(|p| p.pid == child.id()).expect("child listed");
+        assert_eq!(c.ppid, me);
+        assert_eq!(&*c.argv, ["sleep", "30"]);
+        assert!(c.exe.ends_with("/sleep"), "{}", c.exe);
+        // Own sockets are attributed only to processes listed; our own pid is
+        // excluded, so the listener shows up with no owner and is skipped.
+        assert!(snap.sockets.iter().all(|s| s.local.port() != port || s.pid != me));
+    }
+}

@@ -1,0 +1,246 @@
+//! The process table: pid -> what the agent knows of that process, kept
+//! from the startup snapshot and fork/exec/exit records, so that every
+//! event carries its process and parent chain.
+//!
+//! Bounded: at most `max_entries` processes. Exited processes stay for a
+//! short while (the last `exited_retained` exits) so that events racing
+//! with the exit, and children asking for their parent, still resolve;
+//! then they are evicted. When the table is full of live processes, the
+//! oldest-started entry is evicted and counted.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use crate::event::Ancestor;
+
+/// What the agent knows of one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub argv: Arc<[String]>,
+    pub argv_truncated: bool,
+    pub cgroup_id: u64,
+    /// ns since boot; 0 if unknown.
+    pub start_time_ns: u64,
+}
+
+/// Table limits (config `[process]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_entries: usize,
+    pub exited_retained: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: ProcInfo,
+    exited: bool,
+}
+
+pub struct ProcessTable {
+    map: HashMap<u32, Entry>,
+    exited: VecDeque<(u32, u64)>,
+    limits: Limits,
+    /// Live entries evicted because the table was full.
+    pub evicted: u64,
+}
+
+impl ProcessTable {
+    pub fn new(limits: Limits) -> Self {
+        ProcessTable {
+            map: HashMap::new(),
+            exited: VecDeque::new(),
+            limits,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
+        self.map.get(&pid).map(|e| &e.info)
+    }
+
+    /// Insert or replace a process (exec, snapshot).
+    pub fn upsert(&mut self, info: ProcInfo) {
+        if !self.map.contains_key(&info.pid) && self.map.len() >= self.limits.max_entries {
+            self.make_room();
+        }
+        self.map.insert(
+            info.pid,
+            Entry {
+                info,
+                exited: false,
+            },
+        );
+    }
+
+    /// A fork: the child starts as a copy of its parent.
+    pub fn fork(&mut self, parent: u32, child: u32, start_time_ns: u64) -> ProcInfo {
+        let mut info = self.get(parent).cloned().unwrap_or_default();
+        info.pid = child;
+        info.ppid = parent;
+        info.start_time_ns = start_time_ns;
+        self.upsert(info.clone());
+        info
+    }
+
+    /// An exit: the entry is kept until `exited_retained` later exits.
+    pub fn exit(&mut self, pid: u32) -> Option<ProcInfo> {
+        let entry = self.map.get_mut(&pid)?;
+        entry.exited = true;
+        let info = entry.info.clone();
+        self.exited.push_back((pid, info.start_time_ns));
+        while self.exited.len() > self.limits.exited_retained {
+            if let Some((old, start)) = self.exited.pop_front() {
+                self.remove_if_exited(old, start);
+            }
+        }
+        Some(info)
+    }
+
+    fn remove_if_exited(&mut self, pid: u32, start: u64) {
+        if let Some(e) = self.map.get(&pid) {
+            // A reused pid that exec'd again is a different process: keep it.
+            if e.exited && e.info.start_time_ns == start {
+                self.map.remove(&pid);
+            }
+        }
+    }
+
+    fn make_room(&mut self) {
+        while let Some((pid, start)) = self.exited.pop_front() {
+            let before = self.map.len();
+            self.remove_if_exited(pid, start);
+            if self.map.len() < before {
+                return;
+            }
+        }
+        if let Some(oldest) = self
+            .map
+            .values()
+            .min_by_key(|e| e.info.start_time_ns)
+            .map(|e| e.info.pid)
+        {
+            self.map.remove(&oldest);
+            self.evicted += 1;
+        }
+    }
+
+    /// Parent chain of `pid`: parent first, at most `depth` entries.
+    /// Stops at pid 0/1 loops and at unknown processes.
+    pub fn ancestors(&self, pid: u32, depth: usize) -> Vec<Ancestor> {
+        let mut out = Vec::new();
+        let mut cur = self.get(pid).map(|p| p.ppid).unwrap_or(0);
+        while cur != 0 && out.len() < depth {
+            let Some(p) = self.get(cur) else {
+                out.push(Ancestor {
+                    pid: cur,
+                    exe: String::new(),
+                    comm: String::new(),
+                });
+                break;
+            };
+            out.push(Ancestor {
+                pid: p.pid,
+                exe: p.exe.clone(),
+                comm: p.comm.clone(),
+            });
+            if p.ppid == p.pid {
+                break;
+            }
+            cur = p.ppid;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: u32, ppid: u32, exe: &str, start: u64) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            exe: exe.into(),
+            start_time_ns: start,
+            ..ProcInfo::default()
+        }
+    }
+
+    fn table(max: usize, retained: usize) -> ProcessTable {
+        ProcessTable::new(Limits {
+            max_entries: max,
+            exited_retained: retained,
+        })
+    }
+
+    #[test]
+    fn fork_exec_chain() {
+        let mut t = table(100, 10);
+        t.upsert(proc(1, 0, "/sbin/init", 1));
+        t.upsert(proc(10, 1, "/bin/bash", 2));
+        let child = t.fork(10, 11, 3);
+        assert_eq!((child.ppid, child.exe.as_str()), (10, "/bin/bash"));
+        t.upsert(proc(11, 10, "/usr/bin/curl", 3));
+        let chain = t.ancestors(11, 8);
+        let pids: Vec<_> = chain.iter().map(|a| (a.pid, a.exe.as_str())).collect();
+        assert_eq!(pids, [(10, "/bin/bash"), (1, "/sbin/init")]);
+        assert_eq!(t.ancestors(11, 1).len(), 1);
+    }
+
+    #[test]
+    fn unknown_parent_is_named_by_pid() {
+        let mut t = table(100, 10);
+        t.upsert(proc(5, 4, "/bin/x", 1));
+        let chain = t.ancestors(5, 8);
+        assert_eq!(chain.len(), 1);
+        assert_eq!((chain[0].pid, chain[0].exe.as_str()), (4, ""));
+    }
+
+    #[test]
+    fn exited_entries_are_retained_then_evicted() {
+        let mut t = table(100, 2);
+        for pid in 1..=5 {
+            t.upsert(proc(pid, 0, "/bin/true", pid as u64));
+        }
+        for pid in 1..=5 {
+            assert!(t.exit(pid).is_some());
+        }
+        // only the last two exits are retained
+        assert_eq!(t.len(), 2);
+        assert!(t.get(4).is_some() && t.get(5).is_some());
+        assert!(t.exit(99).is_none());
+    }
+
+    #[test]
+    fn reused_pid_is_not_evicted_by_the_old_exit() {
+        let mut t = table(100, 1);
+        t.upsert(proc(7, 0, "/old", 1));
+        t.exit(7);
+        t.upsert(proc(7, 0, "/new", 2)); // pid reused
+        t.upsert(proc(8, 0, "/x", 3));
+        t.exit(8); // pushes the old (7, 1) out of the retained queue
+        assert_eq!(t.get(7).map(|p| p.exe.as_str()), Some("/new"));
+    }
+
+    #[test]
+    fn bounded_when_full_of_live_processes() {
+        let mut t = table(3, 10);
+        for pid in 1..=10 {
+            t.upsert(proc(pid, 0, "/bin/sleep", pid as u64));
+        }
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.evicted, 7);
+        assert!(t.get(10).is_some());
+    }
+}
