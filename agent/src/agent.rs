@@ -75,9 +75,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     // enrich -> exporter thread
     let (out_tx, out_rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
+    let format = cfg.output.format;
     let exporter = std::thread::Builder::new()
         .name("stdout-export".into())
-        .spawn(move || crate::export::stdout::run(out_rx, std::io::stdout().lock()))
+        .spawn(move || crate::export::stdout::run(out_rx, std::io::stdout().lock(), format))
         .context("spawning the stdout exporter thread")?;
 
     let mut enricher = Enricher::new(

@@ -33,6 +33,16 @@ pub struct Config {
     pub process: ProcessConfig,
     pub snapshot: SnapshotConfig,
     pub losses: LossConfig,
+    pub output: OutputConfig,
+}
+
+/// `[output]`: where events go.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Format on stdout: `json` (one object per line, the stable contract)
+    /// or `text` (one readable line per event). Default json.
+    pub format: crate::export::stdout::Format,
 }
 
 /// `[kernel]`: probes and the ring buffer.

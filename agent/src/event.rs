@@ -126,12 +126,6 @@ pub struct Loss {
     pub decode_errors: u64,
 }
 
-impl Loss {
-    pub fn total_dropped(&self) -> u64 {
-        self.exec + self.exit + self.fork + self.network + self.decode_errors
-    }
-}
-
 /// Agent lifecycle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AgentInfo {

@@ -43,6 +43,9 @@ struct Overrides {
     /// Ring buffer size in bytes (power of two).
     #[arg(long, global = true)]
     ring_buffer_bytes: Option<u32>,
+    /// Output format on stdout: json (default) or text.
+    #[arg(long, global = true, value_enum)]
+    format: Option<export::stdout::Format>,
     /// Do not report processes and sockets that existed before the start.
     #[arg(long, global = true)]
     no_snapshot: bool,
@@ -69,6 +72,9 @@ fn effective_config(cli: &Cli) -> Result<Config> {
     }
     if let Some(b) = o.ring_buffer_bytes {
         cfg.kernel.ring_buffer_bytes = b;
+    }
+    if let Some(f) = o.format {
+        cfg.output.format = f;
     }
     if o.no_snapshot {
         cfg.snapshot.enabled = false;

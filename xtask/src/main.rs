@@ -1,1 +1,113 @@
-fn main() {}
+//! `cargo xtask`: set up the machine, build, run, test and benchmark.
+//!
+//! Every command that needs tools installs what is missing first, and
+//! only what is missing: running it twice does nothing the second time.
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  setup          install what is missing (Debian packages, rust-src, bpf-linker)
+  build          setup, then build target/release/spyglass-agent (eBPF embedded)
+  run [ARGS]     build, then run the agent here with readable output
+                 (ARGS go to `spyglass-agent run`; try --format json)
+  test [ARGS]    build, then run every test: unit, and privileged end-to-end
+                 tests that load the real probes (ARGS go to cargo test)
+  bench [--quick] exec storm and loopback connect storm, agent off vs on
+  ci             what .ci/run does: test, then a tiny bench to check it runs
+";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match cmd.as_str() {
+        "setup" => setup::run(),
+        "build" => build(),
+        "run" => {
+            build()?;
+            run_agent(&rest)
+        }
+        "test" => {
+            build()?;
+            test(&rest)
+        }
+        "bench" => {
+            build()?;
+            bench::run(rest.iter().any(|a| a == "--quick"))
+        }
+        "ci" => {
+            build()?;
+            test(&[])?;
+            bench::run(true)
+        }
+        "" | "help" | "-h" | "--help" => {
+            eprint!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n{USAGE}"),
+    }
+}
+
+/// Workspace root (the parent of xtask/).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Run a command, failing with its command line when it fails.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build() -> Result<()> {
+    setup::run()?;
+    sh(cargo().args(["build", "--release", "--package", "spyglass-agent"]))
+}
+
+pub fn agent_bin() -> PathBuf {
+    root().join("target/release/spyglass-agent")
+}
+
+fn run_agent(args: &[String]) -> Result<()> {
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("run");
+    if !args.iter().any(|a| a.starts_with("--format")) {
+        cmd.args(["--format", "text"]);
+    }
+    cmd.args(args);
+    eprintln!("xtask: starting the agent (Ctrl-C to stop): {cmd:?}");
+    sh(&mut cmd)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // Release profile: the agent binary the end-to-end tests drive is the
+    // one `build` just made, and no second (debug) build is needed.
+    sh(cargo()
+        .args(["test", "--release"])
+        .args(args))
+}

@@ -1,11 +1,23 @@
-//! JSON lines on stdout: one event per line, flushed whenever the queue
-//! runs dry so a reader sees events within one poll interval.
+//! Events on stdout, one per line: JSON (the stable contract, for machines)
+//! or text (a compact summary, for people). Flushed whenever the queue runs
+//! dry so a reader sees events within one poll interval.
 use std::io::Write;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::error;
 
-use crate::event::Event;
+use crate::event::{Event, Kind};
+
+/// Output format (`[output] format`, `--format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line (docs/events.md).
+    #[default]
+    Json,
+    /// One human-readable line per event.
+    Text,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdoutError {
@@ -15,24 +27,161 @@ pub enum StdoutError {
     Json(#[from] serde_json::Error),
 }
 
+/// Shell-like quoting of one argument, for text output.
+fn quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// One-line summary of an event.
+pub fn text_line(ev: &Event) -> String {
+    let time = ev.time.get(11..23).unwrap_or(&ev.time);
+    let kind = format!("{:?}", ev.kind).to_lowercase();
+    let mut line = format!("{time} {kind:<7}");
+    if ev.snapshot {
+        line.push_str(" [snapshot]");
+    }
+    if let Some(p) = &ev.process {
+        line.push_str(&format!(" pid={} uid={} {}", p.pid, p.uid, p.comm));
+        if ev.kind == Kind::Exec {
+            let args: Vec<String> = p.argv.iter().map(|a| quote(a)).collect();
+            line.push_str(&format!(" exe={} argv=[{}]", p.exe, args.join(" ")));
+            if p.argv_truncated {
+                line.push_str(" (argv truncated)");
+            }
+        }
+    }
+    if let Some(x) = &ev.exit {
+        match (x.code, x.signal) {
+            (_, Some(sig)) => line.push_str(&format!(" signal={sig}")),
+            (Some(code), _) => line.push_str(&format!(" code={code}")),
+            _ => {}
+        }
+    }
+    if let Some(f) = &ev.fork {
+        line.push_str(&format!(" child={}", f.child_pid));
+    }
+    if let Some(n) = &ev.network {
+        line.push_str(&format!(
+            " {}/{} {} {}:{}",
+            n.protocol, n.family, n.op, n.local.addr, n.local.port
+        ));
+        if let Some(r) = &n.remote {
+            line.push_str(&format!(" -> {}:{}", r.addr, r.port));
+        }
+        if let Some(o) = n.outcome {
+            line.push_str(&format!(" {o}"));
+        }
+        if n.wildcard == Some(true) {
+            line.push_str(" (all interfaces)");
+        }
+    }
+    if let Some(parent) = &ev.parent {
+        line.push_str(&format!(" parent={}:{}", parent.pid, parent.exe));
+    }
+    if let Some(l) = &ev.loss {
+        line.push_str(&format!(
+            " LOST exec={} exit={} fork={} network={} decode={} read_errors={}",
+            l.exec, l.exit, l.fork, l.network, l.decode_errors, l.read_errors
+        ));
+    }
+    if let Some(a) = &ev.agent {
+        line.push_str(&format!(" {} v{} kernel={}", a.state, a.version, a.kernel));
+        let down: Vec<&str> = a.probes.iter().filter(|p| !p.attached).map(|p| p.program).collect();
+        if !down.is_empty() {
+            line.push_str(&format!(" probes-not-attached={down:?}"));
+        }
+    }
+    line
+}
+
 /// Write batches until the channel closes. Runs on its own thread: writes
 /// block.
-pub fn run(mut rx: mpsc::Receiver<Vec<Event>>, out: impl Write) -> Result<u64, StdoutError> {
+pub fn run(
+    mut rx: mpsc::Receiver<Vec<Event>>,
+    out: impl Write,
+    format: Format,
+) -> Result<u64, StdoutError> {
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
     let mut written = 0u64;
     while let Some(batch) = rx.blocking_recv() {
         for ev in &batch {
-            serde_json::to_writer(&mut out, ev)?;
+            match format {
+                Format::Json => serde_json::to_writer(&mut out, ev)?,
+                Format::Text => out.write_all(text_line(ev).as_bytes())?,
+            }
             out.write_all(b"\n")?;
             written += 1;
         }
         if rx.is_empty() {
-            if let Err(e) = out.flush() {
-                error!(error = %e, "stdout flush failed");
-                return Err(e.into());
-            }
+            out.flush()?;
         }
     }
     out.flush()?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Ancestor, Endpoint, Network, Process};
+
+    #[test]
+    fn text_lines_read_like_a_log() {
+        let mut ev = Event::new(Kind::Exec, "2026-11-24T19:48:38.856200274Z".into(), "n".into());
+        ev.process = Some(Process {
+            pid: 5,
+            uid: 1000,
+            comm: "echo".into(),
+            exe: "/bin/echo".into(),
+            argv: vec!["/bin/echo".into(), "a b".into(), "it's".into()],
+            ..Process::default()
+        });
+        ev.parent = Some(Ancestor {
+            pid: 1,
+            exe: "/bin/bash".into(),
+            comm: "bash".into(),
+        });
+        assert_eq!(
+            text_line(&ev),
+            r"19:48:38.856 exec    pid=5 uid=1000 echo exe=/bin/echo argv=[/bin/echo 'a b' 'it'\''s'] parent=1:/bin/bash"
+        );
+        let mut ev = Event::new(Kind::Connect, "2026-11-24T19:48:38.856200274Z".into(), "n".into());
+        ev.network = Some(Network {
+            protocol: "tcp",
+            family: "ipv4",
+            op: "connect",
+            local: Endpoint { addr: "127.0.0.1".into(), port: 4000 },
+            remote: Some(Endpoint { addr: "127.0.0.1".into(), port: 80 }),
+            outcome: Some("failed"),
+            wildcard: None,
+        });
+        assert_eq!(
+            text_line(&ev),
+            "19:48:38.856 connect tcp/ipv4 connect 127.0.0.1:4000 -> 127.0.0.1:80 failed"
+        );
+    }
+
+    #[test]
+    fn json_is_one_object_per_line() {
+        let (tx, rx) = mpsc::channel(4);
+        let ev = Event::new(Kind::Agent, "t".into(), "n".into());
+        tx.blocking_send(vec![ev.clone(), ev]).unwrap();
+        drop(tx);
+        let mut buf = Vec::new();
+        assert_eq!(run(rx, &mut buf, Format::Json).unwrap(), 2);
+        let text = String::from_utf8(buf).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["kind"], "agent");
+        }
+        assert_eq!(text.lines().count(), 2);
+    }
 }

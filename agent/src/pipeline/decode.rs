@@ -102,17 +102,6 @@ pub enum RawEvent {
     Net(Net),
 }
 
-impl RawEvent {
-    pub fn header(&self) -> &Header {
-        match self {
-            RawEvent::Exec(e) => &e.header,
-            RawEvent::Exit(e) => &e.header,
-            RawEvent::Fork(e) => &e.header,
-            RawEvent::Net(e) => &e.header,
-        }
-    }
-}
-
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {

@@ -150,13 +150,10 @@ mod tests {
     }
 
     #[test]
-    fn finds_own_process_and_listener() {
+    fn finds_a_child_process_with_its_argv_and_parent() {
         if !Path::new("/proc/self/stat").exists() {
             return;
         }
-        // A child we own, with a listening socket held by this process.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let root = crate::bpf::preflight::cgroup2_root().unwrap_or_else(|_| "/sys/fs/cgroup".into());
         let snap = take(&root);
@@ -169,8 +166,6 @@ mod tests {
         assert_eq!(c.ppid, me);
         assert_eq!(&*c.argv, ["sleep", "30"]);
         assert!(c.exe.ends_with("/sleep"), "{}", c.exe);
-        // Own sockets are attributed only to processes listed; our own pid is
-        // excluded, so the listener shows up with no owner and is skipped.
-        assert!(snap.sockets.iter().all(|s| s.local.port() != port || s.pid != me));
+        assert!(c.start_time_ns > 0);
     }
 }

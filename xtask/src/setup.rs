@@ -1,0 +1,99 @@
+//! Idempotent machine setup: Debian packages, the rust-src component and
+//! bpf-linker. Each step checks first and does nothing when satisfied.
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::sh;
+
+/// Debian packages the build and tests need.
+/// - llvm-22-dev, libzstd-dev: bpf-linker links LLVM 22 (the LLVM of the
+///   Rust toolchain) and needs zstd;
+/// - iproute2: tests create their own network namespaces.
+const PACKAGES: &[&str] = &["llvm-22-dev", "libzstd-dev", "iproute2"];
+
+const BPF_LINKER_VERSION: &str = "0.13";
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Install the missing Debian packages from `pkgs`.
+pub fn apt(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}; run as root or `sudo apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask setup: installing {missing:?}");
+    sh(Command::new("apt-get").arg("update").arg("-q"))?;
+    sh(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
+
+fn rust_src() -> Result<()> {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("running rustc --print sysroot")?;
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_owned();
+    let src = std::path::Path::new(&sysroot).join("lib/rustlib/src/rust/library/core");
+    if src.exists() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: adding the rust-src component");
+    sh(Command::new("rustup").args(["component", "add", "rust-src"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains(&format!(" {BPF_LINKER_VERSION}."))
+        })
+        .unwrap_or(false);
+    if ok {
+        return Ok(());
+    }
+    eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            &format!("~{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ]))
+}
+
+/// Everything `build` and `test` need.
+pub fn run() -> Result<()> {
+    apt(PACKAGES)?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
