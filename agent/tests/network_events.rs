@@ -1,0 +1,212 @@
+//! End-to-end: listen, connect, accept and UDP events from real sockets on
+//! loopback, with the real probes loaded into this kernel.
+mod common;
+
+use std::{
+    io::Write,
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use common::{pid_of, privileged, Agent};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn me() -> u64 {
+    std::process::id() as u64
+}
+
+fn net(e: &Value) -> &Value {
+    &e["network"]
+}
+
+fn is(e: &Value, kind: &str, protocol: &str, op: &str) -> bool {
+    e["kind"] == kind && net(e)["protocol"] == protocol && net(e)["op"] == op
+}
+
+fn endpoint(v: &Value) -> Option<SocketAddr> {
+    let addr = v["addr"].as_str()?;
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    Some(SocketAddr::new(ip, v["port"].as_u64()? as u16))
+}
+
+fn ipv6_loopback() -> bool {
+    TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+#[test]
+fn tcp_listeners_on_ipv4_and_ipv6_loopback() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = l4.local_addr().unwrap();
+    let ev = agent.wait_for("IPv4 listen", WAIT, |e| {
+        is(e, "listen", "tcp", "listen") && endpoint(&net(e)["local"]) == Some(p)
+    });
+    assert_eq!(pid_of(&ev), me());
+    assert_eq!(net(&ev)["family"], "ipv4");
+    assert_eq!(net(&ev)["wildcard"], false);
+    assert!(net(&ev).get("remote").is_none());
+
+    if ipv6_loopback() {
+        let l6 = TcpListener::bind("[::1]:0").unwrap();
+        let q = l6.local_addr().unwrap();
+        let ev = agent.wait_for("IPv6 listen", WAIT, |e| {
+            is(e, "listen", "tcp", "listen") && endpoint(&net(e)["local"]) == Some(q)
+        });
+        assert_eq!(pid_of(&ev), me());
+        assert_eq!(net(&ev)["family"], "ipv6");
+    } else {
+        eprintln!("note: no IPv6 loopback here; IPv6 listen not checked");
+    }
+    agent.stop();
+}
+
+#[test]
+fn wildcard_listener_is_marked() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    // Bound to all interfaces, but nothing ever connects to it.
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let ev = agent.wait_for("wildcard listen", WAIT, |e| {
+        is(e, "listen", "tcp", "listen") && net(e)["local"]["port"] == port
+    });
+    assert_eq!(net(&ev)["local"]["addr"], "0.0.0.0");
+    assert_eq!(net(&ev)["wildcard"], true);
+    agent.stop();
+}
+
+#[test]
+fn tcp_connect_established_with_both_endpoints_and_accept() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let mut client = TcpStream::connect(server).unwrap();
+    let local = client.local_addr().unwrap();
+    let (_conn, _) = listener.accept().unwrap();
+    client.write_all(b"hi").unwrap();
+
+    let ev = agent.wait_for("TCP connect", WAIT, |e| {
+        is(e, "connect", "tcp", "connect") && endpoint(&net(e)["local"]) == Some(local)
+    });
+    assert_eq!(endpoint(&net(&ev)["remote"]), Some(server));
+    assert_eq!(net(&ev)["outcome"], "established");
+    assert_eq!(pid_of(&ev), me());
+    assert_eq!(ev["process"]["tid"].as_u64().is_some(), true);
+
+    let acc = agent.wait_for("TCP accept", WAIT, |e| {
+        e["kind"] == "accept" && endpoint(&net(e)["remote"]) == Some(local)
+    });
+    assert_eq!(endpoint(&net(&acc)["local"]), Some(server));
+    assert_eq!(pid_of(&acc), me(), "accept is attributed to the listener's owner");
+    agent.stop();
+}
+
+#[test]
+fn tcp_connect_to_closed_port_fails() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    // A port that was free a moment ago: bind, note, close.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let err = TcpStream::connect(closed).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let ev = agent.wait_for("failed TCP connect", WAIT, |e| {
+        is(e, "connect", "tcp", "connect") && endpoint(&net(e)["remote"]) == Some(closed)
+    });
+    assert_eq!(net(&ev)["outcome"], "failed");
+    assert_eq!(pid_of(&ev), me());
+    agent.stop();
+}
+
+#[test]
+fn tcp_connect_over_ipv6() {
+    if !privileged() || !ipv6_loopback() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    let listener = TcpListener::bind("[::1]:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let client = TcpStream::connect(server).unwrap();
+    let local = client.local_addr().unwrap();
+    let ev = agent.wait_for("IPv6 TCP connect", WAIT, |e| {
+        is(e, "connect", "tcp", "connect") && endpoint(&net(e)["local"]) == Some(local)
+    });
+    assert_eq!(endpoint(&net(&ev)["remote"]), Some(server));
+    assert_eq!(net(&ev)["family"], "ipv6");
+    assert_eq!(net(&ev)["outcome"], "established");
+    agent.stop();
+}
+
+#[test]
+fn udp_bind_and_first_send_to_each_peer() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer = receiver.local_addr().unwrap();
+    let bind = agent.wait_for("UDP bind", WAIT, |e| {
+        is(e, "listen", "udp", "bind") && endpoint(&net(e)["local"]) == Some(peer)
+    });
+    assert_eq!(pid_of(&bind), me());
+
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..5 {
+        sender.send_to(b"ping", peer).unwrap();
+    }
+    let mut buf = [0u8; 8];
+    receiver.recv_from(&mut buf).unwrap();
+    let send = agent.wait_for("UDP send", WAIT, |e| {
+        is(e, "connect", "udp", "send") && endpoint(&net(e)["remote"]) == Some(peer)
+    });
+    assert_eq!(pid_of(&send), me());
+
+    // UDP connect(2) to an IPv6 or IPv4 peer is reported as connect.
+    let connected = UdpSocket::bind("127.0.0.1:0").unwrap();
+    connected.connect(peer).unwrap();
+    let conn = agent.wait_for("UDP connect", WAIT, |e| {
+        is(e, "connect", "udp", "connect") && endpoint(&net(e)["remote"]) == Some(peer)
+    });
+    assert_eq!(pid_of(&conn), me());
+
+    let events = agent.stop();
+    let sends = events
+        .iter()
+        .filter(|e| is(e, "connect", "udp", "send") && endpoint(&net(e)["remote"]) == Some(peer))
+        .count();
+    assert_eq!(sends, 1, "five datagrams to one peer are one send event");
+}
+
+#[test]
+fn snapshot_finds_a_listener_started_before_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uaddr = udp.local_addr().unwrap();
+    let agent = Agent::start(&[]);
+    let ev = agent.wait_for("snapshot listen", WAIT, |e| {
+        e["kind"] == "listen" && e["snapshot"] == true && endpoint(&net(e)["local"]) == Some(addr)
+    });
+    assert_eq!(net(&ev)["protocol"], "tcp");
+    assert_eq!(pid_of(&ev), me());
+    let ev = agent.wait_for("snapshot UDP bind", WAIT, |e| {
+        e["kind"] == "listen" && e["snapshot"] == true && endpoint(&net(e)["local"]) == Some(uaddr)
+    });
+    assert_eq!(net(&ev)["protocol"], "udp");
+    assert_eq!(pid_of(&ev), me());
+    agent.stop();
+}

@@ -1,0 +1,137 @@
+//! End-to-end: exec, exit and fork events from real processes, with the
+//! real probes loaded into this kernel.
+mod common;
+
+use std::{os::unix::process::CommandExt, process::Command, time::Duration};
+
+use common::{argv_of, marker, pid_of, privileged, Agent};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn exec_shows_argv_uid_ppid_exe_and_exit_code() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    let mark = marker("exec");
+    let odd = "un usual ✓ arg\twith tab";
+    // /bin/sh -c 'exit 7' MARK ODD, as nobody (65534): $0 is the marker.
+    let child = Command::new("/bin/sh")
+        .args(["-c", "exit 7", &mark, odd])
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as u64;
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7));
+
+    let exec = agent.wait_for("exec of the marked process", WAIT, |e| {
+        e["kind"] == "exec" && pid_of(e) == pid
+    });
+    let p = &exec["process"];
+    assert_eq!(argv_of(&exec), ["/bin/sh", "-c", "exit 7", mark.as_str(), odd]);
+    assert_eq!(p["exe"], "/bin/sh");
+    assert_eq!(p["uid"], 65534);
+    assert_eq!(p["gid"], 65534);
+    assert_eq!(p["ppid"], std::process::id());
+    assert_eq!(exec["parent"]["pid"], std::process::id());
+    assert_eq!(exec["snapshot"], false);
+    assert!(p["cgroup_id"].as_u64().unwrap() > 0);
+
+    let exit = agent.wait_for("exit of the marked process", WAIT, |e| {
+        e["kind"] == "exit" && pid_of(e) == pid
+    });
+    assert_eq!(exit["exit"]["code"], 7);
+    assert!(exit["exit"].get("signal").is_none());
+    assert_eq!(argv_of(&exit), argv_of(&exec), "exit carries the process it ends");
+
+    // The fork that made the child came from this test process.
+    let fork = agent.wait_for("fork of the marked process", WAIT, |e| {
+        e["kind"] == "fork" && e["fork"]["child_pid"] == pid
+    });
+    assert_eq!(fork["process"]["ppid"], std::process::id());
+    agent.stop();
+}
+
+#[test]
+fn killed_process_reports_its_signal() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let pid = child.id() as u64;
+    agent.wait_for("exec of sleep", WAIT, |e| e["kind"] == "exec" && pid_of(e) == pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let exit = agent.wait_for("exit of sleep", WAIT, |e| e["kind"] == "exit" && pid_of(e) == pid);
+    assert_eq!(exit["exit"]["signal"], 9);
+    assert!(exit["exit"].get("code").is_none());
+    agent.stop();
+}
+
+#[test]
+fn failed_execve_is_not_an_exec_event() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    let mark = marker("noexec");
+    let missing = format!("/nonexistent/{mark}");
+    assert!(Command::new(&missing).spawn().is_err());
+    // A real exec afterwards proves the agent was watching.
+    let status = Command::new("/bin/true").arg(&mark).status().unwrap();
+    assert!(status.success());
+    agent.wait_for("the later real exec", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).contains(&mark)
+    });
+    let events = agent.stop();
+    assert!(
+        !events.iter().any(|e| e["process"]["exe"] == missing.as_str()),
+        "a failed execve produced an exec event"
+    );
+}
+
+#[test]
+fn long_argv_is_truncated_and_marked() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start(&["--no-snapshot"]);
+    let mark = marker("long");
+    let big = "x".repeat(6000);
+    let status = Command::new("/bin/true").args([&mark, &big]).status().unwrap();
+    assert!(status.success());
+    let exec = agent.wait_for("exec with a long argv", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).get(1) == Some(&mark)
+    });
+    assert_eq!(exec["process"]["argv_truncated"], true);
+    let argv = argv_of(&exec);
+    // NUL-separated; the cut last argument has no terminating NUL.
+    let kept: usize = argv.iter().map(|a| a.len()).sum::<usize>() + argv.len() - 1;
+    assert_eq!(kept, 4096, "exactly the 4096-byte argv budget is kept");
+    assert!(big.starts_with(argv.last().unwrap().as_str()));
+    agent.stop();
+}
+
+#[test]
+fn startup_snapshot_reports_running_processes() {
+    if !privileged() {
+        return;
+    }
+    let mark = marker("snap");
+    let mut child = Command::new("/bin/sleep").arg("30").arg0(&mark).spawn().unwrap();
+    let pid = child.id() as u64;
+    std::thread::sleep(Duration::from_millis(100));
+    let agent = Agent::start(&[]);
+    let snap = agent.wait_for("snapshot of the earlier process", WAIT, |e| {
+        e["kind"] == "exec" && e["snapshot"] == true && pid_of(e) == pid
+    });
+    assert_eq!(argv_of(&snap), [mark.as_str(), "30"]);
+    assert_eq!(snap["process"]["ppid"], std::process::id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    agent.stop();
+}
