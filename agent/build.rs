@@ -19,7 +19,10 @@ fn main() -> Result<()> {
     for dir in ["agent-ebpf/src", "agent-common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", ebpf_dir.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_dir.join("Cargo.toml").display()
+    );
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -57,7 +60,9 @@ fn main() -> Result<()> {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().context("running cargo to build the eBPF programs")?;
+    let status = cmd
+        .status()
+        .context("running cargo to build the eBPF programs")?;
     if !status.success() {
         bail!(
             "building the eBPF programs failed ({status}). They need the rust-src \

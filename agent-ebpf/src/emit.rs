@@ -1,5 +1,5 @@
 //! Record headers, ring buffer output and loss counting.
-use agent_common::{COMM_LEN, EventHeader};
+use agent_common::{EventHeader, COMM_LEN};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{

@@ -3,7 +3,9 @@ use agent_common::{
     counter, exec_flags, kind, ExecEvent, ExitEvent, ForkEvent, ARGV_LEN, FILENAME_LEN,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user,
+    },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
     EbpfContext,

@@ -66,9 +66,11 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
             let _ = CONNECTS.remove(&skaddr);
             (header, net_op::TCP_CONNECT, result)
         }
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
-            (anonymous_header(kind::NET), net_op::TCP_ACCEPT, outcome::NONE)
-        }
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => (
+            anonymous_header(kind::NET),
+            net_op::TCP_ACCEPT,
+            outcome::NONE,
+        ),
         _ => return Ok(()),
     };
     send_tcp(ctx, header, op, result, skaddr)

@@ -69,7 +69,13 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8, dedupe: bool) {
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if dedupe {
-        let key = UdpPeerKey { cookie, addr: daddr, port: dport, family, _pad: 0 };
+        let key = UdpPeerKey {
+            cookie,
+            addr: daddr,
+            port: dport,
+            family,
+            _pad: 0,
+        };
         if UDP_PEERS.insert(&key, &1u8, BPF_NOEXIST as u64).is_err() {
             return; // already reported
         }

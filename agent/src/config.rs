@@ -207,7 +207,10 @@ mod tests {
     #[test]
     fn defaults_round_trip_through_print_config() {
         let text = toml::to_string(&Config::default()).unwrap();
-        assert_eq!(Config::parse(&text, Path::new("x")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse(&text, Path::new("x")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -215,12 +218,20 @@ mod tests {
         let e = Config::parse("[kernel]\nring_bufer_bytes = 1\n", Path::new("/etc/s.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/etc/s.toml") && e.contains("ring_bufer_bytes"), "{e}");
+        assert!(
+            e.contains("/etc/s.toml") && e.contains("ring_bufer_bytes"),
+            "{e}"
+        );
         let e = Config::parse("[kernel]\nring_buffer_bytes = 1000\n", Path::new("c.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("kernel.ring_buffer_bytes") && e.contains("power of two"), "{e}");
-        let e = Config::parse("node_name = 3", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("kernel.ring_buffer_bytes") && e.contains("power of two"),
+            "{e}"
+        );
+        let e = Config::parse("node_name = 3", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node_name"), "{e}");
     }
 }

@@ -17,8 +17,18 @@ fn version_and_print_config() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("spyglass-agent {}", env!("CARGO_PKG_VERSION"))
     );
-    let out = run(&["print-config", "--ring-buffer-bytes", "1048576", "--node-name", "n1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "print-config",
+        "--ring-buffer-bytes",
+        "1048576",
+        "--node-name",
+        "n1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ring_buffer_bytes = 1048576"), "{text}");
     assert!(text.contains("node_name = \"n1\""), "{text}");
@@ -30,11 +40,18 @@ fn config_file_is_read_and_errors_name_file_and_field() {
     let dir = std::env::temp_dir().join(format!("spyglass-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let good = dir.join("good.toml");
-    std::fs::write(&good, "[process]\nancestors = 2\n[output]\nformat = \"text\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "[process]\nancestors = 2\n[output]\nformat = \"text\"\n",
+    )
+    .unwrap();
     let out = run(&["print-config", "--config", good.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ancestors = 2") && text.contains("format = \"text\""), "{text}");
+    assert!(
+        text.contains("ancestors = 2") && text.contains("format = \"text\""),
+        "{text}"
+    );
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[kernel]\nring_buffer_bytes = 12345\n").unwrap();
@@ -42,16 +59,25 @@ fn config_file_is_read_and_errors_name_file_and_field() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(bad.to_str().unwrap()), "{err}");
-    assert!(err.contains("kernel.ring_buffer_bytes") && err.contains("power of two"), "{err}");
+    assert!(
+        err.contains("kernel.ring_buffer_bytes") && err.contains("power of two"),
+        "{err}"
+    );
 
     std::fs::write(&bad, "[kernel]\nring_buffer = 65536\n").unwrap();
     let out = run(&["run", "--config", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown field") && err.contains("ring_buffer"), "{err}");
+    assert!(
+        err.contains("unknown field") && err.contains("ring_buffer"),
+        "{err}"
+    );
 
     let out = run(&["run", "--config", "/nonexistent/spyglass.toml"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot read config file /nonexistent/spyglass.toml"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent/spyglass.toml"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

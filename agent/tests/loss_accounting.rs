@@ -13,7 +13,10 @@ use serde_json::Value;
 /// Run `n` execs of `/bin/true MARK` from one shell loop.
 fn exec_burst(n: u32, mark: &str) {
     let script = format!("i=0; while [ $i -lt {n} ]; do /bin/true {mark}; i=$((i+1)); done");
-    let status = Command::new("/bin/sh").args(["-c", &script]).status().unwrap();
+    let status = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -61,7 +64,10 @@ fn ten_thousand_execs_are_all_reported_or_accounted_for() {
         .filter(|e| e["kind"] == "exec" && argv_of(e).get(1) == Some(&mark))
         .count();
     assert!(seen_final >= seen);
-    assert!(seen_final <= N, "{seen_final} exec events for {N} execs: duplicates");
+    assert!(
+        seen_final <= N,
+        "{seen_final} exec events for {N} execs: duplicates"
+    );
     let lost = lost_execs(&events) as usize;
     eprintln!("burst: {seen_final}/{N} exec events, {lost} reported lost");
     assert!(
@@ -92,7 +98,10 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     let events = agent.stop();
     let lost = lost_execs(&events) as usize;
     eprintln!("overflow: {seen}/{N} exec events, {lost} reported lost");
-    assert!(seen < N, "the ring buffer did not overflow; the test proves nothing");
+    assert!(
+        seen < N,
+        "the ring buffer did not overflow; the test proves nothing"
+    );
     assert!(
         seen + lost >= N,
         "{} execs missing but only {lost} reported lost",

@@ -101,13 +101,17 @@ fn tcp_connect_established_with_both_endpoints_and_accept() {
     assert_eq!(endpoint(&net(&ev)["remote"]), Some(server));
     assert_eq!(net(&ev)["outcome"], "established");
     assert_eq!(pid_of(&ev), me());
-    assert_eq!(ev["process"]["tid"].as_u64().is_some(), true);
+    assert!(ev["process"]["tid"].as_u64().is_some());
 
     let acc = agent.wait_for("TCP accept", WAIT, |e| {
         e["kind"] == "accept" && endpoint(&net(e)["remote"]) == Some(local)
     });
     assert_eq!(endpoint(&net(&acc)["local"]), Some(server));
-    assert_eq!(pid_of(&acc), me(), "accept is attributed to the listener's owner");
+    assert_eq!(
+        pid_of(&acc),
+        me(),
+        "accept is attributed to the listener's owner"
+    );
     agent.stop();
 }
 
@@ -118,7 +122,10 @@ fn tcp_connect_to_closed_port_fails() {
     }
     let agent = Agent::start(&["--no-snapshot"]);
     // A port that was free a moment ago: bind, note, close.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let err = TcpStream::connect(closed).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     let ev = agent.wait_for("failed TCP connect", WAIT, |e| {

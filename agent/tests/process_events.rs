@@ -31,7 +31,10 @@ fn exec_shows_argv_uid_ppid_exe_and_exit_code() {
         e["kind"] == "exec" && pid_of(e) == pid
     });
     let p = &exec["process"];
-    assert_eq!(argv_of(&exec), ["/bin/sh", "-c", "exit 7", mark.as_str(), odd]);
+    assert_eq!(
+        argv_of(&exec),
+        ["/bin/sh", "-c", "exit 7", mark.as_str(), odd]
+    );
     assert_eq!(p["exe"], "/bin/sh");
     assert_eq!(p["uid"], 65534);
     assert_eq!(p["gid"], 65534);
@@ -45,7 +48,11 @@ fn exec_shows_argv_uid_ppid_exe_and_exit_code() {
     });
     assert_eq!(exit["exit"]["code"], 7);
     assert!(exit["exit"].get("signal").is_none());
-    assert_eq!(argv_of(&exit), argv_of(&exec), "exit carries the process it ends");
+    assert_eq!(
+        argv_of(&exit),
+        argv_of(&exec),
+        "exit carries the process it ends"
+    );
 
     // The fork that made the child came from this test process.
     let fork = agent.wait_for("fork of the marked process", WAIT, |e| {
@@ -63,10 +70,14 @@ fn killed_process_reports_its_signal() {
     let agent = Agent::start(&["--no-snapshot"]);
     let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
     let pid = child.id() as u64;
-    agent.wait_for("exec of sleep", WAIT, |e| e["kind"] == "exec" && pid_of(e) == pid);
+    agent.wait_for("exec of sleep", WAIT, |e| {
+        e["kind"] == "exec" && pid_of(e) == pid
+    });
     child.kill().unwrap();
     child.wait().unwrap();
-    let exit = agent.wait_for("exit of sleep", WAIT, |e| e["kind"] == "exit" && pid_of(e) == pid);
+    let exit = agent.wait_for("exit of sleep", WAIT, |e| {
+        e["kind"] == "exit" && pid_of(e) == pid
+    });
     assert_eq!(exit["exit"]["signal"], 9);
     assert!(exit["exit"].get("code").is_none());
     agent.stop();
@@ -89,7 +100,9 @@ fn failed_execve_is_not_an_exec_event() {
     });
     let events = agent.stop();
     assert!(
-        !events.iter().any(|e| e["process"]["exe"] == missing.as_str()),
+        !events
+            .iter()
+            .any(|e| e["process"]["exe"] == missing.as_str()),
         "a failed execve produced an exec event"
     );
 }
@@ -102,7 +115,10 @@ fn long_argv_is_truncated_and_marked() {
     let agent = Agent::start(&["--no-snapshot"]);
     let mark = marker("long");
     let big = "x".repeat(6000);
-    let status = Command::new("/bin/true").args([&mark, &big]).status().unwrap();
+    let status = Command::new("/bin/true")
+        .args([&mark, &big])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exec = agent.wait_for("exec with a long argv", WAIT, |e| {
         e["kind"] == "exec" && argv_of(e).get(1) == Some(&mark)
@@ -122,7 +138,11 @@ fn startup_snapshot_reports_running_processes() {
         return;
     }
     let mark = marker("snap");
-    let mut child = Command::new("/bin/sleep").arg("30").arg0(&mark).spawn().unwrap();
+    let mut child = Command::new("/bin/sleep")
+        .arg("30")
+        .arg0(&mark)
+        .spawn()
+        .unwrap();
     let pid = child.id() as u64;
     std::thread::sleep(Duration::from_millis(100));
     let agent = Agent::start(&[]);

@@ -1,6 +1,406 @@
-//! Benchmarks (filled in below).
-use anyhow::Result;
+//! `cargo xtask bench`: the agent's overhead and completeness, measured
+//! side by side in one run.
+//!
+//! Workloads run in a separate load-generator process (`xtask loadgen`,
+//! this binary), never inside the agent or this driver. Each round runs a
+//! workload once with the agent off and once with it on, alternating the
+//! order between rounds; the table reports medians over rounds and the
+//! ratio on/off. Nothing here asserts on time: it is a measuring tool.
+use std::{
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
-pub fn run(_quick: bool) -> Result<()> {
-    anyhow::bail!("bench: not implemented yet")
+use anyhow::{bail, Context, Result};
+
+use crate::{agent_bin, root};
+
+/// Events counted by the drain thread of a running agent.
+#[derive(Default)]
+struct Counts {
+    lines: AtomicU64,
+    lost: AtomicU64,
+    marked: AtomicU64,
+}
+
+struct RunningAgent {
+    child: Child,
+    counts: Arc<Counts>,
+}
+
+fn lost_in(line: &str) -> u64 {
+    // {"kind":"loss",...,"loss":{"stage":"kernel","exec":N,"exit":N,"fork":N,"network":N,...}}
+    let Some(i) = line.find("\"loss\":{") else {
+        return 0;
+    };
+    let body = &line[i..];
+    [
+        "\"exec\":",
+        "\"exit\":",
+        "\"fork\":",
+        "\"network\":",
+        "\"decode_errors\":",
+    ]
+    .iter()
+    .filter_map(|k| {
+        let j = body.find(k)? + k.len();
+        body[j..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse::<u64>()
+            .ok()
+    })
+    .sum()
+}
+
+impl RunningAgent {
+    /// `marker` counts lines that start with `prefix` and contain it.
+    fn start(prefix: &str, marker: &str) -> Result<Self> {
+        let mut child = Command::new(agent_bin())
+            .args(["run", "--no-snapshot"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the agent")?;
+        let out = child.stdout.take().expect("piped");
+        let counts = Arc::new(Counts::default());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let c = counts.clone();
+        let marker = marker.to_owned();
+        let prefix = prefix.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("{\"kind\":\"agent\"") && line.contains("\"started\"") {
+                    let _ = ready_tx.send(());
+                }
+                c.lines.fetch_add(1, Ordering::Relaxed);
+                if line.starts_with("{\"kind\":\"loss\"") {
+                    c.lost.fetch_add(lost_in(&line), Ordering::Relaxed);
+                }
+                if line.starts_with(&prefix) && line.contains(&marker) {
+                    c.marked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("the agent did not start within 60 s")?;
+        Ok(RunningAgent { child, counts })
+    }
+
+    /// (utime + stime) of the agent in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // fields after the comm: state is [0]; utime is field 14 -> [11]
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        get(11) + get(12)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Run the load generator; returns ns per operation.
+fn run_loadgen(args: &[String]) -> Result<f64> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("loadgen")
+        .args(args)
+        .output()
+        .context("running the load generator")?;
+    if !out.status.success() {
+        bail!(
+            "loadgen {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse::<f64>()
+        .with_context(|| format!("loadgen printed `{text}`"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+struct Row {
+    name: &'static str,
+    off_ns: f64,
+    on_ns: f64,
+    spread: f64,
+    cpu_us_per_event: f64,
+    events_per_op: f64,
+    lost: u64,
+    complete: String,
+}
+
+/// One workload, interleaved off/on over `rounds`.
+fn workload(
+    name: &'static str,
+    args: &dyn Fn(&str) -> Vec<String>,
+    ops: u64,
+    rounds: usize,
+    events_expected_per_op: Option<u64>,
+) -> Result<Row> {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut cpu, mut events, mut lost, mut marked) = (0u64, 0u64, 0u64, 0u64);
+    for r in 0..rounds {
+        let marker = format!("spyglass-bench-{name}-{r}-{}", std::process::id());
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for agent_on in order {
+            if agent_on {
+                let agent = RunningAgent::start(
+                    "{\"kind\":\"exec\"",
+                    &format!("\"argv\":[\"/bin/true\",\"{marker}\"]"),
+                )?;
+                let (c0, l0) = (
+                    agent.cpu_ticks(),
+                    agent.counts.lines.load(Ordering::Relaxed),
+                );
+                on.push(run_loadgen(&args(&marker))?);
+                // let the agent drain before reading its counters
+                std::thread::sleep(Duration::from_millis(300));
+                cpu += agent.cpu_ticks() - c0;
+                events += agent.counts.lines.load(Ordering::Relaxed) - l0;
+                lost += agent.counts.lost.load(Ordering::Relaxed);
+                marked += agent.counts.marked.load(Ordering::Relaxed);
+                agent.stop();
+            } else {
+                off.push(run_loadgen(&args(&marker))?);
+            }
+        }
+    }
+    let spread = {
+        let lo = on.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = on.iter().cloned().fold(0.0, f64::max);
+        hi - lo
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let total_ops = ops * rounds as u64;
+    let complete = match events_expected_per_op {
+        Some(k) => format!(
+            "{}/{} ({:.2}%)",
+            marked,
+            total_ops * k,
+            100.0 * marked as f64 / (total_ops * k) as f64
+        ),
+        None => "n/a".into(),
+    };
+    Ok(Row {
+        name,
+        off_ns: median(&mut off),
+        on_ns: median(&mut on),
+        spread,
+        cpu_us_per_event: if events > 0 {
+            cpu as f64 / hz * 1e6 / events as f64
+        } else {
+            0.0
+        },
+        events_per_op: events as f64 / total_ops as f64,
+        lost,
+        complete,
+    })
+}
+
+/// `cargo xtask bench [--quick]`.
+pub fn run(quick: bool) -> Result<()> {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads the agent's eBPF programs: run it as root");
+    }
+    let (rounds, exec_n, conn_n, sys_n, udp_rate, udp_secs) = if quick {
+        (1, 200u64, 200u64, 200_000u64, 2_000u64, 1u64)
+    } else {
+        (5, 2_000, 3_000, 5_000_000, 20_000, 5)
+    };
+    let mut rows = vec![workload(
+        "exec (fork+exec /bin/true)",
+        &|m| vec!["exec".into(), exec_n.to_string(), m.into()],
+        exec_n,
+        rounds,
+        Some(1),
+    )?];
+    rows.push(workload(
+        "loopback TCP connect",
+        &|_| vec!["connect".into(), conn_n.to_string()],
+        conn_n,
+        rounds,
+        None,
+    )?);
+    rows.push(workload(
+        "unrelated syscall (getppid)",
+        &|_| vec!["syscall".into(), sys_n.to_string()],
+        sys_n,
+        rounds,
+        None,
+    )?);
+
+    // Zero-loss check at a fixed event rate: UDP sends to fresh sockets,
+    // one event each, to a port nothing listens on (loopback only).
+    let agent = RunningAgent::start("{\"kind\":\"connect\"", "\"port\":47999}")?;
+    let sent = udp_rate * udp_secs;
+    let c0 = agent.cpu_ticks();
+    run_loadgen(&[
+        "udp".into(),
+        udp_rate.to_string(),
+        udp_secs.to_string(),
+        "47999".into(),
+    ])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = agent.counts.marked.load(Ordering::Relaxed);
+    let lost = agent.counts.lost.load(Ordering::Relaxed);
+    let cpu = agent.cpu_ticks() - c0;
+    let rss = agent.rss_kib();
+    agent.stop();
+
+    let mut table = String::new();
+    table.push_str(&format!(
+        "Spyglass bench ({} round(s), agent off vs on, interleaved; medians)\n\n",
+        rounds
+    ));
+    table.push_str("| workload | off ns/op | on ns/op | added | on spread ns | agent CPU us/event | events/op | kernel+agent loss | marked events seen |\n");
+    table.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        table.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:+.2}% | {:.0} | {:.2} | {:.2} | {} | {} |\n",
+            r.name,
+            r.off_ns,
+            r.on_ns,
+            100.0 * (r.on_ns - r.off_ns) / r.off_ns,
+            r.spread,
+            r.cpu_us_per_event,
+            r.events_per_op,
+            r.lost,
+            r.complete
+        ));
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    table.push_str(&format!(
+        "\nSustained rate: {udp_rate} UDP sends/s on fresh sockets (bind + send: {} events/s) for {udp_secs} s: {seen}/{sent} send events seen, {lost} reported lost, agent CPU {:.2} us/event, RSS {} KiB\n",
+        2 * udp_rate,
+        if seen > 0 { cpu as f64 / hz * 1e6 / (2 * seen) as f64 } else { 0.0 },
+        rss
+    ));
+    print!("{table}");
+    let dir = root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(if quick { "quick.md" } else { "latest.md" });
+    std::fs::write(&file, &table)?;
+    eprintln!("xtask bench: written to {}", file.display());
+    Ok(())
+}
+
+/// The load generator, run as a separate process: prints ns per op.
+pub fn loadgen(args: &[String]) -> Result<()> {
+    let arg = |i: usize| -> Result<&str> {
+        args.get(i)
+            .map(String::as_str)
+            .context("loadgen: missing argument")
+    };
+    let ns_per_op = match arg(0)? {
+        "exec" => {
+            let n: u64 = arg(1)?.parse()?;
+            let mark = arg(2)?;
+            let t = Instant::now();
+            for _ in 0..n {
+                Command::new("/bin/true").arg(mark).status()?;
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        }
+        "connect" => {
+            // connect, then accept in the same thread: the accept queue never
+            // holds more than one connection, so no SYN is ever dropped.
+            let n: u64 = arg(1)?.parse()?;
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            let addr = l.local_addr()?;
+            let t = Instant::now();
+            for _ in 0..n {
+                let s = TcpStream::connect(addr)?;
+                let (server, _) = l.accept()?;
+                // RST on close: no TIME_WAIT pile-up across thousands of connects.
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: valid socket and option struct.
+                unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as u32,
+                    )
+                };
+                drop(s);
+                drop(server);
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        }
+        "syscall" => {
+            let n: u64 = arg(1)?.parse()?;
+            let t = Instant::now();
+            for _ in 0..n {
+                // SAFETY: getppid has no preconditions.
+                std::hint::black_box(unsafe { libc::getppid() });
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        }
+        "udp" => {
+            let rate: u64 = arg(1)?.parse()?;
+            let secs: u64 = arg(2)?.parse()?;
+            let port: u16 = arg(3)?.parse()?;
+            let total = rate * secs;
+            let t = Instant::now();
+            for i in 0..total {
+                // pace: op i is due at i/rate seconds
+                let due = Duration::from_nanos(i * 1_000_000_000 / rate);
+                let now = t.elapsed();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let s = UdpSocket::bind("127.0.0.1:0")?;
+                let _ = s.send_to(b"x", ("127.0.0.1", port));
+            }
+            t.elapsed().as_nanos() as f64 / total as f64
+        }
+        other => bail!("loadgen: unknown workload {other}"),
+    };
+    println!("{ns_per_op}");
+    Ok(())
 }

@@ -2,6 +2,8 @@
 //!
 //! Every command that needs tools installs what is missing first, and
 //! only what is missing: running it twice does nothing the second time.
+// A command-line tool: its reports go to stdout.
+#![allow(clippy::print_stdout)]
 mod bench;
 mod setup;
 
@@ -45,6 +47,8 @@ fn main() -> Result<()> {
             build()?;
             bench::run(rest.iter().any(|a| a == "--quick"))
         }
+        // internal: the benchmark's load generator (a separate process)
+        "loadgen" => bench::loadgen(&rest),
         "ci" => {
             build()?;
             test(&[])?;
@@ -107,7 +111,5 @@ fn run_agent(args: &[String]) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     // Release profile: the agent binary the end-to-end tests drive is the
     // one `build` just made, and no second (debug) build is needed.
-    sh(cargo()
-        .args(["test", "--release"])
-        .args(args))
+    sh(cargo().args(["test", "--release"]).args(args))
 }

@@ -76,18 +76,22 @@ fn bpf_linker() -> Result<()> {
     if ok {
         return Ok(());
     }
-    eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-    sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            &format!("~{BPF_LINKER_VERSION}"),
-            "--no-default-features",
-            "--features",
-            "llvm-22",
-        ]))
+    eprintln!(
+        "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+    );
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                &format!("~{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ]),
+    )
 }
 
 /// Everything `build` and `test` need.

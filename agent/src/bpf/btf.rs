@@ -33,7 +33,10 @@ pub enum BtfError {
         "cannot read kernel BTF at {path}: {source}. Spyglass needs a kernel built with \
          CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.8 are)"
     )]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("kernel BTF is malformed: {0}")]
     Malformed(&'static str),
     #[error("kernel BTF has no struct `{0}`")]
@@ -118,8 +121,8 @@ impl Btf {
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen as usize,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen as usize,
-                0 | 2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12
-                | 16 | KIND_TYPE_TAG => 0,
+                0 | 2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12 | 16
+                | KIND_TYPE_TAG => 0,
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             };
             types.push(Type {
@@ -250,11 +253,24 @@ mod tests {
                 + 1
         };
         let mut t = Vec::new();
-        let mut push = |vals: &[u32]| vals.iter().for_each(|v| t.extend_from_slice(&v.to_le_bytes()));
+        let mut push = |vals: &[u32]| {
+            vals.iter()
+                .for_each(|v| t.extend_from_slice(&v.to_le_bytes()))
+        };
         // 1: int (4 bytes)
         push(&[s("int"), KIND_INT << 24, 4, 32]);
         // 2: struct inner { int a @0; int b @64 bits }
-        push(&[s("inner"), KIND_STRUCT << 24 | 2, 16, s("a"), 1, 0, s("b"), 1, 64]);
+        push(&[
+            s("inner"),
+            KIND_STRUCT << 24 | 2,
+            16,
+            s("a"),
+            1,
+            0,
+            s("b"),
+            1,
+            64,
+        ]);
         // 3: anonymous union { struct inner }
         push(&[0, KIND_UNION << 24 | 1, 16, 0, 2, 0]);
         // 4: struct outer (kind_flag: bitfield encoding) { x @0; anon @64; y:3 @256 }
@@ -275,7 +291,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for v in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&t);
@@ -295,9 +317,18 @@ mod tests {
     #[test]
     fn reports_missing_and_bitfield_members() {
         let btf = Btf::parse(fixture()).unwrap();
-        assert!(matches!(btf.member_offset("nope", "x"), Err(BtfError::NoStruct(_))));
-        assert!(matches!(btf.member_offset("outer", "z"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member_offset("outer", "y"), Err(BtfError::Bitfield { .. })));
+        assert!(matches!(
+            btf.member_offset("nope", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
+        assert!(matches!(
+            btf.member_offset("outer", "z"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("outer", "y"),
+            Err(BtfError::Bitfield { .. })
+        ));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub enum BpfError {
         target: String,
         fallback: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("program `{0}` is missing from the embedded eBPF object (build mismatch)")]
     MissingProgram(&'static str),
@@ -89,14 +89,13 @@ impl Probes {
         let kernel_btf = btf::Btf::from_file(&opts.btf_path)?;
         let offsets = kernel_btf.kernel_offsets()?;
         drop(kernel_btf);
-        let aya_btf = aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default()).map_err(
-            |e| {
+        let aya_btf =
+            aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default()).map_err(|e| {
                 btf::BtfError::Read {
                     path: opts.btf_path.clone(),
                     source: std::io::Error::other(e.to_string()),
                 }
-            },
-        )?;
+            })?;
         // Wake the reader once a quarter of the ring is full.
         let wakeup_threshold: u64 = u64::from(opts.ring_buffer_bytes / 4);
         let mut ebpf = EbpfLoader::new()
@@ -215,7 +214,7 @@ fn attach(
             program: spec.program,
             target: target.clone(),
             fallback: spec.fallback,
-            source,
+            source: Box::new(source),
         },
     };
     let result: Result<(), ProgramError> = (|| {

@@ -94,7 +94,12 @@ pub fn text_line(ev: &Event) -> String {
     }
     if let Some(a) = &ev.agent {
         line.push_str(&format!(" {} v{} kernel={}", a.state, a.version, a.kernel));
-        let down: Vec<&str> = a.probes.iter().filter(|p| !p.attached).map(|p| p.program).collect();
+        let down: Vec<&str> = a
+            .probes
+            .iter()
+            .filter(|p| !p.attached)
+            .map(|p| p.program)
+            .collect();
         if !down.is_empty() {
             line.push_str(&format!(" probes-not-attached={down:?}"));
         }
@@ -135,7 +140,11 @@ mod tests {
 
     #[test]
     fn text_lines_read_like_a_log() {
-        let mut ev = Event::new(Kind::Exec, "2026-11-24T19:48:38.856200274Z".into(), "n".into());
+        let mut ev = Event::new(
+            Kind::Exec,
+            "2026-11-24T19:48:38.856200274Z".into(),
+            "n".into(),
+        );
         ev.process = Some(Process {
             pid: 5,
             uid: 1000,
@@ -153,13 +162,23 @@ mod tests {
             text_line(&ev),
             r"19:48:38.856 exec    pid=5 uid=1000 echo exe=/bin/echo argv=[/bin/echo 'a b' 'it'\''s'] parent=1:/bin/bash"
         );
-        let mut ev = Event::new(Kind::Connect, "2026-11-24T19:48:38.856200274Z".into(), "n".into());
+        let mut ev = Event::new(
+            Kind::Connect,
+            "2026-11-24T19:48:38.856200274Z".into(),
+            "n".into(),
+        );
         ev.network = Some(Network {
             protocol: "tcp",
             family: "ipv4",
             op: "connect",
-            local: Endpoint { addr: "127.0.0.1".into(), port: 4000 },
-            remote: Some(Endpoint { addr: "127.0.0.1".into(), port: 80 }),
+            local: Endpoint {
+                addr: "127.0.0.1".into(),
+                port: 4000,
+            },
+            remote: Some(Endpoint {
+                addr: "127.0.0.1".into(),
+                port: 80,
+            }),
             outcome: Some("failed"),
             wildcard: None,
         });

@@ -267,8 +267,10 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test fixtures are repr(C) PODs.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn hdr(kind: u32) -> EventHeader {
@@ -397,7 +399,10 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::TooShort { .. })));
+        assert!(matches!(
+            decode(&[1, 2, 3]),
+            Err(DecodeError::TooShort { .. })
+        ));
         let mut h = bytes_of(&hdr(99));
         assert_eq!(decode(&h), Err(DecodeError::UnknownKind(99)));
         h[..4].copy_from_slice(&kind::NET.to_ne_bytes());

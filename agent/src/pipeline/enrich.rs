@@ -152,7 +152,11 @@ impl Enricher {
             ev.network = Some(Network {
                 protocol: s.protocol,
                 family: family(&s.local),
-                op: if s.protocol == "tcp" { "listen" } else { "bind" },
+                op: if s.protocol == "tcp" {
+                    "listen"
+                } else {
+                    "bind"
+                },
                 local: s.local.into(),
                 remote: None,
                 outcome: None,

@@ -20,7 +20,12 @@ pub fn delta(prev: &Totals, cur: &Totals, decode_errors: u64) -> Option<Loss> {
         connect_untracked: d(counter::CONNECT_TRACK_FULL),
         decode_errors,
     };
-    (loss != Loss { stage: "kernel", ..Loss::default() }).then_some(loss)
+    (loss
+        != Loss {
+            stage: "kernel",
+            ..Loss::default()
+        })
+    .then_some(loss)
 }
 
 #[cfg(test)]

@@ -62,10 +62,7 @@ fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Optio
         uid: status.as_ref().map(|s| s.ruid).unwrap_or(0),
         gid: status.as_ref().map(|s| s.rgid).unwrap_or(0),
         comm: stat.comm.clone(),
-        exe: p
-            .exe()
-            .map(|e| e.display().to_string())
-            .unwrap_or_default(),
+        exe: p.exe().map(|e| e.display().to_string()).unwrap_or_default(),
         argv: p.cmdline().unwrap_or_default().into(),
         argv_truncated: false,
         cgroup_id: cgroup2_path(&cgroup)
@@ -107,7 +104,11 @@ pub fn take(cgroup_root: &Path) -> Snapshot {
     let mut seen = HashSet::new();
     for (&netns, &pid) in &netns_reader {
         let Ok(p) = Process::new(pid) else { continue };
-        let tcp = p.tcp().unwrap_or_default().into_iter().chain(p.tcp6().unwrap_or_default());
+        let tcp = p
+            .tcp()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(p.tcp6().unwrap_or_default());
         for e in tcp.filter(|e| e.state == TcpState::Listen) {
             if let Some(&owner) = inode_owner.get(&e.inode) {
                 if seen.insert(("tcp", e.inode)) {
@@ -119,7 +120,11 @@ pub fn take(cgroup_root: &Path) -> Snapshot {
                 }
             }
         }
-        let udp = p.udp().unwrap_or_default().into_iter().chain(p.udp6().unwrap_or_default());
+        let udp = p
+            .udp()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(p.udp6().unwrap_or_default());
         for e in udp.filter(|e| e.state == UdpState::Close && e.local_address.port() != 0) {
             if let Some(&owner) = inode_owner.get(&e.inode) {
                 if seen.insert(("udp", e.inode)) {
@@ -154,15 +159,23 @@ mod tests {
         if !Path::new("/proc/self/stat").exists() {
             return;
         }
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        let root = crate::bpf::preflight::cgroup2_root().unwrap_or_else(|_| "/sys/fs/cgroup".into());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let root =
+            crate::bpf::preflight::cgroup2_root().unwrap_or_else(|_| "/sys/fs/cgroup".into());
         let snap = take(&root);
         let _ = child.kill();
         let _ = child.wait();
         let me = std::process::id();
         // The agent leaves itself out; its child is in.
         assert!(snap.processes.iter().all(|p| p.pid != me));
-        let c = snap.processes.iter().find(|p| p.pid == child.id()).expect("child listed");
+        let c = snap
+            .processes
+            .iter()
+            .find(|p| p.pid == child.id())
+            .expect("child listed");
         assert_eq!(c.ppid, me);
         assert_eq!(&*c.argv, ["sleep", "30"]);
         assert!(c.exe.ends_with("/sleep"), "{}", c.exe);

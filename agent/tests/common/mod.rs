@@ -99,12 +99,8 @@ impl Agent {
             let now = Instant::now();
             if now >= deadline {
                 let n = events.len();
-                let tail: Vec<String> = events
-                    .iter()
-                    .rev()
-                    .take(5)
-                    .map(|e| e.to_string())
-                    .collect();
+                let tail: Vec<String> =
+                    events.iter().rev().take(5).map(|e| e.to_string()).collect();
                 panic!("timed out waiting for {what}; {n} events seen, last: {tail:#?}");
             }
             events = cv.wait_timeout(events, deadline - now).unwrap().0;
@@ -113,7 +109,14 @@ impl Agent {
 
     /// Events matching a predicate so far.
     pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        self.events.0.lock().unwrap().iter().filter(|e| pred(e)).cloned().collect()
+        self.events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| pred(e))
+            .cloned()
+            .collect()
     }
 
     /// Send a signal to the agent process.
@@ -151,6 +154,10 @@ pub fn pid_of(e: &Value) -> u64 {
 pub fn argv_of(e: &Value) -> Vec<String> {
     e["process"]["argv"]
         .as_array()
-        .map(|a| a.iter().map(|s| s.as_str().unwrap_or("").to_owned()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap_or("").to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
