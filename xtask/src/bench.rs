@@ -225,10 +225,10 @@ fn workload(
         off_ns: median(&mut off),
         on_ns: median(&mut on),
         spread,
-        cpu_us_per_event: if events > 0 {
+        cpu_us_per_event: if events > ops * rounds as u64 / 100 {
             cpu as f64 / hz * 1e6 / events as f64
         } else {
-            0.0
+            f64::NAN
         },
         events_per_op: events as f64 / total_ops as f64,
         lost,
