@@ -41,6 +41,27 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Totals {
     totals
 }
 
+/// The output sinks: stdout always (possibly format `none`), the
+/// collector when configured. Both get every batch, in order.
+struct Sinks {
+    stdout: mpsc::Sender<Vec<Event>>,
+    grpc: Option<mpsc::Sender<Vec<Event>>>,
+}
+
+impl Sinks {
+    async fn send(&self, events: Vec<Event>) -> Result<()> {
+        if let Some(g) = &self.grpc {
+            g.send(events.clone())
+                .await
+                .map_err(|_| anyhow::anyhow!("collector exporter stopped"))?;
+        }
+        self.stdout
+            .send(events)
+            .await
+            .map_err(|_| anyhow::anyhow!("stdout exporter stopped"))
+    }
+}
+
 pub async fn run(cfg: Config) -> Result<()> {
     let node = cfg.node();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -80,6 +101,23 @@ pub async fn run(cfg: Config) -> Result<()> {
         .name("stdout-export".into())
         .spawn(move || crate::export::stdout::run(out_rx, std::io::stdout().lock(), format))
         .context("spawning the stdout exporter thread")?;
+    // Optional second sink: the collector.
+    let (grpc_tx, grpc_task) = if cfg.collector.url.is_empty() {
+        (None, None)
+    } else {
+        let (tx, rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
+        let task = tokio::spawn(crate::export::grpc::run(
+            rx,
+            cfg.collector.clone(),
+            node.clone(),
+        ));
+        info!(url = %cfg.collector.url, spool = %cfg.collector.spool_dir.display(), "streaming to collector");
+        (Some(tx), Some(task))
+    };
+    let out = Sinks {
+        stdout: out_tx,
+        grpc: grpc_tx,
+    };
 
     let mut enricher = Enricher::new(
         Limits {
@@ -106,10 +144,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         );
         let events = enricher.snapshot(snap);
         for chunk in events.chunks(1024) {
-            out_tx.send(chunk.to_vec()).await?;
+            out.send(chunk.to_vec()).await?;
         }
     }
-    let mut started = Event::new(Kind::Agent, crate::clock::Clock::new().now(), node.clone());
+    let mut started = Event::new(Kind::Agent, crate::clock::Clock::now(), node.clone());
     started.agent = Some(AgentInfo {
         state: "started",
         version: env!("CARGO_PKG_VERSION"),
@@ -118,7 +156,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         snapshot_processes: snap_procs,
         snapshot_sockets: snap_socks,
     });
-    out_tx.send(vec![started]).await?;
+    out.send(vec![started]).await?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -149,11 +187,11 @@ pub async fn run(cfg: Config) -> Result<()> {
             batch = raw_rx.recv() => {
                 let Some(batch) = batch else { break };
                 let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
-                out_tx.send(events).await?;
+                out.send(events).await?;
             }
             _ = tick.tick() => {
                 if let Some(ev) = report_losses(&enricher) {
-                    out_tx.send(vec![ev]).await?;
+                    out.send(vec![ev]).await?;
                 }
             }
             _ = sigterm.recv() => break,
@@ -169,14 +207,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     while let Ok(batch) = raw_rx.try_recv() {
         let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
-        out_tx.send(events).await?;
+        out.send(events).await?;
     }
     drop(raw_rx);
     let _ = reader.join();
     if let Some(ev) = report_losses(&enricher) {
-        out_tx.send(vec![ev]).await?;
+        out.send(vec![ev]).await?;
     }
-    let mut stopping = Event::new(Kind::Agent, crate::clock::Clock::new().now(), node);
+    let mut stopping = Event::new(Kind::Agent, crate::clock::Clock::now(), node);
     stopping.agent = Some(AgentInfo {
         state: "stopping",
         version: env!("CARGO_PKG_VERSION"),
@@ -185,8 +223,17 @@ pub async fn run(cfg: Config) -> Result<()> {
         snapshot_processes: None,
         snapshot_sockets: None,
     });
-    out_tx.send(vec![stopping]).await?;
-    drop(out_tx);
+    out.send(vec![stopping]).await?;
+    let Sinks { stdout, grpc } = out;
+    drop(stdout);
+    drop(grpc);
+    if let Some(task) = grpc_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "collector exporter failed"),
+            Err(e) => warn!(error = %e, "collector exporter task panicked"),
+        }
+    }
     let written = exporter
         .join()
         .map_err(|_| anyhow::anyhow!("stdout exporter thread panicked"))??;

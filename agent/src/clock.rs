@@ -1,4 +1,6 @@
-//! Kernel timestamps (ns since boot, CLOCK_BOOTTIME) to wall-clock text.
+//! Kernel timestamps (ns since boot, CLOCK_BOOTTIME) to wall clock.
+
+pub use spyglass_proto::time::Timestamp;
 
 /// Converts boot-relative nanoseconds to RFC 3339 UTC.
 #[derive(Clone, Copy, Debug)]
@@ -29,64 +31,19 @@ impl Clock {
         now_ns(libc::CLOCK_BOOTTIME) as u64
     }
 
-    /// Boot-relative ns -> RFC 3339.
-    pub fn rfc3339(&self, boot_ns: u64) -> String {
-        format_rfc3339(boot_ns as i128 + self.offset_ns)
+    /// Boot-relative ns -> wall clock.
+    pub fn wall(&self, boot_ns: u64) -> Timestamp {
+        Timestamp((boot_ns as i128 + self.offset_ns) as i64)
     }
 
-    /// Wall clock now as RFC 3339.
-    pub fn now(&self) -> String {
-        format_rfc3339(now_ns(libc::CLOCK_REALTIME))
+    /// Wall clock now.
+    pub fn now() -> Timestamp {
+        Timestamp(now_ns(libc::CLOCK_REALTIME) as i64)
     }
 }
 
 impl Default for Clock {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Unix ns -> `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (proleptic Gregorian, UTC).
-pub fn format_rfc3339(unix_ns: i128) -> String {
-    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-    let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_known_instants() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        // 2000-02-29 (leap day) 12:34:56.000000789
-        assert_eq!(
-            format_rfc3339(951_827_696_000_000_789),
-            "2000-02-29T12:34:56.000000789Z"
-        );
-        // 2026-11-24T19:37:02Z
-        assert_eq!(
-            format_rfc3339(1_795_549_022 * 1_000_000_000),
-            "2026-11-24T19:37:02.000000000Z"
-        );
-        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
     }
 }

@@ -34,6 +34,68 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     pub losses: LossConfig,
     pub output: OutputConfig,
+    pub collector: CollectorConfig,
+}
+
+/// `[collector]`: streaming to a spyglass-collector over gRPC.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Collector URL, `http://HOST:PORT` or `https://HOST:PORT`. Empty
+    /// (the default) disables streaming (`--collector`).
+    pub url: String,
+    /// Where unacknowledged batches wait (survives restarts).
+    /// Default /var/lib/spyglass/spool (`--spool-dir`).
+    pub spool_dir: std::path::PathBuf,
+    /// Spool bound in bytes; beyond it the oldest batches are dropped and
+    /// reported as a loss. Default 256 MiB.
+    pub spool_max_bytes: u64,
+    /// Events per batch at most. Default 1000.
+    pub batch_max_events: usize,
+    /// A batch is sent after this long even if not full, ms. Default 100.
+    pub batch_linger_ms: u64,
+    /// Unacknowledged batches on the wire at once. Default 32.
+    pub max_in_flight: usize,
+    /// gzip batches on the wire. Default true.
+    pub compression: bool,
+    /// CA bundle (PEM) that signed the collector's certificate (https).
+    pub ca_file: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// Server name to verify, if not the URL's host.
+    pub tls_domain: Option<String>,
+    /// File holding a bearer token (else the SPYGLASS_TOKEN variable).
+    pub token_file: Option<String>,
+    /// Connect timeout, ms. Default 5000.
+    pub connect_timeout_ms: u64,
+    /// Longest wait between reconnect attempts, ms. Default 5000.
+    pub max_backoff_ms: u64,
+    /// On shutdown, how long to try delivering what is spooled, ms.
+    /// Default 3000; what is left is sent after the next start.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            url: String::new(),
+            spool_dir: "/var/lib/spyglass/spool".into(),
+            spool_max_bytes: 256 * 1024 * 1024,
+            batch_max_events: 1000,
+            batch_linger_ms: 100,
+            max_in_flight: 32,
+            compression: true,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            tls_domain: None,
+            token_file: None,
+            connect_timeout_ms: 5000,
+            max_backoff_ms: 5000,
+            shutdown_grace_ms: 3000,
+        }
+    }
 }
 
 /// `[output]`: where events go.
@@ -170,6 +232,23 @@ impl Config {
                 field: "process.max_entries",
                 value: self.process.max_entries.to_string(),
                 why: "must be at least 1024",
+            });
+        }
+        let c = &self.collector;
+        if c.batch_max_events == 0 || c.batch_linger_ms == 0 || c.max_in_flight == 0 {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "collector.batch_max_events/batch_linger_ms/max_in_flight",
+                value: "0".into(),
+                why: "must be at least 1",
+            });
+        }
+        if !c.url.is_empty() && !c.url.starts_with("http://") && !c.url.starts_with("https://") {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "collector.url",
+                value: c.url.clone(),
+                why: "must start with http:// or https://",
             });
         }
         if self.losses.report_interval_ms == 0 {

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use crate::clock::Timestamp;
+
 /// `kind` of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,7 +41,7 @@ pub struct Process {
     pub cgroup_id: u64,
     /// Process start, RFC 3339 UTC.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<String>,
+    pub start_time: Option<Timestamp>,
 }
 
 /// An ancestor in the parent chain.
@@ -124,6 +126,9 @@ pub struct Loss {
     pub connect_untracked: u64,
     /// Records that failed to decode.
     pub decode_errors: u64,
+    /// Events in batches the collector spool dropped when it was full
+    /// (stage `agent`).
+    pub spool_dropped: u64,
 }
 
 /// Agent lifecycle.
@@ -147,7 +152,7 @@ pub struct AgentInfo {
 pub struct Event {
     pub kind: Kind,
     /// When it happened, RFC 3339 UTC with nanoseconds.
-    pub time: String,
+    pub time: Timestamp,
     /// Node (host) name.
     pub node: String,
     /// Reported by the startup snapshot, not observed live.
@@ -173,7 +178,7 @@ pub struct Event {
 
 impl Event {
     /// An event with only the common fields set.
-    pub fn new(kind: Kind, time: String, node: String) -> Self {
+    pub fn new(kind: Kind, time: Timestamp, node: String) -> Self {
         Event {
             kind,
             time,

@@ -46,6 +46,12 @@ struct Overrides {
     /// Output format on stdout: json (default) or text.
     #[arg(long, global = true, value_enum)]
     format: Option<export::stdout::Format>,
+    /// Stream events to a collector at this URL (http:// or https://).
+    #[arg(long, global = true)]
+    collector: Option<String>,
+    /// Spool directory for batches bound for the collector.
+    #[arg(long, global = true)]
+    spool_dir: Option<PathBuf>,
     /// Do not report processes and sockets that existed before the start.
     #[arg(long, global = true)]
     no_snapshot: bool,
@@ -75,6 +81,12 @@ fn effective_config(cli: &Cli) -> Result<Config> {
     }
     if let Some(f) = o.format {
         cfg.output.format = f;
+    }
+    if let Some(c) = &o.collector {
+        cfg.collector.url = c.clone();
+    }
+    if let Some(d) = &o.spool_dir {
+        cfg.collector.spool_dir = d.clone();
     }
     if o.no_snapshot {
         cfg.snapshot.enabled = false;

@@ -9,8 +9,18 @@ use crate::sh;
 /// Debian packages the build and tests need.
 /// - llvm-22-dev, libzstd-dev: bpf-linker links LLVM 22 (the LLVM of the
 ///   Rust toolchain) and needs zstd;
-/// - iproute2: tests create their own network namespaces.
-const PACKAGES: &[&str] = &["llvm-22-dev", "libzstd-dev", "iproute2"];
+/// - protobuf-compiler: `protoc` for the spyglass.v1 gRPC API;
+/// - iproute2: tests create their own network namespaces;
+/// - openssl: tests make throwaway certificates for TLS and mTLS;
+/// - rsyslog: the syslog output is tested against a real rsyslog.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libzstd-dev",
+    "protobuf-compiler",
+    "iproute2",
+    "openssl",
+    "rsyslog",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13";
 

@@ -1,2 +1,5 @@
 //! Event sinks.
+pub mod convert;
+pub mod grpc;
+pub mod spool;
 pub mod stdout;

@@ -17,6 +17,8 @@ pub enum Format {
     Json,
     /// One human-readable line per event.
     Text,
+    /// Nothing on stdout (use with a collector).
+    None,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +44,8 @@ fn quote(arg: &str) -> String {
 
 /// One-line summary of an event.
 pub fn text_line(ev: &Event) -> String {
-    let time = ev.time.get(11..23).unwrap_or(&ev.time);
+    let time = ev.time.to_string();
+    let time = time.get(11..23).unwrap_or(&time);
     let kind = format!("{:?}", ev.kind).to_lowercase();
     let mut line = format!("{time} {kind:<7}");
     if ev.snapshot {
@@ -121,6 +124,7 @@ pub fn run(
             match format {
                 Format::Json => serde_json::to_writer(&mut out, ev)?,
                 Format::Text => out.write_all(text_line(ev).as_bytes())?,
+                Format::None => continue,
             }
             out.write_all(b"\n")?;
             written += 1;
@@ -136,6 +140,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Timestamp;
     use crate::event::{Ancestor, Endpoint, Network, Process};
 
     #[test]
@@ -191,7 +196,7 @@ mod tests {
     #[test]
     fn json_is_one_object_per_line() {
         let (tx, rx) = mpsc::channel(4);
-        let ev = Event::new(Kind::Agent, "t".into(), "n".into());
+        let ev = Event::new(Kind::Agent, Timestamp(0), "n".into());
         tx.blocking_send(vec![ev.clone(), ev]).unwrap();
         drop(tx);
         let mut buf = Vec::new();

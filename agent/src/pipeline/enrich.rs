@@ -80,7 +80,7 @@ impl Enricher {
     }
 
     fn event(&self, kind: Kind, ts_ns: u64) -> Event {
-        Event::new(kind, self.clock.rfc3339(ts_ns), self.node.clone())
+        Event::new(kind, self.clock.wall(ts_ns), self.node.clone())
     }
 
     /// Process, parent and ancestors of `pid` into `ev`. Live fields from
@@ -127,7 +127,7 @@ impl Enricher {
             argv: info.argv.to_vec(),
             argv_truncated: info.argv_truncated,
             cgroup_id: info.cgroup_id,
-            start_time: (info.start_time_ns != 0).then(|| self.clock.rfc3339(info.start_time_ns)),
+            start_time: (info.start_time_ns != 0).then(|| self.clock.wall(info.start_time_ns)),
         }
     }
 

@@ -19,6 +19,7 @@ pub fn delta(prev: &Totals, cur: &Totals, decode_errors: u64) -> Option<Loss> {
         read_errors: d(counter::READ_ERRORS),
         connect_untracked: d(counter::CONNECT_TRACK_FULL),
         decode_errors,
+        spool_dropped: 0,
     };
     (loss
         != Loss {

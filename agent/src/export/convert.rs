@@ -1,0 +1,148 @@
+//! The agent's events -> spyglass.v1 wire messages. The only module of the
+//! agent that touches wire types.
+use spyglass_proto::v1 as wire;
+
+use crate::event::{Ancestor, Endpoint, Event, Kind, Process};
+
+fn kind(k: Kind) -> wire::EventKind {
+    match k {
+        Kind::Exec => wire::EventKind::Exec,
+        Kind::Exit => wire::EventKind::Exit,
+        Kind::Fork => wire::EventKind::Fork,
+        Kind::Listen => wire::EventKind::Listen,
+        Kind::Connect => wire::EventKind::Connect,
+        Kind::Accept => wire::EventKind::Accept,
+        Kind::Loss => wire::EventKind::Loss,
+        Kind::Agent => wire::EventKind::Agent,
+    }
+}
+
+fn process(p: &Process) -> wire::Process {
+    wire::Process {
+        pid: p.pid,
+        tid: p.tid.unwrap_or(0),
+        ppid: p.ppid,
+        uid: p.uid,
+        gid: p.gid,
+        comm: p.comm.clone(),
+        exe: p.exe.clone(),
+        argv: p.argv.clone(),
+        argv_truncated: p.argv_truncated,
+        cgroup_id: p.cgroup_id,
+        start_time_unix_nano: p.start_time.map(|t| t.0).unwrap_or(0),
+    }
+}
+
+fn ancestor(a: &Ancestor) -> wire::Ancestor {
+    wire::Ancestor {
+        pid: a.pid,
+        exe: a.exe.clone(),
+        comm: a.comm.clone(),
+    }
+}
+
+fn endpoint(e: &Endpoint) -> wire::Endpoint {
+    wire::Endpoint {
+        addr: e.addr.clone(),
+        port: u32::from(e.port),
+    }
+}
+
+/// One event on the wire.
+pub fn to_wire(ev: &Event) -> wire::Event {
+    use wire::event::Detail;
+    let detail = if let Some(x) = &ev.exit {
+        Some(Detail::Exit(wire::ExitInfo {
+            exited: x.code.is_some(),
+            code: x.code.unwrap_or(0),
+            signal: x.signal.unwrap_or(0),
+            raw: x.raw,
+        }))
+    } else if let Some(f) = &ev.fork {
+        Some(Detail::Fork(wire::ForkInfo {
+            child_pid: f.child_pid,
+        }))
+    } else if let Some(n) = &ev.network {
+        Some(Detail::Network(wire::Network {
+            protocol: n.protocol.into(),
+            family: n.family.into(),
+            op: n.op.into(),
+            local: Some(endpoint(&n.local)),
+            remote: n.remote.as_ref().map(endpoint),
+            outcome: n.outcome.unwrap_or("").into(),
+            wildcard: n.wildcard.unwrap_or(false),
+        }))
+    } else if let Some(l) = &ev.loss {
+        Some(Detail::Loss(wire::Loss {
+            stage: l.stage.into(),
+            exec: l.exec,
+            exit: l.exit,
+            fork: l.fork,
+            network: l.network,
+            read_errors: l.read_errors,
+            connect_untracked: l.connect_untracked,
+            decode_errors: l.decode_errors,
+            spool_dropped: l.spool_dropped,
+        }))
+    } else {
+        ev.agent.as_ref().map(|a| {
+            Detail::Agent(wire::AgentInfo {
+                state: a.state.into(),
+                version: a.version.into(),
+                kernel: a.kernel.clone(),
+                probes: a
+                    .probes
+                    .iter()
+                    .map(|p| wire::ProbeStatus {
+                        program: p.program.into(),
+                        attached: p.attached,
+                        error: p.error.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+        })
+    };
+    wire::Event {
+        kind: kind(ev.kind) as i32,
+        time_unix_nano: ev.time.0,
+        node: ev.node.clone(),
+        snapshot: ev.snapshot,
+        process: ev.process.as_ref().map(process),
+        parent: ev.parent.as_ref().map(ancestor),
+        ancestors: ev.ancestors.iter().map(ancestor).collect(),
+        container: None,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{clock::Timestamp, event::ExitInfo};
+
+    #[test]
+    fn exit_by_signal_and_process_fields() {
+        let mut ev = Event::new(Kind::Exit, Timestamp(42), "n".into());
+        ev.process = Some(Process {
+            pid: 3,
+            tid: Some(4),
+            argv: vec!["a".into()],
+            start_time: Some(Timestamp(7)),
+            ..Process::default()
+        });
+        ev.exit = Some(ExitInfo {
+            code: None,
+            signal: Some(9),
+            raw: 9,
+        });
+        let w = to_wire(&ev);
+        assert_eq!(w.kind, wire::EventKind::Exit as i32);
+        assert_eq!(w.time_unix_nano, 42);
+        let p = w.process.unwrap();
+        assert_eq!((p.pid, p.tid, p.start_time_unix_nano), (3, 4, 7));
+        match w.detail {
+            Some(wire::event::Detail::Exit(x)) => assert!(!x.exited && x.signal == 9),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Streaming to the collector: batches over one long-lived gRPC stream,
+//! acknowledged by the collector; at-least-once delivery that survives
+//! collector outages and agent restarts.
+//!
+//! Every batch gets the next sequence number and is written to the spool
+//! before it is sent; an ack deletes it. After any disconnect the exporter
+//! reconnects with jittered exponential backoff and resends every spooled
+//! batch in order; the collector drops the ones it already wrote. When the
+//! spool is full, the oldest batches are dropped and a `loss` event
+//! (stage `agent`, `spool_dropped`) says how many events went with them.
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use spyglass_proto::v1::{self as wire, collector_client::CollectorClient};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    codec::CompressionEncoding,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    Request, Status, Streaming,
+};
+use tracing::{info, warn};
+
+use super::{convert::to_wire, spool::Spool};
+use crate::{
+    clock::Clock,
+    config::CollectorConfig,
+    event::{Event, Kind, Loss},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error(transparent)]
+    Spool(#[from] super::spool::SpoolError),
+    #[error(
+        "collector url `{url}` is invalid: {message}. Use http://HOST:PORT or https://HOST:PORT"
+    )]
+    Url { url: String, message: String },
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("collector url is https but no collector.ca_file is set to verify the collector")]
+    NoCa,
+    #[error("TLS settings rejected: {0}")]
+    Tls(String),
+}
+
+/// Jittered exponential backoff, 100 ms doubling to `max`.
+struct Backoff {
+    attempt: u32,
+    max: Duration,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let base = Duration::from_millis(100) * 2u32.saturating_pow(self.attempt.min(16));
+        self.attempt += 1;
+        let base = base.min(self.max);
+        // +-25% jitter from the clock's low bits: no rand dependency needed.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let factor = 0.75 + (nanos % 1000) as f64 / 2000.0;
+        base.mul_f64(factor)
+    }
+}
+
+type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+
+struct Conn {
+    tx: mpsc::Sender<wire::Batch>,
+    acks: Streaming<wire::Ack>,
+}
+
+fn read_file(what: &'static str, path: &str) -> Result<Vec<u8>, GrpcError> {
+    std::fs::read(path).map_err(|source| GrpcError::Read {
+        what,
+        path: path.into(),
+        source,
+    })
+}
+
+fn endpoint(cfg: &CollectorConfig) -> Result<Endpoint, GrpcError> {
+    let url_err = |message: String| GrpcError::Url {
+        url: cfg.url.clone(),
+        message,
+    };
+    let mut ep = Endpoint::from_shared(cfg.url.clone())
+        .map_err(|e| url_err(e.to_string()))?
+        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if cfg.url.starts_with("https://") {
+        let ca = cfg.ca_file.as_deref().ok_or(GrpcError::NoCa)?;
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read_file("collector CA file", ca)?));
+        if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
+            tls = tls.identity(Identity::from_pem(
+                read_file("client certificate", cert)?,
+                read_file("client key", key)?,
+            ));
+        }
+        if let Some(d) = &cfg.tls_domain {
+            tls = tls.domain_name(d.clone());
+        }
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| GrpcError::Tls(e.to_string()))?;
+    } else if !cfg.url.starts_with("http://") {
+        return Err(url_err("scheme must be http or https".into()));
+    }
+    Ok(ep)
+}
+
+fn auth(cfg: &CollectorConfig) -> Result<Auth, GrpcError> {
+    let token = match (&cfg.token_file, std::env::var("SPYGLASS_TOKEN").ok()) {
+        (Some(path), _) => Some(
+            String::from_utf8_lossy(&read_file("token file", path)?)
+                .trim()
+                .to_owned(),
+        ),
+        (None, env) => env,
+    };
+    let header: Option<MetadataValue<_>> = match token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| GrpcError::Tls("bearer token has invalid characters".into()))?,
+        ),
+        None => None,
+    };
+    Ok(Box::new(move |mut req: Request<()>| {
+        if let Some(h) = &header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }))
+}
+
+async fn connect(ep: &Endpoint, cfg: &CollectorConfig) -> Result<Conn, String> {
+    let channel: Channel = ep.connect().await.map_err(|e| format!("{e:?}"))?;
+    let auth = auth(cfg).map_err(|e| e.to_string())?;
+    let mut client = CollectorClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(16 * 1024 * 1024);
+    if cfg.compression {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    let (tx, rx) = mpsc::channel(cfg.max_in_flight.max(1) * 2);
+    let acks = client
+        .publish(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    Ok(Conn { tx, acks })
+}
+
+async fn next_ack(conn: &mut Option<Conn>) -> Result<Option<wire::Ack>, Status> {
+    match conn {
+        Some(c) => c.acks.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_ns() -> i64 {
+    Clock::now().0
+}
+
+/// Exporter state between events.
+struct Exporter {
+    node: String,
+    spool: Spool,
+    pending: Vec<wire::Event>,
+}
+
+impl Exporter {
+    /// Seal the pending events into a spooled batch.
+    fn flush(&mut self) -> Result<(), GrpcError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let seq = self.spool.next_sequence()?;
+        let events = std::mem::take(&mut self.pending);
+        let n = events.len() as u64;
+        let batch = wire::Batch {
+            node_id: self.node.clone(),
+            sequence: seq,
+            events,
+            sent_unix_nano: 0,
+        };
+        let dropped = self.spool.push(seq, n, &batch.encode_to_vec())?;
+        if dropped > 0 {
+            warn!(
+                dropped_events = dropped,
+                spool_bytes = self.spool.bytes(),
+                "collector spool full: oldest batches dropped"
+            );
+            let mut ev = Event::new(Kind::Loss, Clock::now(), self.node.clone());
+            ev.loss = Some(Loss {
+                stage: "agent",
+                spool_dropped: dropped,
+                ..Loss::default()
+            });
+            self.pending.push(to_wire(&ev));
+        }
+        Ok(())
+    }
+}
+
+/// Run until the event channel closes, then try to deliver what is spooled
+/// for `shutdown_grace_ms`; the rest stays in the spool for the next start.
+pub async fn run(
+    mut rx: mpsc::Receiver<Vec<Event>>,
+    cfg: CollectorConfig,
+    node: String,
+) -> Result<(), GrpcError> {
+    let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
+    if spool.len() > 0 {
+        info!(
+            batches = spool.len(),
+            bytes = spool.bytes(),
+            "replaying spooled batches"
+        );
+    }
+    let ep = endpoint(&cfg)?;
+    let mut ex = Exporter {
+        node,
+        spool,
+        pending: Vec::new(),
+    };
+    let mut conn: Option<Conn> = None;
+    let mut next_send = 0u64;
+    let mut in_flight = 0usize;
+    let mut backoff = Backoff {
+        attempt: 0,
+        max: Duration::from_millis(cfg.max_backoff_ms),
+    };
+    let mut reconnect_at = tokio::time::Instant::now();
+    let mut down_since: Option<Instant> = None;
+    let mut linger = tokio::time::interval(Duration::from_millis(cfg.batch_linger_ms));
+    let mut closing: Option<tokio::time::Instant> = None;
+
+    loop {
+        // Keep the window full from the spool, in sequence order.
+        if let Some(c) = &conn {
+            while in_flight < cfg.max_in_flight {
+                let Some(seq) = ex.spool.next_after(next_send) else {
+                    break;
+                };
+                let Some(bytes) = ex.spool.read(seq)? else {
+                    break;
+                };
+                let mut batch = match wire::Batch::decode(bytes.as_slice()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        warn!(seq, error = %e, "corrupt spool file dropped");
+                        ex.spool.ack(seq);
+                        continue;
+                    }
+                };
+                batch.sent_unix_nano = now_ns();
+                if c.tx.try_send(batch).is_err() {
+                    break;
+                }
+                next_send = seq + 1;
+                in_flight += 1;
+            }
+        }
+        if let Some(deadline) = closing {
+            if ex.spool.len() == 0 || tokio::time::Instant::now() >= deadline {
+                if ex.spool.len() > 0 {
+                    info!(
+                        batches = ex.spool.len(),
+                        "undelivered batches kept in the spool for the next start"
+                    );
+                }
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            evs = rx.recv(), if closing.is_none() => match evs {
+                Some(evs) => {
+                    ex.pending.extend(evs.iter().map(to_wire));
+                    if ex.pending.len() >= cfg.batch_max_events {
+                        ex.flush()?;
+                    }
+                }
+                None => {
+                    ex.flush()?;
+                    closing = Some(tokio::time::Instant::now()
+                        + Duration::from_millis(cfg.shutdown_grace_ms));
+                }
+            },
+            _ = linger.tick() => ex.flush()?,
+            ack = next_ack(&mut conn) => match ack {
+                Ok(Some(a)) => {
+                    ex.spool.ack(a.sequence);
+                    in_flight = in_flight.saturating_sub(1);
+                }
+                other => {
+                    let why = match other {
+                        Err(s) => format!("{}: {}", s.code(), s.message()),
+                        _ => "stream closed by the collector".into(),
+                    };
+                    warn!(url = %cfg.url, error = %why, spooled = ex.spool.len(), "collector stream lost; spooling");
+                    conn = None;
+                    in_flight = 0;
+                    down_since.get_or_insert_with(Instant::now);
+                    reconnect_at = tokio::time::Instant::now() + backoff.next();
+                }
+            },
+            _ = tokio::time::sleep_until(reconnect_at), if conn.is_none() => {
+                match connect(&ep, &cfg).await {
+                    Ok(c) => {
+                        let outage = down_since.take().map(|t| t.elapsed().as_millis());
+                        info!(url = %cfg.url, outage_ms = ?outage, spooled = ex.spool.len(), "connected to collector");
+                        conn = Some(c);
+                        next_send = 0; // resend everything unacknowledged
+                        in_flight = 0;
+                        backoff.attempt = 0;
+                    }
+                    Err(e) => {
+                        if down_since.is_none() || backoff.attempt == 0 {
+                            warn!(url = %cfg.url, error = %e, spooled = ex.spool.len(),
+                                  "collector unreachable; events are spooled and will be replayed");
+                        }
+                        down_since.get_or_insert_with(Instant::now);
+                        reconnect_at = tokio::time::Instant::now() + backoff.next();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let mut b = Backoff {
+            attempt: 0,
+            max: Duration::from_secs(5),
+        };
+        let first = b.next();
+        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
+        for _ in 0..20 {
+            assert!(b.next() <= Duration::from_millis(6250));
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The on-disk spool: every batch bound for the collector is written here
+//! first (one file per batch, named by its sequence) and deleted when the
+//! collector acknowledges it. Unacknowledged batches survive collector
+//! outages and agent restarts and are replayed in order.
+//!
+//! Bounded by `max_bytes`: when full, the oldest batches are dropped and
+//! the number of events they held is returned so the caller can report it
+//! as a loss. The next sequence number is kept in `next-seq`, so sequences
+//! never repeat across restarts.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool directory {path}: {source}. Set collector.spool_dir to a writable directory")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spool file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    bytes: u64,
+    events: u64,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    entries: BTreeMap<u64, Entry>,
+    total: u64,
+    next_seq: u64,
+}
+
+fn file_name(seq: u64, events: u64) -> String {
+    format!("{seq:020}-{events}.batch")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".batch")?;
+    let (seq, events) = stem.split_once('-')?;
+    Some((seq.parse().ok()?, events.parse().ok()?))
+}
+
+impl Spool {
+    /// Open (creating) the spool directory and index what is in it.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
+        let derr = |source| SpoolError::Dir {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(derr)?;
+        let mut entries = BTreeMap::new();
+        let mut total = 0;
+        for f in std::fs::read_dir(dir).map_err(derr)?.flatten() {
+            let name = f.file_name();
+            if let Some((seq, events)) = parse_name(&name.to_string_lossy()) {
+                let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+                total += bytes;
+                entries.insert(seq, Entry { bytes, events });
+            }
+        }
+        let stored: u64 = std::fs::read_to_string(dir.join("next-seq"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1);
+        let after_files = entries.keys().next_back().map(|s| s + 1).unwrap_or(1);
+        Ok(Spool {
+            dir: dir.to_owned(),
+            max_bytes,
+            entries,
+            total,
+            next_seq: stored.max(after_files).max(1),
+        })
+    }
+
+    fn path(&self, seq: u64) -> Option<PathBuf> {
+        self.entries
+            .get(&seq)
+            .map(|e| self.dir.join(file_name(seq, e.events)))
+    }
+
+    /// Reserve the next sequence number (persisted before use).
+    pub fn next_sequence(&mut self) -> Result<u64, SpoolError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let p = self.dir.join("next-seq");
+        let tmp = self.dir.join("next-seq.tmp");
+        std::fs::write(&tmp, self.next_seq.to_string())
+            .and_then(|_| std::fs::rename(&tmp, &p))
+            .map_err(|source| SpoolError::File { path: p, source })?;
+        Ok(seq)
+    }
+
+    /// Store an encoded batch. Returns the events of older batches dropped
+    /// to stay within the bound.
+    pub fn push(&mut self, seq: u64, events: u64, data: &[u8]) -> Result<u64, SpoolError> {
+        let mut dropped = 0;
+        while self.total + data.len() as u64 > self.max_bytes {
+            let Some((&old, _)) = self.entries.iter().next() else {
+                break;
+            };
+            dropped += self.remove(old).map(|e| e.events).unwrap_or(0);
+        }
+        let p = self.dir.join(file_name(seq, events));
+        std::fs::write(&p, data).map_err(|source| SpoolError::File { path: p, source })?;
+        self.total += data.len() as u64;
+        self.entries.insert(
+            seq,
+            Entry {
+                bytes: data.len() as u64,
+                events,
+            },
+        );
+        Ok(dropped)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        let path = self.path(seq)?;
+        let e = self.entries.remove(&seq)?;
+        let _ = std::fs::remove_file(path);
+        self.total -= e.bytes;
+        Some(e)
+    }
+
+    /// The collector acknowledged `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        self.remove(seq);
+    }
+
+    /// The first stored sequence at or after `from`.
+    pub fn next_after(&self, from: u64) -> Option<u64> {
+        self.entries.range(from..).next().map(|(&s, _)| s)
+    }
+
+    /// Read a stored batch.
+    pub fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, SpoolError> {
+        let Some(p) = self.path(seq) else {
+            return Ok(None);
+        };
+        std::fs::read(&p)
+            .map(Some)
+            .map_err(|source| SpoolError::File { path: p, source })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("spool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn survives_reopen_and_keeps_sequences_increasing() {
+        let d = dir("reopen");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        let a = s.next_sequence().unwrap();
+        s.push(a, 3, b"aaa").unwrap();
+        let b = s.next_sequence().unwrap();
+        s.push(b, 1, b"b").unwrap();
+        s.ack(a);
+        assert_eq!((a, b), (1, 2));
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.next_after(0), Some(2));
+        assert_eq!(s.read(2).unwrap().unwrap(), b"b");
+        s.ack(2);
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!(s.len(), 0);
+        assert_eq!(
+            s.next_sequence().unwrap(),
+            3,
+            "sequence survives an empty spool"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn full_spool_drops_oldest_and_counts_events() {
+        let d = dir("full");
+        let mut s = Spool::open(&d, 10).unwrap();
+        assert_eq!(s.push(1, 100, b"xxxx").unwrap(), 0);
+        assert_eq!(s.push(2, 100, b"xxxx").unwrap(), 0);
+        // 3 x 4 bytes > 10: batch 1 and its 100 events are dropped
+        assert_eq!(s.push(3, 100, b"xxxx").unwrap(), 100);
+        assert_eq!(s.next_after(0), Some(2));
+        assert_eq!(s.push(4, 7, b"xxxxxx").unwrap(), 100);
+        assert_eq!(s.next_after(0), Some(3));
+        assert_eq!(s.bytes(), 10);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

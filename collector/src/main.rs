@@ -1,0 +1,212 @@
+//! spyglass-collector: receives Spyglass agent streams over gRPC and writes
+//! them as JSON lines or OCSF to a rotated file (or stdout), and to syslog.
+mod convert;
+mod ledger;
+mod ocsf;
+mod output;
+mod service;
+mod syslog;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use spyglass_proto::v1::collector_server::CollectorServer;
+use tokio::sync::Mutex;
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+    Request, Status,
+};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Receive Spyglass agent event streams and write them for a SIEM.
+#[derive(Parser, Debug)]
+#[command(name = "spyglass-collector", version, about)]
+struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Output file (JSON lines; rotated by size), or `-` for stdout.
+    #[arg(long, default_value = "spyglass-events.jsonl")]
+    output: String,
+    /// Output format: json (Spyglass events) or ocsf (OCSF 1.8.0).
+    #[arg(long, value_enum, default_value_t = output::Format::Json)]
+    format: output::Format,
+    /// Rotate the output file when it would exceed this many bytes.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    rotate_bytes: u64,
+    /// Rotated files kept (FILE.1 .. FILE.N).
+    #[arg(long, default_value_t = 5)]
+    keep: usize,
+    /// Dedupe state file. Default: OUTPUT.state (none for stdout).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// Also send every line to syslog (RFC 5424): tcp://HOST:PORT or tls://HOST:PORT.
+    #[arg(long)]
+    syslog: Option<String>,
+    /// CA bundle (PEM) to verify a tls:// syslog server.
+    #[arg(long)]
+    syslog_ca: Option<String>,
+    /// Server certificate (PEM); with --tls-key enables TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for client certificates: enables mutual TLS; agents
+    /// without a certificate signed by it are refused.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer TOKEN` from agents (or SPYGLASS_TOKEN).
+    #[arg(long, env = "SPYGLASS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Largest accepted message (one batch), bytes; bigger ones are refused.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Per-stream ceiling in events per second (faster streams are slowed).
+    #[arg(long, default_value_t = 500_000)]
+    max_events_per_sec: u64,
+    /// Log filter for stderr.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spyglass-collector: error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("spyglass-collector: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let file = output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?;
+    let state = cli.state_file.clone().or_else(|| {
+        file.path()
+            .map(|p| PathBuf::from(format!("{}.state", p.display())))
+    });
+    let ledger = ledger::Ledger::open(state.as_deref(), file.path())?;
+    let syslog = match &cli.syslog {
+        Some(t) => Some(syslog::SyslogSink::new(t, cli.syslog_ca.as_deref())?),
+        None => None,
+    };
+    let shared = Arc::new(service::Shared {
+        outputs: Mutex::new((
+            output::Outputs {
+                format: cli.format,
+                file,
+                syslog,
+            },
+            ledger,
+        )),
+        agents: Default::default(),
+        max_events_per_sec: cli.max_events_per_sec,
+    });
+
+    // Save dedupe state and report agents every few seconds.
+    let bg = shared.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Err(e) = bg.outputs.lock().await.1.save() {
+                warn!(error = %e, "saving dedupe state");
+            }
+            let agents = bg.agents.lock().expect("agents lock").clone();
+            for (node, a) in agents {
+                info!(
+                    %node, connected = a.connected, peer = %a.peer, last_seq = a.last_sequence,
+                    lag_ms = a.lag_ms, events = a.events, duplicates = a.duplicates, drops = a.drops,
+                    "agent status"
+                );
+            }
+        }
+    });
+
+    let svc = service::CollectorService {
+        shared: shared.clone(),
+    };
+    let server = CollectorServer::new(svc)
+        .max_decoding_message_size(cli.max_message_bytes)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let token = cli.token.clone().map(|t| format!("Bearer {t}"));
+    let auth = move |req: Request<()>| -> Result<Request<()>, Status> {
+        if let Some(want) = &token {
+            let got = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if got != Some(want.as_str()) {
+                return Err(Status::unauthenticated("missing or wrong bearer token"));
+            }
+        }
+        Ok(req)
+    };
+
+    let mut builder = Server::builder();
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(cert, "TLS certificate")?,
+            read(key, "TLS key")?,
+        ));
+        if let Some(ca) = &cli.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+        }
+        builder = builder
+            .tls_config(tls)
+            .context("invalid TLS certificate or key")?;
+    }
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    info!(
+        listen = %cli.listen,
+        output = %cli.output,
+        format = ?cli.format,
+        tls = cli.tls_cert.is_some(),
+        mtls = cli.client_ca.is_some(),
+        token = cli.token.is_some(),
+        "collector ready"
+    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    };
+    builder
+        .add_service(InterceptedService::new(server, auth))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("gRPC server failed")?;
+    shared.outputs.lock().await.1.save()?;
+    info!("collector stopped");
+    Ok(())
+}

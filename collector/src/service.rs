@@ -1,0 +1,210 @@
+//! The gRPC `Collector` service: one stream per agent; each batch is
+//! checked, deduplicated, written, then acknowledged, in order.
+//!
+//! A bad stream (malformed protobuf, oversized message, missing node id,
+//! sequence 0) gets an error status and only that stream ends; other
+//! agents are not disturbed. A stream that sends faster than its event
+//! rate limit is slowed down (its acks are delayed), not dropped.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use spyglass_proto::v1::{collector_server::Collector, event::Detail, Ack, Batch, EventKind};
+use tokio::sync::{mpsc, Mutex};
+use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::{
+    ledger::{Ledger, Verdict},
+    output::Outputs,
+};
+
+/// What the collector knows of one agent.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AgentState {
+    pub connected: bool,
+    pub peer: String,
+    /// Unix ns of the last batch received.
+    pub last_seen_unix_nano: i64,
+    pub last_sequence: u64,
+    /// How far behind the agent is: now minus the batch's send time, ms.
+    pub lag_ms: i64,
+    pub batches: u64,
+    pub events: u64,
+    pub duplicates: u64,
+    /// Events the agent reported lost (sum of its loss events).
+    pub drops: u64,
+}
+
+pub type Agents = Arc<std::sync::Mutex<HashMap<String, AgentState>>>;
+
+/// Shared state behind the service.
+pub struct Shared {
+    pub outputs: Mutex<(Outputs, Ledger)>,
+    pub agents: Agents,
+    /// Per-stream ceiling, events per second.
+    pub max_events_per_sec: u64,
+}
+
+#[derive(Clone)]
+pub struct CollectorService {
+    pub shared: Arc<Shared>,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Events lost that an agent reported in this batch.
+fn reported_drops(batch: &Batch) -> u64 {
+    batch
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Loss as i32)
+        .filter_map(|e| match &e.detail {
+            Some(Detail::Loss(l)) => {
+                Some(l.exec + l.exit + l.fork + l.network + l.decode_errors + l.spool_dropped)
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+/// Reject batches no agent should send.
+pub fn validate(batch: &Batch) -> Result<(), Status> {
+    if batch.node_id.is_empty() {
+        return Err(Status::invalid_argument("batch has no node_id"));
+    }
+    if batch.sequence == 0 {
+        return Err(Status::invalid_argument("batch sequence must start at 1"));
+    }
+    Ok(())
+}
+
+impl CollectorService {
+    async fn handle(&self, batch: &Batch, peer: &str) -> Result<Ack, Status> {
+        validate(batch)?;
+        let verdict = {
+            let mut guard = self.shared.outputs.lock().await;
+            let (outputs, ledger) = &mut *guard;
+            match ledger.check(&batch.node_id, batch.sequence) {
+                Verdict::Duplicate => Verdict::Duplicate,
+                Verdict::Write => {
+                    let rotated = outputs
+                        .write_batch(&batch.node_id, batch.sequence, &batch.events)
+                        .await
+                        .map_err(|e| {
+                            warn!(error = %e, "output write failed");
+                            Status::unavailable(format!("collector output failed: {e}"))
+                        })?;
+                    ledger.record(&batch.node_id, batch.sequence);
+                    if rotated {
+                        // the rotated file no longer feeds recovery: save now
+                        if let Err(e) = ledger.save() {
+                            warn!(error = %e, "saving dedupe state");
+                        }
+                    }
+                    Verdict::Write
+                }
+            }
+        };
+        let mut agents = self.shared.agents.lock().expect("agents lock");
+        let a = agents.entry(batch.node_id.clone()).or_default();
+        a.connected = true;
+        a.peer = peer.to_owned();
+        a.last_seen_unix_nano = now_ns();
+        a.last_sequence = a.last_sequence.max(batch.sequence);
+        if batch.sent_unix_nano > 0 {
+            a.lag_ms = (a.last_seen_unix_nano - batch.sent_unix_nano) / 1_000_000;
+        }
+        a.batches += 1;
+        if verdict == Verdict::Duplicate {
+            a.duplicates += 1;
+        } else {
+            a.events += batch.events.len() as u64;
+            a.drops += reported_drops(batch);
+        }
+        Ok(Ack {
+            sequence: batch.sequence,
+            duplicate: verdict == Verdict::Duplicate,
+        })
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Collector for CollectorService {
+    type PublishStream = AckStream;
+
+    async fn publish(
+        &self,
+        request: Request<Streaming<Batch>>,
+    ) -> Result<Response<Self::PublishStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a: SocketAddr| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let mut node: Option<String> = None;
+            let mut window_start = Instant::now();
+            let mut window_events = 0u64;
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(status) => {
+                        warn!(%peer, code = ?status.code(), message = status.message(), "bad stream closed");
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                if node.is_none() && !batch.node_id.is_empty() {
+                    info!(node = %batch.node_id, %peer, "agent connected");
+                    node = Some(batch.node_id.clone());
+                }
+                // Rate limit: slow the stream down to its ceiling.
+                window_events += batch.events.len() as u64;
+                let max = svc.shared.max_events_per_sec.max(1);
+                let allowed = Duration::from_secs_f64(window_events as f64 / max as f64);
+                let elapsed = window_start.elapsed();
+                if allowed > elapsed {
+                    tokio::time::sleep(allowed - elapsed).await;
+                }
+                if window_start.elapsed() > Duration::from_secs(1) {
+                    window_start = Instant::now();
+                    window_events = 0;
+                }
+                let result = svc.handle(&batch, &peer).await;
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+            if let Some(node) = node {
+                info!(%node, %peer, "agent disconnected");
+                if let Some(a) = svc
+                    .shared
+                    .agents
+                    .lock()
+                    .expect("agents lock")
+                    .get_mut(&node)
+                {
+                    a.connected = false;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
