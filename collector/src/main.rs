@@ -193,19 +193,30 @@ async fn run(cli: Cli) -> Result<()> {
         "collector ready"
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-    };
-    builder
-        .add_service(InterceptedService::new(server, auth))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("gRPC server failed")?;
+    // On SIGTERM/SIGINT: stop accepting, give open streams a moment, then
+    // exit even if agents keep their streams open; agents resend whatever
+    // was not acknowledged, and the ledger drops what was already written.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        builder
+            .add_service(InterceptedService::new(server, auth))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            }),
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    info!("stopping");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+        _ => {}
+    }
     shared.outputs.lock().await.1.save()?;
     info!("collector stopped");
     Ok(())

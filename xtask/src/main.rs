@@ -33,7 +33,10 @@ fn main() -> Result<()> {
     let cmd = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     match cmd.as_str() {
-        "setup" => setup::run(),
+        "setup" => {
+            setup::run()?;
+            setup::test_tools()
+        }
         "build" => build(),
         "run" => {
             build()?;
@@ -41,6 +44,7 @@ fn main() -> Result<()> {
         }
         "test" => {
             build()?;
+            setup::test_tools()?;
             test(&rest)
         }
         "bench" => {
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
         "loadgen" => bench::loadgen(&rest),
         "ci" => {
             build()?;
+            setup::test_tools()?;
             test(&[])?;
             bench::run(true)
         }
@@ -90,7 +95,14 @@ fn cargo() -> Command {
 
 fn build() -> Result<()> {
     setup::run()?;
-    sh(cargo().args(["build", "--release", "--package", "spyglass-agent"]))
+    sh(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "spyglass-agent",
+        "--package",
+        "spyglass-collector",
+    ]))
 }
 
 pub fn agent_bin() -> PathBuf {

@@ -104,10 +104,48 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-/// Everything `build` and `test` need.
+/// Python tools the tests use as independent checkers, pinned:
+/// grpcio/grpcio-tools (a second gRPC implementation speaking our .proto),
+/// ocsf-json-schema + jsonschema (OCSF 1.x schemas shipped in the package,
+/// validated offline).
+const PY_PACKAGES: &[&str] = &[
+    "grpcio==1.85.3",
+    "grpcio-tools==1.85.1",
+    "ocsf-json-schema==1.2.0",
+    "jsonschema==4.26.0",
+];
+
+/// The test virtualenv (target/pyenv).
+pub fn pyenv() -> std::path::PathBuf {
+    crate::root().join("target/pyenv")
+}
+
+fn python_tools() -> Result<()> {
+    let py = pyenv().join("bin/python");
+    let ready = Command::new(&py)
+        .args(["-c", "import grpc_tools, ocsf_json_schema, jsonschema"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ready {
+        return Ok(());
+    }
+    eprintln!("xtask setup: creating the test Python environment {}", pyenv().display());
+    sh(Command::new("python3").args(["-m", "venv"]).arg(pyenv()))?;
+    sh(Command::new(&py)
+        .args(["-m", "pip", "install", "-q", "--only-binary=:all:"])
+        .args(PY_PACKAGES))
+}
+
+/// Everything `build` needs.
 pub fn run() -> Result<()> {
     apt(PACKAGES)?;
     rust_src()?;
     bpf_linker()?;
     Ok(())
+}
+
+/// Everything `test` needs on top of `run`.
+pub fn test_tools() -> Result<()> {
+    python_tools()
 }

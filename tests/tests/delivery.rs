@@ -1,0 +1,187 @@
+//! Agent -> collector over real gRPC, with the real probes: fields arrive
+//! intact, a collector outage loses and duplicates nothing, an agent
+//! restart resumes without duplicates.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+fn assert_exactly_once(out: &[Value], mark: &str, n: usize) {
+    let seen = marked_execs(out, mark);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !seen.contains_key(&format!("{mark}-{i:05}")))
+        .collect();
+    let dup: Vec<(&String, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(missing.is_empty(), "{} of {n} execs missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(dup.is_empty(), "duplicated: {dup:?}");
+    assert_eq!(seen.len(), n);
+}
+
+fn wait_for_all(path: &std::path::Path, mark: &str, n: usize, timeout: Duration) -> Vec<Value> {
+    eventually(&format!("{n} marked execs in {}", path.display()), timeout, || {
+        let out = lines(path);
+        (marked_execs(&out, mark).len() >= n).then_some(out)
+    })
+}
+
+#[test]
+fn events_arrive_at_the_collector_with_all_fields() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("fields");
+    let col = Collector::start(free_port(), &dir.join("out.jsonl"), &[]);
+    let spool = dir.join("spool");
+    let mut agent = Agent::start(&[
+        "--no-snapshot",
+        "--collector",
+        &col.url(),
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--node-name",
+        "e2e-fields",
+    ]);
+    let mark = marker("fields");
+    let st = std::process::Command::new("/bin/sh")
+        .args(["-c", "exit 3", &mark, "two words"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(3));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let client = TcpStream::connect(server).unwrap();
+    let local = client.local_addr().unwrap();
+
+    let out = eventually("exec, listen and connect at the collector", Duration::from_secs(30), || {
+        let out = lines(&col.output);
+        let has = |f: &dyn Fn(&Value) -> bool| out.iter().any(f);
+        let ok = has(&|e| e["kind"] == "exec" && argv(e).get(3) == Some(&mark))
+            && has(&|e| e["kind"] == "listen" && e["network"]["local"]["port"] == server.port())
+            && has(&|e| e["kind"] == "connect" && e["network"]["local"]["port"] == local.port());
+        ok.then_some(out)
+    });
+    let exec = out
+        .iter()
+        .find(|e| e["kind"] == "exec" && argv(e).get(3) == Some(&mark))
+        .unwrap();
+    assert_eq!(argv(exec), ["/bin/sh", "-c", "exit 3", mark.as_str(), "two words"]);
+    assert_eq!(exec["process"]["exe"], "/bin/sh");
+    assert_eq!(exec["process"]["ppid"], std::process::id());
+    assert_eq!(exec["parent"]["pid"], std::process::id());
+    assert_eq!(exec["node"], "e2e-fields");
+    assert_eq!(exec["delivery"]["node_id"], "e2e-fields");
+    assert!(exec["time"].as_str().unwrap().ends_with('Z'));
+    let pid = exec["process"]["pid"].clone();
+    let exit = eventually("exit at the collector", Duration::from_secs(20), || {
+        lines(&col.output)
+            .into_iter()
+            .find(|e| e["kind"] == "exit" && e["process"]["pid"] == pid)
+    });
+    assert_eq!(exit["exit"]["code"], 3);
+    let listen = out
+        .iter()
+        .find(|e| e["kind"] == "listen" && e["network"]["local"]["port"] == server.port())
+        .unwrap();
+    assert_eq!(listen["network"]["protocol"], "tcp");
+    assert_eq!(listen["network"]["local"]["addr"], "127.0.0.1");
+    assert_eq!(listen["process"]["pid"], std::process::id());
+    let conn = out
+        .iter()
+        .find(|e| e["kind"] == "connect" && e["network"]["local"]["port"] == local.port())
+        .unwrap();
+    assert_eq!(conn["network"]["remote"]["port"], server.port());
+    assert_eq!(conn["network"]["outcome"], "established");
+    agent.stop();
+}
+
+#[test]
+fn collector_down_ten_seconds_loses_and_duplicates_nothing() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("outage");
+    let out = dir.join("out.jsonl");
+    let port = free_port();
+    let mut col = Collector::start(port, &out, &[]);
+    let spool = dir.join("spool");
+    let mut agent = Agent::start(&[
+        "--no-snapshot",
+        "--collector",
+        &col.url(),
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ]);
+    let mark = marker("outage");
+    const N: usize = 300;
+    let series = exec_series(&mark, N, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_secs(3));
+    col.kill(); // SIGKILL mid-stream
+    std::thread::sleep(Duration::from_secs(10));
+    let col = Collector::start(port, &out, &[]);
+    series.join().unwrap();
+    let all = wait_for_all(&col.output, &mark, N, Duration::from_secs(60));
+    assert_exactly_once(&all, &mark, N);
+    agent.stop();
+}
+
+#[test]
+fn agent_restart_resumes_without_duplicates() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("restart");
+    let out = dir.join("out.jsonl");
+    let port = free_port();
+    let spool = dir.join("spool");
+    let args = |url: &str| {
+        vec![
+            "--no-snapshot".to_string(),
+            "--collector".into(),
+            url.into(),
+            "--spool-dir".into(),
+            spool.to_str().unwrap().into(),
+        ]
+    };
+    let mut col = Collector::start(port, &out, &[]);
+    let url = col.url();
+    let a: Vec<String> = args(&url);
+    let mut agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let mark = marker("restart");
+    // A: delivered live. B: spooled while the collector is down, and the
+    // agent restarts with them still undelivered. C: after the restart.
+    exec_series(&format!("{mark}-a"), 50, Duration::from_millis(10)).join().unwrap();
+    wait_for_all(&out, &format!("{mark}-a"), 50, Duration::from_secs(30));
+    col.stop();
+    exec_series(&format!("{mark}-b"), 50, Duration::from_millis(10)).join().unwrap();
+    agent.stop();
+    let spooled = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().ends_with(".batch"))
+        .count();
+    assert!(spooled > 0, "batches B should wait in the spool across the restart");
+    let mut agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let col = Collector::start(port, &out, &[]);
+    exec_series(&format!("{mark}-c"), 50, Duration::from_millis(10)).join().unwrap();
+    for part in ["a", "b", "c"] {
+        let m = format!("{mark}-{part}");
+        let all = wait_for_all(&col.output, &m, 50, Duration::from_secs(60));
+        assert_exactly_once(&all, &m, 50);
+    }
+    // Sequences keep increasing across the restart: no batch number reused.
+    let all = lines(&col.output);
+    let seqs: Vec<u64> = all.iter().filter_map(|e| e["delivery"]["sequence"].as_u64()).collect();
+    let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+    let mut sorted = seqs.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), distinct.len(), "a batch sequence appears in two places");
+    agent.stop();
+}
