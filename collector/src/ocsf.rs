@@ -222,6 +222,19 @@ pub fn event_ocsf(ev: &Event, node_id: &str, sequence: u64) -> Value {
                     unmapped.insert(key.into(), v.clone());
                 }
             }
+            m.insert("log_name".into(), json!("spyglass"));
+            m.insert("log_provider".into(), json!("spyglass-agent"));
+            let message =
+                match &ev.detail {
+                    Some(Detail::Loss(l)) => format!(
+                    "{} events lost at stage {} (exec {}, exit {}, fork {}, network {}, spool {})",
+                    l.exec + l.exit + l.fork + l.network + l.decode_errors + l.spool_dropped,
+                    l.stage, l.exec, l.exit, l.fork, l.network, l.spool_dropped
+                ),
+                    Some(Detail::Agent(a)) => format!("agent {} (version {})", a.state, a.version),
+                    _ => convert::kind_name(ev.kind).to_owned(),
+                };
+            m.insert("message".into(), json!(message));
             if kind == EventKind::Loss {
                 severity = 3; // Medium: telemetry is missing
             }

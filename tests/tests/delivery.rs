@@ -18,16 +18,25 @@ fn assert_exactly_once(out: &[Value], mark: &str, n: usize) {
         .filter(|i| !seen.contains_key(&format!("{mark}-{i:05}")))
         .collect();
     let dup: Vec<(&String, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(missing.is_empty(), "{} of {n} execs missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {n} execs missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     assert!(dup.is_empty(), "duplicated: {dup:?}");
     assert_eq!(seen.len(), n);
 }
 
 fn wait_for_all(path: &std::path::Path, mark: &str, n: usize, timeout: Duration) -> Vec<Value> {
-    eventually(&format!("{n} marked execs in {}", path.display()), timeout, || {
-        let out = lines(path);
-        (marked_execs(&out, mark).len() >= n).then_some(out)
-    })
+    eventually(
+        &format!("{n} marked execs in {}", path.display()),
+        timeout,
+        || {
+            let out = lines(path);
+            (marked_execs(&out, mark).len() >= n).then_some(out)
+        },
+    )
 }
 
 #[test]
@@ -59,19 +68,30 @@ fn events_arrive_at_the_collector_with_all_fields() {
     let client = TcpStream::connect(server).unwrap();
     let local = client.local_addr().unwrap();
 
-    let out = eventually("exec, listen and connect at the collector", Duration::from_secs(30), || {
-        let out = lines(&col.output);
-        let has = |f: &dyn Fn(&Value) -> bool| out.iter().any(f);
-        let ok = has(&|e| e["kind"] == "exec" && argv(e).get(3) == Some(&mark))
-            && has(&|e| e["kind"] == "listen" && e["network"]["local"]["port"] == server.port())
-            && has(&|e| e["kind"] == "connect" && e["network"]["local"]["port"] == local.port());
-        ok.then_some(out)
-    });
+    let out = eventually(
+        "exec, listen and connect at the collector",
+        Duration::from_secs(30),
+        || {
+            let out = lines(&col.output);
+            let has = |f: &dyn Fn(&Value) -> bool| out.iter().any(f);
+            let ok = has(&|e| e["kind"] == "exec" && argv(e).get(3) == Some(&mark))
+                && has(&|e| {
+                    e["kind"] == "listen" && e["network"]["local"]["port"] == server.port()
+                })
+                && has(&|e| {
+                    e["kind"] == "connect" && e["network"]["local"]["port"] == local.port()
+                });
+            ok.then_some(out)
+        },
+    );
     let exec = out
         .iter()
         .find(|e| e["kind"] == "exec" && argv(e).get(3) == Some(&mark))
         .unwrap();
-    assert_eq!(argv(exec), ["/bin/sh", "-c", "exit 3", mark.as_str(), "two words"]);
+    assert_eq!(
+        argv(exec),
+        ["/bin/sh", "-c", "exit 3", mark.as_str(), "two words"]
+    );
     assert_eq!(exec["process"]["exe"], "/bin/sh");
     assert_eq!(exec["process"]["ppid"], std::process::id());
     assert_eq!(exec["parent"]["pid"], std::process::id());
@@ -158,19 +178,34 @@ fn agent_restart_resumes_without_duplicates() {
     let mark = marker("restart");
     // A: delivered live. B: spooled while the collector is down, and the
     // agent restarts with them still undelivered. C: after the restart.
-    exec_series(&format!("{mark}-a"), 50, Duration::from_millis(10)).join().unwrap();
+    exec_series(&format!("{mark}-a"), 50, Duration::from_millis(10))
+        .join()
+        .unwrap();
     wait_for_all(&out, &format!("{mark}-a"), 50, Duration::from_secs(30));
     col.stop();
-    exec_series(&format!("{mark}-b"), 50, Duration::from_millis(10)).join().unwrap();
+    exec_series(&format!("{mark}-b"), 50, Duration::from_millis(10))
+        .join()
+        .unwrap();
     agent.stop();
     let spooled = std::fs::read_dir(&spool)
         .unwrap()
-        .filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().ends_with(".batch"))
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".batch")
+        })
         .count();
-    assert!(spooled > 0, "batches B should wait in the spool across the restart");
+    assert!(
+        spooled > 0,
+        "batches B should wait in the spool across the restart"
+    );
     let mut agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let col = Collector::start(port, &out, &[]);
-    exec_series(&format!("{mark}-c"), 50, Duration::from_millis(10)).join().unwrap();
+    exec_series(&format!("{mark}-c"), 50, Duration::from_millis(10))
+        .join()
+        .unwrap();
     for part in ["a", "b", "c"] {
         let m = format!("{mark}-{part}");
         let all = wait_for_all(&col.output, &m, 50, Duration::from_secs(60));
@@ -178,10 +213,17 @@ fn agent_restart_resumes_without_duplicates() {
     }
     // Sequences keep increasing across the restart: no batch number reused.
     let all = lines(&col.output);
-    let seqs: Vec<u64> = all.iter().filter_map(|e| e["delivery"]["sequence"].as_u64()).collect();
+    let seqs: Vec<u64> = all
+        .iter()
+        .filter_map(|e| e["delivery"]["sequence"].as_u64())
+        .collect();
     let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
     let mut sorted = seqs.clone();
     sorted.dedup();
-    assert_eq!(sorted.len(), distinct.len(), "a batch sequence appears in two places");
+    assert_eq!(
+        sorted.len(),
+        distinct.len(),
+        "a batch sequence appears in two places"
+    );
     agent.stop();
 }

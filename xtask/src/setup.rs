@@ -130,7 +130,10 @@ fn python_tools() -> Result<()> {
     if ready {
         return Ok(());
     }
-    eprintln!("xtask setup: creating the test Python environment {}", pyenv().display());
+    eprintln!(
+        "xtask setup: creating the test Python environment {}",
+        pyenv().display()
+    );
     sh(Command::new("python3").args(["-m", "venv"]).arg(pyenv()))?;
     sh(Command::new(&py)
         .args(["-m", "pip", "install", "-q", "--only-binary=:all:"])

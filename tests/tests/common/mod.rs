@@ -21,12 +21,19 @@ pub fn serial() -> MutexGuard<'static, ()> {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let p = root().join("target/release").join(name);
-    assert!(p.exists(), "{} is missing: run `cargo xtask test` (it builds both binaries)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask test` (it builds both binaries)",
+        p.display()
+    );
     p
 }
 
@@ -40,7 +47,11 @@ pub fn privileged() -> bool {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A fresh scratch directory for one test.
@@ -192,7 +203,11 @@ impl Drop for Agent {
 pub fn argv(e: &Value) -> Vec<String> {
     e["process"]["argv"]
         .as_array()
-        .map(|a| a.iter().map(|s| s.as_str().unwrap_or("").to_owned()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap_or("").to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -214,7 +229,10 @@ pub fn exec_series(mark: &str, n: usize, gap: Duration) -> std::thread::JoinHand
     let mark = mark.to_owned();
     std::thread::spawn(move || {
         for i in 0..n {
-            let st = Command::new("/bin/true").arg(format!("{mark}-{i:05}")).status().unwrap();
+            let st = Command::new("/bin/true")
+                .arg(format!("{mark}-{i:05}"))
+                .status()
+                .unwrap();
             assert!(st.success());
             std::thread::sleep(gap);
         }

@@ -1,0 +1,647 @@
+//! The collector as a network service: TLS and mutual TLS, bearer tokens,
+//! garbage and oversized input, an independent Python gRPC client, OCSF
+//! output checked by an independent validator, syslog into a real rsyslog.
+mod common;
+
+use std::{
+    io::{Read, Write},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+use spyglass_proto::v1::{
+    collector_client::CollectorClient, event::Detail, Ack, Batch, Endpoint, Event, EventKind,
+    Finding, Loss, Network, Process, Severity,
+};
+use tokio_stream::StreamExt;
+use tonic::{
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+    Code, Status,
+};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn exec_event(node: &str, arg: &str) -> Event {
+    Event {
+        kind: EventKind::Exec as i32,
+        time_unix_nano: 1_795_549_718_856_200_274,
+        node: node.into(),
+        process: Some(Process {
+            pid: 4242,
+            tid: 4242,
+            ppid: 1,
+            comm: "true".into(),
+            exe: "/bin/true".into(),
+            argv: vec!["/bin/true".into(), arg.into()],
+            cgroup_id: 1,
+            ..Process::default()
+        }),
+        ..Event::default()
+    }
+}
+
+fn batch(node: &str, seq: u64, events: Vec<Event>) -> Batch {
+    Batch {
+        node_id: node.into(),
+        sequence: seq,
+        events,
+        sent_unix_nano: 0,
+    }
+}
+
+/// Publish batches on one stream and collect the acks.
+async fn publish(
+    channel: Channel,
+    token: Option<&str>,
+    batches: Vec<Batch>,
+) -> Result<Vec<Ack>, Status> {
+    let n = batches.len();
+    let mut req = tonic::Request::new(tokio_stream::iter(batches));
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let mut client = CollectorClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
+    let mut acks = client.publish(req).await?.into_inner();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match acks.next().await {
+            Some(a) => out.push(a?),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+async fn plain(port: u16) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a certificate it signs (EC P-256), with SANs for loopback.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+fn make_cert(dir: &Path, ca: &str, name: &str, usage: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+async fn tls_channel(port: u16, dir: &Path, identity: Option<&str>) -> Result<Channel, String> {
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(
+            read(&format!("{id}.pem")),
+            read(&format!("{id}.key")),
+        ));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[test]
+fn mutual_tls_accepts_only_clients_signed_by_the_ca() {
+    let _g = serial();
+    let dir = scratch("mtls");
+    make_ca(&dir, "ca");
+    make_cert(&dir, "ca", "server", "serverAuth");
+    make_cert(&dir, "ca", "agent", "clientAuth");
+    make_ca(&dir, "rogue-ca");
+    make_cert(&dir, "rogue-ca", "rogue", "clientAuth");
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--client-ca",
+            &p("ca.pem"),
+        ],
+    );
+    rt().block_on(async {
+        let good = tls_channel(col.port, &dir, Some("agent"))
+            .await
+            .expect("valid client connects");
+        let acks = publish(
+            good,
+            None,
+            vec![batch("mtls-good", 1, vec![exec_event("mtls-good", "ok")])],
+        )
+        .await
+        .expect("valid client publishes");
+        assert_eq!(acks[0].sequence, 1);
+
+        for id in [None, Some("rogue")] {
+            let refused = match tls_channel(col.port, &dir, id).await {
+                Err(_) => true,
+                Ok(ch) => publish(
+                    ch,
+                    None,
+                    vec![batch("mtls-bad", 1, vec![exec_event("mtls-bad", "no")])],
+                )
+                .await
+                .is_err(),
+            };
+            assert!(refused, "client with identity {id:?} was not refused");
+        }
+    });
+    let out = lines(&col.output);
+    assert!(out.iter().any(|e| e["node"] == "mtls-good"));
+    assert!(
+        !out.iter().any(|e| e["node"] == "mtls-bad"),
+        "a refused client's event was written"
+    );
+}
+
+#[test]
+fn agent_streams_over_mutual_tls() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("mtls-agent");
+    make_ca(&dir, "ca");
+    make_cert(&dir, "ca", "server", "serverAuth");
+    make_cert(&dir, "ca", "agent", "clientAuth");
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--client-ca",
+            &p("ca.pem"),
+        ],
+    );
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[collector]\nurl = \"https://127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\ntls_domain = \"localhost\"\nspool_dir = \"{}\"\n",
+            col.port, p("ca.pem"), p("agent.pem"), p("agent.key"), p("spool")
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::start(&["--config", cfg.to_str().unwrap(), "--no-snapshot"]);
+    let mark = marker("tls");
+    Command::new("/bin/true").arg(&mark).status().unwrap();
+    eventually("the exec over mTLS", Duration::from_secs(30), || {
+        lines(&col.output)
+            .iter()
+            .any(|e| argv(e).get(1) == Some(&mark))
+            .then_some(())
+    });
+    agent.stop();
+}
+
+#[test]
+fn bearer_token_is_required_when_configured() {
+    let _g = serial();
+    let dir = scratch("token");
+    let col = Collector::start(free_port(), &dir.join("out.jsonl"), &["--token", "s3cret"]);
+    rt().block_on(async {
+        let err = publish(
+            plain(col.port).await,
+            None,
+            vec![batch("t", 1, vec![exec_event("t", "x")])],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = publish(
+            plain(col.port).await,
+            Some("wrong"),
+            vec![batch("t", 1, vec![exec_event("t", "x")])],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let acks = publish(
+            plain(col.port).await,
+            Some("s3cret"),
+            vec![batch("t", 1, vec![exec_event("t", "x")])],
+        )
+        .await
+        .unwrap();
+        assert_eq!(acks.len(), 1);
+    });
+}
+
+#[test]
+fn garbage_and_oversized_input_close_only_that_stream() {
+    let _g = serial();
+    let dir = scratch("garbage");
+    let col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &["--max-message-bytes", "65536"],
+    );
+    rt().block_on(async {
+        // A healthy agent keeps one stream open throughout.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(4);
+        let mut healthy = CollectorClient::new(plain(col.port).await);
+        let mut acks = healthy
+            .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(batch("healthy", 1, vec![exec_event("healthy", "before")]))
+            .await
+            .unwrap();
+        assert_eq!(acks.next().await.unwrap().unwrap().sequence, 1);
+
+        // Garbage bytes on a raw TCP connection: the collector hangs up.
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", col.port)).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        raw.write_all(&[0x16, 0x03, 0x01, 0xde, 0xad, 0xbe, 0xef].repeat(300))
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = raw.read_to_end(&mut buf);
+
+        // A batch over the size limit gets an error status.
+        let big = (0..2000)
+            .map(|i| exec_event("big", &format!("{i:0100}")))
+            .collect();
+        let err = publish(plain(col.port).await, None, vec![batch("big", 1, big)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+            "oversized batch: {err:?}"
+        );
+        // A batch that breaks the contract (sequence 0) is refused.
+        let err = publish(plain(col.port).await, None, vec![batch("zero", 0, vec![])])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        // The healthy stream was not disturbed.
+        tx.send(batch("healthy", 2, vec![exec_event("healthy", "after")]))
+            .await
+            .unwrap();
+        assert_eq!(acks.next().await.unwrap().unwrap().sequence, 2);
+    });
+    let out = lines(&col.output);
+    let healthy: Vec<_> = out.iter().filter(|e| e["node"] == "healthy").collect();
+    assert_eq!(healthy.len(), 2);
+    assert!(!out
+        .iter()
+        .any(|e| e["node"] == "big" || e["node"] == "zero"));
+}
+
+fn python() -> std::path::PathBuf {
+    let p = root().join("target/pyenv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask setup`",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn independent_python_grpc_client_publishes_and_reads_acks() {
+    let _g = serial();
+    let dir = scratch("python");
+    let col = Collector::start(free_port(), &dir.join("out.jsonl"), &[]);
+    let gen = dir.join("gen");
+    std::fs::create_dir_all(&gen).unwrap();
+    let st = Command::new(python())
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root().join("proto"))
+        .arg(format!("--python_out={}", gen.display()))
+        .arg(format!("--grpc_python_out={}", gen.display()))
+        .args(["spyglass/v1/events.proto", "spyglass/v1/collector.proto"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "grpc_tools.protoc failed on our .proto files");
+    let out = Command::new(python())
+        .arg(root().join("tests/python/publish.py"))
+        .arg(format!("127.0.0.1:{}", col.port))
+        .env("PYTHONPATH", &gen)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ack 1 duplicate=False"), "{stdout}");
+    assert!(stdout.contains("ack 1 duplicate=True"), "{stdout}");
+    assert!(stdout.contains("malformed rejected"), "{stdout}");
+    assert!(stdout.contains("ack 2 duplicate=False"), "{stdout}");
+    let lines = lines(&col.output);
+    let py: Vec<_> = lines
+        .iter()
+        .filter(|e| e["node"] == "python-node")
+        .collect();
+    assert_eq!(
+        py.len(),
+        2,
+        "two distinct batches, one event each, dedupe applied"
+    );
+    assert_eq!(py[0]["process"]["argv"][1], "from-python");
+}
+
+fn sample_events(node: &str) -> Vec<Event> {
+    let mut exec = exec_event(node, "ocsf");
+    exec.parent = Some(spyglass_proto::v1::Ancestor {
+        pid: 1,
+        exe: "/sbin/init".into(),
+        comm: "init".into(),
+    });
+    let net = |op: &str, outcome: &str| Event {
+        kind: if op == "listen" {
+            EventKind::Listen
+        } else {
+            EventKind::Connect
+        } as i32,
+        time_unix_nano: 1_795_549_718_000_000_000,
+        node: node.into(),
+        process: exec.process.clone(),
+        detail: Some(Detail::Network(Network {
+            protocol: "tcp".into(),
+            family: "ipv4".into(),
+            op: op.into(),
+            local: Some(Endpoint {
+                addr: "127.0.0.1".into(),
+                port: 8080,
+            }),
+            remote: (op != "listen").then(|| Endpoint {
+                addr: "127.0.0.1".into(),
+                port: 9,
+            }),
+            outcome: outcome.into(),
+            wildcard: false,
+        })),
+        ..Event::default()
+    };
+    vec![
+        exec.clone(),
+        net("listen", ""),
+        net("connect", "established"),
+        net("connect", "failed"),
+        Event {
+            kind: EventKind::Finding as i32,
+            time_unix_nano: 1_795_549_718_000_000_000,
+            node: node.into(),
+            process: exec.process.clone(),
+            detail: Some(Detail::Finding(Finding {
+                rule_id: "shell-in-container".into(),
+                severity: Severity::High as i32,
+                summary: "shell started in container".into(),
+                mitre_technique: "T1059".into(),
+                evidence: vec![exec.clone()],
+                count: 1,
+                first_seen_unix_nano: 1_795_549_718_000_000_000,
+                last_seen_unix_nano: 1_795_549_718_000_000_000,
+            })),
+            ..Event::default()
+        },
+        Event {
+            kind: EventKind::Loss as i32,
+            time_unix_nano: 1_795_549_718_000_000_000,
+            node: node.into(),
+            detail: Some(Detail::Loss(Loss {
+                stage: "kernel".into(),
+                exec: 3,
+                ..Loss::default()
+            })),
+            ..Event::default()
+        },
+    ]
+}
+
+fn validate_ocsf(file: &Path) -> String {
+    let out = Command::new(python())
+        .arg(root().join("tests/ocsf/validate.py"))
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "OCSF validation failed:\n{text}");
+    text
+}
+
+#[test]
+fn ocsf_output_passes_the_ocsf_schema_validator() {
+    let _g = serial();
+    let dir = scratch("ocsf");
+    let col = Collector::start(free_port(), &dir.join("ocsf.jsonl"), &["--format", "ocsf"]);
+    rt().block_on(async {
+        publish(
+            plain(col.port).await,
+            None,
+            vec![batch("ocsf-node", 1, sample_events("ocsf-node"))],
+        )
+        .await
+        .unwrap();
+    });
+    let out = lines(&col.output);
+    let classes: std::collections::BTreeSet<u64> =
+        out.iter().filter_map(|e| e["class_uid"].as_u64()).collect();
+    assert_eq!(classes, [1007, 1008, 2004, 4001].into_iter().collect());
+    validate_ocsf(&col.output);
+}
+
+#[test]
+fn real_agent_events_pass_the_ocsf_schema_validator() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("ocsf-agent");
+    let col = Collector::start(free_port(), &dir.join("ocsf.jsonl"), &["--format", "ocsf"]);
+    let spool = dir.join("spool");
+    let mut agent = Agent::start(&[
+        "--collector",
+        &col.url(),
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ]);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let _ = std::net::TcpStream::connect(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap(),
+    );
+    Command::new("/bin/sh")
+        .args(["-c", "exit 2"])
+        .status()
+        .unwrap();
+    eventually(
+        "process and network classes",
+        Duration::from_secs(30),
+        || {
+            let out = lines(&col.output);
+            (out.iter().any(|e| e["class_uid"] == 4001)
+                && out.iter().any(|e| e["class_uid"] == 1007))
+            .then_some(())
+        },
+    );
+    agent.stop();
+    validate_ocsf(&col.output);
+}
+
+#[test]
+fn syslog_lines_arrive_in_a_real_rsyslog() {
+    let _g = serial();
+    let dir = scratch("syslog");
+    let port = free_port();
+    let sink = dir.join("syslog.out");
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{d}\")\n\
+             module(load=\"imtcp\")\n\
+             input(type=\"imtcp\" port=\"{port}\" address=\"127.0.0.1\")\n\
+             template(name=\"raw\" type=\"string\" string=\"%APP-NAME% %MSGID% %msg%\\n\")\n\
+             *.* action(type=\"omfile\" file=\"{s}\" template=\"raw\")\n",
+            d = dir.display(),
+            s = sink.display()
+        ),
+    )
+    .unwrap();
+    let mut rsyslog = Command::new("rsyslogd")
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslog.pid"))
+        .spawn()
+        .expect("start rsyslogd (cargo xtask setup installs it)");
+    eventually("rsyslog to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &["--syslog", &format!("tcp://127.0.0.1:{port}")],
+    );
+    rt().block_on(async {
+        publish(
+            plain(col.port).await,
+            None,
+            vec![batch("syslog-node", 1, sample_events("syslog-node"))],
+        )
+        .await
+        .unwrap();
+    });
+    let got = eventually("six syslog lines", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&sink).unwrap_or_default();
+        (text.lines().count() >= 6).then_some(text)
+    });
+    let _ = rsyslog.kill();
+    let _ = rsyslog.wait();
+    let first = got.lines().next().unwrap();
+    assert!(first.starts_with("spyglass exec "), "{first}");
+    let json = first.trim_start_matches("spyglass exec ").trim();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(v["node"], "syslog-node");
+    assert_eq!(v["delivery"]["sequence"], 1);
+    assert!(got.lines().any(|l| l.starts_with("spyglass finding ")));
+}
