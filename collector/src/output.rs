@@ -187,7 +187,7 @@ mod tests {
         let line = "x".repeat(39); // 40 bytes with newline
         let mut rotations = 0;
         for _ in 0..10 {
-            if s.write_lines(&[line.clone()]).unwrap() {
+            if s.write_lines(std::slice::from_ref(&line)).unwrap() {
                 rotations += 1;
             }
         }

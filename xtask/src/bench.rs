@@ -316,6 +316,7 @@ pub fn run(quick: bool) -> Result<()> {
         if seen > 0 { cpu as f64 / hz * 1e6 / (2 * seen) as f64 } else { 0.0 },
         rss
     ));
+    table.push_str(&collector_bench(quick)?);
     print!("{table}");
     let dir = root().join("bench-results");
     std::fs::create_dir_all(&dir)?;
@@ -403,4 +404,210 @@ pub fn loadgen(args: &[String]) -> Result<()> {
     };
     println!("{ns_per_op}");
     Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` -> Unix ns (the inverse of the agent's
+/// formatter; days_from_civil by Howard Hinnant).
+fn parse_rfc3339(t: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = t.get(20..t.len() - 1)?;
+    let nanos: i64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000_000) + nanos)
+}
+
+fn unix_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Follow a growing file; for each new line containing `marker`, record
+/// (arrival - event time) in ms. Stops when `stop` is set.
+fn tail_latencies(
+    path: std::path::PathBuf,
+    marker: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        use std::io::Seek;
+        let mut lat = Vec::new();
+        let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut carry = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            let _ = f.seek(std::io::SeekFrom::Start(pos));
+            let mut buf = String::new();
+            let n = std::io::Read::read_to_string(&mut f, &mut buf).unwrap_or(0);
+            pos += n as u64;
+            let now = unix_now_ns();
+            carry.push_str(&buf);
+            while let Some(i) = carry.find('\n') {
+                let line: String = carry.drain(..=i).collect();
+                if !line.contains(&marker) {
+                    continue;
+                }
+                if let Some(t) = line
+                    .split("\"time\":\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .and_then(parse_rfc3339)
+                {
+                    lat.push((now - t) as f64 / 1e6);
+                }
+            }
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        lat
+    })
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn start_collector(port: u16, out: &std::path::Path) -> Result<Child> {
+    let c = Command::new(root().join("target/release/spyglass-collector"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warn",
+        ])
+        .arg("--output")
+        .arg(out)
+        .spawn()
+        .context("starting the collector")?;
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(c);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("the collector did not listen on {port}")
+}
+
+fn count_in(path: &std::path::Path, marker: &str) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter(|l| l.contains(marker)).count())
+        .unwrap_or(0)
+}
+
+/// End-to-end latency (kernel event -> collector output line) at fixed
+/// rates, and the collector's ingest rate replaying a spool backlog.
+fn collector_bench(quick: bool) -> Result<String> {
+    let dir = root().join("bench-results/tmp");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("collector.jsonl");
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut collector = start_collector(port, &out)?;
+    let url = format!("http://127.0.0.1:{port}");
+    let spool = dir.join("spool");
+    let mut text = String::from("\nEnd to end, kernel event -> collector output line (UDP sends, fresh sockets):\n\n| events/s | events | p50 ms | p99 ms | max ms | lost |\n|---:|---:|---:|---:|---:|---:|\n");
+    let secs: u64 = if quick { 1 } else { 5 };
+    let mut agent = Command::new(agent_bin())
+        .args([
+            "run",
+            "--no-snapshot",
+            "--format",
+            "none",
+            "--collector",
+            &url,
+            "--spool-dir",
+        ])
+        .arg(&spool)
+        .env("RUST_LOG", "error")
+        .spawn()?;
+    for _ in 0..400 {
+        if count_in(&out, "\"state\":\"started\"") > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (i, events_per_sec) in [1_000u64, 20_000].into_iter().enumerate() {
+        let dport = 47_000 + i as u16;
+        let marker = format!("\"port\":{dport}}}");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tail = tail_latencies(out.clone(), marker.clone(), stop.clone());
+        // each op is a bind + a send: two events
+        let ops = events_per_sec / 2;
+        run_loadgen(&[
+            "udp".into(),
+            ops.to_string(),
+            secs.to_string(),
+            dport.to_string(),
+        ])?;
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+        let mut lat = tail.join().unwrap_or_default();
+        let sent = ops * secs;
+        text.push_str(&format!(
+            "| {events_per_sec} | {} | {:.1} | {:.1} | {:.1} | {} |\n",
+            lat.len(),
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.99),
+            percentile(&mut lat, 1.0),
+            sent.saturating_sub(lat.len() as u64)
+        ));
+    }
+    // Ingest: build a backlog in the spool while the collector is down,
+    // then time the collector draining it.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(collector.id() as i32, libc::SIGTERM) };
+    let _ = collector.wait();
+    let backlog_ops: u64 = if quick { 2_000 } else { 50_000 };
+    let dport = 47_010u16;
+    let marker = format!("\"port\":{dport}}}");
+    let backlog_secs = (backlog_ops / 10_000).max(1);
+    run_loadgen(&[
+        "udp".into(),
+        "10000".into(),
+        backlog_secs.to_string(),
+        dport.to_string(),
+    ])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let expected = (10_000 * backlog_secs) as usize;
+    let t = Instant::now();
+    let mut collector = start_collector(port, &out)?;
+    let mut got = 0;
+    while t.elapsed() < Duration::from_secs(120) {
+        got = count_in(&out, &marker);
+        if got >= expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs_taken = t.elapsed().as_secs_f64();
+    text.push_str(&format!(
+        "\nCollector ingest (agent replays a {got}-send-event spool backlog after a collector restart; the batches also carry the bind events, {} events in all): {:.0} events/s\n",
+        got * 2,
+        (got * 2) as f64 / secs_taken
+    ));
+    // SAFETY: signalling our own children.
+    unsafe {
+        libc::kill(agent.id() as i32, libc::SIGTERM);
+        libc::kill(collector.id() as i32, libc::SIGTERM);
+    }
+    let _ = agent.wait();
+    let _ = collector.wait();
+    Ok(text)
 }

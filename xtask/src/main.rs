@@ -20,8 +20,10 @@ usage: cargo xtask <command> [args]
 commands:
   setup          install what is missing (Debian packages, rust-src, bpf-linker)
   build          setup, then build target/release/spyglass-agent (eBPF embedded)
-  run [ARGS]     build, then run the agent here with readable output
-                 (ARGS go to `spyglass-agent run`; try --format json)
+                 and target/release/spyglass-collector
+  run [ARGS]     build, then run a local collector and the agent streaming to
+                 it, with readable events on the terminal (ARGS go to
+                 `spyglass-agent run`; try --format json)
   test [ARGS]    build, then run every test: unit, and privileged end-to-end
                  tests that load the real probes (ARGS go to cargo test)
   bench [--quick] exec storm and loopback connect storm, agent off vs on
@@ -109,15 +111,38 @@ pub fn agent_bin() -> PathBuf {
     root().join("target/release/spyglass-agent")
 }
 
+/// The agent streaming to a local collector, readable events on the
+/// terminal; the collector's JSON lines go to target/spyglass-run/.
 fn run_agent(args: &[String]) -> Result<()> {
+    let dir = root().join("target/spyglass-run");
+    std::fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let events = dir.join("events.jsonl");
+    let mut collector = Command::new(root().join("target/release/spyglass-collector"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--output")
+        .arg(&events)
+        .spawn()
+        .context("starting spyglass-collector")?;
     let mut cmd = Command::new(agent_bin());
-    cmd.arg("run");
+    cmd.arg("run")
+        .args(["--collector", &format!("http://127.0.0.1:{port}")])
+        .arg("--spool-dir")
+        .arg(dir.join("spool"));
     if !args.iter().any(|a| a.starts_with("--format")) {
         cmd.args(["--format", "text"]);
     }
     cmd.args(args);
-    eprintln!("xtask: starting the agent (Ctrl-C to stop): {cmd:?}");
-    sh(&mut cmd)
+    eprintln!(
+        "xtask: collector on 127.0.0.1:{port} writing {}\nxtask: starting the agent (Ctrl-C stops both): {cmd:?}",
+        events.display()
+    );
+    let result = sh(&mut cmd);
+    let _ = collector.kill();
+    let _ = collector.wait();
+    result
 }
 
 fn test(args: &[String]) -> Result<()> {

@@ -145,11 +145,7 @@ mod tests {
 
     #[test]
     fn text_lines_read_like_a_log() {
-        let mut ev = Event::new(
-            Kind::Exec,
-            "2026-11-24T19:48:38.856200274Z".into(),
-            "n".into(),
-        );
+        let mut ev = Event::new(Kind::Exec, Timestamp(1_795_549_718_856_200_274), "n".into());
         ev.process = Some(Process {
             pid: 5,
             uid: 1000,
@@ -169,7 +165,7 @@ mod tests {
         );
         let mut ev = Event::new(
             Kind::Connect,
-            "2026-11-24T19:48:38.856200274Z".into(),
+            Timestamp(1_795_549_718_856_200_274),
             "n".into(),
         );
         ev.network = Some(Network {
