@@ -49,11 +49,13 @@ struct Sinks {
 }
 
 impl Sinks {
-    async fn send(&self, events: Vec<Event>) -> Result<()> {
+    async fn send(&mut self, events: Vec<Event>) -> Result<()> {
         if let Some(g) = &self.grpc {
-            g.send(events.clone())
-                .await
-                .map_err(|_| anyhow::anyhow!("collector exporter stopped"))?;
+            if g.send(events.clone()).await.is_err() {
+                // The exporter ended (it logged why); keep stdout going.
+                warn!("collector exporter stopped; events go to stdout only");
+                self.grpc = None;
+            }
         }
         self.stdout
             .send(events)
@@ -114,7 +116,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         info!(url = %cfg.collector.url, spool = %cfg.collector.spool_dir.display(), "streaming to collector");
         (Some(tx), Some(task))
     };
-    let out = Sinks {
+    let mut out = Sinks {
         stdout: out_tx,
         grpc: grpc_tx,
     };
@@ -205,11 +207,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     // Drain what the reader already has, then report final losses.
     stop.store(true, Ordering::Relaxed);
-    while let Ok(batch) = raw_rx.try_recv() {
+    // Until the reader hangs up: it finishes what it already took from the
+    // kernel, sees `stop`, and drops its sender.
+    while let Some(batch) = raw_rx.recv().await {
         let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
         out.send(events).await?;
     }
-    drop(raw_rx);
     let _ = reader.join();
     if let Some(ev) = report_losses(&enricher) {
         out.send(vec![ev]).await?;

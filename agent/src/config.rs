@@ -52,6 +52,9 @@ pub struct CollectorConfig {
     pub spool_max_bytes: u64,
     /// Events per batch at most. Default 1000.
     pub batch_max_events: usize,
+    /// Encoded bytes per batch at most (keep it under the collector's
+    /// --max-message-bytes). Default 4 MiB.
+    pub batch_max_bytes: usize,
     /// A batch is sent after this long even if not full, ms. Default 100.
     pub batch_linger_ms: u64,
     /// Unacknowledged batches on the wire at once. Default 32.
@@ -83,6 +86,7 @@ impl Default for CollectorConfig {
             spool_dir: "/var/lib/spyglass/spool".into(),
             spool_max_bytes: 256 * 1024 * 1024,
             batch_max_events: 1000,
+            batch_max_bytes: 4 * 1024 * 1024,
             batch_linger_ms: 100,
             max_in_flight: 32,
             compression: true,

@@ -169,9 +169,21 @@ pub fn event_json(ev: &Event) -> Value {
     Value::Object(m)
 }
 
-/// The `delivery` object: which node and batch a line came from.
-pub fn delivery(node_id: &str, sequence: u64) -> Value {
-    json!({"node_id": node_id, "sequence": sequence})
+/// Where a line came from: node, sequence space, batch, and the line's
+/// place in its batch (so recovery can tell a complete batch from a torn one).
+#[derive(Clone, Debug, Default)]
+pub struct Delivery {
+    pub node_id: String,
+    pub stream_id: String,
+    pub sequence: u64,
+    pub index: usize,
+    pub count: usize,
+}
+
+/// The `delivery` object of an output line.
+pub fn delivery(d: &Delivery) -> Value {
+    json!({"node_id": d.node_id, "stream_id": d.stream_id, "sequence": d.sequence,
+           "index": d.index, "count": d.count})
 }
 
 #[cfg(test)]

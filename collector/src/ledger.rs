@@ -1,14 +1,16 @@
-//! Deduplication: the highest batch sequence written per node.
+//! Deduplication: the highest batch sequence written per sequence space
+//! (`node_id/stream_id`).
 //!
 //! Agents deliver at least once; a batch whose sequence is at or below its
-//! node's high-water mark was already written and is only acknowledged.
-//! The ledger survives restarts: it is saved to a state file after writes,
-//! and on start it is also rebuilt from the `delivery` field of every line
-//! of the current output file, so a crash between writing a batch and
-//! saving the state cannot cause a duplicate.
+//! space's high-water mark was already written and is only acknowledged.
+//! The ledger survives restarts: it is saved to a state file (before every
+//! rotation, every few seconds and at exit), and on start it is rebuilt
+//! from the `delivery` field of the current output file too. A batch
+//! counts as written only when its last line (`index == count - 1`) is in
+//! the file; lines of a batch torn by a crash are cut off the file, so the
+//! agent's resend writes that batch whole, once.
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
 };
 
@@ -21,6 +23,16 @@ pub enum LedgerError {
     },
     #[error("dedupe state file {path} is corrupt ({message}); move it away to start fresh")]
     Corrupt { path: PathBuf, message: String },
+    #[error("cannot repair output file {path} after a crash: {source}")]
+    Repair {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The dedupe key of a batch.
+pub fn space(node_id: &str, stream_id: &str) -> String {
+    format!("{node_id}/{stream_id}")
 }
 
 /// What to do with an incoming batch.
@@ -56,11 +68,26 @@ impl Ledger {
             }
         }
         if let Some(out) = output {
-            if let Ok(f) = std::fs::File::open(out) {
-                for line in BufReader::new(f).lines().map_while(Result::ok) {
-                    if let Some((node, seq)) = delivery_of(&line) {
-                        ledger.observe(&node, seq);
-                    }
+            if let Ok(bytes) = std::fs::read(out) {
+                let (marks, clean_end) = scan(&bytes);
+                for (key, seq) in marks {
+                    ledger.observe(&key, seq);
+                }
+                if clean_end < bytes.len() {
+                    tracing::warn!(
+                        path = %out.display(),
+                        cut_bytes = bytes.len() - clean_end,
+                        "output ended in a torn batch (crash); cutting it off, the agent resends it"
+                    );
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(out)
+                        .and_then(|f| f.set_len(clean_end as u64))
+                        .map_err(|source| LedgerError::Repair {
+                            path: out.to_owned(),
+                            source,
+                        });
+                    f?;
                 }
             }
         }
@@ -114,17 +141,56 @@ impl Ledger {
     }
 }
 
-/// `(node_id, sequence)` from an output line: `"delivery":{...}` at the top
-/// level (JSON output) or under `unmapped` (OCSF output).
-pub fn delivery_of(line: &str) -> Option<(String, u64)> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+/// `(space, sequence, last line of its batch)` from an output line:
+/// `"delivery":{...}` at the top level (JSON) or under `unmapped` (OCSF).
+pub fn delivery_of(line: &[u8]) -> Option<(String, u64, bool)> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     let d = v
         .get("delivery")
         .or_else(|| v.get("unmapped")?.get("delivery"))?;
-    Some((
-        d.get("node_id")?.as_str()?.to_owned(),
-        d.get("sequence")?.as_u64()?,
-    ))
+    let key = space(
+        d.get("node_id")?.as_str()?,
+        d.get("stream_id").and_then(|s| s.as_str()).unwrap_or(""),
+    );
+    let index = d.get("index").and_then(|i| i.as_u64());
+    let count = d.get("count").and_then(|c| c.as_u64());
+    let last = match (index, count) {
+        (Some(i), Some(c)) => i + 1 == c,
+        _ => true,
+    };
+    Some((key, d.get("sequence")?.as_u64()?, last))
+}
+
+/// High-water marks of complete batches in an output file, and the byte
+/// offset where its last complete batch ends (what follows is torn).
+pub fn scan(bytes: &[u8]) -> (HashMap<String, u64>, usize) {
+    let mut marks: HashMap<String, u64> = HashMap::new();
+    let mut clean_end = 0;
+    let mut pos = 0;
+    let mut open_batch = false;
+    while pos < bytes.len() {
+        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+            break; // a torn last line
+        };
+        let line = &bytes[pos..pos + nl];
+        pos += nl + 1;
+        match delivery_of(line) {
+            Some((key, seq, true)) => {
+                let m = marks.entry(key).or_insert(0);
+                *m = (*m).max(seq);
+                open_batch = false;
+                clean_end = pos;
+            }
+            Some((_, _, false)) => open_batch = true,
+            // a line without delivery (foreign or garbled) ends nothing
+            None => {
+                if !open_batch {
+                    clean_end = pos;
+                }
+            }
+        }
+    }
+    (marks, clean_end)
 }
 
 #[cfg(test)]
@@ -155,17 +221,26 @@ mod tests {
         l.record("n1", 5);
         l.save().unwrap();
         // the output got further than the saved state before a crash
-        std::fs::write(
-            &out,
-            "{\"kind\":\"exec\",\"delivery\":{\"node_id\":\"n1\",\"sequence\":7}}\n\
-             {\"class_uid\":1007,\"unmapped\":{\"delivery\":{\"node_id\":\"n2\",\"sequence\":3}}}\n\
-             not json\n",
-        )
-        .unwrap();
+        let good = "{\"kind\":\"exec\",\"delivery\":{\"node_id\":\"n1\",\"stream_id\":\"\",\"sequence\":7,\"index\":0,\"count\":1}}\n\
+             {\"class_uid\":1007,\"unmapped\":{\"delivery\":{\"node_id\":\"n2\",\"stream_id\":\"s\",\"sequence\":3,\"index\":1,\"count\":2}}}\n\
+             not json\n";
+        // batch 8 of n1 was torn by a crash: one of two lines, then half a line
+        let torn = "{\"delivery\":{\"node_id\":\"n1\",\"stream_id\":\"\",\"sequence\":8,\"index\":0,\"count\":2}}\n{\"deli";
+        std::fs::write(&out, format!("{good}{torn}")).unwrap();
         let l = Ledger::open(Some(&state), Some(&out)).unwrap();
-        assert_eq!(l.high_water("n1"), 7);
-        assert_eq!(l.high_water("n2"), 3);
-        assert_eq!(l.check("n1", 7), Verdict::Duplicate);
+        assert_eq!(l.high_water("n1/"), 7);
+        assert_eq!(l.high_water("n2/s"), 3);
+        assert_eq!(l.check("n1/", 7), Verdict::Duplicate);
+        assert_eq!(
+            l.check("n1/", 8),
+            Verdict::Write,
+            "a torn batch is written again"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            good,
+            "the torn tail is cut off"
+        );
         std::fs::write(&state, "{garbage").unwrap();
         let e = Ledger::open(Some(&state), None).unwrap_err().to_string();
         assert!(e.contains("corrupt") && e.contains("state.json"), "{e}");

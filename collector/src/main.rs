@@ -104,14 +104,17 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let file = output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?;
+    // Recover (and repair a torn tail) before the file is opened for append.
+    let out_path = (cli.output != "-").then(|| PathBuf::from(&cli.output));
     let state = cli.state_file.clone().or_else(|| {
-        file.path()
+        out_path
+            .as_ref()
             .map(|p| PathBuf::from(format!("{}.state", p.display())))
     });
-    let ledger = ledger::Ledger::open(state.as_deref(), file.path())?;
+    let ledger = ledger::Ledger::open(state.as_deref(), out_path.as_deref())?;
+    let file = output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?;
     let syslog = match &cli.syslog {
-        Some(t) => Some(syslog::SyslogSink::new(t, cli.syslog_ca.as_deref())?),
+        Some(t) => Some(syslog::spawn(t, cli.syslog_ca.as_deref())?),
         None => None,
     };
     let shared = Arc::new(service::Shared {

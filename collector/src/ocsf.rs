@@ -56,9 +56,10 @@ fn severity_id(s: i32) -> u8 {
     }
 }
 
-/// One wire event as an OCSF object; `node_id`/`sequence` go to
+/// One wire event as an OCSF object; the delivery goes to
 /// `unmapped.delivery`.
-pub fn event_ocsf(ev: &Event, node_id: &str, sequence: u64) -> Value {
+pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
+    let node_id = d.node_id.as_str();
     let kind = EventKind::try_from(ev.kind).unwrap_or(EventKind::Unspecified);
     let (class_uid, category_uid, activity_id): (u32, u32, u32) = match (kind, &ev.detail) {
         (EventKind::Exec, _) => (1007, 1, 1),   // Launch
@@ -89,7 +90,7 @@ pub fn event_ocsf(ev: &Event, node_id: &str, sequence: u64) -> Value {
     m.insert("device".into(), json!({"type_id": 0, "hostname": ev.node}));
     let mut severity = 1; // Informational
     let mut unmapped = Map::new();
-    unmapped.insert("delivery".into(), convert::delivery(node_id, sequence));
+    unmapped.insert("delivery".into(), convert::delivery(d));
     unmapped.insert("kind".into(), json!(convert::kind_name(ev.kind)));
     if ev.snapshot {
         unmapped.insert("snapshot".into(), json!(true));
@@ -270,7 +271,13 @@ mod tests {
             }),
             ..Event::default()
         };
-        let o = event_ocsf(&ev, "n1", 3);
+        let d = convert::Delivery {
+            node_id: "n1".into(),
+            sequence: 3,
+            count: 1,
+            ..Default::default()
+        };
+        let o = event_ocsf(&ev, &d);
         assert_eq!(
             (o["class_uid"].as_u64(), o["type_uid"].as_u64()),
             (Some(1007), Some(100701))
@@ -303,7 +310,7 @@ mod tests {
             })),
             ..Event::default()
         };
-        let o = event_ocsf(&ev, "n", 1);
+        let o = event_ocsf(&ev, &convert::Delivery::default());
         assert_eq!(o["type_uid"], 400104);
         assert_eq!(o["dst_endpoint"]["port"], 6);
         assert_eq!(o["connection_info"]["direction_id"], 2);

@@ -2,15 +2,19 @@
 //! rotation (the default) or to stdout, and optionally syslog too.
 use std::{
     fs::{File, OpenOptions},
-    io::{BufWriter, Write},
+    io::Write,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use spyglass_proto::v1::Event;
+use spyglass_proto::v1::Batch;
 
-use crate::{convert, ocsf, syslog::SyslogSink};
+use crate::{
+    convert::{self, Delivery},
+    ocsf,
+    syslog::SyslogHandle,
+};
 
 /// Output format (`--format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -38,14 +42,14 @@ pub enum OutputError {
 }
 
 /// One event as an output line.
-pub fn render(format: Format, ev: &Event, node_id: &str, sequence: u64) -> Value {
+pub fn render(format: Format, ev: &spyglass_proto::v1::Event, d: &Delivery) -> Value {
     match format {
         Format::Json => {
             let mut v = convert::event_json(ev);
-            v["delivery"] = convert::delivery(node_id, sequence);
+            v["delivery"] = convert::delivery(d);
             v
         }
-        Format::Ocsf => ocsf::event_ocsf(ev, node_id, sequence),
+        Format::Ocsf => ocsf::event_ocsf(ev, d),
     }
 }
 
@@ -53,7 +57,7 @@ pub fn render(format: Format, ev: &Event, node_id: &str, sequence: u64) -> Value
 /// `FILE.<keep>`), or stdout when the path is `-`.
 pub struct LineSink {
     path: Option<PathBuf>,
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
     size: u64,
     rotate_bytes: u64,
     keep: usize,
@@ -77,7 +81,7 @@ impl LineSink {
         if path == "-" {
             return Ok(LineSink {
                 path: None,
-                out: BufWriter::new(Box::new(std::io::stdout())),
+                out: Box::new(std::io::stdout()),
                 size: 0,
                 rotate_bytes: u64::MAX,
                 keep,
@@ -87,16 +91,11 @@ impl LineSink {
         let (f, size) = open_append(&p)?;
         Ok(LineSink {
             path: Some(p),
-            out: BufWriter::new(Box::new(f)),
+            out: Box::new(f),
             size,
             rotate_bytes,
             keep,
         })
-    }
-
-    /// The file written to (None for stdout).
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
     }
 
     fn err(&self, source: std::io::Error) -> OutputError {
@@ -106,22 +105,38 @@ impl LineSink {
         }
     }
 
-    /// Write lines and flush them to the OS. Returns true if the file was
-    /// rotated before writing.
-    pub fn write_lines(&mut self, lines: &[String]) -> Result<bool, OutputError> {
+    /// Whether writing `lines` will rotate the file first.
+    pub fn would_rotate(&self, lines: &[String]) -> bool {
         let incoming: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
-        let rotated = self.size > 0 && self.size + incoming > self.rotate_bytes;
+        self.size > 0 && self.size + incoming > self.rotate_bytes
+    }
+
+    /// Write lines with one write call, straight to the OS. Returns true if
+    /// the file was rotated first. On failure the file is cut back to where
+    /// it was, so a retried batch is never half there twice.
+    pub fn write_lines(&mut self, lines: &[String]) -> Result<bool, OutputError> {
+        let rotated = self.would_rotate(lines);
         if rotated {
             self.rotate()?;
         }
+        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in lines {
-            self.out
-                .write_all(l.as_bytes())
-                .and_then(|_| self.out.write_all(b"\n"))
-                .map_err(|e| self.err(e))?;
+            buf.extend_from_slice(l.as_bytes());
+            buf.push(b'\n');
         }
-        self.out.flush().map_err(|e| self.err(e))?;
-        self.size += incoming;
+        if let Err(e) = self.out.write_all(&buf).and_then(|_| self.out.flush()) {
+            if let Some(p) = &self.path {
+                if let Ok(f) = OpenOptions::new().write(true).open(p) {
+                    let _ = f.set_len(self.size);
+                }
+                if let Ok((f, size)) = open_append(p) {
+                    self.out = Box::new(f);
+                    self.size = size;
+                }
+            }
+            return Err(self.err(e));
+        }
+        self.size += buf.len() as u64;
         Ok(rotated)
     }
 
@@ -141,7 +156,7 @@ impl LineSink {
             std::fs::remove_file(&path).map_err(|e| self.err(e))?;
         }
         let (f, size) = open_append(&path)?;
-        self.out = BufWriter::new(Box::new(f));
+        self.out = Box::new(f);
         self.size = size;
         Ok(())
     }
@@ -151,24 +166,36 @@ impl LineSink {
 pub struct Outputs {
     pub format: Format,
     pub file: LineSink,
-    pub syslog: Option<SyslogSink>,
+    pub syslog: Option<SyslogHandle>,
 }
 
 impl Outputs {
-    /// Render and write one batch. Returns true if the file rotated.
-    pub async fn write_batch(
-        &mut self,
-        node_id: &str,
-        sequence: u64,
-        events: &[Event],
-    ) -> Result<bool, OutputError> {
-        let lines: Vec<String> = events
+    /// A batch as output lines.
+    pub fn render_batch(&self, batch: &Batch) -> Vec<String> {
+        let count = batch.events.len();
+        batch
+            .events
             .iter()
-            .map(|e| render(self.format, e, node_id, sequence).to_string())
-            .collect();
-        let rotated = self.file.write_lines(&lines)?;
-        if let Some(s) = self.syslog.as_mut() {
-            s.send(events, &lines).await;
+            .enumerate()
+            .map(|(index, e)| {
+                let d = Delivery {
+                    node_id: batch.node_id.clone(),
+                    stream_id: batch.stream_id.clone(),
+                    sequence: batch.sequence,
+                    index,
+                    count,
+                };
+                render(self.format, e, &d).to_string()
+            })
+            .collect()
+    }
+
+    /// Write rendered lines to the file, then hand them to syslog (which
+    /// never blocks the file). Returns true if the file rotated.
+    pub fn write(&mut self, batch: &Batch, lines: &[String]) -> Result<bool, OutputError> {
+        let rotated = self.file.write_lines(lines)?;
+        if let Some(s) = &self.syslog {
+            s.send(&batch.events, lines);
         }
         Ok(rotated)
     }

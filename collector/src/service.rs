@@ -70,12 +70,21 @@ fn reported_drops(batch: &Batch) -> u64 {
         .iter()
         .filter(|e| e.kind == EventKind::Loss as i32)
         .filter_map(|e| match &e.detail {
-            Some(Detail::Loss(l)) => {
-                Some(l.exec + l.exit + l.fork + l.network + l.decode_errors + l.spool_dropped)
-            }
+            Some(Detail::Loss(l)) => Some(
+                [
+                    l.exec,
+                    l.exit,
+                    l.fork,
+                    l.network,
+                    l.decode_errors,
+                    l.spool_dropped,
+                ]
+                .iter()
+                .fold(0u64, |a, b| a.saturating_add(*b)),
+            ),
             _ => None,
         })
-        .sum()
+        .fold(0u64, |a, b| a.saturating_add(b))
 }
 
 /// Reject batches no agent should send.
@@ -92,29 +101,35 @@ pub fn validate(batch: &Batch) -> Result<(), Status> {
 impl CollectorService {
     async fn handle(&self, batch: &Batch, peer: &str) -> Result<Ack, Status> {
         validate(batch)?;
+        let key = crate::ledger::space(&batch.node_id, &batch.stream_id);
         let verdict = {
             let mut guard = self.shared.outputs.lock().await;
             let (outputs, ledger) = &mut *guard;
-            match ledger.check(&batch.node_id, batch.sequence) {
+            match ledger.check(&key, batch.sequence) {
                 Verdict::Duplicate => Verdict::Duplicate,
                 Verdict::Write => {
-                    let rotated = outputs
-                        .write_batch(&batch.node_id, batch.sequence, &batch.events)
-                        .await
-                        .map_err(|e| {
-                            warn!(error = %e, "output write failed");
-                            Status::unavailable(format!("collector output failed: {e}"))
+                    let lines = outputs.render_batch(batch);
+                    if outputs.file.would_rotate(&lines) {
+                        // the current file feeds crash recovery: save the
+                        // ledger before it becomes FILE.1
+                        ledger.save().map_err(|e| {
+                            warn!(error = %e, "saving dedupe state before rotation");
+                            Status::unavailable(format!("collector state: {e}"))
                         })?;
-                    ledger.record(&batch.node_id, batch.sequence);
-                    if rotated {
-                        // the rotated file no longer feeds recovery: save now
-                        if let Err(e) = ledger.save() {
-                            warn!(error = %e, "saving dedupe state");
-                        }
                     }
+                    outputs.write(batch, &lines).map_err(|e| {
+                        warn!(error = %e, "output write failed");
+                        Status::unavailable(format!("collector output failed: {e}"))
+                    })?;
+                    ledger.record(&key, batch.sequence);
                     Verdict::Write
                 }
             }
+        };
+        let drops = if verdict == Verdict::Write {
+            reported_drops(batch)
+        } else {
+            0
         };
         let mut agents = self.shared.agents.lock().expect("agents lock");
         let a = agents.entry(batch.node_id.clone()).or_default();
@@ -130,7 +145,7 @@ impl CollectorService {
             a.duplicates += 1;
         } else {
             a.events += batch.events.len() as u64;
-            a.drops += reported_drops(batch);
+            a.drops = a.drops.saturating_add(drops);
         }
         Ok(Ack {
             sequence: batch.sequence,

@@ -53,6 +53,7 @@ fn batch(node: &str, seq: u64, events: Vec<Event>) -> Batch {
         sequence: seq,
         events,
         sent_unix_nano: 0,
+        stream_id: "test".into(),
     }
 }
 

@@ -175,40 +175,80 @@ struct Exporter {
     node: String,
     spool: Spool,
     pending: Vec<wire::Event>,
+    pending_bytes: usize,
 }
 
 impl Exporter {
-    /// Seal the pending events into a spooled batch.
-    fn flush(&mut self) -> Result<(), GrpcError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let seq = self.spool.next_sequence()?;
-        let events = std::mem::take(&mut self.pending);
-        let n = events.len() as u64;
-        let batch = wire::Batch {
-            node_id: self.node.clone(),
-            sequence: seq,
-            events,
-            sent_unix_nano: 0,
-        };
-        let dropped = self.spool.push(seq, n, &batch.encode_to_vec())?;
-        if dropped > 0 {
-            warn!(
-                dropped_events = dropped,
-                spool_bytes = self.spool.bytes(),
-                "collector spool full: oldest batches dropped"
-            );
-            let mut ev = Event::new(Kind::Loss, Clock::now(), self.node.clone());
-            ev.loss = Some(Loss {
-                stage: "agent",
-                spool_dropped: dropped,
-                ..Loss::default()
-            });
-            self.pending.push(to_wire(&ev));
-        }
-        Ok(())
+    fn push(&mut self, ev: wire::Event) {
+        self.pending_bytes += ev.encoded_len() + 8;
+        self.pending.push(ev);
     }
+
+    /// Report events lost by this stage as a `loss` event in the next batch.
+    fn report_loss(&mut self, events: u64) {
+        let mut ev = Event::new(Kind::Loss, Clock::now(), self.node.clone());
+        ev.loss = Some(Loss {
+            stage: "agent",
+            spool_dropped: events,
+            ..Loss::default()
+        });
+        self.push(to_wire(&ev));
+    }
+
+    /// Seal the pending events into a spooled batch. Spool failures (disk
+    /// full, I/O errors) lose the batch but never stop the agent: they are
+    /// logged and reported as a loss.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let n = events.len() as u64;
+        let result = self.spool.next_sequence().and_then(|seq| {
+            let batch = wire::Batch {
+                node_id: self.node.clone(),
+                sequence: seq,
+                events,
+                sent_unix_nano: 0,
+                stream_id: self.spool.stream_id().to_owned(),
+            };
+            self.spool.push(seq, n, &batch.encode_to_vec())
+        });
+        match result {
+            Ok(0) => {}
+            Ok(dropped) => {
+                warn!(
+                    dropped_events = dropped,
+                    spool_bytes = self.spool.bytes(),
+                    "collector spool full: oldest batches dropped"
+                );
+                self.report_loss(dropped);
+            }
+            Err(e) => {
+                warn!(error = %e, lost_events = n, "cannot spool a batch; its events are lost");
+                self.report_loss(n);
+            }
+        }
+    }
+
+    /// Drop a stored batch the collector refuses for good, as a loss.
+    fn drop_poisoned(&mut self, seq: u64, why: &str) {
+        let n = self.spool.events_in(seq);
+        warn!(
+            seq,
+            events = n,
+            reason = why,
+            "collector refused a batch; dropped"
+        );
+        self.spool.ack(seq);
+        self.report_loss(n);
+    }
+}
+
+/// Errors after which resending the same batch can never succeed.
+fn permanent(code: tonic::Code) -> bool {
+    matches!(code, tonic::Code::OutOfRange | tonic::Code::InvalidArgument)
 }
 
 /// Run until the event channel closes, then try to deliver what is spooled
@@ -231,8 +271,12 @@ pub async fn run(
         node,
         spool,
         pending: Vec::new(),
+        pending_bytes: 0,
     };
     let mut conn: Option<Conn> = None;
+    // A connect in progress runs on its own task so events keep flowing
+    // into the spool meanwhile.
+    let mut connecting: Option<tokio::task::JoinHandle<Result<Conn, String>>> = None;
     let mut next_send = 0u64;
     let mut in_flight = 0usize;
     let mut backoff = Backoff {
@@ -241,6 +285,7 @@ pub async fn run(
     };
     let mut reconnect_at = tokio::time::Instant::now();
     let mut down_since: Option<Instant> = None;
+    let mut warned = false;
     let mut linger = tokio::time::interval(Duration::from_millis(cfg.batch_linger_ms));
     let mut closing: Option<tokio::time::Instant> = None;
 
@@ -251,14 +296,18 @@ pub async fn run(
                 let Some(seq) = ex.spool.next_after(next_send) else {
                     break;
                 };
-                let Some(bytes) = ex.spool.read(seq)? else {
-                    break;
+                let bytes = match ex.spool.read(seq) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        ex.drop_poisoned(seq, &e.to_string());
+                        continue;
+                    }
                 };
                 let mut batch = match wire::Batch::decode(bytes.as_slice()) {
                     Ok(b) => b,
                     Err(e) => {
-                        warn!(seq, error = %e, "corrupt spool file dropped");
-                        ex.spool.ack(seq);
+                        ex.drop_poisoned(seq, &format!("corrupt spool file: {e}"));
                         continue;
                     }
                 };
@@ -270,7 +319,17 @@ pub async fn run(
                 in_flight += 1;
             }
         }
+        if conn.is_none() && connecting.is_none() && tokio::time::Instant::now() >= reconnect_at {
+            let (ep, cfg) = (ep.clone(), cfg.clone());
+            let limit = Duration::from_millis(cfg.connect_timeout_ms.saturating_mul(2));
+            connecting = Some(tokio::spawn(async move {
+                tokio::time::timeout(limit, connect(&ep, &cfg))
+                    .await
+                    .unwrap_or_else(|_| Err("connect timed out".into()))
+            }));
+        }
         if let Some(deadline) = closing {
+            ex.flush();
             if ex.spool.len() == 0 || tokio::time::Instant::now() >= deadline {
                 if ex.spool.len() > 0 {
                     info!(
@@ -278,33 +337,50 @@ pub async fn run(
                         "undelivered batches kept in the spool for the next start"
                     );
                 }
+                if let Some(c) = connecting.take() {
+                    c.abort();
+                }
                 return Ok(());
             }
         }
         tokio::select! {
             evs = rx.recv(), if closing.is_none() => match evs {
                 Some(evs) => {
-                    ex.pending.extend(evs.iter().map(to_wire));
-                    if ex.pending.len() >= cfg.batch_max_events {
-                        ex.flush()?;
+                    for ev in &evs {
+                        ex.push(to_wire(ev));
+                    }
+                    if ex.pending.len() >= cfg.batch_max_events || ex.pending_bytes >= cfg.batch_max_bytes {
+                        ex.flush();
                     }
                 }
                 None => {
-                    ex.flush()?;
+                    ex.flush();
                     closing = Some(tokio::time::Instant::now()
                         + Duration::from_millis(cfg.shutdown_grace_ms));
                 }
             },
-            _ = linger.tick() => ex.flush()?,
+            _ = linger.tick() => ex.flush(),
             ack = next_ack(&mut conn) => match ack {
                 Ok(Some(a)) => {
                     ex.spool.ack(a.sequence);
                     in_flight = in_flight.saturating_sub(1);
+                    backoff.attempt = 0; // healthy only once acks flow
+                    if let Some(t) = down_since.take() {
+                        info!(url = %cfg.url, outage_ms = t.elapsed().as_millis() as u64, "delivery resumed");
+                    }
+                    warned = false;
                 }
                 other => {
-                    let why = match other {
+                    let why = match &other {
+                        Err(s) if permanent(s.code()) => {
+                            // the first unacknowledged batch can never be accepted
+                            if let Some(seq) = ex.spool.next_after(0) {
+                                ex.drop_poisoned(seq, s.message());
+                            }
+                            format!("{}: {}", s.code(), s.message())
+                        }
                         Err(s) => format!("{}: {}", s.code(), s.message()),
-                        _ => "stream closed by the collector".into(),
+                        Ok(_) => "stream closed by the collector".into(),
                     };
                     warn!(url = %cfg.url, error = %why, spooled = ex.spool.len(), "collector stream lost; spooling");
                     conn = None;
@@ -313,26 +389,27 @@ pub async fn run(
                     reconnect_at = tokio::time::Instant::now() + backoff.next();
                 }
             },
-            _ = tokio::time::sleep_until(reconnect_at), if conn.is_none() => {
-                match connect(&ep, &cfg).await {
+            res = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                connecting = None;
+                match res.unwrap_or_else(|e| Err(format!("connect task: {e}"))) {
                     Ok(c) => {
-                        let outage = down_since.take().map(|t| t.elapsed().as_millis());
-                        info!(url = %cfg.url, outage_ms = ?outage, spooled = ex.spool.len(), "connected to collector");
+                        info!(url = %cfg.url, spooled = ex.spool.len(), "connected to collector");
                         conn = Some(c);
                         next_send = 0; // resend everything unacknowledged
                         in_flight = 0;
-                        backoff.attempt = 0;
                     }
                     Err(e) => {
-                        if down_since.is_none() || backoff.attempt == 0 {
+                        if !warned {
                             warn!(url = %cfg.url, error = %e, spooled = ex.spool.len(),
                                   "collector unreachable; events are spooled and will be replayed");
+                            warned = true;
                         }
                         down_since.get_or_insert_with(Instant::now);
                         reconnect_at = tokio::time::Instant::now() + backoff.next();
                     }
                 }
             }
+            _ = tokio::time::sleep_until(reconnect_at), if conn.is_none() && connecting.is_none() => {}
         }
     }
 }

@@ -38,6 +38,17 @@ pub struct Spool {
     entries: BTreeMap<u64, Entry>,
     total: u64,
     next_seq: u64,
+    stream_id: String,
+}
+
+/// A random id for a new sequence space (32 hex digits from the kernel's
+/// random source).
+fn new_stream_id() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn file_name(seq: u64, events: u64) -> String {
@@ -73,13 +84,44 @@ impl Spool {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1);
         let after_files = entries.keys().next_back().map(|s| s + 1).unwrap_or(1);
+        // The sequence space: a new one whenever the spool is new or its
+        // counter is gone, so the collector never mistakes a restarted
+        // count for duplicates of the old one.
+        let id_path = dir.join("stream-id");
+        let stream_id = match std::fs::read_to_string(&id_path) {
+            Ok(id) if !id.trim().is_empty() && dir.join("next-seq").exists() => {
+                id.trim().to_owned()
+            }
+            _ => {
+                let id = new_stream_id();
+                let tmp = dir.join("stream-id.tmp");
+                std::fs::write(&tmp, &id)
+                    .and_then(|_| std::fs::rename(&tmp, &id_path))
+                    .map_err(|source| SpoolError::File {
+                        path: id_path.clone(),
+                        source,
+                    })?;
+                id
+            }
+        };
         Ok(Spool {
             dir: dir.to_owned(),
             max_bytes,
             entries,
             total,
             next_seq: stored.max(after_files).max(1),
+            stream_id,
         })
+    }
+
+    /// The id of this spool's sequence space.
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    /// Events in the stored batch `seq`.
+    pub fn events_in(&self, seq: u64) -> u64 {
+        self.entries.get(&seq).map(|e| e.events).unwrap_or(0)
     }
 
     fn path(&self, seq: u64) -> Option<PathBuf> {
@@ -110,8 +152,12 @@ impl Spool {
             };
             dropped += self.remove(old).map(|e| e.events).unwrap_or(0);
         }
+        // write then rename: a crash never leaves a half batch under its name
         let p = self.dir.join(file_name(seq, events));
-        std::fs::write(&p, data).map_err(|source| SpoolError::File { path: p, source })?;
+        let tmp = self.dir.join("batch.tmp");
+        std::fs::write(&tmp, data)
+            .and_then(|_| std::fs::rename(&tmp, &p))
+            .map_err(|source| SpoolError::File { path: p, source })?;
         self.total += data.len() as u64;
         self.entries.insert(
             seq,
@@ -180,7 +226,10 @@ mod tests {
         s.push(b, 1, b"b").unwrap();
         s.ack(a);
         assert_eq!((a, b), (1, 2));
+        let id = s.stream_id().to_owned();
+        assert_eq!(id.len(), 32);
         let mut s = Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!(s.stream_id(), id, "the sequence space survives a restart");
         assert_eq!(s.len(), 1);
         assert_eq!(s.next_after(0), Some(2));
         assert_eq!(s.read(2).unwrap().unwrap(), b"b");
