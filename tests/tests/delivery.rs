@@ -227,3 +227,55 @@ fn agent_restart_resumes_without_duplicates() {
     );
     agent.stop();
 }
+
+#[test]
+fn full_spool_drops_oldest_batches_and_reports_the_loss() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("spoolfull");
+    let port = free_port();
+    let cfg = dir.join("agent.toml");
+    // Small spool, small batches, nothing listening yet.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[collector]\nurl = \"http://127.0.0.1:{port}\"\nspool_dir = \"{}\"\nspool_max_bytes = 65536\nbatch_max_events = 20\n",
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::start(&["--config", cfg.to_str().unwrap(), "--no-snapshot"]);
+    let mark = marker("spoolfull");
+    exec_series(&mark, 400, Duration::from_millis(2))
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let col = Collector::start(port, &dir.join("out.jsonl"), &[]);
+    let loss = eventually("an agent-stage loss event", Duration::from_secs(30), || {
+        lines(&col.output).into_iter().find(|e| {
+            e["kind"] == "loss"
+                && e["loss"]["stage"] == "agent"
+                && e["loss"]["spool_dropped"].as_u64().unwrap_or(0) > 0
+        })
+    });
+    let dropped = loss["loss"]["spool_dropped"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = lines(&col.output);
+    let seen = marked_execs(&out, &mark).len();
+    let reported: u64 = out
+        .iter()
+        .filter(|e| e["kind"] == "loss" && e["loss"]["stage"] == "agent")
+        .map(|e| e["loss"]["spool_dropped"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!("spool full: {seen}/400 marked execs delivered, {reported} events reported dropped (first report {dropped})");
+    assert!(seen < 400, "the spool should have overflowed");
+    // each exec also brings a fork and an exit event: 3 events per exec
+    assert!(
+        reported as usize >= (400 - seen),
+        "{} execs missing but only {reported} events reported dropped",
+        400 - seen
+    );
+    agent.stop();
+}

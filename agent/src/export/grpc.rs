@@ -176,6 +176,10 @@ struct Exporter {
     spool: Spool,
     pending: Vec<wire::Event>,
     pending_bytes: usize,
+    /// Spool drops not yet logged (the log is rate-limited; the loss
+    /// events are not).
+    unlogged_drops: u64,
+    last_drop_log: Option<Instant>,
 }
 
 impl Exporter {
@@ -218,11 +222,19 @@ impl Exporter {
         match result {
             Ok(0) => {}
             Ok(dropped) => {
-                warn!(
-                    dropped_events = dropped,
-                    spool_bytes = self.spool.bytes(),
-                    "collector spool full: oldest batches dropped"
-                );
+                self.unlogged_drops += dropped;
+                if self
+                    .last_drop_log
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+                {
+                    warn!(
+                        dropped_events = self.unlogged_drops,
+                        spool_bytes = self.spool.bytes(),
+                        "collector spool full: oldest batches dropped (reported as loss events)"
+                    );
+                    self.unlogged_drops = 0;
+                    self.last_drop_log = Some(Instant::now());
+                }
                 self.report_loss(dropped);
             }
             Err(e) => {
@@ -272,6 +284,8 @@ pub async fn run(
         spool,
         pending: Vec::new(),
         pending_bytes: 0,
+        unlogged_drops: 0,
+        last_drop_log: None,
     };
     let mut conn: Option<Conn> = None;
     // A connect in progress runs on its own task so events keep flowing
