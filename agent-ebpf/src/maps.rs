@@ -3,7 +3,7 @@
 use agent_common::{counter, EventHeader, ExecEvent, KernelOffsets};
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// All records, kernel -> agent.
@@ -20,9 +20,12 @@ pub static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(
 
 /// TCP connects in flight: `struct sock` address -> the connecting task,
 /// captured at CLOSE -> SYN_SENT (process context) and consumed when the
-/// handshake ends in softirq context.
+/// handshake ends in softirq context (every SYN_SENT socket reaches
+/// ESTABLISHED or CLOSE, so entries do not leak). A preallocated hash map:
+/// cheaper per update than an LRU map; when full, connects are counted
+/// as untracked.
 #[map]
-pub static CONNECTS: LruHashMap<u64, EventHeader> = LruHashMap::with_max_entries(16384, 0);
+pub static CONNECTS: HashMap<u64, EventHeader> = HashMap::with_max_entries(16384, 0);
 
 /// UDP (socket cookie, peer) pairs already reported, so that a stream of
 /// datagrams to one peer yields one record.
