@@ -646,3 +646,65 @@ fn syslog_lines_arrive_in_a_real_rsyslog() {
     assert_eq!(v["delivery"]["sequence"], 1);
     assert!(got.lines().any(|l| l.starts_with("spyglass finding ")));
 }
+
+#[test]
+fn syslog_over_tls_is_verified_and_delivered() {
+    let _g = serial();
+    let dir = scratch("syslog-tls");
+    make_ca(&dir, "ca");
+    make_cert(&dir, "ca", "server", "serverAuth");
+    let port = free_port();
+    let received = dir.join("received.txt");
+    // An independent TLS server: openssl s_server prints what it receives.
+    let mut server = Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            "server.pem",
+            "-key",
+            "server.key",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&received).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(
+        "openssl s_server to listen",
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
+    let ca = dir.join("ca.pem");
+    let col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &[
+            "--syslog",
+            &format!("tls://localhost:{port}"),
+            "--syslog-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    rt().block_on(async {
+        publish(
+            plain(col.port).await,
+            None,
+            vec![batch("tls-syslog", 1, sample_events("tls-syslog"))],
+        )
+        .await
+        .unwrap();
+    });
+    let text = eventually("syslog over TLS", Duration::from_secs(20), || {
+        let t = std::fs::read_to_string(&received).unwrap_or_default();
+        (t.matches("spyglass - ").count() >= 6).then_some(t)
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    // octet-counted RFC 5424 frames: "LEN <110>1 TIME HOST spyglass - exec - {...}"
+    let first = text.split("spyglass - ").nth(1).unwrap();
+    assert!(first.starts_with("exec - {"), "{first}");
+    assert!(text.contains("\"node\":\"tls-syslog\""));
+}
