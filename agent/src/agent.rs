@@ -128,6 +128,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         },
         cfg.process.ancestors,
         node.clone(),
+        &cgroup_root,
     );
 
     // Probes are live before the snapshot, so nothing falls in between.

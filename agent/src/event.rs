@@ -147,6 +147,24 @@ pub struct AgentInfo {
     pub snapshot_sockets: Option<usize>,
 }
 
+/// The container of the process, from its cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// Container id as the runtime names it (64 hex digits for most).
+    pub id: String,
+    /// `containerd`, `cri-o`, `docker`, `podman`, or `cri` (a Kubernetes
+    /// pod whose runtime the cgroup path does not name).
+    pub runtime: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+}
+
+/// Kubernetes pod of a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    pub uid: String,
+}
+
 /// One output event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Event {
@@ -159,6 +177,9 @@ pub struct Event {
     pub snapshot: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
+    /// Present when the process runs in a container; absent on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<Ancestor>,
     /// Parent chain beyond `parent`, nearest first.
@@ -185,6 +206,7 @@ impl Event {
             node,
             snapshot: false,
             process: None,
+            container: None,
             parent: None,
             ancestors: Vec::new(),
             exit: None,

@@ -3,6 +3,7 @@ mod agent;
 mod bpf;
 mod clock;
 mod config;
+mod container;
 mod event;
 mod export;
 mod pipeline;

@@ -155,3 +155,64 @@ fn startup_snapshot_reports_running_processes() {
     child.wait().unwrap();
     agent.stop();
 }
+
+/// The cgroup v2 mount of this host (unified or hybrid).
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+        })
+        .next()
+}
+
+#[test]
+fn process_in_a_container_cgroup_carries_the_container_id() {
+    if !privileged() {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipped: no cgroup v2 mount");
+        return;
+    };
+    // A cgroup shaped like containerd's (/<namespace>/<64-hex id>), made by
+    // the test; a short-lived process joins it and execs.
+    let id = format!("{:0>64}", format!("{:x}", std::process::id()));
+    let parent = root.join(format!("spyglass-e2e-{}", std::process::id()));
+    let cg = parent.join(&id);
+    std::fs::create_dir_all(&cg).unwrap();
+    let agent = Agent::start(&["--no-snapshot"]);
+    let mark = marker("cgroup");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec /bin/true {mark}",
+        cg.display()
+    );
+    assert!(Command::new("/bin/sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success());
+    // and a host process for contrast
+    assert!(Command::new("/bin/true")
+        .arg(format!("{mark}-host"))
+        .status()
+        .unwrap()
+        .success());
+    let exec = agent.wait_for("exec in the container cgroup", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).get(1) == Some(&mark)
+    });
+    let host = agent.wait_for("exec on the host", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).get(1) == Some(&format!("{mark}-host"))
+    });
+    agent.stop();
+    let _ = std::fs::remove_dir(&cg);
+    let _ = std::fs::remove_dir(&parent);
+    assert_eq!(exec["container"]["id"], id.as_str());
+    assert_eq!(exec["container"]["runtime"], "containerd");
+    assert!(
+        host.get("container").is_none(),
+        "host process marked as container: {host}"
+    );
+}

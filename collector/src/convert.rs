@@ -89,16 +89,33 @@ pub fn event_json(ev: &Event) -> Value {
         );
     }
     if let Some(c) = &ev.container {
-        m.insert(
-            "container".into(),
-            json!({
-                "id": c.id, "name": c.name, "runtime": c.runtime,
-                "image": {"ref": c.image_ref, "digest": c.image_digest,
-                          "index_digest": c.image_index_digest, "config_digest": c.image_config_digest},
-                "pod": {"name": c.pod_name, "namespace": c.pod_namespace, "uid": c.pod_uid,
-                        "container_name": c.container_name},
-            }),
-        );
+        // only what the agent knew: empty strings are left out
+        let put = |m: &mut Map<String, Value>, k: &str, v: &str| {
+            if !v.is_empty() {
+                m.insert(k.into(), json!(v));
+            }
+        };
+        let mut cm = Map::new();
+        put(&mut cm, "id", &c.id);
+        put(&mut cm, "name", &c.name);
+        put(&mut cm, "runtime", &c.runtime);
+        let mut image = Map::new();
+        put(&mut image, "ref", &c.image_ref);
+        put(&mut image, "digest", &c.image_digest);
+        put(&mut image, "index_digest", &c.image_index_digest);
+        put(&mut image, "config_digest", &c.image_config_digest);
+        if !image.is_empty() {
+            cm.insert("image".into(), Value::Object(image));
+        }
+        let mut pod = Map::new();
+        put(&mut pod, "name", &c.pod_name);
+        put(&mut pod, "namespace", &c.pod_namespace);
+        put(&mut pod, "uid", &c.pod_uid);
+        put(&mut pod, "container_name", &c.container_name);
+        if !pod.is_empty() {
+            cm.insert("pod".into(), Value::Object(pod));
+        }
+        m.insert("container".into(), Value::Object(cm));
     }
     match &ev.detail {
         Some(Detail::Exit(x)) => {

@@ -110,7 +110,12 @@ pub fn to_wire(ev: &Event) -> wire::Event {
         process: ev.process.as_ref().map(process),
         parent: ev.parent.as_ref().map(ancestor),
         ancestors: ev.ancestors.iter().map(ancestor).collect(),
-        container: None,
+        container: ev.container.as_ref().map(|c| wire::ContainerContext {
+            id: c.id.clone(),
+            runtime: c.runtime.into(),
+            pod_uid: c.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default(),
+            ..wire::ContainerContext::default()
+        }),
         detail,
     }
 }

@@ -8,6 +8,7 @@ use std::{
 use super::decode::{split_exit_code, Exec, Header, Net, NetOp, Outcome, RawEvent};
 use crate::{
     clock::Clock,
+    container::cgroup::Resolver,
     event::{Endpoint, Event, ExitInfo, ForkInfo, Kind, Loss, Network, Process},
     process::{
         snapshot::Snapshot,
@@ -50,6 +51,7 @@ impl Listeners {
 
 pub struct Enricher {
     table: ProcessTable,
+    containers: Resolver,
     listeners: Listeners,
     clock: Clock,
     node: String,
@@ -65,9 +67,15 @@ fn family(a: &SocketAddr) -> &'static str {
 }
 
 impl Enricher {
-    pub fn new(limits: Limits, ancestors: usize, node: String) -> Self {
+    pub fn new(
+        limits: Limits,
+        ancestors: usize,
+        node: String,
+        cgroup_root: &std::path::Path,
+    ) -> Self {
         Enricher {
             table: ProcessTable::new(limits),
+            containers: Resolver::new(cgroup_root),
             listeners: Listeners::default(),
             clock: Clock::new(),
             node,
@@ -85,7 +93,7 @@ impl Enricher {
 
     /// Process, parent and ancestors of `pid` into `ev`. Live fields from
     /// the record header (uid, comm, cgroup, thread) take precedence.
-    fn attach_process(&self, ev: &mut Event, pid: u32, header: Option<&Header>) {
+    fn attach_process(&mut self, ev: &mut Event, pid: u32, header: Option<&Header>) {
         let known = self.table.get(pid);
         let mut p = match known {
             Some(info) => self.process_of(info),
@@ -112,6 +120,14 @@ impl Enricher {
         let mut chain = chain.into_iter();
         ev.parent = chain.next();
         ev.ancestors = chain.collect();
+        ev.container = self
+            .containers
+            .resolve(p.cgroup_id)
+            .map(|c| crate::event::Container {
+                id: c.id,
+                runtime: c.runtime,
+                pod: c.pod_uid.map(|uid| crate::event::Pod { uid }),
+            });
         ev.process = Some(p);
     }
 
@@ -300,6 +316,7 @@ mod tests {
             },
             4,
             "node1".into(),
+            std::path::Path::new("/nonexistent"),
         )
     }
 

@@ -1,0 +1,246 @@
+//! cgroup paths -> container ids: the shapes containerd, kubelet (cgroupfs
+//! and systemd drivers), CRI-O, Docker and Podman create, on cgroup v2 and
+//! hybrid hosts. Pure code, table-tested.
+//!
+//! The kernel gives each event a cgroup v2 id (the inode of the cgroup
+//! directory). [`Resolver`] maps ids to paths by walking the v2 hierarchy
+//! on a miss; runtimes create a container's cgroup before its first
+//! process starts, so even a container that lived a few milliseconds is
+//! found.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// A container as its cgroup path names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRef {
+    pub id: String,
+    /// `containerd`, `cri-o`, `docker`, `podman`, or `cri` (a Kubernetes
+    /// pod cgroup whose runtime the path does not say).
+    pub runtime: &'static str,
+    /// Kubernetes pod uid, when the path is under a pod cgroup.
+    pub pod_uid: Option<String>,
+}
+
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid_with_underscores>.slice`.
+fn pod_uid(segment: &str) -> Option<String> {
+    let s = segment.strip_suffix(".slice").unwrap_or(segment);
+    let i = s.rfind("pod")?;
+    let uid = &s[i + 3..];
+    let ok = uid.len() == 36
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_');
+    ok.then(|| uid.replace('_', "-"))
+}
+
+/// A systemd scope `<prefix><id>.scope`.
+fn scoped<'a>(segment: &'a str, prefix: &str) -> Option<&'a str> {
+    let id = segment
+        .strip_prefix(prefix)?
+        .strip_suffix(".scope")
+        .unwrap_or_else(|| {
+            // cgroupfs drivers use the same prefix without `.scope`
+            &segment[prefix.len()..]
+        });
+    is_hex_id(id).then_some(id)
+}
+
+/// Parse a cgroup v2 path (`/kubepods/burstable/pod<uid>/<id>`, ...).
+pub fn parse(path: &str) -> Option<ContainerRef> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let pod = segments.iter().find_map(|s| pod_uid(s));
+    let kube = segments.iter().any(|s| s.starts_with("kubepods"));
+    // The deepest segment naming a container wins (nested cgroups inside a
+    // container stay attributed to it).
+    for (i, seg) in segments.iter().enumerate().rev() {
+        let (id, runtime) = if let Some(id) = scoped(seg, "cri-containerd-") {
+            (id, "containerd")
+        } else if seg.starts_with("crio-conmon-") || seg.starts_with("libpod-conmon-") {
+            continue;
+        } else if let Some(id) = scoped(seg, "crio-") {
+            (id, "cri-o")
+        } else if let Some(id) = scoped(seg, "docker-") {
+            (id, "docker")
+        } else if let Some(id) = scoped(seg, "libpod-") {
+            (id, "podman")
+        } else if is_hex_id(seg) {
+            let parent = if i > 0 { segments[i - 1] } else { "" };
+            let runtime = if parent == "docker" {
+                "docker"
+            } else if kube {
+                "cri"
+            } else {
+                "containerd"
+            };
+            (*seg, runtime)
+        } else {
+            continue;
+        };
+        return Some(ContainerRef {
+            id: id.to_owned(),
+            runtime,
+            pod_uid: pod.clone(),
+        });
+    }
+    // containerd without kubelet (cgroupfs): /<namespace>/<container id>,
+    // where ids are any name (`ctr run ... t1`).
+    if let [ns, id] = segments.as_slice() {
+        let systemd =
+            |s: &str| s.ends_with(".slice") || s.ends_with(".scope") || s.ends_with(".service");
+        if !systemd(ns) && !systemd(id) && !ns.starts_with("kubepods") {
+            return Some(ContainerRef {
+                id: (*id).to_owned(),
+                runtime: "containerd",
+                pod_uid: None,
+            });
+        }
+    }
+    None
+}
+
+/// cgroup id -> container, with a cache refreshed by walking the v2 tree.
+pub struct Resolver {
+    root: PathBuf,
+    by_id: HashMap<u64, Option<ContainerRef>>,
+    last_walk: Option<Instant>,
+    /// Walks at most this often; ids unseen in between resolve to None
+    /// until the next walk.
+    min_walk_interval: Duration,
+}
+
+/// Directories visited per walk at most (bounds time and memory).
+const WALK_LIMIT: usize = 200_000;
+
+impl Resolver {
+    pub fn new(root: &Path) -> Self {
+        Resolver {
+            root: root.to_owned(),
+            by_id: HashMap::new(),
+            last_walk: None,
+            min_walk_interval: Duration::from_millis(20),
+        }
+    }
+
+    fn walk(&mut self) {
+        self.by_id.clear();
+        let mut stack = vec![(self.root.clone(), 0usize)];
+        let mut seen = 0;
+        while let Some((dir, depth)) = stack.pop() {
+            seen += 1;
+            if seen > WALK_LIMIT {
+                break;
+            }
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                let rel = dir.strip_prefix(&self.root).unwrap_or(&dir);
+                let path = format!("/{}", rel.display());
+                self.by_id.insert(meta.ino(), parse(&path));
+            }
+            if depth >= 12 {
+                continue;
+            }
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push((e.path(), depth + 1));
+                    }
+                }
+            }
+        }
+        self.last_walk = Some(Instant::now());
+    }
+
+    /// The container of a cgroup id; None for host cgroups.
+    pub fn resolve(&mut self, cgroup_id: u64) -> Option<ContainerRef> {
+        if cgroup_id == 0 {
+            return None;
+        }
+        if let Some(c) = self.by_id.get(&cgroup_id) {
+            return c.clone();
+        }
+        let due = self
+            .last_walk
+            .is_none_or(|t| t.elapsed() >= self.min_walk_interval);
+        if due {
+            self.walk();
+        }
+        self.by_id.get(&cgroup_id).cloned().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const UID: &str = "1c2d3e4f-aaaa-bbbb-cccc-0123456789ab";
+
+    #[test]
+    fn recognises_runtime_and_driver_shapes() {
+        let u = UID.replace('-', "_");
+        let cases: Vec<(String, Option<(&str, &str, Option<&str>)>)> = vec![
+            // containerd, cgroupfs, no kubelet (ctr run in namespace k8s.io)
+            ("/k8s.io/t1".into(), Some(("t1", "containerd", None))),
+            (format!("/default/{ID}"), Some((ID, "containerd", None))),
+            // kubelet cgroupfs driver
+            (format!("/kubepods/burstable/pod{UID}/{ID}"), Some((ID, "cri", Some(UID)))),
+            (format!("/kubepods/pod{UID}/{ID}"), Some((ID, "cri", Some(UID)))),
+            // kubelet systemd driver + containerd / CRI-O
+            (
+                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope"),
+                Some((ID, "containerd", Some(UID))),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/crio-{ID}.scope"),
+                Some((ID, "cri-o", Some(UID))),
+            ),
+            // Docker (cgroupfs and systemd), Podman
+            (format!("/docker/{ID}"), Some((ID, "docker", None))),
+            (format!("/system.slice/docker-{ID}.scope"), Some((ID, "docker", None))),
+            (format!("/machine.slice/libpod-{ID}.scope"), Some((ID, "podman", None))),
+            // a nested cgroup inside a container stays with the container
+            (format!("/kubepods/besteffort/pod{UID}/{ID}/sub"), Some((ID, "cri", Some(UID)))),
+            // host cgroups and runtime helpers
+            ("/".into(), None),
+            ("/init.scope".into(), None),
+            ("/system.slice/containerd.service".into(), None),
+            ("/user.slice/user-0.slice/session-1.scope".into(), None),
+            (format!("/machine.slice/libpod-conmon-{ID}.scope"), None),
+            (format!("/kubepods/burstable/pod{UID}"), None),
+        ];
+        for (path, want) in cases {
+            let got = parse(&path);
+            let got = got
+                .as_ref()
+                .map(|c| (c.id.as_str(), c.runtime, c.pod_uid.as_deref()));
+            assert_eq!(got, want, "{path}");
+        }
+    }
+
+    #[test]
+    fn resolves_a_fresh_cgroup_by_id() {
+        let Ok(root) = crate::bpf::preflight::cgroup2_root() else {
+            return;
+        };
+        let dir = root.join("spyglass-unit-test").join(ID);
+        if std::fs::create_dir_all(&dir).is_err() {
+            eprintln!("skipped: cannot create cgroups (needs root)");
+            return;
+        }
+        let ino = std::fs::metadata(&dir).unwrap().ino();
+        let mut r = Resolver::new(&root);
+        let got = r.resolve(ino);
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(root.join("spyglass-unit-test"));
+        let c = got.expect("the new cgroup resolves");
+        assert_eq!((c.id.as_str(), c.runtime), (ID, "containerd"));
+        assert_eq!(r.resolve(1), None, "the root cgroup is the host");
+    }
+}
