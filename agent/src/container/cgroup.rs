@@ -182,10 +182,13 @@ mod tests {
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const UID: &str = "1c2d3e4f-aaaa-bbbb-cccc-0123456789ab";
 
+    /// (id, runtime, pod uid)
+    type Want = Option<(&'static str, &'static str, Option<&'static str>)>;
+
     #[test]
     fn recognises_runtime_and_driver_shapes() {
         let u = UID.replace('-', "_");
-        let cases: Vec<(String, Option<(&str, &str, Option<&str>)>)> = vec![
+        let cases: Vec<(String, Want)> = vec![
             // containerd, cgroupfs, no kubelet (ctr run in namespace k8s.io)
             ("/k8s.io/t1".into(), Some(("t1", "containerd", None))),
             (format!("/default/{ID}"), Some((ID, "containerd", None))),
