@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{argv_of, marker, privileged, Agent};
+use common::*;
 use serde_json::Value;
 
 /// Run `n` execs of `/bin/true MARK` from one shell loop.
@@ -53,8 +53,9 @@ fn ten_thousand_execs_are_all_reported_or_accounted_for() {
     if !privileged() {
         return;
     }
+    let _g = serial();
     const N: usize = 10_000;
-    let agent = Agent::start(&["--no-snapshot"]);
+    let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("burst");
     exec_burst(N as u32, &mark);
     let seen = settle(&agent, &mark, N);
@@ -82,10 +83,11 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     if !privileged() {
         return;
     }
+    let _g = serial();
     const N: usize = 2_000;
     // Smallest ring (64 KiB, ~100 exec records) and a stopped reader:
     // the burst must overflow, and every drop must be reported.
-    let agent = Agent::start(&["--no-snapshot", "--ring-buffer-bytes", "65536"]);
+    let agent = start_agent(&["--no-snapshot", "--ring-buffer-bytes", "65536"]);
     let mark = marker("overflow");
     agent.signal(libc::SIGSTOP);
     exec_burst(N as u32, &mark);

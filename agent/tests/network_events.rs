@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use common::{pid_of, privileged, Agent};
+use common::*;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -40,7 +40,8 @@ fn tcp_listeners_on_ipv4_and_ipv6_loopback() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let p = l4.local_addr().unwrap();
     let ev = agent.wait_for("IPv4 listen", WAIT, |e| {
@@ -70,7 +71,8 @@ fn wildcard_listener_is_marked() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     // Bound to all interfaces, but nothing ever connects to it.
     let l = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -87,7 +89,8 @@ fn tcp_connect_established_with_both_endpoints_and_accept() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
     let mut client = TcpStream::connect(server).unwrap();
@@ -120,7 +123,8 @@ fn tcp_connect_to_closed_port_fails() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     // A port that was free a moment ago: bind, note, close.
     let closed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -141,7 +145,8 @@ fn tcp_connect_over_ipv6() {
     if !privileged() || !ipv6_loopback() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     let listener = TcpListener::bind("[::1]:0").unwrap();
     let server = listener.local_addr().unwrap();
     let client = TcpStream::connect(server).unwrap();
@@ -160,7 +165,8 @@ fn udp_bind_and_first_send_to_each_peer() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let peer = receiver.local_addr().unwrap();
     let bind = agent.wait_for("UDP bind", WAIT, |e| {
@@ -200,11 +206,12 @@ fn snapshot_finds_a_listener_started_before_the_agent() {
     if !privileged() {
         return;
     }
+    let _g = serial();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let uaddr = udp.local_addr().unwrap();
-    let agent = Agent::start(&[]);
+    let agent = start_agent(&[]);
     let ev = agent.wait_for("snapshot listen", WAIT, |e| {
         e["kind"] == "listen" && e["snapshot"] == true && endpoint(&net(e)["local"]) == Some(addr)
     });

@@ -4,7 +4,7 @@ mod common;
 
 use std::{os::unix::process::CommandExt, process::Command, time::Duration};
 
-use common::{argv_of, marker, pid_of, privileged, Agent};
+use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -13,7 +13,8 @@ fn exec_shows_argv_uid_ppid_exe_and_exit_code() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("exec");
     let odd = "un usual ✓ arg\twith tab";
     // /bin/sh -c 'exit 7' MARK ODD, as nobody (65534): $0 is the marker.
@@ -67,7 +68,8 @@ fn killed_process_reports_its_signal() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
     let pid = child.id() as u64;
     agent.wait_for("exec of sleep", WAIT, |e| {
@@ -88,7 +90,8 @@ fn failed_execve_is_not_an_exec_event() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("noexec");
     let missing = format!("/nonexistent/{mark}");
     assert!(Command::new(&missing).spawn().is_err());
@@ -112,7 +115,8 @@ fn long_argv_is_truncated_and_marked() {
     if !privileged() {
         return;
     }
-    let agent = Agent::start(&["--no-snapshot"]);
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("long");
     let big = "x".repeat(6000);
     let status = Command::new("/bin/true")
@@ -137,6 +141,7 @@ fn startup_snapshot_reports_running_processes() {
     if !privileged() {
         return;
     }
+    let _g = serial();
     let mark = marker("snap");
     let mut child = Command::new("/bin/sleep")
         .arg("30")
@@ -145,7 +150,7 @@ fn startup_snapshot_reports_running_processes() {
         .unwrap();
     let pid = child.id() as u64;
     std::thread::sleep(Duration::from_millis(100));
-    let agent = Agent::start(&[]);
+    let agent = start_agent(&[]);
     let snap = agent.wait_for("snapshot of the earlier process", WAIT, |e| {
         e["kind"] == "exec" && e["snapshot"] == true && pid_of(e) == pid
     });
@@ -173,6 +178,7 @@ fn process_in_a_container_cgroup_carries_the_container_id() {
     if !privileged() {
         return;
     }
+    let _g = serial();
     let Some(root) = cgroup2_root() else {
         eprintln!("skipped: no cgroup v2 mount");
         return;
@@ -183,7 +189,7 @@ fn process_in_a_container_cgroup_carries_the_container_id() {
     let parent = root.join(format!("spyglass-e2e-{}", std::process::id()));
     let cg = parent.join(&id);
     std::fs::create_dir_all(&cg).unwrap();
-    let agent = Agent::start(&["--no-snapshot"]);
+    let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("cgroup");
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec /bin/true {mark}",

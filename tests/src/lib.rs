@@ -1,1 +1,296 @@
-//! End-to-end tests live in tests/; this library is empty.
+//! The end-to-end test harness, shared by agent/tests and tests/tests:
+//! real agent and collector binaries, their JSON output, free loopback
+//! ports, scratch directories. (The end-to-end tests themselves are in
+//! tests/tests; this library has no product code.)
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One scenario at a time (2 cores; agents and collectors are heavy).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = root().join("target/release").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask test` (it builds both binaries)",
+        p.display()
+    );
+    p
+}
+
+pub fn privileged() -> bool {
+    // SAFETY: trivial libc call.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: end-to-end tests load eBPF programs and need root");
+    }
+    root
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("spyglass-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn marker(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("spyglass-e2e-{name}-{}-{nanos}", std::process::id())
+}
+
+/// Wait until `f` returns Some, or panic with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_port(port: u16) {
+    eventually("the collector to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+}
+
+pub struct Collector {
+    pub child: Child,
+    pub port: u16,
+    pub output: PathBuf,
+}
+
+impl Collector {
+    pub fn start(port: u16, output: &Path, extra: &[&str]) -> Collector {
+        let child = Command::new(bin("spyglass-collector"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--output")
+            .arg(output)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start collector");
+        wait_port(port);
+        Collector {
+            child,
+            port,
+            output: output.to_owned(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every JSON line of a file (and its rotations are not read).
+pub fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad output line ({e}): {l}")))
+        .collect()
+}
+
+type Shared = Arc<(Mutex<Vec<Value>>, Condvar)>;
+
+pub struct Agent {
+    pub child: Child,
+    events: Shared,
+}
+
+impl Agent {
+    /// Start target/release/spyglass-agent and wait for `agent started`.
+    pub fn start(args: &[&str]) -> Agent {
+        Self::start_bin(&bin("spyglass-agent"), args)
+    }
+
+    /// Start an agent binary (`run`, JSON on stdout) and wait until ready.
+    /// Callers hold [`serial`] for the whole scenario.
+    pub fn start_bin(path: &Path, args: &[&str]) -> Agent {
+        let mut child = Command::new(path)
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start spyglass-agent");
+        let stdout = child.stdout.take().unwrap();
+        let events: Shared = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("agent wrote a non-JSON line ({e}): {line}"));
+                let (lock, cv) = &*sink;
+                lock.lock().unwrap().push(v);
+                cv.notify_all();
+            }
+        });
+        let agent = Agent { child, events };
+        agent.wait_for("agent started", Duration::from_secs(60), |e| {
+            e["kind"] == "agent" && e["agent"]["state"] == "started"
+        });
+        agent
+    }
+
+    /// Wait until an event matches; panic with context after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.events;
+        let mut events = lock.lock().unwrap();
+        loop {
+            if let Some(e) = events.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let n = events.len();
+                let tail: Vec<String> =
+                    events.iter().rev().take(5).map(|e| e.to_string()).collect();
+                panic!("timed out waiting for {what}; {n} events seen, last: {tail:#?}");
+            }
+            events = cv.wait_timeout(events, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Events matching a predicate so far.
+    pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| pred(e))
+            .cloned()
+            .collect()
+    }
+
+    /// Send a signal to the agent process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, wait for a clean exit, return every event.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for agent");
+        assert!(status.success(), "agent exited with {status}");
+        // The reader thread ends at EOF; wait for the final `stopping` event.
+        self.wait_for("agent stopping", Duration::from_secs(10), |e| {
+            e["kind"] == "agent" && e["agent"]["state"] == "stopping"
+        });
+        self.events.0.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Field access helpers.
+pub fn pid_of(e: &Value) -> u64 {
+    e["process"]["pid"].as_u64().unwrap_or(0)
+}
+
+pub fn argv_of(e: &Value) -> Vec<String> {
+    argv(e)
+}
+
+pub fn argv(e: &Value) -> Vec<String> {
+    e["process"]["argv"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Exec events in `events` whose argv[1] is `mark`-prefixed, by argv[1].
+pub fn marked_execs(events: &[Value], mark: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for e in events.iter().filter(|e| e["kind"] == "exec") {
+        if let Some(a) = argv(e).get(1) {
+            if a.starts_with(mark) {
+                *m.entry(a.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    m
+}
+
+/// Run `n` execs `/bin/true MARK-i`, `gap` apart, in a background thread.
+pub fn exec_series(mark: &str, n: usize, gap: Duration) -> std::thread::JoinHandle<()> {
+    let mark = mark.to_owned();
+    std::thread::spawn(move || {
+        for i in 0..n {
+            let st = Command::new("/bin/true")
+                .arg(format!("{mark}-{i:05}"))
+                .status()
+                .unwrap();
+            assert!(st.success());
+            std::thread::sleep(gap);
+        }
+    })
+}

@@ -280,7 +280,7 @@ fn agent_streams_over_mutual_tls() {
         ),
     )
     .unwrap();
-    let mut agent = Agent::start(&["--config", cfg.to_str().unwrap(), "--no-snapshot"]);
+    let agent = Agent::start(&["--config", cfg.to_str().unwrap(), "--no-snapshot"]);
     let mark = marker("tls");
     Command::new("/bin/true").arg(&mark).status().unwrap();
     eventually("the exec over mTLS", Duration::from_secs(30), || {
@@ -556,7 +556,7 @@ fn real_agent_events_pass_the_ocsf_schema_validator() {
     let dir = scratch("ocsf-agent");
     let col = Collector::start(free_port(), &dir.join("ocsf.jsonl"), &["--format", "ocsf"]);
     let spool = dir.join("spool");
-    let mut agent = Agent::start(&[
+    let agent = Agent::start(&[
         "--collector",
         &col.url(),
         "--spool-dir",

@@ -48,7 +48,7 @@ fn events_arrive_at_the_collector_with_all_fields() {
     let dir = scratch("fields");
     let col = Collector::start(free_port(), &dir.join("out.jsonl"), &[]);
     let spool = dir.join("spool");
-    let mut agent = Agent::start(&[
+    let agent = Agent::start(&[
         "--no-snapshot",
         "--collector",
         &col.url(),
@@ -132,7 +132,7 @@ fn collector_down_ten_seconds_loses_and_duplicates_nothing() {
     let port = free_port();
     let mut col = Collector::start(port, &out, &[]);
     let spool = dir.join("spool");
-    let mut agent = Agent::start(&[
+    let agent = Agent::start(&[
         "--no-snapshot",
         "--collector",
         &col.url(),
@@ -174,7 +174,7 @@ fn agent_restart_resumes_without_duplicates() {
     let mut col = Collector::start(port, &out, &[]);
     let url = col.url();
     let a: Vec<String> = args(&url);
-    let mut agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let mark = marker("restart");
     // A: delivered live. B: spooled while the collector is down, and the
     // agent restarts with them still undelivered. C: after the restart.
@@ -201,7 +201,7 @@ fn agent_restart_resumes_without_duplicates() {
         spooled > 0,
         "batches B should wait in the spool across the restart"
     );
-    let mut agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let col = Collector::start(port, &out, &[]);
     exec_series(&format!("{mark}-c"), 50, Duration::from_millis(10))
         .join()
@@ -246,7 +246,7 @@ fn full_spool_drops_oldest_batches_and_reports_the_loss() {
         ),
     )
     .unwrap();
-    let mut agent = Agent::start(&["--config", cfg.to_str().unwrap(), "--no-snapshot"]);
+    let agent = Agent::start(&["--config", cfg.to_str().unwrap(), "--no-snapshot"]);
     let mark = marker("spoolfull");
     exec_series(&mark, 400, Duration::from_millis(2))
         .join()
