@@ -171,6 +171,24 @@ fn make_cert(dir: &Path, ca: &str, name: &str, usage: &str) {
     );
 }
 
+/// A collector requiring client certificates signed by `dir/ca.pem`
+/// (make_ca + make_cert "server" first).
+fn mtls_collector(dir: &Path) -> Collector {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--client-ca",
+            &p("ca.pem"),
+        ],
+    )
+}
+
 async fn tls_channel(port: u16, dir: &Path, identity: Option<&str>) -> Result<Channel, String> {
     let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
     let mut tls = ClientTlsConfig::new()
@@ -200,19 +218,7 @@ fn mutual_tls_accepts_only_clients_signed_by_the_ca() {
     make_cert(&dir, "ca", "agent", "clientAuth");
     make_ca(&dir, "rogue-ca");
     make_cert(&dir, "rogue-ca", "rogue", "clientAuth");
-    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
-    let col = Collector::start(
-        free_port(),
-        &dir.join("out.jsonl"),
-        &[
-            "--tls-cert",
-            &p("server.pem"),
-            "--tls-key",
-            &p("server.key"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    );
+    let col = mtls_collector(&dir);
     rt().block_on(async {
         let good = tls_channel(col.port, &dir, Some("agent"))
             .await
@@ -259,18 +265,7 @@ fn agent_streams_over_mutual_tls() {
     make_cert(&dir, "ca", "server", "serverAuth");
     make_cert(&dir, "ca", "agent", "clientAuth");
     let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
-    let col = Collector::start(
-        free_port(),
-        &dir.join("out.jsonl"),
-        &[
-            "--tls-cert",
-            &p("server.pem"),
-            "--tls-key",
-            &p("server.key"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    );
+    let col = mtls_collector(&dir);
     let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,
