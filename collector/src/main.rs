@@ -43,6 +43,11 @@ struct Cli {
     /// Dedupe state file. Default: OUTPUT.state (none for stdout).
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// Agent status (connected, last seen, last sequence, lag, events,
+    /// duplicates, drops per node), rewritten every second as JSON.
+    /// Default: OUTPUT.agents.json (none for stdout).
+    #[arg(long)]
+    status_file: Option<PathBuf>,
     /// Also send every line to syslog (RFC 5424): tcp://HOST:PORT or tls://HOST:PORT.
     #[arg(long)]
     syslog: Option<String>,
@@ -130,16 +135,35 @@ async fn run(cli: Cli) -> Result<()> {
         max_events_per_sec: cli.max_events_per_sec,
     });
 
-    // Save dedupe state and report agents every few seconds.
+    // Agent status to a file every second; dedupe state saved and agent
+    // status logged every 5 s.
+    let status_file = cli.status_file.clone().or_else(|| {
+        out_path
+            .as_ref()
+            .map(|p| PathBuf::from(format!("{}.agents.json", p.display())))
+    });
     let bg = shared.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
         loop {
             tick.tick().await;
+            n += 1;
+            let agents = bg.agents.lock().expect("agents lock").clone();
+            if let Some(path) = &status_file {
+                let tmp = path.with_extension("tmp");
+                let text = serde_json::to_string_pretty(&agents).unwrap_or_default();
+                if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path))
+                {
+                    warn!(path = %path.display(), error = %e, "writing agent status");
+                }
+            }
+            if n % 5 != 0 {
+                continue;
+            }
             if let Err(e) = bg.outputs.lock().await.1.save() {
                 warn!(error = %e, "saving dedupe state");
             }
-            let agents = bg.agents.lock().expect("agents lock").clone();
             for (node, a) in agents {
                 info!(
                     %node, connected = a.connected, peer = %a.peer, last_seq = a.last_sequence,

@@ -271,6 +271,17 @@ fn full_spool_drops_oldest_batches_and_reports_the_loss() {
         .sum();
     eprintln!("spool full: {seen}/400 marked execs delivered, {reported} events reported dropped (first report {dropped})");
     assert!(seen < 400, "the spool should have overflowed");
+    // The collector's agent status counts the drops the agent reported.
+    let status_path = dir.join("out.jsonl.agents.json");
+    eventually("drops in the agent status", Duration::from_secs(10), || {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&status_path).ok()?).ok()?;
+        let drops: u64 = v
+            .as_object()?
+            .values()
+            .filter_map(|a| a["drops"].as_u64())
+            .sum();
+        (drops >= reported).then_some(())
+    });
     // each exec also brings a fork and an exit event: 3 events per exec
     assert!(
         reported as usize >= (400 - seen),
