@@ -158,7 +158,7 @@ async fn run(cli: Cli) -> Result<()> {
                     warn!(path = %path.display(), error = %e, "writing agent status");
                 }
             }
-            if n % 5 != 0 {
+            if !n.is_multiple_of(5) {
                 continue;
             }
             if let Err(e) = bg.outputs.lock().await.1.save() {
