@@ -80,13 +80,32 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8, dedupe: bool) {
             return; // already reported
         }
     }
+    // The local side, when the socket is already bound (an unbound socket
+    // is bound after this hook and reports 0.0.0.0:0).
+    let mut saddr = [0u8; 16];
+    let mut sport = 0u16;
+    // SAFETY: `sk` is a valid socket pointer for sock_addr programs.
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    if !sk.is_null() {
+        // SAFETY: narrow loads of bpf_sock fields, checked by the verifier.
+        let sk = unsafe { &*sk };
+        sport = unsafe { core::ptr::read_volatile(&sk.src_port) } as u16;
+        if family == AF_INET {
+            let ip4 = unsafe { core::ptr::read_volatile(&sk.src_ip4) };
+            saddr[..4].copy_from_slice(&ip4.to_ne_bytes());
+        } else {
+            saddr = ip6_words(&sk.src_ip6);
+        }
+    }
     let ev = NetEvent {
         header: current_header(kind::NET),
         family,
         protocol: IPPROTO_UDP,
+        sport,
         dport,
         op,
         outcome: outcome::NONE,
+        saddr,
         daddr,
         sock_id: cookie,
         ..NetEvent::default()

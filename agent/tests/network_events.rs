@@ -184,6 +184,11 @@ fn udp_bind_and_first_send_to_each_peer() {
         is(e, "connect", "udp", "send") && endpoint(&net(e)["remote"]) == Some(peer)
     });
     assert_eq!(pid_of(&send), me());
+    assert_eq!(
+        endpoint(&net(&send)["local"]),
+        Some(sender.local_addr().unwrap()),
+        "a bound sender reports its local endpoint"
+    );
 
     // UDP connect(2) to an IPv6 or IPv4 peer is reported as connect.
     let connected = UdpSocket::bind("127.0.0.1:0").unwrap();
