@@ -99,3 +99,25 @@ fn unprivileged_run_says_what_is_missing() {
     assert!(err.contains("not enough privileges"), "{err}");
     assert!(err.contains("CAP_BPF"), "{err}");
 }
+
+#[test]
+fn missing_btf_says_what_is_missing() {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to get past the privilege check");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("spyglass-cli-btf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("nobtf.toml");
+    std::fs::write(&cfg, "[kernel]\nbtf_path = \"/nonexistent/vmlinux\"\n").unwrap();
+    let out = run(&["run", "--config", cfg.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no kernel BTF at /nonexistent/vmlinux"),
+        "{err}"
+    );
+    assert!(err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+}
