@@ -168,10 +168,16 @@ impl Resolver {
         let due = self
             .last_walk
             .is_none_or(|t| t.elapsed() >= self.min_walk_interval);
-        if due {
-            self.walk();
+        if !due {
+            // walked moments ago, maybe before this cgroup existed: ask again
+            // on the next event
+            return None;
         }
-        self.by_id.get(&cgroup_id).cloned().flatten()
+        self.walk();
+        // A fresh walk that misses means the cgroup is already gone (the
+        // event was made before this walk): remember the miss so its other
+        // events do not walk again. The next walk forgets it.
+        self.by_id.entry(cgroup_id).or_insert(None).clone()
     }
 }
 
@@ -245,5 +251,13 @@ mod tests {
         let c = got.expect("the new cgroup resolves");
         assert_eq!((c.id.as_str(), c.runtime), (ID, "containerd"));
         assert_eq!(r.resolve(1), None, "the root cgroup is the host");
+        let walked = r.last_walk;
+        assert_eq!(r.resolve(u64::MAX), None);
+        assert_eq!(r.resolve(u64::MAX), None);
+        assert!(
+            r.last_walk >= walked,
+            "unknown ids are remembered as misses"
+        );
+        assert!(r.by_id.contains_key(&u64::MAX));
     }
 }
