@@ -7,6 +7,12 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 
+/// Shared, immutable text: a process's names and arguments are copied into
+/// many events; sharing them saves an allocation per field per event.
+pub type Text = std::sync::Arc<str>;
+/// Shared argument vector.
+pub type Args = std::sync::Arc<[String]>;
+
 /// `kind` of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,10 +37,10 @@ pub struct Process {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub comm: String,
+    pub comm: Text,
     /// Executable path as passed to execve; empty if never seen.
-    pub exe: String,
-    pub argv: Vec<String>,
+    pub exe: Text,
+    pub argv: Args,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub argv_truncated: bool,
     /// cgroup v2 id (inode of the cgroup directory).
@@ -48,8 +54,8 @@ pub struct Process {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ancestor {
     pub pid: u32,
-    pub exe: String,
-    pub comm: String,
+    pub exe: Text,
+    pub comm: Text,
 }
 
 /// Exit details.

@@ -9,7 +9,7 @@ pub struct Timestamp(pub i64);
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&format_rfc3339(self.0 as i128))
+        write_rfc3339(f, self.0 as i128)
     }
 }
 
@@ -21,6 +21,13 @@ impl serde::Serialize for Timestamp {
 
 /// Unix ns -> `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (proleptic Gregorian, UTC).
 pub fn format_rfc3339(unix_ns: i128) -> String {
+    let mut out = String::with_capacity(30);
+    let _ = write_rfc3339(&mut out, unix_ns);
+    out
+}
+
+/// Write Unix ns as RFC 3339 without allocating.
+fn write_rfc3339(out: &mut impl fmt::Write, unix_ns: i128) -> fmt::Result {
     let secs = unix_ns.div_euclid(1_000_000_000) as i64;
     let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
     let days = secs.div_euclid(86_400);
@@ -35,7 +42,8 @@ pub fn format_rfc3339(unix_ns: i128) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
+    write!(
+        out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
         sod / 3600,
         sod % 3600 / 60,

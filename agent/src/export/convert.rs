@@ -24,9 +24,9 @@ fn process(p: &Process) -> wire::Process {
         ppid: p.ppid,
         uid: p.uid,
         gid: p.gid,
-        comm: p.comm.clone(),
-        exe: p.exe.clone(),
-        argv: p.argv.clone(),
+        comm: p.comm.to_string(),
+        exe: p.exe.to_string(),
+        argv: p.argv.to_vec(),
         argv_truncated: p.argv_truncated,
         cgroup_id: p.cgroup_id,
         start_time_unix_nano: p.start_time.map(|t| t.0).unwrap_or(0),
@@ -36,8 +36,8 @@ fn process(p: &Process) -> wire::Process {
 fn ancestor(a: &Ancestor) -> wire::Ancestor {
     wire::Ancestor {
         pid: a.pid,
-        exe: a.exe.clone(),
-        comm: a.comm.clone(),
+        exe: a.exe.to_string(),
+        comm: a.comm.to_string(),
     }
 }
 
@@ -131,7 +131,7 @@ mod tests {
         ev.process = Some(Process {
             pid: 3,
             tid: Some(4),
-            argv: vec!["a".into()],
+            argv: vec!["a".to_string()].into(),
             start_time: Some(Timestamp(7)),
             ..Process::default()
         });

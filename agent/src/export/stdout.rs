@@ -151,7 +151,7 @@ mod tests {
             uid: 1000,
             comm: "echo".into(),
             exe: "/bin/echo".into(),
-            argv: vec!["/bin/echo".into(), "a b".into(), "it's".into()],
+            argv: vec!["/bin/echo".to_string(), "a b".into(), "it's".into()].into(),
             ..Process::default()
         });
         ev.parent = Some(Ancestor {

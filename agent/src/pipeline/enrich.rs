@@ -106,15 +106,17 @@ impl Enricher {
             p.tid = Some(h.tid);
             p.uid = h.uid;
             p.gid = h.gid;
-            p.comm = h.comm.clone();
+            if *p.comm != *h.comm {
+                p.comm = h.comm.as_str().into(); // comm changes (prctl, exec)
+            }
             p.cgroup_id = h.cgroup_id;
         }
         let mut chain = self.table.ancestors(pid, self.depth + 1);
         if chain.is_empty() && p.ppid != 0 {
             chain.push(crate::event::Ancestor {
                 pid: p.ppid,
-                exe: String::new(),
-                comm: String::new(),
+                exe: "".into(),
+                comm: "".into(),
             });
         }
         let mut chain = chain.into_iter();
@@ -140,7 +142,7 @@ impl Enricher {
             gid: info.gid,
             comm: info.comm.clone(),
             exe: info.exe.clone(),
-            argv: info.argv.to_vec(),
+            argv: info.argv.clone(),
             argv_truncated: info.argv_truncated,
             cgroup_id: info.cgroup_id,
             start_time: (info.start_time_ns != 0).then(|| self.clock.wall(info.start_time_ns)),
@@ -242,8 +244,8 @@ impl Enricher {
             ppid,
             uid: h.uid,
             gid: h.gid,
-            comm: h.comm.clone(),
-            exe: e.filename.clone(),
+            comm: h.comm.as_str().into(),
+            exe: e.filename.as_str().into(),
             argv: e.argv.into(),
             argv_truncated: e.argv_truncated,
             cgroup_id: h.cgroup_id,
@@ -339,10 +341,10 @@ mod tests {
         let ev = e.handle(exec(11, 10, "/usr/bin/curl"));
         assert_eq!(ev.kind, Kind::Exec);
         let p = ev.process.unwrap();
-        assert_eq!((p.pid, p.ppid, p.exe.as_str()), (11, 10, "/usr/bin/curl"));
-        assert_eq!(p.argv, ["/usr/bin/curl", "--flag"]);
+        assert_eq!((p.pid, p.ppid, &*p.exe), (11, 10, "/usr/bin/curl"));
+        assert_eq!(&*p.argv, ["/usr/bin/curl", "--flag"]);
         let parent = ev.parent.unwrap();
-        assert_eq!((parent.pid, parent.exe.as_str()), (10, "/bin/bash"));
+        assert_eq!((parent.pid, &*parent.exe), (10, "/bin/bash"));
         assert_eq!(ev.ancestors[0].pid, 1);
     }
 
@@ -366,7 +368,7 @@ mod tests {
         assert_eq!((n.wildcard, n.remote), (Some(true), None));
         let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5555", 0));
         assert_eq!(a.kind, Kind::Accept);
-        assert_eq!(a.process.unwrap().exe, "/usr/sbin/nginx");
+        assert_eq!(&*a.process.unwrap().exe, "/usr/sbin/nginx");
         // after the owner exits, accepts on the port are unattributed
         e.handle(RawEvent::Exit(super::super::decode::Exit {
             header: header(20),
@@ -388,6 +390,6 @@ mod tests {
         }));
         let x = ev.exit.unwrap();
         assert_eq!((x.code, x.signal), (None, Some(9)));
-        assert_eq!(ev.process.unwrap().exe, "/bin/sh");
+        assert_eq!(&*ev.process.unwrap().exe, "/bin/sh");
     }
 }

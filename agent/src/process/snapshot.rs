@@ -61,8 +61,12 @@ fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Optio
         ppid: stat.ppid as u32,
         uid: status.as_ref().map(|s| s.ruid).unwrap_or(0),
         gid: status.as_ref().map(|s| s.rgid).unwrap_or(0),
-        comm: stat.comm.clone(),
-        exe: p.exe().map(|e| e.display().to_string()).unwrap_or_default(),
+        comm: stat.comm.as_str().into(),
+        exe: p
+            .exe()
+            .map(|e| e.display().to_string())
+            .unwrap_or_default()
+            .into(),
         argv: p.cmdline().unwrap_or_default().into(),
         argv_truncated: false,
         cgroup_id: cgroup2_path(&cgroup)

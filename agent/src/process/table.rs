@@ -21,8 +21,8 @@ pub struct ProcInfo {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub comm: String,
-    pub exe: String,
+    pub comm: crate::event::Text,
+    pub exe: crate::event::Text,
     pub argv: Arc<[String]>,
     pub argv_truncated: bool,
     pub cgroup_id: u64,
@@ -144,8 +144,8 @@ impl ProcessTable {
             let Some(p) = self.get(cur) else {
                 out.push(Ancestor {
                     pid: cur,
-                    exe: String::new(),
-                    comm: String::new(),
+                    exe: "".into(),
+                    comm: "".into(),
                 });
                 break;
             };
@@ -190,10 +190,10 @@ mod tests {
         t.upsert(proc(1, 0, "/sbin/init", 1));
         t.upsert(proc(10, 1, "/bin/bash", 2));
         let child = t.fork(10, 11, 3);
-        assert_eq!((child.ppid, child.exe.as_str()), (10, "/bin/bash"));
+        assert_eq!((child.ppid, &*child.exe), (10, "/bin/bash"));
         t.upsert(proc(11, 10, "/usr/bin/curl", 3));
         let chain = t.ancestors(11, 8);
-        let pids: Vec<_> = chain.iter().map(|a| (a.pid, a.exe.as_str())).collect();
+        let pids: Vec<_> = chain.iter().map(|a| (a.pid, &*a.exe)).collect();
         assert_eq!(pids, [(10, "/bin/bash"), (1, "/sbin/init")]);
         assert_eq!(t.ancestors(11, 1).len(), 1);
     }
@@ -204,7 +204,7 @@ mod tests {
         t.upsert(proc(5, 4, "/bin/x", 1));
         let chain = t.ancestors(5, 8);
         assert_eq!(chain.len(), 1);
-        assert_eq!((chain[0].pid, chain[0].exe.as_str()), (4, ""));
+        assert_eq!((chain[0].pid, &*chain[0].exe), (4, ""));
     }
 
     #[test]
@@ -230,7 +230,7 @@ mod tests {
         t.upsert(proc(7, 0, "/new", 2)); // pid reused
         t.upsert(proc(8, 0, "/x", 3));
         t.exit(8); // pushes the old (7, 1) out of the retained queue
-        assert_eq!(t.get(7).map(|p| p.exe.as_str()), Some("/new"));
+        assert_eq!(t.get(7).map(|p| &*p.exe), Some("/new"));
     }
 
     #[test]
