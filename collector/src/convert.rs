@@ -4,7 +4,9 @@
 use serde_json::{json, Map, Value};
 use spyglass_proto::{
     time::Timestamp,
-    v1::{event::Detail, Ancestor, Endpoint, Event, EventKind, Process, Severity},
+    v1::{
+        event::Detail, Ancestor, ContainerContext, Endpoint, Event, EventKind, Process, Severity,
+    },
 };
 
 pub fn kind_name(k: i32) -> &'static str {
@@ -66,6 +68,37 @@ fn endpoint(e: &Endpoint) -> Value {
     json!({"addr": e.addr, "port": e.port})
 }
 
+/// A container context, leaving out what the agent did not know.
+pub fn container_json(c: &ContainerContext) -> Value {
+    // only what the agent knew: empty strings are left out
+    let put = |m: &mut Map<String, Value>, k: &str, v: &str| {
+        if !v.is_empty() {
+            m.insert(k.into(), json!(v));
+        }
+    };
+    let mut cm = Map::new();
+    put(&mut cm, "id", &c.id);
+    put(&mut cm, "name", &c.name);
+    put(&mut cm, "runtime", &c.runtime);
+    let mut image = Map::new();
+    put(&mut image, "ref", &c.image_ref);
+    put(&mut image, "digest", &c.image_digest);
+    put(&mut image, "index_digest", &c.image_index_digest);
+    put(&mut image, "config_digest", &c.image_config_digest);
+    if !image.is_empty() {
+        cm.insert("image".into(), Value::Object(image));
+    }
+    let mut pod = Map::new();
+    put(&mut pod, "name", &c.pod_name);
+    put(&mut pod, "namespace", &c.pod_namespace);
+    put(&mut pod, "uid", &c.pod_uid);
+    put(&mut pod, "container_name", &c.container_name);
+    if !pod.is_empty() {
+        cm.insert("pod".into(), Value::Object(pod));
+    }
+    Value::Object(cm)
+}
+
 /// One wire event as JSON (without delivery information).
 pub fn event_json(ev: &Event) -> Value {
     let mut m = Map::new();
@@ -89,33 +122,7 @@ pub fn event_json(ev: &Event) -> Value {
         );
     }
     if let Some(c) = &ev.container {
-        // only what the agent knew: empty strings are left out
-        let put = |m: &mut Map<String, Value>, k: &str, v: &str| {
-            if !v.is_empty() {
-                m.insert(k.into(), json!(v));
-            }
-        };
-        let mut cm = Map::new();
-        put(&mut cm, "id", &c.id);
-        put(&mut cm, "name", &c.name);
-        put(&mut cm, "runtime", &c.runtime);
-        let mut image = Map::new();
-        put(&mut image, "ref", &c.image_ref);
-        put(&mut image, "digest", &c.image_digest);
-        put(&mut image, "index_digest", &c.image_index_digest);
-        put(&mut image, "config_digest", &c.image_config_digest);
-        if !image.is_empty() {
-            cm.insert("image".into(), Value::Object(image));
-        }
-        let mut pod = Map::new();
-        put(&mut pod, "name", &c.pod_name);
-        put(&mut pod, "namespace", &c.pod_namespace);
-        put(&mut pod, "uid", &c.pod_uid);
-        put(&mut pod, "container_name", &c.container_name);
-        if !pod.is_empty() {
-            cm.insert("pod".into(), Value::Object(pod));
-        }
-        m.insert("container".into(), Value::Object(cm));
+        m.insert("container".into(), container_json(c));
     }
     match &ev.detail {
         Some(Detail::Exit(x)) => {

@@ -19,6 +19,15 @@ fn ms(unix_nano: i64) -> i64 {
     unix_nano / 1_000_000
 }
 
+/// OCSF `file` of an executable path (type 1: regular file).
+fn file(exe: &str) -> Option<Value> {
+    if exe.is_empty() {
+        return None;
+    }
+    let name = exe.rsplit('/').next().unwrap_or(exe);
+    Some(json!({"path": exe, "name": name, "type_id": 1}))
+}
+
 fn process(p: &Process) -> Value {
     let mut m = Map::new();
     m.insert("pid".into(), json!(p.pid));
@@ -28,12 +37,8 @@ fn process(p: &Process) -> Value {
     if !p.argv.is_empty() {
         m.insert("cmd_line".into(), json!(p.argv.join(" ")));
     }
-    if !p.exe.is_empty() {
-        let name = p.exe.rsplit('/').next().unwrap_or(&p.exe);
-        m.insert(
-            "file".into(),
-            json!({"path": p.exe, "name": name, "type_id": 1}),
-        );
+    if let Some(f) = file(&p.exe) {
+        m.insert("file".into(), f);
     }
     m.insert("user".into(), json!({"uid": p.uid.to_string()}));
     if p.tid != 0 {
@@ -98,11 +103,8 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
     if let Some(p) = &ev.process {
         unmapped.insert("cgroup_id".into(), json!(p.cgroup_id));
     }
-    if ev.container.is_some() {
-        unmapped.insert(
-            "container".into(),
-            convert::event_json(ev)["container"].clone(),
-        );
+    if let Some(c) = &ev.container {
+        unmapped.insert("container".into(), convert::container_json(c));
     }
 
     let parent = ev.parent.as_ref().map(|a| {
@@ -111,12 +113,8 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
         if !a.comm.is_empty() {
             p.insert("name".into(), json!(a.comm));
         }
-        if !a.exe.is_empty() {
-            let name = a.exe.rsplit('/').next().unwrap_or(&a.exe);
-            p.insert(
-                "file".into(),
-                json!({"path": a.exe, "name": name, "type_id": 1}),
-            );
+        if let Some(f) = file(&a.exe) {
+            p.insert("file".into(), f);
         }
         Value::Object(p)
     });
