@@ -157,6 +157,15 @@ impl Agent {
         Self::start_bin(&bin("spyglass-agent"), args)
     }
 
+    /// Start target/release/spyglass-agent streaming to a collector at
+    /// `url` with its spool in `spool`, plus `extra` flags.
+    pub fn streaming_to(url: &str, spool: &Path, extra: &[&str]) -> Agent {
+        let spool = spool.to_str().expect("utf-8 scratch path");
+        let mut args = vec!["--collector", url, "--spool-dir", spool];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     /// Start an agent binary (`run`, JSON on stdout) and wait until ready.
     /// Callers hold [`serial`] for the whole scenario.
     pub fn start_bin(path: &Path, args: &[&str]) -> Agent {

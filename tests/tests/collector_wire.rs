@@ -293,30 +293,14 @@ fn bearer_token_is_required_when_configured() {
     let dir = scratch("token");
     let col = Collector::start(free_port(), &dir.join("out.jsonl"), &["--token", "s3cret"]);
     rt().block_on(async {
-        let err = publish(
-            plain(col.port).await,
-            None,
-            vec![batch("t", 1, vec![exec_event("t", "x")])],
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated);
-        let err = publish(
-            plain(col.port).await,
-            Some("wrong"),
-            vec![batch("t", 1, vec![exec_event("t", "x")])],
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated);
-        let acks = publish(
-            plain(col.port).await,
-            Some("s3cret"),
-            vec![batch("t", 1, vec![exec_event("t", "x")])],
-        )
-        .await
-        .unwrap();
-        assert_eq!(acks.len(), 1);
+        let send = |token| async move {
+            let one = vec![batch("t", 1, vec![exec_event("t", "x")])];
+            publish(plain(col.port).await, token, one).await
+        };
+        for bad in [None, Some("wrong")] {
+            assert_eq!(send(bad).await.unwrap_err().code(), Code::Unauthenticated);
+        }
+        assert_eq!(send(Some("s3cret")).await.unwrap().len(), 1);
     });
 }
 
@@ -551,12 +535,7 @@ fn real_agent_events_pass_the_ocsf_schema_validator() {
     let dir = scratch("ocsf-agent");
     let col = Collector::start(free_port(), &dir.join("ocsf.jsonl"), &["--format", "ocsf"]);
     let spool = dir.join("spool");
-    let agent = Agent::start(&[
-        "--collector",
-        &col.url(),
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ]);
+    let agent = Agent::streaming_to(&col.url(), &spool, &[]);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let _ = std::net::TcpStream::connect(

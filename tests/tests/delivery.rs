@@ -48,15 +48,11 @@ fn events_arrive_at_the_collector_with_all_fields() {
     let dir = scratch("fields");
     let col = Collector::start(free_port(), &dir.join("out.jsonl"), &[]);
     let spool = dir.join("spool");
-    let agent = Agent::start(&[
-        "--no-snapshot",
-        "--collector",
+    let agent = Agent::streaming_to(
         &col.url(),
-        "--spool-dir",
-        spool.to_str().unwrap(),
-        "--node-name",
-        "e2e-fields",
-    ]);
+        &spool,
+        &["--no-snapshot", "--node-name", "e2e-fields"],
+    );
     let mark = marker("fields");
     let st = std::process::Command::new("/bin/sh")
         .args(["-c", "exit 3", &mark, "two words"])
@@ -132,13 +128,7 @@ fn collector_down_ten_seconds_loses_and_duplicates_nothing() {
     let port = free_port();
     let mut col = Collector::start(port, &out, &[]);
     let spool = dir.join("spool");
-    let agent = Agent::start(&[
-        "--no-snapshot",
-        "--collector",
-        &col.url(),
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ]);
+    let agent = Agent::streaming_to(&col.url(), &spool, &["--no-snapshot"]);
     let mark = marker("outage");
     const N: usize = 300;
     let series = exec_series(&mark, N, Duration::from_millis(50));
@@ -162,19 +152,9 @@ fn agent_restart_resumes_without_duplicates() {
     let out = dir.join("out.jsonl");
     let port = free_port();
     let spool = dir.join("spool");
-    let args = |url: &str| {
-        vec![
-            "--no-snapshot".to_string(),
-            "--collector".into(),
-            url.into(),
-            "--spool-dir".into(),
-            spool.to_str().unwrap().into(),
-        ]
-    };
     let mut col = Collector::start(port, &out, &[]);
     let url = col.url();
-    let a: Vec<String> = args(&url);
-    let agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let agent = Agent::streaming_to(&url, &spool, &["--no-snapshot"]);
     let mark = marker("restart");
     // A: delivered live. B: spooled while the collector is down, and the
     // agent restarts with them still undelivered. C: after the restart.
@@ -201,7 +181,7 @@ fn agent_restart_resumes_without_duplicates() {
         spooled > 0,
         "batches B should wait in the spool across the restart"
     );
-    let agent = Agent::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let agent = Agent::streaming_to(&url, &spool, &["--no-snapshot"]);
     let col = Collector::start(port, &out, &[]);
     exec_series(&format!("{mark}-c"), 50, Duration::from_millis(10))
         .join()
