@@ -5,7 +5,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -19,7 +19,11 @@ use tracing::{info, warn};
 use crate::{
     bpf::{preflight, LoadOptions, Probes},
     config::Config,
-    event::{AgentInfo, Event, Kind},
+    container::{
+        attribution::{self, Attributor},
+        containerd::{self, Update},
+    },
+    event::{AgentInfo, Event, Kind, Tracked},
     pipeline::{
         enrich::Enricher,
         losses::{self, Totals},
@@ -61,6 +65,58 @@ impl Sinks {
             .send(events)
             .await
             .map_err(|_| anyhow::anyhow!("stdout exporter stopped"))
+    }
+}
+
+/// Events on their way from the enricher to the sinks: container metadata
+/// attached (or the event held until it is known), lookups sent to the
+/// containerd task.
+struct Attribute {
+    attributor: Attributor,
+    lookups: Option<mpsc::Sender<String>>,
+}
+
+impl Attribute {
+    fn admit(&mut self, events: Vec<Event>) -> Vec<Event> {
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            self.attributor.admit(ev, now, &mut out);
+        }
+        self.ask();
+        out
+    }
+
+    fn apply(&mut self, update: Update) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.attributor.apply(update, Instant::now(), &mut out);
+        self.ask();
+        out
+    }
+
+    fn expire(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.attributor.expire(Instant::now(), &mut out);
+        out
+    }
+
+    fn ask(&mut self) {
+        let Some(tx) = &self.lookups else { return };
+        for id in self.attributor.take_lookups() {
+            if let Err(mpsc::error::TrySendError::Full(id)) = tx.try_send(id) {
+                // the containerd task is behind; the event times out marked
+                warn!(container = %id, "containerd lookup queue full");
+            }
+        }
+    }
+}
+
+fn tracked(enricher: &Enricher, attr: &Attribute) -> Tracked {
+    let s = attr.attributor.stats();
+    Tracked {
+        processes: enricher.processes_tracked(),
+        containers: s.containers,
+        pending_events: s.pending_events,
     }
 }
 
@@ -131,6 +187,37 @@ pub async fn run(cfg: Config) -> Result<()> {
         &cgroup_root,
     );
 
+    // containerd: metadata for container events.
+    let d = &cfg.containerd;
+    let (updates_tx, mut updates_rx) = mpsc::channel::<Update>(1024);
+    let mut attr = Attribute {
+        attributor: Attributor::new(
+            attribution::Limits {
+                max_containers: d.max_containers,
+                delete_grace: Duration::from_millis(d.delete_grace_ms),
+                pending_timeout: Duration::from_millis(d.pending_timeout_ms),
+                max_pending_events: d.max_pending_events,
+                not_found_ttl: Duration::from_secs(5),
+            },
+            d.enabled,
+        ),
+        lookups: None,
+    };
+    let containerd_task = if d.enabled {
+        let (tx, rx) = mpsc::channel::<String>(4096);
+        attr.lookups = Some(tx);
+        let opts = containerd::Options {
+            socket: d.socket.clone(),
+            retry: Duration::from_millis(d.retry_interval_ms),
+            lookup_attempts: d.lookup_attempts,
+            lookup_spacing: Duration::from_millis(d.lookup_spacing_ms),
+        };
+        Some(tokio::spawn(containerd::run(opts, rx, updates_tx)))
+    } else {
+        drop(updates_tx);
+        None
+    };
+
     // Probes are live before the snapshot, so nothing falls in between.
     let (mut snap_procs, mut snap_socks) = (None, None);
     if cfg.snapshot.enabled {
@@ -145,7 +232,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             sockets = snap.sockets.len(),
             "startup snapshot"
         );
-        let events = enricher.snapshot(snap);
+        let events = attr.admit(enricher.snapshot(snap));
         for chunk in events.chunks(1024) {
             out.send(chunk.to_vec()).await?;
         }
@@ -158,8 +245,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         probes: probes.status.clone(),
         snapshot_processes: snap_procs,
         snapshot_sockets: snap_socks,
+        tracked: None,
     });
     out.send(vec![started]).await?;
+    let heartbeat_ms = cfg.output.heartbeat_interval_ms;
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
+    heartbeat.tick().await;
+    let mut expiry = tokio::time::interval(Duration::from_millis(100));
+    let mut containerd_open = containerd_task.is_some();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -190,7 +283,39 @@ pub async fn run(cfg: Config) -> Result<()> {
             batch = raw_rx.recv() => {
                 let Some(batch) = batch else { break };
                 let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
-                out.send(events).await?;
+                let events = attr.admit(events);
+                if !events.is_empty() {
+                    out.send(events).await?;
+                }
+            }
+            update = updates_rx.recv(), if containerd_open => {
+                let Some(update) = update else {
+                    containerd_open = false;
+                    continue;
+                };
+                let events = attr.apply(update);
+                if !events.is_empty() {
+                    out.send(events).await?;
+                }
+            }
+            _ = expiry.tick() => {
+                let events = attr.expire();
+                if !events.is_empty() {
+                    out.send(events).await?;
+                }
+            }
+            _ = heartbeat.tick(), if heartbeat_ms > 0 => {
+                let mut ev = Event::new(Kind::Agent, crate::clock::Clock::now(), node.clone());
+                ev.agent = Some(AgentInfo {
+                    state: "running",
+                    version: env!("CARGO_PKG_VERSION"),
+                    kernel: kernel.clone(),
+                    probes: Vec::new(),
+                    snapshot_processes: None,
+                    snapshot_sockets: None,
+                    tracked: Some(tracked(&enricher, &attr)),
+                });
+                out.send(vec![ev]).await?;
             }
             _ = tick.tick() => {
                 if let Some(ev) = report_losses(&enricher) {
@@ -212,9 +337,24 @@ pub async fn run(cfg: Config) -> Result<()> {
     // kernel, sees `stop`, and drops its sender.
     while let Some(batch) = raw_rx.recv().await {
         let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
+        let events = attr.admit(events);
         out.send(events).await?;
     }
     let _ = reader.join();
+    // Metadata that arrived meanwhile, then what still waits goes as is.
+    while let Ok(update) = updates_rx.try_recv() {
+        let events = attr.apply(update);
+        out.send(events).await?;
+    }
+    let mut rest = Vec::new();
+    attr.attributor.flush(&mut rest);
+    out.send(rest).await?;
+    let final_tracked = tracked(&enricher, &attr);
+    attr.lookups = None; // ends the containerd task
+    drop(updates_rx);
+    if let Some(task) = containerd_task {
+        let _ = task.await;
+    }
     if let Some(ev) = report_losses(&enricher) {
         out.send(vec![ev]).await?;
     }
@@ -226,6 +366,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         probes: Vec::new(),
         snapshot_processes: None,
         snapshot_sockets: None,
+        tracked: Some(final_tracked),
     });
     out.send(vec![stopping]).await?;
     let Sinks { stdout, grpc } = out;

@@ -35,6 +35,52 @@ pub struct Config {
     pub losses: LossConfig,
     pub output: OutputConfig,
     pub collector: CollectorConfig,
+    pub containerd: ContainerdConfig,
+}
+
+/// `[containerd]`: container metadata (names, images, pods, posture).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerdConfig {
+    /// Ask containerd about containers. Default true; when false, events
+    /// carry only the container id from the cgroup path.
+    pub enabled: bool,
+    /// containerd's API socket. Default /run/containerd/containerd.sock
+    /// (`--containerd-socket`).
+    pub socket: PathBuf,
+    /// Wait between connection attempts while containerd is away, ms.
+    /// Default 2000.
+    pub retry_interval_ms: u64,
+    /// Longest an event waits for its container's metadata, ms; then it is
+    /// emitted marked `unattributed`. Default 2000.
+    pub pending_timeout_ms: u64,
+    /// Events waiting for metadata at most. Default 20000.
+    pub max_pending_events: usize,
+    /// Containers remembered at most. Default 8192.
+    pub max_containers: usize,
+    /// A deleted container is remembered this long for late events, ms.
+    /// Default 30000.
+    pub delete_grace_ms: u64,
+    /// Lookups of an id containerd does not know: attempts, and ms between
+    /// them. Default 3 and 100.
+    pub lookup_attempts: u32,
+    pub lookup_spacing_ms: u64,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            enabled: true,
+            socket: "/run/containerd/containerd.sock".into(),
+            retry_interval_ms: 2000,
+            pending_timeout_ms: 2000,
+            max_pending_events: 20000,
+            max_containers: 8192,
+            delete_grace_ms: 30000,
+            lookup_attempts: 3,
+            lookup_spacing_ms: 100,
+        }
+    }
 }
 
 /// `[collector]`: streaming to a spyglass-collector over gRPC.
@@ -103,12 +149,25 @@ impl Default for CollectorConfig {
 }
 
 /// `[output]`: where events go.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
     /// Format on stdout: `json` (one object per line, the stable contract)
     /// or `text` (one readable line per event). Default json.
     pub format: crate::export::stdout::Format,
+    /// An `agent` event with state `running` and what the agent tracks
+    /// (processes, containers, events waiting for metadata) this often,
+    /// ms; 0 turns it off. Default 60000.
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            format: Default::default(),
+            heartbeat_interval_ms: 60_000,
+        }
+    }
 }
 
 /// `[kernel]`: probes and the ring buffer.
@@ -253,6 +312,15 @@ impl Config {
                 field: "collector.url",
                 value: c.url.clone(),
                 why: "must start with http:// or https://",
+            });
+        }
+        let d = &self.containerd;
+        if d.retry_interval_ms == 0 || d.pending_timeout_ms == 0 || d.max_containers == 0 {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "containerd.retry_interval_ms/pending_timeout_ms/max_containers",
+                value: "0".into(),
+                why: "must be at least 1",
             });
         }
         if self.losses.report_interval_ms == 0 {

@@ -140,7 +140,7 @@ pub struct Loss {
 /// Agent lifecycle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AgentInfo {
-    /// `started` or `stopping`.
+    /// `started`, `running` (heartbeat) or `stopping`.
     pub state: &'static str,
     pub version: &'static str,
     pub kernel: String,
@@ -151,25 +151,70 @@ pub struct AgentInfo {
     pub snapshot_processes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_sockets: Option<usize>,
+    /// What the agent holds in memory (heartbeat and stopping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracked: Option<Tracked>,
 }
 
-/// The container of the process, from its cgroup.
+/// Entries in the agent's caches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tracked {
+    pub processes: usize,
+    pub containers: usize,
+    /// Events waiting for their container's metadata.
+    pub pending_events: usize,
+}
+
+/// The container of the process: its id and runtime from the cgroup
+/// path, everything else from containerd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Container {
     /// Container id as the runtime names it (64 hex digits for most).
     pub id: String,
     /// `containerd`, `cri-o`, `docker`, `podman`, or `cri` (a Kubernetes
-    /// pod whose runtime the cgroup path does not name).
+    /// pod whose runtime the cgroup path does not name and containerd
+    /// does not know).
     pub runtime: &'static str,
+    /// Kubernetes pod: name, namespace and uid from containerd's CRI
+    /// labels, or only the uid from the cgroup path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<Pod>,
+    /// Why the metadata below is missing (`containerd_socket_missing`,
+    /// `lookup_timeout`, ...); absent when attributed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unattributed: Option<&'static str>,
+    /// name, namespace, image, labels, posture, ... (flattened).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<std::sync::Arc<ContainerMeta>>,
 }
 
-/// Kubernetes pod of a container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Pod {
-    pub uid: String,
+impl Container {
+    /// What the cgroup path says; metadata comes later.
+    pub fn from_cgroup(id: String, runtime: &'static str, pod_uid: Option<String>) -> Self {
+        Container {
+            id,
+            runtime,
+            pod: pod_uid.map(|uid| Pod {
+                uid,
+                ..Pod::default()
+            }),
+            unattributed: None,
+            meta: None,
+        }
+    }
+
+    /// Attach containerd's metadata.
+    pub fn fill(&mut self, meta: &std::sync::Arc<ContainerMeta>) {
+        self.runtime = "containerd";
+        if meta.pod.is_some() {
+            self.pod = meta.pod.clone();
+        }
+        self.unattributed = None;
+        self.meta = Some(meta.clone());
+    }
 }
+
+pub use crate::container::meta::{ContainerMeta, Pod, Posture};
 
 /// One output event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -183,9 +228,12 @@ pub struct Event {
     pub snapshot: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
-    /// Present when the process runs in a container; absent on the host.
+    /// Present when the process runs in a container.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// The process runs on the host, in no container.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub host: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<Ancestor>,
     /// Parent chain beyond `parent`, nearest first.
@@ -213,6 +261,7 @@ impl Event {
             snapshot: false,
             process: None,
             container: None,
+            host: false,
             parent: None,
             ancestors: Vec::new(),
             exit: None,

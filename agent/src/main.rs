@@ -56,6 +56,9 @@ struct Overrides {
     /// Do not report processes and sockets that existed before the start.
     #[arg(long, global = true)]
     no_snapshot: bool,
+    /// containerd API socket for container metadata.
+    #[arg(long, global = true)]
+    containerd_socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +94,9 @@ fn effective_config(cli: &Cli) -> Result<Config> {
     }
     if o.no_snapshot {
         cfg.snapshot.enabled = false;
+    }
+    if let Some(s) = &o.containerd_socket {
+        cfg.containerd.socket = s.clone();
     }
     let source = cli
         .config

@@ -68,7 +68,8 @@ fn endpoint(e: &Endpoint) -> Value {
     json!({"addr": e.addr, "port": e.port})
 }
 
-/// A container context, leaving out what the agent did not know.
+/// A container context in the agent's JSON shape, leaving out what the
+/// agent did not know.
 pub fn container_json(c: &ContainerContext) -> Value {
     // only what the agent knew: empty strings are left out
     let put = |m: &mut Map<String, Value>, k: &str, v: &str| {
@@ -78,8 +79,24 @@ pub fn container_json(c: &ContainerContext) -> Value {
     };
     let mut cm = Map::new();
     put(&mut cm, "id", &c.id);
-    put(&mut cm, "name", &c.name);
     put(&mut cm, "runtime", &c.runtime);
+    let mut pod = Map::new();
+    put(&mut pod, "name", &c.pod_name);
+    put(&mut pod, "namespace", &c.pod_namespace);
+    put(&mut pod, "uid", &c.pod_uid);
+    if !pod.is_empty() {
+        cm.insert("pod".into(), Value::Object(pod));
+    }
+    put(&mut cm, "unattributed", &c.unattributed);
+    put(&mut cm, "name", &c.name);
+    put(&mut cm, "namespace", &c.namespace);
+    put(&mut cm, "oci_runtime", &c.oci_runtime);
+    if c.created_unix_nano != 0 {
+        cm.insert(
+            "created".into(),
+            json!(Timestamp(c.created_unix_nano).to_string()),
+        );
+    }
     let mut image = Map::new();
     put(&mut image, "ref", &c.image_ref);
     put(&mut image, "digest", &c.image_digest);
@@ -88,13 +105,21 @@ pub fn container_json(c: &ContainerContext) -> Value {
     if !image.is_empty() {
         cm.insert("image".into(), Value::Object(image));
     }
-    let mut pod = Map::new();
-    put(&mut pod, "name", &c.pod_name);
-    put(&mut pod, "namespace", &c.pod_namespace);
-    put(&mut pod, "uid", &c.pod_uid);
-    put(&mut pod, "container_name", &c.container_name);
-    if !pod.is_empty() {
-        cm.insert("pod".into(), Value::Object(pod));
+    if !c.labels.is_empty() {
+        let labels: std::collections::BTreeMap<_, _> = c.labels.iter().collect();
+        cm.insert("labels".into(), json!(labels));
+    }
+    if let Some(p) = &c.posture {
+        cm.insert(
+            "posture".into(),
+            json!({
+                "uid": p.uid, "gid": p.gid, "user_namespace": p.user_namespace,
+                "privileged": p.privileged, "capabilities": p.capabilities,
+                "host_network": p.host_network, "host_pid": p.host_pid, "host_ipc": p.host_ipc,
+                "read_only_rootfs": p.read_only_rootfs, "no_new_privileges": p.no_new_privileges,
+                "seccomp": p.seccomp,
+            }),
+        );
     }
     Value::Object(cm)
 }
@@ -123,6 +148,9 @@ pub fn event_json(ev: &Event) -> Value {
     }
     if let Some(c) = &ev.container {
         m.insert("container".into(), container_json(c));
+    }
+    if ev.host {
+        m.insert("host".into(), json!(true));
     }
     match &ev.detail {
         Some(Detail::Exit(x)) => {
@@ -172,10 +200,12 @@ pub fn event_json(ev: &Event) -> Value {
                 .iter()
                 .map(|p| json!({"program": p.program, "attached": p.attached, "error": p.error}))
                 .collect();
-            m.insert(
-                "agent".into(),
-                json!({"state": a.state, "version": a.version, "kernel": a.kernel, "probes": probes}),
-            );
+            let mut agent = json!({"state": a.state, "version": a.version, "kernel": a.kernel, "probes": probes});
+            if let Some(t) = &a.tracked {
+                agent["tracked"] = json!({"processes": t.processes, "containers": t.containers,
+                                          "pending_events": t.pending_events});
+            }
+            m.insert("agent".into(), agent);
         }
         Some(Detail::Finding(f)) => {
             m.insert(

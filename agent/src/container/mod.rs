@@ -1,3 +1,6 @@
-//! Containers: which container a process belongs to. Today from its cgroup
-//! path (container id, runtime, pod uid); containerd metadata comes next.
+//! Containers: which container a process belongs to (from its cgroup
+//! path) and what containerd knows about it (image, pod, posture).
+pub mod attribution;
 pub mod cgroup;
+pub mod containerd;
+pub mod meta;

@@ -2,7 +2,7 @@
 //! agent that touches wire types.
 use spyglass_proto::v1 as wire;
 
-use crate::event::{Ancestor, Endpoint, Event, Kind, Process};
+use crate::event::{Ancestor, Container, Endpoint, Event, Kind, Posture, Process};
 
 fn kind(k: Kind) -> wire::EventKind {
     match k {
@@ -31,6 +31,55 @@ fn process(p: &Process) -> wire::Process {
         cgroup_id: p.cgroup_id,
         start_time_unix_nano: p.start_time.map(|t| t.0).unwrap_or(0),
     }
+}
+
+fn posture(p: &Posture) -> wire::Posture {
+    wire::Posture {
+        uid: p.uid,
+        gid: p.gid,
+        user_namespace: p.user_namespace,
+        privileged: p.privileged,
+        capabilities: p.capabilities.clone(),
+        host_network: p.host_network,
+        host_pid: p.host_pid,
+        host_ipc: p.host_ipc,
+        read_only_rootfs: p.read_only_rootfs,
+        no_new_privileges: p.no_new_privileges,
+        seccomp: p.seccomp.into(),
+    }
+}
+
+fn container(c: &Container) -> wire::ContainerContext {
+    let pod = c.pod.clone().unwrap_or_default();
+    let mut w = wire::ContainerContext {
+        id: c.id.clone(),
+        runtime: c.runtime.into(),
+        pod_name: pod.name,
+        pod_namespace: pod.namespace,
+        pod_uid: pod.uid,
+        unattributed: c.unattributed.unwrap_or_default().into(),
+        ..wire::ContainerContext::default()
+    };
+    if let Some(m) = &c.meta {
+        w.name = m.name.clone();
+        if c.pod.is_some() {
+            w.container_name = m.name.clone();
+        }
+        w.image_ref = m.image.reference.clone();
+        w.image_digest = m.image.digest.clone();
+        w.image_index_digest = m.image.index_digest.clone();
+        w.image_config_digest = m.image.config_digest.clone();
+        w.namespace = m.namespace.clone();
+        w.oci_runtime = m.oci_runtime.clone();
+        w.created_unix_nano = m.created.map(|t| t.0).unwrap_or(0);
+        w.labels = m
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        w.posture = m.posture.as_ref().map(posture);
+    }
+    w
 }
 
 fn ancestor(a: &Ancestor) -> wire::Ancestor {
@@ -99,6 +148,11 @@ pub fn to_wire(ev: &Event) -> wire::Event {
                         error: p.error.clone().unwrap_or_default(),
                     })
                     .collect(),
+                tracked: a.tracked.map(|t| wire::Tracked {
+                    processes: t.processes as u64,
+                    containers: t.containers as u64,
+                    pending_events: t.pending_events as u64,
+                }),
             })
         })
     };
@@ -110,12 +164,8 @@ pub fn to_wire(ev: &Event) -> wire::Event {
         process: ev.process.as_ref().map(process),
         parent: ev.parent.as_ref().map(ancestor),
         ancestors: ev.ancestors.iter().map(ancestor).collect(),
-        container: ev.container.as_ref().map(|c| wire::ContainerContext {
-            id: c.id.clone(),
-            runtime: c.runtime.into(),
-            pod_uid: c.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default(),
-            ..wire::ContainerContext::default()
-        }),
+        container: ev.container.as_ref().map(container),
+        host: ev.host,
         detail,
     }
 }

@@ -125,11 +125,8 @@ impl Enricher {
         ev.container = self
             .containers
             .resolve(p.cgroup_id)
-            .map(|c| crate::event::Container {
-                id: c.id,
-                runtime: c.runtime,
-                pod: c.pod_uid.map(|uid| crate::event::Pod { uid }),
-            });
+            .map(|c| crate::event::Container::from_cgroup(c.id, c.runtime, c.pod_uid));
+        ev.host = ev.container.is_none();
         ev.process = Some(p);
     }
 

@@ -1,0 +1,568 @@
+//! The containerd client: container id -> [`ContainerMeta`], and the event
+//! stream that keeps the agent's cache filled before a container's first
+//! exec. One task owns the connection; the enrich task talks to it through
+//! two channels (lookups in, [`Update`]s out).
+//!
+//! On connect it subscribes to events first, then lists every container of
+//! every namespace (`k8s.io` first), so nothing created in between is
+//! missed. When containerd goes away it reports [`Update::Unavailable`],
+//! retries, and resyncs on return.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use containerd_client::{
+    services::v1::{
+        containers_client::ContainersClient, content_client::ContentClient,
+        events_client::EventsClient, images_client::ImagesClient,
+        namespaces_client::NamespacesClient, Container, GetContainerRequest, GetImageRequest,
+        ListContainersRequest, ListNamespacesRequest, ReadContentRequest, SubscribeRequest,
+    },
+    tonic::{transport::Channel, Code, Request},
+    with_namespace,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tracing::{debug, info, warn};
+
+use super::meta::{self, ContainerMeta, Image};
+
+/// What the containerd task tells the enrich task.
+#[derive(Debug)]
+pub enum Update {
+    /// A container is known (created, listed at sync, or looked up).
+    Upsert(Arc<ContainerMeta>),
+    /// containerd deleted it.
+    Deleted(String),
+    /// No namespace has this id (after retries).
+    NotFound(String),
+    /// Connected, and every container listed.
+    Synced,
+    /// Not connected; events are marked unattributed with this reason.
+    Unavailable(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("containerd socket {path} does not exist")]
+    SocketMissing { path: PathBuf },
+    #[error("cannot connect to containerd at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: containerd_client::tonic::transport::Error,
+    },
+    #[error("containerd {call} failed: {status}")]
+    Call {
+        call: &'static str,
+        status: containerd_client::tonic::Status,
+    },
+}
+
+impl ContainerdError {
+    /// The reason events carry while this error lasts.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ContainerdError::SocketMissing { .. } => "containerd_socket_missing",
+            ContainerdError::Connect { .. } => "containerd_unreachable",
+            ContainerdError::Call { .. } => "containerd_error",
+        }
+    }
+}
+
+fn call(call: &'static str) -> impl FnOnce(containerd_client::tonic::Status) -> ContainerdError {
+    move |status| ContainerdError::Call { call, status }
+}
+
+/// Settings of the client.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub socket: PathBuf,
+    /// Wait between connection attempts.
+    pub retry: Duration,
+    /// Attempts for an id containerd does not know (yet), and the wait
+    /// between them.
+    pub lookup_attempts: u32,
+    pub lookup_spacing: Duration,
+}
+
+async fn connect(socket: &Path) -> Result<Channel, ContainerdError> {
+    if !socket.exists() {
+        return Err(ContainerdError::SocketMissing {
+            path: socket.to_owned(),
+        });
+    }
+    containerd_client::connect(socket)
+        .await
+        .map_err(|source| ContainerdError::Connect {
+            path: socket.to_owned(),
+            source,
+        })
+}
+
+/// Namespaces, `k8s.io` first.
+async fn namespaces(ch: &Channel) -> Result<Vec<String>, ContainerdError> {
+    let resp = NamespacesClient::new(ch.clone())
+        .list(ListNamespacesRequest::default())
+        .await
+        .map_err(call("namespaces.list"))?;
+    let mut names: Vec<String> = resp
+        .into_inner()
+        .namespaces
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    names.sort_by_key(|n| (n != "k8s.io", n.clone()));
+    Ok(names)
+}
+
+async fn read_blob(ch: &Channel, ns: &str, digest: &str) -> Result<Vec<u8>, ContainerdError> {
+    let req = ReadContentRequest {
+        digest: digest.to_owned(),
+        offset: 0,
+        size: 0,
+    };
+    let mut stream = ContentClient::new(ch.clone())
+        .read(with_namespace!(req, ns))
+        .await
+        .map_err(call("content.read"))?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(call("content.read"))?;
+        out.extend_from_slice(&chunk.data);
+        if out.len() > 4 << 20 {
+            break; // manifests and indexes are small; do not buffer a layer
+        }
+    }
+    Ok(out)
+}
+
+/// Digests behind an image target, cached by target digest (immutable).
+#[derive(Default)]
+struct ImageDigests {
+    by_target: HashMap<String, (String, String, String)>,
+}
+
+impl ImageDigests {
+    const MAX: usize = 1024;
+
+    async fn resolve(&mut self, ch: &Channel, ns: &str, reference: &str) -> Image {
+        let mut image = Image {
+            reference: reference.to_owned(),
+            ..Image::default()
+        };
+        if reference.is_empty() {
+            return image;
+        }
+        let req = GetImageRequest {
+            name: reference.to_owned(),
+        };
+        let target = match ImagesClient::new(ch.clone())
+            .get(with_namespace!(req, ns))
+            .await
+        {
+            Ok(r) => r.into_inner().image.and_then(|i| i.target),
+            Err(status) => {
+                debug!(image = reference, %status, "image not in containerd");
+                None
+            }
+        };
+        let Some(target) = target else {
+            return image;
+        };
+        if let Some((digest, index, config)) = self.by_target.get(&target.digest) {
+            (image.digest, image.index_digest, image.config_digest) =
+                (digest.clone(), index.clone(), config.clone());
+            return image;
+        }
+        let (mut digest, mut index) = (target.digest.clone(), String::new());
+        if meta::is_index(&target.media_type) {
+            index = target.digest.clone();
+            digest = match read_blob(ch, ns, &index).await {
+                Ok(json) => meta::manifest_for_platform(&json, "linux", meta::host_arch())
+                    .unwrap_or_default(),
+                Err(e) => {
+                    debug!(image = reference, error = %e, "cannot read image index");
+                    String::new()
+                }
+            };
+        }
+        let config = if digest.is_empty() {
+            String::new()
+        } else {
+            match read_blob(ch, ns, &digest).await {
+                Ok(json) => meta::config_of_manifest(&json).unwrap_or_default(),
+                Err(e) => {
+                    debug!(image = reference, error = %e, "cannot read image manifest");
+                    String::new()
+                }
+            }
+        };
+        if self.by_target.len() >= Self::MAX {
+            self.by_target.clear();
+        }
+        self.by_target.insert(
+            target.digest.clone(),
+            (digest.clone(), index.clone(), config.clone()),
+        );
+        (image.digest, image.index_digest, image.config_digest) = (digest, index, config);
+        image
+    }
+}
+
+fn timestamp(t: Option<&prost_types::Timestamp>) -> Option<crate::clock::Timestamp> {
+    let t = t?;
+    let ns = t
+        .seconds
+        .checked_mul(1_000_000_000)?
+        .checked_add(i64::from(t.nanos))?;
+    Some(crate::clock::Timestamp(ns))
+}
+
+/// containerd's record -> metadata (the image resolved separately).
+fn meta_of(c: Container, ns: &str, image: Image, kernel_caps: usize) -> ContainerMeta {
+    let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
+    let posture = c.spec.as_ref().and_then(|spec| {
+        meta::posture_from_spec(&spec.value, kernel_caps)
+            .map_err(|e| debug!(container = %c.id, error = %e, "OCI spec not readable"))
+            .ok()
+    });
+    ContainerMeta {
+        name: meta::name_from_labels(&c.id, &labels),
+        namespace: ns.to_owned(),
+        oci_runtime: c.runtime.map(|r| r.name).unwrap_or_default(),
+        created: timestamp(c.created_at.as_ref()),
+        image,
+        pod: meta::pod_from_labels(&labels),
+        labels,
+        posture,
+        id: c.id,
+    }
+}
+
+/// The connection and what it resolves.
+struct Client {
+    ch: Channel,
+    namespaces: Vec<String>,
+    images: ImageDigests,
+    kernel_caps: usize,
+}
+
+impl Client {
+    async fn meta(&mut self, c: Container, ns: &str) -> ContainerMeta {
+        let image = self.images.resolve(&self.ch, ns, &c.image).await;
+        meta_of(c, ns, image, self.kernel_caps)
+    }
+
+    /// Find `id` in any namespace.
+    async fn lookup(&mut self, id: &str) -> Result<Option<ContainerMeta>, ContainerdError> {
+        for ns in self.namespaces.clone() {
+            let req = GetContainerRequest { id: id.to_owned() };
+            match ContainersClient::new(self.ch.clone())
+                .get(with_namespace!(req, ns.as_str()))
+                .await
+            {
+                Ok(r) => {
+                    if let Some(c) = r.into_inner().container {
+                        return Ok(Some(self.meta(c, &ns).await));
+                    }
+                }
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => return Err(call("containers.get")(s)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every container of every namespace.
+    async fn list_all(&mut self) -> Result<Vec<ContainerMeta>, ContainerdError> {
+        let mut out = Vec::new();
+        for ns in self.namespaces.clone() {
+            let req = ListContainersRequest::default();
+            let resp = ContainersClient::new(self.ch.clone())
+                .list(with_namespace!(req, ns.as_str()))
+                .await
+                .map_err(call("containers.list"))?;
+            for c in resp.into_inner().containers {
+                out.push(self.meta(c, &ns).await);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a containerd event means for the cache.
+#[derive(Debug, PartialEq, Eq)]
+enum Topic {
+    /// Fetch this container (new, or its task started).
+    Refresh(String),
+    Deleted(String),
+    /// A namespace appeared: look in it too.
+    Namespace,
+    Ignore,
+}
+
+fn topic(env: &containerd_client::types::Envelope) -> Topic {
+    use containerd_client::events::{ContainerCreate, ContainerDelete, TaskStart};
+    let Some(any) = env.event.as_ref() else {
+        return Topic::Ignore;
+    };
+    let data = any.value.as_slice();
+    match env.topic.as_str() {
+        "/containers/create" => ContainerCreate::decode(data).map(|e| Topic::Refresh(e.id)),
+        "/tasks/start" => TaskStart::decode(data).map(|e| Topic::Refresh(e.container_id)),
+        "/containers/delete" => ContainerDelete::decode(data).map(|e| Topic::Deleted(e.id)),
+        "/namespaces/create" => Ok(Topic::Namespace),
+        _ => Ok(Topic::Ignore),
+    }
+    .unwrap_or(Topic::Ignore)
+}
+
+/// Run until `lookups` closes. Never fails: containerd being away is a
+/// state, reported through `updates`.
+pub async fn run(
+    opts: Options,
+    mut lookups: mpsc::Receiver<String>,
+    updates: mpsc::Sender<Update>,
+) {
+    let kernel_caps = meta::kernel_capabilities();
+    let mut warned: Option<&'static str> = None;
+    loop {
+        let err = match session(&opts, &mut lookups, &updates, kernel_caps, &mut warned).await {
+            Ok(()) => return, // the agent is stopping
+            Err(e) => e,
+        };
+        let reason = err.reason();
+        if warned != Some(reason) {
+            match &err {
+                ContainerdError::SocketMissing { path } => warn!(
+                    socket = %path.display(),
+                    "containerd socket not found: container events are marked unattributed until it appears; \
+                     start containerd or set [containerd] socket (--containerd-socket) to its socket path"
+                ),
+                e => {
+                    warn!(error = %e, "containerd unavailable: container events are marked unattributed; retrying")
+                }
+            }
+            warned = Some(reason);
+        }
+        if updates.send(Update::Unavailable(reason)).await.is_err() {
+            return;
+        }
+        // Wait before retrying, answering lookups as unavailable meanwhile.
+        let until = tokio::time::Instant::now() + opts.retry;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                id = lookups.recv() => match id {
+                    None => return,
+                    Some(_) => {} // the enrich task already knows we are away
+                },
+            }
+        }
+    }
+}
+
+/// One connection: subscribe, sync, then serve lookups and events until
+/// containerd goes away (Err) or the agent stops (Ok).
+async fn session(
+    opts: &Options,
+    lookups: &mut mpsc::Receiver<String>,
+    updates: &mpsc::Sender<Update>,
+    kernel_caps: usize,
+    warned: &mut Option<&'static str>,
+) -> Result<(), ContainerdError> {
+    let ch = connect(&opts.socket).await?;
+    let filters = [
+        "topic==\"/containers/create\"",
+        "topic==\"/containers/delete\"",
+        "topic==\"/tasks/start\"",
+        "topic==\"/namespaces/create\"",
+    ];
+    let mut events = EventsClient::new(ch.clone())
+        .subscribe(SubscribeRequest {
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        })
+        .await
+        .map_err(call("events.subscribe"))?
+        .into_inner();
+    let mut client = Client {
+        namespaces: namespaces(&ch).await?,
+        ch,
+        images: ImageDigests::default(),
+        kernel_caps,
+    };
+    let t0 = Instant::now();
+    let all = client.list_all().await?;
+    let n = all.len();
+    for m in all {
+        if updates.send(Update::Upsert(Arc::new(m))).await.is_err() {
+            return Ok(());
+        }
+    }
+    info!(
+        socket = %opts.socket.display(),
+        namespaces = ?client.namespaces,
+        containers = n,
+        took_ms = t0.elapsed().as_millis() as u64,
+        "containerd connected and synced"
+    );
+    if warned.take().is_some() {
+        info!("containerd is back: container events are attributed again");
+    }
+    if updates.send(Update::Synced).await.is_err() {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            env = events.next() => {
+                let env = match env {
+                    Some(Ok(env)) => env,
+                    Some(Err(status)) => return Err(call("events.subscribe")(status)),
+                    None => return Err(call("events.subscribe")(
+                        containerd_client::tonic::Status::unavailable("event stream ended"))),
+                };
+                let update = match topic(&env) {
+                    Topic::Refresh(id) => {
+                        let ns = env.namespace.clone();
+                        let req = GetContainerRequest { id: id.clone() };
+                        match ContainersClient::new(client.ch.clone())
+                            .get(with_namespace!(req, ns.as_str()))
+                            .await
+                        {
+                            Ok(r) => match r.into_inner().container {
+                                Some(c) => Update::Upsert(Arc::new(client.meta(c, &ns).await)),
+                                None => continue,
+                            },
+                            // created and deleted before we asked
+                            Err(s) if s.code() == Code::NotFound => continue,
+                            Err(s) => return Err(call("containers.get")(s)),
+                        }
+                    }
+                    Topic::Deleted(id) => Update::Deleted(id),
+                    Topic::Namespace => {
+                        client.namespaces = namespaces(&client.ch).await?;
+                        continue;
+                    }
+                    Topic::Ignore => continue,
+                };
+                if updates.send(update).await.is_err() {
+                    return Ok(());
+                }
+            }
+            id = lookups.recv() => {
+                let Some(id) = id else { return Ok(()) };
+                let t = Instant::now();
+                let mut found = None;
+                for attempt in 0..opts.lookup_attempts.max(1) {
+                    if attempt > 0 {
+                        tokio::time::sleep(opts.lookup_spacing).await;
+                    }
+                    if let Some(m) = client.lookup(&id).await? {
+                        found = Some(m);
+                        break;
+                    }
+                }
+                debug!(container = %id, found = found.is_some(), took_us = t.elapsed().as_micros() as u64, "containerd lookup");
+                let update = match found {
+                    Some(m) => Update::Upsert(Arc::new(m)),
+                    None => Update::NotFound(id),
+                };
+                if updates.send(update).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_client::{
+        events::{ContainerCreate, ContainerDelete, TaskStart},
+        types::Envelope,
+    };
+
+    fn env<M: Message>(topic: &str, m: &M) -> Envelope {
+        Envelope {
+            timestamp: None,
+            namespace: "k8s.io".into(),
+            topic: topic.into(),
+            event: Some(prost_types::Any {
+                type_url: String::new(),
+                value: m.encode_to_vec(),
+            }),
+        }
+    }
+
+    #[test]
+    fn event_topics() {
+        let create = ContainerCreate {
+            id: "c1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            topic(&env("/containers/create", &create)),
+            Topic::Refresh("c1".into())
+        );
+        let start = TaskStart {
+            container_id: "c2".into(),
+            pid: 7,
+        };
+        assert_eq!(
+            topic(&env("/tasks/start", &start)),
+            Topic::Refresh("c2".into())
+        );
+        let del = ContainerDelete { id: "c3".into() };
+        assert_eq!(
+            topic(&env("/containers/delete", &del)),
+            Topic::Deleted("c3".into())
+        );
+        assert_eq!(topic(&env("/tasks/exit", &del)), Topic::Ignore);
+        let mut garbage = env("/containers/delete", &del);
+        garbage.event.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
+        assert_eq!(topic(&garbage), Topic::Ignore);
+    }
+
+    #[test]
+    fn container_record_to_meta() {
+        let spec = br#"{"process":{"user":{"uid":1000,"gid":1000},"capabilities":{"effective":["CAP_KILL"]}},
+                        "linux":{"namespaces":[{"type":"network"},{"type":"pid"},{"type":"ipc"}]}}"#;
+        let c = Container {
+            id: "abc".into(),
+            labels: [
+                (meta::LABEL_POD_NAME.to_string(), "p".to_string()),
+                (meta::LABEL_POD_UID.to_string(), "u".to_string()),
+                (meta::LABEL_CONTAINER_NAME.to_string(), "app".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            image: "example/app:1".into(),
+            runtime: Some(containerd_client::services::v1::container::Runtime {
+                name: "io.containerd.runc.v2".into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: spec.to_vec(),
+            }),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 2,
+                nanos: 5,
+            }),
+            ..Default::default()
+        };
+        let m = meta_of(c, "k8s.io", Image::default(), 41);
+        assert_eq!((m.id.as_str(), m.name.as_str()), ("abc", "app"));
+        assert_eq!(m.oci_runtime, "io.containerd.runc.v2");
+        assert_eq!(m.created, Some(crate::clock::Timestamp(2_000_000_005)));
+        assert_eq!(m.pod.as_ref().map(|p| p.uid.as_str()), Some("u"));
+        let p = m.posture.unwrap();
+        assert_eq!((p.uid, p.host_network, p.privileged), (1000, false, false));
+    }
+}

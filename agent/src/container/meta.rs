@@ -1,0 +1,365 @@
+//! What the agent knows about a container: names, image, pod, posture.
+//! Built from containerd's records by pure functions (OCI runtime spec,
+//! image index and manifest JSON, CRI labels), table-tested here.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+
+/// The image a container runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Image {
+    /// Reference the container was created from (`docker.io/library/x:1`).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Manifest digest of the platform image that runs.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// For a multi-platform image: the index (manifest list) digest.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub index_digest: String,
+    /// Image config digest (the "image id").
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub config_digest: String,
+}
+
+/// Kubernetes pod of a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub uid: String,
+}
+
+/// Security posture from the container's OCI runtime spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Posture {
+    /// User and group the container's processes start as.
+    pub uid: u32,
+    pub gid: u32,
+    /// The container has its own user namespace (uid 0 inside is not host
+    /// root).
+    pub user_namespace: bool,
+    /// Every capability the kernel knows, and no masked /proc paths: what
+    /// `--privileged` gives.
+    pub privileged: bool,
+    /// Effective capabilities (`CAP_...`).
+    pub capabilities: Vec<String>,
+    pub host_network: bool,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    pub read_only_rootfs: bool,
+    pub no_new_privileges: bool,
+    /// `unconfined` when no seccomp filter applies, else `filtered`.
+    pub seccomp: &'static str,
+}
+
+/// Everything known about one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerMeta {
+    /// In the event's container object already.
+    #[serde(skip)]
+    pub id: String,
+    /// Kubernetes container name, else a `nerdctl/name` label, else the id.
+    pub name: String,
+    /// containerd namespace (`k8s.io`, `default`, `moby`, ...).
+    pub namespace: String,
+    /// OCI runtime (`io.containerd.runc.v2`).
+    pub oci_runtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<Timestamp>,
+    pub image: Image,
+    /// In the event's container object already.
+    #[serde(skip)]
+    pub pod: Option<Pod>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub posture: Option<Posture>,
+}
+
+/// Labels a kubelet sets on CRI containers.
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+
+/// Pod from CRI labels; None when the container is not in a pod.
+pub fn pod_from_labels(labels: &BTreeMap<String, String>) -> Option<Pod> {
+    let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let pod = Pod {
+        name: get(LABEL_POD_NAME),
+        namespace: get(LABEL_POD_NAMESPACE),
+        uid: get(LABEL_POD_UID),
+    };
+    (!pod.name.is_empty() || !pod.uid.is_empty()).then_some(pod)
+}
+
+/// Display name of a container from its labels.
+pub fn name_from_labels(id: &str, labels: &BTreeMap<String, String>) -> String {
+    [LABEL_CONTAINER_NAME, "nerdctl/name"]
+        .iter()
+        .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
+        .cloned()
+        .unwrap_or_else(|| id.to_owned())
+}
+
+// The parts of the OCI runtime spec the posture needs.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Spec {
+    process: SpecProcess,
+    root: SpecRoot,
+    linux: SpecLinux,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SpecProcess {
+    user: SpecUser,
+    capabilities: SpecCaps,
+    no_new_privileges: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SpecUser {
+    uid: u32,
+    gid: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SpecCaps {
+    effective: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SpecRoot {
+    readonly: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SpecLinux {
+    namespaces: Vec<SpecNamespace>,
+    uid_mappings: Vec<serde_json::Value>,
+    seccomp: Option<serde_json::Value>,
+    masked_paths: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SpecNamespace {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Posture from an OCI runtime spec (JSON). `kernel_caps` is how many
+/// capabilities this kernel has (`cap_last_cap` + 1).
+pub fn posture_from_spec(json: &[u8], kernel_caps: usize) -> Result<Posture, serde_json::Error> {
+    let spec: Spec = serde_json::from_slice(json)?;
+    // A namespace is the host's when the spec creates none of that type
+    // (CRI joins a pod sandbox's namespaces by path: those count as own).
+    let own = |kind: &str| spec.linux.namespaces.iter().any(|n| n.kind == kind);
+    let mut caps = spec.process.capabilities.effective;
+    caps.sort();
+    caps.dedup();
+    let all_caps = kernel_caps > 0 && caps.len() >= kernel_caps;
+    Ok(Posture {
+        uid: spec.process.user.uid,
+        gid: spec.process.user.gid,
+        user_namespace: own("user") && !spec.linux.uid_mappings.is_empty(),
+        privileged: all_caps && spec.linux.masked_paths.is_empty(),
+        capabilities: caps,
+        host_network: !own("network"),
+        host_pid: !own("pid"),
+        host_ipc: !own("ipc"),
+        read_only_rootfs: spec.root.readonly,
+        no_new_privileges: spec.process.no_new_privileges,
+        seccomp: if spec.linux.seccomp.is_some() {
+            "filtered"
+        } else {
+            "unconfined"
+        },
+    })
+}
+
+/// Capabilities this kernel has.
+pub fn kernel_capabilities() -> usize {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map(|n| n + 1)
+        .unwrap_or(41)
+}
+
+pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Is this descriptor media type an index (manifest list)?
+pub fn is_index(media_type: &str) -> bool {
+    media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Index {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Descriptor {
+    digest: String,
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Platform {
+    architecture: String,
+    os: String,
+    variant: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Manifest {
+    config: Descriptor,
+}
+
+/// The GOARCH name of this machine (what image platforms use).
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// The manifest digest for `os/arch` in an image index.
+pub fn manifest_for_platform(index_json: &[u8], os: &str, arch: &str) -> Option<String> {
+    let index: Index = serde_json::from_slice(index_json).ok()?;
+    let matches = |d: &&Descriptor| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == os && p.architecture == arch)
+    };
+    // Prefer no variant or the first variant listed (arm64/v8).
+    let mut candidates: Vec<&Descriptor> = index.manifests.iter().filter(matches).collect();
+    candidates.sort_by_key(|d| d.platform.as_ref().is_some_and(|p| !p.variant.is_empty()));
+    candidates.first().map(|d| d.digest.clone())
+}
+
+/// The config digest of an image manifest.
+pub fn config_of_manifest(manifest_json: &[u8]) -> Option<String> {
+    let m: Manifest = serde_json::from_slice(manifest_json).ok()?;
+    (!m.config.digest.is_empty()).then_some(m.config.digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_and_name_from_cri_labels() {
+        let l = labels(&[
+            (LABEL_POD_NAME, "web-1"),
+            (LABEL_POD_NAMESPACE, "shop"),
+            (LABEL_POD_UID, "u-1"),
+            (LABEL_CONTAINER_NAME, "nginx"),
+        ]);
+        let pod = pod_from_labels(&l).unwrap();
+        assert_eq!(
+            (pod.name.as_str(), pod.namespace.as_str(), pod.uid.as_str()),
+            ("web-1", "shop", "u-1")
+        );
+        assert_eq!(name_from_labels("abc", &l), "nginx");
+        assert_eq!(pod_from_labels(&labels(&[("x", "y")])), None);
+        assert_eq!(
+            name_from_labels("abc", &labels(&[("nerdctl/name", "n")])),
+            "n"
+        );
+        assert_eq!(name_from_labels("abc", &BTreeMap::new()), "abc");
+    }
+
+    const CAPS3: &str = r#"["CAP_CHOWN","CAP_NET_BIND_SERVICE","CAP_KILL"]"#;
+
+    #[test]
+    fn posture_of_a_default_container() {
+        let spec = format!(
+            r#"{{"process":{{"user":{{"uid":1000,"gid":1001}},"capabilities":{{"effective":{CAPS3},"bounding":{CAPS3}}},"noNewPrivileges":true}},
+               "root":{{"path":"rootfs","readonly":true}},
+               "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"ipc"}},{{"type":"uts"}},{{"type":"mount"}},{{"type":"network"}}],
+                        "seccomp":{{"defaultAction":"SCMP_ACT_ERRNO"}},"maskedPaths":["/proc/kcore"]}}}}"#
+        );
+        let p = posture_from_spec(spec.as_bytes(), 41).unwrap();
+        assert_eq!((p.uid, p.gid), (1000, 1001));
+        assert!(!p.privileged && !p.user_namespace);
+        assert!(!p.host_network && !p.host_pid && !p.host_ipc);
+        assert!(p.read_only_rootfs && p.no_new_privileges);
+        assert_eq!(p.seccomp, "filtered");
+        assert_eq!(
+            p.capabilities,
+            ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        );
+    }
+
+    #[test]
+    fn posture_of_a_privileged_host_network_container() {
+        let all: Vec<String> = (0..41).map(|i| format!("\"CAP_{i}\"")).collect();
+        let all = format!("[{}]", all.join(","));
+        let spec = format!(
+            r#"{{"process":{{"user":{{"uid":0,"gid":0}},"capabilities":{{"effective":{all},"bounding":{all}}}}},
+               "linux":{{"namespaces":[{{"type":"mount"}},{{"type":"user"}}],"uidMappings":[{{"containerID":0,"hostID":100000,"size":65536}}]}}}}"#
+        );
+        let p = posture_from_spec(spec.as_bytes(), 41).unwrap();
+        assert!(p.privileged && p.user_namespace);
+        assert!(p.host_network && p.host_pid && p.host_ipc);
+        assert_eq!(p.seccomp, "unconfined");
+        // all capabilities but masked paths kept: not privileged
+        let masked = spec.replace(
+            r#""namespaces""#,
+            r#""maskedPaths":["/proc/kcore"],"namespaces""#,
+        );
+        assert!(!posture_from_spec(masked.as_bytes(), 41).unwrap().privileged);
+        // a newer kernel with more capabilities than the spec grants
+        assert!(!posture_from_spec(spec.as_bytes(), 42).unwrap().privileged);
+        assert!(posture_from_spec(b"not json", 41).is_err());
+    }
+
+    #[test]
+    fn index_and_manifest_digests() {
+        let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:arm","size":1,"platform":{"architecture":"arm64","os":"linux","variant":"v8"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:amd","size":1,"platform":{"architecture":"amd64","os":"linux"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:att","size":1,"platform":{"architecture":"unknown","os":"unknown"}}]}"#;
+        assert_eq!(
+            manifest_for_platform(index, "linux", "amd64").as_deref(),
+            Some("sha256:amd")
+        );
+        assert_eq!(
+            manifest_for_platform(index, "linux", "arm64").as_deref(),
+            Some("sha256:arm")
+        );
+        assert_eq!(manifest_for_platform(index, "linux", "s390x"), None);
+        let manifest = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:cfg","size":2},"layers":[]}"#;
+        assert_eq!(config_of_manifest(manifest).as_deref(), Some("sha256:cfg"));
+        assert_eq!(config_of_manifest(b"{}"), None);
+        assert!(is_index(MEDIA_OCI_INDEX) && is_index(MEDIA_DOCKER_LIST));
+        assert!(!is_index("application/vnd.oci.image.manifest.v1+json"));
+    }
+}
