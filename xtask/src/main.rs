@@ -5,6 +5,7 @@
 // A command-line tool: its reports go to stdout.
 #![allow(clippy::print_stdout)]
 mod bench;
+mod images;
 mod setup;
 
 use std::{
@@ -18,7 +19,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
-  setup          install what is missing (Debian packages, rust-src, bpf-linker)
+  setup          install what is missing (Debian packages, rust-src, bpf-linker,
+                 containerd started, test images imported)
+  images         build the OCI test images and import them into containerd
   build          setup, then build target/release/spyglass-agent (eBPF embedded)
                  and target/release/spyglass-collector
   run [ARGS]     build, then run a local collector and the agent streaming to
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
             setup::test_tools()
         }
         "build" => build(),
+        "images" => images::import(),
         "run" => {
             build()?;
             run_agent(&rest)

@@ -1,5 +1,5 @@
-//! Idempotent machine setup: Debian packages, the rust-src component and
-//! bpf-linker. Each step checks first and does nothing when satisfied.
+//! Idempotent machine setup: Debian packages, the rust-src component,
+//! bpf-linker, a running containerd, and the test images. Each step checks first and does nothing when satisfied.
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +12,10 @@ use crate::sh;
 /// - protobuf-compiler: `protoc` for the spyglass.v1 gRPC API;
 /// - iproute2: tests create their own network namespaces;
 /// - openssl: tests make throwaway certificates for TLS and mTLS;
-/// - rsyslog: the syslog output is tested against a real rsyslog.
+/// - rsyslog: the syslog output is tested against a real rsyslog;
+/// - containerd, runc: the container runtime the agent attributes events
+///   with (and the tests run real containers under);
+/// - busybox-static: the one binary in the test images.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -20,7 +23,53 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "openssl",
     "rsyslog",
+    "containerd",
+    "runc",
+    "busybox-static",
 ];
+
+/// containerd's API socket (the agent's default).
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
+fn containerd_up() -> bool {
+    Command::new("ctr")
+        .args(["--timeout", "2s", "version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Start containerd unless it answers (no systemd on these machines: it
+/// runs detached, logging to target/containerd.log).
+fn containerd() -> Result<()> {
+    if containerd_up() {
+        return Ok(());
+    }
+    let log = crate::root().join("target/containerd.log");
+    std::fs::create_dir_all(crate::root().join("target"))?;
+    eprintln!("xtask setup: starting containerd (log {})", log.display());
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    Command::new("setsid")
+        .arg("containerd")
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .context("starting containerd")?;
+    for _ in 0..100 {
+        if containerd_up() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!(
+        "containerd did not answer on {CONTAINERD_SOCKET} within 10 s; see {}",
+        log.display()
+    )
+}
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
@@ -145,10 +194,11 @@ pub fn run() -> Result<()> {
     apt(PACKAGES)?;
     rust_src()?;
     bpf_linker()?;
-    Ok(())
+    containerd()
 }
 
 /// Everything `test` needs on top of `run`.
 pub fn test_tools() -> Result<()> {
-    python_tools()
+    python_tools()?;
+    crate::images::import()
 }

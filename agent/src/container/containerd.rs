@@ -224,10 +224,10 @@ fn timestamp(t: Option<&prost_types::Timestamp>) -> Option<crate::clock::Timesta
 }
 
 /// containerd's record -> metadata (the image resolved separately).
-fn meta_of(c: Container, ns: &str, image: Image, kernel_caps: usize) -> ContainerMeta {
+fn meta_of(c: Container, ns: &str, image: Image) -> ContainerMeta {
     let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
     let posture = c.spec.as_ref().and_then(|spec| {
-        meta::posture_from_spec(&spec.value, kernel_caps)
+        meta::posture_from_spec(&spec.value)
             .map_err(|e| debug!(container = %c.id, error = %e, "OCI spec not readable"))
             .ok()
     });
@@ -249,13 +249,12 @@ struct Client {
     ch: Channel,
     namespaces: Vec<String>,
     images: ImageDigests,
-    kernel_caps: usize,
 }
 
 impl Client {
     async fn meta(&mut self, c: Container, ns: &str) -> ContainerMeta {
         let image = self.images.resolve(&self.ch, ns, &c.image).await;
-        meta_of(c, ns, image, self.kernel_caps)
+        meta_of(c, ns, image)
     }
 
     /// Find `id` in any namespace.
@@ -329,10 +328,9 @@ pub async fn run(
     mut lookups: mpsc::Receiver<String>,
     updates: mpsc::Sender<Update>,
 ) {
-    let kernel_caps = meta::kernel_capabilities();
     let mut warned: Option<&'static str> = None;
     loop {
-        let err = match session(&opts, &mut lookups, &updates, kernel_caps, &mut warned).await {
+        let err = match session(&opts, &mut lookups, &updates, &mut warned).await {
             Ok(()) => return, // the agent is stopping
             Err(e) => e,
         };
@@ -358,10 +356,12 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
-                id = lookups.recv() => match id {
-                    None => return,
-                    Some(_) => {} // the enrich task already knows we are away
-                },
+                id = lookups.recv() => {
+                    // the enrich task already knows we are away
+                    if id.is_none() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -373,7 +373,6 @@ async fn session(
     opts: &Options,
     lookups: &mut mpsc::Receiver<String>,
     updates: &mpsc::Sender<Update>,
-    kernel_caps: usize,
     warned: &mut Option<&'static str>,
 ) -> Result<(), ContainerdError> {
     let ch = connect(&opts.socket).await?;
@@ -394,7 +393,6 @@ async fn session(
         namespaces: namespaces(&ch).await?,
         ch,
         images: ImageDigests::default(),
-        kernel_caps,
     };
     let t0 = Instant::now();
     let all = client.list_all().await?;
@@ -557,7 +555,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let m = meta_of(c, "k8s.io", Image::default(), 41);
+        let m = meta_of(c, "k8s.io", Image::default());
         assert_eq!((m.id.as_str(), m.name.as_str()), ("abc", "app"));
         assert_eq!(m.oci_runtime, "io.containerd.runc.v2");
         assert_eq!(m.created, Some(crate::clock::Timestamp(2_000_000_005)));

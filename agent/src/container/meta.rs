@@ -43,8 +43,8 @@ pub struct Posture {
     /// The container has its own user namespace (uid 0 inside is not host
     /// root).
     pub user_namespace: bool,
-    /// Every capability the kernel knows, and no masked /proc paths: what
-    /// `--privileged` gives.
+    /// CAP_SYS_ADMIN and no masked /proc paths: what `--privileged` gives
+    /// (runtimes mask /proc paths for every other container).
     pub privileged: bool,
     /// Effective capabilities (`CAP_...`).
     pub capabilities: Vec<String>,
@@ -159,9 +159,8 @@ struct SpecNamespace {
     kind: String,
 }
 
-/// Posture from an OCI runtime spec (JSON). `kernel_caps` is how many
-/// capabilities this kernel has (`cap_last_cap` + 1).
-pub fn posture_from_spec(json: &[u8], kernel_caps: usize) -> Result<Posture, serde_json::Error> {
+/// Posture from an OCI runtime spec (JSON).
+pub fn posture_from_spec(json: &[u8]) -> Result<Posture, serde_json::Error> {
     let spec: Spec = serde_json::from_slice(json)?;
     // A namespace is the host's when the spec creates none of that type
     // (CRI joins a pod sandbox's namespaces by path: those count as own).
@@ -169,12 +168,12 @@ pub fn posture_from_spec(json: &[u8], kernel_caps: usize) -> Result<Posture, ser
     let mut caps = spec.process.capabilities.effective;
     caps.sort();
     caps.dedup();
-    let all_caps = kernel_caps > 0 && caps.len() >= kernel_caps;
+    let sys_admin = caps.iter().any(|c| c == "CAP_SYS_ADMIN");
     Ok(Posture {
         uid: spec.process.user.uid,
         gid: spec.process.user.gid,
         user_namespace: own("user") && !spec.linux.uid_mappings.is_empty(),
-        privileged: all_caps && spec.linux.masked_paths.is_empty(),
+        privileged: sys_admin && spec.linux.masked_paths.is_empty(),
         capabilities: caps,
         host_network: !own("network"),
         host_pid: !own("pid"),
@@ -187,15 +186,6 @@ pub fn posture_from_spec(json: &[u8], kernel_caps: usize) -> Result<Posture, ser
             "unconfined"
         },
     })
-}
-
-/// Capabilities this kernel has.
-pub fn kernel_capabilities() -> usize {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .map(|n| n + 1)
-        .unwrap_or(41)
 }
 
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -306,7 +296,7 @@ mod tests {
                "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"ipc"}},{{"type":"uts"}},{{"type":"mount"}},{{"type":"network"}}],
                         "seccomp":{{"defaultAction":"SCMP_ACT_ERRNO"}},"maskedPaths":["/proc/kcore"]}}}}"#
         );
-        let p = posture_from_spec(spec.as_bytes(), 41).unwrap();
+        let p = posture_from_spec(spec.as_bytes()).unwrap();
         assert_eq!((p.uid, p.gid), (1000, 1001));
         assert!(!p.privileged && !p.user_namespace);
         assert!(!p.host_network && !p.host_pid && !p.host_ipc);
@@ -320,13 +310,14 @@ mod tests {
 
     #[test]
     fn posture_of_a_privileged_host_network_container() {
-        let all: Vec<String> = (0..41).map(|i| format!("\"CAP_{i}\"")).collect();
+        let mut all: Vec<String> = (0..41).map(|i| format!("\"CAP_{i}\"")).collect();
+        all[21] = "\"CAP_SYS_ADMIN\"".into();
         let all = format!("[{}]", all.join(","));
         let spec = format!(
             r#"{{"process":{{"user":{{"uid":0,"gid":0}},"capabilities":{{"effective":{all},"bounding":{all}}}}},
                "linux":{{"namespaces":[{{"type":"mount"}},{{"type":"user"}}],"uidMappings":[{{"containerID":0,"hostID":100000,"size":65536}}]}}}}"#
         );
-        let p = posture_from_spec(spec.as_bytes(), 41).unwrap();
+        let p = posture_from_spec(spec.as_bytes()).unwrap();
         assert!(p.privileged && p.user_namespace);
         assert!(p.host_network && p.host_pid && p.host_ipc);
         assert_eq!(p.seccomp, "unconfined");
@@ -335,10 +326,11 @@ mod tests {
             r#""namespaces""#,
             r#""maskedPaths":["/proc/kcore"],"namespaces""#,
         );
-        assert!(!posture_from_spec(masked.as_bytes(), 41).unwrap().privileged);
-        // a newer kernel with more capabilities than the spec grants
-        assert!(!posture_from_spec(spec.as_bytes(), 42).unwrap().privileged);
-        assert!(posture_from_spec(b"not json", 41).is_err());
+        assert!(!posture_from_spec(masked.as_bytes()).unwrap().privileged);
+        // no masked paths but no CAP_SYS_ADMIN either: not privileged
+        let weak = spec.replace("CAP_SYS_ADMIN", "CAP_X");
+        assert!(!posture_from_spec(weak.as_bytes()).unwrap().privileged);
+        assert!(posture_from_spec(b"not json").is_err());
     }
 
     #[test]
