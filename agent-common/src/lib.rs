@@ -11,6 +11,12 @@
 pub const COMM_LEN: usize = 16;
 /// Bytes of the executable path (`bprm->filename`) kept per exec.
 pub const FILENAME_LEN: usize = 512;
+/// Bytes kept of a cgroup directory name (`cri-containerd-<64 hex>.scope`
+/// is 86).
+pub const CGROUP_NAME_LEN: usize = 128;
+/// Bytes kept of the parent cgroup's name (a containerd namespace, a pod
+/// slice).
+pub const CGROUP_PARENT_LEN: usize = 96;
 /// Bytes of the argument block (`mm->arg_start..arg_end`) kept per exec.
 pub const ARGV_LEN: usize = 4096;
 
@@ -107,8 +113,20 @@ pub struct KernelOffsets {
     pub mm_arg_start: u32,
     /// `mm_struct.arg_end`
     pub mm_arg_end: u32,
+    /// `task_struct.cgroups` (the task's `css_set`)
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (its cgroup v2 cgroup)
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn` (the cgroup's directory)
+    pub cgroup_kn: u32,
+    /// `cgroup.level` (depth below the root, which is 0)
+    pub cgroup_level: u32,
+    /// `kernfs_node.name`
+    pub kernfs_node_name: u32,
+    /// `kernfs_node.__parent` (`parent` before Linux 6.15)
+    pub kernfs_node_parent: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56);
 
 /// Common prefix of every record.
 #[repr(C)]
@@ -157,6 +175,17 @@ pub struct ExecEvent {
     pub argv_len: u16,
     /// Full length of the argument block in the process, before truncation.
     pub argv_total_len: u32,
+    /// Depth of the task's cgroup v2 cgroup (0 = root), or u32::MAX when
+    /// it could not be read.
+    pub cgroup_level: u32,
+    /// Bytes of `cgroup_leaf` and `cgroup_parent` used.
+    pub cgroup_leaf_len: u16,
+    pub cgroup_parent_len: u16,
+    /// Name of the task's cgroup v2 directory and of its parent: enough to
+    /// name the container even when the cgroup is gone before userspace
+    /// looks (containers that live a few milliseconds).
+    pub cgroup_leaf: [u8; CGROUP_NAME_LEN],
+    pub cgroup_parent: [u8; CGROUP_PARENT_LEN],
     /// Executable path as passed to execve (`bprm->filename`).
     pub filename: [u8; FILENAME_LEN],
     /// NUL-separated argument strings.
@@ -164,7 +193,8 @@ pub struct ExecEvent {
 }
 impl ExecEvent {
     /// Offset of `filename`: the size of the fixed part of the record.
-    pub const FIXED_LEN: usize = core::mem::size_of::<EventHeader>() + 24;
+    pub const FIXED_LEN: usize =
+        core::mem::size_of::<EventHeader>() + 32 + CGROUP_NAME_LEN + CGROUP_PARENT_LEN;
     /// Offset of `argv`.
     pub const ARGV_OFFSET: usize = Self::FIXED_LEN + FILENAME_LEN;
 }

@@ -53,6 +53,12 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_start_time: 0,
     mm_arg_start: 0,
     mm_arg_end: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    cgroup_level: 0,
+    kernfs_node_name: 0,
+    kernfs_node_parent: 0,
 };
 
 /// Ring buffer fill level (bytes) above which a record wakes the reader.

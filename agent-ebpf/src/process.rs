@@ -51,6 +51,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
         }
     };
     ev.start_time_ns = read::<u64>(task, offs.task_start_time).unwrap_or(0);
+    cgroup_names(task, ev);
 
     // filename: __data_loc = (len << 16) | offset from the record start.
     // SAFETY: offset 8 is inside the tracepoint record (format file).
@@ -106,6 +107,46 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
         )
     };
     Ok(())
+}
+
+/// Names of the task's cgroup v2 directory and its parent
+/// (`task->cgroups->dfl_cgrp->kn->{name, __parent->name}`), and its depth.
+#[inline(always)]
+fn cgroup_names(task: u64, ev: &mut ExecEvent) {
+    let offs = offsets();
+    ev.cgroup_level = u32::MAX;
+    ev.cgroup_leaf_len = 0;
+    ev.cgroup_parent_len = 0;
+    let Ok(cgrp) = read::<u64>(task, offs.task_cgroups)
+        .and_then(|css_set| read::<u64>(css_set, offs.css_set_dfl_cgrp))
+    else {
+        return;
+    };
+    if let Ok(level) = read::<i32>(cgrp, offs.cgroup_level) {
+        ev.cgroup_level = level as u32;
+    }
+    let Ok(kn) = read::<u64>(cgrp, offs.cgroup_kn) else {
+        return;
+    };
+    if let Ok(name) = read::<u64>(kn, offs.kernfs_node_name) {
+        // SAFETY: reading kernel memory through the checked helper.
+        if let Ok(s) =
+            unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.cgroup_leaf) }
+        {
+            ev.cgroup_leaf_len = s.len() as u16;
+        }
+    }
+    let Ok(parent) = read::<u64>(kn, offs.kernfs_node_parent) else {
+        return;
+    };
+    if let Ok(name) = read::<u64>(parent, offs.kernfs_node_name) {
+        // SAFETY: as above.
+        if let Ok(s) =
+            unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.cgroup_parent) }
+        {
+            ev.cgroup_parent_len = s.len() as u16;
+        }
+    }
 }
 
 /// A process ended. Interface: classic tracepoint `sched/sched_process_exit`

@@ -117,6 +117,7 @@ fn tracked(enricher: &Enricher, attr: &Attribute) -> Tracked {
         processes: enricher.processes_tracked(),
         containers: s.containers,
         pending_events: s.pending_events,
+        cgroups: enricher.cgroups_tracked(),
     }
 }
 

@@ -163,6 +163,8 @@ pub struct Tracked {
     pub containers: usize,
     /// Events waiting for their container's metadata.
     pub pending_events: usize,
+    /// cgroup ids resolved to a container or to the host.
+    pub cgroups: usize,
 }
 
 /// The container of the process: its id and runtime from the cgroup

@@ -203,7 +203,7 @@ pub fn event_json(ev: &Event) -> Value {
             let mut agent = json!({"state": a.state, "version": a.version, "kernel": a.kernel, "probes": probes});
             if let Some(t) = &a.tracked {
                 agent["tracked"] = json!({"processes": t.processes, "containers": t.containers,
-                                          "pending_events": t.pending_events});
+                                          "pending_events": t.pending_events, "cgroups": t.cgroups});
             }
             m.insert("agent".into(), agent);
         }

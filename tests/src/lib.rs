@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod containers;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One scenario at a time (2 cores; agents and collectors are heavy).

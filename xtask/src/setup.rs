@@ -39,6 +39,27 @@ fn containerd_up() -> bool {
         .unwrap_or(false)
 }
 
+/// containerd's configuration for this workspace: Debian's defaults plus
+/// `restrict_oom_score_adj`, without which the CRI plugin asks runc for an
+/// oom_score_adj below containerd's own, which an unprivileged-resource
+/// sandbox (no CAP_SYS_RESOURCE, as on these machines) refuses: every pod
+/// sandbox would fail with "can't get final child's PID from pipe".
+const CONTAINERD_CONFIG: &str = r#"version = 2
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    restrict_oom_score_adj = true
+    sandbox_image = "registry.k8s.io/pause:3.6"
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+"#;
+
+/// Where that configuration is written (the tests restart containerd with
+/// it too).
+pub fn containerd_config() -> std::path::PathBuf {
+    crate::root().join("target/containerd.toml")
+}
+
 /// Start containerd unless it answers (no systemd on these machines: it
 /// runs detached, logging to target/containerd.log).
 fn containerd() -> Result<()> {
@@ -47,6 +68,7 @@ fn containerd() -> Result<()> {
     }
     let log = crate::root().join("target/containerd.log");
     std::fs::create_dir_all(crate::root().join("target"))?;
+    std::fs::write(containerd_config(), CONTAINERD_CONFIG)?;
     eprintln!("xtask setup: starting containerd (log {})", log.display());
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -54,6 +76,8 @@ fn containerd() -> Result<()> {
         .open(&log)?;
     Command::new("setsid")
         .arg("containerd")
+        .arg("--config")
+        .arg(containerd_config())
         .stdin(std::process::Stdio::null())
         .stdout(f.try_clone()?)
         .stderr(f)

@@ -232,6 +232,15 @@ impl Btf {
             task_start_time: self.member_offset("task_struct", "start_time")?,
             mm_arg_start: self.member_offset("mm_struct", "arg_start")?,
             mm_arg_end: self.member_offset("mm_struct", "arg_end")?,
+            task_cgroups: self.member_offset("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: self.member_offset("css_set", "dfl_cgrp")?,
+            cgroup_kn: self.member_offset("cgroup", "kn")?,
+            cgroup_level: self.member_offset("cgroup", "level")?,
+            kernfs_node_name: self.member_offset("kernfs_node", "name")?,
+            // renamed when it became RCU-protected (Linux 6.15)
+            kernfs_node_parent: self
+                .member_offset("kernfs_node", "__parent")
+                .or_else(|_| self.member_offset("kernfs_node", "parent"))?,
         })
     }
 }

@@ -55,6 +55,13 @@ fn scoped<'a>(segment: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// Parse a cgroup v2 path (`/kubepods/burstable/pod<uid>/<id>`, ...).
 pub fn parse(path: &str) -> Option<ContainerRef> {
+    parse_path(path, true)
+}
+
+/// Parse the last two segments of a deeper path (`exact` false): the
+/// `/<namespace>/<name>` shape of plain containerd is then not trusted,
+/// since any two host cgroups would match it.
+fn parse_path(path: &str, exact: bool) -> Option<ContainerRef> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let pod = segments.iter().find_map(|s| pod_uid(s));
     let kube = segments.iter().any(|s| s.starts_with("kubepods"));
@@ -92,7 +99,7 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
     }
     // containerd without kubelet (cgroupfs): /<namespace>/<container id>,
     // where ids are any name (`ctr run ... t1`).
-    if let [ns, id] = segments.as_slice() {
+    if let (true, [ns, id]) = (exact, segments.as_slice()) {
         let systemd =
             |s: &str| s.ends_with(".slice") || s.ends_with(".scope") || s.ends_with(".service");
         if !systemd(ns) && !systemd(id) && !ns.starts_with("kubepods") {
@@ -106,10 +113,24 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
     None
 }
 
+/// The container of a cgroup from the names the exec record carries (its
+/// directory, its parent's, its depth): no filesystem access, so it works
+/// after the cgroup is gone.
+pub fn from_names(level: u32, parent: &str, leaf: &str) -> Option<ContainerRef> {
+    match level {
+        0 => None,
+        1 => parse_path(&format!("/{leaf}"), true),
+        2 => parse_path(&format!("/{parent}/{leaf}"), true),
+        _ => parse_path(&format!("/{parent}/{leaf}"), false),
+    }
+}
+
 /// cgroup id -> container, with a cache refreshed by walking the v2 tree.
 pub struct Resolver {
     root: PathBuf,
     by_id: HashMap<u64, Option<ContainerRef>>,
+    /// Containers named by exec records (kept across walks; bounded).
+    learned: HashMap<u64, ContainerRef>,
     last_walk: Option<Instant>,
     /// Walks at most this often; ids unseen in between resolve to None
     /// until the next walk.
@@ -118,12 +139,16 @@ pub struct Resolver {
 
 /// Directories visited per walk at most (bounds time and memory).
 const WALK_LIMIT: usize = 200_000;
+/// cgroups learned from exec records at most; then the map starts over
+/// (entries come back with the next exec in each cgroup).
+const LEARNED_LIMIT: usize = 65_536;
 
 impl Resolver {
     pub fn new(root: &Path) -> Self {
         Resolver {
             root: root.to_owned(),
             by_id: HashMap::new(),
+            learned: HashMap::new(),
             last_walk: None,
             min_walk_interval: Duration::from_millis(20),
         }
@@ -157,10 +182,31 @@ impl Resolver {
         self.last_walk = Some(Instant::now());
     }
 
+    /// Remember what an exec record says about its cgroup.
+    pub fn learn(&mut self, cgroup_id: u64, level: u32, parent: &str, leaf: &str) {
+        if cgroup_id == 0 || self.learned.contains_key(&cgroup_id) {
+            return;
+        }
+        if let Some(c) = from_names(level, parent, leaf) {
+            if self.learned.len() >= LEARNED_LIMIT {
+                self.learned.clear();
+            }
+            self.learned.insert(cgroup_id, c);
+        }
+    }
+
+    /// Entries held (both maps).
+    pub fn cached(&self) -> usize {
+        self.by_id.len() + self.learned.len()
+    }
+
     /// The container of a cgroup id; None for host cgroups.
     pub fn resolve(&mut self, cgroup_id: u64) -> Option<ContainerRef> {
         if cgroup_id == 0 {
             return None;
+        }
+        if let Some(c) = self.learned.get(&cgroup_id) {
+            return Some(c.clone());
         }
         if let Some(c) = self.by_id.get(&cgroup_id) {
             return c.clone();
@@ -231,6 +277,56 @@ mod tests {
                 .map(|c| (c.id.as_str(), c.runtime, c.pod_uid.as_deref()));
             assert_eq!(got, want, "{path}");
         }
+    }
+
+    #[test]
+    fn container_from_the_names_in_an_exec_record() {
+        let u = UID.replace('-', "_");
+        let cases: Vec<(u32, String, String, Want)> = vec![
+            (
+                2,
+                "k8s.io".into(),
+                "t1".into(),
+                Some(("t1", "containerd", None)),
+            ),
+            (
+                4,
+                format!("pod{UID}"),
+                ID.into(),
+                Some((ID, "containerd", Some(UID))),
+            ),
+            (
+                4,
+                format!("kubepods-besteffort-pod{u}.slice"),
+                format!("cri-containerd-{ID}.scope"),
+                Some((ID, "containerd", Some(UID))),
+            ),
+            (
+                2,
+                "system.slice".into(),
+                format!("docker-{ID}.scope"),
+                Some((ID, "docker", None)),
+            ),
+            // deeper than two levels, two plain names are not a container
+            (3, "a".into(), "b".into(), None),
+            (2, "system.slice".into(), "containerd.service".into(), None),
+            (1, "".into(), "init.scope".into(), None),
+            (0, "".into(), "".into(), None),
+        ];
+        for (level, parent, leaf, want) in cases {
+            let got = from_names(level, &parent, &leaf);
+            let got = got
+                .as_ref()
+                .map(|c| (c.id.as_str(), c.runtime, c.pod_uid.as_deref()));
+            assert_eq!(got, want, "{level} {parent}/{leaf}");
+        }
+        // learned names resolve without the filesystem, and stay
+        let mut r = Resolver::new(Path::new("/nonexistent"));
+        r.learn(77, 2, "k8s.io", "gone");
+        r.learn(78, 3, "a", "b");
+        assert_eq!(r.resolve(77).map(|c| c.id), Some("gone".into()));
+        assert_eq!(r.resolve(78), None);
+        assert_eq!(r.resolve(77).map(|c| c.id), Some("gone".into()));
     }
 
     #[test]

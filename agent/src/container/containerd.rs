@@ -367,6 +367,15 @@ pub async fn run(
     }
 }
 
+/// Aborts a task when dropped (the subscription ends with its session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One connection: subscribe, sync, then serve lookups and events until
 /// containerd goes away (Err) or the agent stops (Ok).
 async fn session(
@@ -382,13 +391,31 @@ async fn session(
         "topic==\"/tasks/start\"",
         "topic==\"/namespaces/create\"",
     ];
-    let mut events = EventsClient::new(ch.clone())
-        .subscribe(SubscribeRequest {
+    // containerd sends the stream's headers with the first event, so the
+    // subscription waits in its own task while the sync runs; it is asked
+    // for first, and the lookups of the pending queue cover the moment
+    // before containerd registers it.
+    let (events_tx, mut events) = mpsc::channel(256);
+    let _subscription = {
+        let ch = ch.clone();
+        let req = SubscribeRequest {
             filters: filters.iter().map(|f| f.to_string()).collect(),
-        })
-        .await
-        .map_err(call("events.subscribe"))?
-        .into_inner();
+        };
+        AbortOnDrop(tokio::spawn(async move {
+            let mut stream = match EventsClient::new(ch).subscribe(req).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    let _ = events_tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            while let Some(item) = stream.next().await {
+                if events_tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        }))
+    };
     let mut client = Client {
         namespaces: namespaces(&ch).await?,
         ch,
@@ -417,7 +444,7 @@ async fn session(
     }
     loop {
         tokio::select! {
-            env = events.next() => {
+            env = events.recv() => {
                 let env = match env {
                     Some(Ok(env)) => env,
                     Some(Err(status)) => return Err(call("events.subscribe")(status)),

@@ -152,6 +152,7 @@ pub fn to_wire(ev: &Event) -> wire::Event {
                     processes: t.processes as u64,
                     containers: t.containers as u64,
                     pending_events: t.pending_events as u64,
+                    cgroups: t.cgroups as u64,
                 }),
             })
         })

@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use agent_common::{
     exec_flags, kind, net_op, outcome, EventHeader, ExecEvent, ExitEvent, ForkEvent, NetEvent,
-    ARGV_LEN, FILENAME_LEN,
+    ARGV_LEN, CGROUP_NAME_LEN, CGROUP_PARENT_LEN, FILENAME_LEN,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,6 +51,17 @@ pub struct Exec {
     pub argv: Vec<String>,
     pub argv_truncated: bool,
     pub flags: u32,
+    /// The cgroup's directory name, its parent's, and its depth (None when
+    /// the kernel could not read them).
+    pub cgroup: Option<CgroupNames>,
+}
+
+/// Where a process's cgroup sits, as the exec record names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupNames {
+    pub level: u32,
+    pub parent: String,
+    pub leaf: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +207,17 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 });
             }
             let name = &bytes[ExecEvent::FIXED_LEN..ExecEvent::FIXED_LEN + filename_len];
+            let level: u32 = read(&bytes[at + 24..], "exec")?;
+            let leaf_len = (read::<u16>(&bytes[at + 28..], "exec")? as usize).min(CGROUP_NAME_LEN);
+            let parent_len =
+                (read::<u16>(&bytes[at + 30..], "exec")? as usize).min(CGROUP_PARENT_LEN);
+            let leaf_at = at + 32;
+            let parent_at = leaf_at + CGROUP_NAME_LEN;
+            let cgroup = (level != u32::MAX && leaf_len > 0).then(|| CgroupNames {
+                level,
+                leaf: c_string(&bytes[leaf_at..leaf_at + leaf_len]),
+                parent: c_string(&bytes[parent_at..parent_at + parent_len]),
+            });
             Ok(RawEvent::Exec(Exec {
                 header: header(&h),
                 ppid,
@@ -204,6 +226,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 argv: split_args(&bytes[fixed..fixed + argv_len]),
                 argv_truncated: flags & exec_flags::ARGV_TRUNCATED != 0,
                 flags,
+                cgroup,
             }))
         }
         kind::EXIT => {
@@ -300,6 +323,11 @@ mod tests {
         ev.filename_len = filename.len() as u16;
         ev.argv[..argv.len()].copy_from_slice(argv);
         ev.argv_len = argv.len() as u16;
+        ev.cgroup_level = 2;
+        ev.cgroup_leaf[..2].copy_from_slice(b"t1");
+        ev.cgroup_leaf_len = 2;
+        ev.cgroup_parent[..6].copy_from_slice(b"k8s.io");
+        ev.cgroup_parent_len = 6;
         let mut b = bytes_of(&*ev);
         b.truncate(ExecEvent::ARGV_OFFSET + argv.len()); // as the kernel sends it
         b
@@ -318,6 +346,11 @@ mod tests {
         assert_eq!(e.filename, "/usr/bin/curl");
         assert_eq!(e.argv, ["curl", "-s", "a b"]);
         assert!(!e.argv_truncated);
+        let cg = e.cgroup.unwrap();
+        assert_eq!(
+            (cg.level, cg.parent.as_str(), cg.leaf.as_str()),
+            (2, "k8s.io", "t1")
+        );
     }
 
     #[test]
@@ -333,7 +366,7 @@ mod tests {
     #[test]
     fn exec_with_lying_lengths_is_rejected() {
         let mut b = exec_record(b"/bin/x", b"x\0", 0);
-        let at = std::mem::size_of::<EventHeader>() + 18;
+        let at = std::mem::size_of::<EventHeader>() + 18; // argv_len
         b[at..at + 2].copy_from_slice(&100u16.to_ne_bytes()); // argv_len beyond the record
         assert!(matches!(decode(&b), Err(DecodeError::TooShort { .. })));
         b[at..at + 2].copy_from_slice(&u16::MAX.to_ne_bytes());

@@ -87,6 +87,10 @@ impl Enricher {
         self.table.len()
     }
 
+    pub fn cgroups_tracked(&self) -> usize {
+        self.containers.cached()
+    }
+
     fn event(&self, kind: Kind, ts_ns: u64) -> Event {
         Event::new(kind, self.clock.wall(ts_ns), self.node.clone())
     }
@@ -231,6 +235,10 @@ impl Enricher {
 
     fn on_exec(&mut self, e: Exec) -> Event {
         let h = &e.header;
+        if let Some(cg) = &e.cgroup {
+            self.containers
+                .learn(h.cgroup_id, cg.level, &cg.parent, &cg.leaf);
+        }
         let ppid = if e.ppid != 0 {
             e.ppid
         } else {
@@ -328,6 +336,7 @@ mod tests {
             argv: vec![exe.into(), "--flag".into()],
             argv_truncated: false,
             flags: 0,
+            cgroup: None,
         })
     }
 
