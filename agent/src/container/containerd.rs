@@ -227,7 +227,7 @@ fn timestamp(t: Option<&prost_types::Timestamp>) -> Option<crate::clock::Timesta
 fn meta_of(c: Container, ns: &str, image: Image) -> ContainerMeta {
     let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
     let posture = c.spec.as_ref().and_then(|spec| {
-        meta::posture_from_spec(&spec.value)
+        meta::posture_from_spec(&spec.value, meta::is_host_namespace)
             .map_err(|e| debug!(container = %c.id, error = %e, "OCI spec not readable"))
             .ok()
     });

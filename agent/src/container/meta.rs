@@ -98,6 +98,24 @@ pub fn pod_from_labels(labels: &BTreeMap<String, String>) -> Option<Pod> {
     (!pod.name.is_empty() || !pod.uid.is_empty()).then_some(pod)
 }
 
+/// Is the namespace at `path` (`/proc/PID/ns/...`) the host's: the same as
+/// pid 1's, or, where pid 1's cannot be read (no CAP_SYS_PTRACE), the
+/// agent's own (it runs with the host's PID and network namespaces).
+pub fn is_host_namespace(kind: &str, path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let file = match kind {
+        "network" => "net",
+        "mount" => "mnt",
+        other => other,
+    };
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let host = id(&format!("/proc/1/ns/{file}")).or_else(|| id(&format!("/proc/self/ns/{file}")));
+    match (id(path), host) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Display name of a container from its labels.
 pub fn name_from_labels(id: &str, labels: &BTreeMap<String, String>) -> String {
     [LABEL_CONTAINER_NAME, "nerdctl/name"]
@@ -157,14 +175,23 @@ struct SpecLinux {
 struct SpecNamespace {
     #[serde(rename = "type")]
     kind: String,
+    path: String,
 }
 
-/// Posture from an OCI runtime spec (JSON).
-pub fn posture_from_spec(json: &[u8]) -> Result<Posture, serde_json::Error> {
+/// Posture from an OCI runtime spec (JSON). A namespace is the host's
+/// when the spec has none of that type, or joins one by path (CRI joins
+/// its pod sandbox's) that `is_host(kind, path)` says is the host's.
+pub fn posture_from_spec(
+    json: &[u8],
+    is_host: impl Fn(&str, &str) -> bool,
+) -> Result<Posture, serde_json::Error> {
     let spec: Spec = serde_json::from_slice(json)?;
-    // A namespace is the host's when the spec creates none of that type
-    // (CRI joins a pod sandbox's namespaces by path: those count as own).
-    let own = |kind: &str| spec.linux.namespaces.iter().any(|n| n.kind == kind);
+    let own = |kind: &str| {
+        spec.linux
+            .namespaces
+            .iter()
+            .any(|n| n.kind == kind && (n.path.is_empty() || !is_host(kind, &n.path)))
+    };
     let mut caps = spec.process.capabilities.effective;
     caps.sort();
     caps.dedup();
@@ -286,6 +313,23 @@ mod tests {
         assert_eq!(name_from_labels("abc", &BTreeMap::new()), "abc");
     }
 
+    fn never(_: &str, _: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn joined_namespaces_are_host_when_the_path_is_the_hosts() {
+        let spec = br#"{"linux":{"namespaces":[{"type":"network","path":"/proc/7/ns/net"},
+                        {"type":"pid"},{"type":"ipc","path":"/proc/7/ns/ipc"}]}}"#;
+        let p = posture_from_spec(spec, |kind, path| {
+            kind == "network" && path == "/proc/7/ns/net"
+        })
+        .unwrap();
+        assert!(p.host_network && !p.host_pid && !p.host_ipc);
+        let p = posture_from_spec(spec, never).unwrap();
+        assert!(!p.host_network);
+    }
+
     const CAPS3: &str = r#"["CAP_CHOWN","CAP_NET_BIND_SERVICE","CAP_KILL"]"#;
 
     #[test]
@@ -296,7 +340,7 @@ mod tests {
                "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"ipc"}},{{"type":"uts"}},{{"type":"mount"}},{{"type":"network"}}],
                         "seccomp":{{"defaultAction":"SCMP_ACT_ERRNO"}},"maskedPaths":["/proc/kcore"]}}}}"#
         );
-        let p = posture_from_spec(spec.as_bytes()).unwrap();
+        let p = posture_from_spec(spec.as_bytes(), never).unwrap();
         assert_eq!((p.uid, p.gid), (1000, 1001));
         assert!(!p.privileged && !p.user_namespace);
         assert!(!p.host_network && !p.host_pid && !p.host_ipc);
@@ -317,7 +361,7 @@ mod tests {
             r#"{{"process":{{"user":{{"uid":0,"gid":0}},"capabilities":{{"effective":{all},"bounding":{all}}}}},
                "linux":{{"namespaces":[{{"type":"mount"}},{{"type":"user"}}],"uidMappings":[{{"containerID":0,"hostID":100000,"size":65536}}]}}}}"#
         );
-        let p = posture_from_spec(spec.as_bytes()).unwrap();
+        let p = posture_from_spec(spec.as_bytes(), never).unwrap();
         assert!(p.privileged && p.user_namespace);
         assert!(p.host_network && p.host_pid && p.host_ipc);
         assert_eq!(p.seccomp, "unconfined");
@@ -326,11 +370,19 @@ mod tests {
             r#""namespaces""#,
             r#""maskedPaths":["/proc/kcore"],"namespaces""#,
         );
-        assert!(!posture_from_spec(masked.as_bytes()).unwrap().privileged);
+        assert!(
+            !posture_from_spec(masked.as_bytes(), never)
+                .unwrap()
+                .privileged
+        );
         // no masked paths but no CAP_SYS_ADMIN either: not privileged
         let weak = spec.replace("CAP_SYS_ADMIN", "CAP_X");
-        assert!(!posture_from_spec(weak.as_bytes()).unwrap().privileged);
-        assert!(posture_from_spec(b"not json").is_err());
+        assert!(
+            !posture_from_spec(weak.as_bytes(), never)
+                .unwrap()
+                .privileged
+        );
+        assert!(posture_from_spec(b"not json", never).is_err());
     }
 
     #[test]
