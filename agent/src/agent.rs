@@ -258,7 +258,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.losses.report_interval_ms));
-    let mut prev_counters: Totals = read_counters(&counters);
+    // The counters are fresh maps created at load: zero is the baseline
+    // (reading them here would hide drops made before this point).
+    let mut prev_counters: Totals = Totals::default();
     let mut prev_decode = 0u64;
     let mut report_losses = |enricher: &Enricher| {
         let cur = read_counters(&counters);

@@ -9,7 +9,7 @@
 //! fields without an OCSF attribute go under `unmapped`, including the
 //! `delivery` object used for deduplication.
 use serde_json::{json, Map, Value};
-use spyglass_proto::v1::{event::Detail, Event, EventKind, Process, Severity};
+use spyglass_proto::v1::{event::Detail, ContainerContext, Event, EventKind, Process, Severity};
 
 use crate::convert;
 
@@ -61,6 +61,58 @@ fn severity_id(s: i32) -> u8 {
     }
 }
 
+/// The OCSF `container` object (container profile) of a container
+/// context: what OCSF has a field for. Everything else (posture, index
+/// digest, namespace, attribution) stays in `unmapped.container`.
+fn container(c: &ContainerContext) -> Value {
+    let mut m = Map::new();
+    m.insert("uid".into(), json!(c.id));
+    if !c.name.is_empty() {
+        m.insert("name".into(), json!(c.name));
+    }
+    if !c.oci_runtime.is_empty() {
+        m.insert("runtime".into(), json!(c.oci_runtime));
+    } else if !c.runtime.is_empty() {
+        m.insert("runtime".into(), json!(c.runtime));
+    }
+    if !c.image_ref.is_empty() {
+        let uid = if c.image_config_digest.is_empty() {
+            &c.image_digest
+        } else {
+            &c.image_config_digest
+        };
+        let mut image = json!({"name": c.image_ref, "uid": uid});
+        if let Some((_, tag)) = c
+            .image_ref
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+        {
+            image["tag"] = json!(tag);
+        }
+        m.insert("image".into(), image);
+    }
+    if let Some(hex) = c.image_digest.strip_prefix("sha256:") {
+        // the manifest digest identifies what runs
+        m.insert(
+            "hash".into(),
+            json!({"algorithm_id": 3, "algorithm": "SHA-256", "value": hex}),
+        );
+    }
+    if !c.pod_uid.is_empty() {
+        m.insert("orchestrator".into(), json!("Kubernetes"));
+        let uuid = c.pod_uid.len() == 36 && c.pod_uid.matches('-').count() == 4;
+        if uuid {
+            m.insert("pod_uuid".into(), json!(c.pod_uid));
+        }
+    }
+    if !c.labels.is_empty() {
+        let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        m.insert("labels".into(), json!(labels));
+    }
+    Value::Object(m)
+}
+
 /// One wire event as an OCSF object; the delivery goes to
 /// `unmapped.delivery`.
 pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
@@ -87,7 +139,7 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
         "metadata".into(),
         json!({
             "version": OCSF_VERSION,
-            "profiles": ["host"],
+            "profiles": if ev.container.is_some() { json!(["host", "container"]) } else { json!(["host"]) },
             "product": {"name": "Spyglass", "vendor_name": "Spyglass", "version": env!("CARGO_PKG_VERSION")},
             "log_name": convert::kind_name(ev.kind),
         }),
@@ -241,6 +293,17 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
     }
     m.insert("severity_id".into(), json!(severity));
     m.insert("unmapped".into(), Value::Object(unmapped));
+    // The acting process carries its container (OCSF container profile).
+    if let Some(c) = &ev.container {
+        let target = if class_uid == 1007 {
+            m.get_mut("process")
+        } else {
+            m.get_mut("actor").and_then(|a| a.get_mut("process"))
+        };
+        if let Some(Value::Object(p)) = target {
+            p.insert("container".into(), container(c));
+        }
+    }
     Value::Object(m)
 }
 

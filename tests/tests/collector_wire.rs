@@ -428,6 +428,35 @@ fn sample_events(node: &str) -> Vec<Event> {
         exe: "/sbin/init".into(),
         comm: "init".into(),
     });
+    // a container with everything the agent fills from containerd
+    exec.container = Some(spyglass_proto::v1::ContainerContext {
+        id: "4f1c0de5a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c".into(),
+        name: "app".into(),
+        runtime: "containerd".into(),
+        image_ref: "registry.example/shop/app:1.2".into(),
+        image_digest: format!("sha256:{}", "ab".repeat(32)),
+        image_index_digest: format!("sha256:{}", "cd".repeat(32)),
+        image_config_digest: format!("sha256:{}", "ef".repeat(32)),
+        pod_name: "web-0".into(),
+        pod_namespace: "shop".into(),
+        pod_uid: "1c2d3e4f-aaaa-bbbb-cccc-0123456789ab".into(),
+        container_name: "app".into(),
+        namespace: "k8s.io".into(),
+        oci_runtime: "io.containerd.runc.v2".into(),
+        created_unix_nano: 1_795_549_700_000_000_000,
+        labels: [(
+            "io.kubernetes.container.name".to_string(),
+            "app".to_string(),
+        )]
+        .into(),
+        posture: Some(spyglass_proto::v1::Posture {
+            uid: 1000,
+            capabilities: vec!["CAP_CHOWN".into()],
+            seccomp: "filtered".into(),
+            ..Default::default()
+        }),
+        unattributed: String::new(),
+    });
     let net = |op: &str, outcome: &str| Event {
         kind: if op == "listen" {
             EventKind::Listen
@@ -523,6 +552,23 @@ fn ocsf_output_passes_the_ocsf_schema_validator() {
     let classes: std::collections::BTreeSet<u64> =
         out.iter().filter_map(|e| e["class_uid"].as_u64()).collect();
     assert_eq!(classes, [1007, 1008, 2004, 4001].into_iter().collect());
+    // the container profile: the launched process carries its container
+    let launch = out
+        .iter()
+        .find(|e| e["class_uid"] == 1007 && e["activity_id"] == 1)
+        .unwrap();
+    assert_eq!(
+        launch["metadata"]["profiles"],
+        serde_json::json!(["host", "container"])
+    );
+    let c = &launch["process"]["container"];
+    assert_eq!(c["uid"].as_str().unwrap().len(), 64);
+    assert_eq!(c["image"]["name"], "registry.example/shop/app:1.2");
+    assert_eq!(c["image"]["tag"], "1.2");
+    assert_eq!(c["image"]["uid"], format!("sha256:{}", "ef".repeat(32)));
+    assert_eq!(c["hash"]["value"], "ab".repeat(32));
+    assert_eq!(c["pod_uuid"], "1c2d3e4f-aaaa-bbbb-cccc-0123456789ab");
+    assert_eq!(launch["unmapped"]["container"]["posture"]["uid"], 1000);
     validate_ocsf(&col.output);
 }
 
