@@ -339,6 +339,23 @@ fn containerd_away_then_back() {
         e["kind"] == "exec" && in_container(e, &id) && e["container"].get("unattributed").is_none()
     });
     assert_attributed(&back, &id, &img);
+
+    // containerd goes away while the agent runs: the agent keeps running,
+    // and what it learned stays valid (the container's execs stay
+    // attributed from the cache).
+    containerd_stop();
+    let seen = agent.matching(|_| true).len();
+    std::thread::sleep(Duration::from_millis(1000));
+    let all = agent.matching(|_| true);
+    let during: Vec<&Value> = all[seen..]
+        .iter()
+        .filter(|e| e["kind"] == "exec" && in_container(e, &id))
+        .collect();
+    assert!(!during.is_empty(), "the container's execs keep coming");
+    for e in during {
+        assert_attributed(e, &id, &img);
+    }
+    containerd_start();
     // A container created after the restart is attributed from its first
     // exec: the event subscription is live again.
     let mark = marker("after");

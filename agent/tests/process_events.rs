@@ -217,8 +217,16 @@ fn process_in_a_container_cgroup_carries_the_container_id() {
     let _ = std::fs::remove_dir(&parent);
     assert_eq!(exec["container"]["id"], id.as_str());
     assert_eq!(exec["container"]["runtime"], "containerd");
+    // containerd (running for the tests) was asked, several times, and
+    // does not know this id: the event says so instead of guessing.
+    assert_eq!(
+        exec["container"]["unattributed"], "not_found_in_containerd",
+        "{exec}"
+    );
+    assert!(exec["container"].get("image").is_none());
     assert!(
         host.get("container").is_none(),
         "host process marked as container: {host}"
     );
+    assert_eq!(host["host"], true);
 }

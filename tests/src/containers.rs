@@ -209,7 +209,7 @@ pub fn containerd_start() {
         .append(true)
         .open(root().join("target/containerd.log"))
         .expect("containerd log");
-    Command::new("setsid")
+    let mut child = Command::new("setsid")
         .arg("containerd")
         .arg("--config")
         .arg(&config)
@@ -218,6 +218,8 @@ pub fn containerd_start() {
         .stderr(log)
         .spawn()
         .expect("start containerd");
+    // It outlives the test that started it; reap it if it ends first.
+    std::thread::spawn(move || child.wait());
     eventually("containerd to answer", Duration::from_secs(30), || {
         containerd_up().then_some(())
     });

@@ -139,17 +139,19 @@ impl Attributor {
         }
         let unattributed = match self.source {
             Source::Disabled => Some(reason::DISABLED),
-            Source::Unavailable(r) => Some(r),
             _ if matches!(c.runtime, "cri-o" | "podman") => Some(reason::RUNTIME),
             _ if self.missing.contains_key(&c.id) => Some(reason::NOT_FOUND),
-            Source::Connecting | Source::Ready => None,
+            // Unavailable too: the lookup makes the containerd task try to
+            // connect at once; the event goes out marked after that attempt
+            // fails, or attributed if containerd is back.
+            Source::Connecting | Source::Ready | Source::Unavailable(_) => None,
         };
         if let Some(r) = unattributed {
             c.unattributed = Some(r);
             out.push(ev);
             return;
         }
-        if self.source == Source::Ready {
+        if self.source != Source::Connecting {
             self.lookups.push(c.id.clone());
         }
         let id = c.id.clone();
@@ -277,8 +279,12 @@ impl Attributor {
             .map(|(id, w)| (w.since, id.clone()))
             .collect();
         late.sort();
+        let why = match self.source {
+            Source::Unavailable(r) => r,
+            _ => reason::TIMEOUT,
+        };
         for (_, id) in late {
-            self.release(&id, None, reason::TIMEOUT, out);
+            self.release(&id, None, why, out);
         }
         let grace = self.limits.delete_grace;
         self.known
@@ -411,31 +417,33 @@ mod tests {
     #[test]
     fn containerd_away_releases_and_marks_then_recovers() {
         let t = Instant::now();
+        let away = "containerd_socket_missing";
         let mut a = Attributor::new(limits(), true);
         let mut out = Vec::new();
         a.admit(ev(Some("c1"), 1), t, &mut out);
-        a.apply(
-            Update::Unavailable("containerd_socket_missing"),
-            t,
-            &mut out,
-        );
+        a.apply(Update::Unavailable(away), t, &mut out);
+        assert_eq!(view(&out), [(1, away.into())]);
+        // while away, an unknown container's events still ask (the ask
+        // makes the containerd task retry at once) and wait for the answer
         a.admit(ev(Some("c2"), 2), t, &mut out);
         a.admit(ev(Some("x"), 3), t, &mut out);
-        assert_eq!(
-            view(&out),
-            [
-                (1, "containerd_socket_missing".into()),
-                (2, "containerd_socket_missing".into()),
-                (3, "containerd_socket_missing".into())
-            ]
-        );
+        assert_eq!(a.take_lookups(), ["c2", "x"]);
+        assert_eq!(out.len(), 1);
+        a.apply(Update::Unavailable(away), t, &mut out);
+        assert_eq!(view(&out)[1..], [(2, away.into()), (3, away.into())]);
+        // containerd is back: a container created meanwhile is attributed
+        a.admit(ev(Some("c2"), 4), t, &mut out);
         a.apply(Update::Upsert(meta("c2")), t, &mut out);
         a.apply(Update::Synced, t, &mut out);
-        a.admit(ev(Some("c2"), 4), t, &mut out);
         assert_eq!(view(&out)[3..], [(4, "name-c2".into())]);
+        // a wait that ends while containerd is away carries its reason
+        a.apply(Update::Unavailable("containerd_unreachable"), t, &mut out);
+        a.admit(ev(Some("c3"), 6), t, &mut out);
+        a.expire(t + Duration::from_secs(2), &mut out);
+        assert_eq!(view(&out)[4..], [(6, "containerd_unreachable".into())]);
         let mut d = Attributor::new(limits(), false);
         d.admit(ev(Some("c1"), 5), t, &mut out);
-        assert_eq!(view(&out)[4..], [(5, reason::DISABLED.into())]);
+        assert_eq!(view(&out)[5..], [(5, reason::DISABLED.into())]);
     }
 
     #[test]

@@ -46,8 +46,28 @@ pub enum Update {
     Unavailable(&'static str),
 }
 
+/// A containerd call that takes longer is treated as containerd being
+/// unwell: the session ends and reconnects.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Soonest retry after a failed connection when events wait for metadata.
+const QUICK_RETRY: Duration = Duration::from_millis(100);
+/// Listing every container at (re)connect.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn within<T>(
+    limit: Duration,
+    call: &'static str,
+    fut: impl std::future::Future<Output = Result<T, ContainerdError>>,
+) -> Result<T, ContainerdError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| ContainerdError::Timeout { call, limit })?
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
+    #[error("containerd {call} did not answer within {limit:?}")]
+    Timeout { call: &'static str, limit: Duration },
     #[error("containerd socket {path} does not exist")]
     SocketMissing { path: PathBuf },
     #[error("cannot connect to containerd at {path}: {source}")]
@@ -68,7 +88,7 @@ impl ContainerdError {
         match self {
             ContainerdError::SocketMissing { .. } => "containerd_socket_missing",
             ContainerdError::Connect { .. } => "containerd_unreachable",
-            ContainerdError::Call { .. } => "containerd_error",
+            ContainerdError::Call { .. } | ContainerdError::Timeout { .. } => "containerd_error",
         }
     }
 }
@@ -257,21 +277,27 @@ impl Client {
         meta_of(c, ns, image)
     }
 
+    /// `id` in namespace `ns`, if there.
+    async fn get(&mut self, id: &str, ns: &str) -> Result<Option<ContainerMeta>, ContainerdError> {
+        let req = GetContainerRequest { id: id.to_owned() };
+        match ContainersClient::new(self.ch.clone())
+            .get(with_namespace!(req, ns))
+            .await
+        {
+            Ok(r) => match r.into_inner().container {
+                Some(c) => Ok(Some(self.meta(c, ns).await)),
+                None => Ok(None),
+            },
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(call("containers.get")(s)),
+        }
+    }
+
     /// Find `id` in any namespace.
     async fn lookup(&mut self, id: &str) -> Result<Option<ContainerMeta>, ContainerdError> {
         for ns in self.namespaces.clone() {
-            let req = GetContainerRequest { id: id.to_owned() };
-            match ContainersClient::new(self.ch.clone())
-                .get(with_namespace!(req, ns.as_str()))
-                .await
-            {
-                Ok(r) => {
-                    if let Some(c) = r.into_inner().container {
-                        return Ok(Some(self.meta(c, &ns).await));
-                    }
-                }
-                Err(s) if s.code() == Code::NotFound => {}
-                Err(s) => return Err(call("containers.get")(s)),
+            if let Some(m) = self.get(id, &ns).await? {
+                return Ok(Some(m));
             }
         }
         Ok(None)
@@ -351,17 +377,18 @@ pub async fn run(
         if updates.send(Update::Unavailable(reason)).await.is_err() {
             return;
         }
-        // Wait before retrying, answering lookups as unavailable meanwhile.
-        let until = tokio::time::Instant::now() + opts.retry;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => break,
-                id = lookups.recv() => {
-                    // the enrich task already knows we are away
-                    if id.is_none() {
-                        return;
-                    }
+        // Wait before retrying; a lookup (an event from a container the
+        // agent does not know) retries sooner, at most every QUICK_RETRY,
+        // so a containerd that just came back attributes it.
+        let attempted = tokio::time::Instant::now();
+        let until = attempted + opts.retry;
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            id = lookups.recv() => {
+                if id.is_none() {
+                    return;
                 }
+                tokio::time::sleep_until((attempted + QUICK_RETRY).min(until)).await;
             }
         }
     }
@@ -384,7 +411,7 @@ async fn session(
     updates: &mpsc::Sender<Update>,
     warned: &mut Option<&'static str>,
 ) -> Result<(), ContainerdError> {
-    let ch = connect(&opts.socket).await?;
+    let ch = within(CALL_TIMEOUT * 2, "connect", connect(&opts.socket)).await?;
     let filters = [
         "topic==\"/containers/create\"",
         "topic==\"/containers/delete\"",
@@ -422,7 +449,7 @@ async fn session(
         images: ImageDigests::default(),
     };
     let t0 = Instant::now();
-    let all = client.list_all().await?;
+    let all = within(SYNC_TIMEOUT, "containers.list", client.list_all()).await?;
     let n = all.len();
     for m in all {
         if updates.send(Update::Upsert(Arc::new(m))).await.is_err() {
@@ -454,18 +481,9 @@ async fn session(
                 let update = match topic(&env) {
                     Topic::Refresh(id) => {
                         let ns = env.namespace.clone();
-                        let req = GetContainerRequest { id: id.clone() };
-                        match ContainersClient::new(client.ch.clone())
-                            .get(with_namespace!(req, ns.as_str()))
-                            .await
-                        {
-                            Ok(r) => match r.into_inner().container {
-                                Some(c) => Update::Upsert(Arc::new(client.meta(c, &ns).await)),
-                                None => continue,
-                            },
-                            // created and deleted before we asked
-                            Err(s) if s.code() == Code::NotFound => continue,
-                            Err(s) => return Err(call("containers.get")(s)),
+                        match within(CALL_TIMEOUT, "containers.get", client.get(&id, &ns)).await? {
+                            Some(m) => Update::Upsert(Arc::new(m)),
+                            None => continue, // created and deleted before we asked
                         }
                     }
                     Topic::Deleted(id) => Update::Deleted(id),
@@ -487,7 +505,7 @@ async fn session(
                     if attempt > 0 {
                         tokio::time::sleep(opts.lookup_spacing).await;
                     }
-                    if let Some(m) = client.lookup(&id).await? {
+                    if let Some(m) = within(CALL_TIMEOUT, "containers.get", client.lookup(&id)).await? {
                         found = Some(m);
                         break;
                     }

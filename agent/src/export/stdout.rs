@@ -43,6 +43,30 @@ fn quote(arg: &str) -> String {
 }
 
 /// One-line summary of an event.
+/// ` [container NAME image REF@sha256:12hex pod NS/NAME]`, or the id and
+/// why it is not attributed.
+fn container_text(c: &crate::event::Container) -> String {
+    let short = |d: &str| d.get(..19).unwrap_or(d).to_owned(); // sha256: + 12
+    let mut s = match (&c.meta, c.unattributed) {
+        (Some(m), _) => format!(
+            " [container {} image {}@{}",
+            m.name,
+            m.image.reference,
+            short(&m.image.digest)
+        ),
+        (None, Some(why)) => format!(
+            " [container {} unattributed: {why}",
+            c.id.get(..12).unwrap_or(&c.id)
+        ),
+        (None, None) => format!(" [container {}", c.id.get(..12).unwrap_or(&c.id)),
+    };
+    if let Some(p) = c.pod.as_ref().filter(|p| !p.name.is_empty()) {
+        s.push_str(&format!(" pod {}/{}", p.namespace, p.name));
+    }
+    s.push(']');
+    s
+}
+
 pub fn text_line(ev: &Event) -> String {
     let time = ev.time.to_string();
     let time = time.get(11..23).unwrap_or(&time);
@@ -88,6 +112,9 @@ pub fn text_line(ev: &Event) -> String {
     }
     if let Some(parent) = &ev.parent {
         line.push_str(&format!(" parent={}:{}", parent.pid, parent.exe));
+    }
+    if let Some(c) = &ev.container {
+        line.push_str(&container_text(c));
     }
     if let Some(l) = &ev.loss {
         line.push_str(&format!(
@@ -163,6 +190,30 @@ mod tests {
             text_line(&ev),
             r"19:48:38.856 exec    pid=5 uid=1000 echo exe=/bin/echo argv=[/bin/echo 'a b' 'it'\''s'] parent=1:/bin/bash"
         );
+        let mut c = crate::event::Container::from_cgroup("0123456789abcdef".into(), "cri", None);
+        c.fill(&std::sync::Arc::new(crate::event::ContainerMeta {
+            id: "0123456789abcdef".into(),
+            name: "app".into(),
+            image: crate::container::meta::Image {
+                reference: "shop/app:1".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                ..Default::default()
+            },
+            pod: Some(crate::event::Pod {
+                name: "web-0".into(),
+                namespace: "shop".into(),
+                uid: "u".into(),
+            }),
+            ..Default::default()
+        }));
+        ev.container = Some(c.clone());
+        assert!(text_line(&ev)
+            .ends_with(" [container app image shop/app:1@sha256:abababababab pod shop/web-0]"));
+        c.meta = None;
+        c.pod = None;
+        c.unattributed = Some("lookup_timeout");
+        ev.container = Some(c);
+        assert!(text_line(&ev).ends_with(" [container 0123456789ab unattributed: lookup_timeout]"));
         let mut ev = Event::new(
             Kind::Connect,
             Timestamp(1_795_549_718_856_200_274),
