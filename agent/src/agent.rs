@@ -122,6 +122,10 @@ fn tracked(enricher: &Enricher, attr: &Attribute) -> Tracked {
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
+    // Handlers first: a SIGTERM right after `started` must stop cleanly
+    // (draining what is in flight), not kill the process.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let node = cfg.node();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
@@ -255,8 +259,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut expiry = tokio::time::interval(Duration::from_millis(100));
     let mut containerd_open = containerd_task.is_some();
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.losses.report_interval_ms));
     // The counters are fresh maps created at load: zero is the baseline
     // (reading them here would hide drops made before this point).
