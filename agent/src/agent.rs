@@ -186,6 +186,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         Limits {
             max_entries: cfg.process.max_entries,
             exited_retained: cfg.process.exited_retained,
+            exited_ttl: Duration::from_millis(cfg.process.exited_ttl_ms),
         },
         cfg.process.ancestors,
         node.clone(),
@@ -304,6 +305,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 }
             }
             _ = expiry.tick() => {
+                enricher.expire(Instant::now());
                 let events = attr.expire();
                 if !events.is_empty() {
                     out.send(events).await?;

@@ -206,6 +206,9 @@ pub struct ProcessConfig {
     pub max_entries: usize,
     /// Exited processes kept for late events and parent lookups. Default 4096.
     pub exited_retained: usize,
+    /// ... and for at most this long, ms; also how long a cgroup learned
+    /// from an exec record is kept. Default 30000.
+    pub exited_ttl_ms: u64,
     /// Ancestors reported beyond the parent. Default 4.
     pub ancestors: usize,
 }
@@ -215,6 +218,7 @@ impl Default for ProcessConfig {
         ProcessConfig {
             max_entries: 65536,
             exited_retained: 4096,
+            exited_ttl_ms: 30_000,
             ancestors: 4,
         }
     }

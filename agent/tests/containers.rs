@@ -33,6 +33,7 @@ fn config(name: &str, extra: &str) -> PathBuf {
         &path,
         format!(
             "[containerd]\nretry_interval_ms = 300\ndelete_grace_ms = 500\n\
+             [process]\nexited_ttl_ms = 500\n\
              [output]\nheartbeat_interval_ms = 500\n{extra}"
         ),
     )
@@ -430,4 +431,34 @@ fn churn_of_short_lived_containers_leaves_no_growth() {
         "containers cached: {t}, before {base}"
     );
     assert_eq!(t["pending_events"], 0);
+    // exited processes and cgroups learned from the churn are forgotten
+    // too: what is left does not depend on how many containers came and
+    // went (the cgroup count is the live cgroup tree's size)
+    let v2 = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.join("cgroup.controllers").exists())
+        .expect("a cgroup v2 mount");
+    let live_cgroups = count_dirs(v2) + 1;
+    let processes = t["processes"].as_u64().unwrap();
+    assert!(
+        processes < 50,
+        "processes tracked after {N} containers: {t}"
+    );
+    assert!(
+        t["cgroups"].as_u64().unwrap() <= live_cgroups as u64 + 10,
+        "cgroups cached after {N} containers: {t}, {live_cgroups} cgroup directories now"
+    );
+}
+
+/// Directories under `dir`, recursively (the cgroup tree's size).
+fn count_dirs(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| 1 + count_dirs(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
 }

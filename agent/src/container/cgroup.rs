@@ -129,8 +129,9 @@ pub fn from_names(level: u32, parent: &str, leaf: &str) -> Option<ContainerRef> 
 pub struct Resolver {
     root: PathBuf,
     by_id: HashMap<u64, Option<ContainerRef>>,
-    /// Containers named by exec records (kept across walks; bounded).
-    learned: HashMap<u64, ContainerRef>,
+    /// Containers named by exec records (kept across walks; bounded in
+    /// number and in age).
+    learned: HashMap<u64, (ContainerRef, Instant)>,
     last_walk: Option<Instant>,
     /// Walks at most this often; ids unseen in between resolve to None
     /// until the next walk.
@@ -191,8 +192,15 @@ impl Resolver {
             if self.learned.len() >= LEARNED_LIMIT {
                 self.learned.clear();
             }
-            self.learned.insert(cgroup_id, c);
+            self.learned.insert(cgroup_id, (c, Instant::now()));
         }
+    }
+
+    /// Forget cgroups learned `ttl` or more before `now` (a live cgroup is
+    /// still found by the walk).
+    pub fn expire(&mut self, now: Instant, ttl: Duration) {
+        self.learned
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < ttl);
     }
 
     /// Entries held (both maps).
@@ -205,7 +213,7 @@ impl Resolver {
         if cgroup_id == 0 {
             return None;
         }
-        if let Some(c) = self.learned.get(&cgroup_id) {
+        if let Some((c, _)) = self.learned.get(&cgroup_id) {
             return Some(c.clone());
         }
         if let Some(c) = self.by_id.get(&cgroup_id) {
@@ -327,6 +335,13 @@ mod tests {
         assert_eq!(r.resolve(77).map(|c| c.id), Some("gone".into()));
         assert_eq!(r.resolve(78), None);
         assert_eq!(r.resolve(77).map(|c| c.id), Some("gone".into()));
+        r.expire(Instant::now(), Duration::from_secs(30));
+        assert_eq!(r.learned.len(), 1, "young entries stay");
+        r.expire(
+            Instant::now() + Duration::from_secs(31),
+            Duration::from_secs(30),
+        );
+        assert!(!r.learned.contains_key(&77), "old entries go");
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub struct Enricher {
     clock: Clock,
     node: String,
     depth: usize,
+    exited_ttl: std::time::Duration,
 }
 
 fn family(a: &SocketAddr) -> &'static str {
@@ -74,6 +75,7 @@ impl Enricher {
         cgroup_root: &std::path::Path,
     ) -> Self {
         Enricher {
+            exited_ttl: limits.exited_ttl,
             table: ProcessTable::new(limits),
             containers: Resolver::new(cgroup_root),
             listeners: Listeners::default(),
@@ -89,6 +91,13 @@ impl Enricher {
 
     pub fn cgroups_tracked(&self) -> usize {
         self.containers.cached()
+    }
+
+    /// Forget what is gone: processes that exited and cgroups learned from
+    /// exec records, older than the table's `exited_ttl`.
+    pub fn expire(&mut self, now: std::time::Instant) {
+        self.table.expire(now);
+        self.containers.expire(now, self.exited_ttl);
     }
 
     fn event(&self, kind: Kind, ts_ns: u64) -> Event {
@@ -320,6 +329,7 @@ mod tests {
             Limits {
                 max_entries: 100,
                 exited_retained: 10,
+                exited_ttl: std::time::Duration::from_secs(60),
             },
             4,
             "node1".into(),

@@ -35,6 +35,9 @@ pub struct ProcInfo {
 pub struct Limits {
     pub max_entries: usize,
     pub exited_retained: usize,
+    /// Exited processes are forgotten after this long, even when fewer
+    /// than `exited_retained` exited since.
+    pub exited_ttl: std::time::Duration,
 }
 
 #[derive(Debug)]
@@ -45,7 +48,7 @@ struct Entry {
 
 pub struct ProcessTable {
     map: HashMap<u32, Entry>,
-    exited: VecDeque<(u32, u64)>,
+    exited: VecDeque<(u32, u64, std::time::Instant)>,
     limits: Limits,
     /// Live entries evicted because the table was full.
     pub evicted: u64,
@@ -98,13 +101,25 @@ impl ProcessTable {
         let entry = self.map.get_mut(&pid)?;
         entry.exited = true;
         let info = entry.info.clone();
-        self.exited.push_back((pid, info.start_time_ns));
+        self.exited
+            .push_back((pid, info.start_time_ns, std::time::Instant::now()));
         while self.exited.len() > self.limits.exited_retained {
-            if let Some((old, start)) = self.exited.pop_front() {
+            if let Some((old, start, _)) = self.exited.pop_front() {
                 self.remove_if_exited(old, start);
             }
         }
         Some(info)
+    }
+
+    /// Forget processes that exited `exited_ttl` or more before `now`.
+    pub fn expire(&mut self, now: std::time::Instant) {
+        while let Some(&(pid, start, at)) = self.exited.front() {
+            if now.saturating_duration_since(at) < self.limits.exited_ttl {
+                break;
+            }
+            self.exited.pop_front();
+            self.remove_if_exited(pid, start);
+        }
     }
 
     fn remove_if_exited(&mut self, pid: u32, start: u64) {
@@ -117,7 +132,7 @@ impl ProcessTable {
     }
 
     fn make_room(&mut self) {
-        while let Some((pid, start)) = self.exited.pop_front() {
+        while let Some((pid, start, _)) = self.exited.pop_front() {
             let before = self.map.len();
             self.remove_if_exited(pid, start);
             if self.map.len() < before {
@@ -181,6 +196,7 @@ mod tests {
         ProcessTable::new(Limits {
             max_entries: max,
             exited_retained: retained,
+            exited_ttl: std::time::Duration::from_secs(3600),
         })
     }
 
@@ -205,6 +221,24 @@ mod tests {
         let chain = t.ancestors(5, 8);
         assert_eq!(chain.len(), 1);
         assert_eq!((chain[0].pid, &*chain[0].exe), (4, ""));
+    }
+
+    #[test]
+    fn exited_entries_are_forgotten_after_their_ttl() {
+        let mut t = ProcessTable::new(Limits {
+            max_entries: 100,
+            exited_retained: 100,
+            exited_ttl: std::time::Duration::from_secs(10),
+        });
+        t.upsert(proc(5, 1, "/bin/a", 50));
+        t.upsert(proc(6, 1, "/bin/b", 60));
+        t.exit(5);
+        let now = std::time::Instant::now();
+        t.expire(now);
+        assert!(t.get(5).is_some(), "kept for late events");
+        t.expire(now + std::time::Duration::from_secs(11));
+        assert!(t.get(5).is_none());
+        assert!(t.get(6).is_some(), "live processes stay");
     }
 
     #[test]
