@@ -35,7 +35,7 @@ struct RunningAgent {
     counts: Arc<Counts>,
 }
 
-fn lost_in(line: &str) -> u64 {
+pub fn lost_in(line: &str) -> u64 {
     // {"kind":"loss",...,"loss":{"stage":"kernel","exec":N,"exit":N,"fork":N,"network":N,...}}
     let Some(i) = line.find("\"loss\":{") else {
         return 0;
@@ -326,6 +326,31 @@ pub fn run(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// One loopback connect to `l`, accepted in the same thread (the accept
+/// queue never holds more than one connection, so no SYN is dropped), and
+/// closed with RST (no TIME_WAIT pile-up across thousands of connects).
+fn connect_once(l: &TcpListener) -> Result<()> {
+    let s = TcpStream::connect(l.local_addr()?)?;
+    let (server, _) = l.accept()?;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket and option struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    drop(s);
+    drop(server);
+    Ok(())
+}
+
 /// The load generator, run as a separate process: prints ns per op.
 pub fn loadgen(args: &[String]) -> Result<()> {
     let arg = |i: usize| -> Result<&str> {
@@ -347,29 +372,30 @@ pub fn loadgen(args: &[String]) -> Result<()> {
             // connect, then accept in the same thread: the accept queue never
             // holds more than one connection, so no SYN is ever dropped.
             let n: u64 = arg(1)?.parse()?;
-            let l = TcpListener::bind("127.0.0.1:0")?;
-            let addr = l.local_addr()?;
+            let port: u16 = args.get(2).map(|p| p.parse()).transpose()?.unwrap_or(0);
+            let l = TcpListener::bind(("127.0.0.1", port))?;
             let t = Instant::now();
             for _ in 0..n {
-                let s = TcpStream::connect(addr)?;
-                let (server, _) = l.accept()?;
-                // RST on close: no TIME_WAIT pile-up across thousands of connects.
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                // SAFETY: valid socket and option struct.
-                unsafe {
-                    libc::setsockopt(
-                        s.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&linger as *const libc::linger).cast(),
-                        std::mem::size_of::<libc::linger>() as u32,
-                    )
-                };
-                drop(s);
-                drop(server);
+                connect_once(&l)?;
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        }
+        "mixed" => {
+            // per op: one exec, four loopback connects, 2000 getppid
+            let n: u64 = arg(1)?.parse()?;
+            let mark = arg(2)?;
+            let port: u16 = arg(3)?.parse()?;
+            let l = TcpListener::bind(("127.0.0.1", port))?;
+            let t = Instant::now();
+            for _ in 0..n {
+                Command::new("/bin/true").arg(mark).status()?;
+                for _ in 0..4 {
+                    connect_once(&l)?;
+                }
+                for _ in 0..2000 {
+                    // SAFETY: getppid has no preconditions.
+                    std::hint::black_box(unsafe { libc::getppid() });
+                }
             }
             t.elapsed().as_nanos() as f64 / n as f64
         }
@@ -484,7 +510,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn start_collector(port: u16, out: &std::path::Path) -> Result<Child> {
+pub fn start_collector(port: u16, out: &std::path::Path) -> Result<Child> {
     let c = Command::new(root().join("target/release/spyglass-collector"))
         .args([
             "--listen",

@@ -5,6 +5,7 @@
 // A command-line tool: its reports go to stdout.
 #![allow(clippy::print_stdout)]
 mod bench;
+mod compare;
 mod images;
 mod setup;
 
@@ -30,6 +31,10 @@ commands:
   test [ARGS]    build, then run every test: unit, and privileged end-to-end
                  tests that load the real probes (ARGS go to cargo test)
   bench [--quick] exec storm and loopback connect storm, agent off vs on
+  bench --compare [--tiny]
+                 Spyglass vs auditd vs bpftrace vs nothing on exec, connect,
+                 unrelated-syscall and mixed workloads, plus a zero-loss ramp;
+                 writes bench-results/compare.{md,svg}
   ci             what .ci/run does: test, then a tiny bench to check it runs
 ";
 
@@ -52,6 +57,16 @@ fn main() -> Result<()> {
             build()?;
             setup::test_tools()?;
             test(&rest)
+        }
+        "bench" if rest.iter().any(|a| a == "--compare") => {
+            build()?;
+            setup::bench_tools()?;
+            let tiny = rest.iter().any(|a| a == "--tiny");
+            compare::run(if tiny {
+                compare::Size::Tiny
+            } else {
+                compare::Size::Full
+            })
         }
         "bench" => {
             build()?;
@@ -152,5 +167,12 @@ fn run_agent(args: &[String]) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     // Release profile: the agent binary the end-to-end tests drive is the
     // one `build` just made, and no second (debug) build is needed.
-    sh(cargo().args(["test", "--release"]).args(args))
+    sh(cargo().args(["test", "--release"]).args(args))?;
+    if args.is_empty() {
+        // The comparative bench is a tool; the suite checks that it runs,
+        // on a tiny workload (no timing is asserted).
+        setup::bench_tools()?;
+        compare::run(compare::Size::Tiny)?;
+    }
+    Ok(())
 }

@@ -221,6 +221,12 @@ pub fn run() -> Result<()> {
     containerd()
 }
 
+/// The peers `bench --compare` measures against: auditd (the kernel audit
+/// subsystem's daemon) and bpftrace.
+pub fn bench_tools() -> Result<()> {
+    apt(&["auditd", "bpftrace"])
+}
+
 /// Everything `test` needs on top of `run`.
 pub fn test_tools() -> Result<()> {
     python_tools()?;
