@@ -128,25 +128,22 @@ fn cgroup_names(task: u64, ev: &mut ExecEvent) {
     let Ok(kn) = read::<u64>(cgrp, offs.cgroup_kn) else {
         return;
     };
-    if let Ok(name) = read::<u64>(kn, offs.kernfs_node_name) {
-        // SAFETY: reading kernel memory through the checked helper.
-        if let Ok(s) =
-            unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.cgroup_leaf) }
-        {
-            ev.cgroup_leaf_len = s.len() as u16;
-        }
+    ev.cgroup_leaf_len = kernfs_name(kn, &mut ev.cgroup_leaf);
+    if let Ok(parent) = read::<u64>(kn, offs.kernfs_node_parent) {
+        ev.cgroup_parent_len = kernfs_name(parent, &mut ev.cgroup_parent);
     }
-    let Ok(parent) = read::<u64>(kn, offs.kernfs_node_parent) else {
-        return;
+}
+
+/// `kn->name` into `dst`; bytes used (0 when unreadable).
+#[inline(always)]
+fn kernfs_name(kn: u64, dst: &mut [u8]) -> u16 {
+    let Ok(name) = read::<u64>(kn, offsets().kernfs_node_name) else {
+        return 0;
     };
-    if let Ok(name) = read::<u64>(parent, offs.kernfs_node_name) {
-        // SAFETY: as above.
-        if let Ok(s) =
-            unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.cgroup_parent) }
-        {
-            ev.cgroup_parent_len = s.len() as u16;
-        }
-    }
+    // SAFETY: reading kernel memory through the checked helper.
+    unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, dst) }
+        .map(|s| s.len() as u16)
+        .unwrap_or(0)
 }
 
 /// A process ended. Interface: classic tracepoint `sched/sched_process_exit`

@@ -85,11 +85,7 @@ pub fn ctr(args: &[&str]) -> String {
 
 /// A unique container id for a test.
 pub fn container_id(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("sg-{name}-{}-{nanos}", std::process::id())
+    crate::marker(name).replacen("spyglass-e2e-", "sg-", 1)
 }
 
 /// A container started with `ctr run -d`; killed and deleted on drop.

@@ -126,7 +126,7 @@ impl RunningAgent {
 }
 
 /// Run the load generator; returns ns per operation.
-fn run_loadgen(args: &[String]) -> Result<f64> {
+pub fn run_loadgen(args: &[String]) -> Result<f64> {
     let out = Command::new(std::env::current_exe()?)
         .arg("loadgen")
         .args(args)
@@ -144,7 +144,7 @@ fn run_loadgen(args: &[String]) -> Result<f64> {
         .with_context(|| format!("loadgen printed `{text}`"))
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return f64::NAN;

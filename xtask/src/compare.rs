@@ -490,32 +490,8 @@ struct Cell {
     agent_peak_rss_kib: u64,
 }
 
-fn run_loadgen(args: &[String]) -> Result<f64> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg("loadgen")
-        .args(args)
-        .output()
-        .context("running the load generator")?;
-    if !out.status.success() {
-        bail!(
-            "loadgen {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.trim()
-        .parse::<f64>()
-        .with_context(|| format!("loadgen printed `{text}`"))
-}
-
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
+    bench::median(&mut v.to_vec())
 }
 
 fn have(tool: &str) -> bool {
@@ -575,7 +551,7 @@ fn ramp_step(dir: &Path, i: usize, events_per_sec: u64, secs: u64) -> Result<Ram
     let c0 = tracer.cpu_ns();
     let a0 = tracer.main_cpu_ns();
     let t = Instant::now();
-    run_loadgen(&[
+    bench::run_loadgen(&[
         "udp".into(),
         ops.to_string(),
         secs.to_string(),
@@ -648,7 +624,7 @@ pub fn run(size: Size) -> Result<()> {
                     .as_ref()
                     .map(|t| t.count(&marker, w.port()))
                     .unwrap_or_default();
-                let ns = run_loadgen(&w.loadgen_args(n, &marker))?;
+                let ns = bench::run_loadgen(&w.loadgen_args(n, &marker))?;
                 let cell = &mut cells[wi][ci];
                 cell.ns_per_op.push(ns);
                 if let Some(t) = &tracer {

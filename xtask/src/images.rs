@@ -101,6 +101,26 @@ fn json_list(items: &[&str]) -> String {
     format!("[{}]", quoted.join(","))
 }
 
+/// A reproducible tar of `entries` of `dir`: sorted, fixed owners and
+/// times, no access or change times.
+fn tar_of(dir: &Path, entries: &[&str], out: &Path) -> Result<()> {
+    sh(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--format=posix",
+            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+            "-cf",
+        ])
+        .arg(out)
+        .arg("-C")
+        .arg(dir)
+        .args(entries))
+}
+
 /// The layer: busybox, applet links, /tmp, /etc/passwd.
 fn layer(work: &Path) -> Result<PathBuf> {
     let root = work.join("rootfs");
@@ -122,21 +142,11 @@ fn layer(work: &Path) -> Result<PathBuf> {
     )?;
     std::fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n")?;
     let tar = work.join("layer.tar");
-    sh(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@0",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--format=posix",
-            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
-            "-cf",
-        ])
-        .arg(&tar)
-        .arg("-C")
-        .arg(&root)
-        .args(["bin", "dev", "etc", "proc", "run", "sys", "tmp"]))?;
+    tar_of(
+        &root,
+        &["bin", "dev", "etc", "proc", "run", "sys", "tmp"],
+        &tar,
+    )?;
     Ok(tar)
 }
 
@@ -219,19 +229,7 @@ pub fn build() -> Result<PathBuf> {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
     let archive = out.join("images.tar");
-    sh(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@0",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-cf",
-        ])
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .args(["blobs", "index.json", "oci-layout"]))?;
+    tar_of(&layout, &["blobs", "index.json", "oci-layout"], &archive)?;
     std::fs::write(out.join("images.json"), record)?;
     Ok(archive)
 }
