@@ -16,6 +16,17 @@ use serde_json::Value;
 
 pub mod containers;
 
+/// The test virtualenv's python (checkers from PyPI, see xtask setup).
+pub fn python() -> std::path::PathBuf {
+    let p = root().join("target/pyenv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask setup`",
+        p.display()
+    );
+    p
+}
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One scenario at a time (2 cores; agents and collectors are heavy).

@@ -366,16 +366,6 @@ fn garbage_and_oversized_input_close_only_that_stream() {
         .any(|e| e["node"] == "big" || e["node"] == "zero"));
 }
 
-fn python() -> std::path::PathBuf {
-    let p = root().join("target/pyenv/bin/python");
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo xtask setup`",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn independent_python_grpc_client_publishes_and_reads_acks() {
     let _g = serial();

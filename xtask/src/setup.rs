@@ -180,12 +180,14 @@ fn bpf_linker() -> Result<()> {
 /// Python tools the tests use as independent checkers, pinned:
 /// grpcio/grpcio-tools (a second gRPC implementation speaking our .proto),
 /// ocsf-json-schema + jsonschema (OCSF 1.x schemas shipped in the package,
-/// validated offline).
+/// validated offline), kubernetes-validate (Kubernetes schemas, offline,
+/// for deploy/).
 const PY_PACKAGES: &[&str] = &[
     "grpcio==1.85.3",
     "grpcio-tools==1.85.1",
     "ocsf-json-schema==1.2.0",
     "jsonschema==4.26.0",
+    "kubernetes-validate==1.37.0",
 ];
 
 /// The test virtualenv (target/pyenv).
@@ -196,7 +198,10 @@ pub fn pyenv() -> std::path::PathBuf {
 fn python_tools() -> Result<()> {
     let py = pyenv().join("bin/python");
     let ready = Command::new(&py)
-        .args(["-c", "import grpc_tools, ocsf_json_schema, jsonschema"])
+        .args([
+            "-c",
+            "import grpc_tools, ocsf_json_schema, jsonschema, kubernetes_validate",
+        ])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
