@@ -24,6 +24,7 @@ use crate::{
         containerd::{self, Update},
     },
     event::{AgentInfo, Event, Kind, Tracked},
+    metrics::Metrics,
     pipeline::{
         enrich::Enricher,
         losses::{self, Totals},
@@ -50,10 +51,12 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Totals {
 struct Sinks {
     stdout: mpsc::Sender<Vec<Event>>,
     grpc: Option<mpsc::Sender<Vec<Event>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sinks {
     async fn send(&mut self, events: Vec<Event>) -> Result<()> {
+        self.metrics.count(&events);
         if let Some(g) = &self.grpc {
             if g.send(events.clone()).await.is_err() {
                 // The exporter ended (it logged why); keep stdout going.
@@ -177,9 +180,37 @@ pub async fn run(cfg: Config) -> Result<()> {
         info!(url = %cfg.collector.url, spool = %cfg.collector.spool_dir.display(), "streaming to collector");
         (Some(tx), Some(task))
     };
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .probes_attached
+        .store(attached as u64, Ordering::Relaxed);
+    metrics
+        .probes_total
+        .store(probes.status.len() as u64, Ordering::Relaxed);
+    metrics
+        .containerd_enabled
+        .store(cfg.containerd.enabled, Ordering::Relaxed);
+    metrics.turned();
+    if !cfg.metrics.listen.is_empty() {
+        let addr: std::net::SocketAddr = cfg
+            .metrics
+            .listen
+            .parse()
+            .context("metrics.listen must be ADDR:PORT")?;
+        let m = metrics.clone();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics (metrics.listen)"))?;
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, m).await {
+                warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let mut out = Sinks {
         stdout: out_tx,
         grpc: grpc_tx,
+        metrics: metrics.clone(),
     };
 
     let mut enricher = Enricher::new(
@@ -271,7 +302,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         let loss = losses::delta(&prev_counters, &cur, decode - prev_decode);
         prev_counters = cur;
         prev_decode = decode;
+        let m = &metrics;
         loss.map(|l| {
+            m.lost_exec.fetch_add(l.exec, Ordering::Relaxed);
+            m.lost_exit.fetch_add(l.exit, Ordering::Relaxed);
+            m.lost_fork.fetch_add(l.fork, Ordering::Relaxed);
+            m.lost_network.fetch_add(l.network, Ordering::Relaxed);
+            m.read_errors.fetch_add(l.read_errors, Ordering::Relaxed);
+            m.decode_errors
+                .fetch_add(l.decode_errors, Ordering::Relaxed);
             warn!(
                 exec = l.exec,
                 exit = l.exit,
@@ -306,6 +345,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
             _ = expiry.tick() => {
                 enricher.expire(Instant::now());
+                let t = tracked(&enricher, &attr);
+                metrics.processes.store(t.processes as u64, Ordering::Relaxed);
+                metrics.containers.store(t.containers as u64, Ordering::Relaxed);
+                metrics.pending_events.store(t.pending_events as u64, Ordering::Relaxed);
+                metrics.cgroups.store(t.cgroups as u64, Ordering::Relaxed);
+                metrics.containerd_up.store(attr.attributor.containerd_up(), Ordering::Relaxed);
+                metrics.turned();
                 let events = attr.expire();
                 if !events.is_empty() {
                     out.send(events).await?;
@@ -376,7 +422,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         tracked: Some(final_tracked),
     });
     out.send(vec![stopping]).await?;
-    let Sinks { stdout, grpc } = out;
+    let Sinks { stdout, grpc, .. } = out;
     drop(stdout);
     drop(grpc);
     if let Some(task) = grpc_task {

@@ -36,6 +36,16 @@ pub struct Config {
     pub output: OutputConfig,
     pub collector: CollectorConfig,
     pub containerd: ContainerdConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics and health endpoints.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this `ADDR:PORT`
+    /// (`--metrics-listen`). Empty (the default): off.
+    pub listen: String,
 }
 
 /// `[containerd]`: container metadata (names, images, pods, posture).
@@ -316,6 +326,16 @@ impl Config {
                 field: "collector.url",
                 value: c.url.clone(),
                 why: "must start with http:// or https://",
+            });
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "metrics.listen",
+                value: self.metrics.listen.clone(),
+                why: "must be ADDR:PORT, such as 0.0.0.0:9464",
             });
         }
         let d = &self.containerd;

@@ -6,6 +6,7 @@ mod config;
 mod container;
 mod event;
 mod export;
+mod metrics;
 mod pipeline;
 mod process;
 
@@ -59,6 +60,9 @@ struct Overrides {
     /// containerd API socket for container metadata.
     #[arg(long, global = true)]
     containerd_socket: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz on this address (ADDR:PORT).
+    #[arg(long, global = true)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +101,9 @@ fn effective_config(cli: &Cli) -> Result<Config> {
     }
     if let Some(s) = &o.containerd_socket {
         cfg.containerd.socket = s.clone();
+    }
+    if let Some(l) = &o.metrics_listen {
+        cfg.metrics.listen = l.clone();
     }
     let source = cli
         .config

@@ -102,6 +102,11 @@ impl Attributor {
         }
     }
 
+    /// containerd is connected and synced.
+    pub fn containerd_up(&self) -> bool {
+        self.source == Source::Ready
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             containers: self.known.len(),

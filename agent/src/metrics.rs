@@ -1,0 +1,274 @@
+//! Prometheus metrics and health endpoints (`[metrics] listen`).
+//!
+//! The pipeline updates plain atomics; `/metrics` renders them in the
+//! Prometheus text format, `/healthz` says whether the main loop is
+//! turning, `/readyz` whether the agent delivers what it should
+//! (probes attached, containerd reachable when enabled).
+use std::{
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info, warn};
+
+use crate::event::Kind;
+
+const KINDS: [(Kind, &str); 8] = [
+    (Kind::Exec, "exec"),
+    (Kind::Exit, "exit"),
+    (Kind::Fork, "fork"),
+    (Kind::Listen, "listen"),
+    (Kind::Connect, "connect"),
+    (Kind::Accept, "accept"),
+    (Kind::Loss, "loss"),
+    (Kind::Agent, "agent"),
+];
+
+/// Everything `/metrics` shows.
+#[derive(Default)]
+pub struct Metrics {
+    events: [AtomicU64; 8],
+    /// Records lost, by stage and kind (kernel ring buffer, agent spool).
+    pub lost_exec: AtomicU64,
+    pub lost_exit: AtomicU64,
+    pub lost_fork: AtomicU64,
+    pub lost_network: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub processes: AtomicU64,
+    pub containers: AtomicU64,
+    pub pending_events: AtomicU64,
+    pub cgroups: AtomicU64,
+    pub containerd_up: AtomicBool,
+    pub containerd_enabled: AtomicBool,
+    pub probes_attached: AtomicU64,
+    pub probes_total: AtomicU64,
+    /// Unix ms of the main loop's last turn.
+    pub last_turn_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Metrics {
+    /// Count events going out.
+    pub fn count(&self, events: &[crate::event::Event]) {
+        for ev in events {
+            if let Some(i) = KINDS.iter().position(|(k, _)| *k == ev.kind) {
+                self.events[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn turned(&self) {
+        self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The main loop turned within `limit`.
+    pub fn healthy(&self, limit: Duration) -> bool {
+        now_ms().saturating_sub(self.last_turn_ms.load(Ordering::Relaxed))
+            <= limit.as_millis() as u64
+    }
+
+    /// Why the agent is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        let (attached, total) = (
+            self.probes_attached.load(Ordering::Relaxed),
+            self.probes_total.load(Ordering::Relaxed),
+        );
+        if total == 0 || attached < total {
+            return Some("probes not all attached");
+        }
+        if self.containerd_enabled.load(Ordering::Relaxed)
+            && !self.containerd_up.load(Ordering::Relaxed)
+        {
+            return Some("containerd unreachable: container events are unattributed");
+        }
+        None
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        s.push_str("# HELP spyglass_events_total Events the agent emitted, by kind.\n# TYPE spyglass_events_total counter\n");
+        for (i, (_, name)) in KINDS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "spyglass_events_total{{kind=\"{name}\"}} {}",
+                get(&self.events[i])
+            );
+        }
+        s.push_str("# HELP spyglass_lost_records_total Kernel records lost (ring buffer full), by kind.\n# TYPE spyglass_lost_records_total counter\n");
+        for (name, a) in [
+            ("exec", &self.lost_exec),
+            ("exit", &self.lost_exit),
+            ("fork", &self.lost_fork),
+            ("network", &self.lost_network),
+        ] {
+            let _ = writeln!(
+                s,
+                "spyglass_lost_records_total{{kind=\"{name}\"}} {}",
+                get(a)
+            );
+        }
+        for (name, help, kind, v) in [
+            (
+                "spyglass_read_errors_total",
+                "Records with fields the kernel could not read.",
+                "counter",
+                get(&self.read_errors),
+            ),
+            (
+                "spyglass_decode_errors_total",
+                "Records the agent could not decode.",
+                "counter",
+                get(&self.decode_errors),
+            ),
+            (
+                "spyglass_processes_tracked",
+                "Processes in the process table.",
+                "gauge",
+                get(&self.processes),
+            ),
+            (
+                "spyglass_containers_tracked",
+                "Containers in the metadata cache.",
+                "gauge",
+                get(&self.containers),
+            ),
+            (
+                "spyglass_pending_events",
+                "Events waiting for their container's metadata.",
+                "gauge",
+                get(&self.pending_events),
+            ),
+            (
+                "spyglass_cgroups_tracked",
+                "cgroup ids resolved to a container or the host.",
+                "gauge",
+                get(&self.cgroups),
+            ),
+            (
+                "spyglass_containerd_up",
+                "1 when containerd is connected and synced.",
+                "gauge",
+                self.containerd_up.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "spyglass_probes_attached",
+                "Probes attached.",
+                "gauge",
+                get(&self.probes_attached),
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+        s
+    }
+}
+
+fn respond(m: &Metrics, path: &str) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => (StatusCode::OK, m.render()),
+        "/healthz" => {
+            if m.healthy(Duration::from_secs(5)) {
+                (StatusCode::OK, "ok\n".to_string())
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "main loop stalled\n".to_string(),
+                )
+            }
+        }
+        "/readyz" => match m.not_ready() {
+            None => (StatusCode::OK, "ready\n".to_string()),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// Serve the endpoints on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics and health endpoints listening");
+    }
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "metrics accept failed");
+                continue;
+            }
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let r = respond(&m, req.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(r) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "metrics connection");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_readiness() {
+        let m = Metrics::default();
+        let mut ev = crate::event::Event::new(Kind::Exec, crate::clock::Timestamp(0), "n".into());
+        m.count(&[ev.clone(), ev.clone()]);
+        ev.kind = Kind::Connect;
+        m.count(&[ev]);
+        m.lost_exec.store(3, Ordering::Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("spyglass_events_total{kind=\"exec\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("spyglass_events_total{kind=\"connect\"} 1\n"));
+        assert!(text.contains("spyglass_lost_records_total{kind=\"exec\"} 3\n"));
+        assert!(text.contains("# TYPE spyglass_containerd_up gauge\nspyglass_containerd_up 0\n"));
+        assert_eq!(m.not_ready(), Some("probes not all attached"));
+        m.probes_total.store(10, Ordering::Relaxed);
+        m.probes_attached.store(10, Ordering::Relaxed);
+        m.containerd_enabled.store(true, Ordering::Relaxed);
+        assert!(m.not_ready().unwrap().contains("containerd"));
+        m.containerd_up.store(true, Ordering::Relaxed);
+        assert_eq!(m.not_ready(), None);
+        assert!(!m.healthy(Duration::from_secs(5)));
+        m.turned();
+        assert!(m.healthy(Duration::from_secs(5)));
+        assert_eq!(respond(&m, "/nope").status(), StatusCode::NOT_FOUND);
+        assert_eq!(respond(&m, "/readyz").status(), StatusCode::OK);
+    }
+}

@@ -1,0 +1,123 @@
+//! End-to-end: the Prometheus endpoint and the health endpoints of a real
+//! agent, scraped over HTTP; counters move when events happen, readiness
+//! follows containerd.
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// GET `path`: (status code, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line (`name{labels} value`).
+fn sample(body: &str, series: &str) -> Option<u64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn metrics_count_events_and_health_follows_containerd() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = start_agent(&["--no-snapshot", "--metrics-listen", &listen]);
+    assert_eq!(get(port, "/healthz").0, 200);
+    eventually("ready (containerd synced)", WAIT, || {
+        (get(port, "/readyz").0 == 200).then_some(())
+    });
+    let (status, body) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("# TYPE spyglass_events_total counter"),
+        "{body}"
+    );
+    let before = sample(&body, "spyglass_events_total{kind=\"exec\"}").expect("exec counter");
+    assert!(
+        sample(&body, "spyglass_probes_attached").unwrap() >= 10,
+        "{body}"
+    );
+    assert_eq!(sample(&body, "spyglass_containerd_up"), Some(1));
+    let mark = marker("metrics");
+    for _ in 0..5 {
+        assert!(Command::new("/bin/true")
+            .arg(&mark)
+            .status()
+            .unwrap()
+            .success());
+    }
+    agent.wait_for("the marked execs", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).get(1) == Some(&mark)
+    });
+    let after = eventually("the exec counter to move", WAIT, || {
+        let n = sample(
+            &get(port, "/metrics").1,
+            "spyglass_events_total{kind=\"exec\"}",
+        )?;
+        (n >= before + 5).then_some(n)
+    });
+    assert!(after >= before + 5);
+    // gauges follow within the agent's 100 ms housekeeping tick
+    eventually("processes tracked", WAIT, || {
+        (sample(&get(port, "/metrics").1, "spyglass_processes_tracked")? > 0).then_some(())
+    });
+    assert_eq!(get(port, "/nope").0, 404);
+    agent.stop();
+
+    // containerd's socket missing: alive, not ready, and says why
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = start_agent(&[
+        "--no-snapshot",
+        "--metrics-listen",
+        &listen,
+        "--containerd-socket",
+        "/nonexistent/containerd.sock",
+    ]);
+    assert_eq!(get(port, "/healthz").0, 200);
+    let (status, body) = eventually("not ready", WAIT, || {
+        let r = get(port, "/readyz");
+        (r.0 == 503).then_some(r)
+    });
+    assert_eq!(status, 503);
+    assert!(body.contains("containerd"), "{body}");
+    assert_eq!(
+        sample(&get(port, "/metrics").1, "spyglass_containerd_up"),
+        Some(0)
+    );
+    agent.stop();
+}
