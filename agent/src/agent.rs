@@ -147,6 +147,20 @@ pub async fn run(cfg: Config) -> Result<()> {
     let counters = probes.take_counters()?;
     let attached = probes.status.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.status.len(), "probes attached");
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .probes_attached
+        .store(attached as u64, Ordering::Relaxed);
+    metrics
+        .probes_total
+        .store(probes.status.len() as u64, Ordering::Relaxed);
+    metrics
+        .containerd_enabled
+        .store(cfg.containerd.enabled, Ordering::Relaxed);
+    metrics.turned();
+    metrics
+        .collector_enabled
+        .store(!cfg.collector.url.is_empty(), Ordering::Relaxed);
 
     // reader thread -> enrich (this task)
     let (raw_tx, mut raw_rx) = mpsc::channel(QUEUE_BATCHES);
@@ -176,21 +190,11 @@ pub async fn run(cfg: Config) -> Result<()> {
             rx,
             cfg.collector.clone(),
             node.clone(),
+            metrics.clone(),
         ));
         info!(url = %cfg.collector.url, spool = %cfg.collector.spool_dir.display(), "streaming to collector");
         (Some(tx), Some(task))
     };
-    let metrics = Arc::new(Metrics::default());
-    metrics
-        .probes_attached
-        .store(attached as u64, Ordering::Relaxed);
-    metrics
-        .probes_total
-        .store(probes.status.len() as u64, Ordering::Relaxed);
-    metrics
-        .containerd_enabled
-        .store(cfg.containerd.enabled, Ordering::Relaxed);
-    metrics.turned();
     if !cfg.metrics.listen.is_empty() {
         let addr: std::net::SocketAddr = cfg
             .metrics
@@ -249,7 +253,12 @@ pub async fn run(cfg: Config) -> Result<()> {
             lookup_attempts: d.lookup_attempts,
             lookup_spacing: Duration::from_millis(d.lookup_spacing_ms),
         };
-        Some(tokio::spawn(containerd::run(opts, rx, updates_tx)))
+        Some(tokio::spawn(containerd::run(
+            opts,
+            rx,
+            updates_tx,
+            metrics.clone(),
+        )))
     } else {
         drop(updates_tx);
         None

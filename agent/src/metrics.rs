@@ -52,6 +52,13 @@ pub struct Metrics {
     pub probes_total: AtomicU64,
     /// Unix ms of the main loop's last turn.
     pub last_turn_ms: AtomicU64,
+    pub collector_enabled: AtomicBool,
+    pub collector_connected: AtomicBool,
+    pub spool_batches: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    /// containerd lookups answered, and their total time.
+    pub lookups: AtomicU64,
+    pub lookup_us: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -94,6 +101,11 @@ impl Metrics {
             && !self.containerd_up.load(Ordering::Relaxed)
         {
             return Some("containerd unreachable: container events are unattributed");
+        }
+        if self.collector_enabled.load(Ordering::Relaxed)
+            && !self.collector_connected.load(Ordering::Relaxed)
+        {
+            return Some("collector unreachable: events are spooled for later delivery");
         }
         None
     }
@@ -172,9 +184,40 @@ impl Metrics {
                 "gauge",
                 get(&self.probes_attached),
             ),
+            (
+                "spyglass_collector_connected",
+                "1 when the gRPC stream to the collector is up.",
+                "gauge",
+                self.collector_connected.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "spyglass_spool_batches",
+                "Batches spooled and not yet acknowledged by the collector.",
+                "gauge",
+                get(&self.spool_batches),
+            ),
+            (
+                "spyglass_spool_bytes",
+                "Bytes of the spooled batches.",
+                "gauge",
+                get(&self.spool_bytes),
+            ),
+            (
+                "spyglass_containerd_lookup_seconds_count",
+                "containerd lookups answered.",
+                "counter",
+                get(&self.lookups),
+            ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
+        let _ = writeln!(
+            s,
+            "# HELP spyglass_containerd_lookup_seconds_sum Time spent in containerd lookups.\n\
+             # TYPE spyglass_containerd_lookup_seconds_sum counter\n\
+             spyglass_containerd_lookup_seconds_sum {:.6}",
+            get(&self.lookup_us) as f64 / 1e6
+        );
         s
     }
 }
@@ -265,6 +308,15 @@ mod tests {
         assert!(m.not_ready().unwrap().contains("containerd"));
         m.containerd_up.store(true, Ordering::Relaxed);
         assert_eq!(m.not_ready(), None);
+        m.collector_enabled.store(true, Ordering::Relaxed);
+        assert!(m.not_ready().unwrap().contains("collector"));
+        m.collector_connected.store(true, Ordering::Relaxed);
+        assert_eq!(m.not_ready(), None);
+        m.lookups.store(2, Ordering::Relaxed);
+        m.lookup_us.store(1500, Ordering::Relaxed);
+        assert!(m
+            .render()
+            .contains("spyglass_containerd_lookup_seconds_sum 0.001500\n"));
         assert!(!m.healthy(Duration::from_secs(5)));
         m.turned();
         assert!(m.healthy(Duration::from_secs(5)));

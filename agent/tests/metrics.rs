@@ -1,6 +1,6 @@
 //! End-to-end: the Prometheus endpoint and the health endpoints of a real
 //! agent, scraped over HTTP; counters move when events happen, readiness
-//! follows containerd.
+//! follows containerd and the collector.
 mod common;
 
 use std::{
@@ -48,7 +48,7 @@ fn sample(body: &str, series: &str) -> Option<u64> {
 }
 
 #[test]
-fn metrics_count_events_and_health_follows_containerd() {
+fn metrics_count_events_and_health_follows_containerd_and_collector() {
     if !privileged() {
         return;
     }
@@ -117,6 +117,44 @@ fn metrics_count_events_and_health_follows_containerd() {
     assert!(body.contains("containerd"), "{body}");
     assert_eq!(
         sample(&get(port, "/metrics").1, "spyglass_containerd_up"),
+        Some(0)
+    );
+    agent.stop();
+
+    // a collector that does not answer: not ready, and the spool grows
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let spool = scratch("metrics-spool");
+    let agent = start_agent(&[
+        "--no-snapshot",
+        "--metrics-listen",
+        &listen,
+        "--collector",
+        &nobody,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ]);
+    // (once containerd is synced, the collector is what is missing)
+    let (status, body) = eventually("not ready without the collector", WAIT, || {
+        let r = get(port, "/readyz");
+        (r.0 == 503 && r.1.contains("collector")).then_some(r)
+    });
+    assert_eq!(status, 503);
+    assert!(body.contains("collector"), "{body}");
+    let mark = marker("metrics-spool");
+    assert!(Command::new("/bin/true")
+        .arg(&mark)
+        .status()
+        .unwrap()
+        .success());
+    eventually("batches spooled", WAIT, || {
+        let m = get(port, "/metrics").1;
+        (sample(&m, "spyglass_spool_batches")? > 0 && sample(&m, "spyglass_spool_bytes")? > 0)
+            .then_some(())
+    });
+    assert_eq!(
+        sample(&get(port, "/metrics").1, "spyglass_collector_connected"),
         Some(0)
     );
     agent.stop();

@@ -353,10 +353,11 @@ pub async fn run(
     opts: Options,
     mut lookups: mpsc::Receiver<String>,
     updates: mpsc::Sender<Update>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     let mut warned: Option<&'static str> = None;
     loop {
-        let err = match session(&opts, &mut lookups, &updates, &mut warned).await {
+        let err = match session(&opts, &mut lookups, &updates, &mut warned, &metrics).await {
             Ok(()) => return, // the agent is stopping
             Err(e) => e,
         };
@@ -410,6 +411,7 @@ async fn session(
     lookups: &mut mpsc::Receiver<String>,
     updates: &mpsc::Sender<Update>,
     warned: &mut Option<&'static str>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(), ContainerdError> {
     let ch = within(CALL_TIMEOUT * 2, "connect", connect(&opts.socket)).await?;
     let filters = [
@@ -510,7 +512,10 @@ async fn session(
                         break;
                     }
                 }
-                debug!(container = %id, found = found.is_some(), took_us = t.elapsed().as_micros() as u64, "containerd lookup");
+                let took_us = t.elapsed().as_micros() as u64;
+                metrics.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.lookup_us.fetch_add(took_us, std::sync::atomic::Ordering::Relaxed);
+                debug!(container = %id, found = found.is_some(), took_us, "containerd lookup");
                 let update = match found {
                     Some(m) => Update::Upsert(Arc::new(m)),
                     None => Update::NotFound(id),

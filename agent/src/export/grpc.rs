@@ -269,7 +269,9 @@ pub async fn run(
     mut rx: mpsc::Receiver<Vec<Event>>,
     cfg: CollectorConfig,
     node: String,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> Result<(), GrpcError> {
+    use std::sync::atomic::Ordering;
     let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
     if spool.len() > 0 {
         info!(
@@ -304,6 +306,15 @@ pub async fn run(
     let mut closing: Option<tokio::time::Instant> = None;
 
     loop {
+        metrics
+            .collector_connected
+            .store(conn.is_some(), Ordering::Relaxed);
+        metrics
+            .spool_batches
+            .store(ex.spool.len() as u64, Ordering::Relaxed);
+        metrics
+            .spool_bytes
+            .store(ex.spool.bytes(), Ordering::Relaxed);
         // Keep the window full from the spool, in sequence order.
         if let Some(c) = &conn {
             while in_flight < cfg.max_in_flight {
