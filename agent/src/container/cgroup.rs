@@ -8,7 +8,7 @@
 //! process starts, so even a container that lived a few milliseconds is
 //! found.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -131,7 +131,10 @@ pub struct Resolver {
     by_id: HashMap<u64, Option<ContainerRef>>,
     /// Containers named by exec records (kept across walks; bounded in
     /// number and in age).
-    learned: HashMap<u64, (ContainerRef, Instant)>,
+    learned: HashMap<u64, ContainerRef>,
+    /// Learned ids in the order they came, for expiry without a scan (the
+    /// housekeeping tick runs ten times a second).
+    learned_at: VecDeque<(u64, Instant)>,
     last_walk: Option<Instant>,
     /// Walks at most this often; ids unseen in between resolve to None
     /// until the next walk.
@@ -150,6 +153,7 @@ impl Resolver {
             root: root.to_owned(),
             by_id: HashMap::new(),
             learned: HashMap::new(),
+            learned_at: VecDeque::new(),
             last_walk: None,
             min_walk_interval: Duration::from_millis(20),
         }
@@ -191,16 +195,23 @@ impl Resolver {
         if let Some(c) = from_names(level, parent, leaf) {
             if self.learned.len() >= LEARNED_LIMIT {
                 self.learned.clear();
+                self.learned_at.clear();
             }
-            self.learned.insert(cgroup_id, (c, Instant::now()));
+            self.learned.insert(cgroup_id, c);
+            self.learned_at.push_back((cgroup_id, Instant::now()));
         }
     }
 
     /// Forget cgroups learned `ttl` or more before `now` (a live cgroup is
     /// still found by the walk).
     pub fn expire(&mut self, now: Instant, ttl: Duration) {
-        self.learned
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < ttl);
+        while let Some(&(id, at)) = self.learned_at.front() {
+            if now.saturating_duration_since(at) < ttl {
+                break;
+            }
+            self.learned_at.pop_front();
+            self.learned.remove(&id);
+        }
     }
 
     /// Entries held (both maps).
@@ -213,7 +224,7 @@ impl Resolver {
         if cgroup_id == 0 {
             return None;
         }
-        if let Some((c, _)) = self.learned.get(&cgroup_id) {
+        if let Some(c) = self.learned.get(&cgroup_id) {
             return Some(c.clone());
         }
         if let Some(c) = self.by_id.get(&cgroup_id) {
