@@ -3,38 +3,11 @@
 //! follows containerd and the collector.
 mod common;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// GET `path`: (status code, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// The value of one sample line (`name{labels} value`).
 fn sample(body: &str, series: &str) -> Option<u64> {
@@ -56,11 +29,11 @@ fn metrics_count_events_and_health_follows_containerd_and_collector() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let agent = start_agent(&["--no-snapshot", "--metrics-listen", &listen]);
-    assert_eq!(get(port, "/healthz").0, 200);
+    assert_eq!(http_get(port, "/healthz").0, 200);
     eventually("ready (containerd synced)", WAIT, || {
-        (get(port, "/readyz").0 == 200).then_some(())
+        (http_get(port, "/readyz").0 == 200).then_some(())
     });
-    let (status, body) = get(port, "/metrics");
+    let (status, body) = http_get(port, "/metrics");
     assert_eq!(status, 200);
     assert!(
         body.contains("# TYPE spyglass_events_total counter"),
@@ -85,7 +58,7 @@ fn metrics_count_events_and_health_follows_containerd_and_collector() {
     });
     let after = eventually("the exec counter to move", WAIT, || {
         let n = sample(
-            &get(port, "/metrics").1,
+            &http_get(port, "/metrics").1,
             "spyglass_events_total{kind=\"exec\"}",
         )?;
         (n >= before + 5).then_some(n)
@@ -93,9 +66,9 @@ fn metrics_count_events_and_health_follows_containerd_and_collector() {
     assert!(after >= before + 5);
     // gauges follow within the agent's 100 ms housekeeping tick
     eventually("processes tracked", WAIT, || {
-        (sample(&get(port, "/metrics").1, "spyglass_processes_tracked")? > 0).then_some(())
+        (sample(&http_get(port, "/metrics").1, "spyglass_processes_tracked")? > 0).then_some(())
     });
-    assert_eq!(get(port, "/nope").0, 404);
+    assert_eq!(http_get(port, "/nope").0, 404);
     agent.stop();
 
     // containerd's socket missing: alive, not ready, and says why
@@ -108,15 +81,15 @@ fn metrics_count_events_and_health_follows_containerd_and_collector() {
         "--containerd-socket",
         "/nonexistent/containerd.sock",
     ]);
-    assert_eq!(get(port, "/healthz").0, 200);
+    assert_eq!(http_get(port, "/healthz").0, 200);
     let (status, body) = eventually("not ready", WAIT, || {
-        let r = get(port, "/readyz");
+        let r = http_get(port, "/readyz");
         (r.0 == 503).then_some(r)
     });
     assert_eq!(status, 503);
     assert!(body.contains("containerd"), "{body}");
     assert_eq!(
-        sample(&get(port, "/metrics").1, "spyglass_containerd_up"),
+        sample(&http_get(port, "/metrics").1, "spyglass_containerd_up"),
         Some(0)
     );
     agent.stop();
@@ -137,7 +110,7 @@ fn metrics_count_events_and_health_follows_containerd_and_collector() {
     ]);
     // (once containerd is synced, the collector is what is missing)
     let (status, body) = eventually("not ready without the collector", WAIT, || {
-        let r = get(port, "/readyz");
+        let r = http_get(port, "/readyz");
         (r.0 == 503 && r.1.contains("collector")).then_some(r)
     });
     assert_eq!(status, 503);
@@ -149,12 +122,15 @@ fn metrics_count_events_and_health_follows_containerd_and_collector() {
         .unwrap()
         .success());
     eventually("batches spooled", WAIT, || {
-        let m = get(port, "/metrics").1;
+        let m = http_get(port, "/metrics").1;
         (sample(&m, "spyglass_spool_batches")? > 0 && sample(&m, "spyglass_spool_bytes")? > 0)
             .then_some(())
     });
     assert_eq!(
-        sample(&get(port, "/metrics").1, "spyglass_collector_connected"),
+        sample(
+            &http_get(port, "/metrics").1,
+            "spyglass_collector_connected"
+        ),
         Some(0)
     );
     agent.stop();

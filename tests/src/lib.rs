@@ -15,6 +15,7 @@ use std::{
 use serde_json::Value;
 
 pub mod containers;
+pub mod pki;
 
 /// The test virtualenv's python (checkers from PyPI, see xtask setup).
 pub fn python() -> std::path::PathBuf {
@@ -148,6 +149,32 @@ impl Drop for Collector {
     }
 }
 
+/// GET `path` on a loopback port: (status code, body); panics when
+/// nothing listens.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Every JSON line of a file (and its rotations are not read).
 pub fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -182,10 +209,16 @@ impl Agent {
     /// Start an agent binary (`run`, JSON on stdout) and wait until ready.
     /// Callers hold [`serial`] for the whole scenario.
     pub fn start_bin(path: &Path, args: &[&str]) -> Agent {
-        let mut child = Command::new(path)
-            .arg("run")
-            .args(args)
-            .env("RUST_LOG", "warn")
+        let mut cmd = Command::new(path);
+        cmd.arg("run").args(args).env("RUST_LOG", "warn");
+        Self::spawn(cmd)
+    }
+
+    /// Start `cmd`, an agent writing JSON events to its stdout however it
+    /// is wrapped (a binary, or `ctr run` of the agent image), and wait
+    /// for `agent started`.
+    pub fn spawn(mut cmd: Command) -> Agent {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{pki::LOOPBACK, *};
 use spyglass_proto::v1::{
     collector_client::CollectorClient, event::Detail, Ack, Batch, Endpoint, Event, EventKind,
     Finding, Loss, Network, Process, Severity,
@@ -89,88 +89,6 @@ async fn plain(port: u16) -> Channel {
         .unwrap()
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a certificate it signs (EC P-256), with SANs for loopback.
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-}
-
-fn make_cert(dir: &Path, ca: &str, name: &str, usage: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        format!("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ],
-    );
-}
-
 /// A collector requiring client certificates signed by `dir/ca.pem`
 /// (make_ca + make_cert "server" first).
 fn mtls_collector(dir: &Path) -> Collector {
@@ -213,11 +131,11 @@ async fn tls_channel(port: u16, dir: &Path, identity: Option<&str>) -> Result<Ch
 fn mutual_tls_accepts_only_clients_signed_by_the_ca() {
     let _g = serial();
     let dir = scratch("mtls");
-    make_ca(&dir, "ca");
-    make_cert(&dir, "ca", "server", "serverAuth");
-    make_cert(&dir, "ca", "agent", "clientAuth");
-    make_ca(&dir, "rogue-ca");
-    make_cert(&dir, "rogue-ca", "rogue", "clientAuth");
+    pki::make_ca(&dir, "ca");
+    pki::make_cert(&dir, "ca", "server", "serverAuth", LOOPBACK);
+    pki::make_cert(&dir, "ca", "agent", "clientAuth", LOOPBACK);
+    pki::make_ca(&dir, "rogue-ca");
+    pki::make_cert(&dir, "rogue-ca", "rogue", "clientAuth", LOOPBACK);
     let col = mtls_collector(&dir);
     rt().block_on(async {
         let good = tls_channel(col.port, &dir, Some("agent"))
@@ -261,9 +179,9 @@ fn agent_streams_over_mutual_tls() {
     }
     let _g = serial();
     let dir = scratch("mtls-agent");
-    make_ca(&dir, "ca");
-    make_cert(&dir, "ca", "server", "serverAuth");
-    make_cert(&dir, "ca", "agent", "clientAuth");
+    pki::make_ca(&dir, "ca");
+    pki::make_cert(&dir, "ca", "server", "serverAuth", LOOPBACK);
+    pki::make_cert(&dir, "ca", "agent", "clientAuth", LOOPBACK);
     let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
     let col = mtls_collector(&dir);
     let cfg = dir.join("agent.toml");
@@ -661,8 +579,8 @@ fn syslog_lines_arrive_in_a_real_rsyslog() {
 fn syslog_over_tls_is_verified_and_delivered() {
     let _g = serial();
     let dir = scratch("syslog-tls");
-    make_ca(&dir, "ca");
-    make_cert(&dir, "ca", "server", "serverAuth");
+    pki::make_ca(&dir, "ca");
+    pki::make_cert(&dir, "ca", "server", "serverAuth", LOOPBACK);
     let port = free_port();
     let received = dir.join("received.txt");
     // An independent TLS server: openssl s_server prints what it receives.

@@ -6,7 +6,9 @@
 #![allow(clippy::print_stdout)]
 mod bench;
 mod compare;
+mod image;
 mod images;
+mod oci;
 mod setup;
 
 use std::{
@@ -23,6 +25,9 @@ commands:
   setup          install what is missing (Debian packages, rust-src, bpf-linker,
                  containerd started, test images imported)
   images         build the OCI test images and import them into containerd
+  image          build the agent and collector images (static binaries) as
+                 OCI archives in target/images/ (import with
+                 `ctr -n k8s.io images import`, or push with any OCI tool)
   build          setup, then build target/release/spyglass-agent (eBPF embedded)
                  and target/release/spyglass-collector
   run [ARGS]     build, then run a local collector and the agent streaming to
@@ -49,12 +54,18 @@ fn main() -> Result<()> {
         }
         "build" => build(),
         "images" => images::import(),
+        "image" => {
+            setup::run()?;
+            image::build()
+        }
         "run" => {
             build()?;
             run_agent(&rest)
         }
         "test" => {
             build()?;
+            // The agent image test runs the image under containerd.
+            image::build()?;
             setup::test_tools()?;
             test(&rest)
         }
