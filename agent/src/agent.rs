@@ -205,11 +205,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics (metrics.listen)"))?;
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener, m).await {
-                warn!(error = %e, "metrics endpoint stopped");
-            }
-        });
+        tokio::spawn(spyglass_proto::endpoints::serve(listener, move |path| {
+            crate::metrics::answer(&m, path)
+        }));
     }
     let mut out = Sinks {
         stdout: out_tx,

@@ -6,17 +6,11 @@
 //! (probes attached, containerd reachable when enabled).
 use std::{
     fmt::Write as _,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use http_body_util::Full;
-use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tracing::{debug, info, warn};
+use spyglass_proto::endpoints;
 
 use crate::event::Kind;
 
@@ -114,7 +108,12 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        s.push_str("# HELP spyglass_events_total Events the agent emitted, by kind.\n# TYPE spyglass_events_total counter\n");
+        endpoints::family(
+            &mut s,
+            "spyglass_events_total",
+            "Events the agent emitted, by kind.",
+            "counter",
+        );
         for (i, (_, name)) in KINDS.iter().enumerate() {
             let _ = writeln!(
                 s,
@@ -122,7 +121,12 @@ impl Metrics {
                 get(&self.events[i])
             );
         }
-        s.push_str("# HELP spyglass_lost_records_total Kernel records lost (ring buffer full), by kind.\n# TYPE spyglass_lost_records_total counter\n");
+        endpoints::family(
+            &mut s,
+            "spyglass_lost_records_total",
+            "Kernel records lost (ring buffer full), by kind.",
+            "counter",
+        );
         for (name, a) in [
             ("exec", &self.lost_exec),
             ("exit", &self.lost_exit),
@@ -209,75 +213,30 @@ impl Metrics {
                 get(&self.lookups),
             ),
         ] {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            endpoints::single(&mut s, name, help, kind, v);
         }
-        let _ = writeln!(
-            s,
-            "# HELP spyglass_containerd_lookup_seconds_sum Time spent in containerd lookups.\n\
-             # TYPE spyglass_containerd_lookup_seconds_sum counter\n\
-             spyglass_containerd_lookup_seconds_sum {:.6}",
-            get(&self.lookup_us) as f64 / 1e6
+        endpoints::single(
+            &mut s,
+            "spyglass_containerd_lookup_seconds_sum",
+            "Time spent in containerd lookups.",
+            "counter",
+            format_args!("{:.6}", get(&self.lookup_us) as f64 / 1e6),
         );
         s
     }
 }
 
-fn respond(m: &Metrics, path: &str) -> Response<Full<Bytes>> {
-    let (status, body) = match path {
-        "/metrics" => (StatusCode::OK, m.render()),
-        "/healthz" => {
-            if m.healthy(Duration::from_secs(5)) {
-                (StatusCode::OK, "ok\n".to_string())
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "main loop stalled\n".to_string(),
-                )
-            }
-        }
+/// What `path` answers (`/metrics`, `/healthz`, `/readyz`).
+pub fn answer(m: &Metrics, path: &str) -> endpoints::Answer {
+    match path {
+        "/metrics" => (200, m.render()),
+        "/healthz" if m.healthy(Duration::from_secs(5)) => (200, "ok\n".into()),
+        "/healthz" => (503, "main loop stalled\n".into()),
         "/readyz" => match m.not_ready() {
-            None => (StatusCode::OK, "ready\n".to_string()),
-            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+            None => (200, "ready\n".into()),
+            Some(why) => (503, format!("{why}\n")),
         },
-        _ => (
-            StatusCode::NOT_FOUND,
-            "try /metrics, /healthz or /readyz\n".to_string(),
-        ),
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r
-}
-
-/// Serve the endpoints on `listener` until the process ends.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "metrics and health endpoints listening");
-    }
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                continue;
-            }
-        };
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let r = respond(&m, req.uri().path());
-                async move { Ok::<_, std::convert::Infallible>(r) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(%peer, error = %e, "metrics connection");
-            }
-        });
+        _ => endpoints::not_found(),
     }
 }
 
@@ -320,7 +279,7 @@ mod tests {
         assert!(!m.healthy(Duration::from_secs(5)));
         m.turned();
         assert!(m.healthy(Duration::from_secs(5)));
-        assert_eq!(respond(&m, "/nope").status(), StatusCode::NOT_FOUND);
-        assert_eq!(respond(&m, "/readyz").status(), StatusCode::OK);
+        assert_eq!(answer(&m, "/nope").0, 404);
+        assert_eq!(answer(&m, "/readyz").0, 200);
     }
 }

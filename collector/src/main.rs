@@ -2,6 +2,7 @@
 //! them as JSON lines or OCSF to a rotated file (or stdout), and to syslog.
 mod convert;
 mod ledger;
+mod metrics;
 mod ocsf;
 mod output;
 mod service;
@@ -73,6 +74,10 @@ struct Cli {
     /// Per-stream ceiling in events per second (faster streams are slowed).
     #[arg(long, default_value_t = 500_000)]
     max_events_per_sec: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address
+    /// (ADDR:PORT, plain HTTP). Off when not given.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Log filter for stderr.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -122,6 +127,8 @@ async fn run(cli: Cli) -> Result<()> {
         Some(t) => Some(syslog::spawn(t, cli.syslog_ca.as_deref())?),
         None => None,
     };
+    let metrics = metrics::Metrics::new(syslog.as_ref().map(|s| s.dropped.clone()));
+    metrics.turned();
     let shared = Arc::new(service::Shared {
         outputs: Mutex::new((
             output::Outputs {
@@ -133,6 +140,7 @@ async fn run(cli: Cli) -> Result<()> {
         )),
         agents: Default::default(),
         max_events_per_sec: cli.max_events_per_sec,
+        metrics,
     });
 
     // Agent status to a file every second; dedupe state saved and agent
@@ -148,6 +156,7 @@ async fn run(cli: Cli) -> Result<()> {
         let mut n = 0u64;
         loop {
             tick.tick().await;
+            bg.metrics.turned();
             n += 1;
             let agents = bg.agents.lock().expect("agents lock").clone();
             if let Some(path) = &status_file {
@@ -219,6 +228,15 @@ async fn run(cli: Cli) -> Result<()> {
         token = cli.token.is_some(),
         "collector ready"
     );
+    if let Some(addr) = cli.metrics_listen {
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics (--metrics-listen)"))?;
+        let m = shared.clone();
+        tokio::spawn(spyglass_proto::endpoints::serve(http, move |path| {
+            metrics::answer(&m.metrics, &m.agents, path)
+        }));
+    }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     // On SIGTERM/SIGINT: stop accepting, give open streams a moment, then
     // exit even if agents keep their streams open; agents resend whatever

@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -49,6 +49,7 @@ pub struct Shared {
     pub agents: Agents,
     /// Per-stream ceiling, events per second.
     pub max_events_per_sec: u64,
+    pub metrics: crate::metrics::Metrics,
 }
 
 #[derive(Clone)]
@@ -100,7 +101,12 @@ pub fn validate(batch: &Batch) -> Result<(), Status> {
 
 impl CollectorService {
     async fn handle(&self, batch: &Batch, peer: &str) -> Result<Ack, Status> {
-        validate(batch)?;
+        validate(batch).inspect_err(|_| {
+            self.shared
+                .metrics
+                .bad_streams
+                .fetch_add(1, Ordering::Relaxed);
+        })?;
         let key = crate::ledger::space(&batch.node_id, &batch.stream_id);
         let verdict = {
             let mut guard = self.shared.outputs.lock().await;
@@ -119,6 +125,9 @@ impl CollectorService {
                     }
                     outputs.write(batch, &lines).map_err(|e| {
                         warn!(error = %e, "output write failed");
+                        let m = &self.shared.metrics;
+                        m.output_errors.fetch_add(1, Ordering::Relaxed);
+                        m.output_failing.store(true, Ordering::Relaxed);
                         Status::unavailable(format!("collector output failed: {e}"))
                     })?;
                     ledger.record(&key, batch.sequence);
@@ -127,8 +136,14 @@ impl CollectorService {
             }
         };
         let drops = if verdict == Verdict::Write {
-            reported_drops(batch)
+            let drops = reported_drops(batch);
+            self.shared.metrics.written(batch, drops);
+            drops
         } else {
+            self.shared
+                .metrics
+                .duplicate_batches
+                .fetch_add(1, Ordering::Relaxed);
             0
         };
         let mut agents = self.shared.agents.lock().expect("agents lock");
@@ -181,6 +196,10 @@ impl Collector for CollectorService {
                     Ok(None) => break,
                     Err(status) => {
                         warn!(%peer, code = ?status.code(), message = status.message(), "bad stream closed");
+                        svc.shared
+                            .metrics
+                            .bad_streams
+                            .fetch_add(1, Ordering::Relaxed);
                         let _ = tx.send(Err(status)).await;
                         break;
                     }

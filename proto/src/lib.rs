@@ -8,3 +8,6 @@ pub mod v1 {
 }
 
 pub mod time;
+
+#[cfg(feature = "endpoints")]
+pub mod endpoints;

@@ -636,3 +636,172 @@ fn syslog_over_tls_is_verified_and_delivered() {
     assert!(first.starts_with("exec - {"), "{first}");
     assert!(text.contains("\"node\":\"tls-syslog\""));
 }
+
+/// A tmpfs of `kib` KiB mounted on `dir`, unmounted on drop.
+struct TinyFs(std::path::PathBuf);
+
+impl TinyFs {
+    fn mount(dir: &Path, kib: u32) -> TinyFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a tmpfs on {}", dir.display());
+        TinyFs(dir.to_owned())
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn sample(body: &str, series: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_and_health_endpoints_follow_what_the_collector_does() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let dir = scratch("collector-metrics");
+    // The output on a 256 KiB file system the test can fill.
+    let fs = TinyFs::mount(&dir.join("out"), 256);
+    let mport = free_port();
+    let collector = Collector::start(
+        free_port(),
+        &fs.0.join("events.jsonl"),
+        &[
+            "--metrics-listen",
+            &format!("127.0.0.1:{mport}"),
+            "--state-file",
+            dir.join("state").to_str().unwrap(),
+        ],
+    );
+    let metrics = || http_get(mport, "/metrics").1;
+    let series = |body: &str, s: &str| sample(body, s).unwrap_or_else(|| panic!("{s} in {body}"));
+    eventually("/healthz", Duration::from_secs(10), || {
+        (http_get(mport, "/healthz").0 == 200).then_some(())
+    });
+    assert_eq!(http_get(mport, "/readyz"), (200, "ready\n".into()));
+    let before = metrics();
+    assert_eq!(
+        series(&before, "spyglass_collector_events_total{kind=\"exec\"}"),
+        0
+    );
+    assert_eq!(series(&before, "spyglass_collector_agents_known"), 0);
+
+    let finding = Event {
+        kind: EventKind::Finding as i32,
+        node: "m".into(),
+        detail: Some(spyglass_proto::v1::event::Detail::Finding(Finding {
+            rule_id: "container.root".into(),
+            severity: Severity::High as i32,
+            summary: "root".into(),
+            ..Finding::default()
+        })),
+        ..Event::default()
+    };
+    let first = batch(
+        "m",
+        1,
+        vec![
+            exec_event("m", "a"),
+            exec_event("m", "b"),
+            exec_event("m", "c"),
+            finding,
+        ],
+    );
+    let rt = rt();
+    rt.block_on(async {
+        let ch = plain(collector.port).await;
+        publish(ch.clone(), None, vec![first.clone()])
+            .await
+            .unwrap();
+        // The same batch again (as after a reconnect): not written twice.
+        let acks = publish(ch, None, vec![first]).await.unwrap();
+        assert!(acks[0].duplicate);
+    });
+    let m = metrics();
+    assert_eq!(
+        series(&m, "spyglass_collector_events_total{kind=\"exec\"}"),
+        3
+    );
+    assert_eq!(
+        series(&m, "spyglass_collector_events_total{kind=\"finding\"}"),
+        1
+    );
+    assert_eq!(
+        series(
+            &m,
+            "spyglass_collector_findings_total{rule=\"container.root\",severity=\"high\"}"
+        ),
+        1
+    );
+    assert_eq!(series(&m, "spyglass_collector_batches_total"), 1);
+    assert_eq!(series(&m, "spyglass_collector_duplicate_batches_total"), 1);
+    assert_eq!(series(&m, "spyglass_collector_agents_known"), 1);
+
+    // Output full: the batch is refused, counted, and /readyz says why.
+    let filler = fs.0.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=1000"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let big: Vec<Event> = (0..50).map(|i| exec_event("m", &format!("x{i}"))).collect();
+    let refused = rt.block_on(async {
+        publish(
+            plain(collector.port).await,
+            None,
+            vec![batch("m", 2, big.clone())],
+        )
+        .await
+    });
+    assert!(
+        refused.is_err(),
+        "a write to a full disk is refused: {refused:?}"
+    );
+    let (code, body) = http_get(mport, "/readyz");
+    assert_eq!(code, 503);
+    assert!(body.contains("output failing"), "{body}");
+    assert!(series(&metrics(), "spyglass_collector_output_errors_total") >= 1);
+
+    // Space again: the agent's resend is written and the collector is ready.
+    std::fs::remove_file(&filler).unwrap();
+    rt.block_on(async {
+        publish(plain(collector.port).await, None, vec![batch("m", 2, big)])
+            .await
+            .unwrap();
+    });
+    assert_eq!(http_get(mport, "/readyz").0, 200);
+    assert_eq!(
+        series(&metrics(), "spyglass_collector_events_total{kind=\"exec\"}"),
+        53
+    );
+    // The failed write left no torn line: every line parses, each exec once.
+    let written = lines(&fs.0.join("events.jsonl"));
+    assert_eq!(written.iter().filter(|e| e["kind"] == "exec").count(), 53);
+
+    // A bad batch (sequence 0) ends its stream and is counted.
+    let bad = rt.block_on(async {
+        publish(
+            plain(collector.port).await,
+            None,
+            vec![batch("m", 0, vec![])],
+        )
+        .await
+    });
+    assert!(bad.is_err());
+    assert_eq!(
+        series(&metrics(), "spyglass_collector_bad_streams_total"),
+        1
+    );
+    drop(collector);
+}

@@ -1,0 +1,271 @@
+//! The collector's Prometheus metrics and health endpoints
+//! (`--metrics-listen`): what arrived, what was written, what was refused,
+//! which agents are connected, findings by rule.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use spyglass_proto::{
+    endpoints,
+    v1::{event::Detail, Batch, EventKind},
+};
+
+use crate::service::Agents;
+
+/// Event kinds counted, in wire-enum order.
+const KINDS: [EventKind; 9] = [
+    EventKind::Exec,
+    EventKind::Exit,
+    EventKind::Fork,
+    EventKind::Listen,
+    EventKind::Connect,
+    EventKind::Accept,
+    EventKind::Loss,
+    EventKind::Agent,
+    EventKind::Finding,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    events: [AtomicU64; KINDS.len()],
+    /// Findings written, by (rule id, severity).
+    findings: Mutex<BTreeMap<(String, String), u64>>,
+    pub batches: AtomicU64,
+    pub duplicate_batches: AtomicU64,
+    /// Events the agents reported lost (their `loss` events).
+    pub agent_reported_lost: AtomicU64,
+    /// Streams ended with an error status (malformed, oversized, ...).
+    pub bad_streams: AtomicU64,
+    pub output_errors: AtomicU64,
+    /// The last output write failed (cleared by the next success).
+    pub output_failing: AtomicBool,
+    /// Messages syslog could not take (its queue was full).
+    pub syslog_dropped: Option<Arc<AtomicU64>>,
+    /// Unix ms of the housekeeping loop's last turn.
+    pub last_turn_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn kind_name(k: EventKind) -> String {
+    k.as_str_name()
+        .trim_start_matches("EVENT_KIND_")
+        .to_ascii_lowercase()
+}
+
+impl Metrics {
+    /// Metrics that also report syslog's dropped counter.
+    pub fn new(syslog_dropped: Option<Arc<AtomicU64>>) -> Self {
+        Self {
+            syslog_dropped,
+            ..Self::default()
+        }
+    }
+
+    /// Count a batch that was written.
+    pub fn written(&self, batch: &Batch, reported_lost: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.agent_reported_lost
+            .fetch_add(reported_lost, Ordering::Relaxed);
+        self.output_failing.store(false, Ordering::Relaxed);
+        for ev in &batch.events {
+            if let Some(i) = KINDS.iter().position(|k| *k as i32 == ev.kind) {
+                self.events[i].fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(Detail::Finding(f)) = &ev.detail {
+                let sev = spyglass_proto::v1::Severity::try_from(f.severity)
+                    .map(|s| {
+                        s.as_str_name()
+                            .trim_start_matches("SEVERITY_")
+                            .to_ascii_lowercase()
+                    })
+                    .unwrap_or_else(|_| "unknown".into());
+                *self
+                    .findings
+                    .lock()
+                    .expect("findings lock")
+                    .entry((f.rule_id.clone(), sev))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    pub fn turned(&self) {
+        self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Prometheus text format; `agents` gives the connected count.
+    pub fn render(&self, agents: &Agents) -> String {
+        let mut s = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        endpoints::family(
+            &mut s,
+            "spyglass_collector_events_total",
+            "Events written, by kind.",
+            "counter",
+        );
+        for (i, k) in KINDS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "spyglass_collector_events_total{{kind=\"{}\"}} {}",
+                kind_name(*k),
+                get(&self.events[i])
+            );
+        }
+        endpoints::family(
+            &mut s,
+            "spyglass_collector_findings_total",
+            "Findings written, by rule and severity.",
+            "counter",
+        );
+        for ((rule, sev), n) in self.findings.lock().expect("findings lock").iter() {
+            let _ = writeln!(
+                s,
+                "spyglass_collector_findings_total{{rule=\"{}\",severity=\"{sev}\"}} {n}",
+                rule.replace(['"', '\\', '\n'], "_")
+            );
+        }
+        let (known, connected) = {
+            let a = agents.lock().expect("agents lock");
+            (a.len(), a.values().filter(|a| a.connected).count())
+        };
+        for (name, help, kind, v) in [
+            (
+                "spyglass_collector_batches_total",
+                "Batches written.",
+                "counter",
+                get(&self.batches),
+            ),
+            (
+                "spyglass_collector_duplicate_batches_total",
+                "Batches received again after a reconnect and not written twice.",
+                "counter",
+                get(&self.duplicate_batches),
+            ),
+            (
+                "spyglass_collector_agent_reported_lost_total",
+                "Events the agents reported lost (their loss events).",
+                "counter",
+                get(&self.agent_reported_lost),
+            ),
+            (
+                "spyglass_collector_bad_streams_total",
+                "Agent streams ended with an error (malformed or oversized messages, bad batches).",
+                "counter",
+                get(&self.bad_streams),
+            ),
+            (
+                "spyglass_collector_output_errors_total",
+                "Failed output writes (batches refused and left to the agents to resend).",
+                "counter",
+                get(&self.output_errors),
+            ),
+            (
+                "spyglass_collector_syslog_dropped_total",
+                "Lines syslog could not take (queue full).",
+                "counter",
+                self.syslog_dropped.as_ref().map(|d| get(d)).unwrap_or(0),
+            ),
+            (
+                "spyglass_collector_agents_connected",
+                "Agents with an open stream.",
+                "gauge",
+                connected as u64,
+            ),
+            (
+                "spyglass_collector_agents_known",
+                "Agents seen since the start.",
+                "gauge",
+                known as u64,
+            ),
+        ] {
+            endpoints::single(&mut s, name, help, kind, v);
+        }
+        s
+    }
+
+    /// Why the collector is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        self.output_failing
+            .load(Ordering::Relaxed)
+            .then_some("output failing: batches are refused until a write succeeds")
+    }
+}
+
+/// What `path` answers.
+pub fn answer(m: &Metrics, agents: &Agents, path: &str) -> endpoints::Answer {
+    let stalled = now_ms().saturating_sub(m.last_turn_ms.load(Ordering::Relaxed))
+        > Duration::from_secs(5).as_millis() as u64;
+    match path {
+        "/metrics" => (200, m.render(agents)),
+        "/healthz" if stalled => (503, "housekeeping loop stalled\n".into()),
+        "/healthz" => (200, "ok\n".into()),
+        "/readyz" => match m.not_ready() {
+            None => (200, "ready\n".into()),
+            Some(why) => (503, format!("{why}\n")),
+        },
+        _ => endpoints::not_found(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spyglass_proto::v1::{Event, Finding, Severity};
+
+    use super::*;
+
+    #[test]
+    fn counts_events_findings_and_readiness() {
+        let m = Metrics::default();
+        let agents = Agents::default();
+        let finding = Event {
+            kind: EventKind::Finding as i32,
+            detail: Some(Detail::Finding(Finding {
+                rule_id: "container.root".into(),
+                severity: Severity::High as i32,
+                ..Finding::default()
+            })),
+            ..Event::default()
+        };
+        let exec = Event {
+            kind: EventKind::Exec as i32,
+            ..Event::default()
+        };
+        let batch = Batch {
+            events: vec![exec.clone(), exec, finding],
+            ..Batch::default()
+        };
+        m.written(&batch, 2);
+        let text = m.render(&agents);
+        assert!(
+            text.contains("spyglass_collector_events_total{kind=\"exec\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("spyglass_collector_events_total{kind=\"finding\"} 1\n"));
+        assert!(text.contains(
+            "spyglass_collector_findings_total{rule=\"container.root\",severity=\"high\"} 1\n"
+        ));
+        assert!(text.contains("spyglass_collector_agent_reported_lost_total 2\n"));
+        assert!(text.contains("spyglass_collector_agents_connected 0\n"));
+        assert_eq!(answer(&m, &agents, "/healthz").0, 503);
+        m.turned();
+        assert_eq!(answer(&m, &agents, "/healthz").0, 200);
+        assert_eq!(answer(&m, &agents, "/readyz").0, 200);
+        m.output_failing.store(true, Ordering::Relaxed);
+        let (code, body) = answer(&m, &agents, "/readyz");
+        assert_eq!(code, 503);
+        assert!(body.contains("output failing"));
+        assert_eq!(answer(&m, &agents, "/nope").0, 404);
+    }
+}
