@@ -185,13 +185,25 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (grpc_tx, grpc_task) = if cfg.collector.url.is_empty() {
         (None, None)
     } else {
+        let prepared = crate::export::grpc::prepare(&cfg.collector)
+            .with_context(|| format!("collector {}", cfg.collector.url))?;
         let (tx, rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
-        let task = tokio::spawn(crate::export::grpc::run(
+        let run = crate::export::grpc::run(
             rx,
+            prepared,
             cfg.collector.clone(),
             node.clone(),
             metrics.clone(),
-        ));
+        );
+        let task = tokio::spawn(async move {
+            let r = run.await;
+            if let Err(e) = &r {
+                // Said now, not at shutdown: from here on events reach
+                // only stdout.
+                tracing::error!(error = %e, "collector exporter failed; events are no longer delivered to the collector");
+            }
+            r
+        });
         info!(url = %cfg.collector.url, spool = %cfg.collector.spool_dir.display(), "streaming to collector");
         (Some(tx), Some(task))
     };

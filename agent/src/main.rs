@@ -124,7 +124,7 @@ fn main() {
         .init();
     if let Err(e) = real_main(cli) {
         // `{:#}` prints the whole cause chain on one line.
-        eprintln!("spyglass-agent: error: {e:#}");
+        eprintln!("spyglass-agent: error: {}", report(&e));
         std::process::exit(1);
     }
 }
@@ -154,4 +154,20 @@ fn real_main(cli: Cli) -> Result<()> {
             rt.block_on(agent::run(cfg))
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: messages that
+/// already quote their cause are not followed by it again.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

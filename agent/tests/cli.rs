@@ -78,6 +78,23 @@ fn config_file_is_read_and_errors_name_file_and_field() {
         err.contains("cannot read config file /nonexistent/spyglass.toml"),
         "{err}"
     );
+    // Each cause once.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    // A collector the agent could never reach: it stops at start with the
+    // file named, instead of running with nowhere to send events.
+    std::fs::write(
+        &bad,
+        "[collector]\nurl = \"https://127.0.0.1:9\"\nca_file = \"/nonexistent/ca.crt\"\n",
+    )
+    .unwrap();
+    let out = run(&["run", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read collector CA file /nonexistent/ca.crt"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

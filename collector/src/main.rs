@@ -108,7 +108,7 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("spyglass-collector: error: {e:#}");
+        eprintln!("spyglass-collector: error: {}", report(&e));
         std::process::exit(1);
     }
 }
@@ -151,12 +151,18 @@ async fn run(cli: Cli) -> Result<()> {
             .map(|p| PathBuf::from(format!("{}.agents.json", p.display())))
     });
     let bg = shared.clone();
+    let out_path = out_path.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n = 0u64;
         loop {
             tick.tick().await;
             bg.metrics.turned();
+            // Not ready takes the collector out of its Service, so no
+            // write would come to clear the state: check for space here.
+            if let Some(dir) = out_path.as_ref().and_then(|p| p.parent()) {
+                bg.metrics.recheck_output(dir);
+            }
             n += 1;
             let agents = bg.agents.lock().expect("agents lock").clone();
             if let Some(path) = &status_file {
@@ -265,4 +271,20 @@ async fn run(cli: Cli) -> Result<()> {
     shared.outputs.lock().await.1.save()?;
     info!("collector stopped");
     Ok(())
+}
+
+/// The error and its causes on one line, each cause once: messages that
+/// already quote their cause are not followed by it again.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

@@ -195,6 +195,21 @@ impl Metrics {
         s
     }
 
+    /// While output writes fail, try a 64 KiB write in the output's
+    /// directory; when it succeeds, the collector is ready again.
+    pub fn recheck_output(&self, dir: &std::path::Path) {
+        if !self.output_failing.load(Ordering::Relaxed) {
+            return;
+        }
+        let probe = dir.join(".spyglass-space-check");
+        let ok = std::fs::write(&probe, vec![0u8; 64 << 10]).is_ok();
+        let _ = std::fs::remove_file(&probe);
+        if ok {
+            tracing::info!(dir = %dir.display(), "output writable again");
+            self.output_failing.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Why the collector is not ready, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
         self.output_failing

@@ -55,9 +55,14 @@ else:
     if not any(t.get("operator") == "Exists" for t in spec.get("tolerations", [])):
         errors.append("agent does not tolerate every taint")
     paths = {v["hostPath"]["path"] for v in spec.get("volumes", []) if "hostPath" in v}
-    for p in ("/sys/kernel/btf", "/run/containerd/containerd.sock", "/sys/fs/cgroup"):
+    for p in ("/sys/kernel/btf", "/run/containerd", "/sys/fs/cgroup"):
         if p not in paths:
             errors.append(f"agent does not mount {p}")
+    if "/run/containerd/containerd.sock" in paths:
+        errors.append(
+            "agent mounts the containerd socket file: mount /run/containerd "
+            "(containerd re-creates its socket on restart)"
+        )
     if "limits" not in c.get("resources", {}):
         errors.append("agent without resource limits")
 

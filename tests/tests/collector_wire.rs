@@ -773,8 +773,14 @@ fn metrics_and_health_endpoints_follow_what_the_collector_does() {
     assert!(body.contains("output failing"), "{body}");
     assert!(series(&metrics(), "spyglass_collector_output_errors_total") >= 1);
 
-    // Space again: the agent's resend is written and the collector is ready.
+    // Space again: ready again without a write (not ready keeps a
+    // collector out of its Service), and the agent's resend is written.
     std::fs::remove_file(&filler).unwrap();
+    eventually(
+        "/readyz after space is freed",
+        Duration::from_secs(10),
+        || (http_get(mport, "/readyz").0 == 200).then_some(()),
+    );
     rt.block_on(async {
         publish(plain(collector.port).await, None, vec![batch("m", 2, big)])
             .await

@@ -263,16 +263,33 @@ fn permanent(code: tonic::Code) -> bool {
     matches!(code, tonic::Code::OutOfRange | tonic::Code::InvalidArgument)
 }
 
+/// What the exporter needs before it can run: the opened spool and the
+/// endpoint with its TLS settings. Made at start-up, so a bad CA file,
+/// certificate or spool directory stops the agent with the reason instead
+/// of leaving it running with nowhere to send events.
+pub struct Prepared {
+    spool: Spool,
+    ep: Endpoint,
+}
+
+/// Open the spool and check the endpoint and TLS files.
+pub fn prepare(cfg: &CollectorConfig) -> Result<Prepared, GrpcError> {
+    let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
+    let ep = endpoint(cfg)?;
+    Ok(Prepared { spool, ep })
+}
+
 /// Run until the event channel closes, then try to deliver what is spooled
 /// for `shutdown_grace_ms`; the rest stays in the spool for the next start.
 pub async fn run(
     mut rx: mpsc::Receiver<Vec<Event>>,
+    prepared: Prepared,
     cfg: CollectorConfig,
     node: String,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> Result<(), GrpcError> {
     use std::sync::atomic::Ordering;
-    let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
+    let Prepared { spool, ep } = prepared;
     if spool.len() > 0 {
         info!(
             batches = spool.len(),
@@ -280,7 +297,6 @@ pub async fn run(
             "replaying spooled batches"
         );
     }
-    let ep = endpoint(&cfg)?;
     let mut ex = Exporter {
         node,
         spool,
