@@ -58,6 +58,8 @@ pub mod outcome {
     pub const ESTABLISHED: u8 = 1;
     /// SYN_SENT -> CLOSE: refused (RST), unreachable or timed out.
     pub const FAILED: u8 = 2;
+    /// Refused by policy in the cgroup connect hook (the caller got EPERM).
+    pub const DENIED: u8 = 3;
 }
 
 /// Flags of [`ExecEvent::flags`].
@@ -70,7 +72,43 @@ pub mod exec_flags {
     pub const FILENAME_TRUNCATED: u32 = 4;
     /// The parent pid could not be read.
     pub const PPID_READ_FAILED: u32 = 8;
+    /// Policy matched: SIGKILL was sent before the program's first
+    /// instruction.
+    pub const KILLED: u32 = 16;
 }
+
+/// Bits of `ENFORCE[0]`: which enforcement tables hold entries (the probes
+/// skip the lookups otherwise).
+pub mod enforce {
+    pub const EXEC_KILL: u32 = 1;
+    pub const CONNECT_DENY: u32 = 2;
+}
+
+/// Bytes of an executable path an exec rule can match.
+pub const RULE_PATH_LEN: usize = 248;
+
+/// Data of an `EXEC_KILL` longest-prefix key: the task's cgroup v2 id
+/// (native byte order, always matched in full), then the path given to
+/// execve. A prefix rule (`/tmp/`) stops before the path's end, an exact
+/// rule includes the terminating NUL.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRuleKey {
+    pub cgroup_id: [u8; 8],
+    pub path: [u8; RULE_PATH_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ExecRuleKey>() == 256);
+
+/// Data of a `CONNECT_DENY` longest-prefix key: cgroup v2 id, then the
+/// destination as an IPv6 address (IPv4 mapped as ::ffff:a.b.c.d). Value
+/// 0 allows (an exception inside a denied range), any other denies.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectRuleKey {
+    pub cgroup_id: [u8; 8],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ConnectRuleKey>() == 24);
 
 /// Per-CPU counters in the `COUNTERS` array, indexed by these values.
 /// Each increment is a record the kernel could not deliver in full.
@@ -262,4 +300,8 @@ const _: () = assert!(core::mem::size_of::<NetEvent>() == 112);
 mod user {
     // SAFETY: plain old data, repr(C), no padding holes (explicit _pad fields).
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: byte arrays only.
+    unsafe impl aya::Pod for super::ExecRuleKey {}
+    // SAFETY: byte arrays only.
+    unsafe impl aya::Pod for super::ConnectRuleKey {}
 }

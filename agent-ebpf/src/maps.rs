@@ -1,9 +1,9 @@
 //! Maps shared by all probes. Sizes here are defaults; the agent may
 //! resize `EVENTS` at load time (`ring_buffer_bytes` in the config).
-use agent_common::{counter, EventHeader, ExecEvent, KernelOffsets};
+use agent_common::{counter, ConnectRuleKey, EventHeader, ExecEvent, ExecRuleKey, KernelOffsets};
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// All records, kernel -> agent.
@@ -40,6 +40,30 @@ pub struct UdpPeerKey {
     pub port: u16,
     pub family: u16,
     pub _pad: u32,
+}
+
+/// Which enforcement tables hold entries (`agent_common::enforce` bits);
+/// written by the agent when policy changes.
+#[map]
+pub static ENFORCE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Exec kill rules: (cgroup id, path prefix or exact path) -> rule slot.
+#[map]
+pub static EXEC_KILL: LpmTrie<ExecRuleKey, u32> = LpmTrie::with_max_entries(65536, 0);
+
+/// Connect deny rules: (cgroup id, destination prefix) -> 0 allow, else
+/// deny (rule slot).
+#[map]
+pub static CONNECT_DENY: LpmTrie<ConnectRuleKey, u32> = LpmTrie::with_max_entries(65536, 0);
+
+/// Per-CPU scratch for the exec rule key (256 bytes: too big for the stack
+/// beside the exec probe's own locals).
+#[map]
+pub static EXEC_RULE_KEY: PerCpuArray<Key<ExecRuleKey>> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn enforcing(bit: u32) -> bool {
+    ENFORCE.get(0).is_some_and(|v| *v & bit != 0)
 }
 
 /// Kernel struct offsets, written by the agent before load.

@@ -1,10 +1,12 @@
 //! Process lifecycle: exec, exit and fork.
 use agent_common::{
-    counter, exec_flags, kind, ExecEvent, ExitEvent, ForkEvent, ARGV_LEN, FILENAME_LEN,
+    counter, enforce, exec_flags, kind, ExecEvent, ExitEvent, ForkEvent, ARGV_LEN, FILENAME_LEN,
+    RULE_PATH_LEN,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user,
+        bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -13,7 +15,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count, current_header, send, send_bytes},
-    maps::{offsets, EXEC_SCRATCH},
+    maps::{enforcing, offsets, EXEC_KILL, EXEC_RULE_KEY, EXEC_SCRATCH},
     task::read,
 };
 
@@ -66,6 +68,15 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     if name_len > FILENAME_LEN {
         ev.flags |= exec_flags::FILENAME_TRUNCATED;
     }
+    if enforcing(enforce::EXEC_KILL) && kill_rule_matches(ev) {
+        // SIGKILL to the current task: delivered on the way back to user
+        // space, before the new program's first instruction. Helper
+        // bpf_send_signal (kernel 5.3+).
+        // SAFETY: helper without memory arguments.
+        if unsafe { bpf_send_signal(9) } == 0 {
+            ev.flags |= exec_flags::KILLED;
+        }
+    }
 
     // argv: the NUL-separated block between mm->arg_start and mm->arg_end.
     let mut n: usize = 0;
@@ -107,6 +118,29 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
         )
     };
     Ok(())
+}
+
+/// Whether (cgroup, path) has an entry in `EXEC_KILL` (longest prefix).
+#[inline(always)]
+fn kill_rule_matches(ev: &ExecEvent) -> bool {
+    let Some(key) = EXEC_RULE_KEY.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch slot owned by this program run.
+    let key = unsafe { &mut *key };
+    key.prefix_len = (RULE_PATH_LEN as u32 + 8) * 8;
+    key.data.cgroup_id = ev.header.cgroup_id.to_ne_bytes();
+    // Bytes after the path's NUL do not matter: an entry never extends
+    // past its own path's NUL, which the lookup path must match.
+    // SAFETY: both buffers hold at least RULE_PATH_LEN bytes.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            key.data.path.as_mut_ptr().cast(),
+            RULE_PATH_LEN as u32,
+            ev.filename.as_ptr().cast(),
+        )
+    };
+    rc == 0 && EXEC_KILL.get(&*key).is_some()
 }
 
 /// Names of the task's cgroup v2 directory and its parent

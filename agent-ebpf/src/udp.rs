@@ -1,9 +1,10 @@
 //! UDP bind, connect and first send to a peer, from cgroup socket hooks
 //! attached at the cgroup v2 root. They run only on those operations, in
 //! the calling task's context, and always allow the operation (return 1).
-use agent_common::{counter, kind, net_op, outcome, NetEvent};
+use agent_common::{counter, enforce, kind, net_op, outcome, ConnectRuleKey, NetEvent};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    maps::lpm_trie::Key,
     helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, cgroup_sock_addr},
     programs::{SockAddrContext, SockContext},
@@ -12,18 +13,25 @@ use aya_ebpf::{
 
 use crate::{
     emit::{current_header, send},
-    maps::{UdpPeerKey, UDP_PEERS},
+    maps::{enforcing, UdpPeerKey, CONNECT_DENY, UDP_PEERS},
 };
 
 const IPPROTO_UDP: u16 = 17;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u16 = 6;
 const ALLOW: i32 = 1;
+const DENY: i32 = 0;
 
-/// `cgroup/connect4` (BPF_CGROUP_INET4_CONNECT, kernel 4.17+).
+/// `cgroup/connect4` (BPF_CGROUP_INET4_CONNECT, kernel 4.17+). Returns 0
+/// (the caller gets EPERM) when a deny-connect rule covers the task's
+/// cgroup and the destination.
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
+    if denied(&ctx, AF_INET) {
+        return DENY;
+    }
     on_sock_addr(&ctx, AF_INET, net_op::UDP_CONNECT, false);
     ALLOW
 }
@@ -31,8 +39,65 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 /// `cgroup/connect6` (BPF_CGROUP_INET6_CONNECT, kernel 4.17+).
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
+    if denied(&ctx, AF_INET6) {
+        return DENY;
+    }
     on_sock_addr(&ctx, AF_INET6, net_op::UDP_CONNECT, false);
     ALLOW
+}
+
+/// Look the (cgroup, destination) up in `CONNECT_DENY`; on a deny, report
+/// the refused connect (TCP or UDP) with outcome `DENIED`.
+#[inline(always)]
+fn denied(ctx: &SockAddrContext, family: u16) -> bool {
+    if !enforcing(enforce::CONNECT_DENY) {
+        return false;
+    }
+    // SAFETY: the context pointer is valid for the program run.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut daddr = [0u8; 16];
+    let mut key = ConnectRuleKey {
+        cgroup_id: [0; 8],
+        addr: [0; 16],
+    };
+    if family == AF_INET {
+        // SAFETY: ctx field; the verifier allows 4-byte loads.
+        let ip4 = unsafe { core::ptr::read_volatile(&sa.user_ip4) }.to_ne_bytes();
+        daddr[..4].copy_from_slice(&ip4);
+        key.addr[10] = 0xff;
+        key.addr[11] = 0xff;
+        key.addr[12..].copy_from_slice(&ip4);
+    } else {
+        daddr = ip6_words(&sa.user_ip6);
+        key.addr = daddr;
+    }
+    let header = current_header(kind::NET);
+    key.cgroup_id = header.cgroup_id.to_ne_bytes();
+    match CONNECT_DENY.get(Key::new(((8 + 16) * 8) as u32, key)) {
+        Some(v) if *v != 0 => {}
+        _ => return false,
+    }
+    let (protocol, op) = if sa.protocol == IPPROTO_UDP as u32 {
+        (IPPROTO_UDP, net_op::UDP_CONNECT)
+    } else {
+        (IPPROTO_TCP, net_op::TCP_CONNECT)
+    };
+    let ev = NetEvent {
+        header,
+        family,
+        protocol,
+        sport: 0,
+        dport: u16::from_be(sa.user_port as u16),
+        op,
+        outcome: outcome::DENIED,
+        _pad: [0; 6],
+        saddr: [0; 16],
+        daddr,
+        // SAFETY: helper valid for sock_addr programs.
+        sock_id: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+    };
+    send(&ev, counter::NET_DROPPED);
+    true
 }
 
 /// `cgroup/sendmsg4` (BPF_CGROUP_UDP4_SENDMSG, kernel 4.18+): only sends

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::{
     bpf::{preflight, LoadOptions, Probes},
     config::Config,
+    detect::{enforce::Enforcer, Detector},
     container::{
         attribution::{self, Attributor},
         containerd::{self, Update},
@@ -52,10 +53,53 @@ struct Sinks {
     stdout: mpsc::Sender<Vec<Event>>,
     grpc: Option<mpsc::Sender<Vec<Event>>>,
     metrics: Arc<Metrics>,
+    /// The detect stage (None: `[policy] enabled = false`); its findings
+    /// follow the batch that caused them.
+    detector: Option<Detector>,
 }
 
 impl Sinks {
-    async fn send(&mut self, events: Vec<Event>) -> Result<()> {
+    async fn send(&mut self, mut events: Vec<Event>) -> Result<()> {
+        if let Some(d) = &mut self.detector {
+            let findings = d.observe(&events, Instant::now());
+            events.extend(findings);
+        }
+        self.send_out(events).await
+    }
+
+    /// Findings updates and baseline saves (every second).
+    async fn detect_tick(&mut self) -> Result<()> {
+        let Some(d) = &mut self.detector else {
+            return Ok(());
+        };
+        let updates = d.tick(Instant::now());
+        self.metrics.set_findings(&d.emitted);
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.send_out(updates).await
+    }
+
+    /// Load the policy file again; a bad one is rejected and the running
+    /// policy stays.
+    fn reload_policy(&mut self, path: &str) {
+        let Some(d) = &mut self.detector else { return };
+        match crate::policy::load(std::path::Path::new(path)) {
+            Ok(p) => {
+                info!(file = path, entries = p.entries.len(), "policy reloaded");
+                d.set_policy(p);
+                self.metrics.policy_reloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy rejected; the running policy stays in force");
+                self.metrics
+                    .policy_reload_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn send_out(&mut self, events: Vec<Event>) -> Result<()> {
         self.metrics.count(&events);
         if let Some(g) = &self.grpc {
             if g.send(events.clone()).await.is_err() {
@@ -129,7 +173,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     // (draining what is in flight), not kill the process.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let node = cfg.node();
+    // The policy is checked before anything loads: a bad file stops here.
+    let policy = if cfg.policy.file.is_empty() {
+        crate::policy::Policy::default()
+    } else {
+        crate::policy::load(std::path::Path::new(&cfg.policy.file))?
+    };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -145,6 +196,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     })?;
     let ring = probes.take_events()?;
     let counters = probes.take_counters()?;
+    let enforcer = Enforcer::new(probes.take_enforcement()?);
     let attached = probes.status.iter().filter(|p| p.attached).count();
     info!(attached, total = probes.status.len(), "probes attached");
     let metrics = Arc::new(Metrics::default());
@@ -221,11 +273,21 @@ pub async fn run(cfg: Config) -> Result<()> {
             crate::metrics::answer(&m, path)
         }));
     }
+    let policy_mtime = |path: &str| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut policy_seen = policy_mtime(&cfg.policy.file);
+    let mut policy_check =
+        tokio::time::interval(Duration::from_millis(cfg.policy.reload_check_ms.max(100)));
+    let watch_policy = cfg.policy.enabled && !cfg.policy.file.is_empty();
     let mut out = Sinks {
         stdout: out_tx,
         grpc: grpc_tx,
         metrics: metrics.clone(),
+        detector: cfg
+            .policy
+            .enabled
+            .then(|| Detector::new(policy, Some(enforcer))),
     };
+    let mut detect_tick = tokio::time::interval(Duration::from_secs(1));
 
     let mut enricher = Enricher::new(
         Limits {
@@ -394,6 +456,20 @@ pub async fn run(cfg: Config) -> Result<()> {
                     out.send(vec![ev]).await?;
                 }
             }
+            _ = detect_tick.tick() => out.detect_tick().await?,
+            _ = sighup.recv() => {
+                if watch_policy {
+                    policy_seen = policy_mtime(&cfg.policy.file);
+                    out.reload_policy(&cfg.policy.file);
+                }
+            }
+            _ = policy_check.tick(), if watch_policy => {
+                let now = policy_mtime(&cfg.policy.file);
+                if now.is_some() && now != policy_seen {
+                    policy_seen = now;
+                    out.reload_policy(&cfg.policy.file);
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -429,6 +505,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     if let Some(ev) = report_losses(&enricher) {
         out.send(vec![ev]).await?;
+    }
+    out.detect_tick().await?;
+    if let Some(d) = &mut out.detector {
+        d.close();
     }
     let mut stopping = Event::new(Kind::Agent, crate::clock::Clock::now(), node);
     stopping.agent = Some(AgentInfo {

@@ -37,6 +37,32 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub containerd: ContainerdConfig,
     pub metrics: MetricsConfig,
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`: detections and in-kernel actions.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Run the detections (findings). Default true.
+    pub enabled: bool,
+    /// Policy file (YAML, docs/policy.md; `--policy`). Empty (the
+    /// default): the built-in rules with their defaults. Reloaded on
+    /// SIGHUP and when the file changes; a bad new file is rejected and
+    /// the running policy stays.
+    pub file: String,
+    /// How often the file's modification time is checked, ms.
+    pub reload_check_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            enabled: true,
+            file: String::new(),
+            reload_check_ms: 1000,
+        }
+    }
 }
 
 /// `[metrics]`: Prometheus metrics and health endpoints.

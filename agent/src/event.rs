@@ -25,6 +25,7 @@ pub enum Kind {
     Accept,
     Loss,
     Agent,
+    Finding,
 }
 
 /// A process as the agent knows it when the event is made.
@@ -251,6 +252,45 @@ pub struct Event {
     pub loss: Option<Loss>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentInfo>,
+    /// Exec: the policy killed the process at exec (`kill`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finding: Option<Box<FindingInfo>>,
+}
+
+/// MITRE ATT&CK technique.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mitre {
+    pub technique: &'static str,
+    pub name: &'static str,
+}
+
+/// A detection: what rule, how bad, what to do about it, and the events
+/// that show it. The finding event's `process` and `container` are the
+/// evidence's, for querying without opening the evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FindingInfo {
+    pub rule_id: &'static str,
+    pub severity: crate::policy::Severity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mitre: Option<Mitre>,
+    /// One line a human can act on.
+    pub summary: String,
+    /// What repeats under this finding: an executable, a port, a
+    /// destination; empty for once-per-container rules.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    /// `alert`, `kill` or `deny-connect`.
+    pub action: &'static str,
+    /// For enforcing actions: `killed` or `denied` when the kernel acted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    /// Occurrences folded into this finding (dedup window, rate limit).
+    pub count: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub evidence: Vec<Event>,
 }
 
 impl Event {
@@ -271,6 +311,8 @@ impl Event {
             network: None,
             loss: None,
             agent: None,
+            enforced: None,
+            finding: None,
         }
     }
 }

@@ -4,10 +4,12 @@ mod bpf;
 mod clock;
 mod config;
 mod container;
+mod detect;
 mod event;
 mod export;
 mod metrics;
 mod pipeline;
+mod policy;
 mod process;
 
 use std::path::PathBuf;
@@ -63,6 +65,9 @@ struct Overrides {
     /// Serve /metrics, /healthz and /readyz on this address (ADDR:PORT).
     #[arg(long, global = true)]
     metrics_listen: Option<String>,
+    /// Policy file (YAML) for detections and in-kernel actions.
+    #[arg(long, global = true)]
+    policy: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +106,9 @@ fn effective_config(cli: &Cli) -> Result<Config> {
     }
     if let Some(s) = &o.containerd_socket {
         cfg.containerd.socket = s.clone();
+    }
+    if let Some(p) = &o.policy {
+        cfg.policy.file = p.clone();
     }
     if let Some(l) = &o.metrics_listen {
         cfg.metrics.listen = l.clone();

@@ -53,6 +53,10 @@ pub struct Metrics {
     /// containerd lookups answered, and their total time.
     pub lookups: AtomicU64,
     pub lookup_us: AtomicU64,
+    /// Findings emitted, by rule (copied from the detector every second).
+    findings: std::sync::Mutex<Vec<(&'static str, u64)>>,
+    pub policy_reloads: AtomicU64,
+    pub policy_reload_errors: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -70,6 +74,12 @@ impl Metrics {
                 self.events[i].fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    pub fn set_findings(&self, by_rule: &std::collections::HashMap<&'static str, u64>) {
+        let mut v: Vec<(&'static str, u64)> = by_rule.iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort();
+        *self.findings.lock().expect("findings lock") = v;
     }
 
     pub fn turned(&self) {
@@ -139,6 +149,15 @@ impl Metrics {
                 get(a)
             );
         }
+        endpoints::family(
+            &mut s,
+            "spyglass_findings_total",
+            "Findings emitted (first reports and folded updates), by rule.",
+            "counter",
+        );
+        for (rule, n) in self.findings.lock().expect("findings lock").iter() {
+            let _ = writeln!(s, "spyglass_findings_total{{rule=\"{rule}\"}} {n}");
+        }
         for (name, help, kind, v) in [
             (
                 "spyglass_read_errors_total",
@@ -205,6 +224,18 @@ impl Metrics {
                 "Bytes of the spooled batches.",
                 "gauge",
                 get(&self.spool_bytes),
+            ),
+            (
+                "spyglass_policy_reloads_total",
+                "Policy files loaded after the start (SIGHUP or a changed file).",
+                "counter",
+                get(&self.policy_reloads),
+            ),
+            (
+                "spyglass_policy_reload_errors_total",
+                "Policy files rejected on reload (the running policy stayed).",
+                "counter",
+                get(&self.policy_reload_errors),
             ),
             (
                 "spyglass_containerd_lookup_seconds_count",

@@ -152,6 +152,9 @@ pub fn event_json(ev: &Event) -> Value {
     if ev.host {
         m.insert("host".into(), json!(true));
     }
+    if !ev.enforced.is_empty() {
+        m.insert("enforced".into(), json!(ev.enforced));
+    }
     match &ev.detail {
         Some(Detail::Exit(x)) => {
             let mut e = Map::new();
@@ -212,6 +215,8 @@ pub fn event_json(ev: &Event) -> Value {
                 "finding".into(),
                 json!({"rule_id": f.rule_id, "severity": severity_name(f.severity),
                        "summary": f.summary, "mitre_technique": f.mitre_technique,
+                       "mitre_name": f.mitre_name, "subject": f.subject,
+                       "action": f.action, "outcome": f.outcome,
                        "count": f.count,
                        "first_seen": Timestamp(f.first_seen_unix_nano).to_string(),
                        "last_seen": Timestamp(f.last_seen_unix_nano).to_string(),

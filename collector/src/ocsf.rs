@@ -252,10 +252,17 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
                     "last_seen_time": ms(f.last_seen_unix_nano),
                 });
                 if !f.mitre_technique.is_empty() {
-                    info["attacks"] = json!([{"technique": {"uid": f.mitre_technique}}]);
+                    info["attacks"] = json!([{"technique": {"uid": f.mitre_technique, "name": f.mitre_name}}]);
                 }
                 m.insert("finding_info".into(), info);
                 unmapped.insert("count".into(), json!(f.count));
+                unmapped.insert("action".into(), json!(f.action));
+                if !f.outcome.is_empty() {
+                    unmapped.insert("outcome".into(), json!(f.outcome));
+                }
+                if !f.subject.is_empty() {
+                    unmapped.insert("subject".into(), json!(f.subject));
+                }
                 unmapped.insert(
                     "evidence".into(),
                     Value::Array(f.evidence.iter().map(convert::event_json).collect()),

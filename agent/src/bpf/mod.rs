@@ -151,6 +151,22 @@ impl Probes {
         })
     }
 
+    /// Take the enforcement maps (once).
+    pub fn take_enforcement(&mut self) -> Result<crate::detect::enforce::Maps, BpfError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, BpfError> {
+            let map = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
+            T::try_from(map).map_err(|source| BpfError::Map { name, source })
+        }
+        Ok(crate::detect::enforce::Maps {
+            flags: take(&mut self.ebpf, "ENFORCE")?,
+            exec: take(&mut self.ebpf, "EXEC_KILL")?,
+            connect: take(&mut self.ebpf, "CONNECT_DENY")?,
+        })
+    }
+
     /// Take the per-CPU loss counters (once).
     pub fn take_counters(&mut self) -> Result<PerCpuArray<MapData, u64>, BpfError> {
         let map = self

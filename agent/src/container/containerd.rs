@@ -164,7 +164,7 @@ async fn read_blob(ch: &Channel, ns: &str, digest: &str) -> Result<Vec<u8>, Cont
 /// Digests behind an image target, cached by target digest (immutable).
 #[derive(Default)]
 struct ImageDigests {
-    by_target: HashMap<String, (String, String, String)>,
+    by_target: HashMap<String, (String, String, String, Vec<String>)>,
 }
 
 impl ImageDigests {
@@ -194,9 +194,13 @@ impl ImageDigests {
         let Some(target) = target else {
             return image;
         };
-        if let Some((digest, index, config)) = self.by_target.get(&target.digest) {
-            (image.digest, image.index_digest, image.config_digest) =
-                (digest.clone(), index.clone(), config.clone());
+        if let Some((digest, index, config, ports)) = self.by_target.get(&target.digest) {
+            (
+                image.digest,
+                image.index_digest,
+                image.config_digest,
+                image.exposed_ports,
+            ) = (digest.clone(), index.clone(), config.clone(), ports.clone());
             return image;
         }
         let (mut digest, mut index) = (target.digest.clone(), String::new());
@@ -222,14 +226,30 @@ impl ImageDigests {
                 }
             }
         };
+        let ports = if config.is_empty() {
+            Vec::new()
+        } else {
+            match read_blob(ch, ns, &config).await {
+                Ok(json) => meta::exposed_ports_of_config(&json),
+                Err(e) => {
+                    debug!(image = reference, error = %e, "cannot read image config");
+                    Vec::new()
+                }
+            }
+        };
         if self.by_target.len() >= Self::MAX {
             self.by_target.clear();
         }
         self.by_target.insert(
             target.digest.clone(),
-            (digest.clone(), index.clone(), config.clone()),
+            (digest.clone(), index.clone(), config.clone(), ports.clone()),
         );
-        (image.digest, image.index_digest, image.config_digest) = (digest, index, config);
+        (
+            image.digest,
+            image.index_digest,
+            image.config_digest,
+            image.exposed_ports,
+        ) = (digest, index, config, ports);
         image
     }
 }
@@ -260,6 +280,11 @@ fn meta_of(c: Container, ns: &str, image: Image) -> ContainerMeta {
         pod: meta::pod_from_labels(&labels),
         labels,
         posture,
+        entrypoint: c
+            .spec
+            .as_ref()
+            .map(|s| meta::args_from_spec(&s.value))
+            .unwrap_or_default(),
         id: c.id,
     }
 }

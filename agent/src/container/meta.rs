@@ -22,6 +22,9 @@ pub struct Image {
     /// Image config digest (the "image id").
     #[serde(skip_serializing_if = "String::is_empty")]
     pub config_digest: String,
+    /// Ports the image declares (`8080/tcp`), from its config.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
 }
 
 /// Kubernetes pod of a container.
@@ -79,6 +82,10 @@ pub struct ContainerMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub posture: Option<Posture>,
+    /// The process the container was created to run (OCI spec
+    /// `process.args`); not in events (arguments may hold secrets).
+    #[serde(skip)]
+    pub entrypoint: Vec<String>,
 }
 
 /// Labels a kubelet sets on CRI containers.
@@ -137,6 +144,7 @@ struct Spec {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct SpecProcess {
+    args: Vec<String>,
     user: SpecUser,
     capabilities: SpecCaps,
     no_new_privileges: bool,
@@ -275,6 +283,33 @@ pub fn manifest_for_platform(index_json: &[u8], os: &str, arch: &str) -> Option<
     candidates.first().map(|d| d.digest.clone())
 }
 
+/// The process an OCI runtime spec starts (`process.args`).
+pub fn args_from_spec(json: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Spec>(json)
+        .map(|s| s.process.args)
+        .unwrap_or_default()
+}
+
+/// Ports an image config declares (`config.ExposedPorts` keys), sorted.
+pub fn exposed_ports_of_config(config_json: &[u8]) -> Vec<String> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Config {
+        config: Inner,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Inner {
+        #[serde(rename = "ExposedPorts")]
+        exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    }
+    serde_json::from_slice::<Config>(config_json)
+        .ok()
+        .and_then(|c| c.config.exposed_ports)
+        .map(|p| p.into_keys().collect())
+        .unwrap_or_default()
+}
+
 /// The config digest of an image manifest.
 pub fn config_of_manifest(manifest_json: &[u8]) -> Option<String> {
     let m: Manifest = serde_json::from_slice(manifest_json).ok()?;
@@ -403,6 +438,12 @@ mod tests {
         let manifest = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:cfg","size":2},"layers":[]}"#;
         assert_eq!(config_of_manifest(manifest).as_deref(), Some("sha256:cfg"));
         assert_eq!(config_of_manifest(b"{}"), None);
+        let config = br#"{"config":{"ExposedPorts":{"8080/tcp":{},"53/udp":{}}}}"#;
+        assert_eq!(exposed_ports_of_config(config), ["53/udp", "8080/tcp"]);
+        assert!(exposed_ports_of_config(br#"{"config":{}}"#).is_empty());
+        assert!(exposed_ports_of_config(b"garbage").is_empty());
+        let spec = br#"{"process":{"args":["/bin/sh","-c","x"]}}"#;
+        assert_eq!(args_from_spec(spec), ["/bin/sh", "-c", "x"]);
         assert!(is_index(MEDIA_OCI_INDEX) && is_index(MEDIA_DOCKER_LIST));
         assert!(!is_index("application/vnd.oci.image.manifest.v1+json"));
     }

@@ -2,7 +2,10 @@
 //! agent that touches wire types.
 use spyglass_proto::v1 as wire;
 
-use crate::event::{Ancestor, Container, Endpoint, Event, Kind, Posture, Process};
+use crate::{
+    event::{Ancestor, Container, Endpoint, Event, Kind, Posture, Process},
+    policy::Severity,
+};
 
 fn kind(k: Kind) -> wire::EventKind {
     match k {
@@ -14,6 +17,7 @@ fn kind(k: Kind) -> wire::EventKind {
         Kind::Accept => wire::EventKind::Accept,
         Kind::Loss => wire::EventKind::Loss,
         Kind::Agent => wire::EventKind::Agent,
+        Kind::Finding => wire::EventKind::Finding,
     }
 }
 
@@ -133,6 +137,27 @@ pub fn to_wire(ev: &Event) -> wire::Event {
             decode_errors: l.decode_errors,
             spool_dropped: l.spool_dropped,
         }))
+    } else if let Some(f) = &ev.finding {
+        Some(Detail::Finding(wire::Finding {
+            rule_id: f.rule_id.into(),
+            severity: match f.severity {
+                Severity::Info => wire::Severity::Info,
+                Severity::Low => wire::Severity::Low,
+                Severity::Medium => wire::Severity::Medium,
+                Severity::High => wire::Severity::High,
+                Severity::Critical => wire::Severity::Critical,
+            } as i32,
+            summary: f.summary.clone(),
+            mitre_technique: f.mitre.as_ref().map(|m| m.technique).unwrap_or("").into(),
+            mitre_name: f.mitre.as_ref().map(|m| m.name).unwrap_or("").into(),
+            evidence: f.evidence.iter().map(to_wire).collect(),
+            count: f.count,
+            first_seen_unix_nano: f.first_seen.0,
+            last_seen_unix_nano: f.last_seen.0,
+            subject: f.subject.clone(),
+            action: f.action.into(),
+            outcome: f.outcome.unwrap_or("").into(),
+        }))
     } else {
         ev.agent.as_ref().map(|a| {
             Detail::Agent(wire::AgentInfo {
@@ -168,6 +193,7 @@ pub fn to_wire(ev: &Event) -> wire::Event {
         container: ev.container.as_ref().map(container),
         host: ev.host,
         detail,
+        enforced: ev.enforced.unwrap_or("").into(),
     }
 }
 

@@ -72,6 +72,23 @@ pub fn text_line(ev: &Event) -> String {
     let time = time.get(11..23).unwrap_or(&time);
     let kind = format!("{:?}", ev.kind).to_lowercase();
     let mut line = format!("{time} {kind:<7}");
+    if let Some(f) = &ev.finding {
+        let sev = format!("{:?}", f.severity).to_uppercase();
+        line.push_str(&format!(" {sev} {} {}", f.rule_id, f.summary));
+        if f.action != "alert" || f.outcome.is_some() {
+            line.push_str(&format!(" action={}", f.action));
+        }
+        if let Some(o) = f.outcome {
+            line.push_str(&format!(" outcome={o}"));
+        }
+        if f.count > 1 {
+            line.push_str(&format!(" count={}", f.count));
+        }
+        if let Some(c) = &ev.container {
+            line.push_str(&container_text(c));
+        }
+        return line;
+    }
     if ev.snapshot {
         line.push_str(" [snapshot]");
     }
@@ -82,6 +99,9 @@ pub fn text_line(ev: &Event) -> String {
             line.push_str(&format!(" exe={} argv=[{}]", p.exe, args.join(" ")));
             if p.argv_truncated {
                 line.push_str(" (argv truncated)");
+            }
+            if ev.enforced.is_some() {
+                line.push_str(" KILLED by policy");
             }
         }
     }

@@ -93,6 +93,8 @@ pub enum Outcome {
     None,
     Established,
     Failed,
+    /// Refused by a deny-connect policy in the kernel.
+    Denied,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,6 +261,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             let outcome = match e.outcome {
                 outcome::ESTABLISHED => Outcome::Established,
                 outcome::FAILED => Outcome::Failed,
+                outcome::DENIED => Outcome::Denied,
                 _ => Outcome::None,
             };
             Ok(RawEvent::Net(Net {

@@ -243,6 +243,7 @@ impl Enricher {
     }
 
     fn on_exec(&mut self, e: Exec) -> Event {
+        let killed = e.flags & agent_common::exec_flags::KILLED != 0;
         let h = &e.header;
         if let Some(cg) = &e.cgroup {
             self.containers
@@ -267,6 +268,9 @@ impl Enricher {
         });
         let mut ev = self.event(Kind::Exec, h.ts_ns);
         self.attach_process(&mut ev, h.pid, Some(h));
+        if killed {
+            ev.enforced = Some("kill");
+        }
         ev
     }
 
@@ -300,6 +304,7 @@ impl Enricher {
             outcome: match n.outcome {
                 Outcome::Established => Some("established"),
                 Outcome::Failed => Some("failed"),
+                Outcome::Denied => Some("denied"),
                 Outcome::None => None,
             },
             wildcard: listen.then(|| n.local.ip().is_unspecified()),

@@ -1,0 +1,320 @@
+//! In-kernel actions: the `kill` and `deny-connect` entries of the policy
+//! become longest-prefix entries of the probes' `EXEC_KILL` and
+//! `CONNECT_DENY` maps, per cgroup of a container in scope. The plan is
+//! pure; [`Enforcer`] writes it and keeps a mirror to tell which rule the
+//! kernel applied.
+use std::{collections::HashMap, net::IpAddr};
+
+use agent_common::{enforce as bits, ConnectRuleKey, ExecRuleKey, RULE_PATH_LEN};
+use aya::maps::{lpm_trie::Key, Array, LpmTrie, MapData};
+use tracing::{info, warn};
+
+use crate::{
+    container::meta::ContainerMeta,
+    policy::{
+        addr::{internet_exceptions, non_internet_ranges, Cidr},
+        path_matches, Action, Policy, RuleId,
+    },
+};
+
+/// Directories where shells are looked for when `process.shell` kills.
+const BIN_DIRS: &[&str] = &["/bin/", "/usr/bin/", "/usr/local/bin/", "/sbin/", "/usr/sbin/"];
+
+/// What the kernel should enforce for one cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// (pattern, rule): exact paths, or prefixes ending in `/`.
+    pub exec: Vec<(String, RuleId)>,
+    /// (range, Some(rule) to deny | None to allow), applied in order
+    /// (later entries with the same range win).
+    pub connect: Vec<(Cidr, Option<RuleId>)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.exec.is_empty() && self.connect.is_empty()
+    }
+
+    /// The rule the kernel applied to an exec of `path` (longest match).
+    pub fn exec_rule(&self, path: &str) -> Option<RuleId> {
+        self.exec
+            .iter()
+            .filter(|(p, _)| path_matches(p, path))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, r)| *r)
+    }
+
+    /// The rule the kernel applied to a connect to `ip` (longest prefix;
+    /// None when allowed).
+    pub fn connect_rule(&self, ip: IpAddr) -> Option<RuleId> {
+        let mut best: Option<(u8, Option<RuleId>)> = None;
+        for (c, r) in &self.connect {
+            let (_, len) = c.mapped();
+            if c.contains(ip) && best.is_none_or(|(b, _)| len >= b) {
+                best = Some((len, *r));
+            }
+        }
+        best.and_then(|(_, r)| r)
+    }
+}
+
+/// The plan for a container under `policy`.
+pub fn plan(policy: &Policy, meta: &ContainerMeta) -> Plan {
+    let mut p = Plan::default();
+    let s = &policy.settings;
+    for rule in [
+        RuleId::ProcessExec,
+        RuleId::ProcessShell,
+        RuleId::ProcessWritablePath,
+        RuleId::ProcessMemfd,
+    ] {
+        let entries: Vec<_> = if rule == RuleId::ProcessExec {
+            policy.custom(rule, meta).collect()
+        } else {
+            policy.effective(rule, meta).and_then(|e| e.entry).into_iter().collect()
+        };
+        for e in entries.into_iter().filter(|e| e.action == Action::Kill) {
+            let patterns: Vec<String> = match rule {
+                RuleId::ProcessExec => e.executables.clone(),
+                RuleId::ProcessShell => s
+                    .shells
+                    .iter()
+                    .flat_map(|sh| BIN_DIRS.iter().map(move |d| format!("{d}{sh}")))
+                    .collect(),
+                RuleId::ProcessWritablePath => s.writable_paths.clone(),
+                _ => vec!["/dev/fd/".into(), "/proc/self/fd/".into()],
+            };
+            for pat in patterns {
+                let allowed = e.allow.executables.iter().any(|a| path_matches(a, &pat));
+                if !allowed && pat.len() < RULE_PATH_LEN {
+                    p.exec.push((pat, rule));
+                }
+            }
+        }
+    }
+    // Internet egress first (its allows), then listed destinations, so a
+    // listed range overrides an allow of the same range.
+    if let Some(e) = policy
+        .effective(RuleId::InternetEgress, meta)
+        .and_then(|e| e.entry)
+        .filter(|e| e.action == Action::DenyConnect)
+    {
+        for all in ["0.0.0.0/0", "::/0"] {
+            let c: Cidr = all.parse().expect("valid");
+            p.connect.push((c, Some(RuleId::InternetEgress)));
+        }
+        for c in non_internet_ranges()
+            .into_iter()
+            .chain(s.egress_allow.iter().cloned())
+            .chain(e.allow.destinations.iter().cloned())
+        {
+            p.connect.push((c, None));
+        }
+        for c in internet_exceptions() {
+            p.connect.push((c, Some(RuleId::InternetEgress)));
+        }
+    }
+    for e in policy
+        .custom(RuleId::NetworkConnect, meta)
+        .filter(|e| e.action == Action::DenyConnect)
+    {
+        for c in &e.destinations {
+            p.connect.push((c.clone(), Some(RuleId::NetworkConnect)));
+        }
+        for c in &e.allow.destinations {
+            p.connect.push((c.clone(), None));
+        }
+    }
+    p
+}
+
+/// The longest-prefix key of an exec pattern in `cgroup`.
+pub fn exec_key(cgroup: u64, pattern: &str) -> Key<ExecRuleKey> {
+    let mut data = ExecRuleKey {
+        cgroup_id: cgroup.to_ne_bytes(),
+        path: [0; RULE_PATH_LEN],
+    };
+    let b = pattern.as_bytes();
+    data.path[..b.len()].copy_from_slice(b);
+    // An exact path matches up to and including its NUL; a prefix does not.
+    let bytes = if pattern.ends_with('/') {
+        b.len()
+    } else {
+        b.len() + 1
+    };
+    Key::new(((8 + bytes) * 8) as u32, data)
+}
+
+/// The longest-prefix key of a destination range in `cgroup`.
+pub fn connect_key(cgroup: u64, range: &Cidr) -> Key<ConnectRuleKey> {
+    let (addr, len) = range.mapped();
+    Key::new(
+        64 + u32::from(len),
+        ConnectRuleKey {
+            cgroup_id: cgroup.to_ne_bytes(),
+            addr,
+        },
+    )
+}
+
+/// The probes' enforcement maps.
+pub struct Maps {
+    pub flags: Array<MapData, u32>,
+    pub exec: LpmTrie<MapData, ExecRuleKey, u32>,
+    pub connect: LpmTrie<MapData, ConnectRuleKey, u32>,
+}
+
+/// Owns the maps and what was written to them, per cgroup.
+pub struct Enforcer {
+    maps: Maps,
+    installed: HashMap<u64, Plan>,
+}
+
+fn value(rule: Option<RuleId>) -> u32 {
+    rule.map(|r| r as u32 + 1).unwrap_or(0)
+}
+
+impl Enforcer {
+    pub fn new(maps: Maps) -> Self {
+        Enforcer {
+            maps,
+            installed: HashMap::new(),
+        }
+    }
+
+    /// What is enforced for a cgroup.
+    pub fn plan_of(&self, cgroup: u64) -> Option<&Plan> {
+        self.installed.get(&cgroup)
+    }
+
+    /// Make the kernel enforce `plan` for `cgroup` (replacing what was).
+    pub fn apply(&mut self, cgroup: u64, plan: Plan, container: &str) {
+        if self.installed.get(&cgroup) == Some(&plan) {
+            return;
+        }
+        self.remove(cgroup);
+        if plan.is_empty() {
+            return;
+        }
+        let mut failed = 0usize;
+        for (pat, rule) in &plan.exec {
+            if self.maps.exec.insert(&exec_key(cgroup, pat), value(Some(*rule)), 0).is_err() {
+                failed += 1;
+            }
+        }
+        for (range, rule) in &plan.connect {
+            if self
+                .maps
+                .connect
+                .insert(&connect_key(cgroup, range), value(*rule), 0)
+                .is_err()
+            {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            warn!(container, cgroup, failed, "enforcement entries not written (map full?)");
+        }
+        info!(
+            container,
+            cgroup,
+            exec_rules = plan.exec.len(),
+            connect_rules = plan.connect.len(),
+            "enforcing policy"
+        );
+        self.installed.insert(cgroup, plan);
+        self.sync_flags();
+    }
+
+    /// Stop enforcing for a cgroup.
+    pub fn remove(&mut self, cgroup: u64) {
+        let Some(old) = self.installed.remove(&cgroup) else {
+            return;
+        };
+        for (pat, _) in &old.exec {
+            let _ = self.maps.exec.remove(&exec_key(cgroup, pat));
+        }
+        for (range, _) in &old.connect {
+            let _ = self.maps.connect.remove(&connect_key(cgroup, range));
+        }
+        self.sync_flags();
+    }
+
+    /// Cgroups with entries.
+    pub fn cgroups(&self) -> Vec<u64> {
+        self.installed.keys().copied().collect()
+    }
+
+    fn sync_flags(&mut self) {
+        let mut f = 0;
+        if self.installed.values().any(|p| !p.exec.is_empty()) {
+            f |= bits::EXEC_KILL;
+        }
+        if self.installed.values().any(|p| !p.connect.is_empty()) {
+            f |= bits::CONNECT_DENY;
+        }
+        if let Err(e) = self.maps.flags.set(0, f, 0) {
+            warn!(error = %e, "cannot update the enforcement switch");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse;
+
+    fn meta() -> ContainerMeta {
+        ContainerMeta {
+            id: "c1".into(),
+            name: "web".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plans_kill_and_deny_entries() {
+        let pol = parse(
+            r#"
+version: 1
+rules:
+  - rule: process.writable_path_exec
+    action: kill
+  - rule: process.exec
+    executables: [/usr/bin/nc]
+    action: kill
+  - rule: network.internet_egress
+    action: deny-connect
+    allow:
+      destinations: [1.1.1.1/32]
+  - rule: network.connect
+    destinations: [127.0.0.1/32]
+    action: deny-connect
+"#,
+            std::path::Path::new("p.yaml"),
+        )
+        .unwrap();
+        let p = plan(&pol, &meta());
+        assert_eq!(p.exec_rule("/tmp/x"), Some(RuleId::ProcessWritablePath));
+        assert_eq!(p.exec_rule("/usr/bin/nc"), Some(RuleId::ProcessExec));
+        assert_eq!(p.exec_rule("/usr/bin/ncat"), None);
+        assert_eq!(p.exec_rule("/bin/sh"), None, "process.shell is alert only");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(p.connect_rule(ip("8.8.8.8")), Some(RuleId::InternetEgress));
+        assert_eq!(p.connect_rule(ip("2606:4700::1")), Some(RuleId::InternetEgress));
+        assert_eq!(p.connect_rule(ip("1.1.1.1")), None, "allow-listed");
+        assert_eq!(p.connect_rule(ip("10.1.2.3")), None, "private");
+        assert_eq!(p.connect_rule(ip("127.0.0.1")), Some(RuleId::NetworkConnect));
+        assert_eq!(p.connect_rule(ip("127.0.0.2")), None);
+        // Nothing to enforce without kill/deny entries.
+        assert!(plan(&Policy::default(), &meta()).is_empty());
+    }
+
+    #[test]
+    fn keys_stop_at_the_prefix_or_include_the_nul() {
+        assert_eq!(exec_key(7, "/tmp/").prefix_len(), (8 + 5) * 8);
+        assert_eq!(exec_key(7, "/bin/sh").prefix_len(), (8 + 8) * 8);
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert_eq!(connect_key(7, &c).prefix_len(), 64 + 104);
+    }
+}

@@ -1,0 +1,413 @@
+//! The detect stage: attributed events in, findings out (and, where the
+//! policy says so, in-kernel actions set up per container). One owner:
+//! the agent's main loop calls [`Detector::observe`] on every batch and
+//! [`Detector::tick`] on its housekeeping timer.
+pub mod baseline;
+pub mod dedup;
+pub mod enforce;
+pub mod proc;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use baseline::{Baselines, Seen, What};
+use dedup::{Dedup, Key, Limits};
+use enforce::Enforcer;
+
+use crate::{
+    container::meta::ContainerMeta,
+    event::{Event, FindingInfo, Kind, Mitre},
+    policy::{addr, info_of, path_matches, Policy, RuleId},
+};
+
+/// Containers remembered (first-event checks, fork rates, upper layers).
+const MAX_CONTAINERS: usize = 8192;
+/// Forget a container after this long without events.
+const CONTAINER_IDLE: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+struct Seen_ {
+    posture_checked: bool,
+    cgroups: Vec<u64>,
+    upper: Option<PathBuf>,
+    fork_window: Option<Instant>,
+    forks: u32,
+    last: Option<Instant>,
+}
+
+/// One detection before policy and dedup.
+struct Hit {
+    rule: RuleId,
+    subject: String,
+    summary: String,
+    outcome: Option<&'static str>,
+}
+
+fn hit(rule: RuleId, subject: impl Into<String>, summary: String) -> Hit {
+    Hit {
+        rule,
+        subject: subject.into(),
+        summary,
+        outcome: None,
+    }
+}
+
+pub struct Detector {
+    policy: Arc<Policy>,
+    containers: HashMap<String, Seen_>,
+    dedup: Dedup,
+    baselines: Baselines,
+    enforcer: Option<Enforcer>,
+    /// Findings emitted, by rule (for metrics).
+    pub emitted: HashMap<&'static str, u64>,
+}
+
+fn limits(p: &Policy) -> Limits {
+    Limits {
+        window: Duration::from_secs(p.settings.dedup_window_s.max(1)),
+        per_minute: p.settings.max_findings_per_minute.max(1),
+        max_keys: 65536,
+    }
+}
+
+fn basename(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Detector {
+    pub fn new(policy: Policy, enforcer: Option<Enforcer>) -> Self {
+        let b = &policy.settings.baseline;
+        let path = (!b.state_file.is_empty()).then(|| PathBuf::from(&b.state_file));
+        Detector {
+            dedup: Dedup::new(limits(&policy)),
+            baselines: Baselines::open(b.learn_s, path.as_deref()),
+            policy: Arc::new(policy),
+            containers: HashMap::new(),
+            enforcer,
+            emitted: HashMap::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replace the policy (already checked); enforcement follows for every
+    /// container seen, and containers are checked again.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.dedup.set_limits(limits(&policy));
+        self.policy = Arc::new(policy);
+        if let Some(enf) = &mut self.enforcer {
+            for cg in enf.cgroups() {
+                enf.remove(cg);
+            }
+        }
+        for seen in self.containers.values_mut() {
+            seen.posture_checked = false;
+            seen.cgroups.clear();
+        }
+    }
+
+    /// Findings for a batch of events (in order).
+    pub fn observe(&mut self, events: &[Event], now: Instant) -> Vec<Event> {
+        let mut out = Vec::new();
+        for ev in events {
+            if ev.kind == Kind::Finding {
+                continue;
+            }
+            let Some(meta) = ev.container.as_ref().and_then(|c| c.meta.clone()) else {
+                continue;
+            };
+            let hits = self.check(ev, &meta, now);
+            for h in hits {
+                if let Some(f) = self.finding(ev, &meta, h, now) {
+                    out.push(f);
+                }
+            }
+        }
+        out
+    }
+
+    /// Updates (folded counts, rate-limit summaries), baseline saves and
+    /// forgetting idle containers.
+    pub fn tick(&mut self, now: Instant) -> Vec<Event> {
+        self.baselines.save();
+        if self.containers.len() > MAX_CONTAINERS / 2 {
+            self.containers
+                .retain(|_, s| s.last.is_some_and(|l| now.duration_since(l) < CONTAINER_IDLE));
+        }
+        let out = self.dedup.flush(now);
+        for f in &out {
+            if let Some(info) = &f.finding {
+                *self.emitted.entry(info.rule_id).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Flush on stop.
+    pub fn close(&mut self) {
+        self.baselines.save();
+    }
+
+    fn check(&mut self, ev: &Event, meta: &ContainerMeta, now: Instant) -> Vec<Hit> {
+        let policy = self.policy.clone();
+        let p = &*policy;
+        let mut hits = Vec::new();
+        let cid = meta.id.clone();
+        if !self.containers.contains_key(&cid) && self.containers.len() >= MAX_CONTAINERS {
+            self.containers.clear();
+        }
+        let seen = self.containers.entry(cid.clone()).or_default();
+        seen.last = Some(now);
+        let cgroup = ev.process.as_ref().map(|pr| pr.cgroup_id).unwrap_or(0);
+        if cgroup != 0 && !seen.cgroups.contains(&cgroup) {
+            seen.cgroups.push(cgroup);
+            if let Some(enf) = &mut self.enforcer {
+                enf.apply(cgroup, enforce::plan(p, meta), &cid);
+            }
+        }
+        if !seen.posture_checked {
+            seen.posture_checked = true;
+            hits.extend(posture_hits(p, meta));
+        }
+        let digest = meta.image.digest.as_str();
+        match ev.kind {
+            Kind::Exec => {
+                let Some(pr) = &ev.process else { return hits };
+                // The kernel's view of the file (absolute, symlinks
+                // resolved, memfd/deleted visible), else the execve path.
+                let real = if ev.snapshot || ev.enforced.is_some() {
+                    None
+                } else {
+                    proc::exe(pr.pid)
+                };
+                let path = real.as_deref().unwrap_or(&pr.exe).to_owned();
+                if ev.enforced.is_some() {
+                    let rule = self
+                        .enforcer
+                        .as_ref()
+                        .and_then(|e| e.plan_of(cgroup))
+                        .and_then(|pl| pl.exec_rule(&pr.exe))
+                        .unwrap_or(RuleId::ProcessExec);
+                    hits.push(Hit {
+                        outcome: Some("killed"),
+                        ..hit(
+                            rule,
+                            pr.exe.to_string(),
+                            format!("killed at exec by policy: {} in container {}", pr.exe, meta.name),
+                        )
+                    });
+                    return hits;
+                }
+                for e in p.custom(RuleId::ProcessExec, meta) {
+                    if e.executables.iter().any(|x| path_matches(x, &path) || path_matches(x, &pr.exe)) {
+                        hits.push(hit(RuleId::ProcessExec, path.clone(), format!("{path} executed in container {}", meta.name)));
+                        break;
+                    }
+                }
+                let name = basename(&path);
+                let argv0 = pr.argv.first().map(|a| basename(a)).unwrap_or("");
+                let is_shell = p.settings.shells.iter().any(|s| s == name || s == argv0);
+                let is_entry = !meta.entrypoint.is_empty() && *pr.argv == *meta.entrypoint;
+                if is_shell && !is_entry {
+                    hits.push(hit(
+                        RuleId::ProcessShell,
+                        path.clone(),
+                        format!("shell or interpreter {} started in container {} (not its entrypoint)", pr.exe, meta.name),
+                    ));
+                }
+                if p.settings.writable_paths.iter().any(|w| path.starts_with(w.as_str()) || pr.exe.starts_with(w.as_str())) {
+                    hits.push(hit(
+                        RuleId::ProcessWritablePath,
+                        path.clone(),
+                        format!("{path} executed from a writable path in container {}", meta.name),
+                    ));
+                }
+                let memfd = path.starts_with("/memfd:")
+                    || path.ends_with(" (deleted)")
+                    || pr.exe.starts_with("/dev/fd/")
+                    || pr.exe.starts_with("/proc/self/fd/");
+                if memfd {
+                    hits.push(hit(
+                        RuleId::ProcessMemfd,
+                        path.clone(),
+                        format!("fileless execution ({path}) in container {}", meta.name),
+                    ));
+                } else if !ev.snapshot {
+                    let seen = self.containers.get_mut(&cid).expect("inserted above");
+                    if seen.upper.is_none() {
+                        seen.upper = proc::upperdir(pr.pid);
+                    }
+                    if let Some(upper) = &seen.upper {
+                        if path.starts_with('/') && proc::in_upper(upper, &path) {
+                            hits.push(hit(
+                                RuleId::ProcessNotInImage,
+                                path.clone(),
+                                format!("{path} is not part of image {} (written after container {} started) and was executed", meta.image.reference, meta.name),
+                            ));
+                        }
+                    }
+                }
+                if self.baselines.observe(digest, What::Executable, &path, unix_now()) == Seen::New {
+                    hits.push(hit(RuleId::BaselineExecutable, path.clone(), format!("{path} executed in container {}: new for image {}", meta.name, meta.image.reference)));
+                }
+            }
+            Kind::Listen => {
+                let Some(n) = &ev.network else { return hits };
+                let port = format!("{}/{}", n.local.port, n.protocol);
+                let host_net = meta.posture.as_ref().is_some_and(|p| p.host_network);
+                if host_net {
+                    hits.push(hit(RuleId::PortHostNetwork, port.clone(), format!("container {} listens on {}:{} in the host network namespace", meta.name, n.local.addr, port)));
+                } else if n.wildcard == Some(true) {
+                    hits.push(hit(RuleId::PortWildcard, port.clone(), format!("container {} listens on {}:{} (every interface)", meta.name, n.local.addr, port)));
+                }
+                let local = n.local.addr.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !local && !meta.image.exposed_ports.contains(&port) {
+                    hits.push(hit(RuleId::PortUndeclared, port.clone(), format!("container {} listens on {port}, which image {} does not declare", meta.name, meta.image.reference)));
+                }
+                if self.baselines.observe(digest, What::Port, &port, unix_now()) == Seen::New {
+                    hits.push(hit(RuleId::BaselinePort, port.clone(), format!("container {} listens on {port}: new for image {}", meta.name, meta.image.reference)));
+                }
+            }
+            Kind::Connect => {
+                let Some(n) = &ev.network else { return hits };
+                let Some(remote) = &n.remote else { return hits };
+                let Ok(ip) = remote.addr.parse::<IpAddr>() else { return hits };
+                let dest = format!("{}:{}", remote.addr, remote.port);
+                if n.outcome == Some("denied") {
+                    let rule = self
+                        .enforcer
+                        .as_ref()
+                        .and_then(|e| e.plan_of(cgroup))
+                        .and_then(|pl| pl.connect_rule(ip))
+                        .unwrap_or(RuleId::NetworkConnect);
+                    hits.push(Hit {
+                        outcome: Some("denied"),
+                        ..hit(rule, dest.clone(), format!("connection to {dest} from container {} refused by policy", meta.name))
+                    });
+                    return hits;
+                }
+                if p.custom(RuleId::NetworkConnect, meta).any(|e| e.destinations.iter().any(|c| c.contains(ip))) {
+                    hits.push(hit(RuleId::NetworkConnect, dest.clone(), format!("container {} connects to {dest}", meta.name)));
+                }
+                if addr::is_internet(ip, &p.settings.egress_allow) {
+                    hits.push(hit(RuleId::InternetEgress, remote.addr.clone(), format!("container {} connects to internet address {dest}", meta.name)));
+                    if self.baselines.observe(digest, What::Destination, &remote.addr, unix_now()) == Seen::New {
+                        hits.push(hit(RuleId::BaselineDestination, remote.addr.clone(), format!("container {} connects to {dest}: new for image {}", meta.name, meta.image.reference)));
+                    }
+                }
+            }
+            Kind::Fork => {
+                let max = p.settings.max_forks_per_second;
+                let seen = self.containers.get_mut(&cid).expect("inserted above");
+                match seen.fork_window {
+                    Some(w) if now.duration_since(w) < Duration::from_secs(1) => seen.forks += 1,
+                    _ => {
+                        seen.fork_window = Some(now);
+                        seen.forks = 1;
+                    }
+                }
+                if max > 0 && seen.forks == max + 1 {
+                    hits.push(hit(RuleId::ProcessForkRate, "", format!("container {} created more than {max} processes in one second", meta.name)));
+                }
+            }
+            _ => {}
+        }
+        hits
+    }
+
+    /// Policy, allow lists and dedup applied to a hit.
+    fn finding(&mut self, ev: &Event, meta: &ContainerMeta, h: Hit, now: Instant) -> Option<Event> {
+        let info = info_of(h.rule);
+        let custom = matches!(h.rule, RuleId::ProcessExec | RuleId::NetworkConnect);
+        let (severity, action) = if custom {
+            let e = self.policy.custom(h.rule, meta).next()?;
+            (e.severity.unwrap_or(info.severity), e.action)
+        } else {
+            let eff = self.policy.effective(h.rule, meta)?;
+            let ip = h.subject.split(':').next().and_then(|a| a.parse::<IpAddr>().ok());
+            let port = h.subject.split('/').next().and_then(|p| p.parse::<u16>().ok());
+            if eff.allows_exe(&h.subject)
+                || ip.is_some_and(|ip| eff.allows_ip(ip))
+                || port.is_some_and(|p| eff.allows_port(p))
+            {
+                return None;
+            }
+            (eff.severity, eff.action)
+        };
+        let mut f = Event::new(Kind::Finding, ev.time, ev.node.clone());
+        f.process = ev.process.clone();
+        f.container = ev.container.clone();
+        f.parent = ev.parent.clone();
+        f.snapshot = ev.snapshot;
+        f.finding = Some(Box::new(FindingInfo {
+            rule_id: info.name,
+            severity,
+            mitre: info.mitre.map(|(technique, name)| Mitre { technique, name }),
+            summary: h.summary,
+            subject: h.subject.clone(),
+            action: action.as_str(),
+            outcome: h.outcome,
+            count: 1,
+            first_seen: ev.time,
+            last_seen: ev.time,
+            evidence: vec![ev.clone()],
+        }));
+        let key = Key {
+            container: meta.id.clone(),
+            rule: h.rule,
+            subject: h.subject,
+        };
+        if !self.dedup.hit(key, &f, now) {
+            return None;
+        }
+        *self.emitted.entry(info.name).or_default() += 1;
+        Some(f)
+    }
+}
+
+/// Once-per-container checks on the OCI spec posture.
+fn posture_hits(p: &Policy, meta: &ContainerMeta) -> Vec<Hit> {
+    let Some(pos) = &meta.posture else {
+        return Vec::new();
+    };
+    let mut hits = Vec::new();
+    let img = &meta.image.reference;
+    if pos.uid == 0 && !pos.user_namespace {
+        hits.push(hit(RuleId::ContainerRoot, "", format!("container {} (image {img}) runs as root (uid 0 on the host, no user namespace)", meta.name)));
+    }
+    if pos.privileged {
+        hits.push(hit(RuleId::ContainerPrivileged, "", format!("container {} (image {img}) is privileged", meta.name)));
+    }
+    let dangerous: Vec<&str> = pos
+        .capabilities
+        .iter()
+        .filter(|c| p.settings.dangerous_capabilities.contains(c))
+        .map(String::as_str)
+        .collect();
+    if !dangerous.is_empty() && !pos.privileged {
+        hits.push(hit(RuleId::ContainerCapabilities, "", format!("container {} (image {img}) holds {}", meta.name, dangerous.join(", "))));
+    }
+    let shared: Vec<&str> = [(pos.host_network, "network"), (pos.host_pid, "pid"), (pos.host_ipc, "ipc")]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+    if !shared.is_empty() {
+        hits.push(hit(RuleId::ContainerHostNamespace, "", format!("container {} (image {img}) shares the host's {} namespace", meta.name, shared.join(", "))));
+    }
+    hits
+}

@@ -1,0 +1,330 @@
+//! Policy: which detections apply to which containers, with what severity
+//! and action. Loaded from a YAML file (`[policy] file`), checked
+//! completely before it replaces the running one; without a file the
+//! built-in rules run with their defaults.
+pub mod addr;
+pub mod model;
+pub mod rules;
+
+use std::path::{Path, PathBuf};
+
+pub use model::{path_matches, Allow, PolicyFile, RuleEntry, Scope, Settings};
+pub use rules::{info_of, Action, RuleId, Severity, RULES};
+
+use crate::container::meta::ContainerMeta;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy file {path}, line {line} column {column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("policy file {path}: {message}")]
+    Document { path: PathBuf, message: String },
+}
+
+/// A checked policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub settings: Settings,
+    pub entries: Vec<RuleEntry>,
+    /// Where it came from (empty: built-in defaults).
+    pub source: PathBuf,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            settings: Settings::default(),
+            entries: Vec::new(),
+            source: PathBuf::new(),
+        }
+    }
+}
+
+/// How a rule applies to one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective<'a> {
+    pub rule: RuleId,
+    pub severity: Severity,
+    pub action: Action,
+    /// The entry that applies (None: built-in defaults).
+    pub entry: Option<&'a RuleEntry>,
+}
+
+impl Effective<'_> {
+    /// Whether the entry's allow list covers an executable path.
+    pub fn allows_exe(&self, path: &str) -> bool {
+        self.entry.is_some_and(|e| {
+            e.allow
+                .executables
+                .iter()
+                .any(|p| path_matches(p, path))
+        })
+    }
+
+    pub fn allows_port(&self, port: u16) -> bool {
+        self.entry.is_some_and(|e| e.allow.ports.contains(&port))
+    }
+
+    pub fn allows_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.entry
+            .is_some_and(|e| e.allow.destinations.iter().any(|c| c.contains(ip)))
+    }
+}
+
+/// Parse and check a policy document; `path` names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+    let file: PolicyFile = yaml_serde::from_str(text).map_err(|e| match e.location() {
+        Some(loc) => PolicyError::Invalid {
+            path: path.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            message: strip_location(&e.to_string()),
+        },
+        None => PolicyError::Document {
+            path: path.to_owned(),
+            message: e.to_string(),
+        },
+    })?;
+    if file.version != 1 {
+        return Err(PolicyError::Document {
+            path: path.to_owned(),
+            message: format!("version: {} is not supported; write `version: 1`", file.version),
+        });
+    }
+    Ok(Policy {
+        settings: file.settings,
+        entries: file.rules,
+        source: path.to_owned(),
+    })
+}
+
+/// yaml_serde appends " at line L column C"; the error says it already.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Read, parse and check the policy file at `path`.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Whether `pattern` (with `*` wildcards) matches `text` in full.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether a scope covers a container.
+pub fn in_scope(scope: &Scope, meta: &ContainerMeta) -> bool {
+    let pod_ns = meta.pod.as_ref().map(|p| p.namespace.as_str()).unwrap_or("");
+    if !scope.namespaces.is_empty() && !scope.namespaces.iter().any(|n| n == pod_ns) {
+        return false;
+    }
+    if !scope
+        .pod_labels
+        .iter()
+        .all(|(k, v)| meta.labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    if !scope.images.is_empty() {
+        let img = &meta.image;
+        let hit = scope.images.iter().any(|p| {
+            if p.starts_with("sha256:") {
+                [&img.digest, &img.index_digest, &img.config_digest]
+                    .iter()
+                    .any(|d| *d == p)
+            } else {
+                glob(p, &img.reference)
+            }
+        });
+        if !hit {
+            return false;
+        }
+    }
+    if !scope.containers.is_empty()
+        && !scope
+            .containers
+            .iter()
+            .any(|c| *c == meta.name || *c == meta.id)
+    {
+        return false;
+    }
+    true
+}
+
+impl Policy {
+    /// How `rule` applies to a container (None: off for it). Host
+    /// processes (`meta` None) get no findings from container rules.
+    pub fn effective(&self, rule: RuleId, meta: &ContainerMeta) -> Option<Effective<'_>> {
+        let info = info_of(rule);
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.rule == rule && in_scope(&e.scope, meta));
+        match entry {
+            Some(e) if !e.enabled => None,
+            Some(e) => Some(Effective {
+                rule,
+                severity: e.severity.unwrap_or(info.severity),
+                action: e.action,
+                entry: Some(e),
+            }),
+            None if info.default_on => Some(Effective {
+                rule,
+                severity: info.severity,
+                action: Action::Alert,
+                entry: None,
+            }),
+            None => None,
+        }
+    }
+
+    /// Every entry of a custom rule (`process.exec`, `network.connect`)
+    /// that covers a container, in file order.
+    pub fn custom<'a>(
+        &'a self,
+        rule: RuleId,
+        meta: &'a ContainerMeta,
+    ) -> impl Iterator<Item = &'a RuleEntry> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| e.rule == rule && e.enabled && in_scope(&e.scope, meta))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ns: &str, image: &str) -> ContainerMeta {
+        ContainerMeta {
+            id: "c1".into(),
+            name: "web".into(),
+            image: crate::container::meta::Image {
+                reference: image.into(),
+                digest: "sha256:aaa".into(),
+                ..Default::default()
+            },
+            pod: Some(crate::container::meta::Pod {
+                name: "p".into(),
+                namespace: ns.into(),
+                uid: "u".into(),
+            }),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn p(text: &str) -> Result<Policy, String> {
+        parse(text, Path::new("policy.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parses_a_full_policy_and_scopes_entries() {
+        let pol = p(r#"
+version: 1
+settings:
+  egress_allow: [203.0.113.0/24]
+  max_findings_per_minute: 10
+rules:
+  - rule: process.shell
+    action: kill
+    severity: critical
+    scope:
+      namespaces: [prod]
+      pod_labels: {app: web}
+      images: ["docker.io/library/*:1"]
+    allow:
+      executables: [/bin/sh]
+  - rule: process.shell
+    enabled: false
+  - rule: network.connect
+    destinations: [127.0.0.1/32]
+    action: deny-connect
+    scope:
+      containers: [web]
+"#)
+        .unwrap();
+        assert_eq!(pol.settings.max_findings_per_minute, 10);
+        let prod = meta("prod", "docker.io/library/nginx:1");
+        let e = pol.effective(RuleId::ProcessShell, &prod).unwrap();
+        assert_eq!((e.severity, e.action), (Severity::Critical, Action::Kill));
+        assert!(e.allows_exe("/bin/sh") && !e.allows_exe("/bin/bash"));
+        // Elsewhere the second entry switches it off.
+        assert!(pol
+            .effective(RuleId::ProcessShell, &meta("dev", "docker.io/library/nginx:1"))
+            .is_none());
+        assert!(pol
+            .effective(RuleId::ProcessShell, &meta("prod", "quay.io/x:1"))
+            .is_none());
+        // Defaults for rules without entries; custom rules only where listed.
+        let root = pol.effective(RuleId::ContainerRoot, &prod).unwrap();
+        assert_eq!((root.severity, root.action), (Severity::Medium, Action::Alert));
+        assert_eq!(pol.custom(RuleId::NetworkConnect, &prod).count(), 1);
+        let mut other = prod.clone();
+        other.name = "db".into();
+        other.id = "c2".into();
+        assert_eq!(pol.custom(RuleId::NetworkConnect, &other).count(), 0);
+        assert!(pol.effective(RuleId::ProcessExec, &prod).is_none());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = p("version: 1\nrules:\n  - rule: process.shell\n    sevrity: high\n").unwrap_err();
+        assert!(e.starts_with("policy file policy.yaml, line 4 column 5:"), "{e}");
+        assert!(e.contains("unknown field `sevrity`"), "{e}");
+        let e = p("version: 1\nrules:\n  - rule: process.shel\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("unknown variant `process.shel`"), "{e}");
+        let e = p("version: 1\nrules:\n  - rule: container.root\n    action: kill\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("action `kill` is not available for rule `container.root`"), "{e}");
+        let e = p("version: 1\nsettings:\n  egress_allow: [10.0.0.1/8]\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("10.0.0.1/8"), "{e}");
+        let e = p("version: 1\nrules:\n  - rule: process.exec\n").unwrap_err();
+        assert!(e.contains("needs `executables`"), "{e}");
+        let e = p("version: 2\n").unwrap_err();
+        assert!(e.contains("version: 2 is not supported"), "{e}");
+        let e = p("rules: [\n").unwrap_err();
+        assert!(e.starts_with("policy file policy.yaml"), "{e}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("docker.io/library/*", "docker.io/library/nginx:1"));
+        assert!(glob("*nginx*", "docker.io/library/nginx:1"));
+        assert!(glob("a*b*c", "a-b-c"));
+        assert!(!glob("a*b*c", "a-c-b"));
+        assert!(glob("exact", "exact") && !glob("exact", "exact2"));
+    }
+}

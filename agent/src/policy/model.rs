@@ -1,0 +1,247 @@
+//! The policy file (YAML), as written by operators: settings and rule
+//! entries. Unknown keys are errors; every entry is checked when it is
+//! read, so errors carry the line of the entry.
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{
+    addr::Cidr,
+    rules::{info_of, Action, RuleId, Severity},
+};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Format version: 1.
+    pub version: u32,
+    #[serde(default)]
+    pub settings: Settings,
+    /// Entries configuring rules; for one rule, the first entry whose
+    /// scope matches a container applies to it.
+    #[serde(default)]
+    pub rules: Vec<RuleEntry>,
+}
+
+/// Knobs of the detections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// A repeated finding (same container, rule and subject) is folded for
+    /// this long; its count, first and last seen go out in one update.
+    pub dedup_window_s: u64,
+    /// Findings per container per minute; beyond it they are counted and
+    /// reported as one summary per rule.
+    pub max_findings_per_minute: u32,
+    /// Destinations that are not internet egress (beside the IANA
+    /// special-purpose ranges).
+    pub egress_allow: Vec<Cidr>,
+    /// Path prefixes where executing a file is suspicious.
+    pub writable_paths: Vec<String>,
+    /// Names of shells and interpreters (file names, any directory).
+    pub shells: Vec<String>,
+    /// Capabilities that make a container worth a finding.
+    pub dangerous_capabilities: Vec<String>,
+    /// Process creations per second in one container above which
+    /// `process.fork_rate` fires.
+    pub max_forks_per_second: u32,
+    /// Baseline learning per image digest.
+    pub baseline: BaselineSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            dedup_window_s: 300,
+            max_findings_per_minute: 60,
+            egress_allow: Vec::new(),
+            writable_paths: ["/tmp/", "/var/tmp/", "/dev/shm/"]
+                .map(String::from)
+                .to_vec(),
+            shells: [
+                "sh", "bash", "dash", "ash", "zsh", "ksh", "csh", "tcsh", "fish", "busybox",
+                "python", "python2", "python3", "perl", "ruby", "node", "php", "lua", "pwsh",
+            ]
+            .map(String::from)
+            .to_vec(),
+            dangerous_capabilities: [
+                "CAP_SYS_ADMIN",
+                "CAP_NET_RAW",
+                "CAP_NET_ADMIN",
+                "CAP_SYS_PTRACE",
+                "CAP_SYS_MODULE",
+                "CAP_SYS_RAWIO",
+                "CAP_DAC_READ_SEARCH",
+                "CAP_BPF",
+                "CAP_PERFMON",
+                "CAP_SYS_BOOT",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_forks_per_second: 200,
+            baseline: BaselineSettings::default(),
+        }
+    }
+}
+
+/// `settings.baseline`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BaselineSettings {
+    /// Learning window per image digest from its first container, seconds;
+    /// 0 turns baselines off.
+    pub learn_s: u64,
+    /// Where baselines persist across restarts (empty: memory only).
+    pub state_file: String,
+}
+
+impl Default for BaselineSettings {
+    fn default() -> Self {
+        BaselineSettings {
+            learn_s: 600,
+            state_file: "/var/lib/spyglass/baseline.json".into(),
+        }
+    }
+}
+
+/// Which containers an entry applies to; every condition given must hold
+/// (an empty scope is every container).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scope {
+    /// Kubernetes namespaces of the pod.
+    pub namespaces: Vec<String>,
+    /// Pod labels that must all be present with these values.
+    pub pod_labels: BTreeMap<String, String>,
+    /// Image references (`*` matches any run of characters) or digests
+    /// (`sha256:...`, compared with the manifest, index and config digests).
+    pub images: Vec<String>,
+    /// Container names (Kubernetes container name, or containerd id).
+    pub containers: Vec<String>,
+}
+
+/// Exceptions: matches that give no finding (and are not enforced).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Allow {
+    /// Exact paths, or prefixes ending in `/`.
+    pub executables: Vec<String>,
+    pub ports: Vec<u16>,
+    pub destinations: Vec<Cidr>,
+}
+
+/// One entry of `rules`, checked: the action suits the rule, custom rules
+/// have their match lists.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "RawEntry")]
+pub struct RuleEntry {
+    pub rule: RuleId,
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub action: Action,
+    pub scope: Scope,
+    pub allow: Allow,
+    /// `process.exec`: exact paths or prefixes ending in `/`.
+    pub executables: Vec<String>,
+    /// `network.connect`: destination ranges.
+    pub destinations: Vec<Cidr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    rule: RuleId,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    severity: Option<Severity>,
+    #[serde(default)]
+    action: Action,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    allow: Allow,
+    #[serde(default)]
+    executables: Vec<String>,
+    #[serde(default)]
+    destinations: Vec<Cidr>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TryFrom<RawEntry> for RuleEntry {
+    type Error = String;
+
+    fn try_from(r: RawEntry) -> Result<Self, String> {
+        let info = info_of(r.rule);
+        match r.action {
+            Action::Kill if !info.kill => {
+                return Err(format!(
+                    "action `kill` is not available for rule `{}`; it applies to process.exec, \
+                     process.shell, process.writable_path_exec and process.memfd_exec",
+                    info.name
+                ))
+            }
+            Action::DenyConnect if !info.deny_connect => {
+                return Err(format!(
+                    "action `deny-connect` is not available for rule `{}`; it applies to \
+                     network.connect and network.internet_egress",
+                    info.name
+                ))
+            }
+            _ => {}
+        }
+        if r.rule == RuleId::ProcessExec && r.executables.is_empty() {
+            return Err("rule `process.exec` needs `executables` (paths, or prefixes ending in /)".into());
+        }
+        if r.rule == RuleId::NetworkConnect && r.destinations.is_empty() {
+            return Err("rule `network.connect` needs `destinations` (CIDRs)".into());
+        }
+        if !r.executables.is_empty() && r.rule != RuleId::ProcessExec {
+            return Err(format!(
+                "`executables` belongs to rule `process.exec` (for `{}`, use allow.executables)",
+                info.name
+            ));
+        }
+        if !r.destinations.is_empty() && r.rule != RuleId::NetworkConnect {
+            return Err(format!(
+                "`destinations` belongs to rule `network.connect` (for `{}`, use allow.destinations)",
+                info.name
+            ));
+        }
+        for p in r.executables.iter().chain(&r.allow.executables) {
+            if !p.starts_with('/') {
+                return Err(format!("executable `{p}` must be an absolute path"));
+            }
+            if p.len() >= agent_common::RULE_PATH_LEN {
+                return Err(format!(
+                    "executable `{p}` is longer than {} bytes",
+                    agent_common::RULE_PATH_LEN - 1
+                ));
+            }
+        }
+        Ok(RuleEntry {
+            rule: r.rule,
+            enabled: r.enabled,
+            severity: r.severity,
+            action: r.action,
+            scope: r.scope,
+            allow: r.allow,
+            executables: r.executables,
+            destinations: r.destinations,
+        })
+    }
+}
+
+/// Whether `path` matches an executable pattern: exact, or under a
+/// prefix ending in `/`.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    if pattern.ends_with('/') {
+        path.starts_with(pattern)
+    } else {
+        path == pattern
+    }
+}
