@@ -19,11 +19,11 @@ use tracing::{info, warn};
 use crate::{
     bpf::{preflight, LoadOptions, Probes},
     config::Config,
-    detect::{enforce::Enforcer, Detector},
     container::{
         attribution::{self, Attributor},
         containerd::{self, Update},
     },
+    detect::{enforce::Enforcer, Detector},
     event::{AgentInfo, Event, Kind, Tracked},
     metrics::Metrics,
     pipeline::{

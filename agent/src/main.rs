@@ -78,6 +78,13 @@ enum Command {
     PrintConfig,
     /// Print the version.
     Version,
+    /// Print the catalogue of detection rules (Markdown).
+    Rules,
+    /// Check a policy file without running (exit 1 with the error).
+    CheckPolicy {
+        /// The policy file (YAML).
+        file: PathBuf,
+    },
 }
 
 fn effective_config(cli: &Cli) -> Result<Config> {
@@ -139,6 +146,21 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
+        Some(Command::CheckPolicy { file }) => {
+            let p = policy::load(&file)?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("policy {}: ok, {} entries", file.display(), p.entries.len());
+            }
+            Ok(())
+        }
+        Some(Command::Rules) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", policy::rules::catalogue_markdown());
+            }
+            Ok(())
+        }
         Some(Command::Version) => {
             #[allow(clippy::print_stdout)]
             {

@@ -252,7 +252,8 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
                     "last_seen_time": ms(f.last_seen_unix_nano),
                 });
                 if !f.mitre_technique.is_empty() {
-                    info["attacks"] = json!([{"technique": {"uid": f.mitre_technique, "name": f.mitre_name}}]);
+                    info["attacks"] =
+                        json!([{"technique": {"uid": f.mitre_technique, "name": f.mitre_name}}]);
                 }
                 m.insert("finding_info".into(), info);
                 unmapped.insert("count".into(), json!(f.count));

@@ -75,10 +75,14 @@ impl Baselines {
                         info!(path = %p.display(), images = f.images.len(), "baselines loaded");
                         images = f.images;
                     }
-                    Err(e) => warn!(path = %p.display(), error = %e, "baseline file unreadable; starting empty"),
+                    Err(e) => {
+                        warn!(path = %p.display(), error = %e, "baseline file unreadable; starting empty")
+                    }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(path = %p.display(), error = %e, "cannot read the baseline file; starting empty"),
+                Err(e) => {
+                    warn!(path = %p.display(), error = %e, "cannot read the baseline file; starting empty")
+                }
             }
         }
         Baselines {
@@ -167,20 +171,47 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sg-baseline-{}", std::process::id()));
         let path = dir.join("b.json");
         let mut b = Baselines::open(10, Some(&path));
-        assert_eq!(b.observe("sha256:a", What::Executable, "/bin/app", 100), Seen::Known);
-        assert_eq!(b.observe("sha256:a", What::Port, "tcp/8080", 105), Seen::Known);
+        assert_eq!(
+            b.observe("sha256:a", What::Executable, "/bin/app", 100),
+            Seen::Known
+        );
+        assert_eq!(
+            b.observe("sha256:a", What::Port, "tcp/8080", 105),
+            Seen::Known
+        );
         // After the window: known items stay quiet, new ones are reported once.
-        assert_eq!(b.observe("sha256:a", What::Executable, "/bin/app", 200), Seen::Known);
-        assert_eq!(b.observe("sha256:a", What::Executable, "/bin/nc", 200), Seen::New);
-        assert_eq!(b.observe("sha256:a", What::Executable, "/bin/nc", 201), Seen::Known);
+        assert_eq!(
+            b.observe("sha256:a", What::Executable, "/bin/app", 200),
+            Seen::Known
+        );
+        assert_eq!(
+            b.observe("sha256:a", What::Executable, "/bin/nc", 200),
+            Seen::New
+        );
+        assert_eq!(
+            b.observe("sha256:a", What::Executable, "/bin/nc", 201),
+            Seen::Known
+        );
         // Another image learns on its own clock.
-        assert_eq!(b.observe("sha256:b", What::Executable, "/bin/nc", 200), Seen::Known);
+        assert_eq!(
+            b.observe("sha256:b", What::Executable, "/bin/nc", 200),
+            Seen::Known
+        );
         b.save();
         let mut again = Baselines::open(10, Some(&path));
-        assert_eq!(again.observe("sha256:a", What::Port, "tcp/9090", 300), Seen::New);
-        assert_eq!(again.observe("sha256:b", What::Destination, "1.1.1.1", 205), Seen::Known);
+        assert_eq!(
+            again.observe("sha256:a", What::Port, "tcp/9090", 300),
+            Seen::New
+        );
+        assert_eq!(
+            again.observe("sha256:b", What::Destination, "1.1.1.1", 205),
+            Seen::Known
+        );
         let off = &mut Baselines::open(0, Some(&path));
-        assert_eq!(off.observe("sha256:a", What::Port, "tcp/1", 999), Seen::Known);
+        assert_eq!(
+            off.observe("sha256:a", What::Port, "tcp/1", 999),
+            Seen::Known
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

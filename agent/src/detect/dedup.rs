@@ -91,8 +91,7 @@ impl Dedup {
             bucket.started = Some(now);
             bucket.reported = 0;
         }
-        if bucket.reported >= self.limits.per_minute || self.entries.len() >= self.limits.max_keys
-        {
+        if bucket.reported >= self.limits.per_minute || self.entries.len() >= self.limits.max_keys {
             let slot = bucket
                 .suppressed
                 .entry(key.rule)
@@ -160,7 +159,8 @@ impl Dedup {
         out
     }
 
-    /// Keys held (for the heartbeat and metrics).
+    /// Keys held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -211,16 +211,29 @@ mod tests {
         for i in 2..=5 {
             assert!(!d.hit(key("c", "/bin/sh"), &finding("process.shell", i), t0));
         }
-        assert!(d.flush(t0 + Duration::from_secs(5)).is_empty(), "window not over");
+        assert!(
+            d.flush(t0 + Duration::from_secs(5)).is_empty(),
+            "window not over"
+        );
         let up = d.flush(t0 + Duration::from_secs(10));
         assert_eq!(up.len(), 1);
         let f = up[0].finding.as_ref().unwrap();
-        assert_eq!((f.count, f.first_seen, f.last_seen), (5, Timestamp(1), Timestamp(5)));
-        assert!(d.flush(t0 + Duration::from_secs(20)).is_empty(), "nothing new");
+        assert_eq!(
+            (f.count, f.first_seen, f.last_seen),
+            (5, Timestamp(1), Timestamp(5))
+        );
+        assert!(
+            d.flush(t0 + Duration::from_secs(20)).is_empty(),
+            "nothing new"
+        );
         // Quiet keys are forgotten: the next one is new again.
         d.flush(t0 + Duration::from_secs(40));
         assert_eq!(d.len(), 0);
-        assert!(d.hit(key("c", "/bin/sh"), &finding("process.shell", 9), t0 + Duration::from_secs(41)));
+        assert!(d.hit(
+            key("c", "/bin/sh"),
+            &finding("process.shell", 9),
+            t0 + Duration::from_secs(41)
+        ));
     }
 
     #[test]
@@ -228,7 +241,13 @@ mod tests {
         let mut d = Dedup::new(LIMITS);
         let t0 = Instant::now();
         let sent = (0..10)
-            .filter(|i| d.hit(key("noisy", &format!("/x{i}")), &finding("process.shell", *i), t0))
+            .filter(|i| {
+                d.hit(
+                    key("noisy", &format!("/x{i}")),
+                    &finding("process.shell", *i),
+                    t0,
+                )
+            })
             .count();
         assert_eq!(sent, 3);
         // Another container is not affected.
@@ -238,9 +257,17 @@ mod tests {
         assert_eq!(up.len(), 1);
         let f = up[0].finding.as_ref().unwrap();
         assert_eq!(f.count, 7);
-        assert!(f.summary.starts_with("7 more findings of process.shell"), "{}", f.summary);
+        assert!(
+            f.summary.starts_with("7 more findings of process.shell"),
+            "{}",
+            f.summary
+        );
         // A new minute: findings go out again.
-        assert!(d.hit(key("noisy", "/y"), &finding("process.shell", 99), t0 + Duration::from_secs(61)));
+        assert!(d.hit(
+            key("noisy", "/y"),
+            &finding("process.shell", 99),
+            t0 + Duration::from_secs(61)
+        ));
     }
 
     #[test]

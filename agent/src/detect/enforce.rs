@@ -18,7 +18,13 @@ use crate::{
 };
 
 /// Directories where shells are looked for when `process.shell` kills.
-const BIN_DIRS: &[&str] = &["/bin/", "/usr/bin/", "/usr/local/bin/", "/sbin/", "/usr/sbin/"];
+const BIN_DIRS: &[&str] = &[
+    "/bin/",
+    "/usr/bin/",
+    "/usr/local/bin/",
+    "/sbin/",
+    "/usr/sbin/",
+];
 
 /// What the kernel should enforce for one cgroup.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,7 +77,11 @@ pub fn plan(policy: &Policy, meta: &ContainerMeta) -> Plan {
         let entries: Vec<_> = if rule == RuleId::ProcessExec {
             policy.custom(rule, meta).collect()
         } else {
-            policy.effective(rule, meta).and_then(|e| e.entry).into_iter().collect()
+            policy
+                .effective(rule, meta)
+                .and_then(|e| e.entry)
+                .into_iter()
+                .collect()
         };
         for e in entries.into_iter().filter(|e| e.action == Action::Kill) {
             let patterns: Vec<String> = match rule {
@@ -198,7 +208,12 @@ impl Enforcer {
         }
         let mut failed = 0usize;
         for (pat, rule) in &plan.exec {
-            if self.maps.exec.insert(&exec_key(cgroup, pat), value(Some(*rule)), 0).is_err() {
+            if self
+                .maps
+                .exec
+                .insert(&exec_key(cgroup, pat), value(Some(*rule)), 0)
+                .is_err()
+            {
                 failed += 1;
             }
         }
@@ -213,7 +228,10 @@ impl Enforcer {
             }
         }
         if failed > 0 {
-            warn!(container, cgroup, failed, "enforcement entries not written (map full?)");
+            warn!(
+                container,
+                cgroup, failed, "enforcement entries not written (map full?)"
+            );
         }
         info!(
             container,
@@ -301,10 +319,16 @@ rules:
         assert_eq!(p.exec_rule("/bin/sh"), None, "process.shell is alert only");
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(p.connect_rule(ip("8.8.8.8")), Some(RuleId::InternetEgress));
-        assert_eq!(p.connect_rule(ip("2606:4700::1")), Some(RuleId::InternetEgress));
+        assert_eq!(
+            p.connect_rule(ip("2606:4700::1")),
+            Some(RuleId::InternetEgress)
+        );
         assert_eq!(p.connect_rule(ip("1.1.1.1")), None, "allow-listed");
         assert_eq!(p.connect_rule(ip("10.1.2.3")), None, "private");
-        assert_eq!(p.connect_rule(ip("127.0.0.1")), Some(RuleId::NetworkConnect));
+        assert_eq!(
+            p.connect_rule(ip("127.0.0.1")),
+            Some(RuleId::NetworkConnect)
+        );
         assert_eq!(p.connect_rule(ip("127.0.0.2")), None);
         // Nothing to enforce without kill/deny entries.
         assert!(plan(&Policy::default(), &meta()).is_empty());

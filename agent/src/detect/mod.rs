@@ -100,10 +100,6 @@ impl Detector {
         }
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// Replace the policy (already checked); enforcement follows for every
     /// container seen, and containers are checked again.
     pub fn set_policy(&mut self, policy: Policy) {
@@ -145,8 +141,10 @@ impl Detector {
     pub fn tick(&mut self, now: Instant) -> Vec<Event> {
         self.baselines.save();
         if self.containers.len() > MAX_CONTAINERS / 2 {
-            self.containers
-                .retain(|_, s| s.last.is_some_and(|l| now.duration_since(l) < CONTAINER_IDLE));
+            self.containers.retain(|_, s| {
+                s.last
+                    .is_some_and(|l| now.duration_since(l) < CONTAINER_IDLE)
+            });
         }
         let out = self.dedup.flush(now);
         for f in &out {
@@ -207,14 +205,24 @@ impl Detector {
                         ..hit(
                             rule,
                             pr.exe.to_string(),
-                            format!("killed at exec by policy: {} in container {}", pr.exe, meta.name),
+                            format!(
+                                "killed at exec by policy: {} in container {}",
+                                pr.exe, meta.name
+                            ),
                         )
                     });
                     return hits;
                 }
                 for e in p.custom(RuleId::ProcessExec, meta) {
-                    if e.executables.iter().any(|x| path_matches(x, &path) || path_matches(x, &pr.exe)) {
-                        hits.push(hit(RuleId::ProcessExec, path.clone(), format!("{path} executed in container {}", meta.name)));
+                    if e.executables
+                        .iter()
+                        .any(|x| path_matches(x, &path) || path_matches(x, &pr.exe))
+                    {
+                        hits.push(hit(
+                            RuleId::ProcessExec,
+                            path.clone(),
+                            format!("{path} executed in container {}", meta.name),
+                        ));
                         break;
                     }
                 }
@@ -225,15 +233,25 @@ impl Detector {
                 if is_shell && !is_entry {
                     hits.push(hit(
                         RuleId::ProcessShell,
-                        path.clone(),
-                        format!("shell or interpreter {} started in container {} (not its entrypoint)", pr.exe, meta.name),
+                        pr.exe.to_string(),
+                        format!(
+                            "shell or interpreter {} started in container {} (not its entrypoint)",
+                            pr.exe, meta.name
+                        ),
                     ));
                 }
-                if p.settings.writable_paths.iter().any(|w| path.starts_with(w.as_str()) || pr.exe.starts_with(w.as_str())) {
+                if p.settings
+                    .writable_paths
+                    .iter()
+                    .any(|w| path.starts_with(w.as_str()) || pr.exe.starts_with(w.as_str()))
+                {
                     hits.push(hit(
                         RuleId::ProcessWritablePath,
                         path.clone(),
-                        format!("{path} executed from a writable path in container {}", meta.name),
+                        format!(
+                            "{path} executed from a writable path in container {}",
+                            meta.name
+                        ),
                     ));
                 }
                 let memfd = path.starts_with("/memfd:")
@@ -261,8 +279,22 @@ impl Detector {
                         }
                     }
                 }
-                if self.baselines.observe(digest, What::Executable, &path, unix_now()) == Seen::New {
-                    hits.push(hit(RuleId::BaselineExecutable, path.clone(), format!("{path} executed in container {}: new for image {}", meta.name, meta.image.reference)));
+                // The path the program was started by (what an operator
+                // recognises; the resolved file may be a multi-call binary).
+                let started = pr.exe.to_string();
+                if self
+                    .baselines
+                    .observe(digest, What::Executable, &started, unix_now())
+                    == Seen::New
+                {
+                    hits.push(hit(
+                        RuleId::BaselineExecutable,
+                        started.clone(),
+                        format!(
+                            "{started} executed in container {}: new for image {}",
+                            meta.name, meta.image.reference
+                        ),
+                    ));
                 }
             }
             Kind::Listen => {
@@ -270,22 +302,60 @@ impl Detector {
                 let port = format!("{}/{}", n.local.port, n.protocol);
                 let host_net = meta.posture.as_ref().is_some_and(|p| p.host_network);
                 if host_net {
-                    hits.push(hit(RuleId::PortHostNetwork, port.clone(), format!("container {} listens on {}:{} in the host network namespace", meta.name, n.local.addr, port)));
+                    hits.push(hit(
+                        RuleId::PortHostNetwork,
+                        port.clone(),
+                        format!(
+                            "container {} listens on {}:{} in the host network namespace",
+                            meta.name, n.local.addr, port
+                        ),
+                    ));
                 } else if n.wildcard == Some(true) {
-                    hits.push(hit(RuleId::PortWildcard, port.clone(), format!("container {} listens on {}:{} (every interface)", meta.name, n.local.addr, port)));
+                    hits.push(hit(
+                        RuleId::PortWildcard,
+                        port.clone(),
+                        format!(
+                            "container {} listens on {}:{} (every interface)",
+                            meta.name, n.local.addr, port
+                        ),
+                    ));
                 }
-                let local = n.local.addr.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                let local = n
+                    .local
+                    .addr
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
                 if !local && !meta.image.exposed_ports.contains(&port) {
-                    hits.push(hit(RuleId::PortUndeclared, port.clone(), format!("container {} listens on {port}, which image {} does not declare", meta.name, meta.image.reference)));
+                    hits.push(hit(
+                        RuleId::PortUndeclared,
+                        port.clone(),
+                        format!(
+                            "container {} listens on {port}, which image {} does not declare",
+                            meta.name, meta.image.reference
+                        ),
+                    ));
                 }
-                if self.baselines.observe(digest, What::Port, &port, unix_now()) == Seen::New {
-                    hits.push(hit(RuleId::BaselinePort, port.clone(), format!("container {} listens on {port}: new for image {}", meta.name, meta.image.reference)));
+                if self
+                    .baselines
+                    .observe(digest, What::Port, &port, unix_now())
+                    == Seen::New
+                {
+                    hits.push(hit(
+                        RuleId::BaselinePort,
+                        port.clone(),
+                        format!(
+                            "container {} listens on {port}: new for image {}",
+                            meta.name, meta.image.reference
+                        ),
+                    ));
                 }
             }
             Kind::Connect => {
                 let Some(n) = &ev.network else { return hits };
                 let Some(remote) = &n.remote else { return hits };
-                let Ok(ip) = remote.addr.parse::<IpAddr>() else { return hits };
+                let Ok(ip) = remote.addr.parse::<IpAddr>() else {
+                    return hits;
+                };
                 let dest = format!("{}:{}", remote.addr, remote.port);
                 if n.outcome == Some("denied") {
                     let rule = self
@@ -296,17 +366,48 @@ impl Detector {
                         .unwrap_or(RuleId::NetworkConnect);
                     hits.push(Hit {
                         outcome: Some("denied"),
-                        ..hit(rule, dest.clone(), format!("connection to {dest} from container {} refused by policy", meta.name))
+                        ..hit(
+                            rule,
+                            dest.clone(),
+                            format!(
+                                "connection to {dest} from container {} refused by policy",
+                                meta.name
+                            ),
+                        )
                     });
                     return hits;
                 }
-                if p.custom(RuleId::NetworkConnect, meta).any(|e| e.destinations.iter().any(|c| c.contains(ip))) {
-                    hits.push(hit(RuleId::NetworkConnect, dest.clone(), format!("container {} connects to {dest}", meta.name)));
+                if p.custom(RuleId::NetworkConnect, meta)
+                    .any(|e| e.destinations.iter().any(|c| c.contains(ip)))
+                {
+                    hits.push(hit(
+                        RuleId::NetworkConnect,
+                        dest.clone(),
+                        format!("container {} connects to {dest}", meta.name),
+                    ));
                 }
                 if addr::is_internet(ip, &p.settings.egress_allow) {
-                    hits.push(hit(RuleId::InternetEgress, remote.addr.clone(), format!("container {} connects to internet address {dest}", meta.name)));
-                    if self.baselines.observe(digest, What::Destination, &remote.addr, unix_now()) == Seen::New {
-                        hits.push(hit(RuleId::BaselineDestination, remote.addr.clone(), format!("container {} connects to {dest}: new for image {}", meta.name, meta.image.reference)));
+                    hits.push(hit(
+                        RuleId::InternetEgress,
+                        remote.addr.clone(),
+                        format!(
+                            "container {} connects to internet address {dest}",
+                            meta.name
+                        ),
+                    ));
+                    if self
+                        .baselines
+                        .observe(digest, What::Destination, &remote.addr, unix_now())
+                        == Seen::New
+                    {
+                        hits.push(hit(
+                            RuleId::BaselineDestination,
+                            remote.addr.clone(),
+                            format!(
+                                "container {} connects to {dest}: new for image {}",
+                                meta.name, meta.image.reference
+                            ),
+                        ));
                     }
                 }
             }
@@ -321,7 +422,14 @@ impl Detector {
                     }
                 }
                 if max > 0 && seen.forks == max + 1 {
-                    hits.push(hit(RuleId::ProcessForkRate, "", format!("container {} created more than {max} processes in one second", meta.name)));
+                    hits.push(hit(
+                        RuleId::ProcessForkRate,
+                        "",
+                        format!(
+                            "container {} created more than {max} processes in one second",
+                            meta.name
+                        ),
+                    ));
                 }
             }
             _ => {}
@@ -338,8 +446,16 @@ impl Detector {
             (e.severity.unwrap_or(info.severity), e.action)
         } else {
             let eff = self.policy.effective(h.rule, meta)?;
-            let ip = h.subject.split(':').next().and_then(|a| a.parse::<IpAddr>().ok());
-            let port = h.subject.split('/').next().and_then(|p| p.parse::<u16>().ok());
+            let ip = h
+                .subject
+                .split(':')
+                .next()
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            let port = h
+                .subject
+                .split('/')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok());
             if eff.allows_exe(&h.subject)
                 || ip.is_some_and(|ip| eff.allows_ip(ip))
                 || port.is_some_and(|p| eff.allows_port(p))
@@ -356,7 +472,9 @@ impl Detector {
         f.finding = Some(Box::new(FindingInfo {
             rule_id: info.name,
             severity,
-            mitre: info.mitre.map(|(technique, name)| Mitre { technique, name }),
+            mitre: info
+                .mitre
+                .map(|(technique, name)| Mitre { technique, name }),
             summary: h.summary,
             subject: h.subject.clone(),
             action: action.as_str(),
@@ -387,10 +505,21 @@ fn posture_hits(p: &Policy, meta: &ContainerMeta) -> Vec<Hit> {
     let mut hits = Vec::new();
     let img = &meta.image.reference;
     if pos.uid == 0 && !pos.user_namespace {
-        hits.push(hit(RuleId::ContainerRoot, "", format!("container {} (image {img}) runs as root (uid 0 on the host, no user namespace)", meta.name)));
+        hits.push(hit(
+            RuleId::ContainerRoot,
+            "",
+            format!(
+                "container {} (image {img}) runs as root (uid 0 on the host, no user namespace)",
+                meta.name
+            ),
+        ));
     }
     if pos.privileged {
-        hits.push(hit(RuleId::ContainerPrivileged, "", format!("container {} (image {img}) is privileged", meta.name)));
+        hits.push(hit(
+            RuleId::ContainerPrivileged,
+            "",
+            format!("container {} (image {img}) is privileged", meta.name),
+        ));
     }
     let dangerous: Vec<&str> = pos
         .capabilities
@@ -399,15 +528,35 @@ fn posture_hits(p: &Policy, meta: &ContainerMeta) -> Vec<Hit> {
         .map(String::as_str)
         .collect();
     if !dangerous.is_empty() && !pos.privileged {
-        hits.push(hit(RuleId::ContainerCapabilities, "", format!("container {} (image {img}) holds {}", meta.name, dangerous.join(", "))));
+        hits.push(hit(
+            RuleId::ContainerCapabilities,
+            "",
+            format!(
+                "container {} (image {img}) holds {}",
+                meta.name,
+                dangerous.join(", ")
+            ),
+        ));
     }
-    let shared: Vec<&str> = [(pos.host_network, "network"), (pos.host_pid, "pid"), (pos.host_ipc, "ipc")]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, n)| *n)
-        .collect();
+    let shared: Vec<&str> = [
+        (pos.host_network, "network"),
+        (pos.host_pid, "pid"),
+        (pos.host_ipc, "ipc"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
     if !shared.is_empty() {
-        hits.push(hit(RuleId::ContainerHostNamespace, "", format!("container {} (image {img}) shares the host's {} namespace", meta.name, shared.join(", "))));
+        hits.push(hit(
+            RuleId::ContainerHostNamespace,
+            "",
+            format!(
+                "container {} (image {img}) shares the host's {} namespace",
+                meta.name,
+                shared.join(", ")
+            ),
+        ));
     }
     hits
 }

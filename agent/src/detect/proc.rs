@@ -71,7 +71,10 @@ mod tests {
             upperdir_of_mountinfo(text),
             Some(PathBuf::from("/var/lib/c/snapshots/9/fs"))
         );
-        assert_eq!(upperdir_of_mountinfo("25 1 8:1 / / rw - ext4 /dev/sda1 rw\n"), None);
+        assert_eq!(
+            upperdir_of_mountinfo("25 1 8:1 / / rw - ext4 /dev/sda1 rw\n"),
+            None
+        );
         assert_eq!(upperdir_of_mountinfo("garbage"), None);
     }
 }

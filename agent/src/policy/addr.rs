@@ -96,11 +96,13 @@ enum Bits {
 
 impl Cidr {
     /// The network address (host bits are zero).
+    #[cfg(test)]
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
 
     /// The prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+    #[cfg(test)]
     pub fn prefix(&self) -> u8 {
         self.prefix
     }

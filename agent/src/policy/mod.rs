@@ -8,8 +8,8 @@ pub mod rules;
 
 use std::path::{Path, PathBuf};
 
-pub use model::{path_matches, Allow, PolicyFile, RuleEntry, Scope, Settings};
-pub use rules::{info_of, Action, RuleId, Severity, RULES};
+pub use model::{path_matches, PolicyFile, RuleEntry, Scope, Settings};
+pub use rules::{info_of, Action, RuleId, Severity};
 
 use crate::container::meta::ContainerMeta;
 
@@ -32,22 +32,10 @@ pub enum PolicyError {
 }
 
 /// A checked policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub settings: Settings,
     pub entries: Vec<RuleEntry>,
-    /// Where it came from (empty: built-in defaults).
-    pub source: PathBuf,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            settings: Settings::default(),
-            entries: Vec::new(),
-            source: PathBuf::new(),
-        }
-    }
 }
 
 /// How a rule applies to one container.
@@ -63,12 +51,8 @@ pub struct Effective<'a> {
 impl Effective<'_> {
     /// Whether the entry's allow list covers an executable path.
     pub fn allows_exe(&self, path: &str) -> bool {
-        self.entry.is_some_and(|e| {
-            e.allow
-                .executables
-                .iter()
-                .any(|p| path_matches(p, path))
-        })
+        self.entry
+            .is_some_and(|e| e.allow.executables.iter().any(|p| path_matches(p, path)))
     }
 
     pub fn allows_port(&self, port: u16) -> bool {
@@ -98,13 +82,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     if file.version != 1 {
         return Err(PolicyError::Document {
             path: path.to_owned(),
-            message: format!("version: {} is not supported; write `version: 1`", file.version),
+            message: format!(
+                "version: {} is not supported; write `version: 1`",
+                file.version
+            ),
         });
     }
     Ok(Policy {
         settings: file.settings,
         entries: file.rules,
-        source: path.to_owned(),
     })
 }
 
@@ -147,7 +133,11 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 
 /// Whether a scope covers a container.
 pub fn in_scope(scope: &Scope, meta: &ContainerMeta) -> bool {
-    let pod_ns = meta.pod.as_ref().map(|p| p.namespace.as_str()).unwrap_or("");
+    let pod_ns = meta
+        .pod
+        .as_ref()
+        .map(|p| p.namespace.as_str())
+        .unwrap_or("");
     if !scope.namespaces.is_empty() && !scope.namespaces.iter().any(|n| n == pod_ns) {
         return false;
     }
@@ -162,9 +152,7 @@ pub fn in_scope(scope: &Scope, meta: &ContainerMeta) -> bool {
         let img = &meta.image;
         let hit = scope.images.iter().any(|p| {
             if p.starts_with("sha256:") {
-                [&img.digest, &img.index_digest, &img.config_digest]
-                    .iter()
-                    .any(|d| *d == p)
+                [&img.digest, &img.index_digest, &img.config_digest].contains(&p)
             } else {
                 glob(p, &img.reference)
             }
@@ -284,14 +272,20 @@ rules:
         assert!(e.allows_exe("/bin/sh") && !e.allows_exe("/bin/bash"));
         // Elsewhere the second entry switches it off.
         assert!(pol
-            .effective(RuleId::ProcessShell, &meta("dev", "docker.io/library/nginx:1"))
+            .effective(
+                RuleId::ProcessShell,
+                &meta("dev", "docker.io/library/nginx:1")
+            )
             .is_none());
         assert!(pol
             .effective(RuleId::ProcessShell, &meta("prod", "quay.io/x:1"))
             .is_none());
         // Defaults for rules without entries; custom rules only where listed.
         let root = pol.effective(RuleId::ContainerRoot, &prod).unwrap();
-        assert_eq!((root.severity, root.action), (Severity::Medium, Action::Alert));
+        assert_eq!(
+            (root.severity, root.action),
+            (Severity::Medium, Action::Alert)
+        );
         assert_eq!(pol.custom(RuleId::NetworkConnect, &prod).count(), 1);
         let mut other = prod.clone();
         other.name = "db".into();
@@ -303,12 +297,22 @@ rules:
     #[test]
     fn errors_name_file_line_and_field() {
         let e = p("version: 1\nrules:\n  - rule: process.shell\n    sevrity: high\n").unwrap_err();
-        assert!(e.starts_with("policy file policy.yaml, line 4 column 5:"), "{e}");
+        assert!(
+            e.starts_with("policy file policy.yaml, line 4 column 5:"),
+            "{e}"
+        );
         assert!(e.contains("unknown field `sevrity`"), "{e}");
         let e = p("version: 1\nrules:\n  - rule: process.shel\n").unwrap_err();
-        assert!(e.contains("line 3") && e.contains("unknown variant `process.shel`"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("unknown variant `process.shel`"),
+            "{e}"
+        );
         let e = p("version: 1\nrules:\n  - rule: container.root\n    action: kill\n").unwrap_err();
-        assert!(e.contains("line 3") && e.contains("action `kill` is not available for rule `container.root`"), "{e}");
+        assert!(
+            e.contains("line 3")
+                && e.contains("action `kill` is not available for rule `container.root`"),
+            "{e}"
+        );
         let e = p("version: 1\nsettings:\n  egress_allow: [10.0.0.1/8]\n").unwrap_err();
         assert!(e.contains("line 3") && e.contains("10.0.0.1/8"), "{e}");
         let e = p("version: 1\nrules:\n  - rule: process.exec\n").unwrap_err();

@@ -60,8 +60,8 @@ impl Default for Settings {
                 .map(String::from)
                 .to_vec(),
             shells: [
-                "sh", "bash", "dash", "ash", "zsh", "ksh", "csh", "tcsh", "fish", "busybox",
-                "python", "python2", "python3", "perl", "ruby", "node", "php", "lua", "pwsh",
+                "sh", "bash", "dash", "ash", "zsh", "ksh", "csh", "tcsh", "fish", "python",
+                "python2", "python3", "perl", "ruby", "node", "php", "lua", "pwsh",
             ]
             .map(String::from)
             .to_vec(),
@@ -195,7 +195,9 @@ impl TryFrom<RawEntry> for RuleEntry {
             _ => {}
         }
         if r.rule == RuleId::ProcessExec && r.executables.is_empty() {
-            return Err("rule `process.exec` needs `executables` (paths, or prefixes ending in /)".into());
+            return Err(
+                "rule `process.exec` needs `executables` (paths, or prefixes ending in /)".into(),
+            );
         }
         if r.rule == RuleId::NetworkConnect && r.destinations.is_empty() {
             return Err("rule `network.connect` needs `destinations` (CIDRs)".into());

@@ -164,6 +164,36 @@ pub const RULES: &[RuleInfo] = &[
         "After the learning window, a container connects to an internet destination its image's containers never reached while learning."),
 ];
 
+/// The catalogue as a Markdown table (`spyglass-agent rules`; the table
+/// in docs/findings.md is this output).
+pub fn catalogue_markdown() -> String {
+    let mut s = String::from(
+        "| rule | severity | MITRE ATT&CK | default | in-kernel action | what it reports |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in RULES {
+        let mitre = r
+            .mitre
+            .map(|(id, name)| format!("{id} {name}"))
+            .unwrap_or_else(|| "-".into());
+        let action = match (r.kill, r.deny_connect) {
+            (true, _) => "kill",
+            (_, true) => "deny-connect",
+            _ => "-",
+        };
+        let default = if r.default_on { "on" } else { "listed only" };
+        s.push_str(&format!(
+            "| `{}` | {:?} | {mitre} | {default} | {action} | {} |\n",
+            r.name, r.severity, r.what
+        ));
+    }
+    s.replace("| Info |", "| info |")
+        .replace("| Low |", "| low |")
+        .replace("| Medium |", "| medium |")
+        .replace("| High |", "| high |")
+        .replace("| Critical |", "| critical |")
+}
+
 /// The facts of `id`.
 pub fn info_of(id: RuleId) -> &'static RuleInfo {
     RULES
