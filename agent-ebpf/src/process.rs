@@ -140,7 +140,8 @@ fn kill_rule_matches(ev: &ExecEvent) -> bool {
             ev.filename.as_ptr().cast(),
         )
     };
-    rc == 0 && EXEC_KILL.get(&*key).is_some()
+    // Value 0: an allowed file inside a killed prefix.
+    rc == 0 && EXEC_KILL.get(&*key).is_some_and(|v| *v != 0)
 }
 
 /// Names of the task's cgroup v2 directory and its parent

@@ -4,9 +4,9 @@
 use agent_common::{counter, enforce, kind, net_op, outcome, ConnectRuleKey, NetEvent};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    maps::lpm_trie::Key,
     helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, cgroup_sock_addr},
+    maps::lpm_trie::Key,
     programs::{SockAddrContext, SockContext},
     EbpfContext,
 };

@@ -507,8 +507,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         out.send(vec![ev]).await?;
     }
     out.detect_tick().await?;
-    if let Some(d) = &mut out.detector {
-        d.close();
+    if let Some(last) = out.detector.as_mut().map(Detector::close) {
+        if !last.is_empty() {
+            out.send_out(last).await?;
+        }
     }
     let mut stopping = Event::new(Kind::Agent, crate::clock::Clock::now(), node);
     stopping.agent = Some(AgentInfo {

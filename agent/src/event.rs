@@ -107,7 +107,8 @@ pub struct Network {
     pub local: Endpoint,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<Endpoint>,
-    /// TCP connect: `established` or `failed`.
+    /// TCP connect: `established` or `failed`; `denied` when a policy
+    /// refused it in the kernel (TCP or UDP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<&'static str>,
     /// Listen/bind on a wildcard address (0.0.0.0 or ::): reachable from

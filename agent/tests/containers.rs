@@ -280,6 +280,8 @@ fn pod_through_cri_carries_pod_labels() {
     assert_eq!(c["pod"]["name"], "web-0");
     assert_eq!(c["pod"]["namespace"], "shop");
     assert_eq!(c["pod"]["uid"], pod.uid.as_str());
+    // The pod's own labels, from its sandbox (the container has none).
+    assert_eq!(c["pod"]["labels"]["app"], "web-0", "{e}");
     assert_eq!(c["image"]["digest"], img.digest.as_str());
     assert_eq!(c["image"]["config_digest"], img.config_digest.as_str());
     assert_eq!(c["labels"]["io.kubernetes.container.name"], "app");

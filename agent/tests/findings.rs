@@ -81,10 +81,18 @@ fn root_and_privileged_containers_vs_uid_1000() {
         image("spyglass.test/busybox:1"),
         image("spyglass.test/nonroot:1"),
     );
-    let (root_id, user_id, priv_id) = (
+    let (root_id, user_id, priv_id, lean_id) = (
         container_id("f-root"),
         container_id("f-user"),
         container_id("f-priv"),
+        container_id("f-lean"),
+    );
+    // containerd's default capabilities include NET_RAW; this one drops it.
+    let lean = Ctr::run(
+        &nonroot.reference,
+        &lean_id,
+        &["--cap-drop=CAP_NET_RAW"],
+        &["/bin/sleep", "60"],
     );
     let root = Ctr::run(&busybox.reference, &root_id, &[], &["/bin/sleep", "60"]);
     let user = Ctr::run(&nonroot.reference, &user_id, &[], &["/bin/sleep", "60"]);
@@ -112,6 +120,17 @@ fn root_and_privileged_containers_vs_uid_1000() {
         .as_str()
         .unwrap()
         .contains("network"));
+    let caps = agent.wait_for("container.dangerous_capabilities", WAIT, |e| {
+        is_finding(e, "container.dangerous_capabilities", &root_id)
+    });
+    assert!(caps["finding"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("CAP_NET_RAW"));
+    lean.exec("l", &["/bin/true"]);
+    agent.wait_for("the lean container's exec", WAIT, |e| {
+        e["kind"] == "exec" && e["container"]["id"] == lean_id.as_str()
+    });
     // More activity in each: still one finding per container.
     for i in 0..3 {
         root.exec(&format!("r{i}"), &["/bin/true"]);
@@ -130,6 +149,8 @@ fn root_and_privileged_containers_vs_uid_1000() {
     );
     assert!(findings(&agent, "container.privileged", &root_id).is_empty());
     assert!(findings(&agent, "container.host_namespace", &root_id).is_empty());
+    assert!(findings(&agent, "container.dangerous_capabilities", &lean_id).is_empty());
+    assert!(findings(&agent, "container.root", &lean_id).is_empty());
 }
 
 #[test]
@@ -187,6 +208,33 @@ fn wildcard_and_undeclared_listeners_vs_loopback_and_declared() {
         !undeclared.contains(&"8082/tcp".into()),
         "loopback only: {undeclared:?}"
     );
+    assert!(
+        findings(&agent, "port.host_network", &id).is_empty(),
+        "own network namespace"
+    );
+
+    // A listener in the host's network namespace.
+    let host_id = container_id("f-hostnet");
+    let port = free_port();
+    let h = Ctr::run(
+        &img.reference,
+        &host_id,
+        &["--net-host"],
+        &["/bin/sleep", "60"],
+    );
+    h.exec(
+        "l",
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("nc -l -p {port} >/dev/null & sleep 0.5; kill $!"),
+        ],
+    );
+    let f = agent.wait_for("port.host_network", WAIT, |e| {
+        is_finding(e, "port.host_network", &host_id)
+    });
+    assert_eq!(subject(&f), format!("{port}/tcp"));
+    assert_eq!(f["finding"]["severity"], "high");
 }
 
 #[test]
@@ -236,6 +284,41 @@ fn binary_copied_into_tmp_vs_binary_from_the_image() {
             "{rule} only for the dropped file: {all:?}"
         );
     }
+}
+
+#[test]
+fn exec_through_a_file_descriptor_vs_exec_of_a_path() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let (policy, cfg) = setup("f-fd", NO_BASELINE);
+    let agent = start(&policy, &cfg, &[]);
+    let img = image("spyglass.test/busybox:1");
+    let id = container_id("f-fd");
+    let c = Ctr::run(&img.reference, &id, &[], &["/bin/sleep", "60"]);
+    // A program run through a descriptor, as memfd loaders do (busybox
+    // then cannot name its applet and exits 127: the exec happened).
+    c.exec(
+        "fd",
+        &[
+            "/bin/sh",
+            "-c",
+            "exec 3</bin/busybox; /proc/self/fd/3; true",
+        ],
+    );
+    c.exec("path", &["/bin/echo", "by-path"]);
+    let f = agent.wait_for("process.memfd_exec", WAIT, |e| {
+        is_finding(e, "process.memfd_exec", &id)
+    });
+    assert_finding(&f, "process.memfd_exec", "critical", &id, &img);
+    assert_eq!(f["process"]["exe"], "/proc/self/fd/3");
+    assert_eq!(f["finding"]["mitre"]["technique"], "T1620");
+    agent.wait_for("the exec by path", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).iter().any(|a| a == "by-path")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(findings(&agent, "process.memfd_exec", &id).len(), 1);
 }
 
 #[test]
@@ -599,6 +682,14 @@ fn baseline_reports_executables_new_after_learning() {
     let id = container_id("f-baseline");
     let c = Ctr::run(&img.reference, &id, &[], &["/bin/sleep", "60"]);
     c.exec("learn", &["/bin/echo", "learning"]);
+    c.exec(
+        "learn-port",
+        &[
+            "/bin/sh",
+            "-c",
+            "nc -l -p 7001 >/dev/null & sleep 0.3; kill $!",
+        ],
+    );
     agent.wait_for("the learning exec", WAIT, |e| {
         e["kind"] == "exec"
             && e["container"]["id"] == id.as_str()
@@ -607,6 +698,18 @@ fn baseline_reports_executables_new_after_learning() {
     std::thread::sleep(Duration::from_millis(2500));
     c.exec("known", &["/bin/echo", "again"]);
     c.exec("new", &["/bin/hostname"]);
+    c.exec(
+        "ports",
+        &[
+            "/bin/sh",
+            "-c",
+            "nc -l -p 7001 >/dev/null & nc -l -p 7002 >/dev/null & sleep 0.3; kill %1 %2",
+        ],
+    );
+    let p = agent.wait_for("baseline.new_port", WAIT, |e| {
+        is_finding(e, "baseline.new_port", &id)
+    });
+    assert_eq!(subject(&p), "7002/tcp", "7001 was learnt");
     let f = agent.wait_for("baseline.new_executable", WAIT, |e| {
         is_finding(e, "baseline.new_executable", &id)
     });
@@ -614,6 +717,8 @@ fn baseline_reports_executables_new_after_learning() {
     std::thread::sleep(Duration::from_millis(300));
     let all = findings(&agent, "baseline.new_executable", &id);
     assert!(all.iter().all(|f| subject(f) == "/bin/hostname"), "{all:?}");
+    let ports = findings(&agent, "baseline.new_port", &id);
+    assert!(ports.iter().all(|f| subject(f) == "7002/tcp"), "{ports:?}");
     // Saved for the next start.
     eventually("the baseline file", WAIT, || {
         let text = std::fs::read_to_string(&state).ok()?;
@@ -649,4 +754,48 @@ fn repeats_fold_into_counted_updates() {
         .filter(|e| e["finding"]["count"] == 1)
         .collect();
     assert_eq!(firsts.len(), 1, "one first report, then updates");
+}
+
+#[test]
+fn scopes_match_pod_namespace_and_pod_labels() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let img = image("spyglass.test/busybox:1");
+    let (policy, cfg) = setup(
+        "f-scope",
+        &format!(
+            "{NO_BASELINE}rules:\n  - rule: process.shell\n    severity: critical\n    \
+             scope:\n      namespaces: [shop]\n      pod_labels: {{app: scoped-0}}\n"
+        ),
+    );
+    let agent = start(&policy, &cfg, &[]);
+    let mark = marker("scoped");
+    let pod = Pod::start(PodSpec {
+        name: "scoped-0",
+        namespace: "shop",
+        container_name: "app",
+        image: &img.reference,
+        command: &[
+            "/bin/sh",
+            "-c",
+            &format!("sleep 0.3; /bin/sh -c 'echo {mark}'; exec sleep 60"),
+        ],
+        run_as_user: None,
+        privileged: false,
+    });
+    let in_scope = agent.wait_for("the pod's shell finding", WAIT, |e| {
+        is_finding(e, "process.shell", &pod.container_id)
+    });
+    assert_eq!(in_scope["finding"]["severity"], "critical", "{in_scope}");
+    assert_eq!(in_scope["container"]["pod"]["labels"]["app"], "scoped-0");
+    // Outside the scope (no pod): the default severity.
+    let id = container_id("f-unscoped");
+    let c = Ctr::run(&img.reference, &id, &[], &["/bin/sleep", "60"]);
+    c.exec("sh", &["/bin/sh", "-c", "true"]);
+    let other = agent.wait_for("the plain container's shell finding", WAIT, |e| {
+        is_finding(e, "process.shell", &id)
+    });
+    assert_eq!(other["finding"]["severity"], "medium");
 }

@@ -84,6 +84,10 @@ pub fn container_json(c: &ContainerContext) -> Value {
     put(&mut pod, "name", &c.pod_name);
     put(&mut pod, "namespace", &c.pod_namespace);
     put(&mut pod, "uid", &c.pod_uid);
+    if !c.pod_labels.is_empty() {
+        let labels: std::collections::BTreeMap<_, _> = c.pod_labels.iter().collect();
+        pod.insert("labels".into(), json!(labels));
+    }
     if !pod.is_empty() {
         cm.insert("pod".into(), Value::Object(pod));
     }

@@ -125,7 +125,10 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
         (EventKind::Listen, _) => (4001, 4, 7), // Listen
         (EventKind::Accept, _) => (4001, 4, 1), // Open
         (EventKind::Connect, Some(Detail::Network(n))) if n.outcome == "failed" => (4001, 4, 4), // Fail
+        (EventKind::Connect, Some(Detail::Network(n))) if n.outcome == "denied" => (4001, 4, 5), // Refuse
         (EventKind::Connect, _) => (4001, 4, 1), // Open
+        // A folded repeat is an update of the finding first reported.
+        (EventKind::Finding, Some(Detail::Finding(f))) if f.count > 1 => (2004, 2, 2),
         (EventKind::Finding, _) => (2004, 2, 1), // Create
         _ => (1008, 1, 99),                      // Event Log Activity: Other
     };
@@ -147,6 +150,10 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
     m.insert("device".into(), json!({"type_id": 0, "hostname": ev.node}));
     let mut severity = 1; // Informational
     let mut unmapped = Map::new();
+    if !ev.enforced.is_empty() {
+        // The policy killed this process at exec.
+        unmapped.insert("enforced".into(), json!(ev.enforced));
+    }
     unmapped.insert("delivery".into(), convert::delivery(d));
     unmapped.insert("kind".into(), json!(convert::kind_name(ev.kind)));
     if ev.snapshot {

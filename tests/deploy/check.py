@@ -71,6 +71,10 @@ if cm is None or "agent.toml" not in cm.get("data", {}):
     errors.append("no agent.toml in ConfigMap spyglass-agent")
 elif os.environ.get("AGENT_TOML_OUT"):
     open(os.environ["AGENT_TOML_OUT"], "w").write(cm["data"]["agent.toml"])
+    if "policy.yaml" not in cm["data"]:
+        errors.append("no policy.yaml in ConfigMap spyglass-agent")
+    else:
+        open(os.environ["AGENT_TOML_OUT"] + ".policy.yaml", "w").write(cm["data"]["policy.yaml"])
 
 for e in errors:
     print(e)

@@ -148,7 +148,10 @@ fn ctr_flags(
         let src = if let Some(p) = v["hostPath"]["path"].as_str() {
             host(p)
         } else if v.get("configMap").is_some() {
-            host(&format!("configmap:{}", m["subPath"].as_str().unwrap()))
+            match m["subPath"].as_str() {
+                Some(sub) => host(&format!("configmap:{sub}")),
+                None => host(&format!("configmap-dir:{}", v["name"].as_str().unwrap())),
+            }
         } else if v.get("secret").is_some() {
             host("secret")
         } else {
@@ -209,12 +212,19 @@ fn agent_image_under_containerd_with_daemonset_settings_attributes_another_conta
     // The ConfigMap's agent.toml, as shipped.
     let toml = cm["data"]["agent.toml"].as_str().unwrap();
     std::fs::write(dir.join("agent.toml"), toml).unwrap();
+    std::fs::create_dir_all(dir.join("policy")).unwrap();
+    std::fs::write(
+        dir.join("policy/policy.yaml"),
+        cm["data"]["policy.yaml"].as_str().unwrap(),
+    )
+    .unwrap();
     let spool = dir.join("spool");
     std::fs::create_dir_all(&spool).unwrap();
 
     let host = |p: &str| -> String {
         match p {
             "configmap:agent.toml" => dir.join("agent.toml").display().to_string(),
+            "configmap-dir:policy" => dir.join("policy").display().to_string(),
             "secret" => tls.display().to_string(),
             // The spool is test-local, not the machine's /var/lib.
             "/var/lib/spyglass" => spool.display().to_string(),
@@ -294,6 +304,15 @@ fn agent_image_under_containerd_with_daemonset_settings_attributes_another_conta
         at_collector["container"]["image"]["digest"],
         busybox.digest.as_str()
     );
+    // The shipped policy's findings reach the collector too.
+    let root = eventually("a container.root finding at the collector", WAIT, || {
+        lines(&collector.output).into_iter().find(|e| {
+            e["kind"] == "finding"
+                && e["finding"]["rule_id"] == "container.root"
+                && e["container"]["id"] == other.id.as_str()
+        })
+    });
+    assert_eq!(root["finding"]["severity"], "medium");
     drop(other);
     let events = agent.stop();
     assert!(

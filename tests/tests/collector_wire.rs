@@ -348,6 +348,7 @@ fn sample_events(node: &str) -> Vec<Event> {
         pod_name: "web-0".into(),
         pod_namespace: "shop".into(),
         pod_uid: "1c2d3e4f-aaaa-bbbb-cccc-0123456789ab".into(),
+        pod_labels: [("app".to_string(), "web".to_string())].into(),
         container_name: "app".into(),
         namespace: "k8s.io".into(),
         oci_runtime: "io.containerd.runc.v2".into(),

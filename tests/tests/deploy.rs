@@ -43,6 +43,17 @@ fn manifests_validate_and_keep_least_privilege() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("spyglass-collector.spyglass.svc"));
+    // And the policy it ships.
+    let out = Command::new(bin("spyglass-agent"))
+        .arg("check-policy")
+        .arg(dir.join("agent.toml.policy.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the ConfigMap's policy.yaml is rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The checker can fail: a misspelt field, a privileged agent, a file
     // left out of the kustomization.

@@ -294,12 +294,49 @@ struct Client {
     ch: Channel,
     namespaces: Vec<String>,
     images: ImageDigests,
+    /// Pod labels by CRI sandbox id.
+    pod_labels: HashMap<String, BTreeMap<String, String>>,
 }
 
 impl Client {
     async fn meta(&mut self, c: Container, ns: &str) -> ContainerMeta {
         let image = self.images.resolve(&self.ch, ns, &c.image).await;
-        meta_of(c, ns, image)
+        let sandbox = c
+            .spec
+            .as_ref()
+            .and_then(|s| meta::sandbox_of_spec(&s.value));
+        let mut m = meta_of(c, ns, image);
+        if let (Some(sb), Some(pod)) = (sandbox, m.pod.as_mut()) {
+            pod.labels = self.sandbox_labels(&sb, ns).await;
+        }
+        m
+    }
+
+    /// The labels of a CRI sandbox (its pod's labels), cached.
+    async fn sandbox_labels(&mut self, id: &str, ns: &str) -> BTreeMap<String, String> {
+        if let Some(l) = self.pod_labels.get(id) {
+            return l.clone();
+        }
+        let req = GetContainerRequest { id: id.to_owned() };
+        let labels = match ContainersClient::new(self.ch.clone())
+            .get(with_namespace!(req, ns))
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .container
+                .map(|c| meta::pod_labels_of_sandbox(&c.labels.into_iter().collect()))
+                .unwrap_or_default(),
+            Err(s) => {
+                debug!(sandbox = id, status = %s, "pod sandbox not readable");
+                return BTreeMap::new();
+            }
+        };
+        if self.pod_labels.len() >= 4096 {
+            self.pod_labels.clear();
+        }
+        self.pod_labels.insert(id.to_owned(), labels.clone());
+        labels
     }
 
     /// `id` in namespace `ns`, if there.
@@ -474,6 +511,7 @@ async fn session(
         namespaces: namespaces(&ch).await?,
         ch,
         images: ImageDigests::default(),
+        pod_labels: HashMap::new(),
     };
     let t0 = Instant::now();
     let all = within(SYNC_TIMEOUT, "containers.list", client.list_all()).await?;

@@ -35,6 +35,9 @@ pub struct Pod {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     pub uid: String,
+    /// The pod's labels (on its CRI sandbox), for policy scopes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Security posture from the container's OCI runtime spec.
@@ -101,6 +104,7 @@ pub fn pod_from_labels(labels: &BTreeMap<String, String>) -> Option<Pod> {
         name: get(LABEL_POD_NAME),
         namespace: get(LABEL_POD_NAMESPACE),
         uid: get(LABEL_POD_UID),
+        labels: BTreeMap::new(),
     };
     (!pod.name.is_empty() || !pod.uid.is_empty()).then_some(pod)
 }
@@ -281,6 +285,33 @@ pub fn manifest_for_platform(index_json: &[u8], os: &str, arch: &str) -> Option<
     let mut candidates: Vec<&Descriptor> = index.manifests.iter().filter(matches).collect();
     candidates.sort_by_key(|d| d.platform.as_ref().is_some_and(|p| !p.variant.is_empty()));
     candidates.first().map(|d| d.digest.clone())
+}
+
+/// The CRI sandbox a container belongs to (OCI spec annotation
+/// `io.kubernetes.cri.sandbox-id`), for a CRI container.
+pub fn sandbox_of_spec(json: &[u8]) -> Option<String> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Annotated {
+        annotations: BTreeMap<String, String>,
+    }
+    let a: Annotated = serde_json::from_slice(json).ok()?;
+    a.annotations
+        .get("io.kubernetes.cri.sandbox-id")
+        .filter(|s| !s.is_empty())
+        .cloned()
+}
+
+/// A pod's own labels from its sandbox container's labels (without the
+/// runtime's and kubelet's bookkeeping keys).
+pub fn pod_labels_of_sandbox(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter(|(k, _)| {
+            !k.starts_with("io.cri-containerd.") && !k.starts_with("io.kubernetes.pod.")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The process an OCI runtime spec starts (`process.args`).

@@ -124,10 +124,12 @@ impl Baselines {
         if set.contains(item) {
             return Seen::Known;
         }
-        if set.len() < MAX_ITEMS {
-            set.insert(item.to_owned());
-            self.dirty = true;
+        if set.len() >= MAX_ITEMS {
+            // Full: quiet rather than reporting the same items again.
+            return Seen::Known;
         }
+        set.insert(item.to_owned());
+        self.dirty = true;
         if learning {
             Seen::Known
         } else {

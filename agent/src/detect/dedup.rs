@@ -159,6 +159,20 @@ impl Dedup {
         out
     }
 
+    /// Every fold not yet reported, at once (the agent is stopping).
+    pub fn flush_all(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        for e in self.entries.values_mut() {
+            if e.count > e.reported {
+                let mut ev = e.template.clone();
+                stamp(&mut ev, e.count, e.last_seen);
+                out.push(ev);
+                e.reported = e.count;
+            }
+        }
+        out
+    }
+
     /// Keys held.
     #[cfg(test)]
     pub fn len(&self) -> usize {

@@ -29,8 +29,9 @@ const BIN_DIRS: &[&str] = &[
 /// What the kernel should enforce for one cgroup.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// (pattern, rule): exact paths, or prefixes ending in `/`.
-    pub exec: Vec<(String, RuleId)>,
+    /// (pattern, Some(rule) to kill | None to allow): exact paths, or
+    /// prefixes ending in `/`; the longest match decides.
+    pub exec: Vec<(String, Option<RuleId>)>,
     /// (range, Some(rule) to deny | None to allow), applied in order
     /// (later entries with the same range win).
     pub connect: Vec<(Cidr, Option<RuleId>)>,
@@ -46,8 +47,8 @@ impl Plan {
         self.exec
             .iter()
             .filter(|(p, _)| path_matches(p, path))
-            .max_by_key(|(p, _)| p.len())
-            .map(|(_, r)| *r)
+            .max_by_key(|(p, _)| p.len() + usize::from(!p.ends_with('/')))
+            .and_then(|(_, r)| *r)
     }
 
     /// The rule the kernel applied to a connect to `ip` (longest prefix;
@@ -97,7 +98,14 @@ pub fn plan(policy: &Policy, meta: &ContainerMeta) -> Plan {
             for pat in patterns {
                 let allowed = e.allow.executables.iter().any(|a| path_matches(a, &pat));
                 if !allowed && pat.len() < RULE_PATH_LEN {
-                    p.exec.push((pat, rule));
+                    p.exec.push((pat, Some(rule)));
+                }
+            }
+            // Allowed files under a killed prefix: exceptions the kernel
+            // sees (a longer match).
+            for a in &e.allow.executables {
+                if a.len() < RULE_PATH_LEN {
+                    p.exec.push((a.clone(), None));
                 }
             }
         }
@@ -211,7 +219,7 @@ impl Enforcer {
             if self
                 .maps
                 .exec
-                .insert(&exec_key(cgroup, pat), value(Some(*rule)), 0)
+                .insert(&exec_key(cgroup, pat), value(*rule), 0)
                 .is_err()
             {
                 failed += 1;
@@ -265,10 +273,18 @@ impl Enforcer {
 
     fn sync_flags(&mut self) {
         let mut f = 0;
-        if self.installed.values().any(|p| !p.exec.is_empty()) {
+        if self
+            .installed
+            .values()
+            .any(|p| p.exec.iter().any(|(_, r)| r.is_some()))
+        {
             f |= bits::EXEC_KILL;
         }
-        if self.installed.values().any(|p| !p.connect.is_empty()) {
+        if self
+            .installed
+            .values()
+            .any(|p| p.connect.iter().any(|(_, r)| r.is_some()))
+        {
             f |= bits::CONNECT_DENY;
         }
         if let Err(e) = self.maps.flags.set(0, f, 0) {
@@ -298,6 +314,8 @@ version: 1
 rules:
   - rule: process.writable_path_exec
     action: kill
+    allow:
+      executables: [/tmp/app]
   - rule: process.exec
     executables: [/usr/bin/nc]
     action: kill
@@ -314,6 +332,12 @@ rules:
         .unwrap();
         let p = plan(&pol, &meta());
         assert_eq!(p.exec_rule("/tmp/x"), Some(RuleId::ProcessWritablePath));
+        assert_eq!(
+            p.exec_rule("/tmp/app"),
+            None,
+            "allowed inside the killed prefix"
+        );
+        assert_eq!(p.exec_rule("/tmp/app2"), Some(RuleId::ProcessWritablePath));
         assert_eq!(p.exec_rule("/usr/bin/nc"), Some(RuleId::ProcessExec));
         assert_eq!(p.exec_rule("/usr/bin/ncat"), None);
         assert_eq!(p.exec_rule("/bin/sh"), None, "process.shell is alert only");

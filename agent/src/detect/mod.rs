@@ -22,7 +22,7 @@ use enforce::Enforcer;
 use crate::{
     container::meta::ContainerMeta,
     event::{Event, FindingInfo, Kind, Mitre},
-    policy::{addr, info_of, path_matches, Policy, RuleId},
+    policy::{addr, info_of, path_matches, Action, Policy, RuleId, Severity},
 };
 
 /// Containers remembered (first-event checks, fork rates, upper layers).
@@ -33,6 +33,8 @@ const CONTAINER_IDLE: Duration = Duration::from_secs(600);
 #[derive(Default)]
 struct Seen_ {
     posture_checked: bool,
+    /// The container's metadata, to plan enforcement again on reload.
+    meta: Option<Arc<ContainerMeta>>,
     cgroups: Vec<u64>,
     upper: Option<PathBuf>,
     fork_window: Option<Instant>,
@@ -46,6 +48,8 @@ struct Hit {
     subject: String,
     summary: String,
     outcome: Option<&'static str>,
+    /// Custom rules: severity and action of the entry that matched.
+    entry: Option<(Severity, Action)>,
 }
 
 fn hit(rule: RuleId, subject: impl Into<String>, summary: String) -> Hit {
@@ -54,6 +58,7 @@ fn hit(rule: RuleId, subject: impl Into<String>, summary: String) -> Hit {
         subject: subject.into(),
         summary,
         outcome: None,
+        entry: None,
     }
 }
 
@@ -105,14 +110,26 @@ impl Detector {
     pub fn set_policy(&mut self, policy: Policy) {
         self.dedup.set_limits(limits(&policy));
         self.policy = Arc::new(policy);
+        // Enforcement follows at once for every container known (not at
+        // its next event); cgroups of containers no longer tracked go.
         if let Some(enf) = &mut self.enforcer {
+            let mut kept = Vec::new();
+            for (id, seen) in &self.containers {
+                let Some(meta) = &seen.meta else { continue };
+                let plan = enforce::plan(&self.policy, meta);
+                for cg in &seen.cgroups {
+                    enf.apply(*cg, plan.clone(), id);
+                    kept.push(*cg);
+                }
+            }
             for cg in enf.cgroups() {
-                enf.remove(cg);
+                if !kept.contains(&cg) {
+                    enf.remove(cg);
+                }
             }
         }
         for seen in self.containers.values_mut() {
             seen.posture_checked = false;
-            seen.cgroups.clear();
         }
     }
 
@@ -155,9 +172,10 @@ impl Detector {
         out
     }
 
-    /// Flush on stop.
-    pub fn close(&mut self) {
+    /// On stop: folded counts not yet reported, and the baselines.
+    pub fn close(&mut self) -> Vec<Event> {
         self.baselines.save();
+        self.dedup.flush_all()
     }
 
     fn check(&mut self, ev: &Event, meta: &ContainerMeta, now: Instant) -> Vec<Hit> {
@@ -170,8 +188,18 @@ impl Detector {
         }
         let seen = self.containers.entry(cid.clone()).or_default();
         seen.last = Some(now);
+        if seen.meta.is_none() {
+            seen.meta = Some(Arc::new(meta.clone()));
+        }
         let cgroup = ev.process.as_ref().map(|pr| pr.cgroup_id).unwrap_or(0);
-        if cgroup != 0 && !seen.cgroups.contains(&cgroup) {
+        // runc's own processes in the new cgroup come first; enforcement
+        // starts with the container's first process (so its entrypoint is
+        // not killed by a policy meant for what runs inside).
+        let runc = ev
+            .process
+            .as_ref()
+            .is_some_and(|pr| pr.comm.starts_with("runc:"));
+        if cgroup != 0 && !runc && !seen.cgroups.contains(&cgroup) {
             seen.cgroups.push(cgroup);
             if let Some(enf) = &mut self.enforcer {
                 enf.apply(cgroup, enforce::plan(p, meta), &cid);
@@ -185,9 +213,12 @@ impl Detector {
         match ev.kind {
             Kind::Exec => {
                 let Some(pr) = &ev.process else { return hits };
-                // The kernel's view of the file (absolute, symlinks
-                // resolved, memfd/deleted visible), else the execve path.
-                let real = if ev.snapshot || ev.enforced.is_some() {
+                // The path given to execve when absolute. A relative one,
+                // or a descriptor path, is resolved through /proc/PID/exe
+                // (which may already name a later exec of the same pid:
+                // only a fallback).
+                let by_fd = pr.exe.starts_with("/dev/fd/") || pr.exe.starts_with("/proc/self/fd/");
+                let real = if ev.snapshot || (pr.exe.starts_with('/') && !by_fd) {
                     None
                 } else {
                     proc::exe(pr.pid)
@@ -213,23 +244,29 @@ impl Detector {
                     });
                     return hits;
                 }
-                for e in p.custom(RuleId::ProcessExec, meta) {
-                    if e.executables
-                        .iter()
-                        .any(|x| path_matches(x, &path) || path_matches(x, &pr.exe))
-                    {
-                        hits.push(hit(
+                let listed = p.custom(RuleId::ProcessExec, meta).find(|e| {
+                    let hit_path = |x: &String| path_matches(x, &path) || path_matches(x, &pr.exe);
+                    e.executables.iter().any(hit_path) && !e.allow.executables.iter().any(hit_path)
+                });
+                if let Some(e) = listed {
+                    let sev = e.severity.unwrap_or(info_of(RuleId::ProcessExec).severity);
+                    hits.push(Hit {
+                        entry: Some((sev, e.action)),
+                        ..hit(
                             RuleId::ProcessExec,
                             path.clone(),
                             format!("{path} executed in container {}", meta.name),
-                        ));
-                        break;
-                    }
+                        )
+                    });
                 }
                 let name = basename(&path);
                 let argv0 = pr.argv.first().map(|a| basename(a)).unwrap_or("");
                 let is_shell = p.settings.shells.iter().any(|s| s == name || s == argv0);
-                let is_entry = !meta.entrypoint.is_empty() && *pr.argv == *meta.entrypoint;
+                // The entrypoint itself; a script entrypoint runs as
+                // [interpreter, script, args...] after the kernel reads #!.
+                let is_entry = !meta.entrypoint.is_empty()
+                    && (*pr.argv == *meta.entrypoint
+                        || pr.argv.get(1..) == Some(&meta.entrypoint[..]));
                 if is_shell && !is_entry {
                     hits.push(hit(
                         RuleId::ProcessShell,
@@ -254,10 +291,7 @@ impl Detector {
                         ),
                     ));
                 }
-                let memfd = path.starts_with("/memfd:")
-                    || path.ends_with(" (deleted)")
-                    || pr.exe.starts_with("/dev/fd/")
-                    || pr.exe.starts_with("/proc/self/fd/");
+                let memfd = path.starts_with("/memfd:") || path.ends_with(" (deleted)") || by_fd;
                 if memfd {
                     hits.push(hit(
                         RuleId::ProcessMemfd,
@@ -377,14 +411,22 @@ impl Detector {
                     });
                     return hits;
                 }
-                if p.custom(RuleId::NetworkConnect, meta)
-                    .any(|e| e.destinations.iter().any(|c| c.contains(ip)))
-                {
-                    hits.push(hit(
-                        RuleId::NetworkConnect,
-                        dest.clone(),
-                        format!("container {} connects to {dest}", meta.name),
-                    ));
+                let listed = p.custom(RuleId::NetworkConnect, meta).find(|e| {
+                    e.destinations.iter().any(|c| c.contains(ip))
+                        && !e.allow.destinations.iter().any(|c| c.contains(ip))
+                });
+                if let Some(e) = listed {
+                    let sev = e
+                        .severity
+                        .unwrap_or(info_of(RuleId::NetworkConnect).severity);
+                    hits.push(Hit {
+                        entry: Some((sev, e.action)),
+                        ..hit(
+                            RuleId::NetworkConnect,
+                            dest.clone(),
+                            format!("container {} connects to {dest}", meta.name),
+                        )
+                    });
                 }
                 if addr::is_internet(ip, &p.settings.egress_allow) {
                     hits.push(hit(
@@ -440,29 +482,31 @@ impl Detector {
     /// Policy, allow lists and dedup applied to a hit.
     fn finding(&mut self, ev: &Event, meta: &ContainerMeta, h: Hit, now: Instant) -> Option<Event> {
         let info = info_of(h.rule);
-        let custom = matches!(h.rule, RuleId::ProcessExec | RuleId::NetworkConnect);
-        let (severity, action) = if custom {
-            let e = self.policy.custom(h.rule, meta).next()?;
-            (e.severity.unwrap_or(info.severity), e.action)
-        } else {
-            let eff = self.policy.effective(h.rule, meta)?;
-            let ip = h
-                .subject
-                .split(':')
-                .next()
-                .and_then(|a| a.parse::<IpAddr>().ok());
-            let port = h
-                .subject
-                .split('/')
-                .next()
-                .and_then(|p| p.parse::<u16>().ok());
-            if eff.allows_exe(&h.subject)
-                || ip.is_some_and(|ip| eff.allows_ip(ip))
-                || port.is_some_and(|p| eff.allows_port(p))
-            {
-                return None;
+        let (severity, action) = match h.entry {
+            // Custom rules: the entry that matched (allow lists applied).
+            Some(e) => e,
+            None => {
+                let eff = self.policy.effective(h.rule, meta)?;
+                // Allow lists: by the evidence's destination or port.
+                let (ip, port) = match &ev.network {
+                    Some(n) if ev.kind == Kind::Listen => (None, Some(n.local.port)),
+                    Some(n) => (
+                        n.remote
+                            .as_ref()
+                            .and_then(|r| r.addr.parse::<IpAddr>().ok()),
+                        None,
+                    ),
+                    None => (None, None),
+                };
+                let exe = ev.process.as_ref().map(|p| p.exe.as_ref()).unwrap_or("");
+                if (ev.kind == Kind::Exec && (eff.allows_exe(&h.subject) || eff.allows_exe(exe)))
+                    || ip.is_some_and(|ip| eff.allows_ip(ip))
+                    || port.is_some_and(|p| eff.allows_port(p))
+                {
+                    return None;
+                }
+                (eff.severity, eff.action)
             }
-            (eff.severity, eff.action)
         };
         let mut f = Event::new(Kind::Finding, ev.time, ev.node.clone());
         f.process = ev.process.clone();

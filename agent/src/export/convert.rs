@@ -61,6 +61,7 @@ fn container(c: &Container) -> wire::ContainerContext {
         pod_name: pod.name,
         pod_namespace: pod.namespace,
         pod_uid: pod.uid,
+        pod_labels: pod.labels.into_iter().collect(),
         unattributed: c.unattributed.unwrap_or_default().into(),
         ..wire::ContainerContext::default()
     };

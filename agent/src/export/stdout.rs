@@ -223,6 +223,7 @@ mod tests {
                 name: "web-0".into(),
                 namespace: "shop".into(),
                 uid: "u".into(),
+                ..Default::default()
             }),
             ..Default::default()
         }));

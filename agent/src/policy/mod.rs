@@ -79,6 +79,19 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             message: e.to_string(),
         },
     })?;
+    if let Some(w) = file
+        .settings
+        .writable_paths
+        .iter()
+        .find(|w| !w.starts_with('/') || !w.ends_with('/'))
+    {
+        return Err(PolicyError::Document {
+            path: path.to_owned(),
+            message: format!(
+                "settings.writable_paths: `{w}` must be a directory prefix: absolute and ending in /"
+            ),
+        });
+    }
     if file.version != 1 {
         return Err(PolicyError::Document {
             path: path.to_owned(),
@@ -141,10 +154,15 @@ pub fn in_scope(scope: &Scope, meta: &ContainerMeta) -> bool {
     if !scope.namespaces.is_empty() && !scope.namespaces.iter().any(|n| n == pod_ns) {
         return false;
     }
+    // A pod's own labels; a container outside a pod offers its labels.
+    let labels = match meta.pod.as_ref().filter(|p| !p.labels.is_empty()) {
+        Some(p) => &p.labels,
+        None => &meta.labels,
+    };
     if !scope
         .pod_labels
         .iter()
-        .all(|(k, v)| meta.labels.get(k) == Some(v))
+        .all(|(k, v)| labels.get(k) == Some(v))
     {
         return false;
     }
@@ -229,8 +247,8 @@ mod tests {
                 name: "p".into(),
                 namespace: ns.into(),
                 uid: "u".into(),
+                labels: [("app".to_string(), "web".to_string())].into(),
             }),
-            labels: [("app".to_string(), "web".to_string())].into(),
             ..Default::default()
         }
     }

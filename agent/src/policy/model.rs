@@ -215,6 +215,11 @@ impl TryFrom<RawEntry> for RuleEntry {
             ));
         }
         for p in r.executables.iter().chain(&r.allow.executables) {
+            if p.contains('*') {
+                return Err(format!(
+                    "executable `{p}`: no wildcards; write an exact path or a prefix ending in /"
+                ));
+            }
             if !p.starts_with('/') {
                 return Err(format!("executable `{p}` must be an absolute path"));
             }
