@@ -138,3 +138,56 @@ fn missing_btf_says_what_is_missing() {
     );
     assert!(err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
 }
+
+#[test]
+fn findings_catalogue_in_the_docs_is_the_agents_own() {
+    let out = run(&["rules"]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/findings.md"),
+    )
+    .unwrap();
+    let block = docs
+        .split_once("<!-- rules:begin -->\n")
+        .and_then(|(_, rest)| rest.split_once("<!-- rules:end -->"))
+        .map(|(b, _)| b)
+        .expect("docs/findings.md has the rules:begin/end markers");
+    assert_eq!(
+        block, table,
+        "docs/findings.md is stale: paste `spyglass-agent rules` between the markers"
+    );
+    assert!(table.lines().count() >= 20, "{table}");
+}
+
+#[test]
+fn check_policy_names_file_line_and_field() {
+    let dir = std::env::temp_dir().join(format!("spyglass-cli-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("policy.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1\nrules:\n  - rule: process.shell\n    acton: kill\n",
+    )
+    .unwrap();
+    let out = run(&["check-policy", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("policy file {}, line 4 column 5", bad.display()))
+            && err.contains("unknown field `acton`"),
+        "{err}"
+    );
+    std::fs::write(
+        &bad,
+        "version: 1\nrules:\n  - rule: process.shell\n    action: kill\n",
+    )
+    .unwrap();
+    let out = run(&["check-policy", bad.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
