@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use config::Config;
-use tracing_subscriber::EnvFilter;
 
 /// Spyglass: eBPF runtime security telemetry for containers.
 ///
@@ -32,6 +31,10 @@ struct Cli {
     /// tracing directive such as `spyglass_agent=debug`). RUST_LOG wins.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log format on stderr: `text`, or `json` (one object per line, for
+    /// log pipelines).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(flatten)]
     overrides: Overrides,
     #[command(subcommand)]
@@ -130,13 +133,7 @@ fn effective_config(cli: &Cli) -> Result<Config> {
 
 fn main() {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cli.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    spyglass_proto::logging::init(&cli.log_level, cli.log_format == "json");
     if let Err(e) = real_main(cli) {
         // `{:#}` prints the whole cause chain on one line.
         eprintln!("spyglass-agent: error: {}", report(&e));

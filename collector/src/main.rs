@@ -20,7 +20,6 @@ use tonic::{
     Request, Status,
 };
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
 
 /// Receive Spyglass agent event streams and write them for a SIEM.
 #[derive(Parser, Debug)]
@@ -81,6 +80,10 @@ struct Cli {
     /// Log filter for stderr.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Log format on stderr: `text`, or `json` (one object per line, for
+    /// log pipelines).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -89,13 +92,7 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 
 fn main() {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cli.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    spyglass_proto::logging::init(&cli.log_level, cli.log_format == "json");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

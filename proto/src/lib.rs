@@ -11,3 +11,6 @@ pub mod time;
 
 #[cfg(feature = "endpoints")]
 pub mod endpoints;
+
+#[cfg(feature = "logging")]
+pub mod logging;
