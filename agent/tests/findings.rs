@@ -799,3 +799,122 @@ fn scopes_match_pod_namespace_and_pod_labels() {
     });
     assert_eq!(other["finding"]["severity"], "medium");
 }
+
+/// `ctr task exec` in `id`; its exit code (137: killed by SIGKILL).
+fn exec_code(id: &str, exec_id: &str, cmd: &[&str]) -> Option<i32> {
+    Command::new("ctr")
+        .args(["-n", NS, "task", "exec", "--exec-id", exec_id, id])
+        .args(cmd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .code()
+}
+
+#[test]
+fn shell_kill_spares_the_entrypoint_and_allowed_files_run() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let img = image("spyglass.test/busybox:1");
+    let id = container_id("f-shellkill");
+    let (policy, cfg) = setup(
+        "f-shellkill",
+        &format!(
+            "{NO_BASELINE}rules:\n  - rule: process.shell\n    action: kill\n    \
+             scope:\n      containers: [{id}]\n  - rule: process.writable_path_exec\n    \
+             action: kill\n    allow:\n      executables: [/tmp/ok/true]\n    \
+             scope:\n      containers: [{id}]\n"
+        ),
+    );
+    let agent = start(&policy, &cfg, &[]);
+    // The entrypoint is a shell: it must start and keep running.
+    let c = Ctr::run(
+        &img.reference,
+        &id,
+        &[],
+        &["/bin/sh", "-c", "echo started > /tmp/entry; exec sleep 60"],
+    );
+    agent.wait_for("the entrypoint", WAIT, |e| {
+        e["kind"] == "exec"
+            && e["container"]["id"] == id.as_str()
+            && e["process"]["exe"] == "/bin/sh"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        c.exec("check", &["/bin/cat", "/tmp/entry"]).trim(),
+        "started"
+    );
+    // A shell exec'd into it is killed before it runs.
+    assert_eq!(
+        exec_code(&id, "sh", &["/bin/sh", "-c", "touch /tmp/shell-ran"]),
+        Some(137)
+    );
+    assert!(!c.exec("ls", &["/bin/ls", "/tmp"]).contains("shell-ran"));
+    // Under the killed /tmp/ prefix, the allowed file runs, its neighbour
+    // does not.
+    for (i, d) in ["ok", "no"].iter().enumerate() {
+        assert_eq!(
+            exec_code(
+                &id,
+                &format!("m{i}"),
+                &["/bin/mkdir", "-p", &format!("/tmp/{d}")]
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            exec_code(
+                &id,
+                &format!("c{i}"),
+                &["/bin/cp", "/bin/busybox", &format!("/tmp/{d}/true")]
+            ),
+            Some(0)
+        );
+    }
+    assert_eq!(exec_code(&id, "ok", &["/tmp/ok/true"]), Some(0), "allowed");
+    assert_eq!(exec_code(&id, "no", &["/tmp/no/true"]), Some(137), "killed");
+    let entry_killed = agent.matching(|e| {
+        e["kind"] == "exec"
+            && e["container"]["id"] == id.as_str()
+            && e["enforced"] == "kill"
+            && argv_of(e).iter().any(|a| a.contains("started"))
+    });
+    assert!(entry_killed.is_empty(), "the entrypoint was not killed");
+    assert!(findings(&agent, "process.writable_path_exec", &id)
+        .iter()
+        .all(|f| subject(f) != "/tmp/ok/true"));
+}
+
+#[test]
+fn a_kill_added_by_reload_applies_to_running_containers_at_once() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let img = image("spyglass.test/busybox:1");
+    let id = container_id("f-rekill");
+    let (policy, cfg) = setup("f-rekill", NO_BASELINE);
+    let agent = start(&policy, &cfg, &[]);
+    let c = Ctr::run(&img.reference, &id, &[], &["/bin/sleep", "60"]);
+    c.exec("prep", &["/bin/cp", "/bin/busybox", "/tmp/true"]);
+    assert_eq!(
+        exec_code(&id, "before", &["/tmp/true"]),
+        Some(0),
+        "alert only so far"
+    );
+    std::fs::write(
+        &policy,
+        format!(
+            "{NO_BASELINE}rules:\n  - rule: process.writable_path_exec\n    action: kill\n    \
+             scope:\n      containers: [{id}]\n"
+        ),
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    // The container's next event is this exec itself: it must already be
+    // enforced.
+    assert_eq!(exec_code(&id, "after", &["/tmp/true"]), Some(137));
+}

@@ -231,8 +231,18 @@ impl Detector {
                         .and_then(|e| e.plan_of(cgroup))
                         .and_then(|pl| pl.exec_rule(&pr.exe))
                         .unwrap_or(RuleId::ProcessExec);
+                    // A custom rule: the kill entry that covers this path.
+                    let entry = p
+                        .custom(RuleId::ProcessExec, meta)
+                        .find(|e| {
+                            e.action == Action::Kill
+                                && e.executables.iter().any(|x| path_matches(x, &pr.exe))
+                        })
+                        .filter(|_| rule == RuleId::ProcessExec)
+                        .map(|e| (e.severity.unwrap_or(info_of(rule).severity), e.action));
                     hits.push(Hit {
                         outcome: Some("killed"),
+                        entry,
                         ..hit(
                             rule,
                             pr.exe.to_string(),
@@ -398,8 +408,17 @@ impl Detector {
                         .and_then(|e| e.plan_of(cgroup))
                         .and_then(|pl| pl.connect_rule(ip))
                         .unwrap_or(RuleId::NetworkConnect);
+                    let entry = p
+                        .custom(RuleId::NetworkConnect, meta)
+                        .find(|e| {
+                            e.action == Action::DenyConnect
+                                && e.destinations.iter().any(|c| c.contains(ip))
+                        })
+                        .filter(|_| rule == RuleId::NetworkConnect)
+                        .map(|e| (e.severity.unwrap_or(info_of(rule).severity), e.action));
                     hits.push(Hit {
                         outcome: Some("denied"),
+                        entry,
                         ..hit(
                             rule,
                             dest.clone(),
