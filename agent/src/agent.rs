@@ -74,6 +74,13 @@ impl Sinks {
         };
         let updates = d.tick(Instant::now());
         self.metrics.set_findings(&d.emitted);
+        let (cgroups, failures) = d.enforcement();
+        self.metrics
+            .enforced_cgroups
+            .store(cgroups as u64, Ordering::Relaxed);
+        self.metrics
+            .enforcement_write_failures
+            .store(failures, Ordering::Relaxed);
         if updates.is_empty() {
             return Ok(());
         }
@@ -419,6 +426,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                     containerd_open = false;
                     continue;
                 };
+                if let (Update::Deleted(id), Some(d)) = (&update, out.detector.as_mut()) {
+                    // Its processes are gone: so go its kernel entries.
+                    d.container_deleted(id);
+                }
                 let events = attr.apply(update);
                 if !events.is_empty() {
                     out.send(events).await?;

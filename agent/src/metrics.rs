@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Findings emitted, by rule (copied from the detector every second).
     findings: std::sync::Mutex<Vec<(&'static str, u64)>>,
     pub policy_reloads: AtomicU64,
+    pub enforced_cgroups: AtomicU64,
+    pub enforcement_write_failures: AtomicU64,
     pub policy_reload_errors: AtomicU64,
 }
 
@@ -224,6 +226,18 @@ impl Metrics {
                 "Bytes of the spooled batches.",
                 "gauge",
                 get(&self.spool_bytes),
+            ),
+            (
+                "spyglass_enforced_cgroups",
+                "Container cgroups with kill or deny-connect entries in the kernel.",
+                "gauge",
+                get(&self.enforced_cgroups),
+            ),
+            (
+                "spyglass_enforcement_write_failures_total",
+                "Container policies not enforced because the kernel tables were full.",
+                "counter",
+                get(&self.enforcement_write_failures),
             ),
             (
                 "spyglass_policy_reloads_total",

@@ -875,6 +875,10 @@ fn shell_kill_spares_the_entrypoint_and_allowed_files_run() {
     }
     assert_eq!(exec_code(&id, "ok", &["/tmp/ok/true"]), Some(0), "allowed");
     assert_eq!(exec_code(&id, "no", &["/tmp/no/true"]), Some(137), "killed");
+    // Everything before is processed once this finding is in.
+    agent.wait_for("the kill of /tmp/no/true", WAIT, |e| {
+        is_finding(e, "process.writable_path_exec", &id) && subject(e) == "/tmp/no/true"
+    });
     let entry_killed = agent.matching(|e| {
         e["kind"] == "exec"
             && e["container"]["id"] == id.as_str()
@@ -896,7 +900,12 @@ fn a_kill_added_by_reload_applies_to_running_containers_at_once() {
     let img = image("spyglass.test/busybox:1");
     let id = container_id("f-rekill");
     let (policy, cfg) = setup("f-rekill", NO_BASELINE);
-    let agent = start(&policy, &cfg, &[]);
+    let port = free_port();
+    let agent = start(
+        &policy,
+        &cfg,
+        &["--metrics-listen", &format!("127.0.0.1:{port}")],
+    );
     let c = Ctr::run(&img.reference, &id, &[], &["/bin/sleep", "60"]);
     c.exec("prep", &["/bin/cp", "/bin/busybox", "/tmp/true"]);
     assert_eq!(
@@ -913,8 +922,18 @@ fn a_kill_added_by_reload_applies_to_running_containers_at_once() {
     )
     .unwrap();
     agent.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    eventually("the reload", WAIT, || {
+        http_get(port, "/metrics")
+            .1
+            .contains("spyglass_policy_reloads_total 1")
+            .then_some(())
+    });
     // The container's next event is this exec itself: it must already be
     // enforced.
     assert_eq!(exec_code(&id, "after", &["/tmp/true"]), Some(137));
+    // Reported as a kill, not folded into the earlier alert on that file.
+    let f = agent.wait_for("the kill finding", WAIT, |e| {
+        is_finding(e, "process.writable_path_exec", &id) && e["finding"]["outcome"] == "killed"
+    });
+    assert_eq!(subject(&f), "/tmp/true");
 }

@@ -124,17 +124,17 @@ impl Baselines {
         if set.contains(item) {
             return Seen::Known;
         }
-        if set.len() >= MAX_ITEMS {
-            // Full: quiet rather than reporting the same items again.
-            return Seen::Known;
+        if !learning {
+            // Not learnt, and never learnt later: what a container does
+            // after the window cannot widen the baseline (repeats are
+            // folded by the findings' dedup).
+            return Seen::New;
         }
-        set.insert(item.to_owned());
-        self.dirty = true;
-        if learning {
-            Seen::Known
-        } else {
-            Seen::New
+        if set.len() < MAX_ITEMS {
+            set.insert(item.to_owned());
+            self.dirty = true;
         }
+        Seen::Known
     }
 
     /// Write the file if anything changed (temp file, then rename).
@@ -190,9 +190,11 @@ mod tests {
             b.observe("sha256:a", What::Executable, "/bin/nc", 200),
             Seen::New
         );
+        // Still new: nothing is learnt after the window (so a container
+        // cannot fill the baseline with junk and silence it).
         assert_eq!(
             b.observe("sha256:a", What::Executable, "/bin/nc", 201),
-            Seen::Known
+            Seen::New
         );
         // Another image learns on its own clock.
         assert_eq!(

@@ -18,6 +18,9 @@ pub struct Key {
     pub container: String,
     pub rule: RuleId,
     pub subject: String,
+    /// `killed`/`denied`: an enforcement is its own finding, never folded
+    /// into an earlier alert of the same subject.
+    pub outcome: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -91,7 +94,14 @@ impl Dedup {
             bucket.started = Some(now);
             bucket.reported = 0;
         }
-        if bucket.reported >= self.limits.per_minute || self.entries.len() >= self.limits.max_keys {
+        // Enforcements and high or critical findings skip the rate limit,
+        // so cheap noise cannot hide them.
+        let exempt = finding
+            .finding
+            .as_ref()
+            .is_some_and(|f| f.outcome.is_some() || f.severity >= crate::policy::Severity::High);
+        let over = bucket.reported >= self.limits.per_minute && !exempt;
+        if over || self.entries.len() >= self.limits.max_keys {
             let slot = bucket
                 .suppressed
                 .entry(key.rule)
@@ -189,7 +199,7 @@ mod tests {
         let mut ev = Event::new(Kind::Finding, Timestamp(t), "n".into());
         ev.finding = Some(Box::new(FindingInfo {
             rule_id: rule,
-            severity: crate::policy::Severity::High,
+            severity: crate::policy::Severity::Medium,
             mitre: None,
             summary: "s".into(),
             subject: "x".into(),
@@ -208,6 +218,7 @@ mod tests {
             container: c.into(),
             rule: RuleId::ProcessShell,
             subject: subject.into(),
+            outcome: None,
         }
     }
 

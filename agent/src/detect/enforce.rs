@@ -3,7 +3,7 @@
 //! `CONNECT_DENY` maps, per cgroup of a container in scope. The plan is
 //! pure; [`Enforcer`] writes it and keeps a mirror to tell which rule the
 //! kernel applied.
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use agent_common::{enforce as bits, ConnectRuleKey, ExecRuleKey, RULE_PATH_LEN};
 use aya::maps::{lpm_trie::Key, Array, LpmTrie, MapData};
@@ -47,6 +47,8 @@ impl Plan {
         self.exec
             .iter()
             .filter(|(p, _)| path_matches(p, path))
+            // Longest match; among equal patterns the first (as written).
+            .rev()
             .max_by_key(|(p, _)| p.len() + usize::from(!p.ends_with('/')))
             .and_then(|(_, r)| *r)
     }
@@ -182,14 +184,45 @@ pub struct Maps {
     pub connect: LpmTrie<MapData, ConnectRuleKey, u32>,
 }
 
-/// Owns the maps and what was written to them, per cgroup.
+/// What is written for one cgroup, and what it was planned from.
+struct Installed {
+    container: String,
+    meta: Arc<ContainerMeta>,
+    plan: Plan,
+}
+
+/// Owns the maps and what was written to them, per cgroup. The records
+/// here (not the detector's caches) decide what a reload re-plans and
+/// what a container deletion removes.
 pub struct Enforcer {
     maps: Maps,
-    installed: HashMap<u64, Plan>,
+    installed: HashMap<u64, Installed>,
+    /// Plans not written because the kernel refused an entry (map full).
+    pub write_failures: u64,
 }
 
 fn value(rule: Option<RuleId>) -> u32 {
     rule.map(|r| r as u32 + 1).unwrap_or(0)
+}
+
+/// Keys of a plan, deduplicated (exec: first entry wins, as userspace
+/// attributes; connect: later entries win), allows before denies so a
+/// deny never stands without its exceptions.
+fn entries(plan: &Plan) -> (Vec<(String, u32)>, Vec<(Cidr, u32)>) {
+    let mut exec: Vec<(String, u32)> = Vec::new();
+    for (pat, rule) in &plan.exec {
+        if !exec.iter().any(|(p, _)| p == pat) {
+            exec.push((pat.clone(), value(*rule)));
+        }
+    }
+    let mut connect: Vec<(Cidr, u32)> = Vec::new();
+    for (range, rule) in &plan.connect {
+        connect.retain(|(c, _)| c != range);
+        connect.push((range.clone(), value(*rule)));
+    }
+    exec.sort_by_key(|(_, v)| *v != 0);
+    connect.sort_by_key(|(_, v)| *v != 0);
+    (exec, connect)
 }
 
 impl Enforcer {
@@ -197,49 +230,70 @@ impl Enforcer {
         Enforcer {
             maps,
             installed: HashMap::new(),
+            write_failures: 0,
         }
     }
 
     /// What is enforced for a cgroup.
     pub fn plan_of(&self, cgroup: u64) -> Option<&Plan> {
-        self.installed.get(&cgroup)
+        self.installed.get(&cgroup).map(|i| &i.plan)
     }
 
-    /// Make the kernel enforce `plan` for `cgroup` (replacing what was).
-    pub fn apply(&mut self, cgroup: u64, plan: Plan, container: &str) {
-        if self.installed.get(&cgroup) == Some(&plan) {
+    /// Make the kernel enforce `plan` for `cgroup`: the new keys are
+    /// written over the old ones first, then keys no longer planned are
+    /// deleted, so the cgroup is never without its rules in between.
+    pub fn apply(&mut self, cgroup: u64, meta: &Arc<ContainerMeta>, plan: Plan) {
+        let container = meta.id.clone();
+        if self.installed.get(&cgroup).map(|i| &i.plan) == Some(&plan) {
             return;
         }
-        self.remove(cgroup);
         if plan.is_empty() {
+            self.remove(cgroup);
             return;
         }
-        let mut failed = 0usize;
-        for (pat, rule) in &plan.exec {
-            if self
-                .maps
-                .exec
-                .insert(&exec_key(cgroup, pat), value(*rule), 0)
-                .is_err()
-            {
-                failed += 1;
-            }
+        let (exec, connect) = entries(&plan);
+        let mut ok = true;
+        for (pat, v) in &exec {
+            ok &= self.maps.exec.insert(&exec_key(cgroup, pat), *v, 0).is_ok();
         }
-        for (range, rule) in &plan.connect {
-            if self
+        for (range, v) in &connect {
+            ok &= self
                 .maps
                 .connect
-                .insert(&connect_key(cgroup, range), value(*rule), 0)
-                .is_err()
+                .insert(&connect_key(cgroup, range), *v, 0)
+                .is_ok();
+        }
+        let old = self.installed.remove(&cgroup);
+        if let Some(old) = &old {
+            let (old_exec, old_connect) = entries(&old.plan);
+            for (pat, _) in old_exec
+                .iter()
+                .filter(|(p, _)| !exec.iter().any(|(n, _)| n == p))
             {
-                failed += 1;
+                let _ = self.maps.exec.remove(&exec_key(cgroup, pat));
+            }
+            for (c, _) in old_connect
+                .iter()
+                .filter(|(c, _)| !connect.iter().any(|(n, _)| n == c))
+            {
+                let _ = self.maps.connect.remove(&connect_key(cgroup, c));
             }
         }
-        if failed > 0 {
+        if !ok {
+            // Half a plan (a deny without its allows) is worse than none.
+            self.write_failures += 1;
+            for (pat, _) in &exec {
+                let _ = self.maps.exec.remove(&exec_key(cgroup, pat));
+            }
+            for (c, _) in &connect {
+                let _ = self.maps.connect.remove(&connect_key(cgroup, c));
+            }
             warn!(
                 container,
-                cgroup, failed, "enforcement entries not written (map full?)"
+                cgroup, "enforcement tables full: this container's policy is not enforced"
             );
+            self.sync_flags();
+            return;
         }
         info!(
             container,
@@ -248,8 +302,28 @@ impl Enforcer {
             connect_rules = plan.connect.len(),
             "enforcing policy"
         );
-        self.installed.insert(cgroup, plan);
+        self.installed.insert(
+            cgroup,
+            Installed {
+                container,
+                meta: meta.clone(),
+                plan,
+            },
+        );
         self.sync_flags();
+    }
+
+    /// Plan every cgroup again under a new policy.
+    pub fn replan(&mut self, policy: &Policy) {
+        let current: Vec<(u64, Arc<ContainerMeta>)> = self
+            .installed
+            .iter()
+            .map(|(cg, i)| (*cg, i.meta.clone()))
+            .collect();
+        for (cg, meta) in current {
+            let p = plan(policy, &meta);
+            self.apply(cg, &meta, p);
+        }
     }
 
     /// Stop enforcing for a cgroup.
@@ -257,34 +331,41 @@ impl Enforcer {
         let Some(old) = self.installed.remove(&cgroup) else {
             return;
         };
-        for (pat, _) in &old.exec {
+        let (exec, connect) = entries(&old.plan);
+        for (pat, _) in &exec {
             let _ = self.maps.exec.remove(&exec_key(cgroup, pat));
         }
-        for (range, _) in &old.connect {
+        for (range, _) in &connect {
             let _ = self.maps.connect.remove(&connect_key(cgroup, range));
         }
         self.sync_flags();
     }
 
+    /// A container was deleted: its cgroups' entries go.
+    pub fn forget_container(&mut self, id: &str) {
+        let gone: Vec<u64> = self
+            .installed
+            .iter()
+            .filter(|(_, i)| i.container == id)
+            .map(|(cg, _)| *cg)
+            .collect();
+        for cg in gone {
+            self.remove(cg);
+        }
+    }
+
     /// Cgroups with entries.
-    pub fn cgroups(&self) -> Vec<u64> {
-        self.installed.keys().copied().collect()
+    pub fn cgroups(&self) -> usize {
+        self.installed.len()
     }
 
     fn sync_flags(&mut self) {
         let mut f = 0;
-        if self
-            .installed
-            .values()
-            .any(|p| p.exec.iter().any(|(_, r)| r.is_some()))
-        {
+        let plans = || self.installed.values().map(|i| &i.plan);
+        if plans().any(|p| p.exec.iter().any(|(_, r)| r.is_some())) {
             f |= bits::EXEC_KILL;
         }
-        if self
-            .installed
-            .values()
-            .any(|p| p.connect.iter().any(|(_, r)| r.is_some()))
-        {
+        if plans().any(|p| p.connect.iter().any(|(_, r)| r.is_some())) {
             f |= bits::CONNECT_DENY;
         }
         if let Err(e) = self.maps.flags.set(0, f, 0) {

@@ -36,7 +36,9 @@ struct Seen_ {
     /// The container's metadata, to plan enforcement again on reload.
     meta: Option<Arc<ContainerMeta>>,
     cgroups: Vec<u64>,
-    upper: Option<PathBuf>,
+    /// The overlay upper layer; `Some(None)` when the root is not an
+    /// overlay (not read again).
+    upper: Option<Option<PathBuf>>,
     fork_window: Option<Instant>,
     forks: u32,
     last: Option<Instant>,
@@ -68,6 +70,7 @@ pub struct Detector {
     dedup: Dedup,
     baselines: Baselines,
     enforcer: Option<Enforcer>,
+    last_save: Option<Instant>,
     /// Findings emitted, by rule (for metrics).
     pub emitted: HashMap<&'static str, u64>,
 }
@@ -101,6 +104,7 @@ impl Detector {
             policy: Arc::new(policy),
             containers: HashMap::new(),
             enforcer,
+            last_save: None,
             emitted: HashMap::new(),
         }
     }
@@ -110,27 +114,37 @@ impl Detector {
     pub fn set_policy(&mut self, policy: Policy) {
         self.dedup.set_limits(limits(&policy));
         self.policy = Arc::new(policy);
-        // Enforcement follows at once for every container known (not at
-        // its next event); cgroups of containers no longer tracked go.
+        // Enforcement follows at once for every cgroup enforced or seen
+        // (not at its next event).
         if let Some(enf) = &mut self.enforcer {
-            let mut kept = Vec::new();
-            for (id, seen) in &self.containers {
+            enf.replan(&self.policy);
+            for seen in self.containers.values() {
                 let Some(meta) = &seen.meta else { continue };
                 let plan = enforce::plan(&self.policy, meta);
                 for cg in &seen.cgroups {
-                    enf.apply(*cg, plan.clone(), id);
-                    kept.push(*cg);
-                }
-            }
-            for cg in enf.cgroups() {
-                if !kept.contains(&cg) {
-                    enf.remove(cg);
+                    enf.apply(*cg, meta, plan.clone());
                 }
             }
         }
         for seen in self.containers.values_mut() {
             seen.posture_checked = false;
         }
+    }
+
+    /// A container was deleted: forget it and drop its kernel entries.
+    pub fn container_deleted(&mut self, id: &str) {
+        self.containers.remove(id);
+        if let Some(enf) = &mut self.enforcer {
+            enf.forget_container(id);
+        }
+    }
+
+    /// (cgroups enforced, plans not written for lack of room).
+    pub fn enforcement(&self) -> (usize, u64) {
+        self.enforcer
+            .as_ref()
+            .map(|e| (e.cgroups(), e.write_failures))
+            .unwrap_or((0, 0))
     }
 
     /// Findings for a batch of events (in order).
@@ -156,7 +170,14 @@ impl Detector {
     /// Updates (folded counts, rate-limit summaries), baseline saves and
     /// forgetting idle containers.
     pub fn tick(&mut self, now: Instant) -> Vec<Event> {
-        self.baselines.save();
+        // Baselines are written every 30 s at most (and at stop).
+        if self
+            .last_save
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30))
+        {
+            self.baselines.save();
+            self.last_save = Some(now);
+        }
         if self.containers.len() > MAX_CONTAINERS / 2 {
             self.containers.retain(|_, s| {
                 s.last
@@ -201,8 +222,8 @@ impl Detector {
             .is_some_and(|pr| pr.comm.starts_with("runc:"));
         if cgroup != 0 && !runc && !seen.cgroups.contains(&cgroup) {
             seen.cgroups.push(cgroup);
-            if let Some(enf) = &mut self.enforcer {
-                enf.apply(cgroup, enforce::plan(p, meta), &cid);
+            if let (Some(enf), Some(m)) = (&mut self.enforcer, &seen.meta) {
+                enf.apply(cgroup, m, enforce::plan(p, meta));
             }
         }
         if !seen.posture_checked {
@@ -311,9 +332,9 @@ impl Detector {
                 } else if !ev.snapshot {
                     let seen = self.containers.get_mut(&cid).expect("inserted above");
                     if seen.upper.is_none() {
-                        seen.upper = proc::upperdir(pr.pid);
+                        seen.upper = Some(proc::upperdir(pr.pid));
                     }
-                    if let Some(upper) = &seen.upper {
+                    if let Some(Some(upper)) = &seen.upper {
                         if path.starts_with('/') && proc::in_upper(upper, &path) {
                             hits.push(hit(
                                 RuleId::ProcessNotInImage,
@@ -505,7 +526,16 @@ impl Detector {
             // Custom rules: the entry that matched (allow lists applied).
             Some(e) => e,
             None => {
-                let eff = self.policy.effective(h.rule, meta)?;
+                // What the kernel did is always reported, even when the
+                // policy no longer names the rule (a reload in between).
+                let Some(eff) = self.policy.effective(h.rule, meta) else {
+                    let action = match h.outcome {
+                        Some("killed") => Action::Kill,
+                        Some("denied") => Action::DenyConnect,
+                        _ => return None,
+                    };
+                    return self.emit(ev, meta, h, info.severity, action, now);
+                };
                 // Allow lists: by the evidence's destination or port.
                 let (ip, port) = match &ev.network {
                     Some(n) if ev.kind == Kind::Listen => (None, Some(n.local.port)),
@@ -527,6 +557,20 @@ impl Detector {
                 (eff.severity, eff.action)
             }
         };
+        self.emit(ev, meta, h, severity, action, now)
+    }
+
+    /// The finding event, through dedup.
+    fn emit(
+        &mut self,
+        ev: &Event,
+        meta: &ContainerMeta,
+        h: Hit,
+        severity: Severity,
+        action: Action,
+        now: Instant,
+    ) -> Option<Event> {
+        let info = info_of(h.rule);
         let mut f = Event::new(Kind::Finding, ev.time, ev.node.clone());
         f.process = ev.process.clone();
         f.container = ev.container.clone();
@@ -551,6 +595,7 @@ impl Detector {
             container: meta.id.clone(),
             rule: h.rule,
             subject: h.subject,
+            outcome: h.outcome,
         };
         if !self.dedup.hit(key, &f, now) {
             return None;

@@ -92,6 +92,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             ),
         });
     }
+    if let Some(sh) = file
+        .settings
+        .shells
+        .iter()
+        .find(|s| s.is_empty() || s.contains('/') || s.len() > 64)
+    {
+        return Err(PolicyError::Document {
+            path: path.to_owned(),
+            message: format!("settings.shells: `{sh}` must be a file name (no /, not empty)"),
+        });
+    }
     if file.version != 1 {
         return Err(PolicyError::Document {
             path: path.to_owned(),
@@ -335,6 +346,12 @@ rules:
         assert!(e.contains("line 3") && e.contains("10.0.0.1/8"), "{e}");
         let e = p("version: 1\nrules:\n  - rule: process.exec\n").unwrap_err();
         assert!(e.contains("needs `executables`"), "{e}");
+        let e = p("version: 1\nrules:\n  - rule: network.connect\n    destinations: [\"::/0\"]\n")
+            .unwrap_err();
+        assert!(e.contains("also covers every IPv4 address"), "{e}");
+        assert!(p("version: 1\nrules:\n  - rule: network.connect\n    destinations: [\"2000::/3\", \"::ffff:10.0.0.0/104\"]\n").is_ok());
+        let e = p("version: 1\nsettings:\n  shells: [\"\"]\n").unwrap_err();
+        assert!(e.contains("settings.shells"), "{e}");
         let e = p("version: 2\n").unwrap_err();
         assert!(e.contains("version: 2 is not supported"), "{e}");
         let e = p("rules: [\n").unwrap_err();

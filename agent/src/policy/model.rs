@@ -199,6 +199,12 @@ impl TryFrom<RawEntry> for RuleEntry {
                 "rule `process.exec` needs `executables` (paths, or prefixes ending in /)".into(),
             );
         }
+        if let Some(c) = r.destinations.iter().find(|c| covers_mapped_v4(c)) {
+            return Err(format!(
+                "destination `{c}` also covers every IPv4 address (as ::ffff:a.b.c.d); \
+                 list IPv4 ranges on their own, and for IPv6 use e.g. 2000::/3"
+            ));
+        }
         if r.rule == RuleId::NetworkConnect && r.destinations.is_empty() {
             return Err("rule `network.connect` needs `destinations` (CIDRs)".into());
         }
@@ -241,6 +247,21 @@ impl TryFrom<RawEntry> for RuleEntry {
             destinations: r.destinations,
         })
     }
+}
+
+/// An IPv6 range wide enough to hold `::ffff:0:0/96` (IPv4-mapped
+/// addresses): in the kernel's table it would deny IPv4 too.
+fn covers_mapped_v4(c: &Cidr) -> bool {
+    let (addr, len) = c.mapped();
+    if !c.to_string().contains(':') || len > 96 {
+        return false;
+    }
+    let mut mapped = [0u8; 16];
+    mapped[10] = 0xff;
+    mapped[11] = 0xff;
+    let full = usize::from(len / 8);
+    let rest = len % 8;
+    addr[..full] == mapped[..full] && (rest == 0 || (addr[full] ^ mapped[full]) >> (8 - rest) == 0)
 }
 
 /// Whether `path` matches an executable pattern: exact, or under a
