@@ -208,7 +208,10 @@ fn value(rule: Option<RuleId>) -> u32 {
 /// Keys of a plan, deduplicated (exec: first entry wins, as userspace
 /// attributes; connect: later entries win), allows before denies so a
 /// deny never stands without its exceptions.
-fn entries(plan: &Plan) -> (Vec<(String, u32)>, Vec<(Cidr, u32)>) {
+/// A plan's kernel keys with their values: exec patterns, connect ranges.
+type Entries = (Vec<(String, u32)>, Vec<(Cidr, u32)>);
+
+fn entries(plan: &Plan) -> Entries {
     let mut exec: Vec<(String, u32)> = Vec::new();
     for (pat, rule) in &plan.exec {
         if !exec.iter().any(|(p, _)| p == pat) {
