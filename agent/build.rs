@@ -42,7 +42,18 @@ fn main() -> Result<()> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            ["-Cdebuginfo=2", "-Clink-arg=--btf", "-Cpanic=abort"].join("\x1f"),
+            [
+                "-Cdebuginfo=2".to_owned(),
+                "-Clink-arg=--btf".to_owned(),
+                "-Cpanic=abort".to_owned(),
+                // BTF line info names source files: without the checkout's
+                // path, two clones embed the same object.
+                format!(
+                    "--remap-path-prefix={}=/spyglass",
+                    manifest.parent().unwrap_or(&manifest).display()
+                ),
+            ]
+            .join("\x1f"),
         );
     // Settings of the outer (host) build must not leak into the BPF build.
     for var in [

@@ -68,7 +68,15 @@ fn build_static() -> Result<PathBuf> {
     let mut cmd = crate::cargo();
     cmd.args(["build", "--release", "--target", TARGET])
         .args(IMAGES.iter().flat_map(|s| ["--package", s.bin]))
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+        // The checkout's path would otherwise be embedded (panic
+        // locations): mapped away, two clones build the same bytes.
+        .env(
+            "RUSTFLAGS",
+            format!(
+                "-C target-feature=+crt-static --remap-path-prefix={}=/spyglass",
+                crate::root().display()
+            ),
+        );
     sh(&mut cmd).context("building the static binaries")?;
     Ok(crate::root().join("target").join(TARGET).join("release"))
 }

@@ -522,6 +522,13 @@ impl Detector {
     /// Policy, allow lists and dedup applied to a hit.
     fn finding(&mut self, ev: &Event, meta: &ContainerMeta, h: Hit, now: Instant) -> Option<Event> {
         let info = info_of(h.rule);
+        // What the kernel did names the action, whatever the policy says
+        // now (a reload may have changed it since).
+        let acted = match h.outcome {
+            Some("killed") => Some(Action::Kill),
+            Some("denied") => Some(Action::DenyConnect),
+            _ => None,
+        };
         let (severity, action) = match h.entry {
             // Custom rules: the entry that matched (allow lists applied).
             Some(e) => e,
@@ -529,11 +536,7 @@ impl Detector {
                 // What the kernel did is always reported, even when the
                 // policy no longer names the rule (a reload in between).
                 let Some(eff) = self.policy.effective(h.rule, meta) else {
-                    let action = match h.outcome {
-                        Some("killed") => Action::Kill,
-                        Some("denied") => Action::DenyConnect,
-                        _ => return None,
-                    };
+                    let action = acted?;
                     return self.emit(ev, meta, h, info.severity, action, now);
                 };
                 // Allow lists: by the evidence's destination or port.
@@ -554,7 +557,7 @@ impl Detector {
                 {
                     return None;
                 }
-                (eff.severity, eff.action)
+                (eff.severity, acted.unwrap_or(eff.action))
             }
         };
         self.emit(ev, meta, h, severity, action, now)
