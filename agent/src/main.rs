@@ -136,7 +136,10 @@ fn main() {
     spyglass_proto::logging::init(&cli.log_level, cli.log_format == "json");
     if let Err(e) = real_main(cli) {
         // `{:#}` prints the whole cause chain on one line.
-        eprintln!("spyglass-agent: error: {}", report(&e));
+        eprintln!(
+            "spyglass-agent: error: {}",
+            spyglass_proto::logging::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
 }
@@ -181,20 +184,4 @@ fn real_main(cli: Cli) -> Result<()> {
             rt.block_on(agent::run(cfg))
         }
     }
-}
-
-/// The error and its causes on one line, each cause once: messages that
-/// already quote their cause are not followed by it again.
-fn report(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }

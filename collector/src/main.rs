@@ -105,7 +105,10 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("spyglass-collector: error: {}", report(&e));
+        eprintln!(
+            "spyglass-collector: error: {}",
+            spyglass_proto::logging::error_chain(e.as_ref())
+        );
         std::process::exit(1);
     }
 }
@@ -268,20 +271,4 @@ async fn run(cli: Cli) -> Result<()> {
     shared.outputs.lock().await.1.save()?;
     info!("collector stopped");
     Ok(())
-}
-
-/// The error and its causes on one line, each cause once: messages that
-/// already quote their cause are not followed by it again.
-fn report(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }

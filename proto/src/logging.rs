@@ -6,6 +6,22 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+/// An error and its causes on one line (`a: b: c`), each cause once:
+/// messages that already quote their cause are not followed by it again.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 /// Install the global subscriber.
 pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env()

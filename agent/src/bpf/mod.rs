@@ -125,7 +125,7 @@ impl Probes {
                     error: None,
                 }),
                 Err(e) if !spec.required => {
-                    let error = error_chain(&e);
+                    let error = spyglass_proto::logging::error_chain(&e);
                     warn!(program = spec.program, %error, "optional probe not attached");
                     status.push(ProbeStatus {
                         program: spec.program,
@@ -178,21 +178,6 @@ impl Probes {
             source,
         })
     }
-}
-
-/// An error and its causes on one line (`a: b: c`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 fn attach(
