@@ -7,7 +7,7 @@
 use std::{
     fmt::Write as _,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use spyglass_proto::endpoints;
@@ -44,8 +44,8 @@ pub struct Metrics {
     pub containerd_enabled: AtomicBool,
     pub probes_attached: AtomicU64,
     pub probes_total: AtomicU64,
-    /// Unix ms of the main loop's last turn.
-    pub last_turn_ms: AtomicU64,
+    /// The main loop's last turn.
+    pub heartbeat: endpoints::Heartbeat,
     pub collector_enabled: AtomicBool,
     pub collector_connected: AtomicBool,
     pub spool_batches: AtomicU64,
@@ -59,13 +59,6 @@ pub struct Metrics {
     pub enforced_cgroups: AtomicU64,
     pub enforcement_write_failures: AtomicU64,
     pub policy_reload_errors: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Metrics {
@@ -85,13 +78,12 @@ impl Metrics {
     }
 
     pub fn turned(&self) {
-        self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+        self.heartbeat.beat();
     }
 
     /// The main loop turned within `limit`.
     pub fn healthy(&self, limit: Duration) -> bool {
-        now_ms().saturating_sub(self.last_turn_ms.load(Ordering::Relaxed))
-            <= limit.as_millis() as u64
+        !self.heartbeat.stalled(limit)
     }
 
     /// Why the agent is not ready, if it is not.
@@ -273,16 +265,8 @@ impl Metrics {
 
 /// What `path` answers (`/metrics`, `/healthz`, `/readyz`).
 pub fn answer(m: &Metrics, path: &str) -> endpoints::Answer {
-    match path {
-        "/metrics" => (200, m.render()),
-        "/healthz" if m.healthy(Duration::from_secs(5)) => (200, "ok\n".into()),
-        "/healthz" => (503, "main loop stalled\n".into()),
-        "/readyz" => match m.not_ready() {
-            None => (200, "ready\n".into()),
-            Some(why) => (503, format!("{why}\n")),
-        },
-        _ => endpoints::not_found(),
-    }
+    let stalled = (!m.healthy(Duration::from_secs(5))).then_some("main loop stalled");
+    endpoints::answer(path, || m.render(), stalled, m.not_ready())
 }
 
 #[cfg(test)]

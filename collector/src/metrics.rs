@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use spyglass_proto::{
@@ -47,15 +47,8 @@ pub struct Metrics {
     pub output_failing: AtomicBool,
     /// Messages syslog could not take (its queue was full).
     pub syslog_dropped: Option<Arc<AtomicU64>>,
-    /// Unix ms of the housekeeping loop's last turn.
-    pub last_turn_ms: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    /// The housekeeping loop's last turn.
+    pub heartbeat: endpoints::Heartbeat,
 }
 
 fn kind_name(k: EventKind) -> String {
@@ -102,7 +95,7 @@ impl Metrics {
     }
 
     pub fn turned(&self) {
-        self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+        self.heartbeat.beat();
     }
 
     /// Prometheus text format; `agents` gives the connected count.
@@ -220,18 +213,11 @@ impl Metrics {
 
 /// What `path` answers.
 pub fn answer(m: &Metrics, agents: &Agents, path: &str) -> endpoints::Answer {
-    let stalled = now_ms().saturating_sub(m.last_turn_ms.load(Ordering::Relaxed))
-        > Duration::from_secs(5).as_millis() as u64;
-    match path {
-        "/metrics" => (200, m.render(agents)),
-        "/healthz" if stalled => (503, "housekeeping loop stalled\n".into()),
-        "/healthz" => (200, "ok\n".into()),
-        "/readyz" => match m.not_ready() {
-            None => (200, "ready\n".into()),
-            Some(why) => (503, format!("{why}\n")),
-        },
-        _ => endpoints::not_found(),
-    }
+    let stalled = m
+        .heartbeat
+        .stalled(Duration::from_secs(5))
+        .then_some("housekeeping loop stalled");
+    endpoints::answer(path, || m.render(agents), stalled, m.not_ready())
 }
 
 #[cfg(test)]

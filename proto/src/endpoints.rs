@@ -58,6 +58,48 @@ pub fn single(out: &mut String, name: &str, help: &str, kind: &str, value: impl 
     let _ = writeln!(out, "{name} {value}");
 }
 
+/// When a service's main loop last turned, for `/healthz`.
+#[derive(Default)]
+pub struct Heartbeat(std::sync::atomic::AtomicU64);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Heartbeat {
+    /// The loop turned now.
+    pub fn beat(&self) {
+        self.0.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// No turn for longer than `limit`.
+    pub fn stalled(&self, limit: std::time::Duration) -> bool {
+        now_ms().saturating_sub(self.0.load(std::sync::atomic::Ordering::Relaxed))
+            > limit.as_millis() as u64
+    }
+}
+
+/// The three paths: `/metrics` renders, `/healthz` fails with `stalled`
+/// (the reason) when set, `/readyz` fails with `not_ready` when set.
+pub fn answer(
+    path: &str,
+    render: impl FnOnce() -> String,
+    stalled: Option<&str>,
+    not_ready: Option<&str>,
+) -> Answer {
+    match (path, stalled, not_ready) {
+        ("/metrics", _, _) => (200, render()),
+        ("/healthz", Some(why), _) => (503, format!("{why}\n")),
+        ("/healthz", None, _) => (200, "ok\n".into()),
+        ("/readyz", _, Some(why)) => (503, format!("{why}\n")),
+        ("/readyz", _, None) => (200, "ready\n".into()),
+        _ => not_found(),
+    }
+}
+
 /// The answer for an unknown path.
 pub fn not_found() -> Answer {
     (404, "try /metrics, /healthz or /readyz\n".into())
