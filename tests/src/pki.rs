@@ -1,6 +1,8 @@
 //! Test certificates made with openssl: a CA and certificates it signs.
 use std::{path::Path, process::Command};
 
+use crate::{free_port, Collector};
+
 /// Names a loopback server certificate carries.
 pub const LOOPBACK: &str = "DNS:localhost,IP:127.0.0.1";
 
@@ -85,4 +87,22 @@ pub fn make_cert(dir: &Path, ca: &str, name: &str, usage: &str, san: &str) {
             &format!("{name}.ext"),
         ],
     );
+}
+
+/// A collector requiring client certificates signed by `dir/ca.pem`
+/// (make_ca + make_cert "server" first).
+pub fn mtls_collector(dir: &Path) -> Collector {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--client-ca",
+            &p("ca.pem"),
+        ],
+    )
 }

@@ -196,19 +196,7 @@ fn agent_image_under_containerd_with_daemonset_settings_attributes_another_conta
     pki::make_cert(&tls, "ca", "tls", "clientAuth", "DNS:agent");
     std::fs::rename(tls.join("tls.pem"), tls.join("tls.crt")).unwrap();
     std::fs::copy(tls.join("ca.pem"), tls.join("ca.crt")).unwrap();
-    let p = |f: &str| tls.join(f).to_str().unwrap().to_owned();
-    let collector = Collector::start(
-        free_port(),
-        &dir.join("out.jsonl"),
-        &[
-            "--tls-cert",
-            &p("server.pem"),
-            "--tls-key",
-            &p("server.key"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    );
+    let collector = pki::mtls_collector(&tls);
     // The ConfigMap's agent.toml, as shipped.
     let toml = cm["data"]["agent.toml"].as_str().unwrap();
     std::fs::write(dir.join("agent.toml"), toml).unwrap();

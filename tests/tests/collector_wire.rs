@@ -89,24 +89,6 @@ async fn plain(port: u16) -> Channel {
         .unwrap()
 }
 
-/// A collector requiring client certificates signed by `dir/ca.pem`
-/// (make_ca + make_cert "server" first).
-fn mtls_collector(dir: &Path) -> Collector {
-    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
-    Collector::start(
-        free_port(),
-        &dir.join("out.jsonl"),
-        &[
-            "--tls-cert",
-            &p("server.pem"),
-            "--tls-key",
-            &p("server.key"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    )
-}
-
 async fn tls_channel(port: u16, dir: &Path, identity: Option<&str>) -> Result<Channel, String> {
     let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
     let mut tls = ClientTlsConfig::new()
@@ -136,7 +118,7 @@ fn mutual_tls_accepts_only_clients_signed_by_the_ca() {
     pki::make_cert(&dir, "ca", "agent", "clientAuth", LOOPBACK);
     pki::make_ca(&dir, "rogue-ca");
     pki::make_cert(&dir, "rogue-ca", "rogue", "clientAuth", LOOPBACK);
-    let col = mtls_collector(&dir);
+    let col = pki::mtls_collector(&dir);
     rt().block_on(async {
         let good = tls_channel(col.port, &dir, Some("agent"))
             .await
@@ -183,7 +165,7 @@ fn agent_streams_over_mutual_tls() {
     pki::make_cert(&dir, "ca", "server", "serverAuth", LOOPBACK);
     pki::make_cert(&dir, "ca", "agent", "clientAuth", LOOPBACK);
     let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
-    let col = mtls_collector(&dir);
+    let col = pki::mtls_collector(&dir);
     let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,
