@@ -199,7 +199,8 @@ impl Detector {
         self.dedup.flush_all()
     }
 
-    fn check(&mut self, ev: &Event, meta: &ContainerMeta, now: Instant) -> Vec<Hit> {
+    fn check(&mut self, ev: &Event, shared: &Arc<ContainerMeta>, now: Instant) -> Vec<Hit> {
+        let meta: &ContainerMeta = shared;
         let policy = self.policy.clone();
         let p = &*policy;
         let mut hits = Vec::new();
@@ -210,7 +211,8 @@ impl Detector {
         let seen = self.containers.entry(cid.clone()).or_default();
         seen.last = Some(now);
         if seen.meta.is_none() {
-            seen.meta = Some(Arc::new(meta.clone()));
+            // The event's own shared copy, not a new one.
+            seen.meta = Some(shared.clone());
         }
         let cgroup = ev.process.as_ref().map(|pr| pr.cgroup_id).unwrap_or(0);
         // runc's own processes in the new cgroup come first; enforcement
