@@ -129,9 +129,11 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
-/// Kernel struct field offsets the programs need, computed by the agent
-/// from `/sys/kernel/btf/vmlinux` at load time and written into the
-/// `OFFSETS` global (Rust eBPF has no CO-RE relocations).
+/// Kernel layout the programs need, computed by the agent at load time and
+/// written into the `OFFSETS` global (Rust eBPF has no CO-RE relocations):
+/// struct field offsets from `/sys/kernel/btf/vmlinux`, and tracepoint
+/// record offsets that differ between kernels from the tracepoint's
+/// format file in tracefs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -163,8 +165,23 @@ pub struct KernelOffsets {
     pub kernfs_node_name: u32,
     /// `kernfs_node.__parent` (`parent` before Linux 6.15)
     pub kernfs_node_parent: u32,
+    /// `task_struct.group_leader` (the thread group's first thread)
+    pub task_group_leader: u32,
+    /// `task_struct.signal` (the thread group's shared `signal_struct`)
+    pub task_signal: u32,
+    /// `signal_struct.live` (threads not yet exiting; an `atomic_t`)
+    pub signal_live: u32,
+    /// Offset of `bool group_dead` in the `sched/sched_process_exit`
+    /// record, or [`EXIT_GROUP_DEAD_ABSENT`] on kernels whose record has
+    /// no such field (before Linux 6.16): the probe then decides group
+    /// death from `signal->live`.
+    pub exit_group_dead: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+
+/// [`KernelOffsets::exit_group_dead`] when the exit record has no
+/// `group_dead` field.
+pub const EXIT_GROUP_DEAD_ABSENT: u32 = 0;
 
 /// Common prefix of every record.
 #[repr(C)]

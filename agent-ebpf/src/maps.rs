@@ -83,6 +83,10 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_level: 0,
     kernfs_node_name: 0,
     kernfs_node_parent: 0,
+    task_group_leader: 0,
+    task_signal: 0,
+    signal_live: 0,
+    exit_group_dead: 0,
 };
 
 /// Ring buffer fill level (bytes) above which a record wakes the reader.

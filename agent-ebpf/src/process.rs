@@ -1,7 +1,7 @@
 //! Process lifecycle: exec, exit and fork.
 use agent_common::{
-    counter, enforce, exec_flags, kind, ExecEvent, ExitEvent, ForkEvent, ARGV_LEN, FILENAME_LEN,
-    RULE_PATH_LEN,
+    counter, enforce, exec_flags, kind, ExecEvent, ExitEvent, ForkEvent, KernelOffsets, ARGV_LEN,
+    EXIT_GROUP_DEAD_ABSENT, FILENAME_LEN, RULE_PATH_LEN,
 };
 use aya_ebpf::{
     helpers::{
@@ -181,10 +181,19 @@ fn kernfs_name(kn: u64, dst: &mut [u8]) -> u16 {
         .unwrap_or(0)
 }
 
-/// A process ended. Interface: classic tracepoint `sched/sched_process_exit`
-/// (`bool group_dead` at offset 32, kernel 6.x+); only the last thread of a
-/// thread group produces a record. `task_struct.exit_code` is set before
-/// the tracepoint fires.
+/// A process ended. Interface: classic tracepoint `sched/sched_process_exit`,
+/// fired for every exiting thread after `exit_code` is set and after
+/// `signal->live` was decremented (`do_exit`, Linux 3.x to 6.18). A
+/// record is sent for the last thread of a thread group only:
+/// - where the record has `bool group_dead` (Linux 6.16+), the agent
+///   passes its offset from the format file and the probe reads it;
+/// - before that, the last thread is the one that finds `signal->live` at
+///   0. Two threads exiting at the same instant on two CPUs can both find
+///   0: userspace drops the second record of one (pid, start time).
+///
+/// The record names the process by its group leader's start time, so the
+/// last thread of a process whose main thread exited first still matches
+/// the process's exec.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if try_exit(&ctx).is_err() {
@@ -194,22 +203,33 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: offset 32 is `group_dead` in the format file.
-    let group_dead: u8 = unsafe { ctx.read_at(32)? };
-    if group_dead == 0 {
-        return Ok(());
-    }
     let offs = offsets();
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() };
+    if !group_dead(ctx, task, &offs)? {
+        return Ok(());
+    }
+    let leader = read::<u64>(task, offs.task_group_leader).unwrap_or(task);
     let ev = ExitEvent {
         header: current_header(kind::EXIT),
         exit_code: read::<u32>(task, offs.task_exit_code).unwrap_or(0),
         _pad: 0,
-        start_time_ns: read::<u64>(task, offs.task_start_time).unwrap_or(0),
+        start_time_ns: read::<u64>(leader, offs.task_start_time).unwrap_or(0),
     };
     send(&ev, counter::EXIT_DROPPED);
     Ok(())
+}
+
+/// Whether the exiting thread is the last of its thread group.
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext, task: u64, offs: &KernelOffsets) -> Result<bool, i32> {
+    if offs.exit_group_dead != EXIT_GROUP_DEAD_ABSENT {
+        // SAFETY: the offset comes from this kernel's format file.
+        let dead: u8 = unsafe { ctx.read_at(offs.exit_group_dead as usize)? };
+        return Ok(dead != 0);
+    }
+    let signal = read::<u64>(task, offs.task_signal)?;
+    Ok(read::<i32>(signal, offs.signal_live)? == 0)
 }
 
 /// A new process (not a thread). Interface: BTF tracepoint

@@ -415,7 +415,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::select! {
             batch = raw_rx.recv() => {
                 let Some(batch) = batch else { break };
-                let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
+                let events: Vec<Event> = batch.into_iter().filter_map(|r| enricher.handle(r)).collect();
                 let events = attr.admit(events);
                 if !events.is_empty() {
                     out.send(events).await?;
@@ -439,6 +439,9 @@ pub async fn run(cfg: Config) -> Result<()> {
                 enricher.expire(Instant::now());
                 let t = tracked(&enricher, &attr);
                 metrics.processes.store(t.processes as u64, Ordering::Relaxed);
+                metrics
+                    .duplicate_exits
+                    .store(enricher.duplicate_exits(), Ordering::Relaxed);
                 metrics.containers.store(t.containers as u64, Ordering::Relaxed);
                 metrics.pending_events.store(t.pending_events as u64, Ordering::Relaxed);
                 metrics.cgroups.store(t.cgroups as u64, Ordering::Relaxed);
@@ -495,7 +498,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Until the reader hangs up: it finishes what it already took from the
     // kernel, sees `stop`, and drops its sender.
     while let Some(batch) = raw_rx.recv().await {
-        let events: Vec<Event> = batch.into_iter().map(|r| enricher.handle(r)).collect();
+        let events: Vec<Event> = batch.into_iter().filter_map(|r| enricher.handle(r)).collect();
         let events = attr.admit(events);
         out.send(events).await?;
     }

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub lost_network: AtomicU64,
     pub read_errors: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// Second exit records of one process (kernels before 6.16), dropped.
+    pub duplicate_exits: AtomicU64,
     pub processes: AtomicU64,
     pub containers: AtomicU64,
     pub pending_events: AtomicU64,
@@ -164,6 +166,12 @@ impl Metrics {
                 "Records the agent could not decode.",
                 "counter",
                 get(&self.decode_errors),
+            ),
+            (
+                "spyglass_duplicate_exit_records_total",
+                "Second exit records of one process, dropped (two last threads at once, kernels before 6.16).",
+                "counter",
+                get(&self.duplicate_exits),
             ),
             (
                 "spyglass_processes_tracked",

@@ -100,11 +100,7 @@ fn config_file_is_read_and_errors_name_file_and_field() {
 
 #[test]
 fn unprivileged_run_says_what_is_missing() {
-    // SAFETY: trivial libc call.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to drop to an unprivileged user");
-        return;
-    }
+    spyglass_e2e::require_root();
     let out = Command::new(agent_bin())
         .arg("run")
         .uid(65534)
@@ -119,11 +115,7 @@ fn unprivileged_run_says_what_is_missing() {
 
 #[test]
 fn missing_btf_says_what_is_missing() {
-    // SAFETY: trivial libc call.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to get past the privilege check");
-        return;
-    }
+    spyglass_e2e::require_root();
     let dir = std::env::temp_dir().join(format!("spyglass-cli-btf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("nobtf.toml");

@@ -66,9 +66,7 @@ fn assert_attributed(e: &Value, id: &str, img: &TestImage) {
 
 #[test]
 fn entrypoint_exec_listener_and_connect_are_attributed() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let agent = start_agent(&["--no-snapshot"]);
@@ -136,9 +134,7 @@ fn entrypoint_exec_listener_and_connect_are_attributed() {
 
 #[test]
 fn short_lived_multi_platform_container_is_attributed() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox-multi:1");
     assert!(!img.index_digest.is_empty() && img.index_digest != img.digest);
@@ -165,9 +161,7 @@ fn short_lived_multi_platform_container_is_attributed() {
 
 #[test]
 fn container_started_before_the_agent_is_in_the_snapshot() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let id = container_id("early");
@@ -194,9 +188,7 @@ fn container_started_before_the_agent_is_in_the_snapshot() {
 
 #[test]
 fn non_root_and_privileged_containers() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let nonroot = image("spyglass.test/nonroot:1");
     let root_img = image("spyglass.test/busybox:1");
@@ -236,7 +228,7 @@ fn non_root_and_privileged_containers() {
     let caps = p["capabilities"].as_array().unwrap();
     assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{p}");
 
-    let e2 = agent.wait_for("the privileged container", WAIT, |e| container_exec(e, &m2));
+    let e2 = agent.wait_for("the require_root container", WAIT, |e| container_exec(e, &m2));
     assert_attributed(&e2, &id2, &root_img);
     assert_eq!(e2["process"]["uid"], 0);
     let p = &e2["container"]["posture"];
@@ -253,9 +245,7 @@ fn non_root_and_privileged_containers() {
 
 #[test]
 fn pod_through_cri_carries_pod_labels() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let agent = start_agent(&["--no-snapshot"]);
@@ -308,9 +298,7 @@ impl Drop for Restart {
 
 #[test]
 fn containerd_away_then_back() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let id = container_id("away");
@@ -372,9 +360,7 @@ fn containerd_away_then_back() {
 
 #[test]
 fn churn_of_short_lived_containers_leaves_no_growth() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let cfg = config("churn", "");

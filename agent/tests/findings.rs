@@ -71,9 +71,7 @@ fn assert_finding(f: &Value, rule: &str, severity: &str, id: &str, img: &TestIma
 
 #[test]
 fn root_and_privileged_containers_vs_uid_1000() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let (policy, cfg) = setup("f-root", NO_BASELINE);
     let agent = start(&policy, &cfg, &[]);
@@ -155,9 +153,7 @@ fn root_and_privileged_containers_vs_uid_1000() {
 
 #[test]
 fn wildcard_and_undeclared_listeners_vs_loopback_and_declared() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let (policy, cfg) = setup("f-ports", NO_BASELINE);
     let agent = start(&policy, &cfg, &[]);
@@ -239,9 +235,7 @@ fn wildcard_and_undeclared_listeners_vs_loopback_and_declared() {
 
 #[test]
 fn binary_copied_into_tmp_vs_binary_from_the_image() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let (policy, cfg) = setup("f-tmp", NO_BASELINE);
     let agent = start(&policy, &cfg, &[]);
@@ -288,9 +282,7 @@ fn binary_copied_into_tmp_vs_binary_from_the_image() {
 
 #[test]
 fn exec_through_a_file_descriptor_vs_exec_of_a_path() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let (policy, cfg) = setup("f-fd", NO_BASELINE);
     let agent = start(&policy, &cfg, &[]);
@@ -323,9 +315,7 @@ fn exec_through_a_file_descriptor_vs_exec_of_a_path() {
 
 #[test]
 fn shell_started_by_the_entrypoint_vs_the_entrypoint_itself() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let (policy, cfg) = setup("f-shell", NO_BASELINE);
     let agent = start(&policy, &cfg, &[]);
@@ -404,9 +394,7 @@ impl Drop for Netns {
 
 #[test]
 fn internet_egress_vs_a_special_purpose_destination() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let (policy, cfg) = setup("f-egress", NO_BASELINE);
     let agent = start(&policy, &cfg, &[]);
@@ -447,9 +435,7 @@ fn internet_egress_vs_a_special_purpose_destination() {
 
 #[test]
 fn fork_storm_vs_a_quiet_container() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let (policy, cfg) = setup(
         "f-fork",
@@ -480,9 +466,7 @@ fn fork_storm_vs_a_quiet_container() {
 
 #[test]
 fn kill_at_exec_stops_the_binary_before_it_runs_only_in_scope() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let (target, other) = (container_id("f-kill"), container_id("f-nokill"));
@@ -546,9 +530,7 @@ fn kill_at_exec_stops_the_binary_before_it_runs_only_in_scope() {
 
 #[test]
 fn deny_connect_refuses_only_the_targeted_container() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let (target, other) = (container_id("f-deny"), container_id("f-allow"));
@@ -598,9 +580,7 @@ fn deny_connect_refuses_only_the_targeted_container() {
 
 #[test]
 fn malformed_policy_is_rejected_and_the_running_one_stays() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let rule = |exe: &str| {
@@ -664,9 +644,7 @@ fn malformed_policy_is_rejected_and_the_running_one_stays() {
 
 #[test]
 fn baseline_reports_executables_new_after_learning() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let dir = scratch("f-baseline-state");
@@ -728,9 +706,7 @@ fn baseline_reports_executables_new_after_learning() {
 
 #[test]
 fn repeats_fold_into_counted_updates() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let (policy, cfg) = setup(
@@ -758,9 +734,7 @@ fn repeats_fold_into_counted_updates() {
 
 #[test]
 fn scopes_match_pod_namespace_and_pod_labels() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let (policy, cfg) = setup(
@@ -814,9 +788,7 @@ fn exec_code(id: &str, exec_id: &str, cmd: &[&str]) -> Option<i32> {
 
 #[test]
 fn shell_kill_spares_the_entrypoint_and_allowed_files_run() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let id = container_id("f-shellkill");
@@ -893,9 +865,7 @@ fn shell_kill_spares_the_entrypoint_and_allowed_files_run() {
 
 #[test]
 fn a_kill_added_by_reload_applies_to_running_containers_at_once() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let img = image("spyglass.test/busybox:1");
     let id = container_id("f-rekill");

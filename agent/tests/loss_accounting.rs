@@ -50,9 +50,7 @@ fn lost_execs(events: &[Value]) -> u64 {
 
 #[test]
 fn ten_thousand_execs_are_all_reported_or_accounted_for() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     const N: usize = 10_000;
     let agent = start_agent(&["--no-snapshot"]);
@@ -80,9 +78,7 @@ fn ten_thousand_execs_are_all_reported_or_accounted_for() {
 
 #[test]
 fn ring_buffer_overflow_is_counted_and_reported() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     const N: usize = 2_000;
     // Smallest ring (64 KiB, ~100 exec records) and a stopped reader:

@@ -22,9 +22,7 @@ fn sample(body: &str, series: &str) -> Option<u64> {
 
 #[test]
 fn metrics_count_events_and_health_follows_containerd_and_collector() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");

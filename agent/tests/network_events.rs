@@ -37,9 +37,7 @@ fn ipv6_loopback() -> bool {
 
 #[test]
 fn tcp_listeners_on_ipv4_and_ipv6_loopback() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -68,9 +66,7 @@ fn tcp_listeners_on_ipv4_and_ipv6_loopback() {
 
 #[test]
 fn wildcard_listener_is_marked() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     // Bound to all interfaces, but nothing ever connects to it.
@@ -86,9 +82,7 @@ fn wildcard_listener_is_marked() {
 
 #[test]
 fn tcp_connect_established_with_both_endpoints_and_accept() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -120,9 +114,7 @@ fn tcp_connect_established_with_both_endpoints_and_accept() {
 
 #[test]
 fn tcp_connect_to_closed_port_fails() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     // A port that was free a moment ago: bind, note, close.
@@ -142,9 +134,11 @@ fn tcp_connect_to_closed_port_fails() {
 
 #[test]
 fn tcp_connect_over_ipv6() {
-    if !privileged() || !ipv6_loopback() {
-        return;
-    }
+    require_root();
+    assert!(
+        ipv6_loopback(),
+        "this test needs IPv6 on loopback (::1): enable it with `sysctl net.ipv6.conf.lo.disable_ipv6=0`"
+    );
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let listener = TcpListener::bind("[::1]:0").unwrap();
@@ -162,9 +156,7 @@ fn tcp_connect_over_ipv6() {
 
 #[test]
 fn udp_bind_and_first_send_to_each_peer() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -208,9 +200,7 @@ fn udp_bind_and_first_send_to_each_peer() {
 
 #[test]
 fn snapshot_finds_a_listener_started_before_the_agent() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

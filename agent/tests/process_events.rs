@@ -10,9 +10,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn exec_shows_argv_uid_ppid_exe_and_exit_code() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("exec");
@@ -65,9 +63,7 @@ fn exec_shows_argv_uid_ppid_exe_and_exit_code() {
 
 #[test]
 fn killed_process_reports_its_signal() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
@@ -87,9 +83,7 @@ fn killed_process_reports_its_signal() {
 
 #[test]
 fn failed_execve_is_not_an_exec_event() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("noexec");
@@ -112,9 +106,7 @@ fn failed_execve_is_not_an_exec_event() {
 
 #[test]
 fn long_argv_is_truncated_and_marked() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("long");
@@ -138,9 +130,7 @@ fn long_argv_is_truncated_and_marked() {
 
 #[test]
 fn startup_snapshot_reports_running_processes() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let mark = marker("snap");
     let mut child = Command::new("/bin/sleep")
@@ -175,14 +165,9 @@ fn cgroup2_root() -> Option<std::path::PathBuf> {
 
 #[test]
 fn process_in_a_container_cgroup_carries_the_container_id() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
-    let Some(root) = cgroup2_root() else {
-        eprintln!("skipped: no cgroup v2 mount");
-        return;
-    };
+    let root = cgroup2_root().expect("this test needs a cgroup v2 mount (cgroup2 in /proc/mounts)");
     // A cgroup shaped like containerd's (/<namespace>/<64-hex id>), made by
     // the test; a short-lived process joins it and execs.
     let id = format!("{:0>64}", format!("{:x}", std::process::id()));

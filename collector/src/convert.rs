@@ -5,7 +5,8 @@ use serde_json::{json, Map, Value};
 use spyglass_proto::{
     time::Timestamp,
     v1::{
-        event::Detail, Ancestor, ContainerContext, Endpoint, Event, EventKind, Process, Severity,
+        event::Detail, Ancestor, ContainerContext, Endpoint, Event, EventKind, Process, ProbeStatus,
+        Severity,
     },
 };
 
@@ -202,11 +203,7 @@ pub fn event_json(ev: &Event) -> Value {
             );
         }
         Some(Detail::Agent(a)) => {
-            let probes: Vec<Value> = a
-                .probes
-                .iter()
-                .map(|p| json!({"program": p.program, "attached": p.attached, "error": p.error}))
-                .collect();
+            let probes: Vec<Value> = a.probes.iter().map(probe_json).collect();
             let mut agent = json!({"state": a.state, "version": a.version, "kernel": a.kernel, "probes": probes});
             if let Some(t) = &a.tracked {
                 agent["tracked"] = json!({"processes": t.processes, "containers": t.containers,
@@ -247,6 +244,19 @@ pub struct Delivery {
 pub fn delivery(d: &Delivery) -> Value {
     json!({"node_id": d.node_id, "stream_id": d.stream_id, "sequence": d.sequence,
            "index": d.index, "count": d.count})
+}
+
+/// One probe's status, as the agent's JSON shows it (error and note only
+/// when set).
+fn probe_json(p: &ProbeStatus) -> Value {
+    let mut v = json!({"program": p.program, "attached": p.attached});
+    if !p.error.is_empty() {
+        v["error"] = json!(p.error);
+    }
+    if !p.note.is_empty() {
+        v["note"] = json!(p.note);
+    }
+    v
 }
 
 #[cfg(test)]

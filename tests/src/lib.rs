@@ -52,13 +52,16 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-pub fn privileged() -> bool {
+/// End-to-end tests load eBPF programs and run containers: they need root.
+/// Without it the test fails with the reason; it never passes unchecked.
+pub fn require_root() {
     // SAFETY: trivial libc call.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: end-to-end tests load eBPF programs and need root");
-    }
-    root
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this end-to-end test loads eBPF programs and needs root (euid is {euid}): \
+         run it as root, as `cargo xtask test` does"
+    );
 }
 
 pub fn free_port() -> u16 {

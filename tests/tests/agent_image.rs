@@ -177,9 +177,7 @@ fn ctr_flags(
 
 #[test]
 fn agent_image_under_containerd_with_daemonset_settings_attributes_another_container() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let reference = agent_image();
     let busybox = image("spyglass.test/busybox:1");

@@ -156,9 +156,7 @@ fn mutual_tls_accepts_only_clients_signed_by_the_ca() {
 
 #[test]
 fn agent_streams_over_mutual_tls() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let dir = scratch("mtls-agent");
     pki::make_ca(&dir, "ca");
@@ -469,9 +467,7 @@ fn ocsf_output_passes_the_ocsf_schema_validator() {
 
 #[test]
 fn real_agent_events_pass_the_ocsf_schema_validator() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let dir = scratch("ocsf-agent");
     let col = Collector::start(free_port(), &dir.join("ocsf.jsonl"), &["--format", "ocsf"]);
@@ -653,9 +649,7 @@ fn sample(body: &str, series: &str) -> Option<u64> {
 
 #[test]
 fn metrics_and_health_endpoints_follow_what_the_collector_does() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let dir = scratch("collector-metrics");
     // The output on a 256 KiB file system the test can fill.

@@ -41,9 +41,7 @@ fn wait_for_all(path: &std::path::Path, mark: &str, n: usize, timeout: Duration)
 
 #[test]
 fn events_arrive_at_the_collector_with_all_fields() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let dir = scratch("fields");
     let col = Collector::start(free_port(), &dir.join("out.jsonl"), &[]);
@@ -119,9 +117,7 @@ fn events_arrive_at_the_collector_with_all_fields() {
 
 #[test]
 fn collector_down_ten_seconds_loses_and_duplicates_nothing() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let dir = scratch("outage");
     let out = dir.join("out.jsonl");
@@ -144,9 +140,7 @@ fn collector_down_ten_seconds_loses_and_duplicates_nothing() {
 
 #[test]
 fn agent_restart_resumes_without_duplicates() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let dir = scratch("restart");
     let out = dir.join("out.jsonl");
@@ -210,9 +204,7 @@ fn agent_restart_resumes_without_duplicates() {
 
 #[test]
 fn full_spool_drops_oldest_batches_and_reports_the_loss() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let _g = serial();
     let dir = scratch("spoolfull");
     let port = free_port();

@@ -2,6 +2,7 @@
 pub mod btf;
 pub mod preflight;
 pub mod probes;
+pub mod tracefs;
 
 use std::{fs::File, path::Path};
 
@@ -24,6 +25,15 @@ pub enum BpfError {
     Preflight(#[from] preflight::PreflightError),
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("program `{program}` refused before loading: {source}. {fallback}")]
+    Layout {
+        program: &'static str,
+        fallback: &'static str,
+        #[source]
+        source: tracefs::TracefsError,
+    },
     #[error("loading the eBPF object failed: {0}. Run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE")]
     Object(#[source] aya::EbpfError),
     #[error("the kernel verifier rejected program `{program}`: {error}\n--- verifier log (last lines) ---\n{log}\nThis is a Spyglass bug on this kernel: please report it with `uname -r` and this log")]
@@ -72,6 +82,10 @@ pub struct ProbeStatus {
     pub attached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How the probe works on this kernel where kernels differ (for
+    /// example where exit events learn that a process's last thread ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
@@ -87,8 +101,14 @@ impl Probes {
     pub fn load(opts: &LoadOptions) -> Result<Self, BpfError> {
         let host = preflight::check(&opts.btf_path)?;
         let kernel_btf = btf::Btf::from_file(&opts.btf_path)?;
-        let offsets = kernel_btf.kernel_offsets()?;
+        let mut offsets = kernel_btf.kernel_offsets()?;
         drop(kernel_btf);
+        let tracefs_root = tracefs::root();
+        offsets.exit_group_dead = tracefs::exit_group_dead(&tracefs::read_format(
+            &tracefs_root,
+            "sched",
+            "sched_process_exit",
+        )?);
         let aya_btf =
             aya::Btf::parse_file(&opts.btf_path, aya::Endianness::default()).map_err(|e| {
                 btf::BtfError::Read {
@@ -117,12 +137,19 @@ impl Probes {
         })?;
 
         let mut status = Vec::new();
+        let target = Target {
+            btf: &aya_btf,
+            cgroup: &cgroup,
+            cgroup_root: &cgroup_root,
+            tracefs_root: &tracefs_root,
+        };
         for spec in PROBES {
-            match attach(&mut ebpf, spec, &aya_btf, &cgroup, &cgroup_root) {
+            match attach(&mut ebpf, spec, &target) {
                 Ok(()) => status.push(ProbeStatus {
                     program: spec.program,
                     attached: true,
                     error: None,
+                    note: note(spec, &offsets),
                 }),
                 Err(e) if !spec.required => {
                     let error = spyglass_proto::logging::error_chain(&e);
@@ -131,6 +158,7 @@ impl Probes {
                         program: spec.program,
                         attached: false,
                         error: Some(error),
+                        note: None,
                     });
                 }
                 Err(e) => return Err(e),
@@ -180,21 +208,56 @@ impl Probes {
     }
 }
 
-fn attach(
-    ebpf: &mut Ebpf,
-    spec: &ProbeSpec,
-    btf: &aya::Btf,
-    cgroup: &File,
-    cgroup_root: &Path,
-) -> Result<(), BpfError> {
+/// What the probes attach to on this host.
+struct Target<'a> {
+    btf: &'a aya::Btf,
+    cgroup: &'a File,
+    cgroup_root: &'a Path,
+    tracefs_root: &'a Path,
+}
+
+/// Where a probe behaves differently between kernels, which way it runs.
+fn note(spec: &ProbeSpec, offsets: &agent_common::KernelOffsets) -> Option<&'static str> {
+    (spec.program == "sched_process_exit").then_some(
+        if offsets.exit_group_dead == agent_common::EXIT_GROUP_DEAD_ABSENT {
+            "last thread found by signal->live (this kernel's exit record has no group_dead)"
+        } else {
+            "last thread found by the exit record's group_dead"
+        },
+    )
+}
+
+/// The record layout a classic tracepoint program reads must be this
+/// kernel's (format file), before the program is loaded.
+fn check_layout(spec: &ProbeSpec, tracefs_root: &Path) -> Result<(), BpfError> {
+    let Attach::TracePoint {
+        category,
+        name,
+        layout,
+    } = spec.attach
+    else {
+        return Ok(());
+    };
+    let wrap = |source| BpfError::Layout {
+        program: spec.program,
+        fallback: spec.fallback,
+        source,
+    };
+    let fields = tracefs::read_format(tracefs_root, category, name).map_err(wrap)?;
+    tracefs::check_layout(&format!("{category}/{name}"), &fields, layout).map_err(wrap)
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, on: &Target) -> Result<(), BpfError> {
+    check_layout(spec, on.tracefs_root)?;
     let prog = ebpf
         .program_mut(spec.program)
         .ok_or(BpfError::MissingProgram(spec.program))?;
+    let (btf, cgroup) = (on.btf, on.cgroup);
     let target = match spec.attach {
-        Attach::TracePoint { category, name } => format!("tracepoint {category}/{name}"),
+        Attach::TracePoint { category, name, .. } => format!("tracepoint {category}/{name}"),
         Attach::BtfTracePoint { name } => format!("tp_btf/{name}"),
         Attach::CgroupSockAddr | Attach::CgroupSock => {
-            format!("cgroup {}", cgroup_root.display())
+            format!("cgroup {}", on.cgroup_root.display())
         }
     };
     let wrap = |source: ProgramError| match source {
@@ -220,7 +283,7 @@ fn attach(
     };
     let result: Result<(), ProgramError> = (|| {
         match spec.attach {
-            Attach::TracePoint { category, name } => {
+            Attach::TracePoint { category, name, .. } => {
                 let p: &mut TracePoint = prog.try_into()?;
                 p.load()?;
                 p.attach(category, name)?;

@@ -1,14 +1,18 @@
 //! The table of probes: what each program attaches to, the kernel it
 //! needs, what happens without it, and whether the agent can run without
 //! it. Loading follows this table and nothing else.
+use super::tracefs::{FieldSpec, EXEC_LAYOUT, EXIT_LAYOUT, INET_SOCK_SET_STATE_LAYOUT};
 
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
-    /// Classic tracepoint `category/name` (stable format file).
+    /// Classic tracepoint `category/name`; `layout` lists the record
+    /// fields the program reads at fixed offsets, checked against the
+    /// kernel's format file before loading.
     TracePoint {
         category: &'static str,
         name: &'static str,
+        layout: &'static [FieldSpec],
     },
     /// BTF-typed tracepoint (`tp_btf/name`).
     BtfTracePoint { name: &'static str },
@@ -39,6 +43,7 @@ pub const PROBES: &[ProbeSpec] = &[
         attach: Attach::TracePoint {
             category: "sched",
             name: "sched_process_exec",
+            layout: EXEC_LAYOUT,
         },
         min_kernel: (5, 8),
         fallback: "none: exec events are the core of the agent",
@@ -49,6 +54,7 @@ pub const PROBES: &[ProbeSpec] = &[
         attach: Attach::TracePoint {
             category: "sched",
             name: "sched_process_exit",
+            layout: EXIT_LAYOUT,
         },
         min_kernel: (5, 8),
         fallback: "none: the process table would grow without bound",
@@ -68,6 +74,7 @@ pub const PROBES: &[ProbeSpec] = &[
         attach: Attach::TracePoint {
             category: "sock",
             name: "inet_sock_set_state",
+            layout: INET_SOCK_SET_STATE_LAYOUT,
         },
         min_kernel: (4, 16),
         fallback: "no TCP listen, connect or accept events",

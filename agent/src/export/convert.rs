@@ -172,6 +172,7 @@ pub fn to_wire(ev: &Event) -> wire::Event {
                         program: p.program.into(),
                         attached: p.attached,
                         error: p.error.clone().unwrap_or_default(),
+                        note: p.note.unwrap_or_default().into(),
                     })
                     .collect(),
                 tracked: a.tracked.map(|t| wire::Tracked {

@@ -57,6 +57,36 @@ pub struct Enricher {
     node: String,
     depth: usize,
     exited_ttl: std::time::Duration,
+    exits: RecentExits,
+}
+
+/// Processes whose exit was reported, by (pid, start time), the last
+/// [`RecentExits::CAPACITY`] of them. On kernels whose exit record has no
+/// `group_dead` (before 6.16), two threads of one process ending at the
+/// same instant on two CPUs can both report the process's end; the second
+/// record arrives next to the first and is dropped here.
+#[derive(Debug, Default)]
+struct RecentExits {
+    seen: std::collections::VecDeque<(u32, u64)>,
+    /// Second records dropped.
+    duplicates: u64,
+}
+
+impl RecentExits {
+    const CAPACITY: usize = 256;
+
+    /// Whether this is the first exit record of (pid, start time).
+    fn first(&mut self, pid: u32, start_time_ns: u64) -> bool {
+        if self.seen.contains(&(pid, start_time_ns)) {
+            self.duplicates += 1;
+            return false;
+        }
+        if self.seen.len() == Self::CAPACITY {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((pid, start_time_ns));
+        true
+    }
 }
 
 fn family(a: &SocketAddr) -> &'static str {
@@ -82,7 +112,13 @@ impl Enricher {
             clock: Clock::new(),
             node,
             depth: ancestors,
+            exits: RecentExits::default(),
         }
+    }
+
+    /// Exit records dropped as the second report of one process's end.
+    pub fn duplicate_exits(&self) -> u64 {
+        self.exits.duplicates
     }
 
     pub fn processes_tracked(&self) -> usize {
@@ -202,9 +238,9 @@ impl Enricher {
         ev
     }
 
-    /// One raw record -> one event.
-    pub fn handle(&mut self, raw: RawEvent) -> Event {
-        match raw {
+    /// One raw record -> one event (none for a repeated exit record).
+    pub fn handle(&mut self, raw: RawEvent) -> Option<Event> {
+        Some(match raw {
             RawEvent::Exec(e) => self.on_exec(e),
             RawEvent::Fork(f) => {
                 let parent = f.header.pid;
@@ -223,6 +259,9 @@ impl Enricher {
             }
             RawEvent::Exit(x) => {
                 let pid = x.header.pid;
+                if !self.exits.first(pid, x.start_time_ns) {
+                    return None;
+                }
                 let mut ev = self.event(Kind::Exit, x.header.ts_ns);
                 self.attach_process(&mut ev, pid, Some(&x.header));
                 if let Some(p) = ev.process.as_mut() {
@@ -239,7 +278,7 @@ impl Enricher {
                 ev
             }
             RawEvent::Net(n) => self.on_net(n),
-        }
+        })
     }
 
     fn on_exec(&mut self, e: Exec) -> Event {
@@ -359,7 +398,7 @@ mod tests {
     fn exec_carries_parent_chain() {
         let mut e = enricher();
         e.handle(exec(10, 1, "/bin/bash"));
-        let ev = e.handle(exec(11, 10, "/usr/bin/curl"));
+        let ev = e.handle(exec(11, 10, "/usr/bin/curl")).unwrap();
         assert_eq!(ev.kind, Kind::Exec);
         let p = ev.process.unwrap();
         assert_eq!((p.pid, p.ppid, &*p.exe), (11, 10, "/usr/bin/curl"));
@@ -383,11 +422,11 @@ mod tests {
                 sock_id: 1,
             })
         };
-        let l = e.handle(net(NetOp::TcpListen, "0.0.0.0:8080", "0.0.0.0:0", 20));
+        let l = e.handle(net(NetOp::TcpListen, "0.0.0.0:8080", "0.0.0.0:0", 20)).unwrap();
         assert_eq!(l.kind, Kind::Listen);
         let n = l.network.unwrap();
         assert_eq!((n.wildcard, n.remote), (Some(true), None));
-        let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5555", 0));
+        let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5555", 0)).unwrap();
         assert_eq!(a.kind, Kind::Accept);
         assert_eq!(&*a.process.unwrap().exe, "/usr/sbin/nginx");
         // after the owner exits, accepts on the port are unattributed
@@ -396,7 +435,7 @@ mod tests {
             exit_code: 0,
             start_time_ns: 20,
         }));
-        let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5556", 0));
+        let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5556", 0)).unwrap();
         assert!(a.process.is_none());
     }
 
@@ -404,13 +443,32 @@ mod tests {
     fn exit_reports_code_or_signal() {
         let mut e = enricher();
         e.handle(exec(30, 1, "/bin/sh"));
-        let ev = e.handle(RawEvent::Exit(super::super::decode::Exit {
-            header: header(30),
-            exit_code: 9,
-            start_time_ns: 30,
-        }));
+        let exit = |pid: u32, start| {
+            RawEvent::Exit(super::super::decode::Exit {
+                header: header(pid),
+                exit_code: 9,
+                start_time_ns: start,
+            })
+        };
+        let ev = e.handle(exit(30, 30)).unwrap();
         let x = ev.exit.unwrap();
         assert_eq!((x.code, x.signal), (None, Some(9)));
         assert_eq!(&*ev.process.unwrap().exe, "/bin/sh");
+        // two threads ending at once both report the process's end: once
+        assert!(e.handle(exit(30, 30)).is_none());
+        assert_eq!(e.duplicate_exits(), 1);
+        // a reused pid is another process
+        assert!(e.handle(exit(30, 31)).is_some());
+    }
+
+    #[test]
+    fn recent_exits_are_bounded() {
+        let mut r = RecentExits::default();
+        for pid in 0..RecentExits::CAPACITY as u32 + 1 {
+            assert!(r.first(pid, 1));
+        }
+        assert_eq!(r.seen.len(), RecentExits::CAPACITY);
+        assert!(r.first(0, 1), "the oldest was forgotten");
+        assert!(!r.first(RecentExits::CAPACITY as u32, 1));
     }
 }
