@@ -5,7 +5,7 @@
 //! and user sides can never silently disagree.
 //!
 //! Never renumber a kind, an op or a counter: add new ones at the end.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
@@ -99,6 +99,30 @@ pub struct ExecRuleKey {
 }
 const _: () = assert!(core::mem::size_of::<ExecRuleKey>() == 256);
 
+impl ExecRuleKey {
+    /// Key data of `pattern` in `cgroup_id`, with its prefix length in
+    /// bits: a pattern ending in `/` is a prefix (every path under it), any
+    /// other is an exact path and includes its NUL. `None` when the
+    /// pattern does not fit ([`RULE_PATH_LEN`] - 1 bytes).
+    pub fn new(cgroup_id: u64, pattern: &[u8]) -> Option<(u32, Self)> {
+        if pattern.len() >= RULE_PATH_LEN {
+            return None;
+        }
+        let mut path = [0u8; RULE_PATH_LEN];
+        path[..pattern.len()].copy_from_slice(pattern);
+        let bytes = if pattern.last() == Some(&b'/') {
+            pattern.len()
+        } else {
+            pattern.len() + 1
+        };
+        let key = Self {
+            cgroup_id: cgroup_id.to_ne_bytes(),
+            path,
+        };
+        Some((((8 + bytes) * 8) as u32, key))
+    }
+}
+
 /// Data of a `CONNECT_DENY` longest-prefix key: cgroup v2 id, then the
 /// destination as an IPv6 address (IPv4 mapped as ::ffff:a.b.c.d). Value
 /// 0 allows (an exception inside a denied range), any other denies.
@@ -109,6 +133,18 @@ pub struct ConnectRuleKey {
     pub addr: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<ConnectRuleKey>() == 24);
+
+impl ConnectRuleKey {
+    /// Key data of the range `addr/prefix_len` (IPv6, IPv4 mapped, prefix
+    /// at most 128) in `cgroup_id`, with its prefix length in bits.
+    pub fn new(cgroup_id: u64, addr: [u8; 16], prefix_len: u8) -> (u32, Self) {
+        let key = Self {
+            cgroup_id: cgroup_id.to_ne_bytes(),
+            addr,
+        };
+        (64 + u32::from(prefix_len.min(128)), key)
+    }
+}
 
 /// Per-CPU counters in the `COUNTERS` array, indexed by these values.
 /// Each increment is a record the kernel could not deliver in full.
@@ -321,4 +357,68 @@ mod user {
     unsafe impl aya::Pod for super::ExecRuleKey {}
     // SAFETY: byte arrays only.
     unsafe impl aya::Pod for super::ConnectRuleKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_rule_prefixes_stop_before_the_nul_exact_paths_include_it() {
+        let (bits, k) = ExecRuleKey::new(7, b"/tmp/").unwrap();
+        assert_eq!(bits, (8 + 5) * 8);
+        assert_eq!(&k.path[..6], b"/tmp/\0");
+        assert_eq!(k.cgroup_id, 7u64.to_ne_bytes());
+        let (bits, _) = ExecRuleKey::new(7, b"/bin/sh").unwrap();
+        assert_eq!(bits, (8 + 8) * 8);
+        assert!(ExecRuleKey::new(7, &[b'a'; RULE_PATH_LEN - 1]).is_some());
+        assert!(ExecRuleKey::new(7, &[b'a'; RULE_PATH_LEN]).is_none());
+    }
+
+    #[test]
+    fn connect_rule_prefix_counts_the_cgroup_id() {
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(ConnectRuleKey::new(1, mapped, 128).0, 192);
+        assert_eq!(ConnectRuleKey::new(1, mapped, 200).0, 192, "capped at /128");
+        assert_eq!(ConnectRuleKey::new(1, [0; 16], 0).0, 64);
+    }
+
+    #[test]
+    fn record_layouts_match_what_the_decoder_reads() {
+        assert_eq!(
+            core::mem::offset_of!(ExecEvent, filename),
+            ExecEvent::FIXED_LEN
+        );
+        assert_eq!(
+            core::mem::offset_of!(ExecEvent, argv),
+            ExecEvent::ARGV_OFFSET
+        );
+        assert_eq!(core::mem::offset_of!(ExitEvent, exit_code), 56);
+        assert_eq!(core::mem::offset_of!(ExitEvent, start_time_ns), 64);
+        assert_eq!(core::mem::offset_of!(NetEvent, saddr), 72);
+        assert_eq!(core::mem::offset_of!(KernelOffsets, exit_group_dead), 68);
+        assert_eq!(core::mem::offset_of!(EventHeader, cgroup_id), 32);
+    }
+
+    #[test]
+    fn flags_are_distinct_bits() {
+        let flags = [
+            exec_flags::ARGV_TRUNCATED,
+            exec_flags::ARGV_READ_FAILED,
+            exec_flags::FILENAME_TRUNCATED,
+            exec_flags::PPID_READ_FAILED,
+            exec_flags::KILLED,
+        ];
+        let mut all = 0;
+        for f in flags {
+            assert_eq!(f.count_ones(), 1);
+            assert_eq!(all & f, 0);
+            all |= f;
+        }
+        assert_eq!(enforce::EXEC_KILL & enforce::CONNECT_DENY, 0);
+        const { assert!(counter::CONNECT_TRACK_FULL < counter::COUNT) };
+    }
 }

@@ -498,7 +498,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Until the reader hangs up: it finishes what it already took from the
     // kernel, sees `stop`, and drops its sender.
     while let Some(batch) = raw_rx.recv().await {
-        let events: Vec<Event> = batch.into_iter().filter_map(|r| enricher.handle(r)).collect();
+        let events: Vec<Event> = batch
+            .into_iter()
+            .filter_map(|r| enricher.handle(r))
+            .collect();
         let events = attr.admit(events);
         out.send(events).await?;
     }

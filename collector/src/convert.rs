@@ -5,8 +5,8 @@ use serde_json::{json, Map, Value};
 use spyglass_proto::{
     time::Timestamp,
     v1::{
-        event::Detail, Ancestor, ContainerContext, Endpoint, Event, EventKind, Process, ProbeStatus,
-        Severity,
+        event::Detail, Ancestor, ContainerContext, Endpoint, Event, EventKind, ProbeStatus,
+        Process, Severity,
     },
 };
 

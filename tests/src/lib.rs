@@ -187,7 +187,14 @@ pub fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-type Shared = Arc<(Mutex<Vec<Value>>, Condvar)>;
+/// The agent's stdout so far, and whether it ended (the agent exited).
+#[derive(Default)]
+struct Stream {
+    events: Vec<Value>,
+    closed: bool,
+}
+
+type Shared = Arc<(Mutex<Stream>, Condvar)>;
 
 pub struct Agent {
     pub child: Child,
@@ -227,17 +234,19 @@ impl Agent {
             .spawn()
             .expect("start spyglass-agent");
         let stdout = child.stdout.take().unwrap();
-        let events: Shared = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let events: Shared = Arc::new((Mutex::new(Stream::default()), Condvar::new()));
         let sink = events.clone();
         std::thread::spawn(move || {
+            let (lock, cv) = &*sink;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("agent wrote a non-JSON line ({e}): {line}"));
-                let (lock, cv) = &*sink;
-                lock.lock().unwrap().push(v);
+                lock.lock().unwrap().events.push(v);
                 cv.notify_all();
             }
+            lock.lock().unwrap().closed = true;
+            cv.notify_all();
         });
         let agent = Agent { child, events };
         agent.wait_for("agent started", Duration::from_secs(60), |e| {
@@ -246,23 +255,35 @@ impl Agent {
         agent
     }
 
-    /// Wait until an event matches; panic with context after `timeout`.
+    /// Wait until an event matches; panic with context after `timeout`, or
+    /// at once when the agent's output ended (it exited; its error is on
+    /// stderr).
     pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.events;
-        let mut events = lock.lock().unwrap();
+        let mut stream = lock.lock().unwrap();
         loop {
-            if let Some(e) = events.iter().find(|e| pred(e)) {
+            if let Some(e) = stream.events.iter().find(|e| pred(e)) {
                 return e.clone();
             }
             let now = Instant::now();
-            if now >= deadline {
-                let n = events.len();
-                let tail: Vec<String> =
-                    events.iter().rev().take(5).map(|e| e.to_string()).collect();
-                panic!("timed out waiting for {what}; {n} events seen, last: {tail:#?}");
+            if now >= deadline || stream.closed {
+                let n = stream.events.len();
+                let tail: Vec<String> = stream
+                    .events
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .map(|e| e.to_string())
+                    .collect();
+                let why = if stream.closed {
+                    "the agent's output ended (it exited: see its error above)"
+                } else {
+                    "timed out"
+                };
+                panic!("{why} waiting for {what}; {n} events seen, last: {tail:#?}");
             }
-            events = cv.wait_timeout(events, deadline - now).unwrap().0;
+            stream = cv.wait_timeout(stream, deadline - now).unwrap().0;
         }
     }
 
@@ -272,6 +293,7 @@ impl Agent {
             .0
             .lock()
             .unwrap()
+            .events
             .iter()
             .filter(|e| pred(e))
             .cloned()
@@ -294,7 +316,7 @@ impl Agent {
         self.wait_for("agent stopping", Duration::from_secs(10), |e| {
             e["kind"] == "agent" && e["agent"]["state"] == "stopping"
         });
-        self.events.0.lock().unwrap().clone()
+        self.events.0.lock().unwrap().events.clone()
     }
 }
 

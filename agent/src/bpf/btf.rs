@@ -357,7 +357,9 @@ mod tests {
     fn running_kernel_has_the_offsets_the_probes_need() {
         let path = Path::new("/sys/kernel/btf/vmlinux");
         let offs = Btf::from_file(path)
-            .expect("this test needs the running kernel's BTF (CONFIG_DEBUG_INFO_BTF)").kernel_offsets().unwrap();
+            .expect("this test needs the running kernel's BTF (CONFIG_DEBUG_INFO_BTF)")
+            .kernel_offsets()
+            .unwrap();
         assert!(offs.task_tgid > 0 && offs.task_tgid == offs.task_pid + 4);
         assert!(offs.mm_arg_end == offs.mm_arg_start + 8);
     }

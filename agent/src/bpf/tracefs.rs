@@ -139,9 +139,11 @@ pub fn parse_format(text: &str) -> Result<Vec<Field>, (usize, String)> {
 
 /// `unsigned char comm[16]` -> (`unsigned char[16]`, `comm`).
 fn split_declaration(decl: &str) -> Option<(String, String)> {
-    let (head, suffix) = match decl.find('[') {
-        Some(at) => (&decl[..at], &decl[at..]),
-        None => (decl, ""),
+    // An array suffix after the name (`comm[16]`), not one inside the
+    // type (`__data_loc char[] filename`).
+    let (head, suffix) = match decl.rfind('[') {
+        Some(at) if decl.ends_with(']') => (&decl[..at], &decl[at..]),
+        _ => (decl, ""),
     };
     let head = head.trim_end();
     let at = head.rfind(|c: char| !(c.is_alphanumeric() || c == '_'))? + 1;
@@ -249,31 +251,41 @@ format:
         let inet = parse_format(INET_5_10).unwrap();
         let skaddr = inet.iter().find(|f| f.name == "skaddr").unwrap();
         assert_eq!(skaddr.decl, "const void *");
-        let exec = parse_format(
-            "\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:1;\n",
-        )
-        .unwrap();
-        assert_eq!((exec[0].decl.as_str(), exec[0].name.as_str()), ("__data_loc char[]", "filename"));
+        let exec =
+            parse_format("\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:1;\n")
+                .unwrap();
+        assert_eq!(
+            (exec[0].decl.as_str(), exec[0].name.as_str()),
+            ("__data_loc char[]", "filename")
+        );
     }
 
     #[test]
     fn group_dead_only_where_the_kernel_has_it() {
-        assert_eq!(exit_group_dead(&parse_format(EXIT_5_10).unwrap()), EXIT_GROUP_DEAD_ABSENT);
+        assert_eq!(
+            exit_group_dead(&parse_format(EXIT_5_10).unwrap()),
+            EXIT_GROUP_DEAD_ABSENT
+        );
         assert_eq!(exit_group_dead(&parse_format(EXIT_6_18).unwrap()), 32);
     }
 
     #[test]
     fn layouts_the_probes_read_match_or_are_refused() {
         let inet = parse_format(INET_5_10).unwrap();
-        check_layout("sock/inet_sock_set_state", &inet, INET_SOCK_SET_STATE_LAYOUT).unwrap();
+        check_layout(
+            "sock/inet_sock_set_state",
+            &inet,
+            INET_SOCK_SET_STATE_LAYOUT,
+        )
+        .unwrap();
         // A kernel without `protocol` (4.15) shifts every address.
         let old: Vec<Field> = inet.into_iter().filter(|f| f.name != "protocol").collect();
         let err = check_layout("sock/inet_sock_set_state", &old, INET_SOCK_SET_STATE_LAYOUT)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no field `protocol`"), "{err}");
-        let moved = parse_format("\tfield:__data_loc char[] filename;\toffset:12;\tsize:4;\n")
-            .unwrap();
+        let moved =
+            parse_format("\tfield:__data_loc char[] filename;\toffset:12;\tsize:4;\n").unwrap();
         let err = check_layout("sched/sched_process_exec", &moved, EXEC_LAYOUT)
             .unwrap_err()
             .to_string();

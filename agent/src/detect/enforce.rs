@@ -148,33 +148,19 @@ pub fn plan(policy: &Policy, meta: &ContainerMeta) -> Plan {
     p
 }
 
-/// The longest-prefix key of an exec pattern in `cgroup`.
+/// The longest-prefix key of an exec pattern in `cgroup` (plans hold
+/// patterns shorter than `RULE_PATH_LEN` only).
 pub fn exec_key(cgroup: u64, pattern: &str) -> Key<ExecRuleKey> {
-    let mut data = ExecRuleKey {
-        cgroup_id: cgroup.to_ne_bytes(),
-        path: [0; RULE_PATH_LEN],
-    };
-    let b = pattern.as_bytes();
-    data.path[..b.len()].copy_from_slice(b);
-    // An exact path matches up to and including its NUL; a prefix does not.
-    let bytes = if pattern.ends_with('/') {
-        b.len()
-    } else {
-        b.len() + 1
-    };
-    Key::new(((8 + bytes) * 8) as u32, data)
+    let (bits, data) = ExecRuleKey::new(cgroup, pattern.as_bytes())
+        .expect("plans hold only patterns shorter than RULE_PATH_LEN");
+    Key::new(bits, data)
 }
 
 /// The longest-prefix key of a destination range in `cgroup`.
 pub fn connect_key(cgroup: u64, range: &Cidr) -> Key<ConnectRuleKey> {
     let (addr, len) = range.mapped();
-    Key::new(
-        64 + u32::from(len),
-        ConnectRuleKey {
-            cgroup_id: cgroup.to_ne_bytes(),
-            addr,
-        },
-    )
+    let (bits, data) = ConnectRuleKey::new(cgroup, addr, len);
+    Key::new(bits, data)
 }
 
 /// The probes' enforcement maps.

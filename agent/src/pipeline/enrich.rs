@@ -422,11 +422,15 @@ mod tests {
                 sock_id: 1,
             })
         };
-        let l = e.handle(net(NetOp::TcpListen, "0.0.0.0:8080", "0.0.0.0:0", 20)).unwrap();
+        let l = e
+            .handle(net(NetOp::TcpListen, "0.0.0.0:8080", "0.0.0.0:0", 20))
+            .unwrap();
         assert_eq!(l.kind, Kind::Listen);
         let n = l.network.unwrap();
         assert_eq!((n.wildcard, n.remote), (Some(true), None));
-        let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5555", 0)).unwrap();
+        let a = e
+            .handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5555", 0))
+            .unwrap();
         assert_eq!(a.kind, Kind::Accept);
         assert_eq!(&*a.process.unwrap().exe, "/usr/sbin/nginx");
         // after the owner exits, accepts on the port are unattributed
@@ -435,7 +439,9 @@ mod tests {
             exit_code: 0,
             start_time_ns: 20,
         }));
-        let a = e.handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5556", 0)).unwrap();
+        let a = e
+            .handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5556", 0))
+            .unwrap();
         assert!(a.process.is_none());
     }
 

@@ -1,0 +1,499 @@
+//! Each check triggers one thing with a real process or socket and waits
+//! for the exact event. A failed assertion fails that check only; the
+//! report lists every check with its outcome.
+use std::{
+    ffi::CString,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::{fs::MetadataExt, process::CommandExt, process::ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use spyglass_e2e::{argv_of, pid_of, Agent};
+
+use crate::{helper::EPERM_EXIT, maps, outcome};
+
+/// Software-emulated VMs are slow: generous waits (a pass is usually
+/// immediate; only a failure waits this long).
+const WAIT: Duration = Duration::from_secs(30);
+const BUSYBOX: &str = "/bin/busybox";
+
+struct Ctx<'a> {
+    agent: &'a Agent,
+    cgroup: &'a TestCgroup,
+    mark: String,
+}
+
+/// Every check, then the report.
+pub fn run_all(agent_bin: &Path) -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mut checks = Vec::new();
+    let mut probes = Value::Null;
+    let started = std::panic::catch_unwind(|| {
+        Agent::start_bin(
+            agent_bin,
+            &["--no-snapshot", "--containerd-socket", "/nonexistent"],
+        )
+    });
+    match started {
+        Ok(agent) => {
+            let start = agent.wait_for("agent started", WAIT, is_started);
+            probes = start["agent"]["probes"].clone();
+            checks.push(outcome("probes attached", || all_attached(&probes)));
+            let cgroup = TestCgroup::create();
+            let ctx = Ctx {
+                agent: &agent,
+                cgroup: &cgroup,
+                mark: format!("spyglass-kc-{}", std::process::id()),
+            };
+            for (name, check) in CHECKS {
+                checks.push(outcome(name, || check(&ctx)));
+            }
+            checks.push(outcome("clean stop", || {
+                let events = agent.stop();
+                format!("{} events in all", events.len())
+            }));
+        }
+        Err(_) => checks.push(json!({"check": "agent start", "ok": false,
+            "detail": "the agent did not start: its error is in the console log above"})),
+    }
+    checks.push(outcome("ring buffer loss is reported", || {
+        ring_buffer_loss(agent_bin)
+    }));
+    let ok = checks.iter().all(|c| c["ok"] == true);
+    json!({"kernel": kernel, "ok": ok, "probes": probes, "checks": checks})
+}
+
+fn is_started(e: &Value) -> bool {
+    e["kind"] == "agent" && e["agent"]["state"] == "started"
+}
+
+type Check = fn(&Ctx) -> String;
+
+const CHECKS: &[(&str, Check)] = &[
+    ("exec with argv", exec_with_argv),
+    ("exit code", exit_code),
+    ("exit by signal", exit_by_signal),
+    (
+        "exit of a process whose main thread ended first",
+        exit_last_thread,
+    ),
+    ("fork", fork),
+    ("tcp listen, connect established, accept", tcp_established),
+    ("tcp connect refused", tcp_refused),
+    ("udp bind and send", udp_bind_and_send),
+    ("cgroup attribution", cgroup_attribution),
+    ("kill at exec (kernel)", kill_at_exec),
+    ("deny connect (kernel)", deny_connect),
+];
+
+fn all_attached(probes: &Value) -> String {
+    let list = probes
+        .as_array()
+        .expect("the started event lists the probes");
+    assert!(!list.is_empty(), "no probes listed");
+    let missing: Vec<String> = list
+        .iter()
+        .filter(|p| p["attached"] != true)
+        .map(|p| format!("{}: {}", p["program"], p["error"]))
+        .collect();
+    assert!(missing.is_empty(), "not attached: {missing:?}");
+    format!("{} of {} attached", list.len(), list.len())
+}
+
+fn exec_with_argv(c: &Ctx) -> String {
+    let child = Command::new(BUSYBOX)
+        .args(["echo", &c.mark, "two words"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn busybox");
+    let pid = u64::from(child.id());
+    wait_ok(child);
+    let ev = c.agent.wait_for("the exec", WAIT, |e| {
+        e["kind"] == "exec" && pid_of(e) == pid
+    });
+    assert_eq!(
+        argv_of(&ev),
+        [BUSYBOX, "echo", c.mark.as_str(), "two words"]
+    );
+    assert_eq!(ev["process"]["exe"], BUSYBOX);
+    assert_eq!(ev["process"]["ppid"], std::process::id());
+    format!("pid {pid} argv {:?}", argv_of(&ev))
+}
+
+fn exit_code(c: &Ctx) -> String {
+    let child = Command::new(BUSYBOX)
+        .args(["sh", "-c", "exit 3", &c.mark])
+        .spawn()
+        .expect("spawn sh");
+    let pid = u64::from(child.id());
+    let status = child.wait_with_output().expect("wait").status;
+    assert_eq!(status.code(), Some(3));
+    let ev = c.agent.wait_for("the exit", WAIT, |e| {
+        e["kind"] == "exit" && pid_of(e) == pid
+    });
+    assert_eq!(ev["exit"]["code"], 3, "{ev}");
+    format!("pid {pid} code 3")
+}
+
+fn exit_by_signal(c: &Ctx) -> String {
+    let mut child = Command::new(BUSYBOX)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("spawn sleep");
+    let pid = u64::from(child.id());
+    c.agent.wait_for("the exec", WAIT, |e| {
+        e["kind"] == "exec" && pid_of(e) == pid
+    });
+    child.kill().expect("kill");
+    assert_eq!(child.wait().expect("wait").signal(), Some(9));
+    let ev = c.agent.wait_for("the exit", WAIT, |e| {
+        e["kind"] == "exit" && pid_of(e) == pid
+    });
+    assert_eq!(ev["exit"]["signal"], 9, "{ev}");
+    format!("pid {pid} signal 9")
+}
+
+fn exit_last_thread(c: &Ctx) -> String {
+    let child = Command::new(self_exe())
+        .args(["helper", "threads", "7"])
+        .spawn()
+        .expect("spawn helper");
+    let pid = u64::from(child.id());
+    assert_eq!(
+        child.wait_with_output().expect("wait").status.code(),
+        Some(7)
+    );
+    let ev = c.agent.wait_for("the exit", WAIT, |e| {
+        e["kind"] == "exit" && pid_of(e) == pid
+    });
+    assert_eq!(ev["exit"]["code"], 7, "{ev}");
+    let exec = c.agent.wait_for("the exec", WAIT, |e| {
+        e["kind"] == "exec" && pid_of(e) == pid
+    });
+    assert_eq!(
+        ev["process"]["start_time"], exec["process"]["start_time"],
+        "{ev}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let exits = c
+        .agent
+        .matching(|e| e["kind"] == "exit" && pid_of(e) == pid)
+        .len();
+    assert_eq!(exits, 1, "one process, {exits} exit events");
+    format!("pid {pid} code 7, one exit event")
+}
+
+fn fork(c: &Ctx) -> String {
+    let out = Command::new(self_exe())
+        .args(["helper", "fork"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run helper");
+    assert!(out.status.success());
+    let parent = c.agent.wait_for("the helper's exec", WAIT, |e| {
+        e["kind"] == "exec"
+            && argv_of(e).get(2).map(String::as_str) == Some("fork")
+            && e["process"]["ppid"] == std::process::id()
+    });
+    let child: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("child pid");
+    let ev = c.agent.wait_for("the fork", WAIT, |e| {
+        e["kind"] == "fork" && e["fork"]["child_pid"] == child
+    });
+    assert_eq!(ev["process"]["ppid"], pid_of(&parent), "{ev}");
+    c.agent.wait_for("the child's exit", WAIT, |e| {
+        e["kind"] == "exit" && pid_of(e) == child
+    });
+    format!("parent {} child {child}", pid_of(&parent))
+}
+
+fn net(e: &Value) -> &Value {
+    &e["network"]
+}
+
+fn is(e: &Value, kind: &str, protocol: &str, op: &str) -> bool {
+    e["kind"] == kind && net(e)["protocol"] == protocol && net(e)["op"] == op
+}
+
+fn endpoint(v: &Value) -> Option<SocketAddr> {
+    let ip = v["addr"].as_str()?.parse().ok()?;
+    Some(SocketAddr::new(ip, v["port"].as_u64()? as u16))
+}
+
+fn tcp_established(c: &Ctx) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("addr");
+    let me = u64::from(std::process::id());
+    let l = c.agent.wait_for("the listen", WAIT, |e| {
+        is(e, "listen", "tcp", "listen") && endpoint(&net(e)["local"]) == Some(server)
+    });
+    assert_eq!(pid_of(&l), me);
+    let client = TcpStream::connect(server).expect("connect");
+    let local = client.local_addr().expect("addr");
+    let ev = c.agent.wait_for("the connect", WAIT, |e| {
+        is(e, "connect", "tcp", "connect") && endpoint(&net(e)["local"]) == Some(local)
+    });
+    assert_eq!(net(&ev)["outcome"], "established", "{ev}");
+    assert_eq!(endpoint(&net(&ev)["remote"]), Some(server));
+    assert_eq!(pid_of(&ev), me);
+    c.agent.wait_for("the accept", WAIT, |e| {
+        e["kind"] == "accept" && endpoint(&net(e)["remote"]) == Some(local)
+    });
+    format!("listen {server}, connect from {local} established, accepted")
+}
+
+fn tcp_refused(c: &Ctx) -> String {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let err = TcpStream::connect(closed).expect_err("nothing listens");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let ev = c.agent.wait_for("the failed connect", WAIT, |e| {
+        is(e, "connect", "tcp", "connect") && endpoint(&net(e)["remote"]) == Some(closed)
+    });
+    assert_eq!(net(&ev)["outcome"], "failed", "{ev}");
+    format!("connect to {closed}: failed")
+}
+
+fn udp_bind_and_send(c: &Ctx) -> String {
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let peer = receiver.local_addr().expect("addr");
+    c.agent.wait_for("the bind", WAIT, |e| {
+        is(e, "listen", "udp", "bind") && endpoint(&net(e)["local"]) == Some(peer)
+    });
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sender.send_to(b"ping", peer).expect("send");
+    let ev = c.agent.wait_for("the send", WAIT, |e| {
+        is(e, "connect", "udp", "send") && endpoint(&net(e)["remote"]) == Some(peer)
+    });
+    assert_eq!(pid_of(&ev), u64::from(std::process::id()));
+    format!("bind {peer}, send to it")
+}
+
+fn cgroup_attribution(c: &Ctx) -> String {
+    let mark = format!("{}-cgroup", c.mark);
+    let status = c
+        .cgroup
+        .command(BUSYBOX)
+        .args(["true", &mark])
+        .status()
+        .expect("run");
+    assert!(status.success());
+    let ev = c.agent.wait_for("the exec in the cgroup", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).get(2) == Some(&mark)
+    });
+    assert_eq!(ev["process"]["cgroup_id"], c.cgroup.id, "{ev}");
+    assert_eq!(ev["container"]["id"], c.cgroup.name.as_str(), "{ev}");
+    let host_mark = format!("{}-host", c.mark);
+    assert!(Command::new(BUSYBOX)
+        .args(["true", &host_mark])
+        .status()
+        .expect("run")
+        .success());
+    let host = c.agent.wait_for("the exec on the host", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).get(2) == Some(&host_mark)
+    });
+    assert_eq!(host["host"], true, "{host}");
+    format!("cgroup {} -> container {}", c.cgroup.id, c.cgroup.name)
+}
+
+fn kill_at_exec(c: &Ctx) -> String {
+    let target = std::env::temp_dir().join(format!("{}-kill", c.mark));
+    std::fs::copy(BUSYBOX, &target).expect("copy busybox");
+    let path = target.to_str().expect("utf-8 path");
+    maps::kill_exec(c.cgroup.id, path);
+    // argv[0] `busybox`: the copy's own name is no applet.
+    let status = c
+        .cgroup
+        .command(path)
+        .arg0("busybox")
+        .arg("true")
+        .status()
+        .expect("run");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the exec in the cgroup was not killed: {status}"
+    );
+    let ev = c.agent.wait_for("the killed exec", WAIT, |e| {
+        e["kind"] == "exec" && e["process"]["exe"] == path
+    });
+    assert_eq!(ev["enforced"], "kill", "{ev}");
+    let outside = Command::new(path)
+        .arg0("busybox")
+        .arg("true")
+        .status()
+        .expect("run");
+    assert!(
+        outside.success(),
+        "the same file outside the cgroup: {outside}"
+    );
+    let _ = std::fs::remove_file(&target);
+    format!("{path} killed in cgroup {}, runs outside", c.cgroup.id)
+}
+
+fn deny_connect(c: &Ctx) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("addr");
+    let mut mapped = [0u8; 16];
+    mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+    mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
+    maps::deny_connect(c.cgroup.id, mapped);
+    let status = c
+        .cgroup
+        .command(self_exe())
+        .args(["helper", "connect", &server.to_string()])
+        .status()
+        .expect("run helper");
+    assert_eq!(
+        status.code(),
+        Some(EPERM_EXIT),
+        "connect from the cgroup: {status}"
+    );
+    let ev = c.agent.wait_for("the denied connect", WAIT, |e| {
+        is(e, "connect", "tcp", "connect")
+            && net(e)["outcome"] == "denied"
+            && endpoint(&net(e)["remote"]) == Some(server)
+    });
+    assert_eq!(ev["process"]["cgroup_id"], c.cgroup.id, "{ev}");
+    TcpStream::connect(server).expect("the same connect outside the cgroup");
+    format!(
+        "connect to {server} refused (EPERM) in cgroup {}, allowed outside",
+        c.cgroup.id
+    )
+}
+
+/// Smallest ring (64 KiB), reader stopped, a burst of execs: the overflow
+/// must come back as loss events that account for every missing exec.
+fn ring_buffer_loss(agent_bin: &Path) -> String {
+    const N: usize = 400;
+    let agent = Agent::start_bin(
+        agent_bin,
+        &[
+            "--no-snapshot",
+            "--containerd-socket",
+            "/nonexistent",
+            "--ring-buffer-bytes",
+            "65536",
+        ],
+    );
+    let mark = format!("spyglass-kc-loss-{}", std::process::id());
+    agent.signal(libc::SIGSTOP);
+    let script = format!("i=0; while [ $i -lt {N} ]; do {BUSYBOX} true {mark}; i=$((i+1)); done");
+    let status = Command::new(BUSYBOX)
+        .args(["sh", "-c", &script])
+        .status()
+        .expect("burst");
+    agent.signal(libc::SIGCONT);
+    assert!(status.success());
+    agent.wait_for("a loss event", WAIT, |e| {
+        e["kind"] == "loss" && e["loss"]["exec"].as_u64().unwrap_or(0) > 0
+    });
+    let events = agent.stop();
+    let seen = events
+        .iter()
+        .filter(|e| e["kind"] == "exec" && argv_of(e).get(2) == Some(&mark))
+        .count();
+    let lost: u64 = events
+        .iter()
+        .filter(|e| e["kind"] == "loss")
+        .map(|e| e["loss"]["exec"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        seen < N,
+        "the 64 KiB ring held all {N} execs: nothing overflowed"
+    );
+    assert!(seen + lost as usize >= N, "{seen} seen + {lost} lost < {N}");
+    format!("{seen} of {N} execs reported, {lost} counted lost")
+}
+
+fn wait_ok(child: std::process::Child) {
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", out.status);
+}
+
+fn self_exe() -> PathBuf {
+    std::env::current_exe().expect("own path")
+}
+
+/// A cgroup v2 directory named like a containerd container
+/// (`spyglass-kernel-check/<64 hex>`), removed on drop.
+struct TestCgroup {
+    dir: PathBuf,
+    name: String,
+    id: u64,
+    procs: CString,
+}
+
+impl TestCgroup {
+    fn create() -> Self {
+        let root = cgroup2_root().expect("a cgroup v2 mount (cgroup2 in /proc/mounts)");
+        let name = format!("{:0>64x}", std::process::id());
+        let dir = root.join("spyglass-kernel-check").join(&name);
+        std::fs::create_dir_all(&dir).expect("create the test cgroup");
+        let id = std::fs::metadata(&dir).expect("stat the cgroup").ino();
+        let procs = CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("no NUL");
+        TestCgroup {
+            dir,
+            name,
+            id,
+            procs,
+        }
+    }
+
+    /// A command whose process joins this cgroup before it execs.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let procs = self.procs.clone();
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+fn cgroup2_root() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/mounts")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+}

@@ -1,0 +1,63 @@
+//! Helper roles the checks run as separate processes (this same binary):
+//! what no shell applet can do exactly.
+use std::{io::ErrorKind, net::TcpStream, time::Duration};
+
+/// Exit code of `connect` when the kernel refused with EPERM.
+pub const EPERM_EXIT: i32 = 13;
+
+pub fn main(args: &[String]) -> i32 {
+    match args.first().map(String::as_str) {
+        Some("threads") => threads(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(7)),
+        Some("fork") => fork(),
+        Some("connect") => connect(args.get(1).map(String::as_str).unwrap_or("")),
+        _ => {
+            eprintln!("spyglass-kernel-check helper: threads CODE | fork | connect ADDR");
+            2
+        }
+    }
+}
+
+/// The main thread ends first; a second thread ends the process with
+/// `code`. The exit record must name the process once, with the code.
+fn threads(code: i32) -> i32 {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::process::exit(code);
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: the raw exit(2) syscall ends the calling (main) thread only,
+    // without unwinding; the process lives on in the spawned thread, which
+    // owns nothing of this thread's stack.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("exit(2) returned")
+}
+
+/// fork(2) without exec: prints the child's pid, reaps it.
+fn fork() -> i32 {
+    // SAFETY: the child only calls _exit.
+    let child = unsafe { libc::fork() };
+    match child {
+        0 => unsafe { libc::_exit(0) },
+        -1 => 1,
+        pid => {
+            println!("{pid}");
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            0
+        }
+    }
+}
+
+/// TCP connect to `addr`: 0 when connected, [`EPERM_EXIT`] when refused by
+/// policy (EPERM), 1 otherwise.
+fn connect(addr: &str) -> i32 {
+    match TcpStream::connect(addr) {
+        Ok(_) => 0,
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => EPERM_EXIT,
+        Err(e) => {
+            eprintln!("connect {addr}: {e}");
+            1
+        }
+    }
+}
