@@ -62,12 +62,15 @@ pub fn dir() -> PathBuf {
     crate::root().join("target/images")
 }
 
-/// The static binaries, built for the explicit target so host build
-/// scripts keep their own flags.
-fn build_static() -> Result<PathBuf> {
+/// Statically linked builds of `bins` (package, binary), built for the
+/// explicit target so host build scripts keep their own flags; returns
+/// their directory. The image and the kernel matrix share this build (same
+/// flags, so one set of compiled dependencies).
+pub fn build_static(bins: &[(&str, &str)]) -> Result<PathBuf> {
     let mut cmd = crate::cargo();
     cmd.args(["build", "--release", "--target", TARGET])
-        .args(IMAGES.iter().flat_map(|s| ["--package", s.bin]))
+        .args(bins.iter().flat_map(|(package, _)| ["--package", package]))
+        .args(bins.iter().flat_map(|(_, bin)| ["--bin", bin]))
         // The checkout's path would otherwise be embedded (panic
         // locations): mapped away, two clones build the same bytes.
         .env(
@@ -78,7 +81,14 @@ fn build_static() -> Result<PathBuf> {
             ),
         );
     sh(&mut cmd).context("building the static binaries")?;
-    Ok(crate::root().join("target").join(TARGET).join("release"))
+    let dir = crate::root().join("target").join(TARGET).join("release");
+    for (_, bin) in bins {
+        let elf = std::fs::read(dir.join(bin)).with_context(|| format!("reading {bin}"))?;
+        if is_dynamic(&elf)? {
+            bail!("{bin} was linked dynamically despite crt-static");
+        }
+    }
+    Ok(dir)
 }
 
 /// Whether an ELF file asks for a dynamic loader (a PT_INTERP header).
@@ -149,7 +159,7 @@ fn layer(work: &Path, spec: &Spec, bins: &Path) -> Result<PathBuf> {
 /// Build both images: one archive each under target/images, and
 /// target/images/images.json with their references and digests.
 pub fn build() -> Result<()> {
-    let bins = build_static()?;
+    let bins = build_static(&IMAGES.iter().map(|s| (s.bin, s.bin)).collect::<Vec<_>>())?;
     let out = dir();
     std::fs::create_dir_all(&out)?;
     let version = env!("CARGO_PKG_VERSION");

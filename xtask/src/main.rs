@@ -8,8 +8,11 @@ mod bench;
 mod compare;
 mod image;
 mod images;
+mod kernels;
+mod matrix;
 mod oci;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -34,7 +37,16 @@ commands:
                  it, with readable events on the terminal (ARGS go to
                  `spyglass-agent run`; try --format json)
   test [ARGS]    build, then run every test: unit, and privileged end-to-end
-                 tests that load the real probes (ARGS go to cargo test)
+                 tests that load the real probes (ARGS go to cargo test);
+                 without ARGS also the kernel matrix and a tiny comparison
+  test-kernels [--write-docs] [LABEL...]
+                 the kernel matrix: boot each kernel (5.10, 5.10-cloud, 6.1,
+                 6.12; fetched from Debian's archive once, kept in
+                 target/kernels/) in qemu with the static agent and
+                 spyglass-kernel-check, and run the same check on the host;
+                 prints kernel x probe x check (target/kernels/matrix.md);
+                 --write-docs also rewrites docs/kernels.md and the README's
+                 kernel table
   bench [--quick] exec storm and loopback connect storm, agent off vs on
   bench --compare [--tiny]
                  Spyglass vs auditd vs bpftrace vs nothing on exec, connect,
@@ -68,6 +80,16 @@ fn main() -> Result<()> {
             image::build()?;
             setup::test_tools()?;
             test(&rest)
+        }
+        "test-kernels" => {
+            setup::run()?;
+            let write_docs = rest.iter().any(|a| a == "--write-docs");
+            let labels: Vec<String> = rest
+                .iter()
+                .filter(|a| !a.starts_with("--"))
+                .cloned()
+                .collect();
+            matrix::run(&labels, write_docs)
         }
         "bench" if rest.iter().any(|a| a == "--compare") => {
             build()?;
@@ -180,6 +202,7 @@ fn test(args: &[String]) -> Result<()> {
     // one `build` just made, and no second (debug) build is needed.
     sh(cargo().args(["test", "--release"]).args(args))?;
     if args.is_empty() {
+        matrix::run(&[], false)?;
         // The comparative bench is a tool; the suite checks that it runs,
         // on a tiny workload (no timing is asserted).
         setup::bench_tools()?;

@@ -1,0 +1,366 @@
+//! `cargo xtask test-kernels [LABEL...]`: every kernel of the matrix in a
+//! VM, plus the host kernel natively, each running `spyglass-kernel-check`;
+//! one table of kernel x probe x check. Any kernel that fails a check,
+//! does not boot, hangs or cannot be fetched fails the command, with its
+//! reason and console tail.
+use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    kernels::{self, Kernel},
+    vm::{self, Accel},
+};
+
+/// The result of one kernel.
+struct Row {
+    /// `host` or a matrix label.
+    label: String,
+    /// What the kernel stands for, or how it ran.
+    about: String,
+    /// The check's report, when there is one.
+    report: Option<Value>,
+    /// Why there is no report, or none passed.
+    failure: Option<String>,
+    seconds: u64,
+}
+
+impl Row {
+    fn ok(&self) -> bool {
+        self.failure.is_none() && self.report.as_ref().is_some_and(|r| r["ok"] == true)
+    }
+}
+
+/// Run the matrix (`labels` empty: every kernel) and the host.
+pub fn run(labels: &[String], write_docs: bool) -> Result<()> {
+    let selected = kernels::select(labels)?;
+    crate::setup::apt(&["qemu-system-x86"])?;
+    let bins = crate::image::build_static(&[
+        ("spyglass-agent", "spyglass-agent"),
+        ("spyglass-e2e", "spyglass-kernel-check"),
+    ])?;
+    let dir = kernels::dir();
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initramfs.cpio");
+    vm::initramfs(&bins, &initrd)?;
+
+    let mut rows = vec![host_row(&bins)];
+    let accel = accel();
+    for k in &selected {
+        rows.push(kernel_row(k, &initrd, accel));
+    }
+    let table = render(&rows);
+    println!("{table}");
+    std::fs::write(dir.join("matrix.md"), &table)?;
+    if write_docs {
+        write_docs_files(&rows, &table)?;
+    }
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.ok())
+        .map(|r| r.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "kernel matrix: {failed:?} failed (table above, also in {}/matrix.md)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// KVM when asked for (`SPYGLASS_VM_ACCEL=kvm`), software emulation by
+/// default: on these machines a KVM guest hangs at boot.
+fn accel() -> Accel {
+    match std::env::var("SPYGLASS_VM_ACCEL").as_deref() {
+        Ok("kvm") => Accel::Kvm,
+        _ => Accel::Tcg,
+    }
+}
+
+fn host_row(bins: &Path) -> Row {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    eprintln!("xtask: kernel check on the host ({})", release.trim());
+    let started = std::time::Instant::now();
+    let out = Command::new(bins.join("spyglass-kernel-check"))
+        .arg("run")
+        .arg("--agent")
+        .arg(bins.join("spyglass-agent"))
+        .output();
+    let seconds = started.elapsed().as_secs();
+    let about = "this machine, natively".to_owned();
+    match out {
+        Ok(out) => match serde_json::from_slice::<Value>(&out.stdout) {
+            Ok(report) => Row {
+                label: "host".into(),
+                about,
+                report: Some(report),
+                failure: None,
+                seconds,
+            },
+            Err(e) => Row {
+                label: "host".into(),
+                about,
+                report: None,
+                failure: Some(format!(
+                    "no report ({e}); stderr tail:\n{}",
+                    vm::tail(&String::from_utf8_lossy(&out.stderr), 30)
+                )),
+                seconds,
+            },
+        },
+        Err(e) => Row {
+            label: "host".into(),
+            about,
+            report: None,
+            failure: Some(format!("cannot run spyglass-kernel-check: {e}")),
+            seconds,
+        },
+    }
+}
+
+/// Fetch, boot, read the report.
+fn kernel_row(k: &Kernel, initrd: &Path, accel: Accel) -> Row {
+    let mut row = Row {
+        label: k.label.into(),
+        about: k.stands_for.into(),
+        report: None,
+        failure: None,
+        seconds: 0,
+    };
+    let fetched = match kernels::fetch(k) {
+        Ok(f) => f,
+        Err(e) => {
+            row.failure = Some(format!("not fetched: {e:#}"));
+            return row;
+        }
+    };
+    row.about = format!("{} ({})", k.stands_for, fetched.package);
+    let timeout = match accel {
+        Accel::Kvm => Duration::from_secs(120),
+        Accel::Tcg => Duration::from_secs(420),
+    };
+    eprintln!(
+        "xtask: booting {} ({:?}, up to {}s)",
+        fetched.package,
+        accel,
+        timeout.as_secs()
+    );
+    let work = kernels::dir().join(k.label).join("run");
+    match vm::boot(&fetched.vmlinuz, initrd, &work, accel, timeout) {
+        Ok(boot) => {
+            row.seconds = boot.took.as_secs();
+            match boot.report.as_deref().map(serde_json::from_str::<Value>) {
+                Some(Ok(report)) => row.report = Some(report),
+                Some(Err(e)) => row.failure = Some(format!("unreadable report: {e}")),
+                None => {
+                    let why = if boot.timed_out {
+                        format!("the VM did not finish in {} s (hung)", timeout.as_secs())
+                    } else {
+                        "the VM stopped without a report (did not boot, or the check crashed)"
+                            .to_owned()
+                    };
+                    row.failure = Some(format!("{why}; console tail:\n{}", boot.console_tail));
+                }
+            }
+        }
+        Err(e) => row.failure = Some(format!("qemu: {e:#}")),
+    }
+    row
+}
+
+fn release(r: &Row) -> String {
+    r.report
+        .as_ref()
+        .and_then(|v| v["kernel"].as_str())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+/// Probe programs and check names in first-seen order across rows.
+fn names(rows: &[Row], list: &str, key: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in rows {
+        for item in r
+            .report
+            .as_ref()
+            .and_then(|v| v[list].as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(n) = item[key].as_str() {
+                if !out.iter().any(|o| o == n) {
+                    out.push(n.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn find<'a>(r: &'a Row, list: &str, key: &str, name: &str) -> Option<&'a Value> {
+    r.report.as_ref()?[list]
+        .as_array()?
+        .iter()
+        .find(|i| i[key] == name)
+}
+
+fn probe_cell(r: &Row, name: &str) -> String {
+    match find(r, "probes", "program", name) {
+        None => "-".into(),
+        Some(p) if p["attached"] == true => match p["note"].as_str() {
+            Some(note) if note.contains("signal->live") => "yes (signal->live)".into(),
+            Some(note) if note.contains("group_dead") => "yes (group_dead)".into(),
+            _ => "yes".into(),
+        },
+        Some(_) => "**no**".into(),
+    }
+}
+
+fn check_cell(r: &Row, name: &str) -> String {
+    match find(r, "checks", "check", name) {
+        None => "-".into(),
+        Some(c) if c["ok"] == true => "pass".into(),
+        Some(_) => "**FAIL**".into(),
+    }
+}
+
+/// The whole table, then each failure's details.
+fn render(rows: &[Row]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| | {} |",
+        rows.iter()
+            .map(|r| r.label.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(t, "|---|{}", "---|".repeat(rows.len()));
+    let row = |t: &mut String, head: &str, cells: Vec<String>| {
+        let _ = writeln!(t, "| {head} | {} |", cells.join(" | "));
+    };
+    row(&mut t, "kernel", rows.iter().map(release).collect());
+    row(
+        &mut t,
+        "result",
+        rows.iter()
+            .map(|r| {
+                if r.ok() {
+                    "pass".into()
+                } else {
+                    "**FAIL**".into()
+                }
+            })
+            .collect(),
+    );
+    row(
+        &mut t,
+        "seconds",
+        rows.iter().map(|r| r.seconds.to_string()).collect(),
+    );
+    for p in names(rows, "probes", "program") {
+        row(
+            &mut t,
+            &format!("probe `{p}`"),
+            rows.iter().map(|r| probe_cell(r, &p)).collect(),
+        );
+    }
+    for c in names(rows, "checks", "check") {
+        row(&mut t, &c, rows.iter().map(|r| check_cell(r, &c)).collect());
+    }
+    for r in rows {
+        let _ = writeln!(t, "\n- `{}`: {}", r.label, r.about);
+        if let Some(f) = &r.failure {
+            let _ = writeln!(t, "  - **failed**: {}", f.replace('\n', "\n    "));
+        }
+        for c in r
+            .report
+            .as_ref()
+            .and_then(|v| v["checks"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            if c["ok"] != true {
+                let _ = writeln!(
+                    t,
+                    "  - **{}**: {}",
+                    c["check"].as_str().unwrap_or("?"),
+                    c["detail"].as_str().unwrap_or("")
+                );
+            }
+        }
+        for p in r
+            .report
+            .as_ref()
+            .and_then(|v| v["probes"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            if p["attached"] != true {
+                let _ = writeln!(
+                    t,
+                    "  - probe `{}` not attached: {}",
+                    p["program"].as_str().unwrap_or("?"),
+                    p["error"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    t
+}
+
+/// docs/kernels.md (the whole table) and the README's kernel section.
+fn write_docs_files(rows: &[Row], table: &str) -> Result<()> {
+    let root = crate::root();
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let doc = format!(
+        "# Kernel matrix\n\nGenerated by `cargo xtask test-kernels --write-docs` on {date}: \
+         each kernel booted in qemu (software emulation, 2 vCPUs, 1 GiB, loopback only) with \
+         the static agent and `spyglass-kernel-check`; `host` is the build machine's own \
+         kernel, checked natively. `cargo xtask test` runs the same matrix.\n\n{table}"
+    );
+    std::fs::write(root.join("docs/kernels.md"), doc)?;
+    let mut summary = String::from(
+        "| kernel | release | result | differs from the newest kernels |\n|---|---|---|---|\n",
+    );
+    for r in rows {
+        let checks = r
+            .report
+            .as_ref()
+            .and_then(|v| v["checks"].as_array())
+            .map_or(0, Vec::len);
+        let passed = r
+            .report
+            .as_ref()
+            .and_then(|v| v["checks"].as_array())
+            .map_or(0, |c| c.iter().filter(|c| c["ok"] == true).count());
+        let differs = if probe_cell(r, "sched_process_exit").contains("signal->live") {
+            "exit: last thread found by `signal->live` (no `group_dead` in the record)"
+        } else {
+            "-"
+        };
+        let _ = writeln!(
+            summary,
+            "| {} | {} | {} ({passed}/{checks} checks) | {differs} |",
+            r.label,
+            release(r),
+            if r.ok() { "pass" } else { "FAIL" }
+        );
+    }
+    let readme = root.join("README.md");
+    let text = std::fs::read_to_string(&readme)?;
+    let (begin, end) = ("<!-- kernel-matrix -->", "<!-- /kernel-matrix -->");
+    let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
+        bail!("README.md has no {begin} ... {end} section to fill");
+    };
+    let new = format!("{}{begin}\n{summary}{}", &text[..a], &text[b..]);
+    std::fs::write(&readme, new).context("writing README.md")?;
+    eprintln!("xtask: wrote docs/kernels.md and the README's kernel table");
+    Ok(())
+}
