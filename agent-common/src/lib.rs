@@ -209,7 +209,7 @@ pub struct KernelOffsets {
     pub signal_live: u32,
     /// Offset of `bool group_dead` in the `sched/sched_process_exit`
     /// record, or [`EXIT_GROUP_DEAD_ABSENT`] on kernels whose record has
-    /// no such field (before Linux 6.16): the probe then decides group
+    /// no such field (6.12 and older; 6.18 has it): the probe then decides group
     /// death from `signal->live`.
     pub exit_group_dead: u32,
 }

@@ -185,7 +185,7 @@ fn kernfs_name(kn: u64, dst: &mut [u8]) -> u16 {
 /// fired for every exiting thread after `exit_code` is set and after
 /// `signal->live` was decremented (`do_exit`, Linux 3.x to 6.18). A
 /// record is sent for the last thread of a thread group only:
-/// - where the record has `bool group_dead` (Linux 6.16+), the agent
+/// - where the record has `bool group_dead` (6.18; not 6.12), the agent
 ///   passes its offset from the format file and the probe reads it;
 /// - before that, the last thread is the one that finds `signal->live` at
 ///   0. Two threads exiting at the same instant on two CPUs can both find

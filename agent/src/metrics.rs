@@ -36,7 +36,7 @@ pub struct Metrics {
     pub lost_network: AtomicU64,
     pub read_errors: AtomicU64,
     pub decode_errors: AtomicU64,
-    /// Second exit records of one process (kernels before 6.16), dropped.
+    /// Second exit records of one process (kernels whose exit record has no group_dead), dropped.
     pub duplicate_exits: AtomicU64,
     pub processes: AtomicU64,
     pub containers: AtomicU64,
@@ -169,7 +169,7 @@ impl Metrics {
             ),
             (
                 "spyglass_duplicate_exit_records_total",
-                "Second exit records of one process, dropped (two last threads at once, kernels before 6.16).",
+                "Second exit records of one process, dropped (two last threads at once, kernels whose exit record has no group_dead).",
                 "counter",
                 get(&self.duplicate_exits),
             ),

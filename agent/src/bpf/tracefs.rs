@@ -5,7 +5,8 @@
 //! program is loaded the agent checks every field the program reads
 //! against it (a kernel whose layout differs gets a clear refusal, never
 //! silently wrong fields), and reads the offsets of fields that only some
-//! kernels have (`sched_process_exit`'s `group_dead`, Linux 6.16+).
+//! kernels have (`sched_process_exit`'s `group_dead`: 6.18 has it, 6.12 and
+//! older do not).
 use std::path::{Path, PathBuf};
 
 use agent_common::EXIT_GROUP_DEAD_ABSENT;
@@ -210,7 +211,7 @@ format:
 print fmt: \"comm=%s pid=%d prio=%d\", REC->comm, REC->pid, REC->prio
 ";
 
-    /// The same record on Linux 6.16 and later.
+    /// The same record on Linux 6.18.
     const EXIT_6_18: &str = "name: sched_process_exit
 format:
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;

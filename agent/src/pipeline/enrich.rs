@@ -62,7 +62,7 @@ pub struct Enricher {
 
 /// Processes whose exit was reported, by (pid, start time), the last
 /// [`RecentExits::CAPACITY`] of them. On kernels whose exit record has no
-/// `group_dead` (before 6.16), two threads of one process ending at the
+/// `group_dead` (6.12 and older), two threads of one process ending at the
 /// same instant on two CPUs can both report the process's end; the second
 /// record arrives next to the first and is dropped here.
 #[derive(Debug, Default)]

@@ -45,6 +45,9 @@ pub fn run_all(agent_bin: &Path) -> Value {
             let start = agent.wait_for("agent started", WAIT, is_started);
             probes = start["agent"]["probes"].clone();
             checks.push(outcome("probes attached", || all_attached(&probes)));
+            checks.push(outcome("exit probe reads this kernel's record", || {
+                exit_mode(&probes)
+            }));
             let cgroup = TestCgroup::create();
             let ctx = Ctx {
                 agent: &agent,
@@ -64,6 +67,9 @@ pub fn run_all(agent_bin: &Path) -> Value {
     }
     checks.push(outcome("ring buffer loss is reported", || {
         ring_buffer_loss(agent_bin)
+    }));
+    checks.push(outcome("degrades without cgroup socket hooks", || {
+        without_cgroup_hooks(agent_bin)
     }));
     let ok = checks.iter().all(|c| c["ok"] == true);
     json!({"kernel": kernel, "ok": ok, "probes": probes, "checks": checks})
@@ -104,6 +110,26 @@ fn all_attached(probes: &Value) -> String {
         .collect();
     assert!(missing.is_empty(), "not attached: {missing:?}");
     format!("{} of {} attached", list.len(), list.len())
+}
+
+/// The exit probe must take `group_dead` from the record where this
+/// kernel's format file has it, and `signal->live` where it has not.
+fn exit_mode(probes: &Value) -> String {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|t| {
+            std::fs::read_to_string(format!("{t}/events/sched/sched_process_exit/format")).ok()
+        })
+        .expect("the exit tracepoint's format file (the agent mounts tracefs)");
+    let has_field = format.contains(" group_dead;");
+    let exit = probes
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["program"] == "sched_process_exit"))
+        .expect("the exit probe is listed");
+    let note = exit["note"].as_str().unwrap_or("");
+    let want = if has_field { "group_dead" } else { "signal->live" };
+    assert!(note.contains(want), "format has group_dead: {has_field}; probe says {note:?}");
+    format!("record has group_dead: {has_field}; probe: {note}")
 }
 
 fn exec_with_argv(c: &Ctx) -> String {
@@ -414,6 +440,58 @@ fn ring_buffer_loss(agent_bin: &Path) -> String {
     );
     assert!(seen + lost as usize >= N, "{seen} seen + {lost} lost < {N}");
     format!("{seen} of {N} execs reported, {lost} counted lost")
+}
+
+/// The cgroup socket hooks (UDP, deny-connect) are optional in the probe
+/// table: with them refused (their cgroup is not a cgroup), the agent
+/// reports exactly those as not attached, with the reason, and the rest
+/// works.
+fn without_cgroup_hooks(agent_bin: &Path) -> String {
+    const CGROUP_HOOKS: &[&str] =
+        &["connect4", "connect6", "sendmsg4", "sendmsg6", "post_bind4", "post_bind6"];
+    let dir = std::env::temp_dir().join(format!("spyglass-kc-nocgroup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, format!("[kernel]\ncgroup_root = \"{}\"\n", dir.display()))
+        .expect("write config");
+    let agent = Agent::start_bin(
+        agent_bin,
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--no-snapshot",
+            "--containerd-socket",
+            "/nonexistent",
+        ],
+    );
+    let start = agent.wait_for("agent started", WAIT, is_started);
+    for p in start["agent"]["probes"].as_array().expect("probes") {
+        let name = p["program"].as_str().unwrap_or("");
+        let hook = CGROUP_HOOKS.contains(&name);
+        assert_eq!(p["attached"] == true, !hook, "{p}");
+        if hook {
+            let error = p["error"].as_str().unwrap_or("");
+            assert!(error.contains("cgroup") && error.contains("no UDP"), "{p}");
+        }
+    }
+    let mark = format!("spyglass-kc-degraded-{}", std::process::id());
+    assert!(Command::new(BUSYBOX).args(["true", &mark]).status().expect("run").success());
+    agent.wait_for("an exec", WAIT, |e| e["kind"] == "exec" && argv_of(e).get(2) == Some(&mark));
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = udp.local_addr().expect("addr").port();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("addr");
+    agent.wait_for("a TCP listen", WAIT, |e| {
+        is(e, "listen", "tcp", "listen") && endpoint(&net(e)["local"]) == Some(server)
+    });
+    let events = agent.stop();
+    let udp_events = events
+        .iter()
+        .filter(|e| e["network"]["protocol"] == "udp" && e["network"]["local"]["port"] == port)
+        .count();
+    assert_eq!(udp_events, 0, "a UDP bind was reported without the UDP hooks");
+    let _ = std::fs::remove_dir_all(&dir);
+    format!("{} cgroup hooks refused and reported; exec and TCP still reported", CGROUP_HOOKS.len())
 }
 
 fn wait_ok(child: std::process::Child) {
