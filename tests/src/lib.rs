@@ -196,6 +196,13 @@ struct Stream {
 
 type Shared = Arc<(Mutex<Stream>, Condvar)>;
 
+/// The stream, also after a failed assertion elsewhere poisoned the lock
+/// (a check that failed must not take the reader, and so the agent's
+/// stdout, down with it).
+fn lock_stream(m: &Mutex<Stream>) -> MutexGuard<'_, Stream> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub struct Agent {
     pub child: Child,
     events: Shared,
@@ -242,10 +249,10 @@ impl Agent {
                 let Ok(line) = line else { break };
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("agent wrote a non-JSON line ({e}): {line}"));
-                lock.lock().unwrap().events.push(v);
+                lock_stream(lock).events.push(v);
                 cv.notify_all();
             }
-            lock.lock().unwrap().closed = true;
+            lock_stream(lock).closed = true;
             cv.notify_all();
         });
         let agent = Agent { child, events };
@@ -261,7 +268,7 @@ impl Agent {
     pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.events;
-        let mut stream = lock.lock().unwrap();
+        let mut stream = lock_stream(lock);
         loop {
             if let Some(e) = stream.events.iter().find(|e| pred(e)) {
                 return e.clone();
@@ -283,16 +290,16 @@ impl Agent {
                 };
                 panic!("{why} waiting for {what}; {n} events seen, last: {tail:#?}");
             }
-            stream = cv.wait_timeout(stream, deadline - now).unwrap().0;
+            stream = cv
+                .wait_timeout(stream, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
     /// Events matching a predicate so far.
     pub fn matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        self.events
-            .0
-            .lock()
-            .unwrap()
+        lock_stream(&self.events.0)
             .events
             .iter()
             .filter(|e| pred(e))
@@ -316,7 +323,7 @@ impl Agent {
         self.wait_for("agent stopping", Duration::from_secs(10), |e| {
             e["kind"] == "agent" && e["agent"]["state"] == "stopping"
         });
-        self.events.0.lock().unwrap().events.clone()
+        lock_stream(&self.events.0).events.clone()
     }
 }
 

@@ -46,9 +46,26 @@ pub fn run(labels: &[String], write_docs: bool) -> Result<()> {
     vm::initramfs(&bins, &initrd)?;
 
     let mut rows = vec![host_row(&bins)];
-    let accel = accel();
+    let mut accel = accel_choice();
     for k in &selected {
-        rows.push(kernel_row(k, &initrd, accel));
+        let row = match accel {
+            Some(a) => kernel_row(k, &initrd, a),
+            None => {
+                let row = kernel_row(k, &initrd, Accel::Kvm);
+                if row.report.is_some() {
+                    accel = Some(Accel::Kvm);
+                    row
+                } else {
+                    eprintln!(
+                        "xtask: the KVM guest gave no report ({}); software emulation from here on",
+                        vm::tail(row.failure.as_deref().unwrap_or(""), 3).replace('\n', " / ")
+                    );
+                    accel = Some(Accel::Tcg);
+                    kernel_row(k, &initrd, Accel::Tcg)
+                }
+            }
+        };
+        rows.push(row);
     }
     let table = render(&rows);
     println!("{table}");
@@ -70,12 +87,16 @@ pub fn run(labels: &[String], write_docs: bool) -> Result<()> {
     Ok(())
 }
 
-/// KVM when asked for (`SPYGLASS_VM_ACCEL=kvm`), software emulation by
-/// default: on these machines a KVM guest hangs at boot.
-fn accel() -> Accel {
+/// How the VMs run: `SPYGLASS_VM_ACCEL=kvm` or `tcg` forces one; by
+/// default KVM is tried first (where `/dev/kvm` exists) and software
+/// emulation takes over for good when a KVM guest does not report (on
+/// these machines qemu aborts at once with "failed to set MSR 0x10a").
+fn accel_choice() -> Option<Accel> {
     match std::env::var("SPYGLASS_VM_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
+        Ok("kvm") => Some(Accel::Kvm),
+        Ok("tcg") => Some(Accel::Tcg),
+        _ if !Path::new("/dev/kvm").exists() => Some(Accel::Tcg),
+        _ => None,
     }
 }
 
@@ -136,9 +157,9 @@ fn kernel_row(k: &Kernel, initrd: &Path, accel: Accel) -> Row {
             return row;
         }
     };
-    row.about = format!("{} ({})", k.stands_for, fetched.package);
+    row.about = format!("{} ({}, {accel:?})", k.stands_for, fetched.package);
     let timeout = match accel {
-        Accel::Kvm => Duration::from_secs(120),
+        Accel::Kvm => Duration::from_secs(90),
         Accel::Tcg => Duration::from_secs(420),
     };
     eprintln!(

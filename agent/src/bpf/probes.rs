@@ -84,14 +84,14 @@ pub const PROBES: &[ProbeSpec] = &[
         program: "connect4",
         attach: Attach::CgroupSockAddr,
         min_kernel: (4, 17),
-        fallback: "no UDP connect events (IPv4)",
+        fallback: "no UDP connect events (IPv4) and no deny-connect enforcement",
         required: false,
     },
     ProbeSpec {
         program: "connect6",
         attach: Attach::CgroupSockAddr,
         min_kernel: (4, 17),
-        fallback: "no UDP connect events (IPv6)",
+        fallback: "no UDP connect events (IPv6) and no deny-connect enforcement",
         required: false,
     },
     ProbeSpec {

@@ -127,8 +127,15 @@ fn exit_mode(probes: &Value) -> String {
         .and_then(|l| l.iter().find(|p| p["program"] == "sched_process_exit"))
         .expect("the exit probe is listed");
     let note = exit["note"].as_str().unwrap_or("");
-    let want = if has_field { "group_dead" } else { "signal->live" };
-    assert!(note.contains(want), "format has group_dead: {has_field}; probe says {note:?}");
+    let want = if has_field {
+        "group_dead"
+    } else {
+        "signal->live"
+    };
+    assert!(
+        note.contains(want),
+        "format has group_dead: {has_field}; probe says {note:?}"
+    );
     format!("record has group_dead: {has_field}; probe: {note}")
 }
 
@@ -447,13 +454,22 @@ fn ring_buffer_loss(agent_bin: &Path) -> String {
 /// reports exactly those as not attached, with the reason, and the rest
 /// works.
 fn without_cgroup_hooks(agent_bin: &Path) -> String {
-    const CGROUP_HOOKS: &[&str] =
-        &["connect4", "connect6", "sendmsg4", "sendmsg6", "post_bind4", "post_bind6"];
+    const CGROUP_HOOKS: &[&str] = &[
+        "connect4",
+        "connect6",
+        "sendmsg4",
+        "sendmsg6",
+        "post_bind4",
+        "post_bind6",
+    ];
     let dir = std::env::temp_dir().join(format!("spyglass-kc-nocgroup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let config = dir.join("agent.toml");
-    std::fs::write(&config, format!("[kernel]\ncgroup_root = \"{}\"\n", dir.display()))
-        .expect("write config");
+    std::fs::write(
+        &config,
+        format!("[kernel]\ncgroup_root = \"{}\"\n", dir.display()),
+    )
+    .expect("write config");
     let agent = Agent::start_bin(
         agent_bin,
         &[
@@ -475,8 +491,14 @@ fn without_cgroup_hooks(agent_bin: &Path) -> String {
         }
     }
     let mark = format!("spyglass-kc-degraded-{}", std::process::id());
-    assert!(Command::new(BUSYBOX).args(["true", &mark]).status().expect("run").success());
-    agent.wait_for("an exec", WAIT, |e| e["kind"] == "exec" && argv_of(e).get(2) == Some(&mark));
+    assert!(Command::new(BUSYBOX)
+        .args(["true", &mark])
+        .status()
+        .expect("run")
+        .success());
+    agent.wait_for("an exec", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).get(2) == Some(&mark)
+    });
     let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let port = udp.local_addr().expect("addr").port();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -489,9 +511,15 @@ fn without_cgroup_hooks(agent_bin: &Path) -> String {
         .iter()
         .filter(|e| e["network"]["protocol"] == "udp" && e["network"]["local"]["port"] == port)
         .count();
-    assert_eq!(udp_events, 0, "a UDP bind was reported without the UDP hooks");
+    assert_eq!(
+        udp_events, 0,
+        "a UDP bind was reported without the UDP hooks"
+    );
     let _ = std::fs::remove_dir_all(&dir);
-    format!("{} cgroup hooks refused and reported; exec and TCP still reported", CGROUP_HOOKS.len())
+    format!(
+        "{} cgroup hooks refused and reported; exec and TCP still reported",
+        CGROUP_HOOKS.len()
+    )
 }
 
 fn wait_ok(child: std::process::Child) {
