@@ -8,7 +8,12 @@ use aya_ebpf::{
     },
 };
 
-use crate::maps::{COUNTERS, EVENTS, WAKEUP_THRESHOLD};
+use aya_ebpf::EbpfContext;
+
+use crate::{
+    diag::diag,
+    maps::{COUNTERS, EVENTS, WAKEUP_THRESHOLD},
+};
 
 /// Header describing the current task.
 #[inline(always)]
@@ -64,9 +69,14 @@ fn wakeup_flags() -> u64 {
 
 /// Send a fixed-size record; on failure count it under `dropped`.
 #[inline(always)]
-pub fn send<T>(record: &T, dropped: u32) {
+pub fn send<C: EbpfContext, T>(ctx: &C, record: &T, dropped: u32) {
     if EVENTS.output::<T>(record, wakeup_flags()).is_err() {
         count(dropped);
+        diag!(
+            ctx,
+            "ring buffer full: record dropped (loss counter {})",
+            dropped
+        );
     }
 }
 
@@ -75,10 +85,15 @@ pub fn send<T>(record: &T, dropped: u32) {
 /// # Safety
 /// `start..start+len` must lie inside one map value.
 #[inline(always)]
-pub unsafe fn send_bytes(start: *const u8, len: usize, dropped: u32) {
+pub unsafe fn send_bytes<C: EbpfContext>(ctx: &C, start: *const u8, len: usize, dropped: u32) {
     // SAFETY: guaranteed by the caller.
     let bytes = unsafe { core::slice::from_raw_parts(start, len) };
     if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         count(dropped);
+        diag!(
+            ctx,
+            "ring buffer full: record dropped (loss counter {})",
+            dropped
+        );
     }
 }

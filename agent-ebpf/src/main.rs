@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod diag;
 mod emit;
 mod maps;
 mod process;

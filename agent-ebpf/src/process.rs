@@ -14,6 +14,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    diag::diag,
     emit::{count, current_header, send, send_bytes},
     maps::{enforcing, offsets, EXEC_KILL, EXEC_RULE_KEY, EXEC_SCRATCH},
     task::read,
@@ -27,8 +28,13 @@ use crate::{
 /// Minimum kernel 3.x; `bpf_ktime_get_boot_ns` needs 5.8.
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    if try_exec(&ctx).is_err() {
+    if let Err(e) = try_exec(&ctx) {
         count(counter::READ_ERRORS);
+        diag!(
+            &ctx,
+            "sched_process_exec: record not sent, a kernel read failed ({})",
+            e
+        );
     }
     0
 }
@@ -47,8 +53,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
         .and_then(|parent| read::<u32>(parent, offs.task_tgid))
     {
         Ok(ppid) => ppid,
-        Err(_) => {
+        Err(e) => {
             ev.flags |= exec_flags::PPID_READ_FAILED;
+            diag!(ctx, "sched_process_exec: parent pid unreadable ({})", e);
             0
         }
     };
@@ -99,6 +106,12 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
             };
             if rc != 0 {
                 ev.flags |= exec_flags::ARGV_READ_FAILED;
+                diag!(
+                    ctx,
+                    "sched_process_exec: argv unreadable ({} bytes: {})",
+                    n,
+                    rc
+                );
                 n = 0;
             }
         }
@@ -112,6 +125,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: the prefix lies inside the scratch value (n <= ARGV_LEN).
     unsafe {
         send_bytes(
+            ctx,
             (ev as *const ExecEvent).cast(),
             ExecEvent::ARGV_OFFSET + n,
             counter::EXEC_DROPPED,
@@ -196,8 +210,13 @@ fn kernfs_name(kn: u64, dst: &mut [u8]) -> u16 {
 /// the process's exec.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    if try_exit(&ctx).is_err() {
+    if let Err(e) = try_exit(&ctx) {
         count(counter::READ_ERRORS);
+        diag!(
+            &ctx,
+            "sched_process_exit: record not sent, a kernel read failed ({})",
+            e
+        );
     }
     0
 }
@@ -216,7 +235,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         _pad: 0,
         start_time_ns: read::<u64>(leader, offs.task_start_time).unwrap_or(0),
     };
-    send(&ev, counter::EXIT_DROPPED);
+    send(ctx, &ev, counter::EXIT_DROPPED);
     Ok(())
 }
 
@@ -237,8 +256,13 @@ fn group_dead(ctx: &TracePointContext, task: u64, offs: &KernelOffsets) -> Resul
 /// kernel 5.5+. Fires in the parent's context.
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
-    if try_fork(&ctx).is_err() {
+    if let Err(e) = try_fork(&ctx) {
         count(counter::READ_ERRORS);
+        diag!(
+            &ctx,
+            "sched_process_fork: record not sent, a kernel read failed ({})",
+            e
+        );
     }
     0
 }
@@ -257,6 +281,6 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
         _pad: 0,
         child_start_time_ns: read::<u64>(child, offs.task_start_time).unwrap_or(0),
     };
-    send(&ev, counter::FORK_DROPPED);
+    send(ctx, &ev, counter::FORK_DROPPED);
     Ok(())
 }

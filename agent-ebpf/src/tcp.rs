@@ -3,6 +3,7 @@ use agent_common::{counter, kind, net_op, outcome, EventHeader, NetEvent};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext};
 
 use crate::{
+    diag::diag,
     emit::{anonymous_header, count, current_header, send},
     maps::CONNECTS,
 };
@@ -26,8 +27,9 @@ const TCP_LISTEN: i32 = 10;
 /// - SYN_RECV -> ESTABLISHED (softirq): accept record, task unknown.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    if try_state(&ctx).is_err() {
+    if let Err(e) = try_state(&ctx) {
         count(counter::READ_ERRORS);
+        diag!(&ctx, "inet_sock_set_state: record not sent ({})", e);
     }
     0
 }
@@ -64,6 +66,10 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
             let header = current_header(kind::NET);
             if CONNECTS.insert(&skaddr, &header, 0).is_err() {
                 count(counter::CONNECT_TRACK_FULL);
+                diag!(
+                    ctx,
+                    "inet_sock_set_state: connect not tracked, CONNECTS map full"
+                );
             }
             return Ok(());
         }
@@ -118,6 +124,6 @@ fn send_tcp(
         ev.saddr = field(ctx, 40);
         ev.daddr = field(ctx, 56);
     }
-    send(&ev, counter::NET_DROPPED);
+    send(ctx, &ev, counter::NET_DROPPED);
     Ok(())
 }

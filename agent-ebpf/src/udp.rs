@@ -96,7 +96,7 @@ fn denied(ctx: &SockAddrContext, family: u16) -> bool {
         // SAFETY: helper valid for sock_addr programs.
         sock_id: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
     };
-    send(&ev, counter::NET_DROPPED);
+    send(ctx, &ev, counter::NET_DROPPED);
     true
 }
 
@@ -175,7 +175,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8, dedupe: bool) {
         sock_id: cookie,
         ..NetEvent::default()
     };
-    send(&ev, counter::NET_DROPPED);
+    send(ctx, &ev, counter::NET_DROPPED);
 }
 
 /// `cgroup/post_bind4` (BPF_CGROUP_INET4_POST_BIND, kernel 4.17+).
@@ -218,7 +218,7 @@ fn on_bind(ctx: &SockContext, family: u16) {
         sock_id: cookie,
         ..NetEvent::default()
     };
-    send(&ev, counter::NET_DROPPED);
+    send(ctx, &ev, counter::NET_DROPPED);
 }
 
 /// Copy an IPv6 address out of a socket context one 4-byte word at a time:

@@ -200,6 +200,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
         btf_path: cfg.kernel.btf_path.clone(),
         cgroup_root: Some(cgroup_root.clone()),
+        debug_log: cfg.kernel.debug_log,
     })?;
     let ring = probes.take_events()?;
     let counters = probes.take_counters()?;

@@ -221,6 +221,11 @@ pub struct KernelConfig {
     /// cgroup v2 mount where socket hooks attach. Default: auto-detect
     /// (/sys/fs/cgroup, then /sys/fs/cgroup/unified).
     pub cgroup_root: Option<PathBuf>,
+    /// Kernel-side diagnostics: the probes say why they dropped a record
+    /// or sent it incomplete (a failed kernel read and its error, a full
+    /// ring buffer), at most 10 lines per CPU per second, in the agent's
+    /// log. Default false (then no cost on records that are sent whole).
+    pub debug_log: bool,
 }
 
 impl Default for KernelConfig {
@@ -230,6 +235,7 @@ impl Default for KernelConfig {
             poll_interval_ms: 10,
             btf_path: "/sys/kernel/btf/vmlinux".into(),
             cgroup_root: None,
+            debug_log: false,
         }
     }
 }

@@ -234,10 +234,15 @@ impl Agent {
     /// Start `cmd`, an agent writing JSON events to its stdout however it
     /// is wrapped (a binary, or `ctr run` of the agent image), and wait
     /// for `agent started`.
-    pub fn spawn(mut cmd: Command) -> Agent {
+    pub fn spawn(cmd: Command) -> Agent {
+        Self::spawn_with_stderr(cmd, Stdio::inherit())
+    }
+
+    /// [`Agent::spawn`] with the agent's log (stderr) sent to `stderr`.
+    pub fn spawn_with_stderr(mut cmd: Command, stderr: Stdio) -> Agent {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start spyglass-agent");
         let stdout = child.stdout.take().unwrap();

@@ -54,6 +54,8 @@ pub enum BpfError {
     MissingProgram(&'static str),
     #[error("map `{0}` is missing from the embedded eBPF object (build mismatch)")]
     MissingMap(&'static str),
+    #[error("cannot start the kernel diagnostics log ([kernel] debug_log): {0}")]
+    DebugLog(String),
     #[error("map `{name}`: {source}")]
     Map {
         name: &'static str,
@@ -73,6 +75,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     pub btf_path: std::path::PathBuf,
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Kernel-side diagnostics (`[kernel] debug_log`).
+    pub debug_log: bool,
 }
 
 /// Attach state of one probe, reported at start.
@@ -118,14 +122,28 @@ impl Probes {
             })?;
         // Wake the reader once a quarter of the ring is full.
         let wakeup_threshold: u64 = u64::from(opts.ring_buffer_bytes / 4);
+        // aya-log levels: 0 nothing, 2 warnings (what the probes write).
+        let (debug_log, log_level) = if opts.debug_log { (1u8, 2u8) } else { (0, 0) };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("WAKEUP_THRESHOLD", &wakeup_threshold, true)
+            .override_global("DEBUG_LOG", &debug_log, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(BpfError::Object)?;
         info!(?offsets, kernel = %host.kernel, "eBPF object loaded");
+        // Taken before the programs load (its map must stay open) and
+        // read by its own thread from then on.
+        let diagnostics = if opts.debug_log {
+            Some(
+                aya_log::EbpfLogger::init(&mut ebpf)
+                    .map_err(|e| BpfError::DebugLog(e.to_string()))?,
+            )
+        } else {
+            None
+        };
 
         let cgroup_root = match &opts.cgroup_root {
             Some(p) => p.clone(),
@@ -163,6 +181,10 @@ impl Probes {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(mut logger) = diagnostics {
+            spawn_diagnostics(move || logger.flush());
+            info!("kernel diagnostics on ([kernel] debug_log)");
         }
         Ok(Self { ebpf, status })
     }
@@ -205,6 +227,20 @@ impl Probes {
             name: "COUNTERS",
             source,
         })
+    }
+}
+
+/// Drain the probes' diagnostics into the agent's log (through the `log`
+/// bridge of the tracing subscriber), every 100 ms, for the agent's life.
+fn spawn_diagnostics(mut flush: impl FnMut() + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("kernel-diag".into())
+        .spawn(move || loop {
+            flush();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the kernel diagnostics reader");
     }
 }
 

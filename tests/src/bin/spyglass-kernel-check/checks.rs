@@ -34,10 +34,17 @@ pub fn run_all(agent_bin: &Path) -> Value {
         .to_owned();
     let mut checks = Vec::new();
     let mut probes = Value::Null;
+    let config = scratch_config("main", "[kernel]\ndebug_log = true\n");
     let started = std::panic::catch_unwind(|| {
         Agent::start_bin(
             agent_bin,
-            &["--no-snapshot", "--containerd-socket", "/nonexistent"],
+            &[
+                "--config",
+                &config,
+                "--no-snapshot",
+                "--containerd-socket",
+                "/nonexistent",
+            ],
         )
     });
     match started {
@@ -406,19 +413,26 @@ fn deny_connect(c: &Ctx) -> String {
 }
 
 /// Smallest ring (64 KiB), reader stopped, a burst of execs: the overflow
-/// must come back as loss events that account for every missing exec.
+/// must come back as loss events that account for every missing exec, and
+/// with kernel diagnostics on, the probe must say why it dropped them.
 fn ring_buffer_loss(agent_bin: &Path) -> String {
     const N: usize = 400;
-    let agent = Agent::start_bin(
-        agent_bin,
-        &[
-            "--no-snapshot",
-            "--containerd-socket",
-            "/nonexistent",
-            "--ring-buffer-bytes",
-            "65536",
-        ],
-    );
+    let config = scratch_config("loss", "[kernel]\ndebug_log = true\n");
+    let log_path =
+        std::env::temp_dir().join(format!("spyglass-kc-loss-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).expect("agent log file");
+    let mut cmd = Command::new(agent_bin);
+    cmd.args([
+        "run",
+        "--config",
+        &config,
+        "--no-snapshot",
+        "--containerd-socket",
+        "/nonexistent",
+    ])
+    .args(["--ring-buffer-bytes", "65536"])
+    .env("RUST_LOG", "warn");
+    let agent = Agent::spawn_with_stderr(cmd, Stdio::from(log));
     let mark = format!("spyglass-kc-loss-{}", std::process::id());
     agent.signal(libc::SIGSTOP);
     let script = format!("i=0; while [ $i -lt {N} ]; do {BUSYBOX} true {mark}; i=$((i+1)); done");
@@ -446,7 +460,19 @@ fn ring_buffer_loss(agent_bin: &Path) -> String {
         "the 64 KiB ring held all {N} execs: nothing overflowed"
     );
     assert!(seen + lost as usize >= N, "{seen} seen + {lost} lost < {N}");
-    format!("{seen} of {N} execs reported, {lost} counted lost")
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    let explained = log
+        .lines()
+        .filter(|l| l.contains("ring buffer full: record dropped"))
+        .count();
+    assert!(
+        explained > 0,
+        "no kernel diagnostic for the drops; agent log:\n{log}"
+    );
+    format!(
+        "{seen} of {N} execs reported, {lost} counted lost, {explained} kernel diagnostic lines"
+    )
 }
 
 /// The cgroup socket hooks (UDP, deny-connect) are optional in the probe
@@ -520,6 +546,13 @@ fn without_cgroup_hooks(agent_bin: &Path) -> String {
         "{} cgroup hooks refused and reported; exec and TCP still reported",
         CGROUP_HOOKS.len()
     )
+}
+
+/// A config file for one agent run; its path.
+fn scratch_config(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("spyglass-kc-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write agent config");
+    path.to_str().expect("utf-8 temp path").to_owned()
 }
 
 fn wait_ok(child: std::process::Child) {
