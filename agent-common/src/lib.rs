@@ -212,8 +212,29 @@ pub struct KernelOffsets {
     /// no such field (6.12 and older; 6.18 has it): the probe then decides group
     /// death from `signal->live`.
     pub exit_group_dead: u32,
+    /// `signal_struct.flags` (`SIGNAL_GROUP_EXIT` set by exit_group or a
+    /// fatal signal)
+    pub signal_flags: u32,
+    /// `signal_struct.group_exit_code` (the status wait(2) reports then)
+    pub signal_group_exit_code: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+
+/// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h,
+/// unchanged from 2.6 to 6.18).
+pub const SIGNAL_GROUP_EXIT: u32 = 0x4;
+
+/// Key of the `EXITS_SENT` map: a process (thread group id and its
+/// leader's start time) whose exit record was sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitKey {
+    pub tgid: u32,
+    /// Padding, always 0.
+    pub _pad: u32,
+    pub start_time_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExitKey>() == 16);
 
 /// [`KernelOffsets::exit_group_dead`] when the exit record has no
 /// `group_dead` field.
@@ -400,6 +421,11 @@ mod tests {
         assert_eq!(core::mem::offset_of!(ExitEvent, start_time_ns), 64);
         assert_eq!(core::mem::offset_of!(NetEvent, saddr), 72);
         assert_eq!(core::mem::offset_of!(KernelOffsets, exit_group_dead), 68);
+        assert_eq!(
+            core::mem::offset_of!(KernelOffsets, signal_group_exit_code),
+            76
+        );
+        assert_eq!(core::mem::offset_of!(ExitKey, start_time_ns), 8);
         assert_eq!(core::mem::offset_of!(EventHeader, cgroup_id), 32);
     }
 

@@ -1,6 +1,8 @@
 //! Maps shared by all probes. Sizes here are defaults; the agent may
 //! resize `EVENTS` at load time (`ring_buffer_bytes` in the config).
-use agent_common::{counter, ConnectRuleKey, EventHeader, ExecEvent, ExecRuleKey, KernelOffsets};
+use agent_common::{
+    counter, ConnectRuleKey, EventHeader, ExecEvent, ExecRuleKey, ExitKey, KernelOffsets,
+};
 use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -41,6 +43,14 @@ pub struct UdpPeerKey {
     pub family: u16,
     pub _pad: u32,
 }
+
+/// Processes whose exit record was sent, on kernels whose exit record has
+/// no `group_dead`: every thread that reaches the exit tracepoint after the
+/// last `signal->live` decrement sees 0, and only the first to claim the
+/// process here sends its record. LRU: entries age out; a reused pid has a
+/// new start time, so a new key.
+#[map]
+pub static EXITS_SENT: LruHashMap<ExitKey, u8> = LruHashMap::with_max_entries(8192, 0);
 
 /// Which enforcement tables hold entries (`agent_common::enforce` bits);
 /// written by the agent when policy changes.
@@ -87,6 +97,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_signal: 0,
     signal_live: 0,
     exit_group_dead: 0,
+    signal_flags: 0,
+    signal_group_exit_code: 0,
 };
 
 /// Ring buffer fill level (bytes) above which a record wakes the reader.

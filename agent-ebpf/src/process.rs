@@ -1,9 +1,10 @@
 //! Process lifecycle: exec, exit and fork.
 use agent_common::{
-    counter, enforce, exec_flags, kind, ExecEvent, ExitEvent, ForkEvent, KernelOffsets, ARGV_LEN,
-    EXIT_GROUP_DEAD_ABSENT, FILENAME_LEN, RULE_PATH_LEN,
+    counter, enforce, exec_flags, kind, ExecEvent, ExitEvent, ExitKey, ForkEvent, KernelOffsets,
+    ARGV_LEN, EXIT_GROUP_DEAD_ABSENT, FILENAME_LEN, RULE_PATH_LEN, SIGNAL_GROUP_EXIT,
 };
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
         generated::{bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
@@ -16,7 +17,7 @@ use aya_ebpf::{
 use crate::{
     diag::diag,
     emit::{count, current_header, send, send_bytes},
-    maps::{enforcing, offsets, EXEC_KILL, EXEC_RULE_KEY, EXEC_SCRATCH},
+    maps::{enforcing, offsets, EXEC_KILL, EXEC_RULE_KEY, EXEC_SCRATCH, EXITS_SENT},
     task::read,
 };
 
@@ -197,17 +198,18 @@ fn kernfs_name(kn: u64, dst: &mut [u8]) -> u16 {
 
 /// A process ended. Interface: classic tracepoint `sched/sched_process_exit`,
 /// fired for every exiting thread after `exit_code` is set and after
-/// `signal->live` was decremented (`do_exit`, Linux 3.x to 6.18). A
-/// record is sent for the last thread of a thread group only:
+/// `signal->live` was decremented (`do_exit`, Linux 5.10 to 6.18). One
+/// record is sent per thread group:
 /// - where the record has `bool group_dead` (6.18; not 6.12), the agent
 ///   passes its offset from the format file and the probe reads it;
-/// - before that, the last thread is the one that finds `signal->live` at
-///   0. Two threads exiting at the same instant on two CPUs can both find
-///   0: userspace drops the second record of one (pid, start time).
+/// - before that, a thread that finds `signal->live` at 0 is past the last
+///   decrement; several threads of an `exit_group` can find 0 at once, so
+///   the first to claim the process in `EXITS_SENT` sends the record.
 ///
-/// The record names the process by its group leader's start time, so the
-/// last thread of a process whose main thread exited first still matches
-/// the process's exec.
+/// The record names the process by its group leader's start time (the
+/// last thread may not be the leader) and carries the status wait(2)
+/// reports: the group's exit code after `exit_group` or a fatal signal,
+/// the leader's own otherwise.
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if let Err(e) = try_exit(&ctx) {
@@ -225,30 +227,62 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let offs = offsets();
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() };
-    if !group_dead(ctx, task, &offs)? {
+    let leader = read::<u64>(task, offs.task_group_leader).unwrap_or(task);
+    let start_time_ns = read::<u64>(leader, offs.task_start_time).unwrap_or(0);
+    let header = current_header(kind::EXIT);
+    if !last_thread(ctx, task, &offs, header.pid, start_time_ns)? {
         return Ok(());
     }
-    let leader = read::<u64>(task, offs.task_group_leader).unwrap_or(task);
     let ev = ExitEvent {
-        header: current_header(kind::EXIT),
-        exit_code: read::<u32>(task, offs.task_exit_code).unwrap_or(0),
+        header,
+        exit_code: wait_status(task, leader, &offs),
         _pad: 0,
-        start_time_ns: read::<u64>(leader, offs.task_start_time).unwrap_or(0),
+        start_time_ns,
     };
     send(ctx, &ev, counter::EXIT_DROPPED);
     Ok(())
 }
 
-/// Whether the exiting thread is the last of its thread group.
+/// Whether this thread sends its thread group's exit record.
 #[inline(always)]
-fn group_dead(ctx: &TracePointContext, task: u64, offs: &KernelOffsets) -> Result<bool, i32> {
+fn last_thread(
+    ctx: &TracePointContext,
+    task: u64,
+    offs: &KernelOffsets,
+    tgid: u32,
+    start_time_ns: u64,
+) -> Result<bool, i32> {
     if offs.exit_group_dead != EXIT_GROUP_DEAD_ABSENT {
         // SAFETY: the offset comes from this kernel's format file.
         let dead: u8 = unsafe { ctx.read_at(offs.exit_group_dead as usize)? };
         return Ok(dead != 0);
     }
     let signal = read::<u64>(task, offs.task_signal)?;
-    Ok(read::<i32>(signal, offs.signal_live)? == 0)
+    if read::<i32>(signal, offs.signal_live)? != 0 {
+        return Ok(false);
+    }
+    let key = ExitKey {
+        tgid,
+        _pad: 0,
+        start_time_ns,
+    };
+    Ok(EXITS_SENT.insert(&key, &1, BPF_NOEXIST as u64).is_ok())
+}
+
+/// The status wait(2) reports for the process: `signal->group_exit_code`
+/// once `SIGNAL_GROUP_EXIT` is set, else the leader's `exit_code`.
+#[inline(always)]
+fn wait_status(task: u64, leader: u64, offs: &KernelOffsets) -> u32 {
+    if let Ok(signal) = read::<u64>(task, offs.task_signal) {
+        let group_exit = read::<u32>(signal, offs.signal_flags)
+            .is_ok_and(|flags| flags & SIGNAL_GROUP_EXIT != 0);
+        if group_exit {
+            if let Ok(code) = read::<u32>(signal, offs.signal_group_exit_code) {
+                return code;
+            }
+        }
+    }
+    read::<u32>(leader, offs.task_exit_code).unwrap_or(0)
 }
 
 /// A new process (not a thread). Interface: BTF tracepoint

@@ -169,7 +169,7 @@ impl Metrics {
             ),
             (
                 "spyglass_duplicate_exit_records_total",
-                "Second exit records of one process, dropped (two last threads at once, kernels whose exit record has no group_dead).",
+                "Second exit records of one process, dropped (kernels whose exit record has no group_dead; should stay 0).",
                 "counter",
                 get(&self.duplicate_exits),
             ),

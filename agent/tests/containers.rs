@@ -228,9 +228,7 @@ fn non_root_and_privileged_containers() {
     let caps = p["capabilities"].as_array().unwrap();
     assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{p}");
 
-    let e2 = agent.wait_for("the require_root container", WAIT, |e| {
-        container_exec(e, &m2)
-    });
+    let e2 = agent.wait_for("the privileged container", WAIT, |e| container_exec(e, &m2));
     assert_attributed(&e2, &id2, &root_img);
     assert_eq!(e2["process"]["uid"], 0);
     let p = &e2["container"]["posture"];

@@ -192,6 +192,8 @@ pub fn lines(path: &Path) -> Vec<Value> {
 struct Stream {
     events: Vec<Value>,
     closed: bool,
+    /// A line that was not JSON: reading stopped there.
+    bad_line: Option<String>,
 }
 
 type Shared = Arc<(Mutex<Stream>, Condvar)>;
@@ -252,9 +254,13 @@ impl Agent {
             let (lock, cv) = &*sink;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("agent wrote a non-JSON line ({e}): {line}"));
-                lock_stream(lock).events.push(v);
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => lock_stream(lock).events.push(v),
+                    Err(e) => {
+                        lock_stream(lock).bad_line = Some(format!("({e}) {line}"));
+                        break;
+                    }
+                }
                 cv.notify_all();
             }
             lock_stream(lock).closed = true;
@@ -288,10 +294,12 @@ impl Agent {
                     .take(5)
                     .map(|e| e.to_string())
                     .collect();
-                let why = if stream.closed {
-                    "the agent's output ended (it exited: see its error above)"
-                } else {
-                    "timed out"
+                let why = match (&stream.bad_line, stream.closed) {
+                    (Some(line), _) => format!("the agent wrote a non-JSON line {line}"),
+                    (None, true) => {
+                        "the agent's output ended (it exited: see its error above)".into()
+                    }
+                    (None, false) => "timed out".to_owned(),
                 };
                 panic!("{why} waiting for {what}; {n} events seen, last: {tail:#?}");
             }

@@ -92,7 +92,7 @@ pub fn build_static(bins: &[(&str, &str)]) -> Result<PathBuf> {
 }
 
 /// Whether an ELF file asks for a dynamic loader (a PT_INTERP header).
-fn is_dynamic(elf: &[u8]) -> Result<bool> {
+pub fn is_dynamic(elf: &[u8]) -> Result<bool> {
     if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
         bail!("not a 64-bit little-endian ELF file");
     }

@@ -49,19 +49,19 @@ pub fn run(labels: &[String], write_docs: bool) -> Result<()> {
     let mut accel = accel_choice();
     for k in &selected {
         let row = match accel {
-            Some(a) => kernel_row(k, &initrd, a),
+            Some(a) => kernel_row(k, &initrd, a).0,
             None => {
-                let row = kernel_row(k, &initrd, Accel::Kvm);
-                if row.report.is_some() {
-                    accel = Some(Accel::Kvm);
-                    row
-                } else {
+                let (row, boot) = kernel_row(k, &initrd, Accel::Kvm);
+                if kvm_unusable(boot.as_ref()) {
                     eprintln!(
-                        "xtask: the KVM guest gave no report ({}); software emulation from here on",
-                        vm::tail(row.failure.as_deref().unwrap_or(""), 3).replace('\n', " / ")
+                        "xtask: qemu cannot run a KVM guest here ({}); software emulation from here on",
+                        vm::tail(row.failure.as_deref().unwrap_or(""), 2).replace('\n', " / ")
                     );
                     accel = Some(Accel::Tcg);
-                    kernel_row(k, &initrd, Accel::Tcg)
+                    kernel_row(k, &initrd, Accel::Tcg).0
+                } else {
+                    accel = Some(Accel::Kvm);
+                    row
                 }
             }
         };
@@ -100,49 +100,63 @@ fn accel_choice() -> Option<Accel> {
     }
 }
 
+/// The same check on this machine's kernel, natively, bounded like a VM.
 fn host_row(bins: &Path) -> Row {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     eprintln!("xtask: kernel check on the host ({})", release.trim());
+    let mut row = Row {
+        label: "host".into(),
+        about: "this machine, natively".into(),
+        report: None,
+        failure: None,
+        seconds: 0,
+    };
+    let report_file = kernels::dir().join("host-report.log");
+    let _ = std::fs::remove_file(&report_file);
     let started = std::time::Instant::now();
-    let out = Command::new(bins.join("spyglass-kernel-check"))
+    let child = Command::new(bins.join("spyglass-kernel-check"))
         .arg("run")
         .arg("--agent")
         .arg(bins.join("spyglass-agent"))
-        .output();
-    let seconds = started.elapsed().as_secs();
-    let about = "this machine, natively".to_owned();
-    match out {
-        Ok(out) => match serde_json::from_slice::<Value>(&out.stdout) {
-            Ok(report) => Row {
-                label: "host".into(),
-                about,
-                report: Some(report),
-                failure: None,
-                seconds,
-            },
-            Err(e) => Row {
-                label: "host".into(),
-                about,
-                report: None,
-                failure: Some(format!(
-                    "no report ({e}); stderr tail:\n{}",
-                    vm::tail(&String::from_utf8_lossy(&out.stderr), 30)
-                )),
-                seconds,
-            },
-        },
-        Err(e) => Row {
-            label: "host".into(),
-            about,
-            report: None,
-            failure: Some(format!("cannot run spyglass-kernel-check: {e}")),
-            seconds,
-        },
-    }
+        .arg("--report")
+        .arg(&report_file)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            row.failure = Some(format!("cannot run spyglass-kernel-check: {e}"));
+            return row;
+        }
+    };
+    let timeout = Duration::from_secs(600);
+    let timed_out = loop {
+        if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+            break false;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let report = std::fs::read_to_string(&report_file).ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix(vm::REPORT_MARK).map(str::to_owned))
+    });
+    let boot = vm::Boot {
+        qemu_failed: false,
+        report,
+        console_tail: "(the check's output is above)".into(),
+        timed_out,
+        took: started.elapsed(),
+    };
+    judge(&mut row, &boot, timeout);
+    row
 }
 
 /// Fetch, boot, read the report.
-fn kernel_row(k: &Kernel, initrd: &Path, accel: Accel) -> Row {
+fn kernel_row(k: &Kernel, initrd: &Path, accel: Accel) -> (Row, Option<vm::Boot>) {
     let mut row = Row {
         label: k.label.into(),
         about: k.stands_for.into(),
@@ -154,41 +168,57 @@ fn kernel_row(k: &Kernel, initrd: &Path, accel: Accel) -> Row {
         Ok(f) => f,
         Err(e) => {
             row.failure = Some(format!("not fetched: {e:#}"));
-            return row;
+            return (row, None);
         }
     };
     row.about = format!("{} ({}, {accel:?})", k.stands_for, fetched.package);
+    // Above the check's worst case: every wait of every check timing out.
     let timeout = match accel {
-        Accel::Kvm => Duration::from_secs(90),
-        Accel::Tcg => Duration::from_secs(420),
+        Accel::Kvm => Duration::from_secs(300),
+        Accel::Tcg => Duration::from_secs(600),
     };
     eprintln!(
-        "xtask: booting {} ({:?}, up to {}s)",
+        "xtask: booting {} ({accel:?}, up to {}s)",
         fetched.package,
-        accel,
         timeout.as_secs()
     );
     let work = kernels::dir().join(k.label).join("run");
     match vm::boot(&fetched.vmlinuz, initrd, &work, accel, timeout) {
         Ok(boot) => {
-            row.seconds = boot.took.as_secs();
-            match boot.report.as_deref().map(serde_json::from_str::<Value>) {
-                Some(Ok(report)) => row.report = Some(report),
-                Some(Err(e)) => row.failure = Some(format!("unreadable report: {e}")),
-                None => {
-                    let why = if boot.timed_out {
-                        format!("the VM did not finish in {} s (hung)", timeout.as_secs())
-                    } else {
-                        "the VM stopped without a report (did not boot, or the check crashed)"
-                            .to_owned()
-                    };
-                    row.failure = Some(format!("{why}; console tail:\n{}", boot.console_tail));
-                }
-            }
+            judge(&mut row, &boot, timeout);
+            (row, Some(boot))
         }
-        Err(e) => row.failure = Some(format!("qemu: {e:#}")),
+        Err(e) => {
+            row.failure = Some(format!("qemu: {e:#}"));
+            (row, None)
+        }
     }
-    row
+}
+
+/// A boot's outcome into the row: the report, or why there is none.
+fn judge(row: &mut Row, boot: &vm::Boot, timeout: Duration) {
+    row.seconds = boot.took.as_secs();
+    match boot.report.as_deref().map(serde_json::from_str::<Value>) {
+        Some(Ok(report)) => row.report = Some(report),
+        Some(Err(e)) => row.failure = Some(format!("unreadable report: {e}")),
+        None => {
+            let why = if boot.timed_out {
+                format!("the VM did not finish in {} s (hung)", timeout.as_secs())
+            } else if boot.qemu_failed {
+                "qemu failed".to_owned()
+            } else {
+                "the VM stopped without a report (did not boot, or the check crashed)".to_owned()
+            };
+            row.failure = Some(format!("{why}; console tail:\n{}", boot.console_tail));
+        }
+    }
+}
+
+/// KVM is given up for software emulation only when qemu itself failed
+/// within seconds (a host that cannot run the guest), never after a guest
+/// that ran and failed or hung: that is a result.
+fn kvm_unusable(boot: Option<&vm::Boot>) -> bool {
+    boot.is_some_and(|b| b.report.is_none() && b.qemu_failed && b.took < Duration::from_secs(15))
 }
 
 fn release(r: &Row) -> String {
@@ -342,9 +372,10 @@ fn write_docs_files(rows: &[Row], table: &str) -> Result<()> {
         .unwrap_or_default();
     let doc = format!(
         "# Kernel matrix\n\nGenerated by `cargo xtask test-kernels --write-docs` on {date}: \
-         each kernel booted in qemu (software emulation, 2 vCPUs, 1 GiB, loopback only) with \
-         the static agent and `spyglass-kernel-check`; `host` is the build machine's own \
-         kernel, checked natively. `cargo xtask test` runs the same matrix.\n\n{table}"
+         each kernel booted in qemu (2 vCPUs, 1 GiB, loopback only; KVM or software \
+         emulation, as each row says) with the static agent and `spyglass-kernel-check`; \
+         `host` is the build machine's own kernel, checked natively. `cargo xtask test` runs \
+         the same matrix.\n\n{table}"
     );
     std::fs::write(root.join("docs/kernels.md"), doc)?;
     let mut summary = String::from(
@@ -384,4 +415,74 @@ fn write_docs_files(rows: &[Row], table: &str) -> Result<()> {
     std::fs::write(&readme, new).context("writing README.md")?;
     eprintln!("xtask: wrote docs/kernels.md and the README's kernel table");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot(report: Option<&str>, qemu_failed: bool, timed_out: bool, secs: u64) -> vm::Boot {
+        vm::Boot {
+            qemu_failed,
+            report: report.map(str::to_owned),
+            console_tail: "last console line".into(),
+            timed_out,
+            took: Duration::from_secs(secs),
+        }
+    }
+
+    fn judged(b: &vm::Boot) -> Row {
+        let mut row = Row {
+            label: "k".into(),
+            about: String::new(),
+            report: None,
+            failure: None,
+            seconds: 0,
+        };
+        judge(&mut row, b, Duration::from_secs(600));
+        row
+    }
+
+    #[test]
+    fn no_report_is_never_a_pass_and_says_why() {
+        let hung = judged(&boot(None, false, true, 600));
+        assert!(!hung.ok());
+        assert!(hung
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("did not finish in 600 s (hung)"));
+        assert!(hung
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("last console line"));
+        let crashed = judged(&boot(None, false, false, 9));
+        assert!(crashed
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("without a report"));
+        let garbled = judged(&boot(Some("{not json"), false, false, 9));
+        assert!(!garbled.ok() && garbled.failure.unwrap().contains("unreadable report"));
+        let failed_check = judged(&boot(Some(r#"{"ok":false,"checks":[]}"#), false, false, 9));
+        assert!(!failed_check.ok());
+        let passed = judged(&boot(Some(r#"{"ok":true,"checks":[]}"#), false, false, 9));
+        assert!(passed.ok());
+    }
+
+    #[test]
+    fn kvm_is_given_up_only_when_qemu_cannot_start_it() {
+        assert!(kvm_unusable(Some(&boot(None, true, false, 1))));
+        assert!(
+            !kvm_unusable(Some(&boot(None, false, true, 300))),
+            "a hang is a result"
+        );
+        assert!(
+            !kvm_unusable(Some(&boot(None, true, false, 60))),
+            "it ran a while"
+        );
+        assert!(!kvm_unusable(Some(&boot(Some("{}"), false, false, 5))));
+        assert!(!kvm_unusable(None), "not fetched: not a KVM problem");
+    }
 }

@@ -232,8 +232,10 @@ pub fn bench_tools() -> Result<()> {
     apt(&["auditd", "bpftrace"])
 }
 
-/// Everything `test` needs on top of `run`.
+/// Everything `test` needs on top of `run`: the Python checkers, the test
+/// images, and qemu for the kernel matrix.
 pub fn test_tools() -> Result<()> {
+    apt(&["qemu-system-x86"])?;
     python_tools()?;
     crate::images::import()
 }

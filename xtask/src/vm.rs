@@ -101,6 +101,11 @@ pub fn initramfs(bins: &Path, dest: &Path) -> Result<()> {
     c.file("init", 0o755, INIT.as_bytes());
     let busybox =
         std::fs::read("/bin/busybox").context("reading /bin/busybox (package busybox-static)")?;
+    if crate::image::is_dynamic(&busybox)? {
+        anyhow::bail!(
+            "/bin/busybox is linked dynamically: the initramfs needs Debian's busybox-static"
+        );
+    }
     c.file("bin/busybox", 0o755, &busybox);
     for bin in ["spyglass-agent", "spyglass-kernel-check"] {
         let data = std::fs::read(bins.join(bin)).with_context(|| format!("reading {bin}"))?;
@@ -119,6 +124,9 @@ pub enum Accel {
 
 /// What one boot gave.
 pub struct Boot {
+    /// qemu itself ended with a failure status (not the guest powering
+    /// off, not a timeout).
+    pub qemu_failed: bool,
     /// The report line's JSON, when the guest wrote one.
     pub report: Option<String>,
     /// The last lines of the console.
@@ -137,6 +145,7 @@ pub fn boot(
 ) -> Result<Boot> {
     std::fs::create_dir_all(work)?;
     let console = work.join("console.log");
+    let qemu_log = work.join("qemu.log");
     let report = work.join("report.log");
     let _ = std::fs::remove_file(&report);
     let serial = |p: &PathBuf| format!("file:{}", p.display());
@@ -158,7 +167,7 @@ pub fn boot(
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(std::fs::File::create(&qemu_log)?);
     let started = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let mut timed_out = false;
@@ -174,11 +183,7 @@ pub fn boot(
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = std::fs::read_to_string(&qemu_log).unwrap_or_default();
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     let mut console_tail = tail(&console_text, 40);
     if status.is_some_and(|s| !s.success()) || !stderr.trim().is_empty() {
@@ -192,6 +197,7 @@ pub fn boot(
         })
     });
     Ok(Boot {
+        qemu_failed: status.is_some_and(|s| !s.success()),
         report,
         console_tail,
         timed_out,
@@ -228,6 +234,23 @@ mod tests {
             text.contains("00000005") && text.ends_with("TRAILER!!!\0\0\0\0"),
             "{text}"
         );
+    }
+
+    /// Real qemu (installed by `cargo xtask test`) on a file that is no
+    /// kernel: a failure with qemu's own words, not a pass or a hang.
+    #[test]
+    fn a_kernel_that_does_not_boot_is_reported_with_qemu_s_words() {
+        let work = crate::root().join("target/kernels/test-bogus");
+        std::fs::create_dir_all(&work).unwrap();
+        let kernel = work.join("vmlinuz");
+        std::fs::write(&kernel, b"this is not a kernel image").unwrap();
+        let initrd = work.join("initrd");
+        std::fs::write(&initrd, Cpio::default().finish()).unwrap();
+        let b = boot(&kernel, &initrd, &work, Accel::Tcg, Duration::from_secs(60))
+            .expect("qemu-system-x86_64 runs (cargo xtask test installs it)");
+        assert!(b.report.is_none());
+        assert!(b.qemu_failed && !b.timed_out, "{}", b.console_tail);
+        assert!(b.console_tail.contains("[qemu"), "{}", b.console_tail);
     }
 
     #[test]

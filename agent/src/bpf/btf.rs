@@ -246,6 +246,8 @@ impl Btf {
             task_signal: self.member_offset("task_struct", "signal")?,
             signal_live: self.member_offset("signal_struct", "live")?,
             exit_group_dead: agent_common::EXIT_GROUP_DEAD_ABSENT,
+            signal_flags: self.member_offset("signal_struct", "flags")?,
+            signal_group_exit_code: self.member_offset("signal_struct", "group_exit_code")?,
         })
     }
 }

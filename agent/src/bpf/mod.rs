@@ -27,7 +27,7 @@ pub enum BpfError {
     Btf(#[from] btf::BtfError),
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
-    #[error("program `{program}` refused before loading: {source}. {fallback}")]
+    #[error("program `{program}` refused before loading: {source}. Without it: {fallback}")]
     Layout {
         program: &'static str,
         fallback: &'static str,
@@ -236,7 +236,13 @@ fn spawn_diagnostics(mut flush: impl FnMut() + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("kernel-diag".into())
         .spawn(move || loop {
-            flush();
+            // aya-log panics on a record it cannot parse: say so, not die
+            // silently with the thread.
+            let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut flush));
+            if drained.is_err() {
+                warn!("a kernel diagnostic record could not be read; diagnostics stop");
+                return;
+            }
             std::thread::sleep(std::time::Duration::from_millis(100));
         });
     if let Err(e) = spawned {

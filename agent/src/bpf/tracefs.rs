@@ -13,7 +13,7 @@ use agent_common::EXIT_GROUP_DEAD_ABSENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
-    #[error("cannot read the tracepoint format file {path}: {source}. Is tracefs mounted (`mount -t tracefs tracefs /sys/kernel/tracing`)?")]
+    #[error("cannot read the tracepoint format file {path}: {source}. Either tracefs is not the kernel's (`mount -t tracefs tracefs /sys/kernel/tracing`), or this kernel lacks the tracepoint")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -102,8 +102,10 @@ pub fn read_format(root: &Path, category: &str, name: &str) -> Result<Vec<Field>
     parse_format(&text).map_err(|(line, text)| TracefsError::Malformed { path, line, text })
 }
 
-/// Parse the `field:` lines of a format file. Errors carry the 1-based
-/// line number and its text.
+/// Parse the `field:` lines of a format file. A line that cannot be parsed
+/// is an error (1-based line number and text): the kernel writes these
+/// files in one fixed shape, so an odd line means the file is not what the
+/// probes were written against.
 pub fn parse_format(text: &str) -> Result<Vec<Field>, (usize, String)> {
     let mut fields = Vec::new();
     for (i, line) in text.lines().enumerate() {

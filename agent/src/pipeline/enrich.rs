@@ -62,9 +62,10 @@ pub struct Enricher {
 
 /// Processes whose exit was reported, by (pid, start time), the last
 /// [`RecentExits::CAPACITY`] of them. On kernels whose exit record has no
-/// `group_dead` (6.12 and older), two threads of one process ending at the
-/// same instant on two CPUs can both report the process's end; the second
-/// record arrives next to the first and is dropped here.
+/// `group_dead` (6.12 and older) the probe elects one record per process in
+/// an LRU map; a second record can only follow an eviction from that map,
+/// and is dropped here. Records without a start time (a failed kernel
+/// read) are never taken for a repeat.
 #[derive(Debug, Default)]
 struct RecentExits {
     seen: std::collections::VecDeque<(u32, u64)>,
@@ -77,6 +78,9 @@ impl RecentExits {
 
     /// Whether this is the first exit record of (pid, start time).
     fn first(&mut self, pid: u32, start_time_ns: u64) -> bool {
+        if start_time_ns == 0 {
+            return true;
+        }
         if self.seen.contains(&(pid, start_time_ns)) {
             self.duplicates += 1;
             return false;
@@ -266,6 +270,11 @@ impl Enricher {
                 self.attach_process(&mut ev, pid, Some(&x.header));
                 if let Some(p) = ev.process.as_mut() {
                     p.tid = None;
+                    // The record names the process by its leader's start:
+                    // the process that ended, whatever the table holds.
+                    if x.start_time_ns != 0 {
+                        p.start_time = Some(self.clock.wall(x.start_time_ns));
+                    }
                 }
                 let (code, signal) = split_exit_code(x.exit_code);
                 ev.exit = Some(ExitInfo {
@@ -273,7 +282,7 @@ impl Enricher {
                     signal,
                     raw: x.exit_code,
                 });
-                self.table.exit(pid);
+                self.table.exit(pid, x.start_time_ns);
                 self.listeners.remove_pid(pid);
                 ev
             }
@@ -465,6 +474,24 @@ mod tests {
         assert_eq!(e.duplicate_exits(), 1);
         // a reused pid is another process
         assert!(e.handle(exit(30, 31)).is_some());
+        // without a start time (a failed read) nothing is taken for a repeat
+        assert!(e.handle(exit(30, 0)).is_some());
+        assert!(e.handle(exit(30, 0)).is_some());
+    }
+
+    #[test]
+    fn a_stale_exit_leaves_the_new_process_under_its_pid_be() {
+        let mut e = enricher();
+        e.handle(exec(40, 1, "/bin/new")); // start time 40
+        let ev = e
+            .handle(RawEvent::Exit(super::super::decode::Exit {
+                header: header(40),
+                exit_code: 0,
+                start_time_ns: 39, // an older process with the same pid
+            }))
+            .unwrap();
+        assert_eq!(ev.process.unwrap().start_time, Some(e.clock.wall(39)));
+        assert!(!e.table.is_exited(40));
     }
 
     #[test]

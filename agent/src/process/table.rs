@@ -96,9 +96,15 @@ impl ProcessTable {
         info
     }
 
-    /// An exit: the entry is kept until `exited_retained` later exits.
-    pub fn exit(&mut self, pid: u32) -> Option<ProcInfo> {
+    /// An exit of the process that started at `start_time_ns` (0 when
+    /// unknown): the entry is kept until `exited_retained` later exits. An
+    /// exit of an older process under a reused pid leaves the new one be.
+    pub fn exit(&mut self, pid: u32, start_time_ns: u64) -> Option<ProcInfo> {
         let entry = self.map.get_mut(&pid)?;
+        let (known, ended) = (entry.info.start_time_ns, start_time_ns);
+        if known != 0 && ended != 0 && known != ended {
+            return None;
+        }
         entry.exited = true;
         let info = entry.info.clone();
         self.exited
@@ -109,6 +115,12 @@ impl ProcessTable {
             }
         }
         Some(info)
+    }
+
+    /// Whether `pid`'s entry is marked exited.
+    #[cfg(test)]
+    pub fn is_exited(&self, pid: u32) -> bool {
+        self.map.get(&pid).is_some_and(|e| e.exited)
     }
 
     /// Forget processes that exited `exited_ttl` or more before `now`.
@@ -232,7 +244,7 @@ mod tests {
         });
         t.upsert(proc(5, 1, "/bin/a", 50));
         t.upsert(proc(6, 1, "/bin/b", 60));
-        t.exit(5);
+        t.exit(5, 50);
         let now = std::time::Instant::now();
         t.expire(now);
         assert!(t.get(5).is_some(), "kept for late events");
@@ -248,23 +260,30 @@ mod tests {
             t.upsert(proc(pid, 0, "/bin/true", pid as u64));
         }
         for pid in 1..=5 {
-            assert!(t.exit(pid).is_some());
+            assert!(t.exit(pid, pid as u64).is_some());
         }
         // only the last two exits are retained
         assert_eq!(t.len(), 2);
         assert!(t.get(4).is_some() && t.get(5).is_some());
-        assert!(t.exit(99).is_none());
+        assert!(t.exit(99, 0).is_none());
     }
 
     #[test]
     fn reused_pid_is_not_evicted_by_the_old_exit() {
         let mut t = table(100, 1);
         t.upsert(proc(7, 0, "/old", 1));
-        t.exit(7);
+        t.exit(7, 1);
         t.upsert(proc(7, 0, "/new", 2)); // pid reused
         t.upsert(proc(8, 0, "/x", 3));
-        t.exit(8); // pushes the old (7, 1) out of the retained queue
+        t.exit(8, 3); // pushes the old (7, 1) out of the retained queue
         assert_eq!(t.get(7).map(|p| &*p.exe), Some("/new"));
+        // a late exit of the old process does not end the new one
+        assert!(t.exit(7, 1).is_none());
+        assert!(!t.is_exited(7));
+        assert!(
+            t.exit(7, 0).is_some(),
+            "an exit without a start time is taken"
+        );
     }
 
     #[test]

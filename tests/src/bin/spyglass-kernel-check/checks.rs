@@ -17,7 +17,7 @@ use crate::{helper::EPERM_EXIT, maps, outcome};
 
 /// Software-emulated VMs are slow: generous waits (a pass is usually
 /// immediate; only a failure waits this long).
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(20);
 const BUSYBOX: &str = "/bin/busybox";
 
 struct Ctx<'a> {
@@ -34,9 +34,10 @@ pub fn run_all(agent_bin: &Path) -> Value {
         .to_owned();
     let mut checks = Vec::new();
     let mut probes = Value::Null;
-    let config = scratch_config("main", "[kernel]\ndebug_log = true\n");
-    let started = std::panic::catch_unwind(|| {
-        Agent::start_bin(
+    let mut agent = None;
+    checks.push(outcome("agent start", || {
+        let config = scratch_config("main", "[kernel]\ndebug_log = true\n");
+        let started = Agent::start_bin(
             agent_bin,
             &[
                 "--config",
@@ -45,32 +46,35 @@ pub fn run_all(agent_bin: &Path) -> Value {
                 "--containerd-socket",
                 "/nonexistent",
             ],
-        )
-    });
-    match started {
-        Ok(agent) => {
-            let start = agent.wait_for("agent started", WAIT, is_started);
-            probes = start["agent"]["probes"].clone();
-            checks.push(outcome("probes attached", || all_attached(&probes)));
-            checks.push(outcome("exit probe reads this kernel's record", || {
-                exit_mode(&probes)
-            }));
-            let cgroup = TestCgroup::create();
-            let ctx = Ctx {
-                agent: &agent,
-                cgroup: &cgroup,
-                mark: format!("spyglass-kc-{}", std::process::id()),
-            };
-            for (name, check) in CHECKS {
-                checks.push(outcome(name, || check(&ctx)));
-            }
-            checks.push(outcome("clean stop", || {
-                let events = agent.stop();
-                format!("{} events in all", events.len())
-            }));
+        );
+        probes = started.wait_for("agent started", WAIT, is_started)["agent"]["probes"].clone();
+        agent = Some(started);
+        "started".into()
+    }));
+    let mut cgroup = None;
+    checks.push(outcome("test cgroup", || {
+        let made = TestCgroup::create();
+        let detail = format!("{} (id {})", made.dir.display(), made.id);
+        cgroup = Some(made);
+        detail
+    }));
+    if let (Some(agent), Some(cgroup)) = (agent, cgroup.as_ref()) {
+        checks.push(outcome("probes attached", || all_attached(&probes)));
+        checks.push(outcome("exit probe reads this kernel's record", || {
+            exit_mode(&probes)
+        }));
+        let ctx = Ctx {
+            agent: &agent,
+            cgroup,
+            mark: format!("spyglass-kc-{}", std::process::id()),
+        };
+        for (name, check) in CHECKS {
+            checks.push(outcome(name, || check(&ctx)));
         }
-        Err(_) => checks.push(json!({"check": "agent start", "ok": false,
-            "detail": "the agent did not start: its error is in the console log above"})),
+        checks.push(outcome("clean stop", || {
+            let events = agent.stop();
+            format!("{} events in all", events.len())
+        }));
     }
     checks.push(outcome("ring buffer loss is reported", || {
         ring_buffer_loss(agent_bin)
@@ -95,6 +99,10 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "exit of a process whose main thread ended first",
         exit_last_thread,
+    ),
+    (
+        "one exit for a process whose threads are killed together",
+        exit_threads_killed,
     ),
     ("fork", fork),
     ("tcp listen, connect established, accept", tcp_established),
@@ -216,6 +224,38 @@ fn exit_last_thread(c: &Ctx) -> String {
     let exec = c.agent.wait_for("the exec", WAIT, |e| {
         e["kind"] == "exec" && pid_of(e) == pid
     });
+    // The exit names the process by its leader's start time, which the
+    // exec of the main thread gave.
+    let start = &exec["process"]["start_time"];
+    assert!(start.is_string(), "{exec}");
+    assert_eq!(&ev["process"]["start_time"], start, "{ev}");
+    std::thread::sleep(Duration::from_secs(1));
+    let exits = c
+        .agent
+        .matching(|e| e["kind"] == "exit" && pid_of(e) == pid)
+        .len();
+    assert_eq!(exits, 1, "one process, {exits} exit events");
+    format!("pid {pid} code 7, one exit event")
+}
+
+/// Nine threads on every CPU end at once (SIGKILL): one exit record,
+/// whichever thread gets there last.
+fn exit_threads_killed(c: &Ctx) -> String {
+    let mut child = Command::new(self_exe())
+        .args(["helper", "spin", "8"])
+        .spawn()
+        .expect("spawn helper");
+    let pid = u64::from(child.id());
+    let exec = c.agent.wait_for("the exec", WAIT, |e| {
+        e["kind"] == "exec" && pid_of(e) == pid
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().expect("kill");
+    assert_eq!(child.wait().expect("wait").signal(), Some(9));
+    let ev = c.agent.wait_for("the exit", WAIT, |e| {
+        e["kind"] == "exit" && pid_of(e) == pid
+    });
+    assert_eq!(ev["exit"]["signal"], 9, "{ev}");
     assert_eq!(
         ev["process"]["start_time"], exec["process"]["start_time"],
         "{ev}"
@@ -225,8 +265,8 @@ fn exit_last_thread(c: &Ctx) -> String {
         .agent
         .matching(|e| e["kind"] == "exit" && pid_of(e) == pid)
         .len();
-    assert_eq!(exits, 1, "one process, {exits} exit events");
-    format!("pid {pid} code 7, one exit event")
+    assert_eq!(exits, 1, "nine threads, one process, {exits} exit events");
+    format!("pid {pid} (9 threads) killed, one exit event")
 }
 
 fn fork(c: &Ctx) -> String {

@@ -8,10 +8,11 @@ pub const EPERM_EXIT: i32 = 13;
 pub fn main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         Some("threads") => threads(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(7)),
+        Some("spin") => spin(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(8)),
         Some("fork") => fork(),
         Some("connect") => connect(args.get(1).map(String::as_str).unwrap_or("")),
         _ => {
-            eprintln!("spyglass-kernel-check helper: threads CODE | fork | connect ADDR");
+            eprintln!("spyglass-kernel-check helper: threads CODE | spin N | fork | connect ADDR");
             2
         }
     }
@@ -30,6 +31,19 @@ fn threads(code: i32) -> i32 {
     // owns nothing of this thread's stack.
     unsafe { libc::syscall(libc::SYS_exit, 0) };
     unreachable!("exit(2) returned")
+}
+
+/// `n` threads and the main thread spin until the process is killed: all
+/// of them exit at once, on every CPU.
+fn spin(n: usize) -> i32 {
+    for _ in 0..n {
+        std::thread::spawn(|| loop {
+            std::hint::spin_loop();
+        });
+    }
+    loop {
+        std::hint::spin_loop();
+    }
 }
 
 /// fork(2) without exec: prints the child's pid, reaps it.
