@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use spyglass_e2e::{argv_of, pid_of, Agent};
+use spyglass_e2e::{argv_of, free_port, http_get, pid_of, Agent};
 
 use crate::{helper::EPERM_EXIT, maps, outcome};
 
@@ -22,6 +22,8 @@ const BUSYBOX: &str = "/bin/busybox";
 
 struct Ctx<'a> {
     agent: &'a Agent,
+    /// The agent's /metrics port.
+    metrics: u16,
     cgroup: &'a TestCgroup,
     mark: String,
 }
@@ -35,8 +37,12 @@ pub fn run_all(agent_bin: &Path) -> Value {
     let mut checks = Vec::new();
     let mut probes = Value::Null;
     let mut agent = None;
+    let metrics = free_port();
     checks.push(outcome("agent start", || {
-        let config = scratch_config("main", "[kernel]\ndebug_log = true\n");
+        let config = scratch_config(
+            "main",
+            &format!("[kernel]\ndebug_log = true\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+        );
         let started = Agent::start_bin(
             agent_bin,
             &[
@@ -65,6 +71,7 @@ pub fn run_all(agent_bin: &Path) -> Value {
         }));
         let ctx = Ctx {
             agent: &agent,
+            metrics,
             cgroup,
             mark: format!("spyglass-kc-{}", std::process::id()),
         };
@@ -266,7 +273,11 @@ fn exit_threads_killed(c: &Ctx) -> String {
         .matching(|e| e["kind"] == "exit" && pid_of(e) == pid)
         .len();
     assert_eq!(exits, 1, "nine threads, one process, {exits} exit events");
-    format!("pid {pid} (9 threads) killed, one exit event")
+    // ... and one record: the kernel sent no second one for userspace to drop.
+    let (_, text) = http_get(c.metrics, "/metrics");
+    let dropped = metric(&text, "spyglass_duplicate_exit_records_total");
+    assert_eq!(dropped, Some(0), "second exit records reached the agent");
+    format!("pid {pid} (9 threads) killed, one exit event, no second record")
 }
 
 fn fork(c: &Ctx) -> String {
@@ -586,6 +597,13 @@ fn without_cgroup_hooks(agent_bin: &Path) -> String {
         "{} cgroup hooks refused and reported; exec and TCP still reported",
         CGROUP_HOOKS.len()
     )
+}
+
+/// The value of an unlabelled Prometheus sample.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A config file for one agent run; its path.
