@@ -229,17 +229,21 @@ fn release(r: &Row) -> String {
         .to_owned()
 }
 
+impl Row {
+    /// The report's `list` ("probes" or "checks"); empty without a report.
+    fn items(&self, list: &str) -> &[Value] {
+        self.report
+            .as_ref()
+            .and_then(|v| v[list].as_array())
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Probe programs and check names in first-seen order across rows.
 fn names(rows: &[Row], list: &str, key: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in rows {
-        for item in r
-            .report
-            .as_ref()
-            .and_then(|v| v[list].as_array())
-            .into_iter()
-            .flatten()
-        {
+        for item in r.items(list) {
             if let Some(n) = item[key].as_str() {
                 if !out.iter().any(|o| o == n) {
                     out.push(n.to_owned());
@@ -251,10 +255,7 @@ fn names(rows: &[Row], list: &str, key: &str) -> Vec<String> {
 }
 
 fn find<'a>(r: &'a Row, list: &str, key: &str, name: &str) -> Option<&'a Value> {
-    r.report.as_ref()?[list]
-        .as_array()?
-        .iter()
-        .find(|i| i[key] == name)
+    r.items(list).iter().find(|i| i[key] == name)
 }
 
 fn probe_cell(r: &Row, name: &str) -> String {
@@ -326,13 +327,7 @@ fn render(rows: &[Row]) -> String {
         if let Some(f) = &r.failure {
             let _ = writeln!(t, "  - **failed**: {}", f.replace('\n', "\n    "));
         }
-        for c in r
-            .report
-            .as_ref()
-            .and_then(|v| v["checks"].as_array())
-            .into_iter()
-            .flatten()
-        {
+        for c in r.items("checks") {
             if c["ok"] != true {
                 let _ = writeln!(
                     t,
@@ -342,13 +337,7 @@ fn render(rows: &[Row]) -> String {
                 );
             }
         }
-        for p in r
-            .report
-            .as_ref()
-            .and_then(|v| v["probes"].as_array())
-            .into_iter()
-            .flatten()
-        {
+        for p in r.items("probes") {
             if p["attached"] != true {
                 let _ = writeln!(
                     t,
@@ -382,16 +371,8 @@ fn write_docs_files(rows: &[Row], table: &str) -> Result<()> {
         "| kernel | release | result | differs from the newest kernels |\n|---|---|---|---|\n",
     );
     for r in rows {
-        let checks = r
-            .report
-            .as_ref()
-            .and_then(|v| v["checks"].as_array())
-            .map_or(0, Vec::len);
-        let passed = r
-            .report
-            .as_ref()
-            .and_then(|v| v["checks"].as_array())
-            .map_or(0, |c| c.iter().filter(|c| c["ok"] == true).count());
+        let checks = r.items("checks").len();
+        let passed = r.items("checks").iter().filter(|c| c["ok"] == true).count();
         let differs = if probe_cell(r, "sched_process_exit").contains("signal->live") {
             "exit: last thread found by `signal->live` (no `group_dead` in the record)"
         } else {
