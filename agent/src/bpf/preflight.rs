@@ -119,7 +119,9 @@ pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-fn ensure_tracefs() -> Result<(), PreflightError> {
+/// Mount tracefs at /sys/kernel/tracing unless a tracefs is there (or at
+/// the older debugfs path).
+pub fn ensure_tracefs() -> Result<(), PreflightError> {
     if Path::new("/sys/kernel/tracing/events").exists()
         || Path::new("/sys/kernel/debug/tracing/events").exists()
     {

@@ -307,6 +307,10 @@ format:
 
     #[test]
     fn this_kernel_matches_every_layout_the_probes_read() {
+        // As the agent does before it loads (a fresh machine boots
+        // without tracefs mounted).
+        crate::bpf::preflight::ensure_tracefs()
+            .expect("this test mounts tracefs and needs root, as under `cargo xtask test`");
         let root = root();
         for (cat, name, layout) in [
             ("sched", "sched_process_exec", EXEC_LAYOUT),
