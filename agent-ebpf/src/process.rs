@@ -266,8 +266,20 @@ fn last_thread(
         _pad: 0,
         start_time_ns,
     };
-    Ok(EXITS_SENT.insert(&key, &1, BPF_NOEXIST as u64).is_ok())
+    match EXITS_SENT.insert(&key, &1, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(true),
+        // another thread of the process claimed it and sends the record
+        Err(EEXIST) => Ok(false),
+        // the map refused (memory): send anyway, userspace drops a repeat
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            Ok(true)
+        }
+    }
 }
+
+/// `-EEXIST` from a map insert with `BPF_NOEXIST`.
+const EEXIST: i32 = -17;
 
 /// The status wait(2) reports for the process: `signal->group_exit_code`
 /// once `SIGNAL_GROUP_EXIT` is set, else the leader's `exit_code`.

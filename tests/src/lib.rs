@@ -330,7 +330,18 @@ impl Agent {
     pub fn stop(mut self) -> Vec<Value> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().expect("wait for agent");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for agent") {
+                break status;
+            }
+            // Drop kills it.
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert!(status.success(), "agent exited with {status}");
         // The reader thread ends at EOF; wait for the final `stopping` event.
         self.wait_for("agent stopping", Duration::from_secs(10), |e| {

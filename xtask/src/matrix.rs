@@ -3,7 +3,9 @@
 //! one table of kernel x probe x check. Any kernel that fails a check,
 //! does not boot, hangs or cannot be fetched fails the command, with its
 //! reason and console tail.
-use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+use std::{
+    fmt::Write as _, os::unix::process::CommandExt, path::Path, process::Command, time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -87,10 +89,17 @@ pub fn run(labels: &[String], write_docs: bool) -> Result<()> {
     Ok(())
 }
 
+/// About the check's worst case, every wait of every check timing out
+/// (agent start 60 s, 15 event checks of one or two 20 s waits, the loss
+/// and degraded checks' own agents): about 520 s. A passing run takes
+/// seconds. A VM gets this plus its boot.
+const CHECK_BUDGET: Duration = Duration::from_secs(600);
+
 /// How the VMs run: `SPYGLASS_VM_ACCEL=kvm` or `tcg` forces one; by
 /// default KVM is tried first (where `/dev/kvm` exists) and software
-/// emulation takes over for good when a KVM guest does not report (on
-/// these machines qemu aborts at once with "failed to set MSR 0x10a").
+/// emulation takes over for good only when qemu itself fails within
+/// seconds (on these machines it aborts at once with "failed to set MSR
+/// 0x10a"), see [`kvm_unusable`].
 fn accel_choice() -> Option<Accel> {
     match std::env::var("SPYGLASS_VM_ACCEL").as_deref() {
         Ok("kvm") => Some(Accel::Kvm),
@@ -114,7 +123,10 @@ fn host_row(bins: &Path) -> Row {
     let report_file = kernels::dir().join("host-report.log");
     let _ = std::fs::remove_file(&report_file);
     let started = std::time::Instant::now();
+    // Its own process group: a timeout ends the check with its agents and
+    // helpers.
     let child = Command::new(bins.join("spyglass-kernel-check"))
+        .process_group(0)
         .arg("run")
         .arg("--agent")
         .arg(bins.join("spyglass-agent"))
@@ -128,13 +140,14 @@ fn host_row(bins: &Path) -> Row {
             return row;
         }
     };
-    let timeout = Duration::from_secs(600);
+    let timeout = CHECK_BUDGET;
     let timed_out = loop {
         if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
             break false;
         }
         if started.elapsed() > timeout {
-            let _ = child.kill();
+            // SAFETY: signalling the process group this function created.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             break true;
         }
@@ -172,10 +185,9 @@ fn kernel_row(k: &Kernel, initrd: &Path, accel: Accel) -> (Row, Option<vm::Boot>
         }
     };
     row.about = format!("{} ({}, {accel:?})", k.stands_for, fetched.package);
-    // Above the check's worst case: every wait of every check timing out.
     let timeout = match accel {
-        Accel::Kvm => Duration::from_secs(300),
-        Accel::Tcg => Duration::from_secs(600),
+        Accel::Kvm => CHECK_BUDGET + Duration::from_secs(30),
+        Accel::Tcg => CHECK_BUDGET + Duration::from_secs(120),
     };
     eprintln!(
         "xtask: booting {} ({accel:?}, up to {}s)",

@@ -183,6 +183,25 @@ impl Enricher {
         ev.process = Some(p);
     }
 
+    /// An exit of an older process under a reused pid: the event keeps
+    /// what the record says (ids, comm, cgroup, its start time), not the
+    /// table's view of the process that lives under the pid now.
+    fn forget_table_view(&self, ev: &mut Event, start_time_ns: u64) {
+        if let Some(p) = ev.process.as_mut() {
+            *p = Process {
+                pid: p.pid,
+                uid: p.uid,
+                gid: p.gid,
+                comm: p.comm.clone(),
+                cgroup_id: p.cgroup_id,
+                start_time: Some(self.clock.wall(start_time_ns)),
+                ..Process::default()
+            };
+        }
+        ev.parent = None;
+        ev.ancestors.clear();
+    }
+
     fn process_of(&self, info: &ProcInfo) -> Process {
         Process {
             pid: info.pid,
@@ -267,14 +286,13 @@ impl Enricher {
                     return None;
                 }
                 let mut ev = self.event(Kind::Exit, x.header.ts_ns);
+                let stale = self.table.stale_exit(pid, x.start_time_ns);
                 self.attach_process(&mut ev, pid, Some(&x.header));
+                if stale {
+                    self.forget_table_view(&mut ev, x.start_time_ns);
+                }
                 if let Some(p) = ev.process.as_mut() {
                     p.tid = None;
-                    // The record names the process by its leader's start:
-                    // the process that ended, whatever the table holds.
-                    if x.start_time_ns != 0 {
-                        p.start_time = Some(self.clock.wall(x.start_time_ns));
-                    }
                 }
                 let (code, signal) = split_exit_code(x.exit_code);
                 ev.exit = Some(ExitInfo {
@@ -282,8 +300,10 @@ impl Enricher {
                     signal,
                     raw: x.exit_code,
                 });
-                self.table.exit(pid, x.start_time_ns);
-                self.listeners.remove_pid(pid);
+                if !stale {
+                    self.table.exit(pid, x.start_time_ns);
+                    self.listeners.remove_pid(pid);
+                }
                 ev
             }
             RawEvent::Net(n) => self.on_net(n),
@@ -313,6 +333,7 @@ impl Enricher {
             argv_truncated: e.argv_truncated,
             cgroup_id: h.cgroup_id,
             start_time_ns: e.start_time_ns,
+            start_from_proc: false,
         });
         let mut ev = self.event(Kind::Exec, h.ts_ns);
         self.attach_process(&mut ev, h.pid, Some(h));
@@ -480,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_exit_leaves_the_new_process_under_its_pid_be() {
+    fn an_old_process_exit_spares_the_new_process_under_its_pid() {
         let mut e = enricher();
         e.handle(exec(40, 1, "/bin/new")); // start time 40
         let ev = e
@@ -490,7 +511,9 @@ mod tests {
                 start_time_ns: 39, // an older process with the same pid
             }))
             .unwrap();
-        assert_eq!(ev.process.unwrap().start_time, Some(e.clock.wall(39)));
+        let p = ev.process.unwrap();
+        assert_eq!(p.start_time, Some(e.clock.wall(39)));
+        assert_eq!(&*p.exe, "", "not the new process's exe");
         assert!(!e.table.is_exited(40));
     }
 

@@ -73,6 +73,7 @@ fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Optio
             .map(|c| cgroup_id(cgroup_root, c))
             .unwrap_or(0),
         start_time_ns: stat.starttime * (1_000_000_000 / ticks.max(1)),
+        start_from_proc: true,
     })
 }
 

@@ -28,6 +28,9 @@ pub struct ProcInfo {
     pub cgroup_id: u64,
     /// ns since boot; 0 if unknown.
     pub start_time_ns: u64,
+    /// `start_time_ns` came from /proc (clock ticks of another clock), not
+    /// from the kernel's records: it cannot be compared with theirs.
+    pub start_from_proc: bool,
 }
 
 /// Table limits (config `[process]`).
@@ -92,6 +95,7 @@ impl ProcessTable {
         info.pid = child;
         info.ppid = parent;
         info.start_time_ns = start_time_ns;
+        info.start_from_proc = false;
         self.upsert(info.clone());
         info
     }
@@ -100,11 +104,10 @@ impl ProcessTable {
     /// unknown): the entry is kept until `exited_retained` later exits. An
     /// exit of an older process under a reused pid leaves the new one be.
     pub fn exit(&mut self, pid: u32, start_time_ns: u64) -> Option<ProcInfo> {
-        let entry = self.map.get_mut(&pid)?;
-        let (known, ended) = (entry.info.start_time_ns, start_time_ns);
-        if known != 0 && ended != 0 && known != ended {
+        if self.stale_exit(pid, start_time_ns) {
             return None;
         }
+        let entry = self.map.get_mut(&pid)?;
         entry.exited = true;
         let info = entry.info.clone();
         self.exited
@@ -115,6 +118,16 @@ impl ProcessTable {
             }
         }
         Some(info)
+    }
+
+    /// Whether an exit of the process that started at `start_time_ns` is
+    /// about an older process than the one the table holds under `pid` (a
+    /// reused pid). Unknown or /proc start times never make it stale.
+    pub fn stale_exit(&self, pid: u32, start_time_ns: u64) -> bool {
+        self.map.get(&pid).is_some_and(|e| {
+            let known = e.info.start_time_ns;
+            !e.info.start_from_proc && known != 0 && start_time_ns != 0 && known != start_time_ns
+        })
     }
 
     /// Whether `pid`'s entry is marked exited.
@@ -284,6 +297,17 @@ mod tests {
             t.exit(7, 0).is_some(),
             "an exit without a start time is taken"
         );
+    }
+
+    #[test]
+    fn a_process_from_proc_ends_whatever_the_kernel_start_time() {
+        let mut t = table(100, 10);
+        let mut p = proc(9, 0, "/snap", 1_230_000_000); // /proc: 10 ms ticks
+        p.start_from_proc = true;
+        t.upsert(p);
+        assert!(!t.stale_exit(9, 1_234_567_891));
+        assert!(t.exit(9, 1_234_567_891).is_some());
+        assert!(t.is_exited(9));
     }
 
     #[test]

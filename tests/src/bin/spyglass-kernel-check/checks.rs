@@ -53,6 +53,7 @@ pub fn run_all(agent_bin: &Path) -> Value {
                 "/nonexistent",
             ],
         );
+        // start_bin returns once the `started` event is in.
         probes = started.wait_for("agent started", WAIT, is_started)["agent"]["probes"].clone();
         agent = Some(started);
         "started".into()
@@ -248,10 +249,13 @@ fn exit_last_thread(c: &Ctx) -> String {
 /// Nine threads on every CPU end at once (SIGKILL): one exit record,
 /// whichever thread gets there last.
 fn exit_threads_killed(c: &Ctx) -> String {
-    let mut child = Command::new(self_exe())
-        .args(["helper", "spin", "8"])
-        .spawn()
-        .expect("spawn helper");
+    let mut child = KillOnDrop(
+        Command::new(self_exe())
+            .args(["helper", "spin", "8"])
+            .spawn()
+            .expect("spawn helper"),
+    );
+    let child = &mut child.0;
     let pid = u64::from(child.id());
     let exec = c.agent.wait_for("the exec", WAIT, |e| {
         e["kind"] == "exec" && pid_of(e) == pid
@@ -597,6 +601,16 @@ fn without_cgroup_hooks(agent_bin: &Path) -> String {
         "{} cgroup hooks refused and reported; exec and TCP still reported",
         CGROUP_HOOKS.len()
     )
+}
+
+/// A helper that must not outlive a failed check (it spins on every CPU).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The value of an unlabelled Prometheus sample.
