@@ -50,6 +50,65 @@ pub mod net_op {
     pub const UDP_SEND: u8 = 6;
 }
 
+/// TCP socket states (include/net/tcp_states.h), as
+/// `inet_sock_set_state` reports them.
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
+}
+
+/// What the `inet_sock_set_state` probe does with a state transition. Of
+/// the ~8 transitions of a connection, four matter, and at most one record
+/// is sent per connection per side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpStep {
+    /// Nothing to report.
+    Ignore,
+    /// Any -> LISTEN (process context): a listen record.
+    Listen,
+    /// CLOSE -> SYN_SENT (process context): remember the connecting task.
+    ConnectStarted,
+    /// SYN_SENT -> ESTABLISHED or CLOSE (softirq): a connect record with
+    /// this [`outcome`].
+    ConnectEnded { outcome: u8 },
+    /// SYN_RECV -> ESTABLISHED (softirq): an accept record.
+    Accepted,
+}
+
+/// The step for a transition from `old` to `new`.
+#[inline(always)]
+pub fn tcp_step(old: i32, new: i32) -> TcpStep {
+    use tcp_state::*;
+    match (old, new) {
+        (_, LISTEN) => TcpStep::Listen,
+        (CLOSE, SYN_SENT) => TcpStep::ConnectStarted,
+        (SYN_SENT, ESTABLISHED) => TcpStep::ConnectEnded {
+            outcome: outcome::ESTABLISHED,
+        },
+        (SYN_SENT, CLOSE) => TcpStep::ConnectEnded {
+            outcome: outcome::FAILED,
+        },
+        (SYN_RECV, ESTABLISHED) => TcpStep::Accepted,
+        _ => TcpStep::Ignore,
+    }
+}
+
+/// A per-CPU rate limit: `window` is (window start ns, events in it).
+/// Whether one more event is allowed at `now_ns`, `per_second` at most in
+/// each one-second window.
+#[inline(always)]
+pub fn rate_allows(window: &mut [u64; 2], now_ns: u64, per_second: u64) -> bool {
+    if now_ns.wrapping_sub(window[0]) >= 1_000_000_000 {
+        window[0] = now_ns;
+        window[1] = 0;
+    }
+    window[1] += 1;
+    window[1] <= per_second
+}
+
 /// Outcome of a [`net_op::TCP_CONNECT`] (value of [`NetEvent::outcome`]).
 pub mod outcome {
     /// Not applicable to this op.
@@ -427,6 +486,49 @@ mod tests {
         );
         assert_eq!(core::mem::offset_of!(ExitKey, start_time_ns), 8);
         assert_eq!(core::mem::offset_of!(EventHeader, cgroup_id), 32);
+    }
+
+    #[test]
+    fn tcp_transitions_that_make_records() {
+        use tcp_state::*;
+        assert_eq!(tcp_step(CLOSE, LISTEN), TcpStep::Listen);
+        assert_eq!(tcp_step(CLOSE, SYN_SENT), TcpStep::ConnectStarted);
+        assert_eq!(
+            tcp_step(SYN_SENT, ESTABLISHED),
+            TcpStep::ConnectEnded {
+                outcome: outcome::ESTABLISHED
+            }
+        );
+        assert_eq!(
+            tcp_step(SYN_SENT, CLOSE),
+            TcpStep::ConnectEnded {
+                outcome: outcome::FAILED
+            }
+        );
+        assert_eq!(tcp_step(SYN_RECV, ESTABLISHED), TcpStep::Accepted);
+        // the rest of a connection's life makes no record
+        for (old, new) in [
+            (ESTABLISHED, 4),
+            (4, 5),
+            (5, CLOSE),
+            (LISTEN, CLOSE),
+            (CLOSE, SYN_RECV),
+        ] {
+            assert_eq!(tcp_step(old, new), TcpStep::Ignore, "{old} -> {new}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_allows_n_per_second_window() {
+        let mut w = [0u64; 2];
+        let t0 = 5_000_000_000;
+        assert!((0..10).all(|i| rate_allows(&mut w, t0 + i, 10)));
+        assert!(
+            !rate_allows(&mut w, t0 + 999_999_999, 10),
+            "the 11th in the window"
+        );
+        assert!(rate_allows(&mut w, t0 + 1_000_000_000, 10), "a new window");
+        assert_eq!(w, [t0 + 1_000_000_000, 1]);
     }
 
     #[test]

@@ -32,12 +32,7 @@ pub fn allowed() -> bool {
     let slot = unsafe { &mut *slot };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if now.wrapping_sub(slot[0]) >= 1_000_000_000 {
-        slot[0] = now;
-        slot[1] = 0;
-    }
-    slot[1] += 1;
-    slot[1] <= PER_SECOND
+    agent_common::rate_allows(slot, now, PER_SECOND)
 }
 
 /// `diag!(ctx, "format", args..)`: an aya-log warning when diagnostics are

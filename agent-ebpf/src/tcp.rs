@@ -1,5 +1,5 @@
 //! TCP listen, connect outcome and accept.
-use agent_common::{counter, kind, net_op, outcome, EventHeader, NetEvent};
+use agent_common::{counter, kind, net_op, outcome, tcp_step, EventHeader, NetEvent, TcpStep};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext};
 
 use crate::{
@@ -10,11 +10,6 @@ use crate::{
 
 const IPPROTO_TCP: u16 = 6;
 const AF_INET: u16 = 2;
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
 
 /// Interface: classic tracepoint `sock/inet_sock_set_state` (kernel 4.16+),
 /// stable format: skaddr@8, oldstate@16, newstate@20, sport@24, dport@26,
@@ -49,20 +44,15 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let old: i32 = field(ctx, 16);
-    let new: i32 = field(ctx, 20);
-    let interesting = new == TCP_LISTEN
-        || (old == TCP_CLOSE && new == TCP_SYN_SENT)
-        || old == TCP_SYN_SENT
-        || (old == TCP_SYN_RECV && new == TCP_ESTABLISHED);
-    if !interesting {
+    let step = tcp_step(field(ctx, 16), field(ctx, 20));
+    if step == TcpStep::Ignore {
         return Ok(());
     }
     let skaddr: u64 = field(ctx, 8);
-
-    let (header, op, result) = match (old, new) {
-        (_, TCP_LISTEN) => (current_header(kind::NET), net_op::TCP_LISTEN, outcome::NONE),
-        (TCP_CLOSE, TCP_SYN_SENT) => {
+    let (header, op, result) = match step {
+        TcpStep::Ignore => return Ok(()),
+        TcpStep::Listen => (current_header(kind::NET), net_op::TCP_LISTEN, outcome::NONE),
+        TcpStep::ConnectStarted => {
             let header = current_header(kind::NET);
             if CONNECTS.insert(&skaddr, &header, 0).is_err() {
                 count(counter::CONNECT_TRACK_FULL);
@@ -73,12 +63,7 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
             }
             return Ok(());
         }
-        (TCP_SYN_SENT, TCP_ESTABLISHED) | (TCP_SYN_SENT, TCP_CLOSE) => {
-            let result = if new == TCP_ESTABLISHED {
-                outcome::ESTABLISHED
-            } else {
-                outcome::FAILED
-            };
+        TcpStep::ConnectEnded { outcome: result } => {
             // SAFETY: the value is copied out before the entry is removed.
             let header = match unsafe { CONNECTS.get(&skaddr) } {
                 Some(h) => *h,
@@ -88,12 +73,11 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
             let _ = CONNECTS.remove(&skaddr);
             (header, net_op::TCP_CONNECT, result)
         }
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => (
+        TcpStep::Accepted => (
             anonymous_header(kind::NET),
             net_op::TCP_ACCEPT,
             outcome::NONE,
         ),
-        _ => return Ok(()),
     };
     send_tcp(ctx, header, op, result, skaddr)
 }
