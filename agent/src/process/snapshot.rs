@@ -161,13 +161,18 @@ mod tests {
 
     #[test]
     fn finds_a_child_process_with_its_argv_and_parent() {
-        if !Path::new("/proc/self/stat").exists() {
-            return;
-        }
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
+        // spawn returns once the child's new mm is in place, which can be
+        // before exec has written its arguments: wait for them.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read(&cmdline).map_or(true, |c| c.is_empty()) {
+            assert!(std::time::Instant::now() < deadline, "{cmdline} stayed empty");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let root =
             crate::bpf::preflight::cgroup2_root().unwrap_or_else(|_| "/sys/fs/cgroup".into());
         let snap = take(&root);
