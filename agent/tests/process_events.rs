@@ -152,16 +152,6 @@ fn startup_snapshot_reports_running_processes() {
 }
 
 /// The cgroup v2 mount of this host (unified or hybrid).
-fn cgroup2_root() -> Option<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-        })
-        .next()
-}
 
 #[test]
 fn process_in_a_container_cgroup_carries_the_container_id() {

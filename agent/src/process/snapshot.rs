@@ -170,7 +170,10 @@ mod tests {
         let cmdline = format!("/proc/{}/cmdline", child.id());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::fs::read(&cmdline).map_or(true, |c| c.is_empty()) {
-            assert!(std::time::Instant::now() < deadline, "{cmdline} stayed empty");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{cmdline} stayed empty"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let root =

@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use spyglass_e2e::{argv_of, free_port, http_get, pid_of, Agent};
+use spyglass_e2e::{argv_of, cgroup2_root, free_port, http_get, pid_of, Agent};
 
 use crate::{helper::EPERM_EXIT, maps, outcome};
 
@@ -237,11 +237,7 @@ fn exit_last_thread(c: &Ctx) -> String {
     let start = &exec["process"]["start_time"];
     assert!(start.is_string(), "{exec}");
     assert_eq!(&ev["process"]["start_time"], start, "{ev}");
-    std::thread::sleep(Duration::from_secs(1));
-    let exits = c
-        .agent
-        .matching(|e| e["kind"] == "exit" && pid_of(e) == pid)
-        .len();
+    let exits = settled_exits(c, pid);
     assert_eq!(exits, 1, "one process, {exits} exit events");
     format!("pid {pid} code 7, one exit event")
 }
@@ -271,17 +267,21 @@ fn exit_threads_killed(c: &Ctx) -> String {
         ev["process"]["start_time"], exec["process"]["start_time"],
         "{ev}"
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let exits = c
-        .agent
-        .matching(|e| e["kind"] == "exit" && pid_of(e) == pid)
-        .len();
+    let exits = settled_exits(c, pid);
     assert_eq!(exits, 1, "nine threads, one process, {exits} exit events");
     // ... and one record: the kernel sent no second one for userspace to drop.
     let (_, text) = http_get(c.metrics, "/metrics");
     let dropped = metric(&text, "spyglass_duplicate_exit_records_total");
     assert_eq!(dropped, Some(0), "second exit records reached the agent");
     format!("pid {pid} (9 threads) killed, one exit event, no second record")
+}
+
+/// Exit events of `pid` once a second record, if any, had time to come.
+fn settled_exits(c: &Ctx, pid: u64) -> usize {
+    std::thread::sleep(Duration::from_secs(1));
+    c.agent
+        .matching(|e| e["kind"] == "exit" && pid_of(e) == pid)
+        .len()
 }
 
 fn fork(c: &Ctx) -> String {
@@ -697,14 +697,4 @@ impl Drop for TestCgroup {
             let _ = std::fs::remove_dir(parent);
         }
     }
-}
-
-fn cgroup2_root() -> Option<PathBuf> {
-    std::fs::read_to_string("/proc/mounts")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
 }
