@@ -24,7 +24,7 @@ use crate::{
         containerd::{self, Update},
     },
     detect::{enforce::Enforcer, Detector},
-    event::{AgentInfo, Event, Kind, Tracked},
+    event::{AgentInfo, AgentState, Event, Kind, Tracked},
     metrics::Metrics,
     pipeline::{
         enrich::Enricher,
@@ -168,11 +168,26 @@ impl Attribute {
 fn tracked(enricher: &Enricher, attr: &Attribute) -> Tracked {
     let s = attr.attributor.stats();
     Tracked {
-        processes: enricher.processes_tracked(),
-        containers: s.containers,
-        pending_events: s.pending_events,
-        cgroups: enricher.cgroups_tracked(),
+        processes: enricher.processes_tracked() as u64,
+        containers: s.containers as u64,
+        pending_events: s.pending_events as u64,
+        cgroups: enricher.cgroups_tracked() as u64,
     }
+}
+
+/// An `agent` lifecycle event.
+fn lifecycle(state: AgentState, node: &str, kernel: &str, tracked: Option<Tracked>) -> Event {
+    let mut ev = Event::new(Kind::Agent, crate::clock::Clock::now(), node.to_owned());
+    ev.agent = Some(AgentInfo {
+        state,
+        version: env!("CARGO_PKG_VERSION").into(),
+        kernel: kernel.to_owned(),
+        probes: Vec::new(),
+        snapshot_processes: None,
+        snapshot_sockets: None,
+        tracked,
+    });
+    ev
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
@@ -363,16 +378,12 @@ pub async fn run(cfg: Config) -> Result<()> {
             out.send(chunk.to_vec()).await?;
         }
     }
-    let mut started = Event::new(Kind::Agent, crate::clock::Clock::now(), node.clone());
-    started.agent = Some(AgentInfo {
-        state: "started",
-        version: env!("CARGO_PKG_VERSION"),
-        kernel: kernel.clone(),
-        probes: probes.status.clone(),
-        snapshot_processes: snap_procs,
-        snapshot_sockets: snap_socks,
-        tracked: None,
-    });
+    let mut started = lifecycle(AgentState::Started, &node, &kernel, None);
+    if let Some(a) = started.agent.as_mut() {
+        a.probes = probes.status.clone();
+        a.snapshot_processes = snap_procs.map(|n| n as u64);
+        a.snapshot_sockets = snap_socks.map(|n| n as u64);
+    }
     out.send(vec![started]).await?;
     let heartbeat_ms = cfg.output.heartbeat_interval_ms;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
@@ -439,13 +450,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = expiry.tick() => {
                 enricher.expire(Instant::now());
                 let t = tracked(&enricher, &attr);
-                metrics.processes.store(t.processes as u64, Ordering::Relaxed);
+                metrics.processes.store(t.processes, Ordering::Relaxed);
                 metrics
                     .duplicate_exits
                     .store(enricher.duplicate_exits(), Ordering::Relaxed);
-                metrics.containers.store(t.containers as u64, Ordering::Relaxed);
-                metrics.pending_events.store(t.pending_events as u64, Ordering::Relaxed);
-                metrics.cgroups.store(t.cgroups as u64, Ordering::Relaxed);
+                metrics.containers.store(t.containers, Ordering::Relaxed);
+                metrics.pending_events.store(t.pending_events, Ordering::Relaxed);
+                metrics.cgroups.store(t.cgroups, Ordering::Relaxed);
                 metrics.containerd_up.store(attr.attributor.containerd_up(), Ordering::Relaxed);
                 metrics.turned();
                 let events = attr.expire();
@@ -454,16 +465,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 }
             }
             _ = heartbeat.tick(), if heartbeat_ms > 0 => {
-                let mut ev = Event::new(Kind::Agent, crate::clock::Clock::now(), node.clone());
-                ev.agent = Some(AgentInfo {
-                    state: "running",
-                    version: env!("CARGO_PKG_VERSION"),
-                    kernel: kernel.clone(),
-                    probes: Vec::new(),
-                    snapshot_processes: None,
-                    snapshot_sockets: None,
-                    tracked: Some(tracked(&enricher, &attr)),
-                });
+                let ev = lifecycle(AgentState::Running, &node, &kernel, Some(tracked(&enricher, &attr)));
                 out.send(vec![ev]).await?;
             }
             _ = tick.tick() => {
@@ -530,16 +532,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             out.send_out(last).await?;
         }
     }
-    let mut stopping = Event::new(Kind::Agent, crate::clock::Clock::now(), node);
-    stopping.agent = Some(AgentInfo {
-        state: "stopping",
-        version: env!("CARGO_PKG_VERSION"),
-        kernel,
-        probes: Vec::new(),
-        snapshot_processes: None,
-        snapshot_sockets: None,
-        tracked: Some(final_tracked),
-    });
+    let stopping = lifecycle(AgentState::Stopping, &node, &kernel, Some(final_tracked));
     out.send(vec![stopping]).await?;
     let Sinks { stdout, grpc, .. } = out;
     drop(stdout);

@@ -56,7 +56,7 @@ pub struct Metrics {
     pub lookups: AtomicU64,
     pub lookup_us: AtomicU64,
     /// Findings emitted, by rule (copied from the detector every second).
-    findings: std::sync::Mutex<Vec<(&'static str, u64)>>,
+    findings: std::sync::Mutex<Vec<(crate::event::Name, u64)>>,
     pub policy_reloads: AtomicU64,
     pub enforced_cgroups: AtomicU64,
     pub enforcement_write_failures: AtomicU64,
@@ -73,8 +73,9 @@ impl Metrics {
         }
     }
 
-    pub fn set_findings(&self, by_rule: &std::collections::HashMap<&'static str, u64>) {
-        let mut v: Vec<(&'static str, u64)> = by_rule.iter().map(|(k, v)| (*k, *v)).collect();
+    pub fn set_findings(&self, by_rule: &std::collections::HashMap<crate::event::Name, u64>) {
+        let mut v: Vec<(crate::event::Name, u64)> =
+            by_rule.iter().map(|(k, v)| (k.clone(), *v)).collect();
         v.sort();
         *self.findings.lock().expect("findings lock") = v;
     }

@@ -1,6 +1,6 @@
 //! spyglass-collector: receives Spyglass agent streams over gRPC and writes
 //! them as JSON lines or OCSF to a rotated file (or stdout), and to syslog.
-mod convert;
+mod delivery;
 mod ledger;
 mod metrics;
 mod ocsf;

@@ -11,29 +11,14 @@ use std::{
     time::Duration,
 };
 
-use spyglass_proto::{
-    endpoints,
-    v1::{event::Detail, Batch, EventKind},
-};
+use spyglass_proto::{endpoints, model::Kind};
 
-use crate::service::Agents;
-
-/// Event kinds counted, in wire-enum order.
-const KINDS: [EventKind; 9] = [
-    EventKind::Exec,
-    EventKind::Exit,
-    EventKind::Fork,
-    EventKind::Listen,
-    EventKind::Connect,
-    EventKind::Accept,
-    EventKind::Loss,
-    EventKind::Agent,
-    EventKind::Finding,
-];
+use crate::{delivery::Received, service::Agents};
 
 #[derive(Default)]
 pub struct Metrics {
-    events: [AtomicU64; KINDS.len()],
+    /// Events written, by kind (index in `Kind::ALL`).
+    events: [AtomicU64; Kind::ALL.len()],
     /// Findings written, by (rule id, severity).
     findings: Mutex<BTreeMap<(String, String), u64>>,
     pub batches: AtomicU64,
@@ -51,12 +36,6 @@ pub struct Metrics {
     pub heartbeat: endpoints::Heartbeat,
 }
 
-fn kind_name(k: EventKind) -> String {
-    k.as_str_name()
-        .trim_start_matches("EVENT_KIND_")
-        .to_ascii_lowercase()
-}
-
 impl Metrics {
     /// Metrics that also report syslog's dropped counter.
     pub fn new(syslog_dropped: Option<Arc<AtomicU64>>) -> Self {
@@ -67,28 +46,21 @@ impl Metrics {
     }
 
     /// Count a batch that was written.
-    pub fn written(&self, batch: &Batch, reported_lost: u64) {
+    pub fn written(&self, batch: &Received, reported_lost: u64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.agent_reported_lost
             .fetch_add(reported_lost, Ordering::Relaxed);
         self.output_failing.store(false, Ordering::Relaxed);
         for ev in &batch.events {
-            if let Some(i) = KINDS.iter().position(|k| *k as i32 == ev.kind) {
+            if let Some(i) = Kind::ALL.iter().position(|k| *k == ev.kind) {
                 self.events[i].fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(Detail::Finding(f)) = &ev.detail {
-                let sev = spyglass_proto::v1::Severity::try_from(f.severity)
-                    .map(|s| {
-                        s.as_str_name()
-                            .trim_start_matches("SEVERITY_")
-                            .to_ascii_lowercase()
-                    })
-                    .unwrap_or_else(|_| "unknown".into());
+            if let Some(f) = &ev.finding {
                 *self
                     .findings
                     .lock()
                     .expect("findings lock")
-                    .entry((f.rule_id.clone(), sev))
+                    .entry((f.rule_id.to_string(), f.severity.as_str().to_owned()))
                     .or_default() += 1;
             }
         }
@@ -108,11 +80,11 @@ impl Metrics {
             "Events written, by kind.",
             "counter",
         );
-        for (i, k) in KINDS.iter().enumerate() {
+        for (i, k) in Kind::ALL.iter().enumerate() {
             let _ = writeln!(
                 s,
                 "spyglass_collector_events_total{{kind=\"{}\"}} {}",
-                kind_name(*k),
+                k.as_str(),
                 get(&self.events[i])
             );
         }
@@ -222,7 +194,7 @@ pub fn answer(m: &Metrics, agents: &Agents, path: &str) -> endpoints::Answer {
 
 #[cfg(test)]
 mod tests {
-    use spyglass_proto::v1::{Event, Finding, Severity};
+    use spyglass_proto::v1::{event::Detail, Batch, Event, EventKind, Finding, Severity};
 
     use super::*;
 
@@ -243,10 +215,13 @@ mod tests {
             kind: EventKind::Exec as i32,
             ..Event::default()
         };
-        let batch = Batch {
+        let batch = Received::from_batch(Batch {
+            node_id: "n1".into(),
+            sequence: 1,
             events: vec![exec.clone(), exec, finding],
             ..Batch::default()
-        };
+        })
+        .unwrap();
         m.written(&batch, 2);
         let text = m.render(&agents);
         assert!(

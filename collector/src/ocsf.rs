@@ -1,4 +1,4 @@
-//! Wire events -> OCSF 1.8.0 JSON, which SIEMs ingest:
+//! Events (the shared model) -> OCSF 1.8.0 JSON, which SIEMs ingest:
 //! - exec, fork, exit -> Process Activity (class 1007);
 //! - listen, connect, accept -> Network Activity (class 4001);
 //! - findings -> Detection Finding (class 2004);
@@ -9,14 +9,21 @@
 //! fields without an OCSF attribute go under `unmapped`, including the
 //! `delivery` object used for deduplication.
 use serde_json::{json, Map, Value};
-use spyglass_proto::v1::{event::Detail, ContainerContext, Event, EventKind, Process, Severity};
+use spyglass_proto::model::{
+    ConnectOutcome, Container, Event, Family, Kind, NetOp, Process, Severity, Timestamp,
+};
 
-use crate::convert;
+use crate::delivery::Delivery;
 
 pub const OCSF_VERSION: &str = "1.8.0";
 
-fn ms(unix_nano: i64) -> i64 {
-    unix_nano / 1_000_000
+fn ms(t: Timestamp) -> i64 {
+    t.0 / 1_000_000
+}
+
+/// Any model value as JSON (the shared shape of docs/events.md).
+fn shape(v: &impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// OCSF `file` of an executable path (type 1: regular file).
@@ -41,17 +48,17 @@ fn process(p: &Process) -> Value {
         m.insert("file".into(), f);
     }
     m.insert("user".into(), json!({"uid": p.uid.to_string()}));
-    if p.tid != 0 {
-        m.insert("tid".into(), json!(p.tid));
+    if let Some(tid) = p.tid {
+        m.insert("tid".into(), json!(tid));
     }
-    if p.start_time_unix_nano != 0 {
-        m.insert("created_time".into(), json!(ms(p.start_time_unix_nano)));
+    if let Some(t) = p.start_time {
+        m.insert("created_time".into(), json!(ms(t)));
     }
     Value::Object(m)
 }
 
-fn severity_id(s: i32) -> u8 {
-    match Severity::try_from(s).unwrap_or(Severity::Unspecified) {
+fn severity_id(s: Severity) -> u8 {
+    match s {
         Severity::Info => 1,
         Severity::Low => 2,
         Severity::Medium => 3,
@@ -64,26 +71,26 @@ fn severity_id(s: i32) -> u8 {
 /// The OCSF `container` object (container profile) of a container
 /// context: what OCSF has a field for. Everything else (posture, index
 /// digest, namespace, attribution) stays in `unmapped.container`.
-fn container(c: &ContainerContext) -> Value {
+fn container(c: &Container) -> Value {
     let mut m = Map::new();
     m.insert("uid".into(), json!(c.id));
-    if !c.name.is_empty() {
-        m.insert("name".into(), json!(c.name));
+    let meta = c.meta.as_deref();
+    if let Some(name) = meta.map(|m| &m.name).filter(|n| !n.is_empty()) {
+        m.insert("name".into(), json!(name));
     }
-    if !c.oci_runtime.is_empty() {
-        m.insert("runtime".into(), json!(c.oci_runtime));
-    } else if !c.runtime.is_empty() {
-        m.insert("runtime".into(), json!(c.runtime));
-    }
-    if !c.image_ref.is_empty() {
-        let uid = if c.image_config_digest.is_empty() {
-            &c.image_digest
+    match meta.map(|m| &m.oci_runtime).filter(|r| !r.is_empty()) {
+        Some(r) => m.insert("runtime".into(), json!(r)),
+        None => m.insert("runtime".into(), json!(c.runtime)),
+    };
+    if let Some(img) = meta.map(|m| &m.image).filter(|i| !i.reference.is_empty()) {
+        let uid = if img.config_digest.is_empty() {
+            &img.digest
         } else {
-            &c.image_config_digest
+            &img.config_digest
         };
-        let mut image = json!({"name": c.image_ref, "uid": uid});
-        if let Some((_, tag)) = c
-            .image_ref
+        let mut image = json!({"name": img.reference, "uid": uid});
+        if let Some((_, tag)) = img
+            .reference
             .rsplit_once(':')
             .filter(|(_, t)| !t.contains('/'))
         {
@@ -91,71 +98,69 @@ fn container(c: &ContainerContext) -> Value {
         }
         m.insert("image".into(), image);
     }
-    if let Some(hex) = c.image_digest.strip_prefix("sha256:") {
+    if let Some(hex) = meta.and_then(|m| m.image.digest.strip_prefix("sha256:")) {
         // the manifest digest identifies what runs
         m.insert(
             "hash".into(),
             json!({"algorithm_id": 3, "algorithm": "SHA-256", "value": hex}),
         );
     }
-    if !c.pod_uid.is_empty() {
+    if let Some(uid) = c.pod.as_ref().map(|p| &p.uid).filter(|u| !u.is_empty()) {
         m.insert("orchestrator".into(), json!("Kubernetes"));
-        let uuid = c.pod_uid.len() == 36 && c.pod_uid.matches('-').count() == 4;
+        let uuid = uid.len() == 36 && uid.matches('-').count() == 4;
         if uuid {
-            m.insert("pod_uuid".into(), json!(c.pod_uid));
+            m.insert("pod_uuid".into(), json!(uid));
         }
     }
-    if !c.labels.is_empty() {
-        let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        labels.sort();
+    if let Some(labels) = meta.map(|m| &m.labels).filter(|l| !l.is_empty()) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         m.insert("labels".into(), json!(labels));
     }
     Value::Object(m)
 }
 
-/// One wire event as an OCSF object; the delivery goes to
-/// `unmapped.delivery`.
-pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
+/// One event as an OCSF object; the delivery goes to `unmapped.delivery`.
+pub fn event_ocsf(ev: &Event, d: &Delivery) -> Value {
     let node_id = d.node_id.as_str();
-    let kind = EventKind::try_from(ev.kind).unwrap_or(EventKind::Unspecified);
-    let (class_uid, category_uid, activity_id): (u32, u32, u32) = match (kind, &ev.detail) {
-        (EventKind::Exec, _) => (1007, 1, 1),   // Launch
-        (EventKind::Exit, _) => (1007, 1, 2),   // Terminate
-        (EventKind::Fork, _) => (1007, 1, 99),  // Other
-        (EventKind::Listen, _) => (4001, 4, 7), // Listen
-        (EventKind::Accept, _) => (4001, 4, 1), // Open
-        (EventKind::Connect, Some(Detail::Network(n))) if n.outcome == "failed" => (4001, 4, 4), // Fail
-        (EventKind::Connect, Some(Detail::Network(n))) if n.outcome == "denied" => (4001, 4, 5), // Refuse
-        (EventKind::Connect, _) => (4001, 4, 1), // Open
+    let outcome = ev.network.as_ref().and_then(|n| n.outcome);
+    let (class_uid, category_uid, activity_id): (u32, u32, u32) = match ev.kind {
+        Kind::Exec => (1007, 1, 1),   // Launch
+        Kind::Exit => (1007, 1, 2),   // Terminate
+        Kind::Fork => (1007, 1, 99),  // Other
+        Kind::Listen => (4001, 4, 7), // Listen
+        Kind::Accept => (4001, 4, 1), // Open
+        Kind::Connect if outcome == Some(ConnectOutcome::Failed) => (4001, 4, 4), // Fail
+        Kind::Connect if outcome == Some(ConnectOutcome::Denied) => (4001, 4, 5), // Refuse
+        Kind::Connect => (4001, 4, 1), // Open
         // A folded repeat is an update of the finding first reported.
-        (EventKind::Finding, Some(Detail::Finding(f))) if f.count > 1 => (2004, 2, 2),
-        (EventKind::Finding, _) => (2004, 2, 1), // Create
-        _ => (1008, 1, 99),                      // Event Log Activity: Other
+        Kind::Finding if ev.finding.as_ref().is_some_and(|f| f.count > 1) => (2004, 2, 2),
+        Kind::Finding => (2004, 2, 1), // Create
+        _ => (1008, 1, 99),            // Event Log Activity: Other
     };
     let mut m = Map::new();
     m.insert("class_uid".into(), json!(class_uid));
     m.insert("category_uid".into(), json!(category_uid));
     m.insert("activity_id".into(), json!(activity_id));
     m.insert("type_uid".into(), json!(class_uid * 100 + activity_id));
-    m.insert("time".into(), json!(ms(ev.time_unix_nano)));
+    m.insert("time".into(), json!(ms(ev.time)));
     m.insert(
         "metadata".into(),
         json!({
             "version": OCSF_VERSION,
             "profiles": if ev.container.is_some() { json!(["host", "container"]) } else { json!(["host"]) },
             "product": {"name": "Spyglass", "vendor_name": "Spyglass", "version": env!("CARGO_PKG_VERSION")},
-            "log_name": convert::kind_name(ev.kind),
+            "log_name": ev.kind.as_str(),
         }),
     );
     m.insert("device".into(), json!({"type_id": 0, "hostname": ev.node}));
     let mut severity = 1; // Informational
     let mut unmapped = Map::new();
-    if !ev.enforced.is_empty() {
+    if let Some(e) = ev.enforced {
         // The policy killed this process at exec.
-        unmapped.insert("enforced".into(), json!(ev.enforced));
+        unmapped.insert("enforced".into(), json!(e));
     }
-    unmapped.insert("delivery".into(), convert::delivery(d));
-    unmapped.insert("kind".into(), json!(convert::kind_name(ev.kind)));
+    unmapped.insert("delivery".into(), shape(d));
+    unmapped.insert("kind".into(), json!(ev.kind));
     if ev.snapshot {
         unmapped.insert("snapshot".into(), json!(true));
     }
@@ -163,7 +168,7 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
         unmapped.insert("cgroup_id".into(), json!(p.cgroup_id));
     }
     if let Some(c) = &ev.container {
-        unmapped.insert("container".into(), convert::container_json(c));
+        unmapped.insert("container".into(), shape(c));
     }
 
     let parent = ev.parent.as_ref().map(|a| {
@@ -191,31 +196,28 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
             m.insert("process".into(), proc_);
             let actor = parent.clone().unwrap_or(json!({"pid": 0}));
             m.insert("actor".into(), json!({"process": actor}));
-            match &ev.detail {
-                Some(Detail::Exit(x)) => {
-                    if x.exited {
-                        m.insert("exit_code".into(), json!(x.code));
-                    } else {
-                        unmapped.insert("signal".into(), json!(x.signal));
-                    }
+            if let Some(x) = &ev.exit {
+                if let Some(code) = x.code {
+                    m.insert("exit_code".into(), json!(code));
                 }
-                Some(Detail::Fork(f)) => {
-                    unmapped.insert("child_pid".into(), json!(f.child_pid));
+                if let Some(signal) = x.signal {
+                    unmapped.insert("signal".into(), json!(signal));
                 }
-                _ => {}
+            }
+            if let Some(f) = &ev.fork {
+                unmapped.insert("child_pid".into(), json!(f.child_pid));
             }
         }
         4001 => {
             if let Some(p) = &ev.process {
                 m.insert("actor".into(), json!({"process": process(p)}));
             }
-            if let Some(Detail::Network(n)) = &ev.detail {
-                let ep = |e: &Option<spyglass_proto::v1::Endpoint>| {
-                    e.as_ref().map(|e| json!({"ip": e.addr, "port": e.port}))
-                };
-                let (local, remote) = (ep(&n.local), ep(&n.remote));
+            if let Some(n) = &ev.network {
+                let ep =
+                    |e: &spyglass_proto::model::Endpoint| json!({"ip": e.addr, "port": e.port});
+                let (local, remote) = (Some(ep(&n.local)), n.remote.as_ref().map(ep));
                 // direction: 1 inbound (listen/accept), 2 outbound (connect/send)
-                let inbound = matches!(n.op.as_str(), "listen" | "bind" | "accept");
+                let inbound = matches!(n.op, NetOp::Listen | NetOp::Bind | NetOp::Accept);
                 if inbound {
                     if let Some(r) = remote {
                         m.insert("src_endpoint".into(), r);
@@ -235,73 +237,77 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
                     "connection_info".into(),
                     json!({
                         "protocol_name": n.protocol,
-                        "protocol_ver_id": if n.family == "ipv6" { 6 } else { 4 },
+                        "protocol_ver_id": if n.family == Family::Ipv6 { 6 } else { 4 },
                         "direction_id": if inbound { 1 } else { 2 },
                     }),
                 );
                 unmapped.insert("op".into(), json!(n.op));
-                if !n.outcome.is_empty() {
-                    unmapped.insert("outcome".into(), json!(n.outcome));
+                if let Some(o) = n.outcome {
+                    unmapped.insert("outcome".into(), json!(o));
                 }
-                if n.op == "listen" || n.op == "bind" {
-                    unmapped.insert("wildcard".into(), json!(n.wildcard));
+                if let Some(w) = n.wildcard {
+                    unmapped.insert("wildcard".into(), json!(w));
                 }
             }
         }
         2004 => {
-            if let Some(Detail::Finding(f)) = &ev.detail {
+            if let Some(f) = &ev.finding {
                 severity = severity_id(f.severity);
                 let mut info = json!({
-                    "uid": format!("{}:{}:{}", node_id, f.rule_id, f.first_seen_unix_nano),
+                    "uid": format!("{}:{}:{}", node_id, f.rule_id, f.first_seen.0),
                     "title": f.summary,
                     "analytic": {"uid": f.rule_id, "name": f.rule_id, "type_id": 1},
-                    "first_seen_time": ms(f.first_seen_unix_nano),
-                    "last_seen_time": ms(f.last_seen_unix_nano),
+                    "first_seen_time": ms(f.first_seen),
+                    "last_seen_time": ms(f.last_seen),
                 });
-                if !f.mitre_technique.is_empty() {
+                if let Some(mitre) = &f.mitre {
                     info["attacks"] =
-                        json!([{"technique": {"uid": f.mitre_technique, "name": f.mitre_name}}]);
+                        json!([{"technique": {"uid": mitre.technique, "name": mitre.name}}]);
                 }
                 m.insert("finding_info".into(), info);
                 unmapped.insert("count".into(), json!(f.count));
                 unmapped.insert("action".into(), json!(f.action));
-                if !f.outcome.is_empty() {
-                    unmapped.insert("outcome".into(), json!(f.outcome));
+                if let Some(o) = f.outcome {
+                    unmapped.insert("outcome".into(), json!(o));
                 }
                 if !f.subject.is_empty() {
                     unmapped.insert("subject".into(), json!(f.subject));
                 }
-                unmapped.insert(
-                    "evidence".into(),
-                    Value::Array(f.evidence.iter().map(convert::event_json).collect()),
-                );
+                unmapped.insert("evidence".into(), shape(&f.evidence));
             }
             if let Some(p) = &ev.process {
                 m.insert("actor".into(), json!({"process": process(p)}));
             }
         }
         _ => {
-            // loss / agent: the whole Spyglass event, unmapped
-            let full = convert::event_json(ev);
-            for key in ["loss", "agent"] {
-                if let Some(v) = full.get(key) {
-                    unmapped.insert(key.into(), v.clone());
-                }
+            // loss / agent: the Spyglass objects, unmapped
+            if let Some(l) = &ev.loss {
+                unmapped.insert("loss".into(), shape(l));
+            }
+            if let Some(a) = &ev.agent {
+                unmapped.insert("agent".into(), shape(a));
             }
             m.insert("log_name".into(), json!("spyglass"));
             m.insert("log_provider".into(), json!("spyglass-agent"));
             let message =
-                match &ev.detail {
-                    Some(Detail::Loss(l)) => format!(
+                match (&ev.loss, &ev.agent) {
+                    (Some(l), _) => format!(
                     "{} events lost at stage {} (exec {}, exit {}, fork {}, network {}, spool {})",
-                    l.exec + l.exit + l.fork + l.network + l.decode_errors + l.spool_dropped,
-                    l.stage, l.exec, l.exit, l.fork, l.network, l.spool_dropped
+                    [l.exec, l.exit, l.fork, l.network, l.decode_errors, l.spool_dropped]
+                        .iter()
+                        .fold(0u64, |a, b| a.saturating_add(*b)),
+                    l.stage,
+                    l.exec,
+                    l.exit,
+                    l.fork,
+                    l.network,
+                    l.spool_dropped
                 ),
-                    Some(Detail::Agent(a)) => format!("agent {} (version {})", a.state, a.version),
-                    _ => convert::kind_name(ev.kind).to_owned(),
+                    (None, Some(a)) => format!("agent {} (version {})", a.state, a.version),
+                    (None, None) => ev.kind.as_str().to_owned(),
                 };
             m.insert("message".into(), json!(message));
-            if kind == EventKind::Loss {
+            if ev.kind == Kind::Loss {
                 severity = 3; // Medium: telemetry is missing
             }
         }
@@ -325,29 +331,28 @@ pub fn event_ocsf(ev: &Event, d: &convert::Delivery) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spyglass_proto::v1::{Ancestor, Endpoint, Network};
+    use spyglass_proto::model::{Ancestor, Endpoint, Network, Protocol};
 
     #[test]
     fn exec_is_process_launch_with_parent_as_actor() {
-        let ev = Event {
-            kind: EventKind::Exec as i32,
-            time_unix_nano: 1_700_000_000_123_456_789,
-            node: "n1".into(),
-            process: Some(Process {
-                pid: 7,
-                comm: "curl".into(),
-                exe: "/usr/bin/curl".into(),
-                argv: vec!["curl".into(), "-s".into()],
-                ..Process::default()
-            }),
-            parent: Some(Ancestor {
-                pid: 1,
-                exe: "/bin/sh".into(),
-                comm: "sh".into(),
-            }),
-            ..Event::default()
-        };
-        let d = convert::Delivery {
+        let mut ev = Event::new(
+            Kind::Exec,
+            Timestamp(1_700_000_000_123_456_789),
+            "n1".into(),
+        );
+        ev.process = Some(Process {
+            pid: 7,
+            comm: "curl".into(),
+            exe: "/usr/bin/curl".into(),
+            argv: vec!["curl".to_string(), "-s".to_string()].into(),
+            ..Process::default()
+        });
+        ev.parent = Some(Ancestor {
+            pid: 1,
+            exe: "/bin/sh".into(),
+            comm: "sh".into(),
+        });
+        let d = Delivery {
             node_id: "n1".into(),
             sequence: 3,
             count: 1,
@@ -367,28 +372,24 @@ mod tests {
 
     #[test]
     fn failed_connect_is_network_fail() {
-        let ev = Event {
-            kind: EventKind::Connect as i32,
-            detail: Some(Detail::Network(Network {
-                protocol: "tcp".into(),
-                family: "ipv4".into(),
-                op: "connect".into(),
-                local: Some(Endpoint {
-                    addr: "127.0.0.1".into(),
-                    port: 5,
-                }),
-                remote: Some(Endpoint {
-                    addr: "127.0.0.1".into(),
-                    port: 6,
-                }),
-                outcome: "failed".into(),
-                wildcard: false,
-            })),
-            ..Event::default()
+        let mut ev = Event::new(Kind::Connect, Timestamp(0), String::new());
+        let ep = |port| Endpoint {
+            addr: "127.0.0.1".parse().unwrap(),
+            port,
         };
-        let o = event_ocsf(&ev, &convert::Delivery::default());
+        ev.network = Some(Network {
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            op: NetOp::Connect,
+            local: ep(5),
+            remote: Some(ep(6)),
+            outcome: Some(ConnectOutcome::Failed),
+            wildcard: None,
+        });
+        let o = event_ocsf(&ev, &Delivery::default());
         assert_eq!(o["type_uid"], 400104);
         assert_eq!(o["dst_endpoint"]["port"], 6);
+        assert_eq!(o["dst_endpoint"]["ip"], "127.0.0.1");
         assert_eq!(o["connection_info"]["direction_id"], 2);
     }
 }

@@ -7,11 +7,10 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use spyglass_proto::v1::Batch;
+use spyglass_proto::model::{render, Event};
 
 use crate::{
-    convert::{self, Delivery},
+    delivery::{Delivery, Received},
     ocsf,
     syslog::SyslogHandle,
 };
@@ -41,15 +40,17 @@ pub enum OutputError {
     },
 }
 
-/// One event as an output line.
-pub fn render(format: Format, ev: &spyglass_proto::v1::Event, d: &Delivery) -> Value {
+/// One event as an output line: the agent's JSON (the shared renderer)
+/// plus `delivery`, or OCSF.
+pub fn render_line(format: Format, ev: &Event, d: &Delivery) -> String {
     match format {
         Format::Json => {
-            let mut v = convert::event_json(ev);
-            v["delivery"] = convert::delivery(d);
-            v
+            let mut out = Vec::with_capacity(1024);
+            render::write_with(ev, "delivery", d, &mut out);
+            // serde_json writes UTF-8 only.
+            String::from_utf8(out).unwrap_or_default()
         }
-        Format::Ocsf => ocsf::event_ocsf(ev, d),
+        Format::Ocsf => ocsf::event_ocsf(ev, d).to_string(),
     }
 }
 
@@ -171,28 +172,18 @@ pub struct Outputs {
 
 impl Outputs {
     /// A batch as output lines.
-    pub fn render_batch(&self, batch: &Batch) -> Vec<String> {
-        let count = batch.events.len();
+    pub fn render_batch(&self, batch: &Received) -> Vec<String> {
         batch
             .events
             .iter()
             .enumerate()
-            .map(|(index, e)| {
-                let d = Delivery {
-                    node_id: batch.node_id.clone(),
-                    stream_id: batch.stream_id.clone(),
-                    sequence: batch.sequence,
-                    index,
-                    count,
-                };
-                render(self.format, e, &d).to_string()
-            })
+            .map(|(index, e)| render_line(self.format, e, &batch.delivery(index)))
             .collect()
     }
 
     /// Write rendered lines to the file, then hand them to syslog (which
     /// never blocks the file). Returns true if the file rotated.
-    pub fn write(&mut self, batch: &Batch, lines: &[String]) -> Result<bool, OutputError> {
+    pub fn write(&mut self, batch: &Received, lines: &[String]) -> Result<bool, OutputError> {
         let rotated = self.file.write_lines(lines)?;
         if let Some(s) = &self.syslog {
             s.send(&batch.events, lines);

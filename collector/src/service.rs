@@ -13,13 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use spyglass_proto::v1::{collector_server::Collector, event::Detail, Ack, Batch, EventKind};
+use spyglass_proto::v1::{collector_server::Collector, Ack, Batch};
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::{
+    delivery::Received,
     ledger::{Ledger, Verdict},
     output::Outputs,
 };
@@ -64,49 +65,17 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Events lost that an agent reported in this batch.
-fn reported_drops(batch: &Batch) -> u64 {
-    batch
-        .events
-        .iter()
-        .filter(|e| e.kind == EventKind::Loss as i32)
-        .filter_map(|e| match &e.detail {
-            Some(Detail::Loss(l)) => Some(
-                [
-                    l.exec,
-                    l.exit,
-                    l.fork,
-                    l.network,
-                    l.decode_errors,
-                    l.spool_dropped,
-                ]
-                .iter()
-                .fold(0u64, |a, b| a.saturating_add(*b)),
-            ),
-            _ => None,
-        })
-        .fold(0u64, |a, b| a.saturating_add(b))
-}
-
-/// Reject batches no agent should send.
-pub fn validate(batch: &Batch) -> Result<(), Status> {
-    if batch.node_id.is_empty() {
-        return Err(Status::invalid_argument("batch has no node_id"));
-    }
-    if batch.sequence == 0 {
-        return Err(Status::invalid_argument("batch sequence must start at 1"));
-    }
-    Ok(())
-}
-
 impl CollectorService {
-    async fn handle(&self, batch: &Batch, peer: &str) -> Result<Ack, Status> {
-        validate(batch).inspect_err(|_| {
+    async fn handle(&self, batch: Batch, peer: &str) -> Result<Ack, Status> {
+        let batch = Received::from_batch(batch).map_err(|e| {
+            warn!(%peer, error = %e, "batch refused");
             self.shared
                 .metrics
                 .bad_streams
                 .fetch_add(1, Ordering::Relaxed);
+            Status::invalid_argument(e.to_string())
         })?;
+        let batch = &batch;
         let key = crate::ledger::space(&batch.node_id, &batch.stream_id);
         let verdict = {
             let mut guard = self.shared.outputs.lock().await;
@@ -136,7 +105,7 @@ impl CollectorService {
             }
         };
         let drops = if verdict == Verdict::Write {
-            let drops = reported_drops(batch);
+            let drops = batch.reported_drops();
             self.shared.metrics.written(batch, drops);
             drops
         } else {
@@ -220,7 +189,7 @@ impl Collector for CollectorService {
                     window_start = Instant::now();
                     window_events = 0;
                 }
-                let result = svc.handle(&batch, &peer).await;
+                let result = svc.handle(batch, &peer).await;
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
                     break;

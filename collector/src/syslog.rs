@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use spyglass_proto::v1::{event::Detail, Event, EventKind, Severity};
+use spyglass_proto::model::{Event, Kind, Severity};
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -29,8 +29,6 @@ use tokio_rustls::{
 };
 use tracing::warn;
 
-use crate::convert;
-
 #[derive(Debug, thiserror::Error)]
 pub enum SyslogError {
     #[error("syslog target `{0}` must look like tcp://HOST:PORT or tls://HOST:PORT")]
@@ -44,37 +42,29 @@ const FACILITY: u8 = 13;
 
 /// RFC 5424 severity for an event.
 pub fn severity(ev: &Event) -> u8 {
-    match (
-        EventKind::try_from(ev.kind).unwrap_or(EventKind::Unspecified),
-        &ev.detail,
-    ) {
-        (EventKind::Finding, Some(Detail::Finding(f))) => {
-            match Severity::try_from(f.severity).unwrap_or(Severity::Unspecified) {
-                Severity::Critical => 2,
-                Severity::High => 3,
-                Severity::Medium => 4,
-                Severity::Low => 5,
-                _ => 6,
-            }
-        }
-        (EventKind::Loss, _) => 4, // warning
-        _ => 6,                    // informational
+    match (ev.kind, &ev.finding) {
+        (Kind::Finding, Some(f)) => match f.severity {
+            Severity::Critical => 2,
+            Severity::High => 3,
+            Severity::Medium => 4,
+            Severity::Low => 5,
+            Severity::Info | Severity::Unspecified => 6,
+        },
+        (Kind::Loss, _) => 4, // warning
+        _ => 6,               // informational
     }
 }
 
 /// One framed message: `LEN SP <PRI>1 TIMESTAMP HOST spyglass - KIND - MSG`.
 pub fn frame(ev: &Event, line: &str) -> Vec<u8> {
     let pri = FACILITY * 8 + severity(ev);
-    let ts = spyglass_proto::time::Timestamp(ev.time_unix_nano).to_string();
+    let ts = ev.time.to_string();
     let host = if ev.node.is_empty() {
         "-"
     } else {
         ev.node.as_str()
     };
-    let msg = format!(
-        "<{pri}>1 {ts} {host} spyglass - {} - {line}",
-        convert::kind_name(ev.kind)
-    );
+    let msg = format!("<{pri}>1 {ts} {host} spyglass - {} - {line}", ev.kind);
     let mut out = format!("{} ", msg.len()).into_bytes();
     out.extend_from_slice(msg.as_bytes());
     out
@@ -248,12 +238,11 @@ mod tests {
 
     #[test]
     fn frames_rfc5424_with_octet_count() {
-        let ev = Event {
-            kind: EventKind::Exec as i32,
-            time_unix_nano: 1_795_549_718_856_200_274,
-            node: "node1".into(),
-            ..Event::default()
-        };
+        let ev = Event::new(
+            Kind::Exec,
+            spyglass_proto::time::Timestamp(1_795_549_718_856_200_274),
+            "node1".into(),
+        );
         let f = String::from_utf8(frame(&ev, "{\"a\":1}")).unwrap();
         let (len, msg) = f.split_once(' ').unwrap();
         assert_eq!(len.parse::<usize>().unwrap(), msg.len());

@@ -1,11 +1,14 @@
-//! The Spyglass wire API, generated at build time from `proto/spyglass/v1`.
-//! Only the conversion modules of the agent and the collector use these
-//! types directly.
-#![allow(clippy::all, missing_docs)]
+//! The Spyglass event model ([`model`]: the one definition of an event and
+//! its JSON rendering) and the wire API generated at build time from
+//! `proto/spyglass/v1` ([`v1`]). Only [`model::wire`] converts between them.
 
+/// Generated spyglass.v1 messages and the Collector service.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("spyglass.v1");
 }
+
+pub mod model;
 
 pub mod time;
 

@@ -325,6 +325,7 @@ fn sample_events(node: &str) -> Vec<Event> {
         image_digest: format!("sha256:{}", "ab".repeat(32)),
         image_index_digest: format!("sha256:{}", "cd".repeat(32)),
         image_config_digest: format!("sha256:{}", "ef".repeat(32)),
+        image_exposed_ports: vec!["8080/tcp".into()],
         pod_name: "web-0".into(),
         pod_namespace: "shop".into(),
         pod_uid: "1c2d3e4f-aaaa-bbbb-cccc-0123456789ab".into(),
@@ -791,4 +792,63 @@ fn metrics_and_health_endpoints_follow_what_the_collector_does() {
         1
     );
     drop(collector);
+}
+
+/// One definition of an event: the line the collector writes is the line
+/// the agent printed, plus `delivery`, field for field.
+#[test]
+fn collector_writes_the_agents_json_unchanged() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("same-json");
+    let col = Collector::start(free_port(), &dir.join("out.jsonl"), &[]);
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &[]);
+    let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let child = Command::new("/bin/sh")
+        .args(["-c", "exit 3", "same-json-marker"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _ = child.wait_with_output();
+    let port = l.local_addr().unwrap().port();
+    type Pick = Box<dyn Fn(&serde_json::Value) -> bool>;
+    let picks: Vec<(&str, Pick)> = vec![
+        ("started", Box::new(|e| e["agent"]["state"] == "started")),
+        (
+            "exec",
+            Box::new(move |e| e["kind"] == "exec" && e["process"]["pid"] == pid),
+        ),
+        (
+            "exit",
+            Box::new(move |e| e["kind"] == "exit" && e["process"]["pid"] == pid),
+        ),
+        (
+            "listen",
+            Box::new(move |e| e["kind"] == "listen" && e["network"]["local"]["port"] == port),
+        ),
+    ];
+    for (what, pick) in &picks {
+        let printed = agent.wait_for(what, Duration::from_secs(30), pick);
+        let mut written = eventually(what, Duration::from_secs(30), || {
+            lines(&col.output)
+                .into_iter()
+                .find(|e| pick(e) && e["time"] == printed["time"])
+        });
+        let delivery = written
+            .as_object_mut()
+            .unwrap()
+            .remove("delivery")
+            .expect("collector lines carry delivery");
+        assert_eq!(delivery["node_id"], printed["node"], "{what}");
+        assert_eq!(
+            written, printed,
+            "{what}: collector line differs from the agent's"
+        );
+    }
+    assert_eq!(
+        agent.wait_for("exit", Duration::from_secs(5), &picks[2].1)["exit"]["code"],
+        3
+    );
+    agent.stop();
 }

@@ -79,18 +79,7 @@ pub struct LoadOptions {
     pub debug_log: bool,
 }
 
-/// Attach state of one probe, reported at start.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ProbeStatus {
-    pub program: &'static str,
-    pub attached: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// How the probe works on this kernel where kernels differ (for
-    /// example where exit events learn that a process's last thread ended).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<&'static str>,
-}
+pub use spyglass_proto::model::ProbeStatus;
 
 /// Loaded and attached programs; dropping it detaches everything.
 pub struct Probes {
@@ -164,16 +153,16 @@ impl Probes {
         for spec in PROBES {
             match attach(&mut ebpf, spec, &target) {
                 Ok(()) => status.push(ProbeStatus {
-                    program: spec.program,
+                    program: spec.program.into(),
                     attached: true,
                     error: None,
-                    note: note(spec, &offsets),
+                    note: note(spec, &offsets).map(Into::into),
                 }),
                 Err(e) if !spec.required => {
                     let error = spyglass_proto::logging::error_chain(&e);
                     warn!(program = spec.program, %error, "optional probe not attached");
                     status.push(ProbeStatus {
-                        program: spec.program,
+                        program: spec.program.into(),
                         attached: false,
                         error: Some(error),
                         note: None,

@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{containerd::Update, meta::ContainerMeta};
-use crate::event::Event;
+use crate::event::{Event, Runtime, Unattributed};
 
 /// Bounds of the caches and the pending queue.
 #[derive(Clone, Debug)]
@@ -39,12 +39,13 @@ pub struct Limits {
 
 /// Why an event carries no container metadata.
 pub mod reason {
-    pub const DISABLED: &str = "containerd_disabled";
-    pub const NOT_FOUND: &str = "not_found_in_containerd";
-    pub const TIMEOUT: &str = "lookup_timeout";
-    pub const PENDING_FULL: &str = "pending_queue_full";
-    pub const RUNTIME: &str = "runtime_not_supported";
-    pub const STOPPING: &str = "agent_stopping";
+    use crate::event::Unattributed;
+    pub const DISABLED: Unattributed = Unattributed::ContainerdDisabled;
+    pub const NOT_FOUND: Unattributed = Unattributed::NotFoundInContainerd;
+    pub const TIMEOUT: Unattributed = Unattributed::LookupTimeout;
+    pub const PENDING_FULL: Unattributed = Unattributed::PendingQueueFull;
+    pub const RUNTIME: Unattributed = Unattributed::RuntimeNotSupported;
+    pub const STOPPING: Unattributed = Unattributed::AgentStopping;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +53,7 @@ enum Source {
     /// Not connected yet: wait (the first sync fills the cache).
     Connecting,
     Ready,
-    Unavailable(&'static str),
+    Unavailable(Unattributed),
     Disabled,
 }
 
@@ -144,7 +145,7 @@ impl Attributor {
         }
         let unattributed = match self.source {
             Source::Disabled => Some(reason::DISABLED),
-            _ if matches!(c.runtime, "cri-o" | "podman") => Some(reason::RUNTIME),
+            _ if matches!(c.runtime, Runtime::CriO | Runtime::Podman) => Some(reason::RUNTIME),
             _ if self.missing.contains_key(&c.id) => Some(reason::NOT_FOUND),
             // Unavailable too: the lookup makes the containerd task try to
             // connect at once; the event goes out marked after that attempt
@@ -174,8 +175,7 @@ impl Attributor {
     fn release(
         &mut self,
         id: &str,
-        meta: Option<&Arc<ContainerMeta>>,
-        why: &'static str,
+        meta: Result<&Arc<ContainerMeta>, Unattributed>,
         out: &mut Vec<Event>,
     ) {
         let Some(w) = self.pending.remove(id) else {
@@ -185,15 +185,15 @@ impl Attributor {
         for mut ev in w.events {
             if let Some(c) = ev.container.as_mut() {
                 match meta {
-                    Some(m) => c.fill(m),
-                    None => c.unattributed = Some(why),
+                    Ok(m) => c.fill(m),
+                    Err(why) => c.unattributed = Some(why),
                 }
             }
             out.push(ev);
         }
     }
 
-    fn release_all(&mut self, why: &'static str, out: &mut Vec<Event>) {
+    fn release_all(&mut self, why: Unattributed, out: &mut Vec<Event>) {
         let mut ids: Vec<(Instant, String)> = self
             .pending
             .iter()
@@ -201,7 +201,7 @@ impl Attributor {
             .collect();
         ids.sort();
         for (_, id) in ids {
-            self.release(&id, None, why, out);
+            self.release(&id, Err(why), out);
         }
     }
 
@@ -215,7 +215,7 @@ impl Attributor {
             else {
                 break;
             };
-            self.release(&oldest, None, reason::PENDING_FULL, out);
+            self.release(&oldest, Err(reason::PENDING_FULL), out);
         }
     }
 
@@ -225,7 +225,7 @@ impl Attributor {
             Update::Upsert(meta) => {
                 let id = meta.id.clone();
                 self.missing.remove(&id);
-                self.release(&id, Some(&meta), "", out);
+                self.release(&id, Ok(&meta), out);
                 self.known.insert(
                     id,
                     Known {
@@ -243,7 +243,7 @@ impl Attributor {
             }
             Update::NotFound(id) => {
                 self.missing.insert(id.clone(), now);
-                self.release(&id, None, reason::NOT_FOUND, out);
+                self.release(&id, Err(reason::NOT_FOUND), out);
             }
             Update::Synced => {
                 self.source = Source::Ready;
@@ -289,7 +289,7 @@ impl Attributor {
             _ => reason::TIMEOUT,
         };
         for (_, id) in late {
-            self.release(&id, None, why, out);
+            self.release(&id, Err(why), out);
         }
         let grace = self.limits.delete_grace;
         self.known
@@ -325,7 +325,8 @@ mod tests {
             pid,
             ..Default::default()
         });
-        e.container = container.map(|id| Container::from_cgroup(id.into(), "containerd", None));
+        e.container =
+            container.map(|id| Container::from_cgroup(id.into(), Runtime::Containerd, None));
         e
     }
 
@@ -408,9 +409,9 @@ mod tests {
         assert_eq!(
             view(&out),
             [
-                (2, reason::NOT_FOUND.into()),
-                (3, reason::NOT_FOUND.into()),
-                (1, reason::TIMEOUT.into())
+                (2, reason::NOT_FOUND.as_str().into()),
+                (3, reason::NOT_FOUND.as_str().into()),
+                (1, reason::TIMEOUT.as_str().into())
             ]
         );
         // after the miss ttl it is asked again
@@ -422,12 +423,12 @@ mod tests {
     #[test]
     fn containerd_away_releases_and_marks_then_recovers() {
         let t = Instant::now();
-        let away = "containerd_socket_missing";
+        let away = Unattributed::ContainerdSocketMissing;
         let mut a = Attributor::new(limits(), true);
         let mut out = Vec::new();
         a.admit(ev(Some("c1"), 1), t, &mut out);
         a.apply(Update::Unavailable(away), t, &mut out);
-        assert_eq!(view(&out), [(1, away.into())]);
+        assert_eq!(view(&out), [(1, away.as_str().into())]);
         // while away, an unknown container's events still ask (the ask
         // makes the containerd task retry at once) and wait for the answer
         a.admit(ev(Some("c2"), 2), t, &mut out);
@@ -435,20 +436,27 @@ mod tests {
         assert_eq!(a.take_lookups(), ["c2", "x"]);
         assert_eq!(out.len(), 1);
         a.apply(Update::Unavailable(away), t, &mut out);
-        assert_eq!(view(&out)[1..], [(2, away.into()), (3, away.into())]);
+        assert_eq!(
+            view(&out)[1..],
+            [(2, away.as_str().into()), (3, away.as_str().into())]
+        );
         // containerd is back: a container created meanwhile is attributed
         a.admit(ev(Some("c2"), 4), t, &mut out);
         a.apply(Update::Upsert(meta("c2")), t, &mut out);
         a.apply(Update::Synced, t, &mut out);
         assert_eq!(view(&out)[3..], [(4, "name-c2".into())]);
         // a wait that ends while containerd is away carries its reason
-        a.apply(Update::Unavailable("containerd_unreachable"), t, &mut out);
+        a.apply(
+            Update::Unavailable(Unattributed::ContainerdUnreachable),
+            t,
+            &mut out,
+        );
         a.admit(ev(Some("c3"), 6), t, &mut out);
         a.expire(t + Duration::from_secs(2), &mut out);
         assert_eq!(view(&out)[4..], [(6, "containerd_unreachable".into())]);
         let mut d = Attributor::new(limits(), false);
         d.admit(ev(Some("c1"), 5), t, &mut out);
-        assert_eq!(view(&out)[5..], [(5, reason::DISABLED.into())]);
+        assert_eq!(view(&out)[5..], [(5, reason::DISABLED.as_str().into())]);
     }
 
     #[test]
@@ -468,8 +476,8 @@ mod tests {
         assert_eq!(
             view(&out),
             [
-                (0, reason::PENDING_FULL.into()),
-                (1, reason::PENDING_FULL.into())
+                (0, reason::PENDING_FULL.as_str().into()),
+                (1, reason::PENDING_FULL.as_str().into())
             ]
         );
         assert_eq!(a.stats().pending_events, 3);
@@ -500,8 +508,8 @@ mod tests {
         let mut out = Vec::new();
         a.apply(Update::Synced, t, &mut out);
         let mut e = ev(None, 1);
-        e.container = Some(Container::from_cgroup("x".into(), "cri-o", None));
+        e.container = Some(Container::from_cgroup("x".into(), Runtime::CriO, None));
         a.admit(e, t, &mut out);
-        assert_eq!(view(&out), [(1, reason::RUNTIME.into())]);
+        assert_eq!(view(&out), [(1, reason::RUNTIME.as_str().into())]);
     }
 }

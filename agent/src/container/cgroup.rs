@@ -7,6 +7,7 @@
 //! on a miss; runtimes create a container's cgroup before its first
 //! process starts, so even a container that lived a few milliseconds is
 //! found.
+use spyglass_proto::model::Runtime;
 use std::{
     collections::{HashMap, VecDeque},
     os::unix::fs::MetadataExt,
@@ -18,9 +19,9 @@ use std::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerRef {
     pub id: String,
-    /// `containerd`, `cri-o`, `docker`, `podman`, or `cri` (a Kubernetes
-    /// pod cgroup whose runtime the path does not say).
-    pub runtime: &'static str,
+    /// containerd, CRI-O, Docker, Podman, or `cri` (a Kubernetes pod
+    /// cgroup whose runtime the path does not say).
+    pub runtime: Runtime,
     /// Kubernetes pod uid, when the path is under a pod cgroup.
     pub pod_uid: Option<String>,
 }
@@ -69,23 +70,23 @@ fn parse_path(path: &str, exact: bool) -> Option<ContainerRef> {
     // container stay attributed to it).
     for (i, seg) in segments.iter().enumerate().rev() {
         let (id, runtime) = if let Some(id) = scoped(seg, "cri-containerd-") {
-            (id, "containerd")
+            (id, Runtime::Containerd)
         } else if seg.starts_with("crio-conmon-") || seg.starts_with("libpod-conmon-") {
             continue;
         } else if let Some(id) = scoped(seg, "crio-") {
-            (id, "cri-o")
+            (id, Runtime::CriO)
         } else if let Some(id) = scoped(seg, "docker-") {
-            (id, "docker")
+            (id, Runtime::Docker)
         } else if let Some(id) = scoped(seg, "libpod-") {
-            (id, "podman")
+            (id, Runtime::Podman)
         } else if is_hex_id(seg) {
             let parent = if i > 0 { segments[i - 1] } else { "" };
             let runtime = if parent == "docker" {
-                "docker"
+                Runtime::Docker
             } else if kube {
-                "cri"
+                Runtime::Cri
             } else {
-                "containerd"
+                Runtime::Containerd
             };
             (*seg, runtime)
         } else {
@@ -105,7 +106,7 @@ fn parse_path(path: &str, exact: bool) -> Option<ContainerRef> {
         if !systemd(ns) && !systemd(id) && !ns.starts_with("kubepods") {
             return Some(ContainerRef {
                 id: (*id).to_owned(),
-                runtime: "containerd",
+                runtime: Runtime::Containerd,
                 pod_uid: None,
             });
         }
@@ -293,7 +294,7 @@ mod tests {
             let got = parse(&path);
             let got = got
                 .as_ref()
-                .map(|c| (c.id.as_str(), c.runtime, c.pod_uid.as_deref()));
+                .map(|c| (c.id.as_str(), c.runtime.as_str(), c.pod_uid.as_deref()));
             assert_eq!(got, want, "{path}");
         }
     }
@@ -336,7 +337,7 @@ mod tests {
             let got = from_names(level, &parent, &leaf);
             let got = got
                 .as_ref()
-                .map(|c| (c.id.as_str(), c.runtime, c.pod_uid.as_deref()));
+                .map(|c| (c.id.as_str(), c.runtime.as_str(), c.pod_uid.as_deref()));
             assert_eq!(got, want, "{level} {parent}/{leaf}");
         }
         // learned names resolve without the filesystem, and stay
@@ -368,7 +369,7 @@ mod tests {
         let _ = std::fs::remove_dir(&dir);
         let _ = std::fs::remove_dir(root.join("spyglass-unit-test"));
         let c = got.expect("the new cgroup resolves");
-        assert_eq!((c.id.as_str(), c.runtime), (ID, "containerd"));
+        assert_eq!((c.id.as_str(), c.runtime), (ID, Runtime::Containerd));
         assert_eq!(r.resolve(1), None, "the root cgroup is the host");
         // right after a walk, an unknown id is not remembered (the cgroup
         // may be younger than the walk) ...

@@ -30,6 +30,7 @@ use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::meta::{self, ContainerMeta, Image};
+use crate::event::Unattributed;
 
 /// What the containerd task tells the enrich task.
 #[derive(Debug)]
@@ -43,7 +44,7 @@ pub enum Update {
     /// Connected, and every container listed.
     Synced,
     /// Not connected; events are marked unattributed with this reason.
-    Unavailable(&'static str),
+    Unavailable(Unattributed),
 }
 
 /// A containerd call that takes longer is treated as containerd being
@@ -84,11 +85,13 @@ pub enum ContainerdError {
 
 impl ContainerdError {
     /// The reason events carry while this error lasts.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Unattributed {
         match self {
-            ContainerdError::SocketMissing { .. } => "containerd_socket_missing",
-            ContainerdError::Connect { .. } => "containerd_unreachable",
-            ContainerdError::Call { .. } | ContainerdError::Timeout { .. } => "containerd_error",
+            ContainerdError::SocketMissing { .. } => Unattributed::ContainerdSocketMissing,
+            ContainerdError::Connect { .. } => Unattributed::ContainerdUnreachable,
+            ContainerdError::Call { .. } | ContainerdError::Timeout { .. } => {
+                Unattributed::ContainerdError
+            }
         }
     }
 }
@@ -417,7 +420,7 @@ pub async fn run(
     updates: mpsc::Sender<Update>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
-    let mut warned: Option<&'static str> = None;
+    let mut warned: Option<Unattributed> = None;
     loop {
         let err = match session(&opts, &mut lookups, &updates, &mut warned, &metrics).await {
             Ok(()) => return, // the agent is stopping
@@ -472,7 +475,7 @@ async fn session(
     opts: &Options,
     lookups: &mut mpsc::Receiver<String>,
     updates: &mpsc::Sender<Update>,
-    warned: &mut Option<&'static str>,
+    warned: &mut Option<Unattributed>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), ContainerdError> {
     let ch = within(CALL_TIMEOUT * 2, "connect", connect(&opts.socket)).await?;

@@ -3,93 +3,9 @@
 //! image index and manifest JSON, CRI labels), table-tested here.
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::clock::Timestamp;
-
-/// The image a container runs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Image {
-    /// Reference the container was created from (`docker.io/library/x:1`).
-    #[serde(rename = "ref")]
-    pub reference: String,
-    /// Manifest digest of the platform image that runs.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub digest: String,
-    /// For a multi-platform image: the index (manifest list) digest.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub index_digest: String,
-    /// Image config digest (the "image id").
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub config_digest: String,
-    /// Ports the image declares (`8080/tcp`), from its config.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub exposed_ports: Vec<String>,
-}
-
-/// Kubernetes pod of a container.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Pod {
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-    pub uid: String,
-    /// The pod's labels (on its CRI sandbox), for policy scopes.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// Security posture from the container's OCI runtime spec.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Posture {
-    /// User and group the container's processes start as.
-    pub uid: u32,
-    pub gid: u32,
-    /// The container has its own user namespace (uid 0 inside is not host
-    /// root).
-    pub user_namespace: bool,
-    /// CAP_SYS_ADMIN and no masked /proc paths: what `--privileged` gives
-    /// (runtimes mask /proc paths for every other container).
-    pub privileged: bool,
-    /// Effective capabilities (`CAP_...`).
-    pub capabilities: Vec<String>,
-    pub host_network: bool,
-    pub host_pid: bool,
-    pub host_ipc: bool,
-    pub read_only_rootfs: bool,
-    pub no_new_privileges: bool,
-    /// `unconfined` when no seccomp filter applies, else `filtered`.
-    pub seccomp: &'static str,
-}
-
-/// Everything known about one container.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ContainerMeta {
-    /// In the event's container object already.
-    #[serde(skip)]
-    pub id: String,
-    /// Kubernetes container name, else a `nerdctl/name` label, else the id.
-    pub name: String,
-    /// containerd namespace (`k8s.io`, `default`, `moby`, ...).
-    pub namespace: String,
-    /// OCI runtime (`io.containerd.runc.v2`).
-    pub oci_runtime: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created: Option<Timestamp>,
-    pub image: Image,
-    /// In the event's container object already.
-    #[serde(skip)]
-    pub pod: Option<Pod>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub posture: Option<Posture>,
-    /// The process the container was created to run (OCI spec
-    /// `process.args`); not in events (arguments may hold secrets).
-    #[serde(skip)]
-    pub entrypoint: Vec<String>,
-}
+pub use spyglass_proto::model::{ContainerMeta, Image, Pod, Posture, Seccomp};
 
 /// Labels a kubelet sets on CRI containers.
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
@@ -220,9 +136,9 @@ pub fn posture_from_spec(
         read_only_rootfs: spec.root.readonly,
         no_new_privileges: spec.process.no_new_privileges,
         seccomp: if spec.linux.seccomp.is_some() {
-            "filtered"
+            Seccomp::Filtered
         } else {
-            "unconfined"
+            Seccomp::Unconfined
         },
     })
 }
@@ -411,7 +327,7 @@ mod tests {
         assert!(!p.privileged && !p.user_namespace);
         assert!(!p.host_network && !p.host_pid && !p.host_ipc);
         assert!(p.read_only_rootfs && p.no_new_privileges);
-        assert_eq!(p.seccomp, "filtered");
+        assert_eq!(p.seccomp, Seccomp::Filtered);
         assert_eq!(
             p.capabilities,
             ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
@@ -430,7 +346,7 @@ mod tests {
         let p = posture_from_spec(spec.as_bytes(), never).unwrap();
         assert!(p.privileged && p.user_namespace);
         assert!(p.host_network && p.host_pid && p.host_ipc);
-        assert_eq!(p.seccomp, "unconfined");
+        assert_eq!(p.seccomp, Seccomp::Unconfined);
         // all capabilities but masked paths kept: not privileged
         let masked = spec.replace(
             r#""namespaces""#,

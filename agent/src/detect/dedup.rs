@@ -20,7 +20,7 @@ pub struct Key {
     pub subject: String,
     /// `killed`/`denied`: an enforcement is its own finding, never folded
     /// into an earlier alert of the same subject.
-    pub outcome: Option<&'static str>,
+    pub outcome: Option<crate::event::Outcome>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -198,12 +198,12 @@ mod tests {
     fn finding(rule: &'static str, t: i64) -> Event {
         let mut ev = Event::new(Kind::Finding, Timestamp(t), "n".into());
         ev.finding = Some(Box::new(FindingInfo {
-            rule_id: rule,
+            rule_id: rule.into(),
             severity: crate::policy::Severity::Medium,
             mitre: None,
             summary: "s".into(),
             subject: "x".into(),
-            action: "alert",
+            action: crate::event::Action::Alert,
             outcome: None,
             count: 1,
             first_seen: Timestamp(t),

@@ -9,7 +9,6 @@ pub mod proc;
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -21,7 +20,7 @@ use enforce::Enforcer;
 
 use crate::{
     container::meta::ContainerMeta,
-    event::{Event, FindingInfo, Kind, Mitre},
+    event::{ConnectOutcome, Event, FindingInfo, Kind, Mitre, Outcome},
     policy::{addr, info_of, path_matches, Action, Policy, RuleId, Severity},
 };
 
@@ -49,7 +48,7 @@ struct Hit {
     rule: RuleId,
     subject: String,
     summary: String,
-    outcome: Option<&'static str>,
+    outcome: Option<Outcome>,
     /// Custom rules: severity and action of the entry that matched.
     entry: Option<(Severity, Action)>,
 }
@@ -72,7 +71,7 @@ pub struct Detector {
     enforcer: Option<Enforcer>,
     last_save: Option<Instant>,
     /// Findings emitted, by rule (for metrics).
-    pub emitted: HashMap<&'static str, u64>,
+    pub emitted: HashMap<crate::event::Name, u64>,
 }
 
 fn limits(p: &Policy) -> Limits {
@@ -187,7 +186,7 @@ impl Detector {
         let out = self.dedup.flush(now);
         for f in &out {
             if let Some(info) = &f.finding {
-                *self.emitted.entry(info.rule_id).or_default() += 1;
+                *self.emitted.entry(info.rule_id.clone()).or_default() += 1;
             }
         }
         out
@@ -264,7 +263,7 @@ impl Detector {
                         .filter(|_| rule == RuleId::ProcessExec)
                         .map(|e| (e.severity.unwrap_or(info_of(rule).severity), e.action));
                     hits.push(Hit {
-                        outcome: Some("killed"),
+                        outcome: Some(Outcome::Killed),
                         entry,
                         ..hit(
                             rule,
@@ -387,11 +386,7 @@ impl Detector {
                         ),
                     ));
                 }
-                let local = n
-                    .local
-                    .addr
-                    .parse::<IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
+                let local = n.local.addr.is_loopback();
                 if !local && !meta.image.exposed_ports.contains(&port) {
                     hits.push(hit(
                         RuleId::PortUndeclared,
@@ -420,11 +415,9 @@ impl Detector {
             Kind::Connect => {
                 let Some(n) = &ev.network else { return hits };
                 let Some(remote) = &n.remote else { return hits };
-                let Ok(ip) = remote.addr.parse::<IpAddr>() else {
-                    return hits;
-                };
+                let ip = remote.addr;
                 let dest = format!("{}:{}", remote.addr, remote.port);
-                if n.outcome == Some("denied") {
+                if n.outcome == Some(ConnectOutcome::Denied) {
                     let rule = self
                         .enforcer
                         .as_ref()
@@ -440,7 +433,7 @@ impl Detector {
                         .filter(|_| rule == RuleId::NetworkConnect)
                         .map(|e| (e.severity.unwrap_or(info_of(rule).severity), e.action));
                     hits.push(Hit {
-                        outcome: Some("denied"),
+                        outcome: Some(Outcome::Denied),
                         entry,
                         ..hit(
                             rule,
@@ -473,20 +466,22 @@ impl Detector {
                 if addr::is_internet(ip, &p.settings.egress_allow) {
                     hits.push(hit(
                         RuleId::InternetEgress,
-                        remote.addr.clone(),
+                        remote.addr.to_string(),
                         format!(
                             "container {} connects to internet address {dest}",
                             meta.name
                         ),
                     ));
-                    if self
-                        .baselines
-                        .observe(digest, What::Destination, &remote.addr, unix_now())
-                        == Seen::New
+                    if self.baselines.observe(
+                        digest,
+                        What::Destination,
+                        &remote.addr.to_string(),
+                        unix_now(),
+                    ) == Seen::New
                     {
                         hits.push(hit(
                             RuleId::BaselineDestination,
-                            remote.addr.clone(),
+                            remote.addr.to_string(),
                             format!(
                                 "container {} connects to {dest}: new for image {}",
                                 meta.name, meta.image.reference
@@ -527,9 +522,9 @@ impl Detector {
         // What the kernel did names the action, whatever the policy says
         // now (a reload may have changed it since).
         let acted = match h.outcome {
-            Some("killed") => Some(Action::Kill),
-            Some("denied") => Some(Action::DenyConnect),
-            _ => None,
+            Some(Outcome::Killed) => Some(Action::Kill),
+            Some(Outcome::Denied) => Some(Action::DenyConnect),
+            Some(Outcome::Unknown) | None => None,
         };
         let (severity, action) = match h.entry {
             // Custom rules: the entry that matched (allow lists applied).
@@ -544,12 +539,7 @@ impl Detector {
                 // Allow lists: by the evidence's destination or port.
                 let (ip, port) = match &ev.network {
                     Some(n) if ev.kind == Kind::Listen => (None, Some(n.local.port)),
-                    Some(n) => (
-                        n.remote
-                            .as_ref()
-                            .and_then(|r| r.addr.parse::<IpAddr>().ok()),
-                        None,
-                    ),
+                    Some(n) => (n.remote.as_ref().map(|r| r.addr), None),
                     None => (None, None),
                 };
                 let exe = ev.process.as_ref().map(|p| p.exe.as_ref()).unwrap_or("");
@@ -582,14 +572,15 @@ impl Detector {
         f.parent = ev.parent.clone();
         f.snapshot = ev.snapshot;
         f.finding = Some(Box::new(FindingInfo {
-            rule_id: info.name,
+            rule_id: info.name.into(),
             severity,
-            mitre: info
-                .mitre
-                .map(|(technique, name)| Mitre { technique, name }),
+            mitre: info.mitre.map(|(technique, name)| Mitre {
+                technique: technique.into(),
+                name: name.into(),
+            }),
             summary: h.summary,
             subject: h.subject.clone(),
-            action: action.as_str(),
+            action,
             outcome: h.outcome,
             count: 1,
             first_seen: ev.time,
@@ -605,7 +596,7 @@ impl Detector {
         if !self.dedup.hit(key, &f, now) {
             return None;
         }
-        *self.emitted.entry(info.name).or_default() += 1;
+        *self.emitted.entry(info.name.into()).or_default() += 1;
         Some(f)
     }
 }

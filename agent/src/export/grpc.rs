@@ -22,12 +22,13 @@ use tonic::{
 };
 use tracing::{info, warn};
 
-use super::{convert::to_wire, spool::Spool};
+use super::spool::Spool;
 use crate::{
     clock::Clock,
     config::CollectorConfig,
-    event::{Event, Kind, Loss},
+    event::{Event, Kind, Loss, LossStage},
 };
+use spyglass_proto::model::wire::to_wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
@@ -192,9 +193,8 @@ impl Exporter {
     fn report_loss(&mut self, events: u64) {
         let mut ev = Event::new(Kind::Loss, Clock::now(), self.node.clone());
         ev.loss = Some(Loss {
-            stage: "agent",
             spool_dropped: events,
-            ..Loss::default()
+            ..Loss::new(LossStage::Agent)
         });
         self.push(to_wire(&ev));
     }

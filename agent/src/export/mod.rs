@@ -1,5 +1,4 @@
 //! Event sinks.
-pub mod convert;
 pub mod grpc;
 pub mod spool;
 pub mod stdout;

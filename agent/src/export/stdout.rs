@@ -6,7 +6,9 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::event::{Event, Kind};
+use spyglass_proto::model::render;
+
+use crate::event::{Action, Event, Kind};
 
 /// Output format (`[output] format`, `--format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -25,8 +27,6 @@ pub enum Format {
 pub enum StdoutError {
     #[error("writing events to stdout failed: {0} (is the reading end closed?)")]
     Write(#[from] std::io::Error),
-    #[error("serializing an event failed: {0}")]
-    Json(#[from] serde_json::Error),
 }
 
 /// Shell-like quoting of one argument, for text output.
@@ -70,12 +70,12 @@ fn container_text(c: &crate::event::Container) -> String {
 pub fn text_line(ev: &Event) -> String {
     let time = ev.time.to_string();
     let time = time.get(11..23).unwrap_or(&time);
-    let kind = format!("{:?}", ev.kind).to_lowercase();
+    let kind = ev.kind.as_str();
     let mut line = format!("{time} {kind:<7}");
     if let Some(f) = &ev.finding {
-        let sev = format!("{:?}", f.severity).to_uppercase();
+        let sev = f.severity.as_str().to_uppercase();
         line.push_str(&format!(" {sev} {} {}", f.rule_id, f.summary));
-        if f.action != "alert" || f.outcome.is_some() {
+        if f.action != Action::Alert || f.outcome.is_some() {
             line.push_str(&format!(" action={}", f.action));
         }
         if let Some(o) = f.outcome {
@@ -148,7 +148,7 @@ pub fn text_line(ev: &Event) -> String {
             .probes
             .iter()
             .filter(|p| !p.attached)
-            .map(|p| p.program)
+            .map(|p| p.program.as_ref())
             .collect();
         if !down.is_empty() {
             line.push_str(&format!(" probes-not-attached={down:?}"));
@@ -169,7 +169,7 @@ pub fn run(
     while let Some(batch) = rx.blocking_recv() {
         for ev in &batch {
             match format {
-                Format::Json => serde_json::to_writer(&mut out, ev)?,
+                Format::Json => render::write_io(ev, &mut out)?,
                 Format::Text => out.write_all(text_line(ev).as_bytes())?,
                 Format::None => continue,
             }
@@ -210,8 +210,12 @@ mod tests {
             text_line(&ev),
             r"19:48:38.856 exec    pid=5 uid=1000 echo exe=/bin/echo argv=[/bin/echo 'a b' 'it'\''s'] parent=1:/bin/bash"
         );
-        let mut c = crate::event::Container::from_cgroup("0123456789abcdef".into(), "cri", None);
-        c.fill(&std::sync::Arc::new(crate::event::ContainerMeta {
+        let mut c = crate::event::Container::from_cgroup(
+            "0123456789abcdef".into(),
+            crate::event::Runtime::Cri,
+            None,
+        );
+        c.fill(&std::sync::Arc::new(spyglass_proto::model::ContainerMeta {
             id: "0123456789abcdef".into(),
             name: "app".into(),
             image: crate::container::meta::Image {
@@ -219,7 +223,7 @@ mod tests {
                 digest: format!("sha256:{}", "ab".repeat(32)),
                 ..Default::default()
             },
-            pod: Some(crate::event::Pod {
+            pod: Some(spyglass_proto::model::Pod {
                 name: "web-0".into(),
                 namespace: "shop".into(),
                 uid: "u".into(),
@@ -232,7 +236,7 @@ mod tests {
             .ends_with(" [container app image shop/app:1@sha256:abababababab pod shop/web-0]"));
         c.meta = None;
         c.pod = None;
-        c.unattributed = Some("lookup_timeout");
+        c.unattributed = Some(crate::event::Unattributed::LookupTimeout);
         ev.container = Some(c);
         assert!(text_line(&ev).ends_with(" [container 0123456789ab unattributed: lookup_timeout]"));
         let mut ev = Event::new(
@@ -241,18 +245,18 @@ mod tests {
             "n".into(),
         );
         ev.network = Some(Network {
-            protocol: "tcp",
-            family: "ipv4",
-            op: "connect",
+            protocol: crate::event::Protocol::Tcp,
+            family: crate::event::Family::Ipv4,
+            op: crate::event::NetOp::Connect,
             local: Endpoint {
-                addr: "127.0.0.1".into(),
+                addr: "127.0.0.1".parse().unwrap(),
                 port: 4000,
             },
             remote: Some(Endpoint {
-                addr: "127.0.0.1".into(),
+                addr: "127.0.0.1".parse().unwrap(),
                 port: 80,
             }),
-            outcome: Some("failed"),
+            outcome: Some(crate::event::ConnectOutcome::Failed),
             wildcard: None,
         });
         assert_eq!(

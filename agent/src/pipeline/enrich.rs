@@ -9,7 +9,10 @@ use super::decode::{split_exit_code, Exec, Header, Net, NetOp, Outcome, RawEvent
 use crate::{
     clock::Clock,
     container::cgroup::Resolver,
-    event::{Endpoint, Event, ExitInfo, ForkInfo, Kind, Loss, Network, Process},
+    event::{
+        ConnectOutcome, Endpoint, Enforced, Event, ExitInfo, Family, ForkInfo, Kind, Loss,
+        NetOp as Op, Network, Process, Protocol,
+    },
     process::{
         snapshot::Snapshot,
         table::{Limits, ProcInfo, ProcessTable},
@@ -20,11 +23,11 @@ use crate::{
 /// softirq context, without the accepting process).
 #[derive(Default)]
 struct Listeners {
-    by_port: HashMap<(&'static str, u16), Vec<(IpAddr, u32)>>,
+    by_port: HashMap<(Protocol, u16), Vec<(IpAddr, u32)>>,
 }
 
 impl Listeners {
-    fn add(&mut self, protocol: &'static str, local: SocketAddr, pid: u32) {
+    fn add(&mut self, protocol: Protocol, local: SocketAddr, pid: u32) {
         let v = self.by_port.entry((protocol, local.port())).or_default();
         v.retain(|(ip, _)| *ip != local.ip());
         v.push((local.ip(), pid));
@@ -39,7 +42,7 @@ impl Listeners {
 
     /// Owner of the listener that accepted a connection on `local`: exact
     /// address first, then a wildcard listener, then any on the port.
-    fn owner(&self, protocol: &'static str, local: SocketAddr) -> Option<u32> {
+    fn owner(&self, protocol: Protocol, local: SocketAddr) -> Option<u32> {
         let v = self.by_port.get(&(protocol, local.port()))?;
         v.iter()
             .find(|(ip, _)| *ip == local.ip())
@@ -93,11 +96,11 @@ impl RecentExits {
     }
 }
 
-fn family(a: &SocketAddr) -> &'static str {
+fn family(a: &SocketAddr) -> Family {
     if a.is_ipv4() {
-        "ipv4"
+        Family::Ipv4
     } else {
-        "ipv6"
+        Family::Ipv6
     }
 }
 
@@ -239,10 +242,10 @@ impl Enricher {
             ev.network = Some(Network {
                 protocol: s.protocol,
                 family: family(&s.local),
-                op: if s.protocol == "tcp" {
-                    "listen"
+                op: if s.protocol == Protocol::Tcp {
+                    Op::Listen
                 } else {
-                    "bind"
+                    Op::Bind
                 },
                 local: s.local.into(),
                 remote: None,
@@ -338,22 +341,22 @@ impl Enricher {
         let mut ev = self.event(Kind::Exec, h.ts_ns);
         self.attach_process(&mut ev, h.pid, Some(h));
         if killed {
-            ev.enforced = Some("kill");
+            ev.enforced = Some(Enforced::Kill);
         }
         ev
     }
 
     fn on_net(&mut self, n: Net) -> Event {
         let (kind, protocol, op) = match n.op {
-            NetOp::TcpListen => (Kind::Listen, "tcp", "listen"),
-            NetOp::UdpBind => (Kind::Listen, "udp", "bind"),
-            NetOp::TcpConnect => (Kind::Connect, "tcp", "connect"),
-            NetOp::UdpConnect => (Kind::Connect, "udp", "connect"),
-            NetOp::UdpSend => (Kind::Connect, "udp", "send"),
-            NetOp::TcpAccept => (Kind::Accept, "tcp", "accept"),
+            NetOp::TcpListen => (Kind::Listen, Protocol::Tcp, Op::Listen),
+            NetOp::UdpBind => (Kind::Listen, Protocol::Udp, Op::Bind),
+            NetOp::TcpConnect => (Kind::Connect, Protocol::Tcp, Op::Connect),
+            NetOp::UdpConnect => (Kind::Connect, Protocol::Udp, Op::Connect),
+            NetOp::UdpSend => (Kind::Connect, Protocol::Udp, Op::Send),
+            NetOp::TcpAccept => (Kind::Accept, Protocol::Tcp, Op::Accept),
         };
         let pid = match n.op {
-            NetOp::TcpAccept => self.listeners.owner("tcp", n.local).unwrap_or(0),
+            NetOp::TcpAccept => self.listeners.owner(Protocol::Tcp, n.local).unwrap_or(0),
             _ => n.header.pid,
         };
         if kind == Kind::Listen && pid != 0 {
@@ -371,9 +374,9 @@ impl Enricher {
             local: Endpoint::from(n.local),
             remote: (!listen).then(|| Endpoint::from(n.remote)),
             outcome: match n.outcome {
-                Outcome::Established => Some("established"),
-                Outcome::Failed => Some("failed"),
-                Outcome::Denied => Some("denied"),
+                Outcome::Established => Some(ConnectOutcome::Established),
+                Outcome::Failed => Some(ConnectOutcome::Failed),
+                Outcome::Denied => Some(ConnectOutcome::Denied),
                 Outcome::None => None,
             },
             wildcard: listen.then(|| n.local.ip().is_unspecified()),

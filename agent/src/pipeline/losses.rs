@@ -2,7 +2,7 @@
 //! turned into explicit `loss` events whenever they move.
 use agent_common::counter;
 
-use crate::event::Loss;
+use crate::event::{Loss, LossStage};
 
 /// Totals summed over CPUs, indexed by `agent_common::counter`.
 pub type Totals = [u64; counter::COUNT as usize];
@@ -11,7 +11,7 @@ pub type Totals = [u64; counter::COUNT as usize];
 pub fn delta(prev: &Totals, cur: &Totals, decode_errors: u64) -> Option<Loss> {
     let d = |i: u32| cur[i as usize].saturating_sub(prev[i as usize]);
     let loss = Loss {
-        stage: "kernel",
+        stage: LossStage::Kernel,
         exec: d(counter::EXEC_DROPPED),
         exit: d(counter::EXIT_DROPPED),
         fork: d(counter::FORK_DROPPED),
@@ -21,12 +21,7 @@ pub fn delta(prev: &Totals, cur: &Totals, decode_errors: u64) -> Option<Loss> {
         decode_errors,
         spool_dropped: 0,
     };
-    (loss
-        != Loss {
-            stage: "kernel",
-            ..Loss::default()
-        })
-    .then_some(loss)
+    (loss != Loss::new(LossStage::Kernel)).then_some(loss)
 }
 
 #[cfg(test)]

@@ -3,40 +3,7 @@
 //! it supports. docs/findings.md is written from this table.
 use serde::{Deserialize, Serialize};
 
-/// How bad a finding is (OCSF severity names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-/// What the agent does when a rule matches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    /// Report a finding.
-    #[default]
-    Alert,
-    /// SIGKILL the process from the kernel at exec, before its first
-    /// instruction (exec rules).
-    Kill,
-    /// Refuse the connection in the kernel's cgroup connect hook (EPERM).
-    DenyConnect,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Alert => "alert",
-            Action::Kill => "kill",
-            Action::DenyConnect => "deny-connect",
-        }
-    }
-}
+pub use spyglass_proto::model::{Action, Severity};
 
 /// Rule identifiers, as written in policy files and findings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

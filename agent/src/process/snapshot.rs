@@ -25,7 +25,7 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 pub struct SnapSocket {
     pub pid: u32,
     /// `tcp` (LISTEN) or `udp` (bound, unconnected).
-    pub protocol: &'static str,
+    pub protocol: crate::event::Protocol,
     pub local: SocketAddr,
 }
 
@@ -119,7 +119,7 @@ pub fn take(cgroup_root: &Path) -> Snapshot {
                 if seen.insert(("tcp", e.inode)) {
                     snap.sockets.push(SnapSocket {
                         pid: owner,
-                        protocol: "tcp",
+                        protocol: crate::event::Protocol::Tcp,
                         local: e.local_address,
                     });
                 }
@@ -135,7 +135,7 @@ pub fn take(cgroup_root: &Path) -> Snapshot {
                 if seen.insert(("udp", e.inode)) {
                     snap.sockets.push(SnapSocket {
                         pid: owner,
-                        protocol: "udp",
+                        protocol: crate::event::Protocol::Udp,
                         local: e.local_address,
                     });
                 }

@@ -1,0 +1,169 @@
+//! What a batch from an agent becomes on arrival: its events as the shared
+//! model (converted once, then rendered by every output) and where each
+//! output line came from (the `delivery` object).
+use serde::Serialize;
+use spyglass_proto::{
+    model::{wire, Event, Kind},
+    v1::Batch,
+};
+
+/// Where a line came from: node, sequence space, batch, and the line's
+/// place in its batch (so recovery can tell a complete batch from a torn one).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Delivery {
+    pub node_id: String,
+    pub stream_id: String,
+    pub sequence: u64,
+    pub index: usize,
+    pub count: usize,
+}
+
+/// A batch whose events passed validation.
+#[derive(Debug)]
+pub struct Received {
+    pub node_id: String,
+    pub stream_id: String,
+    pub sequence: u64,
+    pub sent_unix_nano: i64,
+    pub events: Vec<Event>,
+}
+
+/// A batch no agent sends.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("batch has no node_id")]
+    NoNode,
+    #[error("batch sequence must start at 1")]
+    ZeroSequence,
+    #[error("batch {sequence}, event {index}: {source}")]
+    Event {
+        sequence: u64,
+        index: usize,
+        source: wire::WireError,
+    },
+}
+
+impl Received {
+    /// Validate a batch and take its events as the model.
+    pub fn from_batch(batch: Batch) -> Result<Self, BatchError> {
+        if batch.node_id.is_empty() {
+            return Err(BatchError::NoNode);
+        }
+        if batch.sequence == 0 {
+            return Err(BatchError::ZeroSequence);
+        }
+        let sequence = batch.sequence;
+        let events = batch
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(index, e)| {
+                wire::from_wire(e).map_err(|source| BatchError::Event {
+                    sequence,
+                    index,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Received {
+            node_id: batch.node_id,
+            stream_id: batch.stream_id,
+            sequence,
+            sent_unix_nano: batch.sent_unix_nano,
+            events,
+        })
+    }
+
+    /// The delivery of the event at `index`.
+    pub fn delivery(&self, index: usize) -> Delivery {
+        Delivery {
+            node_id: self.node_id.clone(),
+            stream_id: self.stream_id.clone(),
+            sequence: self.sequence,
+            index,
+            count: self.events.len(),
+        }
+    }
+
+    /// Events lost that the agent reported in this batch.
+    pub fn reported_drops(&self) -> u64 {
+        self.events
+            .iter()
+            .filter(|e| e.kind == Kind::Loss)
+            .filter_map(|e| e.loss.as_ref())
+            .map(|l| {
+                [
+                    l.exec,
+                    l.exit,
+                    l.fork,
+                    l.network,
+                    l.decode_errors,
+                    l.spool_dropped,
+                ]
+                .iter()
+                .fold(0u64, |a, b| a.saturating_add(*b))
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spyglass_proto::v1::{self as w, event::Detail};
+
+    fn batch(events: Vec<w::Event>) -> Batch {
+        Batch {
+            node_id: "n1".into(),
+            sequence: 4,
+            events,
+            ..Batch::default()
+        }
+    }
+
+    #[test]
+    fn a_hostile_event_names_its_batch_and_place() {
+        let good = w::Event {
+            kind: w::EventKind::Exec as i32,
+            ..w::Event::default()
+        };
+        let bad = w::Event {
+            kind: w::EventKind::Connect as i32,
+            detail: Some(Detail::Network(w::Network {
+                local: Some(w::Endpoint {
+                    addr: "<script>".into(),
+                    port: 1,
+                }),
+                ..w::Network::default()
+            })),
+            ..w::Event::default()
+        };
+        let e = Received::from_batch(batch(vec![good.clone(), bad])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "batch 4, event 1: network.local: `<script>` is not an IP address (an agent sends textual IPv4 or IPv6)"
+        );
+        let r = Received::from_batch(batch(vec![good])).unwrap();
+        assert_eq!((r.events.len(), r.delivery(0).count), (1, 1));
+        let mut empty = batch(vec![]);
+        empty.node_id.clear();
+        assert_eq!(Received::from_batch(empty).unwrap_err(), BatchError::NoNode);
+    }
+
+    #[test]
+    fn reported_drops_add_up_without_overflow() {
+        let loss = |n: u64| w::Event {
+            kind: w::EventKind::Loss as i32,
+            detail: Some(Detail::Loss(w::Loss {
+                exec: n,
+                spool_dropped: 1,
+                ..w::Loss::default()
+            })),
+            ..w::Event::default()
+        };
+        let r = Received::from_batch(batch(vec![loss(2), loss(3)])).unwrap();
+        assert_eq!(r.reported_drops(), 7);
+        let r = Received::from_batch(batch(vec![loss(u64::MAX), loss(3)])).unwrap();
+        assert_eq!(r.reported_drops(), u64::MAX);
+    }
+}

@@ -1,0 +1,447 @@
+//! The one definition of a Spyglass event. The agent builds these; every
+//! shape is produced from them: the agent's and the collector's JSON lines
+//! (the `Serialize` impls here, rendered by [`render`]), the wire messages
+//! ([`wire`], both directions) and the collector's OCSF and syslog.
+//! Field names are a stable contract, documented in docs/events.md and
+//! docs/findings.md (a test checks both against these types): add fields,
+//! never rename or repurpose.
+use std::{borrow::Cow, collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use serde::Serialize;
+
+pub use crate::time::Timestamp;
+
+mod names;
+pub mod render;
+pub mod wire;
+
+pub use names::{
+    Action, AgentState, ConnectOutcome, Enforced, Family, Kind, LossStage, NetOp, Outcome,
+    Protocol, Runtime, Seccomp, Severity, Unattributed,
+};
+
+/// Shared, immutable text: a process's names and arguments are copied into
+/// many events; sharing them saves an allocation per field per event.
+pub type Text = Arc<str>;
+/// Shared argument vector.
+pub type Args = Arc<[String]>;
+/// A name that is usually a constant of the agent (a rule id, a probe
+/// name) but arrives as text at the collector.
+pub type Name = Cow<'static, str>;
+
+/// A process as the agent knows it when the event is made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    /// Thread that did it (equals pid for single-threaded processes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: Text,
+    /// Executable path as passed to execve; empty if never seen.
+    pub exe: Text,
+    pub argv: Args,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
+    /// cgroup v2 id (inode of the cgroup directory).
+    pub cgroup_id: u64,
+    /// Process start, RFC 3339 UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Timestamp>,
+}
+
+/// An ancestor in the parent chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: Text,
+    pub comm: Text,
+}
+
+/// Exit details: `code` for a normal exit, else `signal`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExitInfo {
+    /// Exit status when the process exited normally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// Signal number when a signal killed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Raw `wait(2)` status word.
+    pub raw: u32,
+}
+
+/// Fork details.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ForkInfo {
+    pub child_pid: u32,
+}
+
+/// One socket endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl From<std::net::SocketAddr> for Endpoint {
+    fn from(a: std::net::SocketAddr) -> Self {
+        Endpoint {
+            addr: a.ip(),
+            port: a.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::net::SocketAddr::new(self.addr, self.port).fmt(f)
+    }
+}
+
+/// Network details for listen, connect and accept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Network {
+    pub protocol: Protocol,
+    pub family: Family,
+    pub op: NetOp,
+    pub local: Endpoint,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<Endpoint>,
+    /// TCP connect: established or failed; denied when a policy refused
+    /// it in the kernel (TCP or UDP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<ConnectOutcome>,
+    /// Listen/bind on a wildcard address (0.0.0.0 or ::): reachable from
+    /// every interface of its network namespace. Listen and bind only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wildcard: Option<bool>,
+}
+
+/// Events the kernel or agent could not deliver, with counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Loss {
+    pub stage: LossStage,
+    /// Records dropped since the previous loss event, by record kind.
+    pub exec: u64,
+    pub exit: u64,
+    pub fork: u64,
+    pub network: u64,
+    /// Records sent with fields the kernel could not read.
+    pub read_errors: u64,
+    /// TCP connects not tracked because the tracking map was full.
+    pub connect_untracked: u64,
+    /// Records that failed to decode.
+    pub decode_errors: u64,
+    /// Events in batches dropped because the spool was full (stage agent).
+    pub spool_dropped: u64,
+}
+
+impl Loss {
+    /// No losses yet, at `stage`.
+    pub fn new(stage: LossStage) -> Self {
+        Loss {
+            stage,
+            exec: 0,
+            exit: 0,
+            fork: 0,
+            network: 0,
+            read_errors: 0,
+            connect_untracked: 0,
+            decode_errors: 0,
+            spool_dropped: 0,
+        }
+    }
+}
+
+/// Attach state of one probe, reported at start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProbeStatus {
+    pub program: Name,
+    pub attached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How the probe works on this kernel where kernels differ (for
+    /// example where exit events learn that a process's last thread ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<Name>,
+}
+
+/// Agent lifecycle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentInfo {
+    pub state: AgentState,
+    pub version: Name,
+    pub kernel: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeStatus>,
+    /// Processes and listening sockets reported by the startup snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_processes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_sockets: Option<u64>,
+    /// What the agent holds in memory (heartbeat and stopping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracked: Option<Tracked>,
+}
+
+/// Entries in the agent's caches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tracked {
+    pub processes: u64,
+    pub containers: u64,
+    /// Events waiting for their container's metadata.
+    pub pending_events: u64,
+    /// cgroup ids resolved to a container or to the host.
+    pub cgroups: u64,
+}
+
+/// The image a container runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Image {
+    /// Reference the container was created from (`docker.io/library/x:1`).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Manifest digest of the platform image that runs.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// For a multi-platform image: the index (manifest list) digest.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub index_digest: String,
+    /// Image config digest (the "image id").
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub config_digest: String,
+    /// Ports the image declares (`8080/tcp`), from its config.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
+}
+
+/// Kubernetes pod of a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub uid: String,
+    /// The pod's labels (on its CRI sandbox), for policy scopes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Security posture from the container's OCI runtime spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Posture {
+    /// User and group the container's processes start as.
+    pub uid: u32,
+    pub gid: u32,
+    /// The container has its own user namespace (uid 0 inside is not host
+    /// root).
+    pub user_namespace: bool,
+    /// CAP_SYS_ADMIN and no masked /proc paths: what `--privileged` gives.
+    pub privileged: bool,
+    /// Effective capabilities (`CAP_...`), sorted.
+    pub capabilities: Vec<String>,
+    pub host_network: bool,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    pub read_only_rootfs: bool,
+    pub no_new_privileges: bool,
+    pub seccomp: Seccomp,
+}
+
+impl Default for Posture {
+    fn default() -> Self {
+        Posture {
+            uid: 0,
+            gid: 0,
+            user_namespace: false,
+            privileged: false,
+            capabilities: Vec::new(),
+            host_network: false,
+            host_pid: false,
+            host_ipc: false,
+            read_only_rootfs: false,
+            no_new_privileges: false,
+            seccomp: Seccomp::Unconfined,
+        }
+    }
+}
+
+/// Everything known about one container. `id`, `pod` and `entrypoint`
+/// are the agent's working state and are not written by this type (the
+/// first two are in [`Container`] already; arguments may hold secrets).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerMeta {
+    #[serde(skip)]
+    pub id: String,
+    /// Kubernetes container name, else a `nerdctl/name` label, else the id.
+    pub name: String,
+    /// containerd namespace (`k8s.io`, `default`, `moby`, ...).
+    pub namespace: String,
+    /// OCI runtime (`io.containerd.runc.v2`).
+    pub oci_runtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<Timestamp>,
+    pub image: Image,
+    #[serde(skip)]
+    pub pod: Option<Pod>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub posture: Option<Posture>,
+    /// The process the container was created to run (OCI spec
+    /// `process.args`).
+    #[serde(skip)]
+    pub entrypoint: Vec<String>,
+}
+
+/// The container of the process: its id and runtime from the cgroup
+/// path, everything else from containerd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// Container id as the runtime names it (64 hex digits for most).
+    pub id: String,
+    pub runtime: Runtime,
+    /// Kubernetes pod: name, namespace and uid from containerd's CRI
+    /// labels, or only the uid from the cgroup path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    /// Why the metadata below is missing; absent when attributed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unattributed: Option<Unattributed>,
+    /// name, namespace, image, labels, posture, ... (flattened).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Arc<ContainerMeta>>,
+}
+
+impl Container {
+    /// What the cgroup path says; metadata comes later.
+    pub fn from_cgroup(id: String, runtime: Runtime, pod_uid: Option<String>) -> Self {
+        Container {
+            id,
+            runtime,
+            pod: pod_uid.map(|uid| Pod {
+                uid,
+                ..Pod::default()
+            }),
+            unattributed: None,
+            meta: None,
+        }
+    }
+
+    /// Attach containerd's metadata.
+    pub fn fill(&mut self, meta: &Arc<ContainerMeta>) {
+        self.runtime = Runtime::Containerd;
+        if meta.pod.is_some() {
+            self.pod = meta.pod.clone();
+        }
+        self.unattributed = None;
+        self.meta = Some(meta.clone());
+    }
+}
+
+/// MITRE ATT&CK technique.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mitre {
+    pub technique: Name,
+    pub name: Name,
+}
+
+/// A detection: what rule, how bad, what to do about it, and the events
+/// that show it. The finding event's `process` and `container` are the
+/// evidence's, for querying without opening the evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FindingInfo {
+    pub rule_id: Name,
+    pub severity: Severity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mitre: Option<Mitre>,
+    /// One line a human can act on.
+    pub summary: String,
+    /// What repeats under this finding: an executable, a port, a
+    /// destination; empty for once-per-container rules.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    pub action: Action,
+    /// For enforcing actions: what the kernel did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Occurrences folded into this finding (dedup window, rate limit).
+    pub count: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub evidence: Vec<Event>,
+}
+
+/// One event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub kind: Kind,
+    /// When it happened, RFC 3339 UTC with nanoseconds.
+    pub time: Timestamp,
+    /// Node (host) name.
+    pub node: String,
+    /// Reported by the startup snapshot, not observed live.
+    pub snapshot: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// Present when the process runs in a container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    /// The process runs on the host, in no container.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub host: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Ancestor>,
+    /// Parent chain beyond `parent`, nearest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Ancestor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fork: Option<ForkInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Loss>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+    /// Exec: the policy killed the process at exec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<Enforced>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finding: Option<Box<FindingInfo>>,
+}
+
+impl Event {
+    /// An event with only the common fields set.
+    pub fn new(kind: Kind, time: Timestamp, node: String) -> Self {
+        Event {
+            kind,
+            time,
+            node,
+            snapshot: false,
+            process: None,
+            container: None,
+            host: false,
+            parent: None,
+            ancestors: Vec::new(),
+            exit: None,
+            fork: None,
+            network: None,
+            loss: None,
+            agent: None,
+            enforced: None,
+            finding: None,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod samples;
+
+#[cfg(test)]
+mod docs_check;
