@@ -20,6 +20,8 @@ macro_rules! names {
         impl $name {
             /// Every known value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$var),+];
+            /// Their words, in the same order.
+            pub const WORDS: &'static [&'static str] = &[$($s),+];
 
             /// The word for this value.
             pub fn as_str(self) -> &'static str {
@@ -59,14 +61,8 @@ macro_rules! names {
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let word = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Self::parse(&word).ok_or_else(|| {
-                    let known: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
-                    serde::de::Error::custom(format_args!(
-                        "unknown {} `{word}`: expected one of {}",
-                        stringify!($name).to_lowercase(),
-                        known.join(", ")
-                    ))
-                })
+                Self::parse(&word)
+                    .ok_or_else(|| serde::de::Error::unknown_variant(&word, Self::WORDS))
             }
         }
     };
@@ -243,7 +239,11 @@ mod tests {
         assert_eq!(Protocol::parse_lenient("sctp"), Protocol::Unknown);
         assert!(Severity::Info < Severity::Critical);
         let e = serde_json::from_str::<Severity>("\"urgent\"").unwrap_err();
-        assert!(e.to_string().contains("expected one of info, low"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("unknown variant `urgent`, expected one of `info`, `low`"),
+            "{e}"
+        );
         assert!(serde_json::from_str::<Severity>("\"unspecified\"").is_err());
         assert_eq!(serde_json::to_string(&Runtime::CriO).unwrap(), "\"cri-o\"");
     }

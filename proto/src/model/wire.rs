@@ -14,6 +14,13 @@ pub enum WireError {
     Address { field: &'static str, value: String },
     #[error("{field}: port {value} is out of range 0-65535")]
     Port { field: &'static str, value: u32 },
+    #[error("{field} is missing (an agent always sends it)")]
+    Missing { field: &'static str },
+    #[error("finding.evidence[{index}]: {source}")]
+    Evidence {
+        index: usize,
+        source: Box<WireError>,
+    },
 }
 
 fn kind_to(k: Kind) -> w::EventKind {
@@ -205,6 +212,10 @@ fn container_to(c: &Container) -> w::ContainerContext {
 /// sends it only when it had it).
 fn has_meta(c: &w::ContainerContext) -> bool {
     !(c.name.is_empty()
+        && c.container_name.is_empty()
+        && c.image_index_digest.is_empty()
+        && c.image_config_digest.is_empty()
+        && c.image_exposed_ports.is_empty()
         && c.namespace.is_empty()
         && c.oci_runtime.is_empty()
         && c.image_ref.is_empty()
@@ -222,7 +233,10 @@ fn container_from(c: w::ContainerContext) -> Container {
         uid: c.pod_uid,
         labels: c.pod_labels.into_iter().collect(),
     };
-    let has_pod = !(pod.name.is_empty() && pod.namespace.is_empty() && pod.uid.is_empty());
+    let has_pod = !(pod.name.is_empty()
+        && pod.namespace.is_empty()
+        && pod.uid.is_empty()
+        && pod.labels.is_empty());
     let meta = with_meta.then(|| {
         Arc::new(ContainerMeta {
             id: c.id.clone(),
@@ -267,7 +281,14 @@ fn endpoint_to(e: &Endpoint) -> w::Endpoint {
 fn endpoint_from(e: w::Endpoint, field: &'static str) -> Result<Endpoint, WireError> {
     let addr: IpAddr = e.addr.parse().map_err(|_| WireError::Address {
         field,
-        value: e.addr.chars().take(64).collect(),
+        // quoted as in Rust source: control characters cannot forge log lines
+        value: e
+            .addr
+            .chars()
+            .take(64)
+            .collect::<String>()
+            .escape_debug()
+            .to_string(),
     })?;
     let port = u16::try_from(e.port).map_err(|_| WireError::Port {
         field,
@@ -292,10 +313,11 @@ fn network_from(n: w::Network) -> Result<Network, WireError> {
     let op = NetOp::parse_lenient(&n.op);
     let local = match n.local {
         Some(l) => endpoint_from(l, "network.local")?,
-        None => Endpoint {
-            addr: IpAddr::from([0, 0, 0, 0]),
-            port: 0,
-        },
+        None => {
+            return Err(WireError::Missing {
+                field: "network.local",
+            })
+        }
     };
     Ok(Network {
         protocol: Protocol::parse_lenient(&n.protocol),
@@ -436,7 +458,13 @@ fn finding_from(f: w::Finding) -> Result<FindingInfo, WireError> {
         evidence: f
             .evidence
             .into_iter()
-            .map(from_wire)
+            .enumerate()
+            .map(|(index, e)| {
+                from_wire(e).map_err(|source| WireError::Evidence {
+                    index,
+                    source: Box::new(source),
+                })
+            })
             .collect::<Result<_, _>>()?,
     })
 }
@@ -544,9 +572,30 @@ mod tests {
             n.local.as_mut().unwrap().port = 70_000;
         }
         assert!(matches!(
-            from_wire(ev),
+            from_wire(ev.clone()),
             Err(WireError::Port { value: 70_000, .. })
         ));
+        if let Some(w::event::Detail::Network(n)) = &mut ev.detail {
+            n.local = None;
+        }
+        assert_eq!(
+            from_wire(ev.clone()).unwrap_err().to_string(),
+            "network.local is missing (an agent always sends it)"
+        );
+        if let Some(w::event::Detail::Network(n)) = &mut ev.detail {
+            n.local = Some(w::Endpoint {
+                addr: "1.2.3.4\nforged log line".into(),
+                port: 1,
+            });
+        }
+        let mut finding = to_wire(&samples::finding());
+        if let Some(w::event::Detail::Finding(f)) = &mut finding.detail {
+            f.evidence.push(ev);
+        }
+        assert_eq!(
+            from_wire(finding).unwrap_err().to_string(),
+            "finding.evidence[1]: network.local: `1.2.3.4\\nforged log line` is not an IP address (an agent sends textual IPv4 or IPv6)"
+        );
     }
 
     #[test]
