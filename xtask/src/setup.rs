@@ -63,12 +63,14 @@ pub fn containerd_config() -> std::path::PathBuf {
 /// Start containerd unless it answers (no systemd on these machines: it
 /// runs detached, logging to target/containerd.log).
 fn containerd() -> Result<()> {
+    // Written even when containerd already runs (started from another
+    // checkout): the tests restart it with this file.
+    std::fs::create_dir_all(crate::root().join("target"))?;
+    std::fs::write(containerd_config(), CONTAINERD_CONFIG)?;
     if containerd_up() {
         return Ok(());
     }
     let log = crate::root().join("target/containerd.log");
-    std::fs::create_dir_all(crate::root().join("target"))?;
-    std::fs::write(containerd_config(), CONTAINERD_CONFIG)?;
     eprintln!("xtask setup: starting containerd (log {})", log.display());
     let f = std::fs::OpenOptions::new()
         .create(true)
