@@ -91,18 +91,7 @@ impl Received {
             .iter()
             .filter(|e| e.kind == Kind::Loss)
             .filter_map(|e| e.loss.as_ref())
-            .map(|l| {
-                [
-                    l.exec,
-                    l.exit,
-                    l.fork,
-                    l.network,
-                    l.decode_errors,
-                    l.spool_dropped,
-                ]
-                .iter()
-                .fold(0u64, |a, b| a.saturating_add(*b))
-            })
+            .map(spyglass_proto::model::Loss::total)
             .fold(0u64, u64::saturating_add)
     }
 }

@@ -289,13 +289,10 @@ pub fn event_ocsf(ev: &Event, d: &Delivery) -> Value {
             }
             m.insert("log_name".into(), json!("spyglass"));
             m.insert("log_provider".into(), json!("spyglass-agent"));
-            let message =
-                match (&ev.loss, &ev.agent) {
-                    (Some(l), _) => format!(
+            let message = match (&ev.loss, &ev.agent) {
+                (Some(l), _) => format!(
                     "{} events lost at stage {} (exec {}, exit {}, fork {}, network {}, spool {})",
-                    [l.exec, l.exit, l.fork, l.network, l.decode_errors, l.spool_dropped]
-                        .iter()
-                        .fold(0u64, |a, b| a.saturating_add(*b)),
+                    l.total(),
                     l.stage,
                     l.exec,
                     l.exit,
@@ -303,9 +300,9 @@ pub fn event_ocsf(ev: &Event, d: &Delivery) -> Value {
                     l.network,
                     l.spool_dropped
                 ),
-                    (None, Some(a)) => format!("agent {} (version {})", a.state, a.version),
-                    (None, None) => ev.kind.as_str().to_owned(),
-                };
+                (None, Some(a)) => format!("agent {} (version {})", a.state, a.version),
+                (None, None) => ev.kind.as_str().to_owned(),
+            };
             m.insert("message".into(), json!(message));
             if ev.kind == Kind::Loss {
                 severity = 3; // Medium: telemetry is missing

@@ -154,6 +154,21 @@ impl Loss {
             spool_dropped: 0,
         }
     }
+
+    /// Events lost in all (read errors and untracked connects were still
+    /// delivered, so they are not counted); saturating.
+    pub fn total(&self) -> u64 {
+        [
+            self.exec,
+            self.exit,
+            self.fork,
+            self.network,
+            self.decode_errors,
+            self.spool_dropped,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
+    }
 }
 
 /// Attach state of one probe, reported at start.
