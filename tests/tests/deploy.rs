@@ -1,7 +1,8 @@
 //! deploy/: the Kubernetes manifests validate against the Kubernetes
 //! schemas (kubernetes-validate, strict, offline), the kustomization lists
 //! them all, the agent keeps least privilege, and the agent parses the
-//! configuration the ConfigMap ships.
+//! configuration the ConfigMap ships; the overlays docs/deploy.md shows
+//! build with kustomize against the base and patch what they say.
 use std::{path::Path, process::Command};
 
 use spyglass_e2e::*;
@@ -88,4 +89,187 @@ fn manifests_validate_and_keep_least_privilege() {
     ] {
         assert!(text.contains(why), "no complaint about {why}:\n{text}");
     }
+}
+
+/// Render the overlays documented in `doc` (tests/deploy/overlays.py):
+/// success, its report, and the JSON it prints.
+fn overlays(doc: &Path, scratch: &Path) -> (bool, String, serde_json::Value) {
+    let out = Command::new(python())
+        .arg(root().join("tests/deploy/overlays.py"))
+        .arg(doc)
+        .arg(root().join("deploy/base"))
+        .arg(scratch)
+        .arg(KUBERNETES)
+        .output()
+        .expect("run tests/deploy/overlays.py");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        json,
+    )
+}
+
+fn object<'a>(objs: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
+    objs.as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+fn named<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// What docs/deploy.md says the `mycluster` overlay does, checked on its
+/// rendering against the base's: one complaint per difference.
+fn mycluster_complaints(base: &serde_json::Value, ov: &serde_json::Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut want = |what: &str, got: &serde_json::Value, expected: &serde_json::Value| {
+        if got != expected {
+            bad.push(format!("{what}: {got} (expected {expected})"));
+        }
+    };
+    let spec = |objs, kind, name| &object(objs, kind, name)["spec"]["template"]["spec"];
+    let (b, o) = (
+        spec(base, "DaemonSet", "spyglass-agent"),
+        spec(ov, "DaemonSet", "spyglass-agent"),
+    );
+    // k3s: the containerd volume's host path, type kept; every other
+    // volume (cgroup, the one an index patch hit) as in the base.
+    let mut k3s = named(&b["volumes"], "containerd").clone();
+    k3s["hostPath"]["path"] = "/run/k3s/containerd".into();
+    want(
+        "agent volume containerd",
+        named(&o["volumes"], "containerd"),
+        &k3s,
+    );
+    for v in b["volumes"].as_array().into_iter().flatten() {
+        let n = v["name"].as_str().unwrap_or_default();
+        if n != "containerd" {
+            want(&format!("agent volume {n}"), named(&o["volumes"], n), v);
+        }
+    }
+    // Mounted where the agent looks: [containerd] socket is unchanged.
+    want(
+        "agent mount containerd",
+        named(
+            &named(&o["containers"], "agent")["volumeMounts"],
+            "containerd",
+        ),
+        named(
+            &named(&b["containers"], "agent")["volumeMounts"],
+            "containerd",
+        ),
+    );
+    let (ba, oa) = (
+        named(&b["containers"], "agent"),
+        named(&o["containers"], "agent"),
+    );
+    want(
+        "agent image",
+        &oa["image"],
+        &"registry.example.com/spyglass/agent:0.1.0".into(),
+    );
+    want(
+        "agent env RUST_LOG",
+        &named(&oa["env"], "RUST_LOG")["value"],
+        &"warn".into(),
+    );
+    want(
+        "agent env NODE_NAME",
+        named(&oa["env"], "NODE_NAME"),
+        named(&ba["env"], "NODE_NAME"),
+    );
+    want("agent args", &oa["args"], &ba["args"]);
+    let (b, o) = (
+        spec(base, "Deployment", "spyglass-collector"),
+        spec(ov, "Deployment", "spyglass-collector"),
+    );
+    want(
+        "collector volume data",
+        named(&o["volumes"], "data"),
+        &serde_json::json!({"name": "data", "persistentVolumeClaim": {"claimName": "spyglass-collector-data"}}),
+    );
+    want(
+        "collector volume tls",
+        named(&o["volumes"], "tls"),
+        named(&b["volumes"], "tls"),
+    );
+    want(
+        "collector image",
+        &named(&o["containers"], "collector")["image"],
+        &"registry.example.com/spyglass/collector:0.1.0".into(),
+    );
+    let np = |objs| &object(objs, "NetworkPolicy", "spyglass-collector")["spec"]["ingress"];
+    want(
+        "NetworkPolicy gRPC ingress CIDR",
+        &np(ov)[0]["from"][0]["ipBlock"]["cidr"],
+        &"192.168.0.0/16".into(),
+    );
+    want("NetworkPolicy metrics ingress", &np(ov)[1], &np(base)[1]);
+    want(
+        "PersistentVolumeClaim",
+        &object(ov, "PersistentVolumeClaim", "spyglass-collector-data")["metadata"]["namespace"],
+        &"spyglass".into(),
+    );
+    bad
+}
+
+/// Every overlay in docs/deploy.md builds with kustomize against
+/// deploy/base and does what the document says (the k3s volume patch
+/// once hit the cgroup volume by index).
+#[test]
+fn documented_overlays_build_and_patch_what_they_say() {
+    let dir = scratch("overlays");
+    let doc = root().join("docs/deploy.md");
+    let (ok, text, json) = overlays(&doc, &dir.join("render"));
+    assert!(
+        ok,
+        "an overlay in docs/deploy.md does not check out:\n{text}"
+    );
+    let base = &json["base"];
+    let names: Vec<&String> = json["overlays"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        names,
+        ["mycluster"],
+        "overlays documented (check each one here)"
+    );
+    let bad = mycluster_complaints(base, &json["overlays"]["mycluster"]);
+    assert!(bad.is_empty(), "overlay mycluster:\n{}", bad.join("\n"));
+
+    // The checks can fail: the k3s patch addressed by index, as the
+    // document once had it (without its `test` op, which now stops the
+    // build), patches the cgroup volume; a misspelt volume name adds a
+    // volume instead of patching one.
+    let source = std::fs::read_to_string(&doc).unwrap();
+    let by_name = "            volumes:\n              - name: containerd\n                hostPath:\n                  path: /run/k3s/containerd\n";
+    assert!(
+        source.contains(by_name) && source.contains("\npatches:\n"),
+        "docs/deploy.md's k3s patch changed: update this test"
+    );
+    let by_index = source.replace(by_name, "").replace(
+        "\npatches:\n",
+        "\npatches:\n  - target: {kind: DaemonSet, name: spyglass-agent}\n    patch: |-\n      - op: replace\n        path: /spec/template/spec/volumes/5/hostPath/path\n        value: /run/k3s/containerd\n",
+    );
+    std::fs::write(dir.join("by-index.md"), by_index).unwrap();
+    let (ok, text, json) = overlays(&dir.join("by-index.md"), &dir.join("render-by-index"));
+    assert!(ok, "the overlay patched by index does not build:\n{text}");
+    let bad = mycluster_complaints(&json["base"], &json["overlays"]["mycluster"]).join("\n");
+    for why in ["agent volume containerd", "agent volume cgroup"] {
+        assert!(bad.contains(why), "no complaint about {why}:\n{bad}");
+    }
+    let misspelt = source.replace(by_name, &by_name.replace("containerd\n", "containrd\n"));
+    std::fs::write(dir.join("misspelt.md"), misspelt).unwrap();
+    let (ok, text, _) = overlays(&dir.join("misspelt.md"), &dir.join("render-misspelt"));
+    assert!(!ok, "a misspelt volume name passed");
+    assert!(
+        text.contains("'containrd'"),
+        "no complaint about the misspelt volume:\n{text}"
+    );
 }

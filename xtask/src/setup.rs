@@ -192,6 +192,17 @@ const PY_PACKAGES: &[&str] = &[
     "kubernetes-validate==1.37.0",
 ];
 
+/// kustomize itself for rendering the overlays documented in
+/// docs/deploy.md: pykustomize ships the kustomize Go library
+/// (sigs.k8s.io/kustomize/api v0.21.3, the library of the kustomize CLI
+/// and of `kubectl kustomize`) as a shared object, called through cffi.
+/// It declares Python >= 3.14 but is Python-version independent (a
+/// py3-none-any wheel: cffi and a .so), so it is installed past that
+/// check; tests/deploy/overlays.py imports it on the venv's Python.
+/// Debian's kubernetes-client (kubectl 1.20, kustomize 2.0.3) predates
+/// the `patches:` field the overlays use.
+const PY_KUSTOMIZE: &str = "pykustomize==0.1.4";
+
 /// The test virtualenv (target/pyenv).
 pub fn pyenv() -> std::path::PathBuf {
     crate::root().join("target/pyenv")
@@ -202,7 +213,7 @@ fn python_tools() -> Result<()> {
     let ready = Command::new(&py)
         .args([
             "-c",
-            "import grpc_tools, ocsf_json_schema, jsonschema, kubernetes_validate",
+            "import grpc_tools, ocsf_json_schema, jsonschema, kubernetes_validate, pykustomize",
         ])
         .output()
         .map(|o| o.status.success())
@@ -217,7 +228,16 @@ fn python_tools() -> Result<()> {
     sh(Command::new("python3").args(["-m", "venv"]).arg(pyenv()))?;
     sh(Command::new(&py)
         .args(["-m", "pip", "install", "-q", "--only-binary=:all:"])
-        .args(PY_PACKAGES))
+        .args(PY_PACKAGES))?;
+    sh(Command::new(&py).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--only-binary=:all:",
+        "--ignore-requires-python",
+        PY_KUSTOMIZE,
+    ]))
 }
 
 /// Everything `build` needs.
