@@ -1,18 +1,22 @@
-//! `spyglass-agent run`: load probes, start the pipeline, report the
-//! snapshot, then stream events until SIGINT/SIGTERM.
+//! The running agent: [`Agent::start`] loads the probes and starts every
+//! stage, [`Agent::run`] forwards timers and signals to the pipeline until
+//! SIGINT/SIGTERM, [`Agent::shutdown`] drains what is in flight and stops
+//! each stage in data-path order.
 use std::{
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    thread::JoinHandle,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, PerCpuArray};
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     sync::mpsc,
+    time::{interval, Interval, MissedTickBehavior},
 };
 use tracing::{info, warn};
 
@@ -21,243 +25,273 @@ use crate::{
     config::Config,
     container::{
         attribution::{self, Attributor},
-        containerd::{self, Update},
+        containerd,
+        lifecycle::Lifecycle,
     },
     detect::{enforce::Enforcer, Detector},
-    event::{AgentInfo, AgentState, Event, Kind, Tracked},
+    event::Event,
+    export::{grpc::GrpcError, stdout::StdoutError},
     metrics::Metrics,
     pipeline::{
-        enrich::Enricher,
-        losses::{self, Totals},
-        reader::{self, ReaderStats},
+        self, attribute::Attribute, enrich::Enricher, losses::LossReporter, reader::ReaderStats,
+        sinks::Sinks, Identity, Input, Pipeline, PipelineError,
     },
-    process::{snapshot, table::Limits},
+    process::table::Limits,
 };
 
-/// Batches in flight between stages.
+/// Inputs (record batches, timer ticks, containerd news) queued for the
+/// pipeline at most.
+const QUEUE_INPUTS: usize = 64;
+/// Batches queued for each sink at most.
 const QUEUE_BATCHES: usize = 64;
 
-fn read_counters(map: &PerCpuArray<MapData, u64>) -> Totals {
-    let mut totals: Totals = Default::default();
-    for (i, t) in totals.iter_mut().enumerate() {
-        if let Ok(values) = map.get(&(i as u32), 0) {
-            *t = values.iter().sum();
-        }
-    }
-    totals
+/// The signals the agent answers.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
 }
 
-/// The output sinks: stdout always (possibly format `none`), the
-/// collector when configured. Both get every batch, in order.
-struct Sinks {
-    stdout: mpsc::Sender<Vec<Event>>,
-    grpc: Option<mpsc::Sender<Vec<Event>>>,
-    metrics: Arc<Metrics>,
-    /// The detect stage (None: `[policy] enabled = false`); its findings
-    /// follow the batch that caused them.
-    detector: Option<Detector>,
+/// The timers whose ticks the pipeline reacts to.
+struct Timers {
+    housekeeping: Interval,
+    heartbeat: Option<Interval>,
+    losses: Interval,
+    detect: Interval,
+    policy: Interval,
 }
 
-impl Sinks {
-    async fn send(&mut self, mut events: Vec<Event>) -> Result<()> {
-        if let Some(d) = &mut self.detector {
-            let findings = d.observe(&events, Instant::now());
-            events.extend(findings);
-        }
-        self.send_out(events).await
-    }
+fn ticker(period: Duration) -> Interval {
+    let mut i = interval(period.max(Duration::from_millis(1)));
+    // A pipeline that is behind gets one tick, not a burst.
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
 
-    /// Findings updates and baseline saves (every second).
-    async fn detect_tick(&mut self) -> Result<()> {
-        let Some(d) = &mut self.detector else {
-            return Ok(());
+impl Timers {
+    fn new(cfg: &Config) -> Self {
+        let hb = cfg.output.heartbeat_interval_ms;
+        let mut heartbeat = (hb > 0).then(|| ticker(Duration::from_millis(hb)));
+        if let Some(h) = heartbeat.as_mut() {
+            // the first `running` one period after `started`
+            h.reset();
+        }
+        Timers {
+            housekeeping: ticker(Duration::from_millis(100)),
+            heartbeat,
+            losses: ticker(Duration::from_millis(cfg.losses.report_interval_ms)),
+            detect: ticker(Duration::from_secs(1)),
+            policy: ticker(Duration::from_millis(cfg.policy.reload_check_ms.max(100))),
+        }
+    }
+}
+
+async fn tick_opt(i: &mut Option<Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The sink tasks and threads, to join at shutdown.
+struct SinkHandles {
+    stdout: JoinHandle<Result<u64, StdoutError>>,
+    grpc: Option<tokio::task::JoinHandle<Result<(), GrpcError>>>,
+}
+
+/// A running agent.
+pub struct Agent {
+    inputs: mpsc::Sender<Input>,
+    pipeline: JoinHandle<Result<(), PipelineError>>,
+    reader: JoinHandle<()>,
+    stop_reader: Arc<AtomicBool>,
+    reader_stats: Arc<ReaderStats>,
+    sinks: SinkHandles,
+    containerd: Option<tokio::task::JoinHandle<()>>,
+    signals: Signals,
+    timers: Timers,
+    /// The loaded programs; dropped last (detaches them).
+    probes: Probes,
+}
+
+impl Agent {
+    /// Load the policy and the probes, start every stage. Returns once the
+    /// pipeline thread runs (it takes the startup snapshot first).
+    pub async fn start(cfg: Config) -> Result<Agent> {
+        // Handlers first: a SIGTERM right after `started` must stop cleanly
+        // (draining what is in flight), not kill the process.
+        let signals = Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         };
-        let updates = d.tick(Instant::now());
-        self.metrics.set_findings(&d.emitted);
-        let (cgroups, failures) = d.enforcement();
-        self.metrics
-            .enforced_cgroups
-            .store(cgroups as u64, Ordering::Relaxed);
-        self.metrics
-            .enforcement_write_failures
-            .store(failures, Ordering::Relaxed);
-        if updates.is_empty() {
-            return Ok(());
-        }
-        self.send_out(updates).await
+        // The policy is checked before anything loads: a bad file stops here.
+        let policy = if cfg.policy.file.is_empty() {
+            crate::policy::Policy::default()
+        } else {
+            crate::policy::load(Path::new(&cfg.policy.file))?
+        };
+        let cgroup_root = match &cfg.kernel.cgroup_root {
+            Some(p) => p.clone(),
+            None => preflight::cgroup2_root()?,
+        };
+        let mut probes = Probes::load(&LoadOptions {
+            ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
+            btf_path: cfg.kernel.btf_path.clone(),
+            cgroup_root: Some(cgroup_root.clone()),
+            debug_log: cfg.kernel.debug_log,
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let attached = probes.status.iter().filter(|p| p.attached).count();
+        info!(attached, total = probes.status.len(), "probes attached");
+        metrics.set_started(
+            attached,
+            probes.status.len(),
+            cfg.containerd.enabled,
+            !cfg.collector.url.is_empty(),
+        );
+        metrics.turned();
+        let (inputs, inputs_rx) = mpsc::channel::<Input>(QUEUE_INPUTS);
+        let reader_stats = Arc::new(ReaderStats::default());
+        let stop_reader = Arc::new(AtomicBool::new(false));
+        let reader = spawn_reader(&cfg, &mut probes, &inputs, &reader_stats, &stop_reader)?;
+        let (sinks, sink_handles) = start_sinks(&cfg, &metrics)?;
+        serve_metrics(&cfg, &metrics).await?;
+        let (lookups, containerd) = start_containerd(&cfg, &inputs, &metrics);
+        let enforcer = Enforcer::new(probes.take_enforcement()?);
+        let detector = cfg
+            .policy
+            .enabled
+            .then(|| Detector::new(policy, Some(enforcer)));
+        let pipeline = Pipeline::new(
+            enricher(&cfg, &cgroup_root),
+            Attribute::new(attributor(&cfg), lookups),
+            Lifecycle::new(Duration::from_millis(cfg.containerd.delete_grace_ms)),
+            detector,
+            sinks,
+            LossReporter::new(probes.take_counters()?, reader_stats.clone()),
+            metrics,
+            Identity {
+                node: cfg.node(),
+                kernel: kernel_release(),
+                probes: probes.status.clone(),
+            },
+            (!cfg.policy.file.is_empty()).then(|| PathBuf::from(&cfg.policy.file)),
+        );
+        let snapshot_of = cfg.snapshot.enabled.then_some(cgroup_root);
+        let pipeline = pipeline::spawn(pipeline, inputs_rx, snapshot_of)?;
+        Ok(Agent {
+            inputs,
+            pipeline,
+            reader,
+            stop_reader,
+            reader_stats,
+            sinks: sink_handles,
+            containerd,
+            signals,
+            timers: Timers::new(&cfg),
+            probes,
+        })
     }
 
-    /// Load the policy file again; a bad one is rejected and the running
-    /// policy stays.
-    fn reload_policy(&mut self, path: &str) {
-        let Some(d) = &mut self.detector else { return };
-        match crate::policy::load(std::path::Path::new(path)) {
-            Ok(p) => {
-                info!(file = path, entries = p.entries.len(), "policy reloaded");
-                d.set_policy(p);
-                self.metrics.policy_reloads.fetch_add(1, Ordering::Relaxed);
+    /// Forward timer ticks and SIGHUP to the pipeline until SIGINT or
+    /// SIGTERM, or until the pipeline stops on its own (an error, logged).
+    pub async fn run(&mut self) {
+        let (t, s) = (&mut self.timers, &mut self.signals);
+        loop {
+            let input = tokio::select! {
+                _ = t.housekeeping.tick() => Input::Housekeeping,
+                _ = tick_opt(&mut t.heartbeat) => Input::Heartbeat,
+                _ = t.losses.tick() => Input::Losses,
+                _ = t.detect.tick() => Input::DetectTick,
+                _ = t.policy.tick() => Input::Policy { force: false },
+                _ = s.hup.recv() => Input::Policy { force: true },
+                _ = s.term.recv() => break,
+                _ = s.int.recv() => break,
+                _ = self.inputs.closed() => break,
+            };
+            if self.inputs.send(input).await.is_err() {
+                break;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "policy rejected; the running policy stays in force");
-                self.metrics
-                    .policy_reload_errors
-                    .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stop in data-path order: the reader finishes what it took from the
+    /// kernel, the pipeline drains it and everything queued, then the
+    /// sinks deliver what they hold.
+    pub async fn shutdown(self) -> Result<()> {
+        info!(
+            records = self.reader_stats.records.load(Ordering::Relaxed),
+            "stopping"
+        );
+        self.stop_reader.store(true, Ordering::Relaxed);
+        let reader = self.reader;
+        join_thread(reader, "ring buffer reader").await?;
+        // Everything the reader and containerd sent is ahead of this.
+        let _ = self.inputs.send(Input::Stop).await;
+        drop(self.inputs);
+        let pipeline = join_thread(self.pipeline, "pipeline").await?;
+        if let Some(task) = self.containerd {
+            let _ = task.await;
+        }
+        if let Some(task) = self.sinks.grpc {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "collector exporter failed"),
+                Err(e) => warn!(error = %e, "collector exporter task panicked"),
             }
         }
-    }
-
-    async fn send_out(&mut self, events: Vec<Event>) -> Result<()> {
-        self.metrics.count(&events);
-        if let Some(g) = &self.grpc {
-            if g.send(events.clone()).await.is_err() {
-                // The exporter ended (it logged why); keep stdout going.
-                warn!("collector exporter stopped; events go to stdout only");
-                self.grpc = None;
-            }
-        }
-        self.stdout
-            .send(events)
-            .await
-            .map_err(|_| anyhow::anyhow!("stdout exporter stopped"))
+        let written = join_thread(self.sinks.stdout, "stdout exporter").await??;
+        pipeline?;
+        info!(events = written, "stopped");
+        drop(self.probes);
+        Ok(())
     }
 }
 
-/// Events on their way from the enricher to the sinks: container metadata
-/// attached (or the event held until it is known), lookups sent to the
-/// containerd task.
-struct Attribute {
-    attributor: Attributor,
-    lookups: Option<mpsc::Sender<String>>,
+/// Join a thread without blocking the runtime.
+async fn join_thread<T: Send + 'static>(h: JoinHandle<T>, what: &'static str) -> Result<T> {
+    tokio::task::spawn_blocking(move || h.join())
+        .await
+        .context(what)?
+        .map_err(|_| anyhow::anyhow!("the {what} thread panicked"))
 }
 
-impl Attribute {
-    fn admit(&mut self, events: Vec<Event>) -> Vec<Event> {
-        let now = Instant::now();
-        let mut out = Vec::with_capacity(events.len());
-        for ev in events {
-            self.attributor.admit(ev, now, &mut out);
-        }
-        self.ask();
-        out
-    }
-
-    fn apply(&mut self, update: Update) -> Vec<Event> {
-        let mut out = Vec::new();
-        self.attributor.apply(update, Instant::now(), &mut out);
-        self.ask();
-        out
-    }
-
-    fn expire(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
-        self.attributor.expire(Instant::now(), &mut out);
-        out
-    }
-
-    fn ask(&mut self) {
-        let Some(tx) = &self.lookups else { return };
-        for id in self.attributor.take_lookups() {
-            if let Err(mpsc::error::TrySendError::Full(id)) = tx.try_send(id) {
-                // the containerd task is behind; the event times out marked
-                warn!(container = %id, "containerd lookup queue full");
-            }
-        }
-    }
-}
-
-fn tracked(enricher: &Enricher, attr: &Attribute) -> Tracked {
-    let s = attr.attributor.stats();
-    Tracked {
-        processes: enricher.processes_tracked() as u64,
-        containers: s.containers as u64,
-        pending_events: s.pending_events as u64,
-        cgroups: enricher.cgroups_tracked() as u64,
-    }
-}
-
-/// An `agent` lifecycle event.
-fn lifecycle(state: AgentState, node: &str, kernel: &str, tracked: Option<Tracked>) -> Event {
-    let mut ev = Event::new(Kind::Agent, crate::clock::Clock::now(), node.to_owned());
-    ev.agent = Some(AgentInfo {
-        state,
-        version: env!("CARGO_PKG_VERSION").into(),
-        kernel: kernel.to_owned(),
-        probes: Vec::new(),
-        snapshot_processes: None,
-        snapshot_sockets: None,
-        tracked,
-    });
-    ev
-}
-
-pub async fn run(cfg: Config) -> Result<()> {
-    // Handlers first: a SIGTERM right after `started` must stop cleanly
-    // (draining what is in flight), not kill the process.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let node = cfg.node();
-    // The policy is checked before anything loads: a bad file stops here.
-    let policy = if cfg.policy.file.is_empty() {
-        crate::policy::Policy::default()
-    } else {
-        crate::policy::load(std::path::Path::new(&cfg.policy.file))?
-    };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
-        .to_owned();
-    let cgroup_root = match &cfg.kernel.cgroup_root {
-        Some(p) => p.clone(),
-        None => preflight::cgroup2_root()?,
-    };
-    let mut probes = Probes::load(&LoadOptions {
-        ring_buffer_bytes: cfg.kernel.ring_buffer_bytes,
-        btf_path: cfg.kernel.btf_path.clone(),
-        cgroup_root: Some(cgroup_root.clone()),
-        debug_log: cfg.kernel.debug_log,
-    })?;
-    let ring = probes.take_events()?;
-    let counters = probes.take_counters()?;
-    let enforcer = Enforcer::new(probes.take_enforcement()?);
-    let attached = probes.status.iter().filter(|p| p.attached).count();
-    info!(attached, total = probes.status.len(), "probes attached");
-    let metrics = Arc::new(Metrics::default());
-    metrics
-        .probes_attached
-        .store(attached as u64, Ordering::Relaxed);
-    metrics
-        .probes_total
-        .store(probes.status.len() as u64, Ordering::Relaxed);
-    metrics
-        .containerd_enabled
-        .store(cfg.containerd.enabled, Ordering::Relaxed);
-    metrics.turned();
-    metrics
-        .collector_enabled
-        .store(!cfg.collector.url.is_empty(), Ordering::Relaxed);
+        .to_owned()
+}
 
-    // reader thread -> enrich (this task)
-    let (raw_tx, mut raw_rx) = mpsc::channel(QUEUE_BATCHES);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(ReaderStats::default());
-    let reader = {
-        let (stop, stats) = (stop.clone(), stats.clone());
-        let poll = Duration::from_millis(cfg.kernel.poll_interval_ms);
-        std::thread::Builder::new()
-            .name("ringbuf-reader".into())
-            .spawn(move || reader::run(ring, raw_tx, poll, stats, stop))
-            .context("spawning the ring buffer reader thread")?
-    };
-    // enrich -> exporter thread
+/// The ring buffer reader thread, feeding the pipeline's input.
+fn spawn_reader(
+    cfg: &Config,
+    probes: &mut Probes,
+    inputs: &mpsc::Sender<Input>,
+    stats: &Arc<ReaderStats>,
+    stop: &Arc<AtomicBool>,
+) -> Result<JoinHandle<()>> {
+    let ring = probes.take_events()?;
+    let (tx, stats, stop) = (inputs.clone(), stats.clone(), stop.clone());
+    let poll = Duration::from_millis(cfg.kernel.poll_interval_ms);
+    std::thread::Builder::new()
+        .name("ringbuf-reader".into())
+        .spawn(move || pipeline::reader::run(ring, tx, poll, stats, stop))
+        .context("spawning the ring buffer reader thread")
+}
+
+/// stdout (a thread: writes block) and, when configured, the collector.
+fn start_sinks(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Sinks, SinkHandles)> {
     let (out_tx, out_rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
     let format = cfg.output.format;
-    let exporter = std::thread::Builder::new()
+    let stdout = std::thread::Builder::new()
         .name("stdout-export".into())
         .spawn(move || crate::export::stdout::run(out_rx, std::io::stdout().lock(), format))
         .context("spawning the stdout exporter thread")?;
-    // Optional second sink: the collector.
-    let (grpc_tx, grpc_task) = if cfg.collector.url.is_empty() {
+    let (grpc_tx, grpc) = if cfg.collector.url.is_empty() {
         (None, None)
     } else {
         let prepared = crate::export::grpc::prepare(&cfg.collector)
@@ -267,7 +301,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             rx,
             prepared,
             cfg.collector.clone(),
-            node.clone(),
+            cfg.node(),
             metrics.clone(),
         );
         let task = tokio::spawn(async move {
@@ -282,272 +316,91 @@ pub async fn run(cfg: Config) -> Result<()> {
         info!(url = %cfg.collector.url, spool = %cfg.collector.spool_dir.display(), "streaming to collector");
         (Some(tx), Some(task))
     };
-    if !cfg.metrics.listen.is_empty() {
-        let addr: std::net::SocketAddr = cfg
-            .metrics
-            .listen
-            .parse()
-            .context("metrics.listen must be ADDR:PORT")?;
-        let m = metrics.clone();
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for metrics (metrics.listen)"))?;
-        tokio::spawn(spyglass_proto::endpoints::serve(listener, move |path| {
-            crate::metrics::answer(&m, path)
-        }));
-    }
-    let policy_mtime = |path: &str| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut policy_seen = policy_mtime(&cfg.policy.file);
-    let mut policy_check =
-        tokio::time::interval(Duration::from_millis(cfg.policy.reload_check_ms.max(100)));
-    let watch_policy = cfg.policy.enabled && !cfg.policy.file.is_empty();
-    let mut out = Sinks {
-        stdout: out_tx,
-        grpc: grpc_tx,
-        metrics: metrics.clone(),
-        detector: cfg
-            .policy
-            .enabled
-            .then(|| Detector::new(policy, Some(enforcer))),
-    };
-    let mut detect_tick = tokio::time::interval(Duration::from_secs(1));
+    let sinks = Sinks::new(out_tx, grpc_tx, metrics.clone());
+    Ok((sinks, SinkHandles { stdout, grpc }))
+}
 
-    let mut enricher = Enricher::new(
+/// `/metrics`, `/healthz` and `/readyz` when `[metrics] listen` is set.
+async fn serve_metrics(cfg: &Config, metrics: &Arc<Metrics>) -> Result<()> {
+    if cfg.metrics.listen.is_empty() {
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr = cfg
+        .metrics
+        .listen
+        .parse()
+        .context("metrics.listen must be ADDR:PORT")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics (metrics.listen)"))?;
+    let m = metrics.clone();
+    tokio::spawn(spyglass_proto::endpoints::serve(listener, move |path| {
+        crate::metrics::answer(&m, path)
+    }));
+    Ok(())
+}
+
+/// The containerd task (when enabled): lookups in, news out to the
+/// pipeline. Returns the lookup queue for the attribute stage.
+fn start_containerd(
+    cfg: &Config,
+    inputs: &mpsc::Sender<Input>,
+    metrics: &Arc<Metrics>,
+) -> (
+    Option<mpsc::Sender<String>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let d = &cfg.containerd;
+    if !d.enabled {
+        return (None, None);
+    }
+    let (lookups, lookups_rx) = mpsc::channel::<String>(4096);
+    let (updates, mut updates_rx) = mpsc::channel(1024);
+    let opts = containerd::Options {
+        socket: d.socket.clone(),
+        retry: Duration::from_millis(d.retry_interval_ms),
+        lookup_attempts: d.lookup_attempts,
+        lookup_spacing: Duration::from_millis(d.lookup_spacing_ms),
+    };
+    let run = containerd::run(opts, lookups_rx, updates, metrics.clone());
+    let inputs = inputs.clone();
+    let task = tokio::spawn(async move {
+        let forward = async {
+            while let Some(u) = updates_rx.recv().await {
+                if inputs.send(Input::Container(u)).await.is_err() {
+                    break;
+                }
+            }
+        };
+        // The client ends when the attribute stage closes its lookups;
+        // what it said before that is forwarded first.
+        tokio::join!(run, forward);
+    });
+    (Some(lookups), Some(task))
+}
+
+fn enricher(cfg: &Config, cgroup_root: &Path) -> Enricher {
+    Enricher::new(
         Limits {
             max_entries: cfg.process.max_entries,
             exited_retained: cfg.process.exited_retained,
             exited_ttl: Duration::from_millis(cfg.process.exited_ttl_ms),
         },
         cfg.process.ancestors,
-        node.clone(),
-        &cgroup_root,
-    );
+        cfg.node(),
+        cgroup_root,
+    )
+}
 
-    // containerd: metadata for container events.
+fn attributor(cfg: &Config) -> Attributor {
     let d = &cfg.containerd;
-    let (updates_tx, mut updates_rx) = mpsc::channel::<Update>(1024);
-    let mut attr = Attribute {
-        attributor: Attributor::new(
-            attribution::Limits {
-                max_containers: d.max_containers,
-                delete_grace: Duration::from_millis(d.delete_grace_ms),
-                pending_timeout: Duration::from_millis(d.pending_timeout_ms),
-                max_pending_events: d.max_pending_events,
-                not_found_ttl: Duration::from_secs(5),
-            },
-            d.enabled,
-        ),
-        lookups: None,
-    };
-    let containerd_task = if d.enabled {
-        let (tx, rx) = mpsc::channel::<String>(4096);
-        attr.lookups = Some(tx);
-        let opts = containerd::Options {
-            socket: d.socket.clone(),
-            retry: Duration::from_millis(d.retry_interval_ms),
-            lookup_attempts: d.lookup_attempts,
-            lookup_spacing: Duration::from_millis(d.lookup_spacing_ms),
-        };
-        Some(tokio::spawn(containerd::run(
-            opts,
-            rx,
-            updates_tx,
-            metrics.clone(),
-        )))
-    } else {
-        drop(updates_tx);
-        None
-    };
-
-    // Probes are live before the snapshot, so nothing falls in between.
-    let (mut snap_procs, mut snap_socks) = (None, None);
-    if cfg.snapshot.enabled {
-        let root = cgroup_root.clone();
-        let snap = tokio::task::spawn_blocking(move || snapshot::take(&root))
-            .await
-            .context("startup snapshot task")?;
-        snap_procs = Some(snap.processes.len());
-        snap_socks = Some(snap.sockets.len());
-        info!(
-            processes = snap.processes.len(),
-            sockets = snap.sockets.len(),
-            "startup snapshot"
-        );
-        let events = attr.admit(enricher.snapshot(snap));
-        for chunk in events.chunks(1024) {
-            out.send(chunk.to_vec()).await?;
-        }
-    }
-    let mut started = lifecycle(AgentState::Started, &node, &kernel, None);
-    if let Some(a) = started.agent.as_mut() {
-        a.probes = probes.status.clone();
-        a.snapshot_processes = snap_procs.map(|n| n as u64);
-        a.snapshot_sockets = snap_socks.map(|n| n as u64);
-    }
-    out.send(vec![started]).await?;
-    let heartbeat_ms = cfg.output.heartbeat_interval_ms;
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
-    heartbeat.tick().await;
-    let mut expiry = tokio::time::interval(Duration::from_millis(100));
-    let mut containerd_open = containerd_task.is_some();
-
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.losses.report_interval_ms));
-    // The counters are fresh maps created at load: zero is the baseline
-    // (reading them here would hide drops made before this point).
-    let mut prev_counters: Totals = Totals::default();
-    let mut prev_decode = 0u64;
-    let mut report_losses = |enricher: &Enricher| {
-        let cur = read_counters(&counters);
-        let decode = stats.decode_errors.load(Ordering::Relaxed);
-        let loss = losses::delta(&prev_counters, &cur, decode - prev_decode);
-        prev_counters = cur;
-        prev_decode = decode;
-        let m = &metrics;
-        loss.map(|l| {
-            m.lost_exec.fetch_add(l.exec, Ordering::Relaxed);
-            m.lost_exit.fetch_add(l.exit, Ordering::Relaxed);
-            m.lost_fork.fetch_add(l.fork, Ordering::Relaxed);
-            m.lost_network.fetch_add(l.network, Ordering::Relaxed);
-            m.read_errors.fetch_add(l.read_errors, Ordering::Relaxed);
-            m.decode_errors
-                .fetch_add(l.decode_errors, Ordering::Relaxed);
-            warn!(
-                exec = l.exec,
-                exit = l.exit,
-                fork = l.fork,
-                network = l.network,
-                read_errors = l.read_errors,
-                decode_errors = l.decode_errors,
-                "events lost or incomplete"
-            );
-            enricher.loss(l)
-        })
-    };
-    loop {
-        tokio::select! {
-            batch = raw_rx.recv() => {
-                let Some(batch) = batch else { break };
-                let events: Vec<Event> = batch.into_iter().filter_map(|r| enricher.handle(r)).collect();
-                let events = attr.admit(events);
-                if !events.is_empty() {
-                    out.send(events).await?;
-                }
-            }
-            update = updates_rx.recv(), if containerd_open => {
-                let Some(update) = update else {
-                    containerd_open = false;
-                    continue;
-                };
-                if let (Update::Deleted(id), Some(d)) = (&update, out.detector.as_mut()) {
-                    // Its processes are gone: so go its kernel entries.
-                    d.container_deleted(id);
-                }
-                let events = attr.apply(update);
-                if !events.is_empty() {
-                    out.send(events).await?;
-                }
-            }
-            _ = expiry.tick() => {
-                enricher.expire(Instant::now());
-                let t = tracked(&enricher, &attr);
-                metrics.processes.store(t.processes, Ordering::Relaxed);
-                metrics
-                    .duplicate_exits
-                    .store(enricher.duplicate_exits(), Ordering::Relaxed);
-                metrics.containers.store(t.containers, Ordering::Relaxed);
-                metrics.pending_events.store(t.pending_events, Ordering::Relaxed);
-                metrics.cgroups.store(t.cgroups, Ordering::Relaxed);
-                metrics.containerd_up.store(attr.attributor.containerd_up(), Ordering::Relaxed);
-                metrics.turned();
-                let events = attr.expire();
-                if !events.is_empty() {
-                    out.send(events).await?;
-                }
-            }
-            _ = heartbeat.tick(), if heartbeat_ms > 0 => {
-                let ev = lifecycle(AgentState::Running, &node, &kernel, Some(tracked(&enricher, &attr)));
-                out.send(vec![ev]).await?;
-            }
-            _ = tick.tick() => {
-                if let Some(ev) = report_losses(&enricher) {
-                    out.send(vec![ev]).await?;
-                }
-            }
-            _ = detect_tick.tick() => out.detect_tick().await?,
-            _ = sighup.recv() => {
-                if watch_policy {
-                    policy_seen = policy_mtime(&cfg.policy.file);
-                    out.reload_policy(&cfg.policy.file);
-                }
-            }
-            _ = policy_check.tick(), if watch_policy => {
-                let now = policy_mtime(&cfg.policy.file);
-                if now.is_some() && now != policy_seen {
-                    policy_seen = now;
-                    out.reload_policy(&cfg.policy.file);
-                }
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-        }
-    }
-    info!(
-        processes = enricher.processes_tracked(),
-        records = stats.records.load(Ordering::Relaxed),
-        "stopping"
-    );
-    // Drain what the reader already has, then report final losses.
-    stop.store(true, Ordering::Relaxed);
-    // Until the reader hangs up: it finishes what it already took from the
-    // kernel, sees `stop`, and drops its sender.
-    while let Some(batch) = raw_rx.recv().await {
-        let events: Vec<Event> = batch
-            .into_iter()
-            .filter_map(|r| enricher.handle(r))
-            .collect();
-        let events = attr.admit(events);
-        out.send(events).await?;
-    }
-    let _ = reader.join();
-    // Metadata that arrived meanwhile, then what still waits goes as is.
-    while let Ok(update) = updates_rx.try_recv() {
-        let events = attr.apply(update);
-        out.send(events).await?;
-    }
-    let mut rest = Vec::new();
-    attr.attributor.flush(&mut rest);
-    out.send(rest).await?;
-    let final_tracked = tracked(&enricher, &attr);
-    attr.lookups = None; // ends the containerd task
-    drop(updates_rx);
-    if let Some(task) = containerd_task {
-        let _ = task.await;
-    }
-    if let Some(ev) = report_losses(&enricher) {
-        out.send(vec![ev]).await?;
-    }
-    out.detect_tick().await?;
-    if let Some(last) = out.detector.as_mut().map(Detector::close) {
-        if !last.is_empty() {
-            out.send_out(last).await?;
-        }
-    }
-    let stopping = lifecycle(AgentState::Stopping, &node, &kernel, Some(final_tracked));
-    out.send(vec![stopping]).await?;
-    let Sinks { stdout, grpc, .. } = out;
-    drop(stdout);
-    drop(grpc);
-    if let Some(task) = grpc_task {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "collector exporter failed"),
-            Err(e) => warn!(error = %e, "collector exporter task panicked"),
-        }
-    }
-    let written = exporter
-        .join()
-        .map_err(|_| anyhow::anyhow!("stdout exporter thread panicked"))??;
-    info!(events = written, "stopped");
-    drop(probes);
-    Ok(())
+    Attributor::new(
+        attribution::Limits {
+            max_containers: d.max_containers,
+            pending_timeout: Duration::from_millis(d.pending_timeout_ms),
+            max_pending_events: d.max_pending_events,
+            not_found_ttl: Duration::from_secs(5),
+        },
+        d.enabled,
+    )
 }

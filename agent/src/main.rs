@@ -1,22 +1,10 @@
 //! spyglass-agent: the Spyglass node daemon.
-mod agent;
-mod bpf;
-mod clock;
-mod config;
-mod container;
-mod detect;
-mod event;
-mod export;
-mod metrics;
-mod pipeline;
-mod policy;
-mod process;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use config::Config;
+use spyglass_agent::{config::Config, export, policy, Agent};
 
 /// Spyglass: eBPF runtime security telemetry for containers.
 ///
@@ -181,7 +169,11 @@ fn real_main(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(agent::run(cfg))
+            rt.block_on(async {
+                let mut agent = Agent::start(cfg).await?;
+                agent.run().await;
+                agent.shutdown().await
+            })
         }
     }
 }

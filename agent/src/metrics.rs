@@ -1,8 +1,8 @@
 //! Prometheus metrics and health endpoints (`[metrics] listen`).
 //!
-//! The pipeline updates plain atomics; `/metrics` renders them in the
-//! Prometheus text format, `/healthz` says whether the main loop is
-//! turning, `/readyz` whether the agent delivers what it should
+//! The pipeline updates atomics through the methods below; `/metrics`
+//! renders them in the Prometheus text format, `/healthz` says whether the
+//! pipeline (the agent's main loop) is turning, `/readyz` whether the agent delivers what it should
 //! (probes attached, containerd reachable when enabled).
 use std::{
     fmt::Write as _,
@@ -30,37 +30,37 @@ const KINDS: [(Kind, &str); 8] = [
 pub struct Metrics {
     events: [AtomicU64; 8],
     /// Records lost, by stage and kind (kernel ring buffer, agent spool).
-    pub lost_exec: AtomicU64,
-    pub lost_exit: AtomicU64,
-    pub lost_fork: AtomicU64,
-    pub lost_network: AtomicU64,
-    pub read_errors: AtomicU64,
-    pub decode_errors: AtomicU64,
+    lost_exec: AtomicU64,
+    lost_exit: AtomicU64,
+    lost_fork: AtomicU64,
+    lost_network: AtomicU64,
+    read_errors: AtomicU64,
+    decode_errors: AtomicU64,
     /// Second exit records of one process (kernels whose exit record has no group_dead), dropped.
-    pub duplicate_exits: AtomicU64,
-    pub processes: AtomicU64,
-    pub containers: AtomicU64,
-    pub pending_events: AtomicU64,
-    pub cgroups: AtomicU64,
-    pub containerd_up: AtomicBool,
-    pub containerd_enabled: AtomicBool,
-    pub probes_attached: AtomicU64,
-    pub probes_total: AtomicU64,
-    /// The main loop's last turn.
-    pub heartbeat: endpoints::Heartbeat,
-    pub collector_enabled: AtomicBool,
-    pub collector_connected: AtomicBool,
-    pub spool_batches: AtomicU64,
-    pub spool_bytes: AtomicU64,
+    duplicate_exits: AtomicU64,
+    processes: AtomicU64,
+    containers: AtomicU64,
+    pending_events: AtomicU64,
+    cgroups: AtomicU64,
+    containerd_up: AtomicBool,
+    containerd_enabled: AtomicBool,
+    probes_attached: AtomicU64,
+    probes_total: AtomicU64,
+    /// The pipeline's last turn (its housekeeping input, every 100 ms).
+    heartbeat: endpoints::Heartbeat,
+    collector_enabled: AtomicBool,
+    collector_connected: AtomicBool,
+    spool_batches: AtomicU64,
+    spool_bytes: AtomicU64,
     /// containerd lookups answered, and their total time.
-    pub lookups: AtomicU64,
-    pub lookup_us: AtomicU64,
+    lookups: AtomicU64,
+    lookup_us: AtomicU64,
     /// Findings emitted, by rule (copied from the detector every second).
     findings: std::sync::Mutex<Vec<(crate::event::Name, u64)>>,
-    pub policy_reloads: AtomicU64,
-    pub enforced_cgroups: AtomicU64,
-    pub enforcement_write_failures: AtomicU64,
-    pub policy_reload_errors: AtomicU64,
+    policy_reloads: AtomicU64,
+    enforced_cgroups: AtomicU64,
+    enforcement_write_failures: AtomicU64,
+    policy_reload_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -78,6 +78,72 @@ impl Metrics {
             by_rule.iter().map(|(k, v)| (k.clone(), *v)).collect();
         v.sort();
         *self.findings.lock().expect("findings lock") = v;
+    }
+
+    /// Loss reported by a `loss` event, added to the totals.
+    pub fn add_loss(&self, l: &crate::event::Loss) {
+        let add = |a: &AtomicU64, v: u64| a.fetch_add(v, Ordering::Relaxed);
+        add(&self.lost_exec, l.exec);
+        add(&self.lost_exit, l.exit);
+        add(&self.lost_fork, l.fork);
+        add(&self.lost_network, l.network);
+        add(&self.read_errors, l.read_errors);
+        add(&self.decode_errors, l.decode_errors);
+    }
+
+    /// What the pipeline holds now, and the second exit records dropped.
+    pub fn set_tracked(&self, t: &crate::event::Tracked, duplicate_exits: u64) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.processes, t.processes);
+        set(&self.containers, t.containers);
+        set(&self.pending_events, t.pending_events);
+        set(&self.cgroups, t.cgroups);
+        set(&self.duplicate_exits, duplicate_exits);
+    }
+
+    pub fn set_containerd_up(&self, up: bool) {
+        self.containerd_up.store(up, Ordering::Relaxed);
+    }
+
+    /// At start: probes attached of all, and which sources are configured.
+    pub fn set_started(&self, attached: usize, total: usize, containerd: bool, collector: bool) {
+        self.probes_attached
+            .store(attached as u64, Ordering::Relaxed);
+        self.probes_total.store(total as u64, Ordering::Relaxed);
+        self.containerd_enabled.store(containerd, Ordering::Relaxed);
+        self.collector_enabled.store(collector, Ordering::Relaxed);
+    }
+
+    /// The collector exporter's state: connected, and the spool's size.
+    pub fn set_collector(&self, connected: bool, spool_batches: usize, spool_bytes: u64) {
+        self.collector_connected.store(connected, Ordering::Relaxed);
+        self.spool_batches
+            .store(spool_batches as u64, Ordering::Relaxed);
+        self.spool_bytes.store(spool_bytes, Ordering::Relaxed);
+    }
+
+    /// A containerd lookup answered after `took_us` microseconds.
+    pub fn lookup_answered(&self, took_us: u64) {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.lookup_us.fetch_add(took_us, Ordering::Relaxed);
+    }
+
+    /// A policy reload: accepted or rejected.
+    pub fn policy_reload(&self, accepted: bool) {
+        let counter = if accepted {
+            &self.policy_reloads
+        } else {
+            &self.policy_reload_errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cgroups with kernel enforcement entries, and plans not written.
+    pub fn set_enforcement(&self, cgroups: usize, write_failures: u64) {
+        self.enforced_cgroups
+            .store(cgroups as u64, Ordering::Relaxed);
+        self.enforcement_write_failures
+            .store(write_failures, Ordering::Relaxed);
     }
 
     pub fn turned(&self) {

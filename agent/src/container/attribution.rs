@@ -1,7 +1,7 @@
 //! Attribution: fills each event's container with what containerd knows,
 //! holding an event briefly when its container is not known yet.
 //!
-//! Pure state machine (time is passed in), driven by the enrich task:
+//! Pure state machine (time is passed in), driven by the pipeline:
 //! [`Attributor::admit`] for each event, [`Attributor::apply`] for each
 //! [`Update`] from the containerd task, [`Attributor::expire`] on a timer.
 //! Ids to look up collect in [`Attributor::take_lookups`].
@@ -16,7 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{containerd::Update, meta::ContainerMeta};
+use super::{
+    containerd::Update,
+    lifecycle::{Change, Observer},
+    meta::ContainerMeta,
+};
 use crate::event::{Event, Runtime, Unattributed};
 
 /// Bounds of the caches and the pending queue.
@@ -25,9 +29,6 @@ pub struct Limits {
     /// Containers remembered at most; beyond it the least recently used
     /// (deleted ones first) are forgotten.
     pub max_containers: usize,
-    /// A deleted container is remembered this long, for events still in
-    /// flight.
-    pub delete_grace: Duration,
     /// Longest an event waits for its container's metadata.
     pub pending_timeout: Duration,
     /// Events waiting at most; beyond it the oldest container's events are
@@ -59,7 +60,7 @@ enum Source {
 
 struct Known {
     meta: Arc<ContainerMeta>,
-    deleted: Option<Instant>,
+    deleted: bool,
     used: Instant,
 }
 
@@ -230,17 +231,15 @@ impl Attributor {
                     id,
                     Known {
                         meta,
-                        deleted: None,
+                        deleted: false,
                         used: now,
                     },
                 );
                 self.bound_known();
             }
-            Update::Deleted(id) => {
-                if let Some(k) = self.known.get_mut(&id) {
-                    k.deleted = Some(now);
-                }
-            }
+            // The lifecycle owns deletion; its changes come through
+            // `on_container`.
+            Update::Deleted(_) => {}
             Update::NotFound(id) => {
                 self.missing.insert(id.clone(), now);
                 self.release(&id, Err(reason::NOT_FOUND), out);
@@ -265,7 +264,7 @@ impl Attributor {
         let mut by_age: Vec<(bool, Instant, String)> = self
             .known
             .iter()
-            .map(|(id, k)| (k.deleted.is_none(), k.used, id.clone()))
+            .map(|(id, k)| (!k.deleted, k.used, id.clone()))
             .collect();
         by_age.sort();
         for (_, _, id) in by_age.into_iter().take(over) {
@@ -273,8 +272,8 @@ impl Attributor {
         }
     }
 
-    /// Time passes: release events that waited too long, forget deleted
-    /// containers after their grace and old misses.
+    /// Time passes: release events that waited too long, forget old
+    /// misses.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Event>) {
         let timeout = self.limits.pending_timeout;
         let mut late: Vec<(Instant, String)> = self
@@ -291,9 +290,6 @@ impl Attributor {
         for (_, id) in late {
             self.release(&id, Err(why), out);
         }
-        let grace = self.limits.delete_grace;
-        self.known
-            .retain(|_, k| k.deleted.is_none_or(|d| now.duration_since(d) < grace));
         let ttl = self.limits.not_found_ttl;
         self.missing.retain(|_, t| now.duration_since(*t) < ttl);
     }
@@ -301,6 +297,23 @@ impl Attributor {
     /// The agent stops: everything still waiting goes out as it is.
     pub fn flush(&mut self, out: &mut Vec<Event>) {
         self.release_all(reason::STOPPING, out);
+    }
+}
+
+impl Observer for Attributor {
+    /// A deleted container's metadata stays for events still in flight
+    /// (and goes first when the cache is full), until it is forgotten.
+    fn on_container(&mut self, change: &Change) {
+        match change {
+            Change::Deleted(id) => {
+                if let Some(k) = self.known.get_mut(id) {
+                    k.deleted = true;
+                }
+            }
+            Change::Forgotten(id) => {
+                self.known.remove(id);
+            }
+        }
     }
 }
 
@@ -312,7 +325,6 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             max_containers: 3,
-            delete_grace: Duration::from_secs(10),
             pending_timeout: Duration::from_secs(1),
             max_pending_events: 4,
             not_found_ttl: Duration::from_secs(5),
@@ -488,15 +500,15 @@ mod tests {
         for id in ["a", "b", "c"] {
             a.apply(Update::Upsert(meta(id)), t, &mut out);
         }
-        a.apply(Update::Deleted("b".into()), t, &mut out);
+        a.on_container(&Change::Deleted("b".into()));
         a.apply(Update::Upsert(meta("d")), t, &mut out);
         assert_eq!(a.stats().containers, 3);
         assert!(!a.known.contains_key("b"));
-        // a deleted container is kept for its grace, then forgotten
-        a.apply(Update::Deleted("a".into()), t, &mut out);
-        a.expire(t + Duration::from_secs(9), &mut out);
+        // a deleted container is kept until the lifecycle forgets it
+        a.on_container(&Change::Deleted("a".into()));
+        a.expire(t + Duration::from_secs(60), &mut out);
         assert!(a.known.contains_key("a"));
-        a.expire(t + Duration::from_secs(10), &mut out);
+        a.on_container(&Change::Forgotten("a".into()));
         assert!(!a.known.contains_key("a"));
         assert_eq!(a.stats().containers, 2);
     }

@@ -215,6 +215,16 @@ impl Resolver {
         }
     }
 
+    /// A forgotten container's cgroups go from both maps (a cgroup id is
+    /// an inode number, which the kernel may give to a new cgroup).
+    fn forget(&mut self, id: &str) {
+        self.learned.retain(|_, c| c.id != id);
+        self.learned_at
+            .retain(|(cg, _)| self.learned.contains_key(cg));
+        self.by_id
+            .retain(|_, c| c.as_ref().is_none_or(|c| c.id != id));
+    }
+
     /// Entries held (both maps).
     pub fn cached(&self) -> usize {
         self.by_id.len() + self.learned.len()
@@ -244,6 +254,14 @@ impl Resolver {
         // event was made before this walk): remember the miss so its other
         // events do not walk again. The next walk forgets it.
         self.by_id.entry(cgroup_id).or_insert(None).clone()
+    }
+}
+
+impl super::lifecycle::Observer for Resolver {
+    fn on_container(&mut self, change: &super::lifecycle::Change) {
+        if let super::lifecycle::Change::Forgotten(id) = change {
+            self.forget(id);
+        }
     }
 }
 

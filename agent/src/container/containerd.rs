@@ -1,6 +1,6 @@
 //! The containerd client: container id -> [`ContainerMeta`], and the event
 //! stream that keeps the agent's cache filled before a container's first
-//! exec. One task owns the connection; the enrich task talks to it through
+//! exec. One task owns the connection; the pipeline talks to it through
 //! two channels (lookups in, [`Update`]s out).
 //!
 //! On connect it subscribes to events first, then lists every container of
@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use super::meta::{self, ContainerMeta, Image};
 use crate::event::Unattributed;
 
-/// What the containerd task tells the enrich task.
+/// What the containerd task tells the pipeline.
 #[derive(Debug)]
 pub enum Update {
     /// A container is known (created, listed at sync, or looked up).
@@ -579,8 +579,7 @@ async fn session(
                     }
                 }
                 let took_us = t.elapsed().as_micros() as u64;
-                metrics.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                metrics.lookup_us.fetch_add(took_us, std::sync::atomic::Ordering::Relaxed);
+                metrics.lookup_answered(took_us);
                 debug!(container = %id, found = found.is_some(), took_us, "containerd lookup");
                 let update = match found {
                     Some(m) => Update::Upsert(Arc::new(m)),

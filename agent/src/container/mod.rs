@@ -3,4 +3,5 @@
 pub mod attribution;
 pub mod cgroup;
 pub mod containerd;
+pub mod lifecycle;
 pub mod meta;

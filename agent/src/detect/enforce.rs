@@ -331,7 +331,7 @@ impl Enforcer {
     }
 
     /// A container was deleted: its cgroups' entries go.
-    pub fn forget_container(&mut self, id: &str) {
+    fn forget_container(&mut self, id: &str) {
         let gone: Vec<u64> = self
             .installed
             .iter()
@@ -359,6 +359,15 @@ impl Enforcer {
         }
         if let Err(e) = self.maps.flags.set(0, f, 0) {
             warn!(error = %e, "cannot update the enforcement switch");
+        }
+    }
+}
+
+impl crate::container::lifecycle::Observer for Enforcer {
+    /// Its processes are gone with it: so go its kernel entries.
+    fn on_container(&mut self, change: &crate::container::lifecycle::Change) {
+        if let crate::container::lifecycle::Change::Deleted(id) = change {
+            self.forget_container(id);
         }
     }
 }

@@ -1,10 +1,15 @@
 //! The detect stage: attributed events in, findings out (and, where the
 //! policy says so, in-kernel actions set up per container). One owner:
-//! the agent's main loop calls [`Detector::observe`] on every batch and
+//! the pipeline calls [`Detector::observe`] on every batch and
 //! [`Detector::tick`] on its housekeeping timer.
 pub mod baseline;
 pub mod dedup;
 pub mod enforce;
+mod exec;
+mod fork;
+pub mod hit;
+mod network;
+mod posture;
 pub mod proc;
 
 use std::{
@@ -14,14 +19,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use baseline::{Baselines, Seen, What};
+use baseline::Baselines;
 use dedup::{Dedup, Key, Limits};
 use enforce::Enforcer;
+use hit::{Ctx, Hit, State};
 
 use crate::{
-    container::meta::ContainerMeta,
-    event::{ConnectOutcome, Event, FindingInfo, Kind, Mitre, Outcome},
-    policy::{addr, info_of, path_matches, Action, Policy, RuleId, Severity},
+    container::{
+        lifecycle::{Change, Observer},
+        meta::ContainerMeta,
+    },
+    event::{Event, FindingInfo, Kind, Mitre, Outcome},
+    policy::{info_of, Action, Policy, Severity},
 };
 
 /// Containers remembered (first-event checks, fork rates, upper layers).
@@ -29,38 +38,14 @@ const MAX_CONTAINERS: usize = 8192;
 /// Forget a container after this long without events.
 const CONTAINER_IDLE: Duration = Duration::from_secs(600);
 
+/// What the detector keeps per container.
 #[derive(Default)]
 struct Seen_ {
-    posture_checked: bool,
     /// The container's metadata, to plan enforcement again on reload.
     meta: Option<Arc<ContainerMeta>>,
     cgroups: Vec<u64>,
-    /// The overlay upper layer; `Some(None)` when the root is not an
-    /// overlay (not read again).
-    upper: Option<Option<PathBuf>>,
-    fork_window: Option<Instant>,
-    forks: u32,
+    checks: State,
     last: Option<Instant>,
-}
-
-/// One detection before policy and dedup.
-struct Hit {
-    rule: RuleId,
-    subject: String,
-    summary: String,
-    outcome: Option<Outcome>,
-    /// Custom rules: severity and action of the entry that matched.
-    entry: Option<(Severity, Action)>,
-}
-
-fn hit(rule: RuleId, subject: impl Into<String>, summary: String) -> Hit {
-    Hit {
-        rule,
-        subject: subject.into(),
-        summary,
-        outcome: None,
-        entry: None,
-    }
 }
 
 pub struct Detector {
@@ -80,10 +65,6 @@ fn limits(p: &Policy) -> Limits {
         per_minute: p.settings.max_findings_per_minute.max(1),
         max_keys: 65536,
     }
-}
-
-fn basename(p: &str) -> &str {
-    p.rsplit('/').next().unwrap_or(p)
 }
 
 fn unix_now() -> u64 {
@@ -126,15 +107,7 @@ impl Detector {
             }
         }
         for seen in self.containers.values_mut() {
-            seen.posture_checked = false;
-        }
-    }
-
-    /// A container was deleted: forget it and drop its kernel entries.
-    pub fn container_deleted(&mut self, id: &str) {
-        self.containers.remove(id);
-        if let Some(enf) = &mut self.enforcer {
-            enf.forget_container(id);
+            seen.checks.posture_checked = false;
         }
     }
 
@@ -198,322 +171,68 @@ impl Detector {
         self.dedup.flush_all()
     }
 
+    /// Every hit of one event: the container's posture once, then the
+    /// checks of the event's kind.
     fn check(&mut self, ev: &Event, shared: &Arc<ContainerMeta>, now: Instant) -> Vec<Hit> {
-        let meta: &ContainerMeta = shared;
         let policy = self.policy.clone();
-        let p = &*policy;
+        let cgroup = ev.process.as_ref().map_or(0, |pr| pr.cgroup_id);
+        self.track(ev, shared, cgroup, &policy, now);
+        let seen = self.containers.get_mut(&shared.id).expect("tracked above");
         let mut hits = Vec::new();
-        let cid = meta.id.clone();
-        if !self.containers.contains_key(&cid) && self.containers.len() >= MAX_CONTAINERS {
+        if !seen.checks.posture_checked {
+            seen.checks.posture_checked = true;
+            hits.extend(posture::check(&policy, shared));
+        }
+        let c = Ctx {
+            ev,
+            meta: shared,
+            policy: &policy,
+            plan: self.enforcer.as_ref().and_then(|e| e.plan_of(cgroup)),
+            digest: shared.image.digest.as_str(),
+        };
+        let state = &mut seen.checks;
+        let baselines = &mut self.baselines;
+        match ev.kind {
+            Kind::Exec => hits.extend(exec::check(&c, state, baselines)),
+            Kind::Listen => hits.extend(network::listen(&c, baselines)),
+            Kind::Connect => hits.extend(network::connect(&c, baselines)),
+            Kind::Fork => hits.extend(fork::check(&policy, shared, state, now)),
+            _ => {}
+        }
+        hits
+    }
+
+    /// The container's state, created on its first event; a new cgroup of
+    /// it gets the container's enforcement plan. runc's own processes in
+    /// the new cgroup come first; enforcement starts with the container's
+    /// first process (so its entrypoint is not killed by a policy meant for
+    /// what runs inside).
+    fn track(
+        &mut self,
+        ev: &Event,
+        shared: &Arc<ContainerMeta>,
+        cgroup: u64,
+        policy: &Policy,
+        now: Instant,
+    ) {
+        let cid = &shared.id;
+        if !self.containers.contains_key(cid) && self.containers.len() >= MAX_CONTAINERS {
             self.containers.clear();
         }
         let seen = self.containers.entry(cid.clone()).or_default();
         seen.last = Some(now);
-        if seen.meta.is_none() {
-            // The event's own shared copy, not a new one.
-            seen.meta = Some(shared.clone());
-        }
-        let cgroup = ev.process.as_ref().map(|pr| pr.cgroup_id).unwrap_or(0);
-        // runc's own processes in the new cgroup come first; enforcement
-        // starts with the container's first process (so its entrypoint is
-        // not killed by a policy meant for what runs inside).
+        // The event's own shared copy, not a new one.
+        let meta = seen.meta.get_or_insert_with(|| shared.clone());
         let runc = ev
             .process
             .as_ref()
             .is_some_and(|pr| pr.comm.starts_with("runc:"));
         if cgroup != 0 && !runc && !seen.cgroups.contains(&cgroup) {
             seen.cgroups.push(cgroup);
-            if let (Some(enf), Some(m)) = (&mut self.enforcer, &seen.meta) {
-                enf.apply(cgroup, m, enforce::plan(p, meta));
+            if let Some(enf) = &mut self.enforcer {
+                enf.apply(cgroup, meta, enforce::plan(policy, shared));
             }
         }
-        if !seen.posture_checked {
-            seen.posture_checked = true;
-            hits.extend(posture_hits(p, meta));
-        }
-        let digest = meta.image.digest.as_str();
-        match ev.kind {
-            Kind::Exec => {
-                let Some(pr) = &ev.process else { return hits };
-                // The path given to execve when absolute. A relative one,
-                // or a descriptor path, is resolved through /proc/PID/exe
-                // (which may already name a later exec of the same pid:
-                // only a fallback).
-                let by_fd = pr.exe.starts_with("/dev/fd/") || pr.exe.starts_with("/proc/self/fd/");
-                let real = if ev.snapshot || (pr.exe.starts_with('/') && !by_fd) {
-                    None
-                } else {
-                    proc::exe(pr.pid)
-                };
-                let path = real.as_deref().unwrap_or(&pr.exe).to_owned();
-                if ev.enforced.is_some() {
-                    let rule = self
-                        .enforcer
-                        .as_ref()
-                        .and_then(|e| e.plan_of(cgroup))
-                        .and_then(|pl| pl.exec_rule(&pr.exe))
-                        .unwrap_or(RuleId::ProcessExec);
-                    // A custom rule: the kill entry that covers this path.
-                    let entry = p
-                        .custom(RuleId::ProcessExec, meta)
-                        .find(|e| {
-                            e.action == Action::Kill
-                                && e.executables.iter().any(|x| path_matches(x, &pr.exe))
-                        })
-                        .filter(|_| rule == RuleId::ProcessExec)
-                        .map(|e| (e.severity.unwrap_or(info_of(rule).severity), e.action));
-                    hits.push(Hit {
-                        outcome: Some(Outcome::Killed),
-                        entry,
-                        ..hit(
-                            rule,
-                            pr.exe.to_string(),
-                            format!(
-                                "killed at exec by policy: {} in container {}",
-                                pr.exe, meta.name
-                            ),
-                        )
-                    });
-                    return hits;
-                }
-                let listed = p.custom(RuleId::ProcessExec, meta).find(|e| {
-                    let hit_path = |x: &String| path_matches(x, &path) || path_matches(x, &pr.exe);
-                    e.executables.iter().any(hit_path) && !e.allow.executables.iter().any(hit_path)
-                });
-                if let Some(e) = listed {
-                    let sev = e.severity.unwrap_or(info_of(RuleId::ProcessExec).severity);
-                    hits.push(Hit {
-                        entry: Some((sev, e.action)),
-                        ..hit(
-                            RuleId::ProcessExec,
-                            path.clone(),
-                            format!("{path} executed in container {}", meta.name),
-                        )
-                    });
-                }
-                let name = basename(&path);
-                let argv0 = pr.argv.first().map(|a| basename(a)).unwrap_or("");
-                let is_shell = p.settings.shells.iter().any(|s| s == name || s == argv0);
-                // The entrypoint itself; a script entrypoint runs as
-                // [interpreter, script, args...] after the kernel reads #!.
-                let is_entry = !meta.entrypoint.is_empty()
-                    && (*pr.argv == *meta.entrypoint
-                        || pr.argv.get(1..) == Some(&meta.entrypoint[..]));
-                if is_shell && !is_entry {
-                    hits.push(hit(
-                        RuleId::ProcessShell,
-                        pr.exe.to_string(),
-                        format!(
-                            "shell or interpreter {} started in container {} (not its entrypoint)",
-                            pr.exe, meta.name
-                        ),
-                    ));
-                }
-                if p.settings
-                    .writable_paths
-                    .iter()
-                    .any(|w| path.starts_with(w.as_str()) || pr.exe.starts_with(w.as_str()))
-                {
-                    hits.push(hit(
-                        RuleId::ProcessWritablePath,
-                        path.clone(),
-                        format!(
-                            "{path} executed from a writable path in container {}",
-                            meta.name
-                        ),
-                    ));
-                }
-                let memfd = path.starts_with("/memfd:") || path.ends_with(" (deleted)") || by_fd;
-                if memfd {
-                    hits.push(hit(
-                        RuleId::ProcessMemfd,
-                        path.clone(),
-                        format!("fileless execution ({path}) in container {}", meta.name),
-                    ));
-                } else if !ev.snapshot {
-                    let seen = self.containers.get_mut(&cid).expect("inserted above");
-                    if seen.upper.is_none() {
-                        seen.upper = Some(proc::upperdir(pr.pid));
-                    }
-                    if let Some(Some(upper)) = &seen.upper {
-                        if path.starts_with('/') && proc::in_upper(upper, &path) {
-                            hits.push(hit(
-                                RuleId::ProcessNotInImage,
-                                path.clone(),
-                                format!("{path} is not part of image {} (written after container {} started) and was executed", meta.image.reference, meta.name),
-                            ));
-                        }
-                    }
-                }
-                // The path the program was started by (what an operator
-                // recognises; the resolved file may be a multi-call binary).
-                let started = pr.exe.to_string();
-                if self
-                    .baselines
-                    .observe(digest, What::Executable, &started, unix_now())
-                    == Seen::New
-                {
-                    hits.push(hit(
-                        RuleId::BaselineExecutable,
-                        started.clone(),
-                        format!(
-                            "{started} executed in container {}: new for image {}",
-                            meta.name, meta.image.reference
-                        ),
-                    ));
-                }
-            }
-            Kind::Listen => {
-                let Some(n) = &ev.network else { return hits };
-                let port = format!("{}/{}", n.local.port, n.protocol);
-                let host_net = meta.posture.as_ref().is_some_and(|p| p.host_network);
-                if host_net {
-                    hits.push(hit(
-                        RuleId::PortHostNetwork,
-                        port.clone(),
-                        format!(
-                            "container {} listens on {}:{} in the host network namespace",
-                            meta.name, n.local.addr, port
-                        ),
-                    ));
-                } else if n.wildcard == Some(true) {
-                    hits.push(hit(
-                        RuleId::PortWildcard,
-                        port.clone(),
-                        format!(
-                            "container {} listens on {}:{} (every interface)",
-                            meta.name, n.local.addr, port
-                        ),
-                    ));
-                }
-                let local = n.local.addr.is_loopback();
-                if !local && !meta.image.exposed_ports.contains(&port) {
-                    hits.push(hit(
-                        RuleId::PortUndeclared,
-                        port.clone(),
-                        format!(
-                            "container {} listens on {port}, which image {} does not declare",
-                            meta.name, meta.image.reference
-                        ),
-                    ));
-                }
-                if self
-                    .baselines
-                    .observe(digest, What::Port, &port, unix_now())
-                    == Seen::New
-                {
-                    hits.push(hit(
-                        RuleId::BaselinePort,
-                        port.clone(),
-                        format!(
-                            "container {} listens on {port}: new for image {}",
-                            meta.name, meta.image.reference
-                        ),
-                    ));
-                }
-            }
-            Kind::Connect => {
-                let Some(n) = &ev.network else { return hits };
-                let Some(remote) = &n.remote else { return hits };
-                let ip = remote.addr;
-                let dest = format!("{}:{}", remote.addr, remote.port);
-                if n.outcome == Some(ConnectOutcome::Denied) {
-                    let rule = self
-                        .enforcer
-                        .as_ref()
-                        .and_then(|e| e.plan_of(cgroup))
-                        .and_then(|pl| pl.connect_rule(ip))
-                        .unwrap_or(RuleId::NetworkConnect);
-                    let entry = p
-                        .custom(RuleId::NetworkConnect, meta)
-                        .find(|e| {
-                            e.action == Action::DenyConnect
-                                && e.destinations.iter().any(|c| c.contains(ip))
-                        })
-                        .filter(|_| rule == RuleId::NetworkConnect)
-                        .map(|e| (e.severity.unwrap_or(info_of(rule).severity), e.action));
-                    hits.push(Hit {
-                        outcome: Some(Outcome::Denied),
-                        entry,
-                        ..hit(
-                            rule,
-                            dest.clone(),
-                            format!(
-                                "connection to {dest} from container {} refused by policy",
-                                meta.name
-                            ),
-                        )
-                    });
-                    return hits;
-                }
-                let listed = p.custom(RuleId::NetworkConnect, meta).find(|e| {
-                    e.destinations.iter().any(|c| c.contains(ip))
-                        && !e.allow.destinations.iter().any(|c| c.contains(ip))
-                });
-                if let Some(e) = listed {
-                    let sev = e
-                        .severity
-                        .unwrap_or(info_of(RuleId::NetworkConnect).severity);
-                    hits.push(Hit {
-                        entry: Some((sev, e.action)),
-                        ..hit(
-                            RuleId::NetworkConnect,
-                            dest.clone(),
-                            format!("container {} connects to {dest}", meta.name),
-                        )
-                    });
-                }
-                if addr::is_internet(ip, &p.settings.egress_allow) {
-                    hits.push(hit(
-                        RuleId::InternetEgress,
-                        remote.addr.to_string(),
-                        format!(
-                            "container {} connects to internet address {dest}",
-                            meta.name
-                        ),
-                    ));
-                    if self.baselines.observe(
-                        digest,
-                        What::Destination,
-                        &remote.addr.to_string(),
-                        unix_now(),
-                    ) == Seen::New
-                    {
-                        hits.push(hit(
-                            RuleId::BaselineDestination,
-                            remote.addr.to_string(),
-                            format!(
-                                "container {} connects to {dest}: new for image {}",
-                                meta.name, meta.image.reference
-                            ),
-                        ));
-                    }
-                }
-            }
-            Kind::Fork => {
-                let max = p.settings.max_forks_per_second;
-                let seen = self.containers.get_mut(&cid).expect("inserted above");
-                match seen.fork_window {
-                    Some(w) if now.duration_since(w) < Duration::from_secs(1) => seen.forks += 1,
-                    _ => {
-                        seen.fork_window = Some(now);
-                        seen.forks = 1;
-                    }
-                }
-                if max > 0 && seen.forks == max + 1 {
-                    hits.push(hit(
-                        RuleId::ProcessForkRate,
-                        "",
-                        format!(
-                            "container {} created more than {max} processes in one second",
-                            meta.name
-                        ),
-                    ));
-                }
-            }
-            _ => {}
-        }
-        hits
     }
 
     /// Policy, allow lists and dedup applied to a hit.
@@ -601,66 +320,14 @@ impl Detector {
     }
 }
 
-/// Once-per-container checks on the OCI spec posture.
-fn posture_hits(p: &Policy, meta: &ContainerMeta) -> Vec<Hit> {
-    let Some(pos) = &meta.posture else {
-        return Vec::new();
-    };
-    let mut hits = Vec::new();
-    let img = &meta.image.reference;
-    if pos.uid == 0 && !pos.user_namespace {
-        hits.push(hit(
-            RuleId::ContainerRoot,
-            "",
-            format!(
-                "container {} (image {img}) runs as root (uid 0 on the host, no user namespace)",
-                meta.name
-            ),
-        ));
+impl Observer for Detector {
+    /// A deleted container's state goes, and its kernel entries with it.
+    fn on_container(&mut self, change: &Change) {
+        if let Change::Deleted(id) = change {
+            self.containers.remove(id);
+        }
+        if let Some(enf) = &mut self.enforcer {
+            enf.on_container(change);
+        }
     }
-    if pos.privileged {
-        hits.push(hit(
-            RuleId::ContainerPrivileged,
-            "",
-            format!("container {} (image {img}) is privileged", meta.name),
-        ));
-    }
-    let dangerous: Vec<&str> = pos
-        .capabilities
-        .iter()
-        .filter(|c| p.settings.dangerous_capabilities.contains(c))
-        .map(String::as_str)
-        .collect();
-    if !dangerous.is_empty() && !pos.privileged {
-        hits.push(hit(
-            RuleId::ContainerCapabilities,
-            "",
-            format!(
-                "container {} (image {img}) holds {}",
-                meta.name,
-                dangerous.join(", ")
-            ),
-        ));
-    }
-    let shared: Vec<&str> = [
-        (pos.host_network, "network"),
-        (pos.host_pid, "pid"),
-        (pos.host_ipc, "ipc"),
-    ]
-    .iter()
-    .filter(|(on, _)| *on)
-    .map(|(_, n)| *n)
-    .collect();
-    if !shared.is_empty() {
-        hits.push(hit(
-            RuleId::ContainerHostNamespace,
-            "",
-            format!(
-                "container {} (image {img}) shares the host's {} namespace",
-                meta.name,
-                shared.join(", ")
-            ),
-        ));
-    }
-    hits
 }

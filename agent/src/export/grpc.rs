@@ -288,9 +288,8 @@ pub async fn run(
     node: String,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> Result<(), GrpcError> {
-    use std::sync::atomic::Ordering;
     let Prepared { spool, ep } = prepared;
-    if spool.len() > 0 {
+    if !spool.is_empty() {
         info!(
             batches = spool.len(),
             bytes = spool.bytes(),
@@ -322,15 +321,7 @@ pub async fn run(
     let mut closing: Option<tokio::time::Instant> = None;
 
     loop {
-        metrics
-            .collector_connected
-            .store(conn.is_some(), Ordering::Relaxed);
-        metrics
-            .spool_batches
-            .store(ex.spool.len() as u64, Ordering::Relaxed);
-        metrics
-            .spool_bytes
-            .store(ex.spool.bytes(), Ordering::Relaxed);
+        metrics.set_collector(conn.is_some(), ex.spool.len(), ex.spool.bytes());
         // Keep the window full from the spool, in sequence order.
         if let Some(c) = &conn {
             while in_flight < cfg.max_in_flight {
@@ -371,8 +362,8 @@ pub async fn run(
         }
         if let Some(deadline) = closing {
             ex.flush();
-            if ex.spool.len() == 0 || tokio::time::Instant::now() >= deadline {
-                if ex.spool.len() > 0 {
+            if ex.spool.is_empty() || tokio::time::Instant::now() >= deadline {
+                if !ex.spool.is_empty() {
                     info!(
                         batches = ex.spool.len(),
                         "undelivered batches kept in the spool for the next start"

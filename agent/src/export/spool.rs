@@ -201,6 +201,10 @@ impl Spool {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn bytes(&self) -> u64 {
         self.total
     }

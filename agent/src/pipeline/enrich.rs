@@ -1,5 +1,6 @@
 //! Enrichment: raw kernel records + the process table -> output events.
-//! Owns the process table and the listener registry; runs in one task.
+//! Owns the process table and the listener registry; runs on the
+//! pipeline thread.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -382,6 +383,13 @@ impl Enricher {
             wildcard: listen.then(|| n.local.ip().is_unspecified()),
         });
         ev
+    }
+}
+
+impl crate::container::lifecycle::Observer for Enricher {
+    /// The cgroup resolver forgets a container's cgroups with it.
+    fn on_container(&mut self, change: &crate::container::lifecycle::Change) {
+        self.containers.on_container(change);
     }
 }
 

@@ -1,8 +1,16 @@
 //! Loss accounting: per-CPU kernel counters and agent-side decode errors,
 //! turned into explicit `loss` events whenever they move.
-use agent_common::counter;
+use std::sync::{atomic::Ordering, Arc};
 
-use crate::event::{Loss, LossStage};
+use agent_common::counter;
+use aya::maps::{MapData, PerCpuArray};
+use tracing::warn;
+
+use super::reader::ReaderStats;
+use crate::{
+    event::{Loss, LossStage},
+    metrics::Metrics,
+};
 
 /// Totals summed over CPUs, indexed by `agent_common::counter`.
 pub type Totals = [u64; counter::COUNT as usize];
@@ -22,6 +30,59 @@ pub fn delta(prev: &Totals, cur: &Totals, decode_errors: u64) -> Option<Loss> {
         spool_dropped: 0,
     };
     (loss != Loss::new(LossStage::Kernel)).then_some(loss)
+}
+
+/// Reads the kernel's per-CPU loss counters and the reader's decode
+/// errors, and says what moved since the last read.
+pub struct LossReporter {
+    counters: PerCpuArray<MapData, u64>,
+    stats: Arc<ReaderStats>,
+    /// The counters are fresh maps created at load: zero is the baseline
+    /// (reading them at start would hide drops made before that point).
+    prev: Totals,
+    prev_decode: u64,
+}
+
+impl LossReporter {
+    pub fn new(counters: PerCpuArray<MapData, u64>, stats: Arc<ReaderStats>) -> Self {
+        LossReporter {
+            counters,
+            stats,
+            prev: Totals::default(),
+            prev_decode: 0,
+        }
+    }
+
+    fn read(&self) -> Totals {
+        let mut totals = Totals::default();
+        for (i, t) in totals.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *t = values.iter().sum();
+            }
+        }
+        totals
+    }
+
+    /// Loss since the last call (added to the metrics and logged), or None.
+    pub fn poll(&mut self, metrics: &Metrics) -> Option<Loss> {
+        let cur = self.read();
+        let decode = self.stats.decode_errors.load(Ordering::Relaxed);
+        let loss = delta(&self.prev, &cur, decode - self.prev_decode);
+        self.prev = cur;
+        self.prev_decode = decode;
+        let l = loss?;
+        metrics.add_loss(&l);
+        warn!(
+            exec = l.exec,
+            exit = l.exit,
+            fork = l.fork,
+            network = l.network,
+            read_errors = l.read_errors,
+            decode_errors = l.decode_errors,
+            "events lost or incomplete"
+        );
+        Some(l)
+    }
 }
 
 #[cfg(test)]

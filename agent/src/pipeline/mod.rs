@@ -1,6 +1,379 @@
-//! The data path: reader (thread) -> enrich (task) -> export (thread),
-//! joined by bounded channels.
+//! The data path, one direction: reader (thread) -> pipeline (thread:
+//! decode done by the reader, then enrich, attribute, detect) -> sinks
+//! (stdout thread, gRPC task), joined by bounded channels.
+//!
+//! Everything the pipeline reacts to arrives as one [`Input`] on one
+//! channel: kernel records from the reader, containerd news, and the
+//! timers and signals the agent's runtime forwards. [`Pipeline::handle`]
+//! is the one entry point, used alike while running and while draining at
+//! stop, so the two cannot differ. The pipeline runs on its own thread:
+//! its blocking reads of /proc, cgroupfs and policy files never stall the
+//! async runtime that serves containerd and the collector.
+pub mod attribute;
 pub mod decode;
 pub mod enrich;
 pub mod losses;
 pub mod reader;
+pub mod sinks;
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use self::{
+    attribute::Attribute, decode::RawEvent, enrich::Enricher, losses::LossReporter, sinks::Sinks,
+};
+use crate::{
+    clock::Clock,
+    container::{
+        containerd::Update,
+        lifecycle::{Change, Lifecycle, Observer},
+    },
+    detect::Detector,
+    event::{AgentInfo, AgentState, Event, Kind, ProbeStatus, Tracked},
+    metrics::Metrics,
+    process::snapshot,
+};
+
+/// Startup-snapshot events per batch.
+const SNAPSHOT_BATCH: usize = 1024;
+
+/// What the pipeline reacts to, in the order it arrives.
+#[derive(Debug)]
+pub enum Input {
+    /// Decoded kernel records, in ring-buffer order.
+    Records(Vec<RawEvent>),
+    /// News from the containerd task.
+    Container(Update),
+    /// Every 100 ms: forget what is gone, release events that waited too
+    /// long, update the metrics (and the health heartbeat).
+    Housekeeping,
+    /// A `running` agent event.
+    Heartbeat,
+    /// Read the loss counters; a `loss` event when they moved.
+    Losses,
+    /// Every second: folded findings, baselines, enforcement metrics.
+    DetectTick,
+    /// Reload the policy file if it changed (`force`: SIGHUP, reload
+    /// whatever its time stamp says).
+    Policy { force: bool },
+    /// Drain and stop: the reader has stopped and everything it sent is
+    /// ahead of this in the channel.
+    Stop,
+}
+
+impl From<Vec<RawEvent>> for Input {
+    fn from(batch: Vec<RawEvent>) -> Self {
+        Input::Records(batch)
+    }
+}
+
+/// Why the pipeline stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(
+        "the stdout exporter stopped (see the error before this one); events cannot be reported"
+    )]
+    StdoutStopped,
+    #[error("cannot start the pipeline thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the pipeline thread panicked")]
+    Panicked,
+}
+
+/// Who the agent is, for its lifecycle events.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub node: String,
+    pub kernel: String,
+    pub probes: Vec<ProbeStatus>,
+}
+
+/// The policy file being watched for changes.
+struct PolicyFile {
+    path: PathBuf,
+    seen: Option<SystemTime>,
+}
+
+impl PolicyFile {
+    fn mtime(&self) -> Option<SystemTime> {
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+    }
+}
+
+/// The stages, each owned here and driven only through [`Pipeline::handle`].
+pub struct Pipeline {
+    pub enricher: Enricher,
+    pub attribute: Attribute,
+    pub lifecycle: Lifecycle,
+    /// None: `[policy] enabled = false`.
+    pub detector: Option<Detector>,
+    pub sinks: Sinks,
+    pub losses: LossReporter,
+    pub metrics: Arc<Metrics>,
+    pub identity: Identity,
+    policy_file: Option<PolicyFile>,
+}
+
+impl Pipeline {
+    /// The stages, wired. `policy_file`: watched for changes (with a
+    /// detector only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        enricher: Enricher,
+        attribute: Attribute,
+        lifecycle: Lifecycle,
+        detector: Option<Detector>,
+        sinks: Sinks,
+        losses: LossReporter,
+        metrics: Arc<Metrics>,
+        identity: Identity,
+        policy_file: Option<PathBuf>,
+    ) -> Self {
+        let policy_file = policy_file.filter(|_| detector.is_some()).map(|path| {
+            let mut f = PolicyFile { path, seen: None };
+            f.seen = f.mtime();
+            f
+        });
+        Pipeline {
+            enricher,
+            attribute,
+            lifecycle,
+            detector,
+            sinks,
+            losses,
+            metrics,
+            identity,
+            policy_file,
+        }
+    }
+
+    /// Startup: the /proc snapshot (probes are live before it, so nothing
+    /// falls in between) when `cgroup_root` is given, then `started`.
+    pub fn start(&mut self, snapshot_of: Option<&std::path::Path>) -> Result<(), PipelineError> {
+        let mut counts = None;
+        if let Some(root) = snapshot_of {
+            let snap = snapshot::take(root);
+            info!(
+                processes = snap.processes.len(),
+                sockets = snap.sockets.len(),
+                "startup snapshot"
+            );
+            counts = Some((snap.processes.len() as u64, snap.sockets.len() as u64));
+            let events = self.enricher.snapshot(snap);
+            let events = self.attribute.admit(events);
+            for chunk in events.chunks(SNAPSHOT_BATCH) {
+                self.emit(chunk.to_vec())?;
+            }
+        }
+        let mut started = self.lifecycle_event(AgentState::Started, None);
+        if let Some(a) = started.agent.as_mut() {
+            a.probes = self.identity.probes.clone();
+            a.snapshot_processes = counts.map(|c| c.0);
+            a.snapshot_sockets = counts.map(|c| c.1);
+        }
+        self.emit(vec![started])
+    }
+
+    /// React to one input. Ok(false) once stopped.
+    pub fn handle(&mut self, input: Input) -> Result<bool, PipelineError> {
+        match input {
+            Input::Records(batch) => {
+                let events = batch
+                    .into_iter()
+                    .filter_map(|r| self.enricher.handle(r))
+                    .collect();
+                let events = self.attribute.admit(events);
+                self.emit(events)?;
+            }
+            Input::Container(update) => self.container(update)?,
+            Input::Housekeeping => self.housekeeping()?,
+            Input::Heartbeat => {
+                let ev = self.lifecycle_event(AgentState::Running, Some(self.tracked()));
+                self.emit(vec![ev])?;
+            }
+            Input::Losses => self.report_losses()?,
+            Input::DetectTick => self.detect_tick()?,
+            Input::Policy { force } => self.policy(force),
+            Input::Stop => {
+                self.stop()?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// containerd news: a deletion goes through the lifecycle to every
+    /// holder of container state; the rest is metadata for attribution.
+    fn container(&mut self, update: Update) -> Result<(), PipelineError> {
+        match &update {
+            Update::Deleted(id) => {
+                if let Some(change) = self.lifecycle.deleted(id, Instant::now()) {
+                    self.publish(&change);
+                }
+                return Ok(());
+            }
+            Update::Upsert(meta) => self.lifecycle.alive(&meta.id),
+            _ => {}
+        }
+        let events = self.attribute.apply(update);
+        self.emit(events)
+    }
+
+    /// One lifecycle change to every holder of per-container state.
+    fn publish(&mut self, change: &Change) {
+        self.attribute.on_container(change);
+        self.enricher.on_container(change);
+        if let Some(d) = &mut self.detector {
+            d.on_container(change);
+        }
+    }
+
+    fn housekeeping(&mut self) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        self.enricher.expire(now);
+        for change in self.lifecycle.expire(now) {
+            self.publish(&change);
+        }
+        let tracked = self.tracked();
+        self.metrics
+            .set_tracked(&tracked, self.enricher.duplicate_exits());
+        self.metrics
+            .set_containerd_up(self.attribute.containerd_up());
+        self.metrics.turned();
+        let events = self.attribute.expire();
+        self.emit(events)
+    }
+
+    fn report_losses(&mut self) -> Result<(), PipelineError> {
+        match self.losses.poll(&self.metrics) {
+            Some(l) => {
+                let ev = self.enricher.loss(l);
+                self.emit(vec![ev])
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Findings updates and baseline saves (every second).
+    fn detect_tick(&mut self) -> Result<(), PipelineError> {
+        let Some(d) = &mut self.detector else {
+            return Ok(());
+        };
+        let updates = d.tick(Instant::now());
+        self.metrics.set_findings(&d.emitted);
+        let (cgroups, failures) = d.enforcement();
+        self.metrics.set_enforcement(cgroups, failures);
+        self.sinks.send(updates)
+    }
+
+    /// Load the policy file again when it changed (or when forced); a bad
+    /// one is rejected and the running policy stays.
+    fn policy(&mut self, force: bool) {
+        let (Some(file), Some(d)) = (&mut self.policy_file, &mut self.detector) else {
+            return;
+        };
+        let now = file.mtime();
+        if !force && (now.is_none() || now == file.seen) {
+            return;
+        }
+        file.seen = now;
+        match crate::policy::load(&file.path) {
+            Ok(p) => {
+                info!(file = %file.path.display(), entries = p.entries.len(), "policy reloaded");
+                d.set_policy(p);
+                self.metrics.policy_reload(true);
+            }
+            Err(e) => {
+                error!(error = %e, "policy rejected; the running policy stays in force");
+                self.metrics.policy_reload(false);
+            }
+        }
+    }
+
+    /// The drain: what still waits for metadata goes as it is, the last
+    /// losses and findings, then `stopping`.
+    fn stop(&mut self) -> Result<(), PipelineError> {
+        let rest = self.attribute.close();
+        self.emit(rest)?;
+        self.report_losses()?;
+        self.detect_tick()?;
+        if let Some(last) = self.detector.as_mut().map(Detector::close) {
+            self.sinks.send(last)?;
+        }
+        let ev = self.lifecycle_event(AgentState::Stopping, Some(self.tracked()));
+        self.emit(vec![ev])
+    }
+
+    /// Events to the sinks, their findings after them.
+    fn emit(&mut self, mut events: Vec<Event>) -> Result<(), PipelineError> {
+        if let Some(d) = &mut self.detector {
+            let findings = d.observe(&events, Instant::now());
+            events.extend(findings);
+        }
+        self.sinks.send(events)
+    }
+
+    fn tracked(&self) -> Tracked {
+        let s = self.attribute.stats();
+        Tracked {
+            processes: self.enricher.processes_tracked() as u64,
+            containers: s.containers as u64,
+            pending_events: s.pending_events as u64,
+            cgroups: self.enricher.cgroups_tracked() as u64,
+        }
+    }
+
+    /// An `agent` lifecycle event.
+    fn lifecycle_event(&self, state: AgentState, tracked: Option<Tracked>) -> Event {
+        let mut ev = Event::new(Kind::Agent, Clock::now(), self.identity.node.clone());
+        ev.agent = Some(AgentInfo {
+            state,
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: self.identity.kernel.clone(),
+            probes: Vec::new(),
+            snapshot_processes: None,
+            snapshot_sockets: None,
+            tracked,
+        });
+        ev
+    }
+}
+
+/// Run the pipeline on its own thread until [`Input::Stop`] (or until
+/// every sender is gone). The thread's result says why it ended.
+pub fn spawn(
+    mut pipeline: Pipeline,
+    mut inputs: mpsc::Receiver<Input>,
+    snapshot_of: Option<PathBuf>,
+) -> Result<std::thread::JoinHandle<Result<(), PipelineError>>, PipelineError> {
+    std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || {
+            let r = (|| {
+                pipeline.start(snapshot_of.as_deref())?;
+                while let Some(input) = inputs.blocking_recv() {
+                    if !pipeline.handle(input)? {
+                        break;
+                    }
+                }
+                info!(
+                    processes = pipeline.enricher.processes_tracked(),
+                    "pipeline stopped"
+                );
+                Ok(())
+            })();
+            if let Err(e) = &r {
+                error!(error = %e, "the event pipeline stopped");
+            }
+            r
+        })
+        .map_err(PipelineError::Spawn)
+}

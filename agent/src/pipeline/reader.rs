@@ -32,10 +32,11 @@ pub struct ReaderStats {
     pub decode_errors: AtomicU64,
 }
 
-/// Run until `stop` is set or the receiver is gone.
-pub fn run(
+/// Run until `stop` is set or the receiver is gone. Batches go to the
+/// next stage as `T` (the pipeline's input).
+pub fn run<T: From<Vec<RawEvent>>>(
     mut ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Vec<RawEvent>>,
+    tx: mpsc::Sender<T>,
     poll_interval: Duration,
     stats: Arc<ReaderStats>,
     stop: Arc<AtomicBool>,
@@ -70,7 +71,7 @@ pub fn run(
                 .records
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let out = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            if tx.blocking_send(out).is_err() {
+            if tx.blocking_send(out.into()).is_err() {
                 debug!("event pipeline closed; reader stops");
                 return;
             }

@@ -71,6 +71,10 @@ impl ProcessTable {
         self.map.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
         self.map.get(&pid).map(|e| &e.info)
     }

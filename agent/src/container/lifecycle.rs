@@ -1,0 +1,122 @@
+//! Container lifecycle: the one owner of when a container ends.
+//!
+//! containerd says a container was deleted; this module turns that into
+//! the changes every holder of per-container state follows, in one order:
+//! [`Change::Deleted`] at once (its processes are gone: kernel entries and
+//! detection state go), then [`Change::Forgotten`] after the grace, when no
+//! event of it can still be in flight (metadata and cgroup names go).
+//! Holders implement [`Observer`]; the pipeline publishes each change to
+//! all of them from one place. Pure state machine: time is passed in.
+use std::{
+    collections::{HashSet, VecDeque},
+    time::{Duration, Instant},
+};
+
+/// A step in a container's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// containerd deleted the container.
+    Deleted(String),
+    /// The grace after deletion has passed: forget everything about it.
+    Forgotten(String),
+}
+
+/// Anything that keeps state per container.
+pub trait Observer {
+    fn on_container(&mut self, change: &Change);
+}
+
+/// Deleted containers waiting out their grace, oldest first.
+#[derive(Debug)]
+pub struct Lifecycle {
+    grace: Duration,
+    deleted: VecDeque<(Instant, String)>,
+    pending: HashSet<String>,
+}
+
+impl Lifecycle {
+    /// `grace`: how long a deleted container is remembered for events
+    /// still in flight (`[containerd] delete_grace_ms`).
+    pub fn new(grace: Duration) -> Self {
+        Lifecycle {
+            grace,
+            deleted: VecDeque::new(),
+            pending: HashSet::new(),
+        }
+    }
+
+    /// containerd deleted `id`: the change to publish now (None when it
+    /// was already reported deleted).
+    pub fn deleted(&mut self, id: &str, now: Instant) -> Option<Change> {
+        if !self.pending.insert(id.to_owned()) {
+            return None;
+        }
+        self.deleted.push_back((now, id.to_owned()));
+        Some(Change::Deleted(id.to_owned()))
+    }
+
+    /// containerd reports `id` alive again (a new container under a reused
+    /// id): it is no longer due to be forgotten.
+    pub fn alive(&mut self, id: &str) {
+        if self.pending.remove(id) {
+            self.deleted.retain(|(_, d)| d != id);
+        }
+    }
+
+    /// Containers whose grace has passed by `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<Change> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.deleted.front() {
+            if now.saturating_duration_since(*at) < self.grace {
+                break;
+            }
+            let (_, id) = self.deleted.pop_front().expect("front exists");
+            self.pending.remove(&id);
+            out.push(Change::Forgotten(id));
+        }
+        out
+    }
+
+    /// Containers deleted and not yet forgotten.
+    pub fn in_grace(&self) -> usize {
+        self.deleted.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleted_then_forgotten_after_the_grace() {
+        let t = Instant::now();
+        let mut l = Lifecycle::new(Duration::from_secs(10));
+        assert_eq!(l.deleted("a", t), Some(Change::Deleted("a".into())));
+        assert_eq!(l.deleted("a", t), None, "one deletion, one change");
+        assert_eq!(
+            l.deleted("b", t + Duration::from_secs(5)),
+            Some(Change::Deleted("b".into()))
+        );
+        assert!(l.expire(t + Duration::from_secs(9)).is_empty());
+        assert_eq!(
+            l.expire(t + Duration::from_secs(10)),
+            [Change::Forgotten("a".into())]
+        );
+        assert_eq!(l.in_grace(), 1);
+        assert_eq!(
+            l.expire(t + Duration::from_secs(15)),
+            [Change::Forgotten("b".into())]
+        );
+        assert_eq!(l.in_grace(), 0);
+    }
+
+    #[test]
+    fn a_reused_id_is_not_forgotten() {
+        let t = Instant::now();
+        let mut l = Lifecycle::new(Duration::from_secs(1));
+        l.deleted("a", t);
+        l.alive("a");
+        assert!(l.expire(t + Duration::from_secs(5)).is_empty());
+        assert_eq!(l.deleted("a", t), Some(Change::Deleted("a".into())));
+    }
+}

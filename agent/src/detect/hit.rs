@@ -1,0 +1,60 @@
+//! What a check found, before policy, allow lists and dedup decide
+//! whether it becomes a finding.
+use std::path::PathBuf;
+
+use crate::{
+    container::meta::ContainerMeta,
+    detect::enforce::Plan,
+    event::{Event, Outcome},
+    policy::{Action, Policy, RuleId, Severity},
+};
+
+/// One detection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub rule: RuleId,
+    /// What the finding is about (a path, `port/protocol`, an address);
+    /// part of the dedup key.
+    pub subject: String,
+    pub summary: String,
+    /// What the kernel did (killed at exec, denied a connect).
+    pub outcome: Option<Outcome>,
+    /// Custom rules: severity and action of the entry that matched.
+    pub entry: Option<(Severity, Action)>,
+}
+
+impl Hit {
+    pub fn new(rule: RuleId, subject: impl Into<String>, summary: String) -> Self {
+        Hit {
+            rule,
+            subject: subject.into(),
+            summary,
+            outcome: None,
+            entry: None,
+        }
+    }
+}
+
+/// What a per-kind check reads: the event, its container, the policy in
+/// force and the plan the kernel enforces for the event's cgroup.
+pub struct Ctx<'a> {
+    pub ev: &'a Event,
+    pub meta: &'a ContainerMeta,
+    pub policy: &'a Policy,
+    pub plan: Option<&'a Plan>,
+    /// The container image's manifest digest (baselines are per image).
+    pub digest: &'a str,
+}
+
+/// Per-container state the checks keep between events.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Posture checked (once per container and policy).
+    pub posture_checked: bool,
+    /// The overlay upper layer; `Some(None)` when the root is not an
+    /// overlay (not read again).
+    pub upper: Option<Option<PathBuf>>,
+    /// Start of the current one-second fork window, and forks in it.
+    pub fork_window: Option<std::time::Instant>,
+    pub forks: u32,
+}

@@ -1,0 +1,49 @@
+//! The sinks at the end of the pipeline: stdout always (possibly format
+//! `none`), the collector when configured. Both get every batch, in
+//! order. Called from the pipeline thread: sends block when a sink is
+//! behind (back-pressure reaches the ring buffer, where loss is counted).
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::PipelineError;
+use crate::{event::Event, metrics::Metrics};
+
+pub struct Sinks {
+    stdout: mpsc::Sender<Vec<Event>>,
+    grpc: Option<mpsc::Sender<Vec<Event>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sinks {
+    pub fn new(
+        stdout: mpsc::Sender<Vec<Event>>,
+        grpc: Option<mpsc::Sender<Vec<Event>>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Sinks {
+            stdout,
+            grpc,
+            metrics,
+        }
+    }
+
+    /// One batch to every sink (nothing for an empty one).
+    pub fn send(&mut self, events: Vec<Event>) -> Result<(), PipelineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.metrics.count(&events);
+        if let Some(g) = &self.grpc {
+            if g.blocking_send(events.clone()).is_err() {
+                // The exporter ended (it logged why); keep stdout going.
+                warn!("collector exporter stopped; events go to stdout only");
+                self.grpc = None;
+            }
+        }
+        self.stdout
+            .blocking_send(events)
+            .map_err(|_| PipelineError::StdoutStopped)
+    }
+}
