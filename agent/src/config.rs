@@ -188,8 +188,10 @@ impl Default for CollectorConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
-    /// Format on stdout: `json` (one object per line, the stable contract)
-    /// or `text` (one readable line per event). Default json.
+    /// Format on stdout: `json` (one object per line, the stable contract),
+    /// `text` (one readable line per event), `findings` (the text lines of
+    /// findings, the agent starting and stopping, and losses only) or
+    /// `none`. Default json.
     pub format: crate::export::stdout::Format,
     /// An `agent` event with state `running` and what the agent tracks
     /// (processes, containers, events waiting for metadata) this often,

@@ -43,7 +43,13 @@ fn manifests_validate_and_keep_least_privilege() {
         "the ConfigMap's agent.toml is rejected: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("spyglass-collector.spyglass.svc"));
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(effective.contains("spyglass-collector.spyglass.svc"));
+    // `kubectl logs` shows the findings (docs/deploy.md).
+    assert!(
+        effective.contains("format = \"findings\""),
+        "the ConfigMap's [output] format is not findings:\n{effective}"
+    );
     // And the policy it ships.
     let out = Command::new(bin("spyglass-agent"))
         .arg("check-policy")

@@ -1,6 +1,8 @@
-//! Events on stdout, one per line: JSON (the stable contract, for machines)
-//! or text (a compact summary, for people). Flushed whenever the queue runs
-//! dry so a reader sees events within one poll interval.
+//! Events on stdout, one per line: JSON (the stable contract, for machines),
+//! text (a compact summary, for people), or findings (the text lines of
+//! findings, agent start and stop, and losses only: a container log a
+//! person can read). Flushed whenever the queue runs dry so a reader sees
+//! events within one poll interval.
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
@@ -8,7 +10,7 @@ use tokio::sync::mpsc;
 
 use spyglass_proto::model::render;
 
-use crate::event::{Action, Event, Kind};
+use crate::event::{Action, AgentState, Event, Kind};
 
 /// Output format (`[output] format`, `--format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -19,8 +21,25 @@ pub enum Format {
     Json,
     /// One human-readable line per event.
     Text,
+    /// The `text` line of each finding, of the agent starting and
+    /// stopping, and of each loss; nothing for other events (for a
+    /// container log, next to a collector).
+    Findings,
     /// Nothing on stdout (use with a collector).
     None,
+}
+
+/// Whether format `findings` shows `ev`: a finding, the agent starting or
+/// stopping (not its heartbeat), or a loss.
+fn is_notable(ev: &Event) -> bool {
+    match ev.kind {
+        Kind::Finding | Kind::Loss => true,
+        Kind::Agent => ev
+            .agent
+            .as_ref()
+            .is_some_and(|a| matches!(a.state, AgentState::Started | AgentState::Stopping)),
+        _ => false,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,8 +157,18 @@ pub fn text_line(ev: &Event) -> String {
     }
     if let Some(l) = &ev.loss {
         line.push_str(&format!(
-            " LOST exec={} exit={} fork={} network={} decode={} read_errors={}",
-            l.exec, l.exit, l.fork, l.network, l.decode_errors, l.read_errors
+            " LOST {} stage={} exec={} exit={} fork={} network={} decode={} spool_dropped={} \
+             (delivered: read_errors={} connect_untracked={})",
+            l.total(),
+            l.stage,
+            l.exec,
+            l.exit,
+            l.fork,
+            l.network,
+            l.decode_errors,
+            l.spool_dropped,
+            l.read_errors,
+            l.connect_untracked
         ));
     }
     if let Some(a) = &ev.agent {
@@ -170,7 +199,8 @@ pub fn run(
         for ev in &batch {
             match format {
                 Format::Json => render::write_io(ev, &mut out)?,
-                Format::Text => out.write_all(text_line(ev).as_bytes())?,
+                Format::Findings if !is_notable(ev) => continue,
+                Format::Text | Format::Findings => out.write_all(text_line(ev).as_bytes())?,
                 Format::None => continue,
             }
             out.write_all(b"\n")?;
@@ -279,5 +309,65 @@ mod tests {
             assert_eq!(v["kind"], "agent");
         }
         assert_eq!(text.lines().count(), 2);
+    }
+
+    /// Format `findings` on the shared sample events: the finding's text
+    /// line and nothing for the exec and connect; the agent's start and
+    /// stop and a loss, not its heartbeat nor other process events.
+    #[test]
+    fn findings_format_shows_findings_lifecycle_and_losses() {
+        use spyglass_proto::model::samples;
+        let lines = |batch: Vec<Event>| {
+            let (tx, rx) = mpsc::channel(1);
+            tx.blocking_send(batch).unwrap();
+            drop(tx);
+            let mut buf = Vec::new();
+            let n = run(rx, &mut buf, Format::Findings).unwrap();
+            let text = String::from_utf8(buf).unwrap();
+            assert_eq!(text.lines().count() as u64, n);
+            text
+        };
+        let finding = samples::finding();
+        assert_eq!(
+            lines(vec![samples::exec(), finding.clone(), samples::connect()]),
+            format!("{}\n", text_line(&finding))
+        );
+        assert_eq!(
+            text_line(&finding),
+            "19:48:38.856 finding HIGH process.shell shell in web action=kill outcome=killed \
+             count=2 [container web image docker.io/library/nginx:1.27@sha256:aa pod prod/web-0]"
+        );
+
+        let agent = |state| {
+            let mut ev = samples::agent();
+            ev.agent.as_mut().unwrap().state = state;
+            ev
+        };
+        let (started, stopping) = (agent(AgentState::Started), agent(AgentState::Stopping));
+        let text = lines(vec![
+            started.clone(),
+            agent(AgentState::Running),
+            samples::fork(),
+            samples::exit(),
+            samples::listen(),
+            samples::loss(),
+            stopping.clone(),
+        ]);
+        let want = [
+            text_line(&started),
+            text_line(&samples::loss()),
+            text_line(&stopping),
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want);
+        assert!(
+            want[0].contains(" started v0.1.0 kernel=6.1.0"),
+            "{}",
+            want[0]
+        );
+        assert_eq!(
+            want[1],
+            "19:48:38.856 loss    LOST 25 stage=kernel exec=1 exit=2 fork=3 network=4 decode=7 \
+             spool_dropped=8 (delivered: read_errors=5 connect_untracked=6)"
+        );
     }
 }

@@ -455,8 +455,10 @@ impl Event {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod samples;
+/// One event of every kind, every field set: test fixtures (feature
+/// `samples`, for other crates' tests).
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
 
 #[cfg(test)]
 mod docs_check;

@@ -1,5 +1,6 @@
 //! One event of every kind with every optional field set: the fixtures of
-//! the wire round trip and of the documentation check.
+//! the wire round trip, the documentation check and other crates' tests
+//! (feature `samples`).
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use super::*;
