@@ -30,7 +30,10 @@ use crate::{
     },
     detect::{enforce::Enforcer, Detector},
     event::Event,
-    export::{grpc::GrpcError, stdout::StdoutError},
+    export::{
+        grpc::GrpcError,
+        stdout::{Format, StdoutError},
+    },
     metrics::Metrics,
     pipeline::{
         self, attribute::Attribute, enrich::Enricher, losses::LossReporter, reader::ReaderStats,
@@ -97,7 +100,8 @@ async fn tick_opt(i: &mut Option<Interval>) {
 
 /// The sink tasks and threads, to join at shutdown.
 struct SinkHandles {
-    stdout: JoinHandle<Result<u64, StdoutError>>,
+    /// None: format `none`.
+    stdout: Option<JoinHandle<Result<u64, StdoutError>>>,
     grpc: Option<tokio::task::JoinHandle<Result<(), GrpcError>>>,
 }
 
@@ -243,9 +247,12 @@ impl Agent {
                 Err(e) => warn!(error = %e, "collector exporter task panicked"),
             }
         }
-        let written = join_thread(self.sinks.stdout, "stdout exporter").await??;
+        if let Some(stdout) = self.sinks.stdout {
+            let written = join_thread(stdout, "stdout exporter").await??;
+            info!(events = written, "events written to stdout");
+        }
         pipeline?;
-        info!(events = written, "stopped");
+        info!("stopped");
         drop(self.probes);
         Ok(())
     }
@@ -283,14 +290,20 @@ fn spawn_reader(
         .context("spawning the ring buffer reader thread")
 }
 
-/// stdout (a thread: writes block) and, when configured, the collector.
+/// stdout (a thread: writes block) unless its format is `none`, and,
+/// when configured, the collector.
 fn start_sinks(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Sinks, SinkHandles)> {
-    let (out_tx, out_rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
     let format = cfg.output.format;
-    let stdout = std::thread::Builder::new()
-        .name("stdout-export".into())
-        .spawn(move || crate::export::stdout::run(out_rx, std::io::stdout().lock(), format))
-        .context("spawning the stdout exporter thread")?;
+    let (out_tx, stdout) = if format == Format::None {
+        (None, None)
+    } else {
+        let (tx, rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("stdout-export".into())
+            .spawn(move || crate::export::stdout::run(rx, std::io::stdout().lock(), format))
+            .context("spawning the stdout exporter thread")?;
+        (Some(tx), Some(thread))
+    };
     let (grpc_tx, grpc) = if cfg.collector.url.is_empty() {
         (None, None)
     } else {

@@ -11,18 +11,22 @@
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use spyglass_proto::v1::{self as wire, collector_client::CollectorClient};
+use spyglass_proto::v1 as wire;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     codec::CompressionEncoding,
     metadata::MetadataValue,
+    service::interceptor::InterceptedService,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
     Request, Status, Streaming,
 };
 use tracing::{info, warn};
 
-use super::spool::Spool;
+use super::{
+    publish::{self, BatchCodec, Outgoing},
+    spool::Spool,
+};
 use crate::{
     clock::Clock,
     config::CollectorConfig,
@@ -74,7 +78,7 @@ impl Backoff {
 type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
 
 struct Conn {
-    tx: mpsc::Sender<wire::Batch>,
+    tx: mpsc::Sender<Outgoing>,
     acks: Streaming<wire::Ack>,
 }
 
@@ -146,16 +150,25 @@ fn auth(cfg: &CollectorConfig) -> Result<Auth, GrpcError> {
 async fn connect(ep: &Endpoint, cfg: &CollectorConfig) -> Result<Conn, String> {
     let channel: Channel = ep.connect().await.map_err(|e| format!("{e:?}"))?;
     let auth = auth(cfg).map_err(|e| e.to_string())?;
-    let mut client = CollectorClient::with_interceptor(channel, auth)
+    let mut client = tonic::client::Grpc::new(InterceptedService::new(channel, auth))
         .max_decoding_message_size(16 * 1024 * 1024);
     if cfg.compression {
         client = client.send_compressed(CompressionEncoding::Gzip);
     }
+    let status = |s: Status| format!("{}: {}", s.code(), s.message());
+    client
+        .ready()
+        .await
+        .map_err(|e| format!("collector channel not ready: {e}"))?;
     let (tx, rx) = mpsc::channel(cfg.max_in_flight.max(1) * 2);
     let acks = client
-        .publish(ReceiverStream::new(rx))
+        .streaming(
+            Request::new(ReceiverStream::new(rx)),
+            publish::path(),
+            BatchCodec,
+        )
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(status)?
         .into_inner();
     Ok(Conn { tx, acks })
 }
@@ -217,7 +230,7 @@ impl Exporter {
                 sent_unix_nano: 0,
                 stream_id: self.spool.stream_id().to_owned(),
             };
-            self.spool.push(seq, n, &batch.encode_to_vec())
+            self.spool.push(seq, n, publish::encode(&batch))
         });
         match result {
             Ok(0) => {}
@@ -328,7 +341,7 @@ pub async fn run(
                 let Some(seq) = ex.spool.next_after(next_send) else {
                     break;
                 };
-                let bytes = match ex.spool.read(seq) {
+                let batch = match ex.spool.read(seq) {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(e) => {
@@ -336,15 +349,10 @@ pub async fn run(
                         continue;
                     }
                 };
-                let mut batch = match wire::Batch::decode(bytes.as_slice()) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        ex.drop_poisoned(seq, &format!("corrupt spool file: {e}"));
-                        continue;
-                    }
-                };
-                batch.sent_unix_nano = now_ns();
-                if c.tx.try_send(batch).is_err() {
+                // A corrupt file is refused by the collector
+                // (INVALID_ARGUMENT) and then dropped as poisoned.
+                let out = Outgoing { batch, sent_unix_nano: now_ns() };
+                if c.tx.try_send(out).is_err() {
                     break;
                 }
                 next_send = seq + 1;

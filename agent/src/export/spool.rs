@@ -5,12 +5,26 @@
 //!
 //! Bounded by `max_bytes`: when full, the oldest batches are dropped and
 //! the number of events they held is returned so the caller can report it
-//! as a loss. The next sequence number is kept in `next-seq`, so sequences
-//! never repeat across restarts.
+//! as a loss. Sequence numbers are reserved in blocks: `next-seq` holds
+//! the end of the block in use, so sequences never repeat across restarts
+//! (a restart skips the rest of a block; the collector's dedupe needs
+//! only increasing numbers) and a batch costs no write of the counter.
+//!
+//! A stored batch is also kept in memory, as the same [`Bytes`] the gRPC
+//! stream sends (up to [`MEMORY_BYTES`]), so sending never reads back a
+//! file written a moment ago; batches beyond that, and those found at
+//! start, are read from disk.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
+
+use bytes::Bytes;
+
+/// Sequence numbers reserved per write of `next-seq`.
+const SEQUENCE_BLOCK: u64 = 1024;
+/// Stored batches kept in memory at most (bytes), for sending.
+pub const MEMORY_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -26,10 +40,12 @@ pub enum SpoolError {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
     bytes: u64,
     events: u64,
+    /// The batch itself, while the memory bound allows.
+    data: Option<Bytes>,
 }
 
 pub struct Spool {
@@ -37,7 +53,11 @@ pub struct Spool {
     max_bytes: u64,
     entries: BTreeMap<u64, Entry>,
     total: u64,
+    /// Bytes of batches held in memory.
+    in_memory: u64,
     next_seq: u64,
+    /// End of the reserved block (what `next-seq` says).
+    reserved: u64,
     stream_id: String,
 }
 
@@ -76,7 +96,14 @@ impl Spool {
             if let Some((seq, events)) = parse_name(&name.to_string_lossy()) {
                 let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
                 total += bytes;
-                entries.insert(seq, Entry { bytes, events });
+                entries.insert(
+                    seq,
+                    Entry {
+                        bytes,
+                        events,
+                        data: None,
+                    },
+                );
             }
         }
         let stored: u64 = std::fs::read_to_string(dir.join("next-seq"))
@@ -109,7 +136,9 @@ impl Spool {
             max_bytes,
             entries,
             total,
+            in_memory: 0,
             next_seq: stored.max(after_files).max(1),
+            reserved: 0,
             stream_id,
         })
     }
@@ -130,21 +159,25 @@ impl Spool {
             .map(|e| self.dir.join(file_name(seq, e.events)))
     }
 
-    /// Reserve the next sequence number (persisted before use).
+    /// The next sequence number. Its block is persisted before use.
     pub fn next_sequence(&mut self) -> Result<u64, SpoolError> {
+        if self.next_seq >= self.reserved {
+            let end = self.next_seq + SEQUENCE_BLOCK;
+            let p = self.dir.join("next-seq");
+            let tmp = self.dir.join("next-seq.tmp");
+            std::fs::write(&tmp, end.to_string())
+                .and_then(|_| std::fs::rename(&tmp, &p))
+                .map_err(|source| SpoolError::File { path: p, source })?;
+            self.reserved = end;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let p = self.dir.join("next-seq");
-        let tmp = self.dir.join("next-seq.tmp");
-        std::fs::write(&tmp, self.next_seq.to_string())
-            .and_then(|_| std::fs::rename(&tmp, &p))
-            .map_err(|source| SpoolError::File { path: p, source })?;
         Ok(seq)
     }
 
     /// Store an encoded batch. Returns the events of older batches dropped
     /// to stay within the bound.
-    pub fn push(&mut self, seq: u64, events: u64, data: &[u8]) -> Result<u64, SpoolError> {
+    pub fn push(&mut self, seq: u64, events: u64, data: Bytes) -> Result<u64, SpoolError> {
         let mut dropped = 0;
         while self.total + data.len() as u64 > self.max_bytes {
             let Some((&old, _)) = self.entries.iter().next() else {
@@ -155,15 +188,21 @@ impl Spool {
         // write then rename: a crash never leaves a half batch under its name
         let p = self.dir.join(file_name(seq, events));
         let tmp = self.dir.join("batch.tmp");
-        std::fs::write(&tmp, data)
+        std::fs::write(&tmp, &data)
             .and_then(|_| std::fs::rename(&tmp, &p))
             .map_err(|source| SpoolError::File { path: p, source })?;
-        self.total += data.len() as u64;
+        let bytes = data.len() as u64;
+        self.total += bytes;
+        let keep = self.in_memory + bytes <= MEMORY_BYTES;
+        if keep {
+            self.in_memory += bytes;
+        }
         self.entries.insert(
             seq,
             Entry {
-                bytes: data.len() as u64,
+                bytes,
                 events,
+                data: keep.then_some(data),
             },
         );
         Ok(dropped)
@@ -174,6 +213,9 @@ impl Spool {
         let e = self.entries.remove(&seq)?;
         let _ = std::fs::remove_file(path);
         self.total -= e.bytes;
+        if e.data.is_some() {
+            self.in_memory -= e.bytes;
+        }
         Some(e)
     }
 
@@ -187,13 +229,18 @@ impl Spool {
         self.entries.range(from..).next().map(|(&s, _)| s)
     }
 
-    /// Read a stored batch.
-    pub fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, SpoolError> {
-        let Some(p) = self.path(seq) else {
+    /// A stored batch: the bytes held in memory (shared, not copied), or
+    /// read from its file.
+    pub fn read(&self, seq: u64) -> Result<Option<Bytes>, SpoolError> {
+        let Some(e) = self.entries.get(&seq) else {
             return Ok(None);
         };
+        if let Some(data) = &e.data {
+            return Ok(Some(data.clone()));
+        }
+        let p = self.dir.join(file_name(seq, e.events));
         std::fs::read(&p)
-            .map(Some)
+            .map(|v| Some(Bytes::from(v)))
             .map_err(|source| SpoolError::File { path: p, source })
     }
 
@@ -225,9 +272,9 @@ mod tests {
         let d = dir("reopen");
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         let a = s.next_sequence().unwrap();
-        s.push(a, 3, b"aaa").unwrap();
+        s.push(a, 3, Bytes::from_static(b"aaa")).unwrap();
         let b = s.next_sequence().unwrap();
-        s.push(b, 1, b"b").unwrap();
+        s.push(b, 1, Bytes::from_static(b"b")).unwrap();
         s.ack(a);
         assert_eq!((a, b), (1, 2));
         let id = s.stream_id().to_owned();
@@ -236,15 +283,15 @@ mod tests {
         assert_eq!(s.stream_id(), id, "the sequence space survives a restart");
         assert_eq!(s.len(), 1);
         assert_eq!(s.next_after(0), Some(2));
-        assert_eq!(s.read(2).unwrap().unwrap(), b"b");
+        assert_eq!(s.read(2).unwrap().unwrap(), &b"b"[..]);
         s.ack(2);
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         assert_eq!(s.len(), 0);
-        assert_eq!(
-            s.next_sequence().unwrap(),
-            3,
-            "sequence survives an empty spool"
-        );
+        let c = s.next_sequence().unwrap();
+        assert!(c > b, "sequence survives an empty spool: {c}");
+        // a restart in the middle of a block skips its rest, never repeats
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        assert!(s.next_sequence().unwrap() > c);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -252,14 +299,36 @@ mod tests {
     fn full_spool_drops_oldest_and_counts_events() {
         let d = dir("full");
         let mut s = Spool::open(&d, 10).unwrap();
-        assert_eq!(s.push(1, 100, b"xxxx").unwrap(), 0);
-        assert_eq!(s.push(2, 100, b"xxxx").unwrap(), 0);
+        let x = |n| Bytes::from(vec![b'x'; n]);
+        assert_eq!(s.push(1, 100, x(4)).unwrap(), 0);
+        assert_eq!(s.push(2, 100, x(4)).unwrap(), 0);
         // 3 x 4 bytes > 10: batch 1 and its 100 events are dropped
-        assert_eq!(s.push(3, 100, b"xxxx").unwrap(), 100);
+        assert_eq!(s.push(3, 100, x(4)).unwrap(), 100);
         assert_eq!(s.next_after(0), Some(2));
-        assert_eq!(s.push(4, 7, b"xxxxxx").unwrap(), 100);
+        assert_eq!(s.push(4, 7, x(6)).unwrap(), 100);
         assert_eq!(s.next_after(0), Some(3));
         assert_eq!(s.bytes(), 10);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn batches_are_sent_from_memory_up_to_its_bound_then_read_from_disk() {
+        let d = dir("memory");
+        let mut s = Spool::open(&d, 4 * MEMORY_BYTES).unwrap();
+        let big = Bytes::from(vec![7u8; (MEMORY_BYTES / 2) as usize]);
+        for seq in 1..=3 {
+            s.push(seq, 1, big.clone()).unwrap();
+        }
+        // the first two are the very bytes pushed (shared, not copied)
+        let first = s.read(1).unwrap().unwrap();
+        assert_eq!(first.as_ptr(), big.as_ptr());
+        assert_eq!(s.in_memory, MEMORY_BYTES);
+        // the third is over the bound: same content, from its file
+        let third = s.read(3).unwrap().unwrap();
+        assert_eq!(third, big);
+        assert_ne!(third.as_ptr(), big.as_ptr());
+        s.ack(1);
+        assert_eq!(s.in_memory, MEMORY_BYTES / 2);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -1,5 +1,5 @@
-//! The sinks at the end of the pipeline: stdout always (possibly format
-//! `none`), the collector when configured. Both get every batch, in
+//! The sinks at the end of the pipeline: stdout unless its format is
+//! `none`, the collector when configured. Both get every batch, in
 //! order. Called from the pipeline thread: sends block when a sink is
 //! behind (back-pressure reaches the ring buffer, where loss is counted).
 use std::sync::Arc;
@@ -11,14 +11,14 @@ use super::PipelineError;
 use crate::{event::Event, metrics::Metrics};
 
 pub struct Sinks {
-    stdout: mpsc::Sender<Vec<Event>>,
+    stdout: Option<mpsc::Sender<Vec<Event>>>,
     grpc: Option<mpsc::Sender<Vec<Event>>>,
     metrics: Arc<Metrics>,
 }
 
 impl Sinks {
     pub fn new(
-        stdout: mpsc::Sender<Vec<Event>>,
+        stdout: Option<mpsc::Sender<Vec<Event>>>,
         grpc: Option<mpsc::Sender<Vec<Event>>>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -35,15 +35,24 @@ impl Sinks {
             return Ok(());
         }
         self.metrics.count(&events);
+        if self.stdout.is_none() {
+            self.to_collector(events);
+            return Ok(());
+        }
+        self.to_collector(events.clone());
+        let stdout = self.stdout.as_ref().expect("checked above");
+        stdout
+            .blocking_send(events)
+            .map_err(|_| PipelineError::StdoutStopped)
+    }
+
+    fn to_collector(&mut self, events: Vec<Event>) {
         if let Some(g) = &self.grpc {
-            if g.blocking_send(events.clone()).is_err() {
+            if g.blocking_send(events).is_err() {
                 // The exporter ended (it logged why); keep stdout going.
                 warn!("collector exporter stopped; events go to stdout only");
                 self.grpc = None;
             }
         }
-        self.stdout
-            .blocking_send(events)
-            .map_err(|_| PipelineError::StdoutStopped)
     }
 }
