@@ -194,7 +194,8 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let server = CollectorServer::new(svc)
         .max_decoding_message_size(cli.max_message_bytes)
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Zstd);
     let token = cli.token.clone().map(|t| format!("Bearer {t}"));
     let auth = move |req: Request<()>| -> Result<Request<()>, Status> {
         if let Some(want) = &token {

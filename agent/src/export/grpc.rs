@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    config::CollectorConfig,
+    config::{CollectorConfig, Compression},
     event::{Event, Kind, Loss, LossStage},
 };
 use spyglass_proto::model::wire::to_wire;
@@ -152,8 +152,10 @@ async fn connect(ep: &Endpoint, cfg: &CollectorConfig) -> Result<Conn, String> {
     let auth = auth(cfg).map_err(|e| e.to_string())?;
     let mut client = tonic::client::Grpc::new(InterceptedService::new(channel, auth))
         .max_decoding_message_size(16 * 1024 * 1024);
-    if cfg.compression {
-        client = client.send_compressed(CompressionEncoding::Gzip);
+    match cfg.compression {
+        Compression::Zstd => client = client.send_compressed(CompressionEncoding::Zstd),
+        Compression::Gzip => client = client.send_compressed(CompressionEncoding::Gzip),
+        Compression::None => {}
     }
     let status = |s: Status| format!("{}: {}", s.code(), s.message());
     client
