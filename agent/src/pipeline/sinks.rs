@@ -36,17 +36,17 @@ impl Sinks {
         }
         self.metrics.count(&events);
         if self.stdout.is_none() {
-            self.to_collector(events);
+            self.send_collector(events);
             return Ok(());
         }
-        self.to_collector(events.clone());
+        self.send_collector(events.clone());
         let stdout = self.stdout.as_ref().expect("checked above");
         stdout
             .blocking_send(events)
             .map_err(|_| PipelineError::StdoutStopped)
     }
 
-    fn to_collector(&mut self, events: Vec<Event>) {
+    fn send_collector(&mut self, events: Vec<Event>) {
         if let Some(g) = &self.grpc {
             if g.blocking_send(events).is_err() {
                 // The exporter ended (it logged why); keep stdout going.
