@@ -9,10 +9,10 @@ use spyglass_proto::{
 
 /// Where a line came from: node, sequence space, batch, and the line's
 /// place in its batch (so recovery can tell a complete batch from a torn one).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Delivery {
-    pub node_id: String,
-    pub stream_id: String,
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Delivery<'a> {
+    pub node_id: &'a str,
+    pub stream_id: &'a str,
     pub sequence: u64,
     pub index: usize,
     pub count: usize,
@@ -75,10 +75,10 @@ impl Received {
     }
 
     /// The delivery of the event at `index`.
-    pub fn delivery(&self, index: usize) -> Delivery {
+    pub fn delivery(&self, index: usize) -> Delivery<'_> {
         Delivery {
-            node_id: self.node_id.clone(),
-            stream_id: self.stream_id.clone(),
+            node_id: &self.node_id,
+            stream_id: &self.stream_id,
             sequence: self.sequence,
             index,
             count: self.events.len(),

@@ -131,11 +131,7 @@ async fn run(cli: Cli) -> Result<()> {
     metrics.turned();
     let shared = Arc::new(service::Shared {
         outputs: Mutex::new((
-            output::Outputs {
-                format: cli.format,
-                file,
-                syslog,
-            },
+            output::Outputs::new(cli.format, file, syslog),
             ledger,
         )),
         agents: Default::default(),

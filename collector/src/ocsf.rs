@@ -121,7 +121,7 @@ fn container(c: &Container) -> Value {
 
 /// One event as an OCSF object; the delivery goes to `unmapped.delivery`.
 pub fn event_ocsf(ev: &Event, d: &Delivery) -> Value {
-    let node_id = d.node_id.as_str();
+    let node_id = d.node_id;
     let outcome = ev.network.as_ref().and_then(|n| n.outcome);
     let (class_uid, category_uid, activity_id): (u32, u32, u32) = match ev.kind {
         Kind::Exec => (1007, 1, 1),   // Launch
@@ -350,7 +350,7 @@ mod tests {
             comm: "sh".into(),
         });
         let d = Delivery {
-            node_id: "n1".into(),
+            node_id: "n1",
             sequence: 3,
             count: 1,
             ..Default::default()

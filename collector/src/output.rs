@@ -40,17 +40,39 @@ pub enum OutputError {
     },
 }
 
-/// One event as an output line: the agent's JSON (the shared renderer)
-/// plus `delivery`, or OCSF.
-pub fn render_line(format: Format, ev: &Event, d: &Delivery) -> String {
+/// One event appended as an output line (without its newline): the
+/// agent's JSON (the shared renderer) plus `delivery`, or OCSF.
+pub fn render_line(format: Format, ev: &Event, d: &Delivery<'_>, out: &mut Vec<u8>) {
     match format {
-        Format::Json => {
-            let mut out = Vec::with_capacity(1024);
-            render::write_with(ev, "delivery", d, &mut out);
-            // serde_json writes UTF-8 only.
-            String::from_utf8(out).unwrap_or_default()
+        Format::Json => render::write_with(ev, "delivery", d, out),
+        Format::Ocsf => {
+            // Serializing a Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &ocsf::event_ocsf(ev, d));
         }
-        Format::Ocsf => ocsf::event_ocsf(ev, d).to_string(),
+    }
+}
+
+/// A batch rendered: every line in one buffer, each followed by `\n`,
+/// written to the file with one call.
+#[derive(Debug, Default)]
+pub struct Lines {
+    buf: Vec<u8>,
+    /// End of each line (before its newline).
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    /// All lines, newlines included.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Each line without its newline (serde_json writes UTF-8 only).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|e| e + 1));
+        starts
+            .zip(&self.ends)
+            .map(|(s, &e)| std::str::from_utf8(&self.buf[s..e]).unwrap_or_default())
     }
 }
 
@@ -107,25 +129,21 @@ impl LineSink {
     }
 
     /// Whether writing `lines` will rotate the file first.
-    pub fn would_rotate(&self, lines: &[String]) -> bool {
-        let incoming: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
+    pub fn would_rotate(&self, lines: &Lines) -> bool {
+        let incoming = lines.bytes().len() as u64;
         self.size > 0 && self.size + incoming > self.rotate_bytes
     }
 
     /// Write lines with one write call, straight to the OS. Returns true if
     /// the file was rotated first. On failure the file is cut back to where
     /// it was, so a retried batch is never half there twice.
-    pub fn write_lines(&mut self, lines: &[String]) -> Result<bool, OutputError> {
+    pub fn write_lines(&mut self, lines: &Lines) -> Result<bool, OutputError> {
         let rotated = self.would_rotate(lines);
         if rotated {
             self.rotate()?;
         }
-        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-        for l in lines {
-            buf.extend_from_slice(l.as_bytes());
-            buf.push(b'\n');
-        }
-        if let Err(e) = self.out.write_all(&buf).and_then(|_| self.out.flush()) {
+        let buf = lines.bytes();
+        if let Err(e) = self.out.write_all(buf).and_then(|_| self.out.flush()) {
             if let Some(p) = &self.path {
                 if let Ok(f) = OpenOptions::new().write(true).open(p) {
                     let _ = f.set_len(self.size);
@@ -168,25 +186,51 @@ pub struct Outputs {
     pub format: Format,
     pub file: LineSink,
     pub syslog: Option<SyslogHandle>,
+    /// The rendered batch; its buffer is reused from batch to batch (a
+    /// fresh megabyte per batch cost page faults on every one).
+    lines: Lines,
 }
 
+/// Rendered bytes kept between batches at most; a bigger buffer is let go.
+const KEEP_LINES_BYTES: usize = 8 << 20;
+
 impl Outputs {
-    /// A batch as output lines.
-    pub fn render_batch(&self, batch: &Received) -> Vec<String> {
-        batch
-            .events
-            .iter()
-            .enumerate()
-            .map(|(index, e)| render_line(self.format, e, &batch.delivery(index)))
-            .collect()
+    pub fn new(format: Format, file: LineSink, syslog: Option<SyslogHandle>) -> Self {
+        Outputs {
+            format,
+            file,
+            syslog,
+            lines: Lines::default(),
+        }
+    }
+
+    /// Render a batch as output lines (kept until the next batch).
+    pub fn render_batch(&mut self, batch: &Received) -> &Lines {
+        let lines = &mut self.lines;
+        if lines.buf.capacity() > KEEP_LINES_BYTES {
+            *lines = Lines::default();
+        }
+        lines.buf.clear();
+        lines.ends.clear();
+        for (index, e) in batch.events.iter().enumerate() {
+            render_line(self.format, e, &batch.delivery(index), &mut lines.buf);
+            lines.ends.push(lines.buf.len());
+            lines.buf.push(b'\n');
+        }
+        &self.lines
+    }
+
+    /// Whether writing the rendered batch rotates the file first.
+    pub fn would_rotate(&self) -> bool {
+        self.file.would_rotate(&self.lines)
     }
 
     /// Write rendered lines to the file, then hand them to syslog (which
     /// never blocks the file). Returns true if the file rotated.
-    pub fn write(&mut self, batch: &Received, lines: &[String]) -> Result<bool, OutputError> {
-        let rotated = self.file.write_lines(lines)?;
+    pub fn write(&mut self, batch: &Received) -> Result<bool, OutputError> {
+        let rotated = self.file.write_lines(&self.lines)?;
         if let Some(s) = &self.syslog {
-            s.send(&batch.events, lines);
+            s.send(&batch.events, &self.lines);
         }
         Ok(rotated)
     }
@@ -203,9 +247,14 @@ mod tests {
         let path = dir.join("out.jsonl");
         let mut s = LineSink::open(path.to_str().unwrap(), 100, 2).unwrap();
         let line = "x".repeat(39); // 40 bytes with newline
+        let lines = Lines {
+            buf: format!("{line}\n").into_bytes(),
+            ends: vec![39],
+        };
+        assert_eq!(lines.iter().collect::<Vec<_>>(), [line.as_str()]);
         let mut rotations = 0;
         for _ in 0..10 {
-            if s.write_lines(std::slice::from_ref(&line)).unwrap() {
+            if s.write_lines(&lines).unwrap() {
                 rotations += 1;
             }
         }

@@ -83,8 +83,8 @@ impl CollectorService {
             match ledger.check(&key, batch.sequence) {
                 Verdict::Duplicate => Verdict::Duplicate,
                 Verdict::Write => {
-                    let lines = outputs.render_batch(batch);
-                    if outputs.file.would_rotate(&lines) {
+                    outputs.render_batch(batch);
+                    if outputs.would_rotate() {
                         // the current file feeds crash recovery: save the
                         // ledger before it becomes FILE.1
                         ledger.save().map_err(|e| {
@@ -92,7 +92,7 @@ impl CollectorService {
                             Status::unavailable(format!("collector state: {e}"))
                         })?;
                     }
-                    outputs.write(batch, &lines).map_err(|e| {
+                    outputs.write(batch).map_err(|e| {
                         warn!(error = %e, "output write failed");
                         let m = &self.shared.metrics;
                         m.output_errors.fetch_add(1, Ordering::Relaxed);

@@ -95,9 +95,9 @@ pub struct SyslogHandle {
 
 impl SyslogHandle {
     /// Queue a batch; when the queue is full the batch is dropped and counted.
-    pub fn send(&self, events: &[Event], lines: &[String]) {
+    pub fn send(&self, events: &[Event], lines: &crate::output::Lines) {
         let mut buf = Vec::new();
-        for (ev, line) in events.iter().zip(lines) {
+        for (ev, line) in events.iter().zip(lines.iter()) {
             buf.extend_from_slice(&frame(ev, line));
         }
         if self.tx.try_send((events.len(), buf)).is_err() {

@@ -146,7 +146,7 @@ struct Tracer {
 
 /// CPU time of every thread of `pid`, ns (`schedstat`: ns resolution,
 /// where `stat`'s clock ticks are 10 ms).
-fn cpu_ns(pid: u32) -> u64 {
+pub fn cpu_ns(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|rd| {
             rd.flatten()
