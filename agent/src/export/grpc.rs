@@ -10,7 +10,6 @@
 //! (stage `agent`, `spool_dropped`) says how many events went with them.
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use spyglass_proto::v1 as wire;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,7 +23,7 @@ use tonic::{
 use tracing::{info, warn};
 
 use super::{
-    publish::{self, BatchCodec, Outgoing},
+    publish::{self, BatchBuf, BatchCodec, Outgoing},
     spool::Spool,
 };
 use crate::{
@@ -190,8 +189,7 @@ fn now_ns() -> i64 {
 struct Exporter {
     node: String,
     spool: Spool,
-    pending: Vec<wire::Event>,
-    pending_bytes: usize,
+    pending: BatchBuf,
     /// Spool drops not yet logged (the log is rate-limited; the loss
     /// events are not).
     unlogged_drops: u64,
@@ -199,9 +197,8 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn push(&mut self, ev: wire::Event) {
-        self.pending_bytes += ev.encoded_len() + 8;
-        self.pending.push(ev);
+    fn push(&mut self, ev: &Event) {
+        self.pending.push(&to_wire(ev));
     }
 
     /// Report events lost by this stage as a `loss` event in the next batch.
@@ -211,7 +208,7 @@ impl Exporter {
             spool_dropped: events,
             ..Loss::new(LossStage::Agent)
         });
-        self.push(to_wire(&ev));
+        self.push(&ev);
     }
 
     /// Seal the pending events into a spooled batch. Spool failures (disk
@@ -221,19 +218,17 @@ impl Exporter {
         if self.pending.is_empty() {
             return;
         }
-        let events = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        let n = events.len() as u64;
-        let result = self.spool.next_sequence().and_then(|seq| {
-            let batch = wire::Batch {
-                node_id: self.node.clone(),
-                sequence: seq,
-                events,
-                sent_unix_nano: 0,
-                stream_id: self.spool.stream_id().to_owned(),
-            };
-            self.spool.push(seq, n, publish::encode(&batch))
-        });
+        let n = self.pending.events();
+        let result = match self.spool.next_sequence() {
+            Ok(seq) => {
+                let bytes = self.pending.seal(&self.node, seq, self.spool.stream_id());
+                self.spool.push(seq, n, bytes)
+            }
+            Err(e) => {
+                self.pending = BatchBuf::default();
+                Err(e)
+            }
+        };
         match result {
             Ok(0) => {}
             Ok(dropped) => {
@@ -314,8 +309,7 @@ pub async fn run(
     let mut ex = Exporter {
         node,
         spool,
-        pending: Vec::new(),
-        pending_bytes: 0,
+        pending: BatchBuf::default(),
         unlogged_drops: 0,
         last_drop_log: None,
     };
@@ -389,9 +383,9 @@ pub async fn run(
             evs = rx.recv(), if closing.is_none() => match evs {
                 Some(evs) => {
                     for ev in &evs {
-                        ex.push(to_wire(ev));
+                        ex.push(ev);
                     }
-                    if ex.pending.len() >= cfg.batch_max_events || ex.pending_bytes >= cfg.batch_max_bytes {
+                    if ex.pending.events() >= cfg.batch_max_events as u64 || ex.pending.len() >= cfg.batch_max_bytes {
                         ex.flush();
                     }
                 }

@@ -3,7 +3,13 @@
 //! re-encode per send). The send time, which changes on every resend, is
 //! appended as one more field: protobuf keeps the last value of a scalar
 //! field, and the stored batch never carries it.
-use bytes::{BufMut, Bytes};
+//!
+//! A batch is built as it fills ([`BatchBuf`]): each event is encoded as
+//! it arrives (field `events`), and the batch's own fields follow when it
+//! is sealed. Protobuf lets fields come in any order, so this is the same
+//! message as `wire::Batch`, without a `Vec` of wire events kept, grown
+//! and measured twice.
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use spyglass_proto::v1 as wire;
 use tonic::{
@@ -12,8 +18,13 @@ use tonic::{
     Status,
 };
 
-/// `Batch.sent_unix_nano` (spyglass/v1/collector.proto).
+/// `Batch` field numbers (spyglass/v1/collector.proto); the tests check
+/// them against the generated type.
+const NODE_ID_FIELD: u32 = 1;
+const SEQUENCE_FIELD: u32 = 2;
+const EVENTS_FIELD: u32 = 3;
 const SENT_UNIX_NANO_FIELD: u32 = 4;
+const STREAM_ID_FIELD: u32 = 5;
 const PUBLISH: &str = "/spyglass.v1.Collector/Publish";
 
 /// One send of a stored batch.
@@ -75,18 +86,87 @@ pub fn path() -> PathAndQuery {
     PathAndQuery::from_static(PUBLISH)
 }
 
-/// A batch as the spool stores it: encoded once, without a send time.
-pub fn encode(batch: &wire::Batch) -> Bytes {
-    debug_assert_eq!(batch.sent_unix_nano, 0);
-    Bytes::from(batch.encode_to_vec())
+/// A batch being filled: its events encoded so far.
+#[derive(Debug, Default)]
+pub struct BatchBuf {
+    buf: BytesMut,
+    events: u64,
+}
+
+impl BatchBuf {
+    /// Append one event.
+    pub fn push(&mut self, ev: &wire::Event) {
+        prost::encoding::message::encode(EVENTS_FIELD, ev, &mut self.buf);
+        self.events += 1;
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    /// The batch as the spool stores it: its events, then node, sequence
+    /// and stream (no send time). The buffer starts over empty.
+    pub fn seal(&mut self, node_id: &str, sequence: u64, stream_id: &str) -> Bytes {
+        let buf = &mut self.buf;
+        prost::encoding::string::encode(NODE_ID_FIELD, &node_id.to_owned(), buf);
+        prost::encoding::uint64::encode(SEQUENCE_FIELD, &sequence, buf);
+        prost::encoding::string::encode(STREAM_ID_FIELD, &stream_id.to_owned(), buf);
+        self.events = 0;
+        std::mem::take(buf).freeze()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn event(pid: u32) -> wire::Event {
+        wire::Event {
+            kind: wire::EventKind::Exec as i32,
+            node: "n".into(),
+            process: Some(wire::Process {
+                pid,
+                comm: "sh".into(),
+                ..wire::Process::default()
+            }),
+            ..wire::Event::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_built_as_it_fills_is_the_generated_batch() {
+        let mut b = BatchBuf::default();
+        b.push(&event(1));
+        b.push(&event(2));
+        assert_eq!(b.events(), 2);
+        let stored = b.seal("n1", 9, "s1");
+        assert!(b.is_empty() && b.len() == 0, "sealing starts over");
+        let want = wire::Batch {
+            node_id: "n1".into(),
+            sequence: 9,
+            events: vec![event(1), event(2)],
+            sent_unix_nano: 0,
+            stream_id: "s1".into(),
+        };
+        assert_eq!(wire::Batch::decode(stored.clone()).unwrap(), want);
+        // the same bytes as the generated encoder's, fields reordered
+        assert_eq!(stored.len(), want.encoded_len());
+    }
+
     #[test]
     fn the_appended_send_time_is_what_the_collector_decodes() {
+        let mut buf = BatchBuf::default();
+        buf.push(&wire::Event::default());
+        let stored = buf.seal("n", 7, "s");
         let b = wire::Batch {
             node_id: "n".into(),
             sequence: 7,
@@ -94,7 +174,6 @@ mod tests {
             sent_unix_nano: 0,
             stream_id: "s".into(),
         };
-        let stored = encode(&b);
         let mut out = bytes::BytesMut::new();
         out.put_slice(&stored);
         prost::encoding::int64::encode(SENT_UNIX_NANO_FIELD, &42, &mut out);
