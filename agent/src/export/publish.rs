@@ -149,7 +149,7 @@ mod tests {
         b.push(&event(2));
         assert_eq!(b.events(), 2);
         let stored = b.seal("n1", 9, "s1");
-        assert!(b.is_empty() && b.len() == 0, "sealing starts over");
+        assert_eq!((b.events(), b.len()), (0, 0), "sealing starts over");
         let want = wire::Batch {
             node_id: "n1".into(),
             sequence: 9,
