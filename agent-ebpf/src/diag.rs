@@ -22,7 +22,7 @@ static DIAG_RATE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 pub fn allowed() -> bool {
     // SAFETY: a plain read of a loader-patched global.
-    if unsafe { core::ptr::read_volatile(&DEBUG_LOG) } == 0 {
+    if unsafe { core::ptr::read_volatile(&raw const DEBUG_LOG) } == 0 {
         return false;
     }
     let Some(slot) = DIAG_RATE.get_ptr_mut(0) else {

@@ -29,6 +29,7 @@ pub fn current_header(kind: u32) -> EventHeader {
         _pad: 0,
         // SAFETY: helpers without preconditions.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        // SAFETY: as above, a helper without preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
     }
@@ -59,11 +60,11 @@ pub fn count(index: u32) {
 #[inline(always)]
 fn wakeup_flags() -> u64 {
     // SAFETY: plain read of a loader-patched global.
-    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_THRESHOLD) };
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold {
-        BPF_RB_FORCE_WAKEUP as u64
+    let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_THRESHOLD) };
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) > threshold {
+        u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
-        BPF_RB_NO_WAKEUP as u64
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

@@ -9,6 +9,9 @@
 //! - `cgroup/connect4|6`, `cgroup/sendmsg4|6`, `cgroup/post_bind4|6` (udp.rs)
 #![no_std]
 #![no_main]
+// Program contexts (one pointer each) are passed by value, as aya's
+// entry points receive them.
+#![allow(clippy::needless_pass_by_value)]
 
 mod diag;
 mod emit;

@@ -111,5 +111,5 @@ pub static WAKEUP_THRESHOLD: u64 = 1024 * 1024;
 pub fn offsets() -> KernelOffsets {
     // SAFETY: a plain read of a global the loader patched; volatile so the
     // compiler does not fold the zero initializer.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
 }

@@ -9,5 +9,5 @@ pub fn read<T>(base: u64, offset: u32) -> Result<T, i32> {
         return Err(-1);
     }
     // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }
 }

@@ -35,7 +35,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     // SAFETY: `offset` is inside the record (stable format file) and the
     // record lives for the whole program run.
-    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset).cast::<T>()) }
 }
 
 fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
@@ -54,7 +54,7 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
         TcpStep::Listen => (current_header(kind::NET), net_op::TCP_LISTEN, outcome::NONE),
         TcpStep::ConnectStarted => {
             let header = current_header(kind::NET);
-            if CONNECTS.insert(&skaddr, &header, 0).is_err() {
+            if CONNECTS.insert(skaddr, header, 0).is_err() {
                 count(counter::CONNECT_TRACK_FULL);
                 diag!(
                     ctx,
@@ -65,12 +65,12 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
         }
         TcpStep::ConnectEnded { outcome: result } => {
             // SAFETY: the value is copied out before the entry is removed.
-            let header = match unsafe { CONNECTS.get(&skaddr) } {
+            let header = match unsafe { CONNECTS.get(skaddr) } {
                 Some(h) => *h,
                 // Connect began before the agent: the task is unknown.
                 None => anonymous_header(kind::NET),
             };
-            let _ = CONNECTS.remove(&skaddr);
+            let _ = CONNECTS.remove(skaddr);
             (header, net_op::TCP_CONNECT, result)
         }
         TcpStep::Accepted => (

@@ -62,7 +62,7 @@ fn denied(ctx: &SockAddrContext, family: u16) -> bool {
     };
     if family == AF_INET {
         // SAFETY: ctx field; the verifier allows 4-byte loads.
-        let ip4 = unsafe { core::ptr::read_volatile(&sa.user_ip4) }.to_ne_bytes();
+        let ip4 = unsafe { core::ptr::read_volatile(&raw const sa.user_ip4) }.to_ne_bytes();
         daddr[..4].copy_from_slice(&ip4);
         key.addr[10] = 0xff;
         key.addr[11] = 0xff;
@@ -77,7 +77,7 @@ fn denied(ctx: &SockAddrContext, family: u16) -> bool {
         Some(v) if *v != 0 => {}
         _ => return false,
     }
-    let (protocol, op) = if sa.protocol == IPPROTO_UDP as u32 {
+    let (protocol, op) = if sa.protocol == u32::from(IPPROTO_UDP) {
         (IPPROTO_UDP, net_op::UDP_CONNECT)
     } else {
         (IPPROTO_TCP, net_op::TCP_CONNECT)
@@ -119,13 +119,13 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8, dedupe: bool) {
     // SAFETY: the context pointer is valid for the program run.
     let sa = unsafe { &*ctx.sock_addr };
-    if sa.type_ != SOCK_DGRAM || sa.protocol != IPPROTO_UDP as u32 {
+    if sa.type_ != SOCK_DGRAM || sa.protocol != u32::from(IPPROTO_UDP) {
         return; // TCP connects are covered by inet_sock_set_state
     }
     let mut daddr = [0u8; 16];
     if family == AF_INET {
         // SAFETY: ctx field; the verifier allows 4-byte loads.
-        let ip4 = unsafe { core::ptr::read_volatile(&sa.user_ip4) };
+        let ip4 = unsafe { core::ptr::read_volatile(&raw const sa.user_ip4) };
         daddr[..4].copy_from_slice(&ip4.to_ne_bytes());
     } else {
         daddr = ip6_words(&sa.user_ip6);
@@ -141,7 +141,7 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8, dedupe: bool) {
             family,
             _pad: 0,
         };
-        if UDP_PEERS.insert(&key, &1u8, BPF_NOEXIST as u64).is_err() {
+        if UDP_PEERS.insert(key, 1u8, u64::from(BPF_NOEXIST)).is_err() {
             return; // already reported
         }
     }
@@ -154,9 +154,11 @@ fn on_sock_addr(ctx: &SockAddrContext, family: u16, op: u8, dedupe: bool) {
     if !sk.is_null() {
         // SAFETY: narrow loads of bpf_sock fields, checked by the verifier.
         let sk = unsafe { &*sk };
-        sport = unsafe { core::ptr::read_volatile(&sk.src_port) } as u16;
+        // SAFETY: as above (a verifier-checked bpf_sock field load).
+        sport = unsafe { core::ptr::read_volatile(&raw const sk.src_port) } as u16;
         if family == AF_INET {
-            let ip4 = unsafe { core::ptr::read_volatile(&sk.src_ip4) };
+            // SAFETY: as above.
+            let ip4 = unsafe { core::ptr::read_volatile(&raw const sk.src_ip4) };
             saddr[..4].copy_from_slice(&ip4.to_ne_bytes());
         } else {
             saddr = ip6_words(&sk.src_ip6);
@@ -196,7 +198,7 @@ pub fn post_bind6(ctx: SockContext) -> i32 {
 fn on_bind(ctx: &SockContext, family: u16) {
     // SAFETY: the context pointer is valid for the program run.
     let sk = unsafe { &*ctx.sock };
-    if sk.protocol != IPPROTO_UDP as u32 {
+    if sk.protocol != u32::from(IPPROTO_UDP) {
         return; // TCP services are reported when they listen
     }
     let mut saddr = [0u8; 16];
@@ -229,7 +231,7 @@ fn ip6_words(words: &[u32; 4]) -> [u8; 16] {
     let mut i = 0;
     while i < 4 {
         // SAFETY: in-bounds read of a context field.
-        let w = unsafe { core::ptr::read_volatile(&words[i]) };
+        let w = unsafe { core::ptr::read_volatile(&raw const words[i]) };
         out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
         i += 1;
     }

@@ -15,8 +15,8 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
         tv_nsec: 0,
     };
     // SAFETY: valid out pointer; both clocks exist on every supported kernel.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 impl Clock {
@@ -33,7 +33,7 @@ impl Clock {
 
     /// Boot-relative ns -> wall clock.
     pub fn wall(&self, boot_ns: u64) -> Timestamp {
-        Timestamp((boot_ns as i128 + self.offset_ns) as i64)
+        Timestamp((i128::from(boot_ns) + self.offset_ns) as i64)
     }
 
     /// Wall clock now.

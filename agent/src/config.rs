@@ -431,9 +431,7 @@ impl Config {
     /// The node name: configured, else the host name.
     pub fn node(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".into())
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
         })
     }
 }

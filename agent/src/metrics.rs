@@ -268,7 +268,7 @@ impl Metrics {
                 "spyglass_containerd_up",
                 "1 when containerd is connected and synced.",
                 "gauge",
-                self.containerd_up.load(Ordering::Relaxed) as u64,
+                u64::from(self.containerd_up.load(Ordering::Relaxed)),
             ),
             (
                 "spyglass_probes_attached",
@@ -280,7 +280,7 @@ impl Metrics {
                 "spyglass_collector_connected",
                 "1 when the gRPC stream to the collector is up.",
                 "gauge",
-                self.collector_connected.load(Ordering::Relaxed) as u64,
+                u64::from(self.collector_connected.load(Ordering::Relaxed)),
             ),
             (
                 "spyglass_spool_batches",

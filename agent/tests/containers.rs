@@ -250,7 +250,7 @@ fn pod_through_cri_carries_pod_labels() {
     let img = image("spyglass.test/busybox:1");
     let agent = start_agent(&["--no-snapshot"]);
     let mark = marker("pod");
-    let pod = Pod::start(PodSpec {
+    let pod = Pod::start(&PodSpec {
         name: "web-0",
         namespace: "shop",
         container_name: "app",
@@ -442,11 +442,10 @@ fn churn_of_short_lived_containers_leaves_no_growth() {
 /// Directories under `dir`, recursively (the cgroup tree's size).
 fn count_dirs(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
-        .map(|rd| {
+        .map_or(0, |rd| {
             rd.flatten()
-                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|e| 1 + count_dirs(&e.path()))
                 .sum()
         })
-        .unwrap_or(0)
 }

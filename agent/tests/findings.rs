@@ -746,7 +746,7 @@ fn scopes_match_pod_namespace_and_pod_labels() {
     );
     let agent = start(&policy, &cfg, &[]);
     let mark = marker("scoped");
-    let pod = Pod::start(PodSpec {
+    let pod = Pod::start(&PodSpec {
         name: "scoped-0",
         namespace: "shop",
         container_name: "app",

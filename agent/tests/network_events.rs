@@ -14,7 +14,7 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn me() -> u64 {
-    std::process::id() as u64
+    u64::from(std::process::id())
 }
 
 fn net(e: &Value) -> &Value {

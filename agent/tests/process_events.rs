@@ -22,7 +22,7 @@ fn exec_shows_argv_uid_ppid_exe_and_exit_code() {
         .gid(65534)
         .spawn()
         .expect("spawn");
-    let pid = child.id() as u64;
+    let pid = u64::from(child.id());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(7));
 
@@ -67,7 +67,7 @@ fn killed_process_reports_its_signal() {
     let _g = serial();
     let agent = start_agent(&["--no-snapshot"]);
     let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
-    let pid = child.id() as u64;
+    let pid = u64::from(child.id());
     agent.wait_for("exec of sleep", WAIT, |e| {
         e["kind"] == "exec" && pid_of(e) == pid
     });
@@ -122,7 +122,7 @@ fn long_argv_is_truncated_and_marked() {
     assert_eq!(exec["process"]["argv_truncated"], true);
     let argv = argv_of(&exec);
     // NUL-separated; the cut last argument has no terminating NUL.
-    let kept: usize = argv.iter().map(|a| a.len()).sum::<usize>() + argv.len() - 1;
+    let kept: usize = argv.iter().map(std::string::String::len).sum::<usize>() + argv.len() - 1;
     assert_eq!(kept, 4096, "exactly the 4096-byte argv budget is kept");
     assert!(big.starts_with(argv.last().unwrap().as_str()));
     agent.stop();
@@ -138,7 +138,7 @@ fn startup_snapshot_reports_running_processes() {
         .arg0(&mark)
         .spawn()
         .unwrap();
-    let pid = child.id() as u64;
+    let pid = u64::from(child.id());
     std::thread::sleep(Duration::from_millis(100));
     let agent = start_agent(&[]);
     let snap = agent.wait_for("snapshot of the earlier process", WAIT, |e| {

@@ -152,8 +152,8 @@ pub fn delivery_of(line: &[u8]) -> Option<(String, u64, bool)> {
         d.get("node_id")?.as_str()?,
         d.get("stream_id").and_then(|s| s.as_str()).unwrap_or(""),
     );
-    let index = d.get("index").and_then(|i| i.as_u64());
-    let count = d.get("count").and_then(|c| c.as_u64());
+    let index = d.get("index").and_then(serde_json::Value::as_u64);
+    let count = d.get("count").and_then(serde_json::Value::as_u64);
     let last = match (index, count) {
         (Some(i), Some(c)) => i + 1 == c,
         _ => true,

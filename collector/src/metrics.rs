@@ -140,7 +140,7 @@ impl Metrics {
                 "spyglass_collector_syslog_dropped_total",
                 "Lines syslog could not take (queue full).",
                 "counter",
-                self.syslog_dropped.as_ref().map(|d| get(d)).unwrap_or(0),
+                self.syslog_dropped.as_ref().map_or(0, |d| get(d)),
             ),
             (
                 "spyglass_collector_agents_connected",

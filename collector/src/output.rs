@@ -95,7 +95,7 @@ fn open_append(path: &Path) -> Result<(File, u64), OutputError> {
             path: path.to_owned(),
             source,
         })?;
-    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let size = f.metadata().map_or(0, |m| m.len());
     Ok((f, size))
 }
 
@@ -259,7 +259,7 @@ mod tests {
             }
         }
         assert_eq!(rotations, 4);
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         assert_eq!(size(&path), 80);
         assert_eq!(size(&dir.join("out.jsonl.1")), 80);
         assert_eq!(size(&dir.join("out.jsonl.2")), 80);

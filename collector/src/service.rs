@@ -61,8 +61,7 @@ pub struct CollectorService {
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl CollectorService {
@@ -149,9 +148,7 @@ impl Collector for CollectorService {
         request: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
         let peer = request
-            .remote_addr()
-            .map(|a: SocketAddr| a.to_string())
-            .unwrap_or_else(|| "unknown".into());
+            .remote_addr().map_or_else(|| "unknown".into(), |a: SocketAddr| a.to_string());
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let svc = self.clone();

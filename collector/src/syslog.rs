@@ -174,7 +174,7 @@ pub fn spawn(target: &str, ca_file: Option<&str>) -> Result<SyslogHandle, Syslog
                         break;
                     }
                     Err(e) => {
-                        warn!(host = %sink.host, port = sink.port, error = %e, "syslog send failed")
+                        warn!(host = %sink.host, port = sink.port, error = %e, "syslog send failed");
                     }
                 }
             }

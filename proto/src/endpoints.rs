@@ -65,8 +65,7 @@ pub struct Heartbeat(std::sync::atomic::AtomicU64);
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Heartbeat {

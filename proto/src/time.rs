@@ -9,7 +9,7 @@ pub struct Timestamp(pub i64);
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_rfc3339(f, self.0 as i128)
+        write_rfc3339(f, i128::from(self.0))
     }
 }
 

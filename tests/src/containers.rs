@@ -162,8 +162,7 @@ pub fn containerd_up() -> bool {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
 fn containerd_pids() -> Vec<i32> {
@@ -261,7 +260,7 @@ async fn cri() -> RuntimeServiceClient<containerd_client::tonic::transport::Chan
 }
 
 impl Pod {
-    pub fn start(spec: PodSpec) -> Pod {
+    pub fn start(spec: &PodSpec) -> Pod {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -326,7 +325,7 @@ impl Pod {
                 image: spec.image.into(),
                 ..Default::default()
             }),
-            command: spec.command.iter().map(|s| s.to_string()).collect(),
+            command: spec.command.iter().map(std::string::ToString::to_string).collect(),
             labels,
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {

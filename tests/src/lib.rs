@@ -32,7 +32,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One scenario at a time (2 cores; agents and collectors are heavy).
 pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub fn root() -> PathBuf {
@@ -303,7 +303,7 @@ impl Agent {
                     .iter()
                     .rev()
                     .take(5)
-                    .map(|e| e.to_string())
+                    .map(std::string::ToString::to_string)
                     .collect();
                 let why = match (&stream.bad_line, stream.closed) {
                     (Some(line), _) => format!("the agent wrote a non-JSON line {line}"),

@@ -145,7 +145,7 @@ pub fn run_loadgen(args: &[String]) -> Result<f64> {
 }
 
 pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return f64::NAN;
     }
@@ -204,8 +204,8 @@ fn workload(
         }
     }
     let spread = {
-        let lo = on.iter().cloned().fold(f64::INFINITY, f64::min);
-        let hi = on.iter().cloned().fold(0.0, f64::max);
+        let lo = on.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = on.iter().copied().fold(0.0, f64::max);
         hi - lo
     };
     // SAFETY: sysconf has no preconditions.
@@ -342,7 +342,7 @@ fn connect_once(l: &TcpListener) -> Result<()> {
             s.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
+            (&raw const linger).cast(),
             std::mem::size_of::<libc::linger>() as u32,
         )
     };
@@ -453,8 +453,7 @@ fn parse_rfc3339(t: &str) -> Option<i64> {
 fn unix_now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Follow a growing file; for each new line containing `marker`, record
@@ -467,7 +466,7 @@ fn tail_latencies(
     std::thread::spawn(move || {
         use std::io::Seek;
         let mut lat = Vec::new();
-        let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut pos = std::fs::metadata(&path).map_or(0, |m| m.len());
         let mut carry = String::new();
         while !stop.load(Ordering::Relaxed) {
             let Ok(mut f) = std::fs::File::open(&path) else {
@@ -503,7 +502,7 @@ fn tail_latencies(
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return f64::NAN;
     }
@@ -535,8 +534,7 @@ pub fn start_collector(port: u16, out: &std::path::Path) -> Result<Child> {
 
 fn count_in(path: &std::path::Path, marker: &str) -> usize {
     std::fs::read_to_string(path)
-        .map(|t| t.lines().filter(|l| l.contains(marker)).count())
-        .unwrap_or(0)
+        .map_or(0, |t| t.lines().filter(|l| l.contains(marker)).count())
 }
 
 /// End-to-end latency (kernel event -> collector output line) at fixed
@@ -614,7 +612,7 @@ fn collector_bench(quick: bool) -> Result<String> {
     ])?;
     std::thread::sleep(Duration::from_millis(1500));
     let expected = (10_000 * backlog_secs) as usize;
-    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let before = size(&out);
     let mut collector = start_collector(port, &out)?;
     // Start the clock when the replay starts (the agent may be waiting out
@@ -629,12 +627,11 @@ fn collector_bench(quick: bool) -> Result<String> {
     // polling a directory keeps the measurement from loading the machine.
     let spooled = || {
         std::fs::read_dir(&spool)
-            .map(|d| {
+            .map_or(0, |d| {
                 d.flatten()
                     .filter(|f| f.file_name().to_string_lossy().ends_with(".batch"))
                     .count()
             })
-            .unwrap_or(0)
     };
     while spooled() > 0 && t.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(20));

@@ -148,13 +148,12 @@ struct Tracer {
 /// where `stat`'s clock ticks are 10 ms).
 pub fn cpu_ns(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|rd| {
+        .map_or(0, |rd| {
             rd.flatten()
                 .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
                 .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
                 .sum()
         })
-        .unwrap_or(0)
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -183,8 +182,7 @@ fn wait_for_line(path: &Path, needle: &str, what: &str) -> Result<()> {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(60) {
         if std::fs::read_to_string(path)
-            .map(|s| s.contains(needle))
-            .unwrap_or(false)
+            .is_ok_and(|s| s.contains(needle))
         {
             return Ok(());
         }
@@ -290,7 +288,7 @@ impl Tracer {
                     ]))?;
                 }
                 quiet(Command::new("auditctl").args(["-e", "1"]))?;
-                t.start_offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                t.start_offset = std::fs::metadata(&log).map_or(0, |m| m.len());
                 Ok(Some(t))
             }
             Config::Bpftrace => {
@@ -322,21 +320,20 @@ impl Tracer {
     fn pids(&self) -> Vec<u32> {
         self.children
             .iter()
-            .map(|c| c.id())
+            .map(std::process::Child::id)
             .chain(self.extra_pids.iter().copied())
             .collect()
     }
 
     /// The first process's CPU and peak RSS (Spyglass: the agent alone).
     fn main_cpu_ns(&self) -> u64 {
-        self.children.first().map(|c| cpu_ns(c.id())).unwrap_or(0)
+        self.children.first().map_or(0, |c| cpu_ns(c.id()))
     }
 
     fn main_peak_rss_kib(&self) -> u64 {
         self.children
             .first()
-            .map(|c| proc_status_kib(c.id(), "VmHWM:"))
-            .unwrap_or(0)
+            .map_or(0, |c| proc_status_kib(c.id(), "VmHWM:"))
     }
 
     fn cpu_ns(&self) -> u64 {
@@ -361,8 +358,7 @@ impl Tracer {
     fn settle(&self) {
         let size = || {
             std::fs::metadata(&self.output)
-                .map(|m| m.len())
-                .unwrap_or(0)
+                .map_or(0, |m| m.len())
         };
         let t = Instant::now();
         let mut last = size();
@@ -466,14 +462,13 @@ fn auditd_lost() -> u64 {
     Command::new("auditctl")
         .arg("-s")
         .output()
-        .map(|o| {
+        .map_or(0, |o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
                 .find_map(|l| l.strip_prefix("lost "))
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0)
         })
-        .unwrap_or(0)
 }
 
 /// One cell of the table.
@@ -499,8 +494,7 @@ fn have(tool: &str) -> bool {
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
 /// Highest sustained event rate with zero loss at every stage (kernel,
@@ -581,7 +575,7 @@ fn ramp(size: Size, dir: &Path) -> Result<(Vec<RampRow>, Option<u64>)> {
             break;
         }
         // the rate actually sustained (the load generator may fall short)
-        best = Some(events_per_sec.min(rows.last().map(|r| r.achieved as u64).unwrap_or(0)));
+        best = Some(events_per_sec.min(rows.last().map_or(0, |r| r.achieved as u64)));
     }
     // then the highest clean rate up to 100k events/s, held for a minute
     if let Some(rate) = best.map(|b| b.min(100_000)).filter(|_| sustain > 0) {
@@ -660,8 +654,8 @@ pub fn run(size: Size) -> Result<()> {
             for (wi, w) in Workload::ALL.iter().enumerate() {
                 let marker = format!("sgcmp{round}{ci}{wi}x{}", std::process::id());
                 let n = w.ops(size);
-                let c0 = tracer.as_ref().map(|t| t.cpu_ns()).unwrap_or(0);
-                let a0 = tracer.as_ref().map(|t| t.main_cpu_ns()).unwrap_or(0);
+                let c0 = tracer.as_ref().map_or(0, Tracer::cpu_ns);
+                let a0 = tracer.as_ref().map_or(0, Tracer::main_cpu_ns);
                 let (_, _, l0) = tracer
                     .as_ref()
                     .map(|t| t.count(&marker, w.port()))
@@ -733,8 +727,7 @@ fn report(
 ) -> String {
     let machine = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+        .map_or(0, std::num::NonZero::get);
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()
@@ -749,8 +742,8 @@ fn report(
     for (wi, w) in Workload::ALL.iter().enumerate() {
         for (ci, c) in Config::ALL.iter().enumerate() {
             let cell = &cells[wi][ci];
-            let lo = cell.ns_per_op.iter().cloned().fold(f64::INFINITY, f64::min);
-            let hi = cell.ns_per_op.iter().cloned().fold(0.0, f64::max);
+            let lo = cell.ns_per_op.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = cell.ns_per_op.iter().copied().fold(0.0, f64::max);
             let traced = *c != Config::Baseline;
             let cpu = if traced && cell.events > 0 {
                 let all = cell.cpu_ns as f64 / 1e3 / cell.events as f64;
@@ -826,8 +819,7 @@ fn report(
     }
     s.push_str(&format!(
         "\nHighest rate with zero loss at every stage: {}\n",
-        best.map(|b| format!("{b} events/s"))
-            .unwrap_or_else(|| "none of the steps".into())
+        best.map_or_else(|| "none of the steps".into(), |b| format!("{b} events/s"))
     ));
     s.push_str(&format!(
         "\nLoad generator ceiling (no tracer, {senders} sender process(es) side by side, each send a bind and a send event): {ceiling:.0} events/s. A step whose achieved rate is below its target was limited by the generator (or by the CPU it shares with the tracer), not a loss.\n"

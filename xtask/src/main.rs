@@ -47,6 +47,8 @@ commands:
                  prints kernel x probe x check (target/kernels/matrix.md);
                  --write-docs also rewrites docs/kernels.md and the README's
                  kernel table
+  lint           clippy with warnings as errors: the host crates and the eBPF
+                 programs (built for bpfel-unknown-none); `test` runs it
   bench [--quick] exec storm and loopback connect storm, agent off vs on
   bench --compare [--tiny]
                  Spyglass vs auditd vs bpftrace vs nothing on exec, connect,
@@ -65,6 +67,10 @@ fn main() -> Result<()> {
             setup::test_tools()
         }
         "build" => build(),
+        "lint" => {
+            setup::run()?;
+            lint()
+        }
         "images" => images::import(),
         "image" => {
             setup::run()?;
@@ -197,7 +203,40 @@ fn run_agent(args: &[String]) -> Result<()> {
     result
 }
 
+/// clippy on every crate, warnings as errors. The eBPF crate is checked
+/// for its own target, as agent/build.rs builds it, in a target directory
+/// of its own (so it never waits on the host build's lock).
+fn lint() -> Result<()> {
+    sh(cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    sh(cargo()
+        .args([
+            "clippy",
+            "--release",
+            "--package",
+            "spyglass-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(root().join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cpanic=abort"))
+}
+
 fn test(args: &[String]) -> Result<()> {
+    if args.is_empty() {
+        lint()?;
+    }
     // Release profile: the agent binary the end-to-end tests drive is the
     // one `build` just made, and no second (debug) build is needed.
     sh(cargo().args(["test", "--release"]).args(args))?;

@@ -35,8 +35,7 @@ fn containerd_up() -> bool {
     Command::new("ctr")
         .args(["--timeout", "2s", "version"])
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .is_ok_and(|o| o.status.success())
 }
 
 /// containerd's configuration for this workspace: Debian's defaults plus
@@ -103,16 +102,14 @@ fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Install the missing Debian packages from `pkgs`.
@@ -153,11 +150,10 @@ fn bpf_linker() -> Result<()> {
     let ok = Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .map(|o| {
+        .is_ok_and(|o| {
             o.status.success()
                 && String::from_utf8_lossy(&o.stdout).contains(&format!(" {BPF_LINKER_VERSION}."))
-        })
-        .unwrap_or(false);
+        });
     if ok {
         return Ok(());
     }
@@ -216,8 +212,7 @@ fn python_tools() -> Result<()> {
             "import grpc_tools, ocsf_json_schema, jsonschema, kubernetes_validate, pykustomize",
         ])
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+        .is_ok_and(|o| o.status.success());
     if ready {
         return Ok(());
     }

@@ -158,7 +158,7 @@ impl Btf {
             let t = self.types.get(id as usize)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.size_or_type
+                    id = t.size_or_type;
                 }
                 _ => return Some(t),
             }
@@ -271,7 +271,7 @@ mod tests {
         let mut t = Vec::new();
         let mut push = |vals: &[u32]| {
             vals.iter()
-                .for_each(|v| t.extend_from_slice(&v.to_le_bytes()))
+                .for_each(|v| t.extend_from_slice(&v.to_le_bytes()));
         };
         // 1: int (4 bytes)
         push(&[s("int"), KIND_INT << 24, 4, 32]);

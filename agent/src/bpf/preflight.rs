@@ -157,7 +157,7 @@ fn raise_memlock(kernel: (u32, u32)) {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: plain syscall with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const rlim) } != 0 {
         warn!(error = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
     }
 }
@@ -169,7 +169,7 @@ fn is_cgroup2(path: &Path) -> bool {
     // SAFETY: zeroed statfs is a valid out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out pointer.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
     rc == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 

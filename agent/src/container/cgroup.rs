@@ -179,7 +179,7 @@ impl Resolver {
             }
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 for e in rd.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
                         stack.push((e.path(), depth + 1));
                     }
                 }
@@ -348,8 +348,8 @@ mod tests {
             // deeper than two levels, two plain names are not a container
             (3, "a".into(), "b".into(), None),
             (2, "system.slice".into(), "containerd.service".into(), None),
-            (1, "".into(), "init.scope".into(), None),
-            (0, "".into(), "".into(), None),
+            (1, String::new(), "init.scope".into(), None),
+            (0, String::new(), String::new(), None),
         ];
         for (level, parent, leaf, want) in cases {
             let got = from_names(level, &parent, &leaf);

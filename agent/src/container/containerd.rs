@@ -435,7 +435,7 @@ pub async fn run(
                      start containerd or set [containerd] socket (--containerd-socket) to its socket path"
                 ),
                 e => {
-                    warn!(error = %e, "containerd unavailable: container events are marked unattributed; retrying")
+                    warn!(error = %e, "containerd unavailable: container events are marked unattributed; retrying");
                 }
             }
             warned = Some(reason);
@@ -493,7 +493,7 @@ async fn session(
     let _subscription = {
         let ch = ch.clone();
         let req = SubscribeRequest {
-            filters: filters.iter().map(|f| f.to_string()).collect(),
+            filters: filters.iter().map(std::string::ToString::to_string).collect(),
         };
         AbortOnDrop(tokio::spawn(async move {
             let mut stream = match EventsClient::new(ch).subscribe(req).await {

@@ -76,12 +76,12 @@ impl Baselines {
                         images = f.images;
                     }
                     Err(e) => {
-                        warn!(path = %p.display(), error = %e, "baseline file unreadable; starting empty")
+                        warn!(path = %p.display(), error = %e, "baseline file unreadable; starting empty");
                     }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    warn!(path = %p.display(), error = %e, "cannot read the baseline file; starting empty")
+                    warn!(path = %p.display(), error = %e, "cannot read the baseline file; starting empty");
                 }
             }
         }

@@ -188,7 +188,7 @@ pub struct Enforcer {
 }
 
 fn value(rule: Option<RuleId>) -> u32 {
-    rule.map(|r| r as u32 + 1).unwrap_or(0)
+    rule.map_or(0, |r| r as u32 + 1)
 }
 
 /// Keys of a plan, deduplicated (exec: first entry wins, as userspace

@@ -108,7 +108,7 @@ fn listed(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
 /// A shell or interpreter that is not the container's entrypoint.
 fn shell(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
     let name = basename(path);
-    let argv0 = pr.argv.first().map(|a| basename(a)).unwrap_or("");
+    let argv0 = pr.argv.first().map_or("", |a| basename(a));
     let shells = &c.policy.settings.shells;
     let is_shell = shells.iter().any(|s| s == name || s == argv0);
     // The entrypoint itself; a script entrypoint runs as

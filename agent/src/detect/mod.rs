@@ -70,8 +70,7 @@ fn limits(p: &Policy) -> Limits {
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Detector {
@@ -115,8 +114,7 @@ impl Detector {
     pub fn enforcement(&self) -> (usize, u64) {
         self.enforcer
             .as_ref()
-            .map(|e| (e.cgroups(), e.write_failures))
-            .unwrap_or((0, 0))
+            .map_or((0, 0), |e| (e.cgroups(), e.write_failures))
     }
 
     /// Findings for a batch of events (in order).
@@ -261,7 +259,7 @@ impl Detector {
                     Some(n) => (n.remote.as_ref().map(|r| r.addr), None),
                     None => (None, None),
                 };
-                let exe = ev.process.as_ref().map(|p| p.exe.as_ref()).unwrap_or("");
+                let exe = ev.process.as_ref().map_or("", |p| p.exe.as_ref());
                 if (ev.kind == Kind::Exec && (eff.allows_exe(&h.subject) || eff.allows_exe(exe)))
                     || ip.is_some_and(|ip| eff.allows_ip(ip))
                     || port.is_some_and(|p| eff.allows_port(p))

@@ -67,9 +67,8 @@ impl Backoff {
         // +-25% jitter from the clock's low bits: no rand dependency needed.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let factor = 0.75 + (nanos % 1000) as f64 / 2000.0;
+            .map_or(0, |d| d.subsec_nanos());
+        let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
         base.mul_f64(factor)
     }
 }

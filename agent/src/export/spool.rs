@@ -94,7 +94,7 @@ impl Spool {
         for f in std::fs::read_dir(dir).map_err(derr)?.flatten() {
             let name = f.file_name();
             if let Some((seq, events)) = parse_name(&name.to_string_lossy()) {
-                let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let bytes = f.metadata().map_or(0, |m| m.len());
                 total += bytes;
                 entries.insert(
                     seq,
@@ -110,7 +110,7 @@ impl Spool {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1);
-        let after_files = entries.keys().next_back().map(|s| s + 1).unwrap_or(1);
+        let after_files = entries.keys().next_back().map_or(1, |s| s + 1);
         // The sequence space: a new one whenever the spool is new or its
         // counter is gone, so the collector never mistakes a restarted
         // count for duplicates of the old one.
@@ -150,7 +150,7 @@ impl Spool {
 
     /// Events in the stored batch `seq`.
     pub fn events_in(&self, seq: u64) -> u64 {
-        self.entries.get(&seq).map(|e| e.events).unwrap_or(0)
+        self.entries.get(&seq).map_or(0, |e| e.events)
     }
 
     fn path(&self, seq: u64) -> Option<PathBuf> {
@@ -183,7 +183,7 @@ impl Spool {
             let Some((&old, _)) = self.entries.iter().next() else {
                 break;
             };
-            dropped += self.remove(old).map(|e| e.events).unwrap_or(0);
+            dropped += self.remove(old).map_or(0, |e| e.events);
         }
         // write then rename: a crash never leaves a half batch under its name
         let p = self.dir.join(file_name(seq, events));

@@ -317,6 +317,8 @@ mod tests {
 
     fn exec_record(filename: &[u8], argv: &[u8], flags: u32) -> Vec<u8> {
         // ExecEvent is ~4.7 KiB: build it on the heap.
+        // SAFETY: ExecEvent is plain old data (integers and byte arrays):
+        // all zeroes is a valid value.
         let mut ev: Box<ExecEvent> = Box::new(unsafe { std::mem::zeroed() });
         ev.header = hdr(kind::EXEC);
         ev.ppid = 7;

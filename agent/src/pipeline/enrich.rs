@@ -223,7 +223,7 @@ impl Enricher {
     }
 
     /// Seed the table with the startup snapshot and report it.
-    pub fn snapshot(&mut self, snap: Snapshot) -> Vec<Event> {
+    pub fn snapshot(&mut self, snap: &Snapshot) -> Vec<Event> {
         let mut out = Vec::with_capacity(snap.processes.len() + snap.sockets.len());
         for info in &snap.processes {
             self.table.upsert(info.clone());
@@ -310,7 +310,7 @@ impl Enricher {
                 }
                 ev
             }
-            RawEvent::Net(n) => self.on_net(n),
+            RawEvent::Net(n) => self.on_net(&n),
         })
     }
 
@@ -324,7 +324,7 @@ impl Enricher {
         let ppid = if e.ppid != 0 {
             e.ppid
         } else {
-            self.table.get(h.pid).map(|p| p.ppid).unwrap_or(0)
+            self.table.get(h.pid).map_or(0, |p| p.ppid)
         };
         self.table.upsert(ProcInfo {
             pid: h.pid,
@@ -347,7 +347,7 @@ impl Enricher {
         ev
     }
 
-    fn on_net(&mut self, n: Net) -> Event {
+    fn on_net(&mut self, n: &Net) -> Event {
         let (kind, protocol, op) = match n.op {
             NetOp::TcpListen => (Kind::Listen, Protocol::Tcp, Op::Listen),
             NetOp::UdpBind => (Kind::Listen, Protocol::Udp, Op::Bind),
@@ -426,7 +426,7 @@ mod tests {
         RawEvent::Exec(Exec {
             header: header(pid),
             ppid,
-            start_time_ns: pid as u64,
+            start_time_ns: u64::from(pid),
             filename: exe.into(),
             argv: vec![exe.into(), "--flag".into()],
             argv_truncated: false,

@@ -167,7 +167,7 @@ impl Pipeline {
                 "startup snapshot"
             );
             counts = Some((snap.processes.len() as u64, snap.sockets.len() as u64));
-            let events = self.enricher.snapshot(snap);
+            let events = self.enricher.snapshot(&snap);
             let events = self.attribute.admit(events);
             for chunk in events.chunks(SNAPSHOT_BATCH) {
                 self.emit(chunk.to_vec())?;

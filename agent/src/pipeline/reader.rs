@@ -34,6 +34,7 @@ pub struct ReaderStats {
 
 /// Run until `stop` is set or the receiver is gone. Batches go to the
 /// next stage as `T` (the pipeline's input).
+#[allow(clippy::needless_pass_by_value)] // the reader thread owns what it runs on
 pub fn run<T: From<Vec<RawEvent>>>(
     mut ring: RingBuf<MapData>,
     tx: mpsc::Sender<T>,
@@ -51,7 +52,7 @@ pub fn run<T: From<Vec<RawEvent>>>(
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };
         loop {
             while batch.len() < BATCH {
                 let Some(item) = ring.next() else { break };

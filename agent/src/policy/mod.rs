@@ -160,8 +160,7 @@ pub fn in_scope(scope: &Scope, meta: &ContainerMeta) -> bool {
     let pod_ns = meta
         .pod
         .as_ref()
-        .map(|p| p.namespace.as_str())
-        .unwrap_or("");
+        .map_or("", |p| p.namespace.as_str());
     if !scope.namespaces.is_empty() && !scope.namespaces.iter().any(|n| n == pod_ns) {
         return false;
     }

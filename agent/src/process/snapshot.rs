@@ -46,7 +46,7 @@ pub fn cgroup2_path(proc_cgroup: &str) -> Option<&str> {
 /// cgroup v2 id of a path: the inode of its directory under the v2 root.
 pub fn cgroup_id(cgroup_root: &Path, path: &str) -> u64 {
     let dir = cgroup_root.join(path.trim_start_matches('/'));
-    std::fs::metadata(dir).map(|m| m.ino()).unwrap_or(0)
+    std::fs::metadata(dir).map_or(0, |m| m.ino())
 }
 
 fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Option<ProcInfo> {
@@ -59,8 +59,8 @@ fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Optio
     Some(ProcInfo {
         pid: p.pid as u32,
         ppid: stat.ppid as u32,
-        uid: status.as_ref().map(|s| s.ruid).unwrap_or(0),
-        gid: status.as_ref().map(|s| s.rgid).unwrap_or(0),
+        uid: status.as_ref().map_or(0, |s| s.ruid),
+        gid: status.as_ref().map_or(0, |s| s.rgid),
         comm: stat.comm.as_str().into(),
         exe: p
             .exe()
@@ -70,8 +70,7 @@ fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Optio
         argv: p.cmdline().unwrap_or_default().into(),
         argv_truncated: false,
         cgroup_id: cgroup2_path(&cgroup)
-            .map(|c| cgroup_id(cgroup_root, c))
-            .unwrap_or(0),
+            .map_or(0, |c| cgroup_id(cgroup_root, c)),
         start_time_ns: stat.starttime * (1_000_000_000 / ticks.max(1)),
         start_from_proc: true,
     })

@@ -183,7 +183,7 @@ impl ProcessTable {
     /// Stops at pid 0/1 loops and at unknown processes.
     pub fn ancestors(&self, pid: u32, depth: usize) -> Vec<Ancestor> {
         let mut out = Vec::new();
-        let mut cur = self.get(pid).map(|p| p.ppid).unwrap_or(0);
+        let mut cur = self.get(pid).map_or(0, |p| p.ppid);
         while cur != 0 && out.len() < depth {
             let Some(p) = self.get(cur) else {
                 out.push(Ancestor {
@@ -274,10 +274,10 @@ mod tests {
     fn exited_entries_are_retained_then_evicted() {
         let mut t = table(100, 2);
         for pid in 1..=5 {
-            t.upsert(proc(pid, 0, "/bin/true", pid as u64));
+            t.upsert(proc(pid, 0, "/bin/true", u64::from(pid)));
         }
         for pid in 1..=5 {
-            assert!(t.exit(pid, pid as u64).is_some());
+            assert!(t.exit(pid, u64::from(pid)).is_some());
         }
         // only the last two exits are retained
         assert_eq!(t.len(), 2);
@@ -318,7 +318,7 @@ mod tests {
     fn bounded_when_full_of_live_processes() {
         let mut t = table(3, 10);
         for pid in 1..=10 {
-            t.upsert(proc(pid, 0, "/bin/sleep", pid as u64));
+            t.upsert(proc(pid, 0, "/bin/sleep", u64::from(pid)));
         }
         assert_eq!(t.len(), 3);
         assert_eq!(t.evicted, 7);

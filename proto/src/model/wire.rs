@@ -301,7 +301,7 @@ fn addr_text(addr: std::net::IpAddr) -> String {
     out
 }
 
-fn endpoint_from(e: w::Endpoint, field: &'static str) -> Result<Endpoint, WireError> {
+fn endpoint_from(e: &w::Endpoint, field: &'static str) -> Result<Endpoint, WireError> {
     let addr: IpAddr = e.addr.parse().map_err(|_| WireError::Address {
         field,
         // quoted as in Rust source: control characters cannot forge log lines
@@ -335,7 +335,7 @@ fn network_to(n: &Network) -> w::Network {
 fn network_from(n: w::Network) -> Result<Network, WireError> {
     let op = NetOp::parse_lenient(&n.op);
     let local = match n.local {
-        Some(l) => endpoint_from(l, "network.local")?,
+        Some(l) => endpoint_from(&l, "network.local")?,
         None => {
             return Err(WireError::Missing {
                 field: "network.local",
@@ -349,7 +349,7 @@ fn network_from(n: w::Network) -> Result<Network, WireError> {
         local,
         remote: n
             .remote
-            .map(|r| endpoint_from(r, "network.remote"))
+            .map(|r| endpoint_from(&r, "network.remote"))
             .transpose()?,
         outcome: (!n.outcome.is_empty()).then(|| ConnectOutcome::parse_lenient(&n.outcome)),
         wildcard: matches!(op, NetOp::Listen | NetOp::Bind).then_some(n.wildcard),
@@ -370,7 +370,7 @@ fn loss_to(l: &Loss) -> w::Loss {
     }
 }
 
-fn loss_from(l: w::Loss) -> Loss {
+fn loss_from(l: &w::Loss) -> Loss {
     Loss {
         stage: LossStage::parse_lenient(&l.stage),
         exec: l.exec,
@@ -556,7 +556,7 @@ pub fn from_wire(ev: w::Event) -> Result<Event, WireError> {
             });
         }
         Some(Detail::Network(n)) => out.network = Some(network_from(n)?),
-        Some(Detail::Loss(l)) => out.loss = Some(loss_from(l)),
+        Some(Detail::Loss(l)) => out.loss = Some(loss_from(&l)),
         Some(Detail::Agent(a)) => out.agent = Some(agent_from(a)),
         Some(Detail::Finding(f)) => out.finding = Some(Box::new(finding_from(f)?)),
         None => {}

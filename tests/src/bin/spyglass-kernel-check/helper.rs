@@ -10,7 +10,7 @@ pub fn main(args: &[String]) -> i32 {
         Some("threads") => threads(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(7)),
         Some("spin") => spin(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(8)),
         Some("fork") => fork(),
-        Some("connect") => connect(args.get(1).map(String::as_str).unwrap_or("")),
+        Some("connect") => connect(args.get(1).map_or("", String::as_str)),
         _ => {
             eprintln!("spyglass-kernel-check helper: threads CODE | spin N | fork | connect ADDR");
             2
@@ -51,13 +51,14 @@ fn fork() -> i32 {
     // SAFETY: the child only calls _exit.
     let child = unsafe { libc::fork() };
     match child {
+        // SAFETY: _exit in the forked child; nothing else runs there.
         0 => unsafe { libc::_exit(0) },
         -1 => 1,
         pid => {
             println!("{pid}");
             let mut status = 0;
             // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            unsafe { libc::waitpid(pid, &raw mut status, 0) };
             0
         }
     }
