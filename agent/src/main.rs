@@ -38,7 +38,8 @@ struct Overrides {
     /// Ring buffer size in bytes (power of two).
     #[arg(long, global = true)]
     ring_buffer_bytes: Option<u32>,
-    /// Output format on stdout: json (default) or text.
+    /// Output format on stdout: json (default), text, findings (one line
+    /// per finding, agent start/stop and loss) or none.
     #[arg(long, global = true, value_enum)]
     format: Option<export::stdout::Format>,
     /// Stream events to a collector at this URL (http:// or https://).
