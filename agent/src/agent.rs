@@ -29,23 +29,30 @@ use crate::{
         lifecycle::Lifecycle,
     },
     detect::{enforce::Enforcer, Detector},
-    event::Event,
     export::{
         grpc::GrpcError,
         stdout::{Format, StdoutError},
     },
     metrics::Metrics,
     pipeline::{
-        self, attribute::Attribute, enrich::Enricher, losses::LossReporter, reader::ReaderStats,
-        sinks::Sinks, Identity, Input, Pipeline, PipelineError,
+        self,
+        attribute::Attribute,
+        budget::{Budget, RECORDS_BYTES},
+        enrich::Enricher,
+        losses::LossReporter,
+        reader::ReaderStats,
+        sinks::{SinkQueue, Sinks},
+        Identity, Input, Pipeline, PipelineError,
     },
     process::table::Limits,
 };
 
 /// Inputs (record batches, timer ticks, containerd news) queued for the
-/// pipeline at most.
+/// pipeline at most; record batches are also bounded by bytes
+/// (`pipeline::budget::RECORDS_BYTES`).
 const QUEUE_INPUTS: usize = 64;
-/// Batches queued for each sink at most.
+/// Batches queued for each sink at most; also bounded by bytes
+/// (`pipeline::budget::SINK_BYTES`).
 const QUEUE_BATCHES: usize = 64;
 
 /// The signals the agent answers.
@@ -284,9 +291,10 @@ fn spawn_reader(
     let ring = probes.take_events()?;
     let (tx, stats, stop) = (inputs.clone(), stats.clone(), stop.clone());
     let poll = Duration::from_millis(cfg.kernel.poll_interval_ms);
+    let budget = Arc::new(Budget::new(RECORDS_BYTES));
     std::thread::Builder::new()
         .name("ringbuf-reader".into())
-        .spawn(move || pipeline::reader::run(ring, tx, poll, stats, stop))
+        .spawn(move || pipeline::reader::run(ring, tx, budget, poll, stats, stop))
         .context("spawning the ring buffer reader thread")
 }
 
@@ -297,7 +305,7 @@ fn start_sinks(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Sinks, SinkHandl
     let (out_tx, stdout) = if format == Format::None {
         (None, None)
     } else {
-        let (tx, rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
+        let (tx, rx) = SinkQueue::new(QUEUE_BATCHES);
         let thread = std::thread::Builder::new()
             .name("stdout-export".into())
             .spawn(move || crate::export::stdout::run(rx, std::io::stdout().lock(), format))
@@ -309,7 +317,7 @@ fn start_sinks(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Sinks, SinkHandl
     } else {
         let prepared = crate::export::grpc::prepare(&cfg.collector)
             .with_context(|| format!("collector {}", cfg.collector.url))?;
-        let (tx, rx) = mpsc::channel::<Vec<Event>>(QUEUE_BATCHES);
+        let (tx, rx) = SinkQueue::new(QUEUE_BATCHES);
         let run = crate::export::grpc::run(
             rx,
             prepared,

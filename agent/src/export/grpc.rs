@@ -30,6 +30,7 @@ use crate::{
     clock::Clock,
     config::{CollectorConfig, Compression},
     event::{Event, Kind, Loss, LossStage},
+    pipeline::budget::EventBatch,
 };
 use spyglass_proto::model::wire::to_wire;
 
@@ -291,7 +292,7 @@ pub fn prepare(cfg: &CollectorConfig) -> Result<Prepared, GrpcError> {
 /// Run until the event channel closes, then try to deliver what is spooled
 /// for `shutdown_grace_ms`; the rest stays in the spool for the next start.
 pub async fn run(
-    mut rx: mpsc::Receiver<Vec<Event>>,
+    mut rx: mpsc::Receiver<EventBatch>,
     prepared: Prepared,
     cfg: CollectorConfig,
     node: String,
@@ -381,9 +382,11 @@ pub async fn run(
         tokio::select! {
             evs = rx.recv(), if closing.is_none() => match evs {
                 Some(evs) => {
-                    for ev in &evs {
+                    for ev in evs.iter() {
                         ex.push(ev);
                     }
+                    // encoded: its room in the pipeline's queue is free
+                    drop(evs);
                     if ex.pending.events() >= cfg.batch_max_events as u64 || ex.pending.len() >= cfg.batch_max_bytes {
                         ex.flush();
                     }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 /// Sequence numbers reserved per write of `next-seq`.
 const SEQUENCE_BLOCK: u64 = 1024;
 /// Stored batches kept in memory at most (bytes), for sending.
-pub const MEMORY_BYTES: u64 = 16 * 1024 * 1024;
+pub const MEMORY_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {

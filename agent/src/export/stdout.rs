@@ -10,7 +10,10 @@ use tokio::sync::mpsc;
 
 use spyglass_proto::model::render;
 
-use crate::event::{Action, AgentState, Event, Kind};
+use crate::{
+    event::{Action, AgentState, Event, Kind},
+    pipeline::budget::EventBatch,
+};
 
 /// Output format (`[output] format`, `--format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -189,14 +192,14 @@ pub fn text_line(ev: &Event) -> String {
 /// Write batches until the channel closes. Runs on its own thread: writes
 /// block.
 pub fn run(
-    mut rx: mpsc::Receiver<Vec<Event>>,
+    mut rx: mpsc::Receiver<EventBatch>,
     out: impl Write,
     format: Format,
 ) -> Result<u64, StdoutError> {
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
     let mut written = 0u64;
     while let Some(batch) = rx.blocking_recv() {
-        for ev in &batch {
+        for ev in batch.iter() {
             match format {
                 Format::Json => render::write_io(ev, &mut out)?,
                 Format::Findings if !is_notable(ev) => continue,
@@ -299,7 +302,7 @@ mod tests {
     fn json_is_one_object_per_line() {
         let (tx, rx) = mpsc::channel(4);
         let ev = Event::new(Kind::Agent, Timestamp(0), "n".into());
-        tx.blocking_send(vec![ev.clone(), ev]).unwrap();
+        tx.blocking_send(EventBatch::unbounded(vec![ev.clone(), ev])).unwrap();
         drop(tx);
         let mut buf = Vec::new();
         assert_eq!(run(rx, &mut buf, Format::Json).unwrap(), 2);
@@ -319,7 +322,7 @@ mod tests {
         use spyglass_proto::model::samples;
         let lines = |batch: Vec<Event>| {
             let (tx, rx) = mpsc::channel(1);
-            tx.blocking_send(batch).unwrap();
+            tx.blocking_send(EventBatch::unbounded(batch)).unwrap();
             drop(tx);
             let mut buf = Vec::new();
             let n = run(rx, &mut buf, Format::Findings).unwrap();

@@ -10,6 +10,7 @@
 //! its blocking reads of /proc, cgroupfs and policy files never stall the
 //! async runtime that serves containerd and the collector.
 pub mod attribute;
+pub mod budget;
 pub mod decode;
 pub mod enrich;
 pub mod losses;
@@ -26,7 +27,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use self::{
-    attribute::Attribute, decode::RawEvent, enrich::Enricher, losses::LossReporter, sinks::Sinks,
+    attribute::Attribute, budget::Metered, decode::RawEvent, enrich::Enricher,
+    losses::LossReporter, sinks::Sinks,
 };
 use crate::{
     clock::Clock,
@@ -46,8 +48,9 @@ const SNAPSHOT_BATCH: usize = 1024;
 /// What the pipeline reacts to, in the order it arrives.
 #[derive(Debug)]
 pub enum Input {
-    /// Decoded kernel records, in ring-buffer order.
-    Records(Vec<RawEvent>),
+    /// Decoded kernel records, in ring-buffer order (counted against the
+    /// reader's queue bound until handled).
+    Records(Metered<Vec<RawEvent>>),
     /// News from the containerd task.
     Container(Update),
     /// Every 100 ms: forget what is gone, release events that waited too
@@ -67,8 +70,8 @@ pub enum Input {
     Stop,
 }
 
-impl From<Vec<RawEvent>> for Input {
-    fn from(batch: Vec<RawEvent>) -> Self {
+impl From<Metered<Vec<RawEvent>>> for Input {
+    fn from(batch: Metered<Vec<RawEvent>>) -> Self {
         Input::Records(batch)
     }
 }
@@ -185,13 +188,15 @@ impl Pipeline {
     /// React to one input. Ok(false) once stopped.
     pub fn handle(&mut self, input: Input) -> Result<bool, PipelineError> {
         match input {
-            Input::Records(batch) => {
-                let events = batch
+            Input::Records(mut metered) => {
+                let events = std::mem::take(&mut *metered)
                     .into_iter()
                     .filter_map(|r| self.enricher.handle(r))
                     .collect();
                 let events = self.attribute.admit(events);
                 self.emit(events)?;
+                // handled: its room in the reader's queue is free again
+                drop(metered);
             }
             Input::Container(update) => self.container(update)?,
             Input::Housekeeping => self.housekeeping()?,

@@ -20,7 +20,10 @@ use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::decode::{decode, RawEvent};
+use super::{
+    budget::{records_bytes, Budget, Metered},
+    decode::{decode, RawEvent},
+};
 
 /// Most records handed on in one batch.
 const BATCH: usize = 1024;
@@ -33,11 +36,13 @@ pub struct ReaderStats {
 }
 
 /// Run until `stop` is set or the receiver is gone. Batches go to the
-/// next stage as `T` (the pipeline's input).
+/// next stage as `T` (the pipeline's input), each counted against
+/// `budget` until the pipeline has handled it.
 #[allow(clippy::needless_pass_by_value)] // the reader thread owns what it runs on
-pub fn run<T: From<Vec<RawEvent>>>(
+pub fn run<T: From<Metered<Vec<RawEvent>>>>(
     mut ring: RingBuf<MapData>,
     tx: mpsc::Sender<T>,
+    budget: Arc<Budget>,
     poll_interval: Duration,
     stats: Arc<ReaderStats>,
     stop: Arc<AtomicBool>,
@@ -72,7 +77,8 @@ pub fn run<T: From<Vec<RawEvent>>>(
                 .records
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let out = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            if tx.blocking_send(out.into()).is_err() {
+            let bytes = records_bytes(&out);
+            if tx.blocking_send(Metered::new(out, bytes, &budget).into()).is_err() {
                 debug!("event pipeline closed; reader stops");
                 return;
             }

@@ -7,21 +7,41 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::PipelineError;
+use super::{
+    budget::{events_bytes, Budget, EventBatch, Metered, SINK_BYTES},
+    PipelineError,
+};
 use crate::{event::Event, metrics::Metrics};
 
+/// One sink's queue: the channel and its byte bound.
+pub struct SinkQueue {
+    tx: mpsc::Sender<EventBatch>,
+    budget: Arc<Budget>,
+}
+
+impl SinkQueue {
+    /// A queue of at most `batches` batches and [`SINK_BYTES`] bytes.
+    pub fn new(batches: usize) -> (Self, mpsc::Receiver<EventBatch>) {
+        let (tx, rx) = mpsc::channel(batches);
+        let budget = Arc::new(Budget::new(SINK_BYTES));
+        (SinkQueue { tx, budget }, rx)
+    }
+
+    /// Err when the receiver is gone.
+    fn send(&self, events: Vec<Event>, bytes: usize) -> Result<(), ()> {
+        let batch = Metered::new(events, bytes, &self.budget);
+        self.tx.blocking_send(batch).map_err(|_| ())
+    }
+}
+
 pub struct Sinks {
-    stdout: Option<mpsc::Sender<Vec<Event>>>,
-    grpc: Option<mpsc::Sender<Vec<Event>>>,
+    stdout: Option<SinkQueue>,
+    grpc: Option<SinkQueue>,
     metrics: Arc<Metrics>,
 }
 
 impl Sinks {
-    pub fn new(
-        stdout: Option<mpsc::Sender<Vec<Event>>>,
-        grpc: Option<mpsc::Sender<Vec<Event>>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(stdout: Option<SinkQueue>, grpc: Option<SinkQueue>, metrics: Arc<Metrics>) -> Self {
         Sinks {
             stdout,
             grpc,
@@ -35,20 +55,21 @@ impl Sinks {
             return Ok(());
         }
         self.metrics.count(&events);
+        let bytes = events_bytes(&events);
         if self.stdout.is_none() {
-            self.send_collector(events);
+            self.send_collector(events, bytes);
             return Ok(());
         }
-        self.send_collector(events.clone());
+        self.send_collector(events.clone(), bytes);
         let stdout = self.stdout.as_ref().expect("checked above");
         stdout
-            .blocking_send(events)
-            .map_err(|_| PipelineError::StdoutStopped)
+            .send(events, bytes)
+            .map_err(|()| PipelineError::StdoutStopped)
     }
 
-    fn send_collector(&mut self, events: Vec<Event>) {
+    fn send_collector(&mut self, events: Vec<Event>, bytes: usize) {
         if let Some(g) = &self.grpc {
-            if g.blocking_send(events).is_err() {
+            if g.send(events, bytes).is_err() {
                 // The exporter ended (it logged why); keep stdout going.
                 warn!("collector exporter stopped; events go to stdout only");
                 self.grpc = None;
