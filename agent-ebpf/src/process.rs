@@ -67,12 +67,12 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: offset 8 is inside the tracepoint record (format file).
     let loc: u32 = unsafe { ctx.read_at(8)? };
     let name_len = (loc >> 16) as usize; // includes the NUL
-    // SAFETY: the __data_loc offset points inside the same record; the
-    // pointer is only read through bpf_probe_read_kernel_str_bytes.
+                                         // SAFETY: the __data_loc offset points inside the same record; the
+                                         // pointer is only read through bpf_probe_read_kernel_str_bytes.
     let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     // SAFETY: reading kernel memory through the checked helper.
-    let used = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.filename) }
-        .map_or(0, <[u8]>::len);
+    let used =
+        unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.filename) }.map_or(0, <[u8]>::len);
     ev.filename_len = used as u16;
     if name_len > FILENAME_LEN {
         ev.flags |= exec_flags::FILENAME_TRUNCATED;
@@ -192,8 +192,7 @@ fn kernfs_name(kn: u64, dst: &mut [u8]) -> u16 {
         return 0;
     };
     // SAFETY: reading kernel memory through the checked helper.
-    unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, dst) }
-        .map_or(0, |s| s.len() as u16)
+    unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, dst) }.map_or(0, |s| s.len() as u16)
 }
 
 /// A process ended. Interface: classic tracepoint `sched/sched_process_exit`,

@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
     sync::mpsc,
@@ -29,6 +28,7 @@ use crate::{
         lifecycle::Lifecycle,
     },
     detect::{enforce::Enforcer, Detector},
+    event::Event,
     export::{
         grpc::GrpcError,
         stdout::{Format, StdoutError},
@@ -46,6 +46,41 @@ use crate::{
     },
     process::table::Limits,
 };
+
+/// Why the agent could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Preflight(#[from] crate::bpf::preflight::PreflightError),
+    #[error(transparent)]
+    Probes(#[from] crate::bpf::BpfError),
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+    #[error("collector {url}: {source}")]
+    Collector { url: String, source: GrpcError },
+    #[error("metrics.listen `{0}` must be ADDR:PORT")]
+    MetricsAddr(String),
+    #[error("cannot listen on {addr} for metrics (metrics.listen): {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Stdout(#[from] StdoutError),
+}
+
+type Result<T, E = AgentError> = std::result::Result<T, E>;
 
 /// Inputs (record batches, timer ticks, containerd news) queued for the
 /// pipeline at most; record batches are also bounded by bytes
@@ -120,7 +155,11 @@ pub struct Agent {
     stop_reader: Arc<AtomicBool>,
     reader_stats: Arc<ReaderStats>,
     sinks: SinkHandles,
-    containerd: Option<tokio::task::JoinHandle<()>>,
+    /// The containerd task, and how to tell its forwarder to stop.
+    containerd: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
     signals: Signals,
     timers: Timers,
     /// The loaded programs; dropped last (detaches them).
@@ -129,14 +168,15 @@ pub struct Agent {
 
 impl Agent {
     /// Load the policy and the probes, start every stage. Returns once the
-    /// pipeline thread runs (it takes the startup snapshot first).
+    /// pipeline thread is started; it takes the startup snapshot and sends
+    /// `started` before it handles any input.
     pub async fn start(cfg: Config) -> Result<Agent> {
         // Handlers first: a SIGTERM right after `started` must stop cleanly
         // (draining what is in flight), not kill the process.
         let signals = Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate()).map_err(AgentError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(AgentError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(AgentError::Signals)?,
         };
         // The policy is checked before anything loads: a bad file stops here.
         let policy = if cfg.policy.file.is_empty() {
@@ -170,7 +210,10 @@ impl Agent {
         let reader = spawn_reader(&cfg, &mut probes, &inputs, &reader_stats, &stop_reader)?;
         let (sinks, sink_handles) = start_sinks(&cfg, &metrics)?;
         serve_metrics(&cfg, &metrics).await?;
-        let (lookups, containerd) = start_containerd(&cfg, &inputs, &metrics);
+        let (lookups, containerd) = match start_containerd(&cfg, &inputs, &metrics) {
+            Some(c) => (Some(c.lookups), Some((c.task, c.stop))),
+            None => (None, None),
+        };
         let enforcer = Enforcer::new(probes.take_enforcement()?);
         let detector = cfg
             .policy
@@ -240,11 +283,23 @@ impl Agent {
         self.stop_reader.store(true, Ordering::Relaxed);
         let reader = self.reader;
         join_thread(reader, "ring buffer reader").await?;
-        // Everything the reader and containerd sent is ahead of this.
-        let _ = self.inputs.send(Input::Stop).await;
+        // Everything the reader sent is ahead of the stop. containerd's news
+        // goes through its forwarder, which sends the stop after it.
+        let containerd = match self.containerd {
+            Some((task, stop)) => {
+                if stop.send(()).is_err() {
+                    let _ = self.inputs.send(Input::Stop).await;
+                }
+                Some(task)
+            }
+            None => {
+                let _ = self.inputs.send(Input::Stop).await;
+                None
+            }
+        };
         drop(self.inputs);
         let pipeline = join_thread(self.pipeline, "pipeline").await?;
-        if let Some(task) = self.containerd {
+        if let Some(task) = containerd {
             let _ = task.await;
         }
         if let Some(task) = self.sinks.grpc {
@@ -269,8 +324,8 @@ impl Agent {
 async fn join_thread<T: Send + 'static>(h: JoinHandle<T>, what: &'static str) -> Result<T> {
     tokio::task::spawn_blocking(move || h.join())
         .await
-        .context(what)?
-        .map_err(|_| anyhow::anyhow!("the {what} thread panicked"))
+        .map_err(|_| AgentError::Panicked(what))?
+        .map_err(|_| AgentError::Panicked(what))
 }
 
 fn kernel_release() -> String {
@@ -295,7 +350,10 @@ fn spawn_reader(
     std::thread::Builder::new()
         .name("ringbuf-reader".into())
         .spawn(move || pipeline::reader::run(ring, tx, budget, poll, stats, stop))
-        .context("spawning the ring buffer reader thread")
+        .map_err(|source| AgentError::Thread {
+            what: "ring buffer reader",
+            source,
+        })
 }
 
 /// stdout (a thread: writes block) unless its format is `none`, and,
@@ -309,14 +367,21 @@ fn start_sinks(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Sinks, SinkHandl
         let thread = std::thread::Builder::new()
             .name("stdout-export".into())
             .spawn(move || crate::export::stdout::run(rx, std::io::stdout().lock(), format))
-            .context("spawning the stdout exporter thread")?;
+            .map_err(|source| AgentError::Thread {
+                what: "stdout exporter",
+                source,
+            })?;
         (Some(tx), Some(thread))
     };
     let (grpc_tx, grpc) = if cfg.collector.url.is_empty() {
         (None, None)
     } else {
-        let prepared = crate::export::grpc::prepare(&cfg.collector)
-            .with_context(|| format!("collector {}", cfg.collector.url))?;
+        let prepared = crate::export::grpc::prepare(&cfg.collector).map_err(|source| {
+            AgentError::Collector {
+                url: cfg.collector.url.clone(),
+                source,
+            }
+        })?;
         let (tx, rx) = SinkQueue::new(QUEUE_BATCHES);
         let run = crate::export::grpc::run(
             rx,
@@ -337,7 +402,9 @@ fn start_sinks(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Sinks, SinkHandl
         info!(url = %cfg.collector.url, spool = %cfg.collector.spool_dir.display(), "streaming to collector");
         (Some(tx), Some(task))
     };
-    let sinks = Sinks::new(out_tx, grpc_tx, metrics.clone());
+    let keeps = (format == Format::Findings)
+        .then_some(crate::export::stdout::is_notable as fn(&Event) -> bool);
+    let sinks = Sinks::new(out_tx, keeps, grpc_tx, metrics.clone());
     Ok((sinks, SinkHandles { stdout, grpc }))
 }
 
@@ -350,10 +417,10 @@ async fn serve_metrics(cfg: &Config, metrics: &Arc<Metrics>) -> Result<()> {
         .metrics
         .listen
         .parse()
-        .context("metrics.listen must be ADDR:PORT")?;
+        .map_err(|_| AgentError::MetricsAddr(cfg.metrics.listen.clone()))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr} for metrics (metrics.listen)"))?;
+        .map_err(|source| AgentError::MetricsListen { addr, source })?;
     let m = metrics.clone();
     tokio::spawn(spyglass_proto::endpoints::serve(listener, move |path| {
         crate::metrics::answer(&m, path)
@@ -361,19 +428,27 @@ async fn serve_metrics(cfg: &Config, metrics: &Arc<Metrics>) -> Result<()> {
     Ok(())
 }
 
-/// The containerd task (when enabled): lookups in, news out to the
-/// pipeline. Returns the lookup queue for the attribute stage.
+/// The containerd task, when enabled.
+struct ContainerdTask {
+    /// Ids for the attribute stage to ask about.
+    lookups: mpsc::Sender<String>,
+    task: tokio::task::JoinHandle<()>,
+    /// Tells the forwarder to pass on what containerd said, then `Stop`.
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The containerd client (lookups in, news out) and the forwarder that
+/// puts its news on the pipeline's input. At stop the forwarder sends
+/// [`Input::Stop`] itself, after every update it holds, so containerd's
+/// last news is never behind the stop.
 fn start_containerd(
     cfg: &Config,
     inputs: &mpsc::Sender<Input>,
     metrics: &Arc<Metrics>,
-) -> (
-    Option<mpsc::Sender<String>>,
-    Option<tokio::task::JoinHandle<()>>,
-) {
+) -> Option<ContainerdTask> {
     let d = &cfg.containerd;
     if !d.enabled {
-        return (None, None);
+        return None;
     }
     let (lookups, lookups_rx) = mpsc::channel::<String>(4096);
     let (updates, mut updates_rx) = mpsc::channel(1024);
@@ -385,19 +460,41 @@ fn start_containerd(
     };
     let run = containerd::run(opts, lookups_rx, updates, metrics.clone());
     let inputs = inputs.clone();
+    let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let forward = async {
-            while let Some(u) = updates_rx.recv().await {
-                if inputs.send(Input::Container(u)).await.is_err() {
-                    break;
+        let forward = async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    // (a dropped sender means stop too)
+                    _ = &mut stop_rx => break,
+                    u = updates_rx.recv() => match u {
+                        Some(u) => {
+                            if inputs.send(Input::Container(u)).await.is_err() {
+                                return;
+                            }
+                        }
+                        // the client ended: the stop still comes from the agent
+                        None => {
+                            let _ = (&mut stop_rx).await;
+                            break;
+                        }
+                    },
                 }
             }
+            while let Ok(u) = updates_rx.try_recv() {
+                let _ = inputs.send(Input::Container(u)).await;
+            }
+            let _ = inputs.send(Input::Stop).await;
+            // dropping updates_rx here ends the client's session
         };
-        // The client ends when the attribute stage closes its lookups;
-        // what it said before that is forwarded first.
         tokio::join!(run, forward);
     });
-    (Some(lookups), Some(task))
+    Some(ContainerdTask {
+        lookups,
+        task,
+        stop,
+    })
 }
 
 fn enricher(cfg: &Config, cgroup_root: &Path) -> Enricher {

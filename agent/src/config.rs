@@ -138,8 +138,12 @@ impl<'de> Deserialize<'de> for Compression {
         enum Setting {
             Flag(bool),
             Name(String),
+            Other(serde::de::IgnoredAny),
         }
         match Setting::deserialize(d)? {
+            Setting::Other(_) => Err(serde::de::Error::custom(
+                "compression must be \"zstd\", \"gzip\", \"none\", true (zstd) or false (none)",
+            )),
             Setting::Flag(true) => Ok(Compression::Zstd),
             Setting::Flag(false) => Ok(Compression::None),
             Setting::Name(n) => match n.as_str() {
@@ -431,7 +435,8 @@ impl Config {
     /// The node name: configured, else the host name.
     pub fn node(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
         })
     }
 }
@@ -450,8 +455,11 @@ mod tests {
     #[test]
     fn compression_takes_a_codec_or_the_old_flag() {
         let parse = |v: &str| {
-            Config::parse(&format!("[collector]\ncompression = {v}\n"), Path::new("a.toml"))
-                .map(|c| c.collector.compression)
+            Config::parse(
+                &format!("[collector]\ncompression = {v}\n"),
+                Path::new("a.toml"),
+            )
+            .map(|c| c.collector.compression)
         };
         assert_eq!(parse("\"zstd\"").unwrap(), Compression::Zstd);
         assert_eq!(parse("\"gzip\"").unwrap(), Compression::Gzip);
@@ -460,6 +468,8 @@ mod tests {
         assert_eq!(parse("false").unwrap(), Compression::None);
         let e = parse("\"lz4\"").unwrap_err().to_string();
         assert!(e.contains("unknown compression `lz4`"), "{e}");
+        let e = parse("1").unwrap_err().to_string();
+        assert!(e.contains("compression must be \"zstd\""), "{e}");
     }
 
     #[test]

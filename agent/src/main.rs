@@ -174,7 +174,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 let mut agent = Agent::start(cfg).await?;
                 agent.run().await;
                 agent.shutdown().await
-            })
+            })?;
+            Ok(())
         }
     }
 }

@@ -441,11 +441,10 @@ fn churn_of_short_lived_containers_leaves_no_growth() {
 
 /// Directories under `dir`, recursively (the cgroup tree's size).
 fn count_dirs(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map_or(0, |rd| {
-            rd.flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| 1 + count_dirs(&e.path()))
-                .sum()
-        })
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| 1 + count_dirs(&e.path()))
+            .sum()
+    })
 }

@@ -130,10 +130,7 @@ async fn run(cli: Cli) -> Result<()> {
     let metrics = metrics::Metrics::new(syslog.as_ref().map(|s| s.dropped.clone()));
     metrics.turned();
     let shared = Arc::new(service::Shared {
-        outputs: Mutex::new((
-            output::Outputs::new(cli.format, file, syslog),
-            ledger,
-        )),
+        outputs: Mutex::new((output::Outputs::new(cli.format, file, syslog), ledger)),
         agents: Default::default(),
         max_events_per_sec: cli.max_events_per_sec,
         metrics,

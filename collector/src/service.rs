@@ -148,7 +148,8 @@ impl Collector for CollectorService {
         request: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
         let peer = request
-            .remote_addr().map_or_else(|| "unknown".into(), |a: SocketAddr| a.to_string());
+            .remote_addr()
+            .map_or_else(|| "unknown".into(), |a: SocketAddr| a.to_string());
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let svc = self.clone();

@@ -47,7 +47,15 @@ fn civil(unix_ns: i128) -> (i64, i64, i64, i64, i64, i64, u32) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, sod / 3600, sod % 3600 / 60, sod % 60, nanos)
+    (
+        year,
+        month,
+        day,
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        nanos,
+    )
 }
 
 /// The 30 bytes of the RFC 3339 text, for years 0 to 9999 (None outside).

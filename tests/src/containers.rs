@@ -325,7 +325,11 @@ impl Pod {
                 image: spec.image.into(),
                 ..Default::default()
             }),
-            command: spec.command.iter().map(std::string::ToString::to_string).collect(),
+            command: spec
+                .command
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             labels,
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {

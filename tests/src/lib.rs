@@ -32,7 +32,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One scenario at a time (2 cores; agents and collectors are heavy).
 pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub fn root() -> PathBuf {

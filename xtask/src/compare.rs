@@ -147,13 +147,12 @@ struct Tracer {
 /// CPU time of every thread of `pid`, ns (`schedstat`: ns resolution,
 /// where `stat`'s clock ticks are 10 ms).
 pub fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map_or(0, |rd| {
-            rd.flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .sum()
-        })
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |rd| {
+        rd.flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    })
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -181,9 +180,7 @@ fn pids_named(name: &str) -> Vec<u32> {
 fn wait_for_line(path: &Path, needle: &str, what: &str) -> Result<()> {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(60) {
-        if std::fs::read_to_string(path)
-            .is_ok_and(|s| s.contains(needle))
-        {
+        if std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle)) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -356,10 +353,7 @@ impl Tracer {
 
     /// Wait until the output stops growing (the tracer drained).
     fn settle(&self) {
-        let size = || {
-            std::fs::metadata(&self.output)
-                .map_or(0, |m| m.len())
-        };
+        let size = || std::fs::metadata(&self.output).map_or(0, |m| m.len());
         let t = Instant::now();
         let mut last = size();
         let mut still = 0;
@@ -459,16 +453,13 @@ impl Drop for Tracer {
 
 /// Records the kernel's audit queue dropped so far (`auditctl -s`: lost).
 fn auditd_lost() -> u64 {
-    Command::new("auditctl")
-        .arg("-s")
-        .output()
-        .map_or(0, |o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("lost "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        })
+    Command::new("auditctl").arg("-s").output().map_or(0, |o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("lost "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// One cell of the table.
@@ -562,7 +553,11 @@ fn generator_ceiling(secs: u64) -> Result<(f64, u64)> {
 
 fn ramp(size: Size, dir: &Path) -> Result<(Vec<RampRow>, Option<u64>)> {
     let (steps, secs, sustain): (&[u64], u64, u64) = match size {
-        Size::Full => (&[20_000, 50_000, 100_000, 150_000, 200_000, 260_000], 10, 60),
+        Size::Full => (
+            &[20_000, 50_000, 100_000, 150_000, 200_000, 260_000],
+            10,
+            60,
+        ),
         Size::Tiny => (&[2_000], 1, 0),
     };
     let mut rows = Vec::new();
@@ -726,8 +721,7 @@ fn report(
     (ceiling, senders): (f64, u64),
 ) -> String {
     let machine = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map_or(0, std::num::NonZero::get);
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()

@@ -38,7 +38,8 @@ commands:
                  `spyglass-agent run`; try --format json)
   test [ARGS]    build, then run every test: unit, and privileged end-to-end
                  tests that load the real probes (ARGS go to cargo test);
-                 without ARGS also the kernel matrix and a tiny comparison
+                 without ARGS also lint (first), the kernel matrix and a
+                 tiny comparison
   test-kernels [--write-docs] [LABEL...]
                  the kernel matrix: boot each kernel (5.10, 5.10-cloud, 6.1,
                  6.12; fetched from Debian's archive once, kept in
@@ -47,8 +48,9 @@ commands:
                  prints kernel x probe x check (target/kernels/matrix.md);
                  --write-docs also rewrites docs/kernels.md and the README's
                  kernel table
-  lint           clippy with warnings as errors: the host crates and the eBPF
-                 programs (built for bpfel-unknown-none); `test` runs it
+  lint           rustfmt --check, and clippy with warnings as errors: the host
+                 crates and the eBPF programs (built for bpfel-unknown-none);
+                 `test` runs it
   bench [--quick] exec storm and loopback connect storm, agent off vs on
   bench --compare [--tiny]
                  Spyglass vs auditd vs bpftrace vs nothing on exec, connect,
@@ -207,6 +209,7 @@ fn run_agent(args: &[String]) -> Result<()> {
 /// for its own target, as agent/build.rs builds it, in a target directory
 /// of its own (so it never waits on the host build's lock).
 fn lint() -> Result<()> {
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
     sh(cargo().args([
         "clippy",
         "--release",

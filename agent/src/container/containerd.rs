@@ -493,7 +493,10 @@ async fn session(
     let _subscription = {
         let ch = ch.clone();
         let req = SubscribeRequest {
-            filters: filters.iter().map(std::string::ToString::to_string).collect(),
+            filters: filters
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
         };
         AbortOnDrop(tokio::spawn(async move {
             let mut stream = match EventsClient::new(ch).subscribe(req).await {

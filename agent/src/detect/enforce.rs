@@ -364,11 +364,12 @@ impl Enforcer {
 }
 
 impl crate::container::lifecycle::Observer for Enforcer {
-    /// Its processes are gone with it: so go its kernel entries.
+    /// Its processes are gone with it: so go its kernel entries (again
+    /// when it is forgotten: an event in flight may have planned them anew).
     fn on_container(&mut self, change: &crate::container::lifecycle::Change) {
-        if let crate::container::lifecycle::Change::Deleted(id) = change {
-            self.forget_container(id);
-        }
+        use crate::container::lifecycle::Change;
+        let (Change::Deleted(id) | Change::Forgotten(id)) = change;
+        self.forget_container(id);
     }
 }
 

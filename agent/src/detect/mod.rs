@@ -319,11 +319,12 @@ impl Detector {
 }
 
 impl Observer for Detector {
-    /// A deleted container's state goes, and its kernel entries with it.
+    /// A deleted container's state goes, and its kernel entries with it;
+    /// again when it is forgotten (events in flight during the grace may
+    /// have made them anew).
     fn on_container(&mut self, change: &Change) {
-        if let Change::Deleted(id) = change {
-            self.containers.remove(id);
-        }
+        let (Change::Deleted(id) | Change::Forgotten(id)) = change;
+        self.containers.remove(id);
         if let Some(enf) = &mut self.enforcer {
             enf.on_container(change);
         }

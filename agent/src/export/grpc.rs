@@ -337,17 +337,24 @@ pub async fn run(
                 let Some(seq) = ex.spool.next_after(next_send) else {
                     break;
                 };
-                let batch = match ex.spool.read(seq) {
-                    Ok(Some(b)) => b,
+                let batch = match ex.spool.read(seq).map_err(|e| e.to_string()) {
+                    Ok(Some(stored)) => match publish::sendable(stored) {
+                        Ok(b) => b,
+                        Err(why) => {
+                            ex.drop_poisoned(seq, &why);
+                            continue;
+                        }
+                    },
                     Ok(None) => break,
-                    Err(e) => {
-                        ex.drop_poisoned(seq, &e.to_string());
+                    Err(why) => {
+                        ex.drop_poisoned(seq, &why);
                         continue;
                     }
                 };
-                // A corrupt file is refused by the collector
-                // (INVALID_ARGUMENT) and then dropped as poisoned.
-                let out = Outgoing { batch, sent_unix_nano: now_ns() };
+                let out = Outgoing {
+                    batch,
+                    sent_unix_nano: now_ns(),
+                };
                 if c.tx.try_send(out).is_err() {
                     break;
                 }

@@ -40,6 +40,15 @@ pub enum SpoolError {
     },
 }
 
+/// A batch read back from the spool.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub data: Bytes,
+    /// Read from its file (written by an earlier run, or past the memory
+    /// bound): not known to be intact.
+    pub from_disk: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     bytes: u64,
@@ -231,16 +240,24 @@ impl Spool {
 
     /// A stored batch: the bytes held in memory (shared, not copied), or
     /// read from its file.
-    pub fn read(&self, seq: u64) -> Result<Option<Bytes>, SpoolError> {
+    pub fn read(&self, seq: u64) -> Result<Option<Stored>, SpoolError> {
         let Some(e) = self.entries.get(&seq) else {
             return Ok(None);
         };
         if let Some(data) = &e.data {
-            return Ok(Some(data.clone()));
+            return Ok(Some(Stored {
+                data: data.clone(),
+                from_disk: false,
+            }));
         }
         let p = self.dir.join(file_name(seq, e.events));
         std::fs::read(&p)
-            .map(|v| Some(Bytes::from(v)))
+            .map(|v| {
+                Some(Stored {
+                    data: Bytes::from(v),
+                    from_disk: true,
+                })
+            })
             .map_err(|source| SpoolError::File { path: p, source })
     }
 
@@ -283,7 +300,8 @@ mod tests {
         assert_eq!(s.stream_id(), id, "the sequence space survives a restart");
         assert_eq!(s.len(), 1);
         assert_eq!(s.next_after(0), Some(2));
-        assert_eq!(s.read(2).unwrap().unwrap(), &b"b"[..]);
+        let b2 = s.read(2).unwrap().unwrap();
+        assert_eq!((&b2.data[..], b2.from_disk), (&b"b"[..], true));
         s.ack(2);
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         assert_eq!(s.len(), 0);
@@ -321,12 +339,14 @@ mod tests {
         }
         // the first two are the very bytes pushed (shared, not copied)
         let first = s.read(1).unwrap().unwrap();
-        assert_eq!(first.as_ptr(), big.as_ptr());
+        assert!(!first.from_disk);
+        assert_eq!(first.data.as_ptr(), big.as_ptr());
         assert_eq!(s.in_memory, MEMORY_BYTES);
         // the third is over the bound: same content, from its file
         let third = s.read(3).unwrap().unwrap();
-        assert_eq!(third, big);
-        assert_ne!(third.as_ptr(), big.as_ptr());
+        assert!(third.from_disk);
+        assert_eq!(third.data, big);
+        assert_ne!(third.data.as_ptr(), big.as_ptr());
         s.ack(1);
         assert_eq!(s.in_memory, MEMORY_BYTES / 2);
         std::fs::remove_dir_all(&d).unwrap();

@@ -34,7 +34,7 @@ pub enum Format {
 
 /// Whether format `findings` shows `ev`: a finding, the agent starting or
 /// stopping (not its heartbeat), or a loss.
-fn is_notable(ev: &Event) -> bool {
+pub fn is_notable(ev: &Event) -> bool {
     match ev.kind {
         Kind::Finding | Kind::Loss => true,
         Kind::Agent => ev
@@ -302,7 +302,8 @@ mod tests {
     fn json_is_one_object_per_line() {
         let (tx, rx) = mpsc::channel(4);
         let ev = Event::new(Kind::Agent, Timestamp(0), "n".into());
-        tx.blocking_send(EventBatch::unbounded(vec![ev.clone(), ev])).unwrap();
+        tx.blocking_send(EventBatch::unbounded(vec![ev.clone(), ev]))
+            .unwrap();
         drop(tx);
         let mut buf = Vec::new();
         assert_eq!(run(rx, &mut buf, Format::Json).unwrap(), 2);

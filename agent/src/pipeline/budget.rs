@@ -130,7 +130,10 @@ pub fn records_bytes(batch: &[RawEvent]) -> usize {
                     RawEvent::Exec(e) => {
                         e.header.comm.len()
                             + e.filename.len()
-                            + e.argv.iter().map(|a| a.len() + size_of::<String>()).sum::<usize>()
+                            + e.argv
+                                .iter()
+                                .map(|a| a.len() + size_of::<String>())
+                                .sum::<usize>()
                     }
                     RawEvent::Exit(e) => e.header.comm.len(),
                     RawEvent::Fork(e) => e.header.comm.len(),
@@ -150,7 +153,10 @@ fn event_bytes(ev: &Event) -> usize {
     let process = ev.process.as_ref().map_or(0, |p| {
         p.exe.len()
             + p.comm.len()
-            + p.argv.iter().map(|a| a.len() + size_of::<String>()).sum::<usize>()
+            + p.argv
+                .iter()
+                .map(|a| a.len() + size_of::<String>())
+                .sum::<usize>()
     });
     let evidence = ev
         .finding

@@ -113,15 +113,15 @@ impl PolicyFile {
 
 /// The stages, each owned here and driven only through [`Pipeline::handle`].
 pub struct Pipeline {
-    pub enricher: Enricher,
-    pub attribute: Attribute,
-    pub lifecycle: Lifecycle,
+    enricher: Enricher,
+    attribute: Attribute,
+    lifecycle: Lifecycle,
     /// None: `[policy] enabled = false`.
-    pub detector: Option<Detector>,
-    pub sinks: Sinks,
-    pub losses: LossReporter,
-    pub metrics: Arc<Metrics>,
-    pub identity: Identity,
+    detector: Option<Detector>,
+    sinks: Sinks,
+    losses: LossReporter,
+    metrics: Arc<Metrics>,
+    identity: Identity,
     policy_file: Option<PolicyFile>,
 }
 

@@ -78,7 +78,10 @@ pub fn run<T: From<Metered<Vec<RawEvent>>>>(
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let out = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             let bytes = records_bytes(&out);
-            if tx.blocking_send(Metered::new(out, bytes, &budget).into()).is_err() {
+            if tx
+                .blocking_send(Metered::new(out, bytes, &budget).into())
+                .is_err()
+            {
                 debug!("event pipeline closed; reader stops");
                 return;
             }

@@ -36,14 +36,23 @@ impl SinkQueue {
 
 pub struct Sinks {
     stdout: Option<SinkQueue>,
+    /// The events stdout prints, when its format prints only some
+    /// (`findings`): the others are not queued for it at all.
+    stdout_keeps: Option<fn(&Event) -> bool>,
     grpc: Option<SinkQueue>,
     metrics: Arc<Metrics>,
 }
 
 impl Sinks {
-    pub fn new(stdout: Option<SinkQueue>, grpc: Option<SinkQueue>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        stdout: Option<SinkQueue>,
+        stdout_keeps: Option<fn(&Event) -> bool>,
+        grpc: Option<SinkQueue>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Sinks {
             stdout,
+            stdout_keeps,
             grpc,
             metrics,
         }
@@ -56,15 +65,25 @@ impl Sinks {
         }
         self.metrics.count(&events);
         let bytes = events_bytes(&events);
-        if self.stdout.is_none() {
+        let Some(stdout) = &self.stdout else {
             self.send_collector(events, bytes);
             return Ok(());
+        };
+        let (out, out_bytes) = match self.stdout_keeps {
+            Some(keep) => {
+                let picked: Vec<Event> = events.iter().filter(|e| keep(e)).cloned().collect();
+                let b = events_bytes(&picked);
+                (picked, b)
+            }
+            None => (events.clone(), bytes),
+        };
+        let sent = out.is_empty() || stdout.send(out, out_bytes).is_ok();
+        self.send_collector(events, bytes);
+        if sent {
+            Ok(())
+        } else {
+            Err(PipelineError::StdoutStopped)
         }
-        self.send_collector(events.clone(), bytes);
-        let stdout = self.stdout.as_ref().expect("checked above");
-        stdout
-            .send(events, bytes)
-            .map_err(|()| PipelineError::StdoutStopped)
     }
 
     fn send_collector(&mut self, events: Vec<Event>, bytes: usize) {

@@ -157,10 +157,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 
 /// Whether a scope covers a container.
 pub fn in_scope(scope: &Scope, meta: &ContainerMeta) -> bool {
-    let pod_ns = meta
-        .pod
-        .as_ref()
-        .map_or("", |p| p.namespace.as_str());
+    let pod_ns = meta.pod.as_ref().map_or("", |p| p.namespace.as_str());
     if !scope.namespaces.is_empty() && !scope.namespaces.iter().any(|n| n == pod_ns) {
         return false;
     }

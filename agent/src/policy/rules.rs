@@ -140,7 +140,8 @@ pub fn catalogue_markdown() -> String {
     );
     for r in RULES {
         let mitre = r
-            .mitre.map_or_else(|| "-".into(), |(id, name)| format!("{id} {name}"));
+            .mitre
+            .map_or_else(|| "-".into(), |(id, name)| format!("{id} {name}"));
         let action = match (r.kill, r.deny_connect) {
             (true, _) => "kill",
             (_, true) => "deny-connect",

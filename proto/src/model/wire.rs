@@ -573,7 +573,12 @@ mod tests {
     /// the wire, and both render the same JSON line.
     #[test]
     fn ipv4_text_is_what_display_prints() {
-        for a in [[0, 0, 0, 0], [127, 0, 0, 1], [10, 99, 100, 255], [1, 20, 200, 9]] {
+        for a in [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [10, 99, 100, 255],
+            [1, 20, 200, 9],
+        ] {
             let ip = std::net::IpAddr::from(a);
             assert_eq!(addr_text(ip), ip.to_string());
         }
