@@ -99,13 +99,7 @@ impl RunningAgent {
 
     /// (utime + stime) of the agent in clock ticks.
     fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // fields after the comm: state is [0]; utime is field 14 -> [11]
-        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        get(11) + get(12)
+        cpu_ticks(self.child.id())
     }
 
     fn rss_kib(&self) -> u64 {
@@ -536,15 +530,22 @@ fn count_in(path: &std::path::Path, marker: &str) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().filter(|l| l.contains(marker)).count())
 }
 
-/// utime + stime of a process, all its threads (live and exited), seconds.
-fn process_cpu_secs(pid: u32) -> f64 {
+/// utime + stime of a process in clock ticks: all its threads, live and
+/// exited (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
+    // fields after the comm: state is [0]; utime is field 14 -> [11]
     let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+/// [`cpu_ticks`] in seconds.
+fn process_cpu_secs(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (get(11) + get(12)) as f64 / hz
+    cpu_ticks(pid) as f64 / hz
 }
 
 /// End-to-end latency (kernel event -> collector output line) at fixed

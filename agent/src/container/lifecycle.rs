@@ -78,7 +78,8 @@ impl Lifecycle {
     }
 
     /// Containers deleted and not yet forgotten.
-    pub fn in_grace(&self) -> usize {
+    #[cfg(test)]
+    fn in_grace(&self) -> usize {
         self.deleted.len()
     }
 }

@@ -23,48 +23,48 @@ pub const SINK_BYTES: usize = 2 << 20;
 #[derive(Debug)]
 pub struct Budget {
     max: usize,
-    state: Mutex<State>,
+    /// Bytes counted in and not given back yet.
+    used: Mutex<usize>,
     freed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    used: usize,
 }
 
 impl Budget {
     pub fn new(max: usize) -> Self {
         Budget {
             max,
-            state: Mutex::new(State::default()),
+            used: Mutex::new(0),
             freed: Condvar::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        self.used.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Count `n` bytes in, first waiting while they do not fit. An empty
     /// queue always admits (one batch bigger than the bound still passes).
     pub fn take(&self, n: usize) {
-        let mut s = self.lock();
-        while s.used > 0 && s.used + n > self.max {
-            s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        let mut used = self.lock();
+        while *used > 0 && *used + n > self.max {
+            used = self
+                .freed
+                .wait(used)
+                .unwrap_or_else(PoisonError::into_inner);
         }
-        s.used += n;
+        *used += n;
     }
 
     /// The receiver handled `n` bytes.
     pub fn give(&self, n: usize) {
-        let mut s = self.lock();
-        s.used = s.used.saturating_sub(n);
+        let mut used = self.lock();
+        *used = used.saturating_sub(n);
         self.freed.notify_all();
     }
 
     /// Bytes queued now.
-    pub fn used(&self) -> usize {
-        self.lock().used
+    #[cfg(test)]
+    fn used(&self) -> usize {
+        *self.lock()
     }
 }
 

@@ -85,8 +85,6 @@ pub enum PipelineError {
     StdoutStopped,
     #[error("cannot start the pipeline thread: {0}")]
     Spawn(#[source] std::io::Error),
-    #[error("the pipeline thread panicked")]
-    Panicked,
 }
 
 /// Who the agent is, for its lifecycle events.
