@@ -1,6 +1,7 @@
 //! Agent -> collector over real gRPC, with the real probes: fields arrive
 //! intact, a collector outage loses and duplicates nothing, an agent
-//! restart resumes without duplicates.
+//! restart resumes without duplicates, a corrupt spool file is dropped
+//! and reported without stalling delivery.
 mod common;
 
 use std::{
@@ -135,6 +136,46 @@ fn collector_down_ten_seconds_loses_and_duplicates_nothing() {
     series.join().unwrap();
     let all = wait_for_all(&col.output, &mark, N, Duration::from_secs(60));
     assert_exactly_once(&all, &mark, N);
+    agent.stop();
+}
+
+/// A spool file an earlier run left corrupt (a crash mid-write, a bad
+/// disk) is the first batch to replay: it must be dropped and reported as
+/// a loss of its events, and what the agent sees afterwards must still be
+/// delivered. Sent as it is, the collector would refuse it as an internal
+/// error and the agent would resend it forever.
+#[test]
+fn a_corrupt_spool_file_is_dropped_and_delivery_goes_on() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("corruptspool");
+    let spool = dir.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    // sequence 1, holding 5 events by its name; not a protobuf batch
+    std::fs::write(
+        spool.join("00000000000000000001-5.batch"),
+        b"\xff\xff\xff\xff garbage",
+    )
+    .unwrap();
+    let col = Collector::start(free_port(), &dir.join("out.jsonl"), &[]);
+    let agent = Agent::streaming_to(&col.url(), &spool, &["--no-snapshot"]);
+    let mark = marker("corruptspool");
+    const N: usize = 20;
+    exec_series(&mark, N, Duration::from_millis(20))
+        .join()
+        .unwrap();
+    let all = wait_for_all(&col.output, &mark, N, Duration::from_secs(30));
+    assert_exactly_once(&all, &mark, N);
+    let dropped: u64 = all
+        .iter()
+        .filter(|e| e["kind"] == "loss" && e["loss"]["stage"] == "agent")
+        .map(|e| e["loss"]["spool_dropped"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(dropped, 5, "the corrupt batch's 5 events are reported lost");
+    assert!(
+        !spool.join("00000000000000000001-5.batch").exists(),
+        "the corrupt file is gone from the spool"
+    );
     agent.stop();
 }
 
