@@ -2,7 +2,13 @@
 //! .proto files (needs `protoc`; `cargo xtask setup` installs it).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=spyglass");
-    tonic_prost_build::configure().compile_protos(
+    // Large, optional parts of an event are boxed so that an event without
+    // them stays small: the collector decodes batches of a thousand events,
+    // and each inline byte is moved as the batch's vector grows.
+    tonic_prost_build::configure()
+        .boxed(".spyglass.v1.Event.container")
+        .boxed(".spyglass.v1.Event.detail.agent")
+        .compile_protos(
         &["spyglass/v1/events.proto", "spyglass/v1/collector.proto"],
         &["."],
     )?;

@@ -90,7 +90,7 @@ impl Received {
         self.events
             .iter()
             .filter(|e| e.kind == Kind::Loss)
-            .filter_map(|e| e.loss.as_ref())
+            .filter_map(|e| e.loss.as_deref())
             .map(spyglass_proto::model::Loss::total)
             .fold(0u64, u64::saturating_add)
     }

@@ -204,10 +204,10 @@ impl Exporter {
     /// Report events lost by this stage as a `loss` event in the next batch.
     fn report_loss(&mut self, events: u64) {
         let mut ev = Event::new(Kind::Loss, Clock::now(), self.node.clone());
-        ev.loss = Some(Loss {
+        ev.loss = Some(Box::new(Loss {
             spool_dropped: events,
             ..Loss::new(LossStage::Agent)
-        });
+        }));
         self.push(&ev);
     }
 

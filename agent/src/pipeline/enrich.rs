@@ -261,7 +261,7 @@ impl Enricher {
     /// A loss event.
     pub fn loss(&self, loss: Loss) -> Event {
         let mut ev = self.event(Kind::Loss, Clock::boot_now());
-        ev.loss = Some(loss);
+        ev.loss = Some(Box::new(loss));
         ev
     }
 

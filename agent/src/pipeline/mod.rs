@@ -337,7 +337,7 @@ impl Pipeline {
     /// An `agent` lifecycle event.
     fn lifecycle_event(&self, state: AgentState, tracked: Option<Tracked>) -> Event {
         let mut ev = Event::new(Kind::Agent, Clock::now(), self.identity.node.clone());
-        ev.agent = Some(AgentInfo {
+        ev.agent = Some(Box::new(AgentInfo {
             state,
             version: env!("CARGO_PKG_VERSION").into(),
             kernel: self.identity.kernel.clone(),
@@ -345,7 +345,7 @@ impl Pipeline {
             snapshot_processes: None,
             snapshot_sockets: None,
             tracked,
-        });
+        }));
         ev
     }
 }

@@ -421,9 +421,9 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub loss: Option<Loss>,
+    pub loss: Option<Box<Loss>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<AgentInfo>,
+    pub agent: Option<Box<AgentInfo>>,
     /// Exec: the policy killed the process at exec.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforced: Option<Enforced>,

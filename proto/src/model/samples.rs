@@ -170,7 +170,7 @@ pub fn connect() -> Event {
 
 pub fn loss() -> Event {
     let mut ev = Event::new(Kind::Loss, Timestamp(T), "n1".into());
-    ev.loss = Some(Loss {
+    ev.loss = Some(Box::new(Loss {
         stage: LossStage::Kernel,
         exec: 1,
         exit: 2,
@@ -180,13 +180,13 @@ pub fn loss() -> Event {
         connect_untracked: 6,
         decode_errors: 7,
         spool_dropped: 8,
-    });
+    }));
     ev
 }
 
 pub fn agent() -> Event {
     let mut ev = Event::new(Kind::Agent, Timestamp(T), "n1".into());
-    ev.agent = Some(AgentInfo {
+    ev.agent = Some(Box::new(AgentInfo {
         state: AgentState::Started,
         version: "0.1.0".into(),
         kernel: "6.1.0".into(),
@@ -204,7 +204,7 @@ pub fn agent() -> Event {
             pending_events: 0,
             cgroups: 9,
         }),
-    });
+    }));
     ev
 }
 

@@ -513,7 +513,7 @@ pub fn to_wire(ev: &Event) -> w::Event {
     } else if let Some(f) = &ev.finding {
         Some(Detail::Finding(finding_to(f)))
     } else {
-        ev.agent.as_ref().map(|a| Detail::Agent(agent_to(a)))
+        ev.agent.as_ref().map(|a| Detail::Agent(Box::new(agent_to(a))))
     };
     w::Event {
         kind: kind_to(ev.kind) as i32,
@@ -523,7 +523,7 @@ pub fn to_wire(ev: &Event) -> w::Event {
         process: ev.process.as_ref().map(process_to),
         parent: ev.parent.as_ref().map(ancestor_to),
         ancestors: ev.ancestors.iter().map(ancestor_to).collect(),
-        container: ev.container.as_ref().map(container_to),
+        container: ev.container.as_ref().map(|c| Box::new(container_to(c))),
         host: ev.host,
         detail,
         enforced: word(ev.enforced, Enforced::as_str),
@@ -539,7 +539,7 @@ pub fn from_wire(ev: w::Event) -> Result<Event, WireError> {
     out.process = ev.process.map(process_from);
     out.parent = ev.parent.map(ancestor_from);
     out.ancestors = ev.ancestors.into_iter().map(ancestor_from).collect();
-    out.container = ev.container.map(container_from);
+    out.container = ev.container.map(|c| container_from(*c));
     out.host = ev.host;
     out.enforced = (!ev.enforced.is_empty()).then(|| Enforced::parse_lenient(&ev.enforced));
     match ev.detail {
@@ -556,8 +556,8 @@ pub fn from_wire(ev: w::Event) -> Result<Event, WireError> {
             });
         }
         Some(Detail::Network(n)) => out.network = Some(network_from(n)?),
-        Some(Detail::Loss(l)) => out.loss = Some(loss_from(&l)),
-        Some(Detail::Agent(a)) => out.agent = Some(agent_from(a)),
+        Some(Detail::Loss(l)) => out.loss = Some(Box::new(loss_from(&l))),
+        Some(Detail::Agent(a)) => out.agent = Some(Box::new(agent_from(*a))),
         Some(Detail::Finding(f)) => out.finding = Some(Box::new(finding_from(f)?)),
         None => {}
     }
