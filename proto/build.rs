@@ -8,9 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .boxed(".spyglass.v1.Event.container")
         .boxed(".spyglass.v1.Event.detail.agent")
+        // prost's codec plus a bound on a batch's events, checked before
+        // the batch is decoded
+        .codec_path("crate::codec::BoundedCodec")
         .compile_protos(
-        &["spyglass/v1/events.proto", "spyglass/v1/collector.proto"],
-        &["."],
-    )?;
+            &["spyglass/v1/events.proto", "spyglass/v1/collector.proto"],
+            &["."],
+        )?;
     Ok(())
 }

@@ -21,6 +21,11 @@ pub enum ConfigError {
         value: String,
         why: &'static str,
     },
+    #[error(
+        "config file {path}: node_name {problem}; use the host or Kubernetes node name \
+         (ASCII letters, digits, '.', '-', '_', at most 253)"
+    )]
+    Node { path: PathBuf, problem: String },
 }
 
 /// The whole configuration.
@@ -394,6 +399,25 @@ impl Config {
                 why: "must be at least 1",
             });
         }
+        if c.batch_max_events > spyglass_proto::limits::MAX_AGENT_BATCH_EVENTS {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "collector.batch_max_events",
+                value: c.batch_max_events.to_string(),
+                why:
+                    "must be at most 32768 (a collector refuses batches of more than 65536 events)",
+            });
+        }
+        if let Some(problem) = self
+            .node_name
+            .as_deref()
+            .and_then(spyglass_proto::limits::node_id_problem)
+        {
+            return Err(ConfigError::Node {
+                path: path.to_owned(),
+                problem,
+            });
+        }
         if !c.url.is_empty() && !c.url.starts_with("http://") && !c.url.starts_with("https://") {
             return Err(ConfigError::Range {
                 path: path.to_owned(),
@@ -497,6 +521,19 @@ mod tests {
             e.contains("kernel.ring_buffer_bytes") && e.contains("power of two"),
             "{e}"
         );
+        for (toml, want) in [
+            ("node_name = \"a b\"", "node_name holds ' '"),
+            ("node_name = \"\"", "node_name is empty"),
+            (
+                "[collector]\nbatch_max_events = 40000",
+                "batch_max_events = 40000",
+            ),
+        ] {
+            let e = Config::parse(toml, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
         let e = Config::parse("node_name = 3", Path::new("c.toml"))
             .unwrap_err()
             .to_string();

@@ -3,6 +3,7 @@
 //! output line came from (the `delivery` object).
 use serde::Serialize;
 use spyglass_proto::{
+    limits,
     model::{wire, Event, Kind},
     v1::Batch,
 };
@@ -31,8 +32,10 @@ pub struct Received {
 /// A batch no agent sends.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BatchError {
-    #[error("batch has no node_id")]
-    NoNode,
+    #[error("batch node_id {0}")]
+    NodeId(String),
+    #[error("batch stream_id {0}")]
+    StreamId(String),
     #[error("batch sequence must start at 1")]
     ZeroSequence,
     #[error("batch {sequence}, event {index}: {source}")]
@@ -41,14 +44,58 @@ pub enum BatchError {
         index: usize,
         source: wire::WireError,
     },
+    #[error(
+        "batch {sequence}, event {index}: its node {node:?} is not the batch's node; \
+         an agent speaks only for its own node"
+    )]
+    OtherNode {
+        sequence: u64,
+        index: usize,
+        node: String,
+    },
+}
+
+/// Whether `id` passes, as the error of `what` otherwise (the id is
+/// shown escaped and cut short, so it cannot forge log lines).
+fn checked_id(
+    id: &str,
+    problem: fn(&str) -> Option<String>,
+    what: fn(String) -> BatchError,
+) -> Result<(), BatchError> {
+    match problem(id) {
+        None => Ok(()),
+        Some(why) => {
+            let shown: String = id.chars().take(64).collect();
+            Err(what(format!("{:?} {why}", shown)))
+        }
+    }
+}
+
+/// Give `ev` (and its evidence) the batch's node where it names none;
+/// the node it names otherwise, when it is another.
+fn claim_node(ev: &mut Event, node: &str) -> Result<(), String> {
+    if ev.node.is_empty() {
+        node.clone_into(&mut ev.node);
+    } else if ev.node != node {
+        return Err(ev.node.chars().take(64).collect());
+    }
+    if let Some(f) = ev.finding.as_mut() {
+        for e in &mut f.evidence {
+            claim_node(e, node)?;
+        }
+    }
+    Ok(())
 }
 
 impl Received {
     /// Validate a batch and take its events as the model.
     pub fn from_batch(batch: Batch) -> Result<Self, BatchError> {
-        if batch.node_id.is_empty() {
-            return Err(BatchError::NoNode);
-        }
+        checked_id(&batch.node_id, limits::node_id_problem, BatchError::NodeId)?;
+        checked_id(
+            &batch.stream_id,
+            limits::stream_id_problem,
+            BatchError::StreamId,
+        )?;
         if batch.sequence == 0 {
             return Err(BatchError::ZeroSequence);
         }
@@ -58,11 +105,17 @@ impl Received {
             .into_iter()
             .enumerate()
             .map(|(index, e)| {
-                wire::from_wire(e).map_err(|source| BatchError::Event {
+                let mut ev = wire::from_wire(e).map_err(|source| BatchError::Event {
                     sequence,
                     index,
                     source,
-                })
+                })?;
+                claim_node(&mut ev, &batch.node_id).map_err(|node| BatchError::OtherNode {
+                    sequence,
+                    index,
+                    node,
+                })?;
+                Ok(ev)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Received {
@@ -136,7 +189,60 @@ mod tests {
         assert_eq!((r.events.len(), r.delivery(0).count), (1, 1));
         let mut empty = batch(vec![]);
         empty.node_id.clear();
-        assert_eq!(Received::from_batch(empty).unwrap_err(), BatchError::NoNode);
+        assert_eq!(
+            Received::from_batch(empty).unwrap_err().to_string(),
+            "batch node_id \"\" is empty"
+        );
+    }
+
+    #[test]
+    fn ids_are_checked_and_shown_escaped() {
+        let mut b = batch(vec![]);
+        b.node_id = format!("evil\n{}", "x".repeat(300));
+        let e = Received::from_batch(b).unwrap_err().to_string();
+        assert!(e.starts_with("batch node_id \"evil\\nxxx"), "{e}");
+        assert!(e.ends_with("bytes long; at most 253"), "{e}");
+        assert!(!e.contains('\n'));
+        let mut b = batch(vec![]);
+        b.stream_id = "../../etc".into();
+        let e = Received::from_batch(b).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "batch stream_id \"../../etc\" holds '.', which is not allowed"
+        );
+    }
+
+    #[test]
+    fn an_event_takes_the_batch_node_and_may_not_name_another() {
+        let ev = |node: &str| w::Event {
+            kind: w::EventKind::Exec as i32,
+            node: node.into(),
+            ..w::Event::default()
+        };
+        let r = Received::from_batch(batch(vec![ev(""), ev("n1")])).unwrap();
+        assert!(r.events.iter().all(|e| e.node == "n1"));
+        let e = Received::from_batch(batch(vec![ev("n1"), ev("n2")])).unwrap_err();
+        assert_eq!(
+            e,
+            BatchError::OtherNode {
+                sequence: 4,
+                index: 1,
+                node: "n2".into()
+            }
+        );
+        let finding = w::Event {
+            kind: w::EventKind::Finding as i32,
+            detail: Some(Detail::Finding(w::Finding {
+                rule_id: "process.shell".into(),
+                evidence: vec![ev("n2")],
+                ..w::Finding::default()
+            })),
+            ..w::Event::default()
+        };
+        assert!(matches!(
+            Received::from_batch(batch(vec![finding])),
+            Err(BatchError::OtherNode { index: 0, .. })
+        ));
     }
 
     #[test]

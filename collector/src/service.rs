@@ -137,6 +137,20 @@ impl CollectorService {
     }
 }
 
+/// A stream speaks for one node: the node of its first batch. A later
+/// batch naming another is refused, and the stream ends.
+fn same_node(first: Option<&str>, batch: &Batch) -> Result<(), Status> {
+    match first {
+        Some(n) if n != batch.node_id => Err(Status::invalid_argument(format!(
+            "this stream publishes for node {n:?}; batch {} names another node ({:?}): \
+             one stream, one node",
+            batch.sequence,
+            batch.node_id.chars().take(64).collect::<String>()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -171,9 +185,14 @@ impl Collector for CollectorService {
                         break;
                     }
                 };
-                if node.is_none() && !batch.node_id.is_empty() {
-                    info!(node = %batch.node_id, %peer, "agent connected");
-                    node = Some(batch.node_id.clone());
+                if let Err(status) = same_node(node.as_deref(), &batch) {
+                    warn!(%peer, message = status.message(), "stream refused");
+                    svc.shared
+                        .metrics
+                        .bad_streams
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(Err(status)).await;
+                    break;
                 }
                 // Rate limit: slow the stream down to its ceiling.
                 window_events += batch.events.len() as u64;
@@ -187,8 +206,14 @@ impl Collector for CollectorService {
                     window_start = Instant::now();
                     window_events = 0;
                 }
+                let first = node.is_none().then(|| batch.node_id.clone());
                 let result = svc.handle(batch, &peer).await;
                 let failed = result.is_err();
+                if let (Some(n), false) = (first, failed) {
+                    // logged once the batch passed validation
+                    info!(node = %n, %peer, "agent connected");
+                    node = Some(n);
+                }
                 if tx.send(result).await.is_err() || failed {
                     break;
                 }

@@ -10,6 +10,10 @@ pub mod v1 {
 
 pub mod model;
 
+pub mod codec;
+
+pub mod limits;
+
 pub mod time;
 
 #[cfg(feature = "endpoints")]

@@ -513,7 +513,9 @@ pub fn to_wire(ev: &Event) -> w::Event {
     } else if let Some(f) = &ev.finding {
         Some(Detail::Finding(finding_to(f)))
     } else {
-        ev.agent.as_ref().map(|a| Detail::Agent(Box::new(agent_to(a))))
+        ev.agent
+            .as_ref()
+            .map(|a| Detail::Agent(Box::new(agent_to(a))))
     };
     w::Event {
         kind: kind_to(ev.kind) as i32,

@@ -1,0 +1,75 @@
+//! What one batch may hold: the limits both ends of the wire apply. The
+//! agent checks its configuration against them at start; the collector
+//! refuses a batch beyond them before rendering a byte of it.
+
+/// Most events in one batch. The collector counts a batch's events
+/// before decoding it (see [`crate::codec`]), so a small message of
+/// millions of empty events cannot make it allocate gigabytes.
+pub const MAX_BATCH_EVENTS: usize = 65_536;
+
+/// Largest `collector.batch_max_events` an agent accepts: the agent can
+/// add one pipeline batch (a few thousand events) past it before a
+/// flush, and must stay under [`MAX_BATCH_EVENTS`].
+pub const MAX_AGENT_BATCH_EVENTS: usize = MAX_BATCH_EVENTS / 2;
+
+/// Longest node id: a DNS name, as Kubernetes node names are.
+pub const MAX_NODE_ID_LEN: usize = 253;
+
+/// Longest stream id (the agent's are 32 hex digits).
+pub const MAX_STREAM_ID_LEN: usize = 64;
+
+/// Why `id` cannot name a node, if it cannot: 1 to 253 ASCII letters,
+/// digits, `.`, `-` or `_` (a host or Kubernetes node name).
+pub fn node_id_problem(id: &str) -> Option<String> {
+    id_problem(id, MAX_NODE_ID_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+    })
+}
+
+/// Why `id` cannot be a stream id, if it cannot: empty (an agent older
+/// than stream ids) or up to 64 ASCII letters, digits, `-` or `_`.
+pub fn stream_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return None;
+    }
+    id_problem(id, MAX_STREAM_ID_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '_')
+    })
+}
+
+fn id_problem(id: &str, max: usize, allowed: impl Fn(char) -> bool) -> Option<String> {
+    if id.is_empty() {
+        return Some("is empty".into());
+    }
+    if id.len() > max {
+        return Some(format!("is {} bytes long; at most {max}", id.len()));
+    }
+    id.chars()
+        .find(|c| !allowed(*c))
+        .map(|c| format!("holds {:?}, which is not allowed", c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids() {
+        assert_eq!(node_id_problem("ip-10-0-1-7.ec2.internal"), None);
+        assert_eq!(node_id_problem("worker_1"), None);
+        assert_eq!(node_id_problem("").as_deref(), Some("is empty"));
+        assert!(node_id_problem(&"a".repeat(254))
+            .unwrap()
+            .contains("at most 253"));
+        assert!(node_id_problem("a\nb").unwrap().contains("'\\n'"));
+        assert!(node_id_problem("a b").is_some());
+    }
+
+    #[test]
+    fn stream_ids() {
+        assert_eq!(stream_id_problem(""), None);
+        assert_eq!(stream_id_problem("b5c615a81b84ceef9b37ed53666a2208"), None);
+        assert!(stream_id_problem(&"a".repeat(65)).is_some());
+        assert!(stream_id_problem("x/y").is_some());
+    }
+}
