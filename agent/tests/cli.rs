@@ -183,3 +183,56 @@ fn check_policy_names_file_line_and_field() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_kill_of_every_program_without_scope_is_refused_unless_confirmed() {
+    let dir = std::env::temp_dir().join(format!("spyglass-cli-broad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.yaml");
+    let check = |policy: &str| {
+        std::fs::write(&file, policy).unwrap();
+        run(&["check-policy", file.to_str().unwrap()])
+    };
+    let exec = "version: 1\nrules:\n  - rule: process.exec\n    action: kill\n";
+    for paths in ["[\"/\"]", "[\"/usr/\"]", "[\"/opt/app\", \"/usr/bin/\"]"] {
+        let out = check(&format!("{exec}    executables: {paths}\n"));
+        assert_eq!(out.status.code(), Some(1), "{paths}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("line 3")
+                && err.contains("rule `process.exec` with action `kill` and no scope")
+                && err.contains("covers every program directory")
+                && err.contains("confirm_broad_kill: true"),
+            "{paths}: {err}"
+        );
+    }
+    let writable = "version: 1\nsettings:\n  writable_paths: [\"/tmp/\", \"/\"]\nrules:\n  - rule: process.writable_path_exec\n    action: kill\n";
+    let out = check(writable);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("settings.writable_paths holds `/`")
+            && err.contains("rule `process.writable_path_exec` with action `kill` and no scope"),
+        "{err}"
+    );
+    // The agent refuses it at start too, before it loads anything.
+    let out = run(&["run", "--policy", file.to_str().unwrap(), "--no-snapshot"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("settings.writable_paths holds `/`"), "{err}");
+    // Meant, scoped, or narrower: accepted.
+    for ok in [
+        format!("{exec}    executables: [\"/\"]\n    confirm_broad_kill: true\n"),
+        format!("{exec}    executables: [\"/\"]\n    scope: {{namespaces: [sandbox]}}\n"),
+        format!("{exec}    executables: [\"/usr/bin/nc\", \"/opt/\"]\n"),
+        format!("{writable}    confirm_broad_kill: true\n"),
+    ] {
+        let out = check(&ok);
+        assert!(
+            out.status.success(),
+            "{ok}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

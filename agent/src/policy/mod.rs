@@ -103,6 +103,28 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             message: format!("settings.shells: `{sh}` must be a file name (no /, not empty)"),
         });
     }
+    if let Some(w) = file
+        .settings
+        .writable_paths
+        .iter()
+        .find(|w| model::covers_programs(w))
+    {
+        let unconfirmed = file.rules.iter().find(|e| {
+            e.rule == RuleId::ProcessWritablePath
+                && e.action == Action::Kill
+                && e.scope == model::Scope::default()
+                && !e.confirm_broad_kill
+        });
+        if let Some(e) = unconfirmed {
+            return Err(PolicyError::Document {
+                path: path.to_owned(),
+                message: format!(
+                    "settings.writable_paths holds `{w}`: {}",
+                    model::broad_kill(info_of(e.rule).name, w)
+                ),
+            });
+        }
+    }
     if file.version != 1 {
         return Err(PolicyError::Document {
             path: path.to_owned(),

@@ -146,6 +146,10 @@ pub struct RuleEntry {
     pub executables: Vec<String>,
     /// `network.connect`: destination ranges.
     pub destinations: Vec<Cidr>,
+    /// A `kill` without a scope whose paths cover the program directories
+    /// (`/`, `/usr/`, `/bin/`, ...) kills nearly every program in every
+    /// container; it is refused unless this says it is meant.
+    pub confirm_broad_kill: bool,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +170,8 @@ struct RawEntry {
     executables: Vec<String>,
     #[serde(default)]
     destinations: Vec<Cidr>,
+    #[serde(default)]
+    confirm_broad_kill: bool,
 }
 
 fn yes() -> bool {
@@ -236,6 +242,12 @@ impl TryFrom<RawEntry> for RuleEntry {
                 ));
             }
         }
+        let unscoped_kill = r.action == Action::Kill && r.scope == Scope::default();
+        if let Some(p) = r.executables.iter().find(|p| covers_programs(p)) {
+            if unscoped_kill && !r.confirm_broad_kill {
+                return Err(broad_kill(info.name, p));
+            }
+        }
         Ok(RuleEntry {
             rule: r.rule,
             enabled: r.enabled,
@@ -245,8 +257,35 @@ impl TryFrom<RawEntry> for RuleEntry {
             allow: r.allow,
             executables: r.executables,
             destinations: r.destinations,
+            confirm_broad_kill: r.confirm_broad_kill,
         })
     }
+}
+
+/// Directories that hold a system's programs.
+const PROGRAM_DIRS: [&str; 6] = [
+    "/bin/",
+    "/sbin/",
+    "/usr/bin/",
+    "/usr/sbin/",
+    "/usr/local/bin/",
+    "/usr/local/sbin/",
+];
+
+/// Whether a path pattern covers a whole program directory (`/`, `/usr/`,
+/// `/usr/bin/`, ...): killing under it kills nearly every program.
+pub fn covers_programs(pattern: &str) -> bool {
+    pattern.ends_with('/') && PROGRAM_DIRS.iter().any(|d| d.starts_with(pattern))
+}
+
+/// The refusal of a `kill` entry without scope whose `pattern` covers
+/// the program directories.
+pub fn broad_kill(rule: &str, pattern: &str) -> String {
+    format!(
+        "rule `{rule}` with action `kill` and no scope: `{pattern}` covers every program \
+         directory, so this would kill nearly every program in every container; give the \
+         entry a scope, narrow the path, or set `confirm_broad_kill: true` if that is meant"
+    )
 }
 
 /// An IPv6 range wide enough to hold `::ffff:0:0/96` (IPv4-mapped
