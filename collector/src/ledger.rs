@@ -130,7 +130,7 @@ impl Ledger {
         }
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_string(&self.high).expect("map of strings serializes");
-        std::fs::write(&tmp, text)
+        spyglass_proto::files::write_private(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, path))
             .map_err(|source| LedgerError::Write {
                 path: path.clone(),

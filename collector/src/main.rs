@@ -161,7 +161,8 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(path) = &status_file {
                 let tmp = path.with_extension("tmp");
                 let text = serde_json::to_string_pretty(&agents).unwrap_or_default();
-                if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path))
+                if let Err(e) = spyglass_proto::files::write_private(&tmp, text)
+                    .and_then(|_| std::fs::rename(&tmp, path))
                 {
                     warn!(path = %path.display(), error = %e, "writing agent status");
                 }

@@ -3,6 +3,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::Write,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -84,13 +85,22 @@ pub struct LineSink {
     size: u64,
     rotate_bytes: u64,
     keep: usize,
+    /// The file was rotated away but its successor could not be opened:
+    /// the next write opens it again, and does not rotate a second time
+    /// (which would push every rotated file one further and drop the
+    /// oldest at each retry).
+    reopen: bool,
 }
 
 fn open_append(path: &Path) -> Result<(File, u64), OutputError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    let f = spyglass_proto::files::append_private(path)
+        .and_then(|f| {
+            // one written by an older collector is narrowed too
+            f.set_permissions(std::fs::Permissions::from_mode(
+                spyglass_proto::files::FILE_MODE,
+            ))?;
+            Ok(f)
+        })
         .map_err(|source| OutputError::Open {
             path: path.to_owned(),
             source,
@@ -108,6 +118,7 @@ impl LineSink {
                 size: 0,
                 rotate_bytes: u64::MAX,
                 keep,
+                reopen: false,
             });
         }
         let p = PathBuf::from(path);
@@ -118,6 +129,7 @@ impl LineSink {
             size,
             rotate_bytes,
             keep,
+            reopen: false,
         })
     }
 
@@ -131,7 +143,7 @@ impl LineSink {
     /// Whether writing `lines` will rotate the file first.
     pub fn would_rotate(&self, lines: &Lines) -> bool {
         let incoming = lines.bytes().len() as u64;
-        self.size > 0 && self.size + incoming > self.rotate_bytes
+        !self.reopen && self.size > 0 && self.size + incoming > self.rotate_bytes
     }
 
     /// Write lines with one write call, straight to the OS. Returns true if
@@ -141,6 +153,8 @@ impl LineSink {
         let rotated = self.would_rotate(lines);
         if rotated {
             self.rotate()?;
+        } else if self.reopen {
+            self.open_successor()?;
         }
         let buf = lines.bytes();
         if let Err(e) = self.out.write_all(buf).and_then(|_| self.out.flush()) {
@@ -174,9 +188,19 @@ impl LineSink {
         } else {
             std::fs::remove_file(&path).map_err(|e| self.err(e))?;
         }
-        let (f, size) = open_append(&path)?;
+        self.reopen = true;
+        self.open_successor()
+    }
+
+    /// Open the file that follows a rotation.
+    fn open_successor(&mut self) -> Result<(), OutputError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let (f, size) = open_append(path)?;
         self.out = Box::new(f);
         self.size = size;
+        self.reopen = false;
         Ok(())
     }
 }

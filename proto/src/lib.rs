@@ -12,6 +12,8 @@ pub mod model;
 
 pub mod codec;
 
+pub mod files;
+
 pub mod limits;
 
 pub mod time;

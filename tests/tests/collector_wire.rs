@@ -5,6 +5,7 @@ mod common;
 
 use std::{
     io::{Read, Write},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -701,9 +702,13 @@ struct TinyFs(std::path::PathBuf);
 
 impl TinyFs {
     fn mount(dir: &Path, kib: u32) -> TinyFs {
+        Self::mount_with(dir, &format!("size={kib}k"))
+    }
+
+    fn mount_with(dir: &Path, options: &str) -> TinyFs {
         std::fs::create_dir_all(dir).unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
             .status()
             .unwrap();
@@ -715,6 +720,84 @@ impl TinyFs {
 impl Drop for TinyFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_rotation_whose_new_file_cannot_be_opened_loses_no_rotated_file() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("collector-rotate");
+    // Few inodes: after the rotation's renames, creating the new file
+    // fails (ENOSPC) until one is freed.
+    let fs = TinyFs::mount_with(&dir.join("out"), "size=4m,nr_inodes=16");
+    let out = fs.0.join("events.jsonl");
+    let col = Collector::start(
+        free_port(),
+        &out,
+        &[
+            "--rotate-bytes",
+            "1500",
+            "--keep",
+            "3",
+            "--state-file",
+            dir.join("state").to_str().unwrap(),
+            "--status-file",
+            dir.join("status.json").to_str().unwrap(),
+        ],
+    );
+    let rt = rt();
+    let send = |seq: u64| {
+        let events = (0..4)
+            .map(|i| exec_event("rot", &format!("b{seq}-{i}")))
+            .collect();
+        rt.block_on(async {
+            publish(plain(col.port).await, None, vec![batch("rot", seq, events)]).await
+        })
+    };
+    for seq in 1..=3 {
+        send(seq).unwrap();
+    }
+    // Use up every inode.
+    let mut fillers = Vec::new();
+    for i in 0.. {
+        let f = fs.0.join(format!("filler{i}"));
+        if std::fs::write(&f, "").is_err() {
+            break;
+        }
+        fillers.push(f);
+    }
+    assert!(!fillers.is_empty());
+    // Rotation renames, then cannot open the new file; the agent resends.
+    for _ in 0..3 {
+        let e = send(4).unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    }
+    std::fs::remove_file(fillers.pop().unwrap()).unwrap();
+    send(4).unwrap();
+    let mut args: Vec<String> = Vec::new();
+    for f in [
+        "events.jsonl.3",
+        "events.jsonl.2",
+        "events.jsonl.1",
+        "events.jsonl",
+    ] {
+        let p = fs.0.join(f);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} is readable by its owner only");
+        for e in lines(&p) {
+            args.push(e["process"]["argv"][1].as_str().unwrap().to_owned());
+        }
+    }
+    let want: Vec<String> = (1..=4)
+        .flat_map(|b| (0..4).map(move |i| format!("b{b}-{i}")))
+        .collect();
+    assert_eq!(
+        args, want,
+        "every batch once, oldest first, across the rotated files"
+    );
+    for f in fillers {
+        let _ = std::fs::remove_file(f);
     }
 }
 

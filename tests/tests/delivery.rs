@@ -244,6 +244,52 @@ fn agent_restart_resumes_without_duplicates() {
 }
 
 #[test]
+fn an_emptied_sequence_counter_starts_a_new_stream_and_loses_nothing() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("counter");
+    let col = Collector::start(free_port(), &dir.join("out.jsonl"), &[]);
+    let spool = dir.join("spool");
+    let agent = Agent::streaming_to(&col.url(), &spool, &["--no-snapshot"]);
+    let mark = marker("counter");
+    // A: spread over many batches, so the collector has seen many numbers.
+    exec_series(&format!("{mark}-a"), 40, Duration::from_millis(25))
+        .join()
+        .unwrap();
+    wait_for_all(
+        &col.output,
+        &format!("{mark}-a"),
+        40,
+        Duration::from_secs(30),
+    );
+    agent.stop();
+    // A torn or emptied counter (a power cut, a full disk).
+    std::fs::write(spool.join("next-seq"), "").unwrap();
+    let agent = Agent::streaming_to(&col.url(), &spool, &["--no-snapshot"]);
+    // B: right after the restart, in the first batches of the agent.
+    exec_series(&format!("{mark}-b"), 10, Duration::from_millis(5))
+        .join()
+        .unwrap();
+    let all = wait_for_all(
+        &col.output,
+        &format!("{mark}-b"),
+        10,
+        Duration::from_secs(30),
+    );
+    assert_exactly_once(&all, &format!("{mark}-b"), 10);
+    let streams: BTreeSet<&str> = all
+        .iter()
+        .filter_map(|e| e["delivery"]["stream_id"].as_str())
+        .collect();
+    assert_eq!(
+        streams.len(),
+        2,
+        "a new stream id after the restart: {streams:?}"
+    );
+    agent.stop();
+}
+
+#[test]
 fn full_spool_drops_oldest_batches_and_reports_the_loss() {
     require_root();
     let _g = serial();

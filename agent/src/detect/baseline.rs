@@ -152,9 +152,9 @@ impl Baselines {
             .map_err(std::io::Error::other)
             .and_then(|b| {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
+                    spyglass_proto::files::private_dir(dir)?;
                 }
-                std::fs::write(&tmp, b)
+                spyglass_proto::files::write_private(&tmp, b)
             })
             .and_then(|_| std::fs::rename(&tmp, path));
         match res {

@@ -80,6 +80,40 @@ fn new_stream_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The stream id and counter of the spool's sequence space, when both
+/// can be trusted: `stream-id` a valid id and `next-seq` a number. A
+/// counter that is missing, empty, torn or garbage could restart below
+/// numbers the collector has already seen, which it would acknowledge as
+/// duplicates and the agent then delete: such a space is not continued.
+fn trusted_space(dir: &Path) -> Option<(String, u64)> {
+    let id = std::fs::read_to_string(dir.join("stream-id")).ok()?;
+    let id = id.trim();
+    if id.is_empty() || spyglass_proto::limits::stream_id_problem(id).is_some() {
+        return None;
+    }
+    let seq = std::fs::read_to_string(dir.join("next-seq")).ok()?;
+    let seq: u64 = seq.trim().parse().ok().filter(|n| *n >= 1)?;
+    Some((id.to_owned(), seq))
+}
+
+/// Start a new sequence space: a fresh stream id, saved.
+fn new_space(dir: &Path) -> Result<String, SpoolError> {
+    let had_one = dir.join("stream-id").exists() || dir.join("next-seq").exists();
+    let id = new_stream_id();
+    let id_path = dir.join("stream-id");
+    let tmp = dir.join("stream-id.tmp");
+    spyglass_proto::files::write_private(&tmp, &id)
+        .and_then(|_| std::fs::rename(&tmp, &id_path))
+        .map_err(|source| SpoolError::File {
+            path: id_path.clone(),
+            source,
+        })?;
+    if had_one {
+        tracing::warn!(spool = %dir.display(), stream_id = %id, "spool sequence counter or stream id unreadable; starting a new stream id so no new batch is taken for a duplicate");
+    }
+    Ok(id)
+}
+
 fn file_name(seq: u64, events: u64) -> String {
     format!("{seq:020}-{events}.batch")
 }
@@ -97,7 +131,7 @@ impl Spool {
             path: dir.to_owned(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(derr)?;
+        spyglass_proto::files::private_dir(dir).map_err(derr)?;
         let mut entries = BTreeMap::new();
         let mut total = 0;
         for f in std::fs::read_dir(dir).map_err(derr)?.flatten() {
@@ -115,30 +149,10 @@ impl Spool {
                 );
             }
         }
-        let stored: u64 = std::fs::read_to_string(dir.join("next-seq"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1);
         let after_files = entries.keys().next_back().map_or(1, |s| s + 1);
-        // The sequence space: a new one whenever the spool is new or its
-        // counter is gone, so the collector never mistakes a restarted
-        // count for duplicates of the old one.
-        let id_path = dir.join("stream-id");
-        let stream_id = match std::fs::read_to_string(&id_path) {
-            Ok(id) if !id.trim().is_empty() && dir.join("next-seq").exists() => {
-                id.trim().to_owned()
-            }
-            _ => {
-                let id = new_stream_id();
-                let tmp = dir.join("stream-id.tmp");
-                std::fs::write(&tmp, &id)
-                    .and_then(|_| std::fs::rename(&tmp, &id_path))
-                    .map_err(|source| SpoolError::File {
-                        path: id_path.clone(),
-                        source,
-                    })?;
-                id
-            }
+        let (stream_id, next_seq) = match trusted_space(dir) {
+            Some((id, stored)) => (id, stored.max(after_files)),
+            None => (new_space(dir)?, after_files),
         };
         Ok(Spool {
             dir: dir.to_owned(),
@@ -146,7 +160,7 @@ impl Spool {
             entries,
             total,
             in_memory: 0,
-            next_seq: stored.max(after_files).max(1),
+            next_seq,
             reserved: 0,
             stream_id,
         })
@@ -174,7 +188,7 @@ impl Spool {
             let end = self.next_seq + SEQUENCE_BLOCK;
             let p = self.dir.join("next-seq");
             let tmp = self.dir.join("next-seq.tmp");
-            std::fs::write(&tmp, end.to_string())
+            spyglass_proto::files::write_private(&tmp, end.to_string())
                 .and_then(|_| std::fs::rename(&tmp, &p))
                 .map_err(|source| SpoolError::File { path: p, source })?;
             self.reserved = end;
@@ -197,7 +211,7 @@ impl Spool {
         // write then rename: a crash never leaves a half batch under its name
         let p = self.dir.join(file_name(seq, events));
         let tmp = self.dir.join("batch.tmp");
-        std::fs::write(&tmp, &data)
+        spyglass_proto::files::write_private(&tmp, &data)
             .and_then(|_| std::fs::rename(&tmp, &p))
             .map_err(|source| SpoolError::File { path: p, source })?;
         let bytes = data.len() as u64;
@@ -310,6 +324,53 @@ mod tests {
         // a restart in the middle of a block skips its rest, never repeats
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         assert!(s.next_sequence().unwrap() > c);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_untrusted_counter_starts_a_new_stream_id() {
+        let d = dir("untrusted");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        let seq = s.next_sequence().unwrap();
+        s.push(seq, 1, Bytes::from_static(b"a")).unwrap();
+        let first = s.stream_id().to_owned();
+        assert_eq!(Spool::open(&d, 1 << 20).unwrap().stream_id(), first);
+        let mut seen = vec![first];
+        for bad in ["", "12x", "0", "\0\0\0"] {
+            std::fs::write(d.join("next-seq"), bad).unwrap();
+            let mut s = Spool::open(&d, 1 << 20).unwrap();
+            assert!(
+                !seen.contains(&s.stream_id().to_owned()),
+                "next-seq {bad:?}"
+            );
+            seen.push(s.stream_id().to_owned());
+            // numbers still never collide with the batch files kept
+            assert!(s.next_sequence().unwrap() > seq);
+        }
+        std::fs::write(d.join("stream-id"), "").unwrap();
+        assert!(!seen.contains(&Spool::open(&d, 1 << 20).unwrap().stream_id().to_owned()));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn spool_files_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("modes");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        let seq = s.next_sequence().unwrap();
+        s.push(seq, 1, Bytes::from_static(b"a")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        for f in std::fs::read_dir(&d).unwrap().flatten() {
+            assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+        }
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            3,
+            "batch, next-seq, stream-id"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
