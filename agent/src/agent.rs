@@ -197,12 +197,7 @@ impl Agent {
         let metrics = Arc::new(Metrics::default());
         let attached = probes.status.iter().filter(|p| p.attached).count();
         info!(attached, total = probes.status.len(), "probes attached");
-        metrics.set_started(
-            attached,
-            probes.status.len(),
-            cfg.containerd.enabled,
-            !cfg.collector.url.is_empty(),
-        );
+        metrics.set_started(attached, probes.status.len(), cfg.containerd.enabled);
         metrics.turned();
         let (inputs, inputs_rx) = mpsc::channel::<Input>(QUEUE_INPUTS);
         let reader_stats = Arc::new(ReaderStats::default());

@@ -2,8 +2,9 @@
 //!
 //! The pipeline updates atomics through the methods below; `/metrics`
 //! renders them in the Prometheus text format, `/healthz` says whether the
-//! pipeline (the agent's main loop) is turning, `/readyz` whether the agent delivers what it should
-//! (probes attached, containerd reachable when enabled).
+//! pipeline (the agent's main loop) is turning, `/readyz` whether the node
+//! is observed (probes attached, containerd reachable when enabled); the
+//! collector's reachability is a metric, not readiness.
 use std::{
     fmt::Write as _,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -48,7 +49,6 @@ pub struct Metrics {
     probes_total: AtomicU64,
     /// The pipeline's last turn (its housekeeping input, every 100 ms).
     heartbeat: endpoints::Heartbeat,
-    collector_enabled: AtomicBool,
     collector_connected: AtomicBool,
     spool_batches: AtomicU64,
     spool_bytes: AtomicU64,
@@ -106,12 +106,11 @@ impl Metrics {
     }
 
     /// At start: probes attached of all, and which sources are configured.
-    pub fn set_started(&self, attached: usize, total: usize, containerd: bool, collector: bool) {
+    pub fn set_started(&self, attached: usize, total: usize, containerd: bool) {
         self.probes_attached
             .store(attached as u64, Ordering::Relaxed);
         self.probes_total.store(total as u64, Ordering::Relaxed);
         self.containerd_enabled.store(containerd, Ordering::Relaxed);
-        self.collector_enabled.store(collector, Ordering::Relaxed);
     }
 
     /// The collector exporter's state: connected, and the spool's size.
@@ -169,11 +168,10 @@ impl Metrics {
         {
             return Some("containerd unreachable: container events are unattributed");
         }
-        if self.collector_enabled.load(Ordering::Relaxed)
-            && !self.collector_connected.load(Ordering::Relaxed)
-        {
-            return Some("collector unreachable: events are spooled for later delivery");
-        }
+        // The collector is not part of readiness: readiness says the node
+        // is observed, and a collector restart must not turn every agent
+        // NotReady. Its stream is `spyglass_collector_connected` and a
+        // warning in the log.
         None
     }
 
@@ -371,10 +369,12 @@ mod tests {
         assert!(m.not_ready().unwrap().contains("containerd"));
         m.containerd_up.store(true, Ordering::Relaxed);
         assert_eq!(m.not_ready(), None);
-        m.collector_enabled.store(true, Ordering::Relaxed);
-        assert!(m.not_ready().unwrap().contains("collector"));
-        m.collector_connected.store(true, Ordering::Relaxed);
-        assert_eq!(m.not_ready(), None);
+        m.set_collector(false, 0, 0);
+        assert_eq!(
+            m.not_ready(),
+            None,
+            "a collector away does not make the node unobserved"
+        );
         m.lookups.store(2, Ordering::Relaxed);
         m.lookup_us.store(1500, Ordering::Relaxed);
         assert!(m

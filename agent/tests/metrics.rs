@@ -106,13 +106,13 @@ fn metrics_count_events_and_health_follows_containerd_and_collector() {
         "--spool-dir",
         spool.to_str().unwrap(),
     ]);
-    // (once containerd is synced, the collector is what is missing)
-    let (status, body) = eventually("not ready without the collector", WAIT, || {
+    // The node is observed: ready, although the collector is away (a
+    // collector restart must not turn every agent NotReady).
+    let (status, body) = eventually("ready without the collector", WAIT, || {
         let r = http_get(port, "/readyz");
-        (r.0 == 503 && r.1.contains("collector")).then_some(r)
+        (r.0 == 200).then_some(r)
     });
-    assert_eq!(status, 503);
-    assert!(body.contains("collector"), "{body}");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
     let mark = marker("metrics-spool");
     assert!(Command::new("/bin/true")
         .arg(&mark)
