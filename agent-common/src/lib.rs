@@ -7,6 +7,8 @@
 //! Never renumber a kind, an op or a counter: add new ones at the end.
 #![cfg_attr(not(test), no_std)]
 
+pub mod path;
+
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 /// Bytes of the executable path (`bprm->filename`) kept per exec.

@@ -1,7 +1,8 @@
 //! Maps shared by all probes. Sizes here are defaults; the agent may
 //! resize `EVENTS` at load time (`ring_buffer_bytes` in the config).
 use agent_common::{
-    counter, ConnectRuleKey, EventHeader, ExecEvent, ExecRuleKey, ExitKey, KernelOffsets,
+    counter, path::PathNorm, ConnectRuleKey, EventHeader, ExecEvent, ExecRuleKey, ExitKey,
+    KernelOffsets,
 };
 use aya_ebpf::{
     macros::map,
@@ -70,6 +71,12 @@ pub static CONNECT_DENY: LpmTrie<ConnectRuleKey, u32> = LpmTrie::with_max_entrie
 /// beside the exec probe's own locals).
 #[map]
 pub static EXEC_RULE_KEY: PerCpuArray<Key<ExecRuleKey>> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU state of the path normaliser that builds the exec rule key
+/// (agent-common `path`): in map memory, so the verifier sees one state
+/// per byte, not one per history.
+#[map]
+pub static PATH_NORM: PerCpuArray<PathNorm> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn enforcing(bit: u32) -> bool {

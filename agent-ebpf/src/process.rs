@@ -1,7 +1,8 @@
 //! Process lifecycle: exec, exit and fork.
 use agent_common::{
-    counter, enforce, exec_flags, kind, ExecEvent, ExitEvent, ExitKey, ForkEvent, KernelOffsets,
-    ARGV_LEN, EXIT_GROUP_DEAD_ABSENT, FILENAME_LEN, RULE_PATH_LEN, SIGNAL_GROUP_EXIT,
+    counter, enforce, exec_flags, kind, path::norm_state, ExecEvent, ExitEvent, ExitKey, ForkEvent,
+    KernelOffsets, ARGV_LEN, EXIT_GROUP_DEAD_ABSENT, FILENAME_LEN, RULE_PATH_LEN,
+    SIGNAL_GROUP_EXIT,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -17,7 +18,7 @@ use aya_ebpf::{
 use crate::{
     diag::diag,
     emit::{count, current_header, send, send_bytes},
-    maps::{enforcing, offsets, EXEC_KILL, EXEC_RULE_KEY, EXEC_SCRATCH, EXITS_SENT},
+    maps::{enforcing, offsets, EXEC_KILL, EXEC_RULE_KEY, EXEC_SCRATCH, EXITS_SENT, PATH_NORM},
     task::read,
 };
 
@@ -137,27 +138,47 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
 }
 
 /// Whether (cgroup, path) has an entry in `EXEC_KILL` (longest prefix).
+/// The path is normalised first (`//`, `.` and `..` undone: agent-common
+/// `path`, the code the agent's rules judge by); a relative path is
+/// looked up as given.
 #[inline(always)]
 fn kill_rule_matches(ev: &ExecEvent) -> bool {
     let Some(key) = EXEC_RULE_KEY.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: per-CPU scratch slot owned by this program run.
-    let key = unsafe { &mut *key };
+    let Some(norm) = PATH_NORM.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch slots owned by this program run.
+    let (key, norm) = unsafe { (&mut *key, &mut *norm) };
     key.prefix_len = (RULE_PATH_LEN as u32 + 8) * 8;
     key.data.cgroup_id = ev.header.cgroup_id.to_ne_bytes();
-    // Bytes after the path's NUL do not matter: an entry never extends
-    // past its own path's NUL, which the lookup path must match.
-    // SAFETY: both buffers hold at least RULE_PATH_LEN bytes.
-    let rc = unsafe {
-        bpf_probe_read_kernel(
-            key.data.path.as_mut_ptr().cast(),
-            RULE_PATH_LEN as u32,
-            ev.filename.as_ptr().cast(),
-        )
-    };
+    norm.reset();
+    for i in 0..FILENAME_LEN {
+        if !norm.push(&mut key.data.path, ev.filename[i]) {
+            break;
+        }
+    }
+    // a filename that filled its buffer ends here
+    norm.push(&mut key.data.path, 0);
+    // SAFETY: read of a field of the live per-CPU value.
+    if unsafe { core::ptr::read_volatile(&raw const norm.state) } == norm_state::RELATIVE {
+        // Bytes after the path's NUL do not matter: an entry never
+        // extends past its own path's NUL, which the lookup must match.
+        // SAFETY: both buffers hold at least RULE_PATH_LEN bytes.
+        let rc = unsafe {
+            bpf_probe_read_kernel(
+                key.data.path.as_mut_ptr().cast(),
+                RULE_PATH_LEN as u32,
+                ev.filename.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return false;
+        }
+    }
     // Value 0: an allowed file inside a killed prefix.
-    rc == 0 && EXEC_KILL.get(&*key).is_some_and(|v| *v != 0)
+    EXEC_KILL.get(&*key).is_some_and(|v| *v != 0)
 }
 
 /// Names of the task's cgroup v2 directory and its parent

@@ -529,6 +529,69 @@ fn kill_at_exec_stops_the_binary_before_it_runs_only_in_scope() {
 }
 
 #[test]
+fn path_tricks_neither_escape_a_kill_nor_an_alert() {
+    require_root();
+    let _g = serial();
+    let img = image("spyglass.test/busybox:1");
+    let (target, other) = (container_id("f-pkill"), container_id("f-palert"));
+    let (policy, cfg) = setup(
+        "f-paths",
+        &format!(
+            "{NO_BASELINE}rules:\n  - rule: process.writable_path_exec\n    action: kill\n    \
+             scope:\n      containers: [{target}]\n"
+        ),
+    );
+    let agent = start(&policy, &cfg, &[]);
+    let t = Ctr::run(&img.reference, &target, &[], &["/bin/sleep", "60"]);
+    let o = Ctr::run(&img.reference, &other, &[], &["/bin/sleep", "60"]);
+    for id in [&target, &other] {
+        agent.wait_for("container known", WAIT, |e| {
+            is_finding(e, "container.root", id)
+        });
+    }
+    // Four ways to name /tmp/kN/true (busybox's `true`), none of them
+    // starting with /tmp/ as written.
+    let tricks = [
+        "//tmp/k1/true",
+        "/tmp/./k2/true",
+        "/tmp//k3/true",
+        "/bin/../tmp/k4/true",
+    ];
+    let script = format!(
+        "for n in 1 2 3 4; do mkdir -p /tmp/k$n && cp /bin/busybox /tmp/k$n/true; done; \
+         for p in {}; do $p; echo \"$p rc=$?\"; done",
+        tricks.join(" ")
+    );
+    let killed = t.exec("tricks", &["/bin/sh", "-c", &script]);
+    let alerted = o.exec("tricks", &["/bin/sh", "-c", &script]);
+    for p in tricks {
+        assert!(
+            killed.contains(&format!("{p} rc=137")),
+            "{p} killed: {killed}"
+        );
+        assert!(alerted.contains(&format!("{p} rc=0")), "{p} ran: {alerted}");
+    }
+    for n in 1..=4 {
+        let subject = format!("/tmp/k{n}/true");
+        let f = agent.wait_for("the kill finding", WAIT, |e| {
+            is_finding(e, "process.writable_path_exec", &target)
+                && e["finding"]["subject"] == subject.as_str()
+        });
+        assert_eq!(f["finding"]["outcome"], "killed", "{f}");
+        let a = agent.wait_for("the alert", WAIT, |e| {
+            is_finding(e, "process.writable_path_exec", &other)
+                && e["finding"]["subject"] == subject.as_str()
+        });
+        assert_eq!(a["finding"]["action"], "alert", "{a}");
+    }
+    // The exec events keep the path as it was given.
+    let exec = agent.wait_for("the exec as given", WAIT, |e| {
+        e["kind"] == "exec" && e["process"]["exe"] == "//tmp/k1/true"
+    });
+    assert_eq!(exec["enforced"], "kill");
+}
+
+#[test]
 fn deny_connect_refuses_only_the_targeted_container() {
     require_root();
     let _g = serial();

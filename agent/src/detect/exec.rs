@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     event::{Outcome, Process},
-    policy::{info_of, path_matches, Action, RuleId},
+    policy::{info_of, normal_path, path_matches, Action, RuleId},
 };
 
 fn basename(p: &str) -> &str {
@@ -23,27 +23,27 @@ pub fn check(c: &Ctx<'_>, state: &mut State, baselines: &mut Baselines) -> Vec<H
     let Some(pr) = &c.ev.process else {
         return Vec::new();
     };
+    // Every rule judges the path given to execve as the kernel's kill
+    // check does: normalised (`//`, `.`, `..` undone).
+    let given = normal_path(&pr.exe);
     if c.ev.enforced.is_some() {
-        return vec![killed(c, pr)];
+        return vec![killed(c, &given)];
     }
-    // The path given to execve when absolute. A relative one, or a
-    // descriptor path, is resolved through /proc/PID/exe (which may
-    // already name a later exec of the same pid: only a fallback).
-    let by_fd = pr.exe.starts_with("/dev/fd/") || pr.exe.starts_with("/proc/self/fd/");
-    let real = if c.ev.snapshot || (pr.exe.starts_with('/') && !by_fd) {
+    // A relative path, or a descriptor path, is resolved through
+    // /proc/PID/exe (which may already name a later exec of the same pid:
+    // only a fallback). The kernel cannot resolve those: it alerts, but a
+    // kill entry does not apply to them (docs/policy.md).
+    let by_fd = given.starts_with("/dev/fd/") || given.starts_with("/proc/self/fd/");
+    let real = if c.ev.snapshot || (given.starts_with('/') && !by_fd) {
         None
     } else {
         proc::exe(pr.pid)
     };
-    let path = real.as_deref().unwrap_or(&pr.exe);
-    let mut hits: Vec<Hit> = [
-        listed(c, pr, path),
-        shell(c, pr, path),
-        writable(c, pr, path),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let path = real.as_deref().unwrap_or(&given);
+    let mut hits: Vec<Hit> = [listed(c, path), shell(c, pr, path), writable(c, path)]
+        .into_iter()
+        .flatten()
+        .collect();
     let fileless = path.starts_with("/memfd:") || path.ends_with(" (deleted)") || by_fd;
     if fileless {
         hits.push(Hit::new(
@@ -54,23 +54,21 @@ pub fn check(c: &Ctx<'_>, state: &mut State, baselines: &mut Baselines) -> Vec<H
     } else if !c.ev.snapshot {
         hits.extend(not_in_image(c, pr, path, state));
     }
-    hits.extend(new_for_baseline(c, pr, baselines));
+    hits.extend(new_for_baseline(c, &given, baselines));
     hits
 }
 
 /// The kernel killed the exec: which rule did (from the plan it
 /// enforces), and for a custom rule the entry that covers the path.
-fn killed(c: &Ctx<'_>, pr: &Process) -> Hit {
+fn killed(c: &Ctx<'_>, path: &str) -> Hit {
     let rule = c
         .plan
-        .and_then(|pl| pl.exec_rule(&pr.exe))
+        .and_then(|pl| pl.exec_rule(path))
         .unwrap_or(RuleId::ProcessExec);
     let entry = c
         .policy
         .custom(RuleId::ProcessExec, c.meta)
-        .find(|e| {
-            e.action == Action::Kill && e.executables.iter().any(|x| path_matches(x, &pr.exe))
-        })
+        .find(|e| e.action == Action::Kill && e.executables.iter().any(|x| path_matches(x, path)))
         .filter(|_| rule == RuleId::ProcessExec)
         .map(|e| (e.severity.unwrap_or(info_of(rule).severity), e.action));
     Hit {
@@ -78,10 +76,10 @@ fn killed(c: &Ctx<'_>, pr: &Process) -> Hit {
         entry,
         ..Hit::new(
             rule,
-            pr.exe.to_string(),
+            path,
             format!(
-                "killed at exec by policy: {} in container {}",
-                pr.exe, c.meta.name
+                "killed at exec by policy: {path} in container {}",
+                c.meta.name
             ),
         )
     }
@@ -89,9 +87,9 @@ fn killed(c: &Ctx<'_>, pr: &Process) -> Hit {
 
 /// A custom `process.exec` entry lists the executable (and does not
 /// allow it).
-fn listed(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
+fn listed(c: &Ctx<'_>, path: &str) -> Option<Hit> {
     let e = c.policy.custom(RuleId::ProcessExec, c.meta).find(|e| {
-        let hit_path = |x: &String| path_matches(x, path) || path_matches(x, &pr.exe);
+        let hit_path = |x: &String| path_matches(x, path);
         e.executables.iter().any(hit_path) && !e.allow.executables.iter().any(hit_path)
     })?;
     let sev = e.severity.unwrap_or(info_of(RuleId::ProcessExec).severity);
@@ -129,20 +127,18 @@ fn shell(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
 }
 
 /// Executed from a path listed as writable (`settings.writable_paths`).
-fn writable(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
+fn writable(c: &Ctx<'_>, path: &str) -> Option<Hit> {
     let w = &c.policy.settings.writable_paths;
-    w.iter()
-        .any(|w| path.starts_with(w.as_str()) || pr.exe.starts_with(w.as_str()))
-        .then(|| {
-            Hit::new(
-                RuleId::ProcessWritablePath,
-                path,
-                format!(
-                    "{path} executed from a writable path in container {}",
-                    c.meta.name
-                ),
-            )
-        })
+    w.iter().any(|w| path.starts_with(w.as_str())).then(|| {
+        Hit::new(
+            RuleId::ProcessWritablePath,
+            path,
+            format!(
+                "{path} executed from a writable path in container {}",
+                c.meta.name
+            ),
+        )
+    })
 }
 
 /// The file is in the overlay's upper layer: written after the container
@@ -165,8 +161,7 @@ fn not_in_image(c: &Ctx<'_>, pr: &Process, path: &str, state: &mut State) -> Opt
 /// An executable the image's baseline has not learnt. Judged by the path
 /// the program was started by (what an operator recognises; the resolved
 /// file may be a multi-call binary).
-fn new_for_baseline(c: &Ctx<'_>, pr: &Process, baselines: &mut Baselines) -> Option<Hit> {
-    let started = &*pr.exe;
+fn new_for_baseline(c: &Ctx<'_>, started: &str, baselines: &mut Baselines) -> Option<Hit> {
     (baselines.observe(c.digest, What::Executable, started, unix_now()) == Seen::New).then(|| {
         Hit::new(
             RuleId::BaselineExecutable,

@@ -8,7 +8,7 @@ pub mod rules;
 
 use std::path::{Path, PathBuf};
 
-pub use model::{path_matches, PolicyFile, RuleEntry, Scope, Settings};
+pub use model::{normal_path, path_matches, PolicyFile, RuleEntry, Scope, Settings};
 pub use rules::{info_of, Action, RuleId, Severity};
 
 use crate::container::meta::ContainerMeta;

@@ -303,6 +303,29 @@ fn covers_mapped_v4(c: &Cidr) -> bool {
     addr[..full] == mapped[..full] && (rest == 0 || (addr[full] ^ mapped[full]) >> (8 - rest) == 0)
 }
 
+/// `path` as the kernel's kill check sees it: `//`, `.` and `..` undone
+/// by the same code (agent-common `path`), on the bytes the kernel keeps.
+/// A relative path comes back as given.
+pub fn normal_path(path: &str) -> std::borrow::Cow<'_, str> {
+    use agent_common::{path::PathNorm, FILENAME_LEN};
+    let mut norm = PathNorm::new();
+    let mut out = [0u8; FILENAME_LEN];
+    let bytes = path.as_bytes();
+    for &c in bytes.iter().take(FILENAME_LEN - 1).chain([0u8].iter()) {
+        if !norm.push(&mut out, c) {
+            break;
+        }
+    }
+    if norm.state != agent_common::path::norm_state::DONE {
+        return path.into();
+    }
+    let end = out.iter().position(|&b| b == 0).unwrap_or(out.len());
+    if &out[..end] == bytes {
+        return path.into();
+    }
+    String::from_utf8_lossy(&out[..end]).into_owned().into()
+}
+
 /// Whether `path` matches an executable pattern: exact, or under a
 /// prefix ending in `/`.
 pub fn path_matches(pattern: &str, path: &str) -> bool {
@@ -310,5 +333,28 @@ pub fn path_matches(pattern: &str, path: &str) -> bool {
         path.starts_with(pattern)
     } else {
         path == pattern
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_see_the_path_the_kernel_sees() {
+        assert_eq!(normal_path("//tmp/./x"), "/tmp/x");
+        assert_eq!(normal_path("/bin/../tmp//x"), "/tmp/x");
+        assert!(matches!(
+            normal_path("/tmp/x"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            normal_path("./x"),
+            std::borrow::Cow::Borrowed("./x")
+        ));
+        // the kernel keeps 511 bytes of the path: so does the agent
+        let long = format!("/{}/x", "a".repeat(600));
+        assert_eq!(normal_path(&long).len(), 511);
+        assert!(path_matches("/tmp/", &normal_path("//tmp/x")));
     }
 }

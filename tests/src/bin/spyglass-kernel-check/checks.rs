@@ -423,6 +423,24 @@ fn kill_at_exec(c: &Ctx) -> String {
         e["kind"] == "exec" && e["process"]["exe"] == path
     });
     assert_eq!(ev["enforced"], "kill", "{ev}");
+    // The same file by a path that does not read as the rule's: the
+    // kernel normalises it (`//`, `.`, `..`) before the lookup.
+    let dir = target.parent().and_then(|d| d.to_str()).expect("dir");
+    let leaf = target.file_name().and_then(|n| n.to_str()).expect("name");
+    let top = dir.rsplit('/').next().expect("dir name");
+    let tricked = format!("/{dir}//./../{top}/{leaf}");
+    let status = c
+        .cgroup
+        .command(&tricked)
+        .arg0("busybox")
+        .arg("true")
+        .status()
+        .expect("run");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{tricked} was not killed: {status}"
+    );
     let outside = Command::new(path)
         .arg0("busybox")
         .arg("true")
@@ -433,7 +451,10 @@ fn kill_at_exec(c: &Ctx) -> String {
         "the same file outside the cgroup: {outside}"
     );
     let _ = std::fs::remove_file(&target);
-    format!("{path} killed in cgroup {}, runs outside", c.cgroup.id)
+    format!(
+        "{path} and {tricked} killed in cgroup {}, runs outside",
+        c.cgroup.id
+    )
 }
 
 fn deny_connect(c: &Ctx) -> String {
