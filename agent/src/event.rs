@@ -4,5 +4,5 @@
 pub use spyglass_proto::model::{
     Action, AgentInfo, AgentState, Ancestor, ConnectOutcome, Container, Endpoint, Enforced, Event,
     ExitInfo, Family, FindingInfo, ForkInfo, Kind, Loss, LossStage, Mitre, Name, NetOp, Network,
-    Outcome, ProbeStatus, Process, Protocol, Runtime, Text, Tracked, Unattributed,
+    Outcome, ProbeStatus, Process, Protocol, Runtime, Text, Tracked, Unattributed, Unread,
 };

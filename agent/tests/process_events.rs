@@ -62,6 +62,46 @@ fn exec_shows_argv_uid_ppid_exe_and_exit_code() {
 }
 
 #[test]
+fn an_exec_path_longer_than_the_kernel_keeps_is_marked_truncated() {
+    require_root();
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
+    let mark = marker("longpath");
+    // /tmp/MARK/aaaa.../aaaa.../true: over 600 bytes in all.
+    let mut dir = std::env::temp_dir().join(&mark);
+    for _ in 0..3 {
+        dir.push("a".repeat(200));
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("true");
+    std::fs::copy("/bin/true", &exe).unwrap();
+    let child = Command::new(&exe).spawn().unwrap();
+    let pid = u64::from(child.id());
+    assert!(child.wait_with_output().unwrap().status.success());
+    let exec = agent.wait_for("exec of the long path", WAIT, |e| {
+        e["kind"] == "exec" && pid_of(e) == pid
+    });
+    let p = &exec["process"];
+    assert_eq!(p["exe_truncated"], true, "{exec}");
+    let given = p["exe"].as_str().unwrap();
+    assert_eq!(given.len(), 511, "{given}");
+    assert!(exe.to_str().unwrap().starts_with(given));
+    // an ordinary exec carries neither mark
+    assert!(Command::new("/bin/true")
+        .arg(&mark)
+        .status()
+        .unwrap()
+        .success());
+    let short = agent.wait_for("an exec with a whole path", WAIT, |e| {
+        e["kind"] == "exec" && argv_of(e).last().map(String::as_str) == Some(mark.as_str())
+    });
+    assert!(short["process"].get("exe_truncated").is_none(), "{short}");
+    assert!(short["process"].get("unread").is_none(), "{short}");
+    std::fs::remove_dir_all(std::env::temp_dir().join(&mark)).unwrap();
+    agent.stop();
+}
+
+#[test]
 fn killed_process_reports_its_signal() {
     require_root();
     let _g = serial();

@@ -6,13 +6,15 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use agent_common::exec_flags;
+
 use super::decode::{split_exit_code, Exec, Header, Net, NetOp, Outcome, RawEvent};
 use crate::{
     clock::Clock,
     container::cgroup::Resolver,
     event::{
         ConnectOutcome, Endpoint, Enforced, Event, ExitInfo, Family, ForkInfo, Kind, Loss,
-        NetOp as Op, Network, Process, Protocol,
+        NetOp as Op, Network, Process, Protocol, Unread,
     },
     process::{
         snapshot::Snapshot,
@@ -95,6 +97,18 @@ impl RecentExits {
         self.seen.push_back((pid, start_time_ns));
         true
     }
+}
+
+/// What the kernel could not read at exec, from the record's flags.
+fn unread_of(flags: u32) -> Vec<Unread> {
+    [
+        (exec_flags::ARGV_READ_FAILED, Unread::Argv),
+        (exec_flags::PPID_READ_FAILED, Unread::Ppid),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, u)| u)
+    .collect()
 }
 
 fn family(a: &SocketAddr) -> Family {
@@ -217,6 +231,8 @@ impl Enricher {
             exe: info.exe.clone(),
             argv: info.argv.clone(),
             argv_truncated: info.argv_truncated,
+            exe_truncated: info.exe_truncated,
+            unread: info.unread.clone(),
             cgroup_id: info.cgroup_id,
             start_time: (info.start_time_ns != 0).then(|| self.clock.wall(info.start_time_ns)),
         }
@@ -335,6 +351,8 @@ impl Enricher {
             exe: e.filename.as_str().into(),
             argv: e.argv.into(),
             argv_truncated: e.argv_truncated,
+            exe_truncated: e.flags & exec_flags::FILENAME_TRUNCATED != 0,
+            unread: unread_of(e.flags),
             cgroup_id: h.cgroup_id,
             start_time_ns: e.start_time_ns,
             start_from_proc: false,
@@ -447,6 +465,22 @@ mod tests {
         let parent = ev.parent.unwrap();
         assert_eq!((parent.pid, &*parent.exe), (10, "/bin/bash"));
         assert_eq!(ev.ancestors[0].pid, 1);
+    }
+
+    #[test]
+    fn what_the_kernel_could_not_read_is_reported() {
+        let mut e = enricher();
+        let ok = e.handle(exec(30, 1, "/bin/true")).unwrap().process.unwrap();
+        assert!(!ok.exe_truncated && ok.unread.is_empty());
+        let mut raw = exec(31, 0, "/very/long");
+        if let RawEvent::Exec(x) = &mut raw {
+            x.flags = exec_flags::FILENAME_TRUNCATED
+                | exec_flags::ARGV_READ_FAILED
+                | exec_flags::PPID_READ_FAILED;
+        }
+        let p = e.handle(raw).unwrap().process.unwrap();
+        assert!(p.exe_truncated);
+        assert_eq!(p.unread, [Unread::Argv, Unread::Ppid]);
     }
 
     #[test]

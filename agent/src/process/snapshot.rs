@@ -69,6 +69,8 @@ fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Optio
             .into(),
         argv: p.cmdline().unwrap_or_default().into(),
         argv_truncated: false,
+        exe_truncated: false,
+        unread: Vec::new(),
         cgroup_id: cgroup2_path(&cgroup).map_or(0, |c| cgroup_id(cgroup_root, c)),
         start_time_ns: stat.starttime * (1_000_000_000 / ticks.max(1)),
         start_from_proc: true,

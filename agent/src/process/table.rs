@@ -25,6 +25,10 @@ pub struct ProcInfo {
     pub exe: crate::event::Text,
     pub argv: Arc<[String]>,
     pub argv_truncated: bool,
+    /// The kernel kept only the start of the path given to execve.
+    pub exe_truncated: bool,
+    /// What the kernel could not read at exec.
+    pub unread: Vec<crate::event::Unread>,
     pub cgroup_id: u64,
     /// ns since boot; 0 if unknown.
     pub start_time_ns: u64,

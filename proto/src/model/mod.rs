@@ -17,7 +17,7 @@ pub mod wire;
 
 pub use names::{
     Action, AgentState, ConnectOutcome, Enforced, Family, Kind, LossStage, NetOp, Outcome,
-    Protocol, Runtime, Seccomp, Severity, Unattributed,
+    Protocol, Runtime, Seccomp, Severity, Unattributed, Unread,
 };
 
 /// Shared, immutable text: a process's names and arguments are copied into
@@ -45,6 +45,14 @@ pub struct Process {
     pub argv: Args,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub argv_truncated: bool,
+    /// The path given to execve was longer than the kernel keeps (511
+    /// bytes): `exe` is its start.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exe_truncated: bool,
+    /// What the kernel could not read at exec (those fields are empty or
+    /// 0, not the process's own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<Unread>,
     /// cgroup v2 id (inode of the cgroup directory).
     pub cgroup_id: u64,
     /// Process start, RFC 3339 UTC.

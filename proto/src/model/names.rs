@@ -124,6 +124,16 @@ names! {
 }
 
 names! {
+    /// A field of an exec the kernel could not read (`process.unread`).
+    Unread {
+        /// The argument block (a page not present): `argv` is empty.
+        Argv => "argv",
+        /// The parent: `ppid` is 0.
+        Ppid => "ppid",
+    } Unknown => "unknown"
+}
+
+names! {
     /// An exec the kernel acted on (`enforced`).
     Enforced {
         Kill => "kill",

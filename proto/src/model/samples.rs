@@ -22,6 +22,8 @@ pub fn process() -> Process {
         exe: "/usr/bin/curl".into(),
         argv: vec!["curl".to_string(), "https://example.com".to_string()].into(),
         argv_truncated: true,
+        exe_truncated: true,
+        unread: vec![Unread::Ppid],
         cgroup_id: 4242,
         start_time: Some(Timestamp(T - 1_000)),
     }

@@ -106,6 +106,8 @@ fn process_to(p: &Process) -> w::Process {
         argv_truncated: p.argv_truncated,
         cgroup_id: p.cgroup_id,
         start_time_unix_nano: nonzero_time(p.start_time),
+        exe_truncated: p.exe_truncated,
+        unread: p.unread.iter().map(|u| u.as_str().to_owned()).collect(),
     }
 }
 
@@ -120,6 +122,8 @@ fn process_from(p: w::Process) -> Process {
         exe: p.exe.into(),
         argv: p.argv.into(),
         argv_truncated: p.argv_truncated,
+        exe_truncated: p.exe_truncated,
+        unread: p.unread.iter().map(|u| Unread::parse_lenient(u)).collect(),
         cgroup_id: p.cgroup_id,
         start_time: time_from(p.start_time_unix_nano),
     }
