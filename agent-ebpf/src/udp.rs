@@ -29,7 +29,7 @@ const DENY: i32 = 0;
 /// cgroup and the destination.
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    if denied(&ctx, AF_INET) {
+    if denied(&ctx, AF_INET, net_op::UDP_CONNECT) {
         return DENY;
     }
     on_sock_addr(&ctx, AF_INET, net_op::UDP_CONNECT, false);
@@ -39,7 +39,7 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 /// `cgroup/connect6` (BPF_CGROUP_INET6_CONNECT, kernel 4.17+).
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    if denied(&ctx, AF_INET6) {
+    if denied(&ctx, AF_INET6, net_op::UDP_CONNECT) {
         return DENY;
     }
     on_sock_addr(&ctx, AF_INET6, net_op::UDP_CONNECT, false);
@@ -47,9 +47,10 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Look the (cgroup, destination) up in `CONNECT_DENY`; on a deny, report
-/// the refused connect (TCP or UDP) with outcome `DENIED`.
+/// the refused connect (TCP, or UDP as `udp_op`: a connect or a send to
+/// an explicit destination) with outcome `DENIED`.
 #[inline(always)]
-fn denied(ctx: &SockAddrContext, family: u16) -> bool {
+fn denied(ctx: &SockAddrContext, family: u16, udp_op: u8) -> bool {
     if !enforcing(enforce::CONNECT_DENY) {
         return false;
     }
@@ -78,7 +79,7 @@ fn denied(ctx: &SockAddrContext, family: u16) -> bool {
         _ => return false,
     }
     let (protocol, op) = if sa.protocol == u32::from(IPPROTO_UDP) {
-        (IPPROTO_UDP, net_op::UDP_CONNECT)
+        (IPPROTO_UDP, udp_op)
     } else {
         (IPPROTO_TCP, net_op::TCP_CONNECT)
     };
@@ -101,9 +102,14 @@ fn denied(ctx: &SockAddrContext, family: u16) -> bool {
 }
 
 /// `cgroup/sendmsg4` (BPF_CGROUP_UDP4_SENDMSG, kernel 4.18+): only sends
-/// with an explicit destination; deduplicated per socket and peer.
+/// with an explicit destination; deduplicated per socket and peer. A
+/// deny-connect rule refuses these too (the caller gets EPERM): without
+/// it, `sendto` on an unconnected socket would pass every UDP deny.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    if denied(&ctx, AF_INET, net_op::UDP_SEND) {
+        return DENY;
+    }
     on_sock_addr(&ctx, AF_INET, net_op::UDP_SEND, true);
     ALLOW
 }
@@ -111,6 +117,9 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 /// `cgroup/sendmsg6` (BPF_CGROUP_UDP6_SENDMSG, kernel 4.18+).
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    if denied(&ctx, AF_INET6, net_op::UDP_SEND) {
+        return DENY;
+    }
     on_sock_addr(&ctx, AF_INET6, net_op::UDP_SEND, true);
     ALLOW
 }

@@ -65,6 +65,8 @@ pub enum AgentError {
     },
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+    #[error("policy file {file}: {why}")]
+    Unenforceable { file: String, why: String },
     #[error("collector {url}: {source}")]
     Collector { url: String, source: GrpcError },
     #[error("metrics.listen `{0}` must be ADDR:PORT")]
@@ -194,6 +196,12 @@ impl Agent {
             cgroup_root: Some(cgroup_root.clone()),
             debug_log: cfg.kernel.debug_log,
         })?;
+        if let Some(why) = crate::policy::unenforceable(&policy, &probes.status) {
+            return Err(AgentError::Unenforceable {
+                file: cfg.policy.file.clone(),
+                why,
+            });
+        }
         let metrics = Arc::new(Metrics::default());
         let attached = probes.status.iter().filter(|p| p.attached).count();
         info!(attached, total = probes.status.len(), "probes attached");

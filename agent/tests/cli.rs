@@ -236,3 +236,53 @@ fn a_kill_of_every_program_without_scope_is_refused_unless_confirmed() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn deny_connect_without_the_probes_that_enforce_it_refuses_to_start() {
+    common::require_root();
+    let dir = std::env::temp_dir().join(format!("spyglass-cli-deny-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A cgroup root that is not a cgroup: the cgroup socket hooks, which
+    // are optional probes, cannot attach.
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[kernel]\ncgroup_root = \"{}\"\n", dir.display()),
+    )
+    .unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nrules:\n  - rule: network.connect\n    destinations: [10.0.0.0/8]\n    action: deny-connect\n",
+    )
+    .unwrap();
+    // (bounded: an agent that starts anyway would run until killed)
+    let out = Command::new("timeout")
+        .args(["-s", "INT", "20"])
+        .arg(agent_bin())
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--no-snapshot",
+            "--containerd-socket",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused at start, not run unenforced"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rules[0] (network.connect) has action `deny-connect`")
+            && err.contains("not attached: connect4 (")
+            && err.contains("sendmsg6 ("),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -288,7 +288,15 @@ impl Pipeline {
             return;
         }
         file.seen = now;
-        match crate::policy::load(&file.path) {
+        let loaded = crate::policy::load(&file.path).map_err(|e| e.to_string());
+        let checked =
+            loaded.and_then(
+                |p| match crate::policy::unenforceable(&p, &self.identity.probes) {
+                    Some(why) => Err(format!("policy file {}: {why}", file.path.display())),
+                    None => Ok(p),
+                },
+            );
+        match checked {
             Ok(p) => {
                 info!(file = %file.path.display(), entries = p.entries.len(), "policy reloaded");
                 d.set_policy(p);

@@ -219,6 +219,42 @@ pub fn in_scope(scope: &Scope, meta: &ContainerMeta) -> bool {
     true
 }
 
+/// The probes that refuse connections for `deny-connect`: TCP and UDP
+/// connect, UDP sendmsg, each for IPv4 and IPv6.
+pub const DENY_PROBES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Why `policy` cannot be enforced with the probes in `status`, if it
+/// cannot: a `deny-connect` entry needs every one of [`DENY_PROBES`]
+/// (cgroup socket hooks, optional at attach). Running it unenforced
+/// would let every connection it names through in silence.
+pub fn unenforceable(policy: &Policy, status: &[crate::event::ProbeStatus]) -> Option<String> {
+    let entry = policy
+        .entries
+        .iter()
+        .position(|e| e.enabled && e.action == Action::DenyConnect)?;
+    let missing: Vec<String> = DENY_PROBES
+        .iter()
+        .filter(|name| !status.iter().any(|p| p.program == **name && p.attached))
+        .map(|name| {
+            let why = status
+                .iter()
+                .find(|p| p.program == *name)
+                .and_then(|p| p.error.clone())
+                .unwrap_or_else(|| "not loaded".into());
+            format!("{name} ({why})")
+        })
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "rules[{entry}] ({}) has action `deny-connect`, but the probes that refuse \
+             connections are not attached: {}; fix the probes (see docs/troubleshooting.md) \
+             or remove the deny-connect entries",
+            info_of(policy.entries[entry].rule).name,
+            missing.join(", ")
+        )
+    })
+}
+
 impl Policy {
     /// How `rule` applies to a container (None: off for it). Host
     /// processes (`meta` None) get no findings from container rules.

@@ -482,8 +482,29 @@ fn deny_connect(c: &Ctx) -> String {
     });
     assert_eq!(ev["process"]["cgroup_id"], c.cgroup.id, "{ev}");
     TcpStream::connect(server).expect("the same connect outside the cgroup");
+    // UDP to the same range from an unconnected socket (sendto): refused
+    // too, or a UDP deny would be one sendto(2) away from useless.
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    let peer = udp.local_addr().expect("addr");
+    let status = c
+        .cgroup
+        .command(self_exe())
+        .args(["helper", "sendto", &peer.to_string()])
+        .status()
+        .expect("run helper");
+    assert_eq!(
+        status.code(),
+        Some(EPERM_EXIT),
+        "sendto from the cgroup: {status}"
+    );
+    let ev = c.agent.wait_for("the denied send", WAIT, |e| {
+        is(e, "connect", "udp", "send")
+            && net(e)["outcome"] == "denied"
+            && endpoint(&net(e)["remote"]) == Some(peer)
+    });
+    assert_eq!(ev["process"]["cgroup_id"], c.cgroup.id, "{ev}");
     format!(
-        "connect to {server} refused (EPERM) in cgroup {}, allowed outside",
+        "connect to {server} and sendto {peer} refused (EPERM) in cgroup {}, allowed outside",
         c.cgroup.id
     )
 }

@@ -11,8 +11,11 @@ pub fn main(args: &[String]) -> i32 {
         Some("spin") => spin(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(8)),
         Some("fork") => fork(),
         Some("connect") => connect(args.get(1).map_or("", String::as_str)),
+        Some("sendto") => sendto(args.get(1).map_or("", String::as_str)),
         _ => {
-            eprintln!("spyglass-kernel-check helper: threads CODE | spin N | fork | connect ADDR");
+            eprintln!(
+                "spyglass-kernel-check helper: threads CODE | spin N | fork | connect ADDR | sendto ADDR"
+            );
             2
         }
     }
@@ -66,6 +69,20 @@ fn fork() -> i32 {
 
 /// TCP connect to `addr`: 0 when connected, [`EPERM_EXIT`] when refused by
 /// policy (EPERM), 1 otherwise.
+/// One UDP datagram to `addr` from an unconnected socket (sendto(2)):
+/// exit [`EPERM_EXIT`] when the kernel refuses it.
+fn sendto(addr: &str) -> i32 {
+    let sent = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"x", addr));
+    match sent {
+        Ok(_) => 0,
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => EPERM_EXIT,
+        Err(e) => {
+            eprintln!("sendto {addr}: {e}");
+            1
+        }
+    }
+}
+
 fn connect(addr: &str) -> i32 {
     match TcpStream::connect(addr) {
         Ok(_) => 0,
