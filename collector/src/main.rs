@@ -73,6 +73,11 @@ struct Cli {
     /// Per-stream ceiling in events per second (faster streams are slowed).
     #[arg(long, default_value_t = 500_000)]
     max_events_per_sec: u64,
+    /// Most agents (node ids) the collector tracks. A new node beyond it
+    /// takes the place of the disconnected one seen longest ago; with
+    /// every one connected, its batches are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 50_000)]
+    max_agents: usize,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address
     /// (ADDR:PORT, plain HTTP). Off when not given.
     #[arg(long)]
@@ -133,6 +138,7 @@ async fn run(cli: Cli) -> Result<()> {
         outputs: Mutex::new((output::Outputs::new(cli.format, file, syslog), ledger)),
         agents: Default::default(),
         max_events_per_sec: cli.max_events_per_sec,
+        max_agents: cli.max_agents,
         metrics,
     });
 

@@ -36,6 +36,23 @@ pub struct Metrics {
     pub heartbeat: endpoints::Heartbeat,
 }
 
+/// Most (rule, severity) series of `spyglass_collector_findings_total`:
+/// rule ids come from agents, and one agent must not grow the collector's
+/// memory or a Prometheus server's series without bound. Findings of
+/// further series count under rule `other`.
+const MAX_RULE_SERIES: usize = 256;
+const OTHER_RULE: &str = "other";
+
+/// A finding's rule id as a metric label: the id when it has the shape
+/// of one (1 to 64 of `a-z 0-9 . _ -`), else `other`.
+fn rule_label(rule: &str) -> String {
+    let shaped = (1..=64).contains(&rule.len())
+        && rule
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if shaped { rule } else { OTHER_RULE }.to_owned()
+}
+
 impl Metrics {
     /// Metrics that also report syslog's dropped counter.
     pub fn new(syslog_dropped: Option<Arc<AtomicU64>>) -> Self {
@@ -56,14 +73,19 @@ impl Metrics {
                 self.events[i].fetch_add(1, Ordering::Relaxed);
             }
             if let Some(f) = &ev.finding {
-                *self
-                    .findings
-                    .lock()
-                    .expect("findings lock")
-                    .entry((f.rule_id.to_string(), f.severity.as_str().to_owned()))
-                    .or_default() += 1;
+                let mut series = self.findings.lock().expect("findings lock");
+                let mut key = (rule_label(&f.rule_id), f.severity.as_str().to_owned());
+                if !series.contains_key(&key) && series.len() >= MAX_RULE_SERIES {
+                    key.0 = OTHER_RULE.into();
+                }
+                *series.entry(key).or_default() += 1;
             }
         }
+    }
+
+    #[cfg(test)]
+    fn rule_series(&self) -> usize {
+        self.findings.lock().expect("findings lock").len()
     }
 
     pub fn turned(&self) {
@@ -197,6 +219,40 @@ mod tests {
     use spyglass_proto::v1::{event::Detail, Batch, Event, EventKind, Finding, Severity};
 
     use super::*;
+
+    #[test]
+    fn rule_labels_from_agents_are_bounded() {
+        let m = Metrics::default();
+        let finding = |rule: String| Event {
+            kind: EventKind::Finding as i32,
+            detail: Some(Detail::Finding(Finding {
+                rule_id: rule,
+                severity: Severity::High as i32,
+                ..Finding::default()
+            })),
+            ..Event::default()
+        };
+        let mut events: Vec<Event> = (0..1000).map(|i| finding(format!("made.up.{i}"))).collect();
+        events.push(finding("Bad \"label\"\n".into()));
+        let batch = Received::from_batch(Batch {
+            node_id: "n1".into(),
+            sequence: 1,
+            events,
+            ..Batch::default()
+        })
+        .unwrap();
+        m.written(&batch, 0);
+        assert_eq!(m.rule_series(), MAX_RULE_SERIES + 1);
+        let text = m.render(&Agents::default());
+        let other = "spyglass_collector_findings_total{rule=\"other\",severity=\"high\"} ";
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(other))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(n, 1001 - MAX_RULE_SERIES as u64);
+    }
 
     #[test]
     fn counts_events_findings_and_readiness() {

@@ -50,6 +50,8 @@ pub struct Shared {
     pub agents: Agents,
     /// Per-stream ceiling, events per second.
     pub max_events_per_sec: u64,
+    /// Most agents tracked ([`admit_node`]).
+    pub max_agents: usize,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -75,6 +77,11 @@ impl CollectorService {
             Status::invalid_argument(e.to_string())
         })?;
         let batch = &batch;
+        admit_node(
+            &mut self.shared.agents.lock().expect("agents lock"),
+            &batch.node_id,
+            self.shared.max_agents,
+        )?;
         let key = crate::ledger::space(&batch.node_id, &batch.stream_id);
         let verdict = {
             let mut guard = self.shared.outputs.lock().await;
@@ -135,6 +142,36 @@ impl CollectorService {
             duplicate: verdict == Verdict::Duplicate,
         })
     }
+}
+
+/// Make room for `node` in the agent table: a known node, or a free place,
+/// or the place of the disconnected node seen longest ago. Refused when
+/// all `max` are connected: a client making up node ids cannot grow the
+/// table without bound.
+fn admit_node(
+    agents: &mut HashMap<String, AgentState>,
+    node: &str,
+    max: usize,
+) -> Result<(), Status> {
+    if agents.contains_key(node) {
+        return Ok(());
+    }
+    if agents.len() >= max.max(1) {
+        let oldest = agents
+            .iter()
+            .filter(|(_, a)| !a.connected)
+            .min_by_key(|(_, a)| a.last_seen_unix_nano)
+            .map(|(n, _)| n.clone());
+        let Some(oldest) = oldest else {
+            return Err(Status::resource_exhausted(format!(
+                "the collector tracks {max} agents, all connected (--max-agents); \
+                 node {node:?} is refused until one disconnects"
+            )));
+        };
+        agents.remove(&oldest);
+    }
+    agents.insert(node.to_owned(), AgentState::default());
+    Ok(())
 }
 
 /// A stream speaks for one node: the node of its first batch. A later
@@ -232,5 +269,30 @@ impl Collector for CollectorService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_table_is_bounded() {
+        let mut agents = HashMap::new();
+        for (i, n) in ["a", "b"].iter().enumerate() {
+            admit_node(&mut agents, n, 2).unwrap();
+            let a = agents.get_mut(*n).unwrap();
+            a.connected = true;
+            a.last_seen_unix_nano = i as i64;
+        }
+        admit_node(&mut agents, "a", 2).unwrap();
+        let e = admit_node(&mut agents, "c", 2).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("\"c\" is refused"), "{}", e.message());
+        agents.get_mut("b").unwrap().connected = false;
+        agents.get_mut("a").unwrap().connected = false;
+        admit_node(&mut agents, "c", 2).unwrap();
+        assert!(!agents.contains_key("a"), "the one seen longest ago goes");
+        assert_eq!(agents.len(), 2);
     }
 }
