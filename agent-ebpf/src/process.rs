@@ -137,10 +137,12 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// Whether (cgroup, path) has an entry in `EXEC_KILL` (longest prefix).
-/// The path is normalised first (`//`, `.` and `..` undone: agent-common
-/// `path`, the code the agent's rules judge by); a relative path is
-/// looked up as given.
+/// Whether (cgroup, path) has a kill entry in `EXEC_KILL` (longest
+/// prefix), for the path normalised (`//`, `.` and `..` undone:
+/// agent-common `path`, the code the agent's rules judge by) or for the
+/// path as given: `..` is undone lexically, and through a symlink or a
+/// descriptor directory (`/dev/fd/N/..`) the kernel's walk goes
+/// elsewhere, so either one matching kills.
 #[inline(always)]
 fn kill_rule_matches(ev: &ExecEvent) -> bool {
     let Some(key) = EXEC_RULE_KEY.get_ptr_mut(0) else {
@@ -162,23 +164,23 @@ fn kill_rule_matches(ev: &ExecEvent) -> bool {
     // a filename that filled its buffer ends here
     norm.push(&mut key.data.path, 0);
     // SAFETY: read of a field of the live per-CPU value.
-    if unsafe { core::ptr::read_volatile(&raw const norm.state) } == norm_state::RELATIVE {
-        // Bytes after the path's NUL do not matter: an entry never
-        // extends past its own path's NUL, which the lookup must match.
-        // SAFETY: both buffers hold at least RULE_PATH_LEN bytes.
-        let rc = unsafe {
-            bpf_probe_read_kernel(
-                key.data.path.as_mut_ptr().cast(),
-                RULE_PATH_LEN as u32,
-                ev.filename.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return false;
-        }
-    }
+    let relative =
+        unsafe { core::ptr::read_volatile(&raw const norm.state) } == norm_state::RELATIVE;
     // Value 0: an allowed file inside a killed prefix.
-    EXEC_KILL.get(&*key).is_some_and(|v| *v != 0)
+    if !relative && EXEC_KILL.get(&*key).is_some_and(|v| *v != 0) {
+        return true;
+    }
+    // Bytes after the path's NUL do not matter: an entry never extends
+    // past its own path's NUL, which the lookup must match.
+    // SAFETY: both buffers hold at least RULE_PATH_LEN bytes.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            key.data.path.as_mut_ptr().cast(),
+            RULE_PATH_LEN as u32,
+            ev.filename.as_ptr().cast(),
+        )
+    };
+    rc == 0 && EXEC_KILL.get(&*key).is_some_and(|v| *v != 0)
 }
 
 /// Names of the task's cgroup v2 directory and its parent

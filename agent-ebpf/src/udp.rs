@@ -83,6 +83,23 @@ fn denied(ctx: &SockAddrContext, family: u16, udp_op: u8) -> bool {
     } else {
         (IPPROTO_TCP, net_op::TCP_CONNECT)
     };
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if op == net_op::UDP_SEND {
+        // Refused sends are reported once per socket and peer, as allowed
+        // ones are: a loop of sendto must not flood the ring buffer. The
+        // key's last field tells a refused peer from an allowed one.
+        let peer = UdpPeerKey {
+            cookie,
+            addr: daddr,
+            port: u16::from_be(sa.user_port as u16),
+            family,
+            _pad: 1,
+        };
+        if UDP_PEERS.insert(peer, 1u8, u64::from(BPF_NOEXIST)).is_err() {
+            return true;
+        }
+    }
     let ev = NetEvent {
         header,
         family,
@@ -94,8 +111,7 @@ fn denied(ctx: &SockAddrContext, family: u16, udp_op: u8) -> bool {
         _pad: [0; 6],
         saddr: [0; 16],
         daddr,
-        // SAFETY: helper valid for sock_addr programs.
-        sock_id: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        sock_id: cookie,
     };
     send(ctx, &ev, counter::NET_DROPPED);
     true

@@ -67,6 +67,11 @@ pub enum AgentError {
     Panicked(&'static str),
     #[error("policy file {file}: {why}")]
     Unenforceable { file: String, why: String },
+    #[error(
+        "node name {name:?} {why}: a collector would refuse every batch; set node_name \
+         (--node-name) to the host or Kubernetes node name"
+    )]
+    Node { name: String, why: String },
     #[error("collector {url}: {source}")]
     Collector { url: String, source: GrpcError },
     #[error("metrics.listen `{0}` must be ADDR:PORT")]
@@ -180,6 +185,12 @@ impl Agent {
             int: signal(SignalKind::interrupt()).map_err(AgentError::Signals)?,
             hup: signal(SignalKind::hangup()).map_err(AgentError::Signals)?,
         };
+        // Only a collector refuses node names (stdout takes any).
+        let node = cfg.node();
+        let problem = spyglass_proto::limits::node_id_problem(&node);
+        if let (Some(why), false) = (problem, cfg.collector.url.is_empty()) {
+            return Err(AgentError::Node { name: node, why });
+        }
         // The policy is checked before anything loads: a bad file stops here.
         let policy = if cfg.policy.file.is_empty() {
             crate::policy::Policy::default()

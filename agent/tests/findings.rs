@@ -557,19 +557,38 @@ fn path_tricks_neither_escape_a_kill_nor_an_alert() {
         "/tmp//k3/true",
         "/bin/../tmp/k4/true",
     ];
+    // And two the lexical form alone would miss: `..` after a symlink
+    // (the kernel runs /tmp/a/k5/true), and padding past the 511 bytes
+    // the kernel keeps.
+    let through_link = "/tmp/s/../../k5/true";
+    let padded = format!("/tmp/{}k6/true", "./".repeat(300));
     let script = format!(
-        "for n in 1 2 3 4; do mkdir -p /tmp/k$n && cp /bin/busybox /tmp/k$n/true; done; \
-         for p in {}; do $p; echo \"$p rc=$?\"; done",
+        "for n in 1 2 3 4 6; do mkdir -p /tmp/k$n && cp /bin/busybox /tmp/k$n/true; done; \
+         mkdir -p /tmp/a/b/c /tmp/a/k5 && cp /bin/busybox /tmp/a/k5/true && ln -s /tmp/a/b/c /tmp/s; \
+         for p in {} {through_link} {padded}; do $p; echo \"$p rc=$?\"; done",
         tricks.join(" ")
     );
     let killed = t.exec("tricks", &["/bin/sh", "-c", &script]);
     let alerted = o.exec("tricks", &["/bin/sh", "-c", &script]);
-    for p in tricks {
+    for p in tricks
+        .iter()
+        .copied()
+        .chain([through_link, padded.as_str()])
+    {
         assert!(
             killed.contains(&format!("{p} rc=137")),
             "{p} killed: {killed}"
         );
         assert!(alerted.contains(&format!("{p} rc=0")), "{p} ran: {alerted}");
+    }
+    for given in [through_link, padded.get(..511).unwrap()] {
+        let by_exec = |e: &serde_json::Value, id: &str| {
+            is_finding(e, "process.writable_path_exec", id)
+                && e["finding"]["evidence"][0]["process"]["exe"] == given
+        };
+        let f = agent.wait_for("the kill of a lexical miss", WAIT, |e| by_exec(e, &target));
+        assert_eq!(f["finding"]["outcome"], "killed", "{f}");
+        agent.wait_for("the alert of a lexical miss", WAIT, |e| by_exec(e, &other));
     }
     for n in 1..=4 {
         let subject = format!("/tmp/k{n}/true");

@@ -109,6 +109,15 @@ impl Ledger {
         }
     }
 
+    /// Forget every sequence space of `node` (a node evicted from the
+    /// agent table).
+    pub fn forget_node(&mut self, node: &str) {
+        let prefix = space(node, "");
+        let before = self.high.len();
+        self.high.retain(|k, _| !k.starts_with(&prefix));
+        self.dirty |= self.high.len() != before;
+    }
+
     /// The batch was written.
     pub fn record(&mut self, node: &str, seq: u64) {
         self.observe(node, seq);

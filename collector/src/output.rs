@@ -90,6 +90,10 @@ pub struct LineSink {
     /// (which would push every rotated file one further and drop the
     /// oldest at each retry).
     reopen: bool,
+    /// The rotated files were shifted (`FILE.n` -> `FILE.n+1`) but `FILE`
+    /// was not yet renamed: the next try renames only, and does not shift
+    /// (and drop the oldest) again.
+    shifted: bool,
 }
 
 fn open_append(path: &Path) -> Result<(File, u64), OutputError> {
@@ -119,6 +123,7 @@ impl LineSink {
                 rotate_bytes: u64::MAX,
                 keep,
                 reopen: false,
+                shifted: false,
             });
         }
         let p = PathBuf::from(path);
@@ -130,6 +135,7 @@ impl LineSink {
             rotate_bytes,
             keep,
             reopen: false,
+            shifted: false,
         })
     }
 
@@ -143,7 +149,7 @@ impl LineSink {
     /// Whether writing `lines` will rotate the file first.
     pub fn would_rotate(&self, lines: &Lines) -> bool {
         let incoming = lines.bytes().len() as u64;
-        !self.reopen && self.size > 0 && self.size + incoming > self.rotate_bytes
+        self.shifted || (!self.reopen && self.size > 0 && self.size + incoming > self.rotate_bytes)
     }
 
     /// Write lines with one write call, straight to the OS. Returns true if
@@ -179,15 +185,19 @@ impl LineSink {
         };
         self.out.flush().map_err(|e| self.err(e))?;
         let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
-        let _ = std::fs::remove_file(numbered(self.keep));
-        for n in (1..self.keep).rev() {
-            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        if !self.shifted {
+            let _ = std::fs::remove_file(numbered(self.keep));
+            for n in (1..self.keep).rev() {
+                let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            }
+            self.shifted = true;
         }
         if self.keep > 0 {
             std::fs::rename(&path, numbered(1)).map_err(|e| self.err(e))?;
         } else {
             std::fs::remove_file(&path).map_err(|e| self.err(e))?;
         }
+        self.shifted = false;
         self.reopen = true;
         self.open_successor()
     }

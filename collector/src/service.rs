@@ -77,7 +77,7 @@ impl CollectorService {
             Status::invalid_argument(e.to_string())
         })?;
         let batch = &batch;
-        admit_node(
+        let evicted = admit_node(
             &mut self.shared.agents.lock().expect("agents lock"),
             &batch.node_id,
             self.shared.max_agents,
@@ -86,6 +86,9 @@ impl CollectorService {
         let verdict = {
             let mut guard = self.shared.outputs.lock().await;
             let (outputs, ledger) = &mut *guard;
+            if let Some(gone) = &evicted {
+                ledger.forget_node(gone);
+            }
             match ledger.check(&key, batch.sequence) {
                 Verdict::Duplicate => Verdict::Duplicate,
                 Verdict::Write => {
@@ -145,17 +148,18 @@ impl CollectorService {
 }
 
 /// Make room for `node` in the agent table: a known node, or a free place,
-/// or the place of the disconnected node seen longest ago. Refused when
-/// all `max` are connected: a client making up node ids cannot grow the
-/// table without bound.
+/// or the place of the disconnected node seen longest ago (returned, so
+/// its dedupe state goes too). Refused when all `max` are connected: a
+/// client making up node ids cannot grow the table without bound.
 fn admit_node(
     agents: &mut HashMap<String, AgentState>,
     node: &str,
     max: usize,
-) -> Result<(), Status> {
+) -> Result<Option<String>, Status> {
     if agents.contains_key(node) {
-        return Ok(());
+        return Ok(None);
     }
+    let mut evicted = None;
     if agents.len() >= max.max(1) {
         let oldest = agents
             .iter()
@@ -169,9 +173,10 @@ fn admit_node(
             )));
         };
         agents.remove(&oldest);
+        evicted = Some(oldest);
     }
     agents.insert(node.to_owned(), AgentState::default());
-    Ok(())
+    Ok(evicted)
 }
 
 /// A stream speaks for one node: the node of its first batch. A later
@@ -280,7 +285,7 @@ mod tests {
     fn the_agent_table_is_bounded() {
         let mut agents = HashMap::new();
         for (i, n) in ["a", "b"].iter().enumerate() {
-            admit_node(&mut agents, n, 2).unwrap();
+            assert_eq!(admit_node(&mut agents, n, 2).unwrap(), None);
             let a = agents.get_mut(*n).unwrap();
             a.connected = true;
             a.last_seen_unix_nano = i as i64;
@@ -291,7 +296,10 @@ mod tests {
         assert!(e.message().contains("\"c\" is refused"), "{}", e.message());
         agents.get_mut("b").unwrap().connected = false;
         agents.get_mut("a").unwrap().connected = false;
-        admit_node(&mut agents, "c", 2).unwrap();
+        assert_eq!(
+            admit_node(&mut agents, "c", 2).unwrap().as_deref(),
+            Some("a")
+        );
         assert!(!agents.contains_key("a"), "the one seen longest ago goes");
         assert_eq!(agents.len(), 2);
     }

@@ -1,8 +1,9 @@
 //! The gRPC codec of the generated Collector service: prost's, with one
 //! check before a message is decoded. A `Batch` whose events outnumber
-//! [`MAX_BATCH_EVENTS`] is refused from a scan of its top-level fields,
-//! before any event is allocated: eight MiB of empty events would
-//! otherwise decode into millions of structs.
+//! [`MAX_BATCH_EVENTS`], or that does not scan to its end, is refused
+//! from a scan of its top-level fields, before any event is allocated:
+//! eight MiB of empty events would otherwise decode into millions of
+//! structs.
 use std::marker::PhantomData;
 
 use prost::{bytes::Buf, Message};
@@ -29,7 +30,14 @@ const EVENTS_FIELD: u64 = 3;
 
 impl Bounded for v1::Batch {
     fn check(bytes: &[u8]) -> Result<(), Status> {
-        let events = count_field(bytes, EVENTS_FIELD);
+        let Some(events) = count_field(bytes, EVENTS_FIELD) else {
+            // groups (wire types 3, 4), bad varints, lengths past the end:
+            // nothing an agent sends, and a scan that stopped early would
+            // let the rest through uncounted
+            return Err(Status::invalid_argument(
+                "batch is not a well-formed protobuf message (no agent sends groups or torn fields)",
+            ));
+        };
         if events > MAX_BATCH_EVENTS {
             return Err(Status::invalid_argument(format!(
                 "batch holds {events} events; at most {MAX_BATCH_EVENTS} per batch"
@@ -39,38 +47,35 @@ impl Bounded for v1::Batch {
     }
 }
 
-/// How many times top-level length-delimited field `field` occurs. Stops
-/// at the first malformed field: prost's decode reports it.
-fn count_field(mut buf: &[u8], field: u64) -> usize {
+/// How many times top-level length-delimited field `field` occurs; None
+/// when the message does not scan to its end (a group, a bad varint, a
+/// length past the end).
+fn count_field(mut buf: &[u8], field: u64) -> Option<usize> {
     let mut n = 0;
     while buf.has_remaining() {
-        let Ok(key) = prost::encoding::decode_varint(&mut buf) else {
-            break;
-        };
+        let key = prost::encoding::decode_varint(&mut buf).ok()?;
         let skip = match key & 7 {
-            0 => match prost::encoding::decode_varint(&mut buf) {
-                Ok(_) => 0,
-                Err(_) => break,
-            },
+            0 => {
+                prost::encoding::decode_varint(&mut buf).ok()?;
+                0
+            }
             1 => 8,
-            2 => match prost::encoding::decode_varint(&mut buf) {
-                Ok(len) => {
-                    if key >> 3 == field {
-                        n += 1;
-                    }
-                    usize::try_from(len).unwrap_or(usize::MAX)
+            2 => {
+                let len = prost::encoding::decode_varint(&mut buf).ok()?;
+                if key >> 3 == field {
+                    n += 1;
                 }
-                Err(_) => break,
-            },
+                usize::try_from(len).ok()?
+            }
             5 => 4,
-            _ => break,
+            _ => return None,
         };
         if skip > buf.len() {
-            break;
+            return None;
         }
         buf.advance(skip);
     }
-    n
+    Some(n)
 }
 
 /// prost's codec plus [`Bounded::check`] on every decoded message.
@@ -96,9 +101,17 @@ impl<U: Message + Default + Bounded> Decoder for BoundedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        // A decode buffer holds the whole message in one piece.
+        // A decode buffer holds the whole message in one piece (tonic
+        // decodes from one BytesMut); were it ever split, it is copied
+        // rather than let through unchecked.
         if buf.chunk().len() == buf.remaining() {
             U::check(buf.chunk())?;
+        } else {
+            let whole = buf.copy_to_bytes(buf.remaining());
+            U::check(&whole)?;
+            return U::decode(whole)
+                .map(Some)
+                .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")));
         }
         self.inner.decode(buf)
     }
@@ -142,8 +155,8 @@ mod tests {
 
     #[test]
     fn counts_events_without_decoding() {
-        assert_eq!(count_field(&batch_of(0), EVENTS_FIELD), 0);
-        assert_eq!(count_field(&batch_of(3), EVENTS_FIELD), 3);
+        assert_eq!(count_field(&batch_of(0), EVENTS_FIELD), Some(0));
+        assert_eq!(count_field(&batch_of(3), EVENTS_FIELD), Some(3));
         assert!(v1::Batch::check(&batch_of(MAX_BATCH_EVENTS)).is_ok());
         let e = v1::Batch::check(&batch_of(MAX_BATCH_EVENTS + 1)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
@@ -151,8 +164,14 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_message_is_left_to_prost() {
-        assert_eq!(count_field(&[0x1a, 0xff], EVENTS_FIELD), 0);
-        assert_eq!(count_field(&[0x0b], EVENTS_FIELD), 0);
+    fn a_message_that_does_not_scan_is_refused() {
+        assert_eq!(count_field(&[0x1a, 0xff], EVENTS_FIELD), None);
+        assert_eq!(count_field(&[0x1a, 0x05, 0x00], EVENTS_FIELD), None);
+        // an empty group (start 15, end 15) in front: prost would skip it
+        let mut grouped = vec![0x7b, 0x7c];
+        grouped.extend(batch_of(MAX_BATCH_EVENTS + 1));
+        assert_eq!(count_field(&grouped, EVENTS_FIELD), None);
+        let e = v1::Batch::check(&grouped).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
 }

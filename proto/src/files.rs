@@ -24,8 +24,8 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
 }
 
-/// Write `data` to a new or truncated file `path`, created 0600 (an
-/// existing file keeps its mode; write-then-rename callers always create).
+/// Write `data` to a new or truncated file `path`, 0600 (an existing file
+/// is narrowed to it).
 pub fn write_private(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
@@ -33,7 +33,15 @@ pub fn write_private(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()>
         .truncate(true)
         .mode(FILE_MODE)
         .open(path)?;
+    // a file left from before (a stale temp file) keeps its mode otherwise
+    f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
     f.write_all(data.as_ref())
+}
+
+/// Create `dir` and missing parents 0700, leaving existing ones as they
+/// are (for a directory that may be shared, such as a state file's).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
 }
 
 /// Open `path` for appending, created 0600 when new.
@@ -65,6 +73,16 @@ mod tests {
         assert_eq!(mode(&d.join("a/b")), 0o700);
         write_private(&d.join("f"), "x").unwrap();
         assert_eq!(mode(&d.join("f")), 0o600);
+        std::fs::set_permissions(d.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&d.join("f"), "y").unwrap();
+        assert_eq!(mode(&d.join("f")), 0o600, "a stale file is narrowed");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&d.join("c")).unwrap();
+        assert_eq!(
+            (mode(&d), mode(&d.join("c"))),
+            (0o755, 0o700),
+            "a shared parent is left"
+        );
         drop(append_private(&d.join("g")).unwrap());
         assert_eq!(mode(&d.join("g")), 0o600);
         std::fs::remove_dir_all(&d).unwrap();

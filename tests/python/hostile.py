@@ -54,6 +54,9 @@ def main():
         # (field 3, length 0); decoded, each is a full Event struct
         empty = b"\x0a\x04py-a" + b"\x10\x01" + b"\x1a\x00" * 4_000_000
         attempt("million-events", lambda: raw(iter([empty]), timeout=60))
+        # the same behind an empty group, which prost skips: the count must
+        # not stop at it
+        attempt("grouped-events", lambda: raw(iter([b"\x7b\x7c" + empty]), timeout=60))
         # one stream, two nodes
         attempt("node-change", publish([batch("py-a", 1, [event(arg="first")]),
                                         batch("py-b", 2, [event(arg="second")])]))

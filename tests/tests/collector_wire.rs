@@ -365,6 +365,7 @@ fn hostile_python_client_cannot_take_the_collector_down_or_speak_for_another_nod
         0,
         "batch holds 4000000 events; at most 65536",
     );
+    refused("grouped-events", 0, "not a well-formed protobuf message");
     refused("node-change", 1, "one stream, one node");
     refused(
         "other-node-event",

@@ -152,7 +152,7 @@ impl Baselines {
             .map_err(std::io::Error::other)
             .and_then(|b| {
                 if let Some(dir) = path.parent() {
-                    spyglass_proto::files::private_dir(dir)?;
+                    spyglass_proto::files::create_private_dir(dir)?;
                 }
                 spyglass_proto::files::write_private(&tmp, b)
             })

@@ -24,26 +24,34 @@ pub fn check(c: &Ctx<'_>, state: &mut State, baselines: &mut Baselines) -> Vec<H
         return Vec::new();
     };
     // Every rule judges the path given to execve as the kernel's kill
-    // check does: normalised (`//`, `.`, `..` undone).
+    // check does: normalised (`//`, `.`, `..` undone), and as given.
     let given = normal_path(&pr.exe);
     if c.ev.enforced.is_some() {
-        return vec![killed(c, &given)];
+        return vec![killed(c, &given, &pr.exe)];
     }
-    // A relative path, or a descriptor path, is resolved through
-    // /proc/PID/exe (which may already name a later exec of the same pid:
-    // only a fallback). The kernel cannot resolve those: it alerts, but a
-    // kill entry does not apply to them (docs/policy.md).
-    let by_fd = given.starts_with("/dev/fd/") || given.starts_with("/proc/self/fd/");
-    let real = if c.ev.snapshot || (given.starts_with('/') && !by_fd) {
+    // A relative path, a descriptor path, one with `..` (undone lexically,
+    // while the kernel walks symlinks), or one the kernel kept only the
+    // start of, is resolved through /proc/PID/exe (which may already name
+    // a later exec of the same pid: only a fallback). Rules also judge
+    // the path as given, as the kernel's kill check does.
+    let by_fd = [&*given, &*pr.exe]
+        .iter()
+        .any(|p| p.starts_with("/dev/fd/") || p.starts_with("/proc/self/fd/"));
+    let plain = given.starts_with('/') && !by_fd && !pr.exe_truncated && !pr.exe.contains("/..");
+    let real = if c.ev.snapshot || plain {
         None
     } else {
         proc::exe(pr.pid)
     };
     let path = real.as_deref().unwrap_or(&given);
-    let mut hits: Vec<Hit> = [listed(c, path), shell(c, pr, path), writable(c, path)]
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut hits: Vec<Hit> = [
+        listed(c, pr, path),
+        shell(c, pr, path),
+        writable(c, pr, path),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let fileless = path.starts_with("/memfd:") || path.ends_with(" (deleted)") || by_fd;
     if fileless {
         hits.push(Hit::new(
@@ -60,15 +68,23 @@ pub fn check(c: &Ctx<'_>, state: &mut State, baselines: &mut Baselines) -> Vec<H
 
 /// The kernel killed the exec: which rule did (from the plan it
 /// enforces), and for a custom rule the entry that covers the path.
-fn killed(c: &Ctx<'_>, path: &str) -> Hit {
-    let rule = c
-        .plan
-        .and_then(|pl| pl.exec_rule(path))
-        .unwrap_or(RuleId::ProcessExec);
+fn killed(c: &Ctx<'_>, normal: &str, raw: &str) -> Hit {
+    // the path the kernel matched: the normalised one, else the one given
+    let matched = |p: &str| c.plan.and_then(|pl| pl.exec_rule(p));
+    let (path, rule) = match matched(normal) {
+        Some(r) => (normal, Some(r)),
+        None => (raw, matched(raw)),
+    };
+    let rule = rule.unwrap_or(RuleId::ProcessExec);
     let entry = c
         .policy
         .custom(RuleId::ProcessExec, c.meta)
-        .find(|e| e.action == Action::Kill && e.executables.iter().any(|x| path_matches(x, path)))
+        .find(|e| {
+            e.action == Action::Kill
+                && e.executables
+                    .iter()
+                    .any(|x| path_matches(x, path) || path_matches(x, raw))
+        })
         .filter(|_| rule == RuleId::ProcessExec)
         .map(|e| (e.severity.unwrap_or(info_of(rule).severity), e.action));
     Hit {
@@ -87,9 +103,9 @@ fn killed(c: &Ctx<'_>, path: &str) -> Hit {
 
 /// A custom `process.exec` entry lists the executable (and does not
 /// allow it).
-fn listed(c: &Ctx<'_>, path: &str) -> Option<Hit> {
+fn listed(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
     let e = c.policy.custom(RuleId::ProcessExec, c.meta).find(|e| {
-        let hit_path = |x: &String| path_matches(x, path);
+        let hit_path = |x: &String| path_matches(x, path) || path_matches(x, &pr.exe);
         e.executables.iter().any(hit_path) && !e.allow.executables.iter().any(hit_path)
     })?;
     let sev = e.severity.unwrap_or(info_of(RuleId::ProcessExec).severity);
@@ -127,9 +143,10 @@ fn shell(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
 }
 
 /// Executed from a path listed as writable (`settings.writable_paths`).
-fn writable(c: &Ctx<'_>, path: &str) -> Option<Hit> {
+fn writable(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
     let w = &c.policy.settings.writable_paths;
-    w.iter().any(|w| path.starts_with(w.as_str())).then(|| {
+    let under = |w: &String| path.starts_with(w.as_str()) || pr.exe.starts_with(w.as_str());
+    w.iter().any(under).then(|| {
         Hit::new(
             RuleId::ProcessWritablePath,
             path,

@@ -83,12 +83,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         .settings
         .writable_paths
         .iter()
-        .find(|w| !w.starts_with('/') || !w.ends_with('/'))
+        .find(|w| !w.starts_with('/') || !w.ends_with('/') || model::not_normal(w).is_some())
     {
         return Err(PolicyError::Document {
             path: path.to_owned(),
             message: format!(
-                "settings.writable_paths: `{w}` must be a directory prefix: absolute and ending in /"
+                "settings.writable_paths: `{w}` must be a directory prefix: absolute, ending in /, \
+                 without //, . or .. segments"
             ),
         });
     }
@@ -111,9 +112,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     {
         let unconfirmed = file.rules.iter().find(|e| {
             e.rule == RuleId::ProcessWritablePath
-                && e.action == Action::Kill
-                && e.scope == model::Scope::default()
-                && !e.confirm_broad_kill
+                && model::unconfirmed_broad_kill(e.action, &e.scope, e.confirm_broad_kill)
         });
         if let Some(e) = unconfirmed {
             return Err(PolicyError::Document {

@@ -235,6 +235,11 @@ impl TryFrom<RawEntry> for RuleEntry {
             if !p.starts_with('/') {
                 return Err(format!("executable `{p}` must be an absolute path"));
             }
+            if let Some(n) = not_normal(p) {
+                return Err(format!(
+                    "executable `{p}` is not in normal form: write `{n}` (paths are judged with //, . and .. undone)"
+                ));
+            }
             if p.len() >= agent_common::RULE_PATH_LEN {
                 return Err(format!(
                     "executable `{p}` is longer than {} bytes",
@@ -242,9 +247,8 @@ impl TryFrom<RawEntry> for RuleEntry {
                 ));
             }
         }
-        let unscoped_kill = r.action == Action::Kill && r.scope == Scope::default();
         if let Some(p) = r.executables.iter().find(|p| covers_programs(p)) {
-            if unscoped_kill && !r.confirm_broad_kill {
+            if unconfirmed_broad_kill(r.action, &r.scope, r.confirm_broad_kill) {
                 return Err(broad_kill(info.name, p));
             }
         }
@@ -276,6 +280,12 @@ const PROGRAM_DIRS: [&str; 6] = [
 /// `/usr/bin/`, ...): killing under it kills nearly every program.
 pub fn covers_programs(pattern: &str) -> bool {
     pattern.ends_with('/') && PROGRAM_DIRS.iter().any(|d| d.starts_with(pattern))
+}
+
+/// Whether an entry kills with no scope and without `confirm_broad_kill`:
+/// the entries whose program-directory paths are refused.
+pub fn unconfirmed_broad_kill(action: Action, scope: &Scope, confirmed: bool) -> bool {
+    action == Action::Kill && *scope == Scope::default() && !confirmed
 }
 
 /// The refusal of a `kill` entry without scope whose `pattern` covers
@@ -326,6 +336,21 @@ pub fn normal_path(path: &str) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&out[..end]).into_owned().into()
 }
 
+/// The normal form of pattern `p` (an absolute path, or a prefix ending in
+/// `/`) when `p` is not in it.
+pub fn not_normal(p: &str) -> Option<String> {
+    let n = normal_path(p);
+    let prefix = p.len() > 1 && p.ends_with('/');
+    let want = if prefix { &p[..p.len() - 1] } else { p };
+    (*n != *want).then(|| {
+        if prefix && n != "/" {
+            format!("{n}/")
+        } else {
+            n.into_owned()
+        }
+    })
+}
+
 /// Whether `path` matches an executable pattern: exact, or under a
 /// prefix ending in `/`.
 pub fn path_matches(pattern: &str, path: &str) -> bool {
@@ -356,5 +381,12 @@ mod tests {
         let long = format!("/{}/x", "a".repeat(600));
         assert_eq!(normal_path(&long).len(), 511);
         assert!(path_matches("/tmp/", &normal_path("//tmp/x")));
+        assert_eq!(not_normal("/tmp/"), None);
+        assert_eq!(not_normal("/"), None);
+        assert_eq!(not_normal("/usr/bin/nc"), None);
+        assert_eq!(not_normal("//tmp/").as_deref(), Some("/tmp/"));
+        assert_eq!(not_normal("/usr//").as_deref(), Some("/usr/"));
+        assert_eq!(not_normal("/tmp/./x").as_deref(), Some("/tmp/x"));
+        assert_eq!(not_normal("/a/../").as_deref(), Some("/"));
     }
 }

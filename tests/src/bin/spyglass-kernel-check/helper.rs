@@ -67,8 +67,6 @@ fn fork() -> i32 {
     }
 }
 
-/// TCP connect to `addr`: 0 when connected, [`EPERM_EXIT`] when refused by
-/// policy (EPERM), 1 otherwise.
 /// One UDP datagram to `addr` from an unconnected socket (sendto(2)):
 /// exit [`EPERM_EXIT`] when the kernel refuses it.
 fn sendto(addr: &str) -> i32 {
@@ -83,6 +81,8 @@ fn sendto(addr: &str) -> i32 {
     }
 }
 
+/// TCP connect to `addr`: 0 when connected, [`EPERM_EXIT`] when refused by
+/// policy (EPERM), 1 otherwise.
 fn connect(addr: &str) -> i32 {
     match TcpStream::connect(addr) {
         Ok(_) => 0,
