@@ -214,9 +214,14 @@ impl Collector for CollectorService {
             let mut window_start = Instant::now();
             let mut window_events = 0u64;
             loop {
-                let batch = match inbound.message().await {
-                    Ok(Some(b)) => b,
+                // undecodable, or naming another node than the stream's
+                let next = match inbound.message().await {
+                    Ok(Some(b)) => same_node(node.as_deref(), &b).map(|()| b),
                     Ok(None) => break,
+                    Err(status) => Err(status),
+                };
+                let batch = match next {
+                    Ok(b) => b,
                     Err(status) => {
                         warn!(%peer, code = ?status.code(), message = status.message(), "bad stream closed");
                         svc.shared
@@ -227,15 +232,6 @@ impl Collector for CollectorService {
                         break;
                     }
                 };
-                if let Err(status) = same_node(node.as_deref(), &batch) {
-                    warn!(%peer, message = status.message(), "stream refused");
-                    svc.shared
-                        .metrics
-                        .bad_streams
-                        .fetch_add(1, Ordering::Relaxed);
-                    let _ = tx.send(Err(status)).await;
-                    break;
-                }
                 // Rate limit: slow the stream down to its ceiling.
                 window_events += batch.events.len() as u64;
                 let max = svc.shared.max_events_per_sec.max(1);

@@ -457,6 +457,29 @@ fn kill_at_exec(c: &Ctx) -> String {
     )
 }
 
+/// Run `helper VERB ADDR` in the test cgroup: it must exit with EPERM,
+/// and the agent must report a denied `connect` event of `protocol`/`op`
+/// to `addr` from that cgroup.
+fn refused_in_cgroup(c: &Ctx, verb: &str, addr: SocketAddr, protocol: &str, op: &str) {
+    let status = c
+        .cgroup
+        .command(self_exe())
+        .args(["helper", verb, &addr.to_string()])
+        .status()
+        .expect("run helper");
+    assert_eq!(
+        status.code(),
+        Some(EPERM_EXIT),
+        "{verb} from the cgroup: {status}"
+    );
+    let ev = c.agent.wait_for("the denied connect", WAIT, |e| {
+        is(e, "connect", protocol, op)
+            && net(e)["outcome"] == "denied"
+            && endpoint(&net(e)["remote"]) == Some(addr)
+    });
+    assert_eq!(ev["process"]["cgroup_id"], c.cgroup.id, "{ev}");
+}
+
 fn deny_connect(c: &Ctx) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let server = listener.local_addr().expect("addr");
@@ -464,45 +487,13 @@ fn deny_connect(c: &Ctx) -> String {
     mapped[10..12].copy_from_slice(&[0xff, 0xff]);
     mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
     maps::deny_connect(c.cgroup.id, mapped);
-    let status = c
-        .cgroup
-        .command(self_exe())
-        .args(["helper", "connect", &server.to_string()])
-        .status()
-        .expect("run helper");
-    assert_eq!(
-        status.code(),
-        Some(EPERM_EXIT),
-        "connect from the cgroup: {status}"
-    );
-    let ev = c.agent.wait_for("the denied connect", WAIT, |e| {
-        is(e, "connect", "tcp", "connect")
-            && net(e)["outcome"] == "denied"
-            && endpoint(&net(e)["remote"]) == Some(server)
-    });
-    assert_eq!(ev["process"]["cgroup_id"], c.cgroup.id, "{ev}");
+    refused_in_cgroup(c, "connect", server, "tcp", "connect");
     TcpStream::connect(server).expect("the same connect outside the cgroup");
     // UDP to the same range from an unconnected socket (sendto): refused
     // too, or a UDP deny would be one sendto(2) away from useless.
     let udp = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
     let peer = udp.local_addr().expect("addr");
-    let status = c
-        .cgroup
-        .command(self_exe())
-        .args(["helper", "sendto", &peer.to_string()])
-        .status()
-        .expect("run helper");
-    assert_eq!(
-        status.code(),
-        Some(EPERM_EXIT),
-        "sendto from the cgroup: {status}"
-    );
-    let ev = c.agent.wait_for("the denied send", WAIT, |e| {
-        is(e, "connect", "udp", "send")
-            && net(e)["outcome"] == "denied"
-            && endpoint(&net(e)["remote"]) == Some(peer)
-    });
-    assert_eq!(ev["process"]["cgroup_id"], c.cgroup.id, "{ev}");
+    refused_in_cgroup(c, "sendto", peer, "udp", "send");
     format!(
         "connect to {server} and sendto {peer} refused (EPERM) in cgroup {}, allowed outside",
         c.cgroup.id
