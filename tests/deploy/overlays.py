@@ -17,7 +17,10 @@ Each rendered overlay is checked against the Kubernetes schemas
 name must keep: the DaemonSet and Deployment have the same volumes,
 containers and volume mounts (by name) as in the base, and every volume
 has exactly one source (a patch that misspells a name adds a volume; one
-that swaps a source without deleting the old one leaves two).
+that swaps a source without deleting the old one leaves two). Each
+rendering must also pass deploy/scripts/check-images.sh (every image set
+by the overlay and pinned by digest). The kustomize components next to
+DEPLOY_BASE (deploy/components) are copied too, for overlays that use them.
 
 Prints one JSON object to stdout, {"base": [objects], "overlays": {NAME:
 [objects]}} (the base and each overlay as kustomize renders them), for
@@ -119,6 +122,11 @@ def main():
     base = objects(build(base_dir))
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(base_dir, os.path.join(scratch, "deploy", "base"))
+    deploy_dir = os.path.dirname(os.path.abspath(base_dir))
+    components = os.path.join(deploy_dir, "components")
+    if os.path.isdir(components):
+        shutil.copytree(components, os.path.join(scratch, "deploy", "components"))
+    check_images = os.path.join(deploy_dir, "scripts", "check-images.sh")
     validate = os.path.join(os.path.dirname(sys.executable), "kubernetes-validate")
     errors, out = [], {}
     for name, files in sorted(overlays.items()):
@@ -146,6 +154,9 @@ def main():
         r = subprocess.run([validate, "--strict", "-k", version, rendered_file], capture_output=True, text=True)
         if r.returncode != 0:
             errors.append(f"overlay {name}: {r.stdout.strip()} {r.stderr.strip()}")
+        r = subprocess.run(["sh", check_images], input=text, capture_output=True, text=True)
+        if r.returncode != 0:
+            errors.append(f"overlay {name}: deploy/scripts/check-images.sh refuses it:\n{r.stdout}{r.stderr}")
         rendered = objects(text)
         for key in (("DaemonSet", "spyglass-agent"), ("Deployment", "spyglass-collector")):
             if key not in rendered:

@@ -132,6 +132,12 @@ fn named<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or(&serde_json::Value::Null)
 }
 
+/// The digests docs/deploy.md's `mycluster` overlay pins.
+const DOC_AGENT_DIGEST: &str =
+    "sha256:4f3c0e5d2a1b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
+const DOC_COLLECTOR_DIGEST: &str =
+    "sha256:0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e";
+
 /// What docs/deploy.md says the `mycluster` overlay does, checked on its
 /// rendering against the base's: one complaint per difference.
 fn mycluster_complaints(base: &serde_json::Value, ov: &serde_json::Value) -> Vec<String> {
@@ -180,7 +186,7 @@ fn mycluster_complaints(base: &serde_json::Value, ov: &serde_json::Value) -> Vec
     want(
         "agent image",
         &oa["image"],
-        &"registry.example.com/spyglass/agent:0.1.0".into(),
+        &format!("registry.example.com/spyglass/agent@{DOC_AGENT_DIGEST}").into(),
     );
     want(
         "agent env RUST_LOG",
@@ -210,7 +216,7 @@ fn mycluster_complaints(base: &serde_json::Value, ov: &serde_json::Value) -> Vec
     want(
         "collector image",
         &named(&o["containers"], "collector")["image"],
-        &"registry.example.com/spyglass/collector:0.1.0".into(),
+        &format!("registry.example.com/spyglass/collector@{DOC_COLLECTOR_DIGEST}").into(),
     );
     let np = |objs| &object(objs, "NetworkPolicy", "spyglass-collector")["spec"]["ingress"];
     want(
@@ -278,4 +284,173 @@ fn documented_overlays_build_and_patch_what_they_say() {
         text.contains("'containrd'"),
         "no complaint about the misspelt volume:\n{text}"
     );
+}
+
+/// `kubectl kustomize DIR`, with the kustomize library (tests/deploy/render.py).
+fn render(dir: &Path) -> String {
+    let out = Command::new(python())
+        .arg(root().join("tests/deploy/render.py"))
+        .arg(dir)
+        .output()
+        .expect("run tests/deploy/render.py");
+    assert!(
+        out.status.success(),
+        "kustomize build {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// deploy/scripts/check-images.sh on a rendering: success and its report.
+fn check_images(rendered: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("sh")
+        .arg(root().join("deploy/scripts/check-images.sh"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run deploy/scripts/check-images.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rendered.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn yaml_objects(rendered: &str) -> serde_json::Value {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(rendered.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("parse the rendering");
+    serde_json::from_slice(&out.stdout).expect("rendering as JSON")
+}
+
+fn container_image(objs: &serde_json::Value, kind: &str, name: &str, container: &str) -> String {
+    named(
+        &object(objs, kind, name)["spec"]["template"]["spec"]["containers"],
+        container,
+    )["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// An overlay of deploy/base in `dir` with these `images:` entries.
+fn images_overlay(dir: &Path, images: &str) -> std::path::PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    let base = dir.join("deploy/base");
+    std::fs::create_dir_all(&base).unwrap();
+    for e in std::fs::read_dir(root().join("deploy/base"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), base.join(e.file_name())).unwrap();
+    }
+    let ov = dir.join("deploy/overlays/test");
+    std::fs::create_dir_all(&ov).unwrap();
+    std::fs::write(
+        ov.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../base\nimages:\n{images}"
+        ),
+    )
+    .unwrap();
+    ov
+}
+
+/// The images are the operator's setting: the base names placeholders no
+/// registry serves, deploy/scripts/check-images.sh refuses them (and a
+/// tag without a digest) saying what to set, and an overlay's `images:`
+/// entry with a digest makes both workloads ask for `NAME@sha256:...`.
+#[test]
+fn images_are_an_operator_setting_pinned_by_digest() {
+    let dir = scratch("deploy-images");
+    let base = render(&root().join("deploy/base"));
+    let (ok, text) = check_images(&base);
+    assert!(!ok, "the base's images passed the check:\n{text}");
+    for (what, image) in [
+        ("DaemonSet/spyglass-agent", "spyglass-agent"),
+        ("Deployment/spyglass-collector", "spyglass-collector"),
+    ] {
+        for want in [
+            format!("{what}: image image-not-set.invalid/{image} is the placeholder of deploy/base. Set it in your overlay's kustomization.yaml:"),
+            format!("    - name: image-not-set.invalid/{image}\n      newName: REGISTRY/PATH/{image}"),
+            format!("      digest: sha256:...            # the \"digest\" of {image} in target/images/images.json"),
+        ] {
+            assert!(text.contains(&want), "no `{want}` in:\n{text}");
+        }
+    }
+    let objs = yaml_objects(&base);
+    assert_eq!(
+        container_image(&objs, "DaemonSet", "spyglass-agent", "agent"),
+        "image-not-set.invalid/spyglass-agent"
+    );
+    assert_eq!(
+        container_image(&objs, "Deployment", "spyglass-collector", "collector"),
+        "image-not-set.invalid/spyglass-collector"
+    );
+
+    // Set by name and digest: both workloads pinned, the check passes.
+    let (agent, collector) = (
+        format!("sha256:{}", "a1".repeat(32)),
+        format!("sha256:{}", "c2".repeat(32)),
+    );
+    let ov = images_overlay(
+        &dir.join("digest"),
+        &format!(
+            "  - name: image-not-set.invalid/spyglass-agent\n    newName: registry.test/sec/spyglass-agent\n    digest: {agent}\n  - name: image-not-set.invalid/spyglass-collector\n    newName: registry.test/sec/spyglass-collector\n    digest: {collector}\n"
+        ),
+    );
+    let rendered = render(&ov);
+    let (ok, text) = check_images(&rendered);
+    assert!(
+        ok,
+        "an overlay with both images pinned was refused:\n{text}"
+    );
+    let objs = yaml_objects(&rendered);
+    assert_eq!(
+        container_image(&objs, "DaemonSet", "spyglass-agent", "agent"),
+        format!("registry.test/sec/spyglass-agent@{agent}")
+    );
+    assert_eq!(
+        container_image(&objs, "Deployment", "spyglass-collector", "collector"),
+        format!("registry.test/sec/spyglass-collector@{collector}")
+    );
+
+    // A tag is not a pin; one image left unset is still refused.
+    let ov = images_overlay(
+        &dir.join("tag"),
+        "  - name: image-not-set.invalid/spyglass-agent\n    newName: registry.test/sec/spyglass-agent\n    newTag: 0.1.0\n",
+    );
+    let (ok, text) = check_images(&render(&ov));
+    assert!(!ok, "a tag-only overlay passed:\n{text}");
+    for want in [
+        "DaemonSet/spyglass-agent: image registry.test/sec/spyglass-agent:0.1.0 is not pinned by digest",
+        "Deployment/spyglass-collector: image image-not-set.invalid/spyglass-collector is the placeholder",
+        "2 image(s) not set",
+    ] {
+        assert!(text.contains(want), "no `{want}` in:\n{text}");
+    }
 }
