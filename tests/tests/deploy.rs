@@ -225,6 +225,12 @@ fn mycluster_complaints(base: &serde_json::Value, ov: &serde_json::Value) -> Vec
         &"192.168.0.0/16".into(),
     );
     want("NetworkPolicy metrics ingress", &np(ov)[1], &np(base)[1]);
+    let egress = |objs| &object(objs, "NetworkPolicy", "spyglass-collector")["spec"]["egress"];
+    want(
+        "NetworkPolicy egress",
+        egress(ov),
+        &serde_json::json!([dns_egress(), {"to": [{"ipBlock": {"cidr": "192.168.10.5/32"}}], "ports": [{"port": 514, "protocol": "UDP"}]}]),
+    );
     want(
         "PersistentVolumeClaim",
         &object(ov, "PersistentVolumeClaim", "spyglass-collector-data")["metadata"]["namespace"],
@@ -453,4 +459,109 @@ fn images_are_an_operator_setting_pinned_by_digest() {
     ] {
         assert!(text.contains(want), "no `{want}` in:\n{text}");
     }
+}
+
+/// The egress rule that lets a pod resolve names: UDP and TCP 53 to the
+/// cluster DNS pods.
+fn dns_egress() -> serde_json::Value {
+    serde_json::json!({
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }],
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+    })
+}
+
+/// Whether a NetworkPolicy's podSelector selects a pod with these labels.
+fn selects(policy: &serde_json::Value, labels: &serde_json::Value) -> bool {
+    let sel = &policy["spec"]["podSelector"];
+    sel["matchExpressions"].is_null()
+        && sel["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| &labels[k] == v)
+}
+
+/// The Spyglass pods a rendering runs that some NetworkPolicy limits
+/// going out without allowing DNS: one complaint each.
+fn dns_complaints(objs: &serde_json::Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (kind, name) in [
+        ("DaemonSet", "spyglass-agent"),
+        ("Deployment", "spyglass-collector"),
+    ] {
+        let pod = &object(objs, kind, name)["spec"]["template"];
+        let labels = &pod["metadata"]["labels"];
+        let egress_limited = objs.as_array().into_iter().flatten().filter(|o| {
+            o["kind"] == "NetworkPolicy"
+                && selects(o, labels)
+                && o["spec"]["policyTypes"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t == "Egress"))
+        });
+        let mut limited = false;
+        let mut dns = false;
+        for p in egress_limited {
+            limited = true;
+            dns |= p["spec"]["egress"]
+                .as_array()
+                .is_some_and(|rules| rules.contains(&dns_egress()));
+        }
+        if limited && !dns {
+            bad.push(format!("{kind} {name}: egress limited, DNS not allowed"));
+        }
+        if name == "spyglass-collector" && !limited {
+            bad.push(format!("{kind} {name}: no NetworkPolicy limits its egress"));
+        }
+        if name == "spyglass-agent" && pod["spec"]["hostNetwork"] != true {
+            bad.push(format!(
+                "{kind} {name}: not on the host network, and no NetworkPolicy of its own"
+            ));
+        }
+    }
+    bad
+}
+
+/// A syslog receiver given by host name must resolve: the collector's
+/// NetworkPolicy allows DNS to the cluster DNS pods (and nothing else
+/// but what an overlay adds); the agent, on the host network, is under
+/// no NetworkPolicy. Checked on the base and every documented overlay.
+#[test]
+fn network_policies_let_outputs_resolve_names() {
+    let dir = scratch("deploy-dns");
+    let (ok, text, json) = overlays(&root().join("docs/deploy.md"), &dir.join("render"));
+    assert!(
+        ok,
+        "an overlay in docs/deploy.md does not check out:\n{text}"
+    );
+    let base = &json["base"];
+    let np = &object(base, "NetworkPolicy", "spyglass-collector")["spec"];
+    assert_eq!(
+        np["egress"],
+        serde_json::json!([dns_egress()]),
+        "base egress"
+    );
+    assert_eq!(np["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    let mut renderings = vec![("base".to_owned(), base.clone())];
+    for (name, objs) in json["overlays"].as_object().unwrap() {
+        renderings.push((format!("overlay {name}"), objs.clone()));
+    }
+    for (what, objs) in &renderings {
+        let bad = dns_complaints(objs);
+        assert!(bad.is_empty(), "{what}:\n{}", bad.join("\n"));
+    }
+
+    // The check can fail: the base's old `egress: []`.
+    let mut closed = base.clone();
+    for o in closed.as_array_mut().unwrap() {
+        if o["kind"] == "NetworkPolicy" {
+            o["spec"]["egress"] = serde_json::json!([]);
+        }
+    }
+    assert_eq!(
+        dns_complaints(&closed),
+        ["Deployment spyglass-collector: egress limited, DNS not allowed"]
+    );
 }
