@@ -255,8 +255,16 @@ fn documented_overlays_build_and_patch_what_they_say() {
     let names: Vec<&String> = json["overlays"].as_object().unwrap().keys().collect();
     assert_eq!(
         names,
-        ["mycluster"],
+        ["mycluster", "pernode", "pernode-hostpath"],
         "overlays documented (check each one here)"
+    );
+    let bad = per_node_complaints(base, &json["overlays"]["pernode"], "secret");
+    assert!(bad.is_empty(), "overlay pernode:\n{}", bad.join("\n"));
+    let bad = per_node_complaints(base, &json["overlays"]["pernode-hostpath"], "hostPath");
+    assert!(
+        bad.is_empty(),
+        "overlay pernode-hostpath:\n{}",
+        bad.join("\n")
     );
     let bad = mycluster_complaints(base, &json["overlays"]["mycluster"]);
     assert!(bad.is_empty(), "overlay mycluster:\n{}", bad.join("\n"));
@@ -563,5 +571,249 @@ fn network_policies_let_outputs_resolve_names() {
     assert_eq!(
         dns_complaints(&closed),
         ["Deployment spyglass-collector: egress limited, DNS not allowed"]
+    );
+}
+
+/// What docs/deploy.md says the per-node certificate overlays do: the
+/// agent's `tls` volume is the keyed Secret mounted file by file, chosen
+/// by NODE_NAME (`secret`), or the node's own directory (`hostPath`);
+/// the node name the agent reports is spec.nodeName; the rest is the
+/// base's.
+fn per_node_complaints(base: &serde_json::Value, ov: &serde_json::Value, way: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut want = |what: &str, got: &serde_json::Value, expected: &serde_json::Value| {
+        if got != expected {
+            bad.push(format!("{what}: {got} (expected {expected})"));
+        }
+    };
+    let spec = |objs| &object(objs, "DaemonSet", "spyglass-agent")["spec"]["template"]["spec"];
+    let (b, o) = (spec(base), spec(ov));
+    let (ba, oa) = (
+        named(&b["containers"], "agent"),
+        named(&o["containers"], "agent"),
+    );
+    want("agent args", &oa["args"], &ba["args"]);
+    want(
+        "agent --node-name",
+        &serde_json::json!(oa["args"]
+            .as_array()
+            .and_then(|a| a.windows(2).find(|w| w[0] == "--node-name"))
+            .map(|w| w[1].clone())),
+        &"$(NODE_NAME)".into(),
+    );
+    want(
+        "agent env NODE_NAME",
+        named(&oa["env"], "NODE_NAME"),
+        &serde_json::json!({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}),
+    );
+    let tls_mounts: Vec<&serde_json::Value> = oa["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] == "tls")
+        .collect();
+    let (volume, mounts) = match way {
+        "secret" => (
+            serde_json::json!({"name": "tls", "secret": {"secretName": "spyglass-agent-node-tls"}}),
+            serde_json::json!([
+                {"name": "tls", "mountPath": "/etc/spyglass/tls/tls.crt", "subPathExpr": "$(NODE_NAME).crt", "readOnly": true},
+                {"name": "tls", "mountPath": "/etc/spyglass/tls/tls.key", "subPathExpr": "$(NODE_NAME).key", "readOnly": true},
+                {"name": "tls", "mountPath": "/etc/spyglass/tls/ca.crt", "subPath": "ca.crt", "readOnly": true},
+            ]),
+        ),
+        _ => (
+            serde_json::json!({"name": "tls", "hostPath": {"path": "/etc/spyglass/agent-tls", "type": "Directory"}}),
+            serde_json::json!([{"name": "tls", "mountPath": "/etc/spyglass/tls", "readOnly": true}]),
+        ),
+    };
+    want("agent volume tls", named(&o["volumes"], "tls"), &volume);
+    want("agent tls mounts", &serde_json::json!(tls_mounts), &mounts);
+    for v in b["volumes"].as_array().into_iter().flatten() {
+        let n = v["name"].as_str().unwrap_or_default();
+        if n != "tls" {
+            want(&format!("agent volume {n}"), named(&o["volumes"], n), v);
+        }
+    }
+    // The ConfigMap's paths are where the files are mounted.
+    let toml = object(ov, "ConfigMap", "spyglass-agent")["data"]["agent.toml"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for line in [
+        "ca_file = \"/etc/spyglass/tls/ca.crt\"",
+        "cert_file = \"/etc/spyglass/tls/tls.crt\"",
+        "key_file = \"/etc/spyglass/tls/tls.key\"",
+    ] {
+        if !toml.contains(line) {
+            bad.push(format!("agent.toml lacks {line}"));
+        }
+    }
+    bad
+}
+
+/// `openssl x509 -noout` with these options on a certificate.
+fn x509(cert: &Path, opts: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-in"])
+        .arg(cert)
+        .args(opts)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl x509 {}: {}",
+        cert.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn node_certs(out: &Path, nodes: &[&str]) -> (bool, String) {
+    let o = Command::new("sh")
+        .arg(root().join("deploy/scripts/node-certs.sh"))
+        .arg(out)
+        .args(nodes)
+        .output()
+        .expect("run deploy/scripts/node-certs.sh");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// deploy/scripts/node-certs.sh issues one client certificate per node,
+/// whose only DNS SAN (and CN) is the node name, signed by the CA it
+/// makes and keeps; it refuses what is not a node name; its Secret holds
+/// every node's pair keyed by node name, which the `pernode` overlay
+/// mounts by $(NODE_NAME) (checked in
+/// documented_overlays_build_and_patch_what_they_say).
+#[test]
+fn node_certs_script_issues_one_certificate_per_node_name() {
+    let dir = scratch("node-certs");
+    let pki = dir.join("pki");
+    let (ok, text) = node_certs(&pki, &["node-a", "worker-2.zone-b.example"]);
+    assert!(ok, "node-certs.sh failed:\n{text}");
+    let ca = pki.join("ca.crt");
+    for node in ["node-a", "worker-2.zone-b.example"] {
+        let cert = pki.join("nodes").join(node).join("tls.crt");
+        let text = x509(&cert, &["-text"]);
+        let san = text
+            .lines()
+            .skip_while(|l| !l.contains("X509v3 Subject Alternative Name"))
+            .nth(1)
+            .map(str::trim);
+        assert_eq!(san, Some(format!("DNS:{node}").as_str()), "{text}");
+        assert!(text.contains(&format!("Subject: CN = {node}\n")), "{text}");
+        assert!(text.contains("TLS Web Client Authentication"), "{text}");
+        assert!(!text.contains("TLS Web Server Authentication"), "{text}");
+        assert!(text.contains("CA:FALSE"), "{text}");
+        let v = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&ca)
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+        // The key is the certificate's.
+        let pubkey = |args: &[&str], f: &Path| {
+            let o = Command::new("openssl").args(args).arg(f).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            o.stdout
+        };
+        assert_eq!(
+            pubkey(&["x509", "-noout", "-pubkey", "-in"], &cert),
+            pubkey(&["pkey", "-pubout", "-in"], &cert.with_file_name("tls.key"))
+        );
+        assert_eq!(
+            std::fs::read(cert.with_file_name("ca.crt")).unwrap(),
+            std::fs::read(&ca).unwrap()
+        );
+    }
+    let collector = x509(&pki.join("collector.crt"), &["-ext", "subjectAltName"]);
+    assert!(
+        collector.contains(
+            "DNS:spyglass-collector.spyglass.svc, DNS:spyglass-collector.spyglass.svc.cluster.local"
+        ),
+        "{collector}"
+    );
+
+    // A second run adds a node and keeps the CA and the certificates.
+    let before = std::fs::read(pki.join("nodes/node-a/tls.crt")).unwrap();
+    let ca_before = std::fs::read(&ca).unwrap();
+    let (ok, text) = node_certs(&pki, &["node-a", "node-c"]);
+    assert!(ok, "node-certs.sh failed:\n{text}");
+    assert_eq!(
+        std::fs::read(pki.join("nodes/node-a/tls.crt")).unwrap(),
+        before
+    );
+    assert_eq!(std::fs::read(&ca).unwrap(), ca_before);
+    assert_eq!(
+        x509(
+            &pki.join("nodes/node-c/tls.crt"),
+            &["-ext", "subjectAltName"]
+        )
+        .lines()
+        .nth(1)
+        .map(str::trim),
+        Some("DNS:node-c")
+    );
+
+    // The keyed Secret: every node's pair and the CA, as the files.
+    let secret =
+        yaml_objects(&std::fs::read_to_string(pki.join("spyglass-agent-node-tls.yaml")).unwrap());
+    let secret = object(&secret, "Secret", "spyglass-agent-node-tls");
+    assert_eq!(secret["metadata"]["namespace"], "spyglass");
+    let keys: Vec<&String> = secret["data"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "ca.crt",
+            "node-a.crt",
+            "node-a.key",
+            "node-c.crt",
+            "node-c.key",
+            "worker-2.zone-b.example.crt",
+            "worker-2.zone-b.example.key"
+        ]
+    );
+    let decode = |k: &str| {
+        let o = Command::new(python())
+            .args([
+                "-c",
+                "import sys, base64; sys.stdout.buffer.write(base64.b64decode(sys.argv[1]))",
+            ])
+            .arg(secret["data"][k].as_str().unwrap())
+            .output()
+            .unwrap();
+        o.stdout
+    };
+    assert_eq!(
+        decode("node-c.crt"),
+        std::fs::read(pki.join("nodes/node-c/tls.crt")).unwrap()
+    );
+    assert_eq!(
+        decode("node-a.key"),
+        std::fs::read(pki.join("nodes/node-a/tls.key")).unwrap()
+    );
+    assert_eq!(decode("ca.crt"), ca_before);
+
+    // Not a node name: refused before anything is written for it.
+    for name in ["Node-A", "node_a", "a b", "-a", "a..b", "x/../../etc"] {
+        let (ok, text) = node_certs(&pki, &[name]);
+        assert!(!ok, "node-certs.sh accepted {name:?}:\n{text}");
+        assert!(
+            text.contains(&format!("'{name}' is not a Kubernetes node name")),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(pki.join("nodes")).unwrap().count(),
+        3,
+        "a refused name left a directory"
     );
 }
