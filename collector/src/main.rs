@@ -1,6 +1,8 @@
 //! spyglass-collector: receives Spyglass agent streams over gRPC and writes
 //! them as JSON lines or OCSF to a rotated file (or stdout), and to syslog.
 mod delivery;
+#[cfg(test)]
+mod fuzz;
 mod ledger;
 mod metrics;
 mod ocsf;
