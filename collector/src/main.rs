@@ -3,6 +3,7 @@
 mod delivery;
 #[cfg(test)]
 mod fuzz;
+mod identity;
 mod ledger;
 mod metrics;
 mod ocsf;
@@ -66,6 +67,15 @@ struct Cli {
     /// without a certificate signed by it are refused.
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// With --client-ca: extra node ids a client certificate may publish
+    /// for, one line per certificate name: `NAME NODE_ID...`. Without it a
+    /// certificate publishes only for its own names (DNS SANs, else CN).
+    #[arg(long, requires = "client_ca")]
+    node_identities: Option<PathBuf>,
+    /// With --client-ca: accept any node id from any certificate the CA
+    /// signed (node ids are then not bound to certificates; not advised).
+    #[arg(long, requires = "client_ca", conflicts_with = "node_identities")]
+    no_node_binding: bool,
     /// Require `authorization: Bearer TOKEN` from agents (or SPYGLASS_TOKEN).
     #[arg(long, env = "SPYGLASS_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -128,6 +138,17 @@ async fn run(cli: Cli) -> Result<()> {
             .as_ref()
             .map(|p| PathBuf::from(format!("{}.state", p.display())))
     });
+    // Node ids bound to client certificates: on with mutual TLS.
+    let identities = match (&cli.client_ca, &cli.node_identities) {
+        (None, _) => None,
+        _ if cli.no_node_binding => None,
+        (Some(_), None) => Some(identity::NodeIdentities::default()),
+        (Some(_), Some(path)) => {
+            let ids = identity::NodeIdentities::load(path)?;
+            info!(path = %path.display(), certificates = ids.len(), "node identities read");
+            Some(ids)
+        }
+    };
     let ledger = ledger::Ledger::open(state.as_deref(), out_path.as_deref())?;
     let file = output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?;
     let syslog = match &cli.syslog {
@@ -141,6 +162,7 @@ async fn run(cli: Cli) -> Result<()> {
         agents: Default::default(),
         max_events_per_sec: cli.max_events_per_sec,
         max_agents: cli.max_agents,
+        identities,
         metrics,
     });
 
@@ -234,6 +256,7 @@ async fn run(cli: Cli) -> Result<()> {
         format = ?cli.format,
         tls = cli.tls_cert.is_some(),
         mtls = cli.client_ca.is_some(),
+        node_binding = shared.identities.is_some(),
         token = cli.token.is_some(),
         "collector ready"
     );

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::{
     delivery::Received,
+    identity::Binding,
     ledger::{Ledger, Verdict},
     output::Outputs,
 };
@@ -52,6 +53,9 @@ pub struct Shared {
     pub max_events_per_sec: u64,
     /// Most agents tracked ([`admit_node`]).
     pub max_agents: usize,
+    /// Node ids bound to client certificates (mutual TLS), with the
+    /// extra ids of `--node-identities`; `None`: not bound.
+    pub identities: Option<crate::identity::NodeIdentities>,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -206,6 +210,16 @@ impl Collector for CollectorService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".into(), |a: SocketAddr| a.to_string());
+        let binding = match &self.shared.identities {
+            Some(ids) => {
+                let certs = request.peer_certs();
+                Some(
+                    Binding::for_peer(certs.as_deref().map(Vec::as_slice), ids)
+                        .inspect_err(|s| warn!(%peer, message = s.message(), "stream refused"))?,
+                )
+            }
+            None => None,
+        };
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let svc = self.clone();
@@ -216,7 +230,9 @@ impl Collector for CollectorService {
             loop {
                 // undecodable, or naming another node than the stream's
                 let next = match inbound.message().await {
-                    Ok(Some(b)) => same_node(node.as_deref(), &b).map(|()| b),
+                    Ok(Some(b)) => same_node(node.as_deref(), &b)
+                        .and_then(|()| binding.as_ref().map_or(Ok(()), |c| c.check(&b.node_id)))
+                        .map(|()| b),
                     Ok(None) => break,
                     Err(status) => Err(status),
                 };

@@ -43,7 +43,8 @@ pub fn make_ca(dir: &Path, name: &str) {
     );
 }
 
-/// `san` is the subjectAltName value, e.g. `DNS:localhost,IP:127.0.0.1`.
+/// `san` is the subjectAltName value, e.g. `DNS:localhost,IP:127.0.0.1`;
+/// empty for a certificate without one (named by its CN, `name`).
 pub fn make_cert(dir: &Path, ca: &str, name: &str, usage: &str, san: &str) {
     openssl(
         dir,
@@ -62,9 +63,14 @@ pub fn make_cert(dir: &Path, ca: &str, name: &str, usage: &str, san: &str) {
             &format!("/CN={name}"),
         ],
     );
+    let san = if san.is_empty() {
+        String::new()
+    } else {
+        format!("subjectAltName={san}\n")
+    };
     std::fs::write(
         dir.join(format!("{name}.ext")),
-        format!("subjectAltName={san}\nextendedKeyUsage={usage}\n"),
+        format!("{san}extendedKeyUsage={usage}\n"),
     )
     .unwrap();
     openssl(
@@ -90,19 +96,30 @@ pub fn make_cert(dir: &Path, ca: &str, name: &str, usage: &str, san: &str) {
 }
 
 /// A collector requiring client certificates signed by `dir/ca.pem`
-/// (make_ca + make_cert "server" first).
+/// (make_ca + make_cert "server" first). It binds node ids to client
+/// certificates: a client publishes only for its certificate's DNS SANs
+/// (its CN without SANs).
 pub fn mtls_collector(dir: &Path) -> Collector {
+    mtls_collector_with(dir, &[])
+}
+
+/// The command-line flags of [`mtls_collector`].
+pub fn mtls_flags(dir: &Path) -> Vec<String> {
     let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
-    Collector::start(
-        free_port(),
-        &dir.join("out.jsonl"),
-        &[
-            "--tls-cert",
-            &p("server.pem"),
-            "--tls-key",
-            &p("server.key"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    )
+    vec![
+        "--tls-cert".into(),
+        p("server.pem"),
+        "--tls-key".into(),
+        p("server.key"),
+        "--client-ca".into(),
+        p("ca.pem"),
+    ]
+}
+
+/// [`mtls_collector`] with `extra` flags.
+pub fn mtls_collector_with(dir: &Path, extra: &[&str]) -> Collector {
+    let mut args = mtls_flags(dir);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Collector::start(free_port(), &dir.join("out.jsonl"), &args)
 }

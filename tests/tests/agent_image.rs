@@ -191,7 +191,9 @@ fn agent_image_under_containerd_with_daemonset_settings_attributes_another_conta
     std::fs::create_dir_all(&tls).unwrap();
     pki::make_ca(&tls, "ca");
     pki::make_cert(&tls, "ca", "server", "serverAuth", COLLECTOR_DNS);
-    pki::make_cert(&tls, "ca", "tls", "clientAuth", "DNS:agent");
+    // The agent's client certificate names its node: the collector binds
+    // node ids to certificates.
+    pki::make_cert(&tls, "ca", "tls", "clientAuth", &format!("DNS:{NODE}"));
     std::fs::rename(tls.join("tls.pem"), tls.join("tls.crt")).unwrap();
     std::fs::copy(tls.join("ca.pem"), tls.join("ca.crt")).unwrap();
     let collector = pki::mtls_collector(&tls);

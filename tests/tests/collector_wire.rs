@@ -116,7 +116,7 @@ fn mutual_tls_accepts_only_clients_signed_by_the_ca() {
     let dir = scratch("mtls");
     pki::make_ca(&dir, "ca");
     pki::make_cert(&dir, "ca", "server", "serverAuth", LOOPBACK);
-    pki::make_cert(&dir, "ca", "agent", "clientAuth", LOOPBACK);
+    pki::make_cert(&dir, "ca", "agent", "clientAuth", "DNS:mtls-good");
     pki::make_ca(&dir, "rogue-ca");
     pki::make_cert(&dir, "rogue-ca", "rogue", "clientAuth", LOOPBACK);
     let col = pki::mtls_collector(&dir);
@@ -162,14 +162,15 @@ fn agent_streams_over_mutual_tls() {
     let dir = scratch("mtls-agent");
     pki::make_ca(&dir, "ca");
     pki::make_cert(&dir, "ca", "server", "serverAuth", LOOPBACK);
-    pki::make_cert(&dir, "ca", "agent", "clientAuth", LOOPBACK);
+    // the certificate names the agent's node: node ids are bound to it
+    pki::make_cert(&dir, "ca", "agent", "clientAuth", "DNS:mtls-agent");
     let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
     let col = pki::mtls_collector(&dir);
     let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[collector]\nurl = \"https://127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\ntls_domain = \"localhost\"\nspool_dir = \"{}\"\n",
+            "node_name = \"mtls-agent\"\n[collector]\nurl = \"https://127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\ntls_domain = \"localhost\"\nspool_dir = \"{}\"\n",
             col.port, p("ca.pem"), p("agent.pem"), p("agent.key"), p("spool")
         ),
     )
@@ -184,6 +185,136 @@ fn agent_streams_over_mutual_tls() {
             .then_some(())
     });
     agent.stop();
+}
+
+#[test]
+fn a_client_certificate_publishes_only_for_its_own_node() {
+    let _g = serial();
+    let dir = scratch("node-binding");
+    pki::make_ca(&dir, "ca");
+    pki::make_cert(&dir, "ca", "server", "serverAuth", LOOPBACK);
+    pki::make_cert(&dir, "ca", "agent-a", "clientAuth", "DNS:node-a");
+    // no SAN: named by its CN
+    pki::make_cert(&dir, "ca", "node-c", "clientAuth", "");
+    pki::make_cert(&dir, "ca", "gateway", "clientAuth", "DNS:gateway.example");
+    let one = |node: &str, seq, arg: &str| vec![batch(node, seq, vec![exec_event(node, arg)])];
+    let denied = |cert: &str, node: &str| {
+        format!(
+            "client certificate \"{cert}\" may not publish for node \"{node}\": a batch's \
+             node_id must be a DNS SAN of the certificate (its CN without SANs) or allowed \
+             for it by --node-identities"
+        )
+    };
+    let col = pki::mtls_collector(&dir);
+    rt().block_on(async {
+        let ch = |id| tls_channel(col.port, &dir, Some(id));
+        // node A's certificate publishing as node B
+        let err = publish(
+            ch("agent-a").await.unwrap(),
+            None,
+            one("node-b", 1, "forged"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(err.message(), denied("node-a", "node-b"));
+        // a first batch as itself, then another node on the same stream
+        let err = publish(
+            ch("agent-a").await.unwrap(),
+            None,
+            [one("node-a", 1, "own"), one("node-b", 2, "forged")].concat(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let acks = publish(ch("agent-a").await.unwrap(), None, one("node-a", 2, "own"))
+            .await
+            .expect("node A publishes as itself");
+        assert_eq!(acks[0].sequence, 2);
+        let acks = publish(ch("node-c").await.unwrap(), None, one("node-c", 1, "cn"))
+            .await
+            .expect("a certificate without SAN publishes as its CN");
+        assert_eq!(acks[0].sequence, 1);
+        let err = publish(
+            ch("gateway").await.unwrap(),
+            None,
+            one("edge-1", 1, "mapped"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.message(), denied("gateway.example", "edge-1"));
+    });
+    let written = |col: &Collector| -> Vec<(String, String)> {
+        lines(&col.output)
+            .iter()
+            .map(|e| (e["node"].as_str().unwrap().to_owned(), argv(e)[1].clone()))
+            .collect()
+    };
+    let own = |n: &str, a: &str| (n.to_owned(), a.to_owned());
+    assert_eq!(
+        written(&col),
+        [
+            own("node-a", "own"),
+            own("node-a", "own"),
+            own("node-c", "cn")
+        ],
+        "nothing of a refused batch is written"
+    );
+
+    // A mapping file allows more nodes for a certificate name.
+    let map = dir.join("node-identities");
+    std::fs::write(
+        &map,
+        "# gateway relays two edge nodes\ngateway.example edge-1 edge-2\n",
+    )
+    .unwrap();
+    let out2 = dir.join("mapped");
+    std::fs::create_dir_all(&out2).unwrap();
+    let mut flags = pki::mtls_flags(&dir);
+    flags.extend(["--node-identities".into(), map.display().to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let col = Collector::start(free_port(), &out2.join("out.jsonl"), &flags);
+    rt().block_on(async {
+        let ch = |id| tls_channel(col.port, &dir, Some(id));
+        for node in ["edge-1", "edge-2", "gateway.example"] {
+            let acks = publish(ch("gateway").await.unwrap(), None, one(node, 1, "mapped"))
+                .await
+                .unwrap_or_else(|e| panic!("gateway as {node}: {e:?}"));
+            assert_eq!(acks[0].sequence, 1);
+        }
+        let err = publish(ch("gateway").await.unwrap(), None, one("edge-3", 1, "no"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.message(), denied("gateway.example", "edge-3"));
+    });
+    assert_eq!(
+        written(&col),
+        [
+            own("edge-1", "mapped"),
+            own("edge-2", "mapped"),
+            own("gateway.example", "mapped")
+        ]
+    );
+
+    // A malformed file stops the collector at start, naming the line.
+    std::fs::write(&map, "gateway.example edge-1\nlonely\n").unwrap();
+    let out = Command::new(bin("spyglass-collector"))
+        .args(&flags)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--output")
+        .arg(out2.join("bad.jsonl"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:2: certificate name \"lonely\" has no node id; each line is a certificate \
+             name followed by the node ids it may publish for (--node-identities)",
+            map.display()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
