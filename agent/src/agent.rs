@@ -517,6 +517,7 @@ fn enricher(cfg: &Config, cgroup_root: &Path) -> Enricher {
             max_entries: cfg.process.max_entries,
             exited_retained: cfg.process.exited_retained,
             exited_ttl: Duration::from_millis(cfg.process.exited_ttl_ms),
+            max_bytes: cfg.process.max_bytes,
         },
         cfg.process.ancestors,
         cfg.node(),

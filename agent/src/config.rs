@@ -300,6 +300,12 @@ pub struct ProcessConfig {
     pub exited_ttl_ms: u64,
     /// Ancestors reported beyond the parent. Default 4.
     pub ancestors: usize,
+    /// Memory the process table may hold, bytes (approximate: entries,
+    /// paths and arguments). Past it, exited entries go first, then
+    /// processes keep only the first 256 bytes of their arguments (marked
+    /// `argv_truncated`), and only then are live entries evicted.
+    /// Default 67108864 (64 MiB).
+    pub max_bytes: usize,
 }
 
 impl Default for ProcessConfig {
@@ -309,6 +315,7 @@ impl Default for ProcessConfig {
             exited_retained: 4096,
             exited_ttl_ms: 30_000,
             ancestors: 4,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -388,6 +395,14 @@ impl Config {
                 field: "process.max_entries",
                 value: self.process.max_entries.to_string(),
                 why: "must be at least 1024",
+            });
+        }
+        if self.process.max_bytes < 1 << 20 {
+            return Err(ConfigError::Range {
+                path: path.to_owned(),
+                field: "process.max_bytes",
+                value: self.process.max_bytes.to_string(),
+                why: "must be at least 1048576 (1 MiB); the default is 67108864",
             });
         }
         let c = &self.collector;

@@ -2,7 +2,7 @@
 //! the one definition every shape (JSON lines, wire, OCSF) is made from.
 //! Field names are a stable contract, documented in docs/events.md.
 pub use spyglass_proto::model::{
-    Action, AgentInfo, AgentState, Ancestor, ConnectOutcome, Container, Endpoint, Enforced, Event,
-    ExitInfo, Family, FindingInfo, ForkInfo, Kind, Loss, LossStage, Mitre, Name, NetOp, Network,
-    Outcome, ProbeStatus, Process, Protocol, Runtime, Text, Tracked, Unattributed, Unread,
+    Action, AgentInfo, AgentState, Ancestor, Args, ConnectOutcome, Container, Endpoint, Enforced,
+    Event, ExitInfo, Family, FindingInfo, ForkInfo, Kind, Loss, LossStage, Mitre, Name, NetOp,
+    Network, Outcome, ProbeStatus, Process, Protocol, Runtime, Text, Tracked, Unattributed, Unread,
 };

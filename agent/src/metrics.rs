@@ -26,6 +26,14 @@ const KINDS: [(Kind, &str); 8] = [
     (Kind::Agent, "agent"),
 ];
 
+/// The process table's figures (see [`Metrics::set_process_table`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TableStats {
+    pub bytes: u64,
+    pub evicted: u64,
+    pub argv_trimmed: u64,
+}
+
 /// Everything `/metrics` shows.
 #[derive(Default)]
 pub struct Metrics {
@@ -40,6 +48,7 @@ pub struct Metrics {
     /// Second exit records of one process (kernels whose exit record has no group_dead), dropped.
     duplicate_exits: AtomicU64,
     processes: AtomicU64,
+    process_table: [AtomicU64; 3],
     containers: AtomicU64,
     pending_events: AtomicU64,
     cgroups: AtomicU64,
@@ -103,6 +112,17 @@ impl Metrics {
 
     pub fn set_containerd_up(&self, up: bool) {
         self.containerd_up.store(up, Ordering::Relaxed);
+    /// The process table's bytes and what its bounds cost.
+    pub fn set_process_table(&self, t: &TableStats) {
+        for (a, v) in self
+            .process_table
+            .iter()
+            .zip([t.bytes, t.evicted, t.argv_trimmed])
+        {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
     }
 
     /// At start: probes attached of all, and which sources are configured.
@@ -251,6 +271,24 @@ impl Metrics {
                 get(&self.containers),
             ),
             (
+            (
+                "spyglass_process_table_bytes",
+                "Approximate memory the process table holds ([process] max_bytes bounds it).",
+                "gauge",
+                get(&self.process_table[0]),
+            ),
+            (
+                "spyglass_process_table_evicted_total",
+                "Live processes forgotten because the table was full (entries or bytes); their later events lack exe and parents.",
+                "counter",
+                get(&self.process_table[1]),
+            ),
+            (
+                "spyglass_process_argv_trimmed_total",
+                "Processes whose arguments the table cut to 256 bytes because it was over [process] max_bytes.",
+                "counter",
+                get(&self.process_table[2]),
+            ),
                 "spyglass_pending_events",
                 "Events waiting for their container's metadata.",
                 "gauge",

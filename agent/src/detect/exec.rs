@@ -122,14 +122,15 @@ fn listed(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
 /// A shell or interpreter that is not the container's entrypoint.
 fn shell(c: &Ctx<'_>, pr: &Process, path: &str) -> Option<Hit> {
     let name = basename(path);
-    let argv0 = pr.argv.first().map_or("", |a| basename(a));
+    let argv0 = pr.argv.first().map_or("", basename);
     let shells = &c.policy.settings.shells;
     let is_shell = shells.iter().any(|s| s == name || s == argv0);
     // The entrypoint itself; a script entrypoint runs as
     // [interpreter, script, args...] after the kernel reads #!.
     let entry = &c.meta.entrypoint;
-    let is_entry =
-        !entry.is_empty() && (*pr.argv == **entry || pr.argv.get(1..) == Some(&entry[..]));
+    let entry_args = || entry.iter().map(String::as_str);
+    let is_entry = !entry.is_empty()
+        && (pr.argv.iter().eq(entry_args()) || pr.argv.iter().skip(1).eq(entry_args()));
     (is_shell && !is_entry).then(|| {
         Hit::new(
             RuleId::ProcessShell,

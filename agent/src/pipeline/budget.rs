@@ -127,14 +127,7 @@ pub fn records_bytes(batch: &[RawEvent]) -> usize {
         .map(|r| {
             size_of::<RawEvent>()
                 + match r {
-                    RawEvent::Exec(e) => {
-                        e.header.comm.len()
-                            + e.filename.len()
-                            + e.argv
-                                .iter()
-                                .map(|a| a.len() + size_of::<String>())
-                                .sum::<usize>()
-                    }
+                    RawEvent::Exec(e) => e.header.comm.len() + e.filename.len() + e.argv.byte_len(),
                     RawEvent::Exit(e) => e.header.comm.len(),
                     RawEvent::Fork(e) => e.header.comm.len(),
                     RawEvent::Net(e) => e.header.comm.len(),
@@ -150,14 +143,10 @@ pub fn events_bytes(batch: &[Event]) -> usize {
 }
 
 fn event_bytes(ev: &Event) -> usize {
-    let process = ev.process.as_ref().map_or(0, |p| {
-        p.exe.len()
-            + p.comm.len()
-            + p.argv
-                .iter()
-                .map(|a| a.len() + size_of::<String>())
-                .sum::<usize>()
-    });
+    let process = ev
+        .process
+        .as_ref()
+        .map_or(0, |p| p.exe.len() + p.comm.len() + p.argv.byte_len());
     let evidence = ev
         .finding
         .as_ref()

@@ -48,7 +48,7 @@ pub struct Exec {
     pub ppid: u32,
     pub start_time_ns: u64,
     pub filename: String,
-    pub argv: Vec<String>,
+    pub argv: spyglass_proto::model::Args,
     pub argv_truncated: bool,
     pub flags: u32,
     /// The cgroup's directory name, its parent's, and its depth (None when
@@ -135,18 +135,6 @@ pub fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// NUL-separated arguments; a trailing NUL does not add an empty one.
-pub fn split_args(block: &[u8]) -> Vec<String> {
-    let block = block.strip_suffix(&[0]).unwrap_or(block);
-    if block.is_empty() {
-        return Vec::new();
-    }
-    block
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
 fn header(h: &EventHeader) -> Header {
     Header {
         pid: h.pid,
@@ -167,70 +155,95 @@ fn ip(family: u16, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     }
 }
 
-/// Decode one ring buffer record.
-pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+/// Field `$f` of record type `$T` in `$bytes`, read at the offset and
+/// with the type the shared definition gives it: no offset is written by
+/// hand, so a layout change in agent-common cannot decode silently wrong.
+macro_rules! field {
+    ($bytes:expr, $T:ident . $f:ident) => {
+        typed_read($bytes, core::mem::offset_of!($T, $f), |r: &$T| &r.$f)
+    };
+}
+
+/// [`read`] at `offset`; `_field` ties the result's type to the field's.
+fn typed_read<T, F: Copy>(
+    bytes: &[u8],
+    offset: usize,
+    _field: fn(&T) -> &F,
+) -> Result<F, DecodeError> {
+    read(bytes.get(offset..).unwrap_or_default(), "record field")
+}
+
+/// A length field checked against its array's size.
+fn bounded(field: &'static str, len: usize, max: usize) -> Result<usize, DecodeError> {
+    if len > max {
+        return Err(DecodeError::BadLength { field, len, max });
+    }
+    Ok(len)
+}
+
+/// An exec record: the fixed part, then `filename_len` bytes of the path
+/// and `argv_len` bytes of arguments (the kernel sends the used prefix).
+fn exec(bytes: &[u8], h: &EventHeader) -> Result<Exec, DecodeError> {
+    if bytes.len() < ExecEvent::ARGV_OFFSET {
+        return Err(DecodeError::TooShort {
+            what: "exec",
+            len: bytes.len(),
+            need: ExecEvent::ARGV_OFFSET,
+        });
+    }
+    let filename_len = usize::from(field!(bytes, ExecEvent.filename_len)?);
+    let filename_len = bounded("filename", filename_len, FILENAME_LEN)?;
+    let argv_len = bounded(
+        "argv",
+        usize::from(field!(bytes, ExecEvent.argv_len)?),
+        ARGV_LEN,
+    )?;
+    let argv_at = ExecEvent::ARGV_OFFSET;
+    let argv = bytes
+        .get(argv_at..argv_at + argv_len)
+        .ok_or(DecodeError::TooShort {
+            what: "exec argv",
+            len: bytes.len(),
+            need: argv_at + argv_len,
+        })?;
+    let name_at = ExecEvent::FIXED_LEN;
+    let flags = field!(bytes, ExecEvent.flags)?;
+    Ok(Exec {
+        header: header(h),
+        ppid: field!(bytes, ExecEvent.ppid)?,
+        start_time_ns: field!(bytes, ExecEvent.start_time_ns)?,
+        filename: c_string(&bytes[name_at..name_at + filename_len]),
+        argv: spyglass_proto::model::Args::from_nul_separated(argv),
+        argv_truncated: flags & exec_flags::ARGV_TRUNCATED != 0,
+        flags,
+        cgroup: cgroup_names(bytes)?,
+    })
+}
+
+/// The cgroup names of an exec record (None when the kernel could not
+/// read them).
+fn cgroup_names(bytes: &[u8]) -> Result<Option<CgroupNames>, DecodeError> {
+    let level = field!(bytes, ExecEvent.cgroup_level)?;
+    let leaf_len = usize::from(field!(bytes, ExecEvent.cgroup_leaf_len)?).min(CGROUP_NAME_LEN);
+    let parent_len =
+        usize::from(field!(bytes, ExecEvent.cgroup_parent_len)?).min(CGROUP_PARENT_LEN);
+    if level == u32::MAX || leaf_len == 0 {
+        return Ok(None);
+    }
+    let leaf_at = core::mem::offset_of!(ExecEvent, cgroup_leaf);
+    let parent_at = core::mem::offset_of!(ExecEvent, cgroup_parent);
+    Ok(Some(CgroupNames {
+        level,
+        leaf: c_string(&bytes[leaf_at..leaf_at + leaf_len]),
+        parent: c_string(&bytes[parent_at..parent_at + parent_len]),
+    }))
+}
+
     let h: EventHeader = read(bytes, "header")?;
     match h.kind {
-        kind::EXEC => {
-            let fixed = ExecEvent::ARGV_OFFSET;
-            if bytes.len() < fixed {
-                return Err(DecodeError::TooShort {
-                    what: "exec",
-                    len: bytes.len(),
-                    need: fixed,
-                });
-            }
-            // Fixed fields sit right after the header.
-            let at = std::mem::size_of::<EventHeader>();
-            let ppid: u32 = read(&bytes[at..], "exec")?;
-            let flags: u32 = read(&bytes[at + 4..], "exec")?;
-            let start_time_ns: u64 = read(&bytes[at + 8..], "exec")?;
-            let filename_len = read::<u16>(&bytes[at + 16..], "exec")? as usize;
-            let argv_len = read::<u16>(&bytes[at + 18..], "exec")? as usize;
-            if filename_len > FILENAME_LEN {
-                return Err(DecodeError::BadLength {
-                    field: "filename",
-                    len: filename_len,
-                    max: FILENAME_LEN,
-                });
-            }
-            if argv_len > ARGV_LEN {
-                return Err(DecodeError::BadLength {
-                    field: "argv",
-                    len: argv_len,
-                    max: ARGV_LEN,
-                });
-            }
-            if bytes.len() < fixed + argv_len {
-                return Err(DecodeError::TooShort {
-                    what: "exec argv",
-                    len: bytes.len(),
-                    need: fixed + argv_len,
-                });
-            }
-            let name = &bytes[ExecEvent::FIXED_LEN..ExecEvent::FIXED_LEN + filename_len];
-            let level: u32 = read(&bytes[at + 24..], "exec")?;
-            let leaf_len = (read::<u16>(&bytes[at + 28..], "exec")? as usize).min(CGROUP_NAME_LEN);
-            let parent_len =
-                (read::<u16>(&bytes[at + 30..], "exec")? as usize).min(CGROUP_PARENT_LEN);
-            let leaf_at = at + 32;
-            let parent_at = leaf_at + CGROUP_NAME_LEN;
-            let cgroup = (level != u32::MAX && leaf_len > 0).then(|| CgroupNames {
-                level,
-                leaf: c_string(&bytes[leaf_at..leaf_at + leaf_len]),
-                parent: c_string(&bytes[parent_at..parent_at + parent_len]),
-            });
-            Ok(RawEvent::Exec(Exec {
-                header: header(&h),
-                ppid,
-                start_time_ns,
-                filename: c_string(name),
-                argv: split_args(&bytes[fixed..fixed + argv_len]),
-                argv_truncated: flags & exec_flags::ARGV_TRUNCATED != 0,
-                flags,
-                cgroup,
-            }))
-        }
+/// Decode one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+        kind::EXEC => exec(bytes, &h).map(RawEvent::Exec),
         kind::EXIT => {
             let e: ExitEvent = read(bytes, "exit")?;
             Ok(RawEvent::Exit(Exit {
@@ -347,7 +360,7 @@ mod tests {
         assert_eq!(e.header.pid, 42);
         assert_eq!(e.header.uid, 1000);
         assert_eq!(e.header.comm, "curl");
-        assert_eq!(e.ppid, 7);
+        assert_eq!((e.ppid, e.start_time_ns, e.flags), (7, 99, 0));
         assert_eq!(e.filename, "/usr/bin/curl");
         assert_eq!(e.argv, ["curl", "-s", "a b"]);
         assert!(!e.argv_truncated);
@@ -371,7 +384,7 @@ mod tests {
     #[test]
     fn exec_with_lying_lengths_is_rejected() {
         let mut b = exec_record(b"/bin/x", b"x\0", 0);
-        let at = std::mem::size_of::<EventHeader>() + 18; // argv_len
+        let at = core::mem::offset_of!(ExecEvent, argv_len);
         b[at..at + 2].copy_from_slice(&100u16.to_ne_bytes()); // argv_len beyond the record
         assert!(matches!(decode(&b), Err(DecodeError::TooShort { .. })));
         b[at..at + 2].copy_from_slice(&u16::MAX.to_ne_bytes());

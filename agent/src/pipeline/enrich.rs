@@ -166,6 +166,15 @@ impl Enricher {
     /// the record header (uid, comm, cgroup, thread) take precedence.
     fn attach_process(&mut self, ev: &mut Event, pid: u32, header: Option<&Header>) {
         let known = self.table.get(pid);
+    /// The process table's bytes, live entries evicted, arguments cut.
+    pub fn table_stats(&self) -> crate::metrics::TableStats {
+        crate::metrics::TableStats {
+            bytes: self.table.bytes() as u64,
+            evicted: self.table.evicted,
+            argv_trimmed: self.table.argv_trimmed,
+        }
+    }
+
         let mut p = match known {
             Some(info) => self.process_of(info),
             None => Process {
@@ -436,6 +445,7 @@ mod tests {
             },
             4,
             "node1".into(),
+    use crate::event::Args;
             std::path::Path::new("/nonexistent"),
         )
     }
@@ -446,7 +456,7 @@ mod tests {
             ppid,
             start_time_ns: u64::from(pid),
             filename: exe.into(),
-            argv: vec![exe.into(), "--flag".into()],
+            argv: Args::from([exe, "--flag"]),
             argv_truncated: false,
             flags: 0,
             cgroup: None,
@@ -455,13 +465,14 @@ mod tests {
 
     #[test]
     fn exec_carries_parent_chain() {
+                max_bytes: usize::MAX,
         let mut e = enricher();
         e.handle(exec(10, 1, "/bin/bash"));
         let ev = e.handle(exec(11, 10, "/usr/bin/curl")).unwrap();
         assert_eq!(ev.kind, Kind::Exec);
         let p = ev.process.unwrap();
         assert_eq!((p.pid, p.ppid, &*p.exe), (11, 10, "/usr/bin/curl"));
-        assert_eq!(&*p.argv, ["/usr/bin/curl", "--flag"]);
+        assert_eq!(p.argv, ["/usr/bin/curl", "--flag"]);
         let parent = ev.parent.unwrap();
         assert_eq!((parent.pid, &*parent.exe), (10, "/bin/bash"));
         assert_eq!(ev.ancestors[0].pid, 1);

@@ -248,6 +248,7 @@ impl Pipeline {
         let tracked = self.tracked();
         self.metrics
             .set_tracked(&tracked, self.enricher.duplicate_exits());
+        self.metrics.set_process_table(&self.enricher.table_stats());
         self.metrics
             .set_containerd_up(self.attribute.containerd_up());
         self.metrics.turned();

@@ -5,6 +5,7 @@
 //! containers are found too.
 use std::{
     collections::{HashMap, HashSet},
+    io::Read,
     net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::Path,
@@ -15,6 +16,9 @@ use procfs::{
     process::{FDTarget, Process},
 };
 use tracing::debug;
+
+use agent_common::ARGV_LEN;
+use spyglass_proto::model::Args;
 
 use super::table::ProcInfo;
 
@@ -51,6 +55,29 @@ pub fn cgroup_id(cgroup_root: &Path, path: &str) -> u64 {
 
 fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Option<ProcInfo> {
     let stat = p.stat().ok()?;
+/// A process's arguments from `/proc/PID/cmdline`, reading at most what
+/// the kernel probe keeps of an exec ([`ARGV_LEN`] bytes): a process with
+/// megabytes of arguments costs the agent no more than one whose exec it
+/// saw. Returns the arguments and whether some were left out.
+pub fn read_cmdline(pid: i32) -> (Args, bool) {
+    let Ok(f) = std::fs::File::open(format!("/proc/{pid}/cmdline")) else {
+        return (Args::default(), false);
+    };
+    cmdline_from(f, ARGV_LEN)
+}
+
+/// [`read_cmdline`] on any reader: one byte more than `max` is read to
+/// tell a block of exactly `max` bytes from a longer one.
+fn cmdline_from(r: impl Read, max: usize) -> (Args, bool) {
+    let mut buf = Vec::with_capacity(max.min(4096) + 1);
+    if r.take(max as u64 + 1).read_to_end(&mut buf).is_err() {
+        return (Args::default(), false);
+    }
+    let truncated = buf.len() > max;
+    buf.truncate(max);
+    (Args::from_nul_separated(&buf), truncated)
+}
+
     if stat.flags & PF_KTHREAD != 0 || p.pid as u32 == own_pid {
         return None;
     }
@@ -58,6 +85,7 @@ fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Optio
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
     Some(ProcInfo {
         pid: p.pid as u32,
+    let (argv, argv_truncated) = read_cmdline(p.pid);
         ppid: stat.ppid as u32,
         uid: status.as_ref().map_or(0, |s| s.ruid),
         gid: status.as_ref().map_or(0, |s| s.rgid),
@@ -67,8 +95,8 @@ fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Optio
             .map(|e| e.display().to_string())
             .unwrap_or_default()
             .into(),
-        argv: p.cmdline().unwrap_or_default().into(),
-        argv_truncated: false,
+        argv,
+        argv_truncated,
         exe_truncated: false,
         unread: Vec::new(),
         cgroup_id: cgroup2_path(&cgroup).map_or(0, |c| cgroup_id(cgroup_root, c)),
@@ -155,6 +183,20 @@ mod tests {
     fn finds_the_v2_path_on_hybrid_and_unified_hosts() {
         let hybrid = "12:pids:/user.slice\n1:name=systemd:/k8s.io/abc\n0::/k8s.io/abc\n";
         assert_eq!(cgroup2_path(hybrid), Some("/k8s.io/abc"));
+    #[test]
+    fn cmdline_reads_at_most_the_kernel_cap() {
+        let (a, cut) = cmdline_from(&b"sleep\030\0"[..], 4096);
+        assert_eq!((a, cut), (Args::from(["sleep", "30"]), false));
+        // megabytes of empty arguments: only the cap is read, and marked
+        let huge = vec![0u8; 8 << 20];
+        let (a, cut) = cmdline_from(&huge[..], 4096);
+        assert!(cut);
+        assert_eq!((a.len(), a.byte_len()), (4096, 4096));
+        // exactly the cap is not a cut
+        let (_, cut) = cmdline_from(&[b'x'; 4096][..], 4096);
+        assert!(!cut);
+    }
+
         assert_eq!(cgroup2_path("0::/\n"), Some("/"));
         assert_eq!(cgroup2_path("3:cpu:/x\n"), None);
     }
@@ -190,7 +232,7 @@ mod tests {
             .find(|p| p.pid == child.id())
             .expect("child listed");
         assert_eq!(c.ppid, me);
-        assert_eq!(&*c.argv, ["sleep", "30"]);
+        assert_eq!(c.argv, ["sleep", "30"]);
         assert!(c.exe.ends_with("/sleep"), "{}", c.exe);
         assert!(c.start_time_ns > 0);
     }

@@ -2,15 +2,19 @@
 //! from the startup snapshot and fork/exec/exit records, so that every
 //! event carries its process and parent chain.
 //!
-//! Bounded: at most `max_entries` processes. Exited processes stay for a
-//! short while (the last `exited_retained` exits) so that events racing
-//! with the exit, and children asking for their parent, still resolve;
-//! then they are evicted. When the table is full of live processes, the
-//! oldest-started entry is evicted and counted.
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+//! Bounded: at most `max_entries` processes, and about `max_bytes` of
+//! memory. Exited processes stay for a short while (the last
+//! `exited_retained` exits) so that events racing with the exit, and
+//! children asking for their parent, still resolve; then they are evicted.
+//! When the table is full of live processes, the oldest-started entry is
+//! evicted and counted. When it is over its bytes, exited entries go
+//! first, then a new process keeps only the first [`ARGV_KEPT_WHEN_FULL`]
+//! bytes of its arguments (marked truncated, counted: a flood of new
+//! processes cannot erase what the table knew of older ones), then the
+//! oldest entries with long arguments are cut the same way, and only then is a
+//! live entry evicted: a process that execs or forks in a loop with
+//! thousands of arguments cannot grow the agent.
+use std::collections::{HashMap, VecDeque};
 
 use crate::event::Ancestor;
 
@@ -23,7 +27,7 @@ pub struct ProcInfo {
     pub gid: u32,
     pub comm: crate::event::Text,
     pub exe: crate::event::Text,
-    pub argv: Arc<[String]>,
+    pub argv: crate::event::Args,
     pub argv_truncated: bool,
     /// The kernel kept only the start of the path given to execve.
     pub exe_truncated: bool,
@@ -45,20 +49,46 @@ pub struct Limits {
     /// Exited processes are forgotten after this long, even when fewer
     /// than `exited_retained` exited since.
     pub exited_ttl: std::time::Duration,
+    /// Approximate memory the table may hold, bytes.
+    pub max_bytes: usize,
 }
+
+/// Arguments a process keeps once the table is over its bytes.
+pub const ARGV_KEPT_WHEN_FULL: usize = 256;
+
+/// What an entry costs besides its texts: the entry, its map slot and the
+/// exited queue's, and the allocations' headers.
+const ENTRY_OVERHEAD: usize = 256;
 
 #[derive(Debug)]
 struct Entry {
     info: ProcInfo,
     exited: bool,
+    /// Bytes charged to this entry (see [`charge`]).
+    bytes: usize,
+}
+
+/// Bytes an entry holds. A fork's child shares its parent's texts (the
+/// buffers are reference-counted) but is charged them too: the parent may
+/// exec again, and the child alone then keeps the old arguments.
+fn charge(info: &ProcInfo) -> usize {
+    ENTRY_OVERHEAD + info.exe.len() + info.comm.len() + info.argv.byte_len()
 }
 
 pub struct ProcessTable {
     map: HashMap<u32, Entry>,
     exited: VecDeque<(u32, u64, std::time::Instant)>,
     limits: Limits,
+    /// Bytes charged to the entries in `map`.
+    bytes: usize,
+    /// Entries inserted with arguments longer than [`ARGV_KEPT_WHEN_FULL`],
+    /// oldest first, by (pid, start time): the ones to cut when over bytes.
+    long_args: VecDeque<(u32, u64)>,
     /// Live entries evicted because the table was full.
     pub evicted: u64,
+    /// Processes whose arguments were cut because the table was over its
+    /// bytes.
+    pub argv_trimmed: u64,
 }
 
 impl ProcessTable {
@@ -67,8 +97,16 @@ impl ProcessTable {
             map: HashMap::new(),
             exited: VecDeque::new(),
             limits,
+            bytes: 0,
+            long_args: VecDeque::new(),
             evicted: 0,
+            argv_trimmed: 0,
         }
+    }
+
+    /// Bytes the entries hold (approximately).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -84,17 +122,103 @@ impl ProcessTable {
     }
 
     /// Insert or replace a process (exec, snapshot).
-    pub fn upsert(&mut self, info: ProcInfo) {
-        if !self.map.contains_key(&info.pid) && self.map.len() >= self.limits.max_entries {
+    pub fn upsert(&mut self, mut info: ProcInfo) {
+        self.remove(info.pid);
+        if self.map.len() >= self.limits.max_entries {
             self.make_room();
         }
+        let mut bytes = charge(&info);
+        if self.over(bytes) {
+            self.drop_exited_until(bytes);
+        }
+        if self.over(bytes) && self.trim(&mut info) {
+            bytes = charge(&info);
+        }
+        while self.over(bytes) && self.trim_oldest_long() {}
+        while self.over(bytes) && !self.map.is_empty() {
+            self.make_room();
+        }
+        if info.argv.byte_len() > ARGV_KEPT_WHEN_FULL {
+            self.long_args.push_back((info.pid, info.start_time_ns));
+            self.compact_long_args();
+        }
+        self.bytes += bytes;
         self.map.insert(
             info.pid,
             Entry {
                 info,
                 exited: false,
+                bytes,
             },
         );
+    }
+
+    /// Forget `pid`'s entry, whatever its state.
+    fn remove(&mut self, pid: u32) -> Option<Entry> {
+        let e = self.map.remove(&pid)?;
+        self.bytes -= e.bytes;
+        Some(e)
+    }
+
+    /// Whether `need` more bytes would take the table over its bytes.
+    fn over(&self, need: usize) -> bool {
+        self.bytes + need > self.limits.max_bytes
+    }
+
+    /// Keep the start of `info`'s arguments; whether any were cut.
+    fn trim(&mut self, info: &mut ProcInfo) -> bool {
+        let (kept, cut) = info.argv.prefix(ARGV_KEPT_WHEN_FULL);
+        if cut {
+            info.argv = kept;
+            info.argv_truncated = true;
+            self.argv_trimmed += 1;
+        }
+        cut
+    }
+
+    /// Cut the arguments of the oldest entry that still has long ones;
+    /// false when none is left.
+    fn trim_oldest_long(&mut self) -> bool {
+        while let Some((pid, start)) = self.long_args.pop_front() {
+            let Some(mut e) = self.map.remove(&pid) else {
+                continue;
+            };
+            if e.info.start_time_ns == start && self.trim(&mut e.info) {
+                let bytes = charge(&e.info);
+                self.bytes = self.bytes - e.bytes + bytes;
+                e.bytes = bytes;
+                self.map.insert(pid, e);
+                return true;
+            }
+            self.map.insert(pid, e);
+        }
+        false
+    }
+
+    /// Forget `long_args` entries of processes gone or already cut, once
+    /// they outnumber the table (amortised: the queue stays bounded when
+    /// the table is never over its bytes).
+    fn compact_long_args(&mut self) {
+        if self.long_args.len() <= 2 * self.map.len() + 1024 {
+            return;
+        }
+        let map = &self.map;
+        self.long_args.retain(|(pid, start)| {
+            map.get(pid).is_some_and(|e| {
+                e.info.start_time_ns == *start && e.info.argv.byte_len() > ARGV_KEPT_WHEN_FULL
+            })
+        });
+    }
+
+    /// Drop retained exited entries, oldest first, until `need` more bytes
+    /// fit or none is left.
+    fn drop_exited_until(&mut self, need: usize) {
+        while self.bytes + need > self.limits.max_bytes {
+            let Some((pid, start, _)) = self.exited.pop_front() else {
+                return;
+            };
+            self.remove_if_exited(pid, start);
+        }
     }
 
     /// A fork: the child starts as a copy of its parent.
@@ -159,7 +283,7 @@ impl ProcessTable {
         if let Some(e) = self.map.get(&pid) {
             // A reused pid that exec'd again is a different process: keep it.
             if e.exited && e.info.start_time_ns == start {
-                self.map.remove(&pid);
+                self.remove(pid);
             }
         }
     }
@@ -178,7 +302,7 @@ impl ProcessTable {
             .min_by_key(|e| e.info.start_time_ns)
             .map(|e| e.info.pid)
         {
-            self.map.remove(&oldest);
+            self.remove(oldest);
             self.evicted += 1;
         }
     }
@@ -214,6 +338,7 @@ impl ProcessTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Args;
 
     fn proc(pid: u32, ppid: u32, exe: &str, start: u64) -> ProcInfo {
         ProcInfo {
@@ -230,7 +355,96 @@ mod tests {
             max_entries: max,
             exited_retained: retained,
             exited_ttl: std::time::Duration::from_secs(3600),
+            max_bytes: usize::MAX,
         })
+    }
+
+    fn with_args(pid: u32, args: usize) -> ProcInfo {
+        ProcInfo {
+            argv: Args::from_nul_separated(&vec![0u8; args + 1]),
+            ..proc(pid, 1, "/bin/x", u64::from(pid))
+        }
+    }
+
+    fn budget(max_entries: usize, max_bytes: usize) -> ProcessTable {
+        ProcessTable::new(Limits {
+            max_entries,
+            exited_retained: 100,
+            exited_ttl: std::time::Duration::from_secs(3600),
+            max_bytes,
+        })
+    }
+
+    #[test]
+    fn over_its_bytes_arguments_are_cut_before_any_process_is_lost() {
+        let mut t = budget(100_000, 1 << 20);
+        for pid in 1..=1500 {
+            t.upsert(with_args(pid, 4000));
+            assert!(t.bytes() <= 1 << 20, "over budget at {pid}: {}", t.bytes());
+        }
+        // 1500 whole would take 6 MiB: all are kept. New ones are cut
+        // first (a flood cannot erase what the table knew), then the
+        // oldest whole ones as even cut entries need room.
+        assert_eq!((t.len(), t.evicted), (1500, 0));
+        let p = t.get(1500).unwrap();
+        assert!(p.argv_truncated && p.argv.byte_len() <= ARGV_KEPT_WHEN_FULL);
+        assert!(t.get(1).unwrap().argv_truncated, "the oldest are cut next");
+        let whole = (1..=1500).filter(|p| !t.get(*p).unwrap().argv_truncated);
+        assert!((50..120).contains(&whole.count()));
+        assert!(t.argv_trimmed > 1300, "{}", t.argv_trimmed);
+        // past what even cut entries fit in, the oldest live ones go
+        for pid in 1501..=10_000 {
+            t.upsert(with_args(pid, 4000));
+            assert!(t.bytes() <= 1 << 20, "over budget at {pid}: {}", t.bytes());
+        }
+        assert!(
+            t.evicted > 5000 && t.len() > 1500,
+            "{} {}",
+            t.evicted,
+            t.len()
+        );
+        assert!(t.get(10_000).is_some());
+        assert!(t.long_args.len() <= 2 * t.len() + 1025);
+    }
+
+    #[test]
+    fn forked_children_cannot_keep_arguments_uncounted() {
+        // a parent with long arguments forks, then execs again: each child
+        // alone keeps an old argument buffer, so each is charged for it
+        let mut t = budget(100_000, 1 << 20);
+        t.upsert(with_args(1, 4000));
+        for child in 2..=2000 {
+            t.fork(1, child, u64::from(child));
+            t.upsert(with_args(1, 4000 + child as usize % 2));
+            assert!(t.bytes() <= 1 << 20);
+        }
+        assert_eq!(t.evicted, 0);
+        assert!(t.get(2).unwrap().argv_truncated);
+    }
+
+    #[test]
+    fn exited_entries_go_before_live_arguments_are_cut() {
+        let mut t = ProcessTable::new(Limits {
+            max_entries: 100,
+            exited_retained: 100,
+            exited_ttl: std::time::Duration::from_secs(3600),
+            max_bytes: 3 * (ENTRY_OVERHEAD + 6 + 4001) + 1100,
+        });
+        t.upsert(with_args(1, 4000));
+        t.upsert(with_args(2, 4000));
+        t.exit(1, 1);
+        t.upsert(with_args(3, 4000));
+        t.upsert(with_args(4, 4000));
+        assert!(t.get(1).is_none(), "the exited one made room");
+        assert!(!t.get(4).unwrap().argv_truncated);
+        t.upsert(with_args(5, 4000));
+        assert!(t.get(5).unwrap().argv_truncated, "no exited one left");
+        assert_eq!((t.argv_trimmed, t.evicted), (1, 0));
+        // replacing an entry gives its bytes back
+        let before = t.bytes();
+        t.upsert(proc(6, 4, "/bin/y", 6));
+        t.upsert(proc(6, 4, "/bin/y", 6));
+        assert_eq!(t.bytes() - before, ENTRY_OVERHEAD + "/bin/y".len());
     }
 
     #[test]
@@ -262,6 +476,7 @@ mod tests {
             max_entries: 100,
             exited_retained: 100,
             exited_ttl: std::time::Duration::from_secs(10),
+            max_bytes: usize::MAX,
         });
         t.upsert(proc(5, 1, "/bin/a", 50));
         t.upsert(proc(6, 1, "/bin/b", 60));

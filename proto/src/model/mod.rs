@@ -11,6 +11,7 @@ use serde::Serialize;
 
 pub use crate::time::Timestamp;
 
+mod args;
 mod names;
 pub mod render;
 pub mod wire;
@@ -23,8 +24,7 @@ pub use names::{
 /// Shared, immutable text: a process's names and arguments are copied into
 /// many events; sharing them saves an allocation per field per event.
 pub type Text = Arc<str>;
-/// Shared argument vector.
-pub type Args = Arc<[String]>;
+pub use args::Args;
 /// A name that is usually a constant of the agent (a rule id, a probe
 /// name) but arrives as text at the collector.
 pub type Name = Cow<'static, str>;
