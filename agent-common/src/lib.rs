@@ -278,8 +278,16 @@ pub struct KernelOffsets {
     pub signal_flags: u32,
     /// `signal_struct.group_exit_code` (the status wait(2) reports then)
     pub signal_group_exit_code: u32,
+    /// `sock.__sk_common.skc_net` (its `net` pointer), or [`OFFSET_ABSENT`]
+    pub sock_net: u32,
+    /// `net.ns.inum`, or [`OFFSET_ABSENT`]
+    pub net_ns_inum: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
+
+/// A [`KernelOffsets`] field the running kernel's BTF does not have (an
+/// optional read: the record's field stays 0).
+pub const OFFSET_ABSENT: u32 = u32::MAX;
 
 /// `SIGNAL_GROUP_EXIT` in `signal_struct.flags` (include/linux/sched/signal.h,
 /// unchanged from 2.6 to 6.18).
@@ -366,10 +374,9 @@ pub struct ExecEvent {
 }
 impl ExecEvent {
     /// Offset of `filename`: the size of the fixed part of the record.
-    pub const FIXED_LEN: usize =
-        core::mem::size_of::<EventHeader>() + 32 + CGROUP_NAME_LEN + CGROUP_PARENT_LEN;
+    pub const FIXED_LEN: usize = core::mem::offset_of!(ExecEvent, filename);
     /// Offset of `argv`.
-    pub const ARGV_OFFSET: usize = Self::FIXED_LEN + FILENAME_LEN;
+    pub const ARGV_OFFSET: usize = core::mem::offset_of!(ExecEvent, argv);
 }
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == ExecEvent::ARGV_OFFSET + ARGV_LEN);
 
@@ -420,7 +427,11 @@ pub struct NetEvent {
     /// One of [`outcome`].
     pub outcome: u8,
     /// Padding, always 0.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Inode number of the socket's network namespace (`ns_common.inum`,
+    /// as `/proc/PID/ns/net` shows it); 0 when unknown (UDP records, which
+    /// come from cgroup hooks, and kernels without the BTF offsets).
+    pub netns: u32,
     /// Local address; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
     /// Remote address; IPv4 in the first 4 bytes.

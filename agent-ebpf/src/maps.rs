@@ -106,6 +106,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     exit_group_dead: 0,
     signal_flags: 0,
     signal_group_exit_code: 0,
+    sock_net: 0,
+    net_ns_inum: 0,
 };
 
 /// Ring buffer fill level (bytes) above which a record wakes the reader.

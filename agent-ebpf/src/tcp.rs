@@ -1,5 +1,7 @@
 //! TCP listen, connect outcome and accept.
-use agent_common::{counter, kind, net_op, outcome, tcp_step, EventHeader, NetEvent, TcpStep};
+use agent_common::{
+    counter, kind, net_op, outcome, tcp_step, EventHeader, NetEvent, TcpStep, OFFSET_ABSENT,
+};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext};
 
 use crate::{
@@ -82,6 +84,21 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
     send_tcp(ctx, header, op, result, skaddr)
 }
 
+/// The network namespace of socket `sk` (`sk->__sk_common.skc_net.net->ns.inum`,
+/// offsets from the agent), or 0 when a read fails or the kernel's BTF
+/// lacks the fields. Accepts are attributed to the listener of their own
+/// namespace: two pods listening on one port are told apart by this.
+#[inline(always)]
+fn netns_of(sk: u64) -> u32 {
+    let offs = crate::maps::offsets();
+    if offs.sock_net == OFFSET_ABSENT || offs.net_ns_inum == OFFSET_ABSENT {
+        return 0;
+    }
+    crate::task::read::<u64>(sk, offs.sock_net)
+        .and_then(|net| crate::task::read::<u32>(net, offs.net_ns_inum))
+        .unwrap_or(0)
+}
+
 fn send_tcp(
     ctx: &TracePointContext,
     header: EventHeader,
@@ -99,6 +116,7 @@ fn send_tcp(
         op,
         outcome: result,
         sock_id: skaddr,
+        netns: netns_of(skaddr),
         ..NetEvent::default()
     };
     if family == AF_INET {

@@ -219,3 +219,96 @@ fn snapshot_finds_a_listener_started_before_the_agent() {
     assert_eq!(pid_of(&ev), me());
     agent.stop();
 }
+
+/// A network namespace the test made, with loopback up; deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(name: &str) -> Netns {
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        Netns(name.into())
+    }
+
+    /// `cmd` run inside the namespace (`ip netns exec` execs it: the
+    /// child's pid is the command's).
+    fn command(&self, cmd: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.0]).args(cmd);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Two pods listening on the same address and port, each in its own
+/// network namespace: each accept names its own namespace's listener
+/// (keyed by (protocol, port) alone, both went to the last listener).
+#[test]
+fn accepts_in_two_namespaces_on_one_port_go_to_their_own_listener() {
+    require_root();
+    let _g = serial();
+    let agent = start_agent(&["--no-snapshot"]);
+    let port = "18080";
+    let mut servers = Vec::new();
+    let spaces: Vec<Netns> = ["sg-acc-a", "sg-acc-b"]
+        .iter()
+        .map(|n| Netns::create(n))
+        .collect();
+    for ns in &spaces {
+        let child = ns
+            .command(&["busybox", "nc", "-l", "-p", port])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = u64::from(child.id());
+        agent.wait_for("listen", WAIT, |e| {
+            is(e, "listen", "tcp", "listen") && pid_of(e) == pid
+        });
+        servers.push(child);
+    }
+    // accepts in the order of the connects, whichever pid they name
+    let accepts = |n: usize| {
+        let v = agent.matching(|e| e["kind"] == "accept" && net(e)["local"]["port"] == 18080);
+        (v.len() >= n).then_some(v)
+    };
+    for (i, ns) in spaces.iter().enumerate() {
+        let st = ns
+            .command(&["busybox", "nc", "127.0.0.1", port])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "connect in {}", ns.0);
+        eventually("accept", WAIT, || accepts(i + 1));
+    }
+    let got: Vec<u64> = accepts(2)
+        .unwrap()
+        .iter()
+        .map(|e| e["process"]["pid"].as_u64().unwrap_or(0))
+        .collect();
+    let want: Vec<u64> = servers.iter().map(|s| u64::from(s.id())).collect();
+    assert_eq!(got, want, "each accept names its own namespace's listener");
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    agent.stop();
+}

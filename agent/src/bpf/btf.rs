@@ -248,7 +248,21 @@ impl Btf {
             exit_group_dead: agent_common::EXIT_GROUP_DEAD_ABSENT,
             signal_flags: self.member_offset("signal_struct", "flags")?,
             signal_group_exit_code: self.member_offset("signal_struct", "group_exit_code")?,
+            sock_net: self.sock_net().unwrap_or(agent_common::OFFSET_ABSENT),
+            net_ns_inum: self.net_ns_inum().unwrap_or(agent_common::OFFSET_ABSENT),
         })
+    }
+
+    /// `sock.__sk_common.skc_net`: `possible_net_t` holds one pointer, the
+    /// `struct net` (kernels without network namespaces have none).
+    fn sock_net(&self) -> Result<u32, BtfError> {
+        Ok(self.member_offset("sock", "__sk_common")?
+            + self.member_offset("sock_common", "skc_net")?)
+    }
+
+    /// `net.ns.inum`: the namespace's inode number.
+    fn net_ns_inum(&self) -> Result<u32, BtfError> {
+        Ok(self.member_offset("net", "ns")? + self.member_offset("ns_common", "inum")?)
     }
 }
 

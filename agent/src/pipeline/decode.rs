@@ -105,6 +105,8 @@ pub struct Net {
     pub remote: SocketAddr,
     pub outcome: Outcome,
     pub sock_id: u64,
+    /// Inode of the socket's network namespace; 0 when unknown.
+    pub netns: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,10 +241,10 @@ fn cgroup_names(bytes: &[u8]) -> Result<Option<CgroupNames>, DecodeError> {
     }))
 }
 
-    let h: EventHeader = read(bytes, "header")?;
-    match h.kind {
 /// Decode one ring buffer record.
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let h: EventHeader = read(bytes, "header")?;
+    match h.kind {
         kind::EXEC => exec(bytes, &h).map(RawEvent::Exec),
         kind::EXIT => {
             let e: ExitEvent = read(bytes, "exit")?;
@@ -284,6 +286,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 remote: SocketAddr::new(ip(e.family, &e.daddr)?, e.dport),
                 outcome,
                 sock_id: e.sock_id,
+                netns: e.netns,
             }))
         }
         other => Err(DecodeError::UnknownKind(other)),

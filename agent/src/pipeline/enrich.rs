@@ -23,35 +23,54 @@ use crate::{
 };
 
 /// Who listens on a port, to attribute accepts (which the kernel sees in
-/// softirq context, without the accepting process).
+/// softirq context, without the accepting process). Keyed by network
+/// namespace too: two pods listening on one port each get their own
+/// accepts. Namespace 0 (unknown: the kernel's BTF lacks the offsets)
+/// matches any namespace, as it did before namespaces were known.
 #[derive(Default)]
 struct Listeners {
-    by_port: HashMap<(Protocol, u16), Vec<(IpAddr, u32)>>,
+    by_port: HashMap<(Protocol, u16), Vec<Listener>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listener {
+    netns: u32,
+    ip: IpAddr,
+    pid: u32,
 }
 
 impl Listeners {
-    fn add(&mut self, protocol: Protocol, local: SocketAddr, pid: u32) {
+    fn add(&mut self, protocol: Protocol, netns: u32, local: SocketAddr, pid: u32) {
         let v = self.by_port.entry((protocol, local.port())).or_default();
-        v.retain(|(ip, _)| *ip != local.ip());
-        v.push((local.ip(), pid));
+        v.retain(|l| (l.netns, l.ip) != (netns, local.ip()));
+        v.push(Listener {
+            netns,
+            ip: local.ip(),
+            pid,
+        });
     }
 
     fn remove_pid(&mut self, pid: u32) {
         self.by_port.retain(|_, v| {
-            v.retain(|(_, p)| *p != pid);
+            v.retain(|l| l.pid != pid);
             !v.is_empty()
         });
     }
 
-    /// Owner of the listener that accepted a connection on `local`: exact
-    /// address first, then a wildcard listener, then any on the port.
-    fn owner(&self, protocol: Protocol, local: SocketAddr) -> Option<u32> {
+    /// Owner of the listener that accepted a connection on `local` in
+    /// namespace `netns`: exact address first, then a wildcard listener,
+    /// then any on the port; never a listener of another known namespace.
+    fn owner(&self, protocol: Protocol, netns: u32, local: SocketAddr) -> Option<u32> {
         let v = self.by_port.get(&(protocol, local.port()))?;
-        v.iter()
-            .find(|(ip, _)| *ip == local.ip())
-            .or_else(|| v.iter().find(|(ip, _)| ip.is_unspecified()))
-            .or_else(|| v.first())
-            .map(|(_, pid)| *pid)
+        let same_ns = || {
+            v.iter()
+                .filter(move |l| netns == 0 || l.netns == 0 || l.netns == netns)
+        };
+        same_ns()
+            .find(|l| l.ip == local.ip())
+            .or_else(|| same_ns().find(|l| l.ip.is_unspecified()))
+            .or_else(|| same_ns().next())
+            .map(|l| l.pid)
     }
 }
 
@@ -147,6 +166,15 @@ impl Enricher {
         self.table.len()
     }
 
+    /// The process table's bytes, live entries evicted, arguments cut.
+    pub fn table_stats(&self) -> crate::metrics::TableStats {
+        crate::metrics::TableStats {
+            bytes: self.table.bytes() as u64,
+            evicted: self.table.evicted,
+            argv_trimmed: self.table.argv_trimmed,
+        }
+    }
+
     pub fn cgroups_tracked(&self) -> usize {
         self.containers.cached()
     }
@@ -166,15 +194,6 @@ impl Enricher {
     /// the record header (uid, comm, cgroup, thread) take precedence.
     fn attach_process(&mut self, ev: &mut Event, pid: u32, header: Option<&Header>) {
         let known = self.table.get(pid);
-    /// The process table's bytes, live entries evicted, arguments cut.
-    pub fn table_stats(&self) -> crate::metrics::TableStats {
-        crate::metrics::TableStats {
-            bytes: self.table.bytes() as u64,
-            evicted: self.table.evicted,
-            argv_trimmed: self.table.argv_trimmed,
-        }
-    }
-
         let mut p = match known {
             Some(info) => self.process_of(info),
             None => Process {
@@ -261,7 +280,7 @@ impl Enricher {
             out.push(ev);
         }
         for s in &snap.sockets {
-            self.listeners.add(s.protocol, s.local, s.pid);
+            self.listeners.add(s.protocol, s.netns, s.local, s.pid);
             let mut ev = self.event(Kind::Listen, now);
             ev.snapshot = true;
             self.attach_process(&mut ev, s.pid, None);
@@ -384,11 +403,14 @@ impl Enricher {
             NetOp::TcpAccept => (Kind::Accept, Protocol::Tcp, Op::Accept),
         };
         let pid = match n.op {
-            NetOp::TcpAccept => self.listeners.owner(Protocol::Tcp, n.local).unwrap_or(0),
+            NetOp::TcpAccept => self
+                .listeners
+                .owner(Protocol::Tcp, n.netns, n.local)
+                .unwrap_or(0),
             _ => n.header.pid,
         };
         if kind == Kind::Listen && pid != 0 {
-            self.listeners.add(protocol, n.local, pid);
+            self.listeners.add(protocol, n.netns, n.local, pid);
         }
         let mut ev = self.event(kind, n.header.ts_ns);
         if pid != 0 {
@@ -423,6 +445,7 @@ impl crate::container::lifecycle::Observer for Enricher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Args;
 
     fn header(pid: u32) -> Header {
         Header {
@@ -442,10 +465,10 @@ mod tests {
                 max_entries: 100,
                 exited_retained: 10,
                 exited_ttl: std::time::Duration::from_secs(60),
+                max_bytes: usize::MAX,
             },
             4,
             "node1".into(),
-    use crate::event::Args;
             std::path::Path::new("/nonexistent"),
         )
     }
@@ -465,7 +488,6 @@ mod tests {
 
     #[test]
     fn exec_carries_parent_chain() {
-                max_bytes: usize::MAX,
         let mut e = enricher();
         e.handle(exec(10, 1, "/bin/bash"));
         let ev = e.handle(exec(11, 10, "/usr/bin/curl")).unwrap();
@@ -506,6 +528,7 @@ mod tests {
                 remote: remote.parse().unwrap(),
                 outcome: Outcome::None,
                 sock_id: 1,
+                netns: 0,
             })
         };
         let l = e
@@ -529,6 +552,36 @@ mod tests {
             .handle(net(NetOp::TcpAccept, "127.0.0.1:8080", "127.0.0.1:5556", 0))
             .unwrap();
         assert!(a.process.is_none());
+    }
+
+    #[test]
+    fn accepts_go_to_the_listener_of_their_own_network_namespace() {
+        let mut e = enricher();
+        e.handle(exec(40, 1, "/pod-a/server"));
+        e.handle(exec(50, 1, "/pod-b/server"));
+        let net = |op, netns, local: &str, pid| {
+            RawEvent::Net(Net {
+                header: header(pid),
+                op,
+                local: local.parse().unwrap(),
+                remote: "10.0.0.9:4000".parse().unwrap(),
+                outcome: Outcome::None,
+                sock_id: 1,
+                netns,
+            })
+        };
+        // both pods listen on 0.0.0.0:8080, each in its own namespace
+        e.handle(net(NetOp::TcpListen, 1001, "0.0.0.0:8080", 40));
+        e.handle(net(NetOp::TcpListen, 1002, "0.0.0.0:8080", 50));
+        let owner = |e: &mut Enricher, netns| {
+            let a = e
+                .handle(net(NetOp::TcpAccept, netns, "10.0.0.1:8080", 0))
+                .unwrap();
+            a.process.map(|p| p.exe.to_string())
+        };
+        assert_eq!(owner(&mut e, 1001).as_deref(), Some("/pod-a/server"));
+        assert_eq!(owner(&mut e, 1002).as_deref(), Some("/pod-b/server"));
+        assert_eq!(owner(&mut e, 1003), None, "no listener in that namespace");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct SnapSocket {
     /// `tcp` (LISTEN) or `udp` (bound, unconnected).
     pub protocol: crate::event::Protocol,
     pub local: SocketAddr,
+    /// Inode of its network namespace (as the kernel's records give it).
+    pub netns: u32,
 }
 
 #[derive(Debug, Default)]
@@ -53,8 +55,6 @@ pub fn cgroup_id(cgroup_root: &Path, path: &str) -> u64 {
     std::fs::metadata(dir).map_or(0, |m| m.ino())
 }
 
-fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Option<ProcInfo> {
-    let stat = p.stat().ok()?;
 /// A process's arguments from `/proc/PID/cmdline`, reading at most what
 /// the kernel probe keeps of an exec ([`ARGV_LEN`] bytes): a process with
 /// megabytes of arguments costs the agent no more than one whose exec it
@@ -78,14 +78,16 @@ fn cmdline_from(r: impl Read, max: usize) -> (Args, bool) {
     (Args::from_nul_separated(&buf), truncated)
 }
 
+fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Option<ProcInfo> {
+    let stat = p.stat().ok()?;
     if stat.flags & PF_KTHREAD != 0 || p.pid as u32 == own_pid {
         return None;
     }
     let status = p.status().ok();
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
+    let (argv, argv_truncated) = read_cmdline(p.pid);
     Some(ProcInfo {
         pid: p.pid as u32,
-    let (argv, argv_truncated) = read_cmdline(p.pid);
         ppid: stat.ppid as u32,
         uid: status.as_ref().map_or(0, |s| s.ruid),
         gid: status.as_ref().map_or(0, |s| s.rgid),
@@ -149,6 +151,7 @@ pub fn take(cgroup_root: &Path) -> Snapshot {
                         pid: owner,
                         protocol: crate::event::Protocol::Tcp,
                         local: e.local_address,
+                        netns: netns as u32,
                     });
                 }
             }
@@ -165,6 +168,7 @@ pub fn take(cgroup_root: &Path) -> Snapshot {
                         pid: owner,
                         protocol: crate::event::Protocol::Udp,
                         local: e.local_address,
+                        netns: netns as u32,
                     });
                 }
             }
@@ -180,10 +184,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_v2_path_on_hybrid_and_unified_hosts() {
-        let hybrid = "12:pids:/user.slice\n1:name=systemd:/k8s.io/abc\n0::/k8s.io/abc\n";
-        assert_eq!(cgroup2_path(hybrid), Some("/k8s.io/abc"));
-    #[test]
     fn cmdline_reads_at_most_the_kernel_cap() {
         let (a, cut) = cmdline_from(&b"sleep\030\0"[..], 4096);
         assert_eq!((a, cut), (Args::from(["sleep", "30"]), false));
@@ -197,6 +197,10 @@ mod tests {
         assert!(!cut);
     }
 
+    #[test]
+    fn finds_the_v2_path_on_hybrid_and_unified_hosts() {
+        let hybrid = "12:pids:/user.slice\n1:name=systemd:/k8s.io/abc\n0::/k8s.io/abc\n";
+        assert_eq!(cgroup2_path(hybrid), Some("/k8s.io/abc"));
         assert_eq!(cgroup2_path("0::/\n"), Some("/"));
         assert_eq!(cgroup2_path("3:cpu:/x\n"), None);
     }
