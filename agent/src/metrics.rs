@@ -110,8 +110,6 @@ impl Metrics {
         set(&self.duplicate_exits, duplicate_exits);
     }
 
-    pub fn set_containerd_up(&self, up: bool) {
-        self.containerd_up.store(up, Ordering::Relaxed);
     /// The process table's bytes and what its bounds cost.
     pub fn set_process_table(&self, t: &TableStats) {
         for (a, v) in self
@@ -123,6 +121,8 @@ impl Metrics {
         }
     }
 
+    pub fn set_containerd_up(&self, up: bool) {
+        self.containerd_up.store(up, Ordering::Relaxed);
     }
 
     /// At start: probes attached of all, and which sources are configured.
@@ -265,13 +265,6 @@ impl Metrics {
                 get(&self.processes),
             ),
             (
-                "spyglass_containers_tracked",
-                "Containers in the metadata cache.",
-                "gauge",
-                get(&self.containers),
-            ),
-            (
-            (
                 "spyglass_process_table_bytes",
                 "Approximate memory the process table holds ([process] max_bytes bounds it).",
                 "gauge",
@@ -289,6 +282,13 @@ impl Metrics {
                 "counter",
                 get(&self.process_table[2]),
             ),
+            (
+                "spyglass_containers_tracked",
+                "Containers in the metadata cache.",
+                "gauge",
+                get(&self.containers),
+            ),
+            (
                 "spyglass_pending_events",
                 "Events waiting for their container's metadata.",
                 "gauge",
