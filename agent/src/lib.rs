@@ -14,6 +14,8 @@ pub mod container;
 pub mod detect;
 pub mod event;
 pub mod export;
+#[cfg(test)]
+mod fuzz;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

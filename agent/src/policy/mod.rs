@@ -93,6 +93,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             ),
         });
     }
+    if let Some(w) = file
+        .settings
+        .writable_paths
+        .iter()
+        .find(|w| w.len() >= agent_common::RULE_PATH_LEN)
+    {
+        // a kill under it could not enter the kernel's table: refused,
+        // never left unenforced
+        return Err(PolicyError::Document {
+            path: path.to_owned(),
+            message: format!(
+                "settings.writable_paths: `{w}` is {} bytes long; at most {} (the kernel's \
+                 path table)",
+                w.len(),
+                agent_common::RULE_PATH_LEN - 1
+            ),
+        });
+    }
     if let Some(sh) = file
         .settings
         .shells
