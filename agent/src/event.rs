@@ -3,6 +3,7 @@
 //! Field names are a stable contract, documented in docs/events.md.
 pub use spyglass_proto::model::{
     Action, AgentInfo, AgentState, Ancestor, Args, ConnectOutcome, Container, Endpoint, Enforced,
-    Event, ExitInfo, Family, FindingInfo, ForkInfo, Kind, Loss, LossStage, Mitre, Name, NetOp,
-    Network, Outcome, ProbeStatus, Process, Protocol, Runtime, Text, Tracked, Unattributed, Unread,
+    Event, ExitInfo, Family, FindingInfo, ForkInfo, Kind, Loss, LossStage, LossTotals, Mitre, Name,
+    NetOp, Network, Outcome, ProbeStatus, Process, Protocol, Runtime, Text, Tracked, Unattributed,
+    Unread,
 };

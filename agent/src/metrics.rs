@@ -61,6 +61,8 @@ pub struct Metrics {
     collector_connected: AtomicBool,
     spool_batches: AtomicU64,
     spool_bytes: AtomicU64,
+    /// Events in batches the spool dropped (full, unwritable, refused).
+    spool_dropped: AtomicU64,
     /// containerd lookups answered, and their total time.
     lookups: AtomicU64,
     lookup_us: AtomicU64,
@@ -139,6 +141,11 @@ impl Metrics {
         self.spool_batches
             .store(spool_batches as u64, Ordering::Relaxed);
         self.spool_bytes.store(spool_bytes, Ordering::Relaxed);
+    }
+
+    /// The collector exporter dropped `events` events from its spool.
+    pub fn spool_dropped(&self, events: u64) {
+        self.spool_dropped.fetch_add(events, Ordering::Relaxed);
     }
 
     /// A containerd lookup answered after `took_us` microseconds.
@@ -331,6 +338,12 @@ impl Metrics {
                 get(&self.spool_bytes),
             ),
             (
+                "spyglass_spool_dropped_events_total",
+                "Events in batches the collector spool dropped (spool full, batch not writable, or refused by the collector for good); each drop is also a loss event.",
+                "counter",
+                get(&self.spool_dropped),
+            ),
+            (
                 "spyglass_enforced_cgroups",
                 "Container cgroups with kill or deny-connect entries in the kernel.",
                 "gauge",
@@ -399,6 +412,11 @@ mod tests {
         );
         assert!(text.contains("spyglass_events_total{kind=\"connect\"} 1\n"));
         assert!(text.contains("spyglass_lost_records_total{kind=\"exec\"} 3\n"));
+        m.spool_dropped(40);
+        m.spool_dropped(2);
+        assert!(m
+            .render()
+            .contains("# TYPE spyglass_spool_dropped_events_total counter\nspyglass_spool_dropped_events_total 42\n"));
         assert!(text.contains("# TYPE spyglass_containerd_up gauge\nspyglass_containerd_up 0\n"));
         assert_eq!(m.not_ready(), Some("probes not all attached"));
         m.probes_total.store(10, Ordering::Relaxed);

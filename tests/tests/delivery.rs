@@ -289,48 +289,103 @@ fn an_emptied_sequence_counter_starts_a_new_stream_and_loses_nothing() {
     agent.stop();
 }
 
+/// The agent binary under test: target/release's, or the one named by
+/// `SPYGLASS_E2E_AGENT` (to run these tests against an older build).
+fn agent_bin() -> std::path::PathBuf {
+    std::env::var_os("SPYGLASS_E2E_AGENT")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| bin("spyglass-agent"), Into::into)
+}
+
+/// A counter's value in the agent's `/metrics`.
+fn metric(port: u16, name: &str) -> Option<u64> {
+    let (code, body) = http_get(port, "/metrics");
+    assert_eq!(code, 200, "/metrics: {body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The spool fills while the collector is away: its oldest batches go,
+/// and with them loss events that reported earlier drops. Each loss event
+/// carries the stream's running totals, so the last one still accounts
+/// for every event that never arrived; `/metrics` counts the drops too.
 #[test]
-fn full_spool_drops_oldest_batches_and_reports_the_loss() {
+fn full_spool_drops_oldest_batches_and_the_last_loss_event_counts_them_all() {
     require_root();
     let _g = serial();
     let dir = scratch("spoolfull");
     let port = free_port();
+    let mport = free_port();
     let cfg = dir.join("agent.toml");
     // Small spool, small batches, nothing listening yet.
     std::fs::write(
         &cfg,
         format!(
-            "[collector]\nurl = \"http://127.0.0.1:{port}\"\nspool_dir = \"{}\"\nspool_max_bytes = 65536\nbatch_max_events = 20\n",
+            "[collector]\nurl = \"http://127.0.0.1:{port}\"\nspool_dir = \"{}\"\nspool_max_bytes = 65536\nbatch_max_events = 20\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n",
             dir.join("spool").display()
         ),
     )
     .unwrap();
-    let agent = Agent::start(&["--config", cfg.to_str().unwrap(), "--no-snapshot"]);
+    let agent = Agent::start_bin(
+        &agent_bin(),
+        &["--config", cfg.to_str().unwrap(), "--no-snapshot"],
+    );
     let mark = marker("spoolfull");
-    exec_series(&mark, 400, Duration::from_millis(2))
+    const N: usize = 600;
+    exec_series(&mark, N, Duration::from_millis(2))
         .join()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
     let col = Collector::start(port, &dir.join("out.jsonl"), &[]);
-    let loss = eventually("an agent-stage loss event", Duration::from_secs(30), || {
-        lines(&col.output).into_iter().find(|e| {
-            e["kind"] == "loss"
-                && e["loss"]["stage"] == "agent"
-                && e["loss"]["spool_dropped"].as_u64().unwrap_or(0) > 0
-        })
+    // Delivered: every batch left in the spool acknowledged, including
+    // the one holding the last loss event.
+    eventually("the spool to drain", Duration::from_secs(60), || {
+        (metric(mport, "spyglass_collector_connected") == Some(1)
+            && metric(mport, "spyglass_spool_batches") == Some(0))
+        .then_some(())
     });
-    let dropped = loss["loss"]["spool_dropped"].as_u64().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let dropped = metric(mport, "spyglass_spool_dropped_events_total");
     let out = lines(&col.output);
-    let seen = marked_execs(&out, &mark).len();
-    let reported: u64 = out
+    let missing = N - marked_execs(&out, &mark).len();
+    let losses: Vec<&Value> = out.iter().filter(|e| e["kind"] == "loss").collect();
+    let received: u64 = losses
         .iter()
-        .filter(|e| e["kind"] == "loss" && e["loss"]["stage"] == "agent")
-        .map(|e| e["loss"]["spool_dropped"].as_u64().unwrap_or(0))
+        .filter_map(|e| e["loss"]["spool_dropped"].as_u64())
         .sum();
-    eprintln!("spool full: {seen}/400 marked execs delivered, {reported} events reported dropped (first report {dropped})");
-    assert!(seen < 400, "the spool should have overflowed");
-    // The collector's agent status counts the drops the agent reported.
+    eprintln!(
+        "spool full: {missing}/{N} marked execs missing; {dropped:?} events dropped by /metrics; \
+         the {} loss events received add up to {received}",
+        losses.len()
+    );
+    assert!(missing > 0, "the spool should have overflowed");
+    let last = losses.last().expect("loss events at the collector");
+    let totals = &last["loss"]["totals"];
+    assert!(
+        totals.is_object(),
+        "the last loss event has no totals: {last}"
+    );
+    let dropped = dropped.expect("/metrics has spyglass_spool_dropped_events_total");
+    assert_eq!(
+        totals["spool_dropped"].as_u64(),
+        Some(dropped),
+        "the last loss event's totals are every drop /metrics counted: {last}"
+    );
+    assert!(
+        dropped >= missing as u64,
+        "{missing} execs never arrived but only {dropped} events are counted dropped"
+    );
+    for counter in [
+        "exec",
+        "exit",
+        "fork",
+        "network",
+        "read_errors",
+        "connect_untracked",
+        "decode_errors",
+    ] {
+        assert!(totals[counter].is_u64(), "totals.{counter}: {last}");
+    }
+    // The collector's agent status counts the drops the loss events it
+    // received reported.
     let status_path = dir.join("out.jsonl.agents.json");
     eventually("drops in the agent status", Duration::from_secs(10), || {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&status_path).ok()?).ok()?;
@@ -339,13 +394,7 @@ fn full_spool_drops_oldest_batches_and_reports_the_loss() {
             .values()
             .filter_map(|a| a["drops"].as_u64())
             .sum();
-        (drops >= reported).then_some(())
+        (drops >= received).then_some(())
     });
-    // each exec also brings a fork and an exit event: 3 events per exec
-    assert!(
-        reported as usize >= (400 - seen),
-        "{} execs missing but only {reported} events reported dropped",
-        400 - seen
-    );
     agent.stop();
 }

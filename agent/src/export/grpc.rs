@@ -8,6 +8,9 @@
 //! batch in order; the collector drops the ones it already wrote. When the
 //! spool is full, the oldest batches are dropped and a `loss` event
 //! (stage `agent`, `spool_dropped`) says how many events went with them.
+//! A loss event can be dropped too: every one this exporter sends carries
+//! the stream's running totals (`loss.totals`), so the latest accounts
+//! for all earlier drops.
 use std::time::{Duration, Instant};
 
 use spyglass_proto::v1 as wire;
@@ -29,7 +32,7 @@ use super::{
 use crate::{
     clock::Clock,
     config::{CollectorConfig, Compression},
-    event::{Event, Kind, Loss, LossStage},
+    event::{Event, Kind, Loss, LossStage, LossTotals},
     pipeline::budget::EventBatch,
 };
 use spyglass_proto::model::wire::to_wire;
@@ -190,6 +193,10 @@ struct Exporter {
     node: String,
     spool: Spool,
     pending: BatchBuf,
+    /// Every loss counter of this stream so far (both stages), carried by
+    /// each loss event it sends and saved in the spool.
+    totals: LossTotals,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Spool drops not yet logged (the log is rate-limited; the loss
     /// events are not).
     unlogged_drops: u64,
@@ -198,11 +205,33 @@ struct Exporter {
 
 impl Exporter {
     fn push(&mut self, ev: &Event) {
-        self.pending.push(&to_wire(ev));
+        match &ev.loss {
+            Some(l) => {
+                let mut ev = ev.clone();
+                ev.loss = Some(Box::new(self.account(l)));
+                self.pending.push(&to_wire(&ev));
+            }
+            None => self.pending.push(&to_wire(ev)),
+        }
+    }
+
+    /// Add a loss to the stream's totals, and the loss as sent: its own
+    /// counts and the totals so far. The totals are saved with the spool,
+    /// so they continue where they were after a restart.
+    fn account(&mut self, l: &Loss) -> Loss {
+        self.totals.add(l);
+        if let Err(e) = self.spool.save_loss_totals(&self.totals) {
+            warn!(error = %e, "cannot save the loss totals; a restart would count from the last saved ones");
+        }
+        Loss {
+            totals: Some(self.totals),
+            ..l.clone()
+        }
     }
 
     /// Report events lost by this stage as a `loss` event in the next batch.
     fn report_loss(&mut self, events: u64) {
+        self.metrics.spool_dropped(events);
         let mut ev = Event::new(Kind::Loss, Clock::now(), self.node.clone());
         ev.loss = Some(Box::new(Loss {
             spool_dropped: events,
@@ -308,8 +337,10 @@ pub async fn run(
     }
     let mut ex = Exporter {
         node,
+        totals: spool.loss_totals(),
         spool,
         pending: BatchBuf::default(),
+        metrics: metrics.clone(),
         unlogged_drops: 0,
         last_drop_log: None,
     };

@@ -21,6 +21,8 @@ use std::{
 
 use bytes::Bytes;
 
+use crate::event::LossTotals;
+
 /// Sequence numbers reserved per write of `next-seq`.
 const SEQUENCE_BLOCK: u64 = 1024;
 /// Stored batches kept in memory at most (bytes), for sending.
@@ -68,6 +70,8 @@ pub struct Spool {
     /// End of the reserved block (what `next-seq` says).
     reserved: u64,
     stream_id: String,
+    /// The stream's loss totals as last saved.
+    loss_totals: LossTotals,
 }
 
 /// A random id for a new sequence space (32 hex digits from the kernel's
@@ -96,9 +100,70 @@ fn trusted_space(dir: &Path) -> Option<(String, u64)> {
     Some((id.to_owned(), seq))
 }
 
+/// The file holding the stream's loss totals.
+const TOTALS_FILE: &str = "loss-totals";
+
+/// The loss totals as saved: the counters in their field order, one
+/// line, space-separated.
+fn totals_text(t: &LossTotals) -> String {
+    let v = [
+        t.exec,
+        t.exit,
+        t.fork,
+        t.network,
+        t.read_errors,
+        t.connect_untracked,
+        t.decode_errors,
+        t.spool_dropped,
+    ];
+    let mut s = v.map(|n| n.to_string()).join(" ");
+    s.push('\n');
+    s
+}
+
+/// Saved loss totals, or None when the text is not 8 numbers.
+fn parse_totals(text: &str) -> Option<LossTotals> {
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [exec, exit, fork, network, read_errors, connect_untracked, decode_errors, spool_dropped] =
+        v[..]
+    else {
+        return None;
+    };
+    Some(LossTotals {
+        exec,
+        exit,
+        fork,
+        network,
+        read_errors,
+        connect_untracked,
+        decode_errors,
+        spool_dropped,
+    })
+}
+
+/// The loss totals saved for the stream in `dir`: none saved yet is
+/// zero; an unreadable file is zero too, said in the log (the totals then
+/// under-count what the stream lost before).
+fn saved_totals(dir: &Path) -> LossTotals {
+    let path = dir.join(TOTALS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_totals(&text).unwrap_or_else(|| {
+            tracing::warn!(file = %path.display(), "loss totals unreadable; counting from zero");
+            LossTotals::default()
+        }),
+        Err(_) => LossTotals::default(),
+    }
+}
+
 /// Start a new sequence space: a fresh stream id, saved.
 fn new_space(dir: &Path) -> Result<String, SpoolError> {
     let had_one = dir.join("stream-id").exists() || dir.join("next-seq").exists();
+    // a new stream counts its losses from zero
+    let _ = std::fs::remove_file(dir.join(TOTALS_FILE));
     let id = new_stream_id();
     let id_path = dir.join("stream-id");
     let tmp = dir.join("stream-id.tmp");
@@ -154,6 +219,7 @@ impl Spool {
             Some((id, stored)) => (id, stored.max(after_files)),
             None => (new_space(dir)?, after_files),
         };
+        let loss_totals = saved_totals(dir);
         Ok(Spool {
             dir: dir.to_owned(),
             max_bytes,
@@ -163,12 +229,33 @@ impl Spool {
             next_seq,
             reserved: 0,
             stream_id,
+            loss_totals,
         })
     }
 
     /// The id of this spool's sequence space.
     pub fn stream_id(&self) -> &str {
         &self.stream_id
+    }
+
+    /// The stream's loss totals as last saved (zero for a new stream).
+    pub fn loss_totals(&self) -> LossTotals {
+        self.loss_totals
+    }
+
+    /// Save the stream's loss totals (write then rename: a crash leaves
+    /// the old or the new totals, never half of them).
+    pub fn save_loss_totals(&mut self, t: &LossTotals) -> Result<(), SpoolError> {
+        if *t == self.loss_totals {
+            return Ok(());
+        }
+        let p = self.dir.join(TOTALS_FILE);
+        let tmp = self.dir.join("loss-totals.tmp");
+        spyglass_proto::files::write_private(&tmp, totals_text(t))
+            .and_then(|_| std::fs::rename(&tmp, &p))
+            .map_err(|source| SpoolError::File { path: p, source })?;
+        self.loss_totals = *t;
+        Ok(())
     }
 
     /// Events in the stored batch `seq`.
@@ -370,6 +457,51 @@ mod tests {
             std::fs::read_dir(&d).unwrap().count(),
             3,
             "batch, next-seq, stream-id"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn loss_totals_continue_with_the_stream_and_restart_with_a_new_one() {
+        let d = dir("totals");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!(s.loss_totals(), LossTotals::default());
+        s.next_sequence().unwrap(); // the stream's counter is saved
+        let t = LossTotals {
+            exec: 1,
+            exit: 2,
+            fork: 3,
+            network: 4,
+            read_errors: 5,
+            connect_untracked: 6,
+            decode_errors: 7,
+            spool_dropped: 8,
+        };
+        s.save_loss_totals(&t).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.join(TOTALS_FILE)).unwrap(),
+            "1 2 3 4 5 6 7 8\n"
+        );
+        assert_eq!(parse_totals(&totals_text(&t)), Some(t));
+        for bad in ["", "1 2 3", "1 2 3 4 5 6 7 8 9", "1 2 3 4 5 6 7 x"] {
+            assert_eq!(parse_totals(bad), None, "{bad:?}");
+        }
+        assert_eq!(Spool::open(&d, 1 << 20).unwrap().loss_totals(), t);
+        // a torn file counts from zero (and says so)
+        std::fs::write(d.join(TOTALS_FILE), "1 2").unwrap();
+        assert_eq!(
+            Spool::open(&d, 1 << 20).unwrap().loss_totals(),
+            LossTotals::default()
+        );
+        // a new stream id starts from zero
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        s.next_sequence().unwrap();
+        s.save_loss_totals(&t).unwrap();
+        assert_eq!(Spool::open(&d, 1 << 20).unwrap().loss_totals(), t);
+        std::fs::write(d.join("next-seq"), "").unwrap();
+        assert_eq!(
+            Spool::open(&d, 1 << 20).unwrap().loss_totals(),
+            LossTotals::default()
         );
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -173,6 +173,9 @@ pub fn text_line(ev: &Event) -> String {
             l.read_errors,
             l.connect_untracked
         ));
+        if let Some(t) = &l.totals {
+            line.push_str(&format!(" total_lost={}", t.lost()));
+        }
     }
     if let Some(a) = &ev.agent {
         line.push_str(&format!(" {} v{} kernel={}", a.state, a.version, a.kernel));
@@ -371,7 +374,7 @@ mod tests {
         assert_eq!(
             want[1],
             "19:48:38.856 loss    LOST 25 stage=kernel exec=1 exit=2 fork=3 network=4 decode=7 \
-             spool_dropped=8 (delivered: read_errors=5 connect_untracked=6)"
+             spool_dropped=8 (delivered: read_errors=5 connect_untracked=6) total_lost=85"
         );
     }
 }

@@ -8,15 +8,31 @@ use tracing::warn;
 
 use super::reader::ReaderStats;
 use crate::{
-    event::{Loss, LossStage},
+    event::{Loss, LossStage, LossTotals},
     metrics::Metrics,
 };
 
 /// Totals summed over CPUs, indexed by `agent_common::counter`.
 pub type Totals = [u64; counter::COUNT as usize];
 
-/// Loss since `prev`, or None when nothing moved.
-pub fn delta(prev: &Totals, cur: &Totals, decode_errors: u64) -> Option<Loss> {
+/// What the kernel counters and the decode errors say so far.
+fn totals(cur: &Totals, decode_errors: u64) -> LossTotals {
+    let c = |i: u32| cur[i as usize];
+    LossTotals {
+        exec: c(counter::EXEC_DROPPED),
+        exit: c(counter::EXIT_DROPPED),
+        fork: c(counter::FORK_DROPPED),
+        network: c(counter::NET_DROPPED),
+        read_errors: c(counter::READ_ERRORS),
+        connect_untracked: c(counter::CONNECT_TRACK_FULL),
+        decode_errors,
+        spool_dropped: 0,
+    }
+}
+
+/// Loss since `prev` (`prev_decode` decode errors then, `decode` now),
+/// with the totals since the agent started, or None when nothing moved.
+pub fn delta(prev: &Totals, cur: &Totals, prev_decode: u64, decode: u64) -> Option<Loss> {
     let d = |i: u32| cur[i as usize].saturating_sub(prev[i as usize]);
     let loss = Loss {
         stage: LossStage::Kernel,
@@ -26,10 +42,14 @@ pub fn delta(prev: &Totals, cur: &Totals, decode_errors: u64) -> Option<Loss> {
         network: d(counter::NET_DROPPED),
         read_errors: d(counter::READ_ERRORS),
         connect_untracked: d(counter::CONNECT_TRACK_FULL),
-        decode_errors,
+        decode_errors: decode.saturating_sub(prev_decode),
         spool_dropped: 0,
+        totals: None,
     };
-    (loss != Loss::new(LossStage::Kernel)).then_some(loss)
+    (loss != Loss::new(LossStage::Kernel)).then_some(Loss {
+        totals: Some(totals(cur, decode)),
+        ..loss
+    })
 }
 
 /// Reads the kernel's per-CPU loss counters and the reader's decode
@@ -67,7 +87,7 @@ impl LossReporter {
     pub fn poll(&mut self, metrics: &Metrics) -> Option<Loss> {
         let cur = self.read();
         let decode = self.stats.decode_errors.load(Ordering::Relaxed);
-        let loss = delta(&self.prev, &cur, decode - self.prev_decode);
+        let loss = delta(&self.prev, &cur, self.prev_decode, decode);
         self.prev = cur;
         self.prev_decode = decode;
         let l = loss?;
@@ -83,6 +103,17 @@ impl LossReporter {
         );
         Some(l)
     }
+
+    /// The last read, at stop, once nothing can add to the counters (the
+    /// probes are detached and the ring buffer drained): always a loss
+    /// event, with zero counts when nothing moved, so the final totals
+    /// are said.
+    pub fn poll_final(&mut self, metrics: &Metrics) -> Loss {
+        self.poll(metrics).unwrap_or_else(|| Loss {
+            totals: Some(totals(&self.prev, self.prev_decode)),
+            ..Loss::new(LossStage::Kernel)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -90,13 +121,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reports_only_movement() {
+    fn reports_only_movement_with_totals_since_start() {
         let a: Totals = [1, 0, 0, 4, 0, 0, 0, 0];
-        assert_eq!(delta(&a, &a, 0), None);
+        assert_eq!(delta(&a, &a, 0, 0), None);
         let b: Totals = [3, 0, 0, 4, 1, 0, 0, 0];
-        let l = delta(&a, &b, 0).unwrap();
+        let l = delta(&a, &b, 2, 2).unwrap();
         assert_eq!((l.exec, l.network, l.read_errors), (2, 0, 1));
-        let l = delta(&a, &a, 5).unwrap();
+        let t = l.totals.unwrap();
+        assert_eq!(
+            (t.exec, t.network, t.read_errors, t.decode_errors),
+            (3, 4, 1, 2)
+        );
+        let l = delta(&a, &a, 1, 6).unwrap();
         assert_eq!(l.decode_errors, 5);
+        assert_eq!(l.totals.unwrap().decode_errors, 6);
     }
 }

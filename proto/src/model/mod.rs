@@ -132,7 +132,8 @@ pub struct Network {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Loss {
     pub stage: LossStage,
-    /// Records dropped since the previous loss event, by record kind.
+    /// Records dropped since the previous loss event of this stage, by
+    /// record kind.
     pub exec: u64,
     pub exit: u64,
     pub fork: u64,
@@ -145,6 +146,54 @@ pub struct Loss {
     pub decode_errors: u64,
     /// Events in batches dropped because the spool was full (stage agent).
     pub spool_dropped: u64,
+    /// Running totals of every counter, both stages, since the stream
+    /// began: a later loss event still accounts for every earlier drop,
+    /// even when the loss events that reported them were lost too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<LossTotals>,
+}
+
+/// Every loss counter summed since the stream began (`loss.totals`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LossTotals {
+    pub exec: u64,
+    pub exit: u64,
+    pub fork: u64,
+    pub network: u64,
+    pub read_errors: u64,
+    pub connect_untracked: u64,
+    pub decode_errors: u64,
+    pub spool_dropped: u64,
+}
+
+impl LossTotals {
+    /// Add the counts of one loss event (its own, not its totals);
+    /// saturating.
+    pub fn add(&mut self, l: &Loss) {
+        let add = |t: &mut u64, v: u64| *t = t.saturating_add(v);
+        add(&mut self.exec, l.exec);
+        add(&mut self.exit, l.exit);
+        add(&mut self.fork, l.fork);
+        add(&mut self.network, l.network);
+        add(&mut self.read_errors, l.read_errors);
+        add(&mut self.connect_untracked, l.connect_untracked);
+        add(&mut self.decode_errors, l.decode_errors);
+        add(&mut self.spool_dropped, l.spool_dropped);
+    }
+
+    /// Events lost in all, as [`Loss::total`] counts them.
+    pub fn lost(&self) -> u64 {
+        [
+            self.exec,
+            self.exit,
+            self.fork,
+            self.network,
+            self.decode_errors,
+            self.spool_dropped,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
+    }
 }
 
 impl Loss {
@@ -160,6 +209,7 @@ impl Loss {
             connect_untracked: 0,
             decode_errors: 0,
             spool_dropped: 0,
+            totals: None,
         }
     }
 

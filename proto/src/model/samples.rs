@@ -182,6 +182,16 @@ pub fn loss() -> Event {
         connect_untracked: 6,
         decode_errors: 7,
         spool_dropped: 8,
+        totals: Some(LossTotals {
+            exec: 11,
+            exit: 12,
+            fork: 13,
+            network: 14,
+            read_errors: 15,
+            connect_untracked: 16,
+            decode_errors: 17,
+            spool_dropped: 18,
+        }),
     }));
     ev
 }

@@ -371,6 +371,16 @@ fn loss_to(l: &Loss) -> w::Loss {
         connect_untracked: l.connect_untracked,
         decode_errors: l.decode_errors,
         spool_dropped: l.spool_dropped,
+        totals: l.totals.map(|t| w::LossTotals {
+            exec: t.exec,
+            exit: t.exit,
+            fork: t.fork,
+            network: t.network,
+            read_errors: t.read_errors,
+            connect_untracked: t.connect_untracked,
+            decode_errors: t.decode_errors,
+            spool_dropped: t.spool_dropped,
+        }),
     }
 }
 
@@ -385,6 +395,16 @@ fn loss_from(l: &w::Loss) -> Loss {
         connect_untracked: l.connect_untracked,
         decode_errors: l.decode_errors,
         spool_dropped: l.spool_dropped,
+        totals: l.totals.as_ref().map(|t| LossTotals {
+            exec: t.exec,
+            exit: t.exit,
+            fork: t.fork,
+            network: t.network,
+            read_errors: t.read_errors,
+            connect_untracked: t.connect_untracked,
+            decode_errors: t.decode_errors,
+            spool_dropped: t.spool_dropped,
+        }),
     }
 }
 
