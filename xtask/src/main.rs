@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout)]
 mod bench;
 mod compare;
+mod fuzz;
 mod image;
 mod images;
 mod kernels;
@@ -56,6 +57,12 @@ commands:
                  Spyglass vs auditd vs bpftrace vs nothing on exec, connect,
                  unrelated-syscall and mixed workloads, plus a zero-loss ramp;
                  writes bench-results/compare.{md,svg}
+  fuzz TARGET [--seconds N | --cases N]
+                 run one fuzz target (a property test over hostile input) for
+                 N seconds (default 60) or N cases; `cargo xtask fuzz list`
+                 lists them (decode, policy, config, spool, proc-*, batch,
+                 render). `test` runs each with a few hundred cases; a failure
+                 is saved under CRATE/proptest-regressions/: commit it
   ci             what .ci/run does: test, then a tiny bench to check it runs
 ";
 
@@ -113,6 +120,7 @@ fn main() -> Result<()> {
             build()?;
             bench::run(rest.iter().any(|a| a == "--quick"))
         }
+        "fuzz" => fuzz::run(&rest),
         // internal: the benchmark's load generator (a separate process)
         "loadgen" => bench::loadgen(&rest),
         "ci" => {
