@@ -4,11 +4,13 @@ mod delivery;
 #[cfg(test)]
 mod fuzz;
 mod identity;
+mod idle;
 mod ledger;
 mod metrics;
 mod ocsf;
 mod output;
 mod service;
+mod streams;
 mod syslog;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -90,6 +92,37 @@ struct Cli {
     /// every one connected, its batches are refused (RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 50_000)]
     max_agents: usize,
+    /// Most agent streams open at once, all clients together; one more
+    /// is refused (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 10_000)]
+    max_streams: usize,
+    /// Most streams open at once from one peer IP address. Raise it when
+    /// agents reach the collector through a proxy or SNAT.
+    #[arg(long, default_value_t = 64)]
+    max_streams_per_ip: usize,
+    /// Most streams open at once per client certificate (mutual TLS): an
+    /// agent holds one, two for a moment while it reconnects.
+    #[arg(long, default_value_t = 4)]
+    max_streams_per_cert: usize,
+    /// Most streams a client may open on one HTTP/2 connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS); an agent uses one.
+    #[arg(long, default_value_t = 8)]
+    max_streams_per_connection: u32,
+    /// Most gRPC connections open at once; one more is closed when
+    /// accepted.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Close a gRPC connection that sends nothing for this many seconds
+    /// (a silent client, a stalled TLS handshake, HTTP/2 preface or
+    /// message). Live clients answer the keepalive pings, so keep it above
+    /// twice --keepalive-interval.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Seconds between the HTTP/2 pings the collector sends on every
+    /// connection; a connection whose ping is not answered within the
+    /// same time is closed.
+    #[arg(long, default_value_t = 20)]
+    keepalive_interval: u64,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address
     /// (ADDR:PORT, plain HTTP). Off when not given.
     #[arg(long)]
@@ -163,6 +196,11 @@ async fn run(cli: Cli) -> Result<()> {
         max_events_per_sec: cli.max_events_per_sec,
         max_agents: cli.max_agents,
         identities,
+        streams: streams::Streams::new(streams::StreamLimits {
+            total: cli.max_streams,
+            per_ip: cli.max_streams_per_ip,
+            per_cert: cli.max_streams_per_cert,
+        }),
         metrics,
     });
 
@@ -234,12 +272,19 @@ async fn run(cli: Cli) -> Result<()> {
         Ok(req)
     };
 
-    let mut builder = Server::builder();
+    let idle_timeout = Duration::from_secs(cli.idle_timeout.max(1));
+    let keepalive = Duration::from_secs(cli.keepalive_interval.max(1));
+    let mut builder = Server::builder()
+        .max_concurrent_streams(cli.max_streams_per_connection.max(1))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive));
     if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            read(cert, "TLS certificate")?,
-            read(key, "TLS key")?,
-        ));
+        let mut tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                read(cert, "TLS certificate")?,
+                read(key, "TLS key")?,
+            ))
+            .timeout(idle_timeout);
         if let Some(ca) = &cli.client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
         }
@@ -269,7 +314,7 @@ async fn run(cli: Cli) -> Result<()> {
             metrics::answer(&m.metrics, &m.agents, path)
         }));
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = idle::incoming(listener, idle_timeout, cli.max_connections.max(1));
     // On SIGTERM/SIGINT: stop accepting, give open streams a moment, then
     // exit even if agents keep their streams open; agents resend whatever
     // was not acknowledged, and the ledger drops what was already written.

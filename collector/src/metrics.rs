@@ -27,6 +27,8 @@ pub struct Metrics {
     pub agent_reported_lost: AtomicU64,
     /// Streams ended with an error status (malformed, oversized, ...).
     pub bad_streams: AtomicU64,
+    /// Streams refused for a limit (`--max-streams*`).
+    pub refused_streams: AtomicU64,
     pub output_errors: AtomicU64,
     /// The last output write failed (cleared by the next success).
     pub output_failing: AtomicBool,
@@ -151,6 +153,12 @@ impl Metrics {
                 "Agent streams ended with an error (malformed or oversized messages, bad batches).",
                 "counter",
                 get(&self.bad_streams),
+            ),
+            (
+                "spyglass_collector_refused_streams_total",
+                "Agent streams refused because a limit on open streams was reached (--max-streams, --max-streams-per-ip, --max-streams-per-cert).",
+                "counter",
+                get(&self.refused_streams),
             ),
             (
                 "spyglass_collector_output_errors_total",

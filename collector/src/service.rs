@@ -56,6 +56,8 @@ pub struct Shared {
     /// Node ids bound to client certificates (mutual TLS), with the
     /// extra ids of `--node-identities`; `None`: not bound.
     pub identities: Option<crate::identity::NodeIdentities>,
+    /// Streams open, per peer address and client certificate.
+    pub streams: crate::streams::Streams,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -220,10 +222,26 @@ impl Collector for CollectorService {
             }
             None => None,
         };
+        let permit = self
+            .shared
+            .streams
+            .admit(
+                request.remote_addr().map(|a| a.ip()),
+                binding.as_ref().map(|b| b.cert.as_str()),
+            )
+            .inspect_err(|s| {
+                warn!(%peer, message = s.message(), "stream refused");
+                self.shared
+                    .metrics
+                    .refused_streams
+                    .fetch_add(1, Ordering::Relaxed);
+            })?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let svc = self.clone();
         tokio::spawn(async move {
+            // the stream's place, freed when it ends
+            let _permit = permit;
             let mut node: Option<String> = None;
             let mut window_start = Instant::now();
             let mut window_events = 0u64;

@@ -1,22 +1,38 @@
 //! The HTTP side of the API: Prometheus `/metrics` and the `/healthz` and
 //! `/readyz` probes, served the same way by the agent and the collector
 //! (feature `endpoints`). Each binary supplies what the paths answer.
-use std::{fmt::Write as _, sync::Arc};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::{debug, info, warn};
 
 /// What a path answers: HTTP status code and a text body.
 pub type Answer = (u16, String);
 
-/// Serve `answer(path)` on `listener` until the process ends.
+/// Most connections served at once; one more is closed when accepted
+/// (a Prometheus server and the kubelet's probes need a few).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Time a client has to send its request's head (request line and
+/// headers); a client that sends half a request line is cut off then.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a connection may stay open in all, reading the request and
+/// writing the answer (a client that reads the answer slowly is cut off).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serve `answer(path)` on `listener` until the process ends: one
+/// request per connection, at most [`MAX_CONNECTIONS`] at once, each
+/// closed after [`HEADER_READ_TIMEOUT`] without a whole request head and
+/// after [`CONNECTION_TIMEOUT`] in all.
 pub async fn serve<F>(listener: tokio::net::TcpListener, answer: F)
 where
     F: Fn(&str) -> Answer + Send + Sync + 'static,
 {
     let answer = Arc::new(answer);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "metrics and health endpoints listening");
     }
@@ -25,22 +41,33 @@ where
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "metrics accept failed");
+                // EMFILE and the like: do not spin
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics connection closed: {MAX_CONNECTIONS} already open");
+            continue;
+        };
         let answer = answer.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (code, body) = answer(req.uri().path());
                 let mut r = Response::new(Full::new(Bytes::from(body)));
                 *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
                 async move { Ok::<_, std::convert::Infallible>(r) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(%peer, error = %e, "metrics connection");
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection"),
+                Err(_) => debug!(%peer, "metrics connection closed: open too long"),
             }
         });
     }

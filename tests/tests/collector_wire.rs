@@ -1136,3 +1136,192 @@ fn collector_writes_the_agents_json_unchanged() {
     );
     agent.stop();
 }
+
+/// Read from `s` until the server closes the connection; true when it
+/// did (EOF or reset) within `wait`.
+fn closed_by_server(s: &mut std::net::TcpStream, wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// An HTTP/2 frame: 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// HPACK literal header fields without indexing (names and values under
+/// 127 bytes).
+fn hpack(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (n, v) in headers {
+        b.push(0);
+        b.push(n.len() as u8);
+        b.extend(n.as_bytes());
+        b.push(v.len() as u8);
+        b.extend(v.as_bytes());
+    }
+    b
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[test]
+fn a_client_cannot_hold_streams_or_connections_for_ever() {
+    let _g = serial();
+    let dir = scratch("limits");
+    let metrics = free_port();
+    let col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &[
+            "--max-streams-per-ip",
+            "2",
+            "--idle-timeout",
+            "2",
+            "--keepalive-interval",
+            "1",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ],
+    );
+    rt().block_on(async {
+        // Two streams held open from 127.0.0.1, each with a batch acked.
+        let mut held = Vec::new();
+        for (i, node) in ["lim-1", "lim-2"].into_iter().enumerate() {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(4);
+            let mut c = CollectorClient::new(plain(col.port).await);
+            let mut acks = c
+                .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            tx.send(batch(node, 1, vec![exec_event(node, "held")]))
+                .await
+                .unwrap();
+            assert_eq!(
+                acks.next().await.unwrap().unwrap().sequence,
+                1,
+                "stream {i}"
+            );
+            held.push((tx, acks));
+        }
+        let third = || async {
+            publish(
+                plain(col.port).await,
+                None,
+                vec![batch("lim-3", 1, vec![exec_event("lim-3", "third")])],
+            )
+            .await
+        };
+        let err = third().await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert_eq!(
+            err.message(),
+            "peer address 127.0.0.1 already has 2 streams open, the most allowed \
+             (--max-streams-per-ip); close one or raise --max-streams-per-ip"
+        );
+        // One ends: its place is free again.
+        held.pop();
+        let mut tries = 0;
+        let acks = loop {
+            match third().await {
+                Ok(a) => break a,
+                Err(e) if tries < 100 && e.code() == Code::ResourceExhausted => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("after a stream ended: {e:?}"),
+            }
+        };
+        assert_eq!(acks[0].sequence, 1);
+    });
+
+    let wait = Duration::from_secs(60);
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", col.port)).unwrap();
+    // Connects and sends nothing.
+    let mut silent = connect();
+    // Half of the HTTP/2 preface.
+    let mut half = connect();
+    half.write_all(&H2_PREFACE[..10]).unwrap();
+    // A whole preface and SETTINGS, a Publish call's headers, then five
+    // bytes of a 1000-byte message, and nothing more (no ping answered).
+    let mut stalled = connect();
+    let mut msg = H2_PREFACE.to_vec();
+    msg.extend(h2_frame(4, 0, 0, &[]));
+    let headers = hpack(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/spyglass.v1.Collector/Publish"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]);
+    msg.extend(h2_frame(1, 4, 1, &headers));
+    msg.extend(h2_frame(0, 0, 1, &[0, 0, 0, 3, 0xe8]));
+    stalled.write_all(&msg).unwrap();
+    for (what, s) in [
+        ("silent", &mut silent),
+        ("half preface", &mut half),
+        ("stalled message", &mut stalled),
+    ] {
+        assert!(
+            closed_by_server(s, wait),
+            "{what}: connection still open after {wait:?}"
+        );
+    }
+
+    // The metrics endpoint: half a request line.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+    slow.write_all(b"GET /metr").unwrap();
+    assert!(
+        closed_by_server(&mut slow, wait),
+        "metrics: half a request line held"
+    );
+    // and connections beyond the limit (64) are closed at once, the
+    // others still served
+    let idle: Vec<_> = (0..64)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap())
+        .collect();
+    let mut over = std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+    assert!(
+        closed_by_server(&mut over, wait),
+        "metrics: connection over the limit kept"
+    );
+    drop(idle);
+    eventually("metrics served again", wait, || {
+        std::net::TcpStream::connect(("127.0.0.1", metrics)).ok()?;
+        let (code, body) = http_get(metrics, "/healthz");
+        (code == 200 && body == "ok\n").then_some(())
+    });
+    // the collector still serves agents
+    rt().block_on(async {
+        let acks = publish(
+            plain(col.port).await,
+            None,
+            vec![batch("lim-4", 1, vec![exec_event("lim-4", "after")])],
+        )
+        .await
+        .unwrap();
+        assert_eq!(acks[0].sequence, 1);
+    });
+}
