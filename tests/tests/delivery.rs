@@ -398,3 +398,113 @@ fn full_spool_drops_oldest_batches_and_the_last_loss_event_counts_them_all() {
     });
     agent.stop();
 }
+
+/// The syscalls of the agent's spool as strace saw them: (call, the
+/// paths it names), in order.
+fn spool_calls(trace: &std::path::Path, spool: &std::path::Path) -> Vec<(String, String)> {
+    let spool = spool.to_str().unwrap();
+    std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(spool) && l.contains(" = 0"))
+        .filter_map(|l| {
+            let call = l.split_whitespace().nth(1)?;
+            let (name, args) = call.split_once('(')?;
+            Some((name.to_owned(), l[l.find(args)?..].replace(spool, "SPOOL")))
+        })
+        .collect()
+}
+
+/// Power cut: a batch the agent counts as spooled is on disk. Each batch
+/// file is fdatasync'ed under its temporary name before the rename gives
+/// it its name (a name never holds half a batch), the directory is
+/// fsynced after the renames (group commit: at most one sync per batch,
+/// never per event), and the sequence counter is synced and its rename
+/// made durable before any batch uses a number from it.
+#[test]
+fn spool_writes_are_synced_before_their_rename_and_group_committed() {
+    require_root();
+    let _g = serial();
+    assert!(
+        std::path::Path::new("/usr/bin/strace").exists(),
+        "/usr/bin/strace is missing: run `cargo xtask setup` (it installs strace)"
+    );
+    let dir = scratch("durable");
+    let spool = dir.join("spool");
+    let trace = dir.join("strace.txt");
+    // nothing listens: every batch stays in the spool
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new("/usr/bin/strace");
+    cmd.args(["-f", "-y", "-qq", "-e"])
+        .arg("trace=fdatasync,fsync,rename,renameat,renameat2")
+        .arg("-o")
+        .arg(&trace)
+        .arg(agent_bin())
+        .args(["run", "--no-snapshot", "--collector", &url, "--spool-dir"])
+        .arg(&spool)
+        .env("RUST_LOG", "warn");
+    let mut agent = Agent::spawn(cmd);
+    let mark = marker("durable");
+    const N: usize = 40;
+    exec_series(&mark, N, Duration::from_millis(20))
+        .join()
+        .unwrap();
+    // SIGTERM to the agent (strace's child), then strace ends with it
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.child.id())).unwrap();
+    let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: signalling the agent this test started (under strace).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "agent under strace exited with {status}");
+
+    let calls = spool_calls(&trace, &spool);
+    let renames: Vec<&String> = calls
+        .iter()
+        .filter(|(c, a)| c.starts_with("rename") && a.contains(".batch\""))
+        .map(|(_, a)| a)
+        .collect();
+    assert!(renames.len() >= 2, "batches should be spooled: {calls:#?}");
+    let (mut synced_tmp, mut dir_synced) = (false, false);
+    let (mut seq_renamed, mut seq_durable) = (false, false);
+    let (mut dir_syncs, mut batch_syncs) = (0, 0);
+    for (call, args) in &calls {
+        let sync = call == "fdatasync" || call == "fsync";
+        let rename = call.starts_with("rename");
+        if sync && args.contains("<SPOOL/batch.tmp>") {
+            synced_tmp = true;
+            batch_syncs += 1;
+        } else if sync && args.contains("<SPOOL>") {
+            dir_synced = true;
+            dir_syncs += 1;
+            seq_durable |= seq_renamed;
+        } else if rename && args.contains("SPOOL/next-seq.tmp\"") {
+            seq_renamed = true;
+        } else if rename && args.contains("SPOOL/batch.tmp\"") {
+            assert!(
+                synced_tmp,
+                "a batch renamed into place before its data was synced: {args}"
+            );
+            assert!(
+                seq_durable,
+                "a batch stored before the sequence counter was durable: {args}"
+            );
+            synced_tmp = false;
+            dir_synced = false;
+        }
+    }
+    assert!(
+        dir_synced,
+        "the spool directory was not synced after the last rename: {calls:#?}"
+    );
+    eprintln!(
+        "{} batches spooled: {batch_syncs} data syncs, {dir_syncs} directory syncs",
+        renames.len()
+    );
+    assert!(
+        batch_syncs == renames.len() && dir_syncs <= renames.len() + 2,
+        "one data sync per batch and at most one directory sync per batch \
+         (plus the counter and stream id): {batch_syncs} and {dir_syncs} for {} batches",
+        renames.len()
+    );
+}

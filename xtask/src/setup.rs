@@ -15,7 +15,8 @@ use crate::sh;
 /// - rsyslog: the syslog output is tested against a real rsyslog;
 /// - containerd, runc: the container runtime the agent attributes events
 ///   with (and the tests run real containers under);
-/// - busybox-static: the one binary in the test images.
+/// - busybox-static: the one binary in the test images;
+/// - strace: a test checks the order of the spool's syncs and renames.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -26,6 +27,7 @@ const PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "busybox-static",
+    "strace",
 ];
 
 /// containerd's API socket (the agent's default).

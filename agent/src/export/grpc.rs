@@ -3,7 +3,9 @@
 //! collector outages and agent restarts.
 //!
 //! Every batch gets the next sequence number and is written to the spool
-//! before it is sent; an ack deletes it. After any disconnect the exporter
+//! before it is sent; an ack deletes it. Spool writes are group-committed
+//! (one directory sync per `batch_linger_ms` or per few batches), and the
+//! pipeline's queue room for the events is given back only then. After any disconnect the exporter
 //! reconnects with jittered exponential backoff and resends every spooled
 //! batch in order; the collector drops the ones it already wrote. When the
 //! spool is full, the oldest batches are dropped and a `loss` event
@@ -33,7 +35,7 @@ use crate::{
     clock::Clock,
     config::{CollectorConfig, Compression},
     event::{Event, Kind, Loss, LossStage, LossTotals},
-    pipeline::budget::EventBatch,
+    pipeline::budget::{EventBatch, SINK_BYTES},
 };
 use spyglass_proto::model::wire::to_wire;
 
@@ -56,6 +58,10 @@ pub enum GrpcError {
     #[error("TLS settings rejected: {0}")]
     Tls(String),
 }
+
+/// Batches stored before a group commit at the latest (also every
+/// `batch_linger_ms`).
+const COMMIT_BATCHES: usize = 4;
 
 /// Jittered exponential backoff, 100 ms doubling to `max`.
 struct Backoff {
@@ -197,6 +203,13 @@ struct Exporter {
     /// each loss event it sends and saved in the spool.
     totals: LossTotals,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The pipeline's batches encoded here but not yet durable in the
+    /// spool: their room in the pipeline's queue is given back only at
+    /// the group commit, so a slow disk holds the pipeline back (and
+    /// the kernel counts what it then drops) instead of events being
+    /// taken as safe before they are on disk.
+    held: Vec<EventBatch>,
+    held_bytes: usize,
     /// Spool drops not yet logged (the log is rate-limited; the loss
     /// events are not).
     unlogged_drops: u64,
@@ -283,6 +296,39 @@ impl Exporter {
         }
     }
 
+    /// Take the pipeline's batch: encoded into the pending batch, held
+    /// until committed. Sealed when full; committed after a few batches
+    /// or when the held bytes near the queue's bound.
+    fn take(&mut self, mut evs: EventBatch, cfg: &CollectorConfig) {
+        for ev in evs.iter() {
+            self.push(ev);
+        }
+        // the events themselves are no longer needed, only their room
+        evs.clear();
+        evs.shrink_to_fit();
+        self.held_bytes += evs.bytes();
+        self.held.push(evs);
+        if self.pending.events() >= cfg.batch_max_events as u64
+            || self.pending.len() >= cfg.batch_max_bytes
+        {
+            self.flush();
+        }
+        if self.spool.uncommitted() >= COMMIT_BATCHES || self.held_bytes >= SINK_BYTES / 2 {
+            self.flush();
+            self.commit();
+        }
+    }
+
+    /// Group commit: one sync makes every batch stored since the last one
+    /// durable; the pipeline's room for them is then given back.
+    fn commit(&mut self) {
+        if let Err(e) = self.spool.commit() {
+            warn!(error = %e, "cannot sync the spool directory; the batches since the last sync may not survive a power cut");
+        }
+        self.held.clear();
+        self.held_bytes = 0;
+    }
+
     /// Drop a stored batch the collector refuses for good, as a loss.
     fn drop_poisoned(&mut self, seq: u64, why: &str) {
         let n = self.spool.events_in(seq);
@@ -341,6 +387,8 @@ pub async fn run(
         spool,
         pending: BatchBuf::default(),
         metrics: metrics.clone(),
+        held: Vec::new(),
+        held_bytes: 0,
         unlogged_drops: 0,
         last_drop_log: None,
     };
@@ -404,6 +452,7 @@ pub async fn run(
         }
         if let Some(deadline) = closing {
             ex.flush();
+            ex.commit();
             if ex.spool.is_empty() || tokio::time::Instant::now() >= deadline {
                 if !ex.spool.is_empty() {
                     info!(
@@ -419,23 +468,18 @@ pub async fn run(
         }
         tokio::select! {
             evs = rx.recv(), if closing.is_none() => match evs {
-                Some(evs) => {
-                    for ev in evs.iter() {
-                        ex.push(ev);
-                    }
-                    // encoded: its room in the pipeline's queue is free
-                    drop(evs);
-                    if ex.pending.events() >= cfg.batch_max_events as u64 || ex.pending.len() >= cfg.batch_max_bytes {
-                        ex.flush();
-                    }
-                }
+                Some(evs) => ex.take(evs, &cfg),
                 None => {
                     ex.flush();
+                    ex.commit();
                     closing = Some(tokio::time::Instant::now()
                         + Duration::from_millis(cfg.shutdown_grace_ms));
                 }
             },
-            _ = linger.tick() => ex.flush(),
+            _ = linger.tick() => {
+                ex.flush();
+                ex.commit();
+            }
             ack = next_ack(&mut conn) => match ack {
                 Ok(Some(a)) => {
                     ex.spool.ack(a.sequence);

@@ -10,6 +10,17 @@
 //! (a restart skips the rest of a block; the collector's dedupe needs
 //! only increasing numbers) and a batch costs no write of the counter.
 //!
+//! Durability (what survives a power cut): a batch file is written under
+//! a temporary name, fdatasync'ed, then renamed to its own name, so a
+//! name never holds half a batch. The renames are made durable together
+//! by one fsync of the directory ([`Spool::commit`]): a group commit that
+//! the exporter runs every `batch_linger_ms` and after a few batches,
+//! never per event. A batch is durable once committed; until then a power
+//! cut can lose it (it was in memory too). `next-seq` and `stream-id` are
+//! written the same way and the directory synced before the numbers they
+//! give out are used, so a sequence never repeats after a power cut.
+//! `loss-totals` is not synced: after a power cut it can be older.
+//!
 //! A stored batch is also kept in memory, as the same [`Bytes`] the gRPC
 //! stream sends (up to [`MEMORY_BYTES`]), so sending never reads back a
 //! file written a moment ago; batches beyond that, and those found at
@@ -72,6 +83,8 @@ pub struct Spool {
     stream_id: String,
     /// The stream's loss totals as last saved.
     loss_totals: LossTotals,
+    /// Batches renamed into place since the last directory sync.
+    uncommitted: usize,
 }
 
 /// A random id for a new sequence space (32 hex digits from the kernel's
@@ -98,6 +111,20 @@ fn trusted_space(dir: &Path) -> Option<(String, u64)> {
     let seq = std::fs::read_to_string(dir.join("next-seq")).ok()?;
     let seq: u64 = seq.trim().parse().ok().filter(|n| *n >= 1)?;
     Some((id.to_owned(), seq))
+}
+
+/// Write `data` to `tmp`, flush it to disk (fdatasync), and rename it to
+/// `path`. The new name is durable once the directory is synced.
+fn write_synced(tmp: &Path, path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    spyglass_proto::files::write_private(tmp, data)?;
+    std::fs::File::open(tmp)?.sync_data()?;
+    std::fs::rename(tmp, path)
+}
+
+/// fsync a directory: the names created, renamed and removed in it are
+/// on disk.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The file holding the stream's loss totals.
@@ -167,8 +194,8 @@ fn new_space(dir: &Path) -> Result<String, SpoolError> {
     let id = new_stream_id();
     let id_path = dir.join("stream-id");
     let tmp = dir.join("stream-id.tmp");
-    spyglass_proto::files::write_private(&tmp, &id)
-        .and_then(|_| std::fs::rename(&tmp, &id_path))
+    write_synced(&tmp, &id_path, &id)
+        .and_then(|()| sync_dir(dir))
         .map_err(|source| SpoolError::File {
             path: id_path.clone(),
             source,
@@ -230,6 +257,7 @@ impl Spool {
             reserved: 0,
             stream_id,
             loss_totals,
+            uncommitted: 0,
         })
     }
 
@@ -275,8 +303,9 @@ impl Spool {
             let end = self.next_seq + SEQUENCE_BLOCK;
             let p = self.dir.join("next-seq");
             let tmp = self.dir.join("next-seq.tmp");
-            spyglass_proto::files::write_private(&tmp, end.to_string())
-                .and_then(|_| std::fs::rename(&tmp, &p))
+            // durable before any number of the block is used
+            write_synced(&tmp, &p, end.to_string())
+                .and_then(|()| sync_dir(&self.dir))
                 .map_err(|source| SpoolError::File { path: p, source })?;
             self.reserved = end;
         }
@@ -295,12 +324,12 @@ impl Spool {
             };
             dropped += self.remove(old).map_or(0, |e| e.events);
         }
-        // write then rename: a crash never leaves a half batch under its name
+        // written and synced, then renamed: a crash or a power cut never
+        // leaves a half batch under its name
         let p = self.dir.join(file_name(seq, events));
         let tmp = self.dir.join("batch.tmp");
-        spyglass_proto::files::write_private(&tmp, &data)
-            .and_then(|_| std::fs::rename(&tmp, &p))
-            .map_err(|source| SpoolError::File { path: p, source })?;
+        write_synced(&tmp, &p, &data).map_err(|source| SpoolError::File { path: p, source })?;
+        self.uncommitted += 1;
         let bytes = data.len() as u64;
         self.total += bytes;
         let keep = self.in_memory + bytes <= MEMORY_BYTES;
@@ -327,6 +356,26 @@ impl Spool {
             self.in_memory -= e.bytes;
         }
         Some(e)
+    }
+
+    /// Batches stored since the last [`Spool::commit`].
+    pub fn uncommitted(&self) -> usize {
+        self.uncommitted
+    }
+
+    /// Group commit: one fsync of the directory makes every batch stored
+    /// since the last commit durable (their data was synced before their
+    /// rename). Nothing to do when nothing was stored.
+    pub fn commit(&mut self) -> Result<(), SpoolError> {
+        if self.uncommitted == 0 {
+            return Ok(());
+        }
+        sync_dir(&self.dir).map_err(|source| SpoolError::Dir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        self.uncommitted = 0;
+        Ok(())
     }
 
     /// The collector acknowledged `seq`.
@@ -504,6 +553,35 @@ mod tests {
             LossTotals::default()
         );
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn stored_batches_wait_for_one_group_commit() {
+        let d = dir("commit");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!(s.uncommitted(), 0);
+        for _ in 0..3 {
+            let seq = s.next_sequence().unwrap();
+            s.push(seq, 1, Bytes::from_static(b"a")).unwrap();
+        }
+        assert_eq!(s.uncommitted(), 3);
+        // every batch is under its name, whole, and no temp file is left
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        assert_eq!(names.iter().filter(|n| n.ends_with(".batch")).count(), 3);
+        s.commit().unwrap();
+        assert_eq!(s.uncommitted(), 0);
+        // a commit of nothing is free, and a spool directory that is gone
+        // is an error naming it
+        s.commit().unwrap();
+        let seq = s.next_sequence().unwrap();
+        s.push(seq, 1, Bytes::from_static(b"b")).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+        let e = s.commit().unwrap_err().to_string();
+        assert!(e.contains(&d.display().to_string()), "{e}");
     }
 
     #[test]

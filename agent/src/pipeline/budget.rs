@@ -90,6 +90,13 @@ impl<T> Metered<T> {
     }
 }
 
+impl<T> Metered<T> {
+    /// The bytes it counts against its budget.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 /// A batch of events on its way to a sink.
 pub type EventBatch = Metered<Vec<Event>>;
 
