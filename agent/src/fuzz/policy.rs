@@ -220,9 +220,40 @@ fn document() -> impl Strategy<Value = Value> {
         .prop_map(|(version, settings, rules)| json!({"version": version, "settings": settings, "rules": rules}))
 }
 
+/// A kill policy that is mostly valid: the rules that kill, paths from
+/// the path pool, so accepted policies with kill entries are common.
+fn kill_document() -> impl Strategy<Value = Value> {
+    let entry = (
+        prop::sample::select(vec![
+            "process.exec",
+            "process.writable_path_exec",
+            "process.shell",
+            "process.memfd_exec",
+        ]),
+        prop::sample::select(vec!["kill", "kill", "alert"]),
+        list(path_value()),
+        list(path_value()),
+        any::<bool>(),
+    )
+        .prop_map(|(rule, action, executables, allowed, confirm)| {
+            let mut e = json!({"rule": rule, "action": action, "confirm_broad_kill": confirm});
+            if rule == "process.exec" {
+                e["executables"] = executables;
+            }
+            if allowed.as_array().is_some_and(|a| !a.is_empty()) {
+                e["allow"] = json!({ "executables": allowed });
+            }
+            e
+        });
+    (list(path_value()), prop::collection::vec(entry, 1..4)).prop_map(|(writable, rules)| {
+        json!({"version": 1, "settings": {"writable_paths": writable}, "rules": rules})
+    })
+}
+
 /// The document as YAML: block style, or flow (JSON is YAML).
 fn text() -> impl Strategy<Value = String> {
-    (document(), any::<bool>()).prop_map(|(doc, block)| {
+    let doc = prop_oneof![document(), kill_document()];
+    (doc, any::<bool>()).prop_map(|(doc, block)| {
         if block {
             yaml_serde::to_string(&doc).expect("a JSON value serialises as YAML")
         } else {
@@ -288,11 +319,59 @@ fn promises(p: &policy::Policy) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// What the policy kills in user space, the kernel's plan kills too: no
+/// pattern of a `kill` entry is left out of the kernel's table (a
+/// container with no metadata: the entries without a scope apply).
+fn kernel_kills_what_the_policy_kills(p: &policy::Policy) -> Result<(), TestCaseError> {
+    let meta = crate::container::meta::ContainerMeta::default();
+    let plan = crate::detect::enforce::plan(p, &meta);
+    let planned =
+        |pat: &str, rule: RuleId| plan.exec.iter().any(|(x, r)| x == pat && *r == Some(rule));
+    let mut killed: Vec<(&str, RuleId, &policy::RuleEntry)> = Vec::new();
+    for e in p
+        .custom(RuleId::ProcessExec, &meta)
+        .filter(|e| e.action == Action::Kill)
+    {
+        killed.extend(
+            e.executables
+                .iter()
+                .map(|x| (x.as_str(), RuleId::ProcessExec, e)),
+        );
+    }
+    if let Some(e) = p
+        .effective(RuleId::ProcessWritablePath, &meta)
+        .filter(|e| e.action == Action::Kill)
+        .and_then(|e| e.entry)
+    {
+        killed.extend(
+            p.settings
+                .writable_paths
+                .iter()
+                .map(|w| (w.as_str(), RuleId::ProcessWritablePath, e)),
+        );
+    }
+    for (pat, rule, e) in killed {
+        let allowed = e
+            .allow
+            .executables
+            .iter()
+            .any(|a| policy::path_matches(a, pat));
+        prop_assert!(
+            allowed || planned(pat, rule),
+            "`{pat}` is killed by {rule:?} in user space but not in the kernel's plan"
+        );
+    }
+    Ok(())
+}
+
 /// Parse `text`: no panic; accepted means the promises hold; refused
 /// means the message names the file.
 fn judge(text: &str) -> Result<(), TestCaseError> {
     match policy::parse(text, Path::new(PATH)) {
-        Ok(p) => promises(&p),
+        Ok(p) => {
+            promises(&p)?;
+            kernel_kills_what_the_policy_kills(&p)
+        }
         Err(e) => {
             let msg = e.to_string();
             prop_assert!(msg.contains(PATH), "error does not name the file: {msg}");
