@@ -8,7 +8,12 @@
 //!
 //! Validation must accept exactly the batches within proto/src/limits.rs
 //! whose events speak for their own node; rendering must give one JSON
-//! object per event, on one line, with its delivery. `cargo test` runs
+//! object per event, on one line, with its delivery.
+//!
+//! Target `identity`: the `--node-identities` file, which widens what a
+//! client certificate may publish for: accepted exactly when every name
+//! and node id is shaped like a node id, and then a certificate publishes
+//! for its own names and the ids listed for them, nothing else. `cargo test` runs
 //! each with a small case count; `cargo xtask fuzz batch|render` runs one
 //! for longer; failures are saved under collector/proptest-regressions/.
 use proptest::{prelude::*, test_runner::FileFailurePersistence};
@@ -23,6 +28,7 @@ use spyglass_proto::{
 
 use crate::{
     delivery::Received,
+    identity::{Binding, NodeIdentities},
     output::{Format, LineSink, Outputs},
     syslog,
 };
@@ -393,6 +399,64 @@ proptest! {
     fn render_gives_one_json_object_per_event_with_its_delivery(p in plan()) {
         if let Some(r) = receive(&p.batch().encode_to_vec()) {
             renders(&r)?;
+        }
+    }
+}
+
+/// A word of a `--node-identities` line: a node id, or one that is not.
+fn id_word() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => "[a-z0-9._-]{1,12}",
+        1 => Just("n".repeat(limits::MAX_NODE_ID_LEN + 1)),
+        1 => prop::sample::select(vec!["a/b", "é", "a:b", "<x>", "a,b"]).prop_map(String::from),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn identity_file_binds_names_to_exactly_the_listed_nodes(
+        lines in prop::collection::vec((id_word(), prop::collection::vec(id_word(), 0..3)), 0..5),
+        comment in any::<bool>(),
+        muts in prop::collection::vec(cut(), 0..3),
+    ) {
+        let mut text = String::new();
+        for (name, nodes) in &lines {
+            text.push_str(&format!("{name} {}{}\n", nodes.join(" "), if comment { " # note" } else { "" }));
+        }
+        let valid = |w: &String| limits::node_id_problem(w).is_none();
+        let mut names: Vec<&String> = lines.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        let want_ok = names.len() == lines.len()
+            && lines.iter().all(|(n, ns)| valid(n) && !ns.is_empty() && ns.iter().all(valid));
+        if muts.is_empty() {
+            match NodeIdentities::parse(&text) {
+                Ok(ids) => {
+                    prop_assert!(want_ok, "accepted: {text:?}");
+                    for (name, nodes) in &lines {
+                        let b = Binding::of_names(std::slice::from_ref(name), &ids);
+                        for n in nodes.iter().chain([name]) {
+                            prop_assert!(b.check(n).is_ok(), "{name} may not publish for {n}");
+                        }
+                        let other = format!("{name}-not-listed");
+                        if !lines.iter().any(|(_, ns)| ns.contains(&other)) {
+                            let e = b.check(&other).unwrap_err();
+                            prop_assert_eq!(e.code(), tonic::Code::PermissionDenied);
+                        }
+                    }
+                }
+                Err((line, why)) => {
+                    prop_assert!(!want_ok, "refused ({why}): {text:?}");
+                    prop_assert!(line >= 1 && line <= lines.len(), "line {line}");
+                }
+            }
+        } else {
+            let text = String::from_utf8_lossy(&corrupt(text.into_bytes(), &muts)).into_owned();
+            if let Err((line, _)) = NodeIdentities::parse(&text) {
+                prop_assert!(line >= 1 && line <= text.lines().count(), "line {line}");
+            }
         }
     }
 }

@@ -102,6 +102,13 @@ const TARGETS: &[Target] = &[
         about: "collector: codec scan, decode and validation of hostile batches",
     },
     Target {
+        name: "identity",
+        package: COLLECTOR,
+        binary: COLLECTOR_BIN,
+        filter: "fuzz::identity_",
+        about: "collector: the --node-identities file and certificate bindings",
+    },
+    Target {
         name: "render",
         package: COLLECTOR,
         binary: COLLECTOR_BIN,
