@@ -30,9 +30,15 @@ pub enum LedgerError {
     },
 }
 
-/// The dedupe key of a batch.
+/// The dedupe key of a batch, as the state file writes it.
 pub fn space(node_id: &str, stream_id: &str) -> String {
     format!("{node_id}/{stream_id}")
+}
+
+/// A key of the state file (or of [`scan`]) as node and stream: node ids
+/// hold no `/`.
+fn split_space(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or((key, ""))
 }
 
 /// What to do with an incoming batch.
@@ -44,34 +50,81 @@ pub enum Verdict {
     Duplicate,
 }
 
-#[derive(Debug, Default)]
+/// Sequence spaces kept per node by default (`--dedupe-streams-per-node`).
+/// An agent starts a new stream id only with a new spool (or one whose
+/// counter it cannot trust): it uses one at a time.
+pub const DEFAULT_STREAMS_PER_NODE: usize = 16;
+
+/// The high-water mark of one stream of a node, and when it was last
+/// written (a tick of the ledger's clock), for eviction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mark {
+    stream: String,
+    high: u64,
+    used: u64,
+}
+
+#[derive(Debug)]
 pub struct Ledger {
-    high: HashMap<String, u64>,
+    /// Per node, its streams' marks (at most `per_node`).
+    nodes: HashMap<String, Vec<Mark>>,
+    /// Most streams kept per node: one more evicts the one written
+    /// longest ago, so a node inventing stream ids cannot grow the state.
+    per_node: usize,
+    clock: u64,
     path: Option<PathBuf>,
     dirty: bool,
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            nodes: HashMap::new(),
+            per_node: DEFAULT_STREAMS_PER_NODE,
+            clock: 0,
+            path: None,
+            dirty: false,
+        }
+    }
+}
+
+/// The state file: every stream's mark, the one written longest ago first.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StateFile {
+    version: u32,
+    streams: Vec<(String, String, u64)>,
+}
+
 impl Ledger {
     /// Load the state file (missing is fine), then raise marks from the
-    /// output file's `delivery` fields.
-    pub fn open(state: Option<&Path>, output: Option<&Path>) -> Result<Self, LedgerError> {
+    /// output file's `delivery` fields. At most `per_node` streams are
+    /// kept per node.
+    pub fn open(
+        state: Option<&Path>,
+        output: Option<&Path>,
+        per_node: usize,
+    ) -> Result<Self, LedgerError> {
         let mut ledger = Ledger {
             path: state.map(Path::to_owned),
+            per_node: per_node.max(1),
             ..Ledger::default()
         };
         if let Some(p) = state {
             if let Ok(text) = std::fs::read_to_string(p) {
-                ledger.high = serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt {
-                    path: p.to_owned(),
-                    message: e.to_string(),
-                })?;
+                ledger
+                    .load_state(&text)
+                    .map_err(|message| LedgerError::Corrupt {
+                        path: p.to_owned(),
+                        message,
+                    })?;
             }
         }
         if let Some(out) = output {
             if let Ok(bytes) = std::fs::read(out) {
                 let (marks, clean_end) = scan(&bytes);
                 for (key, seq) in marks {
-                    ledger.observe(&key, seq);
+                    let (node, stream) = split_space(&key);
+                    ledger.observe(node, stream, seq);
                 }
                 if clean_end < bytes.len() {
                     tracing::warn!(
@@ -94,17 +147,58 @@ impl Ledger {
         Ok(ledger)
     }
 
-    fn observe(&mut self, node: &str, seq: u64) {
-        let h = self.high.entry(node.to_owned()).or_insert(0);
-        if seq > *h {
-            *h = seq;
+    /// Take the marks of a state file: this version's, oldest first, or
+    /// an older collector's map of `node/stream` to sequence.
+    fn load_state(&mut self, text: &str) -> Result<(), String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if v.get("version").is_some() {
+            let f: StateFile = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            for (node, stream, seq) in f.streams {
+                self.observe(&node, &stream, seq);
+            }
+        } else {
+            let old: HashMap<String, u64> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            for (key, seq) in old {
+                let (node, stream) = split_space(&key);
+                self.observe(node, stream, seq);
+            }
         }
+        Ok(())
+    }
+
+    /// Raise the mark of `node`'s `stream` to `seq`, and make it the one
+    /// used last; a stream new to a node with `per_node` streams takes the
+    /// place of the one used longest ago.
+    fn observe(&mut self, node: &str, stream: &str, seq: u64) {
+        self.clock += 1;
+        let used = self.clock;
+        let marks = self.nodes.entry(node.to_owned()).or_default();
+        if let Some(m) = marks.iter_mut().find(|m| m.stream == stream) {
+            m.high = m.high.max(seq);
+            m.used = used;
+            return;
+        }
+        if marks.len() >= self.per_node {
+            if let Some(oldest) = (0..marks.len()).min_by_key(|&i| marks[i].used) {
+                marks.swap_remove(oldest);
+            }
+        }
+        marks.push(Mark {
+            stream: stream.to_owned(),
+            high: seq,
+            used,
+        });
     }
 
     /// Classify a batch (does not record it).
-    pub fn check(&self, node: &str, seq: u64) -> Verdict {
-        match self.high.get(node) {
-            Some(&h) if seq <= h => Verdict::Duplicate,
+    pub fn check(&self, node: &str, stream: &str, seq: u64) -> Verdict {
+        let high = self
+            .nodes
+            .get(node)
+            .and_then(|marks| marks.iter().find(|m| m.stream == stream))
+            .map(|m| m.high);
+        match high {
+            Some(h) if seq <= h => Verdict::Duplicate,
             _ => Verdict::Write,
         }
     }
@@ -112,21 +206,44 @@ impl Ledger {
     /// Forget every sequence space of `node` (a node evicted from the
     /// agent table).
     pub fn forget_node(&mut self, node: &str) {
-        let prefix = space(node, "");
-        let before = self.high.len();
-        self.high.retain(|k, _| !k.starts_with(&prefix));
-        self.dirty |= self.high.len() != before;
+        self.dirty |= self.nodes.remove(node).is_some();
     }
 
     /// The batch was written.
-    pub fn record(&mut self, node: &str, seq: u64) {
-        self.observe(node, seq);
+    pub fn record(&mut self, node: &str, stream: &str, seq: u64) {
+        self.observe(node, stream, seq);
         self.dirty = true;
     }
 
+    /// Sequence spaces kept, all nodes together.
+    pub fn len(&self) -> usize {
+        self.nodes.values().map(Vec::len).sum()
+    }
+
     #[cfg(test)]
-    pub fn high_water(&self, node: &str) -> u64 {
-        self.high.get(node).copied().unwrap_or(0)
+    pub fn high_water(&self, node: &str, stream: &str) -> u64 {
+        self.nodes
+            .get(node)
+            .and_then(|marks| marks.iter().find(|m| m.stream == stream))
+            .map_or(0, |m| m.high)
+    }
+
+    /// The state file's text: every mark, the one used longest ago first.
+    fn state_text(&self) -> String {
+        let mut all: Vec<(&str, &Mark)> = self
+            .nodes
+            .iter()
+            .flat_map(|(n, marks)| marks.iter().map(move |m| (n.as_str(), m)))
+            .collect();
+        all.sort_by_key(|(_, m)| m.used);
+        let f = StateFile {
+            version: 2,
+            streams: all
+                .into_iter()
+                .map(|(n, m)| (n.to_owned(), m.stream.clone(), m.high))
+                .collect(),
+        };
+        serde_json::to_string(&f).expect("strings and numbers serialize")
     }
 
     /// Save if anything changed (write to a temp file, then rename).
@@ -138,7 +255,7 @@ impl Ledger {
             return Ok(());
         }
         let tmp = path.with_extension("tmp");
-        let text = serde_json::to_string(&self.high).expect("map of strings serializes");
+        let text = self.state_text();
         spyglass_proto::files::write_private(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, path))
             .map_err(|source| LedgerError::Write {
@@ -209,15 +326,24 @@ mod tests {
     #[test]
     fn duplicates_are_at_or_below_the_high_water_mark() {
         let mut l = Ledger::default();
-        assert_eq!(l.check("a", 1), Verdict::Write);
-        l.record("a", 1);
-        l.record("a", 2);
-        assert_eq!(l.check("a", 2), Verdict::Duplicate);
-        assert_eq!(l.check("a", 1), Verdict::Duplicate);
-        assert_eq!(l.check("a", 3), Verdict::Write);
-        assert_eq!(l.check("b", 1), Verdict::Write, "nodes are independent");
+        assert_eq!(l.check("a", "s", 1), Verdict::Write);
+        l.record("a", "s", 1);
+        l.record("a", "s", 2);
+        assert_eq!(l.check("a", "s", 2), Verdict::Duplicate);
+        assert_eq!(l.check("a", "s", 1), Verdict::Duplicate);
+        assert_eq!(l.check("a", "s", 3), Verdict::Write);
+        assert_eq!(
+            l.check("b", "s", 1),
+            Verdict::Write,
+            "nodes are independent"
+        );
+        assert_eq!(
+            l.check("a", "t", 1),
+            Verdict::Write,
+            "streams are independent"
+        );
         // a gap (batches dropped by the agent's spool) is accepted
-        assert_eq!(l.check("a", 10), Verdict::Write);
+        assert_eq!(l.check("a", "s", 10), Verdict::Write);
     }
 
     #[test]
@@ -226,8 +352,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let state = dir.join("state.json");
         let out = dir.join("out.jsonl");
-        let mut l = Ledger::open(Some(&state), None).unwrap();
-        l.record("n1", 5);
+        let mut l = Ledger::open(Some(&state), None, 4).unwrap();
+        l.record("n1", "", 5);
         l.save().unwrap();
         // the output got further than the saved state before a crash
         let good = "{\"kind\":\"exec\",\"delivery\":{\"node_id\":\"n1\",\"stream_id\":\"\",\"sequence\":7,\"index\":0,\"count\":1}}\n\
@@ -236,12 +362,12 @@ mod tests {
         // batch 8 of n1 was torn by a crash: one of two lines, then half a line
         let torn = "{\"delivery\":{\"node_id\":\"n1\",\"stream_id\":\"\",\"sequence\":8,\"index\":0,\"count\":2}}\n{\"deli";
         std::fs::write(&out, format!("{good}{torn}")).unwrap();
-        let l = Ledger::open(Some(&state), Some(&out)).unwrap();
-        assert_eq!(l.high_water("n1/"), 7);
-        assert_eq!(l.high_water("n2/s"), 3);
-        assert_eq!(l.check("n1/", 7), Verdict::Duplicate);
+        let l = Ledger::open(Some(&state), Some(&out), 4).unwrap();
+        assert_eq!(l.high_water("n1", ""), 7);
+        assert_eq!(l.high_water("n2", "s"), 3);
+        assert_eq!(l.check("n1", "", 7), Verdict::Duplicate);
         assert_eq!(
-            l.check("n1/", 8),
+            l.check("n1", "", 8),
             Verdict::Write,
             "a torn batch is written again"
         );
@@ -251,8 +377,58 @@ mod tests {
             "the torn tail is cut off"
         );
         std::fs::write(&state, "{garbage").unwrap();
-        let e = Ledger::open(Some(&state), None).unwrap_err().to_string();
+        let e = Ledger::open(Some(&state), None, 4).unwrap_err().to_string();
         assert!(e.contains("corrupt") && e.contains("state.json"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_node_keeps_its_most_recently_written_streams() {
+        let mut l = Ledger::default();
+        l.per_node = 3;
+        for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
+            l.record("n", s, 10 + i as u64);
+        }
+        l.record("other", "x", 1);
+        l.record("n", "s1", 20); // s2 is now the one written longest ago
+        l.record("n", "s4", 1);
+        assert_eq!(l.len(), 4);
+        assert_eq!(l.high_water("n", "s2"), 0, "s2 evicted");
+        assert_eq!(l.check("n", "s1", 20), Verdict::Duplicate);
+        assert_eq!(l.check("n", "s3", 12), Verdict::Duplicate);
+        assert_eq!(
+            l.check("other", "x", 1),
+            Verdict::Duplicate,
+            "other nodes keep theirs"
+        );
+        for i in 0..1000 {
+            l.record("n", &format!("made-up-{i}"), 1);
+        }
+        assert_eq!(l.len(), 4, "1000 invented streams keep the node at 3");
+        assert_eq!(l.high_water("n", "made-up-999"), 1);
+    }
+
+    #[test]
+    fn the_state_file_keeps_the_order_of_use_and_reads_the_old_format() {
+        let mut l = Ledger::default();
+        l.per_node = 2;
+        l.record("n", "a", 1);
+        l.record("n", "b", 2);
+        l.record("n", "a", 3);
+        let mut back = Ledger::default();
+        back.per_node = 2;
+        back.load_state(&l.state_text()).unwrap();
+        back.observe("n", "c", 1);
+        assert_eq!(
+            (back.high_water("n", "a"), back.high_water("n", "b")),
+            (3, 0),
+            "b was used longest ago"
+        );
+        let mut old = Ledger::default();
+        old.load_state(r#"{"n1/":5,"n2/s":3}"#).unwrap();
+        assert_eq!(
+            (old.high_water("n1", ""), old.high_water("n2", "s")),
+            (5, 3)
+        );
     }
 }

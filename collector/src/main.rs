@@ -92,6 +92,11 @@ struct Cli {
     /// every one connected, its batches are refused (RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 50_000)]
     max_agents: usize,
+    /// Sequence spaces (stream ids) the dedupe state keeps per node; a new
+    /// one beyond it replaces the one written longest ago. An agent uses
+    /// one stream id per spool.
+    #[arg(long, default_value_t = ledger::DEFAULT_STREAMS_PER_NODE)]
+    dedupe_streams_per_node: usize,
     /// Most agent streams open at once, all clients together; one more
     /// is refused (RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 10_000)]
@@ -182,7 +187,11 @@ async fn run(cli: Cli) -> Result<()> {
             Some(ids)
         }
     };
-    let ledger = ledger::Ledger::open(state.as_deref(), out_path.as_deref())?;
+    let ledger = ledger::Ledger::open(
+        state.as_deref(),
+        out_path.as_deref(),
+        cli.dedupe_streams_per_node,
+    )?;
     let file = output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?;
     let syslog = match &cli.syslog {
         Some(t) => Some(syslog::spawn(t, cli.syslog_ca.as_deref())?),
@@ -190,6 +199,9 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let metrics = metrics::Metrics::new(syslog.as_ref().map(|s| s.dropped.clone()));
     metrics.turned();
+    metrics
+        .dedupe_streams
+        .store(ledger.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let shared = Arc::new(service::Shared {
         outputs: Mutex::new((output::Outputs::new(cli.format, file, syslog), ledger)),
         agents: Default::default(),

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub bad_streams: AtomicU64,
     /// Streams refused for a limit (`--max-streams*`).
     pub refused_streams: AtomicU64,
+    /// Sequence spaces (node, stream id) in the dedupe state.
+    pub dedupe_streams: AtomicU64,
     pub output_errors: AtomicU64,
     /// The last output write failed (cleared by the next success).
     pub output_failing: AtomicBool,
@@ -171,6 +173,12 @@ impl Metrics {
                 "Lines syslog could not take (queue full).",
                 "counter",
                 self.syslog_dropped.as_ref().map_or(0, |d| get(d)),
+            ),
+            (
+                "spyglass_collector_dedupe_streams",
+                "Sequence spaces (node, stream id) kept in the dedupe state (at most --dedupe-streams-per-node per node).",
+                "gauge",
+                get(&self.dedupe_streams),
             ),
             (
                 "spyglass_collector_agents_connected",

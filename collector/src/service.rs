@@ -88,14 +88,14 @@ impl CollectorService {
             &batch.node_id,
             self.shared.max_agents,
         )?;
-        let key = crate::ledger::space(&batch.node_id, &batch.stream_id);
+        let (node, stream) = (batch.node_id.as_str(), batch.stream_id.as_str());
         let verdict = {
             let mut guard = self.shared.outputs.lock().await;
             let (outputs, ledger) = &mut *guard;
             if let Some(gone) = &evicted {
                 ledger.forget_node(gone);
             }
-            match ledger.check(&key, batch.sequence) {
+            match ledger.check(node, stream, batch.sequence) {
                 Verdict::Duplicate => Verdict::Duplicate,
                 Verdict::Write => {
                     outputs.render_batch(batch);
@@ -114,7 +114,11 @@ impl CollectorService {
                         m.output_failing.store(true, Ordering::Relaxed);
                         Status::unavailable(format!("collector output failed: {e}"))
                     })?;
-                    ledger.record(&key, batch.sequence);
+                    ledger.record(node, stream, batch.sequence);
+                    self.shared
+                        .metrics
+                        .dedupe_streams
+                        .store(ledger.len() as u64, Ordering::Relaxed);
                     Verdict::Write
                 }
             }

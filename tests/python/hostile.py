@@ -3,7 +3,9 @@
 proto/spyglass/v1: batches no agent sends, each on its own stream. Prints one
 line per attempt: `NAME: CODE MESSAGE` for a refused stream, `NAME: acked N`
 for acknowledged batches. Usage: hostile.py HOST:PORT (PYTHONPATH = the
-generated modules)."""
+generated modules). `hostile.py HOST:PORT streams N`: one node invents N
+stream ids (one batch each), then resends the last batch; prints
+`streams: acked A duplicates D`."""
 import sys
 
 import grpc
@@ -34,8 +36,24 @@ def attempt(name, call):
         print(f"{name}: {e.code().name} acked {acked} {e.details()}", flush=True)
 
 
+def invent_streams(stub, n):
+    """One node, one gRPC stream, a new stream id for every batch."""
+    batches = [batch("py-streams", 1, [event(arg=f"s{i}")], stream=f"made-up-{i}")
+               for i in range(n)]
+    batches.append(batches[-1])
+    acked = dups = 0
+    for ack in stub.Publish(iter(batches), timeout=120):
+        acked += 1
+        dups += ack.duplicate
+    print(f"streams: acked {acked} duplicates {dups}", flush=True)
+
+
 def main():
     target = sys.argv[1]
+    if sys.argv[2:3] == ["streams"]:
+        with grpc.insecure_channel(target) as channel:
+            invent_streams(collector_pb2_grpc.CollectorStub(channel), int(sys.argv[3]))
+        return
     opts = [("grpc.max_send_message_length", 16 << 20)]
     with grpc.insecure_channel(target, options=opts) as channel:
         stub = collector_pb2_grpc.CollectorStub(channel)

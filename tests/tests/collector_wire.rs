@@ -422,9 +422,15 @@ fn independent_python_grpc_client_publishes_and_reads_acks() {
 /// Run `tests/python/SCRIPT 127.0.0.1:PORT` with stubs generated into
 /// `dir`; its stdout (it must exit 0).
 fn run_python_client(dir: &Path, script: &str, port: u16) -> String {
+    run_python_client_with(dir, script, port, &[])
+}
+
+/// [`run_python_client`] with more arguments after the address.
+fn run_python_client_with(dir: &Path, script: &str, port: u16, args: &[&str]) -> String {
     let out = Command::new(python())
         .arg(root().join("tests/python").join(script))
         .arg(format!("127.0.0.1:{port}"))
+        .args(args)
         .env("PYTHONPATH", python_stubs(dir))
         .output()
         .unwrap();
@@ -1324,4 +1330,43 @@ fn a_client_cannot_hold_streams_or_connections_for_ever() {
         .unwrap();
         assert_eq!(acks[0].sequence, 1);
     });
+}
+
+#[test]
+fn a_node_inventing_stream_ids_cannot_grow_the_dedupe_state() {
+    let _g = serial();
+    let dir = scratch("invented-streams");
+    let metrics = free_port();
+    let mut col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+    );
+    let stdout = run_python_client_with(&dir, "hostile.py", col.port, &["streams", "2000"]);
+    // the last stream is still known: its batch again is a duplicate
+    assert_eq!(stdout.trim(), "streams: acked 2001 duplicates 1");
+    let (_, body) = http_get(metrics, "/metrics");
+    col.stop();
+    let text = std::fs::read_to_string(dir.join("out.jsonl.state")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let kept = state
+        .get("streams")
+        .and_then(serde_json::Value::as_array)
+        .map_or_else(
+            || state.as_object().map_or(0, serde_json::Map::len),
+            Vec::len,
+        );
+    assert_eq!(
+        kept,
+        16,
+        "stream ids kept for one node ({} bytes of state)",
+        text.len()
+    );
+    assert_eq!(
+        state["streams"][15],
+        serde_json::json!(["py-streams", "made-up-1999", 1]),
+        "the one written last is kept"
+    );
+    assert_eq!(sample(&body, "spyglass_collector_dedupe_streams"), Some(16));
+    assert_eq!(lines(&col.output).len(), 2000);
 }
