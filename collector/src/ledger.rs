@@ -384,8 +384,10 @@ mod tests {
 
     #[test]
     fn a_node_keeps_its_most_recently_written_streams() {
-        let mut l = Ledger::default();
-        l.per_node = 3;
+        let mut l = Ledger {
+            per_node: 3,
+            ..Ledger::default()
+        };
         for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
             l.record("n", s, 10 + i as u64);
         }
@@ -410,13 +412,17 @@ mod tests {
 
     #[test]
     fn the_state_file_keeps_the_order_of_use_and_reads_the_old_format() {
-        let mut l = Ledger::default();
-        l.per_node = 2;
+        let mut l = Ledger {
+            per_node: 2,
+            ..Ledger::default()
+        };
         l.record("n", "a", 1);
         l.record("n", "b", 2);
         l.record("n", "a", 3);
-        let mut back = Ledger::default();
-        back.per_node = 2;
+        let mut back = Ledger {
+            per_node: 2,
+            ..Ledger::default()
+        };
         back.load_state(&l.state_text()).unwrap();
         back.observe("n", "c", 1);
         assert_eq!(
