@@ -169,7 +169,7 @@ pub struct Agent {
     )>,
     signals: Signals,
     timers: Timers,
-    /// The loaded programs; dropped last (detaches them).
+    /// The loaded programs; detached first at shutdown.
     probes: Probes,
 }
 
@@ -286,14 +286,19 @@ impl Agent {
         }
     }
 
-    /// Stop in data-path order: the reader finishes what it took from the
-    /// kernel, the pipeline drains it and everything queued, then the
-    /// sinks deliver what they hold.
+    /// Stop in data-path order: the probes are detached (nothing new
+    /// reaches the ring buffer or the loss counters), the reader drains
+    /// the ring to its end, the pipeline handles it and everything queued
+    /// and reads the loss counters a last time (a final `loss` event
+    /// before `stopping`), then the sinks deliver what they hold.
     pub async fn shutdown(self) -> Result<()> {
         info!(
             records = self.reader_stats.records.load(Ordering::Relaxed),
             "stopping"
         );
+        // The ring buffer and the counters are maps taken out of the
+        // object: they outlive the programs.
+        self.probes.detach();
         self.stop_reader.store(true, Ordering::Relaxed);
         let reader = self.reader;
         join_thread(reader, "ring buffer reader").await?;
@@ -329,7 +334,6 @@ impl Agent {
         }
         pipeline?;
         info!("stopped");
-        drop(self.probes);
         Ok(())
     }
 }

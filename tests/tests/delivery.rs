@@ -508,3 +508,64 @@ fn spool_writes_are_synced_before_their_rename_and_group_committed() {
         renames.len()
     );
 }
+
+/// At a clean stop nothing the kernel recorded goes unreported: the
+/// probes are detached, the ring buffer drained to its end, and a final
+/// loss event (always sent, before `stopping`) counts what the kernel
+/// dropped. Every exec of a burst made right before SIGTERM, after the
+/// agent was ready, is delivered or counted in that event. The reader
+/// polls the ring once a second, so the burst is still in the ring when
+/// the stop comes.
+#[test]
+fn execs_right_before_sigterm_are_delivered_or_counted_in_the_final_loss_event() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("stopdrain");
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, "[kernel]\npoll_interval_ms = 1000\n").unwrap();
+    let agent = Agent::start_bin(
+        &agent_bin(),
+        &["--config", cfg.to_str().unwrap(), "--no-snapshot"],
+    );
+    let mark = marker("stopdrain");
+    const N: usize = 150;
+    // each one has exec'ed (and exited) when the series ends
+    exec_series(&mark, N, Duration::ZERO).join().unwrap();
+    let events = agent.stop();
+    let delivered = marked_execs(&events, &mark);
+    let dup: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "duplicated: {dup:?}");
+    let stopping = events
+        .iter()
+        .position(|e| e["kind"] == "agent" && e["agent"]["state"] == "stopping")
+        .unwrap();
+    let last_loss = events[..stopping]
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "loss");
+    let lost_exec = last_loss.map_or(0, |e| e["loss"]["totals"]["exec"].as_u64().unwrap_or(0));
+    eprintln!(
+        "{} of {N} execs delivered, {lost_exec} execs counted lost by the final loss event",
+        delivered.len()
+    );
+    assert!(
+        delivered.len() as u64 + lost_exec >= N as u64,
+        "{} of {N} execs made before the stop were neither delivered nor counted lost",
+        N as u64 - delivered.len() as u64 - lost_exec
+    );
+    let last_loss = last_loss.expect("a final loss event before `stopping`");
+    assert!(
+        last_loss["loss"]["totals"].is_object(),
+        "the final loss event carries the totals: {last_loss}"
+    );
+    // the final loss event comes after every delivered exec
+    let last_exec = events.iter().rposition(|e| e["kind"] == "exec").unwrap();
+    let final_at = events[..stopping]
+        .iter()
+        .rposition(|e| e["kind"] == "loss")
+        .unwrap();
+    assert!(
+        final_at > last_exec,
+        "the final loss event comes after the drained records"
+    );
+}

@@ -178,6 +178,15 @@ impl Probes {
         Ok(Self { ebpf, status })
     }
 
+    /// Detach every program: no probe runs after this returns, so no new
+    /// record reaches the ring buffer and no loss counter moves. The maps
+    /// already taken (ring buffer, counters, enforcement) stay usable.
+    pub fn detach(self) {
+        let programs = self.ebpf.programs().count();
+        drop(self.ebpf);
+        info!(programs, "probes detached");
+    }
+
     /// Take the ring buffer of records (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, BpfError> {
         let map = self

@@ -311,11 +311,15 @@ impl Pipeline {
     }
 
     /// The drain: what still waits for metadata goes as it is, the last
-    /// losses and findings, then `stopping`.
+    /// losses (always a `loss` event: the probes are detached and the
+    /// ring drained, so its totals are final) and findings, then
+    /// `stopping`.
     fn stop(&mut self) -> Result<(), PipelineError> {
         let rest = self.attribute.close();
         self.emit(rest)?;
-        self.report_losses()?;
+        let last = self.losses.poll_final(&self.metrics);
+        let ev = self.enricher.loss(last);
+        self.emit(vec![ev])?;
         self.detect_tick()?;
         if let Some(last) = self.detector.as_mut().map(Detector::close) {
             self.sinks.send(last)?;

@@ -37,7 +37,9 @@ pub struct ReaderStats {
 
 /// Run until `stop` is set or the receiver is gone. Batches go to the
 /// next stage as `T` (the pipeline's input), each counted against
-/// `budget` until the pipeline has handled it.
+/// `budget` until the pipeline has handled it. At stop the ring is
+/// drained to its end first: the agent detaches the probes before it
+/// sets `stop`, so what the kernel recorded is all read.
 #[allow(clippy::needless_pass_by_value)] // the reader thread owns what it runs on
 pub fn run<T: From<Metered<Vec<RawEvent>>>>(
     mut ring: RingBuf<MapData>,
@@ -49,7 +51,12 @@ pub fn run<T: From<Metered<Vec<RawEvent>>>>(
 ) {
     let fd = ring.as_raw_fd();
     let timeout_ms = poll_interval.as_millis().clamp(1, 1000) as i32;
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut reader = Reader {
+        tx,
+        budget,
+        stats,
+        batch: Vec::with_capacity(BATCH),
+    };
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
             fd,
@@ -58,35 +65,75 @@ pub fn run<T: From<Metered<Vec<RawEvent>>>>(
         };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&raw mut pfd, 1, timeout_ms) };
+        if reader.drain(&mut ring).is_err() {
+            return;
+        }
+    }
+    // The final drain. A probe that was running on another CPU when it
+    // was detached can still commit its record just after; a second
+    // pass after a short pause reads it too.
+    for _ in 0..2 {
+        if reader.drain(&mut ring).is_err() {
+            return;
+        }
+        std::thread::sleep(FINAL_PAUSE);
+    }
+    if reader.drain(&mut ring).is_ok() {
+        debug!(
+            records = reader.stats.records.load(Ordering::Relaxed),
+            "ring buffer drained; reader stops"
+        );
+    }
+}
+
+/// The pause between the passes of the final drain.
+const FINAL_PAUSE: Duration = Duration::from_millis(20);
+
+/// The reader's state between reads of the ring.
+struct Reader<T> {
+    tx: mpsc::Sender<T>,
+    budget: Arc<Budget>,
+    stats: Arc<ReaderStats>,
+    batch: Vec<RawEvent>,
+}
+
+/// The pipeline is gone.
+struct Closed;
+
+impl<T: From<Metered<Vec<RawEvent>>>> Reader<T> {
+    /// Read the ring until it is empty, handing on full batches and the
+    /// last partial one.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), Closed> {
         loop {
-            while batch.len() < BATCH {
+            while self.batch.len() < BATCH {
                 let Some(item) = ring.next() else { break };
                 match decode(&item) {
-                    Ok(ev) => batch.push(ev),
+                    Ok(ev) => self.batch.push(ev),
                     Err(error) => {
-                        stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
                         warn!(%error, len = item.len(), "undecodable ring buffer record");
                     }
                 }
             }
-            if batch.is_empty() {
-                break;
+            if self.batch.is_empty() {
+                return Ok(());
             }
-            let full = batch.len() == BATCH;
-            stats
+            let full = self.batch.len() == BATCH;
+            self.stats
                 .records
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let out = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
+            let out = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
             let bytes = records_bytes(&out);
-            if tx
-                .blocking_send(Metered::new(out, bytes, &budget).into())
+            if self
+                .tx
+                .blocking_send(Metered::new(out, bytes, &self.budget).into())
                 .is_err()
             {
                 debug!("event pipeline closed; reader stops");
-                return;
+                return Err(Closed);
             }
             if !full {
-                break;
+                return Ok(());
             }
         }
     }
