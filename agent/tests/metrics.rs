@@ -133,3 +133,71 @@ fn metrics_count_events_and_health_follows_containerd_and_collector() {
     );
     agent.stop();
 }
+
+/// Processes that exec with thousands of empty arguments: each exec event
+/// carries them all, but the process table keeps under `[process]
+/// max_bytes` by cutting what it keeps (the previous agent kept one String
+/// per argument for every live and retained process, without bound).
+#[test]
+fn the_process_table_stays_under_its_bytes_under_an_argument_flood() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("table-bytes");
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, "[process]\nmax_bytes = 1048576\n").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = start_agent(&[
+        "--no-snapshot",
+        "--metrics-listen",
+        &listen,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let mark = marker("argv-flood");
+    let empty = vec![""; 4000];
+    // sleeping children: live entries, which the table may not drop
+    let mut children: Vec<_> = (0..400)
+        .map(|_| {
+            // sh stays alive (two commands: no exec of the last one)
+            // with the marker and the empty arguments as its $0 and $@
+            Command::new("/bin/sh")
+                .args(["-c", "sleep 30; :"])
+                .arg(&mark)
+                .args(&empty)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let seen = eventually("400 marked execs", WAIT, || {
+        let v = agent.matching(|e| e["kind"] == "exec" && argv_of(e).get(3) == Some(&mark));
+        (v.len() == 400).then_some(v)
+    });
+    for e in &seen {
+        assert_eq!(
+            argv_of(e).len(),
+            4004,
+            "the exec event carries every argument"
+        );
+        assert!(e["process"].get("argv_truncated").is_none());
+    }
+    let body = eventually("the table's metrics", WAIT, || {
+        let body = http_get(port, "/metrics").1;
+        (sample(&body, "spyglass_process_argv_trimmed_total")? > 0).then_some(body)
+    });
+    let bytes = sample(&body, "spyglass_process_table_bytes").unwrap();
+    assert!(
+        bytes <= 1 << 20,
+        "table bytes {bytes} over max_bytes\n{body}"
+    );
+    assert_eq!(
+        sample(&body, "spyglass_process_table_evicted_total"),
+        Some(0),
+        "no live process was dropped: cutting arguments sufficed"
+    );
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    agent.stop();
+}

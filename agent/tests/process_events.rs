@@ -191,6 +191,41 @@ fn startup_snapshot_reports_running_processes() {
     agent.stop();
 }
 
+/// A process started before the agent with 1 MiB of arguments: the
+/// snapshot keeps the first 4096 bytes, as the probe does of an exec, and
+/// says so (it used to read and keep the whole /proc/PID/cmdline).
+#[test]
+fn startup_snapshot_caps_what_it_reads_of_a_cmdline() {
+    require_root();
+    let _g = serial();
+    let mark = marker("snapcap");
+    // 1 MiB in 16 arguments (one argument may hold at most 128 KiB)
+    let big = vec!["y".repeat(64 << 10); 16];
+    // sh stays alive (two commands: no exec of the last one)
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 30; :", &mark])
+        .args(&big)
+        .spawn()
+        .unwrap();
+    let pid = u64::from(child.id());
+    std::thread::sleep(Duration::from_millis(100));
+    let agent = start_agent(&[]);
+    let snap = agent.wait_for("snapshot of the earlier process", WAIT, |e| {
+        e["kind"] == "exec" && e["snapshot"] == true && pid_of(e) == pid
+    });
+    assert_eq!(snap["process"]["argv_truncated"], true);
+    let argv = argv_of(&snap);
+    assert_eq!(&argv[..4], ["/bin/sh", "-c", "sleep 30; :", mark.as_str()]);
+    let kept: usize = argv.iter().map(String::len).sum::<usize>() + argv.len() - 1;
+    assert_eq!(
+        kept, 4096,
+        "the probe's 4096-byte budget, not the whole 1 MiB"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    agent.stop();
+}
+
 /// The cgroup v2 mount of this host (unified or hybrid).
 
 #[test]

@@ -30,7 +30,7 @@ struct Counts {
     marked: AtomicU64,
 }
 
-struct RunningAgent {
+pub struct RunningAgent {
     child: Child,
     counts: Arc<Counts>,
 }
@@ -61,8 +61,9 @@ pub fn lost_in(line: &str) -> u64 {
 
 impl RunningAgent {
     /// `marker` counts lines that start with `prefix` and contain it.
-    fn start(prefix: &str, marker: &str) -> Result<Self> {
-        let mut child = Command::new(agent_bin())
+    pub fn start(prefix: &str, marker: &str) -> Result<Self> {
+        let bin = std::env::var_os("SPYGLASS_BENCH_AGENT").map_or_else(agent_bin, Into::into);
+        let mut child = Command::new(bin)
             .args(["run", "--no-snapshot"])
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
@@ -101,16 +102,30 @@ impl RunningAgent {
         cpu_ticks(self.child.id())
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// Peak RSS.
+    pub fn hwm_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     }
 
-    fn stop(mut self) {
+    /// Marked lines seen so far.
+    pub fn marked(&self) -> u64 {
+        self.counts.marked.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
@@ -310,6 +325,9 @@ pub fn run(quick: bool) -> Result<()> {
         rss
     ));
     table.push_str(&collector_bench(quick)?);
+    table.push_str(&crate::bench_memory::run(
+        &crate::bench_memory::Sizes::new(quick),
+    )?);
     print!("{table}");
     let dir = root().join("bench-results");
     std::fs::create_dir_all(&dir)?;
@@ -418,6 +436,14 @@ pub fn loadgen(args: &[String]) -> Result<()> {
                 let _ = s.send_to(b"x", ("127.0.0.1", port));
             }
             t.elapsed().as_nanos() as f64 / total as f64
+        }
+        "argv-exec" => {
+            crate::bench_memory::argv_exec(arg(1)?.parse()?, arg(2)?.parse()?)?;
+            0.0
+        }
+        "argv-live" => {
+            // prints `ready` itself, then waits: no figure
+            return crate::bench_memory::argv_live(arg(1)?.parse()?);
         }
         other => bail!("loadgen: unknown workload {other}"),
     };

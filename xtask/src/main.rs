@@ -5,6 +5,7 @@
 // A command-line tool: its reports go to stdout.
 #![allow(clippy::print_stdout)]
 mod bench;
+mod bench_memory;
 mod compare;
 mod fuzz;
 mod image;
@@ -52,7 +53,13 @@ commands:
   lint           rustfmt --check, and clippy with warnings as errors: the host
                  crates and the eBPF programs (built for bpfel-unknown-none);
                  `test` runs it
-  bench [--quick] exec storm and loopback connect storm, agent off vs on
+  bench [--quick] exec storm and loopback connect storm, agent off vs on;
+                 collector ingest; agent memory under long and many arguments
+                 (5000 execs of 4000 empty arguments; 65,536 live processes of
+                 4 KiB of arguments: pid_max is raised for the run)
+  bench --memory [--quick]
+                 only the memory part (SPYGLASS_BENCH_AGENT=PATH measures
+                 another agent binary, for a before/after figure)
   bench --compare [--tiny]
                  Spyglass vs auditd vs bpftrace vs nothing on exec, connect,
                  unrelated-syscall and mixed workloads, plus a zero-loss ramp;
@@ -115,6 +122,12 @@ fn main() -> Result<()> {
             } else {
                 compare::Size::Full
             })
+        }
+        "bench" if rest.iter().any(|a| a == "--memory") => {
+            build()?;
+            let sizes = bench_memory::Sizes::new(rest.iter().any(|a| a == "--quick"));
+            print!("{}", bench_memory::run(&sizes)?);
+            Ok(())
         }
         "bench" => {
             build()?;

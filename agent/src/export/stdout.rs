@@ -117,7 +117,7 @@ pub fn text_line(ev: &Event) -> String {
     if let Some(p) = &ev.process {
         line.push_str(&format!(" pid={} uid={} {}", p.pid, p.uid, p.comm));
         if ev.kind == Kind::Exec {
-            let args: Vec<String> = p.argv.iter().map(|a| quote(a)).collect();
+            let args: Vec<String> = p.argv.iter().map(quote).collect();
             line.push_str(&format!(" exe={} argv=[{}]", p.exe, args.join(" ")));
             if p.argv_truncated {
                 line.push_str(" (argv truncated)");

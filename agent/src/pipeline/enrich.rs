@@ -370,6 +370,9 @@ impl Enricher {
         } else {
             self.table.get(h.pid).map_or(0, |p| p.ppid)
         };
+        // The exec event carries the arguments as the kernel sent them,
+        // even when the table keeps only their start (over its bytes).
+        let argv = e.argv.clone();
         self.table.upsert(ProcInfo {
             pid: h.pid,
             ppid,
@@ -377,7 +380,7 @@ impl Enricher {
             gid: h.gid,
             comm: h.comm.as_str().into(),
             exe: e.filename.as_str().into(),
-            argv: e.argv.into(),
+            argv: e.argv,
             argv_truncated: e.argv_truncated,
             exe_truncated: e.flags & exec_flags::FILENAME_TRUNCATED != 0,
             unread: unread_of(e.flags),
@@ -387,6 +390,10 @@ impl Enricher {
         });
         let mut ev = self.event(Kind::Exec, h.ts_ns);
         self.attach_process(&mut ev, h.pid, Some(h));
+        if let Some(p) = ev.process.as_mut() {
+            p.argv = argv;
+            p.argv_truncated = e.argv_truncated;
+        }
         if killed {
             ev.enforced = Some(Enforced::Kill);
         }
@@ -484,6 +491,46 @@ mod tests {
             flags: 0,
             cgroup: None,
         })
+    }
+
+    #[test]
+    fn an_exec_keeps_its_arguments_when_the_table_cuts_them() {
+        let mut e = Enricher::new(
+            Limits {
+                max_entries: 100_000,
+                exited_retained: 10,
+                exited_ttl: std::time::Duration::from_secs(60),
+                max_bytes: 1 << 20,
+            },
+            4,
+            "node1".into(),
+            std::path::Path::new("/nonexistent"),
+        );
+        let long = |pid: u32| {
+            let mut raw = exec(pid, 1, "/bin/true");
+            if let RawEvent::Exec(x) = &mut raw {
+                x.argv = Args::from_nul_separated(&[0u8; 4001]);
+            }
+            raw
+        };
+        for pid in 100..400 {
+            let p = e.handle(long(pid)).unwrap().process.unwrap();
+            assert_eq!((p.argv.len(), p.argv_truncated), (4001, false));
+        }
+        // the table kept only the start of the last one's arguments
+        let fork = e.handle(RawEvent::Fork(super::super::decode::Fork {
+            header: header(399),
+            child_pid: 500,
+            child_start_time_ns: 500,
+        }));
+        let p = fork.unwrap().process.unwrap();
+        assert!(
+            p.argv_truncated && p.argv.byte_len() <= 256,
+            "{}",
+            p.argv.len()
+        );
+        assert!(e.table_stats().bytes <= 1 << 20);
+        assert!(e.table_stats().argv_trimmed > 0);
     }
 
     #[test]

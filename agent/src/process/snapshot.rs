@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn cmdline_reads_at_most_the_kernel_cap() {
-        let (a, cut) = cmdline_from(&b"sleep\030\0"[..], 4096);
+        let (a, cut) = cmdline_from(&b"sleep\x0030\0"[..], 4096);
         assert_eq!((a, cut), (Args::from(["sleep", "30"]), false));
         // megabytes of empty arguments: only the cap is read, and marked
         let huge = vec![0u8; 8 << 20];
