@@ -392,6 +392,10 @@ pub async fn run(
         unlogged_drops: 0,
         last_drop_log: None,
     };
+    let unusable = ex.spool.take_dropped_at_open();
+    if unusable > 0 {
+        ex.report_loss(unusable);
+    }
     let mut conn: Option<Conn> = None;
     // A connect in progress runs on its own task so events keep flowing
     // into the spool meanwhile.

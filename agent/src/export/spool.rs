@@ -36,6 +36,14 @@ use crate::event::LossTotals;
 
 /// Sequence numbers reserved per write of `next-seq`.
 const SEQUENCE_BLOCK: u64 = 1024;
+
+/// Highest sequence number a spool uses or trusts (2^62: over a million
+/// years at a million batches a second). A `next-seq` or batch file above
+/// it (corruption, or someone writing the spool directory) would make the
+/// counter wrap to 0 past u64::MAX, and every later number repeat under
+/// one stream id: such a counter is untrusted (a new stream id) and such
+/// files are dropped at open and reported lost.
+pub const MAX_SEQUENCE: u64 = 1 << 62;
 /// Stored batches kept in memory at most (bytes), for sending.
 pub const MEMORY_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -85,6 +93,8 @@ pub struct Spool {
     loss_totals: LossTotals,
     /// Batches renamed into place since the last directory sync.
     uncommitted: usize,
+    /// Events in batch files dropped at open ([`Spool::take_dropped_at_open`]).
+    dropped_at_open: u64,
 }
 
 /// A random id for a new sequence space (32 hex digits from the kernel's
@@ -109,7 +119,11 @@ fn trusted_space(dir: &Path) -> Option<(String, u64)> {
         return None;
     }
     let seq = std::fs::read_to_string(dir.join("next-seq")).ok()?;
-    let seq: u64 = seq.trim().parse().ok().filter(|n| *n >= 1)?;
+    let seq: u64 = seq
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_SEQUENCE).contains(n))?;
     Some((id.to_owned(), seq))
 }
 
@@ -226,9 +240,16 @@ impl Spool {
         spyglass_proto::files::private_dir(dir).map_err(derr)?;
         let mut entries = BTreeMap::new();
         let mut total = 0;
+        let mut out_of_range = 0;
         for f in std::fs::read_dir(dir).map_err(derr)?.flatten() {
             let name = f.file_name();
             if let Some((seq, events)) = parse_name(&name.to_string_lossy()) {
+                if !(1..=MAX_SEQUENCE).contains(&seq) {
+                    tracing::warn!(file = %f.path().display(), events, "spool batch numbered outside 1..=2^62; dropped and reported lost");
+                    let _ = std::fs::remove_file(f.path());
+                    out_of_range += events;
+                    continue;
+                }
                 let bytes = f.metadata().map_or(0, |m| m.len());
                 total += bytes;
                 entries.insert(
@@ -258,7 +279,14 @@ impl Spool {
             stream_id,
             loss_totals,
             uncommitted: 0,
+            dropped_at_open: out_of_range,
         })
+    }
+
+    /// Events in batch files dropped at open (numbered out of range);
+    /// returned once, for the exporter to report as a loss.
+    pub fn take_dropped_at_open(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped_at_open)
     }
 
     /// The id of this spool's sequence space.
