@@ -62,9 +62,14 @@ pub fn lost_in(line: &str) -> u64 {
 impl RunningAgent {
     /// `marker` counts lines that start with `prefix` and contain it.
     pub fn start(prefix: &str, marker: &str) -> Result<Self> {
-        let bin = std::env::var_os("SPYGLASS_BENCH_AGENT").map_or_else(agent_bin, Into::into);
-        let mut child = Command::new(bin)
-            .args(["run", "--no-snapshot"])
+        Self::start_with(prefix, marker, &["--no-snapshot"])
+    }
+
+    /// [`RunningAgent::start`] with other `run` flags than `--no-snapshot`.
+    pub fn start_with(prefix: &str, marker: &str, flags: &[&str]) -> Result<Self> {
+        let mut child = Command::new(bench_agent())
+            .arg("run")
+            .args(flags)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -528,8 +533,22 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The agent binary a bench runs: `SPYGLASS_BENCH_AGENT`, or this build's.
+pub fn bench_agent() -> std::path::PathBuf {
+    std::env::var_os("SPYGLASS_BENCH_AGENT").map_or_else(agent_bin, Into::into)
+}
+
+/// The collector binary a bench runs: `SPYGLASS_BENCH_COLLECTOR`, or this
+/// build's (an older build gives a before figure in the same run).
+fn bench_collector() -> std::path::PathBuf {
+    std::env::var_os("SPYGLASS_BENCH_COLLECTOR").map_or_else(
+        || root().join("target/release/spyglass-collector"),
+        Into::into,
+    )
+}
+
 pub fn start_collector(port: u16, out: &std::path::Path) -> Result<Child> {
-    let c = Command::new(root().join("target/release/spyglass-collector"))
+    let c = Command::new(bench_collector())
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -575,7 +594,7 @@ fn process_cpu_secs(pid: u32) -> f64 {
 
 /// End-to-end latency (kernel event -> collector output line) at fixed
 /// rates, and the collector's ingest rate replaying a spool backlog.
-fn collector_bench(quick: bool) -> Result<String> {
+pub fn collector_bench(quick: bool) -> Result<String> {
     let dir = root().join("bench-results/tmp");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -586,7 +605,7 @@ fn collector_bench(quick: bool) -> Result<String> {
     let spool = dir.join("spool");
     let mut text = String::from("\nEnd to end, kernel event -> collector output line (UDP sends, fresh sockets):\n\n| events/s | events | p50 ms | p99 ms | max ms | lost |\n|---:|---:|---:|---:|---:|---:|\n");
     let secs: u64 = if quick { 1 } else { 5 };
-    let mut agent = Command::new(agent_bin())
+    let mut agent = Command::new(bench_agent())
         .args([
             "run",
             "--no-snapshot",

@@ -117,12 +117,23 @@ fn live_processes(n: usize) -> Result<String> {
         last = seen;
     }
     let seen = agent.marked();
-    let out = row(
+    let mut out = row(
         &format!("{n} live processes, 4 KiB of arguments each"),
         before,
         &agent,
         seen,
     );
+    agent.stop();
+    // an agent (re)started on such a node reads them all from /proc
+    let agent = RunningAgent::start_with("{\"kind\":\"exec\"", "spyglass-argv-live", &[])?;
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = agent.marked();
+    out.push_str(&row(
+        &format!("agent started with {n} such processes running (snapshot)"),
+        0,
+        &agent,
+        seen,
+    ));
     drop(gen.stdin.take());
     let _ = gen.wait();
     agent.stop();

@@ -191,12 +191,29 @@ fn build(t: &Target) -> Result<PathBuf> {
 /// crate's directory (where proptest keeps `proptest-regressions/`).
 fn round(t: &Target, exe: &Path, cases: u64) -> Result<()> {
     let dir = crate::root().join(t.package.trim_start_matches("spyglass-"));
-    crate::sh(
-        Command::new(exe)
-            .args([t.filter, "--test-threads=2"])
-            .current_dir(dir)
-            .env("PROPTEST_CASES", cases.to_string()),
-    )
+    let out = Command::new(exe)
+        .args([t.filter, "--test-threads=2"])
+        .current_dir(dir)
+        .env("PROPTEST_CASES", cases.to_string())
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("{} {} failed: {}", exe.display(), t.filter, out.status);
+    }
+    // libtest passes a filter that matches nothing: a renamed test must
+    // not turn its target into a no-op
+    if stdout.contains("running 0 tests") || !stdout.contains("test result: ok") {
+        bail!(
+            "fuzz target `{}`: no test matches `{}` in {} (renamed?): fix the table in xtask/src/fuzz.rs",
+            t.name,
+            t.filter,
+            t.package
+        );
+    }
+    Ok(())
 }
 
 /// Run `cargo xtask fuzz ARGS`.

@@ -58,8 +58,12 @@ commands:
                  (5000 execs of 4000 empty arguments; 65,536 live processes of
                  4 KiB of arguments: pid_max is raised for the run)
   bench --memory [--quick]
-                 only the memory part (SPYGLASS_BENCH_AGENT=PATH measures
-                 another agent binary, for a before/after figure)
+                 only the memory part
+  bench --delivery [--quick]
+                 only agent -> collector: end-to-end latency and collector
+                 ingest (durable spool and acks included)
+                 SPYGLASS_BENCH_AGENT=PATH / SPYGLASS_BENCH_COLLECTOR=PATH
+                 make any bench run other binaries (a before figure)
   bench --compare [--tiny]
                  Spyglass vs auditd vs bpftrace vs nothing on exec, connect,
                  unrelated-syscall and mixed workloads, plus a zero-loss ramp;
@@ -122,6 +126,14 @@ fn main() -> Result<()> {
             } else {
                 compare::Size::Full
             })
+        }
+        "bench" if rest.iter().any(|a| a == "--delivery") => {
+            build()?;
+            print!(
+                "{}",
+                bench::collector_bench(rest.iter().any(|a| a == "--quick"))?
+            );
+            Ok(())
         }
         "bench" if rest.iter().any(|a| a == "--memory") => {
             build()?;

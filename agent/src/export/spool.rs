@@ -224,10 +224,15 @@ fn file_name(seq: u64, events: u64) -> String {
     format!("{seq:020}-{events}.batch")
 }
 
+/// (sequence, events) of a batch file's name. The event count is capped
+/// at the most a batch can hold: a name is not to be trusted further
+/// (losses are summed from it).
 fn parse_name(name: &str) -> Option<(u64, u64)> {
     let stem = name.strip_suffix(".batch")?;
     let (seq, events) = stem.split_once('-')?;
-    Some((seq.parse().ok()?, events.parse().ok()?))
+    let events: u64 = events.parse().ok()?;
+    let most = spyglass_proto::limits::MAX_BATCH_EVENTS as u64;
+    Some((seq.parse().ok()?, events.min(most)))
 }
 
 impl Spool {
@@ -247,7 +252,7 @@ impl Spool {
                 if !(1..=MAX_SEQUENCE).contains(&seq) {
                     tracing::warn!(file = %f.path().display(), events, "spool batch numbered outside 1..=2^62; dropped and reported lost");
                     let _ = std::fs::remove_file(f.path());
-                    out_of_range += events;
+                    out_of_range = u64::saturating_add(out_of_range, events);
                     continue;
                 }
                 let bytes = f.metadata().map_or(0, |m| m.len());

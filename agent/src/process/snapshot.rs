@@ -20,7 +20,7 @@ use tracing::debug;
 use agent_common::ARGV_LEN;
 use spyglass_proto::model::Args;
 
-use super::table::ProcInfo;
+use super::table::{ProcInfo, ARGV_KEPT_WHEN_FULL};
 
 const PF_KTHREAD: u32 = 0x0020_0000;
 
@@ -55,15 +55,21 @@ pub fn cgroup_id(cgroup_root: &Path, path: &str) -> u64 {
     std::fs::metadata(dir).map_or(0, |m| m.ino())
 }
 
-/// A process's arguments from `/proc/PID/cmdline`, reading at most what
-/// the kernel probe keeps of an exec ([`ARGV_LEN`] bytes): a process with
-/// megabytes of arguments costs the agent no more than one whose exec it
-/// saw. Returns the arguments and whether some were left out.
-pub fn read_cmdline(pid: i32) -> (Args, bool) {
+/// Arguments the snapshot reads in all before it keeps only the start of
+/// each process's ([`ARGV_KEPT_WHEN_FULL`] bytes): the snapshot is held
+/// whole until it is reported, so 65,536 processes of 4 KiB of arguments
+/// must not take 256 MiB at start.
+const SNAPSHOT_ARGV_BYTES: usize = 32 << 20;
+
+/// A process's arguments from `/proc/PID/cmdline`, reading at most `max`
+/// bytes (at most what the kernel probe keeps of an exec, [`ARGV_LEN`]):
+/// a process with megabytes of arguments costs the agent no more than one
+/// whose exec it saw. Returns the arguments and whether some were left out.
+pub fn read_cmdline(pid: i32, max: usize) -> (Args, bool) {
     let Ok(f) = std::fs::File::open(format!("/proc/{pid}/cmdline")) else {
         return (Args::default(), false);
     };
-    cmdline_from(f, ARGV_LEN)
+    cmdline_from(f, max.min(ARGV_LEN))
 }
 
 /// [`read_cmdline`] on any reader: one byte more than `max` is read to
@@ -78,14 +84,20 @@ fn cmdline_from(r: impl Read, max: usize) -> (Args, bool) {
     (Args::from_nul_separated(&buf), truncated)
 }
 
-fn proc_info(p: &Process, cgroup_root: &Path, ticks: u64, own_pid: u32) -> Option<ProcInfo> {
+fn proc_info(
+    p: &Process,
+    cgroup_root: &Path,
+    ticks: u64,
+    own_pid: u32,
+    argv_max: usize,
+) -> Option<ProcInfo> {
     let stat = p.stat().ok()?;
     if stat.flags & PF_KTHREAD != 0 || p.pid as u32 == own_pid {
         return None;
     }
     let status = p.status().ok();
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
-    let (argv, argv_truncated) = read_cmdline(p.pid);
+    let (argv, argv_truncated) = read_cmdline(p.pid, argv_max);
     Some(ProcInfo {
         pid: p.pid as u32,
         ppid: stat.ppid as u32,
@@ -119,8 +131,14 @@ pub fn take(cgroup_root: &Path) -> Snapshot {
 
     let mut inode_owner: HashMap<u64, u32> = HashMap::new();
     let mut netns_reader: HashMap<u64, i32> = HashMap::new();
+    let mut argv_read = 0;
     for p in &procs {
-        let Some(info) = proc_info(p, cgroup_root, ticks, own_pid) else {
+        let argv_max = if argv_read < SNAPSHOT_ARGV_BYTES {
+            ARGV_LEN
+        } else {
+            ARGV_KEPT_WHEN_FULL
+        };
+        let Some(info) = proc_info(p, cgroup_root, ticks, own_pid, argv_max) else {
             continue;
         };
         if let Ok(fds) = p.fd() {
@@ -133,6 +151,7 @@ pub fn take(cgroup_root: &Path) -> Snapshot {
         if let Ok(ns) = std::fs::metadata(format!("/proc/{}/ns/net", p.pid)) {
             netns_reader.entry(ns.ino()).or_insert(p.pid);
         }
+        argv_read += info.argv.byte_len();
         snap.processes.push(info);
     }
 

@@ -66,6 +66,9 @@ struct Entry {
     exited: bool,
     /// Bytes charged to this entry (see [`charge`]).
     bytes: usize,
+    /// It has an element in `long_args` (at most one: a process that
+    /// re-execs itself must not add one per exec).
+    queued: bool,
 }
 
 /// Bytes an entry holds. A fork's child shares its parent's texts (the
@@ -123,7 +126,9 @@ impl ProcessTable {
 
     /// Insert or replace a process (exec, snapshot).
     pub fn upsert(&mut self, mut info: ProcInfo) {
-        self.remove(info.pid);
+        let was_queued = self
+            .remove(info.pid)
+            .is_some_and(|e| e.queued && e.info.start_time_ns == info.start_time_ns);
         if self.map.len() >= self.limits.max_entries {
             self.make_room();
         }
@@ -138,7 +143,8 @@ impl ProcessTable {
         while self.over(bytes) && !self.map.is_empty() {
             self.make_room();
         }
-        if info.argv.byte_len() > ARGV_KEPT_WHEN_FULL {
+        let long = info.argv.byte_len() > ARGV_KEPT_WHEN_FULL;
+        if long && !was_queued {
             self.long_args.push_back((info.pid, info.start_time_ns));
             self.compact_long_args();
         }
@@ -149,6 +155,7 @@ impl ProcessTable {
                 info,
                 exited: false,
                 bytes,
+                queued: long,
             },
         );
     }
@@ -183,12 +190,15 @@ impl ProcessTable {
             let Some(mut e) = self.map.remove(&pid) else {
                 continue;
             };
-            if e.info.start_time_ns == start && self.trim(&mut e.info) {
-                let bytes = charge(&e.info);
-                self.bytes = self.bytes - e.bytes + bytes;
-                e.bytes = bytes;
-                self.map.insert(pid, e);
-                return true;
+            if e.info.start_time_ns == start {
+                e.queued = false; // its element is this one, popped
+                if self.trim(&mut e.info) {
+                    let bytes = charge(&e.info);
+                    self.bytes = self.bytes - e.bytes + bytes;
+                    e.bytes = bytes;
+                    self.map.insert(pid, e);
+                    return true;
+                }
             }
             self.map.insert(pid, e);
         }
@@ -405,6 +415,15 @@ mod tests {
         );
         assert!(t.get(10_000).is_some());
         assert!(t.long_args.len() <= 2 * t.len() + 1025);
+    }
+
+    #[test]
+    fn a_process_that_re_execs_itself_queues_its_arguments_once() {
+        let mut t = budget(100_000, 64 << 20);
+        for _ in 0..100_000 {
+            t.upsert(with_args(7, 4000)); // same pid, same start time
+        }
+        assert_eq!((t.len(), t.long_args.len()), (1, 1));
     }
 
     #[test]

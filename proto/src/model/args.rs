@@ -58,19 +58,30 @@ impl Args {
         self.0.len()
     }
 
-    /// The arguments that fit whole in `max` bytes (separators counted),
-    /// and whether any were left out.
+    /// The first `max` bytes of the arguments (separators counted), the
+    /// last one kept cut where it does not fit, as the kernel cuts a long
+    /// argument block (a long argv\[0\] is kept in part, not dropped);
+    /// and whether anything was left out.
     #[must_use]
     pub fn prefix(&self, max: usize) -> (Args, bool) {
         if self.0.len() <= max {
             return (self.clone(), false);
         }
-        // Cut after the last separator within `max` bytes.
-        let end = self.0.as_bytes()[..max]
-            .iter()
-            .rposition(|&b| b == 0)
-            .map_or(0, |i| i + 1);
-        (Args(self.0[..end].into()), true)
+        // max - 1 bytes on a character boundary, then a terminator
+        let mut end = max.saturating_sub(1);
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end == 0 {
+            return (Args::default(), true);
+        }
+        let head = &self.0[..end];
+        let mut s = String::with_capacity(end + 1);
+        s.push_str(head);
+        if !head.ends_with('\0') {
+            s.push('\0');
+        }
+        (Args(s.into()), true)
     }
 
     /// The arguments as owned strings (the wire's shape).
@@ -197,12 +208,21 @@ mod tests {
     }
 
     #[test]
-    fn keeps_whole_arguments_within_a_prefix() {
+    fn a_prefix_keeps_the_first_bytes_cutting_the_last_argument() {
         let a = Args::from(["abc", "de", "fghij"]);
         assert_eq!(a.prefix(100), (a.clone(), false));
+        assert_eq!(a.prefix(13), (a.clone(), false));
         assert_eq!(a.prefix(7), (Args::from(["abc", "de"]), true));
-        assert_eq!(a.prefix(6), (Args::from(["abc"]), true));
-        assert_eq!(a.prefix(2), (Args::default(), true));
+        assert_eq!(a.prefix(6), (Args::from(["abc", "d"]), true));
+        // a long argv[0] is kept in part, never dropped whole
+        assert_eq!(a.prefix(3), (Args::from(["ab"]), true));
+        assert_eq!(a.prefix(1), (Args::default(), true));
+        for max in 0..13 {
+            assert!(a.prefix(max).0.byte_len() <= max, "{max}");
+        }
+        // never inside a character
+        let u = Args::from(["\u{e9}\u{e9}\u{e9}"]); // 6 bytes + NUL
+        assert_eq!(u.prefix(5), (Args::from(["\u{e9}\u{e9}"]), true));
     }
 
     #[test]
