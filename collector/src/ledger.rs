@@ -21,8 +21,6 @@ pub enum LedgerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("dedupe state file {path} is corrupt ({message}); move it away to start fresh")]
-    Corrupt { path: PathBuf, message: String },
     #[error("cannot repair output file {path} after a crash: {source}")]
     Repair {
         path: PathBuf,
@@ -110,13 +108,23 @@ impl Ledger {
             ..Ledger::default()
         };
         if let Some(p) = state {
-            if let Ok(text) = std::fs::read_to_string(p) {
-                ledger
-                    .load_state(&text)
-                    .map_err(|message| LedgerError::Corrupt {
-                        path: p.to_owned(),
-                        message,
-                    })?;
+            if let Ok(text) = std::fs::read(p) {
+                let text = String::from_utf8_lossy(&text);
+                if let Err(message) = ledger.load_state(&text) {
+                    // A power cut can leave it empty or torn (it is saved
+                    // durably, but an older collector did not): the
+                    // output file still says what was written.
+                    tracing::warn!(
+                        path = %p.display(),
+                        bytes = text.len(),
+                        error = %message,
+                        "dedupe state file is empty or corrupt; ignoring it and rebuilding \
+                         from the output file (batches only in rotated files may be written \
+                         again if resent)"
+                    );
+                    ledger.nodes.clear();
+                    ledger.dirty = true;
+                }
             }
         }
         if let Some(out) = output {
@@ -209,6 +217,15 @@ impl Ledger {
         self.dirty |= self.nodes.remove(node).is_some();
     }
 
+    /// Forget `node`'s `stream` (a write whose fdatasync failed: the
+    /// resend must be written again; a duplicate line beats a loss).
+    pub fn forget_stream(&mut self, node: &str, stream: &str) {
+        if let Some(marks) = self.nodes.get_mut(node) {
+            marks.retain(|m| m.stream != stream);
+            self.dirty = true;
+        }
+    }
+
     /// The batch was written.
     pub fn record(&mut self, node: &str, stream: &str, seq: u64) {
         self.observe(node, stream, seq);
@@ -246,7 +263,8 @@ impl Ledger {
         serde_json::to_string(&f).expect("strings and numbers serialize")
     }
 
-    /// Save if anything changed (write to a temp file, then rename).
+    /// Save if anything changed, durably (a temp file, fsynced, renamed
+    /// over the state file, the directory fsynced).
     pub fn save(&mut self) -> Result<(), LedgerError> {
         let Some(path) = &self.path else {
             return Ok(());
@@ -254,14 +272,13 @@ impl Ledger {
         if !self.dirty {
             return Ok(());
         }
-        let tmp = path.with_extension("tmp");
         let text = self.state_text();
-        spyglass_proto::files::write_private(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|source| LedgerError::Write {
+        crate::durable::replace_file(path, text.as_bytes()).map_err(|source| {
+            LedgerError::Write {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
         self.dirty = false;
         Ok(())
     }
@@ -376,9 +393,13 @@ mod tests {
             good,
             "the torn tail is cut off"
         );
-        std::fs::write(&state, "{garbage").unwrap();
-        let e = Ledger::open(Some(&state), None, 4).unwrap_err().to_string();
-        assert!(e.contains("corrupt") && e.contains("state.json"), "{e}");
+        // a torn or empty state file is ignored: the output rebuilds it
+        for torn in ["{garbage", ""] {
+            std::fs::write(&state, torn).unwrap();
+            let l = Ledger::open(Some(&state), Some(&out), 4).unwrap();
+            assert_eq!(l.high_water("n1", ""), 7, "{torn:?}");
+            assert_eq!(l.high_water("n2", "s"), 3, "{torn:?}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,6 +1,7 @@
 //! spyglass-collector: receives Spyglass agent streams over gRPC and writes
 //! them as JSON lines or OCSF to a rotated file (or stdout), and to syslog.
 mod delivery;
+mod durable;
 #[cfg(test)]
 mod fuzz;
 mod identity;
@@ -208,6 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
         max_events_per_sec: cli.max_events_per_sec,
         max_agents: cli.max_agents,
         identities,
+        durability: durable::Durability::default(),
         streams: streams::Streams::new(streams::StreamLimits {
             total: cli.max_streams,
             per_ip: cli.max_streams_per_ip,

@@ -82,6 +82,8 @@ impl Lines {
 pub struct LineSink {
     path: Option<PathBuf>,
     out: Box<dyn Write + Send>,
+    /// The open file, for fdatasync (None for stdout).
+    file: Option<std::sync::Arc<File>>,
     size: u64,
     rotate_bytes: u64,
     keep: usize,
@@ -113,12 +115,24 @@ fn open_append(path: &Path) -> Result<(File, u64), OutputError> {
     Ok((f, size))
 }
 
+/// A file as a writer and a handle to sync it (the same open file).
+type Split = (Box<dyn Write + Send>, Option<std::sync::Arc<File>>);
+
+fn split(f: File, path: &Path) -> Result<Split, OutputError> {
+    let sync = f.try_clone().map_err(|source| OutputError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((Box::new(f), Some(std::sync::Arc::new(sync))))
+}
+
 impl LineSink {
     pub fn open(path: &str, rotate_bytes: u64, keep: usize) -> Result<Self, OutputError> {
         if path == "-" {
             return Ok(LineSink {
                 path: None,
                 out: Box::new(std::io::stdout()),
+                file: None,
                 size: 0,
                 rotate_bytes: u64::MAX,
                 keep,
@@ -128,9 +142,17 @@ impl LineSink {
         }
         let p = PathBuf::from(path);
         let (f, size) = open_append(&p)?;
+        let (out, file) = split(f, &p)?;
+        crate::durable::sync_dir(p.parent().unwrap_or_else(|| Path::new("."))).map_err(
+            |source| OutputError::Open {
+                path: p.clone(),
+                source,
+            },
+        )?;
         Ok(LineSink {
             path: Some(p),
-            out: Box::new(f),
+            out,
+            file,
             size,
             rotate_bytes,
             keep,
@@ -169,8 +191,9 @@ impl LineSink {
                     let _ = f.set_len(self.size);
                 }
                 if let Ok((f, size)) = open_append(p) {
-                    self.out = Box::new(f);
-                    self.size = size;
+                    if let Ok((out, file)) = split(f, p) {
+                        (self.out, self.file, self.size) = (out, file, size);
+                    }
                 }
             }
             return Err(self.err(e));
@@ -184,6 +207,10 @@ impl LineSink {
             return Ok(());
         };
         self.out.flush().map_err(|e| self.err(e))?;
+        // what was acknowledged in FILE stays on disk as FILE.1
+        if let Some(f) = &self.file {
+            f.sync_data().map_err(|e| self.err(e))?;
+        }
         let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
         if !self.shifted {
             let _ = std::fs::remove_file(numbered(self.keep));
@@ -204,14 +231,22 @@ impl LineSink {
 
     /// Open the file that follows a rotation.
     fn open_successor(&mut self) -> Result<(), OutputError> {
-        let Some(path) = &self.path else {
+        let Some(path) = self.path.clone() else {
             return Ok(());
         };
-        let (f, size) = open_append(path)?;
-        self.out = Box::new(f);
-        self.size = size;
+        let (f, size) = open_append(&path)?;
+        let (out, file) = split(f, &path)?;
+        // the rename and the new name last
+        crate::durable::sync_dir(path.parent().unwrap_or_else(|| Path::new(".")))
+            .map_err(|e| self.err(e))?;
+        (self.out, self.file, self.size) = (out, file, size);
         self.reopen = false;
         Ok(())
+    }
+
+    /// The open file, to fdatasync (None for stdout).
+    pub fn sync_handle(&self) -> Option<std::sync::Arc<File>> {
+        self.file.clone()
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Shared {
     /// Node ids bound to client certificates (mutual TLS), with the
     /// extra ids of `--node-identities`; `None`: not bound.
     pub identities: Option<crate::identity::NodeIdentities>,
+    /// Group commit: acks wait for the output's fdatasync.
+    pub durability: crate::durable::Durability,
     /// Streams open, per peer address and client certificate.
     pub streams: crate::streams::Streams,
     pub metrics: crate::metrics::Metrics,
@@ -89,14 +91,16 @@ impl CollectorService {
             self.shared.max_agents,
         )?;
         let (node, stream) = (batch.node_id.as_str(), batch.stream_id.as_str());
-        let verdict = {
+        let (verdict, generation) = {
             let mut guard = self.shared.outputs.lock().await;
             let (outputs, ledger) = &mut *guard;
             if let Some(gone) = &evicted {
                 ledger.forget_node(gone);
             }
+            let durable = &self.shared.durability;
             match ledger.check(node, stream, batch.sequence) {
-                Verdict::Duplicate => Verdict::Duplicate,
+                // its write may still be on its way to disk
+                Verdict::Duplicate => (Verdict::Duplicate, durable.written()),
                 Verdict::Write => {
                     outputs.render_batch(batch);
                     if outputs.would_rotate() {
@@ -119,10 +123,28 @@ impl CollectorService {
                         .metrics
                         .dedupe_streams
                         .store(ledger.len() as u64, Ordering::Relaxed);
-                    Verdict::Write
+                    (Verdict::Write, durable.wrote(outputs.file.sync_handle()))
                 }
             }
         };
+        // An ack means on disk: wait for the fdatasync that covers this
+        // write (one for all streams' writes meanwhile).
+        if let Err(e) = self.shared.durability.wait(generation).await {
+            warn!(error = %e, "fdatasync of the output failed");
+            let m = &self.shared.metrics;
+            m.output_errors.fetch_add(1, Ordering::Relaxed);
+            m.output_failing.store(true, Ordering::Relaxed);
+            // written, perhaps not on disk: the resend is written again
+            self.shared
+                .outputs
+                .lock()
+                .await
+                .1
+                .forget_stream(node, stream);
+            return Err(Status::unavailable(format!(
+                "collector output failed: fdatasync: {e}"
+            )));
+        }
         let drops = if verdict == Verdict::Write {
             let drops = batch.reported_drops();
             self.shared.metrics.written(batch, drops);

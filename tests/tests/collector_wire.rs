@@ -1145,6 +1145,29 @@ fn collector_writes_the_agents_json_unchanged() {
 
 /// Read from `s` until the server closes the connection; true when it
 /// did (EOF or reset) within `wait`.
+/// The body of `GET path` on 127.0.0.1:`port`, sent from `source` (a
+/// loopback address: every 127/8 address is this host's).
+fn get_from(source: &str, port: u16, path: &str) -> String {
+    let s = rt().block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        sock.connect(addr).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    let mut s = s;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 fn closed_by_server(s: &mut std::net::TcpStream, wait: Duration) -> bool {
     let deadline = std::time::Instant::now() + wait;
     s.set_read_timeout(Some(Duration::from_millis(500)))
@@ -1303,15 +1326,20 @@ fn a_client_cannot_hold_streams_or_connections_for_ever() {
         closed_by_server(&mut slow, wait),
         "metrics: half a request line held"
     );
-    // and connections beyond the limit (64) are closed at once, the
-    // others still served
-    let idle: Vec<_> = (0..64)
+    // and connections beyond the limit from one address (8) are closed
+    // at once, while another address (the kubelet's probes) is served
+    let idle: Vec<_> = (0..8)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap())
         .collect();
     let mut over = std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap();
     assert!(
         closed_by_server(&mut over, wait),
-        "metrics: connection over the limit kept"
+        "metrics: a 9th connection from one address kept"
+    );
+    assert_eq!(
+        get_from("127.0.0.2", metrics, "/healthz"),
+        "ok\n",
+        "another address is served while one holds its slots"
     );
     drop(idle);
     eventually("metrics served again", wait, || {
@@ -1369,4 +1397,54 @@ fn a_node_inventing_stream_ids_cannot_grow_the_dedupe_state() {
     );
     assert_eq!(sample(&body, "spyglass_collector_dedupe_streams"), Some(16));
     assert_eq!(lines(&col.output).len(), 2000);
+}
+
+#[test]
+fn an_empty_or_torn_state_file_does_not_stop_the_collector() {
+    let _g = serial();
+    let dir = scratch("torn-state");
+    let out = dir.join("out.jsonl");
+    let send = |port: u16| {
+        rt().block_on(async {
+            let one = vec![batch("torn", 1, vec![exec_event("torn", "once")])];
+            publish(plain(port).await, None, one).await.unwrap()
+        })
+    };
+    let mut col = Collector::start(free_port(), &out, &[]);
+    assert!(!send(col.port)[0].duplicate);
+    col.stop();
+    for (what, text) in [("empty", ""), ("torn", "{\"version\":2,\"streams\":[[\"to")] {
+        std::fs::write(dir.join("out.jsonl.state"), text).unwrap();
+        let log = dir.join(format!("{what}.log"));
+        let port = free_port();
+        let child = Command::new(bin("spyglass-collector"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--output")
+            .arg(&out)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut col = Collector {
+            child,
+            port,
+            output: out.clone(),
+        };
+        eventually(
+            &format!("the collector to start on an {what} state file"),
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
+        let acks = send(port);
+        assert!(
+            acks[0].duplicate,
+            "{what} state: the batch in the output was written again"
+        );
+        col.stop();
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            log.contains("dedupe state file is empty or corrupt; ignoring it and rebuilding from the output file"),
+            "{what}: {log}"
+        );
+    }
+    assert_eq!(lines(&out).len(), 1);
 }
