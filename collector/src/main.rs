@@ -75,10 +75,16 @@ struct Cli {
     /// certificate publishes only for its own names (DNS SANs, else CN).
     #[arg(long, requires = "client_ca")]
     node_identities: Option<PathBuf>,
-    /// With --client-ca: accept any node id from any certificate the CA
-    /// signed (node ids are then not bound to certificates; not advised).
-    #[arg(long, requires = "client_ca", conflicts_with = "node_identities")]
-    no_node_binding: bool,
+    /// With --client-ca: `on` binds each node id to its client
+    /// certificate; `off` accepts any node id from any certificate the CA
+    /// signed (for agents that share one certificate; not advised).
+    #[arg(
+        long,
+        env = "SPYGLASS_NODE_BINDING",
+        value_parser = ["on", "off"],
+        default_value = "on"
+    )]
+    node_binding: String,
     /// Require `authorization: Bearer TOKEN` from agents (or SPYGLASS_TOKEN).
     #[arg(long, env = "SPYGLASS_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -178,9 +184,15 @@ async fn run(cli: Cli) -> Result<()> {
             .map(|p| PathBuf::from(format!("{}.state", p.display())))
     });
     // Node ids bound to client certificates: on with mutual TLS.
+    if cli.node_binding == "off" && cli.node_identities.is_some() {
+        anyhow::bail!(
+            "--node-identities binds node ids to certificates, and --node-binding \
+             (or SPYGLASS_NODE_BINDING) is off: drop one of them"
+        );
+    }
     let identities = match (&cli.client_ca, &cli.node_identities) {
         (None, _) => None,
-        _ if cli.no_node_binding => None,
+        _ if cli.node_binding == "off" => None,
         (Some(_), None) => Some(identity::NodeIdentities::default()),
         (Some(_), Some(path)) => {
             let ids = identity::NodeIdentities::load(path)?;

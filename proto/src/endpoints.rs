@@ -13,7 +13,58 @@ pub type Answer = (u16, String);
 
 /// Most connections served at once; one more is closed when accepted
 /// (a Prometheus server and the kubelet's probes need a few).
-pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Most connections one client address may hold at once: one pod sending
+/// half-requests cannot take every slot and fail the kubelet's probes
+/// (the agent runs on the host network, where NetworkPolicy does not
+/// reach).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
+
+/// Connections open per client address; a [`PeerSlot`] gives its place
+/// back when dropped.
+#[derive(Clone, Default)]
+struct PeerCounts(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct PeerSlot {
+    counts: PeerCounts,
+    ip: std::net::IpAddr,
+}
+
+impl PeerCounts {
+    /// A place for `ip`, or None when it holds [`MAX_CONNECTIONS_PER_PEER`].
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Time a client has to send its request's head (request line and
 /// headers); a client that sends half a request line is cut off then.
@@ -24,7 +75,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serve `answer(path)` on `listener` until the process ends: one
-/// request per connection, at most [`MAX_CONNECTIONS`] at once, each
+/// request per connection, at most [`MAX_CONNECTIONS`] at once and
+/// [`MAX_CONNECTIONS_PER_PEER`] from one address, each
 /// closed after [`HEADER_READ_TIMEOUT`] without a whole request head and
 /// after [`CONNECTION_TIMEOUT`] in all.
 pub async fn serve<F>(listener: tokio::net::TcpListener, answer: F)
@@ -33,6 +85,7 @@ where
 {
     let answer = Arc::new(answer);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let peers = PeerCounts::default();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "metrics and health endpoints listening");
     }
@@ -46,13 +99,17 @@ where
                 continue;
             }
         };
+        let Some(peer_slot) = peers.take(peer.ip()) else {
+            debug!(%peer, "metrics connection closed: {MAX_CONNECTIONS_PER_PEER} already open from this address");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, "metrics connection closed: {MAX_CONNECTIONS} already open");
             continue;
         };
         let answer = answer.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, peer_slot);
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (code, body) = answer(req.uri().path());
                 let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -258,6 +258,29 @@ fn documented_overlays_build_and_patch_what_they_say() {
         ["mycluster", "pernode", "pernode-hostpath"],
         "overlays documented (check each one here)"
     );
+    // Node ids are bound to certificates exactly where each node has its
+    // own: off in the base (one shared certificate would refuse every
+    // node but one), on with either per-node component.
+    for (name, objs, want) in [
+        ("base", base, "off"),
+        ("pernode", &json["overlays"]["pernode"], "on"),
+        (
+            "pernode-hostpath",
+            &json["overlays"]["pernode-hostpath"],
+            "on",
+        ),
+    ] {
+        let c = named(
+            &object(objs, "Deployment", "spyglass-collector")["spec"]["template"]["spec"]
+                ["containers"],
+            "collector",
+        );
+        assert_eq!(
+            named(&c["env"], "SPYGLASS_NODE_BINDING")["value"],
+            want,
+            "{name}: collector node binding"
+        );
+    }
     let bad = per_node_complaints(base, &json["overlays"]["pernode"], "secret");
     assert!(bad.is_empty(), "overlay pernode:\n{}", bad.join("\n"));
     let bad = per_node_complaints(base, &json["overlays"]["pernode-hostpath"], "hostPath");
