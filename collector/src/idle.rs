@@ -6,7 +6,9 @@
 //! idle that long: the server pings every connection each
 //! `--keepalive-interval` (HTTP/2 PING), and every HTTP/2 client answers
 //! pings, also between batches. At most `--max-connections` are open at
-//! once; one more is closed as soon as it is accepted.
+//! once, and `--max-connections-per-ip` from one address (connections are
+//! counted before any authentication: one address must not hold them
+//! all); one more is closed as soon as it is accepted.
 use std::{
     future::Future,
     io,
@@ -34,6 +36,7 @@ pub struct IdleTimeout {
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
     _slot: Slot,
+    _peer: spyglass_proto::endpoints::PeerSlot,
 }
 
 /// A place among the open connections, freed on drop.
@@ -110,17 +113,28 @@ impl Connected for IdleTimeout {
 }
 
 /// The accepted connections of `listener`, each closed after `timeout`
-/// without a byte read, at most `max` open at once.
+/// without a byte read, at most `max` open at once and `per_ip` from one
+/// address.
 pub fn incoming(
     listener: tokio::net::TcpListener,
     timeout: Duration,
     max: usize,
+    per_ip: usize,
 ) -> impl Stream<Item = io::Result<IdleTimeout>> {
     let open = Arc::new(AtomicUsize::new(0));
+    let peers = spyglass_proto::endpoints::PeerCounts::default();
     tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
         let stream = match conn {
             Ok(s) => s,
             Err(e) => return Some(Err(e)),
+        };
+        let ip = stream.peer_addr().map_or(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            |a| a.ip(),
+        );
+        let Some(peer) = peers.take(ip, per_ip) else {
+            warn!(%ip, per_ip, "connection closed: --max-connections-per-ip are open from this address");
+            return None;
         };
         if open.fetch_add(1, Ordering::Relaxed) >= max {
             open.fetch_sub(1, Ordering::Relaxed);
@@ -135,6 +149,7 @@ pub fn incoming(
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             _slot: Slot(open.clone()),
+            _peer: peer,
         }))
     })
 }

@@ -124,6 +124,11 @@ struct Cli {
     /// accepted.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Most gRPC connections open at once from one client address
+    /// (counted before authentication); raise it when many agents reach
+    /// the collector through one NAT or proxy address.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: usize,
     /// Close a gRPC connection that sends nothing for this many seconds
     /// (a silent client, a stalled TLS handshake, HTTP/2 preface or
     /// message). Live clients answer the keepalive pings, so keep it above
@@ -340,7 +345,12 @@ async fn run(cli: Cli) -> Result<()> {
             metrics::answer(&m.metrics, &m.agents, path)
         }));
     }
-    let incoming = idle::incoming(listener, idle_timeout, cli.max_connections.max(1));
+    let incoming = idle::incoming(
+        listener,
+        idle_timeout,
+        cli.max_connections.max(1),
+        cli.max_connections_per_ip.max(1),
+    );
     // On SIGTERM/SIGINT: stop accepting, give open streams a moment, then
     // exit even if agents keep their streams open; agents resend whatever
     // was not acknowledged, and the ledger drops what was already written.

@@ -22,24 +22,26 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
 
 /// Connections open per client address; a [`PeerSlot`] gives its place
-/// back when dropped.
+/// back when dropped. Used by these endpoints and the collector's gRPC
+/// accept loop.
 #[derive(Clone, Default)]
-struct PeerCounts(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+pub struct PeerCounts(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
 
-struct PeerSlot {
+/// One connection's place among its address's ([`PeerCounts::take`]).
+pub struct PeerSlot {
     counts: PeerCounts,
     ip: std::net::IpAddr,
 }
 
 impl PeerCounts {
-    /// A place for `ip`, or None when it holds [`MAX_CONNECTIONS_PER_PEER`].
-    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+    /// A place for `ip`, or None when it already holds `max`.
+    pub fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
         let mut m = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = m.entry(ip).or_insert(0);
-        if *n >= MAX_CONNECTIONS_PER_PEER {
+        if *n >= max {
             return None;
         }
         *n += 1;
@@ -99,7 +101,7 @@ where
                 continue;
             }
         };
-        let Some(peer_slot) = peers.take(peer.ip()) else {
+        let Some(peer_slot) = peers.take(peer.ip(), MAX_CONNECTIONS_PER_PEER) else {
             debug!(%peer, "metrics connection closed: {MAX_CONNECTIONS_PER_PEER} already open from this address");
             continue;
         };

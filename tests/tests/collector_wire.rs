@@ -1455,3 +1455,45 @@ fn an_empty_or_torn_state_file_does_not_stop_the_collector() {
     }
     assert_eq!(lines(&out).len(), 1);
 }
+
+/// A TCP connection to 127.0.0.1:`port` from `source` (a loopback
+/// address), sending nothing.
+fn connect_from(source: &str, port: u16) -> std::net::TcpStream {
+    rt().block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let s = sock.connect(addr).await.unwrap().into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// Connections are counted per client address before any authentication:
+/// one address holding its share cannot lock other agents out (a global
+/// cap alone let one client without a token take every connection).
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let dir = scratch("collector-per-ip");
+    let col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &["--max-connections-per-ip", "3", "--token", "s3cret"],
+    );
+    let held: Vec<_> = (0..3)
+        .map(|_| connect_from("127.0.0.1", col.port))
+        .collect();
+    let mut over = connect_from("127.0.0.1", col.port);
+    let wait = Duration::from_secs(10);
+    assert!(
+        closed_by_server(&mut over, wait),
+        "a fourth connection from one address was kept"
+    );
+    // another address still gets in (closed only by the idle timeout, 60 s)
+    let mut other = connect_from("127.0.0.2", col.port);
+    assert!(
+        !closed_by_server(&mut other, Duration::from_secs(2)),
+        "another address was refused while one held its connections"
+    );
+    drop(held);
+}
