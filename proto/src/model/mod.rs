@@ -183,16 +183,14 @@ impl LossTotals {
 
     /// Events lost in all, as [`Loss::total`] counts them.
     pub fn lost(&self) -> u64 {
-        [
+        lost_sum([
             self.exec,
             self.exit,
             self.fork,
             self.network,
             self.decode_errors,
             self.spool_dropped,
-        ]
-        .iter()
-        .fold(0u64, |a, b| a.saturating_add(*b))
+        ])
     }
 }
 
@@ -216,17 +214,22 @@ impl Loss {
     /// Events lost in all (read errors and untracked connects were still
     /// delivered, so they are not counted); saturating.
     pub fn total(&self) -> u64 {
-        [
+        lost_sum([
             self.exec,
             self.exit,
             self.fork,
             self.network,
             self.decode_errors,
             self.spool_dropped,
-        ]
-        .iter()
-        .fold(0u64, |a, b| a.saturating_add(*b))
+        ])
     }
+}
+
+/// The counters of events lost (exec, exit, fork, network, decode errors,
+/// spool drops), summed saturating: one count for [`Loss::total`] and
+/// [`LossTotals::lost`].
+fn lost_sum(counts: [u64; 6]) -> u64 {
+    counts.iter().fold(0u64, |a, b| a.saturating_add(*b))
 }
 
 /// Attach state of one probe, reported at start.
