@@ -4,6 +4,6 @@
 pub use spyglass_proto::model::{
     Action, AgentInfo, AgentState, Ancestor, Args, ConnectOutcome, Container, Endpoint, Enforced,
     Event, ExitInfo, Family, FindingInfo, ForkInfo, Kind, Loss, LossStage, LossTotals, Mitre, Name,
-    NetOp, Network, Outcome, ProbeStatus, Process, Protocol, Runtime, Text, Tracked, Unattributed,
-    Unread,
+    NetOp, Network, OomKill, Outcome, ProbeStatus, Process, Protocol, Restarts, Runtime, Text,
+    Tracked, Unattributed, Unread, Usage,
 };

@@ -15,7 +15,7 @@ use spyglass_proto::endpoints;
 
 use crate::event::Kind;
 
-const KINDS: [(Kind, &str); 8] = [
+const KINDS: [(Kind, &str); 9] = [
     (Kind::Exec, "exec"),
     (Kind::Exit, "exit"),
     (Kind::Fork, "fork"),
@@ -24,6 +24,7 @@ const KINDS: [(Kind, &str); 8] = [
     (Kind::Accept, "accept"),
     (Kind::Loss, "loss"),
     (Kind::Agent, "agent"),
+    (Kind::Resources, "resources"),
 ];
 
 /// The process table's figures (see [`Metrics::set_process_table`]).
@@ -37,7 +38,7 @@ pub struct TableStats {
 /// Everything `/metrics` shows.
 #[derive(Default)]
 pub struct Metrics {
-    events: [AtomicU64; 8],
+    events: [AtomicU64; KINDS.len()],
     /// Records lost, by stage and kind (kernel ring buffer, agent spool).
     lost_exec: AtomicU64,
     lost_exit: AtomicU64,

@@ -210,6 +210,8 @@ mod tests {
             action: crate::event::Action::Alert,
             outcome: None,
             count: 1,
+            resolved: false,
+            restarts: None,
             first_seen: Timestamp(t),
             last_seen: Timestamp(t),
             evidence: Vec::new(),

@@ -300,6 +300,8 @@ impl Detector {
             action,
             outcome: h.outcome,
             count: 1,
+            resolved: false,
+            restarts: None,
             first_seen: ev.time,
             last_seen: ev.time,
             evidence: vec![ev.clone()],

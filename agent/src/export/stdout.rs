@@ -89,6 +89,22 @@ fn container_text(c: &crate::event::Container) -> String {
     s
 }
 
+/// Sampled resource use, for text output.
+fn usage_text(u: &crate::event::Usage) -> String {
+    let mib = |b: u64| b / (1024 * 1024);
+    let mut s = format!(" cpu={}%", u.cpu_percent);
+    if let Some(m) = u.memory_bytes {
+        s.push_str(&format!(" mem={}MiB", mib(m)));
+    }
+    if let Some(l) = u.memory_limit_bytes {
+        s.push_str(&format!("/{}MiB", mib(l)));
+    }
+    if let Some(p) = u.pids {
+        s.push_str(&format!(" pids={p}"));
+    }
+    s
+}
+
 pub fn text_line(ev: &Event) -> String {
     let time = ev.time.to_string();
     let time = time.get(11..23).unwrap_or(&time);
@@ -105,6 +121,9 @@ pub fn text_line(ev: &Event) -> String {
         }
         if f.count > 1 {
             line.push_str(&format!(" count={}", f.count));
+        }
+        if f.resolved {
+            line.push_str(" RESOLVED");
         }
         if let Some(c) = &ev.container {
             line.push_str(&container_text(c));
@@ -133,6 +152,12 @@ pub fn text_line(ev: &Event) -> String {
             (Some(code), _) => line.push_str(&format!(" code={code}")),
             _ => {}
         }
+        if x.oom.is_some() {
+            line.push_str(" OOM-killed");
+        }
+    }
+    if let Some(u) = &ev.resources {
+        line.push_str(&usage_text(u));
     }
     if let Some(f) = &ev.fork {
         line.push_str(&format!(" child={}", f.child_pid));

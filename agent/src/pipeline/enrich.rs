@@ -347,6 +347,7 @@ impl Enricher {
                     code,
                     signal,
                     raw: x.exit_code,
+                    oom: None,
                 });
                 if !stale {
                     self.table.exit(pid, x.start_time_ns);

@@ -142,6 +142,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             });
         }
     }
+    if let Err(message) = file.settings.check_bounds() {
+        return Err(PolicyError::Document {
+            path: path.to_owned(),
+            message,
+        });
+    }
     if file.version != 1 {
         return Err(PolicyError::Document {
             path: path.to_owned(),
@@ -427,6 +433,62 @@ rules:
         assert!(e.contains("version: 2 is not supported"), "{e}");
         let e = p("rules: [\n").unwrap_err();
         assert!(e.starts_with("policy file policy.yaml"), "{e}");
+    }
+
+    #[test]
+    fn runaway_thresholds_out_of_range_are_refused_by_name() {
+        let cases = [
+            (
+                "cpu_runaway_percent: 0",
+                "settings.cpu_runaway_percent: 0 is out of range; write 1 to 102400",
+            ),
+            (
+                "cpu_runaway_seconds: 0",
+                "settings.cpu_runaway_seconds: 0 is out of range",
+            ),
+            (
+                "cpu_runaway_seconds: 99999999999",
+                "settings.cpu_runaway_seconds: 99999999999 is out of range",
+            ),
+            (
+                "memory_near_limit_percent: 101",
+                "settings.memory_near_limit_percent: 101 is out of range; write 1 to 100",
+            ),
+            (
+                "memory_near_limit_seconds: 0",
+                "settings.memory_near_limit_seconds: 0",
+            ),
+            ("restart_loop_count: 0", "settings.restart_loop_count: 0"),
+            (
+                "restart_loop_minutes: 0",
+                "settings.restart_loop_minutes: 0",
+            ),
+            (
+                "resource_sample_interval_ms: 10",
+                "settings.resource_sample_interval_ms: 10 is out of range; write 100 to 600000",
+            ),
+            (
+                "resources_report_s: 100000",
+                "settings.resources_report_s: 100000",
+            ),
+            (
+                "resource_sample_interval_ms: 5000\n  cpu_runaway_seconds: 2",
+                "settings.cpu_runaway_seconds: 2 s is shorter than one sample",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let e = p(&format!("version: 1\nsettings:\n  {yaml}\n")).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        // a negative number is refused by the parser, with the line
+        let e = p("version: 1\nsettings:\n  cpu_runaway_percent: -5\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("-5"), "{e}");
+        let ok = p("version: 1\nsettings:\n  cpu_runaway_percent: 150\n  cpu_runaway_seconds: 2\n  resource_sample_interval_ms: 500\n").unwrap();
+        assert_eq!(ok.settings.cpu_runaway_percent, 150);
+        let e = p("version: 1\nrules:\n  - rule: process.shell\n    kill_container_init: true\n")
+            .unwrap_err();
+        assert!(e.contains("`kill_container_init` belongs to"), "{e}");
+        assert!(p("version: 1\nrules:\n  - rule: process.cpu_runaway\n    action: kill\n    kill_container_init: true\n").is_ok());
     }
 
     #[test]

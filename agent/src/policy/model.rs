@@ -48,6 +48,116 @@ pub struct Settings {
     pub max_forks_per_second: u32,
     /// Baseline learning per image digest.
     pub baseline: BaselineSettings,
+    /// `process.cpu_runaway`: percent of one core (above 100 for several
+    /// cores) a process must use ...
+    pub cpu_runaway_percent: u32,
+    /// ... for this long, seconds.
+    pub cpu_runaway_seconds: u64,
+    /// `container.memory_near_limit`: percent of the container's memory
+    /// limit its use must stay above ...
+    pub memory_near_limit_percent: u32,
+    /// ... for this long, seconds.
+    pub memory_near_limit_seconds: u64,
+    /// `container.restart_loop`: more than this many exits of one pod
+    /// container ...
+    pub restart_loop_count: u32,
+    /// ... within this many minutes.
+    pub restart_loop_minutes: u64,
+    /// How often container cgroups (and the processes of busy ones) are
+    /// sampled, milliseconds.
+    pub resource_sample_interval_ms: u64,
+    /// How often each running container's `resources` event is sent,
+    /// seconds; 0: never (sampling and its findings go on).
+    pub resources_report_s: u64,
+}
+
+/// The bounds of a numeric setting: (name, value, least, most, what it is).
+type Bound = (&'static str, u64, u64, u64, &'static str);
+
+impl Settings {
+    /// The numeric settings against their bounds: the first one out of
+    /// range, named, with what to write instead.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let bounds: [Bound; 8] = [
+            (
+                "cpu_runaway_percent",
+                self.cpu_runaway_percent.into(),
+                1,
+                100 * 1024,
+                "percent of one core",
+            ),
+            (
+                "cpu_runaway_seconds",
+                self.cpu_runaway_seconds,
+                1,
+                7 * 86_400,
+                "seconds",
+            ),
+            (
+                "memory_near_limit_percent",
+                self.memory_near_limit_percent.into(),
+                1,
+                100,
+                "percent of the memory limit",
+            ),
+            (
+                "memory_near_limit_seconds",
+                self.memory_near_limit_seconds,
+                1,
+                7 * 86_400,
+                "seconds",
+            ),
+            (
+                "restart_loop_count",
+                self.restart_loop_count.into(),
+                1,
+                10_000,
+                "exits",
+            ),
+            (
+                "restart_loop_minutes",
+                self.restart_loop_minutes,
+                1,
+                7 * 1440,
+                "minutes",
+            ),
+            (
+                "resource_sample_interval_ms",
+                self.resource_sample_interval_ms,
+                100,
+                600_000,
+                "milliseconds",
+            ),
+            (
+                "resources_report_s",
+                self.resources_report_s,
+                0,
+                86_400,
+                "seconds (0: never)",
+            ),
+        ];
+        for (name, v, lo, hi, unit) in bounds {
+            if v < lo || v > hi {
+                return Err(format!(
+                    "settings.{name}: {v} is out of range; write {lo} to {hi} ({unit})"
+                ));
+            }
+        }
+        let sample_s = self.resource_sample_interval_ms.div_ceil(1000);
+        for (name, v) in [
+            ("cpu_runaway_seconds", self.cpu_runaway_seconds),
+            ("memory_near_limit_seconds", self.memory_near_limit_seconds),
+        ] {
+            if v < sample_s {
+                return Err(format!(
+                    "settings.{name}: {v} s is shorter than one sample \
+                     (settings.resource_sample_interval_ms {} ms); raise it or sample more often",
+                    self.resource_sample_interval_ms
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Settings {
@@ -81,6 +191,14 @@ impl Default for Settings {
             .to_vec(),
             max_forks_per_second: 200,
             baseline: BaselineSettings::default(),
+            cpu_runaway_percent: 90,
+            cpu_runaway_seconds: 300,
+            memory_near_limit_percent: 90,
+            memory_near_limit_seconds: 60,
+            restart_loop_count: 5,
+            restart_loop_minutes: 10,
+            resource_sample_interval_ms: 2000,
+            resources_report_s: 60,
         }
     }
 }
@@ -150,6 +268,9 @@ pub struct RuleEntry {
     /// (`/`, `/usr/`, `/bin/`, ...) kills nearly every program in every
     /// container; it is refused unless this says it is meant.
     pub confirm_broad_kill: bool,
+    /// `kill` of a runaway may hit a container's pid 1 (its init, which
+    /// ends the container): only when this says so.
+    pub kill_container_init: bool,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +293,8 @@ struct RawEntry {
     destinations: Vec<Cidr>,
     #[serde(default)]
     confirm_broad_kill: bool,
+    #[serde(default)]
+    kill_container_init: bool,
 }
 
 fn yes() -> bool {
@@ -184,10 +307,11 @@ impl TryFrom<RawEntry> for RuleEntry {
     fn try_from(r: RawEntry) -> Result<Self, String> {
         let info = info_of(r.rule);
         match r.action {
-            Action::Kill if !info.kill => {
+            Action::Kill if !info.kill && !info.user_kill => {
                 return Err(format!(
                     "action `kill` is not available for rule `{}`; it applies to process.exec, \
-                     process.shell, process.writable_path_exec and process.memfd_exec",
+                     process.shell, process.writable_path_exec, process.memfd_exec and \
+                     process.cpu_runaway",
                     info.name
                 ))
             }
@@ -247,6 +371,13 @@ impl TryFrom<RawEntry> for RuleEntry {
                 ));
             }
         }
+        if r.kill_container_init && !(info.user_kill && r.action == Action::Kill) {
+            return Err(format!(
+                "`kill_container_init` belongs to an entry with action `kill` of \
+                 process.cpu_runaway (not `{}` with `{}`)",
+                info.name, r.action
+            ));
+        }
         if let Some(p) = r.executables.iter().find(|p| covers_programs(p)) {
             if unconfirmed_broad_kill(r.action, &r.scope, r.confirm_broad_kill) {
                 return Err(broad_kill(info.name, p));
@@ -262,6 +393,7 @@ impl TryFrom<RawEntry> for RuleEntry {
             executables: r.executables,
             destinations: r.destinations,
             confirm_broad_kill: r.confirm_broad_kill,
+            kill_container_init: r.kill_container_init,
         })
     }
 }

@@ -38,6 +38,14 @@ pub enum RuleId {
     ProcessExec,
     #[serde(rename = "process.fork_rate")]
     ProcessForkRate,
+    #[serde(rename = "process.cpu_runaway")]
+    ProcessCpuRunaway,
+    #[serde(rename = "container.memory_near_limit")]
+    ContainerMemoryNearLimit,
+    #[serde(rename = "container.oom_kill")]
+    ContainerOomKill,
+    #[serde(rename = "container.restart_loop")]
+    ContainerRestartLoop,
     #[serde(rename = "baseline.new_executable")]
     BaselineExecutable,
     #[serde(rename = "baseline.new_port")]
@@ -59,6 +67,9 @@ pub struct RuleInfo {
     pub default_on: bool,
     pub kill: bool,
     pub deny_connect: bool,
+    /// `kill` sends SIGKILL from user space to the process found (not at
+    /// exec, in the kernel).
+    pub user_kill: bool,
     /// One line for the catalogue.
     pub what: &'static str,
 }
@@ -80,8 +91,15 @@ const fn info(
         default_on,
         kill,
         deny_connect,
+        user_kill: false,
         what,
     }
+}
+
+/// A rule whose `kill` is sent from user space (runaway processes).
+const fn user_kill(mut r: RuleInfo) -> RuleInfo {
+    r.user_kill = true;
+    r
 }
 
 const ESCAPE: Option<(&str, &str)> = Some(("T1611", "Escape to Host"));
@@ -89,6 +107,7 @@ const SHELL: Option<(&str, &str)> = Some(("T1059", "Command and Scripting Interp
 const INGRESS_TOOL: Option<(&str, &str)> = Some(("T1105", "Ingress Tool Transfer"));
 const C2: Option<(&str, &str)> = Some(("T1071", "Application Layer Protocol"));
 const EXPOSED: Option<(&str, &str)> = Some(("T1133", "External Remote Services"));
+const HIJACK: Option<(&str, &str)> = Some(("T1496", "Resource Hijacking"));
 const NONE: (bool, bool) = (false, false);
 
 /// Every rule, in catalogue order.
@@ -123,6 +142,14 @@ pub static RULES: &[RuleInfo] = &[
         "A container executes one of the entry's `executables` (exact paths, or prefixes ending in /)."),
     info(RuleId::ProcessForkRate, "process.fork_rate", Severity::High, Some(("T1496", "Resource Hijacking")), true, NONE,
         "A container creates processes faster than settings.max_forks_per_second (fork bomb, miner or runaway restart loop)."),
+    user_kill(info(RuleId::ProcessCpuRunaway, "process.cpu_runaway", Severity::Medium, HIJACK, true, NONE,
+        "A container process uses more than settings.cpu_runaway_percent of one core for settings.cpu_runaway_seconds (a spinner, a miner). Once per process while over; a resolved update when it drops below.")),
+    info(RuleId::ContainerMemoryNearLimit, "container.memory_near_limit", Severity::Medium, None, true, NONE,
+        "A container's memory stays above settings.memory_near_limit_percent of its limit for settings.memory_near_limit_seconds, with the growth rate. A resolved update when it drops below."),
+    info(RuleId::ContainerOomKill, "container.oom_kill", Severity::High, None, true, NONE,
+        "The kernel's OOM killer killed a container process: which process, its resident memory, the container's limit."),
+    info(RuleId::ContainerRestartLoop, "container.restart_loop", Severity::High, None, true, NONE,
+        "A pod container (pod uid + container name) exited more than settings.restart_loop_count times in settings.restart_loop_minutes, with the exit codes."),
     info(RuleId::BaselineExecutable, "baseline.new_executable", Severity::Low, None, true, NONE,
         "After the learning window of its image digest, a container executes a binary the image's containers never ran while learning."),
     info(RuleId::BaselinePort, "baseline.new_port", Severity::Low, EXPOSED, true, NONE,
@@ -135,16 +162,17 @@ pub static RULES: &[RuleInfo] = &[
 /// in docs/findings.md is this output).
 pub fn catalogue_markdown() -> String {
     let mut s = String::from(
-        "| rule | severity | MITRE ATT&CK | default | in-kernel action | what it reports |\n\
+        "| rule | severity | MITRE ATT&CK | default | action beyond alert | what it reports |\n\
          | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in RULES {
         let mitre = r
             .mitre
             .map_or_else(|| "-".into(), |(id, name)| format!("{id} {name}"));
-        let action = match (r.kill, r.deny_connect) {
-            (true, _) => "kill",
-            (_, true) => "deny-connect",
+        let action = match (r.kill, r.deny_connect, r.user_kill) {
+            (true, _, _) => "kill",
+            (_, true, _) => "deny-connect",
+            (_, _, true) => "kill (SIGKILL from user space)",
             _ => "-",
         };
         let default = if r.default_on { "on" } else { "listed only" };

@@ -18,6 +18,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("## `fork`", "fork."),
     ("## `loss`", "loss."),
     ("## `agent`", "agent."),
+    ("## `resources`", "resources."),
     ("`finding`:", "finding."),
 ];
 

@@ -79,6 +79,67 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
     /// Raw `wait(2)` status word.
     pub raw: u32,
+    /// The kernel's OOM killer chose this process (`oom:mark_victim`):
+    /// present only then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom: Option<OomKill>,
+}
+
+/// What the kernel's OOM killer saw when it chose a victim.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OomKill {
+    /// The victim's resident memory (anon + file + shmem) when chosen,
+    /// where the kernel's tracepoint carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// The memory limit of the victim's container (cgroup `memory.max`);
+    /// absent for no limit or a host process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// Resource use, sampled: a container's cgroup (`resources` events), or
+/// one process (the evidence of `process.cpu_runaway`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// The window the CPU figures cover, milliseconds (the sampling
+    /// interval, or for a finding the time it stayed over the threshold).
+    pub window_ms: u64,
+    /// CPU time used in the window, milliseconds (all threads summed).
+    pub cpu_ms: u64,
+    /// `cpu_ms` as a percentage of one core (above 100 on several cores).
+    pub cpu_percent: u32,
+    /// CPU time used since the process or container started, milliseconds.
+    pub cpu_total_ms: u64,
+    /// Memory charged now: the cgroup's `memory.current`, or a process's
+    /// resident set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The cgroup's `memory.max`; absent when unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// `memory_bytes` as a percentage of the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_percent: Option<u32>,
+    /// Memory growth over the window, bytes per second (negative: shrinking).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_growth_bytes_per_s: Option<i64>,
+    /// Tasks in the cgroup (`pids.current`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// OOM kills in the cgroup since it was created (`memory.events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+}
+
+/// A container restarting in a loop (`container.restart_loop`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Restarts {
+    /// Exits of the pod container (pod uid + container name) in the window.
+    pub count: u32,
+    pub window_s: u64,
+    /// Their exit codes, oldest first (a signal `n` is written 128 + n).
+    pub exit_codes: Vec<i32>,
 }
 
 /// Fork details.
@@ -447,6 +508,13 @@ pub struct FindingInfo {
     pub outcome: Option<Outcome>,
     /// Occurrences folded into this finding (dedup window, rate limit).
     pub count: u64,
+    /// The condition has ended (a runaway process back under its
+    /// threshold): the update that closes an earlier finding.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resolved: bool,
+    /// `container.restart_loop`: the exits counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<Restarts>,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
     pub evidence: Vec<Event>,
@@ -485,6 +553,10 @@ pub struct Event {
     pub loss: Option<Box<Loss>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<Box<AgentInfo>>,
+    /// `resources`: the container's (or, as evidence, the process's)
+    /// sampled resource use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<Usage>>,
     /// Exec: the policy killed the process at exec.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforced: Option<Enforced>,
@@ -510,6 +582,7 @@ impl Event {
             network: None,
             loss: None,
             agent: None,
+            resources: None,
             enforced: None,
             finding: None,
         }

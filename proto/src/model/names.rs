@@ -80,6 +80,8 @@ names! {
         Loss => "loss",
         Agent => "agent",
         Finding => "finding",
+        /// Sampled resource use of a container.
+        Resources => "resources",
     } Unspecified => "unspecified"
 }
 

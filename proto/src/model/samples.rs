@@ -108,6 +108,10 @@ pub fn exit() -> Event {
         code: None,
         signal: Some(9),
         raw: 9,
+        oom: Some(OomKill {
+            rss_bytes: Some(33_554_432),
+            memory_limit_bytes: Some(33_554_432),
+        }),
     });
     ev
 }
@@ -119,6 +123,7 @@ pub fn normal_exit() -> Event {
         code: Some(3),
         signal: None,
         raw: 3 << 8,
+        oom: None,
     });
     ev
 }
@@ -235,8 +240,62 @@ pub fn finding() -> Event {
         action: Action::Kill,
         outcome: Some(Outcome::Killed),
         count: 2,
+        resolved: false,
+        restarts: None,
         first_seen: Timestamp(T),
         last_seen: Timestamp(T + 1),
+        evidence: vec![evidence],
+    }));
+    ev
+}
+
+/// A container's sampled resource use.
+pub fn resources() -> Event {
+    let mut ev = base(Kind::Resources);
+    ev.process = None;
+    ev.parent = None;
+    ev.ancestors = Vec::new();
+    ev.resources = Some(Box::new(usage()));
+    ev
+}
+
+fn usage() -> Usage {
+    Usage {
+        window_ms: 2000,
+        cpu_ms: 1980,
+        cpu_percent: 99,
+        cpu_total_ms: 600_000,
+        memory_bytes: Some(30_000_000),
+        memory_limit_bytes: Some(33_554_432),
+        memory_percent: Some(89),
+        memory_growth_bytes_per_s: Some(-4096),
+        pids: Some(3),
+        oom_kills: Some(1),
+    }
+}
+
+/// A resolved CPU runaway, its evidence the process's use.
+pub fn runaway_resolved() -> Event {
+    let mut evidence = base(Kind::Resources);
+    evidence.resources = Some(Box::new(usage()));
+    let mut ev = base(Kind::Finding);
+    ev.finding = Some(Box::new(FindingInfo {
+        rule_id: "process.cpu_runaway".into(),
+        severity: Severity::Medium,
+        mitre: None,
+        summary: "back under".into(),
+        subject: "4242".into(),
+        action: Action::Alert,
+        outcome: None,
+        count: 1,
+        resolved: true,
+        restarts: Some(Restarts {
+            count: 6,
+            window_s: 600,
+            exit_codes: vec![3, 137],
+        }),
+        first_seen: Timestamp(T),
+        last_seen: Timestamp(T),
         evidence: vec![evidence],
     }));
     ev
@@ -254,5 +313,7 @@ pub fn all() -> Vec<Event> {
         loss(),
         agent(),
         finding(),
+        resources(),
+        runaway_resolved(),
     ]
 }

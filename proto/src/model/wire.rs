@@ -34,6 +34,7 @@ fn kind_to(k: Kind) -> w::EventKind {
         Kind::Loss => w::EventKind::Loss,
         Kind::Agent => w::EventKind::Agent,
         Kind::Finding => w::EventKind::Finding,
+        Kind::Resources => w::EventKind::Resources,
         Kind::Unspecified => w::EventKind::Unspecified,
     }
 }
@@ -50,6 +51,7 @@ pub fn kind_from(k: i32) -> Kind {
         w::EventKind::Loss => Kind::Loss,
         w::EventKind::Agent => Kind::Agent,
         w::EventKind::Finding => Kind::Finding,
+        w::EventKind::Resources => Kind::Resources,
         w::EventKind::Unspecified => Kind::Unspecified,
     }
 }
@@ -483,6 +485,42 @@ fn finding_to(f: &FindingInfo) -> w::Finding {
         subject: f.subject.clone(),
         action: f.action.as_str().into(),
         outcome: word(f.outcome, Outcome::as_str),
+        resolved: f.resolved,
+        restarts: f.restarts.as_ref().map(|r| w::Restarts {
+            count: r.count,
+            window_s: r.window_s,
+            exit_codes: r.exit_codes.clone(),
+        }),
+    }
+}
+
+fn usage_to(u: &Usage) -> w::Usage {
+    w::Usage {
+        window_ms: u.window_ms,
+        cpu_ms: u.cpu_ms,
+        cpu_percent: u.cpu_percent,
+        cpu_total_ms: u.cpu_total_ms,
+        memory_bytes: u.memory_bytes,
+        memory_limit_bytes: u.memory_limit_bytes,
+        memory_percent: u.memory_percent,
+        memory_growth_bytes_per_s: u.memory_growth_bytes_per_s,
+        pids: u.pids,
+        oom_kills: u.oom_kills,
+    }
+}
+
+fn usage_from(u: &w::Usage) -> Usage {
+    Usage {
+        window_ms: u.window_ms,
+        cpu_ms: u.cpu_ms,
+        cpu_percent: u.cpu_percent,
+        cpu_total_ms: u.cpu_total_ms,
+        memory_bytes: u.memory_bytes,
+        memory_limit_bytes: u.memory_limit_bytes,
+        memory_percent: u.memory_percent,
+        memory_growth_bytes_per_s: u.memory_growth_bytes_per_s,
+        pids: u.pids,
+        oom_kills: u.oom_kills,
     }
 }
 
@@ -500,6 +538,12 @@ fn finding_from(f: w::Finding) -> Result<FindingInfo, WireError> {
         action: Action::parse_lenient(&f.action),
         outcome: (!f.outcome.is_empty()).then(|| Outcome::parse_lenient(&f.outcome)),
         count: f.count,
+        resolved: f.resolved,
+        restarts: f.restarts.map(|r| Restarts {
+            count: r.count,
+            window_s: r.window_s,
+            exit_codes: r.exit_codes,
+        }),
         first_seen: Timestamp(f.first_seen_unix_nano),
         last_seen: Timestamp(f.last_seen_unix_nano),
         evidence: f
@@ -525,6 +569,10 @@ pub fn to_wire(ev: &Event) -> w::Event {
             code: x.code.unwrap_or(0),
             signal: x.signal.unwrap_or(0),
             raw: x.raw,
+            oom: x.oom.map(|o| w::OomKill {
+                rss_bytes: o.rss_bytes,
+                memory_limit_bytes: o.memory_limit_bytes,
+            }),
         }))
     } else if let Some(f) = &ev.fork {
         Some(Detail::Fork(w::ForkInfo {
@@ -536,6 +584,8 @@ pub fn to_wire(ev: &Event) -> w::Event {
         Some(Detail::Loss(loss_to(l)))
     } else if let Some(f) = &ev.finding {
         Some(Detail::Finding(finding_to(f)))
+    } else if let Some(u) = &ev.resources {
+        Some(Detail::Resources(usage_to(u)))
     } else {
         ev.agent
             .as_ref()
@@ -574,6 +624,10 @@ pub fn from_wire(ev: w::Event) -> Result<Event, WireError> {
                 code: x.exited.then_some(x.code),
                 signal: (!x.exited).then_some(x.signal),
                 raw: x.raw,
+                oom: x.oom.map(|o| OomKill {
+                    rss_bytes: o.rss_bytes,
+                    memory_limit_bytes: o.memory_limit_bytes,
+                }),
             });
         }
         Some(Detail::Fork(f)) => {
@@ -585,6 +639,7 @@ pub fn from_wire(ev: w::Event) -> Result<Event, WireError> {
         Some(Detail::Loss(l)) => out.loss = Some(Box::new(loss_from(&l))),
         Some(Detail::Agent(a)) => out.agent = Some(Box::new(agent_from(*a))),
         Some(Detail::Finding(f)) => out.finding = Some(Box::new(finding_from(f)?)),
+        Some(Detail::Resources(u)) => out.resources = Some(Box::new(usage_from(&u))),
         None => {}
     }
     Ok(out)
