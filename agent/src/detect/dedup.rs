@@ -21,6 +21,8 @@ pub struct Key {
     /// `killed`/`denied`: an enforcement is its own finding, never folded
     /// into an earlier alert of the same subject.
     pub outcome: Option<crate::event::Outcome>,
+    /// The update closing a finding is never folded into the finding.
+    pub resolved: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -225,6 +227,7 @@ mod tests {
             rule: RuleId::ProcessShell,
             subject: subject.into(),
             outcome: None,
+            resolved: false,
         }
     }
 

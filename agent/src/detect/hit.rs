@@ -21,6 +21,13 @@ pub struct Hit {
     pub outcome: Option<Outcome>,
     /// Custom rules: severity and action of the entry that matched.
     pub entry: Option<(Severity, Action)>,
+    /// The condition ended: the update that closes an earlier finding.
+    pub resolved: bool,
+    /// `container.restart_loop`: the exits counted.
+    pub restarts: Option<crate::event::Restarts>,
+    /// The finding's evidence when it is not the event checked (a
+    /// runaway's use over the whole time it stayed over its threshold).
+    pub evidence: Option<Event>,
 }
 
 impl Hit {
@@ -31,6 +38,9 @@ impl Hit {
             summary,
             outcome: None,
             entry: None,
+            resolved: false,
+            restarts: None,
+            evidence: None,
         }
     }
 }

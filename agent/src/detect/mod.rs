@@ -300,17 +300,18 @@ impl Detector {
             action,
             outcome: h.outcome,
             count: 1,
-            resolved: false,
-            restarts: None,
+            resolved: h.resolved,
+            restarts: h.restarts,
             first_seen: ev.time,
             last_seen: ev.time,
-            evidence: vec![ev.clone()],
+            evidence: vec![h.evidence.unwrap_or_else(|| ev.clone())],
         }));
         let key = Key {
             container: meta.id.clone(),
             rule: h.rule,
             subject: h.subject,
             outcome: h.outcome,
+            resolved: h.resolved,
         };
         if !self.dedup.hit(key, &f, now) {
             return None;
