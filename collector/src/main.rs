@@ -6,6 +6,7 @@ mod durable;
 mod fuzz;
 mod identity;
 mod idle;
+mod inflight;
 mod ledger;
 mod metrics;
 mod ocsf;
@@ -226,7 +227,9 @@ async fn run(cli: Cli) -> Result<()> {
         max_events_per_sec: cli.max_events_per_sec,
         max_agents: cli.max_agents,
         identities,
-        durability: durable::Durability::default(),
+        durability: durable::Durability::start()
+            .context("cannot start the output's sync thread")?,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(service::TOTAL_IN_FLIGHT)),
         streams: streams::Streams::new(streams::StreamLimits {
             total: cli.max_streams,
             per_ip: cli.max_streams_per_ip,

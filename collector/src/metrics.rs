@@ -66,12 +66,12 @@ impl Metrics {
         }
     }
 
-    /// Count a batch that was written.
+    /// Count a batch that was written (its ack clears `output_failing`
+    /// once it is on disk).
     pub fn written(&self, batch: &Received, reported_lost: u64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.agent_reported_lost
             .fetch_add(reported_lost, Ordering::Relaxed);
-        self.output_failing.store(false, Ordering::Relaxed);
         for ev in &batch.events {
             if let Some(i) = Kind::ALL.iter().position(|k| *k == ev.kind) {
                 self.events[i].fetch_add(1, Ordering::Relaxed);

@@ -115,14 +115,20 @@ fn open_append(path: &Path) -> Result<(File, u64), OutputError> {
     Ok((f, size))
 }
 
-/// A file as a writer and a handle to sync it (the same open file).
+/// A file as a writer and a handle to sync it (the same file).
 type Split = (Box<dyn Write + Send>, Option<std::sync::Arc<File>>);
 
 fn split(f: File, path: &Path) -> Result<Split, OutputError> {
-    let sync = f.try_clone().map_err(|source| OutputError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    // Its own open file description, not a dup: after a writeback error
+    // Linux reports the error once per description, so the rotation's
+    // sync (on the writer) and the syncer thread's each see it.
+    let sync = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|source| OutputError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok((Box::new(f), Some(std::sync::Arc::new(sync))))
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use spyglass_proto::v1::{collector_server::Collector, Ack, Batch};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::{
     delivery::Received,
     identity::Binding,
+    inflight::{InFlight, Ready},
     ledger::{Ledger, Verdict},
     output::Outputs,
 };
@@ -58,6 +59,9 @@ pub struct Shared {
     pub identities: Option<crate::identity::NodeIdentities>,
     /// Group commit: acks wait for the output's fdatasync.
     pub durability: crate::durable::Durability,
+    /// Places for batches written and not yet acked, all streams
+    /// together ([`TOTAL_IN_FLIGHT`]).
+    pub in_flight: Arc<Semaphore>,
     /// Streams open, per peer address and client certificate.
     pub streams: crate::streams::Streams,
     pub metrics: crate::metrics::Metrics,
@@ -74,8 +78,31 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// What a batch's ack needs once its write is on disk (no events: they
+/// are written already).
+#[derive(Debug)]
+pub struct Accepted {
+    node_id: String,
+    stream_id: String,
+    sequence: u64,
+    sent_unix_nano: i64,
+    duplicate: bool,
+    events: u64,
+    drops: u64,
+}
+
+/// Batches one stream keeps between write and ack (`inflight.rs`); the
+/// agent keeps 32 in flight by default (`collector.max_in_flight`).
+pub const STREAM_IN_FLIGHT: usize = 64;
+
+/// Batches all streams together keep between write and ack; a stream
+/// past it waits (holding the one batch it read) until one is acked.
+pub const TOTAL_IN_FLIGHT: usize = 8192;
+
 impl CollectorService {
-    async fn handle(&self, batch: Batch, peer: &str) -> Result<Ack, Status> {
+    /// Check, deduplicate and write a batch: the generation its ack waits
+    /// for, and what the ack needs.
+    async fn accept(&self, batch: Batch, peer: &str) -> Result<(u64, Accepted), Status> {
         let batch = Received::from_batch(batch).map_err(|e| {
             warn!(%peer, error = %e, "batch refused");
             self.shared
@@ -91,91 +118,104 @@ impl CollectorService {
             self.shared.max_agents,
         )?;
         let (node, stream) = (batch.node_id.as_str(), batch.stream_id.as_str());
-        let (verdict, generation) = {
-            let mut guard = self.shared.outputs.lock().await;
-            let (outputs, ledger) = &mut *guard;
-            if let Some(gone) = &evicted {
-                ledger.forget_node(gone);
-            }
-            let durable = &self.shared.durability;
-            match ledger.check(node, stream, batch.sequence) {
-                // its write may still be on its way to disk
-                Verdict::Duplicate => (Verdict::Duplicate, durable.written()),
-                Verdict::Write => {
-                    outputs.render_batch(batch);
-                    if outputs.would_rotate() {
-                        // the current file feeds crash recovery: save the
-                        // ledger before it becomes FILE.1
-                        ledger.save().map_err(|e| {
-                            warn!(error = %e, "saving dedupe state before rotation");
-                            Status::unavailable(format!("collector state: {e}"))
-                        })?;
-                    }
-                    outputs.write(batch).map_err(|e| {
-                        warn!(error = %e, "output write failed");
-                        let m = &self.shared.metrics;
-                        m.output_errors.fetch_add(1, Ordering::Relaxed);
-                        m.output_failing.store(true, Ordering::Relaxed);
-                        Status::unavailable(format!("collector output failed: {e}"))
-                    })?;
-                    ledger.record(node, stream, batch.sequence);
-                    self.shared
-                        .metrics
-                        .dedupe_streams
-                        .store(ledger.len() as u64, Ordering::Relaxed);
-                    (Verdict::Write, durable.wrote(outputs.file.sync_handle()))
-                }
-            }
+        let mut guard = self.shared.outputs.lock().await;
+        let (outputs, ledger) = &mut *guard;
+        if let Some(gone) = &evicted {
+            ledger.forget_node(gone);
+        }
+        let durable = &self.shared.durability;
+        let mut accepted = Accepted {
+            node_id: batch.node_id.clone(),
+            stream_id: batch.stream_id.clone(),
+            sequence: batch.sequence,
+            sent_unix_nano: batch.sent_unix_nano,
+            duplicate: true,
+            events: 0,
+            drops: 0,
         };
-        // An ack means on disk: wait for the fdatasync that covers this
-        // write (one for all streams' writes meanwhile).
-        if let Err(e) = self.shared.durability.wait(generation).await {
-            warn!(error = %e, "fdatasync of the output failed");
+        if ledger.check(node, stream, batch.sequence) == Verdict::Duplicate {
+            // its write may still be on its way to disk
+            return Ok((durable.written(), accepted));
+        }
+        outputs.render_batch(batch);
+        if outputs.would_rotate() {
+            // the current file feeds crash recovery: save the ledger
+            // before it becomes FILE.1
+            ledger.save().map_err(|e| {
+                warn!(error = %e, "saving dedupe state before rotation");
+                Status::unavailable(format!("collector state: {e}"))
+            })?;
+        }
+        outputs.write(batch).map_err(|e| {
+            warn!(error = %e, "output write failed");
             let m = &self.shared.metrics;
             m.output_errors.fetch_add(1, Ordering::Relaxed);
             m.output_failing.store(true, Ordering::Relaxed);
-            // written, perhaps not on disk: the resend is written again
-            self.shared
-                .outputs
-                .lock()
-                .await
-                .1
-                .forget_stream(node, stream);
-            return Err(Status::unavailable(format!(
-                "collector output failed: fdatasync: {e}"
-            )));
-        }
-        let drops = if verdict == Verdict::Write {
-            let drops = batch.reported_drops();
-            self.shared.metrics.written(batch, drops);
-            drops
+            Status::unavailable(format!("collector output failed: {e}"))
+        })?;
+        ledger.record(node, stream, batch.sequence);
+        self.shared
+            .metrics
+            .dedupe_streams
+            .store(ledger.len() as u64, Ordering::Relaxed);
+        let generation = durable.wrote(outputs.file.sync_handle());
+        drop(guard);
+        accepted.duplicate = false;
+        accepted.events = batch.events.len() as u64;
+        accepted.drops = batch.reported_drops();
+        self.shared.metrics.written(batch, accepted.drops);
+        Ok((generation, accepted))
+    }
+
+    /// The batch is on disk: count it and make its ack.
+    fn acked(&self, a: &Accepted, peer: &str) -> Ack {
+        let m = &self.shared.metrics;
+        if a.duplicate {
+            m.duplicate_batches.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.shared
-                .metrics
-                .duplicate_batches
-                .fetch_add(1, Ordering::Relaxed);
-            0
-        };
+            m.output_failing.store(false, Ordering::Relaxed);
+        }
         let mut agents = self.shared.agents.lock().expect("agents lock");
-        let a = agents.entry(batch.node_id.clone()).or_default();
-        a.connected = true;
-        a.peer = peer.to_owned();
-        a.last_seen_unix_nano = now_ns();
-        a.last_sequence = a.last_sequence.max(batch.sequence);
-        if batch.sent_unix_nano > 0 {
-            a.lag_ms = (a.last_seen_unix_nano - batch.sent_unix_nano) / 1_000_000;
+        let s = agents.entry(a.node_id.clone()).or_default();
+        s.connected = true;
+        peer.clone_into(&mut s.peer);
+        s.last_seen_unix_nano = now_ns();
+        s.last_sequence = s.last_sequence.max(a.sequence);
+        if a.sent_unix_nano > 0 {
+            s.lag_ms = (s.last_seen_unix_nano - a.sent_unix_nano) / 1_000_000;
         }
-        a.batches += 1;
-        if verdict == Verdict::Duplicate {
-            a.duplicates += 1;
+        s.batches += 1;
+        if a.duplicate {
+            s.duplicates += 1;
         } else {
-            a.events += batch.events.len() as u64;
-            a.drops = a.drops.saturating_add(drops);
+            s.events += a.events;
+            s.drops = s.drops.saturating_add(a.drops);
         }
-        Ok(Ack {
-            sequence: batch.sequence,
-            duplicate: verdict == Verdict::Duplicate,
-        })
+        Ack {
+            sequence: a.sequence,
+            duplicate: a.duplicate,
+        }
+    }
+
+    /// The fdatasync covering a batch failed: written, perhaps not on
+    /// disk, so the stream's resends are written again (a duplicate line
+    /// beats a loss), and the stream ends.
+    async fn sync_failed(&self, a: &Accepted, error: &str) -> Status {
+        warn!(
+            error,
+            sequence = a.sequence,
+            "fdatasync of the output failed; batch not acked"
+        );
+        let m = &self.shared.metrics;
+        m.output_errors.fetch_add(1, Ordering::Relaxed);
+        m.output_failing.store(true, Ordering::Relaxed);
+        self.shared
+            .outputs
+            .lock()
+            .await
+            .1
+            .forget_stream(&a.node_id, &a.stream_id);
+        Status::unavailable(format!("collector output failed: fdatasync: {error}"))
     }
 }
 
@@ -262,74 +302,140 @@ impl Collector for CollectorService {
                     .refused_streams
                     .fetch_add(1, Ordering::Relaxed);
             })?;
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        let svc = self.clone();
-        tokio::spawn(async move {
-            // the stream's place, freed when it ends
-            let _permit = permit;
-            let mut node: Option<String> = None;
-            let mut window_start = Instant::now();
-            let mut window_events = 0u64;
-            loop {
-                // undecodable, or naming another node than the stream's
-                let next = match inbound.message().await {
-                    Ok(Some(b)) => same_node(node.as_deref(), &b)
-                        .and_then(|()| binding.as_ref().map_or(Ok(()), |c| c.check(&b.node_id)))
-                        .map(|()| b),
-                    Ok(None) => break,
-                    Err(status) => Err(status),
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT);
+        tokio::spawn(self.clone().serve(inbound, tx, binding, peer, permit));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A stream's reading side: the node it speaks for and its rate window.
+struct Reader {
+    binding: Option<Binding>,
+    node: Option<String>,
+    window_start: Instant,
+    window_events: u64,
+}
+
+impl Reader {
+    /// The next batch, if it may be taken: undecodable, naming another
+    /// node than the stream's, or another than its certificate's is an
+    /// error.
+    fn check(&self, next: Result<Option<Batch>, Status>) -> Result<Option<Batch>, Status> {
+        let Some(b) = next? else {
+            return Ok(None);
+        };
+        same_node(self.node.as_deref(), &b)?;
+        if let Some(c) = &self.binding {
+            c.check(&b.node_id)?;
+        }
+        Ok(Some(b))
+    }
+
+    /// Rate limit: how long to hold the stream back to its ceiling.
+    fn delay(&mut self, events: usize, max_per_sec: u64) -> Option<Duration> {
+        self.window_events += events as u64;
+        let allowed =
+            Duration::from_secs_f64(self.window_events as f64 / max_per_sec.max(1) as f64);
+        let elapsed = self.window_start.elapsed();
+        let wait = (allowed > elapsed).then(|| allowed - elapsed);
+        if elapsed + wait.unwrap_or_default() > Duration::from_secs(1) {
+            self.window_start = Instant::now() + wait.unwrap_or_default();
+            self.window_events = 0;
+        }
+        wait
+    }
+}
+
+impl CollectorService {
+    /// Serve one stream: read, check and write each batch, and ack it
+    /// once the fdatasync covering it has returned, in order. Reading
+    /// goes on while earlier batches wait for their sync (at most
+    /// [`STREAM_IN_FLIGHT`] per stream, [`TOTAL_IN_FLIGHT`] in all).
+    async fn serve(
+        self,
+        mut inbound: Streaming<Batch>,
+        tx: mpsc::Sender<Result<Ack, Status>>,
+        binding: Option<Binding>,
+        peer: String,
+        permit: crate::streams::Permit,
+    ) {
+        // the stream's place, freed when it ends
+        let _permit = permit;
+        let mut reader = Reader {
+            binding,
+            node: None,
+            window_start: Instant::now(),
+            window_events: 0,
+        };
+        let mut inflight: InFlight<(Accepted, OwnedSemaphorePermit), Status> =
+            InFlight::new(STREAM_IN_FLIGHT);
+        // a batch read, waiting for a place among all streams' in flight
+        let mut held: Option<Batch> = None;
+        let durable = &self.shared.durability;
+        'stream: loop {
+            for ready in inflight.take_ready(|gen| durable.outcome(gen)) {
+                let (send, last) = match ready {
+                    Ready::Ack((a, _place)) => (Ok(self.acked(&a, &peer)), false),
+                    Ready::Refused(status) => (Err(status), true),
+                    Ready::SyncFailed {
+                        item: (a, _),
+                        error,
+                    } => (Err(self.sync_failed(&a, &error).await), true),
                 };
-                let batch = match next {
-                    Ok(b) => b,
+                if tx.send(send).await.is_err() || last {
+                    break 'stream;
+                }
+            }
+            if inflight.done() {
+                break;
+            }
+            let wait = inflight.waiting_on();
+            let readable = held.is_none() && inflight.has_room();
+            tokio::select! {
+                _ = async { durable.wait(wait.unwrap_or_default()).await }, if wait.is_some() => {}
+                next = inbound.message(), if readable => match reader.check(next) {
+                    Ok(Some(b)) => held = Some(b),
+                    Ok(None) => inflight.close(),
                     Err(status) => {
                         warn!(%peer, code = ?status.code(), message = status.message(), "bad stream closed");
-                        svc.shared
-                            .metrics
-                            .bad_streams
-                            .fetch_add(1, Ordering::Relaxed);
-                        let _ = tx.send(Err(status)).await;
-                        break;
+                        self.shared.metrics.bad_streams.fetch_add(1, Ordering::Relaxed);
+                        inflight.refuse(status);
                     }
-                };
-                // Rate limit: slow the stream down to its ceiling.
-                window_events += batch.events.len() as u64;
-                let max = svc.shared.max_events_per_sec.max(1);
-                let allowed = Duration::from_secs_f64(window_events as f64 / max as f64);
-                let elapsed = window_start.elapsed();
-                if allowed > elapsed {
-                    tokio::time::sleep(allowed - elapsed).await;
-                }
-                if window_start.elapsed() > Duration::from_secs(1) {
-                    window_start = Instant::now();
-                    window_events = 0;
-                }
-                let first = node.is_none().then(|| batch.node_id.clone());
-                let result = svc.handle(batch, &peer).await;
-                let failed = result.is_err();
-                if let (Some(n), false) = (first, failed) {
-                    // logged once the batch passed validation
-                    info!(node = %n, %peer, "agent connected");
-                    node = Some(n);
-                }
-                if tx.send(result).await.is_err() || failed {
-                    break;
+                },
+                place = self.shared.in_flight.clone().acquire_owned(), if held.is_some() => {
+                    let place = place.expect("the in-flight semaphore is never closed");
+                    let batch = held.take().expect("guarded");
+                    if let Some(d) = reader.delay(batch.events.len(), self.shared.max_events_per_sec) {
+                        tokio::time::sleep(d).await;
+                    }
+                    let first = reader.node.is_none().then(|| batch.node_id.clone());
+                    match self.accept(batch, &peer).await {
+                        Ok((gen, accepted)) => {
+                            if let Some(n) = first {
+                                // logged once the batch passed validation
+                                info!(node = %n, %peer, "agent connected");
+                                reader.node = Some(n);
+                            }
+                            inflight.written(gen, (accepted, place));
+                        }
+                        Err(status) => inflight.refuse(status),
+                    }
                 }
             }
-            if let Some(node) = node {
-                info!(%node, %peer, "agent disconnected");
-                if let Some(a) = svc
-                    .shared
-                    .agents
-                    .lock()
-                    .expect("agents lock")
-                    .get_mut(&node)
-                {
-                    a.connected = false;
-                }
+        }
+        if let Some(node) = reader.node {
+            info!(%node, %peer, "agent disconnected");
+            if let Some(a) = self
+                .shared
+                .agents
+                .lock()
+                .expect("agents lock")
+                .get_mut(&node)
+            {
+                a.connected = false;
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
     }
 }
 
