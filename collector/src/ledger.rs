@@ -284,9 +284,47 @@ impl Ledger {
     }
 }
 
+/// The `delivery` object as this collector writes it.
+#[derive(serde::Deserialize)]
+struct DeliveryTail<'a> {
+    #[serde(borrow)]
+    node_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    stream_id: std::borrow::Cow<'a, str>,
+    sequence: u64,
+    index: Option<u64>,
+    count: Option<u64>,
+}
+
+/// The fast path of [`delivery_of`] for a JSON line, whose `delivery` is
+/// its last top-level field: the line is checked to be one JSON value
+/// without building it (no allocation), then only the object after the
+/// last `,"delivery":` is read. That key cannot be inside a string (a
+/// quote there is escaped), and the object must be followed by exactly
+/// the line's closing brace, so it is a field of the top-level object
+/// (the last of its name, as a full parse would keep). Anything else
+/// (OCSF, foreign lines) takes the full parse.
+fn delivery_tail(line: &[u8]) -> Option<(String, u64, bool)> {
+    const KEY: &[u8] = b",\"delivery\":";
+    let body = line.strip_suffix(b"}")?;
+    let at = body.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let d: DeliveryTail<'_> = serde_json::from_slice(&body[at + KEY.len()..]).ok()?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(line).ok()?;
+    let last = match (d.index, d.count) {
+        (Some(i), Some(c)) => i + 1 == c,
+        _ => true,
+    };
+    Some((space(&d.node_id, &d.stream_id), d.sequence, last))
+}
+
 /// `(space, sequence, last line of its batch)` from an output line:
 /// `"delivery":{...}` at the top level (JSON) or under `unmapped` (OCSF).
 pub fn delivery_of(line: &[u8]) -> Option<(String, u64, bool)> {
+    delivery_tail(line).or_else(|| delivery_full(line))
+}
+
+/// [`delivery_of`] by a full parse of the line.
+fn delivery_full(line: &[u8]) -> Option<(String, u64, bool)> {
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     let d = v
         .get("delivery")
@@ -361,6 +399,42 @@ mod tests {
         );
         // a gap (batches dropped by the agent's spool) is accepted
         assert_eq!(l.check("a", "s", 10), Verdict::Write);
+    }
+
+    #[test]
+    fn the_fast_delivery_read_agrees_with_a_full_parse() {
+        let d =
+            r#""delivery":{"node_id":"n\u0031","stream_id":"s","sequence":9,"index":1,"count":2}"#;
+        let lines = [
+            format!(r#"{{"kind":"exec","process":{{"argv":["a"]}},{d}}}"#),
+            // the key's text inside a string, after the real field
+            format!(
+                r#"{{"kind":"exec",{d},"x":",\"delivery\":{{\"node_id\":\"evil\",\"sequence\":99}}"}}"#
+            ),
+            format!(r#"{{"class_uid":1007,"unmapped":{{{d}}}}}"#),
+            format!(r#"{{"kind":"exec","delivery":{{"node_id":"old","sequence":1}},{d}}}"#),
+            format!(r#"{{"kind":"exec","delivery":{{"node_id":"n","sequence":3,{d}}}}}"#),
+            format!(r#"{{"kind":"exec",{d},"delivery":null}}"#),
+            format!(r#"{{"kind":"exec","a":[,{d}}}"#),
+            r#"{"kind":"exec","delivery":{"node_id":"n","stream_id":null,"sequence":4}}"#.into(),
+        ];
+        for line in &lines {
+            assert_eq!(
+                delivery_of(line.as_bytes()),
+                delivery_full(line.as_bytes()),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            delivery_tail(lines[0].as_bytes()),
+            Some(("n1/s".into(), 9, true)),
+            "the collector's own line takes the fast path"
+        );
+        assert_eq!(
+            delivery_of(lines[1].as_bytes()),
+            Some(("n1/s".into(), 9, true))
+        );
+        assert_eq!(delivery_of(lines[6].as_bytes()), None, "not JSON");
     }
 
     #[test]
