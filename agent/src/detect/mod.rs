@@ -11,6 +11,7 @@ pub mod hit;
 mod network;
 mod posture;
 pub mod proc;
+mod restart;
 
 use std::{
     collections::HashMap,
@@ -54,6 +55,8 @@ pub struct Detector {
     dedup: Dedup,
     baselines: Baselines,
     enforcer: Option<Enforcer>,
+    /// Inits and their exits per pod container (container.restart_loop).
+    restarts: restart::Loops,
     last_save: Option<Instant>,
     /// Findings emitted, by rule (for metrics).
     pub emitted: HashMap<crate::event::Name, u64>,
@@ -83,6 +86,7 @@ impl Detector {
             policy: Arc::new(policy),
             containers: HashMap::new(),
             enforcer,
+            restarts: restart::Loops::default(),
             last_save: None,
             emitted: HashMap::new(),
         }
@@ -197,6 +201,7 @@ impl Detector {
             Kind::Fork => hits.extend(fork::check(&policy, shared, state, now)),
             _ => {}
         }
+        hits.extend(self.restarts.observe(&policy, ev, shared, now));
         hits
     }
 
