@@ -72,6 +72,30 @@ pub struct Ledger {
     clock: u64,
     path: Option<PathBuf>,
     dirty: bool,
+    /// Where the output file stood at the last save.
+    saved_at: Option<OutputAt>,
+}
+
+/// An output file and its length at a save: the marks saved cover every
+/// line before `len`, so a start only reads the file from there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutputAt {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+}
+
+impl OutputAt {
+    /// `file` (already open) of length `len`.
+    pub fn of(file: &std::fs::File, len: u64) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().ok()?;
+        Some(OutputAt {
+            dev: m.dev(),
+            ino: m.ino(),
+            len,
+        })
+    }
 }
 
 impl Default for Ledger {
@@ -82,6 +106,7 @@ impl Default for Ledger {
             clock: 0,
             path: None,
             dirty: false,
+            saved_at: None,
         }
     }
 }
@@ -91,12 +116,18 @@ impl Default for Ledger {
 struct StateFile {
     version: u32,
     streams: Vec<(String, String, u64)>,
+    /// The output file when saved (older collectors wrote none and
+    /// ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output: Option<OutputAt>,
 }
 
 impl Ledger {
     /// Load the state file (missing is fine), then raise marks from the
-    /// output file's `delivery` fields. At most `per_node` streams are
-    /// kept per node.
+    /// output file's `delivery` fields: only those after the length the
+    /// state file recorded, if the output is still that file and at least
+    /// that long (the marks saved cover the lines before), else all of
+    /// them. At most `per_node` streams are kept per node.
     pub fn open(
         state: Option<&Path>,
         output: Option<&Path>,
@@ -128,22 +159,29 @@ impl Ledger {
             }
         }
         if let Some(out) = output {
-            if let Ok(bytes) = std::fs::read(out) {
+            let from = ledger.saved_at.take().and_then(|at| {
+                let f = std::fs::File::open(out).ok()?;
+                let now = OutputAt::of(&f, f.metadata().ok()?.len())?;
+                (now.dev == at.dev && now.ino == at.ino && now.len >= at.len).then_some(at.len)
+            });
+            if let Ok(bytes) = read_from(out, from.unwrap_or(0)) {
+                let start = from.unwrap_or(0);
                 let (marks, clean_end) = scan(&bytes);
                 for (key, seq) in marks {
                     let (node, stream) = split_space(&key);
                     ledger.observe(node, stream, seq);
                 }
                 if clean_end < bytes.len() {
+                    let clean_end = start + clean_end as u64;
                     tracing::warn!(
                         path = %out.display(),
-                        cut_bytes = bytes.len() - clean_end,
+                        cut_bytes = start + bytes.len() as u64 - clean_end,
                         "output ended in a torn batch (crash); cutting it off, the agent resends it"
                     );
                     let f = std::fs::OpenOptions::new()
                         .write(true)
                         .open(out)
-                        .and_then(|f| f.set_len(clean_end as u64))
+                        .and_then(|f| f.set_len(clean_end))
                         .map_err(|source| LedgerError::Repair {
                             path: out.to_owned(),
                             source,
@@ -164,6 +202,7 @@ impl Ledger {
             for (node, stream, seq) in f.streams {
                 self.observe(&node, &stream, seq);
             }
+            self.saved_at = f.output;
         } else {
             let old: HashMap<String, u64> = serde_json::from_value(v).map_err(|e| e.to_string())?;
             for (key, seq) in old {
@@ -246,7 +285,7 @@ impl Ledger {
     }
 
     /// The state file's text: every mark, the one used longest ago first.
-    fn state_text(&self) -> String {
+    fn state_text(&self, output: Option<OutputAt>) -> String {
         let mut all: Vec<(&str, &Mark)> = self
             .nodes
             .iter()
@@ -259,20 +298,23 @@ impl Ledger {
                 .into_iter()
                 .map(|(n, m)| (n.to_owned(), m.stream.clone(), m.high))
                 .collect(),
+            output,
         };
         serde_json::to_string(&f).expect("strings and numbers serialize")
     }
 
     /// Save if anything changed, durably (a temp file, fsynced, renamed
-    /// over the state file, the directory fsynced).
-    pub fn save(&mut self) -> Result<(), LedgerError> {
+    /// over the state file, the directory fsynced), with where the output
+    /// file stands (`output`: between two batches, the marks cover every
+    /// line before it).
+    pub fn save(&mut self, output: Option<OutputAt>) -> Result<(), LedgerError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        if !self.dirty {
+        if !self.dirty && output == self.saved_at {
             return Ok(());
         }
-        let text = self.state_text();
+        let text = self.state_text(output);
         crate::durable::replace_file(path, text.as_bytes()).map_err(|source| {
             LedgerError::Write {
                 path: path.clone(),
@@ -280,8 +322,19 @@ impl Ledger {
             }
         })?;
         self.dirty = false;
+        self.saved_at = output;
         Ok(())
     }
+}
+
+/// The bytes of `path` from offset `from` on.
+fn read_from(path: &Path, from: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The `delivery` object as this collector writes it.
@@ -438,6 +491,58 @@ mod tests {
     }
 
     #[test]
+    fn a_start_reads_the_output_only_after_the_saved_length() {
+        let dir = std::env::temp_dir().join(format!("ledger-at-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (state, out) = (dir.join("state.json"), dir.join("out.jsonl"));
+        let line = |stream: &str, seq: u64, count: u64| {
+            format!(
+                "{{\"kind\":\"exec\",\"delivery\":{{\"node_id\":\"n1\",\"stream_id\":\"{stream}\",\"sequence\":{seq},\"index\":0,\"count\":{count}}}}}\n"
+            )
+        };
+        // before the save: a batch of stream h, which the state (made
+        // here by hand) does not hold, so it shows whether it is read
+        let head = line("h", 3, 1);
+        std::fs::write(&out, &head).unwrap();
+        let f = std::fs::File::open(&out).unwrap();
+        let at = OutputAt::of(&f, f.metadata().unwrap().len()).unwrap();
+        let mut l = Ledger::open(Some(&state), None, 4).unwrap();
+        l.record("n1", "s", 2);
+        l.save(Some(at)).unwrap();
+        let saved = std::fs::read_to_string(&state).unwrap();
+        let want = format!(
+            "\"output\":{{\"dev\":{},\"ino\":{},\"len\":{}}}",
+            at.dev, at.ino, at.len
+        );
+        assert!(saved.contains(&want), "{saved}");
+        // after it: batch 5 whole, then batch 6 torn by a crash
+        let tail = format!("{}{}{{\"deli", line("s", 5, 1), line("s", 6, 2));
+        std::fs::write(&out, format!("{head}{tail}")).unwrap();
+        let l = Ledger::open(Some(&state), Some(&out), 4).unwrap();
+        assert_eq!(l.high_water("n1", "s"), 5, "the tail raised the mark");
+        assert_eq!(l.high_water("n1", "h"), 0, "the head was not read");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            format!("{head}{}", line("s", 5, 1)),
+            "the torn batch is cut at its place in the whole file"
+        );
+        // another file (another inode) or a shorter one is read whole
+        for other in [
+            OutputAt {
+                ino: at.ino + 1,
+                ..at
+            },
+            OutputAt { len: 1 << 40, ..at },
+        ] {
+            let mut l = Ledger::open(Some(&state), None, 4).unwrap();
+            l.save(Some(other)).unwrap();
+            let l = Ledger::open(Some(&state), Some(&out), 4).unwrap();
+            assert_eq!(l.high_water("n1", "h"), 3, "{other:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn rebuilt_from_state_and_output() {
         let dir = std::env::temp_dir().join(format!("ledger-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -445,7 +550,7 @@ mod tests {
         let out = dir.join("out.jsonl");
         let mut l = Ledger::open(Some(&state), None, 4).unwrap();
         l.record("n1", "", 5);
-        l.save().unwrap();
+        l.save(None).unwrap();
         // the output got further than the saved state before a crash
         let good = "{\"kind\":\"exec\",\"delivery\":{\"node_id\":\"n1\",\"stream_id\":\"\",\"sequence\":7,\"index\":0,\"count\":1}}\n\
              {\"class_uid\":1007,\"unmapped\":{\"delivery\":{\"node_id\":\"n2\",\"stream_id\":\"s\",\"sequence\":3,\"index\":1,\"count\":2}}}\n\
@@ -518,7 +623,7 @@ mod tests {
             per_node: 2,
             ..Ledger::default()
         };
-        back.load_state(&l.state_text()).unwrap();
+        back.load_state(&l.state_text(None)).unwrap();
         back.observe("n", "c", 1);
         assert_eq!(
             (back.high_water("n", "a"), back.high_water("n", "b")),

@@ -272,7 +272,11 @@ async fn run(cli: Cli) -> Result<()> {
             if !n.is_multiple_of(5) {
                 continue;
             }
-            if let Err(e) = bg.outputs.lock().await.1.save() {
+            let mut guard = bg.outputs.lock().await;
+            let (outputs, ledger) = &mut *guard;
+            let saved = ledger.save(outputs.file.at());
+            drop(guard);
+            if let Err(e) = saved {
                 warn!(error = %e, "saving dedupe state");
             }
             for (node, a) in agents {
@@ -378,7 +382,9 @@ async fn run(cli: Cli) -> Result<()> {
         Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
         _ => {}
     }
-    shared.outputs.lock().await.1.save()?;
+    let mut guard = shared.outputs.lock().await;
+    let (outputs, ledger) = &mut *guard;
+    ledger.save(outputs.file.at())?;
     info!("collector stopped");
     Ok(())
 }

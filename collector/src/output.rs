@@ -250,6 +250,12 @@ impl LineSink {
         Ok(())
     }
 
+    /// The file and its length now (None for stdout), for the dedupe
+    /// state: called between batches, so at a batch boundary.
+    pub fn at(&self) -> Option<crate::ledger::OutputAt> {
+        crate::ledger::OutputAt::of(self.file.as_deref()?, self.size)
+    }
+
     /// The open file, to fdatasync (None for stdout).
     pub fn sync_handle(&self) -> Option<std::sync::Arc<File>> {
         self.file.clone()

@@ -141,7 +141,7 @@ impl CollectorService {
         if outputs.would_rotate() {
             // the current file feeds crash recovery: save the ledger
             // before it becomes FILE.1
-            ledger.save().map_err(|e| {
+            ledger.save(outputs.file.at()).map_err(|e| {
                 warn!(error = %e, "saving dedupe state before rotation");
                 Status::unavailable(format!("collector state: {e}"))
             })?;
