@@ -204,7 +204,7 @@ impl CollectorService {
         warn!(
             error,
             sequence = a.sequence,
-            "fdatasync of the output failed; batch not acked"
+            "fdatasync of the output failed"
         );
         let m = &self.shared.metrics;
         m.output_errors.fetch_add(1, Ordering::Relaxed);
