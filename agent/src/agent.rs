@@ -238,6 +238,7 @@ impl Agent {
             Attribute::new(attributor(&cfg), lookups),
             Lifecycle::new(Duration::from_millis(cfg.containerd.delete_grace_ms)),
             detector,
+            crate::resources::Sampler::new(&cgroup_root),
             sinks,
             LossReporter::new(probes.take_counters()?, reader_stats.clone()),
             metrics,

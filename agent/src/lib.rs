@@ -20,5 +20,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod process;
+pub mod resources;
 
 pub use agent::Agent;

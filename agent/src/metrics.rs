@@ -53,6 +53,9 @@ pub struct Metrics {
     containers: AtomicU64,
     pending_events: AtomicU64,
     cgroups: AtomicU64,
+    /// Container cgroups sampled, and the time sampling took in all.
+    sampled_containers: AtomicU64,
+    sample_us: AtomicU64,
     containerd_up: AtomicBool,
     containerd_enabled: AtomicBool,
     probes_attached: AtomicU64,
@@ -111,6 +114,13 @@ impl Metrics {
         set(&self.pending_events, t.pending_events);
         set(&self.cgroups, t.cgroups);
         set(&self.duplicate_exits, duplicate_exits);
+    }
+
+    /// One round of resource sampling: containers sampled, time taken.
+    pub fn sampled(&self, containers: u64, took: Duration) {
+        self.sampled_containers.store(containers, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sample_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// The process table's bytes and what its bounds cost.
@@ -209,6 +219,17 @@ impl Metrics {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         endpoints::family(
             &mut s,
+            "spyglass_resource_sample_seconds_total",
+            "Time spent sampling container cgroups and busy containers' processes (wall clock, on the pipeline thread).",
+            "counter",
+        );
+        let _ = writeln!(
+            s,
+            "spyglass_resource_sample_seconds_total {}",
+            get(&self.sample_us) as f64 / 1e6
+        );
+        endpoints::family(
+            &mut s,
             "spyglass_events_total",
             "Events the agent emitted, by kind.",
             "counter",
@@ -289,6 +310,12 @@ impl Metrics {
                 "Processes whose arguments the table cut to 256 bytes because it was over [process] max_bytes.",
                 "counter",
                 get(&self.process_table[2]),
+            ),
+            (
+                "spyglass_sampled_containers",
+                "Container cgroups the resource sampler reads (settings.resource_sample_interval_ms).",
+                "gauge",
+                get(&self.sampled_containers),
             ),
             (
                 "spyglass_containers_tracked",

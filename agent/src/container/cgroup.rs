@@ -126,6 +126,51 @@ pub fn from_names(level: u32, parent: &str, leaf: &str) -> Option<ContainerRef> 
     }
 }
 
+/// Every directory of the cgroup v2 tree under `root` (at most
+/// [`WALK_LIMIT`], 12 levels deep): `f(path from the root, as /a/b;
+/// directory; cgroup id)`.
+pub fn walk(root: &Path, mut f: impl FnMut(&str, &Path, u64)) {
+    let mut stack = vec![(root.to_owned(), 0usize)];
+    let mut seen = 0;
+    while let Some((dir, depth)) = stack.pop() {
+        seen += 1;
+        if seen > WALK_LIMIT {
+            break;
+        }
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            let rel = dir.strip_prefix(root).unwrap_or(&dir);
+            f(&format!("/{}", rel.display()), &dir, meta.ino());
+        }
+        if depth >= 12 {
+            continue;
+        }
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+}
+
+/// The container cgroups under `root`: each container's outermost
+/// directory (processes of a container may sit in cgroups nested in it),
+/// as a path from the root (`/k8s.io/web`), with its cgroup id.
+pub fn containers(root: &Path) -> HashMap<String, (ContainerRef, String, u64)> {
+    let mut out: HashMap<String, (ContainerRef, String, u64)> = HashMap::new();
+    walk(root, |path, _, ino| {
+        let Some(c) = parse(path) else { return };
+        match out.get(&c.id) {
+            Some((_, p, _)) if p.matches('/').count() <= path.matches('/').count() => {}
+            _ => {
+                out.insert(c.id.clone(), (c, path.to_owned(), ino));
+            }
+        }
+    });
+    out
+}
+
 /// cgroup id -> container, with a cache refreshed by walking the v2 tree.
 pub struct Resolver {
     root: PathBuf,
@@ -162,29 +207,10 @@ impl Resolver {
 
     fn walk(&mut self) {
         self.by_id.clear();
-        let mut stack = vec![(self.root.clone(), 0usize)];
-        let mut seen = 0;
-        while let Some((dir, depth)) = stack.pop() {
-            seen += 1;
-            if seen > WALK_LIMIT {
-                break;
-            }
-            if let Ok(meta) = std::fs::metadata(&dir) {
-                let rel = dir.strip_prefix(&self.root).unwrap_or(&dir);
-                let path = format!("/{}", rel.display());
-                self.by_id.insert(meta.ino(), parse(&path));
-            }
-            if depth >= 12 {
-                continue;
-            }
-            if let Ok(rd) = std::fs::read_dir(&dir) {
-                for e in rd.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push((e.path(), depth + 1));
-                    }
-                }
-            }
-        }
+        let by_id = &mut self.by_id;
+        walk(&self.root, |path, _, ino| {
+            by_id.insert(ino, parse(path));
+        });
         self.last_walk = Some(Instant::now());
     }
 

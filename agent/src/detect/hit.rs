@@ -67,4 +67,21 @@ pub struct State {
     /// Start of the current one-second fork window, and forks in it.
     pub fork_window: Option<std::time::Instant>,
     pub forks: u32,
+    /// Processes over the CPU threshold, by (pid, start ticks).
+    pub runaways: std::collections::HashMap<(u32, u64), Over>,
+    /// The container's memory over its threshold.
+    pub memory: Option<Over>,
+}
+
+/// A measure over its threshold since `since`.
+#[derive(Debug, Clone)]
+pub struct Over {
+    pub since: std::time::Instant,
+    /// The measure's running total when it went over (CPU ms, or bytes).
+    pub start: u64,
+    /// The finding went out (a resolved update follows when it ends).
+    pub reported: bool,
+    /// The latest event over the threshold (evidence of the resolved
+    /// update when the measure is no longer read).
+    pub last: Option<Event>,
 }

@@ -8,9 +8,11 @@ pub mod enforce;
 mod exec;
 mod fork;
 pub mod hit;
+mod memory;
 mod network;
 mod posture;
 pub mod proc;
+mod runaway;
 mod restart;
 
 use std::{
@@ -38,6 +40,14 @@ use crate::{
 const MAX_CONTAINERS: usize = 8192;
 /// Forget a container after this long without events.
 const CONTAINER_IDLE: Duration = Duration::from_secs(600);
+
+/// One container's sample as events: its `resources` event and, when it
+/// was busy enough for its processes to be read, theirs with each
+/// process's start time in clock ticks.
+pub struct Sampled {
+    pub container: Event,
+    pub procs: Option<Vec<(Event, u64)>>,
+}
 
 /// What the detector keeps per container.
 #[derive(Default)]
@@ -112,6 +122,60 @@ impl Detector {
         for seen in self.containers.values_mut() {
             seen.checks.posture_checked = false;
         }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &crate::policy::Settings {
+        &self.policy.settings
+    }
+
+    /// Findings of one container's sample: memory near its limit, and
+    /// its processes' CPU (a runaway found, killed, or back under).
+    pub fn sampled(&mut self, s: Sampled, now: Instant) -> Vec<Event> {
+        let Some(meta) = s.container.container.as_ref().and_then(|c| c.meta.clone()) else {
+            return Vec::new();
+        };
+        let policy = self.policy.clone();
+        if !self.containers.contains_key(&meta.id) && self.containers.len() >= MAX_CONTAINERS {
+            return Vec::new();
+        }
+        let seen = self.containers.entry(meta.id.clone()).or_default();
+        seen.last = Some(now);
+        let state = &mut seen.checks;
+        let digest = meta.image.digest.as_str();
+        let ctx = |ev| Ctx {
+            ev,
+            meta: &meta,
+            policy: &policy,
+            plan: None,
+            digest,
+        };
+        let mut hits: Vec<(Event, Hit)> = Vec::new();
+        if let Some(h) = memory::check(&ctx(&s.container), state, now) {
+            hits.push((s.container.clone(), h));
+        }
+        match &s.procs {
+            None => {
+                for h in runaway::settle(&ctx(&s.container), state) {
+                    let ev = h.evidence.clone().unwrap_or_else(|| s.container.clone());
+                    hits.push((ev, h));
+                }
+            }
+            Some(procs) => {
+                for (ev, start_ticks) in procs {
+                    let r = runaway::Reading {
+                        ev,
+                        start_ticks: *start_ticks,
+                    };
+                    if let Some(h) = runaway::check(&ctx(ev), &r, state, now) {
+                        hits.push((ev.clone(), h));
+                    }
+                }
+            }
+        }
+        hits.into_iter()
+            .filter_map(|(ev, h)| self.finding(&ev, &meta, h, now))
+            .collect()
     }
 
     /// (cgroups enforced, plans not written for lack of room).

@@ -157,6 +157,24 @@ impl Enricher {
         }
     }
 
+    /// A `resources` event, now: of a container, or with `pid` of one of
+    /// its processes (named from the process table).
+    pub fn resources(
+        &mut self,
+        pid: Option<u32>,
+        container: crate::event::Container,
+        usage: crate::event::Usage,
+    ) -> Event {
+        let mut ev = Event::new(Kind::Resources, Clock::now(), self.node.clone());
+        if let Some(pid) = pid {
+            self.attach_process(&mut ev, pid, None);
+        }
+        ev.container = Some(container);
+        ev.host = false;
+        ev.resources = Some(Box::new(usage));
+        ev
+    }
+
     /// Exit records dropped as the second report of one process's end.
     pub fn duplicate_exits(&self) -> u64 {
         self.exits.duplicates

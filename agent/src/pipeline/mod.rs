@@ -20,7 +20,7 @@ pub mod sinks;
 use std::{
     path::PathBuf,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::mpsc;
@@ -36,10 +36,11 @@ use crate::{
         containerd::Update,
         lifecycle::{Change, Lifecycle, Observer},
     },
-    detect::Detector,
+    detect::{Detector, Sampled},
     event::{AgentInfo, AgentState, Event, Kind, ProbeStatus, Tracked},
     metrics::Metrics,
     process::snapshot,
+    resources::{self, ContainerSample, Sampler},
 };
 
 /// Startup-snapshot events per batch.
@@ -116,6 +117,8 @@ pub struct Pipeline {
     lifecycle: Lifecycle,
     /// None: `[policy] enabled = false`.
     detector: Option<Detector>,
+    /// Container cgroups and busy containers' processes, sampled.
+    sampler: Sampler,
     sinks: Sinks,
     losses: LossReporter,
     metrics: Arc<Metrics>,
@@ -132,6 +135,7 @@ impl Pipeline {
         attribute: Attribute,
         lifecycle: Lifecycle,
         detector: Option<Detector>,
+        sampler: Sampler,
         sinks: Sinks,
         losses: LossReporter,
         metrics: Arc<Metrics>,
@@ -148,6 +152,7 @@ impl Pipeline {
             attribute,
             lifecycle,
             detector,
+            sampler,
             sinks,
             losses,
             metrics,
@@ -223,7 +228,10 @@ impl Pipeline {
                 }
                 return Ok(());
             }
-            Update::Upsert(meta) => self.lifecycle.alive(&meta.id),
+            Update::Upsert(meta) => {
+                self.lifecycle.alive(&meta.id);
+                self.sampler.rediscover();
+            }
             _ => {}
         }
         let events = self.attribute.apply(update);
@@ -234,6 +242,8 @@ impl Pipeline {
     fn publish(&mut self, change: &Change) {
         self.attribute.on_container(change);
         self.enricher.on_container(change);
+        let (Change::Deleted(id) | Change::Forgotten(id)) = change;
+        self.sampler.forget(id);
         if let Some(d) = &mut self.detector {
             d.on_container(change);
         }
@@ -253,7 +263,69 @@ impl Pipeline {
             .set_containerd_up(self.attribute.containerd_up());
         self.metrics.turned();
         let events = self.attribute.expire();
-        self.emit(events)
+        self.emit(events)?;
+        let cfg = self.sample_config();
+        if self.sampler.due(now, &cfg) {
+            self.sample(now, &cfg)?;
+        }
+        Ok(())
+    }
+
+    /// What the sampler is asked, from the settings in force.
+    fn sample_config(&self) -> resources::Config {
+        let default = crate::policy::Settings::default();
+        let s = self.detector.as_ref().map_or(&default, |d| d.settings());
+        resources::Config {
+            interval: Duration::from_millis(s.resource_sample_interval_ms),
+            busy_percent: s.cpu_runaway_percent,
+            report_every: (s.resources_report_s > 0)
+                .then(|| Duration::from_secs(s.resources_report_s)),
+        }
+    }
+
+    /// Sample every container: `resources` events when due, and the
+    /// findings of the sample.
+    fn sample(&mut self, now: Instant, cfg: &resources::Config) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let samples = self.sampler.sample(now, cfg);
+        let mut out = Vec::new();
+        for s in samples {
+            let report = s.report;
+            let Some(sampled) = self.sampled(s) else {
+                continue;
+            };
+            if report {
+                out.push(sampled.container.clone());
+            }
+            if let Some(d) = &mut self.detector {
+                out.extend(d.sampled(sampled, now));
+            }
+        }
+        self.metrics
+            .sampled(self.sampler.tracked() as u64, started.elapsed());
+        self.sinks.send(out)
+    }
+
+    /// One container's sample as events, attributed; None while its
+    /// metadata is looked up (the event waits, and goes out then).
+    fn sampled(&mut self, s: ContainerSample) -> Option<Sampled> {
+        let c = crate::event::Container::from_cgroup(
+            s.container.id.clone(),
+            s.container.runtime,
+            s.container.pod_uid.clone(),
+        );
+        let ev = self.enricher.resources(None, c, s.usage);
+        let container = self.attribute.admit(vec![ev]).pop()?;
+        let procs = s.procs.map(|procs| {
+            procs
+                .into_iter()
+                .map(|p| {
+                    let c = container.container.clone().expect("set above");
+                    (self.enricher.resources(Some(p.pid), c, p.usage), p.start_ticks)
+                })
+                .collect()
+        });
+        Some(Sampled { container, procs })
     }
 
     fn report_losses(&mut self) -> Result<(), PipelineError> {
