@@ -32,6 +32,8 @@ pub mod kind {
     pub const FORK: u32 = 3;
     /// [`super::NetEvent`]
     pub const NET: u32 = 4;
+    /// [`super::OomEvent`]
+    pub const OOM: u32 = 5;
 }
 
 /// Network operations (value of [`NetEvent::op`]).
@@ -222,6 +224,10 @@ pub mod counter {
     pub const READ_ERRORS: u32 = 4;
     /// The TCP connect tracking map was full: the connect was not tracked.
     pub const CONNECT_TRACK_FULL: u32 = 5;
+    /// Ring buffer full: an OOM-victim record was dropped (the victim's
+    /// exit, if delivered, then lacks its `oom` marker). The agent reports
+    /// it under `exit` in `loss` events: the marker belongs to an exit.
+    pub const OOM_DROPPED: u32 = 6;
     /// Number of counters (size of the array).
     pub const COUNT: u32 = 8;
 }
@@ -442,6 +448,28 @@ pub struct NetEvent {
 }
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 112);
 
+/// Bytes of the `oom/mark_victim` tracepoint record an [`OomEvent`]
+/// carries: the longest layout known (Linux 6.8 and later: `pid` at 8,
+/// then `comm`, `total_vm`, `anon_rss`, `file_rss`, `shmem_rss`, `uid`,
+/// `pgtables`, `oom_score_adj`, 66 bytes), rounded up to 8. Older kernels'
+/// records are shorter (5.10 and 6.1: `pid` only, 12 bytes): the bytes
+/// past their end are not part of the record, and the agent reads only
+/// the fields the kernel's format file lists.
+pub const OOM_RECORD_LEN: usize = 72;
+
+/// The kernel's OOM killer chose a victim (`oom/mark_victim`). The header
+/// describes the current task (the one whose allocation failed), not the
+/// victim: the victim is in `record`, the tracepoint's raw record, decoded
+/// by the agent with the offsets of the kernel's format file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomEvent {
+    pub header: EventHeader,
+    /// The first [`OOM_RECORD_LEN`] bytes at the tracepoint's record.
+    pub record: [u8; OOM_RECORD_LEN],
+}
+const _: () = assert!(core::mem::size_of::<OomEvent>() == 128);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, repr(C), no padding holes (explicit _pad fields).
@@ -560,6 +588,6 @@ mod tests {
             all |= f;
         }
         assert_eq!(enforce::EXEC_KILL & enforce::CONNECT_DENY, 0);
-        const { assert!(counter::CONNECT_TRACK_FULL < counter::COUNT) };
+        const { assert!(counter::OOM_DROPPED < counter::COUNT) };
     }
 }

@@ -6,6 +6,7 @@
 //! - `tracepoint/sched/sched_process_exec`, `sched_process_exit` (process.rs)
 //! - `tp_btf/sched_process_fork` (process.rs)
 //! - `tracepoint/sock/inet_sock_set_state` (tcp.rs)
+//! - `tracepoint/oom/mark_victim` (oom.rs)
 //! - `cgroup/connect4|6`, `cgroup/sendmsg4|6`, `cgroup/post_bind4|6` (udp.rs)
 #![no_std]
 #![no_main]
@@ -16,6 +17,7 @@
 mod diag;
 mod emit;
 mod maps;
+mod oom;
 mod process;
 mod task;
 mod tcp;

@@ -1,7 +1,9 @@
 //! The table of probes: what each program attaches to, the kernel it
 //! needs, what happens without it, and whether the agent can run without
 //! it. Loading follows this table and nothing else.
-use super::tracefs::{FieldSpec, EXEC_LAYOUT, EXIT_LAYOUT, INET_SOCK_SET_STATE_LAYOUT};
+use super::tracefs::{
+    FieldSpec, EXEC_LAYOUT, EXIT_LAYOUT, INET_SOCK_SET_STATE_LAYOUT, MARK_VICTIM_LAYOUT,
+};
 
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +80,19 @@ pub const PROBES: &[ProbeSpec] = &[
         },
         min_kernel: (4, 16),
         fallback: "no TCP listen, connect or accept events",
+        required: false,
+    },
+    ProbeSpec {
+        program: "mark_victim",
+        attach: Attach::TracePoint {
+            category: "oom",
+            name: "mark_victim",
+            layout: MARK_VICTIM_LAYOUT,
+        },
+        min_kernel: (4, 13),
+        fallback: "OOM victims are not named: exits carry no `exit.oom`, and \
+                   `container.oom_kill` comes from the cgroup's memory.events \
+                   counter, without the process",
         required: false,
     },
     ProbeSpec {

@@ -83,6 +83,12 @@ pub const INET_SOCK_SET_STATE_LAYOUT: &[FieldSpec] = &[
     f("daddr_v6", 56, 16),
 ];
 
+/// `oom/mark_victim` (agent-ebpf/src/oom.rs): the probe copies the raw
+/// record; the victim's `pid` is at 8 on every kernel. The other fields
+/// (6.8 and later) are decoded where the format file puts them
+/// (pipeline/oom.rs).
+pub const MARK_VICTIM_LAYOUT: &[FieldSpec] = &[f("pid", 8, 4)];
+
 /// The tracefs mount: /sys/kernel/tracing, or the older debugfs path.
 pub fn root() -> PathBuf {
     let new = Path::new("/sys/kernel/tracing");
@@ -316,6 +322,7 @@ format:
             ("sched", "sched_process_exec", EXEC_LAYOUT),
             ("sched", "sched_process_exit", EXIT_LAYOUT),
             ("sock", "inet_sock_set_state", INET_SOCK_SET_STATE_LAYOUT),
+            ("oom", "mark_victim", MARK_VICTIM_LAYOUT),
         ] {
             let fields = read_format(&root, cat, name)
                 .expect("this test reads tracefs: run as root with tracefs mounted, as `cargo xtask test` does");

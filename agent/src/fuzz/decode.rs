@@ -316,6 +316,7 @@ fn within_bounds(ev: &RawEvent) -> Result<(), TestCaseError> {
         }
         RawEvent::Exit(e) => &e.header,
         RawEvent::Fork(f) => &f.header,
+        RawEvent::Oom(o) => &o.header,
         RawEvent::Net(n) => {
             prop_assert_eq!(n.local.is_ipv4(), n.remote.is_ipv4());
             &n.header

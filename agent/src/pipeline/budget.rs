@@ -138,6 +138,7 @@ pub fn records_bytes(batch: &[RawEvent]) -> usize {
                     RawEvent::Exit(e) => e.header.comm.len(),
                     RawEvent::Fork(e) => e.header.comm.len(),
                     RawEvent::Net(e) => e.header.comm.len(),
+                    RawEvent::Oom(e) => e.header.comm.len(),
                 }
         })
         .sum()

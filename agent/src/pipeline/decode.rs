@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use agent_common::{
     exec_flags, kind, net_op, outcome, EventHeader, ExecEvent, ExitEvent, ForkEvent, NetEvent,
-    ARGV_LEN, CGROUP_NAME_LEN, CGROUP_PARENT_LEN, FILENAME_LEN,
+    OomEvent, ARGV_LEN, CGROUP_NAME_LEN, CGROUP_PARENT_LEN, FILENAME_LEN, OOM_RECORD_LEN,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,12 +109,22 @@ pub struct Net {
     pub netns: u32,
 }
 
+/// The OOM killer chose a victim: the header is the task whose
+/// allocation failed; the victim is in `record`, the tracepoint's raw
+/// bytes, decoded with this kernel's layout (pipeline/oom.rs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Oom {
+    pub header: Header,
+    pub record: [u8; OOM_RECORD_LEN],
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     Exec(Exec),
     Exit(Exit),
     Fork(Fork),
     Net(Net),
+    Oom(Oom),
 }
 
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
@@ -289,6 +299,13 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 netns: e.netns,
             }))
         }
+        kind::OOM => {
+            let e: OomEvent = read(bytes, "oom")?;
+            Ok(RawEvent::Oom(Oom {
+                header: header(&e.header),
+                record: e.record,
+            }))
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -417,6 +434,25 @@ mod tests {
             panic!()
         };
         assert_eq!((f.header.pid, f.child_pid), (42, 4242));
+    }
+
+    #[test]
+    fn decodes_oom_with_its_raw_record() {
+        let mut ev = OomEvent {
+            header: hdr(kind::OOM),
+            record: [0; OOM_RECORD_LEN],
+        };
+        ev.record[8..12].copy_from_slice(&4242i32.to_ne_bytes());
+        let b = bytes_of(&ev);
+        let RawEvent::Oom(o) = decode(&b).unwrap() else {
+            panic!("not oom")
+        };
+        assert_eq!(o.header.pid, 42);
+        assert_eq!(o.record, ev.record);
+        assert!(matches!(
+            decode(&b[..b.len() - 1]),
+            Err(DecodeError::TooShort { what: "oom", .. })
+        ));
     }
 
     #[test]

@@ -8,13 +8,16 @@ use std::{
 
 use agent_common::exec_flags;
 
-use super::decode::{split_exit_code, Exec, Header, Net, NetOp, Outcome, RawEvent};
+use super::{
+    decode::{split_exit_code, Exec, Header, Net, NetOp, Oom, Outcome, RawEvent},
+    oom::Victims,
+};
 use crate::{
     clock::Clock,
     container::cgroup::Resolver,
     event::{
         ConnectOutcome, Endpoint, Enforced, Event, ExitInfo, Family, ForkInfo, Kind, Loss,
-        NetOp as Op, Network, Process, Protocol, Unread,
+        NetOp as Op, Network, OomKill, Process, Protocol, Unread,
     },
     process::{
         snapshot::Snapshot,
@@ -83,6 +86,8 @@ pub struct Enricher {
     depth: usize,
     exited_ttl: std::time::Duration,
     exits: RecentExits,
+    /// OOM victims named by the kernel, until their exits.
+    oom: Victims,
 }
 
 /// Processes whose exit was reported, by (pid, start time), the last
@@ -154,6 +159,7 @@ impl Enricher {
             node,
             depth: ancestors,
             exits: RecentExits::default(),
+            oom: Victims::new(cgroup_root),
         }
     }
 
@@ -202,6 +208,7 @@ impl Enricher {
     pub fn expire(&mut self, now: std::time::Instant) {
         self.table.expire(now);
         self.containers.expire(now, self.exited_ttl);
+        self.oom.expire(now);
     }
 
     fn event(&self, kind: Kind, ts_ns: u64) -> Event {
@@ -365,7 +372,7 @@ impl Enricher {
                     code,
                     signal,
                     raw: x.exit_code,
-                    oom: None,
+                    oom: self.oom.take(pid),
                 });
                 if !stale {
                     self.table.exit(pid, x.start_time_ns);
@@ -374,7 +381,37 @@ impl Enricher {
                 ev
             }
             RawEvent::Net(n) => self.on_net(&n),
+            RawEvent::Oom(o) => {
+                self.on_oom(&o);
+                return None;
+            }
         })
+    }
+
+    /// An OOM victim: no event of its own, its exit (next) carries it.
+    /// The record names a task, maybe a thread: its process is the table's
+    /// entry, else its thread group while /proc still has it. The limit is
+    /// read now, while the container's cgroup exists; host processes have
+    /// none.
+    fn on_oom(&mut self, o: &Oom) {
+        let victim = self.oom.victim(&o.record);
+        let pid = if self.table.get(victim.pid).is_some() {
+            victim.pid
+        } else {
+            super::oom::tgid_of(victim.pid).unwrap_or(victim.pid)
+        };
+        let cgroup_id = self.table.get(pid).map_or(0, |p| p.cgroup_id);
+        let in_container = cgroup_id == 0 || self.containers.resolve(cgroup_id).is_some();
+        let memory_limit_bytes = if in_container {
+            self.oom.memory_limit(pid, cgroup_id)
+        } else {
+            None
+        };
+        let oom = OomKill {
+            rss_bytes: victim.rss_bytes,
+            memory_limit_bytes,
+        };
+        self.oom.mark(pid, oom, std::time::Instant::now());
     }
 
     fn on_exec(&mut self, e: Exec) -> Event {

@@ -20,7 +20,7 @@ fn totals(cur: &Totals, decode_errors: u64) -> LossTotals {
     let c = |i: u32| cur[i as usize];
     LossTotals {
         exec: c(counter::EXEC_DROPPED),
-        exit: c(counter::EXIT_DROPPED),
+        exit: c(counter::EXIT_DROPPED) + c(counter::OOM_DROPPED),
         fork: c(counter::FORK_DROPPED),
         network: c(counter::NET_DROPPED),
         read_errors: c(counter::READ_ERRORS),
@@ -37,7 +37,8 @@ pub fn delta(prev: &Totals, cur: &Totals, prev_decode: u64, decode: u64) -> Opti
     let loss = Loss {
         stage: LossStage::Kernel,
         exec: d(counter::EXEC_DROPPED),
-        exit: d(counter::EXIT_DROPPED),
+        // an OOM record is the marker of an exit: its loss counts there
+        exit: d(counter::EXIT_DROPPED) + d(counter::OOM_DROPPED),
         fork: d(counter::FORK_DROPPED),
         network: d(counter::NET_DROPPED),
         read_errors: d(counter::READ_ERRORS),
@@ -132,6 +133,10 @@ mod tests {
             (t.exec, t.network, t.read_errors, t.decode_errors),
             (3, 4, 1, 2)
         );
+        let c: Totals = [3, 1, 0, 4, 1, 0, 2, 0];
+        let l = delta(&b, &c, 2, 2).unwrap();
+        assert_eq!(l.exit, 3, "OOM records dropped count under exit");
+        assert_eq!(l.totals.unwrap().exit, 3);
         let l = delta(&a, &a, 1, 6).unwrap();
         assert_eq!(l.decode_errors, 5);
         assert_eq!(l.totals.unwrap().decode_errors, 6);

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod decode;
 pub mod enrich;
 pub mod losses;
+pub mod oom;
 pub mod reader;
 pub mod sinks;
 
