@@ -10,6 +10,7 @@ mod fork;
 pub mod hit;
 mod memory;
 mod network;
+pub mod oom;
 mod posture;
 pub mod proc;
 mod runaway;
@@ -263,6 +264,7 @@ impl Detector {
             Kind::Listen => hits.extend(network::listen(&c, baselines)),
             Kind::Connect => hits.extend(network::connect(&c, baselines)),
             Kind::Fork => hits.extend(fork::check(&policy, shared, state, now)),
+            Kind::Exit => hits.extend(oom::check(&c)),
             _ => {}
         }
         hits.extend(self.restarts.observe(&policy, ev, shared, now));
