@@ -35,8 +35,8 @@ fn start(name: &str, policy: &str) -> (Agent, PathBuf) {
 /// The host pid of the first process of container `id` other than its
 /// pid 1 (the spinner its init started).
 fn child_pid(init: u32) -> u32 {
-    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap_or_default();
     children
         .split_whitespace()
         .next()
@@ -67,7 +67,12 @@ fn cpu_spinners_are_found_killed_where_scoped_and_pid_1_is_spared() {
     let spin_child = ["/bin/sh", "-c", "sh -c 'while :; do :; done' & wait"];
     let a = Ctr::run(&img.reference, &alert, &[], &spin_child);
     let k = Ctr::run(&img.reference, &kill, &[], &spin_child);
-    let i = Ctr::run(&img.reference, &init, &[], &["/bin/sh", "-c", "while :; do :; done"]);
+    let i = Ctr::run(
+        &img.reference,
+        &init,
+        &[],
+        &["/bin/sh", "-c", "while :; do :; done"],
+    );
     let q = Ctr::run(&img.reference, &idle, &[], &["/bin/sleep", "120"]);
     std::thread::sleep(Duration::from_millis(300));
     let (alert_pid, kill_pid, init_pid) = (child_pid(a.pid()), child_pid(k.pid()), i.pid());
@@ -114,28 +119,43 @@ fn cpu_spinners_are_found_killed_where_scoped_and_pid_1_is_spared() {
     assert_eq!(f["finding"]["action"], "kill", "{f}");
     assert!(f["finding"].get("outcome").is_none(), "{f}");
     assert!(
-        f["finding"]["summary"].as_str().unwrap().contains("not killed: it is the container's pid 1"),
+        f["finding"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("not killed: it is the container's pid 1"),
         "{f}"
     );
     assert!(std::path::Path::new(&format!("/proc/{init_pid}")).exists());
 
     // stopped (SIGSTOP): back under, one resolved update
+    // SAFETY: kill(2) with a pid and a signal number.
     unsafe { libc::kill(alert_pid as i32, libc::SIGSTOP) };
     let r = agent.wait_for("cpu_runaway resolved", WAIT, |e| {
         is_finding(e, "process.cpu_runaway", &alert) && e["finding"]["resolved"] == true
     });
     assert_eq!(r["finding"]["subject"], format!("pid {alert_pid} {exe}"));
+    // SAFETY: as above.
     unsafe { libc::kill(alert_pid as i32, libc::SIGCONT) };
 
     // the idle twin: its resources, and no finding
     let res = agent.wait_for("resources of the idle twin", WAIT, |e| {
         e["kind"] == "resources" && e["container"]["id"] == idle.as_str()
     });
-    assert_eq!(res["container"]["image"]["digest"], img.digest.as_str(), "{res}");
+    assert_eq!(
+        res["container"]["image"]["digest"],
+        img.digest.as_str(),
+        "{res}"
+    );
     assert!(res.get("process").is_none(), "{res}");
     assert!(res["resources"]["pids"].as_u64().unwrap() >= 1, "{res}");
-    assert!(res["resources"]["memory_bytes"].as_u64().unwrap() > 0, "{res}");
-    assert!(res["resources"]["cpu_percent"].as_u64().unwrap() < 30, "{res}");
+    assert!(
+        res["resources"]["memory_bytes"].as_u64().unwrap() > 0,
+        "{res}"
+    );
+    assert!(
+        res["resources"]["cpu_percent"].as_u64().unwrap() < 30,
+        "{res}"
+    );
     assert!(agent
         .matching(|e| is_finding(e, "process.cpu_runaway", &idle))
         .is_empty());
@@ -155,9 +175,8 @@ fn memory_held_near_the_limit_vs_a_twin_far_under_it() {
     );
     // tmpfs pages are charged to the container and cannot be reclaimed
     let limit = ["--memory-limit", "33554432"];
-    let fill = |mib: u32| {
-        format!("dd if=/dev/zero of=/dev/shm/fill bs=1048576 count={mib} && sleep 120")
-    };
+    let fill =
+        |mib: u32| format!("dd if=/dev/zero of=/dev/shm/fill bs=1048576 count={mib} && sleep 120");
     let n = Ctr::run(&img.reference, &near, &limit, &["/bin/sh", "-c", &fill(28)]);
     let f2 = Ctr::run(&img.reference, &far, &limit, &["/bin/sh", "-c", &fill(4)]);
     let f = agent.wait_for("memory_near_limit", WAIT, |e| {

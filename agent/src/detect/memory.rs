@@ -35,7 +35,7 @@ pub fn check(c: &Ctx, state: &mut State, now: Instant) -> Option<Hit> {
         });
     }
     let mem = u.memory_bytes.unwrap_or(0);
-    let over = state.memory.get_or_insert_with(|| Over {
+    let over = state.memory.get_or_insert(Over {
         since: now,
         start: mem,
         reported: false,
@@ -103,27 +103,64 @@ mod tests {
         let mut hits = Vec::new();
         for i in 0..5u64 {
             let ev = reading((91 + i) * MIB, limit);
-            let c = Ctx { ev: &ev, meta: &meta, policy: &policy, plan: None, digest: "" };
+            let c = Ctx {
+                ev: &ev,
+                meta: &meta,
+                policy: &policy,
+                plan: None,
+                digest: "",
+            };
             hits.extend(check(&c, &mut state, t0 + Duration::from_secs(2 * i)));
         }
         assert_eq!(hits.len(), 1);
-        let u = hits[0].evidence.as_ref().unwrap().resources.as_deref().copied().unwrap();
+        let u = hits[0]
+            .evidence
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_deref()
+            .copied()
+            .unwrap();
         // 91 -> 93 MiB in 4 s
         assert_eq!(u.window_ms, 4000);
         assert_eq!(u.memory_growth_bytes_per_s, Some((MIB / 2) as i64));
-        assert!(hits[0].summary.contains("over 90% of its 100 MiB memory limit for 4 s"), "{}", hits[0].summary);
+        assert!(
+            hits[0]
+                .summary
+                .contains("over 90% of its 100 MiB memory limit for 4 s"),
+            "{}",
+            hits[0].summary
+        );
         // no limit: not near it; the finding closes
         let ev = reading(95 * MIB, None);
-        let c = Ctx { ev: &ev, meta: &meta, policy: &policy, plan: None, digest: "" };
+        let c = Ctx {
+            ev: &ev,
+            meta: &meta,
+            policy: &policy,
+            plan: None,
+            digest: "",
+        };
         let h = check(&c, &mut state, t0 + Duration::from_secs(12)).unwrap();
         assert!(h.resolved);
         assert!(check(&c, &mut state, t0 + Duration::from_secs(14)).is_none());
         // a short spike over the limit gives nothing
         let ev = reading(99 * MIB, limit);
-        let c = Ctx { ev: &ev, meta: &meta, policy: &policy, plan: None, digest: "" };
+        let c = Ctx {
+            ev: &ev,
+            meta: &meta,
+            policy: &policy,
+            plan: None,
+            digest: "",
+        };
         assert!(check(&c, &mut state, t0 + Duration::from_secs(16)).is_none());
         let ev = reading(10 * MIB, limit);
-        let c = Ctx { ev: &ev, meta: &meta, policy: &policy, plan: None, digest: "" };
+        let c = Ctx {
+            ev: &ev,
+            meta: &meta,
+            policy: &policy,
+            plan: None,
+            digest: "",
+        };
         assert!(check(&c, &mut state, t0 + Duration::from_secs(18)).is_none());
     }
 }

@@ -10,7 +10,6 @@ mod fork;
 pub mod hit;
 mod memory;
 mod network;
-pub mod oom;
 mod posture;
 pub mod proc;
 mod runaway;
@@ -132,7 +131,7 @@ impl Detector {
 
     /// Findings of one container's sample: memory near its limit, and
     /// its processes' CPU (a runaway found, killed, or back under).
-    pub fn sampled(&mut self, s: Sampled, now: Instant) -> Vec<Event> {
+    pub fn sampled(&mut self, s: &Sampled, now: Instant) -> Vec<Event> {
         let Some(meta) = s.container.container.as_ref().and_then(|c| c.meta.clone()) else {
             return Vec::new();
         };
@@ -264,7 +263,6 @@ impl Detector {
             Kind::Listen => hits.extend(network::listen(&c, baselines)),
             Kind::Connect => hits.extend(network::connect(&c, baselines)),
             Kind::Fork => hits.extend(fork::check(&policy, shared, state, now)),
-            Kind::Exit => hits.extend(oom::check(&c)),
             _ => {}
         }
         hits.extend(self.restarts.observe(&policy, ev, shared, now));

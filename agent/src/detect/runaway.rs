@@ -45,7 +45,9 @@ pub fn check(c: &Ctx, r: &Reading, state: &mut State, now: Instant) -> Option<Hi
     let key = (pid, r.start_ticks);
     if u.cpu_percent < s.cpu_runaway_percent {
         let over = state.runaways.remove(&key)?;
-        return over.reported.then(|| resolved(c, r.ev, s.cpu_runaway_percent));
+        return over
+            .reported
+            .then(|| resolved(c, r.ev, s.cpu_runaway_percent));
     }
     let over = state.runaways.entry(key).or_insert_with(|| Over {
         since: now
@@ -256,8 +258,17 @@ mod tests {
         let mut hits = Vec::new();
         for i in 0..8u64 {
             let ev = reading(7, 99, 2000 * (i + 1));
-            let c = Ctx { ev: &ev, meta: &meta, policy: &policy, plan: None, digest: "" };
-            let r = Reading { ev: &ev, start_ticks: 5 };
+            let c = Ctx {
+                ev: &ev,
+                meta: &meta,
+                policy: &policy,
+                plan: None,
+                digest: "",
+            };
+            let r = Reading {
+                ev: &ev,
+                start_ticks: 5,
+            };
             hits.extend(check(&c, &r, &mut state, t0 + Duration::from_secs(2 * i)).map(|h| (i, h)));
         }
         // over since t0 - 2 s (the first window): 6 s reached at i = 2
@@ -266,16 +277,47 @@ mod tests {
         assert_eq!(*i, 2);
         assert_eq!(h.subject, "pid 7 /bin/spin");
         assert!(!h.resolved && h.outcome.is_none());
-        let u = h.evidence.as_ref().unwrap().resources.as_deref().copied().unwrap();
+        let u = h
+            .evidence
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_deref()
+            .copied()
+            .unwrap();
         assert_eq!((u.window_ms, u.cpu_ms), (6000, 5980));
         // a pid reused by another process is another process
         let ev = reading(7, 99, 100);
-        let c = Ctx { ev: &ev, meta: &meta, policy: &policy, plan: None, digest: "" };
-        assert!(check(&c, &Reading { ev: &ev, start_ticks: 6 }, &mut state, t0).is_none());
+        let c = Ctx {
+            ev: &ev,
+            meta: &meta,
+            policy: &policy,
+            plan: None,
+            digest: "",
+        };
+        assert!(check(
+            &c,
+            &Reading {
+                ev: &ev,
+                start_ticks: 6
+            },
+            &mut state,
+            t0
+        )
+        .is_none());
         // under again: one resolved update, then nothing
         let ev = reading(7, 3, 20_000);
-        let c = Ctx { ev: &ev, meta: &meta, policy: &policy, plan: None, digest: "" };
-        let r = Reading { ev: &ev, start_ticks: 5 };
+        let c = Ctx {
+            ev: &ev,
+            meta: &meta,
+            policy: &policy,
+            plan: None,
+            digest: "",
+        };
+        let r = Reading {
+            ev: &ev,
+            start_ticks: 5,
+        };
         let h = check(&c, &r, &mut state, t0 + Duration::from_secs(20)).unwrap();
         assert!(h.resolved);
         assert!(check(&c, &r, &mut state, t0 + Duration::from_secs(22)).is_none());

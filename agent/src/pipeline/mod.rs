@@ -14,7 +14,6 @@ pub mod budget;
 pub mod decode;
 pub mod enrich;
 pub mod losses;
-pub mod oom;
 pub mod reader;
 pub mod sinks;
 
@@ -299,7 +298,7 @@ impl Pipeline {
                 out.push(sampled.container.clone());
             }
             if let Some(d) = &mut self.detector {
-                out.extend(d.sampled(sampled, now));
+                out.extend(d.sampled(&sampled, now));
             }
         }
         self.metrics

@@ -168,7 +168,9 @@ impl Reader {
             if depth >= PROCS_DEPTH {
                 continue;
             }
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in rd.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push((e.path(), depth + 1));
@@ -239,14 +241,21 @@ mod tests {
         std::fs::create_dir_all(&p).unwrap();
         std::fs::write(m.join("memory.usage_in_bytes"), "3000\n").unwrap();
         std::fs::write(m.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
-        std::fs::write(m.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        std::fs::write(
+            m.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
         std::fs::write(p.join("pids.current"), "3\n").unwrap();
         let hybrid = Dirs {
             v2: dir.clone(),
             v1: Some((m.clone(), p)),
         };
         let f = r.figures(&hybrid).unwrap();
-        assert_eq!((f.memory_current, f.oom_kills, f.pids), (Some(3000), Some(2), Some(3)));
+        assert_eq!(
+            (f.memory_current, f.oom_kills, f.pids),
+            (Some(3000), Some(2), Some(3))
+        );
         assert_eq!(r.memory_max(&hybrid), None, "v1's no-limit value");
         std::fs::write(m.join("memory.limit_in_bytes"), "33554432\n").unwrap();
         assert_eq!(r.memory_max(&hybrid), Some(33_554_432));
@@ -255,6 +264,9 @@ mod tests {
         assert_eq!(pids, vec![10, 11, 12]);
         std::fs::remove_dir_all(&dir).unwrap();
         let e = r.figures(&dirs).unwrap_err().to_string();
-        assert!(e.starts_with("cannot read ") && e.contains("cpu.stat"), "{e}");
+        assert!(
+            e.starts_with("cannot read ") && e.contains("cpu.stat"),
+            "{e}"
+        );
     }
 }

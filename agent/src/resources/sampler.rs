@@ -193,7 +193,11 @@ impl Sampler {
                 break;
             }
             // a new container, or the same id in a new cgroup (re-created)
-            if self.containers.get(&id).is_some_and(|t| t.cgroup_id == cgroup_id) {
+            if self
+                .containers
+                .get(&id)
+                .is_some_and(|t| t.cgroup_id == cgroup_id)
+            {
                 continue;
             }
             let t = Tracked {
@@ -226,7 +230,9 @@ impl Sampler {
                     continue;
                 }
             };
-            if t.limit_read.is_none_or(|r| now.saturating_duration_since(r) >= LIMIT_EVERY) {
+            if t.limit_read
+                .is_none_or(|r| now.saturating_duration_since(r) >= LIMIT_EVERY)
+            {
                 t.limit = self.reader.memory_max(&t.dirs);
                 t.limit_read = Some(now);
             }
@@ -311,7 +317,12 @@ mod tests {
             oom_kills: Some(0),
             pids: Some(4),
         };
-        let u = container_usage(Duration::from_secs(2), (3_200_000, Some(28 << 20)), &f, Some(32 << 20));
+        let u = container_usage(
+            Duration::from_secs(2),
+            (3_200_000, Some(28 << 20)),
+            &f,
+            Some(32 << 20),
+        );
         assert_eq!(u.window_ms, 2000);
         assert_eq!(u.cpu_ms, 1800);
         assert_eq!(u.cpu_percent, 90);
@@ -321,14 +332,25 @@ mod tests {
         // no limit: no percentage; a counter that went back (a new cgroup
         // under the same name) is no negative CPU
         let u = container_usage(Duration::ZERO, (9_000_000, None), &f, None);
-        assert_eq!((u.cpu_ms, u.window_ms, u.memory_percent, u.memory_growth_bytes_per_s), (0, 1, None, None));
+        assert_eq!(
+            (
+                u.cpu_ms,
+                u.window_ms,
+                u.memory_percent,
+                u.memory_growth_bytes_per_s
+            ),
+            (0, 1, None, None)
+        );
     }
 
     #[test]
     fn process_use_over_a_window() {
         // 100 ticks per second: 190 ticks in 2 s is 95% of a core
         let u = process_usage(Duration::from_secs(2), (1000, 1190), 100, 4096);
-        assert_eq!((u.cpu_ms, u.cpu_percent, u.cpu_total_ms), (1900, 95, 11_900));
+        assert_eq!(
+            (u.cpu_ms, u.cpu_percent, u.cpu_total_ms),
+            (1900, 95, 11_900)
+        );
         assert_eq!(u.memory_bytes, Some(4096));
         // two busy threads
         let u = process_usage(Duration::from_secs(1), (0, 200), 100, 0);
