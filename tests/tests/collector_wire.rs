@@ -604,6 +604,7 @@ fn sample_events(node: &str) -> Vec<Event> {
                 subject: "/bin/sh".into(),
                 action: "kill".into(),
                 outcome: "killed".into(),
+                ..Finding::default()
             })),
             ..Event::default()
         },
