@@ -103,7 +103,7 @@ impl RunningAgent {
     }
 
     /// (utime + stime) of the agent in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
+    pub fn cpu_ticks(&self) -> u64 {
         cpu_ticks(self.child.id())
     }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout)]
 mod bench;
 mod bench_memory;
+mod bench_resources;
 mod compare;
 mod fuzz;
 mod image;
@@ -59,6 +60,10 @@ commands:
                  4 KiB of arguments: pid_max is raised for the run)
   bench --memory [--quick]
                  only the memory part
+  bench --resources [--quick]
+                 the resource sampler's cost: 200 containers of 25 processes,
+                 the agent's CPU at the default sampling interval vs
+                 practically off (bench-results/resources.md)
   bench --delivery [--quick]
                  only agent -> collector: end-to-end latency and collector
                  ingest (durable spool and acks included)
@@ -134,6 +139,10 @@ fn main() -> Result<()> {
                 bench::collector_bench(rest.iter().any(|a| a == "--quick"))?
             );
             Ok(())
+        }
+        "bench" if rest.iter().any(|a| a == "--resources") => {
+            build()?;
+            bench_resources::main(rest.iter().any(|a| a == "--quick"))
         }
         "bench" if rest.iter().any(|a| a == "--memory") => {
             build()?;
