@@ -71,6 +71,8 @@ pub struct State {
     pub runaways: std::collections::HashMap<(u32, u64), Over>,
     /// The container's memory over its threshold.
     pub memory: Option<Over>,
+    /// The cgroup's OOM-kill counter at the previous sample.
+    pub oom_kills: Option<u64>,
 }
 
 /// A measure over its threshold since `since`.

@@ -10,10 +10,11 @@ mod fork;
 pub mod hit;
 mod memory;
 mod network;
+pub mod oom;
 mod posture;
 pub mod proc;
-mod runaway;
 mod restart;
+mod runaway;
 
 use std::{
     collections::HashMap,
@@ -65,6 +66,9 @@ pub struct Detector {
     dedup: Dedup,
     baselines: Baselines,
     enforcer: Option<Enforcer>,
+    /// The `oom:mark_victim` probe is attached: exits name OOM victims
+    /// (else the cgroups' OOM-kill counters are the only sign).
+    oom_tracepoint: bool,
     /// Inits and their exits per pod container (container.restart_loop).
     restarts: restart::Loops,
     last_save: Option<Instant>,
@@ -96,6 +100,7 @@ impl Detector {
             policy: Arc::new(policy),
             containers: HashMap::new(),
             enforcer,
+            oom_tracepoint: false,
             restarts: restart::Loops::default(),
             last_save: None,
             emitted: HashMap::new(),
@@ -122,6 +127,11 @@ impl Detector {
         for seen in self.containers.values_mut() {
             seen.checks.posture_checked = false;
         }
+    }
+
+    /// Whether the `oom:mark_victim` probe is attached.
+    pub fn set_oom_tracepoint(&mut self, attached: bool) {
+        self.oom_tracepoint = attached;
     }
 
     /// The settings in force.
@@ -151,7 +161,9 @@ impl Detector {
             digest,
         };
         let mut hits: Vec<(Event, Hit)> = Vec::new();
-        if let Some(h) = memory::check(&ctx(&s.container), state, now) {
+        let c = ctx(&s.container);
+        let oom = oom::on_resources(&c, &mut state.oom_kills, self.oom_tracepoint);
+        for h in memory::check(&c, state, now).into_iter().chain(oom) {
             hits.push((s.container.clone(), h));
         }
         match &s.procs {
@@ -263,6 +275,7 @@ impl Detector {
             Kind::Listen => hits.extend(network::listen(&c, baselines)),
             Kind::Connect => hits.extend(network::connect(&c, baselines)),
             Kind::Fork => hits.extend(fork::check(&policy, shared, state, now)),
+            Kind::Exit => hits.extend(oom::check(&c)),
             _ => {}
         }
         hits.extend(self.restarts.observe(&policy, ev, shared, now));

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod decode;
 pub mod enrich;
 pub mod losses;
+pub mod oom;
 pub mod reader;
 pub mod sinks;
 
@@ -142,6 +143,14 @@ impl Pipeline {
         identity: Identity,
         policy_file: Option<PathBuf>,
     ) -> Self {
+        let mut detector = detector;
+        if let Some(d) = &mut detector {
+            let oom = identity
+                .probes
+                .iter()
+                .any(|p| p.program == "mark_victim" && p.attached);
+            d.set_oom_tracepoint(oom);
+        }
         let policy_file = policy_file.filter(|_| detector.is_some()).map(|path| {
             let mut f = PolicyFile { path, seen: None };
             f.seen = f.mtime();
@@ -321,7 +330,10 @@ impl Pipeline {
                 .into_iter()
                 .map(|p| {
                     let c = container.container.clone().expect("set above");
-                    (self.enricher.resources(Some(p.pid), c, p.usage), p.start_ticks)
+                    (
+                        self.enricher.resources(Some(p.pid), c, p.usage),
+                        p.start_ticks,
+                    )
                 })
                 .collect()
         });
