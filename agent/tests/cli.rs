@@ -181,6 +181,31 @@ fn check_policy_names_file_line_and_field() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // runaway thresholds: 0, negative and absurd values, named
+    for (setting, want) in [
+        (
+            "cpu_runaway_percent: 0",
+            "settings.cpu_runaway_percent: 0 is out of range; write 1 to 102400",
+        ),
+        (
+            "memory_near_limit_seconds: -3",
+            "settings.memory_near_limit_seconds: invalid type: integer `-3`",
+        ),
+        (
+            "restart_loop_minutes: 99999999",
+            "settings.restart_loop_minutes: 99999999 is out of range",
+        ),
+        (
+            "memory_near_limit_percent: 150",
+            "settings.memory_near_limit_percent: 150 is out of range; write 1 to 100",
+        ),
+    ] {
+        std::fs::write(&bad, format!("version: 1\nsettings:\n  {setting}\n")).unwrap();
+        let out = run(&["check-policy", bad.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{setting}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{setting}: {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
