@@ -226,20 +226,24 @@ impl Victims {
     }
 
     /// The memory limit of the container cgroup of process `pid` (its
-    /// cgroup v2 id `cgroup_id`, 0 when unknown): from /proc/PID/cgroup
-    /// while the victim still exists, else the v2 directory found by id;
-    /// `memory.max` on cgroup v2, `memory.limit_in_bytes` of the same
-    /// path in the v1 memory hierarchy on hybrid hosts.
+    /// cgroup v2 id `cgroup_id`, 0 when unknown). The cgroup is found by
+    /// its id (the directory with that inode under the v2 root), else by
+    /// /proc/PID/cgroup: a victim that already exited can show the root
+    /// there. `memory.max` on cgroup v2; `memory.limit_in_bytes` of the
+    /// same path in the v1 memory hierarchy on hybrid hosts (runtimes use
+    /// one path in every hierarchy).
     pub fn memory_limit(&self, pid: u32, cgroup_id: u64) -> Option<u64> {
-        let proc = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|t| parse_proc_cgroup(&t))
-            .unwrap_or_default();
-        let v2 = match proc.0 {
-            Some(p) => Some(p),
-            None if cgroup_id != 0 => find_cgroup(&self.cgroup_root, cgroup_id),
-            None => None,
+        let by_id = (cgroup_id != 0)
+            .then(|| find_cgroup(&self.cgroup_root, cgroup_id))
+            .flatten();
+        let (proc_v2, proc_v1) = match &by_id {
+            Some(_) => (None, None),
+            None => std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .map(|t| parse_proc_cgroup(&t))
+                .unwrap_or_default(),
         };
-        let v1 = proc.1.or_else(|| v2.clone());
+        let v2 = by_id.or(proc_v2);
+        let v1 = v2.clone().or(proc_v1);
         v2.as_deref()
             .and_then(|p| effective_limit(&self.cgroup_root, p, "memory.max"))
             .or_else(|| {
