@@ -373,6 +373,11 @@ impl CollectorService {
         // a batch read, waiting for a place among all streams' in flight
         let mut held: Option<Batch> = None;
         let durable = &self.shared.durability;
+        // The client stopped reading acks: nothing more is read, but the
+        // batches written still wait for their sync, so a failed one
+        // still forgets the stream's dedupe mark before the agent's
+        // resend on its next stream can be taken for a duplicate.
+        let mut client_gone = false;
         'stream: loop {
             for ready in inflight.take_ready(|gen| durable.outcome(gen)) {
                 let (send, last) = match ready {
@@ -383,7 +388,12 @@ impl CollectorService {
                         error,
                     } => (Err(self.sync_failed(&a, &error).await), true),
                 };
-                if tx.send(send).await.is_err() || last {
+                if !client_gone && tx.send(send).await.is_err() {
+                    client_gone = true;
+                    inflight.close();
+                    held = None;
+                }
+                if last {
                     break 'stream;
                 }
             }
