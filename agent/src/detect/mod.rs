@@ -183,6 +183,11 @@ impl Detector {
                         hits.push((ev.clone(), h));
                     }
                 }
+                let present = procs.iter().map(|(ev, t)| runaway::key(ev, *t)).collect();
+                for h in runaway::sweep(&ctx(&s.container), state, &present) {
+                    let ev = h.evidence.clone().unwrap_or_else(|| s.container.clone());
+                    hits.push((ev, h));
+                }
             }
         }
         hits.into_iter()

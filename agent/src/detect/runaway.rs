@@ -4,7 +4,10 @@
 //! containers' processes; one finding per process while it stays over,
 //! a resolved update when it drops below, and with `action: kill` a
 //! SIGKILL from user space through a pidfd.
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use tracing::warn;
 
@@ -30,6 +33,11 @@ fn who(ev: &Event) -> (u32, String) {
         .map_or((0, String::new()), |p| (p.pid, p.exe.to_string()))
 }
 
+/// What a process over its threshold is kept under: (pid, start ticks).
+pub fn key(ev: &Event, start_ticks: u64) -> (u32, u64) {
+    (who(ev).0, start_ticks)
+}
+
 /// The subject: the process, as `pid N EXE`.
 fn subject(ev: &Event) -> String {
     let (pid, exe) = who(ev);
@@ -41,8 +49,8 @@ fn subject(ev: &Event) -> String {
 pub fn check(c: &Ctx, r: &Reading, state: &mut State, now: Instant) -> Option<Hit> {
     let s = &c.policy.settings;
     let u = usage(r.ev);
-    let (pid, _) = who(r.ev);
-    let key = (pid, r.start_ticks);
+    let key = key(r.ev, r.start_ticks);
+    let pid = key.0;
     if u.cpu_percent < s.cpu_runaway_percent {
         let over = state.runaways.remove(&key)?;
         return over
@@ -91,6 +99,33 @@ pub fn settle(c: &Ctx, state: &mut State) -> Vec<Hit> {
     let threshold = c.policy.settings.cpu_runaway_percent;
     let mut out = Vec::new();
     for (_, over) in state.runaways.drain() {
+        if let (true, Some(last)) = (over.reported, over.last) {
+            let mut h = resolved(c, &last, threshold);
+            h.evidence = Some(last);
+            out.push(h);
+        }
+    }
+    out
+}
+
+/// The container is still busy, and its processes were read: those over
+/// before and absent from this reading (`present`: every process read)
+/// have exited. A reported one gets its resolved update, an unreported
+/// one is forgotten, so a busy container's short-lived busy processes
+/// never pile up in `state`.
+pub fn sweep(c: &Ctx, state: &mut State, present: &HashSet<(u32, u64)>) -> Vec<Hit> {
+    let threshold = c.policy.settings.cpu_runaway_percent;
+    let gone: Vec<(u32, u64)> = state
+        .runaways
+        .keys()
+        .filter(|k| !present.contains(k))
+        .copied()
+        .collect();
+    let mut out = Vec::new();
+    for key in gone {
+        let Some(over) = state.runaways.remove(&key) else {
+            continue;
+        };
         if let (true, Some(last)) = (over.reported, over.last) {
             let mut h = resolved(c, &last, threshold);
             h.evidence = Some(last);
@@ -324,5 +359,65 @@ mod tests {
         // the other one was never reported: settling gives nothing
         assert!(settle(&c, &mut state).is_empty());
         assert!(state.runaways.is_empty());
+    }
+
+    #[test]
+    fn a_busy_containers_exited_processes_are_closed_or_forgotten() {
+        let mut policy = Policy::default();
+        policy.settings.cpu_runaway_seconds = 4;
+        let meta = ContainerMeta {
+            name: "build".into(),
+            ..ContainerMeta::default()
+        };
+        let mut state = State::default();
+        let t0 = Instant::now();
+        // pid 7 is over for two readings (reported), pid 8 for one
+        let (a, b) = (reading(7, 99, 2000), reading(8, 99, 2000));
+        let ctx = |ev| Ctx {
+            ev,
+            meta: &meta,
+            policy: &policy,
+            plan: None,
+            digest: "",
+        };
+        let mut reported = Vec::new();
+        for (ev, ticks, at) in [(&a, 5, 0), (&a, 5, 2), (&b, 6, 2)] {
+            let r = Reading {
+                ev,
+                start_ticks: ticks,
+            };
+            let now = t0 + Duration::from_secs(at);
+            reported.extend(check(&ctx(ev), &r, &mut state, now).map(|h| h.subject));
+        }
+        assert_eq!(reported, ["pid 7 /bin/spin"]);
+        assert_eq!(state.runaways.len(), 2);
+        // next reading: the container is still busy (pid 9 now), 7 and 8
+        // have exited: 7's finding is closed, 8 is forgotten
+        let c9 = reading(9, 99, 2000);
+        let present = HashSet::from([key(&c9, 11)]);
+        let hits = sweep(&ctx(&c9), &mut state, &present);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert!(hits[0].resolved);
+        assert_eq!(hits[0].subject, "pid 7 /bin/spin");
+        assert_eq!(
+            hits[0]
+                .evidence
+                .as_ref()
+                .and_then(|e| e.process.as_ref())
+                .map(|p| p.pid),
+            Some(7)
+        );
+        assert!(state.runaways.is_empty(), "{:?}", state.runaways.keys());
+        // a process still read is kept
+        let r = Reading {
+            ev: &c9,
+            start_ticks: 11,
+        };
+        assert!(
+            check(&ctx(&c9), &r, &mut state, t0).is_none(),
+            "over, not long enough"
+        );
+        assert!(sweep(&ctx(&c9), &mut state, &present).is_empty());
+        assert_eq!(state.runaways.len(), 1);
     }
 }
