@@ -109,6 +109,11 @@ impl Attributor {
         self.source == Source::Ready
     }
 
+    /// Whether container `id`'s metadata is known now.
+    pub fn is_known(&self, id: &str) -> bool {
+        self.known.contains_key(id)
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             containers: self.known.len(),

@@ -189,7 +189,7 @@ fn act(c: &Ctx, pid: u32, start_ticks: u64) -> Option<Acted> {
                 .into(),
         });
     }
-    Some(match sigkill(pid, start_ticks) {
+    Some(match sigkill(pid, start_ticks, &c.meta.id) {
         Ok(()) => Acted {
             outcome: Some(Outcome::Killed),
             note: "; killed (SIGKILL)".into(),
@@ -204,10 +204,11 @@ fn act(c: &Ctx, pid: u32, start_ticks: u64) -> Option<Acted> {
     })
 }
 
-/// Whether `pid` is pid 1 of its own pid namespace (`NSpid`'s last field).
+/// Whether `pid` is pid 1 of its own pid namespace (`NSpid`'s last
+/// field); unreadable counts as yes (no kill on a guess).
 fn is_namespace_init(pid: u32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
+        return true;
     };
     status
         .lines()
@@ -216,10 +217,22 @@ fn is_namespace_init(pid: u32) -> bool {
         .is_some_and(|last| last == "1")
 }
 
+/// Whether `pid`'s cgroup v2 path (`/proc/PID/cgroup`, line `0::`) names
+/// container `id`; false when unreadable.
+fn in_container(pid: u32, id: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(crate::container::cgroup::parse)
+        .is_some_and(|c| c.id == id)
+}
+
 /// SIGKILL to the process `pid` that started at `start_ticks`, through a
 /// pidfd: the pid is checked after the pidfd holds the process, so a pid
 /// reused in between is never signalled.
-fn sigkill(pid: u32, start_ticks: u64) -> std::io::Result<()> {
+fn sigkill(pid: u32, start_ticks: u64, container: &str) -> std::io::Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -234,6 +247,11 @@ fn sigkill(pid: u32, start_ticks: u64) -> std::io::Result<()> {
     if now.starttime != start_ticks {
         return Err(std::io::Error::other(
             "the process exited and its pid was reused",
+        ));
+    }
+    if !in_container(pid, container) {
+        return Err(std::io::Error::other(
+            "the process is no longer in its container's cgroup",
         ));
     }
     use std::os::fd::AsRawFd;

@@ -63,6 +63,11 @@ impl Attribute {
         out
     }
 
+    /// Whether container `id`'s metadata is known now.
+    pub fn is_known(&self, id: &str) -> bool {
+        self.attributor.is_known(id)
+    }
+
     pub fn stats(&self) -> Stats {
         self.attributor.stats()
     }

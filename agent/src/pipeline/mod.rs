@@ -316,8 +316,12 @@ impl Pipeline {
     }
 
     /// One container's sample as events, attributed; None while its
-    /// metadata is looked up (the event waits, and goes out then).
+    /// metadata is looked up (a report due waits, and goes out then; a
+    /// sample not due is not kept).
     fn sampled(&mut self, s: ContainerSample) -> Option<Sampled> {
+        if !s.report && !self.attribute.is_known(&s.container.id) {
+            return None;
+        }
         let c = crate::event::Container::from_cgroup(
             s.container.id.clone(),
             s.container.runtime,

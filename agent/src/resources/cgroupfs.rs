@@ -40,6 +40,9 @@ pub struct Dirs {
     pub v2: PathBuf,
     /// Hybrid hosts: the v1 `memory` and `pids` directories of the same path.
     pub v1: Option<(PathBuf, PathBuf)>,
+    /// The mount the memory directory is under (limits are looked up to
+    /// it, not beyond).
+    pub memory_root: PathBuf,
 }
 
 impl Dirs {
@@ -48,15 +51,15 @@ impl Dirs {
     /// mount beside a v1 `memory` hierarchy.
     pub fn of(root: &Path, rel: &str) -> Dirs {
         let rel = rel.trim_start_matches('/');
-        let v1 = root
+        let v1_roots = root
             .parent()
             .filter(|_| root.ends_with("unified"))
             .map(|base| (base.join("memory"), base.join("pids")))
-            .filter(|(m, _)| m.join("memory.usage_in_bytes").exists())
-            .map(|(m, p)| (m.join(rel), p.join(rel)));
+            .filter(|(m, _)| m.join("memory.usage_in_bytes").exists());
         Dirs {
             v2: root.join(rel),
-            v1,
+            v1: v1_roots.as_ref().map(|(m, p)| (m.join(rel), p.join(rel))),
+            memory_root: v1_roots.map_or_else(|| root.to_owned(), |(m, _)| m),
         }
     }
 }
@@ -142,15 +145,31 @@ impl Reader {
         })
     }
 
-    /// The memory limit of the cgroup at `dirs`: None when unlimited or
-    /// unreadable.
+    /// The memory limit the kernel enforces on the cgroup at `dirs`: the
+    /// smallest of its own and its ancestors' (a pod-level limit binds a
+    /// container without one). None when unlimited or unreadable.
     pub fn memory_max(&mut self, dirs: &Dirs) -> Option<u64> {
-        match &dirs.v1 {
-            None => self.value(&dirs.v2, "memory.max", limit).flatten(),
-            Some((memory, _)) => self
-                .value(memory, "memory.limit_in_bytes", single)
-                .filter(|l| *l < V1_UNLIMITED),
+        let (start, v1) = match &dirs.v1 {
+            None => (&dirs.v2, false),
+            Some((memory, _)) => (memory, true),
+        };
+        let mut least: Option<u64> = None;
+        for dir in start.ancestors() {
+            if !dir.starts_with(&dirs.memory_root) || dir == dirs.memory_root {
+                break;
+            }
+            let own = if v1 {
+                self.value(dir, "memory.limit_in_bytes", single)
+                    .filter(|l| *l < V1_UNLIMITED)
+            } else {
+                self.value(dir, "memory.max", limit).flatten()
+            };
+            least = match (least, own) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
+        least
     }
 
     /// The pids in the cgroup at `dir` and the cgroups nested in it.
@@ -223,6 +242,7 @@ mod tests {
         let dirs = Dirs {
             v2: dir.clone(),
             v1: None,
+            memory_root: dir.parent().unwrap().to_owned(),
         };
         let f = r.figures(&dirs).unwrap();
         assert_eq!(
@@ -250,6 +270,7 @@ mod tests {
         let hybrid = Dirs {
             v2: dir.clone(),
             v1: Some((m.clone(), p)),
+            memory_root: dir.clone(),
         };
         let f = r.figures(&hybrid).unwrap();
         assert_eq!(
@@ -259,6 +280,18 @@ mod tests {
         assert_eq!(r.memory_max(&hybrid), None, "v1's no-limit value");
         std::fs::write(m.join("memory.limit_in_bytes"), "33554432\n").unwrap();
         assert_eq!(r.memory_max(&hybrid), Some(33_554_432));
+        // a limit on a parent (a pod's) binds a child without one
+        let child = dir.join("child");
+        std::fs::create_dir_all(&child).unwrap();
+        std::fs::write(child.join("memory.max"), "max\n").unwrap();
+        let in_pod = Dirs {
+            v2: child.clone(),
+            v1: None,
+            memory_root: dir.parent().unwrap().to_owned(),
+        };
+        assert_eq!(r.memory_max(&in_pod), Some(2000));
+        std::fs::write(child.join("memory.max"), "1500\n").unwrap();
+        assert_eq!(r.memory_max(&in_pod), Some(1500));
         let mut pids = r.pids(&dir);
         pids.sort();
         assert_eq!(pids, vec![10, 11, 12]);
