@@ -229,7 +229,6 @@ async fn run(cli: Cli) -> Result<()> {
         identities,
         durability: durable::Durability::start()
             .context("cannot start the output's sync thread")?,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(service::TOTAL_IN_FLIGHT)),
         streams: streams::Streams::new(streams::StreamLimits {
             total: cli.max_streams,
             per_ip: cli.max_streams_per_ip,

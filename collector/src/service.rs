@@ -14,7 +14,7 @@ use std::{
 };
 
 use spyglass_proto::v1::{collector_server::Collector, Ack, Batch};
-use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Mutex};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -59,9 +59,6 @@ pub struct Shared {
     pub identities: Option<crate::identity::NodeIdentities>,
     /// Group commit: acks wait for the output's fdatasync.
     pub durability: crate::durable::Durability,
-    /// Places for batches written and not yet acked, all streams
-    /// together ([`TOTAL_IN_FLIGHT`]).
-    pub in_flight: Arc<Semaphore>,
     /// Streams open, per peer address and client certificate.
     pub streams: crate::streams::Streams,
     pub metrics: crate::metrics::Metrics,
@@ -94,10 +91,6 @@ pub struct Accepted {
 /// Batches one stream keeps between write and ack (`inflight.rs`); the
 /// agent keeps 32 in flight by default (`collector.max_in_flight`).
 pub const STREAM_IN_FLIGHT: usize = 64;
-
-/// Batches all streams together keep between write and ack; a stream
-/// past it waits (holding the one batch it read) until one is acked.
-pub const TOTAL_IN_FLIGHT: usize = 8192;
 
 impl CollectorService {
     /// Check, deduplicate and write a batch: the generation its ack waits
@@ -351,7 +344,10 @@ impl CollectorService {
     /// Serve one stream: read, check and write each batch, and ack it
     /// once the fdatasync covering it has returned, in order. Reading
     /// goes on while earlier batches wait for their sync (at most
-    /// [`STREAM_IN_FLIGHT`] per stream, [`TOTAL_IN_FLIGHT`] in all).
+    /// [`STREAM_IN_FLIGHT`] per stream). There is no cap over all streams:
+    /// an entry holds no events, and a cap shared by every stream would let
+    /// a few clients that stop reading their acks hold every place and
+    /// stall all other agents.
     async fn serve(
         self,
         mut inbound: Streaming<Batch>,
@@ -368,9 +364,8 @@ impl CollectorService {
             window_start: Instant::now(),
             window_events: 0,
         };
-        let mut inflight: InFlight<(Accepted, OwnedSemaphorePermit), Status> =
-            InFlight::new(STREAM_IN_FLIGHT);
-        // a batch read, waiting for a place among all streams' in flight
+        let mut inflight: InFlight<Accepted, Status> = InFlight::new(STREAM_IN_FLIGHT);
+        // a batch read, to be checked and written
         let mut held: Option<Batch> = None;
         let durable = &self.shared.durability;
         // The client stopped reading acks: nothing more is read, but the
@@ -381,12 +376,11 @@ impl CollectorService {
         'stream: loop {
             for ready in inflight.take_ready(|gen| durable.outcome(gen)) {
                 let (send, last) = match ready {
-                    Ready::Ack((a, _place)) => (Ok(self.acked(&a, &peer)), false),
+                    Ready::Ack(a) => (Ok(self.acked(&a, &peer)), false),
                     Ready::Refused(status) => (Err(status), true),
-                    Ready::SyncFailed {
-                        item: (a, _),
-                        error,
-                    } => (Err(self.sync_failed(&a, &error).await), true),
+                    Ready::SyncFailed { item: a, error } => {
+                        (Err(self.sync_failed(&a, &error).await), true)
+                    }
                 };
                 if !client_gone && tx.send(send).await.is_err() {
                     client_gone = true;
@@ -413,8 +407,7 @@ impl CollectorService {
                         inflight.refuse(status);
                     }
                 },
-                place = self.shared.in_flight.clone().acquire_owned(), if held.is_some() => {
-                    let place = place.expect("the in-flight semaphore is never closed");
+                () = std::future::ready(()), if held.is_some() => {
                     let batch = held.take().expect("guarded");
                     if let Some(d) = reader.delay(batch.events.len(), self.shared.max_events_per_sec) {
                         tokio::time::sleep(d).await;
@@ -427,7 +420,7 @@ impl CollectorService {
                                 info!(node = %n, %peer, "agent connected");
                                 reader.node = Some(n);
                             }
-                            inflight.written(gen, (accepted, place));
+                            inflight.written(gen, accepted);
                         }
                         Err(status) => inflight.refuse(status),
                     }
