@@ -70,6 +70,43 @@ fn init_exits(agent: &Agent, id: &str) -> Vec<Value> {
     })
 }
 
+/// The loop's finding; on a timeout, what the agent saw of the container
+/// (each event's kind, process and attribution) in the panic.
+fn wait_for_loop(agent: &Agent, id: &str) -> Value {
+    let is_loop = |e: &Value| {
+        e["kind"] == "finding"
+            && e["finding"]["rule_id"] == "container.restart_loop"
+            && e["container"]["id"] == id
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if let Some(f) = agent.matching(is_loop).pop() {
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen: Vec<String> = agent
+        .matching(|e| e["container"]["id"] == id)
+        .iter()
+        .map(|e| {
+            format!(
+                "{} pid {} {} cgroup {} exit {} meta {} unattributed {}",
+                e["kind"],
+                e["process"]["pid"],
+                e["process"]["comm"],
+                e["process"]["cgroup_id"],
+                e["exit"]["code"],
+                e["container"]["name"].is_string(),
+                e["container"]["unattributed"]
+            )
+        })
+        .collect();
+    panic!(
+        "no container.restart_loop for {id} within {WAIT:?}; its events:\n{}",
+        seen.join("\n")
+    );
+}
+
 #[test]
 fn a_container_exiting_again_and_again_is_a_restart_loop_and_a_twice_run_one_is_not() {
     require_root();
@@ -86,11 +123,7 @@ fn a_container_exiting_again_and_again_is_a_restart_loop_and_a_twice_run_one_is_
     for _ in 0..4 {
         run_once(&img.reference, &looping);
     }
-    let f = agent.wait_for("container.restart_loop", WAIT, |e| {
-        e["kind"] == "finding"
-            && e["finding"]["rule_id"] == "container.restart_loop"
-            && e["container"]["id"] == looping.as_str()
-    });
+    let f = wait_for_loop(&agent, &looping);
     let info = &f["finding"];
     assert_eq!(info["severity"], "high", "{f}");
     assert_eq!(info["action"], "alert");
