@@ -10,7 +10,6 @@
 //! `file_rss` and `shmem_rss` (kB) after it.
 use std::{
     collections::{HashMap, VecDeque},
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -27,8 +26,6 @@ const CAPACITY: usize = 1024;
 /// this is forgotten (its exit record was lost, or the pid was not a
 /// process the agent reports).
 const TTL: Duration = Duration::from_secs(60);
-/// cgroup directories visited at most when looking a cgroup id up.
-const WALK_LIMIT: usize = 100_000;
 
 /// Where this kernel's `mark_victim` record keeps the fields the agent
 /// reads.
@@ -108,13 +105,6 @@ pub struct Victim {
     pub rss_bytes: Option<u64>,
 }
 
-/// A memory limit file's value: `max` (cgroup v2) or a value of 2^62 or
-/// more (v1's "unlimited", `PAGE_COUNTER_MAX` pages) is no limit.
-pub fn parse_limit(text: &str) -> Option<u64> {
-    let v: u64 = text.trim().parse().ok()?;
-    (v < 1 << 62).then_some(v)
-}
-
 /// From `/proc/PID/cgroup`: the cgroup v2 path (`0::/path`) and the v1
 /// memory controller's path (`N:memory:/path`, also `N:cpu,memory:`).
 pub fn parse_proc_cgroup(text: &str) -> (Option<String>, Option<String>) {
@@ -133,52 +123,6 @@ pub fn parse_proc_cgroup(text: &str) -> (Option<String>, Option<String>) {
     (v2, v1)
 }
 
-/// The smallest limit in `file` from the cgroup `rel` (a path like
-/// `/k8s.io/t1`) up to the hierarchy's root, which has none: the limit
-/// the cgroup's processes are under. None when no level sets one (or
-/// the directory is gone).
-pub fn effective_limit(root: &Path, rel: &str, file: &str) -> Option<u64> {
-    let mut dir = PathBuf::from(rel.trim_start_matches('/'));
-    let mut limit: Option<u64> = None;
-    while !dir.as_os_str().is_empty() {
-        if let Ok(text) = std::fs::read_to_string(root.join(&dir).join(file)) {
-            if let Some(v) = parse_limit(&text) {
-                limit = Some(limit.map_or(v, |l| l.min(v)));
-            }
-        }
-        dir.pop();
-    }
-    limit
-}
-
-/// The path under `root` of the cgroup v2 directory whose inode is
-/// `cgroup_id` (bounded walk).
-fn find_cgroup(root: &Path, cgroup_id: u64) -> Option<String> {
-    let mut stack = vec![(root.to_owned(), 0usize)];
-    let mut seen = 0;
-    while let Some((dir, depth)) = stack.pop() {
-        seen += 1;
-        if seen > WALK_LIMIT {
-            return None;
-        }
-        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == cgroup_id) {
-            let rel = dir.strip_prefix(root).unwrap_or(&dir);
-            return Some(format!("/{}", rel.display()));
-        }
-        if depth >= 12 {
-            continue;
-        }
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push((e.path(), depth + 1));
-                }
-            }
-        }
-    }
-    None
-}
-
 /// The thread group of a task id, from `/proc/TID/status` (thread ids
 /// have /proc entries too) while the task exists.
 pub fn tgid_of(tid: u32) -> Option<u32> {
@@ -188,14 +132,21 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// cgroup paths remembered by id at most.
+const PATHS_MAX: usize = 4096;
+
 /// Victims named by the kernel, waiting for their exits.
 pub struct Victims {
     /// Read from tracefs at the first record (the probe attached, so the
     /// format file is there).
     layout: Option<Layout>,
-    /// The cgroup v2 root, and the v1 memory hierarchy on hybrid hosts.
+    /// The cgroup v2 mount (v1 memory beside it on hybrid hosts:
+    /// `resources::cgroupfs::Dirs` knows where).
     cgroup_root: PathBuf,
-    memory_v1: PathBuf,
+    /// cgroup id -> path from the root, found by a walk once per cgroup
+    /// (an OOM storm in one container walks the tree once).
+    paths: HashMap<u64, Option<String>>,
+    reader: crate::resources::cgroupfs::Reader,
     pending: HashMap<u32, (OomKill, Instant)>,
     /// Arrival order, to expire and bound without a scan.
     order: VecDeque<(u32, Instant)>,
@@ -203,16 +154,11 @@ pub struct Victims {
 
 impl Victims {
     pub fn new(cgroup_root: &Path) -> Self {
-        // Hybrid hosts mount v2 at /sys/fs/cgroup/unified beside the v1
-        // controllers; on a pure v2 host this path does not exist.
-        let memory_v1 = cgroup_root.parent().map_or_else(
-            || PathBuf::from("/sys/fs/cgroup/memory"),
-            |p| p.join("memory"),
-        );
         Victims {
             layout: None,
             cgroup_root: cgroup_root.to_owned(),
-            memory_v1,
+            paths: HashMap::new(),
+            reader: crate::resources::cgroupfs::Reader::default(),
             pending: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -232,24 +178,36 @@ impl Victims {
     /// there. `memory.max` on cgroup v2; `memory.limit_in_bytes` of the
     /// same path in the v1 memory hierarchy on hybrid hosts (runtimes use
     /// one path in every hierarchy).
-    pub fn memory_limit(&self, pid: u32, cgroup_id: u64) -> Option<u64> {
-        let by_id = (cgroup_id != 0)
-            .then(|| find_cgroup(&self.cgroup_root, cgroup_id))
-            .flatten();
-        let (proc_v2, proc_v1) = match &by_id {
-            Some(_) => (None, None),
-            None => std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .map(|t| parse_proc_cgroup(&t))
-                .unwrap_or_default(),
-        };
-        let v2 = by_id.or(proc_v2);
-        let v1 = v2.clone().or(proc_v1);
-        v2.as_deref()
-            .and_then(|p| effective_limit(&self.cgroup_root, p, "memory.max"))
-            .or_else(|| {
-                v1.as_deref()
-                    .and_then(|p| effective_limit(&self.memory_v1, p, "memory.limit_in_bytes"))
-            })
+    pub fn memory_limit(&mut self, pid: u32, cgroup_id: u64) -> Option<u64> {
+        let rel = match cgroup_id {
+            0 => None,
+            id => self.path_of(id),
+        }
+        .or_else(|| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|t| parse_proc_cgroup(&t).0)
+        })?;
+        let dirs = crate::resources::cgroupfs::Dirs::of(&self.cgroup_root, &rel);
+        self.reader.memory_max(&dirs)
+    }
+
+    /// The path from the root of cgroup `id` (cached, bounded).
+    fn path_of(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.paths.get(&id) {
+            return p.clone();
+        }
+        if self.paths.len() >= PATHS_MAX {
+            self.paths.clear();
+        }
+        let mut found = None;
+        crate::container::cgroup::walk(&self.cgroup_root, |path, _, ino| {
+            if ino == id && found.is_none() {
+                found = Some(path.to_owned());
+            }
+        });
+        self.paths.insert(id, found.clone());
+        found
     }
 
     /// Hold what the OOM killer saw of process `pid` until its exit.
@@ -304,6 +262,7 @@ impl Victims {
 mod tests {
     use super::*;
     use crate::bpf::tracefs::parse_format;
+    use std::os::unix::fs::MetadataExt;
 
     /// `oom/mark_victim` as Linux 5.10 to 6.7 print it.
     const FORMAT_5_10: &str = "name: mark_victim
@@ -393,14 +352,6 @@ format:
     }
 
     #[test]
-    fn limits_max_and_v1_unlimited_are_none() {
-        assert_eq!(parse_limit("33554432\n"), Some(33_554_432));
-        assert_eq!(parse_limit("max\n"), None);
-        assert_eq!(parse_limit("9223372036854771712\n"), None);
-        assert_eq!(parse_limit(""), None);
-    }
-
-    #[test]
     fn proc_cgroup_names_v2_and_v1_memory_paths() {
         let hybrid = "12:memory:/k8s.io/t1\n11:cpu,cpuacct:/k8s.io/t1\n1:name=systemd:/k8s.io/t1\n0::/k8s.io/t1\n";
         assert_eq!(
@@ -415,27 +366,24 @@ format:
     }
 
     #[test]
-    fn the_effective_limit_is_the_smallest_up_the_tree() {
+    fn the_limit_is_the_smallest_up_the_tree_found_by_cgroup_id() {
         let root = std::env::temp_dir().join(format!("spyglass-oom-{}", std::process::id()));
         let leaf = root.join("pods/p1/c1");
         std::fs::create_dir_all(&leaf).unwrap();
         std::fs::write(root.join("pods/memory.max"), "max\n").unwrap();
         std::fs::write(root.join("pods/p1/memory.max"), "1000\n").unwrap();
         std::fs::write(leaf.join("memory.max"), "2000\n").unwrap();
-        assert_eq!(
-            effective_limit(&root, "/pods/p1/c1", "memory.max"),
-            Some(1000)
-        );
-        std::fs::write(root.join("pods/p1/memory.max"), "max\n").unwrap();
-        assert_eq!(
-            effective_limit(&root, "/pods/p1/c1", "memory.max"),
-            Some(2000)
-        );
-        std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
-        assert_eq!(effective_limit(&root, "/pods/p1/c1", "memory.max"), None);
-        assert_eq!(effective_limit(&root, "/gone", "memory.max"), None);
         let ino = std::fs::metadata(&leaf).unwrap().ino();
-        assert_eq!(find_cgroup(&root, ino).as_deref(), Some("/pods/p1/c1"));
+        let mut v = Victims::new(&root);
+        assert_eq!(v.memory_limit(0, ino), Some(1000));
+        std::fs::write(root.join("pods/p1/memory.max"), "max\n").unwrap();
+        assert_eq!(v.memory_limit(0, ino), Some(2000));
+        std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
+        assert_eq!(v.memory_limit(0, ino), None);
+        assert_eq!(v.path_of(ino).as_deref(), Some("/pods/p1/c1"));
+        // an unknown id is walked for once, then remembered as unknown
+        assert_eq!(v.path_of(1), None);
+        assert!(v.paths.contains_key(&1));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
