@@ -294,7 +294,10 @@ fn promises(p: &policy::Policy) -> Result<(), TestCaseError> {
             "action {:?} accepted",
             e.action
         );
-        prop_assert!(e.action != Action::Kill || info.kill || info.user_kill, "{e:?}");
+        prop_assert!(
+            e.action != Action::Kill || info.kill || info.user_kill,
+            "{e:?}"
+        );
         prop_assert!(
             e.action != Action::DenyConnect || info.deny_connect,
             "{e:?}"
