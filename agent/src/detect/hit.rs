@@ -56,6 +56,21 @@ pub struct Ctx<'a> {
     pub digest: &'a str,
 }
 
+#[cfg(test)]
+impl<'a> Ctx<'a> {
+    /// A context without an enforcement plan or image digest (unit tests
+    /// of the checks).
+    pub fn bare(ev: &'a Event, meta: &'a ContainerMeta, policy: &'a Policy) -> Self {
+        Ctx {
+            ev,
+            meta,
+            policy,
+            plan: None,
+            digest: "",
+        }
+    }
+}
+
 /// Per-container state the checks keep between events.
 #[derive(Debug, Default)]
 pub struct State {

@@ -103,13 +103,7 @@ mod tests {
         let mut hits = Vec::new();
         for i in 0..5u64 {
             let ev = reading((91 + i) * MIB, limit);
-            let c = Ctx {
-                ev: &ev,
-                meta: &meta,
-                policy: &policy,
-                plan: None,
-                digest: "",
-            };
+            let c = Ctx::bare(&ev, &meta, &policy);
             hits.extend(check(&c, &mut state, t0 + Duration::from_secs(2 * i)));
         }
         assert_eq!(hits.len(), 1);
@@ -133,34 +127,16 @@ mod tests {
         );
         // no limit: not near it; the finding closes
         let ev = reading(95 * MIB, None);
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         let h = check(&c, &mut state, t0 + Duration::from_secs(12)).unwrap();
         assert!(h.resolved);
         assert!(check(&c, &mut state, t0 + Duration::from_secs(14)).is_none());
         // a short spike over the limit gives nothing
         let ev = reading(99 * MIB, limit);
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         assert!(check(&c, &mut state, t0 + Duration::from_secs(16)).is_none());
         let ev = reading(10 * MIB, limit);
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         assert!(check(&c, &mut state, t0 + Duration::from_secs(18)).is_none());
     }
 }

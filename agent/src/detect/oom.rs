@@ -121,13 +121,7 @@ mod tests {
             rss_bytes: Some(31 * 1024 * 1024 + 512 * 1024),
             memory_limit_bytes: Some(32 * 1024 * 1024),
         }));
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         let h = check(&c).unwrap();
         assert_eq!(h.rule, RuleId::ContainerOomKill);
         assert_eq!(h.subject, "/bin/busybox");
@@ -137,35 +131,17 @@ mod tests {
              resident memory 31.5 MiB, container memory limit 32.0 MiB"
         );
         let ev = exit(Some(OomKill::default()));
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         assert!(check(&c).unwrap().summary.ends_with(
             "resident memory not reported by this kernel, no container memory limit found"
         ));
         // a SIGKILL that is not the OOM killer's, and other kinds: nothing
         let ev = exit(None);
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         assert_eq!(check(&c), None);
         let mut ev = exit(Some(OomKill::default()));
         ev.kind = Kind::Exec;
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         assert_eq!(check(&c), None);
     }
 
@@ -185,13 +161,7 @@ mod tests {
         let mut last = None;
         let mut run = |kills: Option<u64>, attached: bool| {
             let ev = reading(kills);
-            let c = Ctx {
-                ev: &ev,
-                meta: &meta,
-                policy: &policy,
-                plan: None,
-                digest: "",
-            };
+            let c = Ctx::bare(&ev, &meta, &policy);
             on_resources(&c, &mut last, attached)
         };
         assert_eq!(

@@ -311,13 +311,7 @@ mod tests {
         let mut hits = Vec::new();
         for i in 0..8u64 {
             let ev = reading(7, 99, 2000 * (i + 1));
-            let c = Ctx {
-                ev: &ev,
-                meta: &meta,
-                policy: &policy,
-                plan: None,
-                digest: "",
-            };
+            let c = Ctx::bare(&ev, &meta, &policy);
             let r = Reading {
                 ev: &ev,
                 start_ticks: 5,
@@ -341,13 +335,7 @@ mod tests {
         assert_eq!((u.window_ms, u.cpu_ms), (6000, 5980));
         // a pid reused by another process is another process
         let ev = reading(7, 99, 100);
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         assert!(check(
             &c,
             &Reading {
@@ -360,13 +348,7 @@ mod tests {
         .is_none());
         // under again: one resolved update, then nothing
         let ev = reading(7, 3, 20_000);
-        let c = Ctx {
-            ev: &ev,
-            meta: &meta,
-            policy: &policy,
-            plan: None,
-            digest: "",
-        };
+        let c = Ctx::bare(&ev, &meta, &policy);
         let r = Reading {
             ev: &ev,
             start_ticks: 5,
