@@ -282,8 +282,11 @@ impl Pipeline {
 
     /// What the sampler is asked, from the settings in force.
     fn sample_config(&self) -> resources::Config {
-        let default = crate::policy::Settings::default();
-        let s = self.detector.as_ref().map_or(&default, |d| d.settings());
+        // without a detector ([policy] enabled = false): the defaults,
+        // built once (this runs every 100 ms)
+        static DEFAULT: std::sync::LazyLock<crate::policy::Settings> =
+            std::sync::LazyLock::new(crate::policy::Settings::default);
+        let s = self.detector.as_ref().map_or(&*DEFAULT, |d| d.settings());
         resources::Config {
             interval: Duration::from_millis(s.resource_sample_interval_ms),
             busy_percent: s.cpu_runaway_percent,
