@@ -138,20 +138,21 @@ impl RunningAgent {
     }
 }
 
-/// Run the load generator; returns ns per operation.
+/// Run the load generator; returns ns per operation. Its errors go to
+/// the log as they come; a generator still running after 15 minutes is
+/// described and killed (no workload of any bench takes that long).
 pub fn run_loadgen(args: &[String]) -> Result<f64> {
-    let out = Command::new(std::env::current_exe()?)
+    let mut child = Command::new(std::env::current_exe()?)
         .arg("loadgen")
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("running the load generator")?;
-    if !out.status.success() {
-        bail!(
-            "loadgen {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let what = format!("loadgen {args:?}");
+    let (status, text) = crate::child::output_bounded(&mut child, Duration::from_secs(900), &what)?;
+    if !status.success() {
+        bail!("{what} failed ({status}); its errors are above");
     }
-    let text = String::from_utf8_lossy(&out.stdout);
     text.trim()
         .parse::<f64>()
         .with_context(|| format!("loadgen printed `{text}`"))

@@ -427,27 +427,40 @@ impl Tracer {
 
     /// Stop, in order (the agent drains into the collector before the
     /// collector stops); the output stays readable.
-    fn stop(&mut self) {
+    /// SIGTERM to each process, in order (the agent before its
+    /// collector), and a bounded wait: a tracer that does not stop within
+    /// [`STOP_LIMIT`] is described, killed, and fails the run.
+    fn stop(&mut self) -> Result<()> {
         if self.stopped {
-            return;
+            return Ok(());
         }
         self.stopped = true;
         if self.config == Config::Auditd {
             let _ = Command::new("auditctl").arg("-D").output();
             let _ = Command::new("auditctl").args(["-e", "0"]).output();
         }
+        let mut first_error = None;
         for c in &mut self.children {
             // SAFETY: signalling our own children.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
+            let what = format!("{:?} tracer process", self.config);
+            if let Err(e) = crate::child::wait_bounded(c, STOP_LIMIT, &what) {
+                eprintln!("xtask bench --compare: {e:#}");
+                first_error.get_or_insert(e);
+            }
         }
+        first_error.map_or(Ok(()), Err)
     }
 }
+
+/// How long a tracer may take to stop after SIGTERM (the agent's own
+/// delivery grace is 3 s).
+const STOP_LIMIT: Duration = Duration::from_secs(60);
 
 impl Drop for Tracer {
     /// An error mid-run must not leave audit rules or tracers behind.
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -531,7 +544,8 @@ fn udp_load(sends_per_sec: u64, secs: u64, port: u16) -> Result<()> {
         );
     }
     for mut c in children {
-        let status = c.wait()?;
+        let limit = Duration::from_secs(secs + 120);
+        let status = crate::child::wait_bounded(&mut c, limit, "a UDP load generator")?;
         if !status.success() {
             bail!("a UDP load generator failed ({status})");
         }
@@ -595,7 +609,7 @@ fn ramp_step(dir: &Path, i: usize, events_per_sec: u64, secs: u64) -> Result<Ram
     let rss_mib = tracer.peak_rss_kib() as f64 / 1024.0;
     let agent_rss_mib = tracer.main_peak_rss_kib() as f64 / 1024.0;
     // what the agent delivers on its way out counts too
-    tracer.stop();
+    tracer.stop()?;
     let text = tracer.text();
     let marker = format!("\"remote\":{{\"addr\":\"127.0.0.1\",\"port\":{dport}}}");
     let seen = text.lines().filter(|l| l.contains(&marker)).count() as u64;
@@ -644,6 +658,11 @@ pub fn run(size: Size) -> Result<()> {
             // rotate the configuration order between rounds
             let ci = (ci + round) % Config::ALL.len();
             let config = Config::ALL[ci];
+            eprintln!(
+                "xtask bench --compare: round {}/{rounds}, {config:?} ({:.0} s)",
+                round + 1,
+                t0.elapsed().as_secs_f64()
+            );
             let mut tracer = Tracer::start(config, &dir.join(format!("r{round}-{ci}")))?;
             let mut done = Vec::new();
             for (wi, w) in Workload::ALL.iter().enumerate() {
@@ -674,7 +693,7 @@ pub fn run(size: Size) -> Result<()> {
             // Completeness once the tracer has stopped and flushed (bpftrace
             // holds some records until more arrive or it exits).
             if let Some(t) = &mut tracer {
-                t.stop();
+                t.stop()?;
                 for (wi, w, marker) in done {
                     let (e, k, _) = t.count(&marker, w.port());
                     cells[wi][ci].events += e + k;

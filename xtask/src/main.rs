@@ -7,6 +7,7 @@
 mod bench;
 mod bench_memory;
 mod bench_resources;
+mod child;
 mod compare;
 mod fuzz;
 mod image;
