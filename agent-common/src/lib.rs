@@ -52,6 +52,13 @@ pub mod net_op {
     pub const UDP_CONNECT: u8 = 5;
     /// First datagram a UDP socket sent to a given peer (`sendto`/`sendmsg`).
     pub const UDP_SEND: u8 = 6;
+    /// A TCP listener closed (LISTEN -> CLOSE: `close(2)` of its last
+    /// descriptor, `shutdown(2)`, its process exiting, or a failed
+    /// `listen(2)`). The record carries the listener's local address.
+    pub const TCP_CLOSE: u8 = 7;
+    /// A UDP socket with an explicit bind was released (its last
+    /// descriptor closed). The record carries the address it was bound to.
+    pub const UDP_CLOSE: u8 = 8;
 }
 
 /// TCP socket states (include/net/tcp_states.h), as
@@ -73,6 +80,9 @@ pub enum TcpStep {
     Ignore,
     /// Any -> LISTEN (process context): a listen record.
     Listen,
+    /// LISTEN -> CLOSE (process context: the closing task, or the exiting
+    /// process closing its files): a close record.
+    ListenClosed,
     /// CLOSE -> SYN_SENT (process context): remember the connecting task.
     ConnectStarted,
     /// SYN_SENT -> ESTABLISHED or CLOSE (softirq): a connect record with
@@ -88,6 +98,7 @@ pub fn tcp_step(old: i32, new: i32) -> TcpStep {
     use tcp_state::*;
     match (old, new) {
         (_, LISTEN) => TcpStep::Listen,
+        (LISTEN, CLOSE) => TcpStep::ListenClosed,
         (CLOSE, SYN_SENT) => TcpStep::ConnectStarted,
         (SYN_SENT, ESTABLISHED) => TcpStep::ConnectEnded {
             outcome: outcome::ESTABLISHED,
@@ -145,6 +156,15 @@ pub mod exec_flags {
 pub mod enforce {
     pub const EXEC_KILL: u32 = 1;
     pub const CONNECT_DENY: u32 = 2;
+}
+
+/// Bits of `FEATURES[0]`: optional work the agent turns on once the
+/// probe that needs it is attached.
+pub mod feature {
+    /// `sock_release` is attached: `post_bind4/6` remember explicitly bound
+    /// UDP sockets so that their release is reported (without it the
+    /// entries would never be removed).
+    pub const TRACK_UDP_BINDS: u32 = 1;
 }
 
 /// Bytes of an executable path an exec rule can match.
@@ -228,6 +248,10 @@ pub mod counter {
     /// exit, if delivered, then lacks its `oom` marker). The agent reports
     /// it under `exit` in `loss` events: the marker belongs to an exit.
     pub const OOM_DROPPED: u32 = 6;
+    /// The map of explicitly bound UDP sockets was full: the socket's
+    /// release (its `close` record) will not be reported. The agent reports
+    /// it under `network` in `loss` events: a close record is lost.
+    pub const BIND_TRACK_FULL: u32 = 7;
     /// Number of counters (size of the array).
     pub const COUNT: u32 = 8;
 }
@@ -547,13 +571,14 @@ mod tests {
             }
         );
         assert_eq!(tcp_step(SYN_RECV, ESTABLISHED), TcpStep::Accepted);
+        assert_eq!(tcp_step(LISTEN, CLOSE), TcpStep::ListenClosed);
         // the rest of a connection's life makes no record
         for (old, new) in [
             (ESTABLISHED, 4),
             (4, 5),
             (5, CLOSE),
-            (LISTEN, CLOSE),
             (CLOSE, SYN_RECV),
+            (SYN_RECV, CLOSE),
         ] {
             assert_eq!(tcp_step(old, new), TcpStep::Ignore, "{old} -> {new}");
         }
@@ -589,5 +614,6 @@ mod tests {
         }
         assert_eq!(enforce::EXEC_KILL & enforce::CONNECT_DENY, 0);
         const { assert!(counter::OOM_DROPPED < counter::COUNT) };
+        const { assert!(counter::BIND_TRACK_FULL < counter::COUNT) };
     }
 }

@@ -7,7 +7,8 @@
 //! - `tp_btf/sched_process_fork` (process.rs)
 //! - `tracepoint/sock/inet_sock_set_state` (tcp.rs)
 //! - `tracepoint/oom/mark_victim` (oom.rs)
-//! - `cgroup/connect4|6`, `cgroup/sendmsg4|6`, `cgroup/post_bind4|6` (udp.rs)
+//! - `cgroup/connect4|6`, `cgroup/sendmsg4|6`, `cgroup/post_bind4|6`,
+//!   `cgroup/sock_release` (udp.rs)
 #![no_std]
 #![no_main]
 // Program contexts (one pointer each) are passed by value, as aya's

@@ -78,6 +78,35 @@ pub static EXEC_RULE_KEY: PerCpuArray<Key<ExecRuleKey>> = PerCpuArray::with_max_
 #[map]
 pub static PATH_NORM: PerCpuArray<PathNorm> = PerCpuArray::with_max_entries(1, 0);
 
+/// UDP sockets with an explicit bind, by socket cookie, filled at
+/// `post_bind4|6` and emptied at `sock_release`: only these sockets'
+/// releases are reported (a client's implicit bind is not a service).
+/// Filled only while `sock_release` is attached (`FEATURES`), so entries
+/// cannot pile up. A preallocated hash map: when full, the bind is still
+/// reported and the miss counted (`BIND_TRACK_FULL`).
+#[map]
+pub static BOUND_UDP: HashMap<u64, BoundUdp> = HashMap::with_max_entries(16384, 0);
+
+/// The local side of a bound UDP socket, as bound: a later `connect(2)`
+/// can change the socket's own address, the bind is what was reported.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BoundUdp {
+    pub saddr: [u8; 16],
+    pub sport: u16,
+    pub family: u16,
+    pub _pad: u32,
+}
+
+/// `agent_common::feature` bits, written by the agent after attaching.
+#[map]
+pub static FEATURES: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn feature(bit: u32) -> bool {
+    FEATURES.get(0).is_some_and(|v| *v & bit != 0)
+}
+
 #[inline(always)]
 pub fn enforcing(bit: u32) -> bool {
     ENFORCE.get(0).is_some_and(|v| *v & bit != 0)

@@ -17,8 +17,11 @@ const AF_INET: u16 = 2;
 /// stable format: skaddr@8, oldstate@16, newstate@20, sport@24, dport@26,
 /// family@28, protocol@30, saddr@32, daddr@36, saddr_v6@40, daddr_v6@56.
 /// Of the ~8 transitions of a connection, four matter and at most one
-/// record is sent per connection per side:
+/// record is sent per connection per side (a listener sends two):
 /// - CLOSE -> LISTEN (process context): listen record;
+/// - LISTEN -> CLOSE (process context: the task closing the listener's
+///   last descriptor, or the exiting process closing its files): close
+///   record with the listener's local address, netns and `skaddr`;
 /// - CLOSE -> SYN_SENT (process context): remember the task in `CONNECTS`;
 /// - SYN_SENT -> ESTABLISHED | CLOSE (softirq): connect record with outcome;
 /// - SYN_RECV -> ESTABLISHED (softirq): accept record, task unknown.
@@ -41,7 +44,8 @@ fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 }
 
 fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
-    // Most transitions are not interesting: decide on three direct loads.
+    // Most transitions are not interesting: decide on three direct loads,
+    // before any map access or helper call.
     let protocol: u16 = field(ctx, 30);
     if protocol != IPPROTO_TCP {
         return Ok(());
@@ -54,6 +58,7 @@ fn try_state(ctx: &TracePointContext) -> Result<(), i32> {
     let (header, op, result) = match step {
         TcpStep::Ignore => return Ok(()),
         TcpStep::Listen => (current_header(kind::NET), net_op::TCP_LISTEN, outcome::NONE),
+        TcpStep::ListenClosed => (current_header(kind::NET), net_op::TCP_CLOSE, outcome::NONE),
         TcpStep::ConnectStarted => {
             let header = current_header(kind::NET);
             if CONNECTS.insert(skaddr, header, 0).is_err() {

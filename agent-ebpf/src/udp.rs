@@ -1,9 +1,10 @@
-//! UDP bind, connect and first send to a peer, from cgroup socket hooks
-//! attached at the cgroup v2 root. They run only on those operations, in
-//! the calling task's context, and always allow the operation (return 1).
-use agent_common::{counter, enforce, kind, net_op, outcome, ConnectRuleKey, NetEvent};
+//! UDP bind, connect, first send to a peer and release of a bound socket,
+//! from cgroup socket hooks attached at the cgroup v2 root. They run only
+//! on those operations, in the calling task's context, and always allow
+//! the operation (return 1).
+use agent_common::{counter, enforce, feature, kind, net_op, outcome, ConnectRuleKey, NetEvent};
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, cgroup_sock_addr},
     maps::lpm_trie::Key,
@@ -12,8 +13,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    emit::{current_header, send},
-    maps::{enforcing, UdpPeerKey, CONNECT_DENY, UDP_PEERS},
+    diag::diag,
+    emit::{count, current_header, send},
+    maps::{enforcing, BoundUdp, UdpPeerKey, BOUND_UDP, CONNECT_DENY, UDP_PEERS},
 };
 
 const IPPROTO_UDP: u16 = 17;
@@ -235,11 +237,24 @@ fn on_bind(ctx: &SockContext, family: u16) {
     }
     // SAFETY: helper valid for cgroup_sock programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let sport = sk.src_port as u16;
+    if crate::maps::feature(feature::TRACK_UDP_BINDS) {
+        let bound = BoundUdp {
+            saddr,
+            sport,
+            family,
+            _pad: 0,
+        };
+        if BOUND_UDP.insert(cookie, bound, u64::from(BPF_ANY)).is_err() {
+            count(counter::BIND_TRACK_FULL);
+            diag!(ctx, "post_bind: UDP bind not tracked, BOUND_UDP map full");
+        }
+    }
     let ev = NetEvent {
         header: current_header(kind::NET),
         family,
         protocol: IPPROTO_UDP,
-        sport: sk.src_port as u16,
+        sport,
         op: net_op::UDP_BIND,
         outcome: outcome::NONE,
         saddr,
@@ -247,6 +262,41 @@ fn on_bind(ctx: &SockContext, family: u16) {
         ..NetEvent::default()
     };
     send(ctx, &ev, counter::NET_DROPPED);
+}
+
+/// `cgroup/sock_release` (BPF_CGROUP_INET_SOCK_RELEASE, kernel 5.9+): runs
+/// for every inet socket released, in the context of the task dropping
+/// the last reference (its `close(2)`, or its exit closing its files).
+/// Returns at once unless the socket is UDP (one context load) and was
+/// bound explicitly while tracked (one hash lookup); then reports a close
+/// record with the address it was bound to, and forgets it.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program run.
+    let sk = unsafe { &*ctx.sock };
+    if sk.protocol != u32::from(IPPROTO_UDP) {
+        return ALLOW;
+    }
+    // SAFETY: helper valid for cgroup_sock programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(bound) = (unsafe { BOUND_UDP.get(cookie) }).copied() else {
+        return ALLOW;
+    };
+    let _ = BOUND_UDP.remove(cookie);
+    let ev = NetEvent {
+        header: current_header(kind::NET),
+        family: bound.family,
+        protocol: IPPROTO_UDP,
+        sport: bound.sport,
+        op: net_op::UDP_CLOSE,
+        outcome: outcome::NONE,
+        saddr: bound.saddr,
+        sock_id: cookie,
+        ..NetEvent::default()
+    };
+    send(&ctx, &ev, counter::NET_DROPPED);
+    ALLOW
 }
 
 /// Copy an IPv6 address out of a socket context one 4-byte word at a time:

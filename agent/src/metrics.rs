@@ -15,11 +15,12 @@ use spyglass_proto::endpoints;
 
 use crate::event::Kind;
 
-const KINDS: [(Kind, &str); 9] = [
+const KINDS: [(Kind, &str); 10] = [
     (Kind::Exec, "exec"),
     (Kind::Exit, "exit"),
     (Kind::Fork, "fork"),
     (Kind::Listen, "listen"),
+    (Kind::Close, "close"),
     (Kind::Connect, "connect"),
     (Kind::Accept, "accept"),
     (Kind::Loss, "loss"),

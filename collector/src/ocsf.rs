@@ -128,6 +128,7 @@ pub fn event_ocsf(ev: &Event, d: &Delivery) -> Value {
         Kind::Exit => (1007, 1, 2),   // Terminate
         Kind::Fork => (1007, 1, 99),  // Other
         Kind::Listen => (4001, 4, 7), // Listen
+        Kind::Close => (4001, 4, 2),  // Close
         Kind::Accept => (4001, 4, 1), // Open
         Kind::Connect if outcome == Some(ConnectOutcome::Failed) => (4001, 4, 4), // Fail
         Kind::Connect if outcome == Some(ConnectOutcome::Denied) => (4001, 4, 5), // Refuse

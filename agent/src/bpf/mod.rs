@@ -171,6 +171,12 @@ impl Probes {
                 Err(e) => return Err(e),
             }
         }
+        let release = status
+            .iter()
+            .any(|p| p.program == "sock_release" && p.attached);
+        if release {
+            enable_features(&mut ebpf, agent_common::feature::TRACK_UDP_BINDS)?;
+        }
         if let Some(mut logger) = diagnostics {
             spawn_diagnostics(move || logger.flush());
             info!("kernel diagnostics on ([kernel] debug_log)");
@@ -226,6 +232,20 @@ impl Probes {
             source,
         })
     }
+}
+
+/// Turn on `agent_common::feature` bits in the `FEATURES` map (work that
+/// needs a probe attached first, such as remembering UDP binds for
+/// `sock_release`).
+fn enable_features(ebpf: &mut Ebpf, bits: u32) -> Result<(), BpfError> {
+    const NAME: &str = "FEATURES";
+    let map = ebpf.map_mut(NAME).ok_or(BpfError::MissingMap(NAME))?;
+    let mut features: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(map).map_err(|source| BpfError::Map { name: NAME, source })?;
+    let old = features.get(&0, 0).unwrap_or(0);
+    features
+        .set(0, old | bits, 0)
+        .map_err(|source| BpfError::Map { name: NAME, source })
 }
 
 /// Drain the probes' diagnostics into the agent's log (through the `log`

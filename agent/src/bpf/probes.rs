@@ -137,6 +137,14 @@ pub const PROBES: &[ProbeSpec] = &[
         fallback: "no UDP bind events (IPv6)",
         required: false,
     },
+    ProbeSpec {
+        program: "sock_release",
+        attach: Attach::CgroupSock,
+        min_kernel: (5, 9),
+        fallback: "no UDP close events (TCP listeners' closes come from \
+                   inet_sock_set_state); UDP binds are not remembered",
+        required: false,
+    },
 ];
 
 /// The oldest kernel that runs every required probe.

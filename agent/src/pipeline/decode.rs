@@ -86,6 +86,10 @@ pub enum NetOp {
     UdpBind,
     UdpConnect,
     UdpSend,
+    /// A TCP listener closed (LISTEN -> CLOSE).
+    TcpClose,
+    /// An explicitly bound UDP socket was released.
+    UdpClose,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,6 +285,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 net_op::UDP_BIND => NetOp::UdpBind,
                 net_op::UDP_CONNECT => NetOp::UdpConnect,
                 net_op::UDP_SEND => NetOp::UdpSend,
+                net_op::TCP_CLOSE => NetOp::TcpClose,
+                net_op::UDP_CLOSE => NetOp::UdpClose,
                 other => return Err(DecodeError::UnknownOp(other)),
             };
             let outcome = match e.outcome {
@@ -485,6 +491,17 @@ mod tests {
         };
         assert_eq!(n.local, "[::1]:40000".parse().unwrap());
         assert_eq!(n.op, NetOp::TcpListen);
+
+        for (op, want) in [
+            (net_op::TCP_CLOSE, NetOp::TcpClose),
+            (net_op::UDP_CLOSE, NetOp::UdpClose),
+        ] {
+            ev.op = op;
+            let RawEvent::Net(n) = decode(&bytes_of(&ev)).unwrap() else {
+                panic!()
+            };
+            assert_eq!((n.op, n.local), (want, "[::1]:40000".parse().unwrap()));
+        }
     }
 
     #[test]

@@ -53,6 +53,19 @@ impl Listeners {
         });
     }
 
+    /// The listener on `local` in `netns` closed. Namespace 0 (unknown)
+    /// on either side matches, as in [`Listeners::owner`].
+    fn remove(&mut self, protocol: Protocol, netns: u32, local: SocketAddr) {
+        let key = (protocol, local.port());
+        let Some(v) = self.by_port.get_mut(&key) else {
+            return;
+        };
+        v.retain(|l| !(l.ip == local.ip() && (netns == 0 || l.netns == 0 || l.netns == netns)));
+        if v.is_empty() {
+            self.by_port.remove(&key);
+        }
+    }
+
     fn remove_pid(&mut self, pid: u32) {
         self.by_port.retain(|_, v| {
             v.retain(|l| l.pid != pid);
@@ -464,6 +477,9 @@ impl Enricher {
             NetOp::UdpConnect => (Kind::Connect, Protocol::Udp, Op::Connect),
             NetOp::UdpSend => (Kind::Connect, Protocol::Udp, Op::Send),
             NetOp::TcpAccept => (Kind::Accept, Protocol::Tcp, Op::Accept),
+            // a close names what closed: the listen or the bind
+            NetOp::TcpClose => (Kind::Close, Protocol::Tcp, Op::Listen),
+            NetOp::UdpClose => (Kind::Close, Protocol::Udp, Op::Bind),
         };
         let pid = match n.op {
             NetOp::TcpAccept => self
@@ -475,11 +491,14 @@ impl Enricher {
         if kind == Kind::Listen && pid != 0 {
             self.listeners.add(protocol, n.netns, n.local, pid);
         }
+        if kind == Kind::Close {
+            self.listeners.remove(protocol, n.netns, n.local);
+        }
         let mut ev = self.event(kind, n.header.ts_ns);
         if pid != 0 {
             self.attach_process(&mut ev, pid, Some(&n.header));
         }
-        let listen = kind == Kind::Listen;
+        let listen = matches!(kind, Kind::Listen | Kind::Close);
         ev.network = Some(Network {
             protocol,
             family: family(&n.local),
@@ -685,6 +704,63 @@ mod tests {
         assert_eq!(owner(&mut e, 1001).as_deref(), Some("/pod-a/server"));
         assert_eq!(owner(&mut e, 1002).as_deref(), Some("/pod-b/server"));
         assert_eq!(owner(&mut e, 1003), None, "no listener in that namespace");
+    }
+
+    #[test]
+    fn a_closed_listener_reports_close_and_no_longer_owns_accepts() {
+        let mut e = enricher();
+        e.handle(exec(60, 1, "/srv/a"));
+        e.handle(exec(61, 1, "/srv/b"));
+        let net = |op, netns, local: &str, pid| {
+            RawEvent::Net(Net {
+                header: header(pid),
+                op,
+                local: local.parse().unwrap(),
+                remote: "0.0.0.0:0".parse().unwrap(),
+                outcome: Outcome::None,
+                sock_id: 7,
+                netns,
+            })
+        };
+        e.handle(net(NetOp::TcpListen, 1001, "0.0.0.0:9000", 60));
+        e.handle(net(NetOp::TcpListen, 1002, "0.0.0.0:9000", 61));
+        // closed by another process (a child holding the descriptor)
+        let c = e
+            .handle(net(NetOp::TcpClose, 1001, "0.0.0.0:9000", 61))
+            .unwrap();
+        assert_eq!(c.kind, Kind::Close);
+        assert_eq!(c.process.as_ref().unwrap().pid, 61);
+        let n = c.network.unwrap();
+        assert_eq!(
+            (n.protocol, n.op, n.local, n.remote, n.wildcard),
+            (
+                Protocol::Tcp,
+                Op::Listen,
+                "0.0.0.0:9000".parse::<SocketAddr>().unwrap().into(),
+                None,
+                Some(true)
+            )
+        );
+        let owner = |e: &mut Enricher, netns| {
+            e.handle(net(NetOp::TcpAccept, netns, "10.0.0.1:9000", 0))
+                .unwrap()
+                .process
+                .map(|p| p.pid)
+        };
+        assert_eq!(
+            owner(&mut e, 1001),
+            None,
+            "the closed listener is forgotten"
+        );
+        assert_eq!(owner(&mut e, 1002), Some(61), "the other namespace's stays");
+        let u = e
+            .handle(net(NetOp::UdpClose, 0, "127.0.0.1:5353", 60))
+            .unwrap();
+        let n = u.network.unwrap();
+        assert_eq!(
+            (u.kind, n.protocol, n.op, n.wildcard),
+            (Kind::Close, Protocol::Udp, Op::Bind, Some(false))
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ fn totals(cur: &Totals, decode_errors: u64) -> LossTotals {
         exec: c(counter::EXEC_DROPPED),
         exit: c(counter::EXIT_DROPPED) + c(counter::OOM_DROPPED),
         fork: c(counter::FORK_DROPPED),
-        network: c(counter::NET_DROPPED),
+        // a bind not tracked is a close record that will not be sent
+        network: c(counter::NET_DROPPED) + c(counter::BIND_TRACK_FULL),
         read_errors: c(counter::READ_ERRORS),
         connect_untracked: c(counter::CONNECT_TRACK_FULL),
         decode_errors,
@@ -40,7 +41,7 @@ pub fn delta(prev: &Totals, cur: &Totals, prev_decode: u64, decode: u64) -> Opti
         // an OOM record is the marker of an exit: its loss counts there
         exit: d(counter::EXIT_DROPPED) + d(counter::OOM_DROPPED),
         fork: d(counter::FORK_DROPPED),
-        network: d(counter::NET_DROPPED),
+        network: d(counter::NET_DROPPED) + d(counter::BIND_TRACK_FULL),
         read_errors: d(counter::READ_ERRORS),
         connect_untracked: d(counter::CONNECT_TRACK_FULL),
         decode_errors: decode.saturating_sub(prev_decode),
@@ -137,6 +138,10 @@ mod tests {
         let l = delta(&b, &c, 2, 2).unwrap();
         assert_eq!(l.exit, 3, "OOM records dropped count under exit");
         assert_eq!(l.totals.unwrap().exit, 3);
+        let d: Totals = [3, 1, 0, 4, 1, 0, 2, 5];
+        let l = delta(&c, &d, 2, 2).unwrap();
+        assert_eq!(l.network, 5, "UDP binds not tracked count under network");
+        assert_eq!(l.totals.unwrap().network, 9);
         let l = delta(&a, &a, 1, 6).unwrap();
         assert_eq!(l.decode_errors, 5);
         assert_eq!(l.totals.unwrap().decode_errors, 6);

@@ -82,6 +82,8 @@ names! {
         Finding => "finding",
         /// Sampled resource use of a container.
         Resources => "resources",
+        /// A listening TCP socket or an explicitly bound UDP socket closed.
+        Close => "close",
     } Unspecified => "unspecified"
 }
 

@@ -154,6 +154,24 @@ pub fn listen() -> Event {
     ev
 }
 
+/// A TCP listener closed: the same `network` as its listen.
+pub fn close() -> Event {
+    let mut ev = base(Kind::Close);
+    ev.network = Some(Network {
+        protocol: Protocol::Tcp,
+        family: Family::Ipv4,
+        op: NetOp::Listen,
+        local: Endpoint {
+            addr: ip("0.0.0.0"),
+            port: 8080,
+        },
+        remote: None,
+        outcome: None,
+        wildcard: Some(true),
+    });
+    ev
+}
+
 pub fn connect() -> Event {
     let mut ev = Event::new(Kind::Connect, Timestamp(T), "n1".into());
     ev.process = Some(process());
@@ -309,6 +327,7 @@ pub fn all() -> Vec<Event> {
         normal_exit(),
         fork(),
         listen(),
+        close(),
         connect(),
         loss(),
         agent(),

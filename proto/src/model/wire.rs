@@ -35,6 +35,7 @@ fn kind_to(k: Kind) -> w::EventKind {
         Kind::Agent => w::EventKind::Agent,
         Kind::Finding => w::EventKind::Finding,
         Kind::Resources => w::EventKind::Resources,
+        Kind::Close => w::EventKind::Close,
         Kind::Unspecified => w::EventKind::Unspecified,
     }
 }
@@ -52,6 +53,7 @@ pub fn kind_from(k: i32) -> Kind {
         w::EventKind::Agent => Kind::Agent,
         w::EventKind::Finding => Kind::Finding,
         w::EventKind::Resources => Kind::Resources,
+        w::EventKind::Close => Kind::Close,
         w::EventKind::Unspecified => Kind::Unspecified,
     }
 }

@@ -116,6 +116,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("tcp listen, connect established, accept", tcp_established),
     ("tcp connect refused", tcp_refused),
     ("udp bind and send", udp_bind_and_send),
+    ("tcp and udp close", listener_close),
     ("cgroup attribution", cgroup_attribution),
     ("kill at exec (kernel)", kill_at_exec),
     ("deny connect (kernel)", deny_connect),
@@ -374,6 +375,37 @@ fn udp_bind_and_send(c: &Ctx) -> String {
     format!("bind {peer}, send to it")
 }
 
+/// A TCP listener and a bound UDP socket, closed: one `close` each, with
+/// the listen's own `network` and this process as the closer.
+fn listener_close(c: &Ctx) -> String {
+    let me = u64::from(std::process::id());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("addr");
+    c.agent.wait_for("the listen", WAIT, |e| {
+        is(e, "listen", "tcp", "listen") && endpoint(&net(e)["local"]) == Some(server)
+    });
+    drop(listener);
+    let ev = c.agent.wait_for("the tcp close", WAIT, |e| {
+        is(e, "close", "tcp", "listen") && endpoint(&net(e)["local"]) == Some(server)
+    });
+    assert_eq!(
+        (pid_of(&ev), &net(&ev)["wildcard"]),
+        (me, &json!(false)),
+        "{ev}"
+    );
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let bound = udp.local_addr().expect("addr");
+    c.agent.wait_for("the bind", WAIT, |e| {
+        is(e, "listen", "udp", "bind") && endpoint(&net(e)["local"]) == Some(bound)
+    });
+    drop(udp);
+    let ev = c.agent.wait_for("the udp close", WAIT, |e| {
+        is(e, "close", "udp", "bind") && endpoint(&net(e)["local"]) == Some(bound)
+    });
+    assert_eq!(pid_of(&ev), me, "{ev}");
+    format!("tcp {server} and udp {bound} closed")
+}
+
 fn cgroup_attribution(c: &Ctx) -> String {
     let mark = format!("{}-cgroup", c.mark);
     let status = c
@@ -575,6 +607,7 @@ fn without_cgroup_hooks(agent_bin: &Path) -> String {
         "sendmsg6",
         "post_bind4",
         "post_bind6",
+        "sock_release",
     ];
     let dir = std::env::temp_dir().join(format!("spyglass-kc-nocgroup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
