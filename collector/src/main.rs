@@ -7,6 +7,7 @@ mod fuzz;
 mod identity;
 mod idle;
 mod inflight;
+mod inventory;
 mod ledger;
 mod metrics;
 mod ocsf;
@@ -145,6 +146,20 @@ struct Cli {
     /// (ADDR:PORT, plain HTTP). Off when not given.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// The fleet inventory (docs/fleet.md): `sqlite:PATH` (created if
+    /// missing), or `none`. Default: sqlite:OUTPUT.inventory.db next to the
+    /// output file (none when the output is stdout).
+    #[arg(long)]
+    store: Option<inventory::StoreUrl>,
+    /// Serve the inventory's read API (JSON under /api/v1/) on this
+    /// address (ADDR:PORT, plain HTTP). Off when not given. Without
+    /// --api-token-file only a loopback address is accepted.
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// File holding the bearer token API clients must send
+    /// (`Authorization: Bearer TOKEN`); not the agents' --token.
+    #[arg(long, requires = "api_listen")]
+    api_token_file: Option<PathBuf>,
     /// Log filter for stderr.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -156,6 +171,41 @@ struct Cli {
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+/// Open the inventory store `--store` names (default: next to the
+/// output file) and start its task; `None` with `--store none`.
+async fn open_inventory(
+    cli: &Cli,
+    out_path: Option<&std::path::Path>,
+) -> Result<Option<(sqlx::AnyPool, inventory::Feed)>> {
+    let url = cli.store.clone().unwrap_or_else(|| {
+        out_path.map_or(inventory::StoreUrl::None, |p| {
+            inventory::StoreUrl::Sqlite(PathBuf::from(format!("{}.inventory.db", p.display())))
+        })
+    });
+    let path = match url {
+        inventory::StoreUrl::None => {
+            if cli.api_listen.is_some() {
+                return Err(inventory::api::ApiError::NoStore.into());
+            }
+            return Ok(None);
+        }
+        inventory::StoreUrl::Sqlite(p) => p,
+    };
+    // the token and the exposure are checked before anything is opened
+    if let Some(addr) = cli.api_listen {
+        let token = cli
+            .api_token_file
+            .as_deref()
+            .map(inventory::api::read_token)
+            .transpose()?;
+        inventory::api::check_exposure(addr, token.as_deref())?;
+    }
+    let pool = inventory::store::open(&path).await?;
+    info!(store = %path.display(), "inventory store open");
+    let feed = inventory::updater::spawn(pool.clone());
+    Ok(Some((pool, feed)))
 }
 
 fn main() {
@@ -216,7 +266,9 @@ async fn run(cli: Cli) -> Result<()> {
         Some(t) => Some(syslog::spawn(t, cli.syslog_ca.as_deref())?),
         None => None,
     };
-    let metrics = metrics::Metrics::new(syslog.as_ref().map(|s| s.dropped.clone()));
+    let inventory = open_inventory(&cli, out_path.as_deref()).await?;
+    let mut metrics = metrics::Metrics::new(syslog.as_ref().map(|s| s.dropped.clone()));
+    metrics.store = inventory.as_ref().map(|(_, feed)| feed.health.clone());
     metrics.turned();
     metrics
         .dedupe_streams
@@ -235,6 +287,7 @@ async fn run(cli: Cli) -> Result<()> {
             per_cert: cli.max_streams_per_cert,
         }),
         metrics,
+        inventory: inventory.as_ref().map(|(_, feed)| feed.clone()),
     });
 
     // Agent status to a file every second; dedupe state saved and agent
@@ -350,6 +403,16 @@ async fn run(cli: Cli) -> Result<()> {
         tokio::spawn(spyglass_proto::endpoints::serve(http, move |path| {
             metrics::answer(&m.metrics, &m.agents, path)
         }));
+    }
+    if let (Some((pool, feed)), Some(addr)) = (&inventory, cli.api_listen) {
+        let token = cli
+            .api_token_file
+            .as_deref()
+            .map(inventory::api::read_token)
+            .transpose()?;
+        inventory::api::check_exposure(addr, token.as_deref())?;
+        let listener = inventory::api::bind(addr).await?;
+        inventory::api::spawn(listener, pool.clone(), token, feed.health.clone());
     }
     let incoming = idle::incoming(
         listener,

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub syslog_dropped: Option<Arc<AtomicU64>>,
     /// The housekeeping loop's last turn.
     pub heartbeat: endpoints::Heartbeat,
+    /// The inventory store's counters (`--store`); `None`: no store.
+    pub store: Option<Arc<crate::inventory::Health>>,
 }
 
 /// Most (rule, severity) series of `spyglass_collector_findings_total`:
@@ -195,6 +197,9 @@ impl Metrics {
         ] {
             endpoints::single(&mut s, name, help, kind, v);
         }
+        if let Some(h) = &self.store {
+            store_metrics(&mut s, h);
+        }
         s
     }
 
@@ -222,6 +227,51 @@ impl Metrics {
 }
 
 /// What `path` answers.
+/// The inventory store's families.
+fn store_metrics(s: &mut String, h: &crate::inventory::Health) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    for (name, help, kind, v) in [
+        (
+            "spyglass_collector_store_dropped_updates_total",
+            "Inventory updates (batches, agent connections) dropped because the store task was behind; the store is stale.",
+            "counter",
+            get(&h.dropped),
+        ),
+        (
+            "spyglass_collector_store_dropped_events_total",
+            "Events in the batches the inventory dropped.",
+            "counter",
+            get(&h.dropped_events),
+        ),
+        (
+            "spyglass_collector_store_flushes_total",
+            "Inventory transactions committed.",
+            "counter",
+            get(&h.flushes),
+        ),
+        (
+            "spyglass_collector_store_rows_total",
+            "Inventory rows written (state changes, not events).",
+            "counter",
+            get(&h.rows),
+        ),
+        (
+            "spyglass_collector_store_errors_total",
+            "Inventory transactions that failed (their changes are lost to the store).",
+            "counter",
+            get(&h.errors),
+        ),
+        (
+            "spyglass_collector_store_stale",
+            "1 once an update was dropped or a write failed: the inventory may miss state.",
+            "gauge",
+            u64::from(h.stale.load(Ordering::Relaxed)),
+        ),
+    ] {
+        endpoints::single(s, name, help, kind, v);
+    }
+}
+
 pub fn answer(m: &Metrics, agents: &Agents, path: &str) -> endpoints::Answer {
     let stalled = m
         .heartbeat

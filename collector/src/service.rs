@@ -23,6 +23,7 @@ use crate::{
     delivery::Received,
     identity::Binding,
     inflight::{InFlight, Ready},
+    inventory::Update,
     ledger::{Ledger, Verdict},
     output::Outputs,
 };
@@ -62,6 +63,8 @@ pub struct Shared {
     /// Streams open, per peer address and client certificate.
     pub streams: crate::streams::Streams,
     pub metrics: crate::metrics::Metrics,
+    /// The inventory store task (`--store`), fed once a batch is on disk.
+    pub inventory: Option<crate::inventory::Feed>,
 }
 
 #[derive(Clone)]
@@ -86,6 +89,8 @@ pub struct Accepted {
     duplicate: bool,
     events: u64,
     drops: u64,
+    /// The batch, for the inventory once it is on disk (with a store).
+    batch: Option<Received>,
 }
 
 /// Batches one stream keeps between write and ack (`inflight.rs`); the
@@ -96,7 +101,7 @@ impl CollectorService {
     /// Check, deduplicate and write a batch: the generation its ack waits
     /// for, and what the ack needs.
     async fn accept(&self, batch: Batch, peer: &str) -> Result<(u64, Accepted), Status> {
-        let batch = Received::from_batch(batch).map_err(|e| {
+        let received = Received::from_batch(batch).map_err(|e| {
             warn!(%peer, error = %e, "batch refused");
             self.shared
                 .metrics
@@ -104,7 +109,7 @@ impl CollectorService {
                 .fetch_add(1, Ordering::Relaxed);
             Status::invalid_argument(e.to_string())
         })?;
-        let batch = &batch;
+        let batch = &received;
         let evicted = admit_node(
             &mut self.shared.agents.lock().expect("agents lock"),
             &batch.node_id,
@@ -125,6 +130,7 @@ impl CollectorService {
             duplicate: true,
             events: 0,
             drops: 0,
+            batch: None,
         };
         if ledger.check(node, stream, batch.sequence) == Verdict::Duplicate {
             // its write may still be on its way to disk
@@ -157,7 +163,17 @@ impl CollectorService {
         accepted.events = batch.events.len() as u64;
         accepted.drops = batch.reported_drops();
         self.shared.metrics.written(batch, accepted.drops);
+        if self.shared.inventory.is_some() {
+            accepted.batch = Some(received);
+        }
         Ok((generation, accepted))
+    }
+
+    /// Hand an update to the inventory's store task (never waits).
+    fn to_inventory(&self, update: Option<Update>) {
+        if let (Some(feed), Some(u)) = (&self.shared.inventory, update) {
+            feed.send(u);
+        }
     }
 
     /// The batch is on disk: count it and make its ack.
@@ -376,7 +392,10 @@ impl CollectorService {
         'stream: loop {
             for ready in inflight.take_ready(|gen| durable.outcome(gen)) {
                 let (send, last) = match ready {
-                    Ready::Ack(a) => (Ok(self.acked(&a, &peer)), false),
+                    Ready::Ack(mut a) => {
+                        self.to_inventory(a.batch.take().map(Update::Batch));
+                        (Ok(self.acked(&a, &peer)), false)
+                    }
                     Ready::Refused(status) => (Err(status), true),
                     Ready::SyncFailed { item: a, error } => {
                         (Err(self.sync_failed(&a, &error).await), true)
@@ -418,6 +437,11 @@ impl CollectorService {
                             if let Some(n) = first {
                                 // logged once the batch passed validation
                                 info!(node = %n, %peer, "agent connected");
+                                self.to_inventory(Some(Update::Connected {
+                                    node: n.clone(),
+                                    connected: true,
+                                    at: now_ns(),
+                                }));
                                 reader.node = Some(n);
                             }
                             inflight.written(gen, accepted);
@@ -429,6 +453,11 @@ impl CollectorService {
         }
         if let Some(node) = reader.node {
             info!(%node, %peer, "agent disconnected");
+            self.to_inventory(Some(Update::Connected {
+                node: node.clone(),
+                connected: false,
+                at: now_ns(),
+            }));
             if let Some(a) = self
                 .shared
                 .agents

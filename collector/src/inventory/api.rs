@@ -1,0 +1,197 @@
+//! The read API (`--api-listen`): JSON under `/api/v1/`, read-only,
+//! behind a bearer token of its own (`--api-token-file`), separate from
+//! the agents' credentials. Without a token it serves loopback only.
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{atomic::Ordering, Arc},
+};
+
+use axum::{
+    extract::{Path as UrlPath, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::json;
+use sqlx::AnyPool;
+use tracing::{info, warn};
+
+use super::{
+    query::{self, QueryError},
+    Health,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "--api-listen {0} is not a loopback address and no --api-token-file is given: \
+         the API shows the whole fleet, so give a token file (clients send \
+         `Authorization: Bearer TOKEN`) or listen on 127.0.0.1"
+    )]
+    OpenToAll(SocketAddr),
+    #[error("--api-listen needs the inventory: drop --store none")]
+    NoStore,
+    #[error("cannot read the API token file {path} (--api-token-file): {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the API token file {0} (--api-token-file) is empty: write a token into it")]
+    EmptyToken(String),
+    #[error("cannot listen on {addr} for the API (--api-listen): {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The API's token, read from its file (surrounding whitespace ignored).
+pub fn read_token(path: &Path) -> Result<String, ApiError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ApiError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ApiError::EmptyToken(path.display().to_string()));
+    }
+    Ok(token.to_owned())
+}
+
+/// Refuse to serve the fleet's state to every address without a token.
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), ApiError> {
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ApiError::OpenToAll(addr));
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct App {
+    pool: AnyPool,
+    token: Option<Arc<str>>,
+    health: Arc<Health>,
+}
+
+/// Compare without stopping at the first differing byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
+    let Some(want) = token else { return true };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|got| same(got.as_bytes(), want.as_bytes()))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+async fn list(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    pairs: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&headers, app.token.as_deref()) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        return r;
+    }
+    let Some(ep) = query::ENDPOINTS.iter().find(|e| e.name == name) else {
+        let known: Vec<_> = query::ENDPOINTS.iter().map(|e| e.name).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no endpoint /api/v1/{name}; there are: {}",
+                known.join(", ")
+            ),
+        );
+    };
+    let pairs = match pairs {
+        Ok(Query(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("query string: {e}")),
+    };
+    match query::run(&app.pool, ep, &pairs).await {
+        Ok((rows, truncated)) => {
+            let mut body = serde_json::Map::new();
+            body.insert(ep.name.into(), rows.into());
+            body.insert("truncated".into(), truncated.into());
+            body.insert(
+                "stale".into(),
+                app.health.stale.load(Ordering::Relaxed).into(),
+            );
+            Json(serde_json::Value::Object(body)).into_response()
+        }
+        Err(QueryError::Filter(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ QueryError::Store { .. }) => {
+            warn!(error = %e, "API query failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+    }
+}
+
+/// Bind the API's address (at start, so a busy port fails the start).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ApiError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Listen { addr, source })
+}
+
+/// Serve the API on `listener` until the process ends.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    pool: AnyPool,
+    token: Option<String>,
+    health: Arc<Health>,
+) {
+    let app = App {
+        pool,
+        token: token.map(Arc::from),
+        health,
+    };
+    let router = Router::new()
+        .route("/api/v1/{name}", get(list))
+        .with_state(app);
+    info!(addr = ?listener.local_addr().ok(), "inventory API ready");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            warn!(error = %e, "the inventory API stopped");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_token_only_loopback() {
+        let open = "0.0.0.0:8080".parse().unwrap();
+        let e = check_exposure(open, None).unwrap_err().to_string();
+        assert!(e.contains("--api-token-file"), "{e}");
+        assert!(check_exposure(open, Some("t")).is_ok());
+        assert!(check_exposure("127.0.0.1:1".parse().unwrap(), None).is_ok());
+        assert!(check_exposure("[::1]:1".parse().unwrap(), None).is_ok());
+    }
+
+    #[test]
+    fn bearer_tokens_compare_whole() {
+        let mut h = HeaderMap::new();
+        assert!(authorized(&h, None));
+        assert!(!authorized(&h, Some("secret")));
+        h.insert(header::AUTHORIZATION, "Bearer secre".parse().unwrap());
+        assert!(!authorized(&h, Some("secret")));
+        h.insert(header::AUTHORIZATION, "Bearer secret".parse().unwrap());
+        assert!(authorized(&h, Some("secret")));
+        h.insert(header::AUTHORIZATION, "secret".parse().unwrap());
+        assert!(!authorized(&h, Some("secret")));
+    }
+}

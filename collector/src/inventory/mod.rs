@@ -1,0 +1,31 @@
+//! The fleet inventory: the live state of the fleet (nodes, containers,
+//! listeners, egress destinations, images, findings) derived from the
+//! events the collector receives, kept in a database (`--store`) and
+//! answered by a read API (`--api-listen`). docs/fleet.md describes it.
+//!
+//! - [`changes`]: event -> state change (pure);
+//! - [`tracker`]: which changes are new to the store (pure);
+//! - [`rows`]: what one flush writes;
+//! - [`store`]: the database, its migrations and the writes;
+//! - [`updater`]: the store task fed from ingest;
+//! - [`query`] and [`api`]: the read side.
+pub mod api;
+pub mod changes;
+pub mod filters;
+pub mod query;
+#[cfg(test)]
+mod roundtrip;
+pub mod rows;
+pub mod store;
+pub mod tracker;
+pub mod updater;
+
+/// Address classification, one definition shared with the agent's
+/// policy (`agent/src/policy/addr.rs`, plain std code): the collector
+/// uses its internet test for egress destinations.
+#[path = "../../../agent/src/policy/addr.rs"]
+#[allow(dead_code, clippy::trivially_copy_pass_by_ref)]
+mod addr;
+
+pub use store::StoreUrl;
+pub use updater::{Feed, Health, Update};

@@ -1,0 +1,431 @@
+//! The read side: one declarative table per endpoint (its SELECT, the
+//! filters it takes, how each column is shown), run with bound values.
+use serde_json::{Map, Value};
+use sqlx::{AnyPool, Row};
+
+use super::filters::{self, conditions, Filter, FilterError};
+
+/// How a column is shown in JSON.
+#[derive(Clone, Copy, Debug)]
+pub enum Col {
+    Text,
+    Int,
+    /// 0/1 -> false/true.
+    Flag,
+    /// Unix ns -> RFC 3339.
+    Time,
+    /// Comma-joined text -> array.
+    List,
+}
+
+/// One read endpoint.
+pub struct Endpoint {
+    pub name: &'static str,
+    /// SELECT ... FROM ... (with `WHERE TRUE` or real conditions, so the
+    /// filters' conditions are appended with AND).
+    select: &'static str,
+    order: &'static str,
+    pub filters: &'static [Filter],
+    /// JSON path (`pod.name` nests) and kind, in SELECT order.
+    columns: &'static [(&'static str, Col)],
+}
+
+/// Most rows one answer holds (`truncated` says when there were more).
+pub const MAX_ROWS: usize = 10_000;
+
+const NODE: Filter = Filter::Text {
+    name: "node",
+    sql: "x.node = ?",
+    check: None,
+};
+const NAMESPACE: Filter = Filter::Text {
+    name: "namespace",
+    sql: "(c.namespace = ? OR c.pod_namespace = ?)",
+    check: None,
+};
+const CONTAINER: Filter = Filter::Text {
+    name: "container",
+    sql: "x.container_id = ?",
+    check: None,
+};
+
+const WHO: &[(&str, Col)] = &[
+    ("node", Col::Text),
+    ("container.id", Col::Text),
+    ("container.namespace", Col::Text),
+    ("container.name", Col::Text),
+    ("container.pod.name", Col::Text),
+    ("container.pod.namespace", Col::Text),
+];
+
+pub const CONTAINERS: Endpoint = Endpoint {
+    name: "containers",
+    select: "SELECT x.node, x.id, x.namespace, x.name, x.runtime, x.pod_name, x.pod_namespace, \
+        x.pod_uid, x.image_ref, x.image_digest, x.image_index_digest, x.image_config_digest, \
+        x.attributed, x.uid, x.gid, x.user_namespace, x.privileged, x.capabilities, \
+        x.host_network, x.host_pid, x.host_ipc, x.read_only_rootfs, x.no_new_privileges, \
+        x.seccomp, x.created, x.first_seen, x.last_seen, x.exited, x.exit_code \
+        FROM containers x WHERE 1 = 1",
+    order: "x.node, x.namespace, x.name, x.id",
+    filters: &[
+        Filter::Flag {
+            name: "root",
+            yes: "(x.uid = 0 AND x.user_namespace = 0)",
+            no: "(x.uid <> 0 OR x.user_namespace = 1)",
+        },
+        Filter::Flag {
+            name: "privileged",
+            yes: "x.privileged = 1",
+            no: "x.privileged = 0",
+        },
+        NODE,
+        Filter::Text {
+            name: "namespace",
+            sql: "(x.namespace = ? OR x.pod_namespace = ?)",
+            check: None,
+        },
+        Filter::Text {
+            name: "image",
+            sql: "(x.image_digest = ? OR x.image_index_digest = ? OR x.image_config_digest = ?)",
+            check: None,
+        },
+    ],
+    columns: &[
+        ("node", Col::Text),
+        ("id", Col::Text),
+        ("namespace", Col::Text),
+        ("name", Col::Text),
+        ("runtime", Col::Text),
+        ("pod.name", Col::Text),
+        ("pod.namespace", Col::Text),
+        ("pod.uid", Col::Text),
+        ("image.ref", Col::Text),
+        ("image.digest", Col::Text),
+        ("image.index_digest", Col::Text),
+        ("image.config_digest", Col::Text),
+        ("attributed", Col::Flag),
+        ("posture.uid", Col::Int),
+        ("posture.gid", Col::Int),
+        ("posture.user_namespace", Col::Flag),
+        ("posture.privileged", Col::Flag),
+        ("posture.capabilities", Col::List),
+        ("posture.host_network", Col::Flag),
+        ("posture.host_pid", Col::Flag),
+        ("posture.host_ipc", Col::Flag),
+        ("posture.read_only_rootfs", Col::Flag),
+        ("posture.no_new_privileges", Col::Flag),
+        ("posture.seccomp", Col::Text),
+        ("created", Col::Time),
+        ("first_seen", Col::Time),
+        ("last_seen", Col::Time),
+        ("exited", Col::Time),
+        ("exit_code", Col::Int),
+    ],
+};
+
+pub const PORTS: Endpoint = Endpoint {
+    name: "ports",
+    select: "SELECT x.node, x.container_id, c.namespace, c.name, c.pod_name, c.pod_namespace, \
+        x.protocol, x.address, x.port, x.wildcard, c.host_network, x.declared, x.pid, x.exe, \
+        x.since, x.last_seen FROM listeners x \
+        LEFT JOIN containers c ON c.node = x.node AND c.id = x.container_id \
+        WHERE x.closed IS NULL",
+    order: "x.node, x.container_id, x.port, x.protocol, x.address",
+    filters: &[
+        Filter::Flag {
+            name: "exposed",
+            yes: "(x.wildcard = 1 OR c.host_network = 1)",
+            no: "(x.wildcard = 0 AND (c.host_network IS NULL OR c.host_network = 0))",
+        },
+        NODE,
+        CONTAINER,
+        NAMESPACE,
+    ],
+    columns: &[
+        ("node", Col::Text),
+        ("container.id", Col::Text),
+        ("container.namespace", Col::Text),
+        ("container.name", Col::Text),
+        ("container.pod.name", Col::Text),
+        ("container.pod.namespace", Col::Text),
+        ("protocol", Col::Text),
+        ("address", Col::Text),
+        ("port", Col::Int),
+        ("wildcard", Col::Flag),
+        ("host_network", Col::Flag),
+        ("declared", Col::Flag),
+        ("pid", Col::Int),
+        ("exe", Col::Text),
+        ("since", Col::Time),
+        ("last_seen", Col::Time),
+    ],
+};
+
+pub const EGRESS: Endpoint = Endpoint {
+    name: "egress",
+    select: "SELECT x.node, x.container_id, c.namespace, c.name, c.pod_name, c.pod_namespace, \
+        x.protocol, x.address, x.port, x.internet, x.first_seen, x.last_seen, x.count \
+        FROM egress x LEFT JOIN containers c ON c.node = x.node AND c.id = x.container_id \
+        WHERE 1 = 1",
+    order: "x.node, x.container_id, x.address, x.port, x.protocol",
+    filters: &[
+        Filter::Flag {
+            name: "internet",
+            yes: "x.internet = 1",
+            no: "x.internet = 0",
+        },
+        NODE,
+        CONTAINER,
+        NAMESPACE,
+    ],
+    columns: &[
+        ("protocol", Col::Text),
+        ("address", Col::Text),
+        ("port", Col::Int),
+        ("internet", Col::Flag),
+        ("first_seen", Col::Time),
+        ("last_seen", Col::Time),
+        ("count", Col::Int),
+    ],
+};
+
+pub const IMAGES: Endpoint = Endpoint {
+    name: "images",
+    select: "SELECT x.digest, x.index_digest, x.config_digest, x.first_seen, x.last_seen, \
+        (SELECT COUNT(*) FROM containers c WHERE c.image_digest = x.digest), \
+        (SELECT COUNT(DISTINCT c.node) FROM containers c WHERE c.image_digest = x.digest), \
+        (SELECT MIN(r.ref) FROM image_refs r WHERE r.digest = x.digest) \
+        FROM images x WHERE 1 = 1",
+    order: "x.digest",
+    filters: &[Filter::Text {
+        name: "digest",
+        sql: "(x.digest = ? OR x.index_digest = ? OR x.config_digest = ?)",
+        check: None,
+    }],
+    columns: &[
+        ("digest", Col::Text),
+        ("index_digest", Col::Text),
+        ("config_digest", Col::Text),
+        ("first_seen", Col::Time),
+        ("last_seen", Col::Time),
+        ("containers", Col::Int),
+        ("nodes", Col::Int),
+        ("ref", Col::Text),
+    ],
+};
+
+pub const NODES: Endpoint = Endpoint {
+    name: "nodes",
+    select: "SELECT x.node, x.agent_version, x.kernel, x.first_seen, x.last_seen, x.connected, \
+        (SELECT COUNT(*) FROM containers c WHERE c.node = x.node) FROM nodes x WHERE 1 = 1",
+    order: "x.node",
+    filters: &[Filter::Flag {
+        name: "connected",
+        yes: "x.connected = 1",
+        no: "x.connected = 0",
+    }],
+    columns: &[
+        ("node", Col::Text),
+        ("agent_version", Col::Text),
+        ("kernel", Col::Text),
+        ("first_seen", Col::Time),
+        ("last_seen", Col::Time),
+        ("connected", Col::Flag),
+        ("containers", Col::Int),
+    ],
+};
+
+pub const FINDINGS: Endpoint = Endpoint {
+    name: "findings",
+    select: "SELECT x.node, x.container_id, c.namespace, c.name, c.pod_name, c.pod_namespace, \
+        x.rule, x.severity, x.subject, x.summary, x.count, x.first_seen, x.last_seen, x.open \
+        FROM findings x LEFT JOIN containers c ON c.node = x.node AND c.id = x.container_id \
+        WHERE 1 = 1",
+    order: "x.last_seen DESC, x.node, x.rule, x.subject",
+    filters: &[
+        Filter::Text {
+            name: "rule",
+            sql: "x.rule = ?",
+            check: None,
+        },
+        Filter::Text {
+            name: "severity",
+            sql: "x.severity = ?",
+            check: Some(filters::severity),
+        },
+        Filter::Flag {
+            name: "open",
+            yes: "x.open = 1",
+            no: "x.open = 0",
+        },
+        NODE,
+        NAMESPACE,
+    ],
+    columns: &[
+        ("rule", Col::Text),
+        ("severity", Col::Text),
+        ("subject", Col::Text),
+        ("summary", Col::Text),
+        ("count", Col::Int),
+        ("first_seen", Col::Time),
+        ("last_seen", Col::Time),
+        ("open", Col::Flag),
+    ],
+};
+
+pub const ENDPOINTS: &[&Endpoint] = &[&CONTAINERS, &PORTS, &EGRESS, &IMAGES, &NODES, &FINDINGS];
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("reading the inventory ({endpoint}): {source}")]
+    Store {
+        endpoint: &'static str,
+        source: sqlx::Error,
+    },
+}
+
+/// The SQL an endpoint runs for these filters, and its bound values.
+pub fn sql(
+    ep: &Endpoint,
+    pairs: &[(String, String)],
+) -> Result<(String, Vec<String>), FilterError> {
+    let c = conditions(ep.filters, pairs, 1)?;
+    let mut text = ep.select.to_owned();
+    for cond in &c.sql {
+        text.push_str(" AND ");
+        text.push_str(cond);
+    }
+    text.push_str(&format!(" ORDER BY {} LIMIT {}", ep.order, MAX_ROWS + 1));
+    Ok((text, c.binds))
+}
+
+fn insert(obj: &mut Map<String, Value>, path: &str, v: Value) {
+    match path.split_once('.') {
+        None => {
+            obj.insert(path.to_owned(), v);
+        }
+        Some((head, rest)) => {
+            let inner = obj
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(m) = inner {
+                insert(m, rest, v);
+            }
+        }
+    }
+}
+
+fn cell(row: &sqlx::any::AnyRow, i: usize, col: Col) -> Result<Value, sqlx::Error> {
+    Ok(match col {
+        Col::Text => row
+            .try_get::<Option<String>, _>(i)?
+            .map_or(Value::Null, Value::from),
+        Col::List => row
+            .try_get::<Option<String>, _>(i)?
+            .map_or(Value::Null, |s| {
+                Value::from(
+                    s.split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>(),
+                )
+            }),
+        Col::Int => row
+            .try_get::<Option<i64>, _>(i)?
+            .map_or(Value::Null, Value::from),
+        Col::Flag => row
+            .try_get::<Option<i64>, _>(i)?
+            .map_or(Value::Null, |v| Value::from(v != 0)),
+        Col::Time => row.try_get::<Option<i64>, _>(i)?.map_or(Value::Null, |v| {
+            Value::from(spyglass_proto::time::format_rfc3339(i128::from(v)))
+        }),
+    })
+}
+
+/// Columns a few endpoints prefix to their own: who owns the row.
+fn columns(ep: &Endpoint) -> Vec<(&'static str, Col)> {
+    let who = matches!(ep.name, "egress" | "findings");
+    let mut cols = Vec::new();
+    if who {
+        cols.extend_from_slice(WHO);
+    }
+    cols.extend_from_slice(ep.columns);
+    cols
+}
+
+/// Run an endpoint: its rows as JSON objects, and whether there were
+/// more than [`MAX_ROWS`].
+pub async fn run(
+    pool: &AnyPool,
+    ep: &Endpoint,
+    pairs: &[(String, String)],
+) -> Result<(Vec<Value>, bool), QueryError> {
+    let (text, binds) = sql(ep, pairs)?;
+    let mut q = sqlx::query(&text);
+    for b in binds {
+        q = q.bind(b);
+    }
+    let err = |source| QueryError::Store {
+        endpoint: ep.name,
+        source,
+    };
+    let rows = q.fetch_all(pool).await.map_err(err)?;
+    let cols = columns(ep);
+    let truncated = rows.len() > MAX_ROWS;
+    let mut out = Vec::with_capacity(rows.len().min(MAX_ROWS));
+    for row in rows.iter().take(MAX_ROWS) {
+        let mut obj = Map::new();
+        for (i, (path, col)) in cols.iter().enumerate() {
+            insert(&mut obj, path, cell(row, i, *col).map_err(err)?);
+        }
+        out.push(Value::Object(obj));
+    }
+    Ok((out, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_selects_as_many_columns_as_it_shows() {
+        for ep in ENDPOINTS {
+            let select = ep.select.split(" FROM ").next().unwrap();
+            // subqueries hold their own FROM: count top-level commas
+            let mut depth = 0;
+            let mut commas = 0;
+            for ch in ep.select[..].chars() {
+                match ch {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    ',' if depth == 0 => commas += 1,
+                    _ => {}
+                }
+            }
+            let _ = select;
+            assert_eq!(commas + 1, columns(ep).len(), "{}", ep.name);
+        }
+    }
+
+    #[test]
+    fn filters_append_bound_conditions() {
+        let (text, binds) = sql(
+            &CONTAINERS,
+            &[
+                ("root".into(), "true".into()),
+                ("node".into(), "n'1".into()),
+            ],
+        )
+        .unwrap();
+        assert!(
+            text.ends_with(
+                "WHERE 1 = 1 AND (x.uid = 0 AND x.user_namespace = 0) AND x.node = $1 \
+                 ORDER BY x.node, x.namespace, x.name, x.id LIMIT 10001"
+            ),
+            "{text}"
+        );
+        assert_eq!(binds, ["n'1"]);
+    }
+}

@@ -1,0 +1,177 @@
+//! Events -> changes -> rows -> a real SQLite file -> the read queries:
+//! the whole inventory path but gRPC, and a resent batch.
+use std::sync::Arc;
+
+use spyglass_proto::model::{
+    Container, ContainerMeta, Endpoint, Event, Family, Image, Kind, NetOp, Network, Posture,
+    Protocol, Runtime, Timestamp,
+};
+
+use super::{changes, query, store, tracker::Tracker};
+
+fn container(id: &str, uid: u32) -> Container {
+    let mut c = Container::from_cgroup(id.into(), Runtime::Containerd, None);
+    c.fill(&Arc::new(ContainerMeta {
+        id: id.into(),
+        name: id.into(),
+        namespace: "k8s.io".into(),
+        image: Image {
+            reference: "spyglass.test/busybox:1".into(),
+            digest: "sha256:m".into(),
+            ..Image::default()
+        },
+        posture: Some(Posture {
+            uid,
+            capabilities: vec!["CAP_CHOWN".into(), "CAP_NET_RAW".into()],
+            ..Posture::default()
+        }),
+        ..ContainerMeta::default()
+    }));
+    c
+}
+
+fn net(c: &Container, kind: Kind, local: &str, remote: Option<&str>, t: i64) -> Event {
+    let mut ev = Event::new(kind, Timestamp(t), "node-a".into());
+    let ep = |s: &str| Endpoint::from(s.parse::<std::net::SocketAddr>().unwrap());
+    ev.network = Some(Network {
+        protocol: Protocol::Tcp,
+        family: Family::Ipv4,
+        op: if kind == Kind::Listen {
+            NetOp::Listen
+        } else {
+            NetOp::Connect
+        },
+        local: ep(local),
+        remote: remote.map(ep),
+        outcome: None,
+        wildcard: (kind == Kind::Listen).then(|| ep(local).addr.is_unspecified()),
+    });
+    ev.container = Some(c.clone());
+    ev
+}
+
+fn events() -> Vec<Event> {
+    let (root, user) = (container("root-c", 0), container("user-c", 1000));
+    vec![
+        net(&root, Kind::Listen, "0.0.0.0:8080", None, 10),
+        net(&user, Kind::Listen, "127.0.0.1:9090", None, 11),
+        net(
+            &user,
+            Kind::Connect,
+            "10.0.0.2:5000",
+            Some("93.184.216.34:443"),
+            12,
+        ),
+        net(
+            &user,
+            Kind::Connect,
+            "10.0.0.2:5001",
+            Some("10.0.0.9:53"),
+            13,
+        ),
+    ]
+}
+
+fn rows_of(evs: &[Event]) -> super::rows::Rows {
+    let mut t = Tracker::default();
+    let mut scratch = Vec::new();
+    for ev in evs {
+        scratch.clear();
+        changes::derive(ev, super::updater::internet, &mut scratch);
+        for c in &scratch {
+            t.apply(c);
+        }
+    }
+    t.take()
+}
+
+async fn get(
+    pool: &sqlx::AnyPool,
+    ep: &query::Endpoint,
+    q: &[(&str, &str)],
+) -> Vec<serde_json::Value> {
+    let pairs: Vec<_> = q.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect();
+    query::run(pool, ep, &pairs).await.unwrap().0
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_become_rows_that_answer_the_questions_and_a_resend_adds_none() {
+    let dir = std::env::temp_dir().join(format!("spyglass-inv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = store::open(&dir.join("inv.db")).await.unwrap();
+    let evs = events();
+    store::write(&pool, &rows_of(&evs)).await.unwrap();
+    // a fresh collector (nothing in memory) given the same batch again
+    store::write(&pool, &rows_of(&evs)).await.unwrap();
+
+    let all = get(&pool, &query::CONTAINERS, &[]).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let root = get(&pool, &query::CONTAINERS, &[("root", "true")]).await;
+    assert_eq!(root.len(), 1);
+    assert_eq!(root[0]["id"], "root-c");
+    assert_eq!(root[0]["posture"]["uid"], 0);
+    assert_eq!(root[0]["posture"]["capabilities"][1], "CAP_NET_RAW");
+    assert_eq!(root[0]["image"]["digest"], "sha256:m");
+    assert_eq!(root[0]["first_seen"], "1970-01-01T00:00:00.000000010Z");
+
+    let exposed = get(&pool, &query::PORTS, &[("exposed", "true")]).await;
+    assert_eq!(exposed.len(), 1, "{exposed:?}");
+    assert_eq!(
+        (
+            &exposed[0]["container"]["id"],
+            &exposed[0]["port"],
+            &exposed[0]["address"]
+        ),
+        (&"root-c".into(), &8080.into(), &"0.0.0.0".into())
+    );
+    assert_eq!(get(&pool, &query::PORTS, &[]).await.len(), 2);
+
+    let internet = get(&pool, &query::EGRESS, &[("internet", "true")]).await;
+    assert_eq!(internet.len(), 1, "{internet:?}");
+    assert_eq!(internet[0]["address"], "93.184.216.34");
+    assert_eq!(internet[0]["container"]["name"], "user-c");
+    assert_eq!(
+        get(&pool, &query::EGRESS, &[("internet", "false")])
+            .await
+            .len(),
+        1
+    );
+
+    let images = get(&pool, &query::IMAGES, &[]).await;
+    assert_eq!(images.len(), 1);
+    assert_eq!(
+        (
+            &images[0]["containers"],
+            &images[0]["nodes"],
+            &images[0]["ref"]
+        ),
+        (&2.into(), &1.into(), &"spyglass.test/busybox:1".into())
+    );
+    let nodes = get(&pool, &query::NODES, &[]).await;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["containers"], 2);
+
+    // the root container's listener closes: it leaves `ports`
+    let root_c = container("root-c", 0);
+    let close = net(&root_c, Kind::Close, "0.0.0.0:8080", None, 20);
+    store::write(&pool, &rows_of(&[close])).await.unwrap();
+    assert!(get(&pool, &query::PORTS, &[("exposed", "true")])
+        .await
+        .is_empty());
+    assert_eq!(get(&pool, &query::PORTS, &[]).await.len(), 1);
+
+    // a filter value is a value, whatever it holds
+    let evil = get(&pool, &query::CONTAINERS, &[("node", "x' OR '1'='1")]).await;
+    assert!(evil.is_empty());
+    let evil = get(
+        &pool,
+        &query::CONTAINERS,
+        &[("namespace", "k8s.io'; DROP TABLE containers; --")],
+    )
+    .await;
+    assert!(evil.is_empty());
+    assert_eq!(get(&pool, &query::CONTAINERS, &[]).await.len(), 2);
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

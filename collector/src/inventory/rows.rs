@@ -1,0 +1,105 @@
+//! The rows one flush writes, keyed by their natural keys: many changes
+//! to one key between two flushes become one row write.
+use std::collections::HashMap;
+
+use spyglass_proto::model::Container;
+
+/// `nodes`: one row per node id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeRow {
+    pub agent_version: Option<String>,
+    pub kernel: Option<String>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub connected: Option<bool>,
+}
+
+/// `containers`: one row per (node, id). Without `meta` only the times
+/// are written (an unattributed event never erases what is known).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRow {
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// The event's container, when it carries containerd's metadata.
+    pub meta: Option<Container>,
+}
+
+/// `listeners` / `egress` key: node, container (`""`: host), protocol,
+/// address, port.
+pub type SocketKey = (String, String, &'static str, String, u16);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerRow {
+    pub wildcard: bool,
+    pub declared: Option<bool>,
+    pub pid: Option<u32>,
+    pub exe: String,
+    pub since: i64,
+    pub last_seen: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressRow {
+    pub internet: bool,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Connections since the last write (added to the stored count).
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRow {
+    pub index_digest: String,
+    pub config_digest: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// `findings` key: node, container (`""`: host), rule, subject.
+pub type FindingKey = (String, String, String, String);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FindingRow {
+    pub severity: &'static str,
+    pub summary: String,
+    /// Occurrences in the updates since the last write (added).
+    pub count: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub open: bool,
+}
+
+/// Everything one flush writes, in one transaction.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub nodes: HashMap<String, NodeRow>,
+    pub containers: HashMap<(String, String), ContainerRow>,
+    pub listeners: HashMap<SocketKey, ListenerRow>,
+    /// Listeners closed, and when (written after `listeners`: a listen
+    /// later than the close keeps its row open).
+    pub closed: HashMap<SocketKey, i64>,
+    pub egress: HashMap<SocketKey, EgressRow>,
+    /// By manifest digest.
+    pub images: HashMap<String, ImageRow>,
+    /// (digest, reference).
+    pub image_refs: HashMap<(String, String), ()>,
+    pub findings: HashMap<FindingKey, FindingRow>,
+}
+
+impl Rows {
+    /// Rows waiting.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+            + self.containers.len()
+            + self.listeners.len()
+            + self.closed.len()
+            + self.egress.len()
+            + self.images.len()
+            + self.image_refs.len()
+            + self.findings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,410 @@
+//! The inventory database: opening it from `--store`, the versioned
+//! migrations run at start, and writing one flush's rows in one
+//! transaction. Every write is an upsert on the table's natural key with
+//! bound values (never SQL built from input), so a batch an agent
+//! resends writes the same rows again and creates no duplicates.
+use std::{borrow::Cow, path::PathBuf, str::FromStr};
+
+use sqlx::{
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::{Migration, MigrationType, Migrator},
+    AnyPool, Executor,
+};
+
+use super::rows::Rows;
+
+/// Where the inventory lives (`--store`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite:PATH`: an embedded SQLite database file.
+    Sqlite(PathBuf),
+    /// `none`: no inventory.
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("--store {0:?}: expected sqlite:PATH (an SQLite file, created if missing) or none")]
+    Url(String),
+    #[error(
+        "--store {0:?}: PostgreSQL is not supported by this collector yet; \
+         use sqlite:PATH (or none)"
+    )]
+    Postgres(String),
+    #[error("--store sqlite:{0:?}: the path may not hold '?' or '#'; rename the file")]
+    Path(String),
+    #[error("cannot open the inventory store {url}: {source}; check --store")]
+    Open { url: String, source: sqlx::Error },
+    #[error("cannot migrate the inventory store {url}: {source}")]
+    Migrate {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("writing the inventory ({rows} rows): {source}")]
+    Write { rows: usize, source: sqlx::Error },
+}
+
+impl FromStr for StoreUrl {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        if s == "none" {
+            return Ok(StoreUrl::None);
+        }
+        if s.starts_with("postgres:") || s.starts_with("postgresql:") {
+            return Err(StoreError::Postgres(s.into()));
+        }
+        let Some(path) = s
+            .strip_prefix("sqlite://")
+            .or_else(|| s.strip_prefix("sqlite:"))
+        else {
+            return Err(StoreError::Url(s.into()));
+        };
+        if path.is_empty() || path.starts_with(':') {
+            return Err(StoreError::Url(s.into()));
+        }
+        if path.contains(['?', '#']) {
+            return Err(StoreError::Path(path.into()));
+        }
+        Ok(StoreUrl::Sqlite(path.into()))
+    }
+}
+
+/// The versioned migrations, in order; never edit one that shipped: add
+/// the next.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "inventory",
+    include_str!("migrations/0001_inventory.sql"),
+)];
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(v, d, sql)| {
+            Migration::new(
+                *v,
+                Cow::Borrowed(*d),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    // What `sqlx::migrate!` builds, without its proc macro.
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+/// Open the store (creating an SQLite file) and run its migrations.
+pub async fn open(path: &std::path::Path) -> Result<AnyPool, StoreError> {
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let opts = AnyConnectOptions::from_str(&url).map_err(|source| StoreError::Open {
+        url: url.clone(),
+        source,
+    })?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(4)
+        // the store is a view rebuilt from the events, which are durable
+        // in the output: no fsync per transaction
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(|source| StoreError::Open {
+            url: url.clone(),
+            source,
+        })?;
+    // readers do not wait for the writer
+    pool.execute("PRAGMA journal_mode = WAL")
+        .await
+        .map_err(|source| StoreError::Open {
+            url: url.clone(),
+            source,
+        })?;
+    migrator()
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate { url, source })?;
+    Ok(pool)
+}
+
+fn flag(b: bool) -> i64 {
+    i64::from(b)
+}
+
+const NODE: &str = "INSERT INTO nodes (node, agent_version, kernel, first_seen, last_seen, connected) \
+    VALUES ($1, COALESCE($2, ''), COALESCE($3, ''), $4, $5, COALESCE($6, 0)) \
+    ON CONFLICT (node) DO UPDATE SET \
+    agent_version = COALESCE($2, nodes.agent_version), \
+    kernel = COALESCE($3, nodes.kernel), \
+    first_seen = CASE WHEN excluded.first_seen < nodes.first_seen THEN excluded.first_seen ELSE nodes.first_seen END, \
+    last_seen = CASE WHEN excluded.last_seen > nodes.last_seen THEN excluded.last_seen ELSE nodes.last_seen END, \
+    connected = COALESCE($6, nodes.connected)";
+
+const CONTAINER_TIMES: &str = "INSERT INTO containers (node, id, first_seen, last_seen) \
+    VALUES ($1, $2, $3, $4) ON CONFLICT (node, id) DO UPDATE SET \
+    first_seen = CASE WHEN excluded.first_seen < containers.first_seen THEN excluded.first_seen ELSE containers.first_seen END, \
+    last_seen = CASE WHEN excluded.last_seen > containers.last_seen THEN excluded.last_seen ELSE containers.last_seen END";
+
+const CONTAINER: &str = "INSERT INTO containers (node, id, namespace, name, runtime, \
+    pod_name, pod_namespace, pod_uid, image_ref, image_digest, image_index_digest, \
+    image_config_digest, attributed, uid, gid, user_namespace, privileged, capabilities, \
+    host_network, host_pid, host_ipc, read_only_rootfs, no_new_privileges, seccomp, created, \
+    first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, \
+    $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
+    ON CONFLICT (node, id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name, \
+    runtime = excluded.runtime, pod_name = excluded.pod_name, \
+    pod_namespace = excluded.pod_namespace, pod_uid = excluded.pod_uid, \
+    image_ref = excluded.image_ref, image_digest = excluded.image_digest, \
+    image_index_digest = excluded.image_index_digest, \
+    image_config_digest = excluded.image_config_digest, attributed = 1, uid = excluded.uid, \
+    gid = excluded.gid, user_namespace = excluded.user_namespace, \
+    privileged = excluded.privileged, capabilities = excluded.capabilities, \
+    host_network = excluded.host_network, host_pid = excluded.host_pid, \
+    host_ipc = excluded.host_ipc, read_only_rootfs = excluded.read_only_rootfs, \
+    no_new_privileges = excluded.no_new_privileges, seccomp = excluded.seccomp, \
+    created = excluded.created, \
+    first_seen = CASE WHEN excluded.first_seen < containers.first_seen THEN excluded.first_seen ELSE containers.first_seen END, \
+    last_seen = CASE WHEN excluded.last_seen > containers.last_seen THEN excluded.last_seen ELSE containers.last_seen END";
+
+const LISTENER: &str = "INSERT INTO listeners (node, container_id, protocol, address, port, \
+    wildcard, declared, pid, exe, since, last_seen) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+    ON CONFLICT (node, container_id, protocol, address, port) DO UPDATE SET \
+    wildcard = excluded.wildcard, declared = excluded.declared, pid = excluded.pid, \
+    exe = excluded.exe, closed = NULL, \
+    since = CASE WHEN excluded.since < listeners.since THEN excluded.since ELSE listeners.since END, \
+    last_seen = CASE WHEN excluded.last_seen > listeners.last_seen THEN excluded.last_seen ELSE listeners.last_seen END";
+
+const CLOSE: &str = "UPDATE listeners SET closed = $1 WHERE node = $2 AND container_id = $3 \
+    AND protocol = $4 AND address = $5 AND port = $6 AND last_seen <= $1";
+
+const EGRESS: &str = "INSERT INTO egress (node, container_id, protocol, address, port, \
+    internet, first_seen, last_seen, count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    ON CONFLICT (node, container_id, protocol, address, port) DO UPDATE SET \
+    internet = excluded.internet, count = egress.count + excluded.count, \
+    first_seen = CASE WHEN excluded.first_seen < egress.first_seen THEN excluded.first_seen ELSE egress.first_seen END, \
+    last_seen = CASE WHEN excluded.last_seen > egress.last_seen THEN excluded.last_seen ELSE egress.last_seen END";
+
+const IMAGE: &str = "INSERT INTO images (digest, index_digest, config_digest, first_seen, last_seen) \
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO UPDATE SET \
+    index_digest = CASE WHEN excluded.index_digest <> '' THEN excluded.index_digest ELSE images.index_digest END, \
+    config_digest = CASE WHEN excluded.config_digest <> '' THEN excluded.config_digest ELSE images.config_digest END, \
+    last_seen = CASE WHEN excluded.last_seen > images.last_seen THEN excluded.last_seen ELSE images.last_seen END";
+
+const IMAGE_REF: &str =
+    "INSERT INTO image_refs (digest, ref) VALUES ($1, $2) ON CONFLICT (digest, ref) DO NOTHING";
+
+const FINDING: &str = "INSERT INTO findings (node, container_id, rule, subject, severity, \
+    summary, count, first_seen, last_seen, open) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+    ON CONFLICT (node, container_id, rule, subject) DO UPDATE SET \
+    count = findings.count + excluded.count, \
+    first_seen = CASE WHEN excluded.first_seen < findings.first_seen THEN excluded.first_seen ELSE findings.first_seen END, \
+    severity = CASE WHEN excluded.last_seen >= findings.last_seen THEN excluded.severity ELSE findings.severity END, \
+    summary = CASE WHEN excluded.last_seen >= findings.last_seen THEN excluded.summary ELSE findings.summary END, \
+    open = CASE WHEN excluded.last_seen >= findings.last_seen THEN excluded.open ELSE findings.open END, \
+    last_seen = CASE WHEN excluded.last_seen > findings.last_seen THEN excluded.last_seen ELSE findings.last_seen END";
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+async fn write_nodes(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
+    for (node, r) in &rows.nodes {
+        sqlx::query(NODE)
+            .bind(node)
+            .bind(r.agent_version.clone())
+            .bind(r.kernel.clone())
+            .bind(r.first_seen)
+            .bind(r.last_seen)
+            .bind(r.connected.map(flag))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn write_containers(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
+    for ((node, id), r) in &rows.containers {
+        let meta = r.meta.as_ref().and_then(|c| c.meta.clone().map(|m| (c, m)));
+        let Some((c, m)) = meta else {
+            sqlx::query(CONTAINER_TIMES)
+                .bind(node)
+                .bind(id)
+                .bind(r.first_seen)
+                .bind(r.last_seen)
+                .execute(&mut **tx)
+                .await?;
+            continue;
+        };
+        let pod = c.pod.clone().unwrap_or_default();
+        let p = m.posture.clone();
+        let pf = |f: fn(&spyglass_proto::model::Posture) -> bool| p.as_ref().map(|p| flag(f(p)));
+        sqlx::query(CONTAINER)
+            .bind(node)
+            .bind(id)
+            .bind(m.namespace.clone())
+            .bind(m.name.clone())
+            .bind(c.runtime.as_str())
+            .bind(pod.name)
+            .bind(pod.namespace)
+            .bind(pod.uid)
+            .bind(m.image.reference.clone())
+            .bind(m.image.digest.clone())
+            .bind(m.image.index_digest.clone())
+            .bind(m.image.config_digest.clone())
+            .bind(p.as_ref().map(|p| i64::from(p.uid)))
+            .bind(p.as_ref().map(|p| i64::from(p.gid)))
+            .bind(pf(|p| p.user_namespace))
+            .bind(pf(|p| p.privileged))
+            .bind(p.as_ref().map(|p| p.capabilities.join(",")))
+            .bind(pf(|p| p.host_network))
+            .bind(pf(|p| p.host_pid))
+            .bind(pf(|p| p.host_ipc))
+            .bind(pf(|p| p.read_only_rootfs))
+            .bind(pf(|p| p.no_new_privileges))
+            .bind(p.as_ref().map(|p| p.seccomp.as_str()))
+            .bind(m.created.map(|t| t.0))
+            .bind(r.first_seen)
+            .bind(r.last_seen)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn write_sockets(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
+    for ((node, cid, proto, addr, port), r) in &rows.listeners {
+        sqlx::query(LISTENER)
+            .bind(node)
+            .bind(cid)
+            .bind(*proto)
+            .bind(addr)
+            .bind(i64::from(*port))
+            .bind(flag(r.wildcard))
+            .bind(r.declared.map(flag))
+            .bind(r.pid.map(i64::from))
+            .bind(&r.exe)
+            .bind(r.since)
+            .bind(r.last_seen)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for ((node, cid, proto, addr, port), at) in &rows.closed {
+        sqlx::query(CLOSE)
+            .bind(*at)
+            .bind(node)
+            .bind(cid)
+            .bind(*proto)
+            .bind(addr)
+            .bind(i64::from(*port))
+            .execute(&mut **tx)
+            .await?;
+    }
+    for ((node, cid, proto, addr, port), r) in &rows.egress {
+        sqlx::query(EGRESS)
+            .bind(node)
+            .bind(cid)
+            .bind(*proto)
+            .bind(addr)
+            .bind(i64::from(*port))
+            .bind(flag(r.internet))
+            .bind(r.first_seen)
+            .bind(r.last_seen)
+            .bind(i64::try_from(r.count).unwrap_or(i64::MAX))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn write_images_and_findings(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
+    for (digest, r) in &rows.images {
+        sqlx::query(IMAGE)
+            .bind(digest)
+            .bind(&r.index_digest)
+            .bind(&r.config_digest)
+            .bind(r.first_seen)
+            .bind(r.last_seen)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for (digest, reference) in rows.image_refs.keys() {
+        sqlx::query(IMAGE_REF)
+            .bind(digest)
+            .bind(reference)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for ((node, cid, rule, subject), r) in &rows.findings {
+        sqlx::query(FINDING)
+            .bind(node)
+            .bind(cid)
+            .bind(rule)
+            .bind(subject)
+            .bind(r.severity)
+            .bind(&r.summary)
+            .bind(i64::try_from(r.count).unwrap_or(i64::MAX))
+            .bind(r.first_seen)
+            .bind(r.last_seen)
+            .bind(flag(r.open))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Write one flush's rows in one transaction.
+pub async fn write(pool: &AnyPool, rows: &Rows) -> Result<(), StoreError> {
+    let n = rows.len();
+    let err = |source| StoreError::Write { rows: n, source };
+    let mut tx = pool.begin().await.map_err(err)?;
+    write_nodes(&mut tx, rows).await.map_err(err)?;
+    write_containers(&mut tx, rows).await.map_err(err)?;
+    write_sockets(&mut tx, rows).await.map_err(err)?;
+    write_images_and_findings(&mut tx, rows)
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!("none".parse::<StoreUrl>().unwrap(), StoreUrl::None);
+        assert_eq!(
+            "sqlite:/var/lib/s.db".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Sqlite("/var/lib/s.db".into())
+        );
+        assert_eq!(
+            "sqlite://rel.db".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Sqlite("rel.db".into())
+        );
+        for bad in ["", "sqlite:", "mysql://x", "/tmp/x.db", "sqlite::memory:"] {
+            let e = bad.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(e.starts_with("--store"), "{bad}: {e}");
+        }
+        let e = "postgres://h/db"
+            .parse::<StoreUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PostgreSQL is not supported"), "{e}");
+        let e = "sqlite:/a?mode=ro"
+            .parse::<StoreUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("may not hold"), "{e}");
+    }
+}

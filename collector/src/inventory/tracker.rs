@@ -1,0 +1,497 @@
+//! What the store already holds, remembered in memory, so that only
+//! state changes become row writes: a container or listener first seen,
+//! metadata first known, a new destination, a finding; `last_seen` is
+//! bumped in memory and written at most every [`LAST_SEEN_STEP_NS`].
+//! An exec in a known container writes nothing.
+use std::collections::{HashMap, HashSet};
+
+use super::{
+    changes::{Change, Egress, Finding, Listener},
+    rows::{ContainerRow, EgressRow, FindingRow, ImageRow, ListenerRow, NodeRow, Rows, SocketKey},
+};
+
+/// How stale a written `last_seen` may get before it is written again.
+pub const LAST_SEEN_STEP_NS: i64 = 30_000_000_000;
+
+/// Entries remembered before the memory is cleared (the store's writes
+/// are idempotent upserts, so forgetting costs only writes).
+const MAX_REMEMBERED: usize = 1_000_000;
+
+#[derive(Clone, Copy, Debug)]
+struct Written {
+    last_seen: i64,
+    attributed: bool,
+}
+
+#[derive(Default)]
+pub struct Tracker {
+    nodes: HashMap<String, i64>,
+    /// node -> container id -> what was written.
+    containers: HashMap<String, HashMap<String, Written>>,
+    container_count: usize,
+    /// key -> (since written, last_seen written).
+    listeners: HashMap<SocketKey, (i64, i64)>,
+    /// key -> (last_seen written, connections not yet written).
+    egress: HashMap<SocketKey, (i64, u64)>,
+    image_refs: HashSet<(String, String)>,
+    /// What the next flush writes.
+    pub rows: Rows,
+}
+
+fn due(written: i64, at: i64) -> bool {
+    at >= written.saturating_add(LAST_SEEN_STEP_NS)
+}
+
+fn socket_key(
+    node: &str,
+    container: &str,
+    protocol: &'static str,
+    addr: std::net::IpAddr,
+    port: u16,
+) -> SocketKey {
+    (
+        node.to_owned(),
+        container.to_owned(),
+        protocol,
+        addr.to_string(),
+        port,
+    )
+}
+
+impl Tracker {
+    /// Take one change into account.
+    pub fn apply(&mut self, change: &Change<'_>) {
+        match change {
+            Change::Node { node, at } => self.node_seen(node, *at),
+            Change::Agent {
+                node,
+                version,
+                kernel,
+                at,
+            } => {
+                let row = self.node_row(node, *at);
+                row.agent_version = Some((*version).to_owned());
+                row.kernel = Some((*kernel).to_owned());
+            }
+            Change::Container {
+                node,
+                container,
+                at,
+            } => self.container_seen(node, container, *at),
+            Change::Listen(l) => self.listener_seen(l),
+            Change::Close {
+                node,
+                container_id,
+                protocol,
+                address,
+                port,
+                at,
+            } => {
+                let key = socket_key(node, container_id, protocol, *address, *port);
+                // a listen after it is new again
+                self.listeners.remove(&key);
+                let t = self.rows.closed.entry(key).or_insert(*at);
+                *t = (*t).max(*at);
+            }
+            Change::Egress(e) => self.egress_seen(e),
+            Change::Finding(f) => self.finding_seen(f),
+        }
+        self.bound();
+    }
+
+    /// An agent's stream opened or closed.
+    pub fn connected(&mut self, node: &str, connected: bool, at: i64) {
+        self.node_row(node, at).connected = Some(connected);
+    }
+
+    fn node_row(&mut self, node: &str, at: i64) -> &mut NodeRow {
+        self.nodes.insert(node.to_owned(), at);
+        let row = self.rows.nodes.entry(node.to_owned()).or_insert(NodeRow {
+            first_seen: at,
+            last_seen: at,
+            ..NodeRow::default()
+        });
+        row.first_seen = row.first_seen.min(at);
+        row.last_seen = row.last_seen.max(at);
+        row
+    }
+
+    fn node_seen(&mut self, node: &str, at: i64) {
+        match self.nodes.get(node) {
+            Some(w) if !due(*w, at) => {}
+            _ => {
+                self.node_row(node, at);
+            }
+        }
+    }
+
+    fn container_seen(&mut self, node: &str, c: &spyglass_proto::model::Container, at: i64) {
+        let attributed = c.meta.is_some();
+        let known = self
+            .containers
+            .get(node)
+            .and_then(|m| m.get(&c.id))
+            .copied();
+        let write_meta = match known {
+            Some(w) if w.attributed || !attributed => {
+                if !due(w.last_seen, at) {
+                    return;
+                }
+                false
+            }
+            _ => attributed,
+        };
+        let w = Written {
+            last_seen: at.max(known.map_or(at, |w| w.last_seen)),
+            attributed: attributed || known.is_some_and(|w| w.attributed),
+        };
+        if known.is_none() {
+            self.container_count += 1;
+        }
+        self.containers
+            .entry(node.to_owned())
+            .or_default()
+            .insert(c.id.clone(), w);
+        let row = self
+            .rows
+            .containers
+            .entry((node.to_owned(), c.id.clone()))
+            .or_insert(ContainerRow {
+                first_seen: at,
+                last_seen: at,
+                meta: None,
+            });
+        row.first_seen = row.first_seen.min(at);
+        row.last_seen = row.last_seen.max(at);
+        if write_meta {
+            row.meta = Some(c.clone());
+            self.image_seen(c, at);
+        }
+    }
+
+    fn image_seen(&mut self, c: &spyglass_proto::model::Container, at: i64) {
+        let Some(meta) = &c.meta else { return };
+        let img = &meta.image;
+        if img.digest.is_empty() {
+            return;
+        }
+        let key = (img.digest.clone(), img.reference.clone());
+        if !self.image_refs.insert(key.clone()) {
+            return;
+        }
+        let row = self
+            .rows
+            .images
+            .entry(img.digest.clone())
+            .or_insert(ImageRow {
+                index_digest: img.index_digest.clone(),
+                config_digest: img.config_digest.clone(),
+                first_seen: at,
+                last_seen: at,
+            });
+        row.last_seen = row.last_seen.max(at);
+        if !img.reference.is_empty() {
+            self.rows.image_refs.insert(key, ());
+        }
+    }
+
+    fn listener_seen(&mut self, l: &Listener<'_>) {
+        let key = socket_key(l.node, l.container_id, l.protocol, l.address, l.port);
+        let known = self.listeners.get(&key).copied();
+        if known.is_some_and(|(since, last)| since <= l.at && !due(last, l.at)) {
+            return;
+        }
+        let (since, last) = known.unwrap_or((l.at, l.at));
+        self.listeners
+            .insert(key.clone(), (since.min(l.at), last.max(l.at)));
+        let row = self.rows.listeners.entry(key).or_insert(ListenerRow {
+            wildcard: l.wildcard,
+            declared: l.declared,
+            pid: l.pid,
+            exe: l.exe.to_owned(),
+            since: l.at,
+            last_seen: l.at,
+        });
+        row.since = row.since.min(l.at);
+        row.last_seen = row.last_seen.max(l.at);
+    }
+
+    fn egress_seen(&mut self, e: &Egress<'_>) {
+        let key = socket_key(e.node, e.container_id, e.protocol, e.address, e.port);
+        let entry = self.egress.entry(key.clone()).or_insert((i64::MIN, 0));
+        entry.1 += 1;
+        if entry.0 != i64::MIN && !due(entry.0, e.at) {
+            return;
+        }
+        let count = std::mem::take(&mut entry.1);
+        entry.0 = e.at;
+        let row = self.rows.egress.entry(key).or_insert(EgressRow {
+            internet: e.internet,
+            first_seen: e.at,
+            last_seen: e.at,
+            count: 0,
+        });
+        row.first_seen = row.first_seen.min(e.at);
+        row.last_seen = row.last_seen.max(e.at);
+        row.count += count;
+    }
+
+    fn finding_seen(&mut self, f: &Finding<'_>) {
+        let key = (
+            f.node.to_owned(),
+            f.container_id.to_owned(),
+            f.rule.to_owned(),
+            f.subject.to_owned(),
+        );
+        let row = self.rows.findings.entry(key).or_insert(FindingRow {
+            severity: f.severity.as_str(),
+            summary: String::new(),
+            count: 0,
+            first_seen: f.first_seen,
+            last_seen: f.last_seen,
+            open: f.open,
+        });
+        f.summary.clone_into(&mut row.summary);
+        row.severity = f.severity.as_str();
+        row.count += f.count;
+        row.first_seen = row.first_seen.min(f.first_seen);
+        if f.last_seen >= row.last_seen {
+            row.last_seen = f.last_seen;
+            row.open = f.open;
+        }
+    }
+
+    /// Forget everything past [`MAX_REMEMBERED`] entries.
+    fn bound(&mut self) {
+        if self.container_count + self.listeners.len() + self.egress.len() + self.image_refs.len()
+            > MAX_REMEMBERED
+        {
+            self.nodes.clear();
+            self.containers.clear();
+            self.container_count = 0;
+            self.listeners.clear();
+            self.egress.clear();
+            self.image_refs.clear();
+        }
+    }
+
+    /// The rows to write now; the tracker keeps what they say as written.
+    pub fn take(&mut self) -> Rows {
+        std::mem::take(&mut self.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use spyglass_proto::model::{Container, ContainerMeta, Image, Runtime, Severity};
+
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn bare() -> Container {
+        Container::from_cgroup("c1".into(), Runtime::Containerd, None)
+    }
+
+    fn attributed() -> Container {
+        let mut c = bare();
+        c.fill(&Arc::new(ContainerMeta {
+            id: "c1".into(),
+            image: Image {
+                reference: "r:1".into(),
+                digest: "sha256:m".into(),
+                ..Image::default()
+            },
+            ..ContainerMeta::default()
+        }));
+        c
+    }
+
+    fn seen(t: &mut Tracker, c: &Container, at: i64) {
+        t.apply(&Change::Container {
+            node: "n1",
+            container: c,
+            at,
+        });
+    }
+
+    #[test]
+    fn a_container_is_written_when_first_seen_then_not_for_every_exec() {
+        let mut t = Tracker::default();
+        let c = attributed();
+        seen(&mut t, &c, S);
+        let rows = t.take();
+        let row = &rows.containers[&("n1".into(), "c1".into())];
+        assert_eq!((row.first_seen, row.last_seen), (S, S));
+        assert!(row.meta.is_some());
+        assert_eq!(rows.images["sha256:m"].first_seen, S);
+        assert!(rows
+            .image_refs
+            .contains_key(&("sha256:m".into(), "r:1".into())));
+        for i in 1..1000 {
+            seen(&mut t, &c, S + i * 1000);
+        }
+        assert!(
+            t.take().is_empty(),
+            "a thousand execs in 1 ms write nothing"
+        );
+        seen(&mut t, &c, S + LAST_SEEN_STEP_NS);
+        let rows = t.take();
+        let row = &rows.containers[&("n1".into(), "c1".into())];
+        assert_eq!(row.last_seen, S + LAST_SEEN_STEP_NS);
+        assert!(row.meta.is_none(), "a bump writes only the time");
+        assert!(rows.images.is_empty());
+    }
+
+    #[test]
+    fn metadata_arriving_later_is_written_at_once() {
+        let mut t = Tracker::default();
+        seen(&mut t, &bare(), S);
+        assert!(t.take().containers.values().all(|r| r.meta.is_none()));
+        seen(&mut t, &attributed(), S + 1);
+        let rows = t.take();
+        assert!(rows.containers[&("n1".into(), "c1".into())].meta.is_some());
+        // and an unattributed event after it erases nothing, writes nothing
+        seen(&mut t, &bare(), S + 2);
+        assert!(t.take().is_empty());
+    }
+
+    fn listen(port: u16, at: i64) -> Change<'static> {
+        Change::Listen(Listener {
+            node: "n1",
+            container_id: "c1",
+            protocol: "tcp",
+            address: "0.0.0.0".parse().unwrap(),
+            port,
+            wildcard: true,
+            declared: None,
+            pid: Some(1),
+            exe: "/bin/nc",
+            at,
+        })
+    }
+
+    #[test]
+    fn a_close_is_written_and_a_listen_after_it_is_new_again() {
+        let mut t = Tracker::default();
+        t.apply(&listen(80, S));
+        let close = Change::Close {
+            node: "n1",
+            container_id: "c1",
+            protocol: "tcp",
+            address: "0.0.0.0".parse().unwrap(),
+            port: 80,
+            at: 2 * S,
+        };
+        t.apply(&close);
+        let rows = t.take();
+        assert_eq!(rows.listeners.len(), 1);
+        assert_eq!(rows.closed.values().copied().collect::<Vec<_>>(), [2 * S]);
+        t.apply(&listen(80, 3 * S));
+        let rows = t.take();
+        assert_eq!(rows.listeners.values().next().unwrap().since, 3 * S);
+    }
+
+    #[test]
+    fn a_listener_is_written_once_and_its_since_is_the_first_listen() {
+        let mut t = Tracker::default();
+        t.apply(&listen(80, 2 * S));
+        t.apply(&listen(80, S));
+        let rows = t.take();
+        assert_eq!(rows.listeners.len(), 1);
+        let row = rows.listeners.values().next().unwrap();
+        assert_eq!((row.since, row.last_seen), (S, 2 * S));
+        t.apply(&listen(80, 3 * S));
+        assert!(t.take().is_empty());
+        t.apply(&listen(81, 3 * S));
+        assert_eq!(t.take().listeners.len(), 1);
+    }
+
+    fn connect(at: i64) -> Change<'static> {
+        Change::Egress(Egress {
+            node: "n1",
+            container_id: "c1",
+            protocol: "tcp",
+            address: "1.1.1.1".parse().unwrap(),
+            port: 443,
+            internet: true,
+            at,
+        })
+    }
+
+    #[test]
+    fn egress_counts_are_written_with_the_coarse_last_seen() {
+        let mut t = Tracker::default();
+        t.apply(&connect(S));
+        let rows = t.take();
+        assert_eq!(rows.egress.values().next().unwrap().count, 1);
+        for i in 1..=5 {
+            t.apply(&connect(S + i));
+        }
+        assert!(
+            t.take().is_empty(),
+            "five connects within the step: no write"
+        );
+        t.apply(&connect(S + LAST_SEEN_STEP_NS));
+        let rows = t.take();
+        let row = rows.egress.values().next().unwrap();
+        assert_eq!(
+            (row.count, row.last_seen, row.internet),
+            (6, S + LAST_SEEN_STEP_NS, true)
+        );
+    }
+
+    #[test]
+    fn a_finding_and_its_resolution_in_one_flush_leave_it_closed() {
+        let mut t = Tracker::default();
+        let f = |open: bool, last: i64| {
+            Change::Finding(Finding {
+                node: "n1",
+                container_id: "",
+                rule: "r",
+                subject: "s",
+                severity: Severity::High,
+                summary: "x",
+                count: 2,
+                first_seen: S,
+                last_seen: last,
+                open,
+            })
+        };
+        t.apply(&f(true, 2 * S));
+        t.apply(&f(false, 3 * S));
+        let rows = t.take();
+        let row = rows.findings.values().next().unwrap();
+        assert_eq!(
+            (row.count, row.open, row.first_seen, row.last_seen),
+            (4, false, S, 3 * S)
+        );
+    }
+
+    #[test]
+    fn nodes_are_bumped_coarsely_and_agent_events_always_written() {
+        let mut t = Tracker::default();
+        t.apply(&Change::Node { node: "n1", at: S });
+        assert_eq!(t.take().nodes["n1"].last_seen, S);
+        t.apply(&Change::Node {
+            node: "n1",
+            at: S + 1,
+        });
+        assert!(t.take().is_empty());
+        t.apply(&Change::Agent {
+            node: "n1",
+            version: "v",
+            kernel: "k",
+            at: S + 2,
+        });
+        t.connected("n1", true, S + 3);
+        let rows = t.take();
+        let n = &rows.nodes["n1"];
+        assert_eq!(
+            (n.agent_version.as_deref(), n.connected, n.last_seen),
+            (Some("v"), Some(true), S + 3)
+        );
+    }
+}
