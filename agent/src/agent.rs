@@ -171,6 +171,8 @@ pub struct Agent {
     timers: Timers,
     /// The loaded programs; detached first at shutdown.
     probes: Probes,
+    /// The exporter's delivery time at shutdown (`collector.shutdown_grace_ms`).
+    shutdown_grace: Duration,
 }
 
 impl Agent {
@@ -262,6 +264,7 @@ impl Agent {
             signals,
             timers: Timers::new(&cfg),
             probes,
+            shutdown_grace: Duration::from_millis(cfg.collector.shutdown_grace_ms),
         })
     }
 
@@ -302,41 +305,92 @@ impl Agent {
         self.probes.detach();
         self.stop_reader.store(true, Ordering::Relaxed);
         let reader = self.reader;
-        join_thread(reader, "ring buffer reader").await?;
+        bounded(
+            STAGE_LIMIT,
+            "ring buffer reader",
+            join_thread(reader, "ring buffer reader"),
+        )
+        .await
+        .transpose()?;
         // Everything the reader sent is ahead of the stop. containerd's news
         // goes through its forwarder, which sends the stop after it.
+        let inputs = self.inputs;
+        let stop_pipeline = || bounded(STAGE_LIMIT, "pipeline input", inputs.send(Input::Stop));
         let containerd = match self.containerd {
             Some((task, stop)) => {
                 if stop.send(()).is_err() {
-                    let _ = self.inputs.send(Input::Stop).await;
+                    let _ = stop_pipeline().await;
                 }
                 Some(task)
             }
             None => {
-                let _ = self.inputs.send(Input::Stop).await;
+                let _ = stop_pipeline().await;
                 None
             }
         };
-        drop(self.inputs);
-        let pipeline = join_thread(self.pipeline, "pipeline").await?;
+        drop(inputs);
+        let pipeline = bounded(
+            PIPELINE_LIMIT,
+            "pipeline",
+            join_thread(self.pipeline, "pipeline"),
+        )
+        .await;
         if let Some(task) = containerd {
-            let _ = task.await;
+            let abort = task.abort_handle();
+            if bounded(STAGE_LIMIT, "containerd client", task)
+                .await
+                .is_none()
+            {
+                abort.abort();
+            }
         }
         if let Some(task) = self.sinks.grpc {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "collector exporter failed"),
-                Err(e) => warn!(error = %e, "collector exporter task panicked"),
+            let limit = self.shutdown_grace + STAGE_LIMIT;
+            match bounded(limit, "collector exporter", task).await {
+                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Err(e))) => warn!(error = %e, "collector exporter failed"),
+                Some(Err(e)) => warn!(error = %e, "collector exporter task panicked"),
             }
         }
         if let Some(stdout) = self.sinks.stdout {
-            let written = join_thread(stdout, "stdout exporter").await??;
-            info!(events = written, "events written to stdout");
+            let joined = join_thread(stdout, "stdout exporter");
+            if let Some(written) = bounded(STAGE_LIMIT, "stdout exporter", joined).await {
+                let written = written??;
+                info!(events = written, "events written to stdout");
+            }
         }
-        pipeline?;
+        if let Some(p) = pipeline {
+            p??;
+        }
         info!("stopped");
         Ok(())
     }
+}
+
+/// How long a stopping stage (reader, containerd client, stdout writer,
+/// on top of its own grace for the exporter) may take before the agent
+/// stops without it, saying which.
+const STAGE_LIMIT: Duration = Duration::from_secs(5);
+/// The pipeline drains its queue first: more time.
+const PIPELINE_LIMIT: Duration = Duration::from_secs(20);
+
+/// `fut`, or `None` with a warning naming `stage` when it takes longer
+/// than `limit`: a stuck stage must not keep the agent from exiting (a
+/// DaemonSet pod that ignores SIGTERM is killed later, with less said).
+async fn bounded<T>(
+    limit: Duration,
+    stage: &'static str,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let r = tokio::time::timeout(limit, fut).await.ok();
+    if r.is_none() {
+        warn!(
+            stage,
+            limit_ms = limit.as_millis() as u64,
+            "a stage did not stop in time; stopping without it"
+        );
+    }
+    r
 }
 
 /// Join a thread without blocking the runtime.

@@ -126,12 +126,17 @@ async fn connect(socket: &Path) -> Result<Channel, ContainerdError> {
         })
 }
 
-/// Namespaces, `k8s.io` first.
+/// Namespaces, `k8s.io` first (a containerd that accepts the connection
+/// but never answers must not hold the session, or the agent's stop).
 async fn namespaces(ch: &Channel) -> Result<Vec<String>, ContainerdError> {
-    let resp = NamespacesClient::new(ch.clone())
-        .list(ListNamespacesRequest::default())
-        .await
-        .map_err(call("namespaces.list"))?;
+    let mut client = NamespacesClient::new(ch.clone());
+    let resp = within(CALL_TIMEOUT, "namespaces.list", async {
+        client
+            .list(ListNamespacesRequest::default())
+            .await
+            .map_err(call("namespaces.list"))
+    })
+    .await?;
     let mut names: Vec<String> = resp
         .into_inner()
         .namespaces
