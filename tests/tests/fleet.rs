@@ -1,0 +1,295 @@
+//! The fleet inventory end to end: a real agent under containerd streams
+//! to a real collector with its store; the collector's read API answers
+//! which containers run as root and which ports are exposed.
+//!
+//! `SPYGLASS_E2E_COLLECTOR=PATH` runs another collector binary (an older
+//! build, to see these tests fail there).
+mod common;
+
+use std::{
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+use spyglass_e2e::containers::{container_id, image, Ctr};
+
+const WAIT: Duration = Duration::from_secs(30);
+const TOKEN: &str = "fleet-e2e-token-7f3a";
+
+fn collector_bin() -> PathBuf {
+    std::env::var_os("SPYGLASS_E2E_COLLECTOR")
+        .map_or_else(|| bin("spyglass-collector"), PathBuf::from)
+}
+
+/// Start the collector with `extra` flags; fails at once if it exits.
+fn start_collector(dir: &Path, extra: &[&str]) -> Collector {
+    let port = free_port();
+    let output = dir.join("out.jsonl");
+    let mut child = Command::new(collector_bin())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--output")
+        .arg(&output)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start collector");
+    eventually("the collector to listen", Duration::from_secs(20), || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the collector exited at start ({st}) with {extra:?}");
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Collector {
+        child,
+        port,
+        output,
+    }
+}
+
+/// GET on the API: status and body (JSON when it parses).
+fn api_get(port: u16, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into())),
+    )
+}
+
+fn ids(rows: &Value, key: &str) -> Vec<String> {
+    rows[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} array in {rows}"))
+        .iter()
+        .map(|r| {
+            r["id"]
+                .as_str()
+                .or(r["container"]["id"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn root_containers_and_exposed_ports_from_the_api() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("fleet");
+    let token_file = dir.join("api.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let api = free_port();
+    let api_addr = format!("127.0.0.1:{api}");
+    let store = format!("sqlite:{}", dir.join("inventory.db").display());
+    let col = start_collector(
+        &dir,
+        &[
+            "--store",
+            &store,
+            "--api-listen",
+            &api_addr,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let node = format!("fleet-{}", std::process::id());
+    let agent = Agent::streaming_to(
+        &col.url(),
+        &dir.join("spool"),
+        &["--no-snapshot", "--node-name", &node],
+    );
+    let (busybox, nonroot) = (
+        image("spyglass.test/busybox:1"),
+        image("spyglass.test/nonroot:1"),
+    );
+    let (root_id, user_id) = (container_id("fleet-root"), container_id("fleet-user"));
+    let (root_port, user_port) = (18000 + free_port() % 1000, 19000 + free_port() % 1000);
+    // uid 0, listening on every address of its network namespace
+    let _root = Ctr::run(
+        &busybox.reference,
+        &root_id,
+        &[],
+        &["/bin/nc", "-l", "-p", &root_port.to_string()],
+    );
+    // the image's USER 1000, listening on loopback only
+    let _user = Ctr::run(
+        &nonroot.reference,
+        &user_id,
+        &[],
+        &[
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-h",
+            "/",
+            "-p",
+            &format!("127.0.0.1:{user_port}"),
+        ],
+    );
+    for (id, port) in [(&root_id, root_port), (&user_id, user_port)] {
+        agent.wait_for(&format!("the listen in {id}"), WAIT, |e| {
+            e["kind"] == "listen"
+                && e["container"]["id"] == id.as_str()
+                && e["network"]["local"]["port"] == port
+        });
+    }
+
+    // Ours are the only containers this test starts; others running on
+    // the host may show up too, so compare within ours and show the rest.
+    let ours = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|i| **i == root_id || **i == user_id)
+            .cloned()
+            .collect()
+    };
+    let q = |path: &str| api_get(api, path, Some(TOKEN));
+    let ports = eventually("both listeners in /api/v1/ports", WAIT, || {
+        let (st, body) = q("/api/v1/ports");
+        (st == 200 && ours(&ids(&body, "ports")).len() == 2).then_some(body)
+    });
+    let (st, all) = q("/api/v1/containers");
+    assert_eq!(st, 200, "{all}");
+    assert_eq!(ours(&ids(&all, "containers")).len(), 2, "{all}");
+
+    let (st, root) = q(&format!("/api/v1/containers?root=true&node={node}"));
+    assert_eq!(st, 200, "{root}");
+    assert_eq!(ours(&ids(&root, "containers")), [root_id.clone()], "{root}");
+    let row = root["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == root_id.as_str())
+        .unwrap();
+    assert_eq!(row["node"], node.as_str());
+    assert_eq!(row["namespace"], "k8s.io");
+    assert_eq!(row["posture"]["uid"], 0);
+    assert_eq!(row["posture"]["privileged"], false);
+    assert_eq!(row["image"]["ref"], busybox.reference.as_str());
+    assert_eq!(row["image"]["digest"], busybox.digest.as_str());
+    assert_eq!(root["stale"], false);
+    let (_, notroot) = q("/api/v1/containers?root=false");
+    assert_eq!(ours(&ids(&notroot, "containers")), [user_id.clone()]);
+    let user_row = &notroot["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == user_id.as_str())
+        .unwrap()["posture"];
+    assert_eq!(user_row["uid"], 1000);
+
+    let (st, exposed) = q("/api/v1/ports?exposed=true");
+    assert_eq!(st, 200, "{exposed}");
+    let mine: Vec<(String, u64, bool)> = exposed["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["container"]["id"] == root_id.as_str() || r["container"]["id"] == user_id.as_str()
+        })
+        .map(|r| {
+            // nc binds `::` (both families) or 0.0.0.0
+            let addr = r["address"].as_str().unwrap();
+            assert!(addr == "::" || addr == "0.0.0.0", "{r}");
+            (
+                r["container"]["id"].as_str().unwrap().to_owned(),
+                r["port"].as_u64().unwrap(),
+                r["wildcard"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mine,
+        [(root_id.clone(), u64::from(root_port), true)],
+        "exposed: {exposed}\nall ports: {ports}"
+    );
+
+    // Filters: unknown names and bad values are refused by name; an
+    // SQL-like value is a value.
+    let (st, body) = q("/api/v1/containers?rooot=true");
+    assert_eq!(st, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("\"rooot\""),
+        "{body}"
+    );
+    let (st, body) = q("/api/v1/ports?exposed=yes");
+    assert_eq!(st, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("filter exposed"),
+        "{body}"
+    );
+    let (st, body) = q("/api/v1/containers?node=x%27%20OR%20%271%27%3D%271");
+    assert_eq!(
+        (st, body["containers"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{body}"
+    );
+
+    // A wrong token, or none, gets 401.
+    let (st, body) = api_get(api, "/api/v1/containers", Some("wrong"));
+    assert_eq!(st, 401, "{body}");
+    assert!(body.get("containers").is_none());
+    let (st, _) = api_get(api, "/api/v1/containers", None);
+    assert_eq!(st, 401);
+    agent.stop();
+}
+
+/// A collector started with `args`: its exit status and stderr (it must
+/// exit at start).
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let dir = scratch("fleet-args");
+    let mut child = Command::new(collector_bin())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--output")
+        .arg(dir.join("out.jsonl"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start collector");
+    let st = eventually("the collector to exit", WAIT, || child.try_wait().unwrap());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (st.code(), err)
+}
+
+#[test]
+fn a_bad_store_url_or_an_open_api_without_a_token_stops_the_start() {
+    let (code, err) = refused(&["--store", "mysql://db.example/x"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("invalid value 'mysql://db.example/x' for '--store <STORE>'")
+            && err.contains("expected sqlite:PATH"),
+        "{err}"
+    );
+    let (code, err) = refused(&["--api-listen", "0.0.0.0:1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--api-listen 0.0.0.0:1 is not a loopback address")
+            && err.contains("--api-token-file"),
+        "{err}"
+    );
+}
