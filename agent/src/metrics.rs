@@ -15,12 +15,13 @@ use spyglass_proto::endpoints;
 
 use crate::event::Kind;
 
-const KINDS: [(Kind, &str); 10] = [
+const KINDS: [(Kind, &str); 11] = [
     (Kind::Exec, "exec"),
     (Kind::Exit, "exit"),
     (Kind::Fork, "fork"),
     (Kind::Listen, "listen"),
     (Kind::Close, "close"),
+    (Kind::Container, "container"),
     (Kind::Connect, "connect"),
     (Kind::Accept, "accept"),
     (Kind::Loss, "loss"),

@@ -244,7 +244,7 @@ impl Attributor {
             }
             // The lifecycle owns deletion; its changes come through
             // `on_container`.
-            Update::Deleted(_) => {}
+            Update::Deleted(_) | Update::Exited { .. } => {}
             Update::NotFound(id) => {
                 self.missing.insert(id.clone(), now);
                 self.release(&id, Err(reason::NOT_FOUND), out);

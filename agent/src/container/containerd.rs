@@ -39,6 +39,9 @@ pub enum Update {
     Upsert(Arc<ContainerMeta>),
     /// containerd deleted it.
     Deleted(String),
+    /// Its init process (the task whose id is the container's) exited with
+    /// this status (a signal n is 128 + n, as containerd reports it).
+    Exited { id: String, exit_code: i32 },
     /// No namespace has this id (after retries).
     NotFound(String),
     /// Connected, and every container listed.
@@ -396,13 +399,18 @@ enum Topic {
     /// Fetch this container (new, or its task started).
     Refresh(String),
     Deleted(String),
+    /// The container's init task exited.
+    Exited {
+        id: String,
+        exit_code: i32,
+    },
     /// A namespace appeared: look in it too.
     Namespace,
     Ignore,
 }
 
 fn topic(env: &containerd_client::types::Envelope) -> Topic {
-    use containerd_client::events::{ContainerCreate, ContainerDelete, TaskStart};
+    use containerd_client::events::{ContainerCreate, ContainerDelete, TaskExit, TaskStart};
     let Some(any) = env.event.as_ref() else {
         return Topic::Ignore;
     };
@@ -411,6 +419,17 @@ fn topic(env: &containerd_client::types::Envelope) -> Topic {
         "/containers/create" => ContainerCreate::decode(data).map(|e| Topic::Refresh(e.id)),
         "/tasks/start" => TaskStart::decode(data).map(|e| Topic::Refresh(e.container_id)),
         "/containers/delete" => ContainerDelete::decode(data).map(|e| Topic::Deleted(e.id)),
+        // an exec'd process's exit has its own id: only init's counts
+        "/tasks/exit" => TaskExit::decode(data).map(|e| {
+            if e.id == e.container_id {
+                Topic::Exited {
+                    id: e.container_id,
+                    exit_code: e.exit_status as i32,
+                }
+            } else {
+                Topic::Ignore
+            }
+        }),
         "/namespaces/create" => Ok(Topic::Namespace),
         _ => Ok(Topic::Ignore),
     }
@@ -488,6 +507,7 @@ async fn session(
         "topic==\"/containers/create\"",
         "topic==\"/containers/delete\"",
         "topic==\"/tasks/start\"",
+        "topic==\"/tasks/exit\"",
         "topic==\"/namespaces/create\"",
     ];
     // containerd sends the stream's headers with the first event, so the
@@ -563,6 +583,7 @@ async fn session(
                         }
                     }
                     Topic::Deleted(id) => Update::Deleted(id),
+                    Topic::Exited { id, exit_code } => Update::Exited { id, exit_code },
                     Topic::Namespace => {
                         client.namespaces = namespaces(&client.ch).await?;
                         continue;
@@ -605,7 +626,7 @@ async fn session(
 mod tests {
     use super::*;
     use containerd_client::{
-        events::{ContainerCreate, ContainerDelete, TaskStart},
+        events::{ContainerCreate, ContainerDelete, TaskExit, TaskStart},
         types::Envelope,
     };
 
@@ -645,6 +666,29 @@ mod tests {
             Topic::Deleted("c3".into())
         );
         assert_eq!(topic(&env("/tasks/exit", &del)), Topic::Ignore);
+        let init = TaskExit {
+            container_id: "c4".into(),
+            id: "c4".into(),
+            pid: 9,
+            exit_status: 137,
+            exited_at: None,
+        };
+        assert_eq!(
+            topic(&env("/tasks/exit", &init)),
+            Topic::Exited {
+                id: "c4".into(),
+                exit_code: 137
+            }
+        );
+        let exec = TaskExit {
+            id: "exec-1".into(),
+            ..init
+        };
+        assert_eq!(
+            topic(&env("/tasks/exit", &exec)),
+            Topic::Ignore,
+            "an exec's exit"
+        );
         let mut garbage = env("/containers/delete", &del);
         garbage.event.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
         assert_eq!(topic(&garbage), Topic::Ignore);

@@ -206,7 +206,9 @@ impl Detector {
     pub fn observe(&mut self, events: &[Event], now: Instant) -> Vec<Event> {
         let mut out = Vec::new();
         for ev in events {
-            if ev.kind == Kind::Finding {
+            // a container's lifecycle events are news of containerd, not
+            // activity in it: the posture is checked on its first activity
+            if matches!(ev.kind, Kind::Finding | Kind::Container) {
                 continue;
             }
             let Some(meta) = ev.container.as_ref().and_then(|c| c.meta.clone()) else {

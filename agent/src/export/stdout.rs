@@ -159,6 +159,12 @@ pub fn text_line(ev: &Event) -> String {
     if let Some(u) = &ev.resources {
         line.push_str(&usage_text(u));
     }
+    if let Some(l) = &ev.lifecycle {
+        line.push_str(&format!(" {}", l.state));
+        if let Some(code) = l.exit_code {
+            line.push_str(&format!(" code={code}"));
+        }
+    }
     if let Some(f) = &ev.fork {
         line.push_str(&format!(" child={}", f.child_pid));
     }

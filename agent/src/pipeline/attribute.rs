@@ -72,6 +72,11 @@ impl Attribute {
         self.attributor.stats()
     }
 
+    /// Whether a containerd client runs (`[containerd] enabled`).
+    pub fn containerd_enabled(&self) -> bool {
+        self.lookups.is_some()
+    }
+
     pub fn containerd_up(&self) -> bool {
         self.attributor.containerd_up()
     }

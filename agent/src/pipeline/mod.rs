@@ -13,6 +13,7 @@ pub mod attribute;
 pub mod budget;
 pub mod decode;
 pub mod enrich;
+pub mod inventory;
 pub mod losses;
 pub mod oom;
 pub mod reader;
@@ -38,7 +39,7 @@ use crate::{
         lifecycle::{Change, Lifecycle, Observer},
     },
     detect::{Detector, Sampled},
-    event::{AgentInfo, AgentState, Event, Kind, ProbeStatus, Tracked},
+    event::{AgentInfo, AgentState, ContainerState, Event, Kind, ProbeStatus, Tracked},
     metrics::Metrics,
     process::snapshot,
     resources::{self, ContainerSample, Sampler},
@@ -125,6 +126,9 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     identity: Identity,
     policy_file: Option<PolicyFile>,
+    /// The startup snapshot while containerd's first listing is awaited
+    /// (None before `start` and once `snapshot_complete` is sent).
+    startup: Option<inventory::Startup>,
 }
 
 impl Pipeline {
@@ -167,6 +171,7 @@ impl Pipeline {
             metrics,
             identity,
             policy_file,
+            startup: None,
         }
     }
 
@@ -194,7 +199,38 @@ impl Pipeline {
             a.snapshot_processes = counts.map(|c| c.0);
             a.snapshot_sockets = counts.map(|c| c.1);
         }
-        self.emit(vec![started])
+        self.emit(vec![started])?;
+        let startup = inventory::Startup {
+            processes: counts.map(|c| c.0),
+            sockets: counts.map(|c| c.1),
+            containers: 0,
+        };
+        if self.attribute.containerd_enabled() {
+            // complete once containerd has listed its containers
+            self.startup = Some(startup);
+            Ok(())
+        } else {
+            self.snapshot_complete(startup, None)
+        }
+    }
+
+    /// The `snapshot_complete` marker (`containers`: how many containerd
+    /// listed, None when it could not be asked).
+    fn snapshot_complete(
+        &mut self,
+        s: inventory::Startup,
+        containers: Option<u64>,
+    ) -> Result<(), PipelineError> {
+        info!(?containers, "startup snapshot complete");
+        let id = &self.identity;
+        let ev = inventory::snapshot_complete(
+            &id.node,
+            env!("CARGO_PKG_VERSION"),
+            &id.kernel,
+            s,
+            containers,
+        );
+        self.emit(vec![ev])
     }
 
     /// React to one input. Ok(false) once stopped.
@@ -229,22 +265,74 @@ impl Pipeline {
 
     /// containerd news: a deletion goes through the lifecycle to every
     /// holder of container state; the rest is metadata for attribution.
+    /// Each step of a container's life is a `container` event; the first
+    /// listing (or containerd's absence) completes the startup snapshot.
     fn container(&mut self, update: Update) -> Result<(), PipelineError> {
+        let node = self.identity.node.clone();
+        let mut out = Vec::new();
         match &update {
             Update::Deleted(id) => {
                 if let Some(change) = self.lifecycle.deleted(id, Instant::now()) {
+                    let end = self.lifecycle.ended(id);
+                    let step = inventory::step(ContainerState::Deleted, end.exit_code);
+                    out.push(inventory::container_event(
+                        &node,
+                        id,
+                        end.meta.as_ref(),
+                        step,
+                        false,
+                    ));
                     self.publish(&change);
                 }
-                return Ok(());
+                return self.emit(out);
+            }
+            Update::Exited { id, exit_code } => {
+                let meta = self.lifecycle.exited(id, *exit_code);
+                let step = inventory::step(ContainerState::Exited, Some(*exit_code));
+                out.push(inventory::container_event(
+                    &node,
+                    id,
+                    meta.as_ref(),
+                    step,
+                    false,
+                ));
+                return self.emit(out);
             }
             Update::Upsert(meta) => {
                 self.lifecycle.alive(&meta.id);
                 self.sampler.rediscover();
+                if self.lifecycle.seen(meta) {
+                    let snapshot = self.startup.is_some();
+                    if let Some(s) = self.startup.as_mut() {
+                        s.containers += 1;
+                    }
+                    let step = inventory::step(ContainerState::Created, None);
+                    out.push(inventory::container_event(
+                        &node,
+                        &meta.id,
+                        Some(meta),
+                        step,
+                        snapshot,
+                    ));
+                }
             }
-            _ => {}
+            Update::Synced => {
+                if let Some(s) = self.startup.take() {
+                    let listed = s.containers;
+                    self.emit(out)?;
+                    self.snapshot_complete(s, Some(listed))?;
+                    out = Vec::new();
+                }
+            }
+            Update::Unavailable(_) => {
+                if let Some(s) = self.startup.take() {
+                    self.snapshot_complete(s, None)?;
+                }
+            }
+            Update::NotFound(_) => {}
         }
-        let events = self.attribute.apply(update);
-        self.emit(events)
+        out.extend(self.attribute.apply(update));
+        self.emit(out)
     }
 
     /// One lifecycle change to every holder of per-container state.
@@ -448,6 +536,7 @@ impl Pipeline {
             probes: Vec::new(),
             snapshot_processes: None,
             snapshot_sockets: None,
+            snapshot_containers: None,
             tracked,
         }));
         ev

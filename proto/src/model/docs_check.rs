@@ -19,6 +19,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("## `loss`", "loss."),
     ("## `agent`", "agent."),
     ("## `resources`", "resources."),
+    ("## `lifecycle`", "lifecycle."),
     ("`finding`:", "finding."),
 ];
 

@@ -17,8 +17,8 @@ pub mod render;
 pub mod wire;
 
 pub use names::{
-    Action, AgentState, ConnectOutcome, Enforced, Family, Kind, LossStage, NetOp, Outcome,
-    Protocol, Runtime, Seccomp, Severity, Unattributed, Unread,
+    Action, AgentState, ConnectOutcome, ContainerState, Enforced, Family, Kind, LossStage, NetOp,
+    Outcome, Protocol, Runtime, Seccomp, Severity, Unattributed, Unread,
 };
 
 /// Shared, immutable text: a process's names and arguments are copied into
@@ -319,9 +319,24 @@ pub struct AgentInfo {
     pub snapshot_processes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_sockets: Option<u64>,
+    /// Containers the startup snapshot reported (`snapshot_complete`;
+    /// absent when containerd could not be asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_containers: Option<u64>,
     /// What the agent holds in memory (heartbeat and stopping).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracked: Option<Tracked>,
+}
+
+/// A step in a container's life (`container` events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Lifecycle {
+    pub state: ContainerState,
+    /// Exit status of the container's init process as containerd reports
+    /// it (a signal n is 128 + n): `exited`, and `deleted` when the agent
+    /// saw the exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// Entries in the agent's caches.
@@ -560,6 +575,9 @@ pub struct Event {
     /// Exec: the policy killed the process at exec.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforced: Option<Enforced>,
+    /// `container`: what happened to the container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finding: Option<Box<FindingInfo>>,
 }
@@ -584,6 +602,7 @@ impl Event {
             agent: None,
             resources: None,
             enforced: None,
+            lifecycle: None,
             finding: None,
         }
     }

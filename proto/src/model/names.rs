@@ -84,6 +84,8 @@ names! {
         Resources => "resources",
         /// A listening TCP socket or an explicitly bound UDP socket closed.
         Close => "close",
+        /// A container appeared, exited or was deleted (`lifecycle`).
+        Container => "container",
     } Unspecified => "unspecified"
 }
 
@@ -200,6 +202,22 @@ names! {
         /// A heartbeat.
         Running => "running",
         Stopping => "stopping",
+        /// The startup snapshot (processes, listeners, containers) is
+        /// complete: what it did not list is not on this node.
+        SnapshotComplete => "snapshot_complete",
+    } Unknown => "unknown"
+}
+
+names! {
+    /// A step in a container's life (`lifecycle.state`).
+    ContainerState {
+        /// First seen: created, or found already there when the agent
+        /// started (then `snapshot` is true).
+        Created => "created",
+        /// Its init process exited.
+        Exited => "exited",
+        /// containerd deleted it.
+        Deleted => "deleted",
     } Unknown => "unknown"
 }
 

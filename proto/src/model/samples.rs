@@ -154,6 +154,33 @@ pub fn listen() -> Event {
     ev
 }
 
+/// The startup snapshot is complete, with what it listed.
+pub fn snapshot_complete() -> Event {
+    let mut ev = Event::new(Kind::Agent, Timestamp(T), "n1".into());
+    ev.agent = Some(Box::new(AgentInfo {
+        state: AgentState::SnapshotComplete,
+        version: "0.1.0".into(),
+        kernel: "6.1.0".into(),
+        probes: vec![],
+        snapshot_processes: Some(120),
+        snapshot_sockets: Some(7),
+        snapshot_containers: Some(3),
+        tracked: None,
+    }));
+    ev
+}
+
+/// A container's init exited (a container event has no process).
+pub fn container_exited() -> Event {
+    let mut ev = Event::new(Kind::Container, Timestamp(T), "n1".into());
+    ev.container = Some(container());
+    ev.lifecycle = Some(Lifecycle {
+        state: ContainerState::Exited,
+        exit_code: Some(137),
+    });
+    ev
+}
+
 /// A TCP listener closed: the same `network` as its listen.
 pub fn close() -> Event {
     let mut ev = base(Kind::Close);
@@ -233,6 +260,7 @@ pub fn agent() -> Event {
         }],
         snapshot_processes: Some(120),
         snapshot_sockets: Some(7),
+        snapshot_containers: None,
         tracked: Some(Tracked {
             processes: 120,
             containers: 3,
@@ -328,6 +356,8 @@ pub fn all() -> Vec<Event> {
         fork(),
         listen(),
         close(),
+        container_exited(),
+        snapshot_complete(),
         connect(),
         loss(),
         agent(),

@@ -36,6 +36,7 @@ fn kind_to(k: Kind) -> w::EventKind {
         Kind::Finding => w::EventKind::Finding,
         Kind::Resources => w::EventKind::Resources,
         Kind::Close => w::EventKind::Close,
+        Kind::Container => w::EventKind::Container,
         Kind::Unspecified => w::EventKind::Unspecified,
     }
 }
@@ -54,6 +55,7 @@ pub fn kind_from(k: i32) -> Kind {
         w::EventKind::Finding => Kind::Finding,
         w::EventKind::Resources => Kind::Resources,
         w::EventKind::Close => Kind::Close,
+        w::EventKind::Container => Kind::Container,
         w::EventKind::Unspecified => Kind::Unspecified,
     }
 }
@@ -435,6 +437,7 @@ fn agent_to(a: &AgentInfo) -> w::AgentInfo {
         }),
         snapshot_processes: a.snapshot_processes,
         snapshot_sockets: a.snapshot_sockets,
+        snapshot_containers: a.snapshot_containers,
     }
 }
 
@@ -456,6 +459,7 @@ fn agent_from(a: w::AgentInfo) -> AgentInfo {
             .collect(),
         snapshot_processes: a.snapshot_processes,
         snapshot_sockets: a.snapshot_sockets,
+        snapshot_containers: a.snapshot_containers,
         tracked: a.tracked.map(|t| Tracked {
             processes: t.processes,
             containers: t.containers,
@@ -588,6 +592,11 @@ pub fn to_wire(ev: &Event) -> w::Event {
         Some(Detail::Finding(finding_to(f)))
     } else if let Some(u) = &ev.resources {
         Some(Detail::Resources(usage_to(u)))
+    } else if let Some(l) = &ev.lifecycle {
+        Some(Detail::Lifecycle(w::Lifecycle {
+            state: l.state.as_str().into(),
+            exit_code: l.exit_code,
+        }))
     } else {
         ev.agent
             .as_ref()
@@ -642,6 +651,12 @@ pub fn from_wire(ev: w::Event) -> Result<Event, WireError> {
         Some(Detail::Agent(a)) => out.agent = Some(Box::new(agent_from(*a))),
         Some(Detail::Finding(f)) => out.finding = Some(Box::new(finding_from(f)?)),
         Some(Detail::Resources(u)) => out.resources = Some(Box::new(usage_from(&u))),
+        Some(Detail::Lifecycle(l)) => {
+            out.lifecycle = Some(Lifecycle {
+                state: ContainerState::parse_lenient(&l.state),
+                exit_code: l.exit_code,
+            });
+        }
         None => {}
     }
     Ok(out)
