@@ -170,11 +170,15 @@ fn real_main(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
+            let r = rt.block_on(async {
                 let mut agent = Agent::start(cfg).await?;
                 agent.run().await;
                 agent.shutdown().await
-            })?;
+            });
+            // A stage the stop left behind (it names it) may still hold a
+            // blocking join: do not wait for it again here.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            r?;
             Ok(())
         }
     }

@@ -222,7 +222,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(cli)) {
+    let r = rt.block_on(run(cli));
+    // Tasks still running (a stream's blocking work) are not waited for
+    // without a bound: what they held is saved by the stop already.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    if let Err(e) = r {
         eprintln!(
             "spyglass-collector: error: {}",
             spyglass_proto::logging::error_chain(e.as_ref())
