@@ -448,3 +448,34 @@ fn count_dirs(dir: &std::path::Path) -> usize {
             .sum()
     })
 }
+
+/// A "containerd" that accepts connections and never answers (hung, or a
+/// socket planted in its place) must not keep the agent from stopping:
+/// every call to it has a limit, and so does every stage of the stop.
+#[test]
+fn a_containerd_that_never_answers_does_not_hold_the_stop() {
+    require_root();
+    let _serial = serial();
+    let dir = scratch("silent-containerd");
+    let socket = dir.join("containerd.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // accept and hold every connection, reading nothing, answering nothing
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let agent = start_agent(&["--containerd-socket", socket.to_str().unwrap()]);
+    // the agent connected and asked (its first call now waits on a peer
+    // that never answers)
+    std::thread::sleep(Duration::from_secs(2));
+    // stop() fails the test if the agent has not exited 60 s after SIGTERM
+    let events = agent.stop();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "agent" && e["agent"]["state"] == "stopping"),
+        "the agent stopped cleanly"
+    );
+}
