@@ -239,7 +239,7 @@ fn store_metrics(s: &mut String, h: &crate::inventory::Health) {
         ),
         (
             "spyglass_collector_store_dropped_events_total",
-            "Events in the batches the inventory dropped.",
+            "Events of the dropped updates (those the inventory keeps of a batch: one plain event per container, every network, agent, finding and lifecycle event).",
             "counter",
             get(&h.dropped_events),
         ),

@@ -89,8 +89,9 @@ pub struct Accepted {
     duplicate: bool,
     events: u64,
     drops: u64,
-    /// The batch, for the inventory once it is on disk (with a store).
-    batch: Option<Received>,
+    /// What the inventory needs of the batch, for once it is on disk
+    /// (with a store).
+    inventory: Option<Update>,
 }
 
 /// Batches one stream keeps between write and ack (`inflight.rs`); the
@@ -130,7 +131,7 @@ impl CollectorService {
             duplicate: true,
             events: 0,
             drops: 0,
-            batch: None,
+            inventory: None,
         };
         if ledger.check(node, stream, batch.sequence) == Verdict::Duplicate {
             // its write may still be on its way to disk
@@ -164,7 +165,7 @@ impl CollectorService {
         accepted.drops = batch.reported_drops();
         self.shared.metrics.written(batch, accepted.drops);
         if self.shared.inventory.is_some() {
-            accepted.batch = Some(received);
+            accepted.inventory = Some(Update::of_batch(received));
         }
         Ok((generation, accepted))
     }
@@ -393,7 +394,7 @@ impl CollectorService {
             for ready in inflight.take_ready(|gen| durable.outcome(gen)) {
                 let (send, last) = match ready {
                     Ready::Ack(mut a) => {
-                        self.to_inventory(a.batch.take().map(Update::Batch));
+                        self.to_inventory(a.inventory.take());
                         (Ok(self.acked(&a, &peer)), false)
                     }
                     Ready::Refused(status) => (Err(status), true),

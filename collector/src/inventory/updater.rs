@@ -16,8 +16,71 @@ use sqlx::AnyPool;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use spyglass_proto::model::{Event, Kind};
+
 use super::{changes, store, tracker::Tracker};
 use crate::delivery::Received;
+
+/// Distinct containers a batch keeps one event each for; past it every
+/// event is kept (correct, only more work for the store task).
+const CONTAINERS_PER_BATCH: usize = 256;
+
+/// Kinds that say no more than "this container is alive".
+fn plain(ev: &Event) -> bool {
+    matches!(
+        ev.kind,
+        Kind::Exec | Kind::Exit | Kind::Fork | Kind::Resources | Kind::Loss
+    ) && ev.finding.is_none()
+        && ev.agent.is_none()
+}
+
+impl Update {
+    /// The part of a written batch the inventory needs, taken on the
+    /// ingest task without copying: every event that says more than
+    /// "alive" (network, agent, finding, lifecycle), and of the plain
+    /// ones (exec, exit, fork, ...) one per container (the attributed
+    /// one, else the latest); the others are dropped here, as they were
+    /// before the inventory, so batches are not held longer.
+    pub fn of_batch(batch: Received) -> Update {
+        let last = batch.events.iter().map(|e| e.time.0).max().unwrap_or(0);
+        let mut kept: Vec<Event> = Vec::new();
+        // (container id's index in `kept`) for plain events
+        let mut per_container: Vec<usize> = Vec::new();
+        for ev in batch.events {
+            if !plain(&ev) {
+                kept.push(ev);
+                continue;
+            }
+            let Some(c) = &ev.container else { continue };
+            let at = per_container
+                .iter()
+                .copied()
+                .find(|&i| kept[i].container.as_ref().is_some_and(|k| k.id == c.id));
+            match at {
+                Some(i) => {
+                    let old = &kept[i];
+                    let (was, now) = (
+                        old.container.as_ref().is_some_and(|k| k.meta.is_some()),
+                        c.meta.is_some(),
+                    );
+                    if (now && !was) || (now == was && ev.time > old.time) {
+                        kept[i] = ev;
+                    }
+                }
+                None if per_container.len() < CONTAINERS_PER_BATCH => {
+                    per_container.push(kept.len());
+                    kept.push(ev);
+                }
+                None => kept.push(ev),
+            }
+        }
+        Update::Batch {
+            node: batch.node_id,
+            last,
+            events: kept,
+        }
+    }
+}
 
 /// Batches waiting for the store task; beyond it updates are dropped.
 pub const CHANNEL_BATCHES: usize = 128;
@@ -29,8 +92,14 @@ pub const FLUSH_ROWS: usize = 5_000;
 /// What ingest tells the store task.
 #[derive(Debug)]
 pub enum Update {
-    /// A batch written and synced.
-    Batch(Received),
+    /// What the inventory needs of a batch written and synced
+    /// ([`Update::of_batch`]).
+    Batch {
+        node: String,
+        /// The latest event time in the batch.
+        last: i64,
+        events: Vec<Event>,
+    },
     /// An agent's stream opened or closed.
     Connected {
         node: String,
@@ -44,7 +113,8 @@ pub enum Update {
 pub struct Health {
     /// Updates (batches, connection changes) dropped: the channel was full.
     pub dropped: AtomicU64,
-    /// Events those dropped batches held.
+    /// Events those dropped updates held (what the inventory keeps of a
+    /// batch, [`Update::of_batch`]).
     pub dropped_events: AtomicU64,
     /// Transactions committed, and rows written by them.
     pub flushes: AtomicU64,
@@ -72,9 +142,9 @@ impl Feed {
             };
             let h = &self.health;
             h.dropped.fetch_add(1, Ordering::Relaxed);
-            if let Update::Batch(b) = &update {
+            if let Update::Batch { events, .. } = &update {
                 h.dropped_events
-                    .fetch_add(b.events.len() as u64, Ordering::Relaxed);
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
             }
             if !h.stale.swap(true, Ordering::Relaxed) {
                 warn!("the inventory store fell behind: updates dropped, the store is stale");
@@ -97,9 +167,10 @@ pub fn spawn(pool: AnyPool) -> Feed {
 
 fn take_in(tracker: &mut Tracker, update: &Update) {
     match update {
-        Update::Batch(b) => {
+        Update::Batch { node, last, events } => {
+            tracker.apply(&changes::Change::Node { node, at: *last });
             let mut scratch = Vec::with_capacity(4);
-            for ev in &b.events {
+            for ev in events {
                 scratch.clear();
                 changes::derive(ev, internet, &mut scratch);
                 for c in scratch.iter() {
@@ -151,4 +222,59 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Update>, health: Arc<Health>)
         }
     }
     flush(&pool, &mut tracker, &health).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use spyglass_proto::model::{Container, ContainerMeta, Runtime, Timestamp};
+
+    use super::*;
+
+    fn ev(kind: Kind, t: i64, container: Option<(&str, bool)>) -> Event {
+        let mut e = Event::new(kind, Timestamp(t), "n1".into());
+        e.container = container.map(|(id, attributed)| {
+            let mut c = Container::from_cgroup(id.into(), Runtime::Containerd, None);
+            if attributed {
+                c.fill(&Arc::new(ContainerMeta::default()));
+            }
+            c
+        });
+        e
+    }
+
+    #[test]
+    fn a_batch_keeps_one_plain_event_per_container_and_everything_else() {
+        let batch = Received {
+            node_id: "n1".into(),
+            stream_id: "s".into(),
+            sequence: 1,
+            sent_unix_nano: 0,
+            events: vec![
+                ev(Kind::Exec, 1, None),               // host exec: dropped
+                ev(Kind::Exec, 2, Some(("a", false))), // replaced by the attributed
+                ev(Kind::Exec, 3, Some(("a", true))),
+                ev(Kind::Exit, 9, Some(("a", false))), // later but unattributed
+                ev(Kind::Fork, 4, Some(("b", true))),
+                ev(Kind::Exec, 5, Some(("b", true))), // later: kept instead
+                ev(Kind::Listen, 6, Some(("a", false))),
+                ev(Kind::Close, 7, None),
+            ],
+        };
+        let Update::Batch { node, last, events } = Update::of_batch(batch) else {
+            panic!("not a batch")
+        };
+        assert_eq!((node.as_str(), last), ("n1", 9));
+        let got: Vec<(Kind, i64)> = events.iter().map(|e| (e.kind, e.time.0)).collect();
+        assert_eq!(
+            got,
+            [
+                (Kind::Exec, 3),
+                (Kind::Exec, 5),
+                (Kind::Listen, 6),
+                (Kind::Close, 7)
+            ]
+        );
+    }
 }
