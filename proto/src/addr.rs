@@ -1,4 +1,4 @@
-//! IP addresses for the policy: CIDR ranges as operators write them
+//! IP addresses for the policy and the inventory: CIDR ranges as operators write them
 //! ([`Cidr`]), and what counts as "the internet" ([`classify`],
 //! [`is_internet`]), plus the same knowledge as range lists for the kernel
 //! deny table ([`non_internet_ranges`], [`internet_exceptions`]).

@@ -8,6 +8,10 @@ pub mod v1 {
     tonic::include_proto!("spyglass.v1");
 }
 
+/// What counts as the internet, and CIDR ranges: the agent's policy and
+/// the collector's inventory classify addresses with the same tables.
+pub mod addr;
+
 pub mod model;
 
 pub mod codec;

@@ -2,7 +2,7 @@
 //! and action. Loaded from a YAML file (`[policy] file`), checked
 //! completely before it replaces the running one; without a file the
 //! built-in rules run with their defaults.
-pub mod addr;
+pub use spyglass_proto::addr;
 pub mod model;
 pub mod rules;
 

@@ -21,11 +21,8 @@ pub mod tracker;
 pub mod updater;
 
 /// Address classification, one definition shared with the agent's
-/// policy (`agent/src/policy/addr.rs`, plain std code): the collector
-/// uses its internet test for egress destinations.
-#[path = "../../../agent/src/policy/addr.rs"]
-#[allow(dead_code, clippy::trivially_copy_pass_by_ref)]
-mod addr;
+/// policy: the collector uses its internet test for egress destinations.
+use spyglass_proto::addr;
 
 pub use store::StoreUrl;
 pub use updater::{Feed, Health, Update};
