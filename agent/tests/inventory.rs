@@ -214,6 +214,15 @@ fn an_agent_started_while_a_container_runs_reports_it_in_the_snapshot() {
         &[],
         &["/bin/sh", "-c", "exec sleep 60"],
     );
+    // and one whose init has exited 3, not deleted: listed, not running
+    let done = container_id("snap-done");
+    let _d = Ctr::run(&img.reference, &done, &[], &["/bin/sh", "-c", "exit 3"]);
+    eventually("its task stopped", WAIT, || {
+        ctr(&["task", "ls"])
+            .lines()
+            .any(|l| l.starts_with(&format!("{done} ")) && l.contains("STOPPED"))
+            .then_some(())
+    });
     let agent = start(&[]);
     let marker = agent.wait_for("the snapshot complete marker", WAIT, |e| {
         e["kind"] == "agent" && e["agent"]["state"] == "snapshot_complete"
@@ -224,6 +233,24 @@ fn an_agent_started_while_a_container_runs_reports_it_in_the_snapshot() {
     assert_eq!(snap["snapshot"], true, "{snap}");
     assert_eq!(snap["lifecycle"]["state"], "created", "{snap}");
     assert_container(&snap, &id, &img);
+    let of_done = agent.matching(|e| e["kind"] == "container" && in_container(e, &done));
+    let states: Vec<(&str, bool, Option<i64>)> = of_done
+        .iter()
+        .map(|e| {
+            let l = &e["lifecycle"];
+            (
+                l["state"].as_str().unwrap_or(""),
+                e["snapshot"] == true,
+                l["exit_code"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("created", true, None), ("exited", true, Some(3))],
+        "the stopped container: listed, then its exit"
+    );
+    assert_container(&of_done[1], &done, &img);
     let a = &marker["agent"];
     let listed = a["snapshot_containers"]
         .as_u64()
@@ -235,10 +262,11 @@ fn an_agent_started_while_a_container_runs_reports_it_in_the_snapshot() {
     let snapshot_containers: Vec<usize> = (0..all.len())
         .filter(|i| all[*i]["kind"] == "container" && all[*i]["snapshot"] == true)
         .collect();
+    let created = |i: &&usize| all[**i]["lifecycle"]["state"] == "created";
     assert_eq!(
-        snapshot_containers.len() as u64,
+        snapshot_containers.iter().filter(created).count() as u64,
         listed,
-        "the marker counts them"
+        "the marker counts the containers"
     );
     assert!(
         snapshot_containers

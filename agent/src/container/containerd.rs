@@ -18,8 +18,9 @@ use containerd_client::{
     services::v1::{
         containers_client::ContainersClient, content_client::ContentClient,
         events_client::EventsClient, images_client::ImagesClient,
-        namespaces_client::NamespacesClient, Container, GetContainerRequest, GetImageRequest,
-        ListContainersRequest, ListNamespacesRequest, ReadContentRequest, SubscribeRequest,
+        namespaces_client::NamespacesClient, tasks_client::TasksClient, Container,
+        GetContainerRequest, GetImageRequest, ListContainersRequest, ListNamespacesRequest,
+        ListTasksRequest, ReadContentRequest, SubscribeRequest,
     },
     tonic::{transport::Channel, Code, Request},
     with_namespace,
@@ -376,21 +377,48 @@ impl Client {
         Ok(None)
     }
 
-    /// Every container of every namespace.
-    async fn list_all(&mut self) -> Result<Vec<ContainerMeta>, ContainerdError> {
+    /// Every container of every namespace, with the exit status of those
+    /// whose task has stopped (and is not deleted yet).
+    async fn list_all(&mut self) -> Result<Vec<(ContainerMeta, Option<i32>)>, ContainerdError> {
         let mut out = Vec::new();
         for ns in self.namespaces.clone() {
+            let stopped = self.stopped_tasks(&ns).await?;
             let req = ListContainersRequest::default();
             let resp = ContainersClient::new(self.ch.clone())
                 .list(with_namespace!(req, ns.as_str()))
                 .await
                 .map_err(call("containers.list"))?;
             for c in resp.into_inner().containers {
-                out.push(self.meta(c, &ns).await);
+                let exit_code = stopped.get(&c.id).copied();
+                out.push((self.meta(c, &ns).await, exit_code));
             }
         }
         Ok(out)
     }
+
+    /// The init tasks of namespace `ns` that have stopped: container id ->
+    /// exit status.
+    async fn stopped_tasks(&self, ns: &str) -> Result<HashMap<String, i32>, ContainerdError> {
+        use containerd_client::types::v1::Status;
+        let req = ListTasksRequest::default();
+        let resp = TasksClient::new(self.ch.clone())
+            .list(with_namespace!(req, ns))
+            .await
+            .map_err(call("tasks.list"))?;
+        Ok(stopped_of(resp.into_inner().tasks, Status::Stopped as i32))
+    }
+}
+
+/// Init tasks in status `stopped`: container id -> exit status.
+fn stopped_of(
+    tasks: Vec<containerd_client::types::v1::Process>,
+    stopped: i32,
+) -> HashMap<String, i32> {
+    tasks
+        .into_iter()
+        .filter(|t| t.status == stopped)
+        .map(|t| (t.id, t.exit_status as i32))
+        .collect()
 }
 
 /// What a containerd event means for the cache.
@@ -547,9 +575,20 @@ async fn session(
     let t0 = Instant::now();
     let all = within(SYNC_TIMEOUT, "containers.list", client.list_all()).await?;
     let n = all.len();
-    for m in all {
+    for (m, exit_code) in all {
+        let id = m.id.clone();
         if updates.send(Update::Upsert(Arc::new(m))).await.is_err() {
             return Ok(());
+        }
+        // a container whose init has exited is listed, not running
+        if let Some(exit_code) = exit_code {
+            if updates
+                .send(Update::Exited { id, exit_code })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
         }
     }
     info!(
@@ -692,6 +731,26 @@ mod tests {
         let mut garbage = env("/containers/delete", &del);
         garbage.event.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
         assert_eq!(topic(&garbage), Topic::Ignore);
+    }
+
+    #[test]
+    fn only_stopped_tasks_give_an_exit_status() {
+        use containerd_client::types::v1::{Process, Status};
+        let task = |id: &str, status: Status, exit_status| Process {
+            id: id.into(),
+            status: status as i32,
+            exit_status,
+            ..Process::default()
+        };
+        let got = stopped_of(
+            vec![
+                task("run", Status::Running, 0),
+                task("done", Status::Stopped, 3),
+                task("new", Status::Created, 0),
+            ],
+            Status::Stopped as i32,
+        );
+        assert_eq!(got, HashMap::from([("done".to_owned(), 3)]));
     }
 
     #[test]

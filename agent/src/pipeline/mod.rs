@@ -289,12 +289,14 @@ impl Pipeline {
             Update::Exited { id, exit_code } => {
                 let meta = self.lifecycle.exited(id, *exit_code);
                 let step = inventory::step(ContainerState::Exited, Some(*exit_code));
+                // before the first listing ends, an exit is one it listed
+                let snapshot = self.startup.is_some();
                 out.push(inventory::container_event(
                     &node,
                     id,
                     meta.as_ref(),
                     step,
-                    false,
+                    snapshot,
                 ));
                 return self.emit(out);
             }
