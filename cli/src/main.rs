@@ -1,0 +1,231 @@
+//! `spyglass`: ask a collector's fleet inventory which containers run as
+//! root, which ports are exposed, what talks to the internet, which images
+//! run where, which nodes report and which findings are open.
+//!
+//! Exit status: 0 when something matched, 1 when nothing did, 2 on an
+//! error (like grep), so scripts can tell "none" from "could not ask".
+mod api;
+mod table;
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "spyglass",
+    version,
+    about = "Ask a Spyglass collector about the fleet"
+)]
+struct Cli {
+    /// The collector's API (its --api-listen address).
+    #[arg(
+        long,
+        global = true,
+        env = "SPYGLASS_COLLECTOR",
+        default_value = "http://127.0.0.1:7072"
+    )]
+    collector: String,
+    /// A file holding the API token (the collector's --api-token-file).
+    #[arg(long, global = true, env = "SPYGLASS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Tables for people, or the API's rows as JSON for scripts.
+    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Containers: their workload, image, uid and privileges.
+    Containers {
+        /// Only those running as root (uid 0 without a user namespace).
+        #[arg(long)]
+        root: bool,
+        /// Only privileged ones.
+        #[arg(long)]
+        privileged: bool,
+        #[arg(long)]
+        node: Option<String>,
+        /// containerd or Kubernetes namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// A manifest, index or config digest of the image.
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Listening sockets open now.
+    Ports {
+        /// Only exposed ones: on a wildcard address or in a host-network
+        /// container.
+        #[arg(long)]
+        exposed: bool,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Where containers connect to.
+    Egress {
+        /// Only destinations on the internet.
+        #[arg(long)]
+        internet: bool,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Images and where they run.
+    Images {
+        #[arg(long)]
+        digest: Option<String>,
+    },
+    /// Nodes and their agents.
+    Nodes {
+        /// Only nodes whose agent's stream is open.
+        #[arg(long)]
+        connected: bool,
+    },
+    /// Findings, open and resolved.
+    Findings {
+        #[arg(long)]
+        rule: Option<String>,
+        /// info, low, medium, high or critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// Only open ones.
+        #[arg(long)]
+        open: bool,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+}
+
+/// A flag as a filter (only when given: absent means "any").
+fn flag(name: &'static str, on: bool) -> Option<(&'static str, String)> {
+    on.then(|| (name, "true".to_owned()))
+}
+
+fn value(name: &'static str, v: Option<String>) -> Option<(&'static str, String)> {
+    v.map(|v| (name, v))
+}
+
+/// The endpoint, its filters and its table.
+fn request(
+    c: Command,
+) -> (
+    &'static str,
+    Vec<(&'static str, String)>,
+    &'static [table::Column],
+) {
+    let (endpoint, filters, columns) = match c {
+        Command::Containers {
+            root,
+            privileged,
+            node,
+            namespace,
+            image,
+        } => (
+            "containers",
+            vec![
+                flag("root", root),
+                flag("privileged", privileged),
+                value("node", node),
+                value("namespace", namespace),
+                value("image", image),
+            ],
+            table::CONTAINERS,
+        ),
+        Command::Ports {
+            exposed,
+            node,
+            namespace,
+        } => (
+            "ports",
+            vec![
+                flag("exposed", exposed),
+                value("node", node),
+                value("namespace", namespace),
+            ],
+            table::PORTS,
+        ),
+        Command::Egress {
+            internet,
+            node,
+            namespace,
+        } => (
+            "egress",
+            vec![
+                flag("internet", internet),
+                value("node", node),
+                value("namespace", namespace),
+            ],
+            table::EGRESS,
+        ),
+        Command::Images { digest } => ("images", vec![value("digest", digest)], table::IMAGES),
+        Command::Nodes { connected } => ("nodes", vec![flag("connected", connected)], table::NODES),
+        Command::Findings {
+            rule,
+            severity,
+            open,
+            node,
+            namespace,
+        } => (
+            "findings",
+            vec![
+                value("rule", rule),
+                value("severity", severity),
+                flag("open", open),
+                value("node", node),
+                value("namespace", namespace),
+            ],
+            table::FINDINGS,
+        ),
+    };
+    (endpoint, filters.into_iter().flatten().collect(), columns)
+}
+
+fn run(cli: Cli) -> Result<bool, api::ApiError> {
+    let client = api::Client::new(&cli.collector, cli.token_file.as_ref())?;
+    let (endpoint, filters, columns) = request(cli.command);
+    let answer = client.get(endpoint, &filters)?;
+    if answer.stale {
+        eprintln!("spyglass: warning: the collector's inventory fell behind its ingest (updates were dropped): rows may be missing or old");
+    }
+    if answer.truncated {
+        eprintln!("spyglass: warning: more rows matched than one answer holds; narrow the filters");
+    }
+    let text = match cli.output {
+        Output::Json => {
+            let mut s = serde_json::to_string_pretty(&answer.rows).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        Output::Table if answer.rows.is_empty() => String::new(),
+        Output::Table => table::render(&answer.rows, columns),
+    };
+    // a closed pipe (`| head`) is not an error worth a message
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    Ok(!answer.rows.is_empty())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("spyglass: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

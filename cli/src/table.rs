@@ -1,0 +1,215 @@
+//! Rows of the API as a table for people: one column list per endpoint,
+//! each column a header and how to show it from a row.
+use serde_json::Value;
+
+/// One column: its header and how a row shows in it.
+pub struct Column {
+    pub header: &'static str,
+    pub show: fn(&Value) -> String,
+}
+
+const fn col(header: &'static str, show: fn(&Value) -> String) -> Column {
+    Column { header, show }
+}
+
+/// A text field at `path` (`a.b`), `-` when absent or empty.
+fn text(v: &Value, path: &str) -> String {
+    let mut cur = v;
+    for k in path.split('.') {
+        cur = &cur[k];
+    }
+    match cur {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        Value::Array(a) if a.is_empty() => "-".into(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+/// A digest's first 12 hex digits (`sha256:` dropped).
+fn short_digest(s: &str) -> String {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    hex.chars().take(12).collect()
+}
+
+/// Where a row runs: `NAMESPACE/POD` for a pod, the container's name
+/// else, `host` for none.
+fn workload(c: &Value) -> String {
+    let pod = text(c, "pod.name");
+    if pod != "-" {
+        return format!("{}/{pod}", text(c, "pod.namespace"));
+    }
+    match text(c, "name") {
+        n if n != "-" => n,
+        _ if text(c, "id") == "-" => "host".into(),
+        _ => short_digest(&text(c, "id")),
+    }
+}
+
+/// When: the time to the second (`2026-12-07T03:40:01Z`).
+fn when(v: &Value, path: &str) -> String {
+    let t = text(v, path);
+    match (t.find('.'), t.ends_with('Z')) {
+        (Some(dot), true) => format!("{}Z", &t[..dot]),
+        _ => t,
+    }
+}
+
+pub const CONTAINERS: &[Column] = &[
+    col("NODE", |r| text(r, "node")),
+    col("WORKLOAD", workload),
+    col("CONTAINER", |r| text(r, "name")),
+    col("IMAGE", |r| text(r, "image.ref")),
+    col("UID", |r| text(r, "posture.uid")),
+    col("PRIVILEGED", |r| text(r, "posture.privileged")),
+    col("EXITED", |r| when(r, "exited")),
+    col("ID", |r| short_digest(&text(r, "id"))),
+];
+
+pub const PORTS: &[Column] = &[
+    col("NODE", |r| text(r, "node")),
+    col("WORKLOAD", |r| workload(&r["container"])),
+    col("PROTO", |r| text(r, "protocol")),
+    col("ADDRESS", |r| text(r, "address")),
+    col("PORT", |r| text(r, "port")),
+    col("WILDCARD", |r| text(r, "wildcard")),
+    col("HOSTNET", |r| text(r, "host_network")),
+    col("DECLARED", |r| text(r, "declared")),
+    col("EXE", |r| text(r, "exe")),
+    col("SINCE", |r| when(r, "since")),
+];
+
+pub const EGRESS: &[Column] = &[
+    col("NODE", |r| text(r, "node")),
+    col("WORKLOAD", |r| workload(&r["container"])),
+    col("PROTO", |r| text(r, "protocol")),
+    col("ADDRESS", |r| text(r, "address")),
+    col("PORT", |r| text(r, "port")),
+    col("INTERNET", |r| text(r, "internet")),
+    col("COUNT", |r| text(r, "count")),
+    col("LAST SEEN", |r| when(r, "last_seen")),
+];
+
+pub const IMAGES: &[Column] = &[
+    col("DIGEST", |r| short_digest(&text(r, "digest"))),
+    col("REF", |r| text(r, "ref")),
+    col("CONTAINERS", |r| text(r, "containers")),
+    col("NODES", |r| text(r, "nodes")),
+    col("LAST SEEN", |r| when(r, "last_seen")),
+];
+
+pub const NODES: &[Column] = &[
+    col("NODE", |r| text(r, "node")),
+    col("CONNECTED", |r| text(r, "connected")),
+    col("AGENT", |r| text(r, "agent_version")),
+    col("KERNEL", |r| text(r, "kernel")),
+    col("CONTAINERS", |r| text(r, "containers")),
+    col("LAST SEEN", |r| when(r, "last_seen")),
+];
+
+pub const FINDINGS: &[Column] = &[
+    col("SEVERITY", |r| text(r, "severity")),
+    col("RULE", |r| text(r, "rule")),
+    col("NODE", |r| text(r, "node")),
+    col("WORKLOAD", |r| workload(&r["container"])),
+    col("SUBJECT", |r| text(r, "subject")),
+    col("COUNT", |r| text(r, "count")),
+    col("OPEN", |r| text(r, "open")),
+    col("LAST SEEN", |r| when(r, "last_seen")),
+];
+
+/// The rows under their headers, columns padded to their widest cell;
+/// control characters in values are shown escaped, so a value cannot
+/// move the terminal's cursor or forge a line.
+pub fn render(rows: &[Value], columns: &[Column]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| clean(&(c.show)(r))).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|row| row[i].chars().count())
+                .chain([c.header.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |vals: Vec<&str>| {
+        let padded: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(columns.iter().map(|c| c.header).collect());
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containers_show_pod_image_uid_and_short_id() {
+        let rows = [
+            json!({"node":"n1","id":"0123456789abcdef0123","name":"web",
+                "pod":{"name":"web-7d","namespace":"shop","uid":"u"},
+                "image":{"ref":"nginx:1"},"posture":{"uid":0,"privileged":true},"exited":null}),
+            json!({"node":"node-two","id":"ffffffffffffffff","name":"job","pod":{"name":"","namespace":""},
+                "image":{"ref":""},"posture":{"uid":1000,"privileged":false},
+                "exited":"2026-12-07T03:40:01.123456789Z"}),
+        ];
+        assert_eq!(
+            render(&rows, CONTAINERS),
+            "NODE      WORKLOAD     CONTAINER  IMAGE    UID   PRIVILEGED  EXITED                ID\n\
+             n1        shop/web-7d  web        nginx:1  0     yes         -                     0123456789ab\n\
+             node-two  job          job        -        1000  no          2026-12-07T03:40:01Z  ffffffffffff\n"
+        );
+    }
+
+    #[test]
+    fn a_host_listener_shows_as_host_and_control_characters_are_escaped() {
+        let rows = [
+            json!({"node":"n1","container":{"id":"","name":"","pod":{"name":""}},
+            "protocol":"tcp","address":"0.0.0.0","port":22,"wildcard":true,"host_network":false,
+            "declared":false,"exe":"/usr/sbin/sshd\u{1b}[2J\nfake","since":"2026-12-07T03:40:01Z"}),
+        ];
+        let t = render(&rows, PORTS);
+        assert!(
+            t.lines().nth(1).unwrap().starts_with("n1    host      tcp"),
+            "{t}"
+        );
+        assert!(t.contains(r"/usr/sbin/sshd\u{1b}[2J\nfake"), "{t}");
+        assert_eq!(t.lines().count(), 2, "{t}");
+    }
+}
