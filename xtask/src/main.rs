@@ -207,6 +207,8 @@ fn build() -> Result<()> {
         "spyglass-agent",
         "--package",
         "spyglass-collector",
+        "--package",
+        "spyglass-cli",
     ]))
 }
 
@@ -223,12 +225,22 @@ fn run_agent(args: &[String]) -> Result<()> {
         .local_addr()?
         .port();
     let events = dir.join("events.jsonl");
+    // the fleet API on the CLI's default address when it is free
+    let api = std::net::TcpListener::bind("127.0.0.1:7072")
+        .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))?
+        .local_addr()?;
     let mut collector = Command::new(root().join("target/release/spyglass-collector"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--api-listen", &api.to_string()])
         .arg("--output")
         .arg(&events)
         .spawn()
         .context("starting spyglass-collector")?;
+    let cli = root().join("target/release/spyglass");
+    eprintln!(
+        "xtask: fleet API on http://{api}; in another terminal: {} --collector http://{api} containers --root",
+        cli.display()
+    );
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
         .args(["--collector", &format!("http://127.0.0.1:{port}")])
