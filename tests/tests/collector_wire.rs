@@ -581,9 +581,26 @@ fn sample_events(node: &str) -> Vec<Event> {
         })),
         ..Event::default()
     };
+    // a listener's close (issue 16): the listen's own network
+    let mut close = net("listen", "");
+    close.kind = EventKind::Close as i32;
+    // a container's lifecycle step: the container, no process
+    let container = Event {
+        kind: EventKind::Container as i32,
+        time_unix_nano: 1_795_549_718_000_000_000,
+        node: node.into(),
+        container: exec.container.clone(),
+        detail: Some(Detail::Lifecycle(spyglass_proto::v1::Lifecycle {
+            state: "exited".into(),
+            exit_code: Some(137),
+        })),
+        ..Event::default()
+    };
     vec![
         exec.clone(),
         net("listen", ""),
+        close,
+        container,
         net("connect", "established"),
         net("connect", "failed"),
         Event {
