@@ -248,7 +248,94 @@ fn root_containers_and_exposed_ports_from_the_api() {
     assert!(body.get("containers").is_none());
     let (st, _) = api_get(api, "/api/v1/containers", None);
     assert_eq!(st, 401);
+
+    the_cli_answers_the_same(
+        api,
+        &token_file,
+        &node,
+        (&root_id, root_port),
+        (&user_id, user_port),
+    );
     agent.stop();
+}
+
+/// `spyglass ARGS` against the collector's API: exit code, stdout, stderr.
+fn spyglass(api: u16, token_file: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin("spyglass"))
+        .args(["--collector", &format!("http://127.0.0.1:{api}")])
+        .arg("--token-file")
+        .arg(token_file)
+        .args(args)
+        .output()
+        .expect("run spyglass");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The CLI over the same API: root containers and exposed ports of this
+/// node exactly, exit 1 when nothing matches, 2 with the reason on a
+/// refused token or filter.
+fn the_cli_answers_the_same(
+    api: u16,
+    token_file: &Path,
+    node: &str,
+    (root_id, root_port): (&str, u16),
+    (user_id, user_port): (&str, u16),
+) {
+    let (code, out, err) = spyglass(
+        api,
+        token_file,
+        &["containers", "--root", "--node", node, "-o", "json"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Value = serde_json::from_str(&out).expect("--output json is JSON");
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, [root_id], "{out}");
+
+    let (code, out, err) = spyglass(api, token_file, &["ports", "--exposed", "--node", node]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NODE") && lines[0].contains("PORT"),
+        "{out}"
+    );
+    assert_eq!(
+        lines.len(),
+        2,
+        "a header and the root container's listener: {out}"
+    );
+    assert!(
+        lines[1]
+            .split_whitespace()
+            .any(|w| w == root_port.to_string()),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&user_port.to_string()) && !out.contains(user_id),
+        "{out}"
+    );
+
+    // nothing matches: exit 1, no table
+    let (code, out, _) = spyglass(api, token_file, &["containers", "--node", "x' OR '1'='1"]);
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    // a wrong token: exit 2, saying so
+    let wrong = token_file.with_extension("wrong");
+    std::fs::write(&wrong, "not-the-token").unwrap();
+    let (code, _, err) = spyglass(api, &wrong, &["nodes"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("refused the token"), "{err}");
+    // a value the API refuses: exit 2 with the API's message
+    let (code, _, err) = spyglass(api, token_file, &["findings", "--severity", "urgent"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("severity"), "{err}");
 }
 
 /// A collector started with `args`: its exit status and stderr (it must
