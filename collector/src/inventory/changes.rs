@@ -4,7 +4,9 @@
 //! [`super::tracker`] decides which changes reach the store.
 use std::net::IpAddr;
 
-use spyglass_proto::model::{ConnectOutcome, Container, Event, Kind, NetOp, Severity};
+use spyglass_proto::model::{
+    ConnectOutcome, Container, ContainerState, Event, Kind, NetOp, Severity,
+};
 
 /// Where a socket or finding belongs: a container's id, or `""` for the
 /// host (and for events attributed to neither).
@@ -89,6 +91,14 @@ pub enum Change<'a> {
     },
     Egress(Egress<'a>),
     Finding(Finding<'a>),
+    /// A container's lifecycle step (kind `container`).
+    Lifecycle {
+        node: &'a str,
+        container_id: &'a str,
+        state: ContainerState,
+        exit_code: Option<i32>,
+        at: i64,
+    },
 }
 
 /// Whether the image of the event's container declares `port/protocol`.
@@ -164,6 +174,15 @@ pub fn derive<'a>(ev: &'a Event, internet: fn(IpAddr) -> bool, out: &mut Vec<Cha
     }
     if let Some(c) = network_change(ev, internet) {
         out.push(c);
+    }
+    if let (Kind::Container, Some(l), Some(c)) = (ev.kind, &ev.lifecycle, &ev.container) {
+        out.push(Change::Lifecycle {
+            node: &ev.node,
+            container_id: &c.id,
+            state: l.state,
+            exit_code: l.exit_code,
+            at,
+        });
     }
     if let Some(f) = &ev.finding {
         out.push(Change::Finding(Finding {
@@ -353,6 +372,24 @@ mod tests {
                 at: ev.time.0
             }
         );
+    }
+
+    #[test]
+    fn a_container_event_gives_its_lifecycle_step() {
+        let ev = spyglass_proto::model::samples::container_exited();
+        let c = changes(&ev, never);
+        let id = &ev.container.as_ref().unwrap().id;
+        assert_eq!(
+            c.last(),
+            Some(&Change::Lifecycle {
+                node: &ev.node,
+                container_id: id,
+                state: ContainerState::Exited,
+                exit_code: Some(137),
+                at: ev.time.0
+            })
+        );
+        assert!(matches!(c[1], Change::Container { .. }), "{c:?}");
     }
 
     #[test]

@@ -78,6 +78,11 @@ pub const CONTAINERS: Endpoint = Endpoint {
             yes: "x.privileged = 1",
             no: "x.privileged = 0",
         },
+        Filter::Flag {
+            name: "exited",
+            yes: "x.exited IS NOT NULL",
+            no: "x.exited IS NULL",
+        },
         NODE,
         Filter::Text {
             name: "namespace",

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use spyglass_proto::model::{
-    Container, ContainerMeta, Endpoint, Event, Family, Image, Kind, NetOp, Network, Posture,
-    Protocol, Runtime, Timestamp,
+    Container, ContainerMeta, ContainerState, Endpoint, Event, Family, Image, Kind, Lifecycle,
+    NetOp, Network, Posture, Protocol, Runtime, Timestamp,
 };
 
 use super::{changes, query, store, tracker::Tracker};
@@ -160,6 +160,33 @@ async fn events_become_rows_that_answer_the_questions_and_a_resend_adds_none() {
         .await
         .is_empty());
     assert_eq!(get(&pool, &query::PORTS, &[]).await.len(), 1);
+
+    // the user container exits: it shows as exited with its code, and
+    // its listener leaves `ports`
+    let mut exit = Event::new(Kind::Container, Timestamp(30), "node-a".into());
+    exit.container = Some(container("user-c", 1000));
+    exit.lifecycle = Some(Lifecycle {
+        state: ContainerState::Exited,
+        exit_code: Some(137),
+    });
+    store::write(&pool, &rows_of(&[exit])).await.unwrap();
+    let gone = get(&pool, &query::CONTAINERS, &[("exited", "true")]).await;
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(
+        (&gone[0]["id"], &gone[0]["exit_code"], &gone[0]["exited"]),
+        (
+            &"user-c".into(),
+            &137.into(),
+            &"1970-01-01T00:00:00.000000030Z".into()
+        )
+    );
+    assert!(get(&pool, &query::PORTS, &[]).await.is_empty());
+    assert_eq!(
+        get(&pool, &query::CONTAINERS, &[("exited", "false")])
+            .await
+            .len(),
+        1
+    );
 
     // a filter value is a value, whatever it holds
     let evil = get(&pool, &query::CONTAINERS, &[("node", "x' OR '1'='1")]).await;

@@ -69,6 +69,9 @@ pub struct FindingRow {
     pub open: bool,
 }
 
+/// A container's latest lifecycle step: (time, state, exit code).
+pub type LifecycleRow = (i64, spyglass_proto::model::ContainerState, Option<i32>);
+
 /// Everything one flush writes, in one transaction.
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -84,6 +87,10 @@ pub struct Rows {
     /// (digest, reference).
     pub image_refs: HashMap<(String, String), ()>,
     pub findings: HashMap<FindingKey, FindingRow>,
+    /// (node, container id) -> its latest lifecycle step; written after
+    /// `containers` and `listeners` (an exit closes the container's
+    /// listeners).
+    pub lifecycle: HashMap<(String, String), LifecycleRow>,
 }
 
 impl Rows {
@@ -97,6 +104,7 @@ impl Rows {
             + self.images.len()
             + self.image_refs.len()
             + self.findings.len()
+            + self.lifecycle.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -216,6 +216,18 @@ const FINDING: &str = "INSERT INTO findings (node, container_id, rule, subject, 
     open = CASE WHEN excluded.last_seen >= findings.last_seen THEN excluded.open ELSE findings.open END, \
     last_seen = CASE WHEN excluded.last_seen > findings.last_seen THEN excluded.last_seen ELSE findings.last_seen END";
 
+const REOPEN: &str = "UPDATE containers SET exited = NULL, exit_code = NULL \
+    WHERE node = $1 AND id = $2 AND (exited IS NULL OR exited <= $3)";
+
+const EXITED: &str = "UPDATE containers SET exited = $3, exit_code = COALESCE($4, exit_code) \
+    WHERE node = $1 AND id = $2";
+
+const DELETED: &str = "UPDATE containers SET exited = COALESCE(exited, $3), \
+    exit_code = COALESCE(exit_code, $4) WHERE node = $1 AND id = $2";
+
+const CLOSE_ALL: &str = "UPDATE listeners SET closed = $3 WHERE node = $1 \
+    AND container_id = $2 AND closed IS NULL AND last_seen <= $3";
+
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 async fn write_nodes(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
@@ -363,6 +375,34 @@ async fn write_images_and_findings(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), s
     Ok(())
 }
 
+async fn write_lifecycle(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
+    use spyglass_proto::model::ContainerState as S;
+    for ((node, id), (at, state, code)) in &rows.lifecycle {
+        let sql = match state {
+            S::Created => REOPEN,
+            S::Exited => EXITED,
+            S::Deleted => DELETED,
+            S::Unknown => continue,
+        };
+        let q = sqlx::query(sql).bind(node).bind(id).bind(*at);
+        let q = if *state == S::Created {
+            q
+        } else {
+            q.bind(code.map(i64::from))
+        };
+        q.execute(&mut **tx).await?;
+        if *state != S::Created {
+            sqlx::query(CLOSE_ALL)
+                .bind(node)
+                .bind(id)
+                .bind(*at)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Write one flush's rows in one transaction.
 pub async fn write(pool: &AnyPool, rows: &Rows) -> Result<(), StoreError> {
     let n = rows.len();
@@ -374,6 +414,7 @@ pub async fn write(pool: &AnyPool, rows: &Rows) -> Result<(), StoreError> {
     write_images_and_findings(&mut tx, rows)
         .await
         .map_err(err)?;
+    write_lifecycle(&mut tx, rows).await.map_err(err)?;
     tx.commit().await.map_err(err)
 }
 

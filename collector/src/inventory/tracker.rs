@@ -95,6 +95,13 @@ impl Tracker {
             }
             Change::Egress(e) => self.egress_seen(e),
             Change::Finding(f) => self.finding_seen(f),
+            Change::Lifecycle {
+                node,
+                container_id,
+                state,
+                exit_code,
+                at,
+            } => self.lifecycle(node, container_id, *state, *exit_code, *at),
         }
         self.bound();
     }
@@ -261,6 +268,29 @@ impl Tracker {
         }
     }
 
+    fn lifecycle(
+        &mut self,
+        node: &str,
+        id: &str,
+        state: spyglass_proto::model::ContainerState,
+        exit_code: Option<i32>,
+        at: i64,
+    ) {
+        use spyglass_proto::model::ContainerState as S;
+        if matches!(state, S::Exited | S::Deleted) {
+            // its listeners are closed with it: a listen after is new
+            self.listeners.retain(|k, _| !(k.0 == node && k.1 == id));
+        }
+        let row = self
+            .rows
+            .lifecycle
+            .entry((node.to_owned(), id.to_owned()))
+            .or_insert((at, state, exit_code));
+        if at >= row.0 {
+            *row = (at, state, exit_code.or(row.2));
+        }
+    }
+
     /// Forget everything past [`MAX_REMEMBERED`] entries.
     fn bound(&mut self) {
         if self.container_count + self.listeners.len() + self.egress.len() + self.image_refs.len()
@@ -371,6 +401,36 @@ mod tests {
             exe: "/bin/nc",
             at,
         })
+    }
+
+    #[test]
+    fn an_exit_closes_the_containers_listeners_in_memory_too() {
+        use spyglass_proto::model::ContainerState;
+        let mut t = Tracker::default();
+        t.apply(&listen(80, S));
+        t.take();
+        t.apply(&Change::Lifecycle {
+            node: "n1",
+            container_id: "c1",
+            state: ContainerState::Exited,
+            exit_code: Some(3),
+            at: 2 * S,
+        });
+        t.apply(&Change::Lifecycle {
+            node: "n1",
+            container_id: "c1",
+            state: ContainerState::Deleted,
+            exit_code: None,
+            at: 3 * S,
+        });
+        let rows = t.take();
+        assert_eq!(
+            rows.lifecycle[&("n1".into(), "c1".into())],
+            (3 * S, ContainerState::Deleted, Some(3))
+        );
+        // the same listener again (a new container with the same id) is new
+        t.apply(&listen(80, 3 * S + 1));
+        assert_eq!(t.take().listeners.len(), 1);
     }
 
     #[test]
