@@ -162,10 +162,18 @@ pub fn render(rows: &[Value], columns: &[Column]) -> String {
     out
 }
 
+/// Characters that move the cursor or reorder what a terminal shows:
+/// controls, and Unicode's bidirectional and invisible format characters
+/// (U+200B-U+200F, U+202A-U+202E, U+2060-U+2069, U+FEFF).
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn clean(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
-            if c.is_control() {
+            if hidden(c) {
                 c.escape_default().collect::<Vec<_>>()
             } else {
                 vec![c]
@@ -210,6 +218,9 @@ mod tests {
             "{t}"
         );
         assert!(t.contains(r"/usr/sbin/sshd\u{1b}[2J\nfake"), "{t}");
+        // a right-to-left override cannot reorder the row
+        let rows = [json!({"node":"n1","container":{"id":""},"exe":"/tmp/\u{202e}hs.exe"})];
+        assert!(render(&rows, PORTS).contains(r"/tmp/\u{202e}hs.exe"));
         assert_eq!(t.lines().count(), 2, "{t}");
     }
 }

@@ -49,15 +49,19 @@ pub fn output_bounded(
 ) -> Result<(ExitStatus, String)> {
     // read as it comes: a full pipe would otherwise stall the child
     let mut stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut s = String::new();
         if let Some(out) = stdout.as_mut() {
             let _ = out.read_to_string(&mut s);
         }
-        s
+        let _ = tx.send(s);
     });
     let status = wait_bounded(child, limit, what)?;
-    let text = reader.join().unwrap_or_default();
+    // a grandchild that kept the pipe open must not hold us either
+    let text = rx.recv_timeout(Duration::from_secs(10)).with_context(|| {
+        format!("{what} exited but its output stayed open (a process it started holds it)")
+    })?;
     Ok((status, text))
 }
 
