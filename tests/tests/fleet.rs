@@ -380,3 +380,53 @@ fn a_bad_store_url_or_an_open_api_without_a_token_stops_the_start() {
         "{err}"
     );
 }
+
+#[test]
+fn an_exited_container_shows_exited_and_leaves_ports() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("fleet-exit");
+    let api = free_port();
+    let api_addr = format!("127.0.0.1:{api}");
+    let store = format!("sqlite:{}", dir.join("inventory.db").display());
+    let col = start_collector(&dir, &["--store", &store, "--api-listen", &api_addr]);
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let busybox = image("spyglass.test/busybox:1");
+    let id = container_id("fleet-exit");
+    let port = 18000 + free_port() % 1000;
+    let _c = Ctr::run(
+        &busybox.reference,
+        &id,
+        &[],
+        &["/bin/nc", "-l", "-p", &port.to_string()],
+    );
+    agent.wait_for("the listen", WAIT, |e| {
+        e["kind"] == "listen" && e["container"]["id"] == id.as_str()
+    });
+    let path = format!("/api/v1/ports?exposed=true&container={id}");
+    eventually("the port in /api/v1/ports", WAIT, || {
+        let (st, body) = api_get(api, &path, None);
+        (st == 200 && body["ports"].as_array().is_some_and(|p| p.len() == 1)).then_some(())
+    });
+    spyglass_e2e::containers::ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+    agent.wait_for("the container's exit", WAIT, |e| {
+        e["kind"] == "container"
+            && e["container"]["id"] == id.as_str()
+            && e["lifecycle"]["state"] == "exited"
+    });
+    let row = eventually("the exit in /api/v1/containers", WAIT, || {
+        let (_, body) = api_get(api, "/api/v1/containers?exited=true", None);
+        body["containers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|r| r["id"] == id.as_str()).cloned())
+    });
+    assert_eq!(row["exit_code"], 137, "{row}");
+    assert!(
+        row["exited"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{row}"
+    );
+    let (st, body) = api_get(api, &format!("/api/v1/ports?container={id}"), None);
+    assert_eq!(st, 200);
+    assert_eq!(body["ports"], serde_json::json!([]), "{body}");
+    agent.stop();
+}
