@@ -171,7 +171,11 @@ fn root_containers_and_exposed_ports_from_the_api() {
 
     let (st, root) = q(&format!("/api/v1/containers?root=true&node={node}"));
     assert_eq!(st, 200, "{root}");
-    assert_eq!(ours(&ids(&root, "containers")), [root_id.clone()], "{root}");
+    assert_eq!(
+        ours(&ids(&root, "containers")),
+        std::slice::from_ref(&root_id),
+        "{root}"
+    );
     let row = root["containers"]
         .as_array()
         .unwrap()
@@ -186,7 +190,10 @@ fn root_containers_and_exposed_ports_from_the_api() {
     assert_eq!(row["image"]["digest"], busybox.digest.as_str());
     assert_eq!(root["stale"], false);
     let (_, notroot) = q("/api/v1/containers?root=false");
-    assert_eq!(ours(&ids(&notroot, "containers")), [user_id.clone()]);
+    assert_eq!(
+        ours(&ids(&notroot, "containers")),
+        std::slice::from_ref(&user_id)
+    );
     let user_row = &notroot["containers"]
         .as_array()
         .unwrap()
