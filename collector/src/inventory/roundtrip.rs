@@ -160,6 +160,13 @@ async fn events_become_rows_that_answer_the_questions_and_a_resend_adds_none() {
         .await
         .is_empty());
     assert_eq!(get(&pool, &query::PORTS, &[]).await.len(), 1);
+    // the listen resent after its close (a batch the dedupe state missed)
+    // does not reopen it
+    let resent = net(&root_c, Kind::Listen, "0.0.0.0:8080", None, 10);
+    store::write(&pool, &rows_of(&[resent])).await.unwrap();
+    assert!(get(&pool, &query::PORTS, &[("exposed", "true")])
+        .await
+        .is_empty());
 
     // the user container exits: it shows as exited with its code, and
     // its listener leaves `ports`

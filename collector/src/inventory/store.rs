@@ -183,7 +183,8 @@ const LISTENER: &str = "INSERT INTO listeners (node, container_id, protocol, add
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
     ON CONFLICT (node, container_id, protocol, address, port) DO UPDATE SET \
     wildcard = excluded.wildcard, declared = excluded.declared, pid = excluded.pid, \
-    exe = excluded.exe, closed = NULL, \
+    exe = excluded.exe, \
+    closed = CASE WHEN listeners.closed >= excluded.since THEN listeners.closed ELSE NULL END, \
     since = CASE WHEN excluded.since < listeners.since THEN excluded.since ELSE listeners.since END, \
     last_seen = CASE WHEN excluded.last_seen > listeners.last_seen THEN excluded.last_seen ELSE listeners.last_seen END";
 

@@ -296,13 +296,20 @@ impl Tracker {
         if self.container_count + self.listeners.len() + self.egress.len() + self.image_refs.len()
             > MAX_REMEMBERED
         {
-            self.nodes.clear();
-            self.containers.clear();
-            self.container_count = 0;
-            self.listeners.clear();
-            self.egress.clear();
-            self.image_refs.clear();
+            self.forget();
         }
+    }
+
+    /// Forget what was taken as written: the next event of each thing
+    /// writes it again (after a failed write, what it carried is
+    /// re-learned instead of lost for good).
+    pub fn forget(&mut self) {
+        self.nodes.clear();
+        self.containers.clear();
+        self.container_count = 0;
+        self.listeners.clear();
+        self.egress.clear();
+        self.image_refs.clear();
     }
 
     /// The rows to write now; the tracker keeps what they say as written.
@@ -345,6 +352,23 @@ mod tests {
             container: c,
             at,
         });
+    }
+
+    #[test]
+    fn after_a_failed_write_the_metadata_is_written_again() {
+        let mut t = Tracker::default();
+        let c = attributed();
+        seen(&mut t, &c, S);
+        let lost = t.take();
+        assert!(lost.containers[&("n1".into(), "c1".into())].meta.is_some());
+        seen(&mut t, &c, S + 1);
+        assert!(t.take().is_empty(), "taken as written");
+        // the write failed: the updater forgets, the next exec rewrites it
+        t.forget();
+        seen(&mut t, &c, S + 2);
+        let rows = t.take();
+        assert!(rows.containers[&("n1".into(), "c1".into())].meta.is_some());
+        assert!(rows.images.contains_key("sha256:m"));
     }
 
     #[test]

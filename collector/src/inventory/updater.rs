@@ -4,6 +4,7 @@
 //! [`FLUSH_ROWS`] rows. Ingest never waits for it: a full channel drops
 //! the update, counts it and marks the store stale.
 use std::{
+    collections::HashMap,
     net::IpAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -48,38 +49,37 @@ impl Update {
         // dropped in place, only the few kept are moved (an event is a
         // few hundred bytes; moving each out cost a memcpy per event).
         let mut keep = vec![false; events.len()];
-        // index of the plain event kept per container
-        let mut per_container: Vec<usize> = Vec::new();
+        // index of the plain event kept per container (a map: a batch of
+        // 65,536 events over 256 containers is not scanned quadratically)
+        let mut per_container: HashMap<&str, usize> = HashMap::new();
         for (i, ev) in events.iter().enumerate() {
             if !plain(ev) {
                 keep[i] = true;
                 continue;
             }
             let Some(c) = &ev.container else { continue };
-            let known = per_container
-                .iter()
-                .position(|&j| events[j].container.as_ref().is_some_and(|k| k.id == c.id));
-            match known {
-                Some(p) => {
-                    let j = per_container[p];
-                    let old = &events[j];
+            let room = per_container.len() < CONTAINERS_PER_BATCH;
+            match per_container.get_mut(c.id.as_str()) {
+                Some(j) => {
+                    let old = &events[*j];
                     let (was, now) = (
                         old.container.as_ref().is_some_and(|k| k.meta.is_some()),
                         c.meta.is_some(),
                     );
                     if (now && !was) || (now == was && ev.time > old.time) {
-                        keep[j] = false;
+                        keep[*j] = false;
                         keep[i] = true;
-                        per_container[p] = i;
+                        *j = i;
                     }
                 }
-                None if per_container.len() < CONTAINERS_PER_BATCH => {
-                    per_container.push(i);
+                None if room => {
+                    per_container.insert(c.id.as_str(), i);
                     keep[i] = true;
                 }
                 None => keep[i] = true,
             }
         }
+        drop(per_container);
         let mut i = 0;
         events.retain(|_| {
             i += 1;
@@ -211,7 +211,10 @@ async fn flush(pool: &AnyPool, tracker: &mut Tracker, health: &Health) {
         Err(e) => {
             health.errors.fetch_add(1, Ordering::Relaxed);
             health.stale.store(true, Ordering::Relaxed);
-            warn!(error = %e, "inventory flush failed; the store is stale");
+            // metadata is written when first known: re-learn it from the
+            // next events rather than never write it
+            tracker.forget();
+            warn!(error = %e, rows = rows.len(), "inventory flush failed; the store is stale until the next events write it again");
         }
     }
 }
