@@ -374,7 +374,7 @@ impl CollectorService {
         permit: crate::streams::Permit,
     ) {
         // the stream's place, freed when it ends
-        let _permit = permit;
+        let mut permit = permit;
         let mut reader = Reader {
             binding,
             node: None,
@@ -438,6 +438,7 @@ impl CollectorService {
                             if let Some(n) = first {
                                 // logged once the batch passed validation
                                 info!(node = %n, %peer, "agent connected");
+                                permit.bind_node(&n);
                                 self.to_inventory(Some(Update::Connected {
                                     node: n.clone(),
                                     connected: true,
@@ -452,7 +453,7 @@ impl CollectorService {
                 }
             }
         }
-        if let Some(node) = reader.node {
+        if let Some(node) = reader.node.filter(|_| permit.release_node()) {
             info!(%node, %peer, "agent disconnected");
             self.to_inventory(Some(Update::Connected {
                 node: node.clone(),

@@ -26,6 +26,9 @@ struct Open {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
     per_cert: HashMap<String, usize>,
+    /// Streams carrying each node's events (two for a moment while an
+    /// agent reconnects): a node is connected while it has one.
+    per_node: HashMap<String, usize>,
 }
 
 /// The open streams, counted.
@@ -41,6 +44,28 @@ pub struct Permit {
     open: Arc<Mutex<Open>>,
     ip: Option<IpAddr>,
     cert: Option<String>,
+    node: Option<String>,
+}
+
+impl Permit {
+    /// The stream now carries `node`'s events.
+    pub fn bind_node(&mut self, node: &str) {
+        let mut open = self.open.lock().expect("streams lock");
+        *open.per_node.entry(node.to_owned()).or_default() += 1;
+        self.node = Some(node.to_owned());
+    }
+
+    /// The stream ended: whether it was its node's last one (the node is
+    /// disconnected only then, not when an older stream ends after a
+    /// reconnect already opened a new one).
+    pub fn release_node(&mut self) -> bool {
+        let Some(node) = self.node.take() else {
+            return false;
+        };
+        let mut open = self.open.lock().expect("streams lock");
+        decrement(&mut open.per_node, &node);
+        !open.per_node.contains_key(&node)
+    }
 }
 
 fn decrement<K: Eq + Hash>(map: &mut HashMap<K, usize>, key: &K) {
@@ -61,6 +86,9 @@ impl Drop for Permit {
         }
         if let Some(cert) = &self.cert {
             decrement(&mut open.per_cert, cert);
+        }
+        if let Some(node) = &self.node {
+            decrement(&mut open.per_node, node);
         }
     }
 }
@@ -121,6 +149,7 @@ impl Streams {
             open: self.open.clone(),
             ip,
             cert: cert.map(str::to_owned),
+            node: None,
         })
     }
 }
@@ -162,5 +191,25 @@ mod tests {
         assert_eq!(s.open(), 0);
         assert!(s.open.lock().unwrap().per_ip.is_empty());
         assert!(s.open.lock().unwrap().per_cert.is_empty());
+    }
+
+    #[test]
+    fn a_node_is_disconnected_only_when_its_last_stream_ends() {
+        let s = Streams::new(StreamLimits {
+            total: 8,
+            per_ip: 8,
+            per_cert: 8,
+        });
+        let (mut old, mut new) = (s.admit(None, None).unwrap(), s.admit(None, None).unwrap());
+        old.bind_node("n1");
+        // the agent reconnected before the old stream ended
+        new.bind_node("n1");
+        assert!(!old.release_node(), "the new stream still carries n1");
+        assert!(!old.release_node(), "released once");
+        assert!(new.release_node());
+        let mut p = s.admit(None, None).unwrap();
+        p.bind_node("n2");
+        drop(p);
+        assert!(s.open.lock().unwrap().per_node.is_empty());
     }
 }
