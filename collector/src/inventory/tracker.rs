@@ -17,6 +17,16 @@ pub const LAST_SEEN_STEP_NS: i64 = 30_000_000_000;
 /// are idempotent upserts, so forgetting costs only writes).
 const MAX_REMEMBERED: usize = 1_000_000;
 
+/// Distinct destinations kept per container; past it a container's new
+/// destinations are counted in one row with address `*` and port 0, so
+/// a container spraying connections at many addresses cannot grow the
+/// store (or this memory) without bound.
+pub const MAX_DESTINATIONS_PER_CONTAINER: usize = 1024;
+
+/// The address of the row that counts a container's destinations past
+/// [`MAX_DESTINATIONS_PER_CONTAINER`].
+pub const OTHER_DESTINATIONS: &str = "*";
+
 #[derive(Clone, Copy, Debug)]
 struct Written {
     last_seen: i64,
@@ -33,6 +43,8 @@ pub struct Tracker {
     listeners: HashMap<SocketKey, (i64, i64)>,
     /// key -> (last_seen written, connections not yet written).
     egress: HashMap<SocketKey, (i64, u64)>,
+    /// (node, container) -> distinct destinations in `egress`.
+    destinations: HashMap<(String, String), usize>,
     image_refs: HashSet<(String, String)>,
     /// What the next flush writes.
     pub rows: Rows,
@@ -224,7 +236,19 @@ impl Tracker {
     }
 
     fn egress_seen(&mut self, e: &Egress<'_>) {
-        let key = socket_key(e.node, e.container_id, e.protocol, e.address, e.port);
+        let mut key = socket_key(e.node, e.container_id, e.protocol, e.address, e.port);
+        if !self.egress.contains_key(&key) {
+            let n = self
+                .destinations
+                .entry((e.node.to_owned(), e.container_id.to_owned()))
+                .or_default();
+            if *n >= MAX_DESTINATIONS_PER_CONTAINER {
+                key.3 = OTHER_DESTINATIONS.to_owned();
+                key.4 = 0;
+            } else {
+                *n += 1;
+            }
+        }
         let entry = self.egress.entry(key.clone()).or_insert((i64::MIN, 0));
         entry.1 += 1;
         if entry.0 != i64::MIN && !due(entry.0, e.at) {
@@ -241,6 +265,7 @@ impl Tracker {
         row.first_seen = row.first_seen.min(e.at);
         row.last_seen = row.last_seen.max(e.at);
         row.count += count;
+        row.internet |= e.internet;
     }
 
     fn finding_seen(&mut self, f: &Finding<'_>) {
@@ -309,6 +334,7 @@ impl Tracker {
         self.container_count = 0;
         self.listeners.clear();
         self.egress.clear();
+        self.destinations.clear();
         self.image_refs.clear();
     }
 
@@ -352,6 +378,55 @@ mod tests {
             container: c,
             at,
         });
+    }
+
+    #[test]
+    fn a_container_s_destinations_past_the_cap_share_one_row() {
+        let mut t = Tracker::default();
+        let dest = |i: usize, at: i64| {
+            let ip = std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            Change::Egress(Egress {
+                node: "n1",
+                container_id: "c1",
+                protocol: "udp",
+                address: ip,
+                port: 53,
+                internet: i % 2 == 0,
+                at,
+            })
+        };
+        for i in 0..MAX_DESTINATIONS_PER_CONTAINER + 500 {
+            t.apply(&dest(i, S));
+        }
+        let other: SocketKey = (
+            "n1".into(),
+            "c1".into(),
+            "udp",
+            OTHER_DESTINATIONS.into(),
+            0,
+        );
+        let rows = t.take();
+        assert_eq!(rows.egress.len(), MAX_DESTINATIONS_PER_CONTAINER + 1);
+        assert_eq!(
+            rows.egress[&other].count, 1,
+            "the first, then counted in memory"
+        );
+        // one more, due: the row takes what was counted meanwhile
+        t.apply(&dest(
+            MAX_DESTINATIONS_PER_CONTAINER + 500,
+            S + LAST_SEEN_STEP_NS,
+        ));
+        let rows = t.take();
+        assert_eq!(rows.egress.len(), 1);
+        assert_eq!(rows.egress[&other].count, 500);
+        assert!(rows.egress[&other].internet);
+        // a destination seen before the cap keeps its own row
+        t.apply(&dest(3, S + 2 * LAST_SEEN_STEP_NS));
+        assert!(t.take().egress.keys().all(|k| k.3 == "10.0.0.3"));
+        assert_eq!(
+            t.destinations[&("n1".into(), "c1".into())],
+            MAX_DESTINATIONS_PER_CONTAINER
+        );
     }
 
     #[test]
