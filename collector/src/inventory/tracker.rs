@@ -391,7 +391,7 @@ mod tests {
                 protocol: "udp",
                 address: ip,
                 port: 53,
-                internet: i % 2 == 0,
+                internet: i.is_multiple_of(2),
                 at,
             })
         };
