@@ -173,6 +173,21 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
+/// The API token (`--api-token-file`) when the API listens, refused when
+/// the address is not loopback and there is none.
+fn api_token(cli: &Cli) -> Result<Option<String>> {
+    let Some(addr) = cli.api_listen else {
+        return Ok(None);
+    };
+    let token = cli
+        .api_token_file
+        .as_deref()
+        .map(inventory::api::read_token)
+        .transpose()?;
+    inventory::api::check_exposure(addr, token.as_deref())?;
+    Ok(token)
+}
+
 /// Open the inventory store `--store` names (default: next to the
 /// output file) and start its task; `None` with `--store none`.
 async fn open_inventory(
@@ -193,15 +208,6 @@ async fn open_inventory(
         }
         inventory::StoreUrl::Sqlite(p) => p,
     };
-    // the token and the exposure are checked before anything is opened
-    if let Some(addr) = cli.api_listen {
-        let token = cli
-            .api_token_file
-            .as_deref()
-            .map(inventory::api::read_token)
-            .transpose()?;
-        inventory::api::check_exposure(addr, token.as_deref())?;
-    }
     let pool = inventory::store::open(&path).await?;
     info!(store = %path.display(), "inventory store open");
     let feed = inventory::updater::spawn(pool.clone());
@@ -270,6 +276,8 @@ async fn run(cli: Cli) -> Result<()> {
         Some(t) => Some(syslog::spawn(t, cli.syslog_ca.as_deref())?),
         None => None,
     };
+    // the API's token and exposure are checked once, before anything opens
+    let api_token = api_token(&cli)?;
     let inventory = open_inventory(&cli, out_path.as_deref()).await?;
     let mut metrics = metrics::Metrics::new(syslog.as_ref().map(|s| s.dropped.clone()));
     metrics.store = inventory.as_ref().map(|(_, feed)| feed.health.clone());
@@ -409,14 +417,8 @@ async fn run(cli: Cli) -> Result<()> {
         }));
     }
     if let (Some((pool, feed)), Some(addr)) = (&inventory, cli.api_listen) {
-        let token = cli
-            .api_token_file
-            .as_deref()
-            .map(inventory::api::read_token)
-            .transpose()?;
-        inventory::api::check_exposure(addr, token.as_deref())?;
         let listener = inventory::api::bind(addr).await?;
-        inventory::api::spawn(listener, pool.clone(), token, feed.health.clone());
+        inventory::api::spawn(listener, pool.clone(), api_token, feed.health.clone());
     }
     let incoming = idle::incoming(
         listener,

@@ -168,13 +168,18 @@ impl Drop for Collector {
 /// GET `path` on a loopback port: (status code, body); panics when
 /// nothing listens.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, "")
+}
+
+/// [`http_get`] with extra request `headers` (each ending in `\r\n`).
+pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s =
         std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP port");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();

@@ -7,7 +7,7 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
+    io::Read,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -52,26 +52,10 @@ fn start_collector(dir: &Path, extra: &[&str]) -> Collector {
 
 /// GET on the API: status and body (JSON when it parses).
 fn api_get(port: u16, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (
-        status,
-        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into())),
-    )
+    let (status, body) = http_get_with(port, path, &auth);
+    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, json)
 }
 
 fn ids(rows: &Value, key: &str) -> Vec<String> {
