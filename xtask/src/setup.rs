@@ -252,9 +252,10 @@ pub fn bench_tools() -> Result<()> {
 }
 
 /// Everything `test` needs on top of `run`: the Python checkers, the test
-/// images, and qemu for the kernel matrix.
+/// images, qemu for the kernel matrix, and chromium (headless) for the
+/// fleet web page's browser test (tests/tests/fleet_web.rs).
 pub fn test_tools() -> Result<()> {
-    apt(&["qemu-system-x86"])?;
+    apt(&["qemu-system-x86", "chromium"])?;
     python_tools()?;
     crate::images::import()
 }
