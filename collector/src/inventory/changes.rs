@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use spyglass_proto::model::{
-    ConnectOutcome, Container, ContainerState, Event, Kind, NetOp, Severity,
+    AgentState, ConnectOutcome, Container, ContainerState, Event, Kind, NetOp, Severity,
 };
 
 /// Where a socket or finding belongs: a container's id, or `""` for the
@@ -28,6 +28,23 @@ pub struct Listener<'a> {
     pub declared: Option<bool>,
     pub pid: Option<u32>,
     pub exe: &'a str,
+    pub at: i64,
+}
+
+/// An agent's lifecycle event: who it is and which step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agent<'a> {
+    pub node: &'a str,
+    pub version: &'a str,
+    pub kernel: &'a str,
+    pub state: AgentState,
+    /// `snapshot_complete`: the agent's /proc snapshot reported the
+    /// listening sockets (None: the snapshot was off, listeners were not
+    /// re-announced).
+    pub snapshot_sockets: Option<u64>,
+    /// `snapshot_complete`: containerd listed the containers (None: it
+    /// could not be asked, containers were not re-announced).
+    pub snapshot_containers: Option<u64>,
     pub at: i64,
 }
 
@@ -66,11 +83,14 @@ pub enum Change<'a> {
         node: &'a str,
         at: i64,
     },
-    /// An agent's lifecycle event: its version and kernel.
-    Agent {
+    /// An agent's lifecycle event: its version and kernel, and its start
+    /// and the end of its startup snapshot (the snapshot is the truth
+    /// for its node).
+    Agent(Agent<'a>),
+    /// The event is part of an agent's startup snapshot (`snapshot:
+    /// true`): what follows re-announces state that already existed.
+    Snapshot {
         node: &'a str,
-        version: &'a str,
-        kernel: &'a str,
         at: i64,
     },
     /// The event ran in this container at `at`.
@@ -157,7 +177,16 @@ fn network_change<'a>(ev: &'a Event, internet: fn(IpAddr) -> bool) -> Option<Cha
 pub fn derive<'a>(ev: &'a Event, internet: fn(IpAddr) -> bool, out: &mut Vec<Change<'a>>) {
     let at = ev.time.0;
     out.push(Change::Node { node: &ev.node, at });
-    if let Some(c) = &ev.container {
+    if ev.snapshot {
+        out.push(Change::Snapshot { node: &ev.node, at });
+    }
+    // a deletion says the container is gone, not that it runs: it
+    // updates a row the store holds and never creates a bare one
+    let deletion = ev.kind == Kind::Container
+        && ev
+            .lifecycle
+            .is_some_and(|l| l.state == ContainerState::Deleted);
+    if let Some(c) = ev.container.as_ref().filter(|_| !deletion) {
         out.push(Change::Container {
             node: &ev.node,
             container: c,
@@ -165,12 +194,15 @@ pub fn derive<'a>(ev: &'a Event, internet: fn(IpAddr) -> bool, out: &mut Vec<Cha
         });
     }
     if let Some(a) = &ev.agent {
-        out.push(Change::Agent {
+        out.push(Change::Agent(Agent {
             node: &ev.node,
             version: &a.version,
             kernel: &a.kernel,
+            state: a.state,
+            snapshot_sockets: a.snapshot_sockets,
+            snapshot_containers: a.snapshot_containers,
             at,
-        });
+        }));
     }
     if let Some(c) = network_change(ev, internet) {
         out.push(c);
@@ -365,12 +397,15 @@ mod tests {
         let a = ev.agent.as_ref().unwrap();
         assert_eq!(
             changes(&ev, never)[1],
-            Change::Agent {
+            Change::Agent(Agent {
                 node: &ev.node,
                 version: &a.version,
                 kernel: &a.kernel,
+                state: a.state,
+                snapshot_sockets: a.snapshot_sockets,
+                snapshot_containers: a.snapshot_containers,
                 at: ev.time.0
-            }
+            })
         );
     }
 
@@ -390,6 +425,53 @@ mod tests {
             })
         );
         assert!(matches!(c[1], Change::Container { .. }), "{c:?}");
+    }
+
+    #[test]
+    fn a_snapshot_event_says_so_before_what_it_re_announces() {
+        let mut ev = net(Kind::Listen, NetOp::Listen, "0.0.0.0:8080", None);
+        ev.snapshot = true;
+        let c = changes(&ev, never);
+        assert_eq!(c[1], Change::Snapshot { node: "n1", at: 7 });
+        assert!(matches!(c.last(), Some(Change::Listen(_))), "{c:?}");
+        ev.snapshot = false;
+        assert!(!changes(&ev, never)
+            .iter()
+            .any(|c| matches!(c, Change::Snapshot { .. })));
+    }
+
+    #[test]
+    fn a_deletion_updates_the_container_and_never_creates_it() {
+        let mut ev = spyglass_proto::model::samples::container_exited();
+        ev.lifecycle.as_mut().unwrap().state = ContainerState::Deleted;
+        let c = changes(&ev, never);
+        assert!(
+            !c.iter().any(|c| matches!(c, Change::Container { .. })),
+            "{c:?}"
+        );
+        assert!(matches!(
+            c.last(),
+            Some(Change::Lifecycle {
+                state: ContainerState::Deleted,
+                exit_code: Some(137),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_snapshot_marker_says_what_was_re_announced() {
+        let ev = spyglass_proto::model::samples::snapshot_complete();
+        let c = changes(&ev, never);
+        let Some(Change::Agent(a)) = c.last() else {
+            panic!("no agent change in {c:?}")
+        };
+        let info = ev.agent.as_ref().unwrap();
+        assert_eq!(a.state, AgentState::SnapshotComplete);
+        assert_eq!(
+            (a.snapshot_sockets, a.snapshot_containers),
+            (info.snapshot_sockets, info.snapshot_containers)
+        );
     }
 
     #[test]

@@ -72,6 +72,21 @@ pub struct FindingRow {
 /// A container's latest lifecycle step: (time, state, exit code).
 pub type LifecycleRow = (i64, spyglass_proto::model::ContainerState, Option<i32>);
 
+/// An agent (re)started and its startup snapshot is complete: what the
+/// store holds of `node` and was not re-announced since `cutoff` has
+/// ended while no agent watched ([`super::sweep`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    pub node: String,
+    /// The earliest time of the new agent's re-announcements: rows whose
+    /// `last_seen` is older were not re-announced.
+    pub cutoff: i64,
+    /// Close open listeners (the snapshot reported the sockets).
+    pub listeners: bool,
+    /// End running containers (containerd listed the containers).
+    pub containers: bool,
+}
+
 /// Everything one flush writes, in one transaction.
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -91,6 +106,9 @@ pub struct Rows {
     /// `containers` and `listeners` (an exit closes the container's
     /// listeners).
     pub lifecycle: HashMap<(String, String), LifecycleRow>,
+    /// Nodes whose snapshot completed, in order; run after the rest is
+    /// written (the re-announcements must be in the store first).
+    pub sweeps: Vec<Sweep>,
 }
 
 impl Rows {
@@ -105,6 +123,7 @@ impl Rows {
             + self.image_refs.len()
             + self.findings.len()
             + self.lifecycle.len()
+            + self.sweeps.len()
     }
 
     pub fn is_empty(&self) -> bool {

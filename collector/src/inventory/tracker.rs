@@ -2,12 +2,20 @@
 //! state changes become row writes: a container or listener first seen,
 //! metadata first known, a new destination, a finding; `last_seen` is
 //! bumped in memory and written at most every [`LAST_SEEN_STEP_NS`].
-//! An exec in a known container writes nothing.
+//! An exec in a known container writes nothing. While a node's agent
+//! re-announces what exists at its start ([`super::restarts`]), its
+//! listeners and containers are written even when known, and its
+//! `snapshot_complete` queues the sweep of what was not re-announced.
 use std::collections::{HashMap, HashSet};
 
+use spyglass_proto::model::AgentState;
+
 use super::{
-    changes::{Change, Egress, Finding, Listener},
-    rows::{ContainerRow, EgressRow, FindingRow, ImageRow, ListenerRow, NodeRow, Rows, SocketKey},
+    changes::{Agent, Change, Egress, Finding, Listener},
+    restarts::Restarts,
+    rows::{
+        ContainerRow, EgressRow, FindingRow, ImageRow, ListenerRow, NodeRow, Rows, SocketKey, Sweep,
+    },
 };
 
 /// How stale a written `last_seen` may get before it is written again.
@@ -46,6 +54,8 @@ pub struct Tracker {
     /// (node, container) -> distinct destinations in `egress`.
     destinations: HashMap<(String, String), usize>,
     image_refs: HashSet<(String, String)>,
+    /// Agents restarting, per node.
+    restarts: Restarts,
     /// What the next flush writes.
     pub rows: Rows,
 }
@@ -75,16 +85,8 @@ impl Tracker {
     pub fn apply(&mut self, change: &Change<'_>) {
         match change {
             Change::Node { node, at } => self.node_seen(node, *at),
-            Change::Agent {
-                node,
-                version,
-                kernel,
-                at,
-            } => {
-                let row = self.node_row(node, *at);
-                row.agent_version = Some((*version).to_owned());
-                row.kernel = Some((*kernel).to_owned());
-            }
+            Change::Agent(a) => self.agent(a),
+            Change::Snapshot { node, at } => self.restarts.snapshot_event(node, *at),
             Change::Container {
                 node,
                 container,
@@ -123,6 +125,45 @@ impl Tracker {
         self.node_row(node, at).connected = Some(connected);
     }
 
+    fn agent(&mut self, a: &Agent<'_>) {
+        let row = self.node_row(a.node, a.at);
+        row.agent_version = Some(a.version.to_owned());
+        row.kernel = Some(a.kernel.to_owned());
+        match a.state {
+            AgentState::Started => self.restarts.started(a.node, a.at),
+            AgentState::SnapshotComplete => {
+                let Some(cutoff) = self.restarts.complete(a.node) else {
+                    return;
+                };
+                let sweep = Sweep {
+                    node: a.node.to_owned(),
+                    cutoff,
+                    listeners: a.snapshot_sockets.is_some(),
+                    containers: a.snapshot_containers.is_some(),
+                };
+                self.forget_swept(&sweep);
+                self.rows.sweeps.push(sweep);
+            }
+            _ => {}
+        }
+    }
+
+    /// What the sweep ends is no longer taken as written: a listen or
+    /// container seen after it is written again.
+    fn forget_swept(&mut self, sweep: &Sweep) {
+        if sweep.listeners {
+            self.listeners
+                .retain(|k, (_, last)| k.0 != sweep.node || *last >= sweep.cutoff);
+        }
+        if sweep.containers {
+            if let Some(m) = self.containers.get_mut(&sweep.node) {
+                let before = m.len();
+                m.retain(|_, w| w.last_seen >= sweep.cutoff);
+                self.container_count -= before - m.len();
+            }
+        }
+    }
+
     fn node_row(&mut self, node: &str, at: i64) -> &mut NodeRow {
         self.nodes.insert(node.to_owned(), at);
         let row = self.rows.nodes.entry(node.to_owned()).or_insert(NodeRow {
@@ -153,7 +194,7 @@ impl Tracker {
             .copied();
         let write_meta = match known {
             Some(w) if w.attributed || !attributed => {
-                if !due(w.last_seen, at) {
+                if !due(w.last_seen, at) && !self.restarts.restarting(node) {
                     return;
                 }
                 false
@@ -217,7 +258,8 @@ impl Tracker {
     fn listener_seen(&mut self, l: &Listener<'_>) {
         let key = socket_key(l.node, l.container_id, l.protocol, l.address, l.port);
         let known = self.listeners.get(&key).copied();
-        if known.is_some_and(|(since, last)| since <= l.at && !due(last, l.at)) {
+        let reannounced = self.restarts.restarting(l.node);
+        if known.is_some_and(|(since, last)| since <= l.at && !due(last, l.at)) && !reannounced {
             return;
         }
         let (since, last) = known.unwrap_or((l.at, l.at));
@@ -351,6 +393,7 @@ mod tests {
     use spyglass_proto::model::{Container, ContainerMeta, Image, Runtime, Severity};
 
     use super::*;
+    use crate::inventory::changes::Agent;
 
     const S: i64 = 1_000_000_000;
 
@@ -532,6 +575,76 @@ mod tests {
         assert_eq!(t.take().listeners.len(), 1);
     }
 
+    fn agent(state: AgentState, sockets: Option<u64>, at: i64) -> Change<'static> {
+        Change::Agent(Agent {
+            node: "n1",
+            version: "v",
+            kernel: "k",
+            state,
+            snapshot_sockets: sockets,
+            snapshot_containers: Some(1),
+            at,
+        })
+    }
+
+    #[test]
+    fn a_restart_re_announcement_is_written_though_known_and_the_marker_sweeps() {
+        let mut t = Tracker::default();
+        let c = attributed();
+        seen(&mut t, &c, S);
+        t.apply(&listen(80, S));
+        t.apply(&listen(81, S));
+        t.take();
+        // restart within the last_seen step: without the restart these
+        // would write nothing
+        t.apply(&Change::Snapshot {
+            node: "n1",
+            at: 2 * S,
+        });
+        t.apply(&listen(80, 2 * S));
+        t.apply(&agent(AgentState::Started, None, 3 * S));
+        seen(&mut t, &c, 4 * S);
+        let rows = t.take();
+        assert_eq!(rows.listeners.len(), 1, "the re-announced listener");
+        assert_eq!(
+            rows.containers[&("n1".into(), "c1".into())].last_seen,
+            4 * S
+        );
+        assert!(rows.sweeps.is_empty(), "nothing ends before the marker");
+        t.apply(&agent(AgentState::SnapshotComplete, Some(1), 5 * S));
+        let rows = t.take();
+        assert_eq!(
+            rows.sweeps,
+            [Sweep {
+                node: "n1".into(),
+                cutoff: 2 * S,
+                listeners: true,
+                containers: true
+            }]
+        );
+        // after the marker: known again, not forced
+        t.apply(&listen(80, 6 * S));
+        assert!(t.take().is_empty());
+        // the swept listener (81) is no longer taken as written
+        t.apply(&listen(81, 6 * S));
+        assert_eq!(t.take().listeners.len(), 1);
+    }
+
+    #[test]
+    fn without_the_socket_snapshot_listeners_are_not_swept() {
+        let mut t = Tracker::default();
+        t.apply(&agent(AgentState::Started, None, 3 * S));
+        t.apply(&agent(AgentState::SnapshotComplete, None, 5 * S));
+        let sweep = &t.take().sweeps[0];
+        assert_eq!(
+            (sweep.cutoff, sweep.listeners, sweep.containers),
+            (3 * S, false, true)
+        );
+        // a marker whose start this collector did not see: no sweep
+        t.apply(&agent(AgentState::SnapshotComplete, Some(1), 9 * S));
+        assert!(t.take().sweeps.is_empty());
+    }
+
     #[test]
     fn a_close_is_written_and_a_listen_after_it_is_new_again() {
         let mut t = Tracker::default();
@@ -639,12 +752,7 @@ mod tests {
             at: S + 1,
         });
         assert!(t.take().is_empty());
-        t.apply(&Change::Agent {
-            node: "n1",
-            version: "v",
-            kernel: "k",
-            at: S + 2,
-        });
+        t.apply(&agent(AgentState::Running, None, S + 2));
         t.connected("n1", true, S + 3);
         let rows = t.take();
         let n = &rows.nodes["n1"];
