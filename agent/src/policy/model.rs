@@ -177,7 +177,6 @@ impl Default for Settings {
             .to_vec(),
             dangerous_capabilities: [
                 "CAP_SYS_ADMIN",
-                "CAP_NET_RAW",
                 "CAP_NET_ADMIN",
                 "CAP_SYS_PTRACE",
                 "CAP_SYS_MODULE",
