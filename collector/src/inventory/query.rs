@@ -3,6 +3,8 @@
 use serde_json::{Map, Value};
 use sqlx::{AnyPool, Row};
 
+use spyglass_proto::model::Severity;
+
 use super::filters::{self, conditions, Filter, FilterError};
 
 /// How a column is shown in JSON.
@@ -92,6 +94,11 @@ pub const CONTAINERS: Endpoint = Endpoint {
         Filter::Text {
             name: "image",
             sql: "(x.image_digest = ? OR x.image_index_digest = ? OR x.image_config_digest = ?)",
+            check: None,
+        },
+        Filter::Text {
+            name: "id",
+            sql: "x.id = ?",
             check: None,
         },
     ],
@@ -224,11 +231,14 @@ pub const NODES: Endpoint = Endpoint {
     select: "SELECT x.node, x.agent_version, x.kernel, x.first_seen, x.last_seen, x.connected, \
         (SELECT COUNT(*) FROM containers c WHERE c.node = x.node) FROM nodes x WHERE 1 = 1",
     order: "x.node",
-    filters: &[Filter::Flag {
-        name: "connected",
-        yes: "x.connected = 1",
-        no: "x.connected = 0",
-    }],
+    filters: &[
+        Filter::Flag {
+            name: "connected",
+            yes: "x.connected = 1",
+            no: "x.connected = 0",
+        },
+        NODE,
+    ],
     columns: &[
         ("node", Col::Text),
         ("agent_version", Col::Text),
@@ -265,6 +275,7 @@ pub const FINDINGS: Endpoint = Endpoint {
         },
         NODE,
         NAMESPACE,
+        CONTAINER,
     ],
     columns: &[
         ("rule", Col::Text),
@@ -292,9 +303,20 @@ pub enum QueryError {
 }
 
 /// The SQL an endpoint runs for these filters, and its bound values.
+#[cfg(test)]
 pub fn sql(
     ep: &Endpoint,
     pairs: &[(String, String)],
+) -> Result<(String, Vec<String>), FilterError> {
+    sql_limit(ep, pairs, MAX_ROWS)
+}
+
+/// [`sql`] for at most `limit` rows (it asks for one more, to tell
+/// whether there were more).
+fn sql_limit(
+    ep: &Endpoint,
+    pairs: &[(String, String)],
+    limit: usize,
 ) -> Result<(String, Vec<String>), FilterError> {
     let c = conditions(ep.filters, pairs, 1)?;
     let mut text = ep.select.to_owned();
@@ -302,7 +324,7 @@ pub fn sql(
         text.push_str(" AND ");
         text.push_str(cond);
     }
-    text.push_str(&format!(" ORDER BY {} LIMIT {}", ep.order, MAX_ROWS + 1));
+    text.push_str(&format!(" ORDER BY {} LIMIT {}", ep.order, limit + 1));
     Ok((text, c.binds))
 }
 
@@ -351,7 +373,7 @@ fn cell(row: &sqlx::any::AnyRow, i: usize, col: Col) -> Result<Value, sqlx::Erro
 
 /// Columns a few endpoints prefix to their own: who owns the row.
 fn columns(ep: &Endpoint) -> Vec<(&'static str, Col)> {
-    let who = matches!(ep.name, "egress" | "findings");
+    let who = matches!(ep.name, "egress" | "findings" | "runaway");
     let mut cols = Vec::new();
     if who {
         cols.extend_from_slice(WHO);
@@ -367,7 +389,18 @@ pub async fn run(
     ep: &Endpoint,
     pairs: &[(String, String)],
 ) -> Result<(Vec<Value>, bool), QueryError> {
-    let (text, binds) = sql(ep, pairs)?;
+    run_limit(pool, ep, pairs, MAX_ROWS).await
+}
+
+/// [`run`] for at most `limit` rows (the web page shows fewer than an
+/// API answer holds).
+pub async fn run_limit(
+    pool: &AnyPool,
+    ep: &Endpoint,
+    pairs: &[(String, String)],
+    limit: usize,
+) -> Result<(Vec<Value>, bool), QueryError> {
+    let (text, binds) = sql_limit(ep, pairs, limit.min(MAX_ROWS))?;
     let mut q = sqlx::query(&text);
     for b in binds {
         q = q.bind(b);
@@ -378,9 +411,10 @@ pub async fn run(
     };
     let rows = q.fetch_all(pool).await.map_err(err)?;
     let cols = columns(ep);
-    let truncated = rows.len() > MAX_ROWS;
-    let mut out = Vec::with_capacity(rows.len().min(MAX_ROWS));
-    for row in rows.iter().take(MAX_ROWS) {
+    let limit = limit.min(MAX_ROWS);
+    let truncated = rows.len() > limit;
+    let mut out = Vec::with_capacity(rows.len().min(limit));
+    for row in rows.iter().take(limit) {
         let mut obj = Map::new();
         for (i, (path, col)) in cols.iter().enumerate() {
             insert(&mut obj, path, cell(row, i, *col).map_err(err)?);
@@ -390,13 +424,154 @@ pub async fn run(
     Ok((out, truncated))
 }
 
+// The web page's own questions (src/inventory/web.rs): the overview's
+// counts, runaway processes and namespaces. Not API endpoints.
+
+/// Rules whose open findings the overview lists as runaway processes
+/// (docs/findings.md).
+pub const RUNAWAY_RULES: &[&str] = &[
+    "process.cpu_runaway",
+    "process.fork_rate",
+    "container.memory_near_limit",
+    "container.oom_kill",
+];
+
+/// Open findings of [`RUNAWAY_RULES`], rows shaped as `findings`.
+pub const RUNAWAY: Endpoint = Endpoint {
+    name: "runaway",
+    select: "SELECT x.node, x.container_id, c.namespace, c.name, c.pod_name, c.pod_namespace, \
+        x.rule, x.severity, x.subject, x.summary, x.count, x.first_seen, x.last_seen, x.open \
+        FROM findings x LEFT JOIN containers c ON c.node = x.node AND c.id = x.container_id \
+        WHERE x.open = 1 AND x.rule IN ('process.cpu_runaway', 'process.fork_rate', \
+        'container.memory_near_limit', 'container.oom_kill')",
+    order: FINDINGS.order,
+    filters: &[NODE],
+    columns: FINDINGS.columns,
+};
+
+/// The overview's counts, for the whole fleet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub nodes: i64,
+    pub connected: i64,
+    /// Containers not exited.
+    pub running: i64,
+    pub exited: i64,
+    /// Running as uid 0 without a user namespace.
+    pub root: i64,
+    pub privileged: i64,
+    /// Open listeners on a wildcard address or in a host-network container
+    /// (as `ports?exposed=true`).
+    pub exposed: i64,
+    /// `egress` rows to internet addresses, and the containers they are of.
+    pub internet_destinations: i64,
+    pub internet_containers: i64,
+    pub images: i64,
+    /// Open findings of [`RUNAWAY_RULES`].
+    pub runaway: i64,
+    /// Open findings per severity word, most severe first (every word).
+    pub findings: Vec<(&'static str, i64)>,
+}
+
+const SUMMARY: &str = "SELECT \
+    (SELECT COUNT(*) FROM nodes), \
+    (SELECT COUNT(*) FROM nodes WHERE connected = 1), \
+    (SELECT COUNT(*) FROM containers WHERE exited IS NULL), \
+    (SELECT COUNT(*) FROM containers WHERE exited IS NOT NULL), \
+    (SELECT COUNT(*) FROM containers WHERE exited IS NULL AND uid = 0 AND user_namespace = 0), \
+    (SELECT COUNT(*) FROM containers WHERE exited IS NULL AND privileged = 1), \
+    (SELECT COUNT(*) FROM listeners x LEFT JOIN containers c \
+        ON c.node = x.node AND c.id = x.container_id \
+        WHERE x.closed IS NULL AND (x.wildcard = 1 OR c.host_network = 1)), \
+    (SELECT COUNT(*) FROM egress WHERE internet = 1), \
+    (SELECT COUNT(*) FROM (SELECT DISTINCT node, container_id FROM egress WHERE internet = 1) t), \
+    (SELECT COUNT(*) FROM images), \
+    (SELECT COUNT(*) FROM findings WHERE open = 1 AND rule IN ('process.cpu_runaway', \
+        'process.fork_rate', 'container.memory_near_limit', 'container.oom_kill'))";
+
+/// The overview's counts.
+pub async fn summary(pool: &AnyPool) -> Result<Summary, QueryError> {
+    let err = |source| QueryError::Store {
+        endpoint: "summary",
+        source,
+    };
+    let row = sqlx::query(SUMMARY).fetch_one(pool).await.map_err(err)?;
+    let n = |i: usize| row.try_get::<i64, _>(i).map_err(err);
+    let by_severity =
+        sqlx::query("SELECT severity, COUNT(*) FROM findings WHERE open = 1 GROUP BY severity")
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+    let mut findings: Vec<(&'static str, i64)> =
+        Severity::WORDS.iter().rev().map(|w| (*w, 0)).collect();
+    for r in &by_severity {
+        let (word, count): (String, i64) = (r.try_get(0).map_err(err)?, r.try_get(1).map_err(err)?);
+        if let Some(slot) = findings.iter_mut().find(|(w, _)| *w == word) {
+            slot.1 += count;
+        }
+    }
+    Ok(Summary {
+        nodes: n(0)?,
+        connected: n(1)?,
+        running: n(2)?,
+        exited: n(3)?,
+        root: n(4)?,
+        privileged: n(5)?,
+        exposed: n(6)?,
+        internet_destinations: n(7)?,
+        internet_containers: n(8)?,
+        images: n(9)?,
+        runaway: n(10)?,
+        findings,
+    })
+}
+
+/// A namespace (containerd's or a pod's) and its containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceCount {
+    pub name: String,
+    pub containers: i64,
+    pub running: i64,
+}
+
+/// Namespaces, containerd's and pods' (a pod container counts in both),
+/// with their container counts; at most `limit`, and whether there were
+/// more.
+pub async fn namespaces(
+    pool: &AnyPool,
+    limit: usize,
+) -> Result<(Vec<NamespaceCount>, bool), QueryError> {
+    let err = |source| QueryError::Store {
+        endpoint: "namespaces",
+        source,
+    };
+    let text = format!(
+        "SELECT ns, COUNT(*), COUNT(CASE WHEN exited IS NULL THEN 1 END) FROM ( \
+         SELECT namespace AS ns, exited FROM containers WHERE namespace <> '' \
+         UNION ALL SELECT pod_namespace AS ns, exited FROM containers \
+         WHERE pod_namespace <> '' AND pod_namespace <> namespace) t \
+         GROUP BY ns ORDER BY ns LIMIT {}",
+        limit + 1
+    );
+    let rows = sqlx::query(&text).fetch_all(pool).await.map_err(err)?;
+    let mut out = Vec::new();
+    for r in rows.iter().take(limit) {
+        out.push(NamespaceCount {
+            name: r.try_get(0).map_err(err)?,
+            containers: r.try_get(1).map_err(err)?,
+            running: r.try_get(2).map_err(err)?,
+        });
+    }
+    Ok((out, rows.len() > limit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_endpoint_selects_as_many_columns_as_it_shows() {
-        for ep in ENDPOINTS {
+        for ep in ENDPOINTS.iter().copied().chain([&RUNAWAY]) {
             let select = ep.select.split(" FROM ").next().unwrap();
             // subqueries hold their own FROM: count top-level commas
             let mut depth = 0;
@@ -432,5 +607,19 @@ mod tests {
             "{text}"
         );
         assert_eq!(binds, ["n'1"]);
+    }
+
+    #[test]
+    fn runaway_rules_are_the_ones_counted_and_listed() {
+        for rule in RUNAWAY_RULES {
+            let quoted = format!("'{rule}'");
+            assert!(RUNAWAY.select.contains(&quoted), "{rule}");
+            assert!(SUMMARY.contains(&quoted), "{rule}");
+        }
+        assert_eq!(
+            RUNAWAY.select.matches("'process.").count()
+                + RUNAWAY.select.matches("'container.").count(),
+            RUNAWAY_RULES.len()
+        );
     }
 }
