@@ -228,7 +228,7 @@ impl Attributor {
     /// News from containerd; released events go to `out`.
     pub fn apply(&mut self, update: Update, now: Instant, out: &mut Vec<Event>) {
         match update {
-            Update::Upsert(meta) => {
+            Update::Upsert(meta) | Update::Listed { meta, .. } => {
                 let id = meta.id.clone();
                 self.missing.remove(&id);
                 self.release(&id, Ok(&meta), out);

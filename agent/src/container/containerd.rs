@@ -36,8 +36,14 @@ use crate::event::Unattributed;
 /// What the containerd task tells the pipeline.
 #[derive(Debug)]
 pub enum Update {
-    /// A container is known (created, listed at sync, or looked up).
+    /// A container is known (created, its task started, or looked up).
     Upsert(Arc<ContainerMeta>),
+    /// The listing at (re)connect names this container, with the exit
+    /// status of its init if that has exited (and is not deleted yet).
+    Listed {
+        meta: Arc<ContainerMeta>,
+        exit_code: Option<i32>,
+    },
     /// containerd deleted it.
     Deleted(String),
     /// Its init process (the task whose id is the container's) exited with
@@ -45,7 +51,7 @@ pub enum Update {
     Exited { id: String, exit_code: i32 },
     /// No namespace has this id (after retries).
     NotFound(String),
-    /// Connected, and every container listed.
+    /// Connected, and every container listed: one not listed is gone.
     Synced,
     /// Not connected; events are marked unattributed with this reason.
     Unavailable(Unattributed),
@@ -576,19 +582,13 @@ async fn session(
     let all = within(SYNC_TIMEOUT, "containers.list", client.list_all()).await?;
     let n = all.len();
     for (m, exit_code) in all {
-        let id = m.id.clone();
-        if updates.send(Update::Upsert(Arc::new(m))).await.is_err() {
-            return Ok(());
-        }
         // a container whose init has exited is listed, not running
-        if let Some(exit_code) = exit_code {
-            if updates
-                .send(Update::Exited { id, exit_code })
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
+        let listed = Update::Listed {
+            meta: Arc::new(m),
+            exit_code,
+        };
+        if updates.send(listed).await.is_err() {
+            return Ok(());
         }
     }
     info!(

@@ -7,7 +7,10 @@
 //! event of it can still be in flight (metadata and cgroup names go).
 //! Holders implement [`Observer`]; the pipeline publishes each change to
 //! all of them from one place. It also knows which containers are present
-//! (first seen, exited with what status) for the `container` events.
+//! (first seen, exited with what status) for the `container` events, and
+//! at each containerd listing (every (re)connect) what changed while the
+//! agent could not hear it: containers gone ([`Lifecycle::synced`]),
+//! exited, or started again under the same id ([`Lifecycle::listed`]).
 //! Pure state machine: time is passed in.
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -18,6 +21,7 @@ use std::{
 use tracing::warn;
 
 use super::meta::ContainerMeta;
+use crate::event::ContainerState;
 
 /// Containers remembered as present at most (a node runs a few hundred;
 /// the bound only guards against containerd deleting containers while
@@ -52,6 +56,9 @@ pub trait Observer {
     fn on_container(&mut self, change: &Change);
 }
 
+/// A step of a container's life to report (a `container` event).
+pub type Step = (ContainerState, Option<i32>);
+
 /// Deleted containers waiting out their grace, oldest first.
 #[derive(Debug)]
 pub struct Lifecycle {
@@ -59,6 +66,10 @@ pub struct Lifecycle {
     deleted: VecDeque<(Instant, String)>,
     pending: HashSet<String>,
     present: HashMap<String, Present>,
+    /// Present containers containerd's listing under way has named.
+    listing: HashSet<String>,
+    /// Warned that [`MAX_PRESENT`] is reached (once until there is room).
+    full: bool,
 }
 
 impl Lifecycle {
@@ -70,28 +81,95 @@ impl Lifecycle {
             deleted: VecDeque::new(),
             pending: HashSet::new(),
             present: HashMap::new(),
+            listing: HashSet::new(),
+            full: false,
         }
     }
 
-    /// containerd knows `meta` (created, listed, looked up): whether this
-    /// is the first time (the container is to be reported `created`).
-    /// Its metadata is kept up to date either way.
+    /// containerd knows `meta` (created, its task started, looked up):
+    /// whether it is to be reported `created`: the first time, and when
+    /// its task starts again after an exit (a restart under the same id).
+    /// Its metadata is kept up to date either way. Past [`MAX_PRESENT`]
+    /// a new container is not remembered and not reported (its events
+    /// still carry it); reporting it at each update would repeat it.
     pub fn seen(&mut self, meta: &Arc<ContainerMeta>) -> bool {
         if let Some(p) = self.present.get_mut(&meta.id) {
             p.meta = meta.clone();
+            return p.exit_code.take().is_some();
+        }
+        self.remember(meta)
+    }
+
+    /// Remember a new container; false when there is no room.
+    fn remember(&mut self, meta: &Arc<ContainerMeta>) -> bool {
+        if self.present.len() >= MAX_PRESENT {
+            if !std::mem::replace(&mut self.full, true) {
+                warn!(container = %meta.id, max = MAX_PRESENT,
+                    "too many containers remembered: new ones are not reported as created \
+                     (their events still name them) until some are deleted");
+            }
             return false;
         }
-        if self.present.len() >= MAX_PRESENT {
-            warn!(container = %meta.id, max = MAX_PRESENT,
-                "too many containers remembered: its exit and deletion will lack metadata");
-            return true;
-        }
+        self.full = false;
         let present = Present {
             meta: meta.clone(),
             exit_code: None,
         };
         self.present.insert(meta.id.clone(), present);
         true
+    }
+
+    /// containerd's listing (at each (re)connect) names `meta`, whose init
+    /// has exited with `exit_code` if it has: the steps to report, from
+    /// what the agent knew before. A container first known is `created`
+    /// (and `exited`); one that exited while the agent could not hear is
+    /// `exited`; one that started again is `created` again.
+    pub fn listed(&mut self, meta: &Arc<ContainerMeta>, exit_code: Option<i32>) -> Vec<Step> {
+        let Some(p) = self.present.get_mut(&meta.id) else {
+            if !self.remember(meta) {
+                return Vec::new();
+            }
+            self.listing.insert(meta.id.clone());
+            let mut steps = vec![(ContainerState::Created, None)];
+            if let Some(code) = exit_code {
+                self.exited(&meta.id, code);
+                steps.push((ContainerState::Exited, Some(code)));
+            }
+            return steps;
+        };
+        p.meta = meta.clone();
+        let was = std::mem::replace(&mut p.exit_code, exit_code);
+        self.listing.insert(meta.id.clone());
+        match (was, exit_code) {
+            (Some(_), None) => vec![(ContainerState::Created, None)],
+            (None, Some(code)) => vec![(ContainerState::Exited, Some(code))],
+            (Some(a), Some(b)) if a != b => vec![
+                (ContainerState::Created, None),
+                (ContainerState::Exited, Some(b)),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// containerd's listing is complete: the containers present that it
+    /// did not name, deleted while the agent could not hear (to be
+    /// reported `deleted`, through [`Lifecycle::deleted`]).
+    pub fn synced(&mut self) -> Vec<String> {
+        let listing = std::mem::take(&mut self.listing);
+        let mut gone: Vec<String> = self
+            .present
+            .keys()
+            .filter(|id| !listing.contains(*id))
+            .cloned()
+            .collect();
+        gone.sort();
+        gone
+    }
+
+    /// The listing under way was cut off (containerd went away): the next
+    /// one starts afresh.
+    pub fn sync_lost(&mut self) {
+        self.listing.clear();
     }
 
     /// `id`'s init process exited with `exit_code`: its metadata, if known.
@@ -195,6 +273,69 @@ mod tests {
         let again = l.ended("c");
         assert_eq!((again.meta.is_none(), again.exit_code), (true, None));
         assert!(l.seen(&meta), "a new container under the id");
+    }
+
+    fn meta(id: &str) -> Arc<ContainerMeta> {
+        Arc::new(ContainerMeta {
+            id: id.into(),
+            ..ContainerMeta::default()
+        })
+    }
+
+    #[test]
+    fn a_task_started_again_after_its_exit_is_created_again() {
+        let mut l = Lifecycle::new(Duration::from_secs(1));
+        let c = meta("c");
+        assert!(l.seen(&c));
+        assert!(l.exited("c", 3).is_some());
+        assert!(l.seen(&c), "task start after the exit: a restart");
+        assert!(!l.seen(&c), "running: a refresh");
+        l.exited("c", 0);
+        assert_eq!(l.ended("c").exit_code, Some(0));
+    }
+
+    #[test]
+    fn a_listing_reports_what_changed_while_the_agent_could_not_hear() {
+        use ContainerState::{Created, Exited};
+        let mut l = Lifecycle::new(Duration::from_secs(1));
+        // the first listing: one running, one exited
+        assert_eq!(l.listed(&meta("run"), None), [(Created, None)]);
+        assert_eq!(
+            l.listed(&meta("done"), Some(3)),
+            [(Created, None), (Exited, Some(3))]
+        );
+        assert!(l.synced().is_empty());
+        // learned live: a third
+        assert!(l.seen(&meta("new")));
+        // containerd away; then listed again: `run` exited meanwhile,
+        // `done` was started again, `new` was deleted
+        assert_eq!(l.listed(&meta("run"), Some(137)), [(Exited, Some(137))]);
+        assert_eq!(l.listed(&meta("done"), None), [(Created, None)]);
+        assert_eq!(l.synced(), ["new"]);
+        // the same listing again: nothing changed
+        assert!(l.listed(&meta("run"), Some(137)).is_empty());
+        assert!(l.listed(&meta("done"), None).is_empty());
+        assert_eq!(l.synced(), ["new"], "not ended yet: the pipeline ends it");
+        l.ended("new");
+        // a listing cut off names nothing of the next one
+        l.listed(&meta("run"), Some(137));
+        l.sync_lost();
+        l.listed(&meta("done"), None);
+        assert_eq!(l.synced(), ["run"]);
+    }
+
+    #[test]
+    fn past_the_bound_a_container_is_not_reported_at_each_update() {
+        let mut l = Lifecycle::new(Duration::from_secs(1));
+        for i in 0..MAX_PRESENT {
+            assert!(l.seen(&meta(&i.to_string())));
+        }
+        let over = meta("over");
+        assert!(!l.seen(&over));
+        assert!(!l.seen(&over), "not again either");
+        assert!(l.listed(&over, None).is_empty());
+        l.ended("0");
+        assert!(l.seen(&over), "room again");
     }
 
     #[test]

@@ -272,18 +272,7 @@ impl Pipeline {
         let mut out = Vec::new();
         match &update {
             Update::Deleted(id) => {
-                if let Some(change) = self.lifecycle.deleted(id, Instant::now()) {
-                    let end = self.lifecycle.ended(id);
-                    let step = inventory::step(ContainerState::Deleted, end.exit_code);
-                    out.push(inventory::container_event(
-                        &node,
-                        id,
-                        end.meta.as_ref(),
-                        step,
-                        false,
-                    ));
-                    self.publish(&change);
-                }
+                self.container_deleted(id, &mut out);
                 return self.emit(out);
             }
             Update::Exited { id, exit_code } => {
@@ -304,21 +293,22 @@ impl Pipeline {
                 self.lifecycle.alive(&meta.id);
                 self.sampler.rediscover();
                 if self.lifecycle.seen(meta) {
-                    let snapshot = self.startup.is_some();
-                    if let Some(s) = self.startup.as_mut() {
-                        s.containers += 1;
-                    }
                     let step = inventory::step(ContainerState::Created, None);
-                    out.push(inventory::container_event(
-                        &node,
-                        &meta.id,
-                        Some(meta),
-                        step,
-                        snapshot,
-                    ));
+                    out.push(self.container_step(meta, step));
+                }
+            }
+            Update::Listed { meta, exit_code } => {
+                self.lifecycle.alive(&meta.id);
+                self.sampler.rediscover();
+                for (state, code) in self.lifecycle.listed(meta, *exit_code) {
+                    out.push(self.container_step(meta, inventory::step(state, code)));
                 }
             }
             Update::Synced => {
+                // deleted while containerd could not be heard
+                for id in self.lifecycle.synced() {
+                    self.container_deleted(&id, &mut out);
+                }
                 if let Some(s) = self.startup.take() {
                     let listed = s.containers;
                     self.emit(out)?;
@@ -327,6 +317,7 @@ impl Pipeline {
                 }
             }
             Update::Unavailable(_) => {
+                self.lifecycle.sync_lost();
                 if let Some(s) = self.startup.take() {
                     self.snapshot_complete(s, None)?;
                 }
@@ -335,6 +326,40 @@ impl Pipeline {
         }
         out.extend(self.attribute.apply(update));
         self.emit(out)
+    }
+
+    /// A step of a listed or refreshed container: a snapshot event before
+    /// the first listing ends (a `created` counted in the marker).
+    fn container_step(
+        &mut self,
+        meta: &Arc<crate::container::meta::ContainerMeta>,
+        step: crate::event::Lifecycle,
+    ) -> Event {
+        let snapshot = self.startup.is_some();
+        if let Some(s) = self.startup.as_mut() {
+            if step.state == ContainerState::Created {
+                s.containers += 1;
+            }
+        }
+        inventory::container_event(&self.identity.node, &meta.id, Some(meta), step, snapshot)
+    }
+
+    /// containerd deleted `id` (or no longer lists it): its `deleted`
+    /// event, and the change to every holder of its state.
+    fn container_deleted(&mut self, id: &str, out: &mut Vec<Event>) {
+        if let Some(change) = self.lifecycle.deleted(id, Instant::now()) {
+            let end = self.lifecycle.ended(id);
+            let step = inventory::step(ContainerState::Deleted, end.exit_code);
+            let node = &self.identity.node;
+            out.push(inventory::container_event(
+                node,
+                id,
+                end.meta.as_ref(),
+                step,
+                false,
+            ));
+            self.publish(&change);
+        }
     }
 
     /// One lifecycle change to every holder of per-container state.
