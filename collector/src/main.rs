@@ -147,8 +147,10 @@ struct Cli {
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// The fleet inventory (docs/fleet.md): `sqlite:PATH` (created if
-    /// missing), or `none`. Default: sqlite:OUTPUT.inventory.db next to the
-    /// output file (none when the output is stdout).
+    /// missing), `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (or
+    /// postgresql://; one database several collector replicas share), or
+    /// `none`. Default: sqlite:OUTPUT.inventory.db next to the output file
+    /// (none when the output is stdout).
     #[arg(long)]
     store: Option<inventory::StoreUrl>,
     /// Serve the inventory's read API (JSON under /api/v1/) on this
@@ -189,28 +191,47 @@ fn api_token(cli: &Cli) -> Result<Option<String>> {
 }
 
 /// Open the inventory store `--store` names (default: next to the
-/// output file) and start its task; `None` with `--store none`.
+/// output file) and start its task; `None` with `--store none`. An
+/// unreachable PostgreSQL does not stop the start: the store task
+/// migrates and writes once it answers (src/inventory/reach.rs).
 async fn open_inventory(
     cli: &Cli,
     out_path: Option<&std::path::Path>,
 ) -> Result<Option<(sqlx::AnyPool, inventory::Feed)>> {
+    use inventory::{reach::Writer, store, StoreUrl};
     let url = cli.store.clone().unwrap_or_else(|| {
-        out_path.map_or(inventory::StoreUrl::None, |p| {
-            inventory::StoreUrl::Sqlite(PathBuf::from(format!("{}.inventory.db", p.display())))
+        out_path.map_or(StoreUrl::None, |p| {
+            StoreUrl::Sqlite(PathBuf::from(format!("{}.inventory.db", p.display())))
         })
     });
-    let path = match url {
-        inventory::StoreUrl::None => {
+    let (pool, writer, down) = match &url {
+        StoreUrl::None => {
             if cli.api_listen.is_some() {
                 return Err(inventory::api::ApiError::NoStore.into());
             }
             return Ok(None);
         }
-        inventory::StoreUrl::Sqlite(p) => p,
+        StoreUrl::Sqlite(path) => {
+            let pool = store::open(path).await?;
+            (pool.clone(), Writer::new(pool, None, false), None)
+        }
+        StoreUrl::Postgres(u) => {
+            let pool = store::open_postgres(u)?;
+            match store::migrate(&pool, u).await {
+                Ok(()) => (pool.clone(), Writer::new(pool, Some(u.clone()), false), None),
+                Err(e) if e.unreachable() => {
+                    let why = store::reason(Some(u), &e).await;
+                    (pool.clone(), Writer::new(pool, Some(u.clone()), true), Some(why))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
-    let pool = inventory::store::open(&path).await?;
-    info!(store = %path.display(), "inventory store open");
-    let feed = inventory::updater::spawn(pool.clone());
+    let feed = inventory::updater::spawn(writer);
+    match down {
+        None => info!(store = %url.redacted(), "inventory store open"),
+        Some(why) => feed.health.reach.set_down(why),
+    }
     Ok(Some((pool, feed)))
 }
 
@@ -412,8 +433,11 @@ async fn run(cli: Cli) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics (--metrics-listen)"))?;
         let m = shared.clone();
+        let store = inventory.as_ref().map(|(_, feed)| feed.health.clone());
         tokio::spawn(spyglass_proto::endpoints::serve(http, move |path| {
-            metrics::answer(&m.metrics, &m.agents, path)
+            inventory::reach::readiness(path, store.as_ref().map(|h| &h.reach), |p| {
+                metrics::answer(&m.metrics, &m.agents, p)
+            })
         }));
     }
     if let (Some((pool, feed)), Some(addr)) = (&inventory, cli.api_listen) {

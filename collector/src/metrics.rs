@@ -262,6 +262,30 @@ fn store_metrics(s: &mut String, h: &crate::inventory::Health) {
             get(&h.errors),
         ),
         (
+            "spyglass_collector_store_up",
+            "1 while the inventory store answers, 0 while it is unreachable (the API answers 503; /readyz/queries says why).",
+            "gauge",
+            u64::from(h.reach.down().is_none()),
+        ),
+        (
+            "spyglass_collector_store_outages_total",
+            "Times the inventory store became unreachable.",
+            "counter",
+            get(&h.reach.outages),
+        ),
+        (
+            "spyglass_collector_store_pending_rows",
+            "Inventory rows waiting for an unreachable store (written when it answers again).",
+            "gauge",
+            get(&h.reach.pending_rows),
+        ),
+        (
+            "spyglass_collector_store_dropped_rows_total",
+            "Inventory rows dropped because too many waited for an unreachable store; the store is stale.",
+            "counter",
+            get(&h.reach.dropped_rows),
+        ),
+        (
             "spyglass_collector_store_stale",
             "1 once an update was dropped or a write failed: the inventory may miss state.",
             "gauge",

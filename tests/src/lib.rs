@@ -16,6 +16,7 @@ use serde_json::Value;
 
 pub mod containers;
 pub mod pki;
+pub mod postgres;
 
 /// The test virtualenv's python (checkers from PyPI, see xtask setup).
 pub fn python() -> std::path::PathBuf {

@@ -252,10 +252,13 @@ pub fn bench_tools() -> Result<()> {
 }
 
 /// Everything `test` needs on top of `run`: the Python checkers, the test
-/// images, qemu for the kernel matrix, and chromium (headless) for the
-/// fleet web page's browser test (tests/tests/fleet_web.rs).
+/// images, qemu for the kernel matrix, chromium (headless) for the
+/// fleet web page's browser test (tests/tests/fleet_web.rs), and
+/// PostgreSQL, whose initdb and pg_ctl the harness runs to give the
+/// collectors of tests/tests/fleet_postgres.rs a shared store
+/// (tests/src/postgres.rs; no cluster of the package is used).
 pub fn test_tools() -> Result<()> {
-    apt(&["qemu-system-x86", "chromium"])?;
+    apt(&["qemu-system-x86", "chromium", "postgresql"])?;
     python_tools()?;
     crate::images::import()
 }

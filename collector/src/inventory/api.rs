@@ -76,7 +76,7 @@ struct App {
 }
 
 /// Compare without stopping at the first differing byte.
-pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
+fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
@@ -119,6 +119,12 @@ async fn list(
         Ok(Query(p)) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("query string: {e}")),
     };
+    if let Some(why) = app.health.reach.down() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("store unreachable: {why}"),
+        );
+    }
     match query::run(&app.pool, ep, &pairs).await {
         Ok((rows, truncated)) => {
             let mut body = serde_json::Map::new();
@@ -131,6 +137,14 @@ async fn list(
             Json(serde_json::Value::Object(body)).into_response()
         }
         Err(QueryError::Filter(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(QueryError::Store { source, .. }) if super::store::unreachable(&source) => {
+            let why = source.to_string();
+            app.health.reach.set_down(why.clone());
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("store unreachable: {why}"),
+            )
+        }
         Err(e @ QueryError::Store { .. }) => {
             warn!(error = %e, "API query failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
@@ -152,8 +166,6 @@ pub fn spawn(
     token: Option<String>,
     health: Arc<Health>,
 ) {
-    // the web page (web.rs) on the same listener, behind the same token
-    let web = super::web::router(pool.clone(), token.clone(), health.clone());
     let app = App {
         pool,
         token: token.map(Arc::from),
@@ -161,8 +173,7 @@ pub fn spawn(
     };
     let router = Router::new()
         .route("/api/v1/{name}", get(list))
-        .with_state(app)
-        .merge(web);
+        .with_state(app);
     info!(addr = ?listener.local_addr().ok(), "inventory API ready");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {

@@ -8,18 +8,18 @@
 //! - [`rows`]: what one flush writes;
 //! - [`store`]: the database, its migrations and the writes;
 //! - [`updater`]: the store task fed from ingest;
-//! - [`query`] and [`api`]: the read side; [`web`]: the web page.
+//! - [`query`] and [`api`]: the read side.
 pub mod api;
 pub mod changes;
 pub mod filters;
 pub mod query;
+pub mod reach;
 #[cfg(test)]
 mod roundtrip;
 pub mod rows;
 pub mod store;
 pub mod tracker;
 pub mod updater;
-pub mod web;
 
 /// Address classification, one definition shared with the agent's
 /// policy: the collector uses its internet test for egress destinations.

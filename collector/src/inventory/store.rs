@@ -3,7 +3,7 @@
 //! transaction. Every write is an upsert on the table's natural key with
 //! bound values (never SQL built from input), so a batch an agent
 //! resends writes the same rows again and creates no duplicates.
-use std::{borrow::Cow, path::PathBuf, str::FromStr};
+use std::{borrow::Cow, collections::HashMap, path::PathBuf, str::FromStr, time::Duration};
 
 use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
@@ -18,19 +18,77 @@ use super::rows::Rows;
 pub enum StoreUrl {
     /// `sqlite:PATH`: an embedded SQLite database file.
     Sqlite(PathBuf),
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?OPTIONS]` (or
+    /// `postgresql://`): a PostgreSQL database several collectors share.
+    Postgres(String),
     /// `none`: no inventory.
     None,
 }
 
+/// The accepted forms, for the messages that refuse a `--store`.
+const FORMS: &str = "sqlite:PATH (an SQLite file, created if missing), \
+    postgres://USER[:PASSWORD]@HOST[:PORT]/DB (or postgresql://; a database \
+    several collectors share) or none";
+
+impl StoreUrl {
+    /// The URL without its password, for logs and messages.
+    pub fn redacted(&self) -> String {
+        match self {
+            StoreUrl::Sqlite(p) => format!("sqlite:{}", p.display()),
+            StoreUrl::Postgres(u) => redact(u),
+            StoreUrl::None => "none".into(),
+        }
+    }
+}
+
+/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let (auth, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((userinfo, host)) = auth.rsplit_once('@') else {
+        return url.into();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.into(),
+    }
+}
+
+/// Check a PostgreSQL URL's shape (no connection is made).
+fn postgres_url(s: &str) -> Result<StoreUrl, StoreError> {
+    let rest = s
+        .strip_prefix("postgres://")
+        .or_else(|| s.strip_prefix("postgresql://"))
+        .ok_or_else(|| StoreError::Url {
+            url: redact(s),
+            why: "a PostgreSQL URL starts with postgres:// or postgresql://".into(),
+        })?;
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    if host.is_empty() {
+        return Err(StoreError::Url {
+            url: redact(s),
+            why: "no host".into(),
+        });
+    }
+    sqlx::postgres::PgConnectOptions::from_str(s).map_err(|e| StoreError::Url {
+        url: redact(s),
+        why: e.to_string(),
+    })?;
+    Ok(StoreUrl::Postgres(s.into()))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("--store {0:?}: expected sqlite:PATH (an SQLite file, created if missing) or none")]
-    Url(String),
-    #[error(
-        "--store {0:?}: PostgreSQL is not supported by this collector yet; \
-         use sqlite:PATH (or none)"
-    )]
-    Postgres(String),
+    #[error("--store {0:?}: expected {FORMS}")]
+    Form(String),
+    #[error("--store {url:?}: {why}; expected {FORMS}")]
+    Url { url: String, why: String },
     #[error("--store sqlite:{0:?}: the path may not hold '?' or '#'; rename the file")]
     Path(String),
     #[error("cannot open the inventory store {url}: {source}; check --store")]
@@ -52,16 +110,16 @@ impl FromStr for StoreUrl {
             return Ok(StoreUrl::None);
         }
         if s.starts_with("postgres:") || s.starts_with("postgresql:") {
-            return Err(StoreError::Postgres(s.into()));
+            return postgres_url(s);
         }
         let Some(path) = s
             .strip_prefix("sqlite://")
             .or_else(|| s.strip_prefix("sqlite:"))
         else {
-            return Err(StoreError::Url(s.into()));
+            return Err(StoreError::Form(redact(s)));
         };
         if path.is_empty() || path.starts_with(':') {
-            return Err(StoreError::Url(s.into()));
+            return Err(StoreError::Form(s.into()));
         }
         if path.contains(['?', '#']) {
             return Err(StoreError::Path(path.into()));
@@ -97,6 +155,126 @@ fn migrator() -> Migrator {
         ignore_missing: false,
         locking: true,
         no_tx: false,
+    }
+}
+
+/// How long a write or a query waits for a PostgreSQL connection before
+/// it fails: an unreachable server fails them fast (the API answers 503)
+/// instead of holding them for sqlx's default 30 s.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A PostgreSQL store's pool. It connects lazily: an unreachable server
+/// does not stop the start (ingest never depends on the store); the
+/// migrations run when the server is first reached ([`migrate`]).
+pub fn open_postgres(url: &str) -> Result<AnyPool, StoreError> {
+    sqlx::any::install_default_drivers();
+    let opts = AnyConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+        url: redact(url),
+        source,
+    })?;
+    Ok(AnyPoolOptions::new()
+        .max_connections(4)
+        .min_connections(0)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(opts))
+}
+
+/// Run the migrations not yet applied. Several collectors may start
+/// on one PostgreSQL at once: the migrator holds an advisory lock while
+/// it runs, so one applies them and the others see them applied.
+pub async fn migrate(pool: &AnyPool, url: &str) -> Result<(), StoreError> {
+    migrator()
+        .run(pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: redact(url),
+            source,
+        })
+}
+
+/// The database cannot be reached, or refuses this collector's
+/// connection (network, TLS, pool timeout, server shutting down, too
+/// many connections, authentication, missing database): worth trying
+/// again later, with the changes kept.
+pub fn unreachable(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
+        E::Protocol(_) => true,
+        E::Database(d) => d.code().is_some_and(|c| {
+            // 08: connection exception; 57P0x: admin or crash shutdown,
+            // cannot connect now; 53300: too many connections; 28:
+            // authorization; 3D000: no such database
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("28")
+                || c == "53300"
+                || c == "3D000"
+        }),
+        _ => false,
+    }
+}
+
+/// Two writers met on the same rows (two collectors on one PostgreSQL):
+/// a serialization failure, a deadlock, or a unique violation between
+/// two inserts of one key. The transaction is rolled back whole, and
+/// trying it again gives the same rows as if it had gone first.
+fn race(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "23505")))
+}
+
+/// Why `e` happened, in words for the API and /readyz: a pool that
+/// timed out says only that, so one direct connection to `url` is tried
+/// to learn the cause (connection refused, unknown host, no such
+/// database, ...).
+pub async fn reason(url: Option<&str>, e: &StoreError) -> String {
+    let timed_out = matches!(
+        e,
+        StoreError::Open {
+            source: sqlx::Error::PoolTimedOut,
+            ..
+        } | StoreError::Write {
+            source: sqlx::Error::PoolTimedOut,
+            ..
+        } | StoreError::Migrate {
+            source: sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut),
+            ..
+        }
+    );
+    let Some(url) = url.filter(|_| timed_out) else {
+        return e.to_string();
+    };
+    use sqlx::Connection;
+    let direct = tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::AnyConnection::connect(url)).await;
+    match direct {
+        Ok(Err(cause)) => format!("cannot connect to {}: {cause}", redact(url)),
+        Err(_) => format!(
+            "cannot connect to {}: no answer within {} s",
+            redact(url),
+            ACQUIRE_TIMEOUT.as_secs()
+        ),
+        Ok(Ok(conn)) => {
+            drop(conn.close().await);
+            e.to_string()
+        }
+    }
+}
+
+impl StoreError {
+    /// See [`unreachable`].
+    pub fn unreachable(&self) -> bool {
+        use sqlx::migrate::MigrateError as M;
+        match self {
+            StoreError::Open { source, .. } | StoreError::Write { source, .. } => {
+                unreachable(source)
+            }
+            StoreError::Migrate { source, .. } => match source {
+                M::Execute(e) | M::ExecuteMigration(e, _) => unreachable(e),
+                _ => false,
+            },
+            _ => false,
+        }
     }
 }
 
@@ -231,8 +409,17 @@ const CLOSE_ALL: &str = "UPDATE listeners SET closed = $3 WHERE node = $1 \
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
+/// A table's rows in key order: two collectors writing overlapping rows
+/// (an image both see, a node during a failover) lock them in the same
+/// order, so they wait for each other instead of deadlocking.
+fn sorted<K: Ord, V>(m: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
 async fn write_nodes(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
-    for (node, r) in &rows.nodes {
+    for (node, r) in sorted(&rows.nodes) {
         sqlx::query(NODE)
             .bind(node)
             .bind(r.agent_version.clone())
@@ -247,7 +434,7 @@ async fn write_nodes(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
 }
 
 async fn write_containers(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
-    for ((node, id), r) in &rows.containers {
+    for ((node, id), r) in sorted(&rows.containers) {
         let meta = r.meta.as_ref().and_then(|c| c.meta.clone().map(|m| (c, m)));
         let Some((c, m)) = meta else {
             sqlx::query(CONTAINER_TIMES)
@@ -296,7 +483,7 @@ async fn write_containers(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Erro
 }
 
 async fn write_sockets(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
-    for ((node, cid, proto, addr, port), r) in &rows.listeners {
+    for ((node, cid, proto, addr, port), r) in sorted(&rows.listeners) {
         sqlx::query(LISTENER)
             .bind(node)
             .bind(cid)
@@ -312,7 +499,7 @@ async fn write_sockets(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> 
             .execute(&mut **tx)
             .await?;
     }
-    for ((node, cid, proto, addr, port), at) in &rows.closed {
+    for ((node, cid, proto, addr, port), at) in sorted(&rows.closed) {
         sqlx::query(CLOSE)
             .bind(*at)
             .bind(node)
@@ -323,7 +510,7 @@ async fn write_sockets(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> 
             .execute(&mut **tx)
             .await?;
     }
-    for ((node, cid, proto, addr, port), r) in &rows.egress {
+    for ((node, cid, proto, addr, port), r) in sorted(&rows.egress) {
         sqlx::query(EGRESS)
             .bind(node)
             .bind(cid)
@@ -341,7 +528,7 @@ async fn write_sockets(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> 
 }
 
 async fn write_images_and_findings(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
-    for (digest, r) in &rows.images {
+    for (digest, r) in sorted(&rows.images) {
         sqlx::query(IMAGE)
             .bind(digest)
             .bind(&r.index_digest)
@@ -351,14 +538,14 @@ async fn write_images_and_findings(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), s
             .execute(&mut **tx)
             .await?;
     }
-    for (digest, reference) in rows.image_refs.keys() {
+    for ((digest, reference), ()) in sorted(&rows.image_refs) {
         sqlx::query(IMAGE_REF)
             .bind(digest)
             .bind(reference)
             .execute(&mut **tx)
             .await?;
     }
-    for ((node, cid, rule, subject), r) in &rows.findings {
+    for ((node, cid, rule, subject), r) in sorted(&rows.findings) {
         sqlx::query(FINDING)
             .bind(node)
             .bind(cid)
@@ -378,7 +565,7 @@ async fn write_images_and_findings(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), s
 
 async fn write_lifecycle(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
     use spyglass_proto::model::ContainerState as S;
-    for ((node, id), (at, state, code)) in &rows.lifecycle {
+    for ((node, id), (at, state, code)) in sorted(&rows.lifecycle) {
         let sql = match state {
             S::Created => REOPEN,
             S::Exited => EXITED,
@@ -404,19 +591,48 @@ async fn write_lifecycle(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error
     Ok(())
 }
 
-/// Write one flush's rows in one transaction.
+async fn write_once(pool: &AnyPool, rows: &Rows) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    write_nodes(&mut tx, rows).await?;
+    write_containers(&mut tx, rows).await?;
+    write_sockets(&mut tx, rows).await?;
+    write_images_and_findings(&mut tx, rows).await?;
+    write_lifecycle(&mut tx, rows).await?;
+    tx.commit().await
+}
+
+/// Times a transaction that met another writer ([`race`]) is tried.
+const RACE_TRIES: u32 = 5;
+
+/// Write one flush's rows in one transaction, tried again (up to
+/// [`RACE_TRIES`] times, after a short pause) when it met another
+/// collector's transaction on the same rows.
 pub async fn write(pool: &AnyPool, rows: &Rows) -> Result<(), StoreError> {
-    let n = rows.len();
-    let err = |source| StoreError::Write { rows: n, source };
-    let mut tx = pool.begin().await.map_err(err)?;
-    write_nodes(&mut tx, rows).await.map_err(err)?;
-    write_containers(&mut tx, rows).await.map_err(err)?;
-    write_sockets(&mut tx, rows).await.map_err(err)?;
-    write_images_and_findings(&mut tx, rows)
-        .await
-        .map_err(err)?;
-    write_lifecycle(&mut tx, rows).await.map_err(err)?;
-    tx.commit().await.map_err(err)
+    let mut tries = 1;
+    loop {
+        match write_once(pool, rows).await {
+            Ok(()) => return Ok(()),
+            Err(e) if race(&e) && tries < RACE_TRIES => {
+                tracing::debug!(error = %e, tries, "inventory write met another writer; trying again");
+                // spread the writers apart: 10, 20, 40, 80 ms plus a
+                // few ms from the clock
+                let jitter = u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos())
+                        % 10,
+                );
+                tokio::time::sleep(Duration::from_millis((10 << (tries - 1)) + jitter)).await;
+                tries += 1;
+            }
+            Err(source) => {
+                return Err(StoreError::Write {
+                    rows: rows.len(),
+                    source,
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -438,11 +654,34 @@ mod tests {
             let e = bad.parse::<StoreUrl>().unwrap_err().to_string();
             assert!(e.starts_with("--store"), "{bad}: {e}");
         }
-        let e = "postgres://h/db"
-            .parse::<StoreUrl>()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("PostgreSQL is not supported"), "{e}");
+        for good in [
+            "postgres://u@h/db",
+            "postgresql://u:pw@db.example:5433/inv?sslmode=require",
+        ] {
+            assert_eq!(
+                good.parse::<StoreUrl>().unwrap(),
+                StoreUrl::Postgres(good.into())
+            );
+        }
+        for bad in [
+            "postgres:/h/db",
+            "postgres://u:pw@/db",
+            "postgresql://h:port/db",
+        ] {
+            let e = bad.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(
+                e.starts_with("--store") && e.contains("postgres://USER[:PASSWORD]@HOST"),
+                "{bad}: {e}"
+            );
+            assert!(!e.contains(":pw@"), "the password is not shown: {e}");
+        }
+        assert_eq!(
+            "postgres://u:s3cret@h:5432/db?x=1"
+                .parse::<StoreUrl>()
+                .unwrap()
+                .redacted(),
+            "postgres://u:***@h:5432/db?x=1"
+        );
         let e = "sqlite:/a?mode=ro"
             .parse::<StoreUrl>()
             .unwrap_err()

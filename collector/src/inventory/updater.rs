@@ -13,13 +13,12 @@ use std::{
     time::Duration,
 };
 
-use sqlx::AnyPool;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use spyglass_proto::model::{Event, Kind};
 
-use super::{changes, store, tracker::Tracker};
+use super::{changes, reach::Writer, tracker::Tracker};
 use crate::delivery::Received;
 
 /// Distinct containers a batch keeps one event each for; past it every
@@ -135,6 +134,8 @@ pub struct Health {
     /// Something was dropped or failed since the start: the inventory
     /// may miss state until the agents report it again.
     pub stale: AtomicBool,
+    /// Whether the database answers ([`super::reach`]).
+    pub reach: super::reach::Reach,
 }
 
 /// Ingest's end of the store task: never waits.
@@ -168,11 +169,11 @@ pub(super) fn internet(ip: IpAddr) -> bool {
     super::addr::is_internet(ip, &[])
 }
 
-/// Start the store task on `pool`.
-pub fn spawn(pool: AnyPool) -> Feed {
+/// Start the store task, writing with `writer`.
+pub fn spawn(writer: Writer) -> Feed {
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let health = Arc::new(Health::default());
-    tokio::spawn(run(pool, rx, health.clone()));
+    tokio::spawn(run(writer, rx, health.clone()));
     Feed { tx, health }
 }
 
@@ -197,29 +198,7 @@ fn take_in(tracker: &mut Tracker, update: &Update) {
     }
 }
 
-async fn flush(pool: &AnyPool, tracker: &mut Tracker, health: &Health) {
-    let rows = tracker.take();
-    if rows.is_empty() {
-        return;
-    }
-    match store::write(pool, &rows).await {
-        Ok(()) => {
-            health.flushes.fetch_add(1, Ordering::Relaxed);
-            health.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
-            debug!(rows = rows.len(), "inventory flushed");
-        }
-        Err(e) => {
-            health.errors.fetch_add(1, Ordering::Relaxed);
-            health.stale.store(true, Ordering::Relaxed);
-            // metadata is written when first known: re-learn it from the
-            // next events rather than never write it
-            tracker.forget();
-            warn!(error = %e, rows = rows.len(), "inventory flush failed; the store is stale until the next events write it again");
-        }
-    }
-}
-
-async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Update>, health: Arc<Health>) {
+async fn run(mut writer: Writer, mut rx: mpsc::Receiver<Update>, health: Arc<Health>) {
     let mut tracker = Tracker::default();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -229,13 +208,13 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Update>, health: Arc<Health>)
                 let Some(update) = update else { break };
                 take_in(&mut tracker, &update);
                 if tracker.rows.len() >= FLUSH_ROWS {
-                    flush(&pool, &mut tracker, &health).await;
+                    writer.flush(&mut tracker, &health).await;
                 }
             }
-            _ = tick.tick() => flush(&pool, &mut tracker, &health).await,
+            _ = tick.tick() => writer.flush(&mut tracker, &health).await,
         }
     }
-    flush(&pool, &mut tracker, &health).await;
+    writer.flush(&mut tracker, &health).await;
 }
 
 #[cfg(test)]
