@@ -338,7 +338,40 @@ fn an_unreachable_postgres_leaves_ingest_running_and_the_api_says_why() {
     ] {
         assert!(text.lines().any(|l| l == want), "{want}: {text}");
     }
-    drop(held);
+
+    // Away again mid-run: a listener opened meanwhile is written once
+    // the server is back, through the same pool.
+    pg.stop();
+    let later = TcpListener::bind("127.0.0.1:0").unwrap();
+    let later_port = later.local_addr().unwrap().port();
+    agent.wait_for("the second listen", WAIT, |e| {
+        e["kind"] == "listen" && e["network"]["local"]["port"] == later_port
+    });
+    let (st, body) = api_get(api, &ports_path);
+    assert_eq!(st, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("store unreachable: ")),
+        "{body}"
+    );
+    pg.start_again();
+    eventually("the listener opened while away", WAIT, || {
+        let (st, body) = api_get(api, &ports_path);
+        (st == 200
+            && body["ports"]
+                .as_array()?
+                .iter()
+                .any(|r| r["port"] == later_port))
+        .then_some(())
+    });
+    let (_, text) = health(metrics, "/metrics");
+    assert!(
+        text.lines()
+            .any(|l| l == "spyglass_collector_store_outages_total 2"),
+        "{text}"
+    );
+    drop((held, later));
     agent.stop();
 }
 
