@@ -153,6 +153,15 @@ struct Cli {
     /// (none when the output is stdout).
     #[arg(long)]
     store: Option<inventory::StoreUrl>,
+    /// How long the inventory keeps an exited (or deleted) container
+    /// after its exit, with its destinations and closed findings: 90s,
+    /// 30m, 24h, 7d, or `forever`.
+    #[arg(long, default_value = "24h")]
+    retain_exited: inventory::retention::Keep,
+    /// How long the inventory keeps a closed listener after its close
+    /// (same units).
+    #[arg(long, default_value = "24h")]
+    retain_closed: inventory::retention::Keep,
     /// Serve the inventory's read API (JSON under /api/v1/) on this
     /// address (ADDR:PORT, plain HTTP). Off when not given. Without
     /// --api-token-file only a loopback address is accepted.
@@ -227,7 +236,11 @@ async fn open_inventory(
             }
         }
     };
-    let feed = inventory::updater::spawn(writer);
+    let retention = inventory::retention::Retention {
+        exited: cli.retain_exited,
+        closed: cli.retain_closed,
+    };
+    let feed = inventory::updater::spawn(writer, pool.clone(), retention);
     match down {
         None => info!(store = %url.redacted(), "inventory store open"),
         Some(why) => feed.health.reach.set_down(why),

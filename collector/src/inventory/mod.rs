@@ -7,6 +7,10 @@
 //! - [`tracker`]: which changes are new to the store (pure);
 //! - [`rows`]: what one flush writes;
 //! - [`store`]: the database, its migrations and the writes;
+//! - [`restarts`] and [`sweep`]: an agent's startup snapshot is the
+//!   truth for its node (what it does not re-announce has ended);
+//! - [`retention`]: ended rows deleted after `--retain-exited` /
+//!   `--retain-closed`;
 //! - [`updater`]: the store task fed from ingest;
 //! - [`query`] and [`api`]: the read side.
 pub mod api;
@@ -14,10 +18,13 @@ pub mod changes;
 pub mod filters;
 pub mod query;
 pub mod reach;
+pub mod restarts;
+pub mod retention;
 #[cfg(test)]
 mod roundtrip;
 pub mod rows;
 pub mod store;
+pub mod sweep;
 pub mod tracker;
 pub mod updater;
 

@@ -598,6 +598,7 @@ async fn write_once(pool: &AnyPool, rows: &Rows) -> Result<(), sqlx::Error> {
     write_sockets(&mut tx, rows).await?;
     write_images_and_findings(&mut tx, rows).await?;
     write_lifecycle(&mut tx, rows).await?;
+    super::sweep::write(&mut tx, &rows.sweeps).await?;
     tx.commit().await
 }
 

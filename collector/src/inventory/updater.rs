@@ -2,7 +2,10 @@
 //! written, it turns events into state changes ([`super::tracker`]) and
 //! writes them in one transaction every [`FLUSH_EVERY`] or
 //! [`FLUSH_ROWS`] rows. Ingest never waits for it: a full channel drops
-//! the update, counts it and marks the store stale.
+//! the update, counts it and marks the store stale. A flush also ends
+//! what a restarted agent did not re-announce ([`super::sweep`]); every
+//! [`retention::EVERY`] the task deletes what ended longer ago than the
+//! retention ([`super::retention`]).
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -13,12 +16,18 @@ use std::{
     time::Duration,
 };
 
+use sqlx::AnyPool;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use spyglass_proto::model::{Event, Kind};
 
-use super::{changes, reach::Writer, tracker::Tracker};
+use super::{
+    changes,
+    reach::Writer,
+    retention::{self, Retention},
+    tracker::Tracker,
+};
 use crate::delivery::Received;
 
 /// Distinct containers a batch keeps one event each for; past it every
@@ -169,12 +178,47 @@ pub(super) fn internet(ip: IpAddr) -> bool {
     super::addr::is_internet(ip, &[])
 }
 
-/// Start the store task, writing with `writer`.
-pub fn spawn(writer: Writer) -> Feed {
+/// Start the store task, writing with `writer`, deleting from `pool`
+/// what ended longer ago than `retention`.
+pub fn spawn(writer: Writer, pool: AnyPool, retention: Retention) -> Feed {
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let health = Arc::new(Health::default());
-    tokio::spawn(run(writer, rx, health.clone()));
+    let ended = Ended { pool, retention };
+    tokio::spawn(run(writer, rx, health.clone(), ended));
     Feed { tx, health }
+}
+
+/// What the store task deletes past retention, and where.
+struct Ended {
+    pool: AnyPool,
+    retention: Retention,
+}
+
+impl Ended {
+    /// Delete what is past retention; what the store no longer holds is
+    /// no longer taken as written.
+    async fn delete(&self, tracker: &mut Tracker, health: &Health) {
+        if health.reach.down().is_some() {
+            return; // tried again at the next pass
+        }
+        let now = std::time::SystemTime::now();
+        match retention::run(&self.pool, self.retention, now).await {
+            Ok(d) if d.any() => {
+                info!(
+                    containers = d.containers,
+                    listeners = d.listeners,
+                    egress = d.egress,
+                    findings = d.findings,
+                    "inventory: deleted ended rows past retention"
+                );
+                tracker.forget();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "inventory retention pass failed; trying again at the next")
+            }
+        }
+    }
 }
 
 fn take_in(tracker: &mut Tracker, update: &Update) {
@@ -198,10 +242,17 @@ fn take_in(tracker: &mut Tracker, update: &Update) {
     }
 }
 
-async fn run(mut writer: Writer, mut rx: mpsc::Receiver<Update>, health: Arc<Health>) {
+async fn run(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Update>,
+    health: Arc<Health>,
+    ended: Ended,
+) {
     let mut tracker = Tracker::default();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retain = tokio::time::interval(retention::EVERY);
+    retain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             update = rx.recv() => {
@@ -212,6 +263,12 @@ async fn run(mut writer: Writer, mut rx: mpsc::Receiver<Update>, health: Arc<Hea
                 }
             }
             _ = tick.tick() => writer.flush(&mut tracker, &health).await,
+            _ = retain.tick() => {
+                // what is written first, so the tracker's rows are not
+                // taken as written while their rows are deleted
+                writer.flush(&mut tracker, &health).await;
+                ended.delete(&mut tracker, &health).await;
+            }
         }
     }
     writer.flush(&mut tracker, &health).await;
