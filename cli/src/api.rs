@@ -28,6 +28,10 @@ pub enum ApiError {
     },
     #[error("the answer from {url} is not the API's JSON: {why}")]
     Answer { url: String, why: String },
+    #[error("reading the event stream from {url}: {source}; the collector stopped or the connection broke (no line for 60 s: the collector sends a keepalive every 15 s)")]
+    Stream { url: String, source: std::io::Error },
+    #[error("the collector ended the event stream ({url}); it stopped or restarted: follow again")]
+    Ended { url: String },
 }
 
 /// A collector's API, and the token to show it.
@@ -77,6 +81,47 @@ impl Client {
         Ok(Client { base, token, agent })
     }
 
+    /// `GET /api/v1/events?follow=1&...`: the live stream's lines (JSON,
+    /// or empty for a keepalive), read as they come. No overall timeout;
+    /// a read waits at most 60 s (the collector sends a keepalive every
+    /// 15 s).
+    pub fn follow(
+        &self,
+        filters: &[(&str, String)],
+    ) -> Result<(String, impl std::io::BufRead), ApiError> {
+        let url = format!("{}/api/v1/events", self.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(30)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent.get(&url).query("follow", "1");
+        for (k, v) in filters {
+            req = req.query(*k, v);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = req.call().map_err(|e| ApiError::Unreachable {
+            url: url.clone(),
+            source: Box::new(e),
+        })?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status != 200 {
+            let text = body
+                .with_config()
+                .limit(1024 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
+            let v = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(refused(&url, status, &v, &text));
+        }
+        Ok((url, std::io::BufReader::new(body.into_reader())))
+    }
+
     /// GET `/api/v1/{endpoint}` with `filters` (bound by the collector,
     /// never spliced: values go as they are, percent-encoded here).
     pub fn get(&self, endpoint: &str, filters: &[(&str, String)]) -> Result<Answer, ApiError> {
@@ -106,6 +151,23 @@ impl Client {
     }
 }
 
+/// The API's error answer (`{"error": ...}`) as the error.
+fn refused(url: &str, status: u16, v: &Value, text: &str) -> ApiError {
+    let message = v["error"].as_str().unwrap_or(text).to_owned();
+    if status == 401 {
+        ApiError::Unauthorized {
+            url: url.to_owned(),
+            message,
+        }
+    } else {
+        ApiError::Status {
+            url: url.to_owned(),
+            status,
+            message,
+        }
+    }
+}
+
 /// The rows of an answer, or the API's error as the message.
 pub fn parse(url: &str, endpoint: &str, status: u16, text: &str) -> Result<Answer, ApiError> {
     let v: Value = serde_json::from_str(text).map_err(|e| ApiError::Answer {
@@ -113,19 +175,7 @@ pub fn parse(url: &str, endpoint: &str, status: u16, text: &str) -> Result<Answe
         why: format!("{e} (status {status})"),
     })?;
     if status != 200 {
-        let message = v["error"].as_str().unwrap_or(text).to_owned();
-        return Err(if status == 401 {
-            ApiError::Unauthorized {
-                url: url.to_owned(),
-                message,
-            }
-        } else {
-            ApiError::Status {
-                url: url.to_owned(),
-                status,
-                message,
-            }
-        });
+        return Err(refused(url, status, &v, text));
     }
     let Some(rows) = v[endpoint].as_array() else {
         return Err(ApiError::Answer {

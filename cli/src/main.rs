@@ -1,15 +1,18 @@
 //! `spyglass`: ask a collector's fleet inventory which containers run as
 //! root, which ports are exposed, what talks to the internet, which images
-//! run where, which nodes report and which findings are open.
+//! run where, which nodes report and which findings are open; follow its
+//! live event stream (`events --follow`).
 //!
 //! Exit status: 0 when something matched, 1 when nothing did, 2 on an
 //! error (like grep), so scripts can tell "none" from "could not ask".
 mod api;
+mod follow;
+mod line;
 mod table;
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +47,16 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Query(Query),
+    /// The live event stream, filtered: one line per event (time, node,
+    /// workload, kind, pid, what, finding), or `--output json`.
+    Events(follow::Events),
+}
+
+/// The inventory's questions: one GET each.
+#[derive(Subcommand)]
+enum Query {
     /// Containers: their workload, image, uid and privileges.
     Containers {
         /// Only those running as root (uid 0 without a user namespace).
@@ -121,14 +134,14 @@ fn value(name: &'static str, v: Option<String>) -> Option<(&'static str, String)
 
 /// The endpoint, its filters and its table.
 fn request(
-    c: Command,
+    c: Query,
 ) -> (
     &'static str,
     Vec<(&'static str, String)>,
     &'static [table::Column],
 ) {
     let (endpoint, filters, columns) = match c {
-        Command::Containers {
+        Query::Containers {
             root,
             privileged,
             node,
@@ -145,7 +158,7 @@ fn request(
             ],
             table::CONTAINERS,
         ),
-        Command::Ports {
+        Query::Ports {
             exposed,
             node,
             namespace,
@@ -158,7 +171,7 @@ fn request(
             ],
             table::PORTS,
         ),
-        Command::Egress {
+        Query::Egress {
             internet,
             node,
             namespace,
@@ -171,9 +184,9 @@ fn request(
             ],
             table::EGRESS,
         ),
-        Command::Images { digest } => ("images", vec![value("digest", digest)], table::IMAGES),
-        Command::Nodes { connected } => ("nodes", vec![flag("connected", connected)], table::NODES),
-        Command::Findings {
+        Query::Images { digest } => ("images", vec![value("digest", digest)], table::IMAGES),
+        Query::Nodes { connected } => ("nodes", vec![flag("connected", connected)], table::NODES),
+        Query::Findings {
             rule,
             severity,
             open,
@@ -196,7 +209,11 @@ fn request(
 
 fn run(cli: Cli) -> Result<bool, api::ApiError> {
     let client = api::Client::new(&cli.collector, cli.token_file.as_ref())?;
-    let (endpoint, filters, columns) = request(cli.command);
+    let query = match cli.command {
+        Command::Events(e) => return follow::run(&client, e, matches!(cli.output, Output::Json)),
+        Command::Query(q) => q,
+    };
+    let (endpoint, filters, columns) = request(query);
     let answer = client.get(endpoint, &filters)?;
     if answer.stale {
         eprintln!("spyglass: warning: the collector's inventory fell behind its ingest (updates were dropped): rows may be missing or old");
@@ -220,6 +237,16 @@ fn run(cli: Cli) -> Result<bool, api::ApiError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(&cli.command, Command::Events(e) if !e.follow) {
+        // exits 2, like every usage error
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "events needs --follow: the collector keeps no event history to list \
+                 (its output file is the record); `spyglass events --follow` streams what comes",
+            )
+            .exit();
+    }
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -170,7 +170,7 @@ fn hidden(c: char) -> bool {
         || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
-fn clean(s: &str) -> String {
+pub fn clean(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             if hidden(c) {

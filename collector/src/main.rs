@@ -9,6 +9,7 @@ mod idle;
 mod inflight;
 mod inventory;
 mod ledger;
+mod live;
 mod metrics;
 mod ocsf;
 mod output;
@@ -171,6 +172,10 @@ struct Cli {
     /// (`Authorization: Bearer TOKEN`); not the agents' --token.
     #[arg(long, requires = "api_listen")]
     api_token_file: Option<PathBuf>,
+    /// Most clients following the live event stream
+    /// (/api/v1/events?follow=1) at once; one more gets 503.
+    #[arg(long, default_value_t = live::DEFAULT_MAX_CLIENTS)]
+    api_max_stream_clients: usize,
     /// Log filter for stderr.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -315,6 +320,8 @@ async fn run(cli: Cli) -> Result<()> {
     let inventory = open_inventory(&cli, out_path.as_deref()).await?;
     let mut metrics = metrics::Metrics::new(syslog.as_ref().map(|s| s.dropped.clone()));
     metrics.store = inventory.as_ref().map(|(_, feed)| feed.health.clone());
+    let live = Arc::new(live::Hub::new(cli.api_max_stream_clients));
+    metrics.live = cli.api_listen.map(|_| live.clone());
     metrics.turned();
     metrics
         .dedupe_streams
@@ -334,6 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
         }),
         metrics,
         inventory: inventory.as_ref().map(|(_, feed)| feed.clone()),
+        live: live.clone(),
     });
 
     // Agent status to a file every second; dedupe state saved and agent
@@ -455,7 +463,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     if let (Some((pool, feed)), Some(addr)) = (&inventory, cli.api_listen) {
         let listener = inventory::api::bind(addr).await?;
-        inventory::api::spawn(listener, pool.clone(), api_token, feed.health.clone());
+        inventory::api::spawn(listener, pool.clone(), api_token, feed.health.clone(), live);
     }
     let incoming = idle::incoming(
         listener,

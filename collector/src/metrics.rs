@@ -40,6 +40,8 @@ pub struct Metrics {
     pub heartbeat: endpoints::Heartbeat,
     /// The inventory store's counters (`--store`); `None`: no store.
     pub store: Option<Arc<crate::inventory::Health>>,
+    /// The live event stream's clients (`--api-listen`); `None`: no API.
+    pub live: Option<Arc<crate::live::Hub>>,
 }
 
 /// Most (rule, severity) series of `spyglass_collector_findings_total`:
@@ -199,6 +201,9 @@ impl Metrics {
         }
         if let Some(h) = &self.store {
             store_metrics(&mut s, h);
+        }
+        if let Some(l) = &self.live {
+            l.metrics(&mut s);
         }
         s
     }

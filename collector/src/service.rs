@@ -65,6 +65,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// The inventory store task (`--store`), fed once a batch is on disk.
     pub inventory: Option<crate::inventory::Feed>,
+    /// Clients of the live event stream, fed each batch written.
+    pub live: Arc<crate::live::Hub>,
 }
 
 #[derive(Clone)]
@@ -164,6 +166,7 @@ impl CollectorService {
         accepted.events = batch.events.len() as u64;
         accepted.drops = batch.reported_drops();
         self.shared.metrics.written(batch, accepted.drops);
+        self.shared.live.publish(batch);
         if self.shared.inventory.is_some() {
             accepted.inventory = Some(Update::of_batch(received));
         }

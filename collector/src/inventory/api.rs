@@ -73,6 +73,7 @@ struct App {
     pool: AnyPool,
     token: Option<Arc<str>>,
     health: Arc<Health>,
+    live: Arc<crate::live::Hub>,
 }
 
 /// Compare without stopping at the first differing byte.
@@ -93,6 +94,39 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+fn unauthorized() -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+    r
+}
+
+/// `/api/v1/events?follow=1&...`: the live stream (crate::live).
+async fn events(
+    State(app): State<App>,
+    headers: HeaderMap,
+    pairs: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&headers, app.token.as_deref()) {
+        return unauthorized();
+    }
+    let pairs = match pairs {
+        Ok(Query(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("query string: {e}")),
+    };
+    match crate::live::Filter::parse(&pairs).and_then(|f| app.live.subscribe(f)) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            axum::body::Body::from_stream(body),
+        )
+            .into_response(),
+        Err(e @ crate::live::LiveError::Full(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
 async fn list(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
@@ -100,10 +134,7 @@ async fn list(
     pairs: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if !authorized(&headers, app.token.as_deref()) {
-        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-        return r;
+        return unauthorized();
     }
     let Some(ep) = query::ENDPOINTS.iter().find(|e| e.name == name) else {
         let known: Vec<_> = query::ENDPOINTS.iter().map(|e| e.name).collect();
@@ -165,13 +196,16 @@ pub fn spawn(
     pool: AnyPool,
     token: Option<String>,
     health: Arc<Health>,
+    live: Arc<crate::live::Hub>,
 ) {
     let app = App {
         pool,
         token: token.map(Arc::from),
         health,
+        live,
     };
     let router = Router::new()
+        .route("/api/v1/events", get(events))
         .route("/api/v1/{name}", get(list))
         .with_state(app);
     info!(addr = ?listener.local_addr().ok(), "inventory API ready");
