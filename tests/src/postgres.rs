@@ -25,12 +25,13 @@ pub fn bin_dir() -> PathBuf {
         })
         .collect();
     dirs.sort();
-    dirs.pop().map(|(_, b)| b).unwrap_or_else(|| {
+    let Some((_, bin)) = dirs.pop() else {
         panic!(
             "no PostgreSQL server under /usr/lib/postgresql/*/bin (initdb, pg_ctl): \
              run `cargo xtask setup` (it installs Debian's postgresql)"
         )
-    })
+    };
+    bin
 }
 
 fn is_root() -> bool {

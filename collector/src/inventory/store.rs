@@ -269,10 +269,10 @@ impl StoreError {
             StoreError::Open { source, .. } | StoreError::Write { source, .. } => {
                 unreachable(source)
             }
-            StoreError::Migrate { source, .. } => match source {
-                M::Execute(e) | M::ExecuteMigration(e, _) => unreachable(e),
-                _ => false,
-            },
+            StoreError::Migrate {
+                source: M::Execute(e) | M::ExecuteMigration(e, _),
+                ..
+            } => unreachable(e),
             _ => false,
         }
     }
