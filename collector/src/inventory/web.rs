@@ -198,6 +198,15 @@ fn answer(page: Result<Option<String>, QueryError>, what: &str) -> Response {
             )),
         )
             .into_response(),
+        Err(QueryError::Store { source, .. }) if super::store::unreachable(&source) => (
+            // the database is away (PostgreSQL restarting): like the API
+            StatusCode::SERVICE_UNAVAILABLE,
+            Html(pages::message(
+                "The inventory did not answer",
+                &format!("store unreachable: {source}"),
+            )),
+        )
+            .into_response(),
         Err(e) => {
             warn!(error = %e, page = what, "web page query failed");
             (
