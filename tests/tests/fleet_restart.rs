@@ -30,7 +30,12 @@ fn start_collector(dir: &Path, api: u16) -> Collector {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--output")
         .arg(&output)
-        .args(["--store", &store, "--api-listen", &format!("127.0.0.1:{api}")])
+        .args([
+            "--store",
+            &store,
+            "--api-listen",
+            &format!("127.0.0.1:{api}"),
+        ])
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start collector");
@@ -129,12 +134,7 @@ fn what_ended_while_the_agent_was_down_leaves_the_inventory_at_its_restart() {
     // `stays` listens twice; one of its listeners dies while the agent is
     // down. `gone` listens and is deleted while the agent is down.
     let script = format!("nc -l -p {p_keep} & nc -l -p {p_die} & wait");
-    let _stays = Ctr::run(
-        &busybox.reference,
-        &stays,
-        &[],
-        &["/bin/sh", "-c", &script],
-    );
+    let _stays = Ctr::run(&busybox.reference, &stays, &[], &["/bin/sh", "-c", &script]);
     let _gone = Ctr::run(
         &busybox.reference,
         &gone,

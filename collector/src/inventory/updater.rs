@@ -101,12 +101,26 @@ impl Update {
     }
 }
 
-/// Batches waiting for the store task; beyond it updates are dropped.
-pub const CHANNEL_BATCHES: usize = 128;
+/// Events waiting for the store task (what [`Update::of_batch`] kept);
+/// beyond it updates are dropped. Counted in events, not batches: a
+/// thousand nodes each sending a small batch a second must not fill it
+/// while one flush runs, and a node's snapshot (a few hundred events)
+/// weighs what it holds. About 1 KiB each at most: a bound of ~256 MiB.
+pub const MAX_QUEUED_EVENTS: u64 = 262_144;
 /// Longest time a change waits in memory.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// A flush starts early with this many rows waiting.
 pub const FLUSH_ROWS: usize = 5_000;
+
+impl Update {
+    /// What it counts against [`MAX_QUEUED_EVENTS`].
+    fn weight(&self) -> u64 {
+        match self {
+            Update::Batch { events, .. } => events.len().max(1) as u64,
+            Update::Connected { .. } => 1,
+        }
+    }
+}
 
 /// What ingest tells the store task.
 #[derive(Debug)]
@@ -130,8 +144,11 @@ pub enum Update {
 /// The store's health, for /metrics and the API.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// Updates (batches, connection changes) dropped: the channel was full.
+    /// Updates (batches, connection changes) dropped: the queue held
+    /// [`MAX_QUEUED_EVENTS`] already.
     pub dropped: AtomicU64,
+    /// Events queued for the store task now.
+    pub queued: AtomicU64,
     /// Events those dropped updates held (what the inventory keeps of a
     /// batch, [`Update::of_batch`]).
     pub dropped_events: AtomicU64,
@@ -150,18 +167,30 @@ pub struct Health {
 /// Ingest's end of the store task: never waits.
 #[derive(Clone)]
 pub struct Feed {
-    tx: mpsc::Sender<Update>,
+    tx: mpsc::UnboundedSender<Update>,
     pub health: Arc<Health>,
 }
 
 impl Feed {
     /// Hand an update to the store task, or count it dropped.
     pub fn send(&self, update: Update) {
-        if let Err(e) = self.tx.try_send(update) {
-            let update = match e {
-                mpsc::error::TrySendError::Full(u) | mpsc::error::TrySendError::Closed(u) => u,
-            };
-            let h = &self.health;
+        let h = &self.health;
+        let weight = update.weight();
+        let room = h
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + weight <= MAX_QUEUED_EVENTS).then_some(q + weight)
+            })
+            .is_ok();
+        let refused = if room {
+            self.tx.send(update).err().map(|e| {
+                h.queued.fetch_sub(weight, Ordering::AcqRel);
+                e.0
+            })
+        } else {
+            Some(update)
+        };
+        if let Some(update) = refused {
             h.dropped.fetch_add(1, Ordering::Relaxed);
             if let Update::Batch { events, .. } = &update {
                 h.dropped_events
@@ -181,7 +210,7 @@ pub(super) fn internet(ip: IpAddr) -> bool {
 /// Start the store task, writing with `writer`, deleting from `pool`
 /// what ended longer ago than `retention`.
 pub fn spawn(writer: Writer, pool: AnyPool, retention: Retention) -> Feed {
-    let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+    let (tx, rx) = mpsc::unbounded_channel();
     let health = Arc::new(Health::default());
     let ended = Ended { pool, retention };
     tokio::spawn(run(writer, rx, health.clone(), ended));
@@ -215,7 +244,7 @@ impl Ended {
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(error = %e, "inventory retention pass failed; trying again at the next")
+                warn!(error = %e, "inventory retention pass failed; trying again at the next");
             }
         }
     }
@@ -244,7 +273,7 @@ fn take_in(tracker: &mut Tracker, update: &Update) {
 
 async fn run(
     mut writer: Writer,
-    mut rx: mpsc::Receiver<Update>,
+    mut rx: mpsc::UnboundedReceiver<Update>,
     health: Arc<Health>,
     ended: Ended,
 ) {
@@ -258,6 +287,7 @@ async fn run(
             update = rx.recv() => {
                 let Some(update) = update else { break };
                 take_in(&mut tracker, &update);
+                health.queued.fetch_sub(update.weight(), Ordering::AcqRel);
                 if tracker.rows.len() >= FLUSH_ROWS {
                     writer.flush(&mut tracker, &health).await;
                 }
