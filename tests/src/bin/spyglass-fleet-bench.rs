@@ -1,0 +1,367 @@
+//! `spyglass-fleet-bench`: a synthetic fleet through the collector's real
+//! gRPC ingest, then the fleet view's questions timed against it
+//! (`cargo xtask bench --fleet` runs it and keeps its report).
+//!
+//! Every node publishes what a restarted agent sends: `started`, one
+//! snapshot `created` per container (a third run as root, one in fifty
+//! privileged, ten images, ten namespaces), one listener per container
+//! (one in five on the wildcard address) and `snapshot_complete`. Once
+//! the store holds all of it, each question is asked over HTTP
+//! (`/api/v1/...` as the CLI asks it) once to warm up and then `RUNS`
+//! times; the report gives the median and the slowest, the rows
+//! answered, and the store's size per container and per listener.
+//!
+//! Usage: spyglass-fleet-bench [--nodes N] [--containers M] [--store sqlite|KIND...]
+use std::{
+    net::{IpAddr, Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use spyglass_e2e::{http_get, root, Collector};
+use spyglass_proto::{
+    model::{
+        samples, wire, AgentInfo, AgentState, ContainerState, Endpoint, Event, Family, Kind,
+        Lifecycle, NetOp, Network, Pod, Posture, Timestamp,
+    },
+    v1::{collector_client::CollectorClient, Batch},
+};
+
+const RUNS: usize = 5;
+/// Events per published batch (an agent sends at most 32,768).
+const BATCH: usize = 2_000;
+/// Concurrent publishing streams (nodes publish one after another in each).
+const STREAMS: usize = 8;
+
+struct Args {
+    nodes: usize,
+    containers: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        nodes: 1_000,
+        containers: 100,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || -> usize {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{flag} takes a number"))
+        };
+        match flag.as_str() {
+            "--nodes" => a.nodes = value(),
+            "--containers" => a.containers = value(),
+            other => panic!("unknown argument {other}; see the file's header"),
+        }
+    }
+    a
+}
+
+fn node_name(n: usize) -> String {
+    format!("fleet-node-{n:04}")
+}
+
+/// Container `c` of node `n`: id, pod, image and posture vary with `c`.
+fn container(n: usize, c: usize) -> spyglass_proto::model::Container {
+    let mut base = samples::container();
+    let mut meta = (**base.meta.as_ref().expect("the sample has metadata")).clone();
+    let id = format!("{n:08x}{c:08x}{}", "0".repeat(48));
+    let ns = format!("team-{}", c % 10);
+    let pod = Pod {
+        name: format!("app-{c}"),
+        namespace: ns,
+        uid: format!("{n:x}-{c:x}"),
+        labels: [("app".to_string(), format!("app-{}", c % 10))].into(),
+    };
+    meta.id = id.clone();
+    meta.name = format!("app-{c}");
+    meta.pod = Some(pod);
+    meta.image.reference = format!("registry.example/app-{}:1", c % 10);
+    meta.image.digest = format!("sha256:{:064x}", c % 10 + 1);
+    meta.image.index_digest = String::new();
+    meta.image.config_digest = format!("sha256:{:064x}", c % 10 + 100);
+    meta.posture = Some(Posture {
+        uid: if c.is_multiple_of(3) { 0 } else { 1000 },
+        privileged: c.is_multiple_of(50),
+        host_network: false,
+        ..meta.posture.clone().expect("the sample has a posture")
+    });
+    base.id = id;
+    base.fill(&Arc::new(meta));
+    base
+}
+
+fn agent_event(node: &str, state: AgentState, t: i64, containers: usize) -> Event {
+    let mut ev = Event::new(Kind::Agent, Timestamp(t), node.into());
+    ev.agent = Some(Box::new(AgentInfo {
+        state,
+        version: "0.1.0".into(),
+        kernel: "6.1.0-bench".into(),
+        probes: vec![],
+        snapshot_processes: None,
+        snapshot_sockets: None,
+        snapshot_containers: (state == AgentState::SnapshotComplete).then_some(containers as u64),
+        tracked: None,
+    }));
+    ev
+}
+
+/// What node `n` publishes after its agent starts.
+fn node_events(n: usize, containers: usize, t: i64) -> Vec<Event> {
+    let node = node_name(n);
+    let mut out = vec![agent_event(&node, AgentState::Started, t, 0)];
+    for c in 0..containers {
+        let ctr = container(n, c);
+        let mut created = Event::new(Kind::Container, Timestamp(t + 1), node.clone());
+        created.snapshot = true;
+        created.container = Some(ctr.clone());
+        created.lifecycle = Some(Lifecycle {
+            state: ContainerState::Created,
+            exit_code: None,
+        });
+        out.push(created);
+        let mut listen = samples::listen();
+        listen.node = node.clone();
+        listen.time = Timestamp(t + 2);
+        listen.snapshot = true;
+        listen.container = Some(ctr);
+        let wildcard = c.is_multiple_of(5);
+        listen.network = Some(Network {
+            protocol: spyglass_proto::model::Protocol::Tcp,
+            family: Family::Ipv4,
+            op: NetOp::Listen,
+            local: Endpoint {
+                addr: if wildcard {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                },
+                port: 8000 + (c % 1000) as u16,
+            },
+            remote: None,
+            outcome: None,
+            wildcard: Some(wildcard),
+        });
+        out.push(listen);
+    }
+    out.push(agent_event(
+        &node,
+        AgentState::SnapshotComplete,
+        t + 3,
+        containers,
+    ));
+    out
+}
+
+/// Publish every node of `nodes` on one stream each, one after another;
+/// returns the events acknowledged.
+async fn publish_nodes(url: String, nodes: Vec<usize>, containers: usize, t: i64) -> usize {
+    let mut client = CollectorClient::connect(url)
+        .await
+        .expect("connect to the collector")
+        .max_encoding_message_size(64 << 20);
+    let mut acked = 0;
+    for n in nodes {
+        let events: Vec<_> = node_events(n, containers, t)
+            .iter()
+            .map(wire::to_wire)
+            .collect();
+        let batches: Vec<Batch> = events
+            .chunks(BATCH)
+            .enumerate()
+            .map(|(i, chunk)| Batch {
+                node_id: node_name(n),
+                sequence: i as u64 + 1,
+                events: chunk.to_vec(),
+                sent_unix_nano: 0,
+                stream_id: "fleet-bench".into(),
+            })
+            .collect();
+        let sizes: Vec<usize> = batches.iter().map(|b| b.events.len()).collect();
+        let mut acks = client
+            .publish(tokio_stream::iter(batches))
+            .await
+            .expect("publish")
+            .into_inner();
+        let mut got = 0;
+        while let Some(ack) = acks.message().await.expect("an ack") {
+            acked += sizes[ack.sequence as usize - 1];
+            got += 1;
+            if got == sizes.len() {
+                break;
+            }
+        }
+    }
+    acked
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// GET `path`, parsed; panics on a non-200 answer.
+fn get(api: u16, path: &str) -> Value {
+    let (code, body) = http_get(api, path);
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn rows(v: &Value, key: &str) -> usize {
+    v[key].as_array().map_or(0, Vec::len)
+}
+
+/// Wait until the store holds the last node's containers and listeners.
+fn wait_stored(api: u16, a: &Args) {
+    let last = node_name(a.nodes - 1);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let c = rows(
+            &get(api, &format!("/api/v1/containers?node={last}")),
+            "containers",
+        );
+        let p = rows(&get(api, &format!("/api/v1/ports?node={last}")), "ports");
+        let n = rows(&get(api, "/api/v1/nodes"), "nodes");
+        if c == a.containers && p == a.containers && n == a.nodes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store did not catch up: {n} nodes, last node {c} containers {p} ports"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// (median ms, slowest ms, rows, truncated) of `RUNS` GETs of `path`.
+fn time_get(api: u16, path: &str, key: Option<&str>) -> (f64, f64, String) {
+    let (code, body) = http_get(api, path);
+    assert_eq!(code, 200, "GET {path}: {}", &body[..body.len().min(300)]);
+    let mut ms = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let (code, _) = http_get(api, path);
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(code, 200);
+    }
+    ms.sort_by(f64::total_cmp);
+    let answered = match key {
+        Some(k) => {
+            let v: Value = serde_json::from_str(&body).expect("JSON");
+            let more = if v["truncated"] == true {
+                " (truncated)"
+            } else {
+                ""
+            };
+            format!("{} rows{more}", rows(&v, k))
+        }
+        None => format!("{} KiB of HTML", body.len() / 1024),
+    };
+    (ms[RUNS / 2], ms[RUNS - 1], answered)
+}
+
+fn file_size(p: &Path) -> u64 {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| {
+            let mut f = p.as_os_str().to_owned();
+            f.push(s);
+            std::fs::metadata(PathBuf::from(f)).map_or(0, |m| m.len())
+        })
+        .sum()
+}
+
+fn main() {
+    let a = args();
+    let dir = root().join("bench-results/tmp/fleet");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let db = dir.join("inventory.db");
+    let store = format!("sqlite:{}", db.display());
+    let (port, api) = (free_port(), free_port());
+    let api_addr = format!("127.0.0.1:{api}");
+    let mut collector = Collector::start(
+        port,
+        &dir.join("out.jsonl"),
+        &["--store", &store, "--api-listen", &api_addr],
+    );
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as i64;
+    let total = a.nodes * (a.containers * 2 + 2);
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let start = Instant::now();
+    let acked: usize = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for s in 0..STREAMS {
+            let nodes: Vec<usize> = (s..a.nodes).step_by(STREAMS).collect();
+            tasks.push(tokio::spawn(publish_nodes(
+                collector.url(),
+                nodes,
+                a.containers,
+                t,
+            )));
+        }
+        let mut sum = 0;
+        for task in tasks {
+            sum += task.await.expect("publisher");
+        }
+        sum
+    });
+    let ingest = start.elapsed().as_secs_f64();
+    assert_eq!(acked, total, "every event acknowledged");
+    wait_stored(api, &a);
+    let stored = start.elapsed().as_secs_f64();
+    let mut report = format!(
+        "Synthetic fleet: {} nodes x {} containers ({} containers, {} listeners, {total} events), \
+         published on {STREAMS} gRPC streams in {ingest:.1} s ({:.0} events/s); \
+         stored (SQLite) {stored:.1} s after the first send.\n\n\
+         | question | API path | median ms | slowest ms | answer |\n|---|---|---:|---:|---|\n",
+        a.nodes,
+        a.containers,
+        a.nodes * a.containers,
+        a.nodes * a.containers,
+        total as f64 / ingest
+    );
+    let questions: [(&str, &str, Option<&str>); 4] = [
+        (
+            "spyglass containers --root",
+            "/api/v1/containers?root=true",
+            Some("containers"),
+        ),
+        (
+            "spyglass ports --exposed",
+            "/api/v1/ports?exposed=true",
+            Some("ports"),
+        ),
+        ("spyglass nodes", "/api/v1/nodes", Some("nodes")),
+        ("web overview", "/", None),
+    ];
+    for (what, path, key) in questions {
+        let (median, slowest, answer) = time_get(api, path, key);
+        report.push_str(&format!(
+            "| `{what}` | `{path}` | {median:.1} | {slowest:.1} | {answer} |\n"
+        ));
+    }
+    collector.stop();
+    let size = file_size(&db);
+    let items = (a.nodes * a.containers * 2) as u64;
+    report.push_str(&format!(
+        "\nStore size (SQLite file, WAL included): {:.1} MiB: {} bytes per container with its listener ({} bytes per row of either).\n",
+        size as f64 / f64::from(1 << 20),
+        size / (a.nodes * a.containers) as u64,
+        size / items
+    ));
+    // The report is this program's output.
+    #[allow(clippy::print_stdout)]
+    {
+        print!("{report}");
+    }
+}
