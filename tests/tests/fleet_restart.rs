@@ -210,3 +210,57 @@ fn what_ended_while_the_agent_was_down_leaves_the_inventory_at_its_restart() {
     agent.stop();
     drop(col);
 }
+
+/// A container whose task is started again under the same id after it
+/// exited runs again: the API clears its exit and lists its listener.
+#[test]
+fn a_container_started_again_under_its_id_is_running_again() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("fleet-rerun");
+    let api_port = free_port();
+    let col = start_collector(&dir, api_port);
+    let node = format!("rerun-{}", std::process::id());
+    let url = col.url();
+    let spool = dir.join("spool");
+    let agent = Agent::start_bin(
+        &override_or("SPYGLASS_E2E_AGENT", "spyglass-agent"),
+        &[
+            "--collector",
+            &url,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--node-name",
+            &node,
+            "--no-snapshot",
+        ],
+    );
+    let busybox = image("spyglass.test/busybox:1");
+    let id = container_id("fr-rerun");
+    let port = 23000 + free_port() % 1000;
+    // the first run exits 3; the next (same rootfs) listens
+    let script = format!("test -e /ran && exec nc -l -p {port}; touch /ran; exit 3");
+    let _c = Ctr::run(&busybox.reference, &id, &[], &["/bin/sh", "-c", &script]);
+    let exited = settle(&Some(3), || {
+        container(api_port, &node, &id).and_then(|r| r["exit_code"].as_i64())
+    });
+    assert_eq!(exited, Some(3), "the first run's exit in the API");
+    spyglass_e2e::containers::ctr(&["task", "delete", &id]);
+    spyglass_e2e::containers::ctr(&["task", "start", "-d", &id]);
+    agent.wait_for("the listen of the second run", WAIT, |e| {
+        e["kind"] == "listen"
+            && e["container"]["id"] == id.as_str()
+            && e["network"]["local"]["port"] == port
+    });
+    let want = vec![(id.clone(), u64::from(port))];
+    let got = settle(&want, || ports(api_port, &node, &[id.as_str()]));
+    assert_eq!(got, want, "the second run's listener");
+    let running = settle(&true, || {
+        container(api_port, &node, &id).is_some_and(|r| r["exited"].is_null())
+    });
+    let row = container(api_port, &node, &id);
+    assert!(running, "started again, not exited: {row:?}");
+    assert_eq!(row.unwrap()["exit_code"], Value::Null);
+    agent.stop();
+    drop(col);
+}
