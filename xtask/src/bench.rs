@@ -331,6 +331,7 @@ pub fn run(quick: bool) -> Result<()> {
         rss
     ));
     table.push_str(&collector_bench(quick)?);
+    table.push_str(&crate::bench_fleet::run(quick)?);
     table.push_str(&crate::bench_memory::run(
         &crate::bench_memory::Sizes::new(quick),
     )?);

@@ -5,6 +5,7 @@
 // A command-line tool: its reports go to stdout.
 #![allow(clippy::print_stdout)]
 mod bench;
+mod bench_fleet;
 mod bench_memory;
 mod bench_resources;
 mod child;
@@ -56,7 +57,8 @@ commands:
                  crates and the eBPF programs (built for bpfel-unknown-none);
                  `test` runs it
   bench [--quick] exec storm and loopback connect storm, agent off vs on;
-                 collector ingest; agent memory under long and many arguments
+                 collector ingest; the fleet view (--fleet, below); agent
+                 memory under long and many arguments
                  (5000 execs of 4000 empty arguments; 65,536 live processes of
                  4 KiB of arguments: pid_max is raised for the run)
   bench --memory [--quick]
@@ -70,6 +72,10 @@ commands:
                  ingest (durable spool and acks included)
                  SPYGLASS_BENCH_AGENT=PATH / SPYGLASS_BENCH_COLLECTOR=PATH
                  make any bench run other binaries (a before figure)
+  bench --fleet [--quick]
+                 a synthetic fleet of 1,000 nodes x 100 containers (--quick:
+                 50) through the collector's gRPC ingest; the fleet view's
+                 questions timed on its store (bench-results/fleet.md)
   bench --compare [--tiny]
                  Spyglass vs auditd vs bpftrace vs nothing on exec, connect,
                  unrelated-syscall and mixed workloads, plus a zero-loss ramp;
@@ -141,6 +147,11 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        "bench" if rest.iter().any(|a| a == "--fleet") => {
+            build()?;
+            print!("{}", bench_fleet::run(rest.iter().any(|a| a == "--quick"))?);
+            Ok(())
+        }
         "bench" if rest.iter().any(|a| a == "--resources") => {
             build()?;
             bench_resources::main(rest.iter().any(|a| a == "--quick"))
@@ -192,7 +203,7 @@ pub fn sh(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
