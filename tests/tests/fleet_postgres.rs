@@ -409,3 +409,186 @@ fn a_malformed_postgres_url_stops_the_start_naming_the_flag() {
         );
     }
 }
+
+/// Node `n`'s container `c` (its image one of ten both collectors see).
+fn synthetic_container(n: usize, c: usize) -> spyglass_proto::model::Container {
+    use spyglass_proto::model::samples;
+    let mut base = samples::container();
+    let mut meta = (**base.meta.as_ref().expect("the sample has metadata")).clone();
+    let id = format!("{n:08x}{c:08x}{}", "0".repeat(48));
+    meta.id = id.clone();
+    meta.name = format!("app-{c}");
+    meta.image.reference = format!("registry.example/app-{}:1", c % 10);
+    meta.image.digest = format!("sha256:{:064x}", c % 10 + 1);
+    meta.image.index_digest = String::new();
+    base.id = id;
+    base.fill(&Arc::new(meta));
+    base
+}
+
+/// What `nodes` nodes of `containers` containers each publish: a
+/// container start and a wildcard listen per container, at time `t`.
+fn synthetic_batches(
+    node: &dyn Fn(usize) -> String,
+    nodes: usize,
+    containers: usize,
+    (t, sequence): (i64, u64),
+) -> Vec<spyglass_proto::v1::Batch> {
+    use spyglass_proto::model::{
+        samples, wire, ContainerState, Endpoint, Event, Family, Kind, Lifecycle, NetOp, Network,
+        Protocol, Timestamp,
+    };
+    (0..nodes)
+        .map(|n| {
+            let mut events = Vec::new();
+            for c in 0..containers {
+                let ctr = synthetic_container(n, c);
+                let mut created = Event::new(Kind::Container, Timestamp(t), node(n));
+                created.container = Some(ctr.clone());
+                created.lifecycle = Some(Lifecycle {
+                    state: ContainerState::Created,
+                    exit_code: None,
+                });
+                events.push(wire::to_wire(&created));
+                let mut listen = samples::listen();
+                listen.node = node(n);
+                listen.time = Timestamp(t + 1);
+                listen.container = Some(ctr);
+                listen.network = Some(Network {
+                    protocol: Protocol::Tcp,
+                    family: Family::Ipv4,
+                    op: NetOp::Listen,
+                    local: Endpoint {
+                        addr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                        port: 8000 + c as u16,
+                    },
+                    remote: None,
+                    outcome: None,
+                    wildcard: Some(true),
+                });
+                events.push(wire::to_wire(&listen));
+            }
+            spyglass_proto::v1::Batch {
+                node_id: node(n),
+                sequence: 1,
+                events,
+                sent_unix_nano: 0,
+                stream_id: format!("fleet-pg-race-{sequence}"),
+            }
+        })
+        .collect()
+}
+
+/// Publish each of `batches` (one per node) on a stream of its own to
+/// the collector on `port`, all at once; waits for every ack.
+async fn publish(port: u16, batches: Vec<spyglass_proto::v1::Batch>) {
+    let client = spyglass_proto::v1::collector_client::CollectorClient::connect(format!(
+        "http://127.0.0.1:{port}"
+    ))
+    .await
+    .expect("connect to the collector");
+    let streams: Vec<_> = batches
+        .into_iter()
+        .map(|batch| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut acks = client
+                    .publish(tokio_stream::iter([batch]))
+                    .await
+                    .expect("publish")
+                    .into_inner();
+                acks.message().await.expect("an ack").expect("an ack");
+            })
+        })
+        .collect();
+    for s in streams {
+        s.await.unwrap();
+    }
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let (_, text) = http_get(port, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[test]
+fn two_collectors_writing_the_same_rows_at_once_agree_without_errors() {
+    let _g = serial();
+    let dir = scratch("fleet-pg-race");
+    let pg = Postgres::start(&dir);
+    let (api_a, api_b, m_a, m_b) = (free_port(), free_port(), free_port(), free_port());
+    let a = start_collector(&dir.join("a"), &pg.url(), api_a, m_a);
+    let b = start_collector(&dir.join("b"), &pg.url(), api_b, m_b);
+    let prefix = format!("race-{}-", std::process::id());
+    let node = |n: usize| format!("{prefix}{n:03}");
+    let (nodes, containers) = (20, 25);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Both collectors receive the same nodes at the same time (as after a
+    // failover, when an agent resends to the second what the first
+    // wrote), twice: every row is written by both, at once.
+    for at in [
+        (1_795_000_000_000_000_000_i64, 1),
+        (1_795_000_001_000_000_000, 2),
+    ] {
+        let (x, y) = (
+            synthetic_batches(&node, nodes, containers, at),
+            synthetic_batches(&node, nodes, containers, at),
+        );
+        rt.block_on(async {
+            tokio::join!(publish(a.port, x), publish(b.port, y));
+        });
+    }
+    let total = nodes * containers;
+    for (name, api) in [("A", api_a), ("B", api_b)] {
+        let body = eventually(&format!("{name}: every container"), WAIT, || {
+            let (st, body) = api_get(api, "/api/v1/nodes");
+            let ours: Vec<&Value> = body["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["node"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+                .collect();
+            let stored: u64 = ours.iter().filter_map(|r| r["containers"].as_u64()).sum();
+            (st == 200 && ours.len() == nodes && stored == total as u64).then_some(body)
+        });
+        assert_eq!(body["stale"], false, "{name}");
+        let (st, body) = api_get(api, "/api/v1/ports?exposed=true");
+        assert_eq!(st, 200);
+        let ours = body["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["node"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+            .count();
+        assert_eq!(ours, total, "{name}: one listener row per container");
+    }
+    // the store task of each wrote without a failed transaction, and the
+    // database holds one row per key
+    let (m_a, m_b) = (m_a, m_b);
+    eventually("both collectors' flushes", WAIT, || {
+        (metric(m_a, "spyglass_collector_store_flushes_total") > 0
+            && metric(m_b, "spyglass_collector_store_flushes_total") > 0)
+            .then_some(())
+    });
+    for m in [m_a, m_b] {
+        assert_eq!(metric(m, "spyglass_collector_store_errors_total"), 0);
+        assert_eq!(metric(m, "spyglass_collector_store_stale"), 0);
+    }
+    let like = format!("{prefix}%");
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*), count(DISTINCT (node, id)) FROM containers WHERE node LIKE '{like}'"
+        )),
+        format!("{total}|{total}")
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM images WHERE digest LIKE 'sha256:0000%'"),
+        "10"
+    );
+}
