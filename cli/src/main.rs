@@ -35,6 +35,9 @@ struct Cli {
     /// Tables for people, or the API's rows as JSON for scripts.
     #[arg(long, short, global = true, value_enum, default_value = "table")]
     output: Output,
+    /// Most rows to ask for (1 to 10000; the collector's default is 1000).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    limit: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -213,13 +216,19 @@ fn run(cli: Cli) -> Result<bool, api::ApiError> {
         Command::Events(e) => return follow::run(&client, e, matches!(cli.output, Output::Json)),
         Command::Query(q) => q,
     };
-    let (endpoint, filters, columns) = request(query);
+    let (endpoint, mut filters, columns) = request(query);
+    if let Some(n) = cli.limit {
+        filters.push(("limit", n.to_string()));
+    }
     let answer = client.get(endpoint, &filters)?;
     if answer.stale {
         eprintln!("spyglass: warning: the collector's inventory fell behind its ingest (updates were dropped): rows may be missing or old");
     }
     if answer.truncated {
-        eprintln!("spyglass: warning: more rows matched than one answer holds; narrow the filters");
+        eprintln!(
+            "spyglass: warning: more rows matched than the {} shown; narrow the filters, or ask for more with --limit (at most 10000)",
+            answer.rows.len()
+        );
     }
     let text = match cli.output {
         Output::Json => {

@@ -34,6 +34,41 @@ pub struct Endpoint {
 
 /// Most rows one answer holds (`truncated` says when there were more).
 pub const MAX_ROWS: usize = 10_000;
+/// Rows an answer holds when the request does not say (`limit=N`, up
+/// to [`MAX_ROWS`]): a screenful of tables for a person, an answer in
+/// tens of milliseconds on a fleet of 100,000 containers.
+pub const DEFAULT_ROWS: usize = 1_000;
+
+/// The request's `limit=N` (1 to [`MAX_ROWS`]), else [`DEFAULT_ROWS`];
+/// the other pairs are the endpoint's filters.
+pub fn split_limit(
+    pairs: &[(String, String)],
+) -> Result<(usize, Vec<(String, String)>), FilterError> {
+    let mut limit = None;
+    let mut rest = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if name != "limit" {
+            rest.push((name.clone(), value.clone()));
+            continue;
+        }
+        if limit.is_some() {
+            return Err(FilterError::Twice { name: "limit" });
+        }
+        let n = value
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_ROWS).contains(n))
+            .ok_or_else(|| FilterError::Bad {
+                name: "limit",
+                why: format!(
+                    "{:?} is not a number of rows from 1 to {MAX_ROWS}",
+                    value.chars().take(32).collect::<String>()
+                ),
+            })?;
+        limit = Some(n);
+    }
+    Ok((limit.unwrap_or(DEFAULT_ROWS), rest))
+}
 
 const NODE: Filter = Filter::Text {
     name: "node",
@@ -383,13 +418,14 @@ fn columns(ep: &Endpoint) -> Vec<(&'static str, Col)> {
 }
 
 /// Run an endpoint: its rows as JSON objects, and whether there were
-/// more than [`MAX_ROWS`].
+/// more than its `limit` (default [`DEFAULT_ROWS`]).
 pub async fn run(
     pool: &AnyPool,
     ep: &Endpoint,
     pairs: &[(String, String)],
 ) -> Result<(Vec<Value>, bool), QueryError> {
-    run_limit(pool, ep, pairs, MAX_ROWS).await
+    let (limit, filters) = split_limit(pairs)?;
+    run_limit(pool, ep, &filters, limit).await
 }
 
 /// [`run`] for at most `limit` rows (the web page shows fewer than an
@@ -568,6 +604,28 @@ pub async fn namespaces(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_is_taken_out_of_the_filters_and_checked() {
+        let p = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            split_limit(&p(&[("root", "true")])).unwrap(),
+            (DEFAULT_ROWS, p(&[("root", "true")]))
+        );
+        assert_eq!(
+            split_limit(&p(&[("limit", "10000"), ("node", "n1")])).unwrap(),
+            (10_000, p(&[("node", "n1")]))
+        );
+        for bad in ["0", "10001", "-1", "ten", "1 OR 1=1"] {
+            let e = split_limit(&p(&[("limit", bad)])).unwrap_err();
+            assert!(e.to_string().contains("limit"), "{e}");
+        }
+        assert!(split_limit(&p(&[("limit", "5"), ("limit", "6")])).is_err());
+    }
 
     #[test]
     fn every_endpoint_selects_as_many_columns_as_it_shows() {

@@ -227,7 +227,7 @@ fn wait_stored(api: u16, a: &Args) {
             "containers",
         );
         let p = rows(&get(api, &format!("/api/v1/ports?node={last}")), "ports");
-        let n = rows(&get(api, "/api/v1/nodes"), "nodes");
+        let n = rows(&get(api, "/api/v1/nodes?limit=10000"), "nodes");
         if c == a.containers && p == a.containers && n == a.nodes {
             return;
         }
@@ -330,7 +330,7 @@ fn main() {
         a.nodes * a.containers,
         total as f64 / ingest
     );
-    let questions: [(&str, &str, Option<&str>); 4] = [
+    let questions: [(&str, &str, Option<&str>); 6] = [
         (
             "spyglass containers --root",
             "/api/v1/containers?root=true",
@@ -339,6 +339,16 @@ fn main() {
         (
             "spyglass ports --exposed",
             "/api/v1/ports?exposed=true",
+            Some("ports"),
+        ),
+        (
+            "spyglass containers --root --limit 10000",
+            "/api/v1/containers?root=true&limit=10000",
+            Some("containers"),
+        ),
+        (
+            "spyglass ports --exposed --limit 10000",
+            "/api/v1/ports?exposed=true&limit=10000",
             Some("ports"),
         ),
         ("spyglass nodes", "/api/v1/nodes", Some("nodes")),
