@@ -33,13 +33,15 @@ use tracing::{debug, info};
 use crate::{
     delivery::Received,
     inventory::filters::FilterError,
-    output::{render_line, Format},
+    output::{render_line, Format, Lines},
 };
 
 /// Lines one client's queue holds; past it the client misses lines.
 pub const QUEUE_LINES: usize = 1024;
 /// Longest quiet time before a keepalive (an empty line).
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Lines queued for a client are sent together up to this size.
+const CHUNK_BYTES: usize = 64 * 1024;
 /// Default most clients streaming at once (`--api-max-stream-clients`).
 pub const DEFAULT_MAX_CLIENTS: usize = 64;
 /// Longest filter value accepted (as the inventory's filters).
@@ -167,8 +169,10 @@ struct Client {
     id: u64,
     filter: Filter,
     tx: mpsc::Sender<Bytes>,
-    /// Lines dropped since its last marker.
-    missed: AtomicU64,
+    /// Lines dropped since its last marker (shared with its stream,
+    /// which says it when its queue is empty; `swap` on both sides, so
+    /// each is said once).
+    missed: Arc<AtomicU64>,
 }
 
 /// The marker a lagging client gets before its next line.
@@ -180,15 +184,14 @@ impl Client {
     /// Queue `line` (never waits); a full queue counts it missed. A
     /// pending marker goes first, so it stands where the gap is.
     fn offer(&self, line: &Bytes, dropped: &AtomicU64) {
-        let missed = self.missed.load(Ordering::Relaxed);
-        let room = missed == 0
-            || match self.tx.try_send(marker(missed)) {
-                Ok(()) => {
-                    self.missed.fetch_sub(missed, Ordering::Relaxed);
-                    true
-                }
-                Err(_) => false,
-            };
+        let missed = self.missed.swap(0, Ordering::Relaxed);
+        let room = missed == 0 || {
+            let sent = self.tx.try_send(marker(missed)).is_ok();
+            if !sent {
+                self.missed.fetch_add(missed, Ordering::Relaxed);
+            }
+            sent
+        };
         let queued = room
             && match self.tx.try_send(line.clone()) {
                 Ok(()) => true,
@@ -230,8 +233,10 @@ impl Hub {
     }
 
     /// Hand an accepted batch's events to the clients whose filters
-    /// they match; each matching event is rendered once. Never waits.
-    pub fn publish(&self, batch: &Received) {
+    /// they match. Each matching event's line is taken from `rendered`
+    /// (the output's JSON lines of this batch) when given, else rendered
+    /// once. Never waits.
+    pub fn publish(&self, batch: &Received, rendered: Option<&Lines>) {
         if self.open.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -240,6 +245,9 @@ impl Hub {
             let mut line: Option<Bytes> = None;
             for c in clients.iter().filter(|c| c.filter.matches(ev)) {
                 let line = line.get_or_insert_with(|| {
+                    if let Some(l) = rendered.and_then(|r| r.line(index)) {
+                        return Bytes::copy_from_slice(l);
+                    }
                     let mut buf = Vec::with_capacity(1024);
                     render_line(Format::Json, ev, &batch.delivery(index), &mut buf);
                     buf.push(b'\n');
@@ -253,6 +261,7 @@ impl Hub {
     /// A new client with `filter`, or [`LiveError::Full`].
     pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Result<Follow, LiveError> {
         let (tx, rx) = mpsc::channel(QUEUE_LINES);
+        let missed = Arc::new(AtomicU64::new(0));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut clients = self.clients.write().expect("live clients lock");
         if clients.len() >= self.max_clients {
@@ -265,12 +274,13 @@ impl Hub {
             id,
             filter,
             tx,
-            missed: AtomicU64::new(0),
+            missed: missed.clone(),
         }));
         self.open.store(next.len(), Ordering::Relaxed);
         *clients = Arc::new(next);
         Ok(Follow {
             rx,
+            missed,
             keepalive: Box::pin(tokio::time::sleep(Duration::ZERO)),
             slot: Slot {
                 hub: self.clone(),
@@ -336,8 +346,33 @@ impl Drop for Slot {
 /// One client's response body: its lines, and keepalives.
 pub struct Follow {
     rx: mpsc::Receiver<Bytes>,
+    /// Its client's missed lines, said here when the queue is empty
+    /// (after the last burst no line may come to carry the marker).
+    missed: Arc<AtomicU64>,
     keepalive: Pin<Box<tokio::time::Sleep>>,
     slot: Slot,
+}
+
+impl Follow {
+    /// `first` and the lines queued behind it, up to [`CHUNK_BYTES`], as
+    /// one chunk: a client keeping up with a busy stream gets a few large
+    /// writes rather than one per line.
+    fn more(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        let mut chunk: Option<Vec<u8>> = None;
+        while chunk.as_ref().map_or(first.len(), Vec::len) < CHUNK_BYTES {
+            let Poll::Ready(Some(line)) = self.rx.poll_recv(cx) else {
+                break;
+            };
+            chunk
+                .get_or_insert_with(|| {
+                    let mut c = Vec::with_capacity(CHUNK_BYTES + 4096);
+                    c.extend_from_slice(&first);
+                    c
+                })
+                .extend_from_slice(&line);
+        }
+        chunk.map_or(first, Bytes::from)
+    }
 }
 
 impl tokio_stream::Stream for Follow {
@@ -348,7 +383,18 @@ impl tokio_stream::Stream for Follow {
         let next = tokio::time::Instant::now() + KEEPALIVE;
         if let Poll::Ready(line) = this.rx.poll_recv(cx) {
             this.keepalive.as_mut().reset(next);
-            return Poll::Ready(line.map(Ok));
+            let Some(first) = line else {
+                return Poll::Ready(None);
+            };
+            return Poll::Ready(Some(Ok(this.more(first, cx))));
+        }
+        // the queue is empty (not only out of this turn's budget): every
+        // line before the gap is out
+        if this.rx.is_empty() {
+            let missed = this.missed.swap(0, Ordering::Relaxed);
+            if missed > 0 {
+                return Poll::Ready(Some(Ok(marker(missed))));
+            }
         }
         if this.keepalive.as_mut().poll(cx).is_ready() {
             this.keepalive.as_mut().reset(next);
@@ -493,12 +539,29 @@ mod tests {
         }
     }
 
-    /// The next non-keepalive line of a stream.
-    async fn next_line(s: &mut Follow) -> String {
+    /// A stream read line by line (its chunks hold several).
+    struct Reader {
+        s: Follow,
+        pending: std::collections::VecDeque<String>,
+    }
+
+    fn reader(s: Follow) -> Reader {
+        Reader {
+            s,
+            pending: Default::default(),
+        }
+    }
+
+    /// The next non-keepalive line of a stream, with its newline.
+    async fn next_line(r: &mut Reader) -> String {
         loop {
-            let b = s.next().await.unwrap().unwrap();
-            if b.as_ref() != b"\n" {
-                return String::from_utf8(b.to_vec()).unwrap();
+            if let Some(l) = r.pending.pop_front() {
+                return l;
+            }
+            let b = r.s.next().await.unwrap().unwrap();
+            let text = String::from_utf8(b.to_vec()).unwrap();
+            for l in text.split_inclusive('\n').filter(|l| *l != "\n") {
+                r.pending.push_back(l.to_owned());
             }
         }
     }
@@ -506,19 +569,39 @@ mod tests {
     #[tokio::test]
     async fn a_client_gets_its_events_as_the_json_output_renders_them() {
         let hub = Arc::new(Hub::new(2));
-        let mut s = hub
-            .subscribe(q(&[("follow", "1"), ("namespace", "x")]).unwrap())
-            .unwrap();
+        let mut s = reader(
+            hub.subscribe(q(&[("follow", "1"), ("namespace", "x")]).unwrap())
+                .unwrap(),
+        );
         assert_eq!(hub.clients(), 1);
         let b = batch(vec![
             ev(Kind::Exec, "n1", Some("y"), None),
             ev(Kind::Exec, "n1", Some("x"), None),
+            ev(Kind::Exit, "n1", Some("x"), None),
         ]);
-        hub.publish(&b);
-        let mut want = Vec::new();
-        render_line(Format::Json, &b.events[1], &b.delivery(1), &mut want);
-        want.push(b'\n');
-        assert_eq!(next_line(&mut s).await.as_bytes(), want.as_slice());
+        let line = |i: usize| {
+            let mut l = Vec::new();
+            render_line(Format::Json, &b.events[i], &b.delivery(i), &mut l);
+            l.push(b'\n');
+            String::from_utf8(l).unwrap()
+        };
+        // rendered here, or taken from the output's JSON lines: the same
+        hub.publish(&b, None);
+        let mut out = crate::output::Outputs::new(
+            Format::Json,
+            crate::output::LineSink::open("-", 0, 0).unwrap(),
+            None,
+        );
+        out.render_batch(&b);
+        assert_eq!(out.json_lines().unwrap().line(1), Some(line(1).as_bytes()));
+        let lines = out.json_lines().unwrap();
+        assert_eq!(lines.line(0), Some(line(0).as_bytes()));
+        assert_eq!(lines.line(3), None);
+        hub.publish(&b, out.json_lines());
+        for _ in 0..2 {
+            assert_eq!(next_line(&mut s).await, line(1));
+            assert_eq!(next_line(&mut s).await, line(2));
+        }
         drop(s);
         assert_eq!(
             hub.clients(),
@@ -541,25 +624,38 @@ mod tests {
     #[tokio::test]
     async fn a_slow_client_is_told_what_it_missed_and_goes_on() {
         let hub = Arc::new(Hub::new(4));
-        let mut s = hub.subscribe(Filter::default()).unwrap();
+        let mut s = reader(hub.subscribe(Filter::default()).unwrap());
         let extra = 5;
         let events = (0..QUEUE_LINES + extra)
             .map(|_| ev(Kind::Exec, "n1", None, None))
             .collect();
         // ingest does not wait: the queue fills, the rest is counted
-        hub.publish(&batch(events));
+        hub.publish(&batch(events), None);
         assert_eq!(hub.dropped.load(Ordering::Relaxed), extra as u64);
         for _ in 0..QUEUE_LINES {
-            assert!(next_line(&mut s).await.starts_with("{\"kind\":\"exec\""));
+            let l = next_line(&mut s).await;
+            assert!(l.starts_with("{\"kind\":\"exec\""), "{l}");
         }
-        hub.publish(&batch(vec![ev(Kind::Exit, "n1", None, None)]));
+        // said once the queue is drained, with no further event to carry it
         assert_eq!(next_line(&mut s).await, format!("{{\"missed\":{extra}}}\n"));
+        // and once more after a second burst, before the line that follows it
+        let events = (0..QUEUE_LINES + 1)
+            .map(|_| ev(Kind::Exec, "n1", None, None))
+            .collect();
+        hub.publish(&batch(events), None);
+        for _ in 0..QUEUE_LINES {
+            let l = next_line(&mut s).await;
+            assert!(l.starts_with("{\"kind\":\"exec\""), "{l}");
+        }
+        hub.publish(&batch(vec![ev(Kind::Exit, "n1", None, None)]), None);
+        assert_eq!(next_line(&mut s).await, "{\"missed\":1}\n");
         assert!(next_line(&mut s).await.starts_with("{\"kind\":\"exit\""));
         let mut m = String::new();
         hub.metrics(&mut m);
         assert!(
             m.contains(&format!(
-                "spyglass_collector_api_stream_dropped_total {extra}"
+                "spyglass_collector_api_stream_dropped_total {}",
+                extra + 1
             )),
             "{m}"
         );

@@ -68,6 +68,16 @@ impl Lines {
         &self.buf
     }
 
+    /// Line `i` with its newline.
+    pub fn line(&self, i: usize) -> Option<&[u8]> {
+        let start = match i {
+            0 => 0,
+            _ => self.ends.get(i - 1)? + 1,
+        };
+        let end = *self.ends.get(i)?;
+        self.buf.get(start..=end)
+    }
+
     /// Each line without its newline (serde_json writes UTF-8 only).
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         let starts = std::iter::once(0).chain(self.ends.iter().map(|e| e + 1));
@@ -299,6 +309,12 @@ impl Outputs {
             lines.buf.push(b'\n');
         }
         &self.lines
+    }
+
+    /// The rendered batch when its lines are the event JSON (`--format
+    /// json`): the live stream sends them as they are.
+    pub fn json_lines(&self) -> Option<&Lines> {
+        (self.format == Format::Json).then_some(&self.lines)
     }
 
     /// Whether writing the rendered batch rotates the file first.

@@ -156,6 +156,9 @@ impl CollectorService {
             Status::unavailable(format!("collector output failed: {e}"))
         })?;
         ledger.record(node, stream, batch.sequence);
+        // written: to the live stream's clients (the JSON lines as they
+        // are when the output renders them; never waits)
+        self.shared.live.publish(batch, outputs.json_lines());
         self.shared
             .metrics
             .dedupe_streams
@@ -166,7 +169,6 @@ impl CollectorService {
         accepted.events = batch.events.len() as u64;
         accepted.drops = batch.reported_drops();
         self.shared.metrics.written(batch, accepted.drops);
-        self.shared.live.publish(batch);
         if self.shared.inventory.is_some() {
             accepted.inventory = Some(Update::of_batch(received));
         }
