@@ -264,3 +264,124 @@ fn a_container_started_again_under_its_id_is_running_again() {
     agent.stop();
     drop(col);
 }
+
+/// A byte forwarder from `path` to containerd's socket: the agent's
+/// connection to containerd can be cut while containerd stays up.
+struct Forwarder {
+    path: PathBuf,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Forwarder {
+    fn start(path: &Path) -> Forwarder {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind the forwarder's socket");
+        let fwd = Forwarder {
+            path: path.to_owned(),
+            streams: Default::default(),
+            stop: Default::default(),
+        };
+        let (streams, stop) = (fwd.streams.clone(), fwd.stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { return };
+                let Ok(server) = UnixStream::connect("/run/containerd/containerd.sock") else {
+                    continue;
+                };
+                let mut held = streams.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        fwd
+    }
+
+    /// Cut every connection and stop accepting (the socket goes).
+    fn cut(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::fs::remove_file(&self.path);
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        // wake the accept loop so it sees `stop`
+        let _ = std::os::unix::net::UnixStream::connect(&self.path);
+    }
+}
+
+/// A container deleted while the agent could not hear containerd is
+/// reported `deleted` when the agent lists the containers again, and
+/// leaves the running containers of the API.
+#[test]
+fn a_container_deleted_while_containerd_was_out_of_reach_is_reported_deleted() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("fleet-resync");
+    let api_port = free_port();
+    let col = start_collector(&dir, api_port);
+    let node = format!("resync-{}", std::process::id());
+    let sock = dir.join("containerd.sock");
+    let fwd = Forwarder::start(&sock);
+    let url = col.url();
+    let spool = dir.join("spool");
+    let agent = Agent::start_bin(
+        &override_or("SPYGLASS_E2E_AGENT", "spyglass-agent"),
+        &[
+            "--collector",
+            &url,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--node-name",
+            &node,
+            "--no-snapshot",
+            "--containerd-socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    let busybox = image("spyglass.test/busybox:1");
+    let id = container_id("fr-resync");
+    let _c = Ctr::run(&busybox.reference, &id, &[], &["/bin/sleep", "600"]);
+    agent.wait_for("the container's created", WAIT, |e| {
+        e["kind"] == "container"
+            && e["container"]["id"] == id.as_str()
+            && e["lifecycle"]["state"] == "created"
+    });
+    let running = settle(&true, || {
+        container(api_port, &node, &id).is_some_and(|r| r["exited"].is_null())
+    });
+    assert!(running, "the container running in the API");
+    // the agent's link to containerd is cut; the container is deleted
+    fwd.cut();
+    remove(&id);
+    let _fwd = Forwarder::start(&sock);
+    let ev = agent.wait_for("the deletion reported after the re-listing", WAIT, |e| {
+        e["kind"] == "container"
+            && e["container"]["id"] == id.as_str()
+            && e["lifecycle"]["state"] == "deleted"
+    });
+    assert_eq!(
+        ev["container"]["name"],
+        id.as_str(),
+        "with its metadata: {ev}"
+    );
+    let gone = settle(&true, || {
+        container(api_port, &node, &id).is_some_and(|r| r["exited"].is_string())
+    });
+    let row = container(api_port, &node, &id);
+    assert!(gone, "the deleted container shows exited: {row:?}");
+    agent.stop();
+    drop(col);
+}
