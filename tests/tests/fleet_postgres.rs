@@ -479,19 +479,20 @@ fn synthetic_batches(
         .collect()
 }
 
-/// Publish each of `batches` (one per node) on a stream of its own to
+/// Publish each of `batches` (one per node) on a connection of its own to
 /// the collector on `port`, all at once; waits for every ack.
 async fn publish(port: u16, batches: Vec<spyglass_proto::v1::Batch>) {
-    let client = spyglass_proto::v1::collector_client::CollectorClient::connect(format!(
-        "http://127.0.0.1:{port}"
-    ))
-    .await
-    .expect("connect to the collector");
     let streams: Vec<_> = batches
         .into_iter()
         .map(|batch| {
-            let mut client = client.clone();
+            // a connection each, as agents have (the collector allows a
+            // few streams per connection)
             tokio::spawn(async move {
+                let mut client = spyglass_proto::v1::collector_client::CollectorClient::connect(
+                    format!("http://127.0.0.1:{port}"),
+                )
+                .await
+                .expect("connect to the collector");
                 let mut acks = client
                     .publish(tokio_stream::iter([batch]))
                     .await
@@ -514,6 +515,9 @@ fn metric(port: u16, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
+/// Rounds of the same rows sent to both collectors at once.
+const ROUNDS: u64 = 8;
+
 #[test]
 fn two_collectors_writing_the_same_rows_at_once_agree_without_errors() {
     let _g = serial();
@@ -533,10 +537,11 @@ fn two_collectors_writing_the_same_rows_at_once_agree_without_errors() {
     // Both collectors receive the same nodes at the same time (as after a
     // failover, when an agent resends to the second what the first
     // wrote), twice: every row is written by both, at once.
-    for at in [
-        (1_795_000_000_000_000_000_i64, 1),
-        (1_795_000_001_000_000_000, 2),
-    ] {
+    for round in 1..=ROUNDS {
+        let at = (
+            1_795_000_000_000_000_000 + round as i64 * 1_000_000_000,
+            round,
+        );
         let (x, y) = (
             synthetic_batches(&node, nodes, containers, at),
             synthetic_batches(&node, nodes, containers, at),
