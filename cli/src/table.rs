@@ -111,6 +111,8 @@ pub const NODES: &[Column] = &[
     col("AGENT", |r| text(r, "agent_version")),
     col("KERNEL", |r| text(r, "kernel")),
     col("CONTAINERS", |r| text(r, "containers")),
+    col("LOST", |r| text(r, "lost")),
+    col("LAG MS", |r| text(r, "lag_ms")),
     col("LAST SEEN", |r| when(r, "last_seen")),
 ];
 

@@ -212,6 +212,21 @@ fn root_containers_and_exposed_ports_from_the_api() {
         "exposed: {exposed}\nall ports: {ports}"
     );
 
+    // The node's health: its agent lost nothing; its lag is measured.
+    let (st, nodes) = q(&format!("/api/v1/nodes?node={node}"));
+    assert_eq!(st, 200, "{nodes}");
+    let n = &nodes["nodes"][0];
+    assert_eq!(
+        (n["node"].as_str(), n["lost"].as_i64()),
+        (Some(node.as_str()), Some(0)),
+        "{nodes}"
+    );
+    assert!(n["lag_ms"].as_i64().is_some_and(|l| l >= 0), "{nodes}");
+    assert_eq!(n["connected"], true, "{nodes}");
+    let (st, body) = q("/api/v1/nodes?limit=0");
+    assert_eq!(st, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+
     // Filters: unknown names and bad values are refused by name; an
     // SQL-like value is a value.
     let (st, body) = q("/api/v1/containers?rooot=true");

@@ -111,6 +111,12 @@ pub enum Change<'a> {
     },
     Egress(Egress<'a>),
     Finding(Finding<'a>),
+    /// The node's agent lost `lost` events since it started (a `loss`
+    /// event's running totals).
+    Lost {
+        node: &'a str,
+        lost: u64,
+    },
     /// A container's lifecycle step (kind `container`).
     Lifecycle {
         node: &'a str,
@@ -214,6 +220,12 @@ pub fn derive<'a>(ev: &'a Event, internet: fn(IpAddr) -> bool, out: &mut Vec<Cha
             state: l.state,
             exit_code: l.exit_code,
             at,
+        });
+    }
+    if let Some(totals) = ev.loss.as_ref().and_then(|l| l.totals) {
+        out.push(Change::Lost {
+            node: &ev.node,
+            lost: totals.lost(),
         });
     }
     if let Some(f) = &ev.finding {

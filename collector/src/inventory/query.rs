@@ -18,6 +18,8 @@ pub enum Col {
     Time,
     /// Comma-joined text -> array.
     List,
+    /// JSON text -> its value (`''` -> null).
+    Json,
 }
 
 /// One read endpoint.
@@ -101,7 +103,7 @@ pub const CONTAINERS: Endpoint = Endpoint {
         x.pod_uid, x.image_ref, x.image_digest, x.image_index_digest, x.image_config_digest, \
         x.attributed, x.uid, x.gid, x.user_namespace, x.privileged, x.capabilities, \
         x.host_network, x.host_pid, x.host_ipc, x.read_only_rootfs, x.no_new_privileges, \
-        x.seccomp, x.created, x.first_seen, x.last_seen, x.exited, x.exit_code \
+        x.seccomp, x.created, x.first_seen, x.last_seen, x.exited, x.exit_code, x.pod_labels \
         FROM containers x WHERE 1 = 1",
     order: "x.node, x.namespace, x.name, x.id",
     filters: &[
@@ -167,6 +169,7 @@ pub const CONTAINERS: Endpoint = Endpoint {
         ("last_seen", Col::Time),
         ("exited", Col::Time),
         ("exit_code", Col::Int),
+        ("pod.labels", Col::Json),
     ],
 };
 
@@ -264,6 +267,7 @@ pub const IMAGES: Endpoint = Endpoint {
 pub const NODES: Endpoint = Endpoint {
     name: "nodes",
     select: "SELECT x.node, x.agent_version, x.kernel, x.first_seen, x.last_seen, x.connected, \
+        x.lost, x.lag_ms, \
         (SELECT COUNT(*) FROM containers c WHERE c.node = x.node) FROM nodes x WHERE 1 = 1",
     order: "x.node",
     filters: &[
@@ -281,6 +285,8 @@ pub const NODES: Endpoint = Endpoint {
         ("first_seen", Col::Time),
         ("last_seen", Col::Time),
         ("connected", Col::Flag),
+        ("lost", Col::Int),
+        ("lag_ms", Col::Int),
         ("containers", Col::Int),
     ],
 };
@@ -397,6 +403,10 @@ fn cell(row: &sqlx::any::AnyRow, i: usize, col: Col) -> Result<Value, sqlx::Erro
         Col::Int => row
             .try_get::<Option<i64>, _>(i)?
             .map_or(Value::Null, Value::from),
+        Col::Json => row
+            .try_get::<Option<String>, _>(i)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Null),
         Col::Flag => row
             .try_get::<Option<i64>, _>(i)?
             .map_or(Value::Null, |v| Value::from(v != 0)),

@@ -12,6 +12,10 @@ pub struct NodeRow {
     pub first_seen: i64,
     pub last_seen: i64,
     pub connected: Option<bool>,
+    /// Events its agent lost since it started (latest totals).
+    pub lost: Option<u64>,
+    /// Received minus the newest event time of its latest batch, in ms.
+    pub lag_ms: Option<i64>,
 }
 
 /// `containers`: one row per (node, id). Without `meta` only the times

@@ -130,11 +130,18 @@ impl FromStr for StoreUrl {
 
 /// The versioned migrations, in order; never edit one that shipped: add
 /// the next.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "inventory",
-    include_str!("migrations/0001_inventory.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "inventory",
+        include_str!("migrations/0001_inventory.sql"),
+    ),
+    (
+        2,
+        "node health pod labels",
+        include_str!("migrations/0002_node_health_pod_labels.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     let migrations = MIGRATIONS
@@ -327,14 +334,16 @@ fn flag(b: bool) -> i64 {
     i64::from(b)
 }
 
-const NODE: &str = "INSERT INTO nodes (node, agent_version, kernel, first_seen, last_seen, connected) \
-    VALUES ($1, COALESCE($2, ''), COALESCE($3, ''), $4, $5, COALESCE($6, 0)) \
+const NODE: &str = "INSERT INTO nodes (node, agent_version, kernel, first_seen, last_seen, connected, lost, lag_ms) \
+    VALUES ($1, COALESCE($2, ''), COALESCE($3, ''), $4, $5, COALESCE($6, 0), COALESCE($7, 0), $8) \
     ON CONFLICT (node) DO UPDATE SET \
     agent_version = COALESCE($2, nodes.agent_version), \
     kernel = COALESCE($3, nodes.kernel), \
     first_seen = CASE WHEN excluded.first_seen < nodes.first_seen THEN excluded.first_seen ELSE nodes.first_seen END, \
     last_seen = CASE WHEN excluded.last_seen > nodes.last_seen THEN excluded.last_seen ELSE nodes.last_seen END, \
-    connected = COALESCE($6, nodes.connected)";
+    connected = COALESCE($6, nodes.connected), \
+    lost = COALESCE($7, nodes.lost), \
+    lag_ms = COALESCE($8, nodes.lag_ms)";
 
 const CONTAINER_TIMES: &str = "INSERT INTO containers (node, id, first_seen, last_seen) \
     VALUES ($1, $2, $3, $4) ON CONFLICT (node, id) DO UPDATE SET \
@@ -345,8 +354,8 @@ const CONTAINER: &str = "INSERT INTO containers (node, id, namespace, name, runt
     pod_name, pod_namespace, pod_uid, image_ref, image_digest, image_index_digest, \
     image_config_digest, attributed, uid, gid, user_namespace, privileged, capabilities, \
     host_network, host_pid, host_ipc, read_only_rootfs, no_new_privileges, seccomp, created, \
-    first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, \
-    $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
+    first_seen, last_seen, pod_labels) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, \
+    $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) \
     ON CONFLICT (node, id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name, \
     runtime = excluded.runtime, pod_name = excluded.pod_name, \
     pod_namespace = excluded.pod_namespace, pod_uid = excluded.pod_uid, \
@@ -358,7 +367,7 @@ const CONTAINER: &str = "INSERT INTO containers (node, id, namespace, name, runt
     host_network = excluded.host_network, host_pid = excluded.host_pid, \
     host_ipc = excluded.host_ipc, read_only_rootfs = excluded.read_only_rootfs, \
     no_new_privileges = excluded.no_new_privileges, seccomp = excluded.seccomp, \
-    created = excluded.created, \
+    created = excluded.created, pod_labels = excluded.pod_labels, \
     first_seen = CASE WHEN excluded.first_seen < containers.first_seen THEN excluded.first_seen ELSE containers.first_seen END, \
     last_seen = CASE WHEN excluded.last_seen > containers.last_seen THEN excluded.last_seen ELSE containers.last_seen END";
 
@@ -433,6 +442,8 @@ async fn write_nodes(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
             .bind(r.first_seen)
             .bind(r.last_seen)
             .bind(r.connected.map(flag))
+            .bind(r.lost.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+            .bind(r.lag_ms)
             .execute(&mut **tx)
             .await?;
     }
@@ -453,6 +464,12 @@ async fn write_containers(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Erro
             continue;
         };
         let pod = c.pod.clone().unwrap_or_default();
+        // a JSON object ('' when the container is in no pod)
+        let labels = if c.pod.is_some() {
+            serde_json::to_string(&pod.labels).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let p = m.posture.clone();
         let pf = |f: fn(&spyglass_proto::model::Posture) -> bool| p.as_ref().map(|p| flag(f(p)));
         sqlx::query(CONTAINER)
@@ -482,6 +499,7 @@ async fn write_containers(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Erro
             .bind(m.created.map(|t| t.0))
             .bind(r.first_seen)
             .bind(r.last_seen)
+            .bind(labels)
             .execute(&mut **tx)
             .await?;
     }

@@ -56,6 +56,10 @@ pub struct Tracker {
     image_refs: HashSet<(String, String)>,
     /// Agents restarting, per node.
     restarts: Restarts,
+    /// node -> lost events written (its agent's latest totals).
+    lost: HashMap<String, u64>,
+    /// node -> lag of its latest batch, ms (written with its node row).
+    lag: HashMap<String, i64>,
     /// What the next flush writes.
     pub rows: Rows,
 }
@@ -109,6 +113,13 @@ impl Tracker {
             }
             Change::Egress(e) => self.egress_seen(e),
             Change::Finding(f) => self.finding_seen(f),
+            Change::Lost { node, lost } => {
+                if self.lost.get(*node) != Some(lost) {
+                    self.lost.insert((*node).to_owned(), *lost);
+                    let at = self.nodes.get(*node).copied().unwrap_or_default();
+                    self.node_row(node, at).lost = Some(*lost);
+                }
+            }
             Change::Lifecycle {
                 node,
                 container_id,
@@ -378,11 +389,26 @@ impl Tracker {
         self.egress.clear();
         self.destinations.clear();
         self.image_refs.clear();
+        self.lost.clear();
     }
 
     /// The rows to write now; the tracker keeps what they say as written.
     pub fn take(&mut self) -> Rows {
-        std::mem::take(&mut self.rows)
+        let mut rows = std::mem::take(&mut self.rows);
+        for (node, row) in &mut rows.nodes {
+            row.lag_ms = self.lag.get(node).copied();
+        }
+        rows
+    }
+
+    /// The lag of `node`'s latest batch (written with its node row).
+    pub fn lag(&mut self, node: &str, lag_ms: i64) {
+        match self.lag.get_mut(node) {
+            Some(l) => *l = lag_ms,
+            None => {
+                self.lag.insert(node.to_owned(), lag_ms);
+            }
+        }
     }
 }
 
@@ -759,6 +785,38 @@ mod tests {
         assert_eq!(
             (n.agent_version.as_deref(), n.connected, n.last_seen),
             (Some("v"), Some(true), S + 3)
+        );
+    }
+
+    #[test]
+    fn a_node_s_losses_are_written_when_they_change_and_its_lag_with_its_row() {
+        let mut t = Tracker::default();
+        t.lag("n1", 40);
+        t.apply(&Change::Node { node: "n1", at: S });
+        t.apply(&Change::Lost {
+            node: "n1",
+            lost: 3,
+        });
+        let rows = t.take();
+        assert_eq!(
+            (rows.nodes["n1"].lost, rows.nodes["n1"].lag_ms),
+            (Some(3), Some(40))
+        );
+        // the same totals again: nothing to write
+        t.apply(&Change::Lost {
+            node: "n1",
+            lost: 3,
+        });
+        assert!(t.take().is_empty());
+        t.lag("n1", 7);
+        t.apply(&Change::Lost {
+            node: "n1",
+            lost: 5,
+        });
+        let rows = t.take();
+        assert_eq!(
+            (rows.nodes["n1"].lost, rows.nodes["n1"].lag_ms),
+            (Some(5), Some(7))
         );
     }
 }

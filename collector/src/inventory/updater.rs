@@ -38,7 +38,7 @@ const CONTAINERS_PER_BATCH: usize = 256;
 fn plain(ev: &Event) -> bool {
     matches!(
         ev.kind,
-        Kind::Exec | Kind::Exit | Kind::Fork | Kind::Resources | Kind::Loss
+        Kind::Exec | Kind::Exit | Kind::Fork | Kind::Resources
     ) && ev.finding.is_none()
         && ev.agent.is_none()
 }
@@ -96,6 +96,7 @@ impl Update {
         Update::Batch {
             node: batch.node_id,
             last,
+            received: now_ns(),
             events,
         }
     }
@@ -131,6 +132,8 @@ pub enum Update {
         node: String,
         /// The latest event time in the batch.
         last: i64,
+        /// When the collector received it (Unix ns).
+        received: i64,
         events: Vec<Event>,
     },
     /// An agent's stream opened or closed.
@@ -203,6 +206,12 @@ impl Feed {
     }
 }
 
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 pub(super) fn internet(ip: IpAddr) -> bool {
     super::addr::is_internet(ip, &[])
 }
@@ -252,8 +261,14 @@ impl Ended {
 
 fn take_in(tracker: &mut Tracker, update: &Update) {
     match update {
-        Update::Batch { node, last, events } => {
+        Update::Batch {
+            node,
+            last,
+            received,
+            events,
+        } => {
             tracker.apply(&changes::Change::Node { node, at: *last });
+            tracker.lag(node, received.saturating_sub(*last) / 1_000_000);
             let mut scratch = Vec::with_capacity(4);
             for ev in events {
                 scratch.clear();
@@ -342,7 +357,10 @@ mod tests {
                 ev(Kind::Close, 7, None),
             ],
         };
-        let Update::Batch { node, last, events } = Update::of_batch(batch) else {
+        let Update::Batch {
+            node, last, events, ..
+        } = Update::of_batch(batch)
+        else {
             panic!("not a batch")
         };
         assert_eq!((node.as_str(), last), ("n1", 9));
