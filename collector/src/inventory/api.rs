@@ -77,7 +77,7 @@ struct App {
 }
 
 /// Compare without stopping at the first differing byte.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
@@ -198,6 +198,8 @@ pub fn spawn(
     health: Arc<Health>,
     live: Arc<crate::live::Hub>,
 ) {
+    // the web page (web.rs) on the same listener, behind the same token
+    let web = super::web::router(pool.clone(), token.clone(), health.clone());
     let app = App {
         pool,
         token: token.map(Arc::from),
@@ -207,7 +209,8 @@ pub fn spawn(
     let router = Router::new()
         .route("/api/v1/events", get(events))
         .route("/api/v1/{name}", get(list))
-        .with_state(app);
+        .with_state(app)
+        .merge(web);
     info!(addr = ?listener.local_addr().ok(), "inventory API ready");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {

@@ -12,7 +12,7 @@
 //! - [`retention`]: ended rows deleted after `--retain-exited` /
 //!   `--retain-closed`;
 //! - [`updater`]: the store task fed from ingest;
-//! - [`query`] and [`api`]: the read side.
+//! - [`query`] and [`api`]: the read side; [`web`]: the web page.
 pub mod api;
 pub mod changes;
 pub mod filters;
@@ -27,6 +27,7 @@ pub mod store;
 pub mod sweep;
 pub mod tracker;
 pub mod updater;
+pub mod web;
 
 /// Address classification, one definition shared with the agent's
 /// policy: the collector uses its internet test for egress destinations.

@@ -79,29 +79,52 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
 
 /// Auth, then the security headers on whatever is answered.
 async fn guard(State(web): State<Web>, req: Request, next: Next) -> Response {
-    let mut resp = if authorized(req.headers(), web.token.as_deref()) {
-        next.run(req).await
+    let down = web
+        .health
+        .reach
+        .down()
+        .filter(|_| req.uri().path() != "/style.css");
+    let mut resp = if !authorized(req.headers(), web.token.as_deref()) {
+        unauthorized()
+    } else if let Some(why) = down {
+        unavailable(&why)
     } else {
-        let mut r = (
-            StatusCode::UNAUTHORIZED,
-            Html(pages::message(
-                "Token needed",
-                "Give the collector's API token (--api-token-file) as the password; \
-                 any user name.",
-            )),
-        )
-            .into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"Spyglass fleet\", charset=\"UTF-8\""),
-        );
-        r
+        next.run(req).await
     };
     for (name, value) in SECURITY_HEADERS {
         resp.headers_mut()
             .insert(*name, HeaderValue::from_static(value));
     }
     resp
+}
+
+/// 503 while the store does not answer (as the API).
+fn unavailable(why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Html(pages::message(
+            "The inventory's store is unreachable",
+            &format!("store unreachable: {why}"),
+        )),
+    )
+        .into_response()
+}
+
+fn unauthorized() -> Response {
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        Html(pages::message(
+            "Token needed",
+            "Give the collector's API token (--api-token-file) as the password; \
+                 any user name.",
+        )),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"Spyglass fleet\", charset=\"UTF-8\""),
+    );
+    r
 }
 
 /// Basic auth with the token as password (any user), or a bearer token.
@@ -142,7 +165,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }))
     }
     let bytes = s.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
@@ -187,7 +210,7 @@ async fn rows(
 }
 
 /// A page, or the page saying why not.
-fn answer(page: Result<Option<String>, QueryError>, what: &str) -> Response {
+fn answer(web: &Web, page: Result<Option<String>, QueryError>, what: &str) -> Response {
     match page {
         Ok(Some(html)) => Html(html).into_response(),
         Ok(None) => (
@@ -207,6 +230,11 @@ fn answer(page: Result<Option<String>, QueryError>, what: &str) -> Response {
             )),
         )
             .into_response(),
+        Err(QueryError::Store { source, .. }) if super::store::unreachable(&source) => {
+            let why = source.to_string();
+            web.health.reach.set_down(why.clone());
+            unavailable(&why)
+        }
         Err(e) => {
             warn!(error = %e, page = what, "web page query failed");
             (
@@ -222,7 +250,7 @@ fn answer(page: Result<Option<String>, QueryError>, what: &str) -> Response {
 }
 
 async fn overview(State(web): State<Web>) -> Response {
-    answer(overview_page(&web).await.map(Some), "overview")
+    answer(&web, overview_page(&web).await.map(Some), "overview")
 }
 
 async fn overview_page(web: &Web) -> Result<String, QueryError> {
@@ -277,7 +305,7 @@ async fn node(State(web): State<Web>, Path(name): Path<String>) -> Response {
             findings: rows(p, &query::FINDINGS, &open, PAGE_ROWS).await?,
         })))
     };
-    answer(page.await, &format!("node {name:?}"))
+    answer(&web, page.await, &format!("node {name:?}"))
 }
 
 async fn container(State(web): State<Web>, Path((node, id)): Path<(String, String)>) -> Response {
@@ -295,7 +323,11 @@ async fn container(State(web): State<Web>, Path((node, id)): Path<(String, Strin
             findings: rows(p, &query::FINDINGS, &of, PAGE_ROWS).await?,
         })))
     };
-    answer(page.await, &format!("container {id:?} on node {node:?}"))
+    answer(
+        &web,
+        page.await,
+        &format!("container {id:?} on node {node:?}"),
+    )
 }
 
 async fn namespace(State(web): State<Web>, Path(ns): Path<String>) -> Response {
@@ -315,7 +347,7 @@ async fn namespace(State(web): State<Web>, Path(ns): Path<String>) -> Response {
             findings: rows(p, &query::FINDINGS, &open, PAGE_ROWS).await?,
         })))
     };
-    answer(page.await, &format!("namespace {ns:?}"))
+    answer(&web, page.await, &format!("namespace {ns:?}"))
 }
 
 async fn image(State(web): State<Web>, Path(digest): Path<String>) -> Response {
@@ -331,7 +363,7 @@ async fn image(State(web): State<Web>, Path(digest): Path<String>) -> Response {
             containers: rows(p, &query::CONTAINERS, &of, CONTAINER_ROWS).await?,
         })))
     };
-    answer(page.await, &format!("image {digest:?}"))
+    answer(&web, page.await, &format!("image {digest:?}"))
 }
 
 #[cfg(test)]

@@ -108,6 +108,8 @@ pub fn nodes_rows(rows: &[Value]) -> Vec<Vec<Cell>> {
                 time(n, "last_seen"),
                 Cell::Text(text(n, &["agent_version"]).to_owned()),
                 Cell::Text(text(n, &["kernel"]).to_owned()),
+                int(n, &["lost"]),
+                int(n, &["lag_ms"]),
                 int(n, &["containers"]),
             ]
         })
@@ -119,6 +121,8 @@ pub const NODES_HEAD: &[&str] = &[
     "Last seen",
     "Agent",
     "Kernel",
+    "Events lost",
+    "Lag ms",
     "Containers",
 ];
 
@@ -287,13 +291,13 @@ pub struct Overview {
     pub images: Listed,
 }
 
-fn card(p: &mut Page, label: &'static str, value: String, bad: bool) {
+fn card(p: &mut Page, label: &'static str, value: &str, bad: bool) {
     p.raw(if bad {
         "<div class=\"card bad\"><b>"
     } else {
         "<div class=\"card\"><b>"
     });
-    p.text(&value);
+    p.text(value);
     p.raw("</b>");
     p.raw(label);
     p.raw("</div>");
@@ -304,24 +308,29 @@ fn cards(p: &mut Page, s: &Summary) {
     card(
         p,
         "nodes connected",
-        format!("{} / {}", s.connected, s.nodes),
+        &format!("{} / {}", s.connected, s.nodes),
         s.connected < s.nodes,
     );
-    card(p, "containers running", s.running.to_string(), false);
-    card(p, "running as root", s.root.to_string(), s.root > 0);
-    card(p, "privileged", s.privileged.to_string(), s.privileged > 0);
-    card(p, "exposed ports", s.exposed.to_string(), s.exposed > 0);
+    card(p, "containers running", &s.running.to_string(), false);
+    card(p, "running as root", &s.root.to_string(), s.root > 0);
+    card(p, "privileged", &s.privileged.to_string(), s.privileged > 0);
+    card(p, "exposed ports", &s.exposed.to_string(), s.exposed > 0);
     card(
         p,
         "internet destinations",
-        format!(
+        &format!(
             "{} ({} containers)",
             s.internet_destinations, s.internet_containers
         ),
         s.internet_destinations > 0,
     );
-    card(p, "runaway processes", s.runaway.to_string(), s.runaway > 0);
-    card(p, "images", s.images.to_string(), false);
+    card(
+        p,
+        "runaway processes",
+        &s.runaway.to_string(),
+        s.runaway > 0,
+    );
+    card(p, "images", &s.images.to_string(), false);
     p.raw("</div>\n<div class=\"cards\" id=\"findings-by-severity\">");
     for (word, n) in &s.findings {
         p.raw("<div class=\"card");
@@ -449,6 +458,8 @@ pub fn node(v: &NodeView) -> String {
             Cell::Text(text(&v.node, &["agent_version"]).to_owned()),
         ),
         ("Kernel", Cell::Text(text(&v.node, &["kernel"]).to_owned())),
+        ("Events lost", int(&v.node, &["lost"])),
+        ("Lag ms", int(&v.node, &["lag_ms"])),
         ("First seen", time(&v.node, "first_seen")),
         ("Last seen", time(&v.node, "last_seen")),
         ("Containers", int(&v.node, &["containers"])),
