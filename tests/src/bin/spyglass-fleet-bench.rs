@@ -11,7 +11,10 @@
 //! times; the report gives the median and the slowest, the rows
 //! answered, and the store's size per container and per listener.
 //!
-//! Usage: spyglass-fleet-bench [--nodes N] [--containers M] [--store sqlite|KIND...]
+//! The same fleet goes to SQLite and then to PostgreSQL (Debian's server
+//! on loopback, started as the tests start it).
+//!
+//! Usage: spyglass-fleet-bench [--nodes N] [--containers M]
 use std::{
     net::{IpAddr, Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
@@ -20,7 +23,7 @@ use std::{
 };
 
 use serde_json::Value;
-use spyglass_e2e::{http_get, root, Collector};
+use spyglass_e2e::{http_get, postgres::Postgres, root, Collector};
 use spyglass_proto::{
     model::{
         samples, wire, AgentInfo, AgentState, ContainerState, Endpoint, Event, Family, Kind,
@@ -277,19 +280,42 @@ fn file_size(p: &Path) -> u64 {
         .sum()
 }
 
-fn main() {
-    let a = args();
-    let dir = root().join("bench-results/tmp/fleet");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let db = dir.join("inventory.db");
-    let store = format!("sqlite:{}", db.display());
+/// The fleet view's questions: what the CLI and the page ask.
+const QUESTIONS: [(&str, &str, Option<&str>); 6] = [
+    (
+        "spyglass containers --root",
+        "/api/v1/containers?root=true",
+        Some("containers"),
+    ),
+    (
+        "spyglass ports --exposed",
+        "/api/v1/ports?exposed=true",
+        Some("ports"),
+    ),
+    (
+        "spyglass containers --root --limit 10000",
+        "/api/v1/containers?root=true&limit=10000",
+        Some("containers"),
+    ),
+    (
+        "spyglass ports --exposed --limit 10000",
+        "/api/v1/ports?exposed=true&limit=10000",
+        Some("ports"),
+    ),
+    ("spyglass nodes", "/api/v1/nodes", Some("nodes")),
+    ("web overview", "/", None),
+];
+
+/// Publish the fleet to a collector on `store`, wait until it is
+/// stored, time the questions; `size` tells the store's size once the
+/// collector stopped. One section of the report.
+fn bench_store(a: &Args, dir: &Path, label: &str, store: &str, size: &dyn Fn() -> u64) -> String {
     let (port, api) = (free_port(), free_port());
     let api_addr = format!("127.0.0.1:{api}");
     let mut collector = Collector::start(
         port,
-        &dir.join("out.jsonl"),
-        &["--store", &store, "--api-listen", &api_addr],
+        &dir.join(format!("out-{label}.jsonl")),
+        &["--store", store, "--api-listen", &api_addr],
     );
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -317,58 +343,62 @@ fn main() {
     });
     let ingest = start.elapsed().as_secs_f64();
     assert_eq!(acked, total, "every event acknowledged");
-    wait_stored(api, &a);
+    wait_stored(api, a);
     let stored = start.elapsed().as_secs_f64();
     let mut report = format!(
-        "Synthetic fleet: {} nodes x {} containers ({} containers, {} listeners, {total} events), \
-         published on {STREAMS} gRPC streams in {ingest:.1} s ({:.0} events/s); \
-         stored (SQLite) {stored:.1} s after the first send.\n\n\
+        "\n**{label}**: published on {STREAMS} gRPC streams in {ingest:.1} s ({:.0} events/s); \
+         all of it answered by the API {stored:.1} s after the first send.\n\n\
          | question | API path | median ms | slowest ms | answer |\n|---|---|---:|---:|---|\n",
-        a.nodes,
-        a.containers,
-        a.nodes * a.containers,
-        a.nodes * a.containers,
         total as f64 / ingest
     );
-    let questions: [(&str, &str, Option<&str>); 6] = [
-        (
-            "spyglass containers --root",
-            "/api/v1/containers?root=true",
-            Some("containers"),
-        ),
-        (
-            "spyglass ports --exposed",
-            "/api/v1/ports?exposed=true",
-            Some("ports"),
-        ),
-        (
-            "spyglass containers --root --limit 10000",
-            "/api/v1/containers?root=true&limit=10000",
-            Some("containers"),
-        ),
-        (
-            "spyglass ports --exposed --limit 10000",
-            "/api/v1/ports?exposed=true&limit=10000",
-            Some("ports"),
-        ),
-        ("spyglass nodes", "/api/v1/nodes", Some("nodes")),
-        ("web overview", "/", None),
-    ];
-    for (what, path, key) in questions {
+    for (what, path, key) in QUESTIONS {
         let (median, slowest, answer) = time_get(api, path, key);
         report.push_str(&format!(
             "| `{what}` | `{path}` | {median:.1} | {slowest:.1} | {answer} |\n"
         ));
     }
     collector.stop();
-    let size = file_size(&db);
+    let size = size();
     let items = (a.nodes * a.containers * 2) as u64;
     report.push_str(&format!(
-        "\nStore size (SQLite file, WAL included): {:.1} MiB: {} bytes per container with its listener ({} bytes per row of either).\n",
+        "\nStore size: {:.1} MiB: {} bytes per container with its listener ({} bytes per row of either).\n",
         size as f64 / f64::from(1 << 20),
         size / (a.nodes * a.containers) as u64,
         size / items
     ));
+    report
+}
+
+fn main() {
+    let a = args();
+    let dir = root().join("bench-results/tmp/fleet");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let mut report = format!(
+        "Synthetic fleet: {} nodes x {} containers ({} containers, {} listeners, {} events): \
+         every node publishes an agent's start, its snapshot and snapshot_complete.\n",
+        a.nodes,
+        a.containers,
+        a.nodes * a.containers,
+        a.nodes * a.containers,
+        a.nodes * (a.containers * 2 + 2)
+    );
+    let db = dir.join("inventory.db");
+    let sqlite = format!("sqlite:{}", db.display());
+    report.push_str(&bench_store(&a, &dir, "SQLite", &sqlite, &|| {
+        file_size(&db)
+    }));
+    // Debian's PostgreSQL on loopback, as the tests start it (fsync off:
+    // a test server; a production one writes more per commit).
+    let pg = Postgres::start(&dir);
+    let size = || {
+        pg.psql("SELECT pg_database_size(current_database())")
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    report.push_str(&bench_store(&a, &dir, "PostgreSQL", &pg.url(), &size));
+    pg.stop();
     // The report is this program's output.
     #[allow(clippy::print_stdout)]
     {
