@@ -232,10 +232,18 @@ async fn open_inventory(
         StoreUrl::Postgres(u) => {
             let pool = store::open_postgres(u)?;
             match store::migrate(&pool, u).await {
-                Ok(()) => (pool.clone(), Writer::new(pool, Some(u.clone()), false), None),
+                Ok(()) => (
+                    pool.clone(),
+                    Writer::new(pool, Some(u.clone()), false),
+                    None,
+                ),
                 Err(e) if e.unreachable() => {
                     let why = store::reason(Some(u), &e).await;
-                    (pool.clone(), Writer::new(pool, Some(u.clone()), true), Some(why))
+                    (
+                        pool.clone(),
+                        Writer::new(pool, Some(u.clone()), true),
+                        Some(why),
+                    )
                 }
                 Err(e) => return Err(e.into()),
             }
