@@ -180,7 +180,7 @@ pub const PORTS: Endpoint = Endpoint {
         x.since, x.last_seen FROM listeners x \
         LEFT JOIN containers c ON c.node = x.node AND c.id = x.container_id \
         WHERE x.closed IS NULL",
-    order: "x.node, x.container_id, x.port, x.protocol, x.address",
+    order: "x.node, x.container_id, x.protocol, x.address, x.port",
     filters: &[
         Filter::Flag {
             name: "exposed",
@@ -217,7 +217,7 @@ pub const EGRESS: Endpoint = Endpoint {
         x.protocol, x.address, x.port, x.internet, x.first_seen, x.last_seen, x.count \
         FROM egress x LEFT JOIN containers c ON c.node = x.node AND c.id = x.container_id \
         WHERE 1 = 1",
-    order: "x.node, x.container_id, x.address, x.port, x.protocol",
+    order: "x.node, x.container_id, x.protocol, x.address, x.port",
     filters: &[
         Filter::Flag {
             name: "internet",
@@ -519,13 +519,11 @@ pub struct Summary {
     pub findings: Vec<(&'static str, i64)>,
 }
 
+/// One scan of `containers` for its four counts (they were four scans).
 const SUMMARY: &str = "SELECT \
     (SELECT COUNT(*) FROM nodes), \
     (SELECT COUNT(*) FROM nodes WHERE connected = 1), \
-    (SELECT COUNT(*) FROM containers WHERE exited IS NULL), \
-    (SELECT COUNT(*) FROM containers WHERE exited IS NOT NULL), \
-    (SELECT COUNT(*) FROM containers WHERE exited IS NULL AND uid = 0 AND user_namespace = 0), \
-    (SELECT COUNT(*) FROM containers WHERE exited IS NULL AND privileged = 1), \
+    cc.running, cc.exited, cc.root, cc.privileged, \
     (SELECT COUNT(*) FROM listeners x LEFT JOIN containers c \
         ON c.node = x.node AND c.id = x.container_id \
         WHERE x.closed IS NULL AND (x.wildcard = 1 OR c.host_network = 1)), \
@@ -533,7 +531,13 @@ const SUMMARY: &str = "SELECT \
     (SELECT COUNT(*) FROM (SELECT DISTINCT node, container_id FROM egress WHERE internet = 1) t), \
     (SELECT COUNT(*) FROM images), \
     (SELECT COUNT(*) FROM findings WHERE open = 1 AND rule IN ('process.cpu_runaway', \
-        'process.fork_rate', 'container.memory_near_limit', 'container.oom_kill'))";
+        'process.fork_rate', 'container.memory_near_limit', 'container.oom_kill')) \
+    FROM (SELECT \
+        COUNT(CASE WHEN exited IS NULL THEN 1 END) AS running, \
+        COUNT(CASE WHEN exited IS NOT NULL THEN 1 END) AS exited, \
+        COUNT(CASE WHEN exited IS NULL AND uid = 0 AND user_namespace = 0 THEN 1 END) AS root, \
+        COUNT(CASE WHEN exited IS NULL AND privileged = 1 THEN 1 END) AS privileged \
+        FROM containers) cc";
 
 /// The overview's counts.
 pub async fn summary(pool: &AnyPool) -> Result<Summary, QueryError> {

@@ -141,6 +141,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "node health pod labels",
         include_str!("migrations/0002_node_health_pod_labels.sql"),
     ),
+    (
+        3,
+        "answer order",
+        include_str!("migrations/0003_answer_order.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -256,30 +256,37 @@ async fn overview(State(web): State<Web>) -> Response {
 async fn overview_page(web: &Web) -> Result<String, QueryError> {
     let p = &web.pool;
     let running = ("exited", "false");
+    let (root_q, privileged_q) = (
+        [("root", "true"), running],
+        [("privileged", "true"), running],
+    );
+    // independent reads, run at once on the pool's connections
+    let (summary, nodes, exposed, root, privileged) = tokio::try_join!(
+        query::summary(p),
+        rows(p, &query::NODES, &[], CONTAINER_ROWS),
+        rows(p, &query::PORTS, &[("exposed", "true")], PAGE_ROWS),
+        rows(p, &query::CONTAINERS, &root_q, PAGE_ROWS),
+        rows(p, &query::CONTAINERS, &privileged_q, PAGE_ROWS),
+    )?;
+    let (internet, runaway, findings, namespaces, images) = tokio::try_join!(
+        rows(p, &query::EGRESS, &[("internet", "true")], PAGE_ROWS),
+        rows(p, &query::RUNAWAY, &[], PAGE_ROWS),
+        rows(p, &query::FINDINGS, &[("open", "true")], PAGE_ROWS),
+        query::namespaces(p, PAGE_ROWS),
+        rows(p, &query::IMAGES, &[], PAGE_ROWS),
+    )?;
     let o = pages::Overview {
-        summary: query::summary(p).await?,
+        summary,
         stale: web.health.stale.load(Ordering::Relaxed),
-        nodes: rows(p, &query::NODES, &[], CONTAINER_ROWS).await?,
-        exposed: rows(p, &query::PORTS, &[("exposed", "true")], PAGE_ROWS).await?,
-        root: rows(
-            p,
-            &query::CONTAINERS,
-            &[("root", "true"), running],
-            PAGE_ROWS,
-        )
-        .await?,
-        privileged: rows(
-            p,
-            &query::CONTAINERS,
-            &[("privileged", "true"), running],
-            PAGE_ROWS,
-        )
-        .await?,
-        internet: rows(p, &query::EGRESS, &[("internet", "true")], PAGE_ROWS).await?,
-        runaway: rows(p, &query::RUNAWAY, &[], PAGE_ROWS).await?,
-        findings: rows(p, &query::FINDINGS, &[("open", "true")], PAGE_ROWS).await?,
-        namespaces: query::namespaces(p, PAGE_ROWS).await?,
-        images: rows(p, &query::IMAGES, &[], PAGE_ROWS).await?,
+        nodes,
+        exposed,
+        root,
+        privileged,
+        internet,
+        runaway,
+        findings,
+        namespaces,
+        images,
     };
     Ok(pages::overview(&o))
 }
