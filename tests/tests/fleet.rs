@@ -414,6 +414,16 @@ fn an_exited_container_shows_exited_and_leaves_ports() {
         let (st, body) = api_get(api, &path, None);
         (st == 200 && body["ports"].as_array().is_some_and(|p| p.len() == 1)).then_some(())
     });
+    // a root container: its container.root finding is open while it runs
+    let open = format!("/api/v1/findings?container={id}&open=true");
+    eventually("its open container.root finding", WAIT, || {
+        let (st, body) = api_get(api, &open, None);
+        (st == 200
+            && body["findings"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|r| r["rule"] == "container.root")))
+        .then_some(())
+    });
     spyglass_e2e::containers::ctr(&["task", "kill", "-s", "SIGKILL", &id]);
     agent.wait_for("the container's exit", WAIT, |e| {
         e["kind"] == "container"
@@ -434,5 +444,12 @@ fn an_exited_container_shows_exited_and_leaves_ports() {
     let (st, body) = api_get(api, &format!("/api/v1/ports?container={id}"), None);
     assert_eq!(st, 200);
     assert_eq!(body["ports"], serde_json::json!([]), "{body}");
+    // nothing of it runs: its findings are closed
+    let (st, body) = api_get(api, &open, None);
+    assert_eq!(
+        (st, &body["findings"]),
+        (200, &serde_json::json!([])),
+        "{body}"
+    );
     agent.stop();
 }

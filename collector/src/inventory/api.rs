@@ -76,13 +76,43 @@ struct App {
     live: Arc<crate::live::Hub>,
 }
 
-/// Compare without stopping at the first differing byte.
-pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+/// Compare `got` with the token `want` in time that depends only on the
+/// token's length: no early stop at the first differing byte, nor at a
+/// length that differs.
+pub(super) fn same(got: &[u8], want: &[u8]) -> bool {
+    let differ = want.iter().enumerate().fold(0u8, |d, (i, w)| {
+        d | (w ^ got.get(i).copied().unwrap_or(!*w))
+    });
+    differ == 0 && got.len() == want.len()
+}
+
+/// Without a token the API serves loopback only; a request must also
+/// name a loopback host, so a web page that rebinds its own name to
+/// 127.0.0.1 (DNS rebinding) cannot read the fleet through a browser on
+/// the collector's host. A request without `Host` (HTTP/1.0) is not a
+/// browser's.
+pub(super) fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
-    let Some(want) = token else { return true };
+    let Some(want) = token else {
+        return loopback_host(headers);
+    };
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -95,7 +125,10 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 fn unauthorized() -> Response {
-    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (without --api-token-file: the Host is not a loopback address)",
+    );
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
     r
@@ -222,6 +255,37 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_compares_whole_and_a_tokenless_api_wants_a_loopback_host() {
+        assert!(same(b"secret", b"secret"));
+        for bad in [&b""[..], b"secre", b"secret!", b"Secret", b"\xffecret"] {
+            assert!(!same(bad, b"secret"), "{bad:?}");
+        }
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().unwrap());
+            loopback_host(&m)
+        };
+        for ok in [
+            "127.0.0.1:7072",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:7072",
+            "127.1.2.3",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7072",
+            "10.0.0.1:7072",
+            "[2001:db8::1]:7072",
+            "localhost.evil.example",
+        ] {
+            assert!(!host(bad), "{bad}");
+        }
+        assert!(loopback_host(&HeaderMap::new()), "no Host: not a browser");
+    }
 
     #[test]
     fn without_a_token_only_loopback() {

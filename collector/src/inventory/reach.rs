@@ -183,6 +183,7 @@ impl Writer {
         // metadata is written when first known: re-learn it from the
         // next events rather than never write it
         tracker.forget();
+        tracker.abandon_restarts();
         let n = rows.as_ref().map_or(0, Rows::len);
         warn!(error = %e, rows = n, "inventory flush failed; the store is stale until the next events write it again");
     }
@@ -203,6 +204,7 @@ impl Writer {
         self.held = None;
         drop(tracker.take());
         tracker.forget();
+        tracker.abandon_restarts();
         health.reach.pending_rows.store(0, Ordering::Relaxed);
         health
             .reach

@@ -66,6 +66,18 @@ impl Restarts {
     /// or container the old agent reported, written less than the
     /// `last_seen` step ago, would otherwise keep its old `last_seen` and
     /// be ended by the sweep).
+    /// Something the store should have received was lost (an update
+    /// dropped, rows dropped or forgotten): a restart open now may have
+    /// lost its re-announcements, so its `snapshot_complete` must not end
+    /// what it did not see. Every open restart is abandoned (no sweep;
+    /// the rows stay until they are closed or retained away).
+    pub fn abandon(&mut self) -> usize {
+        let n = self.open.len() + self.pending.len();
+        self.open.clear();
+        self.pending.clear();
+        n
+    }
+
     pub fn restarting(&self, node: &str) -> bool {
         self.open.contains_key(node) || self.pending.contains_key(node)
     }

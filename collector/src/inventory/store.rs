@@ -427,6 +427,12 @@ const DELETED: &str = "UPDATE containers SET exited = COALESCE(exited, $3), \
 const CLOSE_ALL: &str = "UPDATE listeners SET closed = $3 WHERE node = $1 \
     AND container_id = $2 AND closed IS NULL AND last_seen <= $3";
 
+/// The open findings of a container that ended: nothing of it runs any
+/// more (they would count in the overview for ever, and retention keeps
+/// open findings).
+const CLOSE_FINDINGS: &str = "UPDATE findings SET open = 0 WHERE node = $1 \
+    AND container_id = $2 AND open = 1 AND last_seen <= $3";
+
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 /// A table's rows in key order: two collectors writing overlapping rows
@@ -609,12 +615,14 @@ async fn write_lifecycle(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error
         };
         q.execute(&mut **tx).await?;
         if *state != S::Created {
-            sqlx::query(CLOSE_ALL)
-                .bind(node)
-                .bind(id)
-                .bind(*at)
-                .execute(&mut **tx)
-                .await?;
+            for sql in [CLOSE_ALL, CLOSE_FINDINGS] {
+                sqlx::query(sql)
+                    .bind(node)
+                    .bind(id)
+                    .bind(*at)
+                    .execute(&mut **tx)
+                    .await?;
+            }
         }
     }
     Ok(())

@@ -378,6 +378,19 @@ impl Tracker {
         }
     }
 
+    /// Changes were lost before they reached the store (an update
+    /// dropped, a flush's rows dropped): no open restart may sweep, as
+    /// its re-announcements may be among them ([`Restarts::abandon`]).
+    pub fn abandon_restarts(&mut self) {
+        let n = self.restarts.abandon();
+        if n > 0 {
+            tracing::warn!(
+                restarts = n,
+                "inventory changes were lost while agents restarted: their snapshots will not end what they did not re-announce"
+            );
+        }
+    }
+
     /// Forget what was taken as written: the next event of each thing
     /// writes it again (after a failed write, what it carried is
     /// re-learned instead of lost for good).
@@ -654,6 +667,24 @@ mod tests {
         // the swept listener (81) is no longer taken as written
         t.apply(&listen(81, 6 * S));
         assert_eq!(t.take().listeners.len(), 1);
+    }
+
+    #[test]
+    fn a_restart_whose_changes_were_lost_does_not_sweep() {
+        let mut t = Tracker::default();
+        t.apply(&Change::Snapshot {
+            node: "n1",
+            at: 2 * S,
+        });
+        t.apply(&agent(AgentState::Started, None, 3 * S));
+        // the batch with the re-announcements was dropped on its way
+        t.abandon_restarts();
+        t.apply(&agent(AgentState::SnapshotComplete, Some(1), 5 * S));
+        assert!(t.take().sweeps.is_empty(), "what was lost is not ended");
+        // the next restart, whole, sweeps again
+        t.apply(&agent(AgentState::Started, None, 6 * S));
+        t.apply(&agent(AgentState::SnapshotComplete, Some(1), 7 * S));
+        assert_eq!(t.take().sweeps.len(), 1);
     }
 
     #[test]

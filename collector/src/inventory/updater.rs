@@ -194,7 +194,7 @@ impl Feed {
             Some(update)
         };
         if let Some(update) = refused {
-            h.dropped.fetch_add(1, Ordering::Relaxed);
+            h.dropped.fetch_add(1, Ordering::AcqRel);
             if let Update::Batch { events, .. } = &update {
                 h.dropped_events
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -267,8 +267,12 @@ fn take_in(tracker: &mut Tracker, update: &Update) {
             received,
             events,
         } => {
-            tracker.apply(&changes::Change::Node { node, at: *last });
-            tracker.lag(node, received.saturating_sub(*last) / 1_000_000);
+            // a batch without events (`last` 0) says nothing of the
+            // node's time or lag
+            if *last > 0 {
+                tracker.apply(&changes::Change::Node { node, at: *last });
+                tracker.lag(node, received.saturating_sub(*last) / 1_000_000);
+            }
             let mut scratch = Vec::with_capacity(4);
             for ev in events {
                 scratch.clear();
@@ -293,6 +297,8 @@ async fn run(
     ended: Ended,
 ) {
     let mut tracker = Tracker::default();
+    // updates dropped so far: a new drop abandons the open restarts
+    let mut dropped = 0;
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retain = tokio::time::interval(retention::EVERY);
@@ -301,6 +307,13 @@ async fn run(
         tokio::select! {
             update = rx.recv() => {
                 let Some(update) = update else { break };
+                // checked before the update: a node's snapshot_complete is
+                // sent after its dropped re-announcements were counted
+                let now_dropped = health.dropped.load(Ordering::Acquire);
+                if now_dropped != dropped {
+                    dropped = now_dropped;
+                    tracker.abandon_restarts();
+                }
                 take_in(&mut tracker, &update);
                 health.queued.fetch_sub(update.weight(), Ordering::AcqRel);
                 if tracker.rows.len() >= FLUSH_ROWS {

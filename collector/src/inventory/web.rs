@@ -129,7 +129,9 @@ fn unauthorized() -> Response {
 
 /// Basic auth with the token as password (any user), or a bearer token.
 fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
-    let Some(want) = token else { return true };
+    let Some(want) = token else {
+        return super::api::loopback_host(headers);
+    };
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -221,15 +223,7 @@ fn answer(web: &Web, page: Result<Option<String>, QueryError>, what: &str) -> Re
             )),
         )
             .into_response(),
-        Err(QueryError::Store { source, .. }) if super::store::unreachable(&source) => (
-            // the database is away (PostgreSQL restarting): like the API
-            StatusCode::SERVICE_UNAVAILABLE,
-            Html(pages::message(
-                "The inventory did not answer",
-                &format!("store unreachable: {source}"),
-            )),
-        )
-            .into_response(),
+        // the database is away (PostgreSQL restarting): like the API
         Err(QueryError::Store { source, .. }) if super::store::unreachable(&source) => {
             let why = source.to_string();
             web.health.reach.set_down(why.clone());
