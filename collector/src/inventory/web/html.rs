@@ -213,7 +213,7 @@ impl Page {
         self.raw("</tbody></table>\n");
         if more {
             self.out.push_str(&format!(
-                "<p class=\"more\">First {} rows shown; the CLI and the API list them all.</p>\n",
+                "<p class=\"more\">First {} rows shown; the CLI (--limit) and the API (limit=N) give up to 10,000, with filters to narrow them.</p>\n",
                 rows.len()
             ));
         }
