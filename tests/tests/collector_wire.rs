@@ -964,6 +964,10 @@ fn metrics_and_health_endpoints_follow_what_the_collector_does() {
     // The output on a 256 KiB file system the test can fill.
     let fs = TinyFs::mount(&dir.join("out"), 256);
     let mport = free_port();
+    // The dedupe state and the inventory live elsewhere, as on a node
+    // whose output has its own volume: only the output fills up (the
+    // inventory's first WAL alone takes ~150 KiB of the 256).
+    let store = format!("sqlite:{}", dir.join("inventory.db").display());
     let collector = Collector::start(
         free_port(),
         &fs.0.join("events.jsonl"),
@@ -972,6 +976,8 @@ fn metrics_and_health_endpoints_follow_what_the_collector_does() {
             &format!("127.0.0.1:{mport}"),
             "--state-file",
             dir.join("state").to_str().unwrap(),
+            "--store",
+            &store,
         ],
     );
     let metrics = || http_get(mport, "/metrics").1;
