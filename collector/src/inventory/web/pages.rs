@@ -464,34 +464,7 @@ pub fn node(v: &NodeView) -> String {
         ("Last seen", time(&v.node, "last_seen")),
         ("Containers", int(&v.node, &["containers"])),
     ]);
-    p.heading("containers", "Containers");
-    p.table(
-        "containers-table",
-        CONTAINERS_HEAD,
-        &containers_rows(&v.containers.rows),
-        v.containers.more,
-    );
-    p.heading("ports", "Open ports");
-    p.table(
-        "ports-table",
-        PORTS_HEAD,
-        &ports_rows(&v.ports.rows),
-        v.ports.more,
-    );
-    p.heading("egress", "Destinations");
-    p.table(
-        "egress-table",
-        EGRESS_HEAD,
-        &egress_rows(&v.egress.rows),
-        v.egress.more,
-    );
-    p.heading("findings", "Open findings");
-    p.table(
-        "findings-table",
-        FINDINGS_HEAD,
-        &findings_rows(&v.findings.rows),
-        v.findings.more,
-    );
+    workload_tables(&mut p, [&v.containers, &v.ports, &v.egress, &v.findings]);
     p.finish()
 }
 
@@ -635,40 +608,46 @@ pub struct NamespaceView {
     pub findings: Listed,
 }
 
+/// A node's or a namespace's containers, open ports, destinations and
+/// open findings, in that order.
+fn workload_tables(p: &mut Page, [containers, ports, egress, findings]: [&Listed; 4]) {
+    p.heading("containers", "Containers");
+    p.table(
+        "containers-table",
+        CONTAINERS_HEAD,
+        &containers_rows(&containers.rows),
+        containers.more,
+    );
+    p.heading("ports", "Open ports");
+    p.table(
+        "ports-table",
+        PORTS_HEAD,
+        &ports_rows(&ports.rows),
+        ports.more,
+    );
+    p.heading("egress", "Destinations");
+    p.table(
+        "egress-table",
+        EGRESS_HEAD,
+        &egress_rows(&egress.rows),
+        egress.more,
+    );
+    p.heading("findings", "Open findings");
+    p.table(
+        "findings-table",
+        FINDINGS_HEAD,
+        &findings_rows(&findings.rows),
+        findings.more,
+    );
+}
+
 /// `/namespaces/NS`.
 pub fn namespace(v: &NamespaceView) -> String {
     let mut p = Page::new(&format!("Namespace {}", v.name));
     p.raw("<h1>Namespace ");
     p.text(&v.name);
     p.raw("</h1>\n");
-    p.heading("containers", "Containers");
-    p.table(
-        "containers-table",
-        CONTAINERS_HEAD,
-        &containers_rows(&v.containers.rows),
-        v.containers.more,
-    );
-    p.heading("ports", "Open ports");
-    p.table(
-        "ports-table",
-        PORTS_HEAD,
-        &ports_rows(&v.ports.rows),
-        v.ports.more,
-    );
-    p.heading("egress", "Destinations");
-    p.table(
-        "egress-table",
-        EGRESS_HEAD,
-        &egress_rows(&v.egress.rows),
-        v.egress.more,
-    );
-    p.heading("findings", "Open findings");
-    p.table(
-        "findings-table",
-        FINDINGS_HEAD,
-        &findings_rows(&v.findings.rows),
-        v.findings.more,
-    );
+    workload_tables(&mut p, [&v.containers, &v.ports, &v.egress, &v.findings]);
     p.finish()
 }
 
