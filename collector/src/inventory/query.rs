@@ -519,14 +519,18 @@ pub struct Summary {
     pub findings: Vec<(&'static str, i64)>,
 }
 
-/// One scan of `containers` for its four counts (they were four scans).
+/// One scan of `containers` for its four counts (they were four scans),
+/// of the covering index `containers_counts` (migration 0004); exposed
+/// listeners are the open wildcard ones (a partial index) and the others
+/// of host-network containers (another).
 const SUMMARY: &str = "SELECT \
     (SELECT COUNT(*) FROM nodes), \
     (SELECT COUNT(*) FROM nodes WHERE connected = 1), \
     cc.running, cc.exited, cc.root, cc.privileged, \
-    (SELECT COUNT(*) FROM listeners x LEFT JOIN containers c \
-        ON c.node = x.node AND c.id = x.container_id \
-        WHERE x.closed IS NULL AND (x.wildcard = 1 OR c.host_network = 1)), \
+    (SELECT COUNT(*) FROM listeners WHERE closed IS NULL AND wildcard = 1) \
+    + (SELECT COUNT(*) FROM containers c JOIN listeners x \
+        ON x.node = c.node AND x.container_id = c.id \
+        WHERE c.host_network = 1 AND x.closed IS NULL AND x.wildcard = 0), \
     (SELECT COUNT(*) FROM egress WHERE internet = 1), \
     (SELECT COUNT(*) FROM (SELECT DISTINCT node, container_id FROM egress WHERE internet = 1) t), \
     (SELECT COUNT(*) FROM images), \
@@ -595,24 +599,60 @@ pub async fn namespaces(
         endpoint: "namespaces",
         source,
     };
-    let text = format!(
-        "SELECT ns, COUNT(*), COUNT(CASE WHEN exited IS NULL THEN 1 END) FROM ( \
-         SELECT namespace AS ns, exited FROM containers WHERE namespace <> '' \
-         UNION ALL SELECT pod_namespace AS ns, exited FROM containers \
-         WHERE pod_namespace <> '' AND pod_namespace <> namespace) t \
-         GROUP BY ns ORDER BY ns LIMIT {}",
-        limit + 1
-    );
-    let rows = sqlx::query(&text).fetch_all(pool).await.map_err(err)?;
-    let mut out = Vec::new();
-    for r in rows.iter().take(limit) {
-        out.push(NamespaceCount {
-            name: r.try_get(0).map_err(err)?,
-            containers: r.try_get(1).map_err(err)?,
-            running: r.try_get(2).map_err(err)?,
-        });
+    // per pair, from the covering index `containers_counts`; the pairs
+    // are few (namespaces times pod namespaces), folded here
+    let rows = sqlx::query(
+        "SELECT namespace, pod_namespace, COUNT(*), \
+         COUNT(CASE WHEN exited IS NULL THEN 1 END) \
+         FROM containers GROUP BY namespace, pod_namespace",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
+    let mut pairs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        pairs.push((
+            r.try_get::<String, _>(0).map_err(err)?,
+            r.try_get::<String, _>(1).map_err(err)?,
+            r.try_get::<i64, _>(2).map_err(err)?,
+            r.try_get::<i64, _>(3).map_err(err)?,
+        ));
     }
-    Ok((out, rows.len() > limit))
+    Ok(fold_namespaces(pairs, limit))
+}
+
+/// Counts per (containerd namespace, pod namespace) pair into counts
+/// per namespace, in name order: a pod container counts in both of its
+/// namespaces, once when they are the same; empty names are not
+/// namespaces. At most `limit`, and whether there were more.
+fn fold_namespaces(
+    pairs: Vec<(String, String, i64, i64)>,
+    limit: usize,
+) -> (Vec<NamespaceCount>, bool) {
+    let mut by_name: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for (ns, pod_ns, containers, running) in pairs {
+        let distinct_pod_ns = pod_ns != ns;
+        for name in [Some(ns), distinct_pod_ns.then_some(pod_ns)]
+            .into_iter()
+            .flatten()
+            .filter(|n| !n.is_empty())
+        {
+            let slot = by_name.entry(name).or_default();
+            slot.0 += containers;
+            slot.1 += running;
+        }
+    }
+    let more = by_name.len() > limit;
+    let out = by_name
+        .into_iter()
+        .take(limit)
+        .map(|(name, (containers, running))| NamespaceCount {
+            name,
+            containers,
+            running,
+        })
+        .collect();
+    (out, more)
 }
 
 #[cfg(test)]
@@ -679,6 +719,39 @@ mod tests {
             "{text}"
         );
         assert_eq!(binds, ["n'1"]);
+    }
+
+    #[test]
+    fn namespaces_fold_pairs_counting_a_pod_container_in_both() {
+        let pair = |ns: &str, pod: &str, c, r| (ns.to_owned(), pod.to_owned(), c, r);
+        let (out, more) = fold_namespaces(
+            vec![
+                pair("k8s.io", "shop", 5, 4),
+                pair("k8s.io", "kube-system", 3, 3),
+                pair("k8s.io", "", 1, 0),
+                pair("moby", "moby", 2, 2),
+                pair("", "", 7, 7),
+            ],
+            10,
+        );
+        let got: Vec<(&str, i64, i64)> = out
+            .iter()
+            .map(|n| (n.name.as_str(), n.containers, n.running))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("k8s.io", 9, 7),
+                ("kube-system", 3, 3),
+                ("moby", 2, 2),
+                ("shop", 5, 4)
+            ]
+        );
+        assert!(!more);
+        let (out, more) = fold_namespaces(vec![pair("a", "b", 1, 1)], 1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].name, "a");
+        assert!(more);
     }
 
     #[test]

@@ -209,3 +209,62 @@ async fn events_become_rows_that_answer_the_questions_and_a_resend_adds_none() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A container of `namespace`, in a pod of `pod_ns` when not empty,
+/// on the host's network or not.
+fn placed(id: &str, uid: u32, pod_ns: &str, host_network: bool) -> Container {
+    let mut c = container(id, uid);
+    let mut meta = (**c.meta.as_ref().unwrap()).clone();
+    meta.posture.as_mut().unwrap().host_network = host_network;
+    if !pod_ns.is_empty() {
+        meta.pod = Some(spyglass_proto::model::Pod {
+            name: format!("{id}-pod"),
+            namespace: pod_ns.into(),
+            uid: format!("{id}-uid"),
+            ..Default::default()
+        });
+    }
+    c.pod = meta.pod.clone();
+    c.meta = Some(Arc::new(meta));
+    c
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_overview_counts_agree_with_the_answers_they_summarise() {
+    let dir = std::env::temp_dir().join(format!("spyglass-inv-sum-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = store::open(&dir.join("inv.db")).await.unwrap();
+    let root = placed("root-c", 0, "shop", false);
+    let host = placed("host-c", 1000, "kube-system", true);
+    let user = placed("user-c", 1000, "", false);
+    let evs = vec![
+        // exposed: a wildcard listener, and a loopback one on the host's
+        // network; not exposed: a loopback one in its own network
+        net(&root, Kind::Listen, "0.0.0.0:8080", None, 10),
+        net(&host, Kind::Listen, "127.0.0.1:10250", None, 11),
+        net(&user, Kind::Listen, "127.0.0.1:9090", None, 12),
+    ];
+    store::write(&pool, &rows_of(&evs)).await.unwrap();
+
+    let exposed = get(&pool, &query::PORTS, &[("exposed", "true")]).await;
+    let s = query::summary(&pool).await.unwrap();
+    assert_eq!(exposed.len(), 2, "{exposed:?}");
+    assert_eq!(s.exposed, 2, "{s:?}");
+    assert_eq!((s.running, s.exited, s.root, s.privileged), (3, 0, 1, 0));
+
+    // every container is in containerd's k8s.io; two also in a pod
+    // namespace
+    let (ns, more) = query::namespaces(&pool, 10).await.unwrap();
+    let got: Vec<(&str, i64, i64)> = ns
+        .iter()
+        .map(|n| (n.name.as_str(), n.containers, n.running))
+        .collect();
+    assert_eq!(
+        got,
+        [("k8s.io", 3, 3), ("kube-system", 1, 1), ("shop", 1, 1)]
+    );
+    assert!(!more);
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

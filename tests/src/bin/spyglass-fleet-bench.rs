@@ -4,7 +4,8 @@
 //!
 //! Every node publishes what a restarted agent sends: `started`, one
 //! snapshot `created` per container (a third run as root, one in fifty
-//! privileged, ten images, ten namespaces), one listener per container
+//! privileged, one in a hundred on the host's network, ten images, ten
+//! namespaces), one listener per container
 //! (one in five on the wildcard address) and `snapshot_complete`. Once
 //! the store holds all of it, each question is asked over HTTP
 //! (`/api/v1/...` as the CLI asks it) once to warm up and then `RUNS`
@@ -14,7 +15,11 @@
 //! The same fleet goes to SQLite and then to PostgreSQL (Debian's server
 //! on loopback, started as the tests start it).
 //!
-//! Usage: spyglass-fleet-bench [--nodes N] [--containers M]
+//! Usage: spyglass-fleet-bench [--nodes N] [--containers M] [--store URL]
+//!
+//! `--store URL` benches only that store (`sqlite:PATH` or a
+//! `postgres://` server of your own, which must be empty) and leaves
+//! the fleet in it, to look at the queries' plans afterwards.
 use std::{
     net::{IpAddr, Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
@@ -41,15 +46,21 @@ const STREAMS: usize = 8;
 struct Args {
     nodes: usize,
     containers: usize,
+    store: Option<String>,
 }
 
 fn args() -> Args {
     let mut a = Args {
         nodes: 1_000,
         containers: 100,
+        store: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--store" {
+            a.store = Some(it.next().expect("--store takes a URL"));
+            continue;
+        }
         let mut value = || -> usize {
             it.next()
                 .and_then(|v| v.parse().ok())
@@ -90,7 +101,7 @@ fn container(n: usize, c: usize) -> spyglass_proto::model::Container {
     meta.posture = Some(Posture {
         uid: if c.is_multiple_of(3) { 0 } else { 1000 },
         privileged: c.is_multiple_of(50),
-        host_network: false,
+        host_network: c % 100 == 7,
         ..meta.posture.clone().expect("the sample has a posture")
     });
     base.id = id;
@@ -383,6 +394,14 @@ fn main() {
         a.nodes * a.containers,
         a.nodes * (a.containers * 2 + 2)
     );
+    if let Some(store) = &a.store {
+        report.push_str(&bench_store(&a, &dir, "given store", store, &|| 0));
+        #[allow(clippy::print_stdout)]
+        {
+            print!("{report}");
+        }
+        return;
+    }
     let db = dir.join("inventory.db");
     let sqlite = format!("sqlite:{}", db.display());
     report.push_str(&bench_store(&a, &dir, "SQLite", &sqlite, &|| {

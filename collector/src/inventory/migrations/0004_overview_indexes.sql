@@ -1,0 +1,17 @@
+-- The web overview's counts read indexes, not the containers table
+-- (92 MB for 100,000 containers on PostgreSQL, read three times per
+-- overview before this).
+-- Running, exited, root and privileged counts, and every namespace's
+-- counts: one covering index.
+CREATE INDEX containers_counts ON containers
+    (namespace, pod_namespace, exited, uid, user_namespace, privileged);
+-- An image's container and node counts (it replaces the index on the
+-- digest alone).
+CREATE INDEX containers_image_node ON containers (image_digest, node);
+DROP INDEX containers_image_digest;
+-- Exposed listeners: the open wildcard ones, and the listeners of the
+-- few host-network containers.
+CREATE INDEX listeners_open_wildcard ON listeners (node, container_id)
+    WHERE closed IS NULL AND wildcard = 1;
+CREATE INDEX containers_host_network ON containers (node, id)
+    WHERE host_network = 1;
