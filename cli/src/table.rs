@@ -62,6 +62,38 @@ fn when(v: &Value, path: &str) -> String {
     }
 }
 
+/// Bytes for people: `512B`, `12.3MiB`, `1.0GiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
+}
+
+/// The latest sampled CPU as a percentage of one core, `-` unsampled.
+fn cpu(r: &Value) -> String {
+    r["usage"]["cpu_percent"]
+        .as_u64()
+        .map_or_else(|| "-".into(), |p| format!("{p}%"))
+}
+
+/// Memory charged, and its limit when one is set: `12.3MiB/1.0GiB`.
+fn memory(r: &Value) -> String {
+    let u = &r["usage"];
+    match (u["memory_bytes"].as_u64(), u["memory_limit_bytes"].as_u64()) {
+        (None, _) => "-".into(),
+        (Some(m), None) => bytes(m),
+        (Some(m), Some(l)) => format!("{}/{}", bytes(m), bytes(l)),
+    }
+}
+
 pub const CONTAINERS: &[Column] = &[
     col("NODE", |r| text(r, "node")),
     col("WORKLOAD", workload),
@@ -69,6 +101,8 @@ pub const CONTAINERS: &[Column] = &[
     col("IMAGE", |r| text(r, "image.ref")),
     col("UID", |r| text(r, "posture.uid")),
     col("PRIVILEGED", |r| text(r, "posture.privileged")),
+    col("CPU", cpu),
+    col("MEMORY", memory),
     col("EXITED", |r| when(r, "exited")),
     col("ID", |r| short_digest(&text(r, "id"))),
 ];
@@ -194,17 +228,29 @@ mod tests {
         let rows = [
             json!({"node":"n1","id":"0123456789abcdef0123","name":"web",
                 "pod":{"name":"web-7d","namespace":"shop","uid":"u"},
-                "image":{"ref":"nginx:1"},"posture":{"uid":0,"privileged":true},"exited":null}),
+                "image":{"ref":"nginx:1"},"posture":{"uid":0,"privileged":true},"exited":null,
+                "usage":{"cpu_percent":150,"memory_bytes":12_897_485,"memory_limit_bytes":1_073_741_824}}),
             json!({"node":"node-two","id":"ffffffffffffffff","name":"job","pod":{"name":"","namespace":""},
                 "image":{"ref":""},"posture":{"uid":1000,"privileged":false},
                 "exited":"2026-12-07T03:40:01.123456789Z"}),
         ];
         assert_eq!(
             render(&rows, CONTAINERS),
-            "NODE      WORKLOAD     CONTAINER  IMAGE    UID   PRIVILEGED  EXITED                ID\n\
-             n1        shop/web-7d  web        nginx:1  0     yes         -                     0123456789ab\n\
-             node-two  job          job        -        1000  no          2026-12-07T03:40:01Z  ffffffffffff\n"
+            "NODE      WORKLOAD     CONTAINER  IMAGE    UID   PRIVILEGED  CPU   MEMORY          EXITED                ID\n\
+             n1        shop/web-7d  web        nginx:1  0     yes         150%  12.3MiB/1.0GiB  -                     0123456789ab\n\
+             node-two  job          job        -        1000  no          -     -               2026-12-07T03:40:01Z  ffffffffffff\n"
         );
+    }
+
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(bytes(0), "0B");
+        assert_eq!(bytes(1023), "1023B");
+        assert_eq!(bytes(1536), "1.5KiB");
+        assert_eq!(bytes(5 << 40), "5.0TiB");
+        assert_eq!(bytes(u64::MAX), "16777216.0TiB");
+        let r = serde_json::json!({"usage":{"cpu_percent":3,"memory_bytes":2048,"memory_limit_bytes":null}});
+        assert_eq!((cpu(&r), memory(&r)), ("3%".into(), "2.0KiB".into()));
     }
 
     #[test]

@@ -95,10 +95,19 @@ fn root_containers_and_exposed_ports_from_the_api() {
         ],
     );
     let node = format!("fleet-{}", std::process::id());
+    // every container's `resources` event each second (default a minute)
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, "version: 1\nsettings:\n  resources_report_s: 1\n").unwrap();
     let agent = Agent::streaming_to(
         &col.url(),
         &dir.join("spool"),
-        &["--no-snapshot", "--node-name", &node],
+        &[
+            "--no-snapshot",
+            "--node-name",
+            &node,
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
     );
     let (busybox, nonroot) = (
         image("spyglass.test/busybox:1"),
@@ -173,6 +182,15 @@ fn root_containers_and_exposed_ports_from_the_api() {
     assert_eq!(row["image"]["ref"], busybox.reference.as_str());
     assert_eq!(row["image"]["digest"], busybox.digest.as_str());
     assert_eq!(root["stale"], false);
+    // its latest resource sample, from the agent's `resources` events
+    let usage = eventually("the root container's resource sample", WAIT, || {
+        let (_, body) = q(&format!("/api/v1/containers?id={root_id}"));
+        let u = body["containers"][0]["usage"].clone();
+        u["memory_bytes"].as_u64().filter(|m| *m > 0).map(|_| u)
+    });
+    assert!(usage["pids"].as_u64() >= Some(1), "{usage}");
+    assert!(usage["cpu_percent"].is_u64(), "{usage}");
+    assert!(usage["at"].is_string(), "{usage}");
     let (_, notroot) = q("/api/v1/containers?root=false");
     assert_eq!(
         ours(&ids(&notroot, "containers")),

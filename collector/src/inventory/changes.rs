@@ -5,13 +5,22 @@
 use std::net::IpAddr;
 
 use spyglass_proto::model::{
-    AgentState, ConnectOutcome, Container, ContainerState, Event, Kind, NetOp, Severity,
+    AgentState, ConnectOutcome, Container, ContainerState, Event, Kind, NetOp, Severity, Usage,
 };
 
 /// Where a socket or finding belongs: a container's id, or `""` for the
 /// host (and for events attributed to neither).
 fn owner(ev: &Event) -> &str {
     ev.container.as_ref().map_or("", |c| c.id.as_str())
+}
+
+/// A container's own resource sample: a `resources` event of a
+/// container, not of one of its processes (those name a process).
+pub fn container_usage(ev: &Event) -> Option<(&Container, &Usage)> {
+    match (ev.kind, &ev.container, &ev.resources, &ev.process) {
+        (Kind::Resources, Some(c), Some(u), None) => Some((c, u)),
+        _ => None,
+    }
 }
 
 /// A listening socket.
@@ -117,6 +126,13 @@ pub enum Change<'a> {
         node: &'a str,
         lost: u64,
     },
+    /// A container's resource sample ([`container_usage`]).
+    Usage {
+        node: &'a str,
+        container_id: &'a str,
+        usage: &'a Usage,
+        at: i64,
+    },
     /// A container's lifecycle step (kind `container`).
     Lifecycle {
         node: &'a str,
@@ -219,6 +235,14 @@ pub fn derive<'a>(ev: &'a Event, internet: fn(IpAddr) -> bool, out: &mut Vec<Cha
             container_id: &c.id,
             state: l.state,
             exit_code: l.exit_code,
+            at,
+        });
+    }
+    if let Some((c, usage)) = container_usage(ev) {
+        out.push(Change::Usage {
+            node: &ev.node,
+            container_id: &c.id,
+            usage,
             at,
         });
     }

@@ -103,7 +103,8 @@ pub const CONTAINERS: Endpoint = Endpoint {
         x.pod_uid, x.image_ref, x.image_digest, x.image_index_digest, x.image_config_digest, \
         x.attributed, x.uid, x.gid, x.user_namespace, x.privileged, x.capabilities, \
         x.host_network, x.host_pid, x.host_ipc, x.read_only_rootfs, x.no_new_privileges, \
-        x.seccomp, x.created, x.first_seen, x.last_seen, x.exited, x.exit_code, x.pod_labels \
+        x.seccomp, x.created, x.first_seen, x.last_seen, x.exited, x.exit_code, x.pod_labels, \
+        x.usage_at, x.cpu_percent, x.memory_bytes, x.memory_limit_bytes, x.pids, x.oom_kills \
         FROM containers x WHERE 1 = 1",
     order: "x.node, x.namespace, x.name, x.id",
     filters: &[
@@ -170,6 +171,12 @@ pub const CONTAINERS: Endpoint = Endpoint {
         ("exited", Col::Time),
         ("exit_code", Col::Int),
         ("pod.labels", Col::Json),
+        ("usage.at", Col::Time),
+        ("usage.cpu_percent", Col::Int),
+        ("usage.memory_bytes", Col::Int),
+        ("usage.memory_limit_bytes", Col::Int),
+        ("usage.pids", Col::Int),
+        ("usage.oom_kills", Col::Int),
     ],
 };
 

@@ -268,3 +268,85 @@ async fn the_overview_counts_agree_with_the_answers_they_summarise() {
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn sample(c: &Container, at: i64, memory: u64) -> Event {
+    let mut ev = Event::new(Kind::Resources, Timestamp(at), "node-a".into());
+    ev.container = Some(c.clone());
+    ev.resources = Some(Box::new(spyglass_proto::model::Usage {
+        window_ms: 2_000,
+        cpu_percent: 150,
+        memory_bytes: Some(memory),
+        memory_limit_bytes: Some(1 << 30),
+        pids: Some(4),
+        oom_kills: Some(0),
+        ..Default::default()
+    }));
+    ev
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_s_latest_resource_sample_is_kept_at_most_every_30_s() {
+    let dir = std::env::temp_dir().join(format!("spyglass-inv-use-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = store::open(&dir.join("inv.db")).await.unwrap();
+    let c = container("busy-c", 1000);
+    let s = 1_000_000_000;
+    let mut t = Tracker::default();
+    let mut flush = |evs: &[Event]| {
+        let mut scratch = Vec::new();
+        for ev in evs {
+            scratch.clear();
+            changes::derive(ev, super::updater::internet, &mut scratch);
+            for ch in &scratch {
+                t.apply(ch);
+            }
+        }
+        t.take()
+    };
+    // a container seen without a sample has none
+    store::write(
+        &pool,
+        &flush(&[net(&c, Kind::Listen, "127.0.0.1:1", None, s)]),
+    )
+    .await
+    .unwrap();
+    let got = get(&pool, &query::CONTAINERS, &[]).await;
+    assert_eq!(got[0]["usage"]["memory_bytes"], serde_json::Value::Null);
+    // the first sample is written; one 10 s later is not
+    store::write(&pool, &flush(&[sample(&c, 2 * s, 100)]))
+        .await
+        .unwrap();
+    store::write(&pool, &flush(&[sample(&c, 12 * s, 200)]))
+        .await
+        .unwrap();
+    let got = get(&pool, &query::CONTAINERS, &[]).await;
+    let u = &got[0]["usage"];
+    assert_eq!(
+        (&u["memory_bytes"], &u["cpu_percent"], &u["pids"]),
+        (&100.into(), &150.into(), &4.into())
+    );
+    assert_eq!(u["memory_limit_bytes"], 1 << 30);
+    assert_eq!(u["at"], "1970-01-01T00:00:02.000000000Z");
+    // 30 s after the written one, the latest is written
+    store::write(&pool, &flush(&[sample(&c, 33 * s, 300)]))
+        .await
+        .unwrap();
+    // an older sample (a resent batch, another collector) does not win
+    let mut fresh = Tracker::default();
+    let mut scratch = Vec::new();
+    let old = sample(&c, 20 * s, 999);
+    changes::derive(&old, super::updater::internet, &mut scratch);
+    for ch in &scratch {
+        fresh.apply(ch);
+    }
+    store::write(&pool, &fresh.take()).await.unwrap();
+    let got = get(&pool, &query::CONTAINERS, &[]).await;
+    assert_eq!(got[0]["usage"]["memory_bytes"], 300);
+    // a process's sample (it names the process) is not the container's
+    let mut proc_sample = sample(&c, 70 * s, 5);
+    proc_sample.process = Some(Default::default());
+    assert!(changes::container_usage(&proc_sample).is_none());
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,6 +26,32 @@ pub struct ContainerRow {
     pub last_seen: i64,
     /// The event's container, when it carries containerd's metadata.
     pub meta: Option<Container>,
+    /// Its latest resource sample, when one is due to be written.
+    pub usage: Option<UsageRow>,
+}
+
+/// A container's resource sample (a `resources` event), and its time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageRow {
+    pub at: i64,
+    pub cpu_percent: u32,
+    pub memory_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub oom_kills: Option<u64>,
+}
+
+impl UsageRow {
+    pub fn new(u: &spyglass_proto::model::Usage, at: i64) -> UsageRow {
+        UsageRow {
+            at,
+            cpu_percent: u.cpu_percent,
+            memory_bytes: u.memory_bytes,
+            memory_limit_bytes: u.memory_limit_bytes,
+            pids: u.pids,
+            oom_kills: u.oom_kills,
+        }
+    }
 }
 
 /// `listeners` / `egress` key: node, container (`""`: host), protocol,

@@ -11,7 +11,7 @@ use sqlx::{
     AnyPool, Executor,
 };
 
-use super::rows::Rows;
+use super::rows::{ContainerRow, Rows};
 
 /// Where the inventory lives (`--store`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +150,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "overview indexes",
         include_str!("migrations/0004_overview_indexes.sql"),
+    ),
+    (
+        5,
+        "container usage",
+        include_str!("migrations/0005_container_usage.sql"),
     ),
 ];
 
@@ -387,6 +392,12 @@ const CONTAINER: &str = "INSERT INTO containers (node, id, namespace, name, runt
     first_seen = CASE WHEN excluded.first_seen < containers.first_seen THEN excluded.first_seen ELSE containers.first_seen END, \
     last_seen = CASE WHEN excluded.last_seen > containers.last_seen THEN excluded.last_seen ELSE containers.last_seen END";
 
+/// A container's resource sample, unless the row holds a later one
+/// (two collectors, or a resent batch).
+const USAGE: &str = "UPDATE containers SET usage_at = $3, cpu_percent = $4, memory_bytes = $5, \
+    memory_limit_bytes = $6, pids = $7, oom_kills = $8 \
+    WHERE node = $1 AND id = $2 AND (usage_at IS NULL OR usage_at < $3)";
+
 const LISTENER: &str = "INSERT INTO listeners (node, container_id, protocol, address, port, \
     wildcard, declared, pid, exe, since, last_seen) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -474,57 +485,82 @@ async fn write_nodes(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
 
 async fn write_containers(tx: &mut Tx<'_>, rows: &Rows) -> Result<(), sqlx::Error> {
     for ((node, id), r) in sorted(&rows.containers) {
-        let meta = r.meta.as_ref().and_then(|c| c.meta.clone().map(|m| (c, m)));
-        let Some((c, m)) = meta else {
-            sqlx::query(CONTAINER_TIMES)
+        write_container(tx, node, id, r).await?;
+        if let Some(u) = &r.usage {
+            let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            sqlx::query(USAGE)
                 .bind(node)
                 .bind(id)
-                .bind(r.first_seen)
-                .bind(r.last_seen)
+                .bind(u.at)
+                .bind(i64::from(u.cpu_percent))
+                .bind(u.memory_bytes.map(big))
+                .bind(u.memory_limit_bytes.map(big))
+                .bind(u.pids.map(big))
+                .bind(u.oom_kills.map(big))
                 .execute(&mut **tx)
                 .await?;
-            continue;
-        };
-        let pod = c.pod.clone().unwrap_or_default();
-        // a JSON object ('' when the container is in no pod)
-        let labels = if c.pod.is_some() {
-            serde_json::to_string(&pod.labels).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let p = m.posture.clone();
-        let pf = |f: fn(&spyglass_proto::model::Posture) -> bool| p.as_ref().map(|p| flag(f(p)));
-        sqlx::query(CONTAINER)
+        }
+    }
+    Ok(())
+}
+
+/// One container's row: its times, and its metadata when it carries it.
+async fn write_container(
+    tx: &mut Tx<'_>,
+    node: &str,
+    id: &str,
+    r: &ContainerRow,
+) -> Result<(), sqlx::Error> {
+    let meta = r.meta.as_ref().and_then(|c| c.meta.clone().map(|m| (c, m)));
+    let Some((c, m)) = meta else {
+        sqlx::query(CONTAINER_TIMES)
             .bind(node)
             .bind(id)
-            .bind(m.namespace.clone())
-            .bind(m.name.clone())
-            .bind(c.runtime.as_str())
-            .bind(pod.name)
-            .bind(pod.namespace)
-            .bind(pod.uid)
-            .bind(m.image.reference.clone())
-            .bind(m.image.digest.clone())
-            .bind(m.image.index_digest.clone())
-            .bind(m.image.config_digest.clone())
-            .bind(p.as_ref().map(|p| i64::from(p.uid)))
-            .bind(p.as_ref().map(|p| i64::from(p.gid)))
-            .bind(pf(|p| p.user_namespace))
-            .bind(pf(|p| p.privileged))
-            .bind(p.as_ref().map(|p| p.capabilities.join(",")))
-            .bind(pf(|p| p.host_network))
-            .bind(pf(|p| p.host_pid))
-            .bind(pf(|p| p.host_ipc))
-            .bind(pf(|p| p.read_only_rootfs))
-            .bind(pf(|p| p.no_new_privileges))
-            .bind(p.as_ref().map(|p| p.seccomp.as_str()))
-            .bind(m.created.map(|t| t.0))
             .bind(r.first_seen)
             .bind(r.last_seen)
-            .bind(labels)
             .execute(&mut **tx)
             .await?;
-    }
+        return Ok(());
+    };
+    let pod = c.pod.clone().unwrap_or_default();
+    // a JSON object ('' when the container is in no pod)
+    let labels = if c.pod.is_some() {
+        serde_json::to_string(&pod.labels).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let p = m.posture.clone();
+    let pf = |f: fn(&spyglass_proto::model::Posture) -> bool| p.as_ref().map(|p| flag(f(p)));
+    sqlx::query(CONTAINER)
+        .bind(node)
+        .bind(id)
+        .bind(m.namespace.clone())
+        .bind(m.name.clone())
+        .bind(c.runtime.as_str())
+        .bind(pod.name)
+        .bind(pod.namespace)
+        .bind(pod.uid)
+        .bind(m.image.reference.clone())
+        .bind(m.image.digest.clone())
+        .bind(m.image.index_digest.clone())
+        .bind(m.image.config_digest.clone())
+        .bind(p.as_ref().map(|p| i64::from(p.uid)))
+        .bind(p.as_ref().map(|p| i64::from(p.gid)))
+        .bind(pf(|p| p.user_namespace))
+        .bind(pf(|p| p.privileged))
+        .bind(p.as_ref().map(|p| p.capabilities.join(",")))
+        .bind(pf(|p| p.host_network))
+        .bind(pf(|p| p.host_pid))
+        .bind(pf(|p| p.host_ipc))
+        .bind(pf(|p| p.read_only_rootfs))
+        .bind(pf(|p| p.no_new_privileges))
+        .bind(p.as_ref().map(|p| p.seccomp.as_str()))
+        .bind(m.created.map(|t| t.0))
+        .bind(r.first_seen)
+        .bind(r.last_seen)
+        .bind(labels)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

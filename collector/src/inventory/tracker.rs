@@ -14,7 +14,8 @@ use super::{
     changes::{Agent, Change, Egress, Finding, Listener},
     restarts::Restarts,
     rows::{
-        ContainerRow, EgressRow, FindingRow, ImageRow, ListenerRow, NodeRow, Rows, SocketKey, Sweep,
+        ContainerRow, EgressRow, FindingRow, ImageRow, ListenerRow, NodeRow, Rows, SocketKey,
+        Sweep, UsageRow,
     },
 };
 
@@ -39,6 +40,8 @@ pub const OTHER_DESTINATIONS: &str = "*";
 struct Written {
     last_seen: i64,
     attributed: bool,
+    /// The time of the resource sample last written.
+    usage_at: Option<i64>,
 }
 
 #[derive(Default)]
@@ -120,6 +123,12 @@ impl Tracker {
                     self.node_row(node, at).lost = Some(*lost);
                 }
             }
+            Change::Usage {
+                node,
+                container_id,
+                usage,
+                at,
+            } => self.usage_seen(node, container_id, usage, *at),
             Change::Lifecycle {
                 node,
                 container_id,
@@ -215,6 +224,7 @@ impl Tracker {
         let w = Written {
             last_seen: at.max(known.map_or(at, |w| w.last_seen)),
             attributed: attributed || known.is_some_and(|w| w.attributed),
+            usage_at: known.and_then(|w| w.usage_at),
         };
         if known.is_none() {
             self.container_count += 1;
@@ -231,12 +241,38 @@ impl Tracker {
                 first_seen: at,
                 last_seen: at,
                 meta: None,
+                usage: None,
             });
         row.first_seen = row.first_seen.min(at);
         row.last_seen = row.last_seen.max(at);
         if write_meta {
             row.meta = Some(c.clone());
             self.image_seen(c, at);
+        }
+    }
+
+    /// A container's resource sample: written at most every
+    /// [`LAST_SEEN_STEP_NS`] per container (the agent reports every
+    /// minute by default; an agent sending more costs no more writes).
+    fn usage_seen(&mut self, node: &str, id: &str, u: &spyglass_proto::model::Usage, at: i64) {
+        if let Some(w) = self.containers.get_mut(node).and_then(|m| m.get_mut(id)) {
+            if w.usage_at.is_some_and(|t| !due(t, at)) {
+                return;
+            }
+            w.usage_at = Some(at);
+        }
+        let row = self
+            .rows
+            .containers
+            .entry((node.to_owned(), id.to_owned()))
+            .or_insert(ContainerRow {
+                first_seen: at,
+                last_seen: at,
+                meta: None,
+                usage: None,
+            });
+        if row.usage.is_none_or(|old| old.at <= at) {
+            row.usage = Some(UsageRow::new(u, at));
         }
     }
 

@@ -34,13 +34,15 @@ use crate::delivery::Received;
 /// event is kept (correct, only more work for the store task).
 const CONTAINERS_PER_BATCH: usize = 256;
 
-/// Kinds that say no more than "this container is alive".
+/// Kinds that say no more than "this container is alive" (a process's
+/// resource sample; a container's own is kept for its figures).
 fn plain(ev: &Event) -> bool {
     matches!(
         ev.kind,
         Kind::Exec | Kind::Exit | Kind::Fork | Kind::Resources
     ) && ev.finding.is_none()
         && ev.agent.is_none()
+        && changes::container_usage(ev).is_none()
 }
 
 impl Update {

@@ -34,6 +34,22 @@ fn int(v: &Value, path: &[&str]) -> Cell {
     }
 }
 
+/// Memory in MiB, one decimal; empty when unsampled.
+fn mib(v: &Value, key: &str) -> Cell {
+    Cell::Text(v["usage"][key].as_u64().map_or(String::new(), |b| {
+        format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
+    }))
+}
+
+/// The latest sampled CPU, percent of one core; empty when unsampled.
+fn cpu(v: &Value) -> Cell {
+    Cell::Text(
+        v["usage"]["cpu_percent"]
+            .as_u64()
+            .map_or(String::new(), |p| format!("{p}%")),
+    )
+}
+
 fn time(v: &Value, key: &str) -> Cell {
     Cell::Text(short_time(text(v, &[key])))
 }
@@ -138,6 +154,8 @@ pub fn containers_rows(rows: &[Value]) -> Vec<Vec<Cell>> {
                 int(c, &["posture", "uid"]),
                 Cell::Risk(root(c)),
                 Cell::Risk(flag(c, &["posture", "privileged"])),
+                cpu(c),
+                mib(c, "memory_bytes"),
                 Cell::Text(match text(c, &["exited"]) {
                     "" => "running".to_owned(),
                     t => format!("exited {}", short_time(t)),
@@ -154,6 +172,8 @@ pub const CONTAINERS_HEAD: &[&str] = &[
     "UID",
     "Root",
     "Privileged",
+    "CPU",
+    "Memory",
     "State",
 ];
 
@@ -507,6 +527,24 @@ fn posture(c: &Value) -> Vec<(&'static str, Cell)> {
     ]
 }
 
+/// The latest resource sample (`resources` events, every
+/// settings.resources_report_s on the agent).
+fn usage(c: &Value) -> Vec<(&'static str, Cell)> {
+    let limit = match &c["usage"]["memory_limit_bytes"] {
+        Value::Null if c["usage"]["at"].is_null() => Cell::Text(String::new()),
+        Value::Null => Cell::Text("none".into()),
+        _ => mib(c, "memory_limit_bytes"),
+    };
+    vec![
+        ("Sampled", time(&c["usage"], "at")),
+        ("CPU (of one core)", cpu(c)),
+        ("Memory", mib(c, "memory_bytes")),
+        ("Memory limit", limit),
+        ("Tasks", int(c, &["usage", "pids"])),
+        ("OOM kills", int(c, &["usage", "oom_kills"])),
+    ]
+}
+
 fn identity(c: &Value) -> Vec<(&'static str, Cell)> {
     let pod = match text(c, &["pod", "name"]) {
         "" => String::new(),
@@ -565,6 +603,8 @@ pub fn container(v: &ContainerView) -> String {
     p.facts(&identity(c));
     p.heading("posture", "Posture");
     p.facts(&posture(c));
+    p.heading("resources", "Resources (latest sample)");
+    p.facts(&usage(c));
     p.heading("listeners", "Listeners open now");
     p.table(
         "listeners-table",
