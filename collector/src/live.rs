@@ -536,6 +536,7 @@ mod tests {
             sequence: 7,
             sent_unix_nano: 0,
             events,
+            wire_bytes: 0,
         }
     }
 

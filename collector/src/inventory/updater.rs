@@ -95,31 +95,46 @@ impl Update {
             i += 1;
             keep[i - 1]
         });
+        // the few kept in a buffer their size: the batch's (up to 65,536
+        // events' worth) would stay allocated while queued
+        events.shrink_to_fit();
+        let kib = queue_kib(events.len(), batch.wire_bytes);
         Update::Batch {
             node: batch.node_id,
             last,
             received: now_ns(),
             events,
+            kib,
         }
     }
 }
 
-/// Events waiting for the store task (what [`Update::of_batch`] kept);
-/// beyond it updates are dropped. Counted in events, not batches: a
-/// thousand nodes each sending a small batch a second must not fill it
-/// while one flush runs, and a node's snapshot (a few hundred events)
-/// weighs what it holds. About 1 KiB each at most: a bound of ~256 MiB.
-pub const MAX_QUEUED_EVENTS: u64 = 262_144;
+/// What may wait for the store task, KiB (256 MiB); beyond it updates
+/// are dropped. Weighed by what an update holds ([`queue_kib`]), not
+/// counted in batches: a thousand nodes each sending a small batch a
+/// second must not fill it while one flush runs, and one node sending
+/// batches of a few huge events must not hold gigabytes.
+pub const MAX_QUEUED_KIB: u64 = 262_144;
+
+/// What a batch's kept events weigh in the queue, KiB: their structs,
+/// and the batch's wire size, which bounds what their strings hold
+/// (they are a part of it), at least 1.
+fn queue_kib(kept: usize, wire_bytes: usize) -> u64 {
+    let bytes = kept
+        .saturating_mul(std::mem::size_of::<Event>())
+        .saturating_add(wire_bytes);
+    (bytes / 1024) as u64 + 1
+}
 /// Longest time a change waits in memory.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// A flush starts early with this many rows waiting.
 pub const FLUSH_ROWS: usize = 5_000;
 
 impl Update {
-    /// What it counts against [`MAX_QUEUED_EVENTS`].
+    /// What it counts against [`MAX_QUEUED_KIB`].
     fn weight(&self) -> u64 {
         match self {
-            Update::Batch { events, .. } => events.len().max(1) as u64,
+            Update::Batch { kib, .. } => *kib,
             Update::Connected { .. } => 1,
         }
     }
@@ -137,6 +152,8 @@ pub enum Update {
         /// When the collector received it (Unix ns).
         received: i64,
         events: Vec<Event>,
+        /// Its weight in the queue ([`queue_kib`]).
+        kib: u64,
     },
     /// An agent's stream opened or closed.
     Connected {
@@ -150,9 +167,9 @@ pub enum Update {
 #[derive(Debug, Default)]
 pub struct Health {
     /// Updates (batches, connection changes) dropped: the queue held
-    /// [`MAX_QUEUED_EVENTS`] already.
+    /// [`MAX_QUEUED_KIB`] already.
     pub dropped: AtomicU64,
-    /// Events queued for the store task now.
+    /// KiB queued for the store task now ([`queue_kib`]).
     pub queued: AtomicU64,
     /// Events those dropped updates held (what the inventory keeps of a
     /// batch, [`Update::of_batch`]).
@@ -184,7 +201,7 @@ impl Feed {
         let room = h
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q + weight <= MAX_QUEUED_EVENTS).then_some(q + weight)
+                (q + weight <= MAX_QUEUED_KIB).then_some(q + weight)
             })
             .is_ok();
         let refused = if room {
@@ -268,6 +285,7 @@ fn take_in(tracker: &mut Tracker, update: &Update) {
             last,
             received,
             events,
+            ..
         } => {
             // a batch without events (`last` 0) says nothing of the
             // node's time or lag
@@ -354,6 +372,45 @@ mod tests {
         e
     }
 
+    /// A batch of one listen, `wire_bytes` big on the wire.
+    fn heavy(wire_bytes: usize) -> Update {
+        Update::of_batch(Received {
+            node_id: "n1".into(),
+            stream_id: "s".into(),
+            sequence: 1,
+            sent_unix_nano: 0,
+            wire_bytes,
+            events: vec![ev(Kind::Listen, 1, Some(("a", true)))],
+        })
+    }
+
+    #[test]
+    fn the_queue_weighs_what_batches_hold_not_how_many_events() {
+        assert_eq!(queue_kib(0, 0), 1);
+        assert!(queue_kib(1, 8 << 20) > 8 * 1024);
+        // one node sending 8 MiB batches of one event each: the queue
+        // (nobody draining it) holds 256 MiB worth, then refuses
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let feed = Feed {
+            tx,
+            health: Arc::new(Health::default()),
+        };
+        for _ in 0..40 {
+            feed.send(heavy(8 << 20));
+        }
+        let h = &feed.health;
+        let queued = h.queued.load(Ordering::Relaxed);
+        assert!(queued <= MAX_QUEUED_KIB, "{queued}");
+        assert_eq!(h.dropped.load(Ordering::Relaxed), 40 - 31, "{queued}");
+        assert!(h.stale.load(Ordering::Relaxed));
+        // small batches still weigh at least their events' structs
+        let Update::Batch { events, kib, .. } = heavy(0) else {
+            panic!("not a batch")
+        };
+        assert_eq!(events.capacity(), 1);
+        assert_eq!(kib, queue_kib(1, 0));
+    }
+
     #[test]
     fn a_batch_keeps_one_plain_event_per_container_and_everything_else() {
         let batch = Received {
@@ -361,6 +418,7 @@ mod tests {
             stream_id: "s".into(),
             sequence: 1,
             sent_unix_nano: 0,
+            wire_bytes: 0,
             events: vec![
                 ev(Kind::Exec, 1, None),               // host exec: dropped
                 ev(Kind::Exec, 2, Some(("a", false))), // replaced by the attributed
