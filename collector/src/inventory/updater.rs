@@ -53,8 +53,15 @@ impl Update {
     /// one, else the latest); the others are dropped here, as they were
     /// before the inventory, so batches are not held longer.
     pub fn of_batch(batch: Received) -> Update {
+        let received = now_ns();
         let mut events = batch.events;
-        let last = events.iter().map(|e| e.time.0).max().unwrap_or(0);
+        let latest = received.saturating_add(MAX_AHEAD_NS);
+        let last = events
+            .iter()
+            .map(|e| e.time.0)
+            .max()
+            .unwrap_or(0)
+            .min(latest);
         // Decided by reference, then `retain`: the events dropped are
         // dropped in place, only the few kept are moved (an event is a
         // few hundred bytes; moving each out cost a memcpy per event).
@@ -98,14 +105,34 @@ impl Update {
         // the few kept in a buffer their size: the batch's (up to 65,536
         // events' worth) would stay allocated while queued
         events.shrink_to_fit();
+        for ev in &mut events {
+            clamp_times(ev, latest);
+        }
         let kib = queue_kib(events.len(), batch.wire_bytes);
         Update::Batch {
             node: batch.node_id,
             last,
-            received: now_ns(),
+            received,
             events,
             kib,
         }
+    }
+}
+
+/// How far past the collector's clock an event's time may be for the
+/// inventory: a node whose clock runs ahead, or an agent lying, would
+/// pin `last_seen` (a node never stale, a finding first among the latest
+/// for good) and make lag negative. Later times are taken as this.
+pub const MAX_AHEAD_NS: i64 = 5 * 60 * 1_000_000_000;
+
+/// An event's times (and its finding's) no later than `latest`. The
+/// output file keeps what the agent sent; only the inventory's copy is
+/// clamped.
+fn clamp_times(ev: &mut Event, latest: i64) {
+    ev.time.0 = ev.time.0.min(latest);
+    if let Some(f) = ev.finding.as_mut() {
+        f.first_seen.0 = f.first_seen.0.min(latest);
+        f.last_seen.0 = f.last_seen.0.min(latest);
     }
 }
 
@@ -409,6 +436,42 @@ mod tests {
         };
         assert_eq!(events.capacity(), 1);
         assert_eq!(kib, queue_kib(1, 0));
+    }
+
+    #[test]
+    fn times_ahead_of_the_collector_s_clock_are_taken_as_its_bound() {
+        let now = now_ns();
+        let far = now + 365 * 86_400 * 1_000_000_000;
+        let mut finding = spyglass_proto::model::samples::finding();
+        finding.time.0 = far;
+        finding.finding.as_mut().unwrap().last_seen.0 = far;
+        let batch = Received {
+            node_id: "n1".into(),
+            stream_id: "s".into(),
+            sequence: 1,
+            sent_unix_nano: 0,
+            wire_bytes: 0,
+            events: vec![
+                ev(Kind::Listen, far, Some(("a", true))),
+                finding,
+                ev(Kind::Close, 5, None),
+            ],
+        };
+        let Update::Batch {
+            last,
+            received,
+            events,
+            ..
+        } = Update::of_batch(batch)
+        else {
+            panic!("not a batch")
+        };
+        let bound = received + MAX_AHEAD_NS;
+        assert_eq!(last, bound);
+        assert_eq!(events[0].time.0, bound);
+        assert_eq!(events[1].finding.as_ref().unwrap().last_seen.0, bound);
+        // a time in the past is the agent's to say
+        assert_eq!(events[2].time.0, 5);
     }
 
     #[test]
