@@ -140,9 +140,25 @@ impl Tracker {
         self.bound();
     }
 
-    /// An agent's stream opened or closed.
+    /// An agent's stream opened or closed. Opened: what this collector
+    /// holds as written of the node is forgotten, since while the agent
+    /// streamed to another collector (a failover and back) that one may
+    /// have closed listeners or ended containers this one takes as open
+    /// and would not write again.
     pub fn connected(&mut self, node: &str, connected: bool, at: i64) {
+        if connected {
+            self.forget_node(node);
+        }
         self.node_row(node, at).connected = Some(connected);
+    }
+
+    /// Forget `node`'s containers and listeners (their next event writes
+    /// them again); destinations keep their counts not yet written.
+    fn forget_node(&mut self, node: &str) {
+        if let Some(m) = self.containers.remove(node) {
+            self.container_count -= m.len();
+        }
+        self.listeners.retain(|k, _| k.0 != node);
     }
 
     fn agent(&mut self, a: &Agent<'_>) {
@@ -757,6 +773,25 @@ mod tests {
         t.apply(&listen(80, 3 * S));
         let rows = t.take();
         assert_eq!(rows.listeners.values().next().unwrap().since, 3 * S);
+    }
+
+    #[test]
+    fn a_node_reconnecting_is_written_again_as_another_collector_may_have_ended_it() {
+        let mut t = Tracker::default();
+        t.apply(&listen(80, S));
+        drop(t.take());
+        t.apply(&listen(80, 2 * S));
+        assert!(t.take().is_empty(), "known: not written");
+        // the agent streamed to another collector, which closed the
+        // listener; it is back here and the listener is open again
+        t.connected("n1", true, 3 * S);
+        t.apply(&listen(80, 4 * S));
+        let rows = t.take();
+        assert_eq!(rows.listeners.len(), 1);
+        // another node's reconnection leaves n1 known
+        t.connected("n2", true, 5 * S);
+        t.apply(&listen(80, 6 * S));
+        assert!(t.take().listeners.is_empty());
     }
 
     #[test]
