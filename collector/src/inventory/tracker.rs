@@ -443,6 +443,18 @@ impl Tracker {
         }
     }
 
+    /// What a retention pass deleted (ended containers, closed
+    /// listeners, and those containers' destinations and closed
+    /// findings) is no longer taken as written. Destinations stay: a
+    /// live container's are never deleted, and forgetting them would
+    /// reset the count that caps them at
+    /// [`MAX_DESTINATIONS_PER_CONTAINER`] at every pass.
+    pub fn forget_ended(&mut self) {
+        self.containers.clear();
+        self.container_count = 0;
+        self.listeners.clear();
+    }
+
     /// Forget what was taken as written: the next event of each thing
     /// writes it again (after a failed write, what it carried is
     /// re-learned instead of lost for good).
@@ -561,6 +573,13 @@ mod tests {
             t.destinations[&("n1".into(), "c1".into())],
             MAX_DESTINATIONS_PER_CONTAINER
         );
+        // a retention pass deleted something: the cap still holds
+        t.forget_ended();
+        t.apply(&dest(
+            MAX_DESTINATIONS_PER_CONTAINER + 600,
+            S + 3 * LAST_SEEN_STEP_NS,
+        ));
+        assert!(t.take().egress.keys().all(|k| k.3 == OTHER_DESTINATIONS));
     }
 
     #[test]

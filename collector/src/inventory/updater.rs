@@ -295,7 +295,7 @@ impl Ended {
                     findings = d.findings,
                     "inventory: deleted ended rows past retention"
                 );
-                tracker.forget();
+                tracker.forget_ended();
             }
             Ok(_) => {}
             Err(e) => {
