@@ -151,8 +151,9 @@ struct Cli {
     /// missing), `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (or
     /// postgresql://; one database several collector replicas share), or
     /// `none`. Default: sqlite:OUTPUT.inventory.db next to the output file
-    /// (none when the output is stdout).
-    #[arg(long)]
+    /// (none when the output is stdout). Keep a password out of the
+    /// command line: SPYGLASS_STORE, or libpq's PGPASSWORD / PGPASSFILE.
+    #[arg(long, env = "SPYGLASS_STORE", hide_env_values = true)]
     store: Option<inventory::StoreUrl>,
     /// How long the inventory keeps an exited (or deleted) container
     /// after its exit, with its destinations and closed findings: 90s,

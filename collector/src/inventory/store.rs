@@ -13,8 +13,8 @@ use sqlx::{
 
 use super::rows::{ContainerRow, Rows};
 
-/// Where the inventory lives (`--store`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the inventory lives (`--store`). Its `Debug` hides a password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `sqlite:PATH`: an embedded SQLite database file.
     Sqlite(PathBuf),
@@ -38,6 +38,12 @@ impl StoreUrl {
             StoreUrl::Postgres(u) => redact(u),
             StoreUrl::None => "none".into(),
         }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
@@ -723,6 +729,14 @@ pub async fn write(pool: &AnyPool, rows: &Rows) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_stays_out_of_debug_output() {
+        let u: StoreUrl = "postgres://spyglass:hunter2@db:5432/fleet".parse().unwrap();
+        let shown = format!("{u:?} {:?}", Some(&u));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("spyglass:***@db:5432/fleet"), "{shown}");
+    }
 
     #[test]
     fn store_urls() {
