@@ -246,11 +246,25 @@ fn two_collectors_on_one_postgres_answer_alike_across_a_failover() {
         assert_eq!(body["nodes"].as_array().map(Vec::len), Some(1), "{body}");
         assert_eq!(body["nodes"][0]["containers"], 2, "{body}");
     }
-    // and in the database itself: one row per natural key
-    let dup = pg.psql(&format!(
-        "SELECT count(*) - count(DISTINCT id) FROM containers WHERE node = '{node}'"
+    // and in the database itself: the two containers once each, under
+    // this node and no other, and their two listeners open once each
+    let ids = format!("'{before_id}', '{after_id}'");
+    let rows = pg.psql(&format!(
+        "SELECT node || ' ' || id FROM containers WHERE id IN ({ids}) ORDER BY 1"
     ));
-    assert_eq!(dup, "0");
+    let mut expect = vec![format!("{node} {before_id}"), format!("{node} {after_id}")];
+    expect.sort();
+    assert_eq!(rows.lines().collect::<Vec<_>>(), expect, "{rows}");
+    let open = pg.psql(&format!(
+        "SELECT container_id || ' ' || port FROM listeners \
+         WHERE container_id IN ({ids}) AND closed IS NULL ORDER BY 1"
+    ));
+    let mut expect = vec![
+        format!("{before_id} {before_port}"),
+        format!("{after_id} {after_port}"),
+    ];
+    expect.sort();
+    assert_eq!(open.lines().collect::<Vec<_>>(), expect, "{open}");
     agent.stop();
 }
 
