@@ -27,8 +27,9 @@ pub struct Received {
     pub sequence: u64,
     pub sent_unix_nano: i64,
     pub events: Vec<Event>,
-    /// The batch's size on the wire, bytes: what its events may hold
-    /// (the inventory's queue weighs what it keeps by it).
+    /// The batch's size on the wire, bytes, when the inventory is on
+    /// (its queue weighs what it keeps by it; 0 else: measuring costs
+    /// about a tenth of the conversion).
     pub wire_bytes: usize,
 }
 
@@ -103,7 +104,6 @@ impl Received {
             return Err(BatchError::ZeroSequence);
         }
         let sequence = batch.sequence;
-        let wire_bytes = prost::Message::encoded_len(&batch);
         let events = batch
             .events
             .into_iter()
@@ -128,7 +128,7 @@ impl Received {
             sequence,
             sent_unix_nano: batch.sent_unix_nano,
             events,
-            wire_bytes,
+            wire_bytes: 0,
         })
     }
 
