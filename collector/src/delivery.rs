@@ -27,10 +27,6 @@ pub struct Received {
     pub sequence: u64,
     pub sent_unix_nano: i64,
     pub events: Vec<Event>,
-    /// The batch's size on the wire, bytes, when the inventory is on
-    /// (its queue weighs what it keeps by it; 0 else: measuring costs
-    /// about a tenth of the conversion).
-    pub wire_bytes: usize,
 }
 
 /// A batch no agent sends.
@@ -128,7 +124,6 @@ impl Received {
             sequence,
             sent_unix_nano: batch.sent_unix_nano,
             events,
-            wire_bytes: 0,
         })
     }
 

@@ -536,7 +536,6 @@ mod tests {
             sequence: 7,
             sent_unix_nano: 0,
             events,
-            wire_bytes: 0,
         }
     }
 

@@ -104,12 +104,7 @@ impl CollectorService {
     /// Check, deduplicate and write a batch: the generation its ack waits
     /// for, and what the ack needs.
     async fn accept(&self, batch: Batch, peer: &str) -> Result<(u64, Accepted), Status> {
-        let wire_bytes = if self.shared.inventory.is_some() {
-            prost::Message::encoded_len(&batch)
-        } else {
-            0
-        };
-        let mut received = Received::from_batch(batch).map_err(|e| {
+        let received = Received::from_batch(batch).map_err(|e| {
             warn!(%peer, error = %e, "batch refused");
             self.shared
                 .metrics
@@ -117,7 +112,6 @@ impl CollectorService {
                 .fetch_add(1, Ordering::Relaxed);
             Status::invalid_argument(e.to_string())
         })?;
-        received.wire_bytes = wire_bytes;
         let batch = &received;
         let evicted = admit_node(
             &mut self.shared.agents.lock().expect("agents lock"),

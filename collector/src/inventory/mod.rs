@@ -11,7 +11,8 @@
 //!   truth for its node (what it does not re-announce has ended);
 //! - [`retention`]: ended rows deleted after `--retain-exited` /
 //!   `--retain-closed`;
-//! - [`updater`]: the store task fed from ingest;
+//! - [`updater`]: the store task fed from ingest, [`weigh`]: what its
+//!   queue holds;
 //! - [`query`] and [`api`]: the read side; [`web`]: the web page.
 pub mod api;
 pub mod changes;
@@ -28,6 +29,7 @@ pub mod sweep;
 pub mod tracker;
 pub mod updater;
 pub mod web;
+pub mod weigh;
 
 /// Address classification, one definition shared with the agent's
 /// policy: the collector uses its internet test for egress destinations.

@@ -27,6 +27,7 @@ use super::{
     reach::Writer,
     retention::{self, Retention},
     tracker::Tracker,
+    weigh,
 };
 use crate::delivery::Received;
 
@@ -105,10 +106,13 @@ impl Update {
         // the few kept in a buffer their size: the batch's (up to 65,536
         // events' worth) would stay allocated while queued
         events.shrink_to_fit();
+        let mut bytes = 0usize;
         for ev in &mut events {
             clamp_times(ev, latest);
+            weigh::strip(ev);
+            bytes = bytes.saturating_add(weigh::bytes(ev));
         }
-        let kib = queue_kib(events.len(), batch.wire_bytes);
+        let kib = (bytes / 1024) as u64 + 1;
         Update::Batch {
             node: batch.node_id,
             last,
@@ -136,22 +140,13 @@ fn clamp_times(ev: &mut Event, latest: i64) {
     }
 }
 
-/// What may wait for the store task, KiB (256 MiB); beyond it updates
-/// are dropped. Weighed by what an update holds ([`queue_kib`]), not
-/// counted in batches: a thousand nodes each sending a small batch a
-/// second must not fill it while one flush runs, and one node sending
-/// batches of a few huge events must not hold gigabytes.
-pub const MAX_QUEUED_KIB: u64 = 262_144;
+/// What may wait for the store task, KiB (128 MiB); beyond it updates
+/// are dropped. Weighed by what the kept events hold in memory
+/// ([`weigh`]), not counted in batches: a thousand nodes each sending a
+/// small batch a second must not fill it while one flush runs, and one
+/// node sending batches of a few huge events must not hold gigabytes.
+pub const MAX_QUEUED_KIB: u64 = 131_072;
 
-/// What a batch's kept events weigh in the queue, KiB: their structs,
-/// and the batch's wire size, which bounds what their strings hold
-/// (they are a part of it), at least 1.
-fn queue_kib(kept: usize, wire_bytes: usize) -> u64 {
-    let bytes = kept
-        .saturating_mul(std::mem::size_of::<Event>())
-        .saturating_add(wire_bytes);
-    (bytes / 1024) as u64 + 1
-}
 /// Longest time a change waits in memory.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// A flush starts early with this many rows waiting.
@@ -179,7 +174,7 @@ pub enum Update {
         /// When the collector received it (Unix ns).
         received: i64,
         events: Vec<Event>,
-        /// Its weight in the queue ([`queue_kib`]).
+        /// Its weight in the queue, KiB ([`weigh`]).
         kib: u64,
     },
     /// An agent's stream opened or closed.
@@ -196,7 +191,7 @@ pub struct Health {
     /// Updates (batches, connection changes) dropped: the queue held
     /// [`MAX_QUEUED_KIB`] already.
     pub dropped: AtomicU64,
-    /// KiB queued for the store task now ([`queue_kib`]).
+    /// KiB queued for the store task now ([`weigh`]).
     pub queued: AtomicU64,
     /// Events those dropped updates held (what the inventory keeps of a
     /// batch, [`Update::of_batch`]).
@@ -399,24 +394,29 @@ mod tests {
         e
     }
 
-    /// A batch of one listen, `wire_bytes` big on the wire.
-    fn heavy(wire_bytes: usize) -> Update {
+    /// A batch of one listen whose container has a label of `value_bytes`.
+    fn heavy(value_bytes: usize) -> Update {
+        let mut listen = ev(Kind::Listen, 1, Some(("a", true)));
+        let c = listen.container.as_mut().unwrap();
+        let mut meta = ContainerMeta::default();
+        meta.labels.insert("k".into(), "x".repeat(value_bytes));
+        c.meta = Some(Arc::new(meta));
+        let mut finding = spyglass_proto::model::samples::finding();
+        finding.finding.as_mut().unwrap().evidence =
+            vec![Event::new(Kind::Exec, Timestamp(1), "n1".into()); 10_000];
         Update::of_batch(Received {
             node_id: "n1".into(),
             stream_id: "s".into(),
             sequence: 1,
             sent_unix_nano: 0,
-            wire_bytes,
-            events: vec![ev(Kind::Listen, 1, Some(("a", true)))],
+            events: vec![listen, finding],
         })
     }
 
     #[test]
     fn the_queue_weighs_what_batches_hold_not_how_many_events() {
-        assert_eq!(queue_kib(0, 0), 1);
-        assert!(queue_kib(1, 8 << 20) > 8 * 1024);
-        // one node sending 8 MiB batches of one event each: the queue
-        // (nobody draining it) holds 256 MiB worth, then refuses
+        // one node sending batches holding 8 MiB labels: the queue
+        // (nobody draining it) holds 128 MiB worth, then refuses
         let (tx, _rx) = mpsc::unbounded_channel();
         let feed = Feed {
             tx,
@@ -428,14 +428,16 @@ mod tests {
         let h = &feed.health;
         let queued = h.queued.load(Ordering::Relaxed);
         assert!(queued <= MAX_QUEUED_KIB, "{queued}");
-        assert_eq!(h.dropped.load(Ordering::Relaxed), 40 - 31, "{queued}");
+        assert_eq!(h.dropped.load(Ordering::Relaxed), 40 - 15, "{queued}");
         assert!(h.stale.load(Ordering::Relaxed));
-        // small batches still weigh at least their events' structs
+        // a finding's evidence (10,000 events) is not held: a small batch
+        // weighs a few KiB, in a buffer its size
         let Update::Batch { events, kib, .. } = heavy(0) else {
             panic!("not a batch")
         };
-        assert_eq!(events.capacity(), 1);
-        assert_eq!(kib, queue_kib(1, 0));
+        assert_eq!(events.capacity(), 2);
+        assert!(events[1].finding.as_ref().unwrap().evidence.is_empty());
+        assert!(kib < 8, "{kib}");
     }
 
     #[test]
@@ -450,7 +452,6 @@ mod tests {
             stream_id: "s".into(),
             sequence: 1,
             sent_unix_nano: 0,
-            wire_bytes: 0,
             events: vec![
                 ev(Kind::Listen, far, Some(("a", true))),
                 finding,
@@ -481,7 +482,6 @@ mod tests {
             stream_id: "s".into(),
             sequence: 1,
             sent_unix_nano: 0,
-            wire_bytes: 0,
             events: vec![
                 ev(Kind::Exec, 1, None),               // host exec: dropped
                 ev(Kind::Exec, 2, Some(("a", false))), // replaced by the attributed

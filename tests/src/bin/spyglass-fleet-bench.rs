@@ -356,11 +356,18 @@ fn bench_store(a: &Args, dir: &Path, label: &str, store: &str, size: &dyn Fn() -
     assert_eq!(acked, total, "every event acknowledged");
     wait_stored(api, a);
     let stored = start.elapsed().as_secs_f64();
+    // updates the store task dropped (its queue full) mark every answer
+    let stale = get(api, "/api/v1/nodes?limit=1")["stale"] == Value::Bool(true);
     let mut report = format!(
         "\n**{label}**: published on {STREAMS} gRPC streams in {ingest:.1} s ({:.0} events/s); \
-         all of it answered by the API {stored:.1} s after the first send.\n\n\
+         all of it answered by the API {stored:.1} s after the first send; {}.\n\n\
          | question | API path | median ms | slowest ms | answer |\n|---|---|---:|---:|---|\n",
-        total as f64 / ingest
+        total as f64 / ingest,
+        if stale {
+            "**the store dropped updates (stale)**"
+        } else {
+            "nothing dropped (not stale)"
+        }
     );
     for (what, path, key) in QUESTIONS {
         let (median, slowest, answer) = time_get(api, path, key);
