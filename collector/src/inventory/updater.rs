@@ -57,12 +57,9 @@ impl Update {
         let received = now_ns();
         let mut events = batch.events;
         let latest = received.saturating_add(MAX_AHEAD_NS);
-        let last = events
-            .iter()
-            .map(|e| e.time.0)
-            .max()
-            .unwrap_or(0)
-            .min(latest);
+        let newest = events.iter().map(|e| e.time.0).max().unwrap_or(0);
+        let ahead = newest.saturating_sub(latest).max(0);
+        let last = newest - ahead;
         // Decided by reference, then `retain`: the events dropped are
         // dropped in place, only the few kept are moved (an event is a
         // few hundred bytes; moving each out cost a memcpy per event).
@@ -108,7 +105,7 @@ impl Update {
         events.shrink_to_fit();
         let mut bytes = 0usize;
         for ev in &mut events {
-            clamp_times(ev, latest);
+            shift_times(ev, ahead, latest);
             weigh::strip(ev);
             bytes = bytes.saturating_add(weigh::bytes(ev));
         }
@@ -126,17 +123,20 @@ impl Update {
 /// How far past the collector's clock an event's time may be for the
 /// inventory: a node whose clock runs ahead, or an agent lying, would
 /// pin `last_seen` (a node never stale, a finding first among the latest
-/// for good) and make lag negative. Later times are taken as this.
+/// for good). A batch whose newest event is later has all its times
+/// moved back by as much, so their order and spacing stay (a close and a
+/// listen again in one batch keep their order).
 pub const MAX_AHEAD_NS: i64 = 5 * 60 * 1_000_000_000;
 
-/// An event's times (and its finding's) no later than `latest`. The
-/// output file keeps what the agent sent; only the inventory's copy is
-/// clamped.
-fn clamp_times(ev: &mut Event, latest: i64) {
-    ev.time.0 = ev.time.0.min(latest);
+/// An event's times (and its finding's) moved back by `ahead`, and none
+/// later than `latest`. The output file keeps what the agent sent; only
+/// the inventory's copy moves.
+fn shift_times(ev: &mut Event, ahead: i64, latest: i64) {
+    let at = |t: i64| t.saturating_sub(ahead).min(latest);
+    ev.time.0 = at(ev.time.0);
     if let Some(f) = ev.finding.as_mut() {
-        f.first_seen.0 = f.first_seen.0.min(latest);
-        f.last_seen.0 = f.last_seen.0.min(latest);
+        f.first_seen.0 = at(f.first_seen.0);
+        f.last_seen.0 = at(f.last_seen.0);
     }
 }
 
@@ -441,21 +441,22 @@ mod tests {
     }
 
     #[test]
-    fn times_ahead_of_the_collector_s_clock_are_taken_as_its_bound() {
-        let now = now_ns();
-        let far = now + 365 * 86_400 * 1_000_000_000;
+    fn a_batch_ahead_of_the_collector_s_clock_moves_back_in_one_piece() {
+        let hour = 3_600 * 1_000_000_000;
+        let ahead = now_ns() + hour;
         let mut finding = spyglass_proto::model::samples::finding();
-        finding.time.0 = far;
-        finding.finding.as_mut().unwrap().last_seen.0 = far;
+        finding.time.0 = ahead;
+        // a finding claiming to last a year more is cut at the bound
+        finding.finding.as_mut().unwrap().last_seen.0 = ahead + 365 * 24 * hour;
         let batch = Received {
             node_id: "n1".into(),
             stream_id: "s".into(),
             sequence: 1,
             sent_unix_nano: 0,
             events: vec![
-                ev(Kind::Listen, far, Some(("a", true))),
+                ev(Kind::Close, ahead, Some(("a", true))),
+                ev(Kind::Listen, ahead + 1_000, Some(("a", true))),
                 finding,
-                ev(Kind::Close, 5, None),
             ],
         };
         let Update::Batch {
@@ -469,10 +470,25 @@ mod tests {
         };
         let bound = received + MAX_AHEAD_NS;
         assert_eq!(last, bound);
-        assert_eq!(events[0].time.0, bound);
-        assert_eq!(events[1].finding.as_ref().unwrap().last_seen.0, bound);
-        // a time in the past is the agent's to say
-        assert_eq!(events[2].time.0, 5);
+        // the close, then the listen again, 1 us later as sent
+        assert_eq!((events[0].time.0, events[1].time.0), (bound - 1_000, bound));
+        assert_eq!(events[2].time.0, bound - 1_000);
+        assert_eq!(events[2].finding.as_ref().unwrap().last_seen.0, bound);
+        // a batch within the bound keeps its times
+        let now = now_ns();
+        let Update::Batch { events, .. } = Update::of_batch(Received {
+            node_id: "n1".into(),
+            stream_id: "s".into(),
+            sequence: 2,
+            sent_unix_nano: 0,
+            events: vec![
+                ev(Kind::Close, now, Some(("a", true))),
+                ev(Kind::Close, 5, None),
+            ],
+        }) else {
+            panic!("not a batch")
+        };
+        assert_eq!((events[0].time.0, events[1].time.0), (now, 5));
     }
 
     #[test]
