@@ -153,7 +153,8 @@ struct Cli {
     /// `none`. Default: sqlite:OUTPUT.inventory.db next to the output file
     /// (none when the output is stdout). Keep a password out of the
     /// command line: SPYGLASS_STORE, or libpq's PGPASSWORD / PGPASSFILE.
-    #[arg(long, env = "SPYGLASS_STORE", hide_env_values = true)]
+    #[arg(long, env = "SPYGLASS_STORE", hide_env_values = true,
+          value_parser = inventory::store::StoreUrlParser)]
     store: Option<inventory::StoreUrl>,
     /// How long the inventory keeps an exited (or deleted) container
     /// after its exit, with its destinations and closed findings: 90s,

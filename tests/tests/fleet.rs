@@ -392,8 +392,7 @@ fn a_bad_store_url_or_an_open_api_without_a_token_stops_the_start() {
     let (code, err) = refused(&["--store", "mysql://db.example/x"]);
     assert_ne!(code, Some(0));
     assert!(
-        err.contains("invalid value 'mysql://db.example/x' for '--store <STORE>'")
-            && err.contains("expected sqlite:PATH"),
+        err.contains("--store \"mysql://db.example/x\": expected sqlite:PATH"),
         "{err}"
     );
     let (code, err) = refused(&["--api-listen", "0.0.0.0:1"]);

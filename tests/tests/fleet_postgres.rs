@@ -396,6 +396,8 @@ fn a_malformed_postgres_url_stops_the_start_naming_the_flag() {
         ("postgres:/db", "starts with postgres:// or postgresql://"),
         ("postgresql://u:hunter2@/db", "no host"),
         ("postgres://db.example:port/x", "invalid port"),
+        // a password holding '/' (the likeliest cause of a bad URL)
+        ("postgres://u:s3cr/et@db.example:port/x", "invalid port"),
     ] {
         let mut child = Command::new(collector_bin())
             .args(["--listen", &format!("127.0.0.1:{}", free_port())])
@@ -421,6 +423,8 @@ fn a_malformed_postgres_url_stops_the_start_naming_the_flag() {
                 && err.contains("sqlite:PATH"),
             "{url}: {err}"
         );
+        // the password is not printed (clap's own message printed it)
+        assert!(!err.contains("hunter2") && !err.contains("s3cr"), "{err}");
     }
 }
 

@@ -47,21 +47,47 @@ impl std::fmt::Debug for StoreUrl {
     }
 }
 
-/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`.
+/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`:
+/// everything between the first `:` of the user part and the last `@`
+/// (a password may hold `/`, `?` or `@`; an `@` in the options hides
+/// more than the password, never less).
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.into();
     };
-    let (auth, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let Some((userinfo, host)) = auth.rsplit_once('@') else {
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
         return url.into();
     };
     match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.into(),
+    }
+}
+
+/// `--store`'s parser for clap: its errors are this module's, whose
+/// messages show a password as `***` (clap's own would print the value
+/// whole).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreUrlParser;
+
+impl clap::builder::TypedValueParser for StoreUrlParser {
+    type Value = StoreUrl;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StoreUrl, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                "--store is not UTF-8; give a URL\n",
+            )
+        })?;
+        text.parse().map_err(|e: StoreError| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+        })
     }
 }
 
@@ -736,6 +762,18 @@ mod tests {
         let shown = format!("{u:?} {:?}", Some(&u));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("spyglass:***@db:5432/fleet"), "{shown}");
+        // a password holding '/', '?' or '@'
+        for url in [
+            "postgres://u:s3cr/et@db/fleet",
+            "postgres://u:a?b@db/fleet",
+            "postgres://u:a@b@db/fleet",
+        ] {
+            assert_eq!(redact(url), "postgres://u:***@db/fleet", "{url}");
+        }
+        let e = "postgres://u:s3cr/et@db:port/x"
+            .parse::<StoreUrl>()
+            .unwrap_err();
+        assert!(!e.to_string().contains("s3cr"), "{e}");
     }
 
     #[test]
