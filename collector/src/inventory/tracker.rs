@@ -50,8 +50,12 @@ pub struct Tracker {
     /// node -> container id -> what was written.
     containers: HashMap<String, HashMap<String, Written>>,
     container_count: usize,
-    /// key -> (since written, last_seen written).
-    listeners: HashMap<SocketKey, (i64, i64)>,
+    /// key -> (since written, last_seen written, its node's generation
+    /// then: an entry of an older generation is not taken as written).
+    listeners: HashMap<SocketKey, (i64, i64, u32)>,
+    /// node -> generation, bumped when its agent connects
+    /// ([`Tracker::connected`]).
+    generations: HashMap<String, u32>,
     /// key -> (last_seen written, connections not yet written).
     egress: HashMap<SocketKey, (i64, u64)>,
     /// (node, container) -> distinct destinations in `egress`.
@@ -153,12 +157,23 @@ impl Tracker {
     }
 
     /// Forget `node`'s containers and listeners (their next event writes
-    /// them again); destinations keep their counts not yet written.
+    /// them again), without a pass over every node's listeners: they are
+    /// of an older generation now. Destinations keep their counts not
+    /// yet written.
     fn forget_node(&mut self, node: &str) {
         if let Some(m) = self.containers.remove(node) {
             self.container_count -= m.len();
         }
-        self.listeners.retain(|k, _| k.0 != node);
+        match self.generations.get_mut(node) {
+            Some(g) => *g = g.wrapping_add(1),
+            None => {
+                self.generations.insert(node.to_owned(), 1);
+            }
+        }
+    }
+
+    fn generation(&self, node: &str) -> u32 {
+        self.generations.get(node).copied().unwrap_or(0)
     }
 
     fn agent(&mut self, a: &Agent<'_>) {
@@ -189,7 +204,7 @@ impl Tracker {
     fn forget_swept(&mut self, sweep: &Sweep) {
         if sweep.listeners {
             self.listeners
-                .retain(|k, (_, last)| k.0 != sweep.node || *last >= sweep.cutoff);
+                .retain(|k, (_, last, _)| k.0 != sweep.node || *last >= sweep.cutoff);
         }
         if sweep.containers {
             if let Some(m) = self.containers.get_mut(&sweep.node) {
@@ -320,14 +335,19 @@ impl Tracker {
 
     fn listener_seen(&mut self, l: &Listener<'_>) {
         let key = socket_key(l.node, l.container_id, l.protocol, l.address, l.port);
-        let known = self.listeners.get(&key).copied();
+        let generation = self.generation(l.node);
+        let known = self
+            .listeners
+            .get(&key)
+            .filter(|w| w.2 == generation)
+            .map(|w| (w.0, w.1));
         let reannounced = self.restarts.restarting(l.node);
         if known.is_some_and(|(since, last)| since <= l.at && !due(last, l.at)) && !reannounced {
             return;
         }
         let (since, last) = known.unwrap_or((l.at, l.at));
         self.listeners
-            .insert(key.clone(), (since.min(l.at), last.max(l.at)));
+            .insert(key.clone(), (since.min(l.at), last.max(l.at), generation));
         let row = self.rows.listeners.entry(key).or_insert(ListenerRow {
             wildcard: l.wildcard,
             declared: l.declared,
