@@ -77,15 +77,23 @@ fn bytes(n: u64) -> String {
     format!("{v:.1}{}", UNITS[unit])
 }
 
-/// The latest sampled CPU as a percentage of one core, `-` unsampled.
+/// The latest sampled CPU as a percentage of one core; `-` unsampled
+/// or exited (its last sample is not its use now).
 fn cpu(r: &Value) -> String {
+    if !r["exited"].is_null() {
+        return "-".into();
+    }
     r["usage"]["cpu_percent"]
         .as_u64()
         .map_or_else(|| "-".into(), |p| format!("{p}%"))
 }
 
-/// Memory charged, and its limit when one is set: `12.3MiB/1.0GiB`.
+/// Memory charged, and its limit when one is set: `12.3MiB/1.0GiB`;
+/// `-` unsampled or exited.
 fn memory(r: &Value) -> String {
+    if !r["exited"].is_null() {
+        return "-".into();
+    }
     let u = &r["usage"];
     match (u["memory_bytes"].as_u64(), u["memory_limit_bytes"].as_u64()) {
         (None, _) => "-".into(),
@@ -232,6 +240,7 @@ mod tests {
                 "usage":{"cpu_percent":150,"memory_bytes":12_897_485,"memory_limit_bytes":1_073_741_824}}),
             json!({"node":"node-two","id":"ffffffffffffffff","name":"job","pod":{"name":"","namespace":""},
                 "image":{"ref":""},"posture":{"uid":1000,"privileged":false},
+                "usage":{"cpu_percent":90,"memory_bytes":1024},
                 "exited":"2026-12-07T03:40:01.123456789Z"}),
         ];
         assert_eq!(

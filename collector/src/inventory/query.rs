@@ -304,7 +304,7 @@ pub const FINDINGS: Endpoint = Endpoint {
         x.rule, x.severity, x.subject, x.summary, x.count, x.first_seen, x.last_seen, x.open \
         FROM findings x LEFT JOIN containers c ON c.node = x.node AND c.id = x.container_id \
         WHERE 1 = 1",
-    order: "x.last_seen DESC, x.node, x.rule, x.subject",
+    order: "x.last_seen DESC, x.node, x.container_id, x.rule, x.subject",
     filters: &[
         Filter::Text {
             name: "rule",

@@ -15,8 +15,8 @@ CREATE INDEX listeners_open_wildcard ON listeners (node, container_id)
     WHERE closed IS NULL AND wildcard = 1;
 CREATE INDEX containers_host_network ON containers (node, id)
     WHERE host_network = 1;
--- Findings answer latest first, then by node, rule, subject: an index in
--- exactly that order (0003's ascending one read backwards gave the
--- ties in the wrong order, so they were sorted).
+-- Findings answer latest first, then by their key (node, container,
+-- rule, subject): an index in exactly that order (0003's ascending one
+-- read backwards gave the ties in the wrong order, so they were sorted).
 DROP INDEX findings_latest;
-CREATE INDEX findings_latest ON findings (last_seen DESC, node, rule, subject);
+CREATE INDEX findings_latest ON findings (last_seen DESC, node, container_id, rule, subject);

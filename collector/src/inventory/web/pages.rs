@@ -146,6 +146,7 @@ pub fn containers_rows(rows: &[Value]) -> Vec<Vec<Cell>> {
     rows.iter()
         .map(|c| {
             let node = text(c, &["node"]);
+            let running = text(c, &["exited"]).is_empty();
             vec![
                 Cell::Link(html::container(node, text(c, &["id"])), workload(c)),
                 node_cell(node),
@@ -154,8 +155,17 @@ pub fn containers_rows(rows: &[Value]) -> Vec<Vec<Cell>> {
                 int(c, &["posture", "uid"]),
                 Cell::Risk(root(c)),
                 Cell::Risk(flag(c, &["posture", "privileged"])),
-                cpu(c),
-                mib(c, "memory_bytes"),
+                // an exited container's last sample is not its use now
+                if running {
+                    cpu(c)
+                } else {
+                    Cell::Text(String::new())
+                },
+                if running {
+                    mib(c, "memory_bytes")
+                } else {
+                    Cell::Text(String::new())
+                },
                 Cell::Text(match text(c, &["exited"]) {
                     "" => "running".to_owned(),
                     t => format!("exited {}", short_time(t)),
