@@ -156,6 +156,14 @@ struct Cli {
     #[arg(long, env = "SPYGLASS_STORE", hide_env_values = true,
           value_parser = inventory::store::StoreUrlParser)]
     store: Option<inventory::StoreUrl>,
+    /// Most memory the events waiting for the inventory's store may hold,
+    /// MiB (16 to 65536); past it updates are dropped for the inventory
+    /// (counted; the store is marked stale). With the default a
+    /// thousand nodes' startup snapshots at once (100 containers each)
+    /// wait for PostgreSQL to catch up and none is dropped.
+    #[arg(long, default_value_t = inventory::updater::MAX_QUEUED_KIB / 1024,
+          value_parser = clap::value_parser!(u64).range(16..=65536))]
+    store_queue_mib: u64,
     /// How long the inventory keeps an exited (or deleted) container
     /// after its exit, with its destinations and closed findings: 90s,
     /// 30m, 24h, 7d, or `forever`.
@@ -255,7 +263,8 @@ async fn open_inventory(
         exited: cli.retain_exited,
         closed: cli.retain_closed,
     };
-    let feed = inventory::updater::spawn(writer, pool.clone(), retention);
+    let feed =
+        inventory::updater::spawn(writer, pool.clone(), retention, cli.store_queue_mib * 1024);
     match down {
         None => info!(store = %url.redacted(), "inventory store open"),
         Some(why) => feed.health.reach.set_down(why),

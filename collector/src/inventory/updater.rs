@@ -140,12 +140,15 @@ fn shift_times(ev: &mut Event, ahead: i64, latest: i64) {
     }
 }
 
-/// What may wait for the store task, KiB (128 MiB); beyond it updates
-/// are dropped. Weighed by what the kept events hold in memory
-/// ([`weigh`]), not counted in batches: a thousand nodes each sending a
-/// small batch a second must not fill it while one flush runs, and one
-/// node sending batches of a few huge events must not hold gigabytes.
-pub const MAX_QUEUED_KIB: u64 = 131_072;
+/// What may wait for the store task by default, KiB (512 MiB,
+/// `--store-queue-mib`); beyond it updates are dropped. Weighed by what
+/// the kept events hold in memory ([`weigh`]), not counted in batches: a
+/// thousand nodes each sending a small batch a second must not fill it
+/// while one flush runs, a thousand nodes' startup snapshots fit while
+/// the store catches up (`cargo xtask bench --fleet`), and one node sending
+/// batches of a few huge events cannot make the collector hold
+/// gigabytes.
+pub const MAX_QUEUED_KIB: u64 = 524_288;
 
 /// Longest time a change waits in memory.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -213,6 +216,8 @@ pub struct Health {
 pub struct Feed {
     tx: mpsc::UnboundedSender<Update>,
     pub health: Arc<Health>,
+    /// The queue's bound, KiB ([`MAX_QUEUED_KIB`] by default).
+    max_kib: u64,
 }
 
 impl Feed {
@@ -223,7 +228,7 @@ impl Feed {
         let room = h
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q + weight <= MAX_QUEUED_KIB).then_some(q + weight)
+                (q + weight <= self.max_kib).then_some(q + weight)
             })
             .is_ok();
         let refused = if room {
@@ -258,13 +263,18 @@ pub(super) fn internet(ip: IpAddr) -> bool {
 }
 
 /// Start the store task, writing with `writer`, deleting from `pool`
-/// what ended longer ago than `retention`.
-pub fn spawn(writer: Writer, pool: AnyPool, retention: Retention) -> Feed {
+/// what ended longer ago than `retention`; at most `max_kib` wait for
+/// it.
+pub fn spawn(writer: Writer, pool: AnyPool, retention: Retention, max_kib: u64) -> Feed {
     let (tx, rx) = mpsc::unbounded_channel();
     let health = Arc::new(Health::default());
     let ended = Ended { pool, retention };
     tokio::spawn(run(writer, rx, health.clone(), ended));
-    Feed { tx, health }
+    Feed {
+        tx,
+        health,
+        max_kib,
+    }
 }
 
 /// What the store task deletes past retention, and where.
@@ -416,18 +426,19 @@ mod tests {
     #[test]
     fn the_queue_weighs_what_batches_hold_not_how_many_events() {
         // one node sending batches holding 8 MiB labels: the queue
-        // (nobody draining it) holds 128 MiB worth, then refuses
+        // (nobody draining it, bound 128 MiB) holds 128 MiB, then refuses
         let (tx, _rx) = mpsc::unbounded_channel();
         let feed = Feed {
             tx,
             health: Arc::new(Health::default()),
+            max_kib: 128 * 1024,
         };
         for _ in 0..40 {
             feed.send(heavy(8 << 20));
         }
         let h = &feed.health;
         let queued = h.queued.load(Ordering::Relaxed);
-        assert!(queued <= MAX_QUEUED_KIB, "{queued}");
+        assert!(queued <= 128 * 1024, "{queued}");
         assert_eq!(h.dropped.load(Ordering::Relaxed), 40 - 15, "{queued}");
         assert!(h.stale.load(Ordering::Relaxed));
         // a finding's evidence (10,000 events) is not held: a small batch
