@@ -72,8 +72,9 @@ fn events() -> Vec<Event> {
     ]
 }
 
-fn rows_of(evs: &[Event]) -> super::rows::Rows {
-    let mut t = Tracker::default();
+/// The rows `evs` make through `t` (what it already took as written
+/// is not written again).
+fn take_rows(t: &mut Tracker, evs: &[Event]) -> super::rows::Rows {
     let mut scratch = Vec::new();
     for ev in evs {
         scratch.clear();
@@ -83,6 +84,20 @@ fn rows_of(evs: &[Event]) -> super::rows::Rows {
         }
     }
     t.take()
+}
+
+/// The rows `evs` make through a fresh collector's tracker.
+fn rows_of(evs: &[Event]) -> super::rows::Rows {
+    take_rows(&mut Tracker::default(), evs)
+}
+
+/// A new SQLite store in a scratch directory named `name`.
+async fn scratch_store(name: &str) -> (std::path::PathBuf, sqlx::AnyPool) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = store::open(&dir.join("inv.db")).await.unwrap();
+    (dir, pool)
 }
 
 async fn get(
@@ -96,10 +111,7 @@ async fn get(
 
 #[tokio::test(flavor = "current_thread")]
 async fn events_become_rows_that_answer_the_questions_and_a_resend_adds_none() {
-    let dir = std::env::temp_dir().join(format!("spyglass-inv-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let pool = store::open(&dir.join("inv.db")).await.unwrap();
+    let (dir, pool) = scratch_store("spyglass-inv").await;
     let evs = events();
     store::write(&pool, &rows_of(&evs)).await.unwrap();
     // a fresh collector (nothing in memory) given the same batch again
@@ -231,10 +243,7 @@ fn placed(id: &str, uid: u32, pod_ns: &str, host_network: bool) -> Container {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_overview_counts_agree_with_the_answers_they_summarise() {
-    let dir = std::env::temp_dir().join(format!("spyglass-inv-sum-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let pool = store::open(&dir.join("inv.db")).await.unwrap();
+    let (dir, pool) = scratch_store("spyglass-inv-sum").await;
     let root = placed("root-c", 0, "shop", false);
     let host = placed("host-c", 1000, "kube-system", true);
     let user = placed("user-c", 1000, "", false);
@@ -286,24 +295,11 @@ fn sample(c: &Container, at: i64, memory: u64) -> Event {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_container_s_latest_resource_sample_is_kept_at_most_every_30_s() {
-    let dir = std::env::temp_dir().join(format!("spyglass-inv-use-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let pool = store::open(&dir.join("inv.db")).await.unwrap();
+    let (dir, pool) = scratch_store("spyglass-inv-use").await;
     let c = container("busy-c", 1000);
     let s = 1_000_000_000;
     let mut t = Tracker::default();
-    let mut flush = |evs: &[Event]| {
-        let mut scratch = Vec::new();
-        for ev in evs {
-            scratch.clear();
-            changes::derive(ev, super::updater::internet, &mut scratch);
-            for ch in &scratch {
-                t.apply(ch);
-            }
-        }
-        t.take()
-    };
+    let mut flush = |evs: &[Event]| take_rows(&mut t, evs);
     // a container seen without a sample has none
     store::write(
         &pool,
@@ -333,14 +329,9 @@ async fn a_container_s_latest_resource_sample_is_kept_at_most_every_30_s() {
         .await
         .unwrap();
     // an older sample (a resent batch, another collector) does not win
-    let mut fresh = Tracker::default();
-    let mut scratch = Vec::new();
-    let old = sample(&c, 20 * s, 999);
-    changes::derive(&old, super::updater::internet, &mut scratch);
-    for ch in &scratch {
-        fresh.apply(ch);
-    }
-    store::write(&pool, &fresh.take()).await.unwrap();
+    store::write(&pool, &rows_of(&[sample(&c, 20 * s, 999)]))
+        .await
+        .unwrap();
     let got = get(&pool, &query::CONTAINERS, &[]).await;
     assert_eq!(got[0]["usage"]["memory_bytes"], 300);
     // a process's sample (it names the process) is not the container's

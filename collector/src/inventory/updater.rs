@@ -404,6 +404,17 @@ mod tests {
         e
     }
 
+    /// Node n1's batch `sequence` of `events`.
+    fn batch_of(sequence: u64, events: Vec<Event>) -> Received {
+        Received {
+            node_id: "n1".into(),
+            stream_id: "s".into(),
+            sequence,
+            sent_unix_nano: 0,
+            events,
+        }
+    }
+
     /// A batch of one listen whose container has a label of `value_bytes`.
     fn heavy(value_bytes: usize) -> Update {
         let mut listen = ev(Kind::Listen, 1, Some(("a", true)));
@@ -414,13 +425,7 @@ mod tests {
         let mut finding = spyglass_proto::model::samples::finding();
         finding.finding.as_mut().unwrap().evidence =
             vec![Event::new(Kind::Exec, Timestamp(1), "n1".into()); 10_000];
-        Update::of_batch(Received {
-            node_id: "n1".into(),
-            stream_id: "s".into(),
-            sequence: 1,
-            sent_unix_nano: 0,
-            events: vec![listen, finding],
-        })
+        Update::of_batch(batch_of(1, vec![listen, finding]))
     }
 
     #[test]
@@ -459,17 +464,14 @@ mod tests {
         finding.time.0 = ahead;
         // a finding claiming to last a year more is cut at the bound
         finding.finding.as_mut().unwrap().last_seen.0 = ahead + 365 * 24 * hour;
-        let batch = Received {
-            node_id: "n1".into(),
-            stream_id: "s".into(),
-            sequence: 1,
-            sent_unix_nano: 0,
-            events: vec![
+        let batch = batch_of(
+            1,
+            vec![
                 ev(Kind::Close, ahead, Some(("a", true))),
                 ev(Kind::Listen, ahead + 1_000, Some(("a", true))),
                 finding,
             ],
-        };
+        );
         let Update::Batch {
             last,
             received,
@@ -487,16 +489,13 @@ mod tests {
         assert_eq!(events[2].finding.as_ref().unwrap().last_seen.0, bound);
         // a batch within the bound keeps its times
         let now = now_ns();
-        let Update::Batch { events, .. } = Update::of_batch(Received {
-            node_id: "n1".into(),
-            stream_id: "s".into(),
-            sequence: 2,
-            sent_unix_nano: 0,
-            events: vec![
+        let Update::Batch { events, .. } = Update::of_batch(batch_of(
+            2,
+            vec![
                 ev(Kind::Close, now, Some(("a", true))),
                 ev(Kind::Close, 5, None),
             ],
-        }) else {
+        )) else {
             panic!("not a batch")
         };
         assert_eq!((events[0].time.0, events[1].time.0), (now, 5));
@@ -504,12 +503,9 @@ mod tests {
 
     #[test]
     fn a_batch_keeps_one_plain_event_per_container_and_everything_else() {
-        let batch = Received {
-            node_id: "n1".into(),
-            stream_id: "s".into(),
-            sequence: 1,
-            sent_unix_nano: 0,
-            events: vec![
+        let batch = batch_of(
+            1,
+            vec![
                 ev(Kind::Exec, 1, None),               // host exec: dropped
                 ev(Kind::Exec, 2, Some(("a", false))), // replaced by the attributed
                 ev(Kind::Exec, 3, Some(("a", true))),
@@ -519,7 +515,7 @@ mod tests {
                 ev(Kind::Listen, 6, Some(("a", false))),
                 ev(Kind::Close, 7, None),
             ],
-        };
+        );
         let Update::Batch {
             node, last, events, ..
         } = Update::of_batch(batch)
