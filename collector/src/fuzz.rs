@@ -244,6 +244,17 @@ impl Plan {
     }
 }
 
+/// Events at any depth: each one and its finding's evidence.
+fn events_within(events: &[w::Event]) -> usize {
+    events
+        .iter()
+        .map(|e| match &e.detail {
+            Some(Detail::Finding(f)) => 1 + events_within(&f.evidence),
+            _ => 1,
+        })
+        .sum()
+}
+
 /// The collector's path for one message: scan, decode, validate.
 fn receive(bytes: &[u8]) -> Option<Received> {
     if let Err(s) = <Batch as Bounded>::check(bytes) {
@@ -251,7 +262,7 @@ fn receive(bytes: &[u8]) -> Option<Received> {
         return None;
     }
     let batch = Batch::decode(bytes).ok()?;
-    let n = batch.events.len();
+    let n = events_within(&batch.events);
     assert!(n <= limits::MAX_BATCH_EVENTS, "{n} events passed the scan");
     Received::from_batch(batch).ok()
 }

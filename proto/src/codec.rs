@@ -1,9 +1,12 @@
 //! The gRPC codec of the generated Collector service: prost's, with one
-//! check before a message is decoded. A `Batch` whose events outnumber
-//! [`MAX_BATCH_EVENTS`], or that does not scan to its end, is refused
-//! from a scan of its top-level fields, before any event is allocated:
-//! eight MiB of empty events would otherwise decode into millions of
-//! structs.
+//! check before a message is decoded. A `Batch` is scanned first, every
+//! field at any depth ([`crate::scan`]), and refused before any event is
+//! allocated when it does not scan to its end, when its events (its own
+//! and every finding's evidence) outnumber [`MAX_BATCH_EVENTS`], or when
+//! what it decodes into would pass [`decoded_bytes_allowed`] (64 MiB, or
+//! 8 bytes per wire byte): an empty list entry is two bytes on the wire
+//! and a whole struct once decoded, so eight MiB of them would otherwise
+//! become gigabytes.
 use std::marker::PhantomData;
 
 use prost::{bytes::Buf, Message};
@@ -13,7 +16,10 @@ use tonic::{
 };
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
-use crate::{limits::MAX_BATCH_EVENTS, v1};
+use crate::{
+    limits::{decoded_bytes_allowed, MAX_BATCH_EVENTS},
+    scan, v1,
+};
 
 /// A message the codec checks before decoding.
 pub trait Bounded {
@@ -25,57 +31,31 @@ pub trait Bounded {
 
 impl Bounded for v1::Ack {}
 
-/// `Batch.events` is field 3.
-const EVENTS_FIELD: u64 = 3;
-
 impl Bounded for v1::Batch {
     fn check(bytes: &[u8]) -> Result<(), Status> {
-        let Some(events) = count_field(bytes, EVENTS_FIELD) else {
-            // groups (wire types 3, 4), bad varints, lengths past the end:
-            // nothing an agent sends, and a scan that stopped early would
-            // let the rest through uncounted
-            return Err(Status::invalid_argument(
-                "batch is not a well-formed protobuf message (no agent sends groups or torn fields)",
-            ));
-        };
-        if events > MAX_BATCH_EVENTS {
+        let f = scan::footprint("Batch", bytes)
+            .map_err(|e| Status::invalid_argument(format!("batch refused: {e}")))?;
+        let most = f
+            .largest
+            .map(|(field, n)| format!(" (the most entries: {n} in {field})"))
+            .unwrap_or_default();
+        if f.events > MAX_BATCH_EVENTS {
             return Err(Status::invalid_argument(format!(
-                "batch holds {events} events; at most {MAX_BATCH_EVENTS} per batch"
+                "batch holds {} events, evidence included; at most {MAX_BATCH_EVENTS} per batch{most}",
+                f.events
+            )));
+        }
+        let allowed = decoded_bytes_allowed(bytes.len());
+        if f.bytes > allowed {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} KiB would decode into {} MiB; at most {} MiB for its size{most}",
+                bytes.len() >> 10,
+                f.bytes >> 20,
+                allowed >> 20
             )));
         }
         Ok(())
     }
-}
-
-/// How many times top-level length-delimited field `field` occurs; None
-/// when the message does not scan to its end (a group, a bad varint, a
-/// length past the end).
-fn count_field(mut buf: &[u8], field: u64) -> Option<usize> {
-    let mut n = 0;
-    while buf.has_remaining() {
-        let key = prost::encoding::decode_varint(&mut buf).ok()?;
-        let skip = match key & 7 {
-            0 => {
-                prost::encoding::decode_varint(&mut buf).ok()?;
-                0
-            }
-            1 => 8,
-            2 => {
-                let len = prost::encoding::decode_varint(&mut buf).ok()?;
-                if key >> 3 == field {
-                    n += 1;
-                }
-                usize::try_from(len).ok()?
-            }
-            5 => 4,
-            _ => return None,
-        };
-        if skip > buf.len() {
-            return None;
-        }
-        buf.advance(skip);
-    }
-    Some(n)
 }
 
 /// prost's codec plus [`Bounded::check`] on every decoded message.
@@ -141,37 +121,140 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{samples, wire};
 
-    fn batch_of(n: usize) -> Vec<u8> {
+    fn batch_of(events: Vec<v1::Event>) -> Vec<u8> {
         v1::Batch {
             node_id: "n1".into(),
             sequence: 1,
-            events: vec![v1::Event::default(); n],
+            events,
             sent_unix_nano: 5,
             stream_id: "s".into(),
         }
         .encode_to_vec()
     }
 
+    fn refused(bytes: &[u8]) -> String {
+        let e = v1::Batch::check(bytes).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        e.message().to_owned()
+    }
+
     #[test]
     fn counts_events_without_decoding() {
-        assert_eq!(count_field(&batch_of(0), EVENTS_FIELD), Some(0));
-        assert_eq!(count_field(&batch_of(3), EVENTS_FIELD), Some(3));
-        assert!(v1::Batch::check(&batch_of(MAX_BATCH_EVENTS)).is_ok());
-        let e = v1::Batch::check(&batch_of(MAX_BATCH_EVENTS + 1)).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().contains("65537 events"), "{}", e.message());
+        let empty = |n| batch_of(vec![v1::Event::default(); n]);
+        assert!(v1::Batch::check(&empty(0)).is_ok());
+        assert!(v1::Batch::check(&empty(MAX_BATCH_EVENTS)).is_ok());
+        let m = refused(&empty(MAX_BATCH_EVENTS + 1));
+        assert!(m.contains("65537 events"), "{m}");
+        assert!(m.contains("65537 in Batch.events"), "{m}");
+    }
+
+    /// One finding whose evidence is `n` empty events.
+    fn finding_with_evidence(n: usize) -> v1::Event {
+        v1::Event {
+            detail: Some(v1::event::Detail::Finding(v1::Finding {
+                evidence: vec![v1::Event::default(); n],
+                ..v1::Finding::default()
+            })),
+            ..v1::Event::default()
+        }
+    }
+
+    #[test]
+    fn evidence_counts_as_events() {
+        // one top-level event: the old scan counted 1 and let it through
+        let one = batch_of(vec![finding_with_evidence(MAX_BATCH_EVENTS)]);
+        let m = refused(&one);
+        assert!(m.contains("65537 events, evidence included"), "{m}");
+        assert!(m.contains("in Finding.evidence"), "{m}");
+        // evidence inside evidence is found too
+        let mut outer = finding_with_evidence(0);
+        if let Some(v1::event::Detail::Finding(f)) = &mut outer.detail {
+            f.evidence = vec![finding_with_evidence(MAX_BATCH_EVENTS)];
+        }
+        assert!(refused(&batch_of(vec![outer])).contains("65538 events"));
+    }
+
+    #[test]
+    fn empty_list_entries_are_weighed() {
+        // 8 MiB of empty ancestors: 2 wire bytes, 56 decoded bytes each
+        let ev = v1::Event {
+            ancestors: vec![v1::Ancestor::default(); 4 << 20],
+            ..v1::Event::default()
+        };
+        let bytes = batch_of(vec![ev]);
+        assert!(bytes.len() <= (8 << 20) + 64);
+        let m = refused(&bytes);
+        assert!(
+            m.contains("would decode into 224 MiB; at most 64 MiB"),
+            "{m}"
+        );
+        assert!(m.contains("4194304 in Event.ancestors"), "{m}");
+        // argv strings and map entries count the same way
+        let argv = v1::Event {
+            process: Some(v1::Process {
+                argv: vec![String::new(); 3 << 20],
+                ..v1::Process::default()
+            }),
+            ..v1::Event::default()
+        };
+        assert!(refused(&batch_of(vec![argv])).contains("in Process.argv"));
+    }
+
+    #[test]
+    fn what_agents_send_fits_with_room() {
+        // the most events an agent puts in a batch, every kind, cut to
+        // the collector's default largest message
+        let kinds: Vec<v1::Event> = samples::all().iter().map(wire::to_wire).collect();
+        let mut events = Vec::new();
+        let mut wire_len = 0;
+        for ev in kinds.iter().cycle() {
+            wire_len += ev.encoded_len() + 3;
+            if events.len() == crate::limits::MAX_AGENT_BATCH_EVENTS || wire_len > 8 << 20 {
+                break;
+            }
+            events.push(ev.clone());
+        }
+        let n = events.len();
+        let evidence: usize = events
+            .iter()
+            .map(|e| match &e.detail {
+                Some(v1::event::Detail::Finding(f)) => f.evidence.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(evidence > 0, "the samples include a finding with evidence");
+        let bytes = batch_of(events);
+        let f = scan::footprint("Batch", &bytes).unwrap();
+        assert_eq!(f.events, n + evidence);
+        let allowed = decoded_bytes_allowed(bytes.len());
+        assert!(
+            f.bytes * 3 < allowed * 2,
+            "{n} events of every kind, {} wire bytes, decode into {} bytes",
+            bytes.len(),
+            f.bytes
+        );
+        assert!(v1::Batch::check(&bytes).is_ok());
+        // the smallest events, as many as an agent sends in one batch
+        let fork = wire::to_wire(&samples::fork());
+        let forks = batch_of(vec![fork; crate::limits::MAX_AGENT_BATCH_EVENTS]);
+        let f = scan::footprint("Batch", &forks).unwrap();
+        assert!(f.bytes * 3 < decoded_bytes_allowed(forks.len()) * 2);
+        assert!(v1::Batch::check(&bytes).is_ok());
     }
 
     #[test]
     fn a_message_that_does_not_scan_is_refused() {
-        assert_eq!(count_field(&[0x1a, 0xff], EVENTS_FIELD), None);
-        assert_eq!(count_field(&[0x1a, 0x05, 0x00], EVENTS_FIELD), None);
+        assert!(refused(&[0x1a, 0xff]).contains("Batch is not well-formed"));
+        assert!(refused(&[0x1a, 0x05, 0x00]).contains("length past the end"));
         // an empty group (start 15, end 15) in front: prost would skip it
         let mut grouped = vec![0x7b, 0x7c];
-        grouped.extend(batch_of(MAX_BATCH_EVENTS + 1));
-        assert_eq!(count_field(&grouped, EVENTS_FIELD), None);
-        let e = v1::Batch::check(&grouped).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        grouped.extend(batch_of(vec![v1::Event::default(); 3]));
+        assert!(refused(&grouped).contains("a group"));
+        // a torn field inside an event's process, which the old scan of
+        // top-level fields did not look into
+        let torn = [0x1a, 0x04, 0x2a, 0x02, 0x0a, 0x05];
+        assert!(refused(&torn).contains("Process is not well-formed"));
     }
 }

@@ -16,6 +16,8 @@ pub mod model;
 
 pub mod codec;
 
+pub mod scan;
+
 pub mod files;
 
 pub mod limits;

@@ -2,10 +2,26 @@
 //! agent checks its configuration against them at start; the collector
 //! refuses a batch beyond them before rendering a byte of it.
 
-/// Most events in one batch. The collector counts a batch's events
-/// before decoding it (see [`crate::codec`]), so a small message of
+/// Most events in one batch, every finding's evidence included. The
+/// collector counts a batch's events before decoding it (see [`crate::codec`]), so a small message of
 /// millions of empty events cannot make it allocate gigabytes.
 pub const MAX_BATCH_EVENTS: usize = 65_536;
+
+/// Most bytes a batch may decode into (as [`crate::scan`] estimates them
+/// before decoding) whatever its length on the wire: room for
+/// [`MAX_BATCH_EVENTS`] small events (an `Event` struct is 552 bytes).
+pub const MAX_BATCH_DECODED_BYTES: usize = 64 << 20;
+
+/// Past [`MAX_BATCH_DECODED_BYTES`], a batch may decode into at most this
+/// many bytes per byte on the wire. What agents send decodes into about
+/// 4.6 (the samples of every kind, a unit test checks); a hostile batch
+/// of empty list entries (two wire bytes each) into 12 to 40.
+pub const MAX_DECODED_PER_WIRE_BYTE: usize = 8;
+
+/// The most bytes a batch of `wire_len` bytes may decode into.
+pub fn decoded_bytes_allowed(wire_len: usize) -> usize {
+    MAX_BATCH_DECODED_BYTES.max(wire_len.saturating_mul(MAX_DECODED_PER_WIRE_BYTE))
+}
 
 /// Largest `collector.batch_max_events` an agent accepts: the agent can
 /// add one pipeline batch (a few thousand events) past it before a

@@ -26,6 +26,19 @@ def batch(node, seq, events, stream="hostile"):
     return collector_pb2.Batch(node_id=node, sequence=seq, events=events, stream_id=stream)
 
 
+def varint(n):
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def field(number, payload):
+    """A length-delimited field: key, length, payload."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
 def attempt(name, call):
     acked = 0
     try:
@@ -75,6 +88,16 @@ def main():
         # the same behind an empty group, which prost skips: the count must
         # not stop at it
         attempt("grouped-events", lambda: raw(iter([b"\x7b\x7c" + empty]), timeout=60))
+        # one event, a finding (Event field 15) with three million empty
+        # evidence events (Finding field 5): one event at the top level,
+        # three million once decoded
+        finding = field(15, b"\x2a\x00" * 3_000_000)
+        nested = b"\x0a\x04py-e" + b"\x10\x01" + field(3, finding)
+        attempt("million-evidence", lambda: raw(iter([nested]), timeout=60))
+        # one event with three million empty ancestors (Event field 7):
+        # two bytes each on the wire, a 56-byte struct each once decoded
+        ancestors = b"\x0a\x04py-f" + b"\x10\x01" + field(3, b"\x3a\x00" * 3_000_000)
+        attempt("million-ancestors", lambda: raw(iter([ancestors]), timeout=60))
         # one stream, two nodes
         attempt("node-change", publish([batch("py-a", 1, [event(arg="first")]),
                                         batch("py-b", 2, [event(arg="second")])]))

@@ -494,9 +494,25 @@ fn hostile_python_client_cannot_take_the_collector_down_or_speak_for_another_nod
     refused(
         "million-events",
         0,
-        "batch holds 4000000 events; at most 65536",
+        "batch holds 4000000 events, evidence included; at most 65536",
     );
-    refused("grouped-events", 0, "not a well-formed protobuf message");
+    refused(
+        "grouped-events",
+        0,
+        "Batch is not well-formed protobuf (a group)",
+    );
+    refused(
+        "million-evidence",
+        0,
+        "batch holds 3000001 events, evidence included; at most 65536 per batch \
+         (the most entries: 3000000 in Finding.evidence)",
+    );
+    refused(
+        "million-ancestors",
+        0,
+        "would decode into 160 MiB; at most 64 MiB for its size \
+         (the most entries: 3000000 in Event.ancestors)",
+    );
     refused("node-change", 1, "one stream, one node");
     refused(
         "other-node-event",
@@ -504,7 +520,8 @@ fn hostile_python_client_cannot_take_the_collector_down_or_speak_for_another_nod
         "its node \"victim\" is not the batch's node",
     );
     assert_eq!(said("good"), "acked 1");
-    // Four million decoded events would take over a GiB.
+    // Four million decoded events would take over a GiB; three million
+    // evidence events 1.6 GB, three million ancestors 168 MB.
     let peak = peak_rss_kib(col.child.id());
     assert!(peak < 200 * 1024, "collector peak RSS {peak} KiB");
     let lines = lines(&col.output);
