@@ -35,10 +35,11 @@ pub struct Footprint {
     /// `Event` messages at any depth (a batch's events and every
     /// finding's evidence).
     pub events: usize,
-    /// Bytes decoding allocates or fills: each message's struct, each
-    /// string's text, each list and map entry. An estimate from the
-    /// types' sizes; vectors growing by doubling can hold up to as much
-    /// again in spare capacity.
+    /// Bytes decoding allocates: each list's and map's capacity as it
+    /// grows by doubling, each boxed struct, each string's heap chunk
+    /// (glibc's, at least 32 bytes). An upper bound of what the allocator
+    /// is asked for (a unit test decodes hostile shapes under a counting
+    /// allocator), close to it for what agents send.
     pub bytes: usize,
     /// The repeated field with the most entries, and their number: what
     /// to name when the message is refused.
@@ -51,10 +52,10 @@ pub enum ScanError {
     /// A bad varint, a length past the end, a group (wire types 3 and
     /// 4), which no agent sends: a scan that stopped early would let the
     /// rest through uncounted.
-    #[error("{field} is not well-formed protobuf ({why}); no agent sends groups or torn fields")]
+    #[error("{message} is not well-formed protobuf ({why}); no agent sends groups or torn fields")]
     Malformed {
-        /// The message or field where the scan stopped.
-        field: &'static str,
+        /// The message type where the scan stopped.
+        message: &'static str,
         /// What was wrong.
         why: &'static str,
     },
@@ -102,12 +103,51 @@ pub fn footprint(name: &str, bytes: &[u8]) -> Result<Footprint, ScanError> {
     })
 }
 
-/// A map entry as prost holds it: two `String`s in a hash map slot, with
-/// the table's control byte and load factor.
-const MAP_ENTRY_SIZE: usize = 2 * size_of::<String>() + 16;
+/// A map slot as prost's `HashMap<String, String>` holds it: the two
+/// `String`s and the table's control byte.
+const MAP_SLOT_SIZE: usize = 2 * size_of::<String>() + 1;
 
 /// A repeated scalar element at its widest (`uint64`, `double`).
 const SCALAR_SIZE: usize = 8;
+
+/// What glibc's malloc takes for `len` bytes: a chunk of the length plus
+/// its 8-byte header, in 16-byte steps, at least 32; nothing for an
+/// empty string (it allocates nothing).
+fn heap(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len.saturating_add(8 + 15).max(32) & !15
+    }
+}
+
+/// Bytes a `Vec` of `n` elements of `size` bytes holds once `n` pushes
+/// grew it: Rust's first capacity (8, 4 or 1 elements by size), doubled.
+fn vec_bytes(n: usize, size: usize) -> usize {
+    let first = match size {
+        1 => 8,
+        2..=1024 => 4,
+        _ => 1,
+    };
+    n.checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
+        .max(first)
+        .saturating_mul(size)
+}
+
+/// Bytes hashbrown's table holds for `n` entries: buckets a power of two
+/// at most 7/8 full (4 and 8 below 8), a slot and a control byte each,
+/// plus one group of control bytes.
+fn map_bytes(n: usize) -> usize {
+    let buckets = match n {
+        0..=3 => 4,
+        4..=7 => 8,
+        _ => (n.saturating_mul(8) / 7)
+            .checked_next_power_of_two()
+            .unwrap_or(usize::MAX),
+    };
+    buckets.saturating_mul(MAP_SLOT_SIZE).saturating_add(16)
+}
 
 /// The Rust size of a spyglass.v1 message type; None for a type this
 /// table does not know (the unit test keeps it complete).
@@ -136,7 +176,6 @@ fn message_size(full_name: &str) -> Option<usize> {
         "Lifecycle" => size_of::<v1::Lifecycle>(),
         "Tracked" => size_of::<v1::Tracked>(),
         "Finding" => size_of::<v1::Finding>(),
-        _ if name.ends_with("Entry") => MAP_ENTRY_SIZE,
         _ => return None,
     })
 }
@@ -146,6 +185,8 @@ fn message_size(full_name: &str) -> Option<usize> {
 enum Kind {
     /// A message (index into `Schema::messages`).
     Message(usize),
+    /// A map entry message (`map<string, string>`): a slot in a hash map.
+    MapEntry(usize),
     /// A string or bytes: its length.
     Text,
     /// A number, bool or enum: packed when length-delimited.
@@ -167,10 +208,15 @@ struct MessageType {
     name: &'static str,
     size: usize,
     is_event: bool,
-    /// Whether decoding it can allocate more than its wire length: it
-    /// has a list, a map or a box, itself or in a message it holds. One
-    /// that cannot is not walked (its strings are counted at its length).
+    /// Whether decoding it where it appears once in its parent can
+    /// allocate more than one heap chunk per string field: it has a
+    /// list, a map or a box, itself or in a message it holds. One that
+    /// cannot is not walked there (prost merges repeats of a single
+    /// field into one struct): its strings are counted as one chunk each
+    /// of its length. List entries are always walked.
     walk: bool,
+    /// How many string fields it has.
+    strings: usize,
     /// field number -> index into `Schema::fields` (numbers are small)
     fields: Vec<Option<usize>>,
 }
@@ -230,6 +276,15 @@ impl Schema {
                         _ => format!("{full}.{}", f.name()),
                     };
                     let kind = match f.r#type() {
+                        Type::Message
+                            if protos[by_name[f.type_name()]]
+                                .1
+                                .options
+                                .as_ref()
+                                .is_some_and(prost_types::MessageOptions::map_entry) =>
+                        {
+                            Kind::MapEntry(by_name[f.type_name()])
+                        }
                         Type::Message => Kind::Message(by_name[f.type_name()]),
                         Type::String | Type::Bytes => Kind::Text,
                         Type::Group => unreachable!("proto3 has no groups"),
@@ -247,13 +302,22 @@ impl Schema {
                         boxed: BOXED.contains(&path.as_str()),
                     });
                 }
+                let map_entry = m
+                    .options
+                    .as_ref()
+                    .is_some_and(prost_types::MessageOptions::map_entry);
                 MessageType {
                     name: leak(short.to_owned()),
                     // a type missing from message_size fails its unit
                     // test; counted as large meanwhile
-                    size: message_size(full).unwrap_or(1024),
+                    size: message_size(full).unwrap_or(if map_entry { 0 } else { 1024 }),
                     is_event: full == ".spyglass.v1.Event",
                     walk: false,
+                    strings: m
+                        .field
+                        .iter()
+                        .filter(|f| matches!(f.r#type(), Type::String | Type::Bytes))
+                        .count(),
                     fields: numbers,
                 }
             })
@@ -277,7 +341,7 @@ impl Schema {
                     let f = &self.fields[i];
                     f.repeated
                         || f.boxed
-                        || matches!(f.kind, Kind::Message(t) if self.messages[t].walk)
+                        || matches!(f.kind, Kind::Message(t) | Kind::MapEntry(t) if self.messages[t].walk)
                 });
                 if walk && !self.messages[m].walk {
                     self.messages[m].walk = true;
@@ -298,21 +362,29 @@ struct Walk<'s> {
     footprint: Footprint,
 }
 
+/// Field numbers up to this are counted per message in a fixed array;
+/// a list under a higher number is counted at twice its entries.
+const COUNTED_NUMBERS: usize = 32;
+
 impl Walk<'_> {
+    fn add(&mut self, bytes: usize) {
+        self.footprint.bytes = self.footprint.bytes.saturating_add(bytes);
+    }
+
     /// Add up one message's fields (its own struct is counted by the
-    /// caller).
+    /// caller), then its lists' and maps' capacity.
     fn message(&mut self, ty: usize, mut buf: &[u8], depth: usize) -> Result<(), ScanError> {
         let msg = &self.schema.messages[ty];
         let bad = |why| ScanError::Malformed {
-            field: msg.name,
+            message: msg.name,
             why,
         };
+        // entries per list field of this message, by field number
+        let mut lists = [0usize; COUNTED_NUMBERS];
         while buf.has_remaining() {
             let key = decode_varint(&mut buf).map_err(|_| bad("bad field key"))?;
-            let field = usize::try_from(key >> 3)
-                .ok()
-                .and_then(|n| *msg.fields.get(n)?)
-                .map(|i| (i, &self.schema.fields[i]));
+            let number = usize::try_from(key >> 3).unwrap_or(usize::MAX);
+            let field = msg.fields.get(number).copied().flatten();
             let wire = WireType::try_from(key & 7).map_err(|_| bad("bad wire type"))?;
             let len = match wire {
                 WireType::Varint => {
@@ -334,62 +406,80 @@ impl Walk<'_> {
             buf = rest;
             // a field the schema does not know is skipped by prost: it
             // allocates nothing
-            if let Some((index, field)) = field {
-                self.field(index, field, wire, value, depth)?;
+            let Some(index) = field else { continue };
+            let entries = self.field(index, wire, value, depth)?;
+            match lists.get_mut(number) {
+                Some(n) => *n += entries,
+                None => {
+                    let size = self.entry_size(index);
+                    self.add(entries.saturating_mul(2 * size));
+                }
             }
+        }
+        for (number, n) in lists.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+            let Some(index) = msg.fields[number] else {
+                continue;
+            };
+            let bytes = match self.schema.fields[index].kind {
+                Kind::MapEntry(_) => map_bytes(n),
+                _ => vec_bytes(n, self.entry_size(index)),
+            };
+            self.add(bytes);
         }
         Ok(())
     }
 
+    /// The size of one entry of list field `index`.
+    fn entry_size(&self, index: usize) -> usize {
+        match self.schema.fields[index].kind {
+            Kind::Message(t) | Kind::MapEntry(t) => self.schema.messages[t].size,
+            Kind::Text => size_of::<String>(),
+            Kind::Scalar => SCALAR_SIZE,
+        }
+    }
+
+    /// Add up what one field occurrence allocates beyond list slots;
+    /// returns the list entries it adds (0 for a single field).
     fn field(
         &mut self,
         index: usize,
-        field: &Field,
         wire: WireType,
         value: &[u8],
         depth: usize,
-    ) -> Result<(), ScanError> {
-        if field.repeated {
-            self.entries[index] += 1;
-        }
-        let f = &mut self.footprint;
-        match (field.kind, wire) {
-            (Kind::Message(ty), WireType::LengthDelimited) => {
-                if depth + 1 >= MAX_DEPTH {
+    ) -> Result<usize, ScanError> {
+        let schema = self.schema;
+        let field = &schema.fields[index];
+        let entries = match (field.kind, wire) {
+            (Kind::Message(ty) | Kind::MapEntry(ty), WireType::LengthDelimited) => {
+                if depth + 1 > MAX_DEPTH {
                     return Err(ScanError::TooDeep { field: field.name });
                 }
-                let child = &self.schema.messages[ty];
-                if field.repeated || field.boxed {
-                    f.bytes = f.bytes.saturating_add(child.size);
+                let child = &schema.messages[ty];
+                if field.boxed {
+                    self.add(heap(child.size));
                 }
-                f.events += usize::from(child.is_event);
-                if child.walk {
+                self.footprint.events += usize::from(child.is_event);
+                if child.walk || field.repeated {
                     self.message(ty, value, depth + 1)?;
                 } else {
-                    // strings at most as long as the message
-                    f.bytes = f.bytes.saturating_add(value.len());
+                    // one chunk per string, none longer than the message
+                    self.add(child.strings.saturating_mul(heap(value.len())));
                 }
+                usize::from(field.repeated)
             }
             (Kind::Text, WireType::LengthDelimited) => {
-                let own = if field.repeated {
-                    size_of::<String>()
-                } else {
-                    0
-                };
-                f.bytes = f.bytes.saturating_add(own + value.len());
+                self.add(heap(value.len()));
+                usize::from(field.repeated)
             }
             // a packed list: at most one element per byte
-            (Kind::Scalar, WireType::LengthDelimited) => {
-                f.bytes = f.bytes.saturating_add(value.len() * SCALAR_SIZE);
-            }
-            (Kind::Scalar, _) if field.repeated => {
-                f.bytes = f.bytes.saturating_add(SCALAR_SIZE);
-            }
-            // a scalar in place, or a wire type that does not match the
-            // field (prost refuses the message when it decodes it)
-            _ => {}
-        }
-        Ok(())
+            (Kind::Scalar, WireType::LengthDelimited) if field.repeated => value.len(),
+            (Kind::Scalar, _) => usize::from(field.repeated),
+            // a wire type that does not match the field: prost refuses
+            // the message when it decodes it
+            _ => 0,
+        };
+        self.entries[index] = self.entries[index].saturating_add(entries);
+        Ok(entries)
     }
 }
 
@@ -399,7 +489,17 @@ mod tests {
 
     #[test]
     fn every_message_has_its_rust_size() {
-        for m in &SCHEMA.messages {
+        let entries: Vec<usize> = SCHEMA
+            .fields
+            .iter()
+            .filter_map(|f| match f.kind {
+                Kind::MapEntry(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(entries.len(), 2, "labels and pod_labels");
+        let messages = SCHEMA.messages.iter().enumerate();
+        for (_, m) in messages.filter(|(i, _)| !entries.contains(i)) {
             let full = format!(".spyglass.v1.{}", m.name);
             assert!(
                 message_size(&full).is_some(),
@@ -428,43 +528,268 @@ mod tests {
         assert!(!walked(".spyglass.v1.Network") && !walked(".spyglass.v1.Usage"));
     }
 
+    /// Estimate and allocation of decoding `bytes` as a Batch: the
+    /// bytes the decoded batch holds and the peak while decoding, as the
+    /// counting allocator saw them on this thread.
+    fn measured(bytes: &[u8]) -> (usize, usize, usize) {
+        let est = footprint("Batch", bytes).unwrap().bytes;
+        let (batch, held, peak) = counting::measure(|| v1::Batch::decode(bytes).unwrap());
+        drop(batch);
+        (est, held, peak)
+    }
+
+    fn batch(events: Vec<v1::Event>) -> Vec<u8> {
+        v1::Batch {
+            node_id: "n".into(),
+            events,
+            ..v1::Batch::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn with_process(p: v1::Process) -> v1::Event {
+        v1::Event {
+            process: Some(p),
+            ..v1::Event::default()
+        }
+    }
+
+    /// The estimate covers what decoding allocates, and is not far above
+    /// it, for the shapes a hostile client would pick and for what agents
+    /// send.
     #[test]
-    fn an_event_costs_its_struct_and_its_boxes() {
-        let batch = |events| {
-            v1::Batch {
-                events,
-                ..v1::Batch::default()
-            }
-            .encode_to_vec()
+    fn the_estimate_bounds_what_prost_allocates() {
+        let one_byte_args = with_process(v1::Process {
+            argv: vec!["a".into(); 200_000],
+            ..v1::Process::default()
+        });
+        let ancestors = v1::Event {
+            ancestors: vec![v1::Ancestor::default(); 100_000],
+            ..v1::Event::default()
         };
-        let empty = footprint("Batch", &batch(vec![v1::Event::default(); 3])).unwrap();
-        let base = size_of::<v1::Batch>() + 3 * size_of::<v1::Event>();
-        assert_eq!(empty.bytes, base);
-        assert_eq!(empty.events, 3);
-        assert_eq!(empty.largest, Some(("Batch.events", 3)));
-        let full = v1::Event {
-            node: "node-1".into(),
-            process: Some(v1::Process {
-                argv: vec!["sh".into(), "-c".into()],
-                ..v1::Process::default()
-            }),
+        let short_ancestors = v1::Event {
+            ancestors: vec![
+                v1::Ancestor {
+                    pid: 1,
+                    exe: "e".into(),
+                    comm: "c".into(),
+                };
+                50_000
+            ],
+            ..v1::Event::default()
+        };
+        // one-entry lists, each growing to its first capacity
+        let small_lists = vec![
+            v1::Event {
+                ancestors: vec![v1::Ancestor::default()],
+                process: Some(v1::Process {
+                    argv: vec!["x".into()],
+                    ..v1::Process::default()
+                }),
+                container: Some(Box::new(v1::ContainerContext {
+                    labels: [("k".to_owned(), "v".to_owned())].into(),
+                    ..v1::ContainerContext::default()
+                })),
+                ..v1::Event::default()
+            };
+            10_000
+        ];
+        let labels = v1::Event {
             container: Some(Box::new(v1::ContainerContext {
-                labels: [("k".to_owned(), "vv".to_owned())].into(),
+                labels: (0..50_000)
+                    .map(|i| (i.to_string(), String::new()))
+                    .collect(),
                 ..v1::ContainerContext::default()
             })),
             ..v1::Event::default()
         };
-        let f = footprint("Batch", &batch(vec![full])).unwrap();
-        let want = size_of::<v1::Batch>()
-            + size_of::<v1::Event>()
-            + "node-1".len()
-            + 2 * size_of::<String>()
-            + "sh-c".len()
-            + size_of::<v1::ContainerContext>()
-            + MAP_ENTRY_SIZE
-            // a map entry is not walked: its length on the wire (two
-            // tags, two lengths, "k" and "vv") stands for its strings
-            + 7;
-        assert_eq!(f.bytes, want);
+        let codes = v1::Event {
+            detail: Some(v1::event::Detail::Finding(v1::Finding {
+                restarts: Some(v1::Restarts {
+                    exit_codes: vec![1; 100_000],
+                    ..v1::Restarts::default()
+                }),
+                ..v1::Finding::default()
+            })),
+            ..v1::Event::default()
+        };
+        let evidence = vec![
+            v1::Event {
+                detail: Some(v1::event::Detail::Finding(v1::Finding {
+                    evidence: vec![v1::Event::default()],
+                    ..v1::Finding::default()
+                })),
+                ..v1::Event::default()
+            };
+            5_000
+        ];
+        let agents: Vec<v1::Event> = crate::model::samples::all()
+            .iter()
+            .map(crate::model::wire::to_wire)
+            .cycle()
+            .take(5_000)
+            .collect();
+        let shapes = [
+            ("one-byte argv", batch(vec![one_byte_args])),
+            ("empty ancestors", batch(vec![ancestors])),
+            ("short ancestors", batch(vec![short_ancestors])),
+            ("one-entry lists", batch(small_lists)),
+            ("distinct labels", batch(vec![labels])),
+            ("packed exit codes", batch(vec![codes])),
+            ("one evidence each", batch(evidence)),
+            ("what agents send", batch(agents)),
+            ("a single field repeated", process_repeated()),
+        ];
+        for (name, bytes) in shapes {
+            let (est, held, peak) = measured(&bytes);
+            assert!(est >= held, "{name}: estimate {est} < {held} held");
+            // a vector's last doubling holds the old and the new buffer
+            assert!(2 * est >= peak, "{name}: estimate {est}, peak {peak}");
+            assert!(est <= 4 * held, "{name}: estimate {est} > 4 x {held} held");
+        }
+    }
+
+    /// One event whose process (a single field) is sent 1,000 times with
+    /// ten arguments each: prost merges them into one process with
+    /// 10,000 arguments.
+    fn process_repeated() -> Vec<u8> {
+        let p = v1::Process {
+            argv: vec!["arg".into(); 10],
+            ..v1::Process::default()
+        }
+        .encode_to_vec();
+        let mut event = Vec::new();
+        for _ in 0..1_000 {
+            prost::encoding::encode_key(5, WireType::LengthDelimited, &mut event);
+            prost::encoding::encode_varint(p.len() as u64, &mut event);
+            event.extend_from_slice(&p);
+        }
+        let mut out = Vec::new();
+        prost::encoding::encode_key(3, WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(event.len() as u64, &mut out);
+        out.extend_from_slice(&event);
+        out
+    }
+
+    #[test]
+    fn too_deep_is_refused_where_prost_refuses() {
+        // evidence in evidence: each level is an Event and a Finding
+        let nested = |levels: usize| {
+            let mut ev = v1::Event::default();
+            for _ in 0..levels {
+                ev = v1::Event {
+                    detail: Some(v1::event::Detail::Finding(v1::Finding {
+                        evidence: vec![ev],
+                        ..v1::Finding::default()
+                    })),
+                    ..v1::Event::default()
+                };
+            }
+            batch(vec![ev])
+        };
+        for levels in 45..55 {
+            let bytes = nested(levels);
+            let scanned = footprint("Batch", &bytes);
+            let decoded = v1::Batch::decode(&bytes[..]);
+            assert_eq!(
+                scanned.is_ok(),
+                decoded.is_ok(),
+                "{levels} levels: {scanned:?}"
+            );
+            if let Err(e) = scanned {
+                assert_eq!(
+                    e,
+                    ScanError::TooDeep {
+                        field: "Finding.evidence"
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn allocation_sizes() {
+        assert_eq!(heap(0), 0);
+        assert_eq!(heap(1), 32);
+        assert_eq!(heap(24), 32);
+        assert_eq!(heap(25), 48);
+        assert_eq!(vec_bytes(1, 24), 4 * 24);
+        assert_eq!(vec_bytes(5, 24), 8 * 24);
+        assert_eq!(vec_bytes(1, 2048), 2048);
+        assert_eq!(map_bytes(1), 4 * MAP_SLOT_SIZE + 16);
+        assert_eq!(map_bytes(8), 16 * MAP_SLOT_SIZE + 16);
+        assert_eq!(vec_bytes(usize::MAX, 8), usize::MAX);
+    }
+}
+
+/// A test allocator that counts, per thread, the bytes asked for and
+/// still held, and their peak.
+#[cfg(test)]
+mod counting {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        cell::Cell,
+    };
+
+    thread_local! {
+        static HELD: Cell<usize> = const { Cell::new(0) };
+        static PEAK: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn grow(n: usize) {
+        let _ = HELD.try_with(|h| {
+            h.set(h.get() + n);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(h.get())));
+        });
+    }
+
+    fn shrink(n: usize) {
+        let _ = HELD.try_with(|h| h.set(h.get().saturating_sub(n)));
+    }
+
+    pub struct Counting;
+
+    // SAFETY: every call is passed on to the system allocator unchanged;
+    // the counting touches only const-initialised thread-locals, which
+    // do not allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's layout, passed on.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                grow(layout.size());
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: ptr came from System with this layout.
+            unsafe { System.dealloc(ptr, layout) };
+            shrink(layout.size());
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+            // SAFETY: ptr came from System with this layout.
+            let q = unsafe { System.realloc(ptr, layout, new) };
+            if !q.is_null() {
+                // old and new may both be held while it moves
+                grow(new);
+                shrink(layout.size());
+            }
+            q
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Run `f`; what it returns, the bytes it left held (its result's)
+    /// and the peak above what was held before.
+    pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
+        let base = HELD.with(Cell::get);
+        PEAK.with(|p| p.set(base));
+        let t = f();
+        let held = HELD.with(Cell::get).saturating_sub(base);
+        (t, held, PEAK.with(Cell::get) - base)
     }
 }

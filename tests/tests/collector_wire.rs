@@ -510,7 +510,7 @@ fn hostile_python_client_cannot_take_the_collector_down_or_speak_for_another_nod
     refused(
         "million-ancestors",
         0,
-        "would decode into 160 MiB; at most 64 MiB for its size \
+        "would decode into 225 MiB; at most 183 MiB for its size \
          (the most entries: 3000000 in Event.ancestors)",
     );
     refused("node-change", 1, "one stream, one node");
@@ -521,7 +521,7 @@ fn hostile_python_client_cannot_take_the_collector_down_or_speak_for_another_nod
     );
     assert_eq!(said("good"), "acked 1");
     // Four million decoded events would take over a GiB; three million
-    // evidence events 1.6 GB, three million ancestors 168 MB.
+    // evidence events 1.6 GB, three million ancestors 225 MiB.
     let peak = peak_rss_kib(col.child.id());
     assert!(peak < 200 * 1024, "collector peak RSS {peak} KiB");
     let lines = lines(&col.output);

@@ -308,7 +308,7 @@ impl Exporter {
         evs.shrink_to_fit();
         self.held_bytes += evs.bytes();
         self.held.push(evs);
-        if self.pending.events() >= cfg.batch_max_events as u64
+        if self.pending.counted() >= cfg.batch_max_events as u64
             || self.pending.len() >= cfg.batch_max_bytes
         {
             self.flush();

@@ -100,11 +100,22 @@ pub fn path() -> PathAndQuery {
     PathAndQuery::from_static(PUBLISH)
 }
 
+/// Evidence events under `ev`, at any depth.
+fn evidence_of(ev: &wire::Event) -> u64 {
+    match &ev.detail {
+        Some(wire::event::Detail::Finding(f)) => {
+            f.evidence.iter().map(|e| 1 + evidence_of(e)).sum()
+        }
+        _ => 0,
+    }
+}
+
 /// A batch being filled: its events encoded so far.
 #[derive(Debug, Default)]
 pub struct BatchBuf {
     buf: BytesMut,
     events: u64,
+    counted: u64,
 }
 
 impl BatchBuf {
@@ -112,10 +123,17 @@ impl BatchBuf {
     pub fn push(&mut self, ev: &wire::Event) {
         prost::encoding::message::encode(EVENTS_FIELD, ev, &mut self.buf);
         self.events += 1;
+        self.counted += 1 + evidence_of(ev);
     }
 
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// Events as the collector counts them against its per-batch limit:
+    /// each one and every finding's evidence.
+    pub fn counted(&self) -> u64 {
+        self.counted
     }
 
     /// Bytes so far.
@@ -138,6 +156,7 @@ impl BatchBuf {
         prost::encoding::uint64::encode(SEQUENCE_FIELD, &sequence, buf);
         prost::encoding::string::encode(STREAM_ID_FIELD, &stream_id.to_owned(), buf);
         self.events = 0;
+        self.counted = 0;
         let sealed = Bytes::copy_from_slice(buf);
         buf.clear();
         if buf.capacity() > KEEP_BYTES {
@@ -182,6 +201,25 @@ mod tests {
         assert_eq!(wire::Batch::decode(stored.clone()).unwrap(), want);
         // the same bytes as the generated encoder's, fields reordered
         assert_eq!(stored.len(), want.encoded_len());
+    }
+
+    #[test]
+    fn evidence_counts_toward_the_batch_limit() {
+        let finding = wire::Event {
+            detail: Some(wire::event::Detail::Finding(wire::Finding {
+                evidence: vec![event(1)],
+                ..wire::Finding::default()
+            })),
+            ..event(2)
+        };
+        let mut b = BatchBuf::default();
+        b.push(&finding);
+        b.push(&event(3));
+        assert_eq!((b.events(), b.counted()), (2, 3));
+        let stored = b.seal("n", 1, "s");
+        assert_eq!(b.counted(), 0, "sealing starts over");
+        let f = spyglass_proto::scan::footprint("Batch", &stored).unwrap();
+        assert_eq!(f.events, 3, "the collector counts what the agent counted");
     }
 
     #[test]
