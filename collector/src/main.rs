@@ -94,6 +94,14 @@ struct Cli {
     /// Largest accepted message (one batch), bytes; bigger ones are refused.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Most memory all streams' decoded batches may hold at once, MiB
+    /// (estimated from each batch before it is decoded). A batch that
+    /// does not fit ends its stream with RESOURCE_EXHAUSTED, which agents
+    /// retry; it must hold one batch of --max-message-bytes at its
+    /// largest (32 bytes per wire byte).
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(64..=65536))]
+    decode_budget_mib: u64,
     /// Per-stream ceiling in events per second (faster streams are slowed).
     #[arg(long, default_value_t = 500_000)]
     max_events_per_sec: u64,
@@ -299,6 +307,25 @@ fn main() {
     }
 }
 
+/// Bound what decoded batches hold at once; the budget must hold the
+/// largest batch --max-message-bytes lets in.
+fn decode_budget(cli: &Cli) -> Result<()> {
+    let budget = usize::try_from(cli.decode_budget_mib << 20).unwrap_or(usize::MAX);
+    let largest = spyglass_proto::limits::decoded_bytes_allowed(cli.max_message_bytes);
+    if largest > budget {
+        anyhow::bail!(
+            "--decode-budget-mib {} cannot hold one batch of --max-message-bytes {} \
+             (it may decode into {} MiB): raise the budget to at least {} or lower the largest message",
+            cli.decode_budget_mib,
+            cli.max_message_bytes,
+            largest.div_ceil(1 << 20),
+            largest.div_ceil(1 << 20)
+        );
+    }
+    spyglass_proto::codec::DECODE_BUDGET.set_limit(budget);
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     // Recover (and repair a torn tail) before the file is opened for append.
     let out_path = (cli.output != "-").then(|| PathBuf::from(&cli.output));
@@ -307,6 +334,7 @@ async fn run(cli: Cli) -> Result<()> {
             .as_ref()
             .map(|p| PathBuf::from(format!("{}.state", p.display())))
     });
+    decode_budget(&cli)?;
     // Node ids bound to client certificates: on with mutual TLS.
     if cli.node_binding == "off" && cli.node_identities.is_some() {
         anyhow::bail!(

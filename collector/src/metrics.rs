@@ -161,6 +161,18 @@ impl Metrics {
                 get(&self.bad_streams),
             ),
             (
+                "spyglass_collector_decode_budget_refused_total",
+                "Batches refused (RESOURCE_EXHAUSTED, resent by the agents) because the decoded batches of all streams held the --decode-budget-mib budget.",
+                "counter",
+                spyglass_proto::codec::DECODE_BUDGET.refused(),
+            ),
+            (
+                "spyglass_collector_decode_budget_used_bytes",
+                "Bytes of the decode budget the batches being written hold (estimated before decoding).",
+                "gauge",
+                spyglass_proto::codec::DECODE_BUDGET.used() as u64,
+            ),
+            (
                 "spyglass_collector_refused_streams_total",
                 "Agent streams refused because a limit on open streams was reached (--max-streams, --max-streams-per-ip, --max-streams-per-cert).",
                 "counter",

@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use spyglass_proto::v1::{collector_server::Collector, Ack, Batch};
+use spyglass_proto::{
+    codec::{take_reservation, Reservation},
+    v1::{collector_server::Collector, Ack, Batch},
+};
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
@@ -387,8 +390,9 @@ impl CollectorService {
             window_events: 0,
         };
         let mut inflight: InFlight<Accepted, Status> = InFlight::new(STREAM_IN_FLIGHT);
-        // a batch read, to be checked and written
-        let mut held: Option<Batch> = None;
+        // a batch read, to be checked and written, with the decode
+        // budget it holds until written
+        let mut held: Option<(Batch, Option<Reservation>)> = None;
         let durable = &self.shared.durability;
         // The client stopped reading acks: nothing more is read, but the
         // batches written still wait for their sync, so a failed one
@@ -424,16 +428,20 @@ impl CollectorService {
             tokio::select! {
                 _ = async { durable.wait(wait.unwrap_or_default()).await }, if wait.is_some() => {}
                 next = inbound.message(), if readable => match reader.check(next) {
-                    Ok(Some(b)) => held = Some(b),
+                    // the decoder left the batch's reservation on this
+                    // thread, in this poll
+                    Ok(Some(b)) => held = Some((b, take_reservation())),
                     Ok(None) => inflight.close(),
                     Err(status) => {
+                        // a batch decoded but refused gives its budget back
+                        drop(take_reservation());
                         warn!(%peer, code = ?status.code(), message = status.message(), "bad stream closed");
                         self.shared.metrics.bad_streams.fetch_add(1, Ordering::Relaxed);
                         inflight.refuse(status);
                     }
                 },
                 () = std::future::ready(()), if held.is_some() => {
-                    let batch = held.take().expect("guarded");
+                    let (batch, _decoded) = held.take().expect("guarded");
                     if let Some(d) = reader.delay(batch.events.len(), self.shared.max_events_per_sec) {
                         tokio::time::sleep(d).await;
                     }

@@ -7,7 +7,17 @@
 //! 32 bytes per wire byte): an empty list entry is two bytes on the wire
 //! and a whole struct once decoded, so eight MiB of them would otherwise
 //! become gigabytes.
-use std::marker::PhantomData;
+//!
+//! What all streams' decoded batches hold at once is bounded too, by
+//! [`DECODE_BUDGET`]: a batch's estimate is reserved before it is
+//! decoded (`RESOURCE_EXHAUSTED` when the budget is spent, which an agent
+//! retries), and its [`Reservation`] is handed to the code that reads it
+//! ([`take_reservation`]), which drops it once done with the batch.
+use std::{
+    cell::RefCell,
+    marker::PhantomData,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+};
 
 use prost::{bytes::Buf, Message};
 use tonic::{
@@ -23,16 +33,117 @@ use crate::{
 
 /// A message the codec checks before decoding.
 pub trait Bounded {
-    /// Refuse `bytes` (one encoded message) before it is decoded.
-    fn check(_bytes: &[u8]) -> Result<(), Status> {
-        Ok(())
+    /// Refuse `bytes` (one encoded message) before it is decoded, or say
+    /// how many bytes decoding it allocates (0: not counted against the
+    /// [`DECODE_BUDGET`]).
+    fn check(_bytes: &[u8]) -> Result<usize, Status> {
+        Ok(0)
     }
+}
+
+/// Bytes the decoded batches of every stream may hold at once. Unbounded
+/// until [`DecodeBudget::set_limit`] (the collector sets it from
+/// `--decode-budget-mib`).
+pub static DECODE_BUDGET: DecodeBudget = DecodeBudget {
+    limit: AtomicUsize::new(usize::MAX),
+    used: AtomicUsize::new(0),
+    refused: AtomicU64::new(0),
+};
+
+/// A bound on the bytes decoded messages hold at once, shared by every
+/// stream.
+#[derive(Debug)]
+pub struct DecodeBudget {
+    limit: AtomicUsize,
+    used: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl DecodeBudget {
+    /// Bound the bytes held at once.
+    pub fn set_limit(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Messages refused because the budget was spent.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Reserve `bytes`, or say why not.
+    fn reserve(&'static self, bytes: usize) -> Result<Reservation, Status> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|n| *n <= limit)
+            });
+        match taken {
+            Ok(_) => Ok(Reservation {
+                budget: self,
+                bytes,
+            }),
+            Err(used) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(Status::resource_exhausted(format!(
+                    "the collector's decoded batches hold {} MiB of its {} MiB budget \
+                     (--decode-budget-mib); this batch needs {} MiB: send it again later",
+                    used >> 20,
+                    limit >> 20,
+                    bytes.div_ceil(1 << 20)
+                )))
+            }
+        }
+    }
+}
+
+/// Bytes of the [`DECODE_BUDGET`] one decoded message holds, given back
+/// when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: &'static DecodeBudget,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// The bytes reserved.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+thread_local! {
+    /// The reservation of the message this thread decoded last, until
+    /// its reader takes it. The decoder runs inside the reader's poll of
+    /// the stream, on the reader's thread, and the message is handed
+    /// over in the same poll, so the reader finds it here; one left
+    /// untaken (a reader that does not take them) is dropped at this
+    /// thread's next decode.
+    static DECODED: RefCell<Option<Reservation>> = const { RefCell::new(None) };
+}
+
+/// The [`Reservation`] of the message this thread just decoded: call it
+/// right after the stream yields the message, and drop it once done with
+/// the message.
+pub fn take_reservation() -> Option<Reservation> {
+    DECODED.with(|d| d.borrow_mut().take())
 }
 
 impl Bounded for v1::Ack {}
 
 impl Bounded for v1::Batch {
-    fn check(bytes: &[u8]) -> Result<(), Status> {
+    fn check(bytes: &[u8]) -> Result<usize, Status> {
         let f = scan::footprint("Batch", bytes)
             .map_err(|e| Status::invalid_argument(format!("batch refused: {e}")))?;
         let most = f
@@ -54,8 +165,20 @@ impl Bounded for v1::Batch {
                 allowed >> 20
             )));
         }
-        Ok(())
+        Ok(f.bytes)
     }
+}
+
+/// Check `bytes` and reserve what decoding them takes.
+fn admit<U: Bounded>(bytes: &[u8]) -> Result<(), Status> {
+    let need = U::check(bytes)?;
+    // a stale reservation is given back before a new one is taken
+    DECODED.with(|d| d.borrow_mut().take());
+    if need > 0 {
+        let r = DECODE_BUDGET.reserve(need)?;
+        DECODED.with(|d| *d.borrow_mut() = Some(r));
+    }
+    Ok(())
 }
 
 /// prost's codec plus [`Bounded::check`] on every decoded message.
@@ -85,10 +208,10 @@ impl<U: Message + Default + Bounded> Decoder for BoundedDecoder<U> {
         // decodes from one BytesMut); were it ever split, it is copied
         // rather than let through unchecked.
         if buf.chunk().len() == buf.remaining() {
-            U::check(buf.chunk())?;
+            admit::<U>(buf.chunk())?;
         } else {
             let whole = buf.copy_to_bytes(buf.remaining());
-            U::check(&whole)?;
+            admit::<U>(&whole)?;
             return U::decode(whole)
                 .map(Some)
                 .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")));
@@ -251,6 +374,32 @@ mod tests {
         let f = scan::footprint("Batch", &execs).unwrap();
         assert!(f.bytes < decoded_bytes_allowed(execs.len()) * 2 / 3);
         assert!(v1::Batch::check(&execs).is_ok());
+    }
+
+    #[test]
+    fn the_budget_bounds_what_is_held_at_once() {
+        static BUDGET: DecodeBudget = DecodeBudget {
+            limit: AtomicUsize::new(100 << 20),
+            used: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        };
+        let a = BUDGET.reserve(60 << 20).unwrap();
+        let e = BUDGET.reserve(50 << 20).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.message().contains("hold 60 MiB of its 100 MiB budget")
+                && e.message().contains("needs 50 MiB"),
+            "{}",
+            e.message()
+        );
+        assert_eq!((BUDGET.used(), BUDGET.refused()), (60 << 20, 1));
+        let b = BUDGET.reserve(40 << 20).unwrap();
+        drop(a);
+        assert_eq!(BUDGET.used(), 40 << 20);
+        let c = BUDGET.reserve(50 << 20).unwrap();
+        assert_eq!(c.bytes(), 50 << 20);
+        drop((b, c));
+        assert_eq!(BUDGET.used(), 0);
     }
 
     #[test]

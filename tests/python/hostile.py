@@ -5,7 +5,10 @@ line per attempt: `NAME: CODE MESSAGE` for a refused stream, `NAME: acked N`
 for acknowledged batches. Usage: hostile.py HOST:PORT (PYTHONPATH = the
 generated modules). `hostile.py HOST:PORT streams N`: one node invents N
 stream ids (one batch each), then resends the last batch; prints
-`streams: acked A duplicates D`."""
+`streams: acked A duplicates D`. `hostile.py HOST:PORT budget`: three
+streams send a batch of empty ancestors each (about 56 MiB once decoded),
+the second while the first is held back by the collector's rate limit,
+the third after the first was acked; prints one line per stream."""
 import sys
 
 import grpc
@@ -61,8 +64,37 @@ def invent_streams(stub, n):
     print(f"streams: acked {acked} duplicates {dups}", flush=True)
 
 
+def ancestors_batch(node, n):
+    """Three events, the first with n empty ancestors (Event field 7)."""
+    heavy = b"\x08\x01" + b"\x3a\x00" * n
+    light = b"\x08\x01"
+    return (field(1, node.encode()) + b"\x10\x01" + field(3, heavy) + field(3, light)
+            + field(3, light) + field(5, b"budget"))
+
+
+def budget(target):
+    """Hold the decode budget with one stream, then try a second."""
+    import threading
+    import time
+    with grpc.insecure_channel(target) as channel:
+        raw = channel.stream_stream("/spyglass.v1.Collector/Publish",
+                                    request_serializer=lambda b: b,
+                                    response_deserializer=collector_pb2.Ack.FromString)
+        first = threading.Thread(target=attempt, args=(
+            "budget-first", lambda: raw(iter([ancestors_batch("py-h1", 600_000)]), timeout=60)))
+        first.start()
+        # the first batch waits out the rate limit holding its budget
+        time.sleep(1.0)
+        attempt("budget-second", lambda: raw(iter([ancestors_batch("py-h2", 600_000)]), timeout=60))
+        first.join()
+        attempt("budget-third", lambda: raw(iter([ancestors_batch("py-h3", 600_000)]), timeout=60))
+
+
 def main():
     target = sys.argv[1]
+    if sys.argv[2:3] == ["budget"]:
+        budget(target)
+        return
     if sys.argv[2:3] == ["streams"]:
         with grpc.insecure_channel(target) as channel:
             invent_streams(collector_pb2_grpc.CollectorStub(channel), int(sys.argv[3]))

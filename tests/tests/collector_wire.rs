@@ -1451,6 +1451,85 @@ fn a_node_inventing_stream_ids_cannot_grow_the_dedupe_state() {
 }
 
 #[test]
+fn decoded_batches_of_all_streams_share_one_memory_budget() {
+    let _g = serial();
+    let dir = scratch("decode-budget");
+    let metrics = free_port();
+    // 2 MiB messages may decode into 64 MiB: the budget holds one of them;
+    // one event per second holds a batch of three back for three seconds
+    let mut col = Collector::start(
+        free_port(),
+        &dir.join("out.jsonl"),
+        &[
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+            "--decode-budget-mib",
+            "64",
+            "--max-message-bytes",
+            "2097152",
+            "--max-events-per-sec",
+            "1",
+        ],
+    );
+    let stdout = run_python_client_with(&dir, "hostile.py", col.port, &["budget"]);
+    let said = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no outcome for {name}: {stdout}"))
+            .to_owned()
+    };
+    assert_eq!(said("budget-first"), "acked 1");
+    let second = said("budget-second");
+    assert!(
+        second.starts_with("RESOURCE_EXHAUSTED acked 0 the collector's decoded batches hold 56 MiB of its 64 MiB budget"),
+        "{second}"
+    );
+    assert_eq!(said("budget-third"), "acked 1", "the budget was given back");
+    let (_, body) = http_get(metrics, "/metrics");
+    assert_eq!(
+        sample(&body, "spyglass_collector_decode_budget_refused_total"),
+        Some(1)
+    );
+    assert_eq!(
+        sample(&body, "spyglass_collector_decode_budget_used_bytes"),
+        Some(0)
+    );
+    col.stop();
+    let nodes: Vec<String> = lines(&col.output)
+        .iter()
+        .filter_map(|e| e["node"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(nodes.len(), 6, "{nodes:?}");
+    assert!(
+        nodes.iter().all(|n| n == "py-h1" || n == "py-h3"),
+        "{nodes:?}"
+    );
+}
+
+#[test]
+fn a_budget_smaller_than_one_batch_is_refused_at_start() {
+    let dir = scratch("decode-budget-small");
+    let out = Command::new(bin("spyglass-collector"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--decode-budget-mib",
+            "64",
+            "--output",
+        ])
+        .arg(dir.join("out.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--decode-budget-mib 64 cannot hold one batch of --max-message-bytes 8388608 (it may decode into 256 MiB)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_empty_or_torn_state_file_does_not_stop_the_collector() {
     let _g = serial();
     let dir = scratch("torn-state");
