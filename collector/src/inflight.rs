@@ -50,6 +50,11 @@ impl<T, E> InFlight<T, E> {
     }
 
     /// Whether the stream may be read for another batch.
+    /// Batches taken and not yet answered (each owes one ack).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn has_room(&self) -> bool {
         !self.ended && self.queue.len() < self.max
     }

@@ -393,6 +393,8 @@ impl CollectorService {
         // a batch read, to be checked and written, with the decode
         // budget it holds until written
         let mut held: Option<(Batch, Option<Reservation>)> = None;
+        // when the rate limit lets the next batch be read
+        let mut read_after: Option<tokio::time::Instant> = None;
         let durable = &self.shared.durability;
         // The client stopped reading acks: nothing more is read, but the
         // batches written still wait for their sync, so a failed one
@@ -424,9 +426,20 @@ impl CollectorService {
                 break;
             }
             let wait = inflight.waiting_on();
-            let readable = held.is_none() && inflight.has_room();
+            // Read only with room in the ack channel for every ack owed
+            // and this batch's: a client that stops reading acks is not
+            // read from, so no batch (and none of the decode budget)
+            // waits on it. And not before the rate limit allows.
+            let readable = held.is_none()
+                && inflight.has_room()
+                && tx.capacity() > inflight.len()
+                && read_after.is_none();
             tokio::select! {
                 _ = async { durable.wait(wait.unwrap_or_default()).await }, if wait.is_some() => {}
+                () = async { tokio::time::sleep_until(read_after.unwrap_or_else(tokio::time::Instant::now)).await },
+                    if read_after.is_some() => read_after = None,
+                // the client has not read its acks: wait for room
+                _ = tx.reserve(), if !client_gone && held.is_none() && tx.capacity() <= inflight.len() => {}
                 next = inbound.message(), if readable => match reader.check(next) {
                     // the decoder left the batch's reservation on this
                     // thread, in this poll
@@ -435,16 +448,23 @@ impl CollectorService {
                     Err(status) => {
                         // a batch decoded but refused gives its budget back
                         drop(take_reservation());
-                        warn!(%peer, code = ?status.code(), message = status.message(), "bad stream closed");
-                        self.shared.metrics.bad_streams.fetch_add(1, Ordering::Relaxed);
+                        if status.code() == tonic::Code::ResourceExhausted {
+                            // the decode budget was spent: counted there
+                            info!(%peer, message = status.message(), "stream ended: decode budget spent");
+                        } else {
+                            warn!(%peer, code = ?status.code(), message = status.message(), "bad stream closed");
+                            self.shared.metrics.bad_streams.fetch_add(1, Ordering::Relaxed);
+                        }
                         inflight.refuse(status);
                     }
                 },
                 () = std::future::ready(()), if held.is_some() => {
                     let (batch, _decoded) = held.take().expect("guarded");
-                    if let Some(d) = reader.delay(batch.events.len(), self.shared.max_events_per_sec) {
-                        tokio::time::sleep(d).await;
-                    }
+                    // over the rate: the next batch is read later (this
+                    // one is not held back with its memory)
+                    read_after = reader
+                        .delay(batch.events.len(), self.shared.max_events_per_sec)
+                        .map(|d| tokio::time::Instant::now() + d);
                     let first = reader.node.is_none().then(|| batch.node_id.clone());
                     match self.accept(batch, &peer).await {
                         Ok((gen, accepted)) => {

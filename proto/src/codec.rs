@@ -245,6 +245,7 @@ where
 mod tests {
     use super::*;
     use crate::model::{samples, wire};
+    use std::mem::size_of;
 
     fn batch_of(events: Vec<v1::Event>) -> Vec<u8> {
         v1::Batch {
@@ -286,39 +287,58 @@ mod tests {
 
     #[test]
     fn evidence_counts_as_events() {
-        // one top-level event: the old scan counted 1 and let it through
-        let one = batch_of(vec![finding_with_evidence(MAX_BATCH_EVENTS)]);
-        let m = refused(&one);
-        assert!(m.contains("65537 events, evidence included"), "{m}");
-        assert!(m.contains("in Finding.evidence"), "{m}");
+        // eight top-level events: the old scan counted 8 and let them
+        // through
+        let eight = batch_of(vec![finding_with_evidence(8_192); 8]);
+        let m = refused(&eight);
+        assert!(m.contains("65544 events, evidence included"), "{m}");
+        assert!(m.contains("65536 in Finding.evidence"), "{m}");
         // evidence inside evidence is found too
         let mut outer = finding_with_evidence(0);
         if let Some(v1::event::Detail::Finding(f)) = &mut outer.detail {
-            f.evidence = vec![finding_with_evidence(MAX_BATCH_EVENTS)];
+            f.evidence = vec![finding_with_evidence(8_192); 8];
         }
-        assert!(refused(&batch_of(vec![outer])).contains("65538 events"));
+        assert!(refused(&batch_of(vec![outer])).contains("65545 events"));
+        // one finding with more evidence than any agent sends
+        let m = refused(&batch_of(vec![finding_with_evidence(16_385)]));
+        assert!(
+            m.contains("Finding.evidence holds 16385 entries in one message; at most 16384"),
+            "{m}"
+        );
     }
 
     #[test]
     fn empty_list_entries_are_weighed() {
-        // 8 MiB of empty ancestors: 2 wire bytes each, 56 decoded bytes
-        // each in a vector of 8 Mi slots
+        // empty probe statuses: 2 wire bytes each, 80 decoded bytes each
         let ev = v1::Event {
-            ancestors: vec![v1::Ancestor::default(); (4 << 20) + 1],
+            detail: Some(v1::event::Detail::Agent(Box::new(v1::AgentInfo {
+                probes: vec![v1::ProbeStatus::default(); 16_384],
+                ..v1::AgentInfo::default()
+            }))),
             ..v1::Event::default()
         };
-        let bytes = batch_of(vec![ev]);
-        assert!(bytes.len() <= (8 << 20) + 64);
+        let bytes = batch_of(vec![ev; 100]);
         let f = scan::footprint("Batch", &bytes).unwrap();
-        // the batch (88), its events' vector (first capacity: 4 x 552),
-        // two ids (32-byte chunks), the ancestors' vector
-        assert_eq!(f.bytes, 88 + 4 * 552 + 2 * 32 + (8 << 20) * 56);
+        // the batch (88), its events' vector (128 x 552), two ids
+        // (32-byte chunks), per event its box and its probes' vector
+        let agent = scan::tests_heap(size_of::<v1::AgentInfo>());
+        assert_eq!(
+            f.bytes,
+            88 + 128 * 552 + 2 * 32 + 100 * (agent + 16_384 * 80)
+        );
         let m = refused(&bytes);
         assert!(
-            m.contains("would decode into 449 MiB; at most 256 MiB"),
+            m.contains("would decode into 126 MiB; at most 100 MiB"),
             "{m}"
         );
-        assert!(m.contains("4194305 in Event.ancestors"), "{m}");
+        assert!(m.contains("1638400 in AgentInfo.probes"), "{m}");
+        // one list longer than any agent sends
+        let ancestors = v1::Event {
+            ancestors: vec![v1::Ancestor::default(); 16_385],
+            ..v1::Event::default()
+        };
+        let m = refused(&batch_of(vec![ancestors]));
+        assert!(m.contains("Event.ancestors holds 16385 entries"), "{m}");
     }
 
     #[test]

@@ -59,6 +59,15 @@ pub enum ScanError {
         /// What was wrong.
         why: &'static str,
     },
+    /// A list longer in one message than any agent sends: its entries
+    /// cost little to count but each would be rendered into the line.
+    #[error("{field} holds {entries} entries in one message; at most {MAX_LIST_ENTRIES} (no agent sends more)")]
+    TooMany {
+        /// The list.
+        field: &'static str,
+        /// Its entries.
+        entries: usize,
+    },
     /// Messages nested deeper than prost decodes.
     #[error("{field} is nested more than {MAX_DEPTH} messages deep")]
     TooDeep {
@@ -69,6 +78,12 @@ pub enum ScanError {
 
 /// prost refuses messages nested deeper than this (its recursion limit).
 pub const MAX_DEPTH: usize = 100;
+
+/// Most entries of one list (or map) in one message, a batch's events
+/// aside (bounded by [`crate::limits::MAX_BATCH_EVENTS`]). Agents send at
+/// most 4,096 arguments (4 KiB of argv), a few dozen labels, ancestors,
+/// capabilities or probes.
+pub const MAX_LIST_ENTRIES: usize = 16_384;
 
 /// Scan `bytes`, one encoded message of the spyglass.v1 type `name`
 /// (for example `Batch`).
@@ -119,6 +134,12 @@ fn heap(len: usize) -> usize {
     } else {
         len.saturating_add(8 + 15).max(32) & !15
     }
+}
+
+/// [`heap`], for the codec's tests.
+#[cfg(test)]
+pub(crate) fn tests_heap(len: usize) -> usize {
+    heap(len)
 }
 
 /// Bytes a `Vec` of `n` elements of `size` bytes holds once `n` pushes
@@ -201,6 +222,8 @@ struct Field {
     repeated: bool,
     /// A single message field held in a `Box` (an allocation of its own).
     boxed: bool,
+    /// `Batch.events`, whose length [`MAX_LIST_ENTRIES`] does not bound.
+    batch_events: bool,
 }
 
 #[derive(Debug)]
@@ -300,6 +323,7 @@ impl Schema {
                         kind,
                         repeated: f.label() == prost_types::field_descriptor_proto::Label::Repeated,
                         boxed: BOXED.contains(&path.as_str()),
+                        batch_events: path == ".spyglass.v1.Batch.events",
                     });
                 }
                 let map_entry = m
@@ -379,8 +403,10 @@ impl Walk<'_> {
             message: msg.name,
             why,
         };
-        // entries per list field of this message, by field number
+        // entries per list field of this message, by field number, and
+        // the single message fields seen
         let mut lists = [0usize; COUNTED_NUMBERS];
+        let mut singles = 0u32;
         while buf.has_remaining() {
             let key = decode_varint(&mut buf).map_err(|_| bad("bad field key"))?;
             let number = usize::try_from(key >> 3).unwrap_or(usize::MAX);
@@ -407,6 +433,19 @@ impl Walk<'_> {
             // a field the schema does not know is skipped by prost: it
             // allocates nothing
             let Some(index) = field else { continue };
+            let f = &self.schema.fields[index];
+            if !f.repeated
+                && matches!(f.kind, Kind::Message(_))
+                && wire == WireType::LengthDelimited
+                && number < COUNTED_NUMBERS
+            {
+                // prost would merge a second one into the first, lists
+                // and all: no encoder sends a single field twice
+                if singles & (1 << number) != 0 {
+                    return Err(bad("a single message field sent twice"));
+                }
+                singles |= 1 << number;
+            }
             let entries = self.field(index, wire, value, depth)?;
             match lists.get_mut(number) {
                 Some(n) => *n += entries,
@@ -420,6 +459,12 @@ impl Walk<'_> {
             let Some(index) = msg.fields[number] else {
                 continue;
             };
+            if n > MAX_LIST_ENTRIES && !self.schema.fields[index].batch_events {
+                return Err(ScanError::TooMany {
+                    field: self.schema.fields[index].name,
+                    entries: n,
+                });
+            }
             let bytes = match self.schema.fields[index].kind {
                 Kind::MapEntry(_) => map_bytes(n),
                 _ => vec_bytes(n, self.entry_size(index)),
@@ -560,11 +605,11 @@ mod tests {
     #[test]
     fn the_estimate_bounds_what_prost_allocates() {
         let one_byte_args = with_process(v1::Process {
-            argv: vec!["a".into(); 200_000],
+            argv: vec!["a".into(); 16_000],
             ..v1::Process::default()
         });
         let ancestors = v1::Event {
-            ancestors: vec![v1::Ancestor::default(); 100_000],
+            ancestors: vec![v1::Ancestor::default(); 16_000],
             ..v1::Event::default()
         };
         let short_ancestors = v1::Event {
@@ -574,7 +619,7 @@ mod tests {
                     exe: "e".into(),
                     comm: "c".into(),
                 };
-                50_000
+                16_000
             ],
             ..v1::Event::default()
         };
@@ -596,7 +641,7 @@ mod tests {
         ];
         let labels = v1::Event {
             container: Some(Box::new(v1::ContainerContext {
-                labels: (0..50_000)
+                labels: (0..16_000)
                     .map(|i| (i.to_string(), String::new()))
                     .collect(),
                 ..v1::ContainerContext::default()
@@ -606,7 +651,7 @@ mod tests {
         let codes = v1::Event {
             detail: Some(v1::event::Detail::Finding(v1::Finding {
                 restarts: Some(v1::Restarts {
-                    exit_codes: vec![1; 100_000],
+                    exit_codes: vec![1; 16_000],
                     ..v1::Restarts::default()
                 }),
                 ..v1::Finding::default()
@@ -630,15 +675,14 @@ mod tests {
             .take(5_000)
             .collect();
         let shapes = [
-            ("one-byte argv", batch(vec![one_byte_args])),
-            ("empty ancestors", batch(vec![ancestors])),
-            ("short ancestors", batch(vec![short_ancestors])),
+            ("one-byte argv", batch(vec![one_byte_args; 10])),
+            ("empty ancestors", batch(vec![ancestors; 10])),
+            ("short ancestors", batch(vec![short_ancestors; 3])),
             ("one-entry lists", batch(small_lists)),
-            ("distinct labels", batch(vec![labels])),
-            ("packed exit codes", batch(vec![codes])),
+            ("distinct labels", batch(vec![labels; 3])),
+            ("packed exit codes", batch(vec![codes; 5])),
             ("one evidence each", batch(evidence)),
             ("what agents send", batch(agents)),
-            ("a single field repeated", process_repeated()),
         ];
         for (name, bytes) in shapes {
             let (est, held, peak) = measured(&bytes);
@@ -650,8 +694,19 @@ mod tests {
     }
 
     /// One event whose process (a single field) is sent 1,000 times with
-    /// ten arguments each: prost merges them into one process with
-    /// 10,000 arguments.
+    /// ten arguments each: prost would merge them into one process with
+    /// 10,000 arguments, so the scan refuses it.
+    #[test]
+    fn a_single_field_sent_twice_is_refused() {
+        assert_eq!(
+            footprint("Batch", &process_repeated()),
+            Err(ScanError::Malformed {
+                message: "Event",
+                why: "a single message field sent twice"
+            })
+        );
+    }
+
     fn process_repeated() -> Vec<u8> {
         let p = v1::Process {
             argv: vec!["arg".into(); 10],

@@ -6,9 +6,8 @@ for acknowledged batches. Usage: hostile.py HOST:PORT (PYTHONPATH = the
 generated modules). `hostile.py HOST:PORT streams N`: one node invents N
 stream ids (one batch each), then resends the last batch; prints
 `streams: acked A duplicates D`. `hostile.py HOST:PORT budget`: three
-streams send a batch of empty ancestors each (about 56 MiB once decoded),
-the second while the first is held back by the collector's rate limit,
-the third after the first was acked; prints one line per stream."""
+streams, one after another, send a batch of empty ancestors each (about
+36 MiB once decoded); prints one line per stream."""
 import sys
 
 import grpc
@@ -64,30 +63,22 @@ def invent_streams(stub, n):
     print(f"streams: acked {acked} duplicates {dups}", flush=True)
 
 
-def ancestors_batch(node, n):
-    """Three events, the first with n empty ancestors (Event field 7)."""
-    heavy = b"\x08\x01" + b"\x3a\x00" * n
-    light = b"\x08\x01"
-    return (field(1, node.encode()) + b"\x10\x01" + field(3, heavy) + field(3, light)
-            + field(3, light) + field(5, b"budget"))
+def ancestors_batch(node, events, n):
+    """`events` events with n empty ancestors each (Event field 7)."""
+    heavy = field(3, b"\x08\x01" + b"\x3a\x00" * n)
+    return field(1, node.encode()) + b"\x10\x01" + heavy * events + field(5, b"budget")
 
 
 def budget(target):
-    """Hold the decode budget with one stream, then try a second."""
-    import threading
-    import time
+    """Three streams, one after another, each a batch of 40 events with
+    16,000 empty ancestors each (about 36 MiB once decoded)."""
     with grpc.insecure_channel(target) as channel:
         raw = channel.stream_stream("/spyglass.v1.Collector/Publish",
                                     request_serializer=lambda b: b,
                                     response_deserializer=collector_pb2.Ack.FromString)
-        first = threading.Thread(target=attempt, args=(
-            "budget-first", lambda: raw(iter([ancestors_batch("py-h1", 600_000)]), timeout=60)))
-        first.start()
-        # the first batch waits out the rate limit holding its budget
-        time.sleep(1.0)
-        attempt("budget-second", lambda: raw(iter([ancestors_batch("py-h2", 600_000)]), timeout=60))
-        first.join()
-        attempt("budget-third", lambda: raw(iter([ancestors_batch("py-h3", 600_000)]), timeout=60))
+        for i in range(3):
+            attempt(f"budget-{i}",
+                    lambda: raw(iter([ancestors_batch(f"py-h{i}", 40, 16_000)]), timeout=60))
 
 
 def main():

@@ -504,14 +504,12 @@ fn hostile_python_client_cannot_take_the_collector_down_or_speak_for_another_nod
     refused(
         "million-evidence",
         0,
-        "batch holds 3000001 events, evidence included; at most 65536 per batch \
-         (the most entries: 3000000 in Finding.evidence)",
+        "Finding.evidence holds 3000000 entries in one message; at most 16384",
     );
     refused(
         "million-ancestors",
         0,
-        "would decode into 225 MiB; at most 183 MiB for its size \
-         (the most entries: 3000000 in Event.ancestors)",
+        "Event.ancestors holds 3000000 entries in one message; at most 16384",
     );
     refused("node-change", 1, "one stream, one node");
     refused(
@@ -1450,13 +1448,15 @@ fn a_node_inventing_stream_ids_cannot_grow_the_dedupe_state() {
     assert_eq!(lines(&col.output).len(), 2000);
 }
 
+/// Each batch's share of the decode budget is given back once written:
+/// a share the stream loop did not take from the decoder would stay
+/// held. (Refusing a batch the budget cannot hold is a unit test of the
+/// budget: no client can make the collector hold a batch here for long.)
 #[test]
-fn decoded_batches_of_all_streams_share_one_memory_budget() {
+fn decoded_batches_give_their_memory_budget_back() {
     let _g = serial();
     let dir = scratch("decode-budget");
     let metrics = free_port();
-    // 2 MiB messages may decode into 64 MiB: the budget holds one of them;
-    // one event per second holds a batch of three back for three seconds
     let mut col = Collector::start(
         free_port(),
         &dir.join("out.jsonl"),
@@ -1467,44 +1467,26 @@ fn decoded_batches_of_all_streams_share_one_memory_budget() {
             "64",
             "--max-message-bytes",
             "2097152",
-            "--max-events-per-sec",
-            "1",
         ],
     );
     let stdout = run_python_client_with(&dir, "hostile.py", col.port, &["budget"]);
-    let said = |name: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .unwrap_or_else(|| panic!("no outcome for {name}: {stdout}"))
-            .to_owned()
-    };
-    assert_eq!(said("budget-first"), "acked 1");
-    let second = said("budget-second");
-    assert!(
-        second.starts_with("RESOURCE_EXHAUSTED acked 0 the collector's decoded batches hold 56 MiB of its 64 MiB budget"),
-        "{second}"
-    );
-    assert_eq!(said("budget-third"), "acked 1", "the budget was given back");
+    for i in 0..3 {
+        assert!(
+            stdout.contains(&format!("budget-{i}: acked 1\n")),
+            "{stdout}"
+        );
+    }
     let (_, body) = http_get(metrics, "/metrics");
-    assert_eq!(
-        sample(&body, "spyglass_collector_decode_budget_refused_total"),
-        Some(1)
-    );
     assert_eq!(
         sample(&body, "spyglass_collector_decode_budget_used_bytes"),
         Some(0)
     );
-    col.stop();
-    let nodes: Vec<String> = lines(&col.output)
-        .iter()
-        .filter_map(|e| e["node"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(nodes.len(), 6, "{nodes:?}");
-    assert!(
-        nodes.iter().all(|n| n == "py-h1" || n == "py-h3"),
-        "{nodes:?}"
+    assert_eq!(
+        sample(&body, "spyglass_collector_decode_budget_refused_total"),
+        Some(0)
     );
+    col.stop();
+    assert_eq!(lines(&col.output).len(), 120);
 }
 
 #[test]

@@ -63,6 +63,11 @@ pub enum GrpcError {
 /// `batch_linger_ms`).
 const COMMIT_BATCHES: usize = 4;
 
+/// The backoff step an agent starts from after `RESOURCE_EXHAUSTED`
+/// (800 ms, jittered): every agent retrying at once after 100 ms would
+/// keep the collector at its limit.
+const RESOURCE_EXHAUSTED_ATTEMPT: u32 = 3;
+
 /// Jittered exponential backoff, 100 ms doubling to `max`.
 struct Backoff {
     attempt: u32,
@@ -70,6 +75,15 @@ struct Backoff {
 }
 
 impl Backoff {
+    /// A stream ended with `code`: after `RESOURCE_EXHAUSTED` the
+    /// collector is at a limit (streams, decode budget), so the agent is
+    /// not back within 100 ms, whatever acks came before.
+    fn stream_lost(&mut self, code: Option<tonic::Code>) {
+        if code == Some(tonic::Code::ResourceExhausted) {
+            self.attempt = self.attempt.max(RESOURCE_EXHAUSTED_ATTEMPT);
+        }
+    }
+
     fn next(&mut self) -> Duration {
         let base = Duration::from_millis(100) * 2u32.saturating_pow(self.attempt.min(16));
         self.attempt += 1;
@@ -506,6 +520,7 @@ pub async fn run(
                         Err(s) => format!("{}: {}", s.code(), s.message()),
                         Ok(_) => "stream closed by the collector".into(),
                     };
+                    backoff.stream_lost(other.as_ref().err().map(Status::code));
                     warn!(url = %cfg.url, error = %why, spooled = ex.spool.len(), "collector stream lost; spooling");
                     conn = None;
                     in_flight = 0;
@@ -541,6 +556,21 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_collector_at_its_limit_is_not_retried_at_once() {
+        let mut b = Backoff {
+            attempt: 0,
+            max: Duration::from_secs(30),
+        };
+        b.stream_lost(Some(tonic::Code::Unavailable));
+        assert!(b.next() <= Duration::from_millis(125));
+        b.attempt = 0; // acks flowed again
+        b.stream_lost(Some(tonic::Code::ResourceExhausted));
+        assert!(b.next() >= Duration::from_millis(600));
+        b.stream_lost(None);
+        assert!(b.next() >= Duration::from_millis(1200));
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
