@@ -4,7 +4,8 @@
 //! A bad stream (malformed protobuf, oversized message, missing node id,
 //! sequence 0) gets an error status and only that stream ends; other
 //! agents are not disturbed. A stream that sends faster than its event
-//! rate limit is slowed down (its acks are delayed), not dropped.
+//! rate limit is slowed down (its next batch is read later), not
+//! dropped.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -438,8 +439,17 @@ impl CollectorService {
                 _ = async { durable.wait(wait.unwrap_or_default()).await }, if wait.is_some() => {}
                 () = async { tokio::time::sleep_until(read_after.unwrap_or_else(tokio::time::Instant::now)).await },
                     if read_after.is_some() => read_after = None,
-                // the client has not read its acks: wait for room
-                _ = tx.reserve(), if !client_gone && held.is_none() && tx.capacity() <= inflight.len() => {}
+                // Nothing owed and no room: the client has not read its
+                // acks. Wait for one slot (then there is room to read);
+                // with something owed, its sync is waited on above and
+                // its ack then sent, which frees no slot but ends the
+                // debt.
+                room = tx.reserve(), if !client_gone && held.is_none() && inflight.len() == 0 && tx.capacity() == 0 => {
+                    if room.is_err() {
+                        client_gone = true;
+                        inflight.close();
+                    }
+                }
                 next = inbound.message(), if readable => match reader.check(next) {
                     // the decoder left the batch's reservation on this
                     // thread, in this poll

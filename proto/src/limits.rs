@@ -25,6 +25,13 @@ pub fn decoded_bytes_allowed(wire_len: usize) -> usize {
     MAX_BATCH_DECODED_BYTES.max(wire_len.saturating_mul(MAX_DECODED_PER_WIRE_BYTE))
 }
 
+/// Most labels an agent sends of one container (and of one pod): a
+/// container or pod with more is cut to the first ones by key, so that a
+/// tenant's image with tens of thousands of labels cannot make its
+/// events' batches longer than the collector takes
+/// ([`crate::scan::MAX_LIST_ENTRIES`]).
+pub const MAX_AGENT_LABELS: usize = 1_024;
+
 /// Largest `collector.batch_max_events` an agent accepts: the agent can
 /// add one pipeline batch (a few thousand events) past it before a
 /// flush, and must stay under [`MAX_BATCH_EVENTS`].

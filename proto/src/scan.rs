@@ -516,8 +516,11 @@ impl Walk<'_> {
                 self.add(heap(value.len()));
                 usize::from(field.repeated)
             }
-            // a packed list: at most one element per byte
-            (Kind::Scalar, WireType::LengthDelimited) if field.repeated => value.len(),
+            // a packed list of varints (the schema's only packed kind):
+            // one element per byte without its high bit
+            (Kind::Scalar, WireType::LengthDelimited) if field.repeated => {
+                value.iter().filter(|b| **b & 0x80 == 0).count()
+            }
             (Kind::Scalar, _) => usize::from(field.repeated),
             // a wire type that does not match the field: prost refuses
             // the message when it decodes it
@@ -760,6 +763,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn packed_entries_are_counted_as_varints() {
+        // a restart loop of 10,001 exits by SIGKILL (137: two bytes each)
+        let codes = v1::Event {
+            detail: Some(v1::event::Detail::Finding(v1::Finding {
+                restarts: Some(v1::Restarts {
+                    exit_codes: vec![137; 10_001],
+                    ..v1::Restarts::default()
+                }),
+                ..v1::Finding::default()
+            })),
+            ..v1::Event::default()
+        };
+        let f = footprint("Batch", &batch(vec![codes])).unwrap();
+        assert_eq!(f.largest, Some(("Restarts.exit_codes", 10_001)));
     }
 
     #[test]

@@ -296,7 +296,8 @@ fn meta_of(c: Container, ns: &str, image: Image) -> ContainerMeta {
         created: timestamp(c.created_at.as_ref()),
         image,
         pod: meta::pod_from_labels(&labels),
-        labels,
+        // name and pod are read from all of them, the report is bounded
+        labels: meta::bounded_labels(labels, &c.id),
         posture,
         entrypoint: c
             .spec
@@ -343,7 +344,10 @@ impl Client {
             Ok(r) => r
                 .into_inner()
                 .container
-                .map(|c| meta::pod_labels_of_sandbox(&c.labels.into_iter().collect()))
+                .map(|c| {
+                    let own = meta::pod_labels_of_sandbox(&c.labels.into_iter().collect());
+                    meta::bounded_labels(own, id)
+                })
                 .unwrap_or_default(),
             Err(s) => {
                 debug!(sandbox = id, status = %s, "pod sandbox not readable");

@@ -218,6 +218,22 @@ pub fn sandbox_of_spec(json: &[u8]) -> Option<String> {
         .cloned()
 }
 
+/// At most [`spyglass_proto::limits::MAX_AGENT_LABELS`] of `labels`, the
+/// first by key; a warning names `id` when some are left out.
+pub fn bounded_labels(labels: BTreeMap<String, String>, id: &str) -> BTreeMap<String, String> {
+    let most = spyglass_proto::limits::MAX_AGENT_LABELS;
+    if labels.len() <= most {
+        return labels;
+    }
+    tracing::warn!(
+        container = id,
+        labels = labels.len(),
+        kept = most,
+        "container or pod has more labels than the agent reports; the first by key are kept"
+    );
+    labels.into_iter().take(most).collect()
+}
+
 /// A pod's own labels from its sandbox container's labels (without the
 /// runtime's and kubelet's bookkeeping keys).
 pub fn pod_labels_of_sandbox(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -266,6 +282,20 @@ pub fn config_of_manifest(manifest_json: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_bounded_to_the_first_by_key() {
+        let most = spyglass_proto::limits::MAX_AGENT_LABELS;
+        let many: BTreeMap<String, String> = (0..most + 5)
+            .map(|i| (format!("k{i:05}"), "v".to_owned()))
+            .collect();
+        let kept = bounded_labels(many.clone(), "c1");
+        assert_eq!(kept.len(), most);
+        assert_eq!(kept.keys().next().map(String::as_str), Some("k00000"));
+        assert!(!kept.contains_key(&format!("k{:05}", most)));
+        let few: BTreeMap<String, String> = many.into_iter().take(3).collect();
+        assert_eq!(bounded_labels(few.clone(), "c1"), few);
+    }
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter()
