@@ -146,23 +146,27 @@ impl Bounded for v1::Batch {
     fn check(bytes: &[u8]) -> Result<usize, Status> {
         let f = scan::footprint("Batch", bytes)
             .map_err(|e| Status::invalid_argument(format!("batch refused: {e}")))?;
-        let most = f
-            .largest
-            .map(|(field, n)| format!(" (the most entries: {n} in {field})"))
-            .unwrap_or_default();
+        // the field named in a refusal, formatted only then
+        let most = || {
+            f.largest
+                .map(|(field, n)| format!(" (the most entries: {n} in {field})"))
+                .unwrap_or_default()
+        };
         if f.events > MAX_BATCH_EVENTS {
             return Err(Status::invalid_argument(format!(
-                "batch holds {} events, evidence included; at most {MAX_BATCH_EVENTS} per batch{most}",
-                f.events
+                "batch holds {} events, evidence included; at most {MAX_BATCH_EVENTS} per batch{}",
+                f.events,
+                most()
             )));
         }
         let allowed = decoded_bytes_allowed(bytes.len());
         if f.bytes > allowed {
             return Err(Status::invalid_argument(format!(
-                "batch of {} KiB would decode into {} MiB; at most {} MiB for its size{most}",
+                "batch of {} KiB would decode into {} MiB; at most {} MiB for its size{}",
                 bytes.len() >> 10,
                 f.bytes.div_ceil(1 << 20),
-                allowed >> 20
+                allowed >> 20,
+                most()
             )));
         }
         Ok(f.bytes)
@@ -321,7 +325,7 @@ mod tests {
         let f = scan::footprint("Batch", &bytes).unwrap();
         // the batch (88), its events' vector (128 x 552), two ids
         // (32-byte chunks), per event its box and its probes' vector
-        let agent = scan::tests_heap(size_of::<v1::AgentInfo>());
+        let agent = scan::heap(size_of::<v1::AgentInfo>());
         assert_eq!(
             f.bytes,
             88 + 128 * 552 + 2 * 32 + 100 * (agent + 16_384 * 80)

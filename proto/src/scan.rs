@@ -128,18 +128,12 @@ const SCALAR_SIZE: usize = 8;
 /// What glibc's malloc takes for `len` bytes: a chunk of the length plus
 /// its 8-byte header, in 16-byte steps, at least 32; nothing for an
 /// empty string (it allocates nothing).
-fn heap(len: usize) -> usize {
+pub(crate) fn heap(len: usize) -> usize {
     if len == 0 {
         0
     } else {
         len.saturating_add(8 + 15).max(32) & !15
     }
-}
-
-/// [`heap`], for the codec's tests.
-#[cfg(test)]
-pub(crate) fn tests_heap(len: usize) -> usize {
-    heap(len)
 }
 
 /// Bytes a `Vec` of `n` elements of `size` bytes holds once `n` pushes
