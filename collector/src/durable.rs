@@ -16,6 +16,9 @@
 //! writeback error Linux reports the error once and marks the pages
 //! clean, so a later success says nothing about them). The output's
 //! directory is synced when the file is created or rotated ([`sync_dir`]).
+//!
+//! With the Kafka output (`kafka/`), a generation is acknowledged only
+//! once the Kafka transaction that carries it committed as well.
 use std::{
     fs::File,
     io,
@@ -88,11 +91,13 @@ struct Inner {
 /// Generations written and synced; the syncer thread.
 pub struct Durability {
     inner: Arc<Inner>,
+    /// The Kafka output, which commits every generation too.
+    kafka: Option<Arc<crate::kafka::Sink>>,
 }
 
 impl Durability {
     /// Start the syncer thread (it lives as long as the process).
-    pub fn start() -> io::Result<Self> {
+    pub fn start(kafka: Option<Arc<crate::kafka::Sink>>) -> io::Result<Self> {
         let inner = Arc::new(Inner {
             written: Mutex::default(),
             dirty: Condvar::new(),
@@ -102,7 +107,7 @@ impl Durability {
         std::thread::Builder::new()
             .name("output-sync".into())
             .spawn(move || syncer.run())?;
-        Ok(Durability { inner })
+        Ok(Durability { inner, kafka })
     }
 
     /// A batch was written to `file` (`None`: stdout, nothing to sync):
@@ -115,6 +120,11 @@ impl Durability {
         w.gen
     }
 
+    /// The Kafka output, when there is one.
+    pub fn kafka(&self) -> Option<&Arc<crate::kafka::Sink>> {
+        self.kafka.as_ref()
+    }
+
     /// The last generation written (what a duplicate's ack waits for).
     pub fn written(&self) -> u64 {
         self.inner.written.lock().expect("durability lock").gen
@@ -123,21 +133,32 @@ impl Durability {
     /// Generation `gen`'s sync: `None` while none has covered it, then
     /// `Ok` (on disk) or the sync's error.
     pub fn outcome(&self, gen: u64) -> Option<Result<(), String>> {
-        self.inner.synced.borrow().outcome(gen)
+        let file = self.inner.synced.borrow().outcome(gen)?;
+        match (&self.kafka, file) {
+            (Some(k), Ok(())) => k.outcome(gen),
+            (_, file) => Some(file),
+        }
     }
 
     /// Wait until a sync has covered generation `gen`: `Ok` once it is on
     /// disk, the sync's error if that sync failed. Cancel-safe.
     pub async fn wait(&self, gen: u64) -> io::Result<()> {
-        let mut rx = self.inner.synced.subscribe();
-        let state = rx
-            .wait_for(|s| s.covered >= gen)
-            .await
-            .map_err(|_| io::Error::other("the output's syncer thread ended"))?;
-        match state.outcome(gen) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(io::Error::other(e)),
+        let file = {
+            let mut rx = self.inner.synced.subscribe();
+            let state = rx
+                .wait_for(|s| s.covered >= gen)
+                .await
+                .map_err(|_| io::Error::other("the output's syncer thread ended"))?;
+            state.outcome(gen)
+        };
+        match file {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(io::Error::other(e)),
             None => unreachable!("waited until covered"),
+        }
+        match &self.kafka {
+            Some(k) => k.wait(gen).await.map_err(io::Error::other),
+            None => Ok(()),
         }
     }
 }
@@ -155,7 +176,7 @@ impl Inner {
                 (w.gen, w.file.clone())
             };
             let result = match file {
-                Some(f) => f.sync_data().map_err(|e| e.to_string()),
+                Some(f) => f.sync_data().map_err(|e| format!("fdatasync: {e}")),
                 None => Ok(()),
             };
             if let Err(e) = &result {
@@ -195,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sync_covers_every_generation_written_before_it() {
-        let d = Durability::start().unwrap();
+        let d = Durability::start(None).unwrap();
         let dir = std::env::temp_dir().join(format!("durable-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = Arc::new(File::create(dir.join("f")).unwrap());

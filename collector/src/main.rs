@@ -8,6 +8,7 @@ mod identity;
 mod idle;
 mod inflight;
 mod inventory;
+mod kafka;
 mod ledger;
 mod live;
 mod metrics;
@@ -201,6 +202,8 @@ struct Cli {
     /// log pipelines).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    #[command(flatten)]
+    kafka: kafka::KafkaArgs,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -327,13 +330,19 @@ fn decode_budget(cli: &Cli) -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // With Kafka there is no output file: the positions topic is the
+    // dedupe state (read into the ledger before any batch is taken).
+    let kafka = cli.kafka.settings()?;
     // Recover (and repair a torn tail) before the file is opened for append.
-    let out_path = (cli.output != "-").then(|| PathBuf::from(&cli.output));
-    let state = cli.state_file.clone().or_else(|| {
-        out_path
-            .as_ref()
-            .map(|p| PathBuf::from(format!("{}.state", p.display())))
-    });
+    let out_path = (cli.output != "-" && kafka.is_none()).then(|| PathBuf::from(&cli.output));
+    let state = match &kafka {
+        Some(_) => None,
+        None => cli.state_file.clone().or_else(|| {
+            out_path
+                .as_ref()
+                .map(|p| PathBuf::from(format!("{}.state", p.display())))
+        }),
+    };
     decode_budget(&cli)?;
     // Node ids bound to client certificates: on with mutual TLS.
     if cli.node_binding == "off" && cli.node_identities.is_some() {
@@ -357,7 +366,14 @@ async fn run(cli: Cli) -> Result<()> {
         out_path.as_deref(),
         cli.dedupe_streams_per_node,
     )?;
-    let file = output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?;
+    let file = match &kafka {
+        Some(_) => output::LineSink::discard(),
+        None => output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?,
+    };
+    let kafka = kafka.map(|settings| {
+        info!(?settings, "publishing to Kafka");
+        kafka::start(settings)
+    });
     let syslog = match &cli.syslog {
         Some(t) => Some(syslog::spawn(t, cli.syslog_ca.as_deref())?),
         None => None,
@@ -369,6 +385,7 @@ async fn run(cli: Cli) -> Result<()> {
     metrics.store = inventory.as_ref().map(|(_, feed)| feed.health.clone());
     let live = Arc::new(live::Hub::new(cli.api_max_stream_clients));
     metrics.live = cli.api_listen.map(|_| live.clone());
+    metrics.kafka = kafka.as_ref().map(|(sink, _)| sink.health.clone());
     metrics.turned();
     metrics
         .dedupe_streams
@@ -379,7 +396,7 @@ async fn run(cli: Cli) -> Result<()> {
         max_events_per_sec: cli.max_events_per_sec,
         max_agents: cli.max_agents,
         identities,
-        durability: durable::Durability::start()
+        durability: durable::Durability::start(kafka.as_ref().map(|(sink, _)| sink.clone()))
             .context("cannot start the output's sync thread")?,
         streams: streams::Streams::new(streams::StreamLimits {
             total: cli.max_streams,
@@ -390,6 +407,20 @@ async fn run(cli: Cli) -> Result<()> {
         inventory: inventory.as_ref().map(|(_, feed)| feed.clone()),
         live: live.clone(),
     });
+
+    if let Some((sink, positions)) = kafka {
+        // what Kafka holds goes into the ledger before any batch is taken
+        let seed = shared.clone();
+        tokio::spawn(async move {
+            let Ok(marks) = positions.await else { return };
+            let mut guard = seed.outputs.lock().await;
+            for m in &marks {
+                guard.1.record(&m.node, &m.stream, m.sequence);
+            }
+            drop(guard);
+            sink.open();
+        });
+    }
 
     // Agent status to a file every second; dedupe state saved and agent
     // status logged every 5 s.
@@ -488,7 +519,10 @@ async fn run(cli: Cli) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     info!(
         listen = %cli.listen,
-        output = %cli.output,
+        output = %match &shared.durability.kafka() {
+            Some(_) => "kafka",
+            None => cli.output.as_str(),
+        },
         format = ?cli.format,
         tls = cli.tls_cert.is_some(),
         mtls = cli.client_ca.is_some(),

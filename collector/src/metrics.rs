@@ -42,6 +42,8 @@ pub struct Metrics {
     pub store: Option<Arc<crate::inventory::Health>>,
     /// The live event stream's clients (`--api-listen`); `None`: no API.
     pub live: Option<Arc<crate::live::Hub>>,
+    /// The Kafka output (`--kafka-brokers`); `None`: none.
+    pub kafka: Option<Arc<crate::kafka::Health>>,
 }
 
 /// Most (rule, severity) series of `spyglass_collector_findings_total`:
@@ -211,6 +213,9 @@ impl Metrics {
         ] {
             endpoints::single(&mut s, name, help, kind, v);
         }
+        if let Some(h) = &self.kafka {
+            kafka_metrics(&mut s, h);
+        }
         if let Some(h) = &self.store {
             store_metrics(&mut s, h);
         }
@@ -240,6 +245,69 @@ impl Metrics {
         self.output_failing
             .load(Ordering::Relaxed)
             .then_some("output failing: batches are refused until a write succeeds")
+    }
+}
+
+/// The Kafka output's families.
+fn kafka_metrics(s: &mut String, h: &crate::kafka::Health) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    for (name, help, kind, v) in [
+        (
+            "spyglass_collector_kafka_up",
+            "1 while the Kafka output commits (or has nothing to commit), 0 while it fails or starts (/readyz says why).",
+            "gauge",
+            u64::from(h.up()).to_string(),
+        ),
+        (
+            "spyglass_collector_kafka_commits_total",
+            "Kafka transactions committed (each carries every batch queued when it began).",
+            "counter",
+            get(&h.commits).to_string(),
+        ),
+        (
+            "spyglass_collector_kafka_aborts_total",
+            "Kafka transactions that failed: their batches were not acked, and agents resend them.",
+            "counter",
+            get(&h.aborts).to_string(),
+        ),
+        (
+            "spyglass_collector_kafka_records_total",
+            "Event records committed to Kafka (positions not counted).",
+            "counter",
+            get(&h.records).to_string(),
+        ),
+        (
+            "spyglass_collector_kafka_batches_total",
+            "Agent batches committed to Kafka.",
+            "counter",
+            get(&h.batches).to_string(),
+        ),
+        (
+            "spyglass_collector_kafka_commit_seconds_total",
+            "Time spent in Kafka transactions that committed, from their first record to the commit's answer.",
+            "counter",
+            format!("{:.6}", get(&h.commit_micros) as f64 / 1e6),
+        ),
+        (
+            "spyglass_collector_kafka_waiting_bytes",
+            "Rendered bytes written and waiting for a Kafka commit (at most --kafka-queue-mib, then streams wait).",
+            "gauge",
+            get(&h.waiting_bytes).to_string(),
+        ),
+        (
+            "spyglass_collector_kafka_producer_restarts_total",
+            "Kafka producers made anew after a fatal error (a fenced or broken transactional producer).",
+            "counter",
+            get(&h.producer_restarts).to_string(),
+        ),
+        (
+            "spyglass_collector_kafka_oversized_batches_total",
+            "Batches refused because an event rendered over --kafka-max-record-bytes.",
+            "counter",
+            get(&h.oversized_batches).to_string(),
+        ),
+    ] {
+        endpoints::single(s, name, help, kind, v);
     }
 }
 
@@ -318,7 +386,9 @@ pub fn answer(m: &Metrics, agents: &Agents, path: &str) -> endpoints::Answer {
         .heartbeat
         .stalled(Duration::from_secs(5))
         .then_some("housekeeping loop stalled");
-    endpoints::answer(path, || m.render(agents), stalled, m.not_ready())
+    let kafka = m.kafka.as_ref().and_then(|k| k.not_ready());
+    let not_ready = m.not_ready().map(str::to_owned).or(kafka);
+    endpoints::answer(path, || m.render(agents), stalled, not_ready.as_deref())
 }
 
 #[cfg(test)]

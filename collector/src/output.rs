@@ -68,6 +68,11 @@ impl Lines {
         &self.buf
     }
 
+    /// Each line's end (before its newline).
+    pub fn ends(&self) -> &[usize] {
+        &self.ends
+    }
+
     /// Line `i` with its newline.
     pub fn line(&self, i: usize) -> Option<&[u8]> {
         let start = match i {
@@ -143,6 +148,20 @@ fn split(f: File, path: &Path) -> Result<Split, OutputError> {
 }
 
 impl LineSink {
+    /// No file: the lines go to Kafka only (`--kafka-brokers`).
+    pub fn discard() -> Self {
+        LineSink {
+            path: None,
+            out: Box::new(std::io::sink()),
+            file: None,
+            size: 0,
+            rotate_bytes: u64::MAX,
+            keep: 0,
+            reopen: false,
+            shifted: false,
+        }
+    }
+
     pub fn open(path: &str, rotate_bytes: u64, keep: usize) -> Result<Self, OutputError> {
         if path == "-" {
             return Ok(LineSink {
@@ -308,6 +327,11 @@ impl Outputs {
             lines.ends.push(lines.buf.len());
             lines.buf.push(b'\n');
         }
+        &self.lines
+    }
+
+    /// The rendered batch.
+    pub fn lines(&self) -> &Lines {
         &self.lines
     }
 

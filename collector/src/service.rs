@@ -123,6 +123,12 @@ impl CollectorService {
             self.shared.max_agents,
         )?;
         let (node, stream) = (batch.node_id.as_str(), batch.stream_id.as_str());
+        let kafka = self.shared.durability.kafka();
+        if let Some(k) = kafka {
+            // Kafka is reachable and its queue has room: else wait (the
+            // agent's batches stay in its spool)
+            k.admit().await;
+        }
         let mut guard = self.shared.outputs.lock().await;
         let (outputs, ledger) = &mut *guard;
         if let Some(gone) = &evicted {
@@ -143,7 +149,18 @@ impl CollectorService {
             // its write may still be on its way to disk
             return Ok((durable.written(), accepted));
         }
-        outputs.render_batch(batch);
+        let lines = outputs.render_batch(batch);
+        if let Some(k) = kafka {
+            if let Some((index, len)) = crate::kafka::oversized(lines, k.max_record_bytes) {
+                k.health.oversized_batches.fetch_add(1, Ordering::Relaxed);
+                warn!(%peer, sequence = batch.sequence, index, len, "batch refused: an event is over the Kafka record limit");
+                return Err(Status::invalid_argument(format!(
+                    "batch {}: event {index} renders into {len} bytes, over the Kafka record \
+                     limit of {} bytes (--kafka-max-record-bytes, the broker's message.max.bytes)",
+                    batch.sequence, k.max_record_bytes
+                )));
+            }
+        }
         if outputs.would_rotate() {
             // the current file feeds crash recovery: save the ledger
             // before it becomes FILE.1
@@ -168,6 +185,13 @@ impl CollectorService {
             .dedupe_streams
             .store(ledger.len() as u64, Ordering::Relaxed);
         let generation = durable.wrote(outputs.file.sync_handle());
+        if let Some(k) = kafka {
+            k.submit(crate::kafka::Pending::new(
+                generation,
+                batch,
+                outputs.lines(),
+            ));
+        }
         drop(guard);
         accepted.duplicate = false;
         accepted.events = batch.events.len() as u64;
@@ -223,18 +247,21 @@ impl CollectorService {
         warn!(
             error,
             sequence = a.sequence,
-            "fdatasync of the output failed"
+            "the output did not take a written batch (fdatasync or Kafka failed)"
         );
         let m = &self.shared.metrics;
         m.output_errors.fetch_add(1, Ordering::Relaxed);
-        m.output_failing.store(true, Ordering::Relaxed);
+        // Kafka's readiness is its own (it clears once Kafka answers)
+        if !error.starts_with(crate::kafka::ERROR_PREFIX) {
+            m.output_failing.store(true, Ordering::Relaxed);
+        }
         self.shared
             .outputs
             .lock()
             .await
             .1
             .forget_stream(&a.node_id, &a.stream_id);
-        Status::unavailable(format!("collector output failed: fdatasync: {error}"))
+        Status::unavailable(format!("collector output failed: {error}"))
     }
 }
 

@@ -1,0 +1,352 @@
+//! The Kafka output: every written batch is published to Kafka in a
+//! transaction with its stream's position, and acked to its agent only
+//! once that transaction committed.
+//!
+//! The stream loop (`service.rs`) writes a batch under the outputs lock
+//! and takes its generation from [`crate::durable::Durability`]; here the
+//! batch waits in [`Sink`]'s queue, in generation order, for the writer
+//! task (`writer.rs`). The writer takes every batch queued (group commit),
+//! produces their records and one position record per agent stream
+//! (`positions.rs`) in one transaction, and commits it: the generations it
+//! covered are then `Ok`, and acked; a failed transaction fails them
+//! (their streams end UNAVAILABLE, the agents resend, and the dedupe mark
+//! is forgotten so the resend is written again).
+//!
+//! Memory: the queue holds at most `--kafka-queue-mib` of rendered lines;
+//! past it [`Sink::admit`] holds streams before they write, so a Kafka
+//! outage backs up into the agents' spools. Dedupe: the positions topic
+//! is read back at start (read_committed) into the ledger, so an agent's
+//! resend after a collector restart is recognised.
+pub mod config;
+mod positions;
+mod writer;
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+pub use config::{KafkaArgs, Settings};
+pub use positions::Position;
+use tokio::sync::{watch, Notify};
+
+use crate::{delivery::Received, durable::SyncState, output::Lines};
+
+/// How the errors of a failed Kafka transaction begin, as the stream
+/// loop sees them.
+pub const ERROR_PREFIX: &str = "kafka: ";
+
+/// A written batch waiting for Kafka.
+#[derive(Debug)]
+pub struct Pending {
+    pub gen: u64,
+    pub node: String,
+    pub stream: String,
+    pub sequence: u64,
+    /// The rendered lines, each followed by `\n`.
+    lines: Vec<u8>,
+    /// Each line's end (before its newline).
+    ends: Vec<usize>,
+    /// Per line: a finding (for --kafka-findings-topic).
+    findings: Vec<bool>,
+}
+
+impl Pending {
+    pub fn new(gen: u64, batch: &Received, lines: &Lines) -> Self {
+        Pending {
+            gen,
+            node: batch.node_id.clone(),
+            stream: batch.stream_id.clone(),
+            sequence: batch.sequence,
+            lines: lines.bytes().to_vec(),
+            ends: lines.ends().to_vec(),
+            findings: batch
+                .events
+                .iter()
+                .map(|e| e.kind == spyglass_proto::model::Kind::Finding)
+                .collect(),
+        }
+    }
+
+    /// Each record: (payload without newline, is a finding).
+    fn records(&self) -> impl Iterator<Item = (&[u8], bool)> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|e| e + 1));
+        starts
+            .zip(&self.ends)
+            .zip(&self.findings)
+            .map(|((s, &e), &f)| (&self.lines[s..e], f))
+    }
+
+    fn bytes(&self) -> usize {
+        self.lines.len()
+    }
+}
+
+/// The first line of a batch longer than `max` bytes: (index, length).
+pub fn oversized(lines: &Lines, max: usize) -> Option<(usize, usize)> {
+    let mut start = 0;
+    for (i, &end) in lines.ends().iter().enumerate() {
+        if end - start > max {
+            return Some((i, end - start));
+        }
+        start = end + 1;
+    }
+    None
+}
+
+/// What `/readyz` and `/metrics` show of the Kafka output.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The positions were read and the producer is ready.
+    pub started: AtomicBool,
+    /// Why it is not ready (cleared by the next commit).
+    down: Mutex<Option<String>>,
+    pub commits: AtomicU64,
+    pub aborts: AtomicU64,
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    /// Sum of the commits' durations, microseconds.
+    pub commit_micros: AtomicU64,
+    pub producer_restarts: AtomicU64,
+    pub oversized_batches: AtomicU64,
+    /// Bytes of rendered lines waiting for a commit.
+    pub waiting_bytes: AtomicU64,
+}
+
+impl Health {
+    pub fn set_down(&self, why: String) {
+        *self.down.lock().expect("kafka health lock") = Some(why);
+    }
+
+    pub fn set_up(&self) {
+        *self.down.lock().expect("kafka health lock") = None;
+    }
+
+    /// Why `/readyz` answers 503, if it does.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(why) = self.down.lock().expect("kafka health lock").clone() {
+            return Some(format!("kafka: {why}"));
+        }
+        (!self.started.load(Ordering::Relaxed))
+            .then(|| "kafka: starting (reading the positions topic)".to_owned())
+    }
+
+    pub fn up(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+            && self.down.lock().expect("kafka health lock").is_none()
+    }
+}
+
+/// The batches waiting for Kafka, and what the writer committed.
+pub struct Sink {
+    queue: Mutex<VecDeque<Pending>>,
+    /// Bytes queued (admission waits while it is over the budget).
+    queued: watch::Sender<usize>,
+    budget: usize,
+    wake: Notify,
+    /// Generations covered by a committed (`Ok`) or failed transaction.
+    committed: watch::Sender<SyncState>,
+    /// Streams may write (the positions are in the ledger).
+    open: watch::Sender<bool>,
+    pub health: Arc<Health>,
+    pub max_record_bytes: usize,
+}
+
+impl Sink {
+    pub fn new(settings: &Settings) -> Self {
+        Sink {
+            queue: Mutex::default(),
+            queued: watch::Sender::new(0),
+            budget: settings.queue_bytes.max(1),
+            wake: Notify::new(),
+            committed: watch::Sender::new(SyncState::default()),
+            open: watch::Sender::new(false),
+            health: Arc::default(),
+            max_record_bytes: settings.max_record_bytes,
+        }
+    }
+
+    /// Wait until a batch may be written: the positions were read, and
+    /// the queue is under its budget. Cancel-safe.
+    pub async fn admit(&self) {
+        let _ = self.open.subscribe().wait_for(|o| *o).await;
+        let budget = self.budget;
+        let _ = self.queued.subscribe().wait_for(|q| *q < budget).await;
+    }
+
+    /// The positions are in the ledger: streams may write.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+        self.health.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Queue a written batch; call in generation order.
+    pub fn submit(&self, p: Pending) {
+        let n = p.bytes();
+        self.queue.lock().expect("kafka queue lock").push_back(p);
+        self.queued.send_modify(|q| *q += n);
+        self.health
+            .waiting_bytes
+            .store(*self.queued.borrow() as u64, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Whether batches wait.
+    fn idle(&self) -> bool {
+        self.queue.lock().expect("kafka queue lock").is_empty()
+    }
+
+    /// Wait for queued batches and take them, oldest first, up to
+    /// `max_bytes` (at least one).
+    async fn take(&self, max_bytes: usize) -> Vec<Pending> {
+        loop {
+            let notified = self.wake.notified();
+            {
+                let mut q = self.queue.lock().expect("kafka queue lock");
+                if !q.is_empty() {
+                    let mut out = Vec::new();
+                    let mut bytes = 0;
+                    while let Some(p) = q.front() {
+                        if !out.is_empty() && bytes + p.bytes() > max_bytes {
+                            break;
+                        }
+                        bytes += p.bytes();
+                        out.extend(q.pop_front());
+                    }
+                    return out;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// A transaction covering `group` ended with `result`; its bytes
+    /// leave the queue's budget.
+    fn decided(&self, group: &[Pending], result: Result<(), String>) {
+        let n: usize = group.iter().map(Pending::bytes).sum();
+        if let Some(last) = group.last() {
+            self.committed.send_modify(|s| s.cover(last.gen, result));
+        }
+        self.queued.send_modify(|q| *q = q.saturating_sub(n));
+        self.health
+            .waiting_bytes
+            .store(*self.queued.borrow() as u64, Ordering::Relaxed);
+    }
+
+    /// Generation `gen`: `None` until a transaction covered it.
+    pub fn outcome(&self, gen: u64) -> Option<Result<(), String>> {
+        self.committed.borrow().outcome(gen)
+    }
+
+    /// Wait until a transaction covered `gen`: its result. Cancel-safe.
+    pub async fn wait(&self, gen: u64) -> Result<(), String> {
+        let mut rx = self.committed.subscribe();
+        let state = rx
+            .wait_for(|s| s.covered >= gen)
+            .await
+            .map_err(|_| "the Kafka writer ended".to_owned())?;
+        state.outcome(gen).unwrap_or(Ok(()))
+    }
+}
+
+/// Start the Kafka writer. It connects, reads the positions topic and
+/// hands its marks over the returned channel: put them in the ledger,
+/// then call [`Sink::open`]. It retries while Kafka is unreachable
+/// (`/readyz` says why meanwhile).
+pub fn start(settings: Settings) -> (Arc<Sink>, tokio::sync::oneshot::Receiver<Vec<Position>>) {
+    let sink = Arc::new(Sink::new(&settings));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(writer::run(sink.clone(), settings, tx));
+    (sink, rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(gen: u64, n: usize) -> Pending {
+        Pending {
+            gen,
+            node: "n".into(),
+            stream: "s".into(),
+            sequence: gen,
+            lines: vec![b'x'; n],
+            ends: vec![n - 1],
+            findings: vec![false],
+        }
+    }
+
+    fn settings(queue_bytes: usize) -> Settings {
+        Settings {
+            brokers: "b:1".into(),
+            topic: "t".into(),
+            findings_topic: None,
+            positions_topic: "p".into(),
+            transactional_id: "r".into(),
+            queue_bytes,
+            max_record_bytes: 1 << 20,
+            extra: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_are_taken_in_order_and_decide_their_generations() {
+        let sink = Sink::new(&settings(1000));
+        sink.open.send_replace(true);
+        for g in 1..=3 {
+            sink.submit(pending(g, 100));
+        }
+        let group = sink.take(250).await;
+        assert_eq!(group.iter().map(|p| p.gen).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(sink.outcome(1), None);
+        sink.decided(&group, Ok(()));
+        assert_eq!(sink.outcome(2), Some(Ok(())));
+        assert_eq!(sink.outcome(3), None);
+        let group = sink.take(250).await;
+        sink.decided(&group, Err("broker gone".into()));
+        assert_eq!(sink.wait(3).await, Err("broker gone".into()));
+        assert_eq!(*sink.queued.borrow(), 0);
+    }
+
+    #[tokio::test]
+    async fn admission_waits_for_the_positions_and_for_room() {
+        let sink = Arc::new(Sink::new(&settings(150)));
+        let admitted = |s: &Arc<Sink>| {
+            let s = s.clone();
+            tokio::spawn(async move { s.admit().await })
+        };
+        let first = admitted(&sink);
+        tokio::task::yield_now().await;
+        assert!(
+            !first.is_finished(),
+            "admitted before the positions were read"
+        );
+        sink.open.send_replace(true);
+        first.await.unwrap();
+        sink.submit(pending(1, 200));
+        let second = admitted(&sink);
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "admitted over the budget");
+        let group = sink.take(1 << 20).await;
+        sink.decided(&group, Ok(()));
+        second.await.unwrap();
+    }
+
+    #[test]
+    fn records_split_lines_and_route_findings() {
+        let p = Pending {
+            gen: 1,
+            node: "n".into(),
+            stream: "s".into(),
+            sequence: 1,
+            lines: b"{\"a\":1}\n{\"f\":2}\n".to_vec(),
+            ends: vec![7, 15],
+            findings: vec![false, true],
+        };
+        let got: Vec<_> = p.records().collect();
+        assert_eq!(got, [(&b"{\"a\":1}"[..], false), (&b"{\"f\":2}"[..], true)]);
+    }
+}

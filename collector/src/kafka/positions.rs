@@ -1,0 +1,216 @@
+//! The positions topic: each agent stream's last committed batch, written
+//! in the same transaction as the batch's records, and read back
+//! (read_committed) when the collector starts, so the dedupe ledger knows
+//! what Kafka already holds. Keyed `node/stream`, so a compacted topic
+//! keeps the last position of each stream.
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+use serde::{Deserialize, Serialize};
+
+use super::Settings;
+
+/// The high-water mark of one agent stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub node: String,
+    pub stream: String,
+    pub sequence: u64,
+}
+
+impl Position {
+    /// The record's key: the dedupe key of the ledger.
+    pub fn key(&self) -> String {
+        crate::ledger::space(&self.node, &self.stream)
+    }
+
+    pub fn value(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The highest position per stream among `group`'s batches.
+pub fn of_group<'a>(batches: impl Iterator<Item = (&'a str, &'a str, u64)>) -> Vec<Position> {
+    let mut high: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (node, stream, seq) in batches {
+        let h = high.entry((node, stream)).or_default();
+        *h = (*h).max(seq);
+    }
+    high.into_iter()
+        .map(|((node, stream), sequence)| Position {
+            node: node.to_owned(),
+            stream: stream.to_owned(),
+            sequence,
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PositionsError {
+    #[error("cannot create a Kafka consumer: {0}")]
+    Client(KafkaError),
+    #[error("cannot read the metadata of topic {topic}: {source}")]
+    Metadata { topic: String, source: KafkaError },
+    #[error(
+        "topic {0} does not exist: create it (for example `kafka-topics.sh --create --topic {0} \
+         --config cleanup.policy=compact`); the collector does not create topics"
+    )]
+    Missing(String),
+    #[error("reading topic {topic}: {source}")]
+    Read { topic: String, source: KafkaError },
+    #[error("reading topic {0} took over {1:?}; retrying")]
+    Slow(String, Duration),
+}
+
+/// A consumer of the site's settings (TLS, SASL) that reads committed
+/// records only.
+pub fn consumer(settings: &Settings) -> Result<BaseConsumer, PositionsError> {
+    let mut c = ClientConfig::new();
+    for (k, v) in &settings.extra {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &settings.brokers)
+        .set(
+            "group.id",
+            format!("{}-positions", settings.transactional_id),
+        )
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(PositionsError::Client)
+}
+
+/// The partitions of `topic`, or why not.
+pub fn partitions(
+    c: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, PositionsError> {
+    let md = c
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| PositionsError::Metadata {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| PositionsError::Missing(topic.to_owned()))?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Err(PositionsError::Missing(topic.to_owned()));
+    }
+    Ok(t.partitions()
+        .iter()
+        .map(rdkafka::metadata::MetadataPartition::id)
+        .collect())
+}
+
+/// Every stream's last committed position (blocking: run it off the
+/// runtime). A record that is not a position is skipped and counted.
+pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError> {
+    let topic = settings.positions_topic.as_str();
+    let c = consumer(settings)?;
+    let timeout = Duration::from_secs(10);
+    let mut list = TopicPartitionList::new();
+    let mut open = Vec::new();
+    for p in partitions(&c, topic, timeout)? {
+        let (low, high) =
+            c.fetch_watermarks(topic, p, timeout)
+                .map_err(|source| PositionsError::Read {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+        if high > low {
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|source| PositionsError::Read {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+            open.push(p);
+        }
+    }
+    if open.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    c.assign(&list).map_err(|source| PositionsError::Read {
+        topic: topic.to_owned(),
+        source,
+    })?;
+    let mut marks: HashMap<(String, String), u64> = HashMap::new();
+    let mut skipped = 0;
+    let limit = Duration::from_secs(120);
+    let start = Instant::now();
+    while !open.is_empty() {
+        if start.elapsed() > limit {
+            return Err(PositionsError::Slow(topic.to_owned(), limit));
+        }
+        match c.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|&o| o != p),
+            Some(Err(source)) => {
+                return Err(PositionsError::Read {
+                    topic: topic.to_owned(),
+                    source,
+                })
+            }
+            Some(Ok(m)) => match m
+                .payload()
+                .and_then(|b| serde_json::from_slice::<Position>(b).ok())
+            {
+                Some(pos) => {
+                    let h = marks.entry((pos.node, pos.stream)).or_default();
+                    *h = (*h).max(pos.sequence);
+                }
+                None => skipped += 1,
+            },
+        }
+    }
+    let out = marks
+        .into_iter()
+        .map(|((node, stream), sequence)| Position {
+            node,
+            stream,
+            sequence,
+        })
+        .collect();
+    Ok((out, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_keeps_each_streams_highest_batch() {
+        let got = of_group(
+            [
+                ("n1", "a", 3),
+                ("n1", "a", 5),
+                ("n2", "a", 1),
+                ("n1", "b", 2),
+            ]
+            .into_iter(),
+        );
+        let keys: Vec<_> = got.iter().map(|p| (p.key(), p.sequence)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("n1/a".to_owned(), 5),
+                ("n1/b".to_owned(), 2),
+                ("n2/a".to_owned(), 1)
+            ]
+        );
+        let back: Position = serde_json::from_slice(&got[0].value()).unwrap();
+        assert_eq!(back, got[0]);
+    }
+}

@@ -1,0 +1,386 @@
+//! The one task that owns the Kafka producer: it reads the positions at
+//! start, then commits the queued batches in transactions (group commit).
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
+    ClientConfig, ClientContext,
+};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{
+    positions::{self, Position},
+    Health, Pending, Settings, Sink,
+};
+
+/// Most bytes of rendered lines one transaction takes.
+const GROUP_BYTES: usize = 16 << 20;
+/// The producer's transaction.timeout.ms (a broker aborts a transaction
+/// open longer; it bounds how long a dead collector's open transaction
+/// holds read_committed consumers).
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one record may wait for its delivery (message.timeout.ms):
+/// past it the transaction is aborted and its batches are resent.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Times a commit that failed with a retriable error is tried again.
+const COMMIT_TRIES: u32 = 5;
+
+/// Logs librdkafka's errors (unreachable brokers, authentication) and
+/// shows the last one in `/readyz`.
+struct Context {
+    health: Arc<Health>,
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(error = %error, reason, "kafka client error");
+        let code = error.rdkafka_error_code();
+        if matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::SSL
+            )
+        ) {
+            self.health.set_down(reason.to_owned());
+        }
+    }
+}
+
+type Kafka = FutureProducer<Context>;
+
+/// Why a transaction did not commit; `fatal`: the producer must be made
+/// anew.
+#[derive(Debug)]
+struct Failure {
+    why: String,
+    fatal: bool,
+}
+
+impl Failure {
+    fn of(what: &str, e: &KafkaError) -> Self {
+        let fatal = match e {
+            KafkaError::Transaction(t) => t.is_fatal(),
+            _ => false,
+        };
+        Failure {
+            why: format!("{what}: {e}"),
+            fatal,
+        }
+    }
+}
+
+/// Run a blocking producer call off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(KafkaError::Canceled).inspect_err(|_| warn!(error = %e, "kafka call panicked"))
+    })
+}
+
+fn producer_config(s: &Settings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &s.extra {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &s.brokers)
+        .set("client.id", &s.transactional_id)
+        .set("transactional.id", &s.transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("allow.auto.create.topics", "false")
+        .set(
+            "transaction.timeout.ms",
+            TXN_TIMEOUT.as_millis().to_string(),
+        )
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        )
+        .set("message.max.bytes", (s.max_record_bytes + 4096).to_string())
+        .set("linger.ms", "5");
+    c
+}
+
+/// A transactional producer, initialised (which fences an older producer
+/// of the same transactional.id and aborts its open transaction).
+async fn new_producer(s: &Settings, health: &Arc<Health>) -> Result<Kafka, String> {
+    let p: Kafka = producer_config(s)
+        .create_with_context(Context {
+            health: health.clone(),
+        })
+        .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+    let init = p.clone();
+    blocking(move || init.init_transactions(Duration::from_secs(30)))
+        .await
+        .map_err(|e| {
+            format!(
+                "initialising transactions (transactional.id {}) at {}: {e}",
+                s.transactional_id, s.brokers
+            )
+        })?;
+    Ok(p)
+}
+
+/// Connect, check the topics, and read the positions.
+async fn start_up(s: &Settings, health: &Arc<Health>) -> Result<(Kafka, Vec<Position>), String> {
+    let p = new_producer(s, health).await?;
+    let settings = s.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let c = positions::consumer(&settings)?;
+        let mut topics = vec![settings.topic.as_str()];
+        topics.extend(settings.findings_topic.as_deref());
+        for t in topics {
+            positions::partitions(&c, t, Duration::from_secs(10))?;
+        }
+        positions::read(&settings)
+    })
+    .await
+    .map_err(|e| format!("reading the positions: {e}"))?;
+    let (marks, skipped) = read.map_err(|e| e.to_string())?;
+    if skipped > 0 {
+        warn!(topic = %s.positions_topic, skipped, "records of the positions topic that are not positions were skipped");
+    }
+    info!(topic = %s.positions_topic, streams = marks.len(), "kafka positions read");
+    Ok((p, marks))
+}
+
+/// Enqueue one record, waiting while librdkafka's queue is full.
+async fn send(
+    p: &Kafka,
+    mut rec: FutureRecord<'_, str, [u8]>,
+) -> Result<DeliveryFuture, KafkaError> {
+    loop {
+        match p.send_result(rec) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Wait for every record's delivery (acks=all).
+async fn delivered(futs: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
+    for f in futs {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(())
+}
+
+/// Produce `group`'s records and positions in one transaction.
+async fn produce(p: &Kafka, s: &Settings, group: &[Pending]) -> Result<usize, KafkaError> {
+    let mut futs = Vec::new();
+    for b in group {
+        for (line, finding) in b.records() {
+            let topic = match (&s.findings_topic, finding) {
+                (Some(t), true) => t.as_str(),
+                _ => s.topic.as_str(),
+            };
+            futs.push(
+                send(
+                    p,
+                    FutureRecord::to(topic).key(b.node.as_str()).payload(line),
+                )
+                .await?,
+            );
+        }
+    }
+    let records = futs.len();
+    delivered(futs).await?;
+    // positions after the records they vouch for
+    let marks = positions::of_group(
+        group
+            .iter()
+            .map(|b| (b.node.as_str(), b.stream.as_str(), b.sequence)),
+    );
+    let mut futs = Vec::new();
+    for m in &marks {
+        let (key, value) = (m.key(), m.value());
+        futs.push(
+            send(
+                p,
+                FutureRecord::to(s.positions_topic.as_str())
+                    .key(key.as_str())
+                    .payload(value.as_slice()),
+            )
+            .await?,
+        );
+    }
+    delivered(futs).await?;
+    Ok(records)
+}
+
+/// Commit, retrying a retriable failure.
+async fn commit(p: &Kafka) -> Result<(), Failure> {
+    for _ in 0..COMMIT_TRIES {
+        let c = p.clone();
+        match blocking(move || c.commit_transaction(TXN_TIMEOUT)).await {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(t)) if t.is_retriable() => {
+                warn!(error = %t, "kafka commit failed; retrying");
+            }
+            Err(e) => return Err(Failure::of("commit", &e)),
+        }
+    }
+    Err(Failure {
+        why: format!("commit: still failing after {COMMIT_TRIES} tries"),
+        fatal: false,
+    })
+}
+
+/// One transaction: begin, produce, commit; aborted on failure.
+async fn transact(p: &Kafka, s: &Settings, group: &[Pending]) -> Result<usize, Failure> {
+    p.begin_transaction()
+        .map_err(|e| Failure::of("begin", &e))?;
+    let result = match produce(p, s, group).await {
+        Ok(n) => commit(p).await.map(|()| n),
+        Err(e) => Err(Failure::of("produce", &e)),
+    };
+    let Err(mut f) = result else { return result };
+    if !f.fatal {
+        let a = p.clone();
+        if let Err(e) = blocking(move || a.abort_transaction(Duration::from_secs(30))).await {
+            warn!(error = %e, "kafka abort failed; making a new producer");
+            f.fatal = true;
+        }
+    }
+    Err(f)
+}
+
+/// Whether every topic answers its metadata: then the output is up.
+async fn probe(p: &Kafka, s: &Settings, health: &Health) {
+    let client = p.clone();
+    let mut topics = vec![s.topic.clone(), s.positions_topic.clone()];
+    topics.extend(s.findings_topic.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        topics.iter().try_for_each(|t| {
+            let md = client
+                .client()
+                .fetch_metadata(Some(t), Duration::from_secs(5))
+                .map_err(|e| format!("metadata of topic {t}: {e}"))?;
+            match md.topics().iter().find(|m| m.name() == t) {
+                Some(m) if m.error().is_none() && !m.partitions().is_empty() => Ok(()),
+                _ => Err(format!("topic {t} does not exist")),
+            }
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match found {
+        Ok(()) => {
+            info!("kafka answers again");
+            health.set_up();
+        }
+        Err(why) => health.set_down(why),
+    }
+}
+
+/// Doubling delay between tries, 100 ms to 10 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+    }
+}
+
+pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Vec<Position>>) {
+    let health = sink.health.clone();
+    let mut backoff = Backoff(Duration::from_millis(100));
+    let mut producer = loop {
+        match start_up(&s, &health).await {
+            Ok((p, marks)) => {
+                let _ = positions.send(marks);
+                health.set_up();
+                break Some(p);
+            }
+            Err(why) => {
+                warn!(error = %why, brokers = %s.brokers, "kafka not ready; retrying");
+                health.set_down(why);
+                backoff.wait().await;
+            }
+        }
+    };
+    backoff = Backoff(Duration::from_millis(100));
+    loop {
+        // Down with nothing to commit: check that Kafka answers again,
+        // so /readyz clears without a batch (not ready keeps batches away)
+        if !health.up() && sink.idle() {
+            if producer.is_none() {
+                match new_producer(&s, &health).await {
+                    Ok(p) => {
+                        health.producer_restarts.fetch_add(1, Ordering::Relaxed);
+                        producer = Some(p);
+                    }
+                    Err(why) => health.set_down(why),
+                }
+            }
+            if let Some(p) = &producer {
+                probe(p, &s, &health).await;
+            }
+        }
+        let Ok(group) = tokio::time::timeout(Duration::from_secs(1), sink.take(GROUP_BYTES)).await
+        else {
+            continue;
+        };
+        let p = loop {
+            if let Some(p) = &producer {
+                break p.clone();
+            }
+            match new_producer(&s, &health).await {
+                Ok(p) => {
+                    health.producer_restarts.fetch_add(1, Ordering::Relaxed);
+                    producer = Some(p);
+                }
+                Err(why) => {
+                    warn!(error = %why, "kafka producer not ready; retrying");
+                    health.set_down(why);
+                    backoff.wait().await;
+                }
+            }
+        };
+        let t = Instant::now();
+        match transact(&p, &s, &group).await {
+            Ok(records) => {
+                health.commits.fetch_add(1, Ordering::Relaxed);
+                health.records.fetch_add(records as u64, Ordering::Relaxed);
+                health
+                    .batches
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                health
+                    .commit_micros
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                health.set_up();
+                sink.decided(&group, Ok(()));
+                backoff = Backoff(Duration::from_millis(100));
+            }
+            Err(f) => {
+                warn!(error = %f.why, batches = group.len(), fatal = f.fatal,
+                    "kafka transaction failed; its batches are not acked (agents resend them)");
+                health.aborts.fetch_add(1, Ordering::Relaxed);
+                health.set_down(f.why.clone());
+                sink.decided(&group, Err(format!("{}{}", super::ERROR_PREFIX, f.why)));
+                if f.fatal {
+                    producer = None;
+                }
+                backoff.wait().await;
+            }
+        }
+    }
+}
