@@ -412,12 +412,15 @@ async fn run(cli: Cli) -> Result<()> {
         // what Kafka holds goes into the ledger before any batch is taken
         let seed = shared.clone();
         tokio::spawn(async move {
-            let Ok(marks) = positions.await else { return };
+            let Ok(recovered) = positions.await else {
+                return;
+            };
             let mut guard = seed.outputs.lock().await;
-            for m in &marks {
+            for m in &recovered.marks {
                 guard.1.record(&m.node, &m.stream, m.sequence);
             }
             drop(guard);
+            sink.torn(recovered.partial);
             sink.open();
         });
     }

@@ -186,10 +186,13 @@ impl CollectorService {
             .store(ledger.len() as u64, Ordering::Relaxed);
         let generation = durable.wrote(outputs.file.sync_handle());
         if let Some(k) = kafka {
+            // lines a crash left in Kafka are not produced again
+            let present = k.present(node, stream, batch.sequence);
             k.submit(crate::kafka::Pending::new(
                 generation,
                 batch,
                 outputs.lines(),
+                present,
             ));
         }
         drop(guard);

@@ -19,10 +19,11 @@
 //! resend after a collector restart is recognised.
 pub mod config;
 mod positions;
+mod recover;
 mod writer;
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -30,7 +31,7 @@ use std::{
 };
 
 pub use config::{KafkaArgs, Settings};
-pub use positions::Position;
+pub use recover::{Partial, Recovered};
 use tokio::sync::{watch, Notify};
 
 use crate::{delivery::Received, durable::SyncState, output::Lines};
@@ -52,10 +53,14 @@ pub struct Pending {
     ends: Vec<usize>,
     /// Per line: a finding (for --kafka-findings-topic).
     findings: Vec<bool>,
+    /// Lines already in Kafka (a batch a crash tore; see `recover.rs`):
+    /// not produced again.
+    skip: BTreeSet<usize>,
 }
 
 impl Pending {
-    pub fn new(gen: u64, batch: &Received, lines: &Lines) -> Self {
+    /// `skip`: lines of it Kafka already holds.
+    pub fn new(gen: u64, batch: &Received, lines: &Lines, skip: BTreeSet<usize>) -> Self {
         Pending {
             gen,
             node: batch.node_id.clone(),
@@ -68,16 +73,25 @@ impl Pending {
                 .iter()
                 .map(|e| e.kind == spyglass_proto::model::Kind::Finding)
                 .collect(),
+            skip,
         }
     }
 
-    /// Each record: (payload without newline, is a finding).
-    fn records(&self) -> impl Iterator<Item = (&[u8], bool)> {
+    /// The batch's events, skipped ones included.
+    fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Each record to produce: (index in the batch, payload without its
+    /// newline, is a finding).
+    fn records(&self) -> impl Iterator<Item = (usize, &[u8], bool)> {
         let starts = std::iter::once(0).chain(self.ends.iter().map(|e| e + 1));
         starts
             .zip(&self.ends)
             .zip(&self.findings)
-            .map(|((s, &e), &f)| (&self.lines[s..e], f))
+            .enumerate()
+            .filter(|(i, _)| !self.skip.contains(i))
+            .map(|(i, ((s, &e), &f))| (i, &self.lines[s..e], f))
     }
 
     fn bytes(&self) -> usize {
@@ -114,6 +128,18 @@ pub struct Health {
     pub oversized_batches: AtomicU64,
     /// Bytes of rendered lines waiting for a commit.
     pub waiting_bytes: AtomicU64,
+    /// When the transaction under way began (ms since the Unix epoch; 0:
+    /// none), so a stalled one shows in `/readyz`.
+    pub txn_since_ms: AtomicU64,
+}
+
+/// A transaction open longer than this makes the output not ready.
+const STALLED_MS: u64 = 5_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Health {
@@ -130,15 +156,31 @@ impl Health {
         if let Some(why) = self.down.lock().expect("kafka health lock").clone() {
             return Some(format!("kafka: {why}"));
         }
+        let since = self.txn_since_ms.load(Ordering::Relaxed);
+        let open = now_ms().saturating_sub(since);
+        if since != 0 && open > STALLED_MS {
+            return Some(format!(
+                "kafka: a transaction has waited {} s for its records' acknowledgements (brokers unreachable?)",
+                open / 1000
+            ));
+        }
         (!self.started.load(Ordering::Relaxed))
             .then(|| "kafka: starting (reading the positions topic)".to_owned())
     }
 
     pub fn up(&self) -> bool {
-        self.started.load(Ordering::Relaxed)
-            && self.down.lock().expect("kafka health lock").is_none()
+        self.not_ready().is_none()
+    }
+
+    /// A transaction began (`true`) or ended.
+    fn in_txn(&self, open: bool) {
+        self.txn_since_ms
+            .store(if open { now_ms().max(1) } else { 0 }, Ordering::Relaxed);
     }
 }
+
+/// An agent stream: (node, stream id).
+type Stream = (String, String);
 
 /// The batches waiting for Kafka, and what the writer committed.
 pub struct Sink {
@@ -153,6 +195,9 @@ pub struct Sink {
     open: watch::Sender<bool>,
     pub health: Arc<Health>,
     pub max_record_bytes: usize,
+    /// Per agent stream, a batch a crash tore: its sequence and the
+    /// lines Kafka holds of it.
+    partial: Mutex<HashMap<Stream, (u64, BTreeSet<usize>)>>,
 }
 
 impl Sink {
@@ -166,6 +211,31 @@ impl Sink {
             open: watch::Sender::new(false),
             health: Arc::default(),
             max_record_bytes: settings.max_record_bytes,
+            partial: Mutex::default(),
+        }
+    }
+
+    /// Remember the torn batches recovery found.
+    pub fn torn(&self, partial: Vec<Partial>) {
+        let mut map = self.partial.lock().expect("kafka partial lock");
+        for p in partial {
+            map.insert((p.node, p.stream), (p.sequence, p.present));
+        }
+    }
+
+    /// The lines of batch `seq` of a stream that Kafka already holds
+    /// (none but for a batch a crash tore). A later batch of the stream
+    /// ends the record.
+    pub fn present(&self, node: &str, stream: &str, seq: u64) -> BTreeSet<usize> {
+        let mut map = self.partial.lock().expect("kafka partial lock");
+        let key = (node.to_owned(), stream.to_owned());
+        match map.get(&key) {
+            Some((s, present)) if *s == seq => present.clone(),
+            Some((s, _)) if *s < seq => {
+                map.remove(&key);
+                BTreeSet::new()
+            }
+            _ => BTreeSet::new(),
         }
     }
 
@@ -256,7 +326,7 @@ impl Sink {
 /// hands its marks over the returned channel: put them in the ledger,
 /// then call [`Sink::open`]. It retries while Kafka is unreachable
 /// (`/readyz` says why meanwhile).
-pub fn start(settings: Settings) -> (Arc<Sink>, tokio::sync::oneshot::Receiver<Vec<Position>>) {
+pub fn start(settings: Settings) -> (Arc<Sink>, tokio::sync::oneshot::Receiver<Recovered>) {
     let sink = Arc::new(Sink::new(&settings));
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(writer::run(sink.clone(), settings, tx));
@@ -276,6 +346,7 @@ mod tests {
             lines: vec![b'x'; n],
             ends: vec![n - 1],
             findings: vec![false],
+            skip: BTreeSet::new(),
         }
     }
 
@@ -345,8 +416,19 @@ mod tests {
             lines: b"{\"a\":1}\n{\"f\":2}\n".to_vec(),
             ends: vec![7, 15],
             findings: vec![false, true],
+            skip: BTreeSet::new(),
         };
         let got: Vec<_> = p.records().collect();
-        assert_eq!(got, [(&b"{\"a\":1}"[..], false), (&b"{\"f\":2}"[..], true)]);
+        assert_eq!(
+            got,
+            [(0, &b"{\"a\":1}"[..], false), (1, &b"{\"f\":2}"[..], true)]
+        );
+        let torn = Pending {
+            skip: [0].into(),
+            ..p
+        };
+        let got: Vec<_> = torn.records().collect();
+        assert_eq!(got, [(1, &b"{\"f\":2}"[..], true)]);
+        assert_eq!(torn.count(), 2);
     }
 }

@@ -9,9 +9,9 @@ use std::{
 };
 
 use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
-    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
+    error::{KafkaError, RDKafkaErrorCode},
+    ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +23,37 @@ pub struct Position {
     pub node: String,
     pub stream: String,
     pub sequence: u64,
+    /// Where the stream's records end in each partition it wrote to (the
+    /// offset after its last record): recovery reads on from there.
+    #[serde(default)]
+    pub tails: Vec<Tail>,
+}
+
+/// The offset after a stream's last record in one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tail {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
 }
 
 impl Position {
+    /// A record of the stream was delivered at `next - 1`.
+    pub fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        match self
+            .tails
+            .iter_mut()
+            .find(|t| t.topic == topic && t.partition == partition)
+        {
+            Some(t) => t.next = t.next.max(next),
+            None => self.tails.push(Tail {
+                topic: topic.to_owned(),
+                partition,
+                next,
+            }),
+        }
+    }
+
     /// The record's key: the dedupe key of the ledger.
     pub fn key(&self) -> String {
         crate::ledger::space(&self.node, &self.stream)
@@ -48,6 +76,7 @@ pub fn of_group<'a>(batches: impl Iterator<Item = (&'a str, &'a str, u64)>) -> V
             node: node.to_owned(),
             stream: stream.to_owned(),
             sequence,
+            tails: Vec::new(),
         })
         .collect()
 }
@@ -69,9 +98,25 @@ pub enum PositionsError {
     Slow(String, Duration),
 }
 
+/// Logs a consumer's errors, but the end of a partition (which reading
+/// to the end asks for).
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_))
+            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            tracing::warn!(%error, reason, "kafka consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// A consumer of the site's settings (TLS, SASL) that reads committed
 /// records only.
-pub fn consumer(settings: &Settings) -> Result<BaseConsumer, PositionsError> {
+pub fn consumer(settings: &Settings) -> Result<BaseConsumer<Quiet>, PositionsError> {
     let mut c = ClientConfig::new();
     for (k, v) in &settings.extra {
         c.set(k, v);
@@ -85,13 +130,13 @@ pub fn consumer(settings: &Settings) -> Result<BaseConsumer, PositionsError> {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(Quiet)
         .map_err(PositionsError::Client)
 }
 
 /// The partitions of `topic`, or why not.
 pub fn partitions(
-    c: &BaseConsumer,
+    c: &BaseConsumer<Quiet>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, PositionsError> {
@@ -146,7 +191,7 @@ pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError>
         topic: topic.to_owned(),
         source,
     })?;
-    let mut marks: HashMap<(String, String), u64> = HashMap::new();
+    let mut marks: HashMap<(String, String), Position> = HashMap::new();
     let mut skipped = 0;
     let limit = Duration::from_secs(120);
     let start = Instant::now();
@@ -168,22 +213,19 @@ pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError>
                 .and_then(|b| serde_json::from_slice::<Position>(b).ok())
             {
                 Some(pos) => {
-                    let h = marks.entry((pos.node, pos.stream)).or_default();
-                    *h = (*h).max(pos.sequence);
+                    let key = (pos.node.clone(), pos.stream.clone());
+                    match marks.get(&key) {
+                        Some(had) if had.sequence >= pos.sequence => {}
+                        _ => {
+                            marks.insert(key, pos);
+                        }
+                    }
                 }
                 None => skipped += 1,
             },
         }
     }
-    let out = marks
-        .into_iter()
-        .map(|((node, stream), sequence)| Position {
-            node,
-            stream,
-            sequence,
-        })
-        .collect();
-    Ok((out, skipped))
+    Ok((marks.into_values().collect(), skipped))
 }
 
 #[cfg(test)]

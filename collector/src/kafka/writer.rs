@@ -7,6 +7,7 @@ use std::{
 
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
     producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
     ClientConfig, ClientContext,
 };
@@ -14,7 +15,8 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::{
-    positions::{self, Position},
+    positions,
+    recover::{self, Recovered},
     Health, Pending, Settings, Sink,
 };
 
@@ -130,8 +132,9 @@ async fn new_producer(s: &Settings, health: &Arc<Health>) -> Result<Kafka, Strin
     Ok(p)
 }
 
-/// Connect, check the topics, and read the positions.
-async fn start_up(s: &Settings, health: &Arc<Health>) -> Result<(Kafka, Vec<Position>), String> {
+/// Connect, check the topics, read the positions and recover what an
+/// aborted transaction left.
+async fn start_up(s: &Settings, health: &Arc<Health>) -> Result<(Kafka, Recovered), String> {
     let p = new_producer(s, health).await?;
     let settings = s.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -141,16 +144,24 @@ async fn start_up(s: &Settings, health: &Arc<Health>) -> Result<(Kafka, Vec<Posi
         for t in topics {
             positions::partitions(&c, t, Duration::from_secs(10))?;
         }
-        positions::read(&settings)
+        let (marks, skipped) = positions::read(&settings)?;
+        recover::scan(&settings, marks).map(|r| (r, skipped))
     })
     .await
     .map_err(|e| format!("reading the positions: {e}"))?;
-    let (marks, skipped) = read.map_err(|e| e.to_string())?;
+    let (recovered, skipped) = read.map_err(|e| e.to_string())?;
     if skipped > 0 {
         warn!(topic = %s.positions_topic, skipped, "records of the positions topic that are not positions were skipped");
     }
-    info!(topic = %s.positions_topic, streams = marks.len(), "kafka positions read");
-    Ok((p, marks))
+    if recovered.whole + recovered.partial.len() > 0 {
+        // never on a broker that hides aborted transactions
+        warn!(whole = recovered.whole, torn = recovered.partial.len(),
+            "kafka holds records of batches past their streams' positions (an aborted transaction the broker let through): \
+             whole ones count as written, torn ones get only their missing lines");
+    }
+    info!(topic = %s.positions_topic, streams = recovered.marks.len(),
+        torn_batches = recovered.partial.len(), "kafka positions read");
+    Ok((p, recovered))
 }
 
 /// Enqueue one record, waiting while librdkafka's queue is full.
@@ -170,44 +181,82 @@ async fn send(
     }
 }
 
-/// Wait for every record's delivery (acks=all).
-async fn delivered(futs: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
+/// Wait for every record's delivery (acks=all): where each one landed.
+async fn delivered(futs: Vec<DeliveryFuture>) -> Result<Vec<(i32, i64)>, KafkaError> {
+    let mut at = Vec::with_capacity(futs.len());
     for f in futs {
         match f.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(d)) => at.push((d.partition, d.offset)),
             Ok(Err((e, _))) => return Err(e),
             Err(_) => return Err(KafkaError::Canceled),
         }
     }
-    Ok(())
+    Ok(at)
+}
+
+/// The headers recovery reads a record's place in its batch from
+/// (whatever the payload's format).
+fn headers(b: &Pending, index: usize) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: recover::NODE,
+            value: Some(b.node.as_str()),
+        })
+        .insert(Header {
+            key: recover::STREAM,
+            value: Some(b.stream.as_str()),
+        })
+        .insert(Header {
+            key: recover::SEQUENCE,
+            value: Some(&b.sequence.to_string()),
+        })
+        .insert(Header {
+            key: recover::INDEX,
+            value: Some(&index.to_string()),
+        })
+        .insert(Header {
+            key: recover::COUNT,
+            value: Some(&b.count().to_string()),
+        })
 }
 
 /// Produce `group`'s records and positions in one transaction.
 async fn produce(p: &Kafka, s: &Settings, group: &[Pending]) -> Result<usize, KafkaError> {
     let mut futs = Vec::new();
-    for b in group {
-        for (line, finding) in b.records() {
+    // (batch, topic) of each record
+    let mut whose = Vec::new();
+    for (i, b) in group.iter().enumerate() {
+        for (index, line, finding) in b.records() {
             let topic = match (&s.findings_topic, finding) {
                 (Some(t), true) => t.as_str(),
                 _ => s.topic.as_str(),
             };
-            futs.push(
-                send(
-                    p,
-                    FutureRecord::to(topic).key(b.node.as_str()).payload(line),
-                )
-                .await?,
-            );
+            let rec = FutureRecord::to(topic)
+                .key(b.node.as_str())
+                .payload(line)
+                .headers(headers(b, index));
+            futs.push(send(p, rec).await?);
+            whose.push((i, topic));
         }
     }
     let records = futs.len();
-    delivered(futs).await?;
-    // positions after the records they vouch for
-    let marks = positions::of_group(
+    let at = delivered(futs).await?;
+    // positions after the records they vouch for, with where each
+    // stream's records end (recovery reads on from there)
+    let mut marks = positions::of_group(
         group
             .iter()
             .map(|b| (b.node.as_str(), b.stream.as_str(), b.sequence)),
     );
+    for ((i, topic), (partition, offset)) in whose.into_iter().zip(at) {
+        let b = &group[i];
+        if let Some(m) = marks
+            .iter_mut()
+            .find(|m| m.node == b.node && m.stream == b.stream)
+        {
+            m.advance(topic, partition, offset + 1);
+        }
+    }
     let mut futs = Vec::new();
     for m in &marks {
         let (key, value) = (m.key(), m.value());
@@ -300,7 +349,7 @@ impl Backoff {
     }
 }
 
-pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Vec<Position>>) {
+pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recovered>) {
     let health = sink.health.clone();
     let mut backoff = Backoff(Duration::from_millis(100));
     let mut producer = loop {
@@ -356,7 +405,10 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Vec<Po
             }
         };
         let t = Instant::now();
-        match transact(&p, &s, &group).await {
+        health.in_txn(true);
+        let result = transact(&p, &s, &group).await;
+        health.in_txn(false);
+        match result {
             Ok(records) => {
                 health.commits.fetch_add(1, Ordering::Relaxed);
                 health.records.fetch_add(records as u64, Ordering::Relaxed);
