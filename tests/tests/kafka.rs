@@ -1,0 +1,224 @@
+//! The collector's Kafka output with the real agent, the real collector
+//! and a real broker speaking the Kafka protocol (Tansu, tests/src/kafka.rs),
+//! read back with a read_committed consumer: every marked exec exactly
+//! once and in order per node, through a collector killed mid-stream and
+//! a broker cut off for 10 s.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+use spyglass_e2e::kafka::{Broker, Record};
+
+const EVENTS: &str = "spyglass-events";
+const FINDINGS: &str = "spyglass-findings";
+const POSITIONS: &str = "spyglass-positions";
+
+fn broker(dir: &Path) -> Broker {
+    let b = Broker::start(dir);
+    b.create_topic(EVENTS, 3);
+    b.create_topic(FINDINGS, 1);
+    b.create_topic(POSITIONS, 3);
+    b
+}
+
+/// A collector publishing to `b` (no output file), with `metrics` for
+/// /readyz and /metrics.
+struct KafkaCollector {
+    child: Child,
+    port: u16,
+    metrics: u16,
+}
+
+impl KafkaCollector {
+    fn start(b: &Broker, port: u16, metrics: u16) -> Self {
+        let child = Command::new(bin("spyglass-collector"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--kafka-brokers", &b.bootstrap()])
+            .args(["--kafka-findings-topic", FINDINGS])
+            .args(["--kafka-transactional-id", "spyglass-test-0"])
+            .args(["--log-level", "warn"])
+            .spawn()
+            .expect("start collector");
+        eventually("the collector to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        KafkaCollector {
+            child,
+            port,
+            metrics,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn ready(&self) -> (u16, String) {
+        http_get(self.metrics, "/readyz")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for KafkaCollector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn events(records: &[Record]) -> Vec<Value> {
+    records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("a record is one JSON event"))
+        .collect()
+}
+
+/// Read the events topic until `n` marked execs are there.
+fn wait_for_marks(b: &Broker, mark: &str, n: usize) -> Vec<Record> {
+    eventually(
+        &format!("{n} marked execs in topic {EVENTS}"),
+        Duration::from_secs(90),
+        || {
+            let records = b.read_all(EVENTS);
+            (marked_execs(&events(&records), mark).len() >= n).then_some(records)
+        },
+    )
+}
+
+fn assert_exactly_once(records: &[Record], mark: &str, n: usize) {
+    let seen = marked_execs(&events(records), mark);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !seen.contains_key(&format!("{mark}-{i:05}")))
+        .collect();
+    let dup: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {n} execs missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(dup.is_empty(), "duplicated in Kafka: {dup:?}");
+}
+
+/// Each record is keyed by its node; within a partition, one node's
+/// batches and lines come in order.
+fn assert_keyed_and_ordered(records: &[Record]) {
+    let mut last: BTreeMap<(i32, String, String), (u64, u64)> = BTreeMap::new();
+    for (r, e) in records.iter().zip(events(records)) {
+        let d = &e["delivery"];
+        let node = d["node_id"].as_str().expect("delivery.node_id").to_owned();
+        assert_eq!(
+            r.key.as_deref(),
+            Some(node.as_bytes()),
+            "record key is the node id: {e}"
+        );
+        let stream = d["stream_id"].as_str().unwrap_or_default().to_owned();
+        let at = (
+            d["sequence"].as_u64().unwrap(),
+            d["index"].as_u64().unwrap(),
+        );
+        if let Some(prev) = last.insert((r.partition, node, stream), at) {
+            assert!(
+                at > prev,
+                "out of order in partition {}: {prev:?} then {at:?}",
+                r.partition
+            );
+        }
+    }
+}
+
+#[test]
+fn marked_execs_reach_kafka_once_keyed_and_in_order() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("kafka-once");
+    let b = broker(&dir);
+    let col = KafkaCollector::start(&b, free_port(), free_port());
+    eventually("the collector ready", Duration::from_secs(20), || {
+        (col.ready().0 == 200).then_some(())
+    });
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let mark = marker("kafka-once");
+    const N: usize = 100;
+    exec_series(&mark, N, Duration::from_millis(10))
+        .join()
+        .unwrap();
+    let records = wait_for_marks(&b, &mark, N);
+    assert_exactly_once(&records, &mark, N);
+    assert_keyed_and_ordered(&records);
+    // the positions say where each stream is, in the same transactions
+    let positions = b.read_all(POSITIONS);
+    let marks: Vec<Value> = positions
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    let top = events(&records)
+        .iter()
+        .filter_map(|e| e["delivery"]["sequence"].as_u64())
+        .max()
+        .unwrap();
+    assert!(
+        marks.iter().any(|m| m["sequence"].as_u64() == Some(top)),
+        "no position record for the last batch {top}: {marks:?}"
+    );
+    let (_, metrics) = http_get(col.metrics, "/metrics");
+    assert!(
+        metrics.contains("spyglass_collector_kafka_up 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spyglass_collector_kafka_aborts_total 0"),
+        "{metrics}"
+    );
+    agent.stop();
+}
+
+#[test]
+fn collector_killed_and_broker_cut_lose_and_duplicate_nothing() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("kafka-outage");
+    let b = broker(&dir);
+    let (port, metrics) = (free_port(), free_port());
+    let mut col = KafkaCollector::start(&b, port, metrics);
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let mark = marker("kafka-outage");
+    const N: usize = 400;
+    let series = exec_series(&mark, N, Duration::from_millis(40));
+    std::thread::sleep(Duration::from_secs(3));
+    col.kill(); // SIGKILL mid-stream: a transaction may be open
+    std::thread::sleep(Duration::from_secs(1));
+    let col = KafkaCollector::start(&b, port, metrics);
+    std::thread::sleep(Duration::from_secs(3));
+    // the broker unreachable for 10 s: not ready while it is
+    b.cut(Duration::from_secs(10));
+    let (code, why) = eventually(
+        "/readyz to say Kafka is down",
+        Duration::from_secs(9),
+        || {
+            let (code, why) = col.ready();
+            (code == 503).then_some((code, why))
+        },
+    );
+    assert!(why.starts_with("kafka: "), "{code} {why}");
+    series.join().unwrap();
+    // the cut is over once the collector commits again
+    eventually("/readyz ready again", Duration::from_secs(60), || {
+        (col.ready().0 == 200).then_some(())
+    });
+    let records = wait_for_marks(&b, &mark, N);
+    assert_exactly_once(&records, &mark, N);
+    assert_keyed_and_ordered(&records);
+    agent.stop();
+}
