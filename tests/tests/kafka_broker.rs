@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use rdkafka::{
     config::ClientConfig,
+    message::{Header, OwnedHeaders},
     producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
 };
 use spyglass_e2e::kafka::{Broker, Record};
@@ -28,19 +29,33 @@ fn producer(broker: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
     c.create().expect("create an rdkafka producer")
 }
 
-/// Enqueue `key` -> `payload` (delivery is awaited by the caller, or by
-/// the transaction's commit).
+/// Enqueue `key` -> `payload`, with the payload also in a header `echo`
+/// (delivery is awaited by the caller, or by the transaction's commit).
 fn send(p: &FutureProducer, topic: &str, key: &str, payload: &str) -> DeliveryFuture {
-    p.send_result(FutureRecord::to(topic).key(key).payload(payload))
-        .map_err(|(e, _)| e)
-        .expect("enqueue a record")
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "echo",
+        value: Some(payload),
+    });
+    p.send_result(
+        FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers),
+    )
+    .map_err(|(e, _)| e)
+    .expect("enqueue a record")
 }
 
-/// (key, payload) of records, as text.
+/// (key, payload) of records, as text; each must carry [`send`]'s header.
 fn texts(records: &[Record]) -> Vec<(String, String)> {
     records
         .iter()
         .map(|r| {
+            assert_eq!(
+                r.headers,
+                [("echo".to_owned(), r.payload.clone())],
+                "headers of {r:?}"
+            );
             (
                 String::from_utf8(r.key.clone().expect("a key")).unwrap(),
                 String::from_utf8(r.payload.clone()).unwrap(),
@@ -120,7 +135,8 @@ fn transactions_read_committed_and_a_cut_against_tansu() {
 }
 
 /// A producer connected through the proxy: its delivery during a 2 s cut
-/// fails or waits, and succeeds once the cut is over, once.
+/// fails or waits, and succeeds once the cut is over, once; the same
+/// while the broker is stopped (SIGSTOP) for 1 s.
 fn cut_and_deliver_after(rt: &Runtime, broker: &Broker) {
     let p = producer(
         broker,
@@ -159,10 +175,24 @@ fn cut_and_deliver_after(rt: &Runtime, broker: &Broker) {
         cut_at.elapsed()
     );
 
+    // a hung broker (SIGSTOP) for 1 s: the delivery waits for it
+    broker.pause();
+    let mut pending = send(&p, "events", "cut", "paused");
+    std::thread::sleep(Duration::from_secs(1));
+    let early = rt.block_on(async { tokio::time::timeout(Duration::ZERO, &mut pending).await });
+    assert!(
+        early.is_err(),
+        "a delivery completed while the broker was stopped: {early:?}"
+    );
+    broker.resume();
+    let r = rt.block_on(pending);
+    assert!(matches!(r, Ok(Ok(_))), "delivery after the pause: {r:?}");
+
     let got: Vec<(String, String)> = texts(&broker.read_all("events"))
         .into_iter()
         .filter(|(k, _)| k == "cut")
         .collect();
-    let want = [("cut", "before"), ("cut", "during")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let want = [("cut", "before"), ("cut", "during"), ("cut", "paused")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
     assert_eq!(got, want, "each record once, in order");
 }
