@@ -579,6 +579,11 @@ async fn run(cli: Cli) -> Result<()> {
         Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
         _ => {}
     }
+    if let Some(k) = shared.durability.kafka() {
+        if !k.drain(Duration::from_secs(10)).await {
+            warn!("batches still wait for Kafka at exit: their agents resend them");
+        }
+    }
     let mut guard = shared.outputs.lock().await;
     let (outputs, ledger) = &mut *guard;
     ledger.save(outputs.file.at())?;

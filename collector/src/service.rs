@@ -107,7 +107,13 @@ pub const STREAM_IN_FLIGHT: usize = 64;
 impl CollectorService {
     /// Check, deduplicate and write a batch: the generation its ack waits
     /// for, and what the ack needs.
-    async fn accept(&self, batch: Batch, peer: &str) -> Result<(u64, Accepted), Status> {
+    /// `first`: the stream's first batch.
+    async fn accept(
+        &self,
+        batch: Batch,
+        peer: &str,
+        first: bool,
+    ) -> Result<(u64, Accepted), Status> {
         let received = Received::from_batch(batch).map_err(|e| {
             warn!(%peer, error = %e, "batch refused");
             self.shared
@@ -124,13 +130,27 @@ impl CollectorService {
         )?;
         let (node, stream) = (batch.node_id.as_str(), batch.stream_id.as_str());
         let kafka = self.shared.durability.kafka();
+        let mut fresh = None;
         if let Some(k) = kafka {
             // Kafka is reachable and its queue has room: else wait (the
             // agent's batches stay in its spool)
             k.admit().await;
+            if first {
+                // another replica may have written this node since
+                fresh = Some(k.refresh(node).await.map_err(|e| {
+                    warn!(%peer, %node, error = %e, "batch refused: Kafka positions unknown");
+                    Status::unavailable(e)
+                })?);
+            }
         }
         let mut guard = self.shared.outputs.lock().await;
         let (outputs, ledger) = &mut *guard;
+        if let (Some(k), Some(fresh)) = (kafka, fresh) {
+            for m in &fresh.marks {
+                ledger.record(&m.node, &m.stream, m.sequence);
+            }
+            k.torn(fresh.partial);
+        }
         if let Some(gone) = &evicted {
             ledger.forget_node(gone);
         }
@@ -506,7 +526,7 @@ impl CollectorService {
                         .delay(batch.events.len(), self.shared.max_events_per_sec)
                         .map(|d| tokio::time::Instant::now() + d);
                     let first = reader.node.is_none().then(|| batch.node_id.clone());
-                    match self.accept(batch, &peer).await {
+                    match self.accept(batch, &peer, first.is_some()).await {
                         Ok((gen, accepted)) => {
                             if let Some(n) = first {
                                 // logged once the batch passed validation

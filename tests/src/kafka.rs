@@ -303,11 +303,13 @@ struct ProxyState {
 }
 
 /// A loopback TCP forwarder 127.0.0.1:port -> 127.0.0.1:target, a thread
-/// per direction per connection.
-struct Proxy {
-    port: u16,
+/// per direction per connection (also used to move an agent between
+/// collector replicas: [`Proxy::retarget`]).
+pub struct Proxy {
+    pub port: u16,
     state: Arc<Mutex<ProxyState>>,
     stopped: Arc<AtomicBool>,
+    target: Arc<std::sync::atomic::AtomicU16>,
 }
 
 fn lock(m: &Mutex<ProxyState>) -> MutexGuard<'_, ProxyState> {
@@ -315,12 +317,13 @@ fn lock(m: &Mutex<ProxyState>) -> MutexGuard<'_, ProxyState> {
 }
 
 impl Proxy {
-    fn start(target: u16) -> Proxy {
+    pub fn start(target: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the Kafka proxy");
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(ProxyState::default()));
         let stopped = Arc::new(AtomicBool::new(false));
-        let (st, stop) = (state.clone(), stopped.clone());
+        let target = Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let (st, stop, to) = (state.clone(), stopped.clone(), target.clone());
         std::thread::spawn(move || {
             let ids = AtomicU64::new(0);
             for client in listener.incoming() {
@@ -328,7 +331,8 @@ impl Proxy {
                     break;
                 }
                 let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to.load(Ordering::SeqCst)))
+                else {
                     continue;
                 };
                 // checked and registered under one lock, so that a cut
@@ -352,10 +356,21 @@ impl Proxy {
             port,
             state,
             stopped,
+            target,
         }
     }
 
-    fn cut(&self, d: Duration) {
+    /// Forward new connections to `target`, and close the open ones (their
+    /// clients reconnect, to `target`).
+    pub fn retarget(&self, target: u16) {
+        self.target.store(target, Ordering::SeqCst);
+        for (_, (a, b)) in lock(&self.state).open.drain() {
+            let _ = a.shutdown(Shutdown::Both);
+            let _ = b.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn cut(&self, d: Duration) {
         let mut st = lock(&self.state);
         st.cut_until = Some(Instant::now() + d);
         for (_, (a, b)) in st.open.drain() {
@@ -364,7 +379,7 @@ impl Proxy {
         }
     }
 
-    fn stop(&self) {
+    pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         // wake the accept loop so that it sees the flag
         let _ = TcpStream::connect(("127.0.0.1", self.port));
@@ -372,6 +387,12 @@ impl Proxy {
             let _ = a.shutdown(Shutdown::Both);
             let _ = b.shutdown(Shutdown::Both);
         }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use common::*;
 use serde_json::Value;
-use spyglass_e2e::kafka::{Broker, Record};
+use spyglass_e2e::kafka::{Broker, Proxy, Record};
 
 const EVENTS: &str = "spyglass-events";
 const FINDINGS: &str = "spyglass-findings";
@@ -38,12 +38,17 @@ struct KafkaCollector {
 
 impl KafkaCollector {
     fn start(b: &Broker, port: u16, metrics: u16) -> Self {
+        Self::start_as(b, port, metrics, "spyglass-test-0")
+    }
+
+    /// A replica with its own transactional.id.
+    fn start_as(b: &Broker, port: u16, metrics: u16, id: &str) -> Self {
         let child = Command::new(bin("spyglass-collector"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .args(["--kafka-brokers", &b.bootstrap()])
             .args(["--kafka-findings-topic", FINDINGS])
-            .args(["--kafka-transactional-id", "spyglass-test-0"])
+            .args(["--kafka-transactional-id", id])
             .args(["--log-level", "warn"])
             .spawn()
             .expect("start collector");
@@ -220,5 +225,57 @@ fn collector_killed_and_broker_cut_lose_and_duplicate_nothing() {
     let records = wait_for_marks(&b, &mark, N);
     assert_exactly_once(&records, &mark, N);
     assert_keyed_and_ordered(&records);
+    agent.stop();
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let (_, text) = http_get(port, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Two replicas behind one address; the agent is moved from A to B and
+/// back, twice, while both run: each replica reads where the node's streams stand
+/// in Kafka before its first batch, so the batches the agent resends
+/// after each move, which the other replica had committed, are not
+/// written twice.
+#[test]
+fn an_agent_moved_between_two_replicas_duplicates_nothing() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("kafka-replicas");
+    let b = broker(&dir);
+    let a = KafkaCollector::start_as(&b, free_port(), free_port(), "spyglass-test-a");
+    let r = KafkaCollector::start_as(&b, free_port(), free_port(), "spyglass-test-b");
+    for c in [&a, &r] {
+        eventually("the replica ready", Duration::from_secs(20), || {
+            (c.ready().0 == 200).then_some(())
+        });
+    }
+    let front = Proxy::start(a.port);
+    let agent = Agent::streaming_to(
+        &format!("http://127.0.0.1:{}", front.port),
+        &dir.join("spool"),
+        &["--no-snapshot"],
+    );
+    let mark = marker("kafka-replicas");
+    const N: usize = 300;
+    let series = exec_series(&mark, N, Duration::from_millis(30));
+    // four moves, each with batches in flight
+    for to in [r.port, a.port, r.port, a.port] {
+        std::thread::sleep(Duration::from_millis(1500));
+        front.retarget(to);
+    }
+    series.join().unwrap();
+    let records = wait_for_marks(&b, &mark, N);
+    assert_exactly_once(&records, &mark, N);
+    assert_keyed_and_ordered(&records);
+    // both carried the node's batches
+    for c in [&a, &r] {
+        let n = metric(c.metrics, "spyglass_collector_kafka_batches_total");
+        assert!(n > 0, "replica on port {} committed no batch", c.port);
+    }
     agent.stop();
 }

@@ -198,6 +198,11 @@ pub struct Sink {
     /// Per agent stream, a batch a crash tore: its sequence and the
     /// lines Kafka holds of it.
     partial: Mutex<HashMap<Stream, (u64, BTreeSet<usize>)>>,
+    settings: Settings,
+    /// Partitions of the positions topic (read at start).
+    positions_partitions: std::sync::atomic::AtomicI32,
+    /// Refreshes at once (each is a consumer reading one partition).
+    refreshing: tokio::sync::Semaphore,
 }
 
 impl Sink {
@@ -212,7 +217,38 @@ impl Sink {
             health: Arc::default(),
             max_record_bytes: settings.max_record_bytes,
             partial: Mutex::default(),
+            settings: settings.clone(),
+            positions_partitions: std::sync::atomic::AtomicI32::new(1),
+            refreshing: tokio::sync::Semaphore::new(4),
         }
+    }
+
+    /// What Kafka holds of `node`'s streams now: another replica may have
+    /// written its batches since this one last did (the agent moved). Read
+    /// the node's positions partition and recover past it, so a batch
+    /// already in Kafka is not written twice. Call it before a new
+    /// stream's first batch.
+    pub async fn refresh(&self, node: &str) -> Result<Recovered, String> {
+        let _one = self.refreshing.acquire().await;
+        let (s, node) = (self.settings.clone(), node.to_owned());
+        let parts = self.positions_partitions.load(Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let marks = positions::read_node(&s, &node, parts)?;
+            recover::scan(&s, marks)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading where node's streams stand in Kafka: {e}"))
+    }
+
+    /// Wait until every queued batch was decided, at most `limit` (at
+    /// exit: what was written is committed, not left in an open
+    /// transaction).
+    pub async fn drain(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.queued.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|q| *q == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Remember the torn batches recovery found.

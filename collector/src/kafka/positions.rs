@@ -116,7 +116,9 @@ impl ConsumerContext for Quiet {}
 
 /// A consumer of the site's settings (TLS, SASL) that reads committed
 /// records only.
-pub fn consumer(settings: &Settings) -> Result<BaseConsumer<Quiet>, PositionsError> {
+/// `reset`: where a start offset past the end goes (`earliest` or
+/// `latest`).
+pub fn consumer(settings: &Settings, reset: &str) -> Result<BaseConsumer<Quiet>, PositionsError> {
     let mut c = ClientConfig::new();
     for (k, v) in &settings.extra {
         c.set(k, v);
@@ -129,7 +131,7 @@ pub fn consumer(settings: &Settings) -> Result<BaseConsumer<Quiet>, PositionsErr
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", reset)
         .create_with_context(Quiet)
         .map_err(PositionsError::Client)
 }
@@ -160,37 +162,64 @@ pub fn partitions(
         .collect())
 }
 
+/// The positions partition of a node's streams (FNV-1a of the node id):
+/// chosen by the collector, not the client's partitioner, so a replica
+/// reads one partition to learn where a node's streams stand.
+pub fn partition_of(node: &str, partitions: i32) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in node.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (h % partitions.max(1).unsigned_abs()) as i32
+}
+
 /// Every stream's last committed position (blocking: run it off the
-/// runtime). A record that is not a position is skipped and counted.
+/// runtime), and the partition count. A record that is not a position is
+/// skipped and counted.
 pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError> {
-    let topic = settings.positions_topic.as_str();
-    let c = consumer(settings)?;
-    let timeout = Duration::from_secs(10);
+    let c = consumer(settings, "earliest")?;
+    let parts = partitions(&c, &settings.positions_topic, Duration::from_secs(10))?;
+    read_from(&c, &settings.positions_topic, &parts, |_| true)
+}
+
+/// The last committed positions of `node`'s streams, read from its one
+/// partition (blocking).
+pub fn read_node(
+    settings: &Settings,
+    node: &str,
+    partitions: i32,
+) -> Result<Vec<Position>, PositionsError> {
+    let c = consumer(settings, "earliest")?;
+    let part = partition_of(node, partitions);
+    read_from(&c, &settings.positions_topic, &[part], |p| p.node == node).map(|(marks, _)| marks)
+}
+
+/// Read `parts` of `topic` from the beginning to their end (committed
+/// records only): the last position of each stream `keep` takes.
+fn read_from(
+    c: &BaseConsumer<Quiet>,
+    topic: &str,
+    parts: &[i32],
+    keep: impl Fn(&Position) -> bool,
+) -> Result<(Vec<Position>, u64), PositionsError> {
+    let read = |source| PositionsError::Read {
+        topic: topic.to_owned(),
+        source,
+    };
+    // read to each partition's end (EOF): not to its watermark, which a
+    // broker may answer wrongly (Tansu 0.6 does, under an open
+    // transaction and for batches of several records)
     let mut list = TopicPartitionList::new();
     let mut open = Vec::new();
-    for p in partitions(&c, topic, timeout)? {
-        let (low, high) =
-            c.fetch_watermarks(topic, p, timeout)
-                .map_err(|source| PositionsError::Read {
-                    topic: topic.to_owned(),
-                    source,
-                })?;
-        if high > low {
-            list.add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(|source| PositionsError::Read {
-                    topic: topic.to_owned(),
-                    source,
-                })?;
-            open.push(p);
-        }
+    for &p in parts {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(read)?;
+        open.push(p);
     }
     if open.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    c.assign(&list).map_err(|source| PositionsError::Read {
-        topic: topic.to_owned(),
-        source,
-    })?;
+    c.assign(&list).map_err(read)?;
     let mut marks: HashMap<(String, String), Position> = HashMap::new();
     let mut skipped = 0;
     let limit = Duration::from_secs(120);
@@ -202,17 +231,12 @@ pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError>
         match c.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|&o| o != p),
-            Some(Err(source)) => {
-                return Err(PositionsError::Read {
-                    topic: topic.to_owned(),
-                    source,
-                })
-            }
+            Some(Err(source)) => return Err(read(source)),
             Some(Ok(m)) => match m
                 .payload()
                 .and_then(|b| serde_json::from_slice::<Position>(b).ok())
             {
-                Some(pos) => {
+                Some(pos) if keep(&pos) => {
                     let key = (pos.node.clone(), pos.stream.clone());
                     match marks.get(&key) {
                         Some(had) if had.sequence >= pos.sequence => {}
@@ -221,6 +245,7 @@ pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError>
                         }
                     }
                 }
+                Some(_) => {}
                 None => skipped += 1,
             },
         }
@@ -254,5 +279,19 @@ mod tests {
         );
         let back: Position = serde_json::from_slice(&got[0].value()).unwrap();
         assert_eq!(back, got[0]);
+    }
+
+    #[test]
+    fn a_node_keeps_its_partition() {
+        // FNV-1a: fixed for every collector build and replica
+        assert_eq!(partition_of("", 16), (0x811c_9dc5u32 % 16) as i32);
+        let p = partition_of("node-a", 16);
+        assert!((0..16).contains(&p));
+        assert_eq!(p, partition_of("node-a", 16));
+        let spread: std::collections::BTreeSet<i32> = (0..100)
+            .map(|i| partition_of(&format!("node-{i}"), 16))
+            .collect();
+        assert!(spread.len() > 8, "{spread:?}");
+        assert_eq!(partition_of("x", 0), 0);
     }
 }

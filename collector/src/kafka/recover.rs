@@ -137,19 +137,16 @@ pub fn scan(settings: &Settings, mut marks: Vec<Position>) -> Result<Recovered, 
         let at = from.entry((t.topic.clone(), t.partition)).or_insert(t.next);
         *at = (*at).min(t.next);
     }
-    let c = positions::consumer(settings)?;
-    let timeout = Duration::from_secs(10);
+    // a tail past the end (nothing more was written) starts at the end;
+    // each partition is read to its EOF, not to its watermark (which
+    // Tansu 0.6 answers wrongly)
+    let c = positions::consumer(settings, "latest")?;
     let mut list = TopicPartitionList::new();
     let mut open = Vec::new();
     for ((topic, partition), next) in from {
-        let (_, high) = c
-            .fetch_watermarks(&topic, partition, timeout)
+        list.add_partition_offset(&topic, partition, Offset::Offset(next))
             .map_err(|e| read(&topic, e))?;
-        if high > next {
-            list.add_partition_offset(&topic, partition, Offset::Offset(next))
-                .map_err(|e| read(&topic, e))?;
-            open.push((topic, partition));
-        }
+        open.push((topic, partition));
     }
     if open.is_empty() {
         return Ok(Recovered {

@@ -90,6 +90,11 @@ async fn blocking<T: Send + 'static>(
 
 fn producer_config(s: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
+    // defaults a site may change: batch for 5 ms, and after an outage
+    // try the brokers again within a second (librdkafka's default backs
+    // off to 10 s)
+    c.set("linger.ms", "5")
+        .set("reconnect.backoff.max.ms", "1000");
     for (k, v) in &s.extra {
         c.set(k, v);
     }
@@ -107,8 +112,7 @@ fn producer_config(s: &Settings) -> ClientConfig {
             "message.timeout.ms",
             DELIVERY_TIMEOUT.as_millis().to_string(),
         )
-        .set("message.max.bytes", (s.max_record_bytes + 4096).to_string())
-        .set("linger.ms", "5");
+        .set("message.max.bytes", (s.max_record_bytes + 4096).to_string());
     c
 }
 
@@ -134,16 +138,20 @@ async fn new_producer(s: &Settings, health: &Arc<Health>) -> Result<Kafka, Strin
 
 /// Connect, check the topics, read the positions and recover what an
 /// aborted transaction left.
-async fn start_up(s: &Settings, health: &Arc<Health>) -> Result<(Kafka, Recovered), String> {
-    let p = new_producer(s, health).await?;
+async fn start_up(s: &Settings, sink: &Arc<Sink>) -> Result<(Kafka, Recovered), String> {
+    let p = new_producer(s, &sink.health).await?;
     let settings = s.clone();
+    let sink = sink.clone();
     let read = tokio::task::spawn_blocking(move || {
-        let c = positions::consumer(&settings)?;
+        let c = positions::consumer(&settings, "earliest")?;
         let mut topics = vec![settings.topic.as_str()];
         topics.extend(settings.findings_topic.as_deref());
         for t in topics {
             positions::partitions(&c, t, Duration::from_secs(10))?;
         }
+        let parts = positions::partitions(&c, &settings.positions_topic, Duration::from_secs(10))?;
+        sink.positions_partitions
+            .store(parts.len() as i32, std::sync::atomic::Ordering::Relaxed);
         let (marks, skipped) = positions::read(&settings)?;
         recover::scan(&settings, marks).map(|r| (r, skipped))
     })
@@ -221,7 +229,12 @@ fn headers(b: &Pending, index: usize) -> OwnedHeaders {
 }
 
 /// Produce `group`'s records and positions in one transaction.
-async fn produce(p: &Kafka, s: &Settings, group: &[Pending]) -> Result<usize, KafkaError> {
+async fn produce(
+    p: &Kafka,
+    s: &Settings,
+    parts: i32,
+    group: &[Pending],
+) -> Result<usize, KafkaError> {
     let mut futs = Vec::new();
     // (batch, topic) of each record
     let mut whose = Vec::new();
@@ -264,6 +277,7 @@ async fn produce(p: &Kafka, s: &Settings, group: &[Pending]) -> Result<usize, Ka
             send(
                 p,
                 FutureRecord::to(s.positions_topic.as_str())
+                    .partition(positions::partition_of(&m.node, parts))
                     .key(key.as_str())
                     .payload(value.as_slice()),
             )
@@ -293,10 +307,15 @@ async fn commit(p: &Kafka) -> Result<(), Failure> {
 }
 
 /// One transaction: begin, produce, commit; aborted on failure.
-async fn transact(p: &Kafka, s: &Settings, group: &[Pending]) -> Result<usize, Failure> {
+async fn transact(
+    p: &Kafka,
+    s: &Settings,
+    parts: i32,
+    group: &[Pending],
+) -> Result<usize, Failure> {
     p.begin_transaction()
         .map_err(|e| Failure::of("begin", &e))?;
-    let result = match produce(p, s, group).await {
+    let result = match produce(p, s, parts, group).await {
         Ok(n) => commit(p).await.map(|()| n),
         Err(e) => Err(Failure::of("produce", &e)),
     };
@@ -353,7 +372,7 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
     let health = sink.health.clone();
     let mut backoff = Backoff(Duration::from_millis(100));
     let mut producer = loop {
-        match start_up(&s, &health).await {
+        match start_up(&s, &sink).await {
             Ok((p, marks)) => {
                 let _ = positions.send(marks);
                 health.set_up();
@@ -406,7 +425,10 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
         };
         let t = Instant::now();
         health.in_txn(true);
-        let result = transact(&p, &s, &group).await;
+        let parts = sink
+            .positions_partitions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let result = transact(&p, &s, parts, &group).await;
         health.in_txn(false);
         match result {
             Ok(records) => {
