@@ -279,3 +279,108 @@ fn an_agent_moved_between_two_replicas_duplicates_nothing() {
     }
     agent.stop();
 }
+
+/// Bad input, in order on one broker: brokers unreachable at start (not
+/// ready, nothing acked, then delivered once they answer), a topic that
+/// does not exist (not ready naming it, until it is created), and an
+/// event over the record limit (its batch refused, counted, reported by
+/// the agent as a loss, and delivery going on).
+#[test]
+fn unreachable_brokers_a_missing_topic_and_an_oversize_event() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("kafka-bad");
+    let b = Broker::start(&dir);
+    b.create_topic(EVENTS, 3);
+    b.create_topic(POSITIONS, 3);
+    // the brokers' address answers nothing yet
+    let dead = free_port();
+    let front = Proxy::start(dead);
+    let (port, metrics) = (free_port(), free_port());
+    let child = Command::new(bin("spyglass-collector"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(["--kafka-brokers", &format!("127.0.0.1:{}", front.port)])
+        .args(["--kafka-findings-topic", FINDINGS])
+        .args(["--kafka-transactional-id", "spyglass-test-bad"])
+        .args(["--kafka-max-record-bytes", "4096"])
+        .args(["--log-level", "error"])
+        .spawn()
+        .expect("start collector");
+    let col = KafkaCollector {
+        child,
+        port,
+        metrics,
+    };
+    eventually("the collector to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let (code, why) = eventually(
+        "/readyz to say Kafka is unreachable",
+        Duration::from_secs(30),
+        || {
+            let (code, why) = col.ready();
+            (code == 503 && why.starts_with("kafka: ")).then_some((code, why))
+        },
+    );
+    assert_eq!(code, 503, "{why}");
+    let spool = dir.join("spool");
+    let agent = Agent::streaming_to(&col.url(), &spool, &["--no-snapshot"]);
+    let mark = marker("kafka-bad");
+    exec_series(&format!("{mark}-a"), 20, Duration::from_millis(10))
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(metric(metrics, "spyglass_collector_kafka_batches_total"), 0);
+    // reachable now, but the findings topic is missing
+    let broker_port = b.bootstrap().rsplit(':').next().unwrap().parse().unwrap();
+    front.retarget(broker_port);
+    let (_, why) = eventually(
+        "/readyz to name the missing topic",
+        Duration::from_secs(30),
+        || {
+            let (code, why) = col.ready();
+            (code == 503 && why.contains(FINDINGS)).then_some((code, why))
+        },
+    );
+    assert!(why.contains("does not exist"), "{why}");
+    b.create_topic(FINDINGS, 1);
+    eventually("/readyz ready", Duration::from_secs(30), || {
+        (col.ready().0 == 200).then_some(())
+    });
+    let records = wait_for_marks(&b, &format!("{mark}-a"), 20);
+    assert_exactly_once(&records, &format!("{mark}-a"), 20);
+    // one exec whose argv renders over 4096 bytes: its batch is refused
+    let long = "x".repeat(6000);
+    assert!(Command::new("/bin/true")
+        .arg(format!("{mark}-long-{long}"))
+        .status()
+        .unwrap()
+        .success());
+    eventually(
+        "the oversize batch refused",
+        Duration::from_secs(30),
+        || (metric(metrics, "spyglass_collector_kafka_oversized_batches_total") >= 1).then_some(()),
+    );
+    exec_series(&format!("{mark}-b"), 20, Duration::from_millis(10))
+        .join()
+        .unwrap();
+    let records = wait_for_marks(&b, &format!("{mark}-b"), 20);
+    assert_exactly_once(&records, &format!("{mark}-b"), 20);
+    let all = events(&records);
+    assert!(
+        !all.iter()
+            .any(|e| argv(e).iter().any(|a| a.contains("-long-"))),
+        "the oversize exec reached Kafka"
+    );
+    let lost: u64 = all
+        .iter()
+        .filter(|e| e["kind"] == "loss" && e["loss"]["stage"] == "agent")
+        .filter_map(|e| e["loss"]["spool_dropped"].as_u64())
+        .sum();
+    assert!(
+        lost >= 1,
+        "the agent did not report the refused batch as lost"
+    );
+    agent.stop();
+}
