@@ -146,7 +146,9 @@ impl CollectorService {
         let mut guard = self.shared.outputs.lock().await;
         let (outputs, ledger) = &mut *guard;
         if let (Some(k), Some(fresh)) = (kafka, fresh) {
-            for m in &fresh.marks {
+            // this stream's mark only: recording the node's other streams
+            // could evict this one from the ledger's per-node places
+            for m in fresh.marks.iter().filter(|m| m.stream == stream) {
                 ledger.record(&m.node, &m.stream, m.sequence);
             }
             k.torn(fresh.partial);

@@ -49,6 +49,8 @@ impl KafkaCollector {
             .args(["--kafka-brokers", &b.bootstrap()])
             .args(["--kafka-findings-topic", FINDINGS])
             .args(["--kafka-transactional-id", id])
+            // Tansu 0.6 shows aborted transactions' records
+            .arg("--kafka-recover-aborted")
             .args(["--log-level", "warn"])
             .spawn()
             .expect("start collector");
@@ -303,6 +305,7 @@ fn unreachable_brokers_a_missing_topic_and_an_oversize_event() {
         .args(["--kafka-brokers", &format!("127.0.0.1:{}", front.port)])
         .args(["--kafka-findings-topic", FINDINGS])
         .args(["--kafka-transactional-id", "spyglass-test-bad"])
+        .arg("--kafka-recover-aborted")
         .args(["--kafka-max-record-bytes", "4096"])
         .args(["--log-level", "error"])
         .spawn()

@@ -96,6 +96,13 @@ pub struct KafkaArgs {
     /// with an event rendering larger is refused (INVALID_ARGUMENT).
     #[arg(long = "kafka-max-record-bytes", default_value_t = 1_000_000)]
     pub max_record_bytes: usize,
+    /// The broker shows read_committed consumers the records of aborted
+    /// transactions (Tansu 0.6; never Apache Kafka): then, at start and
+    /// before each new agent stream, read past each stream's position for
+    /// records an aborted transaction left, so their batches are not
+    /// written twice. Off: nothing is read past a position.
+    #[arg(long = "kafka-recover-aborted")]
+    pub recover_aborted: bool,
     /// librdkafka properties file (`key=value` lines, `#` comments) for
     /// TLS, SASL and tuning: security.protocol, ssl.ca.location,
     /// sasl.mechanism, sasl.username, sasl.password, ...
@@ -113,6 +120,8 @@ pub struct Settings {
     pub transactional_id: String,
     pub queue_bytes: usize,
     pub max_record_bytes: usize,
+    /// --kafka-recover-aborted.
+    pub recover_aborted: bool,
     /// From --kafka-config.
     pub extra: BTreeMap<String, String>,
 }
@@ -139,6 +148,7 @@ impl std::fmt::Debug for Settings {
             .field("transactional_id", &self.transactional_id)
             .field("queue_bytes", &self.queue_bytes)
             .field("max_record_bytes", &self.max_record_bytes)
+            .field("recover_aborted", &self.recover_aborted)
             .field("extra", &extra)
             .finish()
     }
@@ -234,6 +244,7 @@ impl KafkaArgs {
             transactional_id: id,
             queue_bytes: usize::try_from(self.queue_mib << 20).unwrap_or(usize::MAX),
             max_record_bytes: self.max_record_bytes.max(1024),
+            recover_aborted: self.recover_aborted,
             extra,
         }))
     }
@@ -273,6 +284,7 @@ mod tests {
             transactional_id: "x".into(),
             queue_bytes: 1,
             max_record_bytes: 1,
+            recover_aborted: false,
             extra: [("sasl.password".to_owned(), "hunter2".to_owned())].into(),
         };
         let shown = format!("{s:?}");
@@ -295,6 +307,7 @@ mod tests {
             transactional_id: Some("r0".into()),
             queue_mib: 1,
             max_record_bytes: 1,
+            recover_aborted: false,
             config: None,
         };
         assert!(matches!(args.settings(), Err(ConfigError::SameTopic(t)) if t == "t"));

@@ -172,6 +172,16 @@ impl Health {
         self.not_ready().is_none()
     }
 
+    /// A transaction committed `records` of `batches` in `took`.
+    fn committed(&self, records: usize, batches: usize, took: std::time::Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        self.batches.fetch_add(batches as u64, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.set_up();
+    }
+
     /// A transaction began (`true`) or ended.
     fn in_txn(&self, open: bool) {
         self.txn_since_ms
@@ -395,6 +405,7 @@ mod tests {
             transactional_id: "r".into(),
             queue_bytes,
             max_record_bytes: 1 << 20,
+            recover_aborted: false,
             extra: Default::default(),
         }
     }

@@ -261,13 +261,20 @@ async fn produce(
             .iter()
             .map(|b| (b.node.as_str(), b.stream.as_str(), b.sequence)),
     );
+    let index: std::collections::HashMap<(&str, &str), usize> = marks
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ((m.node.as_str(), m.stream.as_str()), i))
+        .collect();
+    // each batch's position, found once
+    let mark_of: Vec<Option<usize>> = group
+        .iter()
+        .map(|b| index.get(&(b.node.as_str(), b.stream.as_str())).copied())
+        .collect();
+    drop(index);
     for ((i, topic), (partition, offset)) in whose.into_iter().zip(at) {
-        let b = &group[i];
-        if let Some(m) = marks
-            .iter_mut()
-            .find(|m| m.node == b.node && m.stream == b.stream)
-        {
-            m.advance(topic, partition, offset + 1);
+        if let Some(m) = mark_of[i] {
+            marks[m].advance(topic, partition, offset + 1);
         }
     }
     let mut futs = Vec::new();
@@ -390,15 +397,7 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
         // Down with nothing to commit: check that Kafka answers again,
         // so /readyz clears without a batch (not ready keeps batches away)
         if !health.up() && sink.idle() {
-            if producer.is_none() {
-                match new_producer(&s, &health).await {
-                    Ok(p) => {
-                        health.producer_restarts.fetch_add(1, Ordering::Relaxed);
-                        producer = Some(p);
-                    }
-                    Err(why) => health.set_down(why),
-                }
-            }
+            producer = ready_producer(producer, &s, &health).await;
             if let Some(p) = &producer {
                 probe(p, &s, &health).await;
             }
@@ -407,54 +406,65 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
         else {
             continue;
         };
-        let p = loop {
-            if let Some(p) = &producer {
-                break p.clone();
-            }
-            match new_producer(&s, &health).await {
-                Ok(p) => {
-                    health.producer_restarts.fetch_add(1, Ordering::Relaxed);
-                    producer = Some(p);
+        // The group is retried until it commits: a stream's batches
+        // commit in order and none is skipped (positions are high-water
+        // marks, so a later batch committed after an earlier one failed
+        // would hide the failed one from every replica's dedupe). Agents
+        // wait for their acks meanwhile; /readyz says why.
+        loop {
+            producer = ready_producer(producer, &s, &health).await;
+            let Some(p) = producer.clone() else {
+                backoff.wait().await;
+                continue;
+            };
+            let t = Instant::now();
+            health.in_txn(true);
+            let parts = sink.positions_partitions.load(Ordering::Relaxed);
+            let result = transact(&p, &s, parts, &group).await;
+            health.in_txn(false);
+            match result {
+                Ok(records) => {
+                    health.committed(records, group.len(), t.elapsed());
+                    sink.decided(&group, Ok(()));
+                    backoff = Backoff(Duration::from_millis(100));
+                    break;
                 }
-                Err(why) => {
-                    warn!(error = %why, "kafka producer not ready; retrying");
-                    health.set_down(why);
+                Err(f) => {
+                    warn!(error = %f.why, batches = group.len(), fatal = f.fatal,
+                        "kafka transaction failed; retrying it (its batches are not acked meanwhile)");
+                    health.aborts.fetch_add(1, Ordering::Relaxed);
+                    health.set_down(f.why.clone());
+                    if f.fatal {
+                        // librdkafka's teardown blocks: not on the runtime
+                        let old = producer.take();
+                        tokio::task::spawn_blocking(move || drop(old));
+                    }
                     backoff.wait().await;
                 }
             }
-        };
-        let t = Instant::now();
-        health.in_txn(true);
-        let parts = sink
-            .positions_partitions
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let result = transact(&p, &s, parts, &group).await;
-        health.in_txn(false);
-        match result {
-            Ok(records) => {
-                health.commits.fetch_add(1, Ordering::Relaxed);
-                health.records.fetch_add(records as u64, Ordering::Relaxed);
-                health
-                    .batches
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
-                health
-                    .commit_micros
-                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                health.set_up();
-                sink.decided(&group, Ok(()));
-                backoff = Backoff(Duration::from_millis(100));
-            }
-            Err(f) => {
-                warn!(error = %f.why, batches = group.len(), fatal = f.fatal,
-                    "kafka transaction failed; its batches are not acked (agents resend them)");
-                health.aborts.fetch_add(1, Ordering::Relaxed);
-                health.set_down(f.why.clone());
-                sink.decided(&group, Err(format!("{}{}", super::ERROR_PREFIX, f.why)));
-                if f.fatal {
-                    producer = None;
-                }
-                backoff.wait().await;
-            }
+        }
+    }
+}
+
+/// `producer`, or a new one when there is none (`None` while Kafka does
+/// not answer; /readyz says why).
+async fn ready_producer(
+    producer: Option<Kafka>,
+    s: &Settings,
+    health: &Arc<Health>,
+) -> Option<Kafka> {
+    if producer.is_some() {
+        return producer;
+    }
+    match new_producer(s, health).await {
+        Ok(p) => {
+            health.producer_restarts.fetch_add(1, Ordering::Relaxed);
+            Some(p)
+        }
+        Err(why) => {
+            warn!(error = %why, "kafka producer not ready; retrying");
+            health.set_down(why);
+            None
         }
     }
 }
