@@ -804,10 +804,9 @@ impl Backlog<'_> {
         })
     }
 
-    /// Build a backlog, then drain it into a collector publishing to a
-    /// Tansu broker: one table row, and the collector (still running).
-    fn ingest_kafka(&self, dport: u16, dir: &std::path::Path) -> Result<(String, Child)> {
-        let broker = Tansu::start(dir)?;
+    /// UDP sends to `dport` while no collector runs (10,000 a second):
+    /// how many, once the agent has spooled them.
+    fn build(&self, dport: u16) -> Result<u64> {
         let backlog_secs = (self.ops / 10_000).max(1);
         run_loadgen(&[
             "udp".into(),
@@ -816,7 +815,14 @@ impl Backlog<'_> {
             dport.to_string(),
         ])?;
         std::thread::sleep(Duration::from_millis(1500));
-        let expected = 2 * 10_000 * backlog_secs;
+        Ok(10_000 * backlog_secs)
+    }
+
+    /// Build a backlog, then drain it into a collector publishing to a
+    /// Tansu broker: one table row, and the collector (still running).
+    fn ingest_kafka(&self, dport: u16, dir: &std::path::Path) -> Result<(String, Child)> {
+        let broker = Tansu::start(dir)?;
+        let expected = 2 * self.build(dport)?;
         let before = self.spooled();
         let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let collector = Command::new(bench_collector())
@@ -870,15 +876,7 @@ impl Backlog<'_> {
     /// collector (still running).
     fn ingest(&self, dport: u16, label: &str, extra: &[&str]) -> Result<(String, Child)> {
         let marker = format!("\"port\":{dport}}}");
-        let backlog_secs = (self.ops / 10_000).max(1);
-        run_loadgen(&[
-            "udp".into(),
-            "10000".into(),
-            backlog_secs.to_string(),
-            dport.to_string(),
-        ])?;
-        std::thread::sleep(Duration::from_millis(1500));
-        let expected = (10_000 * backlog_secs) as usize;
+        let expected = self.build(dport)? as usize;
         let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
         let before = size(self.out);
         let collector = start_collector_with(self.port, self.out, extra)?;
@@ -892,14 +890,7 @@ impl Backlog<'_> {
         // Drained when the agent's spool holds no batch (all
         // acknowledged); polling a directory keeps the measurement from
         // loading the machine.
-        let spooled = || {
-            std::fs::read_dir(self.spool).map_or(0, |d| {
-                d.flatten()
-                    .filter(|f| f.file_name().to_string_lossy().ends_with(".batch"))
-                    .count()
-            })
-        };
-        while spooled() > 0 && t.elapsed() < Duration::from_secs(120) {
+        while self.spooled() > 0 && t.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(20));
         }
         let secs_taken = t.elapsed().as_secs_f64();
