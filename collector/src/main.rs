@@ -573,6 +573,10 @@ async fn run(cli: Cli) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {},
     }
     info!("stopping");
+    if let Some(k) = shared.durability.kafka() {
+        // no batch is taken now; what was is committed below
+        k.close();
+    }
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),

@@ -266,7 +266,7 @@ fn kafka_metrics(s: &mut String, h: &crate::kafka::Health) {
         ),
         (
             "spyglass_collector_kafka_aborts_total",
-            "Kafka transactions that failed: their batches were not acked, and agents resend them.",
+            "Kafka transactions that failed and were aborted; the same batches are tried again (not acked meanwhile).",
             "counter",
             get(&h.aborts).to_string(),
         ),

@@ -134,7 +134,9 @@ impl CollectorService {
         if let Some(k) = kafka {
             // Kafka is reachable and its queue has room: else wait (the
             // agent's batches stay in its spool)
-            k.admit().await;
+            if !k.admit().await {
+                return Err(Status::unavailable("collector stopping"));
+            }
             if first {
                 // another replica may have written this node since
                 fresh = Some(k.refresh(node).await.map_err(|e| {
@@ -151,7 +153,13 @@ impl CollectorService {
             for m in fresh.marks.iter().filter(|m| m.stream == stream) {
                 ledger.record(&m.node, &m.stream, m.sequence);
             }
-            k.torn(fresh.partial);
+            k.torn(
+                fresh
+                    .partial
+                    .into_iter()
+                    .filter(|p| p.stream == stream)
+                    .collect(),
+            );
         }
         if let Some(gone) = &evicted {
             ledger.forget_node(gone);
@@ -272,14 +280,11 @@ impl CollectorService {
         warn!(
             error,
             sequence = a.sequence,
-            "the output did not take a written batch (fdatasync or Kafka failed)"
+            "fdatasync of the output failed"
         );
         let m = &self.shared.metrics;
         m.output_errors.fetch_add(1, Ordering::Relaxed);
-        // Kafka's readiness is its own (it clears once Kafka answers)
-        if !error.starts_with(crate::kafka::ERROR_PREFIX) {
-            m.output_failing.store(true, Ordering::Relaxed);
-        }
+        m.output_failing.store(true, Ordering::Relaxed);
         self.shared
             .outputs
             .lock()
@@ -450,9 +455,10 @@ impl CollectorService {
         let mut read_after: Option<tokio::time::Instant> = None;
         let durable = &self.shared.durability;
         // The client stopped reading acks: nothing more is read, but the
-        // batches written still wait for their sync, so a failed one
-        // still forgets the stream's dedupe mark before the agent's
-        // resend on its next stream can be taken for a duplicate.
+        // batches written still wait for their sync (or Kafka commit), so
+        // a failed fdatasync still forgets the stream's dedupe mark before
+        // the agent's resend on its next stream can be taken for a
+        // duplicate.
         let mut client_gone = false;
         'stream: loop {
             for ready in inflight.take_ready(|gen| durable.outcome(gen)) {

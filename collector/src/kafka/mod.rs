@@ -8,15 +8,16 @@
 //! task (`writer.rs`). The writer takes every batch queued (group commit),
 //! produces their records and one position record per agent stream
 //! (`positions.rs`) in one transaction, and commits it: the generations it
-//! covered are then `Ok`, and acked; a failed transaction fails them
-//! (their streams end UNAVAILABLE, the agents resend, and the dedupe mark
-//! is forgotten so the resend is written again).
+//! covered are then `Ok`, and acked. A failed transaction is aborted and
+//! the same group tried again until it commits, so a stream's batches
+//! commit in order and none is skipped (positions are high-water marks).
 //!
-//! Memory: the queue holds at most `--kafka-queue-mib` of rendered lines;
-//! past it [`Sink::admit`] holds streams before they write, so a Kafka
-//! outage backs up into the agents' spools. Dedupe: the positions topic
-//! is read back at start (read_committed) into the ledger, so an agent's
-//! resend after a collector restart is recognised.
+//! Memory: past `--kafka-queue-mib` of queued rendered lines
+//! [`Sink::admit`] holds streams before they write, so a Kafka outage
+//! backs up into the agents' spools. Dedupe: the positions topic is read
+//! back at start (read_committed) into the ledger, and a node's positions
+//! again before each new agent stream's first batch, so an agent's resend
+//! after a collector restart or a move between replicas is recognised.
 pub mod config;
 mod positions;
 mod recover;
@@ -35,10 +36,6 @@ pub use recover::{Partial, Recovered};
 use tokio::sync::{watch, Notify};
 
 use crate::{delivery::Received, durable::SyncState, output::Lines};
-
-/// How the errors of a failed Kafka transaction begin, as the stream
-/// loop sees them.
-pub const ERROR_PREFIX: &str = "kafka: ";
 
 /// A written batch waiting for Kafka.
 #[derive(Debug)]
@@ -199,7 +196,8 @@ pub struct Sink {
     queued: watch::Sender<usize>,
     budget: usize,
     wake: Notify,
-    /// Generations covered by a committed (`Ok`) or failed transaction.
+    /// Generations covered by a committed transaction (`SyncState`'s
+    /// failures are not used: a failed transaction is tried again).
     committed: watch::Sender<SyncState>,
     /// Streams may write (the positions are in the ledger).
     open: watch::Sender<bool>,
@@ -213,6 +211,8 @@ pub struct Sink {
     positions_partitions: std::sync::atomic::AtomicI32,
     /// Refreshes at once (each is a consumer reading one partition).
     refreshing: tokio::sync::Semaphore,
+    /// The collector is stopping: no batch is taken any more.
+    closing: AtomicBool,
 }
 
 impl Sink {
@@ -230,6 +230,7 @@ impl Sink {
             settings: settings.clone(),
             positions_partitions: std::sync::atomic::AtomicI32::new(1),
             refreshing: tokio::sync::Semaphore::new(4),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -286,11 +287,20 @@ impl Sink {
     }
 
     /// Wait until a batch may be written: the positions were read, and
-    /// the queue is under its budget. Cancel-safe.
-    pub async fn admit(&self) {
+    /// the queue is under its budget. `false`: the collector is stopping
+    /// and takes no more batches. Cancel-safe.
+    pub async fn admit(&self) -> bool {
         let _ = self.open.subscribe().wait_for(|o| *o).await;
         let budget = self.budget;
         let _ = self.queued.subscribe().wait_for(|q| *q < budget).await;
+        !self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Take no more batches (the collector is stopping); what is queued
+    /// is still committed ([`Sink::drain`]).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        // streams waiting for room see it once a commit frees some
     }
 
     /// The positions are in the ledger: streams may write.
@@ -434,7 +444,7 @@ mod tests {
         let sink = Arc::new(Sink::new(&settings(150)));
         let admitted = |s: &Arc<Sink>| {
             let s = s.clone();
-            tokio::spawn(async move { s.admit().await })
+            tokio::spawn(async move { assert!(s.admit().await) })
         };
         let first = admitted(&sink);
         tokio::task::yield_now().await;

@@ -64,6 +64,10 @@ type Kafka = FutureProducer<Context>;
 struct Failure {
     why: String,
     fatal: bool,
+    /// It failed once the commit was asked for: the transaction may have
+    /// committed all the same (a commit that timed out, then an abort
+    /// refused).
+    committing: bool,
 }
 
 impl Failure {
@@ -75,6 +79,7 @@ impl Failure {
         Failure {
             why: format!("{what}: {e}"),
             fatal,
+            committing: what == "commit",
         }
     }
 }
@@ -310,6 +315,7 @@ async fn commit(p: &Kafka) -> Result<(), Failure> {
     Err(Failure {
         why: format!("commit: still failing after {COMMIT_TRIES} tries"),
         fatal: false,
+        committing: true,
     })
 }
 
@@ -411,15 +417,37 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
         // marks, so a later batch committed after an earlier one failed
         // would hide the failed one from every replica's dedupe). Agents
         // wait for their acks meanwhile; /readyz says why.
+        let mut uncertain = false;
         loop {
             producer = ready_producer(producer, &s, &health).await;
             let Some(p) = producer.clone() else {
                 backoff.wait().await;
                 continue;
             };
+            let parts = sink.positions_partitions.load(Ordering::Relaxed);
+            if uncertain {
+                // the new producer's init finished the old transaction
+                // either way: its positions say which
+                match committed_already(&s, parts, &group).await {
+                    Ok(true) => {
+                        info!(
+                            batches = group.len(),
+                            "the commit that failed had committed; not sent again"
+                        );
+                        health.committed(0, group.len(), Duration::ZERO);
+                        sink.decided(&group, Ok(()));
+                        break;
+                    }
+                    Ok(false) => uncertain = false,
+                    Err(why) => {
+                        health.set_down(why);
+                        backoff.wait().await;
+                        continue;
+                    }
+                }
+            }
             let t = Instant::now();
             health.in_txn(true);
-            let parts = sink.positions_partitions.load(Ordering::Relaxed);
             let result = transact(&p, &s, parts, &group).await;
             health.in_txn(false);
             match result {
@@ -438,12 +466,40 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
                         // librdkafka's teardown blocks: not on the runtime
                         let old = producer.take();
                         tokio::task::spawn_blocking(move || drop(old));
+                        // a commit that timed out may have gone through
+                        uncertain = f.committing;
                     }
                     backoff.wait().await;
                 }
             }
         }
     }
+}
+
+/// Whether Kafka already holds `group`: every stream's committed
+/// position is at or past its batches (records and positions commit in
+/// one transaction, so this is exact).
+async fn committed_already(s: &Settings, parts: i32, group: &[Pending]) -> Result<bool, String> {
+    let want = positions::of_group(
+        group
+            .iter()
+            .map(|b| (b.node.as_str(), b.stream.as_str(), b.sequence)),
+    );
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut nodes: Vec<&str> = want.iter().map(|m| m.node.as_str()).collect();
+        nodes.dedup();
+        let mut have = Vec::new();
+        for node in nodes {
+            have.extend(positions::read_node(&s, node, parts).map_err(|e| e.to_string())?);
+        }
+        Ok(want.iter().all(|w| {
+            have.iter()
+                .any(|h| h.node == w.node && h.stream == w.stream && h.sequence >= w.sequence)
+        }))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// `producer`, or a new one when there is none (`None` while Kafka does
