@@ -411,6 +411,24 @@ pub fn marked_execs(events: &[Value], mark: &str) -> std::collections::BTreeMap<
     m
 }
 
+/// Each of the `n` execs `MARK-00000`.. of [`exec_series`] in `events`
+/// exactly once.
+pub fn assert_exactly_once(out: &[Value], mark: &str, n: usize) {
+    let seen = marked_execs(out, mark);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !seen.contains_key(&format!("{mark}-{i:05}")))
+        .collect();
+    let dup: Vec<(&String, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {n} execs missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(dup.is_empty(), "duplicated: {dup:?}");
+    assert_eq!(seen.len(), n);
+}
+
 /// Run `n` execs `/bin/true MARK-i`, `gap` apart, in a background thread.
 pub fn exec_series(mark: &str, n: usize, gap: Duration) -> std::thread::JoinHandle<()> {
     let mark = mark.to_owned();

@@ -13,22 +13,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn assert_exactly_once(out: &[Value], mark: &str, n: usize) {
-    let seen = marked_execs(out, mark);
-    let missing: Vec<usize> = (0..n)
-        .filter(|i| !seen.contains_key(&format!("{mark}-{i:05}")))
-        .collect();
-    let dup: Vec<(&String, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {n} execs missing, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert!(dup.is_empty(), "duplicated: {dup:?}");
-    assert_eq!(seen.len(), n);
-}
-
 fn wait_for_all(path: &std::path::Path, mark: &str, n: usize, timeout: Duration) -> Vec<Value> {
     eventually(
         &format!("{n} marked execs in {}", path.display()),

@@ -104,18 +104,7 @@ fn wait_for_marks(b: &Broker, mark: &str, n: usize) -> Vec<Record> {
 }
 
 fn assert_exactly_once(records: &[Record], mark: &str, n: usize) {
-    let seen = marked_execs(&events(records), mark);
-    let missing: Vec<usize> = (0..n)
-        .filter(|i| !seen.contains_key(&format!("{mark}-{i:05}")))
-        .collect();
-    let dup: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {n} execs missing, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert!(dup.is_empty(), "duplicated in Kafka: {dup:?}");
+    spyglass_e2e::assert_exactly_once(&events(records), mark, n);
 }
 
 /// Each record is keyed by its node; within a partition, one node's
