@@ -17,8 +17,10 @@
 //! clean, so a later success says nothing about them). The output's
 //! directory is synced when the file is created or rotated ([`sync_dir`]).
 //!
-//! With the Kafka output (`kafka/`), a generation is acknowledged only
-//! once the Kafka transaction that carries it committed as well.
+//! With a remote output (`remote.rs`: Kafka, the webhook), a generation
+//! is acknowledged only once that output took it as well: the Kafka
+//! transaction that carries it committed, or the webhook's receiver
+//! answered 2xx to every POST carrying its lines.
 use std::{
     fs::File,
     io,
@@ -28,9 +30,22 @@ use std::{
 
 use tokio::sync::watch;
 
+use crate::remote::Remote;
+
 /// Failed sync ranges kept; more are merged into one (conservatively
 /// failing the generations between them too: a resend beats a loss).
 const MAX_FAILED_RANGES: usize = 16;
+
+/// Why a generation is not acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Its sync (or commit) failed: written, perhaps not kept; the
+    /// stream's resends are written again.
+    Sync(String),
+    /// The remote output's receiver refused it for good (a webhook's
+    /// 413 for one line): the agent drops it and reports the loss.
+    Refused(String),
+}
 
 /// What the syncer has done: every generation up to `covered` went
 /// through a sync, and those in `failed` went through one that failed.
@@ -91,13 +106,13 @@ struct Inner {
 /// Generations written and synced; the syncer thread.
 pub struct Durability {
     inner: Arc<Inner>,
-    /// The Kafka output, which commits every generation too.
-    kafka: Option<Arc<crate::kafka::Sink>>,
+    /// The remote output, which takes every generation too.
+    remote: Option<Remote>,
 }
 
 impl Durability {
     /// Start the syncer thread (it lives as long as the process).
-    pub fn start(kafka: Option<Arc<crate::kafka::Sink>>) -> io::Result<Self> {
+    pub fn start(remote: Option<Remote>) -> io::Result<Self> {
         let inner = Arc::new(Inner {
             written: Mutex::default(),
             dirty: Condvar::new(),
@@ -107,7 +122,7 @@ impl Durability {
         std::thread::Builder::new()
             .name("output-sync".into())
             .spawn(move || syncer.run())?;
-        Ok(Durability { inner, kafka })
+        Ok(Durability { inner, remote })
     }
 
     /// A batch was written to `file` (`None`: stdout, nothing to sync):
@@ -120,9 +135,9 @@ impl Durability {
         w.gen
     }
 
-    /// The Kafka output, when there is one.
-    pub fn kafka(&self) -> Option<&Arc<crate::kafka::Sink>> {
-        self.kafka.as_ref()
+    /// The remote output, when there is one.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
     }
 
     /// The last generation written (what a duplicate's ack waits for).
@@ -131,12 +146,13 @@ impl Durability {
     }
 
     /// Generation `gen`'s sync: `None` while none has covered it, then
-    /// `Ok` (on disk) or the sync's error.
-    pub fn outcome(&self, gen: u64) -> Option<Result<(), String>> {
+    /// `Ok` (on disk, and taken by the remote output), the sync's error,
+    /// or the remote receiver's refusal.
+    pub fn outcome(&self, gen: u64) -> Option<Result<(), Failure>> {
         let file = self.inner.synced.borrow().outcome(gen)?;
-        match (&self.kafka, file) {
-            (Some(k), Ok(())) => k.outcome(gen),
-            (_, file) => Some(file),
+        match (&self.remote, file) {
+            (Some(r), Ok(())) => r.outcome(gen),
+            (_, file) => Some(file.map_err(Failure::Sync)),
         }
     }
 
@@ -156,8 +172,8 @@ impl Durability {
             Some(Err(e)) => return Err(io::Error::other(e)),
             None => unreachable!("waited until covered"),
         }
-        match &self.kafka {
-            Some(k) => k.wait(gen).await.map_err(io::Error::other),
+        match &self.remote {
+            Some(r) => r.wait(gen).await.map_err(io::Error::other),
             None => Ok(()),
         }
     }

@@ -12,6 +12,8 @@
 //! holds no events (they are written already), only what its ack needs.
 use std::collections::VecDeque;
 
+use crate::durable::Failure;
+
 /// A batch waiting for its ack, or the refusal that ends the stream.
 #[derive(Debug)]
 enum Entry<T, E> {
@@ -29,6 +31,9 @@ pub enum Ready<T, E> {
     /// The sync covering this batch failed: nothing from here on is
     /// acked; the stream ends.
     SyncFailed { item: T, error: String },
+    /// The remote output's receiver refused this batch for good: it is
+    /// refused, nothing from here on is acked, the stream ends.
+    Rejected { item: T, error: String },
 }
 
 /// The stream's waiting batches, oldest first.
@@ -91,16 +96,17 @@ impl<T, E> InFlight<T, E> {
     }
 
     /// Take what can be sent now, in order, given `outcome` of a
-    /// generation (`None`: not synced yet). Stops at the first batch not
-    /// yet synced; a failed sync clears the rest and ends the stream.
+    /// generation and its batch (`None`: not synced yet). Stops at the
+    /// first batch not yet synced; a failed sync or a refusal clears the
+    /// rest and ends the stream.
     pub fn take_ready(
         &mut self,
-        outcome: impl Fn(u64) -> Option<Result<(), String>>,
+        outcome: impl Fn(u64, &T) -> Option<Result<(), Failure>>,
     ) -> Vec<Ready<T, E>> {
         let mut ready = Vec::new();
         while let Some(front) = self.queue.front() {
             let result = match front {
-                Entry::Written { gen, .. } => match outcome(*gen) {
+                Entry::Written { gen, item } => match outcome(*gen, item) {
                     None => break,
                     Some(r) => Some(r),
                 },
@@ -109,8 +115,11 @@ impl<T, E> InFlight<T, E> {
             let entry = self.queue.pop_front().expect("front exists");
             match (entry, result) {
                 (Entry::Written { item, .. }, Some(Ok(()))) => ready.push(Ready::Ack(item)),
-                (Entry::Written { item, .. }, Some(Err(error))) => {
-                    ready.push(Ready::SyncFailed { item, error });
+                (Entry::Written { item, .. }, Some(Err(failure))) => {
+                    ready.push(match failure {
+                        Failure::Sync(error) => Ready::SyncFailed { item, error },
+                        Failure::Refused(error) => Ready::Rejected { item, error },
+                    });
                     self.queue.clear();
                     self.ended = true;
                 }
@@ -129,6 +138,10 @@ mod tests {
 
     type R = Ready<u64, &'static str>;
 
+    fn sync(s: &SyncState, gen: u64) -> Option<Result<(), Failure>> {
+        Some(s.outcome(gen)?.map_err(Failure::Sync))
+    }
+
     #[test]
     fn acks_leave_in_order_only_once_synced() {
         let mut f: InFlight<u64, &str> = InFlight::new(3);
@@ -140,18 +153,18 @@ mod tests {
         f.written(14, 3);
         assert!(!f.has_room(), "the cap holds the stream back");
         assert_eq!(f.waiting_on(), Some(10));
-        assert_eq!(f.take_ready(|g| s.outcome(g)), Vec::<R>::new());
+        assert_eq!(f.take_ready(|g, _| sync(&s, g)), Vec::<R>::new());
         // a sync covering 11 (not 14) acks 1 and 2, in order
         s.cover(11, Ok(()));
-        assert_eq!(f.take_ready(|g| s.outcome(g)), [R::Ack(1), R::Ack(2)]);
+        assert_eq!(f.take_ready(|g, _| sync(&s, g)), [R::Ack(1), R::Ack(2)]);
         assert_eq!(f.waiting_on(), Some(14));
         assert!(f.has_room());
         // a duplicate waits for the last generation written (here 14)
         f.written(14, 2);
         s.cover(13, Ok(()));
-        assert_eq!(f.take_ready(|g| s.outcome(g)), Vec::<R>::new());
+        assert_eq!(f.take_ready(|g, _| sync(&s, g)), Vec::<R>::new());
         s.cover(14, Ok(()));
-        assert_eq!(f.take_ready(|g| s.outcome(g)), [R::Ack(3), R::Ack(2)]);
+        assert_eq!(f.take_ready(|g, _| sync(&s, g)), [R::Ack(3), R::Ack(2)]);
         assert_eq!(f.waiting_on(), None);
         f.close();
         assert!(f.done() && !f.has_room());
@@ -169,7 +182,7 @@ mod tests {
         // 4's generation (5) syncs fine later: still not acked
         s.cover(5, Ok(()));
         assert_eq!(
-            f.take_ready(|g| s.outcome(g)),
+            f.take_ready(|g, _| sync(&s, g)),
             [
                 R::Ack(1),
                 R::SyncFailed {
@@ -183,6 +196,29 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_the_receiver_refused_is_rejected_and_nothing_after_it_acked() {
+        let mut f: InFlight<u64, &str> = InFlight::new(8);
+        for (gen, seq) in [(1, 1), (2, 2), (3, 3)] {
+            f.written(gen, seq);
+        }
+        let outcome = |g: u64, _: &u64| match g {
+            2 => Some(Err(Failure::Refused("413".into()))),
+            _ => Some(Ok(())),
+        };
+        assert_eq!(
+            f.take_ready(outcome),
+            [
+                R::Ack(1),
+                R::Rejected {
+                    item: 2,
+                    error: "413".into()
+                }
+            ]
+        );
+        assert!(f.done(), "the stream ends");
+    }
+
+    #[test]
     fn a_refusal_comes_after_the_acks_before_it() {
         let mut f: InFlight<u64, &str> = InFlight::new(8);
         let mut s = SyncState::default();
@@ -191,11 +227,11 @@ mod tests {
         f.refuse("disk full");
         assert!(!f.has_room(), "nothing is read after a refusal");
         s.cover(1, Ok(()));
-        assert_eq!(f.take_ready(|g| s.outcome(g)), [R::Ack(1)]);
+        assert_eq!(f.take_ready(|g, _| sync(&s, g)), [R::Ack(1)]);
         assert!(!f.done());
         s.cover(2, Ok(()));
         assert_eq!(
-            f.take_ready(|g| s.outcome(g)),
+            f.take_ready(|g, _| sync(&s, g)),
             [R::Ack(2), R::Refused("disk full")]
         );
         assert!(f.done());
@@ -203,6 +239,6 @@ mod tests {
         let mut f: InFlight<u64, &str> = InFlight::new(1);
         f.refuse("bad batch");
         assert_eq!(f.waiting_on(), None);
-        assert_eq!(f.take_ready(|_| None), [R::Refused("bad batch")]);
+        assert_eq!(f.take_ready(|_, _| None), [R::Refused("bad batch")]);
     }
 }

@@ -1,5 +1,6 @@
 //! spyglass-collector: receives Spyglass agent streams over gRPC and writes
-//! them as JSON lines or OCSF to a rotated file (or stdout), and to syslog.
+//! them as JSON lines or OCSF to a rotated file (or stdout), and to syslog,
+//! or publishes them to Kafka or an HTTPS webhook.
 mod delivery;
 mod durable;
 #[cfg(test)]
@@ -14,9 +15,11 @@ mod live;
 mod metrics;
 mod ocsf;
 mod output;
+mod remote;
 mod service;
 mod streams;
 mod syslog;
+mod webhook;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -204,6 +207,8 @@ struct Cli {
     log_format: String,
     #[command(flatten)]
     kafka: kafka::KafkaArgs,
+    #[command(flatten)]
+    webhook: webhook::WebhookArgs,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -331,13 +336,17 @@ fn decode_budget(cli: &Cli) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     // With Kafka there is no output file: the positions topic is the
-    // dedupe state (read into the ledger before any batch is taken).
+    // dedupe state (read into the ledger before any batch is taken). With
+    // the webhook there is none either, and the dedupe state is in memory
+    // (a state file would vouch for batches the receiver never took).
     let kafka = cli.kafka.settings()?;
+    let webhook = cli.webhook.settings()?;
+    let remote_output = kafka.is_some() || webhook.is_some();
     // Recover (and repair a torn tail) before the file is opened for append.
-    let out_path = (cli.output != "-" && kafka.is_none()).then(|| PathBuf::from(&cli.output));
-    let state = match &kafka {
-        Some(_) => None,
-        None => cli.state_file.clone().or_else(|| {
+    let out_path = (cli.output != "-" && !remote_output).then(|| PathBuf::from(&cli.output));
+    let state = match remote_output {
+        true => None,
+        false => cli.state_file.clone().or_else(|| {
             out_path
                 .as_ref()
                 .map(|p| PathBuf::from(format!("{}.state", p.display())))
@@ -366,14 +375,23 @@ async fn run(cli: Cli) -> Result<()> {
         out_path.as_deref(),
         cli.dedupe_streams_per_node,
     )?;
-    let file = match &kafka {
-        Some(_) => output::LineSink::discard(),
-        None => output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?,
+    let file = match remote_output {
+        true => output::LineSink::discard(),
+        false => output::LineSink::open(&cli.output, cli.rotate_bytes, cli.keep)?,
     };
     let kafka = kafka.map(|settings| {
         info!(?settings, "publishing to Kafka");
         kafka::start(settings)
     });
+    let remote = match (&kafka, webhook) {
+        (Some((sink, _)), _) => Some(remote::Remote::Kafka(sink.clone())),
+        (None, Some(settings)) => {
+            info!(?settings, "publishing to a webhook");
+            let sink = webhook::start(settings).context("cannot start the webhook's thread")?;
+            Some(remote::Remote::Webhook(sink))
+        }
+        (None, None) => None,
+    };
     let syslog = match &cli.syslog {
         Some(t) => Some(syslog::spawn(t, cli.syslog_ca.as_deref())?),
         None => None,
@@ -385,7 +403,7 @@ async fn run(cli: Cli) -> Result<()> {
     metrics.store = inventory.as_ref().map(|(_, feed)| feed.health.clone());
     let live = Arc::new(live::Hub::new(cli.api_max_stream_clients));
     metrics.live = cli.api_listen.map(|_| live.clone());
-    metrics.kafka = kafka.as_ref().map(|(sink, _)| sink.health.clone());
+    metrics.remote.clone_from(&remote);
     metrics.turned();
     metrics
         .dedupe_streams
@@ -396,7 +414,7 @@ async fn run(cli: Cli) -> Result<()> {
         max_events_per_sec: cli.max_events_per_sec,
         max_agents: cli.max_agents,
         identities,
-        durability: durable::Durability::start(kafka.as_ref().map(|(sink, _)| sink.clone()))
+        durability: durable::Durability::start(remote)
             .context("cannot start the output's sync thread")?,
         streams: streams::Streams::new(streams::StreamLimits {
             total: cli.max_streams,
@@ -522,10 +540,7 @@ async fn run(cli: Cli) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     info!(
         listen = %cli.listen,
-        output = %match &shared.durability.kafka() {
-            Some(_) => "kafka",
-            None => cli.output.as_str(),
-        },
+        output = %shared.durability.remote().map_or(cli.output.as_str(), |r| r.name()),
         format = ?cli.format,
         tls = cli.tls_cert.is_some(),
         mtls = cli.client_ca.is_some(),
@@ -573,9 +588,9 @@ async fn run(cli: Cli) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {},
     }
     info!("stopping");
-    if let Some(k) = shared.durability.kafka() {
-        // no batch is taken now; what was is committed below
-        k.close();
+    if let Some(r) = shared.durability.remote() {
+        // no batch is taken now; what was is delivered below
+        r.close();
     }
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(2), server).await {
@@ -583,9 +598,12 @@ async fn run(cli: Cli) -> Result<()> {
         Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
         _ => {}
     }
-    if let Some(k) = shared.durability.kafka() {
-        if !k.drain(Duration::from_secs(10)).await {
-            warn!("batches still wait for Kafka at exit: their agents resend them");
+    if let Some(r) = shared.durability.remote() {
+        if !r.drain(Duration::from_secs(10)).await {
+            warn!(
+                output = r.name(),
+                "batches still wait for the remote output at exit: their agents resend them"
+            );
         }
     }
     let mut guard = shared.outputs.lock().await;

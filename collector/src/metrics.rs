@@ -42,8 +42,9 @@ pub struct Metrics {
     pub store: Option<Arc<crate::inventory::Health>>,
     /// The live event stream's clients (`--api-listen`); `None`: no API.
     pub live: Option<Arc<crate::live::Hub>>,
-    /// The Kafka output (`--kafka-brokers`); `None`: none.
-    pub kafka: Option<Arc<crate::kafka::Health>>,
+    /// The remote output (`--kafka-brokers`, `--webhook-url`); `None`:
+    /// none.
+    pub remote: Option<crate::remote::Remote>,
 }
 
 /// Most (rule, severity) series of `spyglass_collector_findings_total`:
@@ -213,8 +214,14 @@ impl Metrics {
         ] {
             endpoints::single(&mut s, name, help, kind, v);
         }
-        if let Some(h) = &self.kafka {
-            kafka_metrics(&mut s, h);
+        match &self.remote {
+            Some(crate::remote::Remote::Kafka(k)) => {
+                kafka_metrics(&mut s, &k.health, k.queue.waiting_bytes());
+            }
+            Some(crate::remote::Remote::Webhook(w)) => {
+                webhook_metrics(&mut s, &w.health, w.queue.waiting_bytes());
+            }
+            None => {}
         }
         if let Some(h) = &self.store {
             store_metrics(&mut s, h);
@@ -249,7 +256,7 @@ impl Metrics {
 }
 
 /// The Kafka output's families.
-fn kafka_metrics(s: &mut String, h: &crate::kafka::Health) {
+fn kafka_metrics(s: &mut String, h: &crate::kafka::Health, waiting: u64) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     for (name, help, kind, v) in [
         (
@@ -292,7 +299,7 @@ fn kafka_metrics(s: &mut String, h: &crate::kafka::Health) {
             "spyglass_collector_kafka_waiting_bytes",
             "Rendered bytes written and waiting for a Kafka commit (at most --kafka-queue-mib, then streams wait).",
             "gauge",
-            get(&h.waiting_bytes).to_string(),
+            waiting.to_string(),
         ),
         (
             "spyglass_collector_kafka_producer_restarts_total",
@@ -311,7 +318,63 @@ fn kafka_metrics(s: &mut String, h: &crate::kafka::Health) {
     }
 }
 
-/// What `path` answers.
+/// The webhook output's families.
+fn webhook_metrics(s: &mut String, h: &crate::webhook::Health, waiting: u64) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    endpoints::family(
+        s,
+        "spyglass_collector_webhook_posts_total",
+        "POSTs to the webhook receiver, by its answer's status (error: none came: connection, TLS, timeout).",
+        "counter",
+    );
+    for (status, n) in h.posts() {
+        let _ = writeln!(
+            s,
+            "spyglass_collector_webhook_posts_total{{status=\"{status}\"}} {n}"
+        );
+    }
+    for (name, help, kind, v) in [
+        (
+            "spyglass_collector_webhook_up",
+            "1 while the webhook receiver takes the POSTs (or none has failed since the last one it took), 0 while they fail (/readyz says why).",
+            "gauge",
+            u64::from(h.up()),
+        ),
+        (
+            "spyglass_collector_webhook_retries_total",
+            "POSTs tried again after a failure (not 2xx, not 413, or no answer); their batches are not acked meanwhile.",
+            "counter",
+            get(&h.retries),
+        ),
+        (
+            "spyglass_collector_webhook_bytes_total",
+            "Body bytes the webhook receiver took (2xx).",
+            "counter",
+            get(&h.bytes),
+        ),
+        (
+            "spyglass_collector_webhook_lines_total",
+            "Events (lines) the webhook receiver took (2xx).",
+            "counter",
+            get(&h.lines),
+        ),
+        (
+            "spyglass_collector_webhook_waiting_bytes",
+            "Rendered bytes written and waiting for the webhook receiver (at most --webhook-queue-mib, then streams wait).",
+            "gauge",
+            waiting,
+        ),
+        (
+            "spyglass_collector_webhook_oversized_total",
+            "Batches refused to their agents (INVALID_ARGUMENT) because the receiver answered 413 to one of their events alone.",
+            "counter",
+            get(&h.oversized),
+        ),
+    ] {
+        endpoints::single(s, name, help, kind, v);
+    }
+}
+
 /// The inventory store's families.
 fn store_metrics(s: &mut String, h: &crate::inventory::Health) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -386,8 +449,8 @@ pub fn answer(m: &Metrics, agents: &Agents, path: &str) -> endpoints::Answer {
         .heartbeat
         .stalled(Duration::from_secs(5))
         .then_some("housekeeping loop stalled");
-    let kafka = m.kafka.as_ref().and_then(|k| k.not_ready());
-    let not_ready = m.not_ready().map(str::to_owned).or(kafka);
+    let remote = m.remote.as_ref().and_then(crate::remote::Remote::not_ready);
+    let not_ready = m.not_ready().map(str::to_owned).or(remote);
     endpoints::answer(path, || m.render(agents), stalled, not_ready.as_deref())
 }
 

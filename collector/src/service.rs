@@ -25,11 +25,13 @@ use tracing::{info, warn};
 
 use crate::{
     delivery::Received,
+    durable::Failure,
     identity::Binding,
     inflight::{InFlight, Ready},
     inventory::Update,
     ledger::{Ledger, Verdict},
     output::Outputs,
+    remote::Remote,
 };
 
 /// What the collector knows of one agent.
@@ -129,14 +131,18 @@ impl CollectorService {
             self.shared.max_agents,
         )?;
         let (node, stream) = (batch.node_id.as_str(), batch.stream_id.as_str());
-        let kafka = self.shared.durability.kafka();
+        let remote = self.shared.durability.remote();
+        let kafka = remote.and_then(Remote::kafka);
         let mut fresh = None;
-        if let Some(k) = kafka {
-            // Kafka is reachable and its queue has room: else wait (the
-            // agent's batches stay in its spool)
-            if !k.admit().await {
+        if let Some(r) = remote {
+            // the remote output's queue has room (for Kafka: its
+            // positions were read): else wait (the agent's batches stay in
+            // its spool)
+            if !r.admit().await {
                 return Err(Status::unavailable("collector stopping"));
             }
+        }
+        if let Some(k) = kafka {
             if first {
                 // another replica may have written this node since
                 fresh = Some(k.refresh(node).await.map_err(|e| {
@@ -218,11 +224,18 @@ impl CollectorService {
         if let Some(k) = kafka {
             // lines a crash left in Kafka are not produced again
             let present = k.present(node, stream, batch.sequence);
-            k.submit(crate::kafka::Pending::new(
+            k.queue.submit(crate::kafka::Pending::new(
                 generation,
                 batch,
                 outputs.lines(),
                 present,
+            ));
+        }
+        if let Some(w) = remote.and_then(Remote::webhook) {
+            w.queue.submit(crate::webhook::Pending::new(
+                generation,
+                batch,
+                outputs.lines(),
             ));
         }
         drop(guard);
@@ -271,6 +284,32 @@ impl CollectorService {
             sequence: a.sequence,
             duplicate: a.duplicate,
         }
+    }
+
+    /// Whether batch `a`, written at (or, a duplicate, waiting for)
+    /// generation `gen`, may be acked: `None` until decided. A duplicate
+    /// waits for the last generation written, which may be another
+    /// batch's: whether its own first copy was refused by the webhook's
+    /// receiver is asked by its place in its stream.
+    fn outcome(&self, gen: u64, a: &Accepted) -> Option<Result<(), Failure>> {
+        let o = self.shared.durability.outcome(gen)?;
+        if !a.duplicate || matches!(o, Err(Failure::Sync(_))) {
+            return Some(o);
+        }
+        let refused = self
+            .shared
+            .durability
+            .remote()
+            .and_then(Remote::webhook)
+            .and_then(|w| w.refused(&a.node_id, &a.stream_id, a.sequence));
+        Some(refused.map_or(Ok(()), |why| Err(Failure::Refused(why))))
+    }
+
+    /// The webhook's receiver refused the batch for good: refused to the
+    /// agent (which drops it and reports the loss); the stream ends.
+    fn rejected(a: &Accepted, peer: &str, error: &str) -> Status {
+        warn!(%peer, node = %a.node_id, sequence = a.sequence, error, "batch refused: the receiver refuses it");
+        Status::invalid_argument(format!("batch {}: {error}", a.sequence))
     }
 
     /// The fdatasync covering a batch failed: written, perhaps not on
@@ -461,7 +500,7 @@ impl CollectorService {
         // duplicate.
         let mut client_gone = false;
         'stream: loop {
-            for ready in inflight.take_ready(|gen| durable.outcome(gen)) {
+            for ready in inflight.take_ready(|gen, a| self.outcome(gen, a)) {
                 let (send, last) = match ready {
                     Ready::Ack(mut a) => {
                         self.to_inventory(a.inventory.take());
@@ -470,6 +509,9 @@ impl CollectorService {
                     Ready::Refused(status) => (Err(status), true),
                     Ready::SyncFailed { item: a, error } => {
                         (Err(self.sync_failed(&a, &error).await), true)
+                    }
+                    Ready::Rejected { item: a, error } => {
+                        (Err(Self::rejected(&a, &peer, &error)), true)
                     }
                 };
                 if !client_gone && tx.send(send).await.is_err() {

@@ -4,8 +4,8 @@
 //!
 //! The stream loop (`service.rs`) writes a batch under the outputs lock
 //! and takes its generation from [`crate::durable::Durability`]; here the
-//! batch waits in [`Sink`]'s queue, in generation order, for the writer
-//! task (`writer.rs`). The writer takes every batch queued (group commit),
+//! batch waits in [`Sink`]'s queue ([`crate::remote::Queue`]), in
+//! generation order, for the writer task (`writer.rs`). The writer takes every batch queued (group commit),
 //! produces their records and one position record per agent stream
 //! (`positions.rs`) in one transaction, and commits it: the generations it
 //! covered are then `Ok`, and acked. A failed transaction is aborted and
@@ -13,7 +13,7 @@
 //! commit in order and none is skipped (positions are high-water marks).
 //!
 //! Memory: past `--kafka-queue-mib` of queued rendered lines
-//! [`Sink::admit`] holds streams before they write, so a Kafka outage
+//! [`crate::remote::Queue::admit`] holds streams before they write, so a Kafka outage
 //! backs up into the agents' spools. Dedupe: the positions topic is read
 //! back at start (read_committed) into the ledger, and a node's positions
 //! again before each new agent stream's first batch, so an agent's resend
@@ -24,7 +24,7 @@ mod recover;
 mod writer;
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -33,9 +33,12 @@ use std::{
 
 pub use config::{KafkaArgs, Settings};
 pub use recover::{Partial, Recovered};
-use tokio::sync::{watch, Notify};
 
-use crate::{delivery::Received, durable::SyncState, output::Lines};
+use crate::{
+    delivery::Received,
+    output::Lines,
+    remote::{Down, Queue, Queued},
+};
 
 /// A written batch waiting for Kafka.
 #[derive(Debug)]
@@ -90,6 +93,12 @@ impl Pending {
             .filter(|(i, _)| !self.skip.contains(i))
             .map(|(i, ((s, &e), &f))| (i, &self.lines[s..e], f))
     }
+}
+
+impl Queued for Pending {
+    fn gen(&self) -> u64 {
+        self.gen
+    }
 
     fn bytes(&self) -> usize {
         self.lines.len()
@@ -114,7 +123,7 @@ pub struct Health {
     /// The positions were read and the producer is ready.
     pub started: AtomicBool,
     /// Why it is not ready (cleared by the next commit).
-    down: Mutex<Option<String>>,
+    down: Down,
     pub commits: AtomicU64,
     pub aborts: AtomicU64,
     pub records: AtomicU64,
@@ -123,8 +132,6 @@ pub struct Health {
     pub commit_micros: AtomicU64,
     pub producer_restarts: AtomicU64,
     pub oversized_batches: AtomicU64,
-    /// Bytes of rendered lines waiting for a commit.
-    pub waiting_bytes: AtomicU64,
     /// When the transaction under way began (ms since the Unix epoch; 0:
     /// none), so a stalled one shows in `/readyz`.
     pub txn_since_ms: AtomicU64,
@@ -141,16 +148,16 @@ fn now_ms() -> u64 {
 
 impl Health {
     pub fn set_down(&self, why: String) {
-        *self.down.lock().expect("kafka health lock") = Some(why);
+        self.down.set(why);
     }
 
     pub fn set_up(&self) {
-        *self.down.lock().expect("kafka health lock") = None;
+        self.down.clear();
     }
 
     /// Why `/readyz` answers 503, if it does.
     pub fn not_ready(&self) -> Option<String> {
-        if let Some(why) = self.down.lock().expect("kafka health lock").clone() {
+        if let Some(why) = self.down.why() {
             return Some(format!("kafka: {why}"));
         }
         let since = self.txn_since_ms.load(Ordering::Relaxed);
@@ -191,16 +198,10 @@ type Stream = (String, String);
 
 /// The batches waiting for Kafka, and what the writer committed.
 pub struct Sink {
-    queue: Mutex<VecDeque<Pending>>,
-    /// Bytes queued (admission waits while it is over the budget).
-    queued: watch::Sender<usize>,
-    budget: usize,
-    wake: Notify,
-    /// Generations covered by a committed transaction (`SyncState`'s
-    /// failures are not used: a failed transaction is tried again).
-    committed: watch::Sender<SyncState>,
-    /// Streams may write (the positions are in the ledger).
-    open: watch::Sender<bool>,
+    /// Written batches in generation order; a generation is decided
+    /// once a committed transaction covered it (a failed transaction is
+    /// tried again, so none is decided failed).
+    pub queue: Queue<Pending>,
     pub health: Arc<Health>,
     pub max_record_bytes: usize,
     /// Per agent stream, a batch a crash tore: its sequence and the
@@ -211,26 +212,18 @@ pub struct Sink {
     positions_partitions: std::sync::atomic::AtomicI32,
     /// Refreshes at once (each is a consumer reading one partition).
     refreshing: tokio::sync::Semaphore,
-    /// The collector is stopping: no batch is taken any more.
-    closing: AtomicBool,
 }
 
 impl Sink {
     pub fn new(settings: &Settings) -> Self {
         Sink {
-            queue: Mutex::default(),
-            queued: watch::Sender::new(0),
-            budget: settings.queue_bytes.max(1),
-            wake: Notify::new(),
-            committed: watch::Sender::new(SyncState::default()),
-            open: watch::Sender::new(false),
+            queue: Queue::new(settings.queue_bytes),
             health: Arc::default(),
             max_record_bytes: settings.max_record_bytes,
             partial: Mutex::default(),
             settings: settings.clone(),
             positions_partitions: std::sync::atomic::AtomicI32::new(1),
             refreshing: tokio::sync::Semaphore::new(4),
-            closing: AtomicBool::new(false),
         }
     }
 
@@ -250,16 +243,6 @@ impl Sink {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("reading where node's streams stand in Kafka: {e}"))
-    }
-
-    /// Wait until every queued batch was decided, at most `limit` (at
-    /// exit: what was written is committed, not left in an open
-    /// transaction).
-    pub async fn drain(&self, limit: std::time::Duration) -> bool {
-        let mut rx = self.queued.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|q| *q == 0))
-            .await
-            .is_ok_and(|r| r.is_ok())
     }
 
     /// Remember the torn batches recovery found.
@@ -286,95 +269,10 @@ impl Sink {
         }
     }
 
-    /// Wait until a batch may be written: the positions were read, and
-    /// the queue is under its budget. `false`: the collector is stopping
-    /// and takes no more batches. Cancel-safe.
-    pub async fn admit(&self) -> bool {
-        let _ = self.open.subscribe().wait_for(|o| *o).await;
-        let budget = self.budget;
-        let _ = self.queued.subscribe().wait_for(|q| *q < budget).await;
-        !self.closing.load(Ordering::Relaxed)
-    }
-
-    /// Take no more batches (the collector is stopping); what is queued
-    /// is still committed ([`Sink::drain`]).
-    pub fn close(&self) {
-        self.closing.store(true, Ordering::Relaxed);
-        // streams waiting for room see it once a commit frees some
-    }
-
     /// The positions are in the ledger: streams may write.
     pub fn open(&self) {
-        self.open.send_replace(true);
+        self.queue.open();
         self.health.started.store(true, Ordering::Relaxed);
-    }
-
-    /// Queue a written batch; call in generation order.
-    pub fn submit(&self, p: Pending) {
-        let n = p.bytes();
-        self.queue.lock().expect("kafka queue lock").push_back(p);
-        self.queued.send_modify(|q| *q += n);
-        self.health
-            .waiting_bytes
-            .store(*self.queued.borrow() as u64, Ordering::Relaxed);
-        self.wake.notify_one();
-    }
-
-    /// Whether batches wait.
-    fn idle(&self) -> bool {
-        self.queue.lock().expect("kafka queue lock").is_empty()
-    }
-
-    /// Wait for queued batches and take them, oldest first, up to
-    /// `max_bytes` (at least one).
-    async fn take(&self, max_bytes: usize) -> Vec<Pending> {
-        loop {
-            let notified = self.wake.notified();
-            {
-                let mut q = self.queue.lock().expect("kafka queue lock");
-                if !q.is_empty() {
-                    let mut out = Vec::new();
-                    let mut bytes = 0;
-                    while let Some(p) = q.front() {
-                        if !out.is_empty() && bytes + p.bytes() > max_bytes {
-                            break;
-                        }
-                        bytes += p.bytes();
-                        out.extend(q.pop_front());
-                    }
-                    return out;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// A transaction covering `group` ended with `result`; its bytes
-    /// leave the queue's budget.
-    fn decided(&self, group: &[Pending], result: Result<(), String>) {
-        let n: usize = group.iter().map(Pending::bytes).sum();
-        if let Some(last) = group.last() {
-            self.committed.send_modify(|s| s.cover(last.gen, result));
-        }
-        self.queued.send_modify(|q| *q = q.saturating_sub(n));
-        self.health
-            .waiting_bytes
-            .store(*self.queued.borrow() as u64, Ordering::Relaxed);
-    }
-
-    /// Generation `gen`: `None` until a transaction covered it.
-    pub fn outcome(&self, gen: u64) -> Option<Result<(), String>> {
-        self.committed.borrow().outcome(gen)
-    }
-
-    /// Wait until a transaction covered `gen`: its result. Cancel-safe.
-    pub async fn wait(&self, gen: u64) -> Result<(), String> {
-        let mut rx = self.committed.subscribe();
-        let state = rx
-            .wait_for(|s| s.covered >= gen)
-            .await
-            .map_err(|_| "the Kafka writer ended".to_owned())?;
-        state.outcome(gen).unwrap_or(Ok(()))
     }
 }
 
@@ -392,76 +290,6 @@ pub fn start(settings: Settings) -> (Arc<Sink>, tokio::sync::oneshot::Receiver<R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pending(gen: u64, n: usize) -> Pending {
-        Pending {
-            gen,
-            node: "n".into(),
-            stream: "s".into(),
-            sequence: gen,
-            lines: vec![b'x'; n],
-            ends: vec![n - 1],
-            findings: vec![false],
-            skip: BTreeSet::new(),
-        }
-    }
-
-    fn settings(queue_bytes: usize) -> Settings {
-        Settings {
-            brokers: "b:1".into(),
-            topic: "t".into(),
-            findings_topic: None,
-            positions_topic: "p".into(),
-            transactional_id: "r".into(),
-            queue_bytes,
-            max_record_bytes: 1 << 20,
-            recover_aborted: false,
-            extra: Default::default(),
-        }
-    }
-
-    #[tokio::test]
-    async fn groups_are_taken_in_order_and_decide_their_generations() {
-        let sink = Sink::new(&settings(1000));
-        sink.open.send_replace(true);
-        for g in 1..=3 {
-            sink.submit(pending(g, 100));
-        }
-        let group = sink.take(250).await;
-        assert_eq!(group.iter().map(|p| p.gen).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(sink.outcome(1), None);
-        sink.decided(&group, Ok(()));
-        assert_eq!(sink.outcome(2), Some(Ok(())));
-        assert_eq!(sink.outcome(3), None);
-        let group = sink.take(250).await;
-        sink.decided(&group, Err("broker gone".into()));
-        assert_eq!(sink.wait(3).await, Err("broker gone".into()));
-        assert_eq!(*sink.queued.borrow(), 0);
-    }
-
-    #[tokio::test]
-    async fn admission_waits_for_the_positions_and_for_room() {
-        let sink = Arc::new(Sink::new(&settings(150)));
-        let admitted = |s: &Arc<Sink>| {
-            let s = s.clone();
-            tokio::spawn(async move { assert!(s.admit().await) })
-        };
-        let first = admitted(&sink);
-        tokio::task::yield_now().await;
-        assert!(
-            !first.is_finished(),
-            "admitted before the positions were read"
-        );
-        sink.open.send_replace(true);
-        first.await.unwrap();
-        sink.submit(pending(1, 200));
-        let second = admitted(&sink);
-        tokio::task::yield_now().await;
-        assert!(!second.is_finished(), "admitted over the budget");
-        let group = sink.take(1 << 20).await;
-        sink.decided(&group, Ok(()));
-        second.await.unwrap();
-    }
 
     #[test]
     fn records_split_lines_and_route_findings() {

@@ -402,13 +402,14 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
     loop {
         // Down with nothing to commit: check that Kafka answers again,
         // so /readyz clears without a batch (not ready keeps batches away)
-        if !health.up() && sink.idle() {
+        if !health.up() && sink.queue.idle() {
             producer = ready_producer(producer, &s, &health).await;
             if let Some(p) = &producer {
                 probe(p, &s, &health).await;
             }
         }
-        let Ok(group) = tokio::time::timeout(Duration::from_secs(1), sink.take(GROUP_BYTES)).await
+        let Ok(group) =
+            tokio::time::timeout(Duration::from_secs(1), sink.queue.take(GROUP_BYTES)).await
         else {
             continue;
         };
@@ -435,7 +436,7 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
                             "the commit that failed had committed; not sent again"
                         );
                         health.committed(0, group.len(), Duration::ZERO);
-                        sink.decided(&group, Ok(()));
+                        sink.queue.decided(&group, Ok(()));
                         break;
                     }
                     Ok(false) => uncertain = false,
@@ -453,7 +454,7 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
             match result {
                 Ok(records) => {
                     health.committed(records, group.len(), t.elapsed());
-                    sink.decided(&group, Ok(()));
+                    sink.queue.decided(&group, Ok(()));
                     backoff = Backoff(Duration::from_millis(100));
                     break;
                 }
