@@ -5,4 +5,8 @@
 // Large, optional parts of an event are boxed so that an event without
 // them stays small: the collector decodes batches of a thousand events,
 // and each inline byte is moved as the batch's vector grows.
-const BOXED: &[&str] = &[".spyglass.v1.Event.container", ".spyglass.v1.Event.detail.agent"];
+const BOXED: &[&str] = &[
+    ".spyglass.v1.Event.container",
+    ".spyglass.v1.Event.detail.agent",
+    ".spyglass.v1.Event.aggregate",
+];

@@ -160,6 +160,13 @@ pub fn event_ocsf(ev: &Event, d: &Delivery) -> Value {
         // The policy killed this process at exec.
         unmapped.insert("enforced".into(), json!(e));
     }
+    if let Some(a) = ev.aggregate.as_deref() {
+        // OCSF's own fields for an event standing for several.
+        m.insert("count".into(), json!(a.count));
+        m.insert("start_time".into(), json!(ms(a.first)));
+        m.insert("end_time".into(), json!(ms(a.last)));
+        unmapped.insert("aggregate".into(), shape(a));
+    }
     unmapped.insert("delivery".into(), shape(d));
     unmapped.insert("kind".into(), json!(ev.kind));
     if ev.snapshot {

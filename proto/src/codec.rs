@@ -323,12 +323,12 @@ mod tests {
         };
         let bytes = batch_of(vec![ev; 100]);
         let f = scan::footprint("Batch", &bytes).unwrap();
-        // the batch (88), its events' vector (128 x 552), two ids
+        // the batch (88), its events' vector (128 events), two ids
         // (32-byte chunks), per event its box and its probes' vector
         let agent = scan::heap(size_of::<v1::AgentInfo>());
         assert_eq!(
             f.bytes,
-            88 + 128 * 552 + 2 * 32 + 100 * (agent + 16_384 * 80)
+            88 + 128 * size_of::<v1::Event>() + 2 * 32 + 100 * (agent + 16_384 * 80)
         );
         let m = refused(&bytes);
         assert!(

@@ -189,6 +189,7 @@ fn message_size(full_name: &str) -> Option<usize> {
         "ProbeStatus" => size_of::<v1::ProbeStatus>(),
         "AgentInfo" => size_of::<v1::AgentInfo>(),
         "Lifecycle" => size_of::<v1::Lifecycle>(),
+        "Aggregate" => size_of::<v1::Aggregate>(),
         "Tracked" => size_of::<v1::Tracked>(),
         "Finding" => size_of::<v1::Finding>(),
         _ => return None,
@@ -557,13 +558,14 @@ mod tests {
         // compiles only while build.rs boxes what boxed.rs names
         let _: Option<Box<v1::ContainerContext>> = v1::Event::default().container;
         let _ = v1::event::Detail::Agent(Box::default());
+        let _: Option<Box<v1::Aggregate>> = v1::Event::default().aggregate;
         let boxed: Vec<&str> = SCHEMA
             .fields
             .iter()
             .filter(|f| f.boxed)
             .map(|f| f.name)
             .collect();
-        assert_eq!(boxed, ["Event.container", "Event.agent"]);
+        assert_eq!(boxed, ["Event.container", "Event.agent", "Event.aggregate"]);
         let walked = |name| SCHEMA.messages[SCHEMA.by_name[name]].walk;
         assert!(walked(".spyglass.v1.Event") && walked(".spyglass.v1.Finding"));
         assert!(walked(".spyglass.v1.Process") && walked(".spyglass.v1.ContainerContext"));

@@ -20,6 +20,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("## `agent`", "agent."),
     ("## `resources`", "resources."),
     ("## `lifecycle`", "lifecycle."),
+    ("## `aggregate`", "aggregate."),
     ("`finding`:", "finding."),
 ];
 

@@ -580,6 +580,22 @@ pub struct Event {
     pub lifecycle: Option<Lifecycle>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finding: Option<Box<FindingInfo>>,
+    /// Repeats the agent's export filter folded into this event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Box<Aggregate>>,
+}
+
+/// Repeats folded into one event by the agent's export filter
+/// (`[export.filter] aggregate`): the event (the last of them) stands
+/// for `count` occurrences of the same thing between `first` and `last`;
+/// the first occurrence of the window went out on its own before them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Aggregate {
+    pub count: u64,
+    pub first: Timestamp,
+    pub last: Timestamp,
+    /// The window the repeats were gathered over, seconds.
+    pub interval_s: u32,
 }
 
 impl Event {
@@ -604,6 +620,7 @@ impl Event {
             enforced: None,
             lifecycle: None,
             finding: None,
+            aggregate: None,
         }
     }
 }

@@ -217,6 +217,12 @@ pub fn connect() -> Event {
         outcome: Some(ConnectOutcome::Established),
         wildcard: None,
     });
+    ev.aggregate = Some(Box::new(Aggregate {
+        count: 41,
+        first: Timestamp(T - 50_000_000_000),
+        last: Timestamp(T),
+        interval_s: 60,
+    }));
     ev
 }
 

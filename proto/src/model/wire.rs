@@ -614,6 +614,14 @@ pub fn to_wire(ev: &Event) -> w::Event {
         host: ev.host,
         detail,
         enforced: word(ev.enforced, Enforced::as_str),
+        aggregate: ev.aggregate.as_deref().map(|a| {
+            Box::new(w::Aggregate {
+                count: a.count,
+                first_unix_nano: a.first.0,
+                last_unix_nano: a.last.0,
+                interval_s: a.interval_s,
+            })
+        }),
     }
 }
 
@@ -629,6 +637,14 @@ pub fn from_wire(ev: w::Event) -> Result<Event, WireError> {
     out.container = ev.container.map(|c| container_from(*c));
     out.host = ev.host;
     out.enforced = (!ev.enforced.is_empty()).then(|| Enforced::parse_lenient(&ev.enforced));
+    out.aggregate = ev.aggregate.map(|a| {
+        Box::new(Aggregate {
+            count: a.count,
+            first: Timestamp(a.first_unix_nano),
+            last: Timestamp(a.last_unix_nano),
+            interval_s: a.interval_s,
+        })
+    });
     match ev.detail {
         Some(Detail::Exit(x)) => {
             out.exit = Some(ExitInfo {
