@@ -29,6 +29,7 @@ use crate::{
     },
     detect::{enforce::Enforcer, Detector},
     event::Event,
+    export::filter::{ExportFilter, FilterSpec},
     export::{
         grpc::GrpcError,
         stdout::{Format, StdoutError},
@@ -54,6 +55,8 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Filter(#[from] crate::export::filter::FilterError),
     #[error(transparent)]
     Preflight(#[from] crate::bpf::preflight::PreflightError),
     #[error(transparent)]
@@ -199,6 +202,7 @@ impl Agent {
         } else {
             crate::policy::load(Path::new(&cfg.policy.file))?
         };
+        let filter = export_filter(&cfg)?;
         let cgroup_root = match &cfg.kernel.cgroup_root {
             Some(p) => p.clone(),
             None => preflight::cgroup2_root()?,
@@ -224,7 +228,7 @@ impl Agent {
         let reader_stats = Arc::new(ReaderStats::default());
         let stop_reader = Arc::new(AtomicBool::new(false));
         let reader = spawn_reader(&cfg, &mut probes, &inputs, &reader_stats, &stop_reader)?;
-        let (sinks, sink_handles) = start_sinks(&cfg, &metrics)?;
+        let (sinks, sink_handles) = start_sinks(&cfg, &metrics, filter)?;
         serve_metrics(&cfg, &metrics).await?;
         let (lookups, containerd) = match start_containerd(&cfg, &inputs, &metrics) {
             Some(c) => (Some(c.lookups), Some((c.task, c.stop))),
@@ -251,6 +255,10 @@ impl Agent {
             },
             (!cfg.policy.file.is_empty()).then(|| PathBuf::from(&cfg.policy.file)),
         );
+        let pipeline = match cfg.export.filter_file.as_str() {
+            "" => pipeline,
+            f => pipeline.watch_export_filter(PathBuf::from(f), cfg.export.profile),
+        };
         let snapshot_of = cfg.snapshot.enabled.then_some(cgroup_root);
         let pipeline = pipeline::spawn(pipeline, inputs_rx, snapshot_of)?;
         Ok(Agent {
@@ -429,9 +437,25 @@ fn spawn_reader(
         })
 }
 
+/// The export filter at start: the file's when one is set (a bad file
+/// stops the start, as a bad policy does), else `[export.filter]`.
+fn export_filter(cfg: &Config) -> Result<ExportFilter> {
+    let spec = match cfg.export.filter_file.as_str() {
+        "" => cfg.export.filter.clone(),
+        f => FilterSpec::load(Path::new(f))?,
+    };
+    let filter = ExportFilter::new(cfg.export.profile, spec);
+    info!(profile = filter.profile().as_str(), file = %cfg.export.filter_file, "export filter");
+    Ok(filter)
+}
+
 /// stdout (a thread: writes block) unless its format is `none`, and,
 /// when configured, the collector.
-fn start_sinks(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Sinks, SinkHandles)> {
+fn start_sinks(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    filter: ExportFilter,
+) -> Result<(Sinks, SinkHandles)> {
     let format = cfg.output.format;
     let (out_tx, stdout) = if format == Format::None {
         (None, None)
@@ -477,7 +501,7 @@ fn start_sinks(cfg: &Config, metrics: &Arc<Metrics>) -> Result<(Sinks, SinkHandl
     };
     let keeps = (format == Format::Findings)
         .then_some(crate::export::stdout::is_notable as fn(&Event) -> bool);
-    let sinks = Sinks::new(out_tx, keeps, grpc_tx, metrics.clone());
+    let sinks = Sinks::new(out_tx, keeps, grpc_tx, filter, metrics.clone());
     Ok((sinks, SinkHandles { stdout, grpc }))
 }
 

@@ -43,6 +43,26 @@ pub struct Config {
     pub containerd: ContainerdConfig,
     pub metrics: MetricsConfig,
     pub policy: PolicyConfig,
+    pub export: ExportConfig,
+}
+
+/// `[export]`: what of the stream leaves the node (docs/agent.md, "Volume
+/// control"). Findings, losses and the agent's own events always do.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// `full` (every event, the default), `security` (execs, listeners,
+    /// connects aggregated per destination, container lifecycle) or
+    /// `findings` (`--profile`).
+    pub profile: crate::export::filter::Profile,
+    /// Filter file (YAML, the shape of `[export.filter]`;
+    /// `--export-filter`). Replaces `[export.filter]` when set; reloaded
+    /// on SIGHUP and when it changes (checked every
+    /// `policy.reload_check_ms`); a bad new file is rejected and the
+    /// running filter stays.
+    pub filter_file: String,
+    /// The filter when no file is given.
+    pub filter: crate::export::filter::FilterSpec,
 }
 
 /// `[policy]`: detections and in-kernel actions.
@@ -372,6 +392,12 @@ impl Config {
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if let Err(e) = self.export.filter.check("[export.filter]") {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            });
+        }
         let rb = self.kernel.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 64 * 1024 {
             return Err(ConfigError::Range {

@@ -60,6 +60,14 @@ struct Overrides {
     /// Policy file (YAML) for detections and in-kernel actions.
     #[arg(long, global = true)]
     policy: Option<String>,
+    /// What leaves the node: full (every event), security (execs,
+    /// listeners, connects aggregated per destination, containers,
+    /// findings) or findings.
+    #[arg(long, global = true, value_enum)]
+    profile: Option<export::filter::Profile>,
+    /// Export filter file (YAML; reloaded when it changes).
+    #[arg(long, global = true)]
+    export_filter: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,6 +116,12 @@ fn effective_config(cli: &Cli) -> Result<Config> {
     }
     if let Some(p) = &o.policy {
         cfg.policy.file = p.clone();
+    }
+    if let Some(p) = o.profile {
+        cfg.export.profile = p;
+    }
+    if let Some(f) = &o.export_filter {
+        cfg.export.filter_file = f.clone();
     }
     if let Some(l) = &o.metrics_listen {
         cfg.metrics.listen = l.clone();

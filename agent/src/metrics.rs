@@ -13,7 +13,10 @@ use std::{
 
 use spyglass_proto::endpoints;
 
-use crate::event::Kind;
+use crate::{
+    event::Kind,
+    export::filter::{Profile, Reason},
+};
 
 const KINDS: [(Kind, &str); 11] = [
     (Kind::Exec, "exec"),
@@ -78,7 +81,20 @@ pub struct Metrics {
     enforced_cgroups: AtomicU64,
     enforcement_write_failures: AtomicU64,
     policy_reload_errors: AtomicU64,
+    /// Events the export filter kept back, by reason and kind.
+    filtered: [[AtomicU64; KINDS.len()]; Reason::ALL.len()],
+    /// Events sent standing for aggregated repeats; windows open; events
+    /// sent unaggregated for lack of room.
+    aggregates_sent: AtomicU64,
+    aggregate_windows: AtomicU64,
+    aggregate_overflow: AtomicU64,
+    /// The export profile in force (its place in `PROFILES`).
+    profile: AtomicU64,
+    export_reloads: AtomicU64,
+    export_reload_errors: AtomicU64,
 }
+
+const PROFILES: [Profile; 3] = [Profile::Full, Profile::Security, Profile::Findings];
 
 impl Metrics {
     /// Count events going out.
@@ -88,6 +104,38 @@ impl Metrics {
                 self.events[i].fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// An event the export filter kept back.
+    pub fn filtered(&self, reason: Reason, kind: Kind) {
+        let r = Reason::ALL.iter().position(|x| *x == reason);
+        let k = KINDS.iter().position(|(x, _)| *x == kind);
+        if let (Some(r), Some(k)) = (r, k) {
+            self.filtered[r][k].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Aggregation: `sent` more window events, `windows` open now, and
+    /// the filter's total of events let through for lack of room.
+    pub fn aggregated(&self, sent: u64, windows: u64, overflow_total: u64) {
+        self.aggregates_sent.fetch_add(sent, Ordering::Relaxed);
+        self.aggregate_windows.store(windows, Ordering::Relaxed);
+        self.aggregate_overflow
+            .fetch_max(overflow_total, Ordering::Relaxed);
+    }
+
+    pub fn set_profile(&self, p: Profile) {
+        let i = PROFILES.iter().position(|x| *x == p).unwrap_or(0);
+        self.profile.store(i as u64, Ordering::Relaxed);
+    }
+
+    pub fn export_reload(&self, accepted: bool) {
+        if accepted {
+            &self.export_reloads
+        } else {
+            &self.export_reload_errors
+        }
+        .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_findings(&self, by_rule: &std::collections::HashMap<crate::event::Name, u64>) {
@@ -233,7 +281,7 @@ impl Metrics {
         endpoints::family(
             &mut s,
             "spyglass_events_total",
-            "Events the agent emitted, by kind.",
+            "Events the agent produced, by kind (before the export filter; spyglass_export_filtered_total counts what it kept back).",
             "counter",
         );
         for (i, (_, name)) in KINDS.iter().enumerate() {
@@ -413,7 +461,81 @@ impl Metrics {
             "counter",
             format_args!("{:.6}", get(&self.lookup_us) as f64 / 1e6),
         );
+        self.render_export(&mut s);
         s
+    }
+
+    /// The export filter's figures.
+    fn render_export(&self, s: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        endpoints::family(
+            s,
+            "spyglass_export_filtered_total",
+            "Events the export filter kept back from the sinks, by reason (kind, deny, allow, sampled, aggregated: counted in a later event's aggregate, folded) and kind.",
+            "counter",
+        );
+        for (r, reason) in Reason::ALL.iter().enumerate() {
+            for (k, (kind, name)) in KINDS.iter().enumerate() {
+                if crate::export::filter::protected(*kind) {
+                    continue;
+                }
+                let _ = writeln!(
+                    s,
+                    "spyglass_export_filtered_total{{reason=\"{}\",kind=\"{name}\"}} {}",
+                    reason.as_str(),
+                    get(&self.filtered[r][k])
+                );
+            }
+        }
+        endpoints::family(
+            s,
+            "spyglass_export_profile",
+            "The export profile in force (1 for it).",
+            "gauge",
+        );
+        let current = get(&self.profile) as usize;
+        for (i, p) in PROFILES.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "spyglass_export_profile{{profile=\"{}\"}} {}",
+                p.as_str(),
+                u8::from(i == current)
+            );
+        }
+        for (name, help, kind, v) in [
+            (
+                "spyglass_export_aggregates_total",
+                "Events sent standing for repeats the export filter aggregated.",
+                "counter",
+                get(&self.aggregates_sent),
+            ),
+            (
+                "spyglass_export_aggregate_windows",
+                "Aggregation windows open (destinations holding repeats).",
+                "gauge",
+                get(&self.aggregate_windows),
+            ),
+            (
+                "spyglass_export_aggregate_overflow_total",
+                "Events sent unaggregated because the aggregation windows were full (aggregate.max_keys).",
+                "counter",
+                get(&self.aggregate_overflow),
+            ),
+            (
+                "spyglass_export_filter_reloads_total",
+                "Export filter files loaded after the start.",
+                "counter",
+                get(&self.export_reloads),
+            ),
+            (
+                "spyglass_export_filter_reload_errors_total",
+                "Export filter files rejected on reload (the running filter stayed).",
+                "counter",
+                get(&self.export_reload_errors),
+            ),
+        ] {
+            endpoints::single(s, name, help, kind, v);
+        }
     }
 }
 

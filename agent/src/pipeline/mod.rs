@@ -40,6 +40,7 @@ use crate::{
     },
     detect::{Detector, Sampled},
     event::{AgentInfo, AgentState, ContainerState, Event, Kind, ProbeStatus, Tracked},
+    export::filter::{ExportFilter, FilterSpec, Profile},
     metrics::Metrics,
     process::snapshot,
     resources::{self, ContainerSample, Sampler},
@@ -98,17 +99,34 @@ pub struct Identity {
     pub probes: Vec<ProbeStatus>,
 }
 
-/// The policy file being watched for changes.
-struct PolicyFile {
+/// A file watched for changes (the policy, the export filter).
+struct WatchedFile {
     path: PathBuf,
     seen: Option<SystemTime>,
 }
 
-impl PolicyFile {
+impl WatchedFile {
+    fn new(path: PathBuf) -> Self {
+        let mut f = WatchedFile { path, seen: None };
+        f.seen = f.mtime();
+        f
+    }
+
     fn mtime(&self) -> Option<SystemTime> {
         std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok()
+    }
+
+    /// Whether it is to be read again (`force`: whatever its time stamp
+    /// says); notes the time stamp seen.
+    fn changed(&mut self, force: bool) -> bool {
+        let now = self.mtime();
+        if !force && (now.is_none() || now == self.seen) {
+            return false;
+        }
+        self.seen = now;
+        true
     }
 }
 
@@ -125,7 +143,9 @@ pub struct Pipeline {
     losses: LossReporter,
     metrics: Arc<Metrics>,
     identity: Identity,
-    policy_file: Option<PolicyFile>,
+    policy_file: Option<WatchedFile>,
+    /// The export filter file, and the configured profile it refines.
+    export_file: Option<(WatchedFile, Profile)>,
     /// The startup snapshot while containerd's first listing is awaited
     /// (None before `start` and once `snapshot_complete` is sent).
     startup: Option<inventory::Startup>,
@@ -155,11 +175,9 @@ impl Pipeline {
                 .any(|p| p.program == "mark_victim" && p.attached);
             d.set_oom_tracepoint(oom);
         }
-        let policy_file = policy_file.filter(|_| detector.is_some()).map(|path| {
-            let mut f = PolicyFile { path, seen: None };
-            f.seen = f.mtime();
-            f
-        });
+        let policy_file = policy_file
+            .filter(|_| detector.is_some())
+            .map(WatchedFile::new);
         Pipeline {
             enricher,
             attribute,
@@ -171,8 +189,16 @@ impl Pipeline {
             metrics,
             identity,
             policy_file,
+            export_file: None,
             startup: None,
         }
+    }
+
+    /// Watch the export filter file `path` (the sinks hold the filter it
+    /// gave at start); `base` is the configured profile.
+    pub fn watch_export_filter(mut self, path: PathBuf, base: Profile) -> Self {
+        self.export_file = Some((WatchedFile::new(path), base));
+        self
     }
 
     /// Startup: the /proc snapshot (probes are live before it, so nothing
@@ -254,7 +280,10 @@ impl Pipeline {
             }
             Input::Losses => self.report_losses()?,
             Input::DetectTick => self.detect_tick()?,
-            Input::Policy { force } => self.policy(force),
+            Input::Policy { force } => {
+                self.policy(force);
+                self.export_filter(force)?;
+            }
             Input::Stop => {
                 self.stop()?;
                 return Ok(false);
@@ -388,6 +417,7 @@ impl Pipeline {
         self.metrics.turned();
         let events = self.attribute.expire();
         self.emit(events)?;
+        self.sinks.sweep(Clock::now(), false)?;
         let cfg = self.sample_config();
         if self.sampler.due(now, &cfg) {
             self.sample(now, &cfg)?;
@@ -490,11 +520,9 @@ impl Pipeline {
         let (Some(file), Some(d)) = (&mut self.policy_file, &mut self.detector) else {
             return;
         };
-        let now = file.mtime();
-        if !force && (now.is_none() || now == file.seen) {
+        if !file.changed(force) {
             return;
         }
-        file.seen = now;
         let loaded = crate::policy::load(&file.path).map_err(|e| e.to_string());
         let checked =
             loaded.and_then(
@@ -516,6 +544,30 @@ impl Pipeline {
         }
     }
 
+    /// Load the export filter file again when it changed (or when
+    /// forced); a bad one is rejected and the running filter stays.
+    fn export_filter(&mut self, force: bool) -> Result<(), PipelineError> {
+        let Some((file, base)) = &mut self.export_file else {
+            return Ok(());
+        };
+        if !file.changed(force) {
+            return Ok(());
+        }
+        match FilterSpec::load(&file.path) {
+            Ok(spec) => {
+                let filter = ExportFilter::new(*base, spec);
+                info!(file = %file.path.display(), profile = filter.profile().as_str(), "export filter reloaded");
+                self.metrics.export_reload(true);
+                self.sinks.replace_filter(filter)
+            }
+            Err(e) => {
+                error!(error = %e, "export filter rejected; the running filter stays in force");
+                self.metrics.export_reload(false);
+                Ok(())
+            }
+        }
+    }
+
     /// The drain: what still waits for metadata goes as it is, the last
     /// losses (always a `loss` event: the probes are detached and the
     /// ring drained, so its totals are final) and findings, then
@@ -530,6 +582,8 @@ impl Pipeline {
         if let Some(last) = self.detector.as_mut().map(Detector::close) {
             self.sinks.send(last)?;
         }
+        // every repeat held for aggregation goes before the stop
+        self.sinks.sweep(Clock::now(), true)?;
         let ev = self.lifecycle_event(AgentState::Stopping, Some(self.tracked()));
         self.emit(vec![ev])
     }

@@ -11,7 +11,12 @@ use super::{
     budget::{events_bytes, Budget, EventBatch, Metered, SINK_BYTES},
     PipelineError,
 };
-use crate::{event::Event, metrics::Metrics};
+use crate::{
+    event::Event,
+    export::filter::{ExportFilter, Reason},
+    metrics::Metrics,
+};
+use spyglass_proto::time::Timestamp;
 
 /// One sink's queue: the channel and its byte bound.
 pub struct SinkQueue {
@@ -40,6 +45,8 @@ pub struct Sinks {
     /// (`findings`): the others are not queued for it at all.
     stdout_keeps: Option<fn(&Event) -> bool>,
     grpc: Option<SinkQueue>,
+    /// What of the stream leaves (the detections saw all of it).
+    filter: ExportFilter,
     metrics: Arc<Metrics>,
 }
 
@@ -48,22 +55,62 @@ impl Sinks {
         stdout: Option<SinkQueue>,
         stdout_keeps: Option<fn(&Event) -> bool>,
         grpc: Option<SinkQueue>,
+        filter: ExportFilter,
         metrics: Arc<Metrics>,
     ) -> Self {
+        metrics.set_profile(filter.profile());
         Sinks {
             stdout,
             stdout_keeps,
             grpc,
+            filter,
             metrics,
         }
     }
 
-    /// One batch to every sink (nothing for an empty one).
+    /// One batch through the export filter to every sink.
     pub fn send(&mut self, events: Vec<Event>) -> Result<(), PipelineError> {
         if events.is_empty() {
             return Ok(());
         }
         self.metrics.count(&events);
+        if self.filter.is_pass() {
+            return self.deliver(events);
+        }
+        let m = &self.metrics;
+        let kept = self
+            .filter
+            .apply(events, &mut |reason: Reason, kind| m.filtered(reason, kind));
+        self.deliver(kept)
+    }
+
+    /// The events of aggregation windows closed by `now` (all of them
+    /// with `all`, at stop).
+    pub fn sweep(&mut self, now: Timestamp, all: bool) -> Result<(), PipelineError> {
+        let out = self.filter.sweep(now, all);
+        self.metrics.aggregated(
+            out.len() as u64,
+            self.filter.windows() as u64,
+            self.filter.overflowed(),
+        );
+        self.deliver(out)
+    }
+
+    /// Put a new filter in force: the old one's open windows are sent
+    /// first, and what it knew of sent execs carries over.
+    pub fn replace_filter(&mut self, mut filter: ExportFilter) -> Result<(), PipelineError> {
+        self.sweep(Timestamp(i64::MAX), true)?;
+        filter.inherit(&mut self.filter);
+        self.metrics.set_profile(filter.profile());
+        self.filter = filter;
+        Ok(())
+    }
+
+    /// Events past the filter to every sink (nothing for none).
+    fn deliver(&mut self, events: Vec<Event>) -> Result<(), PipelineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let bytes = events_bytes(&events);
         let Some(stdout) = &self.stdout else {
             self.send_collector(events, bytes);

@@ -224,7 +224,7 @@ impl Default for BaselineSettings {
 
 /// Which containers an entry applies to; every condition given must hold
 /// (an empty scope is every container).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Scope {
     /// Kubernetes namespaces of the pod.
