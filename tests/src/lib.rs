@@ -18,6 +18,7 @@ pub mod containers;
 pub mod kafka;
 pub mod pki;
 pub mod postgres;
+pub mod webhook;
 
 /// The test virtualenv's python (checkers from PyPI, see xtask setup).
 pub fn python() -> std::path::PathBuf {

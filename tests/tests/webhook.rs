@@ -1,0 +1,342 @@
+//! The collector's webhook output with the real agent, the real collector
+//! and a real HTTPS receiver on loopback (tests/src/webhook.rs): every
+//! marked exec exactly once and in order per node, through a receiver
+//! answering 503 for 10 s, one that takes at most 4 KiB a body (413s
+//! split the POSTs; an event over it alone is refused to its agent), and
+//! one that answers 401 until the collector has the right token.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+use spyglass_e2e::webhook::{Mode, Receiver};
+
+/// A collector POSTing to a receiver (no output file), with /readyz and
+/// /metrics on `metrics`.
+struct WebhookCollector {
+    child: Child,
+    port: u16,
+    metrics: u16,
+}
+
+impl WebhookCollector {
+    fn start(r: &Receiver, port: u16, metrics: u16, extra: &[&str]) -> Self {
+        let child = Command::new(bin("spyglass-collector"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--webhook-url", &r.url()])
+            .arg("--webhook-ca-file")
+            .arg(&r.ca)
+            .args(["--webhook-max-backoff-s", "2"])
+            .args(extra)
+            .args(["--log-level", "error"])
+            .spawn()
+            .expect("start collector");
+        eventually("the collector to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        WebhookCollector {
+            child,
+            port,
+            metrics,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn ready(&self) -> (u16, String) {
+        http_get(self.metrics, "/readyz")
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, text) = http_get(self.metrics, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WebhookCollector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until the receiver took `n` marked execs: everything it took.
+fn wait_for_marks(r: &Receiver, mark: &str, n: usize) -> Vec<Value> {
+    eventually(
+        &format!("{n} marked execs at the receiver"),
+        Duration::from_secs(60),
+        || {
+            let taken = r.taken();
+            (marked_execs(&taken, mark).len() >= n).then_some(taken)
+        },
+    )
+}
+
+/// Within each agent stream, lines arrive in (sequence, index) order.
+fn assert_in_order(events: &[Value]) {
+    let mut last: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for e in events {
+        let d = &e["delivery"];
+        let key = (
+            d["node_id"].as_str().expect("delivery.node_id").to_owned(),
+            d["stream_id"].as_str().unwrap_or_default().to_owned(),
+        );
+        let at = (
+            d["sequence"].as_u64().unwrap(),
+            d["index"].as_u64().unwrap(),
+        );
+        if let Some(prev) = last.insert(key, at) {
+            assert!(at > prev, "out of order: {prev:?} then {at:?}");
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+/// 300 marked execs while the receiver answers 503 for 10 s: not ready
+/// meanwhile (naming the 503), ready after, every exec once and in order;
+/// each POST carried the token, its framing and its key, and the POSTs
+/// refused were sent again with the same key.
+#[test]
+fn marked_execs_reach_the_receiver_once_and_in_order_through_a_503_outage() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("webhook-once");
+    let r = Receiver::start(&dir.join("receiver"));
+    r.set(Mode::Token("s3cret".into()));
+    let token = write(&dir, "token", "s3cret\n");
+    let col = WebhookCollector::start(
+        &r,
+        free_port(),
+        free_port(),
+        &["--webhook-token-file", &token],
+    );
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let mark = marker("webhook-once");
+    const N: usize = 300;
+    let series = exec_series(&mark, N, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_secs(2));
+    r.set(Mode::Status(503));
+    let (_, why) = eventually(
+        "/readyz to say the receiver fails",
+        Duration::from_secs(8),
+        || {
+            let (code, why) = col.ready();
+            (code == 503).then_some((code, why))
+        },
+    );
+    assert!(
+        why.starts_with("webhook: ") && why.contains("answered 503"),
+        "{why}"
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    r.set(Mode::Token("s3cret".into()));
+    series.join().unwrap();
+    let taken = wait_for_marks(&r, &mark, N);
+    eventually("/readyz ready again", Duration::from_secs(10), || {
+        (col.ready().0 == 200).then_some(())
+    });
+    assert_exactly_once(&taken, &mark, N);
+    assert_in_order(&taken);
+    let posts = r.posts();
+    for p in &posts {
+        assert_eq!(p.header("authorization"), Some("Bearer s3cret"));
+        assert_eq!(p.header("content-type"), Some("application/x-ndjson"));
+        let lines = p.events().len();
+        assert_eq!(
+            p.header("x-spyglass-lines"),
+            Some(lines.to_string().as_str())
+        );
+        let key = p.header("idempotency-key").expect("an Idempotency-Key");
+        let first = &p.events()[0]["delivery"];
+        assert_eq!(
+            key,
+            format!(
+                "{}/{}/{}/{}+{lines}",
+                first["node_id"].as_str().unwrap(),
+                first["stream_id"].as_str().unwrap(),
+                first["sequence"],
+                first["index"]
+            )
+        );
+    }
+    let refused: Vec<&str> = posts
+        .iter()
+        .filter(|p| p.status == 503)
+        .filter_map(|p| p.header("idempotency-key"))
+        .collect();
+    assert!(!refused.is_empty(), "no POST met the outage");
+    for key in refused {
+        assert!(
+            posts
+                .iter()
+                .any(|p| p.status == 200 && p.header("idempotency-key") == Some(key)),
+            "the POST {key} refused with 503 was not taken later with the same key"
+        );
+    }
+    assert!(col.metric("spyglass_collector_webhook_retries_total") >= 1);
+    assert_eq!(col.metric("spyglass_collector_webhook_up"), 1);
+    agent.stop();
+}
+
+/// A receiver that takes at most 4 KiB a body (JSON arrays): the
+/// collector splits its POSTs until they pass; an exec rendering over
+/// 4 KiB alone is refused to its agent (a loss event reports it, the
+/// refusal is counted) and the execs after it arrive once each.
+#[test]
+fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_refused() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("webhook-413");
+    let r = Receiver::start(&dir.join("receiver"));
+    r.set(Mode::MaxBody(4096));
+    let col = WebhookCollector::start(
+        &r,
+        free_port(),
+        free_port(),
+        &[
+            "--webhook-body",
+            "array",
+            "--webhook-batch-max-bytes",
+            "65536",
+        ],
+    );
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let mark = marker("webhook-413");
+    // fast, so agent batches carry many execs and bodies exceed 4 KiB
+    exec_series(&format!("{mark}-a"), 100, Duration::ZERO)
+        .join()
+        .unwrap();
+    let taken = wait_for_marks(&r, &format!("{mark}-a"), 100);
+    assert_exactly_once(&taken, &format!("{mark}-a"), 100);
+    let posts = r.posts();
+    assert!(
+        posts.iter().any(|p| p.status == 413),
+        "no POST was over 4 KiB: nothing was split"
+    );
+    for p in posts.iter().filter(|p| p.status == 200) {
+        assert!(
+            p.body.len() <= 4096,
+            "a body of {} bytes was taken",
+            p.body.len()
+        );
+        assert_eq!(p.header("content-type"), Some("application/json"));
+    }
+    let long = "x".repeat(6000);
+    assert!(Command::new("/bin/true")
+        .arg(format!("{mark}-long-{long}"))
+        .status()
+        .unwrap()
+        .success());
+    eventually(
+        "the oversize batch refused",
+        Duration::from_secs(30),
+        || (col.metric("spyglass_collector_webhook_oversized_total") >= 1).then_some(()),
+    );
+    exec_series(&format!("{mark}-b"), 20, Duration::from_millis(10))
+        .join()
+        .unwrap();
+    let taken = wait_for_marks(&r, &format!("{mark}-b"), 20);
+    assert_exactly_once(&taken, &format!("{mark}-b"), 20);
+    assert_exactly_once(&taken, &format!("{mark}-a"), 100);
+    assert_in_order(&taken);
+    assert!(
+        !taken
+            .iter()
+            .any(|e| argv(e).iter().any(|a| a.contains("-long-"))),
+        "the oversize exec was taken"
+    );
+    let lost: u64 = taken
+        .iter()
+        .filter(|e| e["kind"] == "loss" && e["loss"]["stage"] == "agent")
+        .filter_map(|e| e["loss"]["spool_dropped"].as_u64())
+        .sum();
+    assert!(
+        lost >= 1,
+        "the agent did not report the refused batch as lost"
+    );
+    agent.stop();
+}
+
+/// A receiver answering 401 to the collector's token: /readyz names it,
+/// no batch is acked (the agent status says none, and a collector killed
+/// and restarted with the right token gets every exec from the agent's
+/// spool), then everything arrives once.
+#[test]
+fn a_401_receiver_is_named_and_nothing_is_acked_until_the_token_is_fixed() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("webhook-401");
+    let r = Receiver::start(&dir.join("receiver"));
+    r.set(Mode::Token("right".into()));
+    let wrong = write(&dir, "wrong-token", "wrong\n");
+    let right = write(&dir, "right-token", "right\n");
+    let status = dir.join("agents.json");
+    let status_arg = status.to_str().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let mut col = WebhookCollector::start(
+        &r,
+        port,
+        metrics,
+        &["--webhook-token-file", &wrong, "--status-file", status_arg],
+    );
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let mark = marker("webhook-401");
+    exec_series(&mark, 30, Duration::from_millis(10))
+        .join()
+        .unwrap();
+    let (_, why) = eventually("/readyz to name the 401", Duration::from_secs(20), || {
+        let (code, why) = col.ready();
+        (code == 503 && why.contains("401")).then_some((code, why))
+    });
+    assert!(
+        why.starts_with("webhook: ") && why.contains("--webhook-token-file"),
+        "{why}"
+    );
+    assert!(
+        r.posts().iter().all(|p| p.status == 401),
+        "the receiver took a POST with the wrong token"
+    );
+    // the collector writes the agents' status every second: no ack
+    std::thread::sleep(Duration::from_millis(2500));
+    let agents: Value = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+    let acked: u64 = agents
+        .as_object()
+        .expect("agent status is an object")
+        .values()
+        .filter_map(|a| a["batches"].as_u64())
+        .sum();
+    assert_eq!(
+        acked, 0,
+        "batches acked while the receiver refused them: {agents}"
+    );
+    col.kill();
+    let col = WebhookCollector::start(&r, port, metrics, &["--webhook-token-file", &right]);
+    let taken = wait_for_marks(&r, &mark, 30);
+    assert_exactly_once(&taken, &mark, 30);
+    assert_in_order(&taken);
+    eventually("/readyz ready", Duration::from_secs(10), || {
+        (col.ready().0 == 200).then_some(())
+    });
+    agent.stop();
+}
