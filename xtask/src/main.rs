@@ -7,6 +7,7 @@
 mod bench;
 mod bench_fleet;
 mod bench_memory;
+mod bench_profiles;
 mod bench_resources;
 mod child;
 mod compare;
@@ -72,6 +73,10 @@ commands:
                  ingest (durable spool and acks included)
                  SPYGLASS_BENCH_AGENT=PATH / SPYGLASS_BENCH_COLLECTOR=PATH
                  make any bench run other binaries (a before figure)
+  bench --profiles [--quick]
+                 bytes per exec and per connect reaching the SIEM (the
+                 collector's JSON lines) with each export profile: full,
+                 security, findings (bench-results/profiles.md)
   bench --fleet [--quick]
                  a synthetic fleet of 1,000 nodes x 100 containers (--quick:
                  50) through the collector's gRPC ingest; the fleet view's
@@ -144,6 +149,14 @@ fn main() -> Result<()> {
             print!(
                 "{}",
                 bench::collector_bench(rest.iter().any(|a| a == "--quick"))?
+            );
+            Ok(())
+        }
+        "bench" if rest.iter().any(|a| a == "--profiles") => {
+            build()?;
+            print!(
+                "{}",
+                bench_profiles::run(rest.iter().any(|a| a == "--quick"))?
             );
             Ok(())
         }
