@@ -168,6 +168,67 @@ impl Drop for Collector {
     }
 }
 
+/// A collector without an output file (a remote output: Kafka, the
+/// webhook), serving /readyz and /metrics on `metrics`. Killed on drop.
+pub struct RemoteCollector {
+    pub child: Child,
+    pub port: u16,
+    pub metrics: u16,
+}
+
+impl RemoteCollector {
+    /// Start target/release/spyglass-collector listening on `port` with
+    /// `args`, and wait until it listens.
+    pub fn start(port: u16, metrics: u16, args: &[&str]) -> RemoteCollector {
+        let child = Command::new(bin("spyglass-collector"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(args)
+            .spawn()
+            .expect("start collector");
+        wait_port(port);
+        RemoteCollector {
+            child,
+            port,
+            metrics,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `/readyz`: (status, body).
+    pub fn ready(&self) -> (u16, String) {
+        http_get(self.metrics, "/readyz")
+    }
+
+    /// The value of an unlabelled metric; panics when it is missing.
+    pub fn metric(&self, name: &str) -> u64 {
+        metric(self.metrics, name)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RemoteCollector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The value of unlabelled metric `name` at a loopback /metrics.
+pub fn metric(port: u16, name: &str) -> u64 {
+    let (_, text) = http_get(port, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 /// GET `path` on a loopback port: (status code, body); panics when
 /// nothing listens.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {

@@ -5,12 +5,7 @@
 //! a broker cut off for 10 s.
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::{Child, Command},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use common::*;
 use serde_json::Value;
@@ -30,58 +25,28 @@ fn broker(dir: &Path) -> Broker {
 
 /// A collector publishing to `b` (no output file), with `metrics` for
 /// /readyz and /metrics.
-struct KafkaCollector {
-    child: Child,
-    port: u16,
-    metrics: u16,
+fn kafka_collector(b: &Broker, port: u16, metrics: u16) -> RemoteCollector {
+    kafka_replica(b, port, metrics, "spyglass-test-0")
 }
 
-impl KafkaCollector {
-    fn start(b: &Broker, port: u16, metrics: u16) -> Self {
-        Self::start_as(b, port, metrics, "spyglass-test-0")
-    }
-
-    /// A replica with its own transactional.id.
-    fn start_as(b: &Broker, port: u16, metrics: u16, id: &str) -> Self {
-        let child = Command::new(bin("spyglass-collector"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-            .args(["--kafka-brokers", &b.bootstrap()])
-            .args(["--kafka-findings-topic", FINDINGS])
-            .args(["--kafka-transactional-id", id])
+/// A replica with its own transactional.id.
+fn kafka_replica(b: &Broker, port: u16, metrics: u16, id: &str) -> RemoteCollector {
+    RemoteCollector::start(
+        port,
+        metrics,
+        &[
+            "--kafka-brokers",
+            &b.bootstrap(),
+            "--kafka-findings-topic",
+            FINDINGS,
+            "--kafka-transactional-id",
+            id,
             // Tansu 0.6 shows aborted transactions' records
-            .arg("--kafka-recover-aborted")
-            .args(["--log-level", "warn"])
-            .spawn()
-            .expect("start collector");
-        eventually("the collector to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        KafkaCollector {
-            child,
-            port,
-            metrics,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn ready(&self) -> (u16, String) {
-        http_get(self.metrics, "/readyz")
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for KafkaCollector {
-    fn drop(&mut self) {
-        self.kill();
-    }
+            "--kafka-recover-aborted",
+            "--log-level",
+            "warn",
+        ],
+    )
 }
 
 fn events(records: &[Record]) -> Vec<Value> {
@@ -140,7 +105,7 @@ fn marked_execs_reach_kafka_once_keyed_and_in_order() {
     let _g = serial();
     let dir = scratch("kafka-once");
     let b = broker(&dir);
-    let col = KafkaCollector::start(&b, free_port(), free_port());
+    let col = kafka_collector(&b, free_port(), free_port());
     eventually("the collector ready", Duration::from_secs(20), || {
         (col.ready().0 == 200).then_some(())
     });
@@ -187,7 +152,7 @@ fn collector_killed_and_broker_cut_lose_and_duplicate_nothing() {
     let dir = scratch("kafka-outage");
     let b = broker(&dir);
     let (port, metrics) = (free_port(), free_port());
-    let mut col = KafkaCollector::start(&b, port, metrics);
+    let mut col = kafka_collector(&b, port, metrics);
     let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
     let mark = marker("kafka-outage");
     const N: usize = 400;
@@ -195,7 +160,7 @@ fn collector_killed_and_broker_cut_lose_and_duplicate_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     col.kill(); // SIGKILL mid-stream: a transaction may be open
     std::thread::sleep(Duration::from_secs(1));
-    let col = KafkaCollector::start(&b, port, metrics);
+    let col = kafka_collector(&b, port, metrics);
     std::thread::sleep(Duration::from_secs(3));
     // the broker unreachable for 10 s: not ready while it is
     b.cut(Duration::from_secs(10));
@@ -219,14 +184,6 @@ fn collector_killed_and_broker_cut_lose_and_duplicate_nothing() {
     agent.stop();
 }
 
-fn metric(port: u16, name: &str) -> u64 {
-    let (_, text) = http_get(port, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
-
 /// Two replicas behind one address; the agent is moved from A to B and
 /// back, twice, while both run: each replica reads where the node's streams stand
 /// in Kafka before its first batch, so the batches the agent resends
@@ -238,8 +195,8 @@ fn an_agent_moved_between_two_replicas_duplicates_nothing() {
     let _g = serial();
     let dir = scratch("kafka-replicas");
     let b = broker(&dir);
-    let a = KafkaCollector::start_as(&b, free_port(), free_port(), "spyglass-test-a");
-    let r = KafkaCollector::start_as(&b, free_port(), free_port(), "spyglass-test-b");
+    let a = kafka_replica(&b, free_port(), free_port(), "spyglass-test-a");
+    let r = kafka_replica(&b, free_port(), free_port(), "spyglass-test-b");
     for c in [&a, &r] {
         eventually("the replica ready", Duration::from_secs(20), || {
             (c.ready().0 == 200).then_some(())
@@ -288,25 +245,23 @@ fn unreachable_brokers_a_missing_topic_and_an_oversize_event() {
     let dead = free_port();
     let front = Proxy::start(dead);
     let (port, metrics) = (free_port(), free_port());
-    let child = Command::new(bin("spyglass-collector"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .args(["--kafka-brokers", &format!("127.0.0.1:{}", front.port)])
-        .args(["--kafka-findings-topic", FINDINGS])
-        .args(["--kafka-transactional-id", "spyglass-test-bad"])
-        .arg("--kafka-recover-aborted")
-        .args(["--kafka-max-record-bytes", "4096"])
-        .args(["--log-level", "error"])
-        .spawn()
-        .expect("start collector");
-    let col = KafkaCollector {
-        child,
+    let col = RemoteCollector::start(
         port,
         metrics,
-    };
-    eventually("the collector to listen", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
+        &[
+            "--kafka-brokers",
+            &format!("127.0.0.1:{}", front.port),
+            "--kafka-findings-topic",
+            FINDINGS,
+            "--kafka-transactional-id",
+            "spyglass-test-bad",
+            "--kafka-recover-aborted",
+            "--kafka-max-record-bytes",
+            "4096",
+            "--log-level",
+            "error",
+        ],
+    );
     let (code, why) = eventually(
         "/readyz to say Kafka is unreachable",
         Duration::from_secs(30),

@@ -6,74 +6,29 @@
 //! one that answers 401 until the collector has the right token.
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::{Child, Command},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use common::*;
 use serde_json::Value;
 use spyglass_e2e::webhook::{Mode, Receiver};
 
-/// A collector POSTing to a receiver (no output file), with /readyz and
+/// A collector POSTing to `r` (no output file), with /readyz and
 /// /metrics on `metrics`.
-struct WebhookCollector {
-    child: Child,
-    port: u16,
-    metrics: u16,
-}
-
-impl WebhookCollector {
-    fn start(r: &Receiver, port: u16, metrics: u16, extra: &[&str]) -> Self {
-        let child = Command::new(bin("spyglass-collector"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-            .args(["--webhook-url", &r.url()])
-            .arg("--webhook-ca-file")
-            .arg(&r.ca)
-            .args(["--webhook-max-backoff-s", "2"])
-            .args(extra)
-            .args(["--log-level", "error"])
-            .spawn()
-            .expect("start collector");
-        eventually("the collector to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        WebhookCollector {
-            child,
-            port,
-            metrics,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn ready(&self) -> (u16, String) {
-        http_get(self.metrics, "/readyz")
-    }
-
-    fn metric(&self, name: &str) -> u64 {
-        let (_, text) = http_get(self.metrics, "/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for WebhookCollector {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn webhook_collector(r: &Receiver, port: u16, metrics: u16, extra: &[&str]) -> RemoteCollector {
+    let url = r.url();
+    let ca = r.ca.to_str().expect("utf-8 scratch path");
+    let mut args = vec![
+        "--webhook-url",
+        &url,
+        "--webhook-ca-file",
+        ca,
+        "--webhook-max-backoff-s",
+        "2",
+        "--log-level",
+        "error",
+    ];
+    args.extend_from_slice(extra);
+    RemoteCollector::start(port, metrics, &args)
 }
 
 /// Wait until the receiver took `n` marked execs: everything it took.
@@ -125,7 +80,7 @@ fn marked_execs_reach_the_receiver_once_and_in_order_through_a_503_outage() {
     let r = Receiver::start(&dir.join("receiver"));
     r.set(Mode::Token("s3cret".into()));
     let token = write(&dir, "token", "s3cret\n");
-    let col = WebhookCollector::start(
+    let col = webhook_collector(
         &r,
         free_port(),
         free_port(),
@@ -210,7 +165,7 @@ fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_refused
     let dir = scratch("webhook-413");
     let r = Receiver::start(&dir.join("receiver"));
     r.set(Mode::MaxBody(4096));
-    let col = WebhookCollector::start(
+    let col = webhook_collector(
         &r,
         free_port(),
         free_port(),
@@ -294,7 +249,7 @@ fn a_401_receiver_is_named_and_nothing_is_acked_until_the_token_is_fixed() {
     let status = dir.join("agents.json");
     let status_arg = status.to_str().unwrap();
     let (port, metrics) = (free_port(), free_port());
-    let mut col = WebhookCollector::start(
+    let mut col = webhook_collector(
         &r,
         port,
         metrics,
@@ -331,7 +286,7 @@ fn a_401_receiver_is_named_and_nothing_is_acked_until_the_token_is_fixed() {
         "batches acked while the receiver refused them: {agents}"
     );
     col.kill();
-    let col = WebhookCollector::start(&r, port, metrics, &["--webhook-token-file", &right]);
+    let col = webhook_collector(&r, port, metrics, &["--webhook-token-file", &right]);
     let taken = wait_for_marks(&r, &mark, 30);
     assert_exactly_once(&taken, &mark, 30);
     assert_in_order(&taken);
