@@ -48,8 +48,9 @@ pub enum Profile {
     #[default]
     Full,
     /// Execs, listeners and their close, connects (aggregated per
-    /// destination, 60 s), container lifecycle, findings, losses and the
-    /// agent's own events: the default for a SIEM.
+    /// destination, 60 s), container lifecycle and resource samples (the
+    /// fleet view's inputs), findings, losses and the agent's own events:
+    /// the default for a SIEM.
     Security,
     /// Findings, losses and the agent's own events.
     Findings,
@@ -70,7 +71,12 @@ impl Profile {
             Profile::Full => true,
             Profile::Security => matches!(
                 kind,
-                Kind::Exec | Kind::Listen | Kind::Close | Kind::Connect | Kind::Container
+                Kind::Exec
+                    | Kind::Listen
+                    | Kind::Close
+                    | Kind::Connect
+                    | Kind::Container
+                    | Kind::Resources
             ),
             Profile::Findings => false,
         }
@@ -541,14 +547,16 @@ mod tests {
         let mut sec = ExportFilter::new(Profile::Security, FilterSpec::default());
         let (kept, dropped) = run(&mut sec, stream());
         use Kind::*;
-        assert_eq!(kept, [Exec, Listen, Connect, Finding, Loss, Agent]);
+        assert_eq!(
+            kept,
+            [Exec, Listen, Connect, Finding, Loss, Agent, Resources]
+        );
         assert_eq!(
             dropped,
             [
                 (Reason::Kind, Fork),
                 (Reason::Kind, Exit),
-                (Reason::Kind, Accept),
-                (Reason::Kind, Resources)
+                (Reason::Kind, Accept)
             ]
         );
         let mut fin = ExportFilter::new(Profile::Findings, FilterSpec::default());
