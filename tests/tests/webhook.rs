@@ -295,3 +295,78 @@ fn a_401_receiver_is_named_and_nothing_is_acked_until_the_token_is_fixed() {
     });
     agent.stop();
 }
+
+/// Bad receivers, one collector after the other on the same agent: a
+/// certificate the collector does not trust (no --webhook-ca-file), then
+/// an address where nothing listens. Each is named in /readyz, nothing
+/// is taken or acked, and a collector with the right settings then
+/// delivers every exec once from the agent's spool.
+#[test]
+fn an_untrusted_certificate_and_an_unreachable_receiver_are_named_and_lose_nothing() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("webhook-unreachable");
+    let r = Receiver::start(&dir.join("receiver"));
+    let (port, metrics) = (free_port(), free_port());
+    let url = r.url();
+    let quiet = ["--log-level", "error", "--webhook-max-backoff-s", "1"];
+    let mut col = RemoteCollector::start(
+        port,
+        metrics,
+        &[&["--webhook-url", url.as_str()][..], &quiet].concat(),
+    );
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let mark = marker("webhook-unreachable");
+    exec_series(&mark, 20, Duration::from_millis(10))
+        .join()
+        .unwrap();
+    let (_, why) = eventually(
+        "/readyz to name the TLS failure",
+        Duration::from_secs(20),
+        || {
+            let (code, why) = col.ready();
+            (code == 503 && why.starts_with("webhook: cannot POST")).then_some((code, why))
+        },
+    );
+    assert!(why.contains(&url), "{why}");
+    assert!(
+        why.contains("invalid peer certificate") && why.contains("--webhook-ca-file"),
+        "{why}"
+    );
+    assert!(
+        r.posts().is_empty(),
+        "a POST went through an untrusted TLS session"
+    );
+    col.kill();
+    // nothing listens at this address
+    let dead = format!("https://127.0.0.1:{}/ingest", free_port());
+    let ca = r.ca.to_str().unwrap();
+    col = RemoteCollector::start(
+        port,
+        metrics,
+        &[
+            &["--webhook-url", dead.as_str(), "--webhook-ca-file", ca][..],
+            &quiet,
+        ]
+        .concat(),
+    );
+    let (_, why) = eventually(
+        "/readyz to name the unreachable receiver",
+        Duration::from_secs(30),
+        || {
+            let (code, why) = col.ready();
+            (code == 503 && why.contains(&dead)).then_some((code, why))
+        },
+    );
+    assert!(why.starts_with("webhook: cannot POST to "), "{why}");
+    assert_eq!(col.metric("spyglass_collector_webhook_up"), 0);
+    col.kill();
+    let col = webhook_collector(&r, port, metrics, &[]);
+    let taken = wait_for_marks(&r, &mark, 20);
+    assert_exactly_once(&taken, &mark, 20);
+    assert_in_order(&taken);
+    eventually("/readyz ready", Duration::from_secs(10), || {
+        (col.ready().0 == 200).then_some(())
+    });
+    agent.stop();
+}

@@ -116,6 +116,19 @@ pub fn hint(status: u16) -> &'static str {
     }
 }
 
+/// What to fix when no answer came, from the error's text (empty when
+/// there is nothing to add).
+pub fn transport_hint(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("certificate") || e.contains("unknownissuer") {
+        " (check --webhook-ca-file and that the receiver's certificate names the URL's host)"
+    } else if e.contains("timeout") || e.contains("timed out") {
+        " (no answer within --webhook-timeout-s)"
+    } else {
+        ""
+    }
+}
+
 /// A `Retry-After` of delay-seconds, at most `cap`; an HTTP date or
 /// garbage is ignored (the backoff applies).
 pub fn retry_after(value: Option<&str>, cap: Duration) -> Option<Duration> {
@@ -248,6 +261,12 @@ mod tests {
         }
         assert!(hint(401).contains("--webhook-token-file"));
         assert!(hint(302).contains("redirects"));
+        assert!(
+            transport_hint("io: invalid peer certificate: UnknownIssuer")
+                .contains("--webhook-ca-file")
+        );
+        assert!(transport_hint("timeout: global").contains("--webhook-timeout-s"));
+        assert_eq!(transport_hint("io: Connection refused (os error 111)"), "");
     }
 
     #[test]

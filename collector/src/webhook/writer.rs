@@ -184,7 +184,13 @@ fn post(
                 let wait = backoff.delay();
                 warn!(%url, error = %e, idempotency_key = %key, wait_ms = wait.as_millis() as u64,
                     "webhook POST failed; retrying (its batches are not acked meanwhile)");
-                (wait, format!("cannot POST to {url}: {e}"))
+                (
+                    wait,
+                    format!(
+                        "cannot POST to {url}: {e}{}",
+                        frame::transport_hint(&e.to_string())
+                    ),
+                )
             }
         };
         health.down.set(why);
