@@ -138,6 +138,98 @@ const DOC_AGENT_DIGEST: &str =
 const DOC_COLLECTOR_DIGEST: &str =
     "sha256:0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e";
 
+/// What docs/deploy.md says the `kafka` overlay (the collector-kafka
+/// component) does: three replicas rolling one at a time, publishing to
+/// the brokers the overlay set, every `$(VAR)` of the args defined, every
+/// flag one the collector has, and the brokers allowed out.
+fn kafka_complaints(ov: &serde_json::Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    let want = |what: &str, got: &serde_json::Value, expected: serde_json::Value| {
+        (*got != expected).then(|| format!("{what}: {got} (expected {expected})"))
+    };
+    let d = &object(ov, "Deployment", "spyglass-collector")["spec"];
+    bad.extend(want("replicas", &d["replicas"], 3.into()));
+    bad.extend(want(
+        "strategy",
+        &d["strategy"]["type"],
+        "RollingUpdate".into(),
+    ));
+    let c = named(&d["template"]["spec"]["containers"], "collector");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let after = |flag: &str| args.iter().position(|a| *a == flag).map(|i| args[i + 1]);
+    bad.extend(want(
+        "--kafka-brokers",
+        &after("--kafka-brokers").into(),
+        "$(KAFKA_BROKERS)".into(),
+    ));
+    bad.extend(want(
+        "--output",
+        &after("--output").into(),
+        serde_json::Value::Null,
+    ));
+    let cm = &object(ov, "ConfigMap", "spyglass-collector-kafka")["data"];
+    bad.extend(want(
+        "brokers",
+        &cm["BROKERS"],
+        "kafka-0.kafka.example:9093,kafka-1.kafka.example:9093".into(),
+    ));
+    // every $(VAR) comes from the ConfigMap (envFrom, prefix KAFKA_)
+    let from = &c["envFrom"][0];
+    bad.extend(want(
+        "envFrom",
+        &from["configMapRef"]["name"],
+        "spyglass-collector-kafka".into(),
+    ));
+    let prefix = from["prefix"].as_str().unwrap_or_default();
+    for a in &args {
+        if let Some(var) = a.strip_prefix("$(").and_then(|v| v.strip_suffix(')')) {
+            let key = var.strip_prefix(prefix).unwrap_or(var);
+            if cm.get(key).is_none() {
+                bad.push(format!("{a}: not in the ConfigMap"));
+            }
+        }
+    }
+    // the properties file is the mounted Secret's
+    let mount = named(&c["volumeMounts"], "kafka")["mountPath"]
+        .as_str()
+        .unwrap_or("none")
+        .to_owned();
+    let props = after("--kafka-config").unwrap_or("none");
+    if !props.starts_with(&format!("{mount}/")) {
+        bad.push(format!(
+            "--kafka-config {props} is not under the kafka mount {mount}"
+        ));
+    }
+    let vols = &d["template"]["spec"]["volumes"];
+    bad.extend(want(
+        "kafka volume",
+        &named(vols, "kafka")["secret"]["secretName"],
+        "spyglass-collector-kafka".into(),
+    ));
+    // every flag is one the collector knows
+    let help = Command::new(bin("spyglass-collector"))
+        .arg("--help")
+        .output()
+        .expect("spyglass-collector --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        if !help.contains(&format!("{flag} ")) && !help.contains(&format!("{flag}\n")) {
+            bad.push(format!("{flag}: not a flag of spyglass-collector"));
+        }
+    }
+    let egress = &object(ov, "NetworkPolicy", "spyglass-collector")["spec"]["egress"];
+    let brokers = serde_json::json!({"to": [{"ipBlock": {"cidr": "192.168.20.0/24"}}], "ports": [{"port": 9093, "protocol": "TCP"}]});
+    if !egress.as_array().is_some_and(|e| e.contains(&brokers)) {
+        bad.push(format!("NetworkPolicy egress lacks the brokers: {egress}"));
+    }
+    bad
+}
+
 /// What docs/deploy.md says the `mycluster` overlay does, checked on its
 /// rendering against the base's: one complaint per difference.
 fn mycluster_complaints(base: &serde_json::Value, ov: &serde_json::Value) -> Vec<String> {
@@ -255,9 +347,11 @@ fn documented_overlays_build_and_patch_what_they_say() {
     let names: Vec<&String> = json["overlays"].as_object().unwrap().keys().collect();
     assert_eq!(
         names,
-        ["mycluster", "pernode", "pernode-hostpath"],
+        ["kafka", "mycluster", "pernode", "pernode-hostpath"],
         "overlays documented (check each one here)"
     );
+    let bad = kafka_complaints(&json["overlays"]["kafka"]);
+    assert!(bad.is_empty(), "overlay kafka:\n{}", bad.join("\n"));
     // Node ids are bound to certificates exactly where each node has its
     // own: off in the base (one shared certificate would refuse every
     // node but one), on with either per-node component.
