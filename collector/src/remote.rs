@@ -22,7 +22,79 @@ use std::{
 
 use tokio::sync::{watch, Notify};
 
-use crate::durable::{Failure, SyncState};
+use crate::{
+    delivery::Received,
+    durable::{Failure, SyncState},
+    output::Lines,
+};
+
+/// A written batch as a remote output sends it: its place and its
+/// rendered lines.
+#[derive(Debug)]
+pub struct Written {
+    pub gen: u64,
+    pub node: String,
+    pub stream: String,
+    pub sequence: u64,
+    /// The rendered lines, each followed by `\n`.
+    lines: Vec<u8>,
+    /// Each line's end (before its newline).
+    ends: Vec<usize>,
+}
+
+impl Written {
+    pub fn new(gen: u64, batch: &Received, lines: &Lines) -> Self {
+        Written {
+            gen,
+            node: batch.node_id.clone(),
+            stream: batch.stream_id.clone(),
+            sequence: batch.sequence,
+            lines: lines.bytes().to_vec(),
+            ends: lines.ends().to_vec(),
+        }
+    }
+
+    /// A batch of `lines` (tests).
+    #[cfg(test)]
+    pub fn of_lines(gen: u64, sequence: u64, lines: &[&str]) -> Self {
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for l in lines {
+            buf.extend_from_slice(l.as_bytes());
+            ends.push(buf.len());
+            buf.push(b'\n');
+        }
+        Written {
+            gen,
+            node: "node-1".into(),
+            stream: "s1".into(),
+            sequence,
+            lines: buf,
+            ends,
+        }
+    }
+
+    /// Lines in the batch.
+    pub fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Line `i` without its newline.
+    pub fn line(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
+        &self.lines[start..self.ends[i]]
+    }
+}
+
+impl Queued for Written {
+    fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    fn bytes(&self) -> usize {
+        self.lines.len()
+    }
+}
 
 /// A written batch waiting in a [`Queue`].
 pub trait Queued {

@@ -37,20 +37,13 @@ pub use recover::{Partial, Recovered};
 use crate::{
     delivery::Received,
     output::Lines,
-    remote::{Down, Queue, Queued},
+    remote::{Down, Queue, Queued, Written},
 };
 
 /// A written batch waiting for Kafka.
 #[derive(Debug)]
 pub struct Pending {
-    pub gen: u64,
-    pub node: String,
-    pub stream: String,
-    pub sequence: u64,
-    /// The rendered lines, each followed by `\n`.
-    lines: Vec<u8>,
-    /// Each line's end (before its newline).
-    ends: Vec<usize>,
+    pub batch: Written,
     /// Per line: a finding (for --kafka-findings-topic).
     findings: Vec<bool>,
     /// Lines already in Kafka (a batch a crash tore; see `recover.rs`):
@@ -62,12 +55,7 @@ impl Pending {
     /// `skip`: lines of it Kafka already holds.
     pub fn new(gen: u64, batch: &Received, lines: &Lines, skip: BTreeSet<usize>) -> Self {
         Pending {
-            gen,
-            node: batch.node_id.clone(),
-            stream: batch.stream_id.clone(),
-            sequence: batch.sequence,
-            lines: lines.bytes().to_vec(),
-            ends: lines.ends().to_vec(),
+            batch: Written::new(gen, batch, lines),
             findings: batch
                 .events
                 .iter()
@@ -79,29 +67,26 @@ impl Pending {
 
     /// The batch's events, skipped ones included.
     fn count(&self) -> usize {
-        self.ends.len()
+        self.batch.count()
     }
 
     /// Each record to produce: (index in the batch, payload without its
     /// newline, is a finding).
     fn records(&self) -> impl Iterator<Item = (usize, &[u8], bool)> {
-        let starts = std::iter::once(0).chain(self.ends.iter().map(|e| e + 1));
-        starts
-            .zip(&self.ends)
+        (0..self.count())
             .zip(&self.findings)
-            .enumerate()
             .filter(|(i, _)| !self.skip.contains(i))
-            .map(|(i, ((s, &e), &f))| (i, &self.lines[s..e], f))
+            .map(|(i, &f)| (i, self.batch.line(i), f))
     }
 }
 
 impl Queued for Pending {
     fn gen(&self) -> u64 {
-        self.gen
+        self.batch.gen
     }
 
     fn bytes(&self) -> usize {
-        self.lines.len()
+        self.batch.bytes()
     }
 }
 
@@ -294,12 +279,7 @@ mod tests {
     #[test]
     fn records_split_lines_and_route_findings() {
         let p = Pending {
-            gen: 1,
-            node: "n".into(),
-            stream: "s".into(),
-            sequence: 1,
-            lines: b"{\"a\":1}\n{\"f\":2}\n".to_vec(),
-            ends: vec![7, 15],
+            batch: Written::of_lines(1, 1, &[r#"{"a":1}"#, r#"{"f":2}"#]),
             findings: vec![false, true],
             skip: BTreeSet::new(),
         };

@@ -213,15 +213,15 @@ fn headers(b: &Pending, index: usize) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(5)
         .insert(Header {
             key: recover::NODE,
-            value: Some(b.node.as_str()),
+            value: Some(b.batch.node.as_str()),
         })
         .insert(Header {
             key: recover::STREAM,
-            value: Some(b.stream.as_str()),
+            value: Some(b.batch.stream.as_str()),
         })
         .insert(Header {
             key: recover::SEQUENCE,
-            value: Some(&b.sequence.to_string()),
+            value: Some(&b.batch.sequence.to_string()),
         })
         .insert(Header {
             key: recover::INDEX,
@@ -250,7 +250,7 @@ async fn produce(
                 _ => s.topic.as_str(),
             };
             let rec = FutureRecord::to(topic)
-                .key(b.node.as_str())
+                .key(b.batch.node.as_str())
                 .payload(line)
                 .headers(headers(b, index));
             futs.push(send(p, rec).await?);
@@ -261,11 +261,13 @@ async fn produce(
     let at = delivered(futs).await?;
     // positions after the records they vouch for, with where each
     // stream's records end (recovery reads on from there)
-    let mut marks = positions::of_group(
-        group
-            .iter()
-            .map(|b| (b.node.as_str(), b.stream.as_str(), b.sequence)),
-    );
+    let mut marks = positions::of_group(group.iter().map(|b| {
+        (
+            b.batch.node.as_str(),
+            b.batch.stream.as_str(),
+            b.batch.sequence,
+        )
+    }));
     let index: std::collections::HashMap<(&str, &str), usize> = marks
         .iter()
         .enumerate()
@@ -274,7 +276,11 @@ async fn produce(
     // each batch's position, found once
     let mark_of: Vec<Option<usize>> = group
         .iter()
-        .map(|b| index.get(&(b.node.as_str(), b.stream.as_str())).copied())
+        .map(|b| {
+            index
+                .get(&(b.batch.node.as_str(), b.batch.stream.as_str()))
+                .copied()
+        })
         .collect();
     drop(index);
     for ((i, topic), (partition, offset)) in whose.into_iter().zip(at) {
@@ -481,11 +487,13 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
 /// position is at or past its batches (records and positions commit in
 /// one transaction, so this is exact).
 async fn committed_already(s: &Settings, parts: i32, group: &[Pending]) -> Result<bool, String> {
-    let want = positions::of_group(
-        group
-            .iter()
-            .map(|b| (b.node.as_str(), b.stream.as_str(), b.sequence)),
-    );
+    let want = positions::of_group(group.iter().map(|b| {
+        (
+            b.batch.node.as_str(),
+            b.batch.stream.as_str(),
+            b.batch.sequence,
+        )
+    }));
     let s = s.clone();
     tokio::task::spawn_blocking(move || {
         let mut nodes: Vec<&str> = want.iter().map(|m| m.node.as_str()).collect();

@@ -189,21 +189,7 @@ mod tests {
     use super::*;
 
     fn batch(seq: u64, lines: &[&str]) -> Pending {
-        let mut buf = Vec::new();
-        let mut ends = Vec::new();
-        for l in lines {
-            buf.extend_from_slice(l.as_bytes());
-            ends.push(buf.len());
-            buf.push(b'\n');
-        }
-        Pending {
-            gen: seq,
-            node: "node-1".into(),
-            stream: "s1".into(),
-            sequence: seq,
-            lines: buf,
-            ends,
-        }
+        Pending::of_lines(seq, seq, lines)
     }
 
     #[test]

@@ -30,57 +30,12 @@ use std::{
 pub use config::{Settings, WebhookArgs};
 
 use crate::{
-    delivery::Received,
     durable::Failure,
-    output::Lines,
-    remote::{Down, Queue, Queued},
+    remote::{Down, Queue},
 };
 
 /// A written batch waiting for the receiver.
-#[derive(Debug)]
-pub struct Pending {
-    gen: u64,
-    node: String,
-    stream: String,
-    sequence: u64,
-    /// The rendered lines, each followed by `\n`.
-    lines: Vec<u8>,
-    /// Each line's end (before its newline).
-    ends: Vec<usize>,
-}
-
-impl Pending {
-    pub fn new(gen: u64, batch: &Received, lines: &Lines) -> Self {
-        Pending {
-            gen,
-            node: batch.node_id.clone(),
-            stream: batch.stream_id.clone(),
-            sequence: batch.sequence,
-            lines: lines.bytes().to_vec(),
-            ends: lines.ends().to_vec(),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Line `i` without its newline.
-    fn line(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
-        &self.lines[start..self.ends[i]]
-    }
-}
-
-impl Queued for Pending {
-    fn gen(&self) -> u64 {
-        self.gen
-    }
-
-    fn bytes(&self) -> usize {
-        self.lines.len()
-    }
-}
+pub use crate::remote::Written as Pending;
 
 /// What `/readyz` and `/metrics` show of the webhook output.
 #[derive(Debug, Default)]
@@ -208,14 +163,7 @@ mod tests {
     use super::*;
 
     fn pending(gen: u64, seq: u64) -> Pending {
-        Pending {
-            gen,
-            node: "n".into(),
-            stream: "s".into(),
-            sequence: seq,
-            lines: b"{}\n".to_vec(),
-            ends: vec![2],
-        }
+        Pending::of_lines(gen, seq, &["{}"])
     }
 
     fn settings() -> Settings {
@@ -250,13 +198,17 @@ mod tests {
         sink.queue.decided(&group, Ok(()));
         assert_eq!(sink.outcome(1), Some(Ok(())));
         assert_eq!(sink.outcome(2), Some(Err(Failure::Refused("413".into()))));
-        assert_eq!(sink.refused("n", "s", 11).as_deref(), Some("413"));
-        assert_eq!(sink.refused("n", "s", 10), None);
-        assert_eq!(sink.refused("n", "other", 11), None);
+        assert_eq!(sink.refused("node-1", "s1", 11).as_deref(), Some("413"));
+        assert_eq!(sink.refused("node-1", "s1", 10), None);
+        assert_eq!(sink.refused("node-1", "other", 11), None);
         for i in 0..REFUSALS_KEPT as u64 {
             sink.refuse(&pending(100 + i, 100 + i), "x".into());
         }
-        assert_eq!(sink.refused("n", "s", 11), None, "the oldest is let go");
+        assert_eq!(
+            sink.refused("node-1", "s1", 11),
+            None,
+            "the oldest is let go"
+        );
     }
 
     fn futures_take(sink: &Sink) -> Vec<Pending> {
