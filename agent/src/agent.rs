@@ -202,7 +202,7 @@ impl Agent {
         } else {
             crate::policy::load(Path::new(&cfg.policy.file))?
         };
-        let filter = export_filter(&cfg)?;
+        let (filter, filter_seen) = export_filter(&cfg)?;
         let cgroup_root = match &cfg.kernel.cgroup_root {
             Some(p) => p.clone(),
             None => preflight::cgroup2_root()?,
@@ -257,7 +257,7 @@ impl Agent {
         );
         let pipeline = match cfg.export.filter_file.as_str() {
             "" => pipeline,
-            f => pipeline.watch_export_filter(PathBuf::from(f), cfg.export.profile),
+            f => pipeline.watch_export_filter(PathBuf::from(f), cfg.export.profile, filter_seen),
         };
         let snapshot_of = cfg.snapshot.enabled.then_some(cgroup_root);
         let pipeline = pipeline::spawn(pipeline, inputs_rx, snapshot_of)?;
@@ -438,15 +438,25 @@ fn spawn_reader(
 }
 
 /// The export filter at start: the file's when one is set (a bad file
-/// stops the start, as a bad policy does), else `[export.filter]`.
-fn export_filter(cfg: &Config) -> Result<ExportFilter> {
-    let spec = match cfg.export.filter_file.as_str() {
-        "" => cfg.export.filter.clone(),
-        f => FilterSpec::load(Path::new(f))?,
+/// stops the start, as a bad policy does), else `[export.filter]`; and
+/// the file's stamp from before it was read.
+fn export_filter(cfg: &Config) -> Result<(ExportFilter, Option<pipeline::FileStamp>)> {
+    let (spec, seen) = match cfg.export.filter_file.as_str() {
+        "" => (cfg.export.filter.clone(), None),
+        f => {
+            if cfg.export.filter != FilterSpec::default() {
+                tracing::warn!(
+                    file = f,
+                    "[export.filter] is ignored: export.filter_file replaces it"
+                );
+            }
+            let seen = pipeline::file_stamp(Path::new(f));
+            (FilterSpec::load(Path::new(f))?, seen)
+        }
     };
     let filter = ExportFilter::new(cfg.export.profile, spec);
     info!(profile = filter.profile().as_str(), file = %cfg.export.filter_file, "export filter");
-    Ok(filter)
+    Ok((filter, seen))
 }
 
 /// stdout (a thread: writes block) unless its format is `none`, and,

@@ -547,6 +547,45 @@ mod tests {
     }
 
     #[test]
+    fn an_export_filter_in_toml_parses_and_round_trips() {
+        let text = r#"
+[export]
+profile = "security"
+
+[export.filter]
+kinds = { fork = true, accept = false }
+sample = { fork = 10 }
+aggregate = { interval_s = 30, kinds = ["connect", "accept"], max_keys = 100 }
+
+[[export.filter.deny]]
+scope = { namespaces = ["kube-system"], pod_labels = { app = "noisy" } }
+kinds = ["exec"]
+
+[[export.filter.allow]]
+host = true
+executables = ["/usr/bin/"]
+"#;
+        let cfg = Config::parse(text, Path::new("x")).unwrap();
+        let f = &cfg.export.filter;
+        assert_eq!(cfg.export.profile, crate::export::filter::Profile::Security);
+        assert_eq!(f.kinds.get(&crate::event::Kind::Fork), Some(&true));
+        assert_eq!(f.deny[0].scope.namespaces, ["kube-system"]);
+        assert_eq!(f.deny[0].scope.pod_labels["app"], "noisy");
+        assert_eq!(f.allow[0].host, Some(true));
+        assert_eq!(f.aggregate.as_ref().unwrap().max_keys, 100);
+        let printed = toml::to_string(&cfg).unwrap();
+        assert_eq!(Config::parse(&printed, Path::new("y")).unwrap(), cfg);
+        // checked like the file: a never-filtered kind is refused
+        let e = Config::parse(
+            "[export.filter]\nkinds = { loss = false }\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("c.toml") && e.contains("never filtered"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_and_field() {
         let e = Config::parse("[kernel]\nring_bufer_bytes = 1\n", Path::new("/etc/s.toml"))
             .unwrap_err()

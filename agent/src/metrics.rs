@@ -115,13 +115,13 @@ impl Metrics {
         }
     }
 
-    /// Aggregation: `sent` more window events, `windows` open now, and
-    /// the filter's total of events let through for lack of room.
-    pub fn aggregated(&self, sent: u64, windows: u64, overflow_total: u64) {
+    /// Aggregation: `sent` more window events, `overflowed` more events
+    /// let through for lack of room, `windows` open now.
+    pub fn aggregated(&self, sent: u64, overflowed: u64, windows: u64) {
         self.aggregates_sent.fetch_add(sent, Ordering::Relaxed);
-        self.aggregate_windows.store(windows, Ordering::Relaxed);
         self.aggregate_overflow
-            .fetch_max(overflow_total, Ordering::Relaxed);
+            .fetch_add(overflowed, Ordering::Relaxed);
+        self.aggregate_windows.store(windows, Ordering::Relaxed);
     }
 
     pub fn set_profile(&self, p: Profile) {

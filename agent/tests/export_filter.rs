@@ -67,8 +67,11 @@ fn metric(port: u16, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
 }
 
+/// Replace the file whole, as docs/config.md asks (write, then rename).
 fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 #[test]
@@ -113,7 +116,10 @@ fn the_security_profile_then_a_reloaded_filter_decide_what_leaves() {
     assert!(metric(port, "spyglass_export_aggregate_windows") >= 1);
 
     // a new file: every kind, but nothing of /bin/true
-    write(&file, "profile: full\ndeny:\n  - executables: ['*/true']\n");
+    write(
+        &file,
+        "profile: full\ndeny:\n  - executables: [/bin/true, /usr/bin/true]\n",
+    );
     eventually("the filter reloaded", WAIT, || {
         (metric(port, "spyglass_export_filter_reloads_total") == 1).then_some(())
     });

@@ -11,7 +11,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use spyglass_proto::time::Timestamp;
 
-use crate::event::{Aggregate, ConnectOutcome, Event, Kind, NetOp, Protocol, Text};
+use crate::event::{Aggregate, Args, ConnectOutcome, Event, Kind, NetOp, Protocol, Text};
 
 const NANOS: i64 = 1_000_000_000;
 
@@ -23,6 +23,10 @@ struct Key {
     container: Option<String>,
     cgroup: u64,
     exe: Option<Text>,
+    /// Who ran it, and how: a shell and a client of the same binary to
+    /// one destination are not each other's repeats.
+    uid: u32,
+    argv: Option<Args>,
     protocol: Protocol,
     op: NetOp,
     remote: Option<IpAddr>,
@@ -44,6 +48,8 @@ impl Key {
             container: ev.container.as_ref().map(|c| c.id.clone()),
             cgroup: ev.process.as_ref().map_or(0, |p| p.cgroup_id),
             exe: ev.process.as_ref().map(|p| p.exe.clone()),
+            uid: ev.process.as_ref().map_or(u32::MAX, |p| p.uid),
+            argv: ev.process.as_ref().map(|p| p.argv.clone()),
             protocol: n.protocol,
             op: n.op,
             remote: n.remote.map(|r| r.addr),
@@ -72,8 +78,10 @@ pub struct Aggregator {
     windows: HashMap<Key, Window>,
     /// No window closes before this (sweeps before it do nothing).
     next_close: i64,
-    /// Events let through unaggregated for lack of room.
-    pub overflowed: u64,
+    /// Since the last [`Aggregator::take_counts`]: window events sent,
+    /// events let through unaggregated for lack of room.
+    sent: u64,
+    overflowed: u64,
 }
 
 impl Aggregator {
@@ -83,6 +91,7 @@ impl Aggregator {
             max_keys,
             windows: HashMap::new(),
             next_close: i64::MAX,
+            sent: 0,
             overflowed: 0,
         }
     }
@@ -94,6 +103,15 @@ impl Aggregator {
     /// Windows open.
     pub fn open(&self) -> usize {
         self.windows.len()
+    }
+
+    /// (window events sent, events let through for lack of room) since
+    /// the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.sent),
+            std::mem::take(&mut self.overflowed),
+        )
     }
 
     /// An event of a kind being aggregated: pushed to `out` when it is
@@ -115,7 +133,10 @@ impl Aggregator {
                 w.last = Some(ev);
                 return false;
             }
-            out.extend(close(w, self.interval_s));
+            if let Some(ev) = close(w, self.interval_s) {
+                self.sent += 1;
+                out.push(ev);
+            }
         } else if self.windows.len() >= self.max_keys {
             self.overflowed += 1;
             out.push(ev);
@@ -155,6 +176,7 @@ impl Aggregator {
             false
         });
         self.next_close = next;
+        self.sent += out.len() as u64;
         out.sort_by_key(|e| e.time.0);
         out
     }
@@ -218,6 +240,7 @@ mod tests {
         // no repeats: the window closes with nothing to send
         assert!(a.sweep(Timestamp(180 * NANOS), false).is_empty());
         assert_eq!(a.open(), 0);
+        assert_eq!(a.take_counts(), (1, 0), "one window event sent");
         // the next connect opens a new window and goes at once
         assert!(offer(&mut a, connect(200, 443)).0);
     }
@@ -236,19 +259,24 @@ mod tests {
             (true, 12 * NANOS)
         );
         assert!(a.sweep(Timestamp(21 * NANOS), false).is_empty());
+        assert_eq!(a.take_counts(), (1, 0), "closed in offer, counted too");
     }
 
     #[test]
-    fn outcome_and_program_separate_windows() {
+    fn outcome_program_user_and_arguments_separate_windows() {
         let mut a = Aggregator::new(60, 16);
         let mut failed = connect(1, 443);
         failed.network.as_mut().unwrap().outcome = Some(ConnectOutcome::Failed);
         let mut other = connect(1, 443);
         other.process.as_mut().unwrap().exe = "/opt/other/bin/client".into();
-        for ev in [connect(1, 443), failed, other] {
+        let mut root = connect(1, 443);
+        root.process.as_mut().unwrap().uid = 4242;
+        let mut shell = connect(1, 443);
+        shell.process.as_mut().unwrap().argv = Args::from_nul_separated(b"sh\0-i\0");
+        for ev in [connect(1, 443), failed, other, root, shell] {
             assert!(offer(&mut a, ev).0);
         }
-        assert_eq!(a.open(), 3);
+        assert_eq!(a.open(), 5);
     }
 
     #[test]
@@ -257,7 +285,8 @@ mod tests {
         for port in [1, 2, 3, 3] {
             assert!(offer(&mut a, connect(1, port)).0);
         }
-        assert_eq!((a.open(), a.overflowed), (2, 2));
+        assert_eq!((a.open(), a.take_counts()), (2, (0, 2)));
+        assert_eq!(a.take_counts(), (0, 0), "taken");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Volume control: which events leave the node (docs/agent.md, "Volume
+//! Volume control: which events leave the node (docs/config.md, "Volume
 //! control"). A profile picks the kinds; a filter (in the config's
 //! `[export.filter]` or a YAML file that reloads) turns kinds on or off,
 //! drops events by deny and allow lists, samples and aggregates. It runs
@@ -16,8 +16,12 @@ use spyglass_proto::time::Timestamp;
 use super::aggregate::Aggregator;
 use crate::{
     event::{Event, Kind},
-    policy::{glob, in_scope, path_matches, Scope},
+    policy::{glob, in_scope, normal_path, path_matches, Scope},
 };
+
+/// Aggregation windows at most (`aggregate.max_keys`): each holds an
+/// event, up to about 5 KiB with its arguments.
+const MAX_KEYS: usize = 65_536;
 
 /// Exec records remembered for `fold_lifetime` at most; past it the set
 /// starts over (those processes' exits are then folded too).
@@ -220,16 +224,17 @@ impl MatchEntry {
         }
         check_kinds(&self.kinds, &format!("{at}.kinds"))?;
         for p in &self.executables {
-            if !p.starts_with('/') && !p.starts_with('*') {
-                return Err(format!(
-                    "{at}: executable `{p}` must be an absolute path (or a pattern starting with `*`)"
-                ));
+            if !p.starts_with('/') {
+                return Err(format!("{at}: executable `{p}` must be an absolute path"));
             }
         }
         Ok(())
     }
 
-    fn matches(&self, ev: &Event) -> bool {
+    /// Whether `ev` meets every condition (`deny`: judged for a deny
+    /// list, where what cannot be judged does not match; in an allow list
+    /// it does).
+    fn matches(&self, ev: &Event, deny: bool) -> bool {
         if !self.kinds.is_empty() && !self.kinds.contains(&ev.kind) {
             return false;
         }
@@ -239,26 +244,53 @@ impl MatchEntry {
             Some(false) if ev.container.is_none() => return false,
             _ => {}
         }
-        if self.scope != Scope::default() && !meta.is_some_and(|m| in_scope(&self.scope, m)) {
-            return false;
+        if self.scope != Scope::default() {
+            match (meta, &ev.container) {
+                (Some(m), _) => {
+                    if !in_scope(&self.scope, m) {
+                        return false;
+                    }
+                }
+                // A container whose metadata is unknown (not attributed):
+                // neither a deny nor an allow by scope can judge it, and
+                // it leaves (what defeats attribution must not also hide
+                // from the SIEM).
+                (None, Some(_)) => return !deny,
+                (None, None) => return false,
+            }
         }
         if !self.executables.is_empty() {
-            let Some(exe) = ev.process.as_ref().map(|p| &*p.exe) else {
+            let Some(p) = ev.process.as_ref() else {
                 return false;
             };
-            return self.executables.iter().any(|p| exe_matches(p, exe));
+            // Judged on the path with `//`, `.` and `..` undone, as the
+            // policy judges it; a path the kernel cut short, or a
+            // relative one, is never judged (it leaves).
+            if p.exe_truncated || !p.exe.starts_with('/') {
+                return !deny;
+            }
+            let exe = normal_path(&p.exe);
+            return self.executables.iter().any(|x| exe_matches(x, &exe));
         }
         true
     }
 }
 
-/// An executable pattern: `*` globs, a trailing `/` is a prefix, else
-/// the exact path.
+/// An executable pattern: a trailing `/` is a prefix, else the exact
+/// path, where a `*` stands for any run of characters within one path
+/// segment (never a `/`: `*/healthcheck` is a file `healthcheck` one
+/// directory deep, not anywhere).
 fn exe_matches(pattern: &str, exe: &str) -> bool {
-    if pattern.contains('*') {
-        glob(pattern, exe)
-    } else {
-        path_matches(pattern, exe)
+    if !pattern.contains('*') {
+        return path_matches(pattern, exe);
+    }
+    let (mut p, mut e) = (pattern.split('/'), exe.split('/'));
+    loop {
+        match (p.next(), e.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if glob(a, b) => {}
+            _ => return false,
+        }
     }
 }
 
@@ -332,6 +364,12 @@ impl FilterSpec {
                         .into(),
                 );
             }
+            if a.max_keys > MAX_KEYS {
+                return Err(format!(
+                    "aggregate.max_keys = {}: at most {MAX_KEYS} (each window holds an event)",
+                    a.max_keys
+                ));
+            }
         }
         Ok(())
     }
@@ -385,9 +423,12 @@ impl ExportFilter {
         self.aggregator.as_ref().map_or(0, Aggregator::open)
     }
 
-    /// Events aggregation let through for lack of room.
-    pub fn overflowed(&self) -> u64 {
-        self.aggregator.as_ref().map_or(0, |a| a.overflowed)
+    /// Window events sent and events let through unaggregated for lack
+    /// of room since the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        self.aggregator
+            .as_mut()
+            .map_or((0, 0), Aggregator::take_counts)
     }
 
     /// What of `events` leaves, in order; `dropped` hears of the rest.
@@ -422,10 +463,10 @@ impl ExportFilter {
         if !on {
             return Some(Reason::Kind);
         }
-        if self.spec.deny.iter().any(|e| e.matches(ev)) {
+        if self.spec.deny.iter().any(|e| e.matches(ev, true)) {
             return Some(Reason::Deny);
         }
-        if !self.spec.allow.is_empty() && !self.spec.allow.iter().any(|e| e.matches(ev)) {
+        if !self.spec.allow.is_empty() && !self.spec.allow.iter().any(|e| e.matches(ev, false)) {
             return Some(Reason::Allow);
         }
         if let Some(n) = self.spec.sample.get(&kind).copied().filter(|n| *n > 1) {
@@ -514,6 +555,14 @@ mod tests {
         ev
     }
 
+    /// Events whose executable path the kernel kept whole.
+    fn whole(mut events: Vec<Event>) -> Vec<Event> {
+        for p in events.iter_mut().filter_map(|e| e.process.as_mut()) {
+            p.exe_truncated = false;
+        }
+        events
+    }
+
     /// One of every kind the samples give.
     fn stream() -> Vec<Event> {
         let mut connect = samples::connect();
@@ -529,6 +578,8 @@ mod tests {
             samples::loss(),
             samples::agent(),
             samples::resources(),
+            samples::close(),
+            samples::container_exited(),
         ]
     }
 
@@ -549,7 +600,7 @@ mod tests {
         use Kind::*;
         assert_eq!(
             kept,
-            [Exec, Listen, Connect, Finding, Loss, Agent, Resources]
+            [Exec, Listen, Connect, Finding, Loss, Agent, Resources, Close, Container]
         );
         assert_eq!(
             dropped,
@@ -561,6 +612,8 @@ mod tests {
         );
         let mut fin = ExportFilter::new(Profile::Findings, FilterSpec::default());
         assert_eq!(run(&mut fin, stream()).0, [Finding, Loss, Agent]);
+        let (_, dropped) = run(&mut fin, stream());
+        assert_eq!(dropped.len(), stream().len() - 3, "each one counted");
         // a filter's profile replaces the configured one; kinds refine it
         let mut f = ExportFilter::new(
             Profile::Full,
@@ -580,7 +633,6 @@ mod tests {
             .clone()
             .unwrap()
             .namespace;
-        let exe = samples::exec().process.unwrap().exe.to_string();
         // deny by namespace: every container event of it, not the host's
         let mut f = ExportFilter::new(
             Profile::Full,
@@ -595,19 +647,17 @@ mod tests {
         );
         assert_eq!(kept, [Kind::Exec, Kind::Finding]);
         assert_eq!(dropped, [(Reason::Deny, Kind::Exec)]);
-        // deny by executable, for one kind only (exact, prefix, glob)
-        for pattern in [exe.clone(), "/usr/".into(), "*/bin/*".into()] {
-            if !exe.starts_with("/usr/") && pattern == "/usr/" {
-                continue;
-            }
+        // deny by executable, for one kind only (exact, prefix, glob
+        // within segments)
+        for pattern in ["/usr/bin/curl", "/usr/", "/*/bin/c*"] {
             let mut f = ExportFilter::new(
                 Profile::Full,
                 spec(&format!(
                     "deny: [{{executables: ['{pattern}'], kinds: [exit]}}]"
                 )),
             );
-            let (_, dropped) = run(&mut f, stream());
-            assert_eq!(dropped, [(Reason::Deny, Kind::Exit)], "{pattern} on {exe}");
+            let (_, dropped) = run(&mut f, whole(stream()));
+            assert_eq!(dropped, [(Reason::Deny, Kind::Exit)], "{pattern}");
         }
         // allow: only this namespace's events, and the host's by name
         let mut f = ExportFilter::new(
@@ -617,6 +667,51 @@ mod tests {
         let (kept, dropped) = run(&mut f, vec![samples::exec(), host, samples::loss()]);
         assert_eq!(kept, [Kind::Exec, Kind::Loss]);
         assert_eq!(dropped, [(Reason::Allow, Kind::Exec)]);
+    }
+
+    #[test]
+    fn executables_are_judged_on_the_normal_whole_path() {
+        let mut f = ExportFilter::new(
+            Profile::Full,
+            spec("deny: [{executables: [/usr/bin/, /*/healthcheck]}]"),
+        );
+        let with_exe = |exe: &str, truncated: bool| {
+            let mut ev = samples::exec();
+            let p = ev.process.as_mut().unwrap();
+            p.exe = exe.into();
+            p.exe_truncated = truncated;
+            ev
+        };
+        for (exe, truncated, denied) in [
+            ("/usr/bin/curl", false, true),
+            ("/usr//bin/./curl", false, true),
+            // `..` undone: not under /usr/bin/ at all
+            ("/usr/bin/../../tmp/evil", false, false),
+            // cut short by the kernel, or relative: not judged, it leaves
+            ("/usr/bin/curl", true, false),
+            ("bin/curl", false, false),
+            // `*` is one segment, never a `/`
+            ("/app/healthcheck", false, true),
+            ("/tmp/x/healthcheck", false, false),
+        ] {
+            let (kept, _) = run(&mut f, vec![with_exe(exe, truncated)]);
+            assert_eq!(kept.is_empty(), denied, "{exe} truncated={truncated}");
+        }
+    }
+
+    #[test]
+    fn a_container_without_metadata_passes_scoped_allow_and_deny_lists() {
+        let mut unknown = samples::exec();
+        unknown.container = Some(samples::unattributed_container());
+        let mut f = ExportFilter::new(
+            Profile::Full,
+            spec("allow: [{scope: {namespaces: [prod]}}]\ndeny: [{scope: {namespaces: [x]}}]"),
+        );
+        let mut host = samples::exec();
+        host.container = None;
+        let (kept, dropped) = run(&mut f, vec![unknown, host]);
+        assert_eq!(kept, [Kind::Exec], "the unattributed one");
+        assert_eq!(dropped, [(Reason::Allow, Kind::Exec)], "the host's");
     }
 
     #[test]
@@ -694,6 +789,8 @@ mod tests {
             ("deny: [{kinds: [exec]}]", "turn kinds off with `kinds`"),
             ("allow: [{}]", "has no condition"),
             ("deny: [{executables: [sleep]}]", "absolute path"),
+            ("deny: [{executables: ['*/sleep']}]", "absolute path"),
+            ("aggregate: {max_keys: 1000000}", "at most 65536"),
             (
                 "deny: [{host: true, scope: {namespaces: [a]}}]",
                 "cannot both hold",

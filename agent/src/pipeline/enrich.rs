@@ -157,6 +157,13 @@ fn family(a: &SocketAddr) -> Family {
 }
 
 impl Enricher {
+    /// Now, on the clock events are stamped with (the boot clock and
+    /// the wall clock's offset at start): what aggregation windows are
+    /// closed by, so a wall-clock step does not move them.
+    pub fn now(&self) -> spyglass_proto::time::Timestamp {
+        self.clock.wall(Clock::boot_now())
+    }
+
     pub fn new(
         limits: Limits,
         ancestors: usize,

@@ -99,29 +99,33 @@ pub struct Identity {
     pub probes: Vec<ProbeStatus>,
 }
 
+/// What says a watched file changed: its modification time and size (a
+/// file rewritten in place within one time-stamp tick still changes
+/// size). Write a new file and rename it over the old to be sure.
+pub type FileStamp = (SystemTime, u64);
+
+/// The stamp of the file at `path` now, if it can be read.
+pub fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
 /// A file watched for changes (the policy, the export filter).
 struct WatchedFile {
     path: PathBuf,
-    seen: Option<SystemTime>,
+    seen: Option<FileStamp>,
 }
 
 impl WatchedFile {
     fn new(path: PathBuf) -> Self {
-        let mut f = WatchedFile { path, seen: None };
-        f.seen = f.mtime();
-        f
+        let seen = file_stamp(&path);
+        WatchedFile { path, seen }
     }
 
-    fn mtime(&self) -> Option<SystemTime> {
-        std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok()
-    }
-
-    /// Whether it is to be read again (`force`: whatever its time stamp
-    /// says); notes the time stamp seen.
+    /// Whether it is to be read again (`force`: whatever its stamp
+    /// says); notes the stamp seen.
     fn changed(&mut self, force: bool) -> bool {
-        let now = self.mtime();
+        let now = file_stamp(&self.path);
         if !force && (now.is_none() || now == self.seen) {
             return false;
         }
@@ -195,9 +199,15 @@ impl Pipeline {
     }
 
     /// Watch the export filter file `path` (the sinks hold the filter it
-    /// gave at start); `base` is the configured profile.
-    pub fn watch_export_filter(mut self, path: PathBuf, base: Profile) -> Self {
-        self.export_file = Some((WatchedFile::new(path), base));
+    /// gave at start, read after `seen` was taken: a change since is
+    /// read at the first check); `base` is the configured profile.
+    pub fn watch_export_filter(
+        mut self,
+        path: PathBuf,
+        base: Profile,
+        seen: Option<FileStamp>,
+    ) -> Self {
+        self.export_file = Some((WatchedFile { path, seen }, base));
         self
     }
 
@@ -417,7 +427,7 @@ impl Pipeline {
         self.metrics.turned();
         let events = self.attribute.expire();
         self.emit(events)?;
-        self.sinks.sweep(Clock::now(), false)?;
+        self.sinks.sweep(self.enricher.now(), false)?;
         let cfg = self.sample_config();
         if self.sampler.due(now, &cfg) {
             self.sample(now, &cfg)?;
@@ -583,7 +593,7 @@ impl Pipeline {
             self.sinks.send(last)?;
         }
         // every repeat held for aggregation goes before the stop
-        self.sinks.sweep(Clock::now(), true)?;
+        self.sinks.sweep(self.enricher.now(), true)?;
         let ev = self.lifecycle_event(AgentState::Stopping, Some(self.tracked()));
         self.emit(vec![ev])
     }

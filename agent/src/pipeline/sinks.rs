@@ -81,18 +81,21 @@ impl Sinks {
         let kept = self
             .filter
             .apply(events, &mut |reason: Reason, kind| m.filtered(reason, kind));
+        self.count_aggregation();
         self.deliver(kept)
+    }
+
+    fn count_aggregation(&mut self) {
+        let (sent, overflowed) = self.filter.take_counts();
+        self.metrics
+            .aggregated(sent, overflowed, self.filter.windows() as u64);
     }
 
     /// The events of aggregation windows closed by `now` (all of them
     /// with `all`, at stop).
     pub fn sweep(&mut self, now: Timestamp, all: bool) -> Result<(), PipelineError> {
         let out = self.filter.sweep(now, all);
-        self.metrics.aggregated(
-            out.len() as u64,
-            self.filter.windows() as u64,
-            self.filter.overflowed(),
-        );
+        self.count_aggregation();
         self.deliver(out)
     }
 
