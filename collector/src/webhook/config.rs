@@ -86,13 +86,14 @@ pub struct WebhookArgs {
     /// file: https://, or http:// to a loopback host only. A batch is
     /// acked to its agent only once the receiver answered 2xx to every
     /// POST carrying its lines.
-    #[arg(long = "webhook-url", id = "webhook-url", conflicts_with_all = ["output", "brokers"])]
+    #[arg(long = "webhook-url", id = "webhook-url", value_name = "URL", conflicts_with_all = ["output", "brokers"])]
     pub url: Option<String>,
     /// CA bundle (PEM) to verify the receiver's certificate. Default:
     /// Mozilla's root certificates (webpki-roots).
     #[arg(
         long = "webhook-ca-file",
         id = "webhook-ca-file",
+        value_name = "PEM",
         requires = "webhook-url"
     )]
     pub ca_file: Option<PathBuf>,
@@ -101,6 +102,7 @@ pub struct WebhookArgs {
     #[arg(
         long = "webhook-token-file",
         id = "webhook-token-file",
+        value_name = "FILE",
         requires = "webhook-url"
     )]
     pub token_file: Option<PathBuf>,
@@ -109,6 +111,7 @@ pub struct WebhookArgs {
     #[arg(
         long = "webhook-auth-scheme",
         id = "webhook-auth-scheme",
+        value_name = "SCHEME",
         default_value = "Bearer"
     )]
     pub auth_scheme: String,
@@ -117,34 +120,35 @@ pub struct WebhookArgs {
     #[arg(
         long = "webhook-header",
         id = "webhook-header",
+        value_name = "NAME: VALUE",
         requires = "webhook-url"
     )]
     pub headers: Vec<String>,
     /// The body's framing: ndjson (one event a line,
     /// application/x-ndjson) or array (one JSON array, application/json).
-    #[arg(long = "webhook-body", id = "webhook-body", value_enum, default_value_t = Body::Ndjson)]
+    #[arg(long = "webhook-body", id = "webhook-body", value_name = "FRAMING", value_enum, default_value_t = Body::Ndjson)]
     pub body: Body,
     /// Most bytes of lines one POST carries (whole agent batches, as
     /// many as fit; a batch larger than this is split by lines; one line
     /// larger goes alone).
-    #[arg(long = "webhook-batch-max-bytes", id = "webhook-batch-max-bytes", default_value_t = 1 << 20,
+    #[arg(long = "webhook-batch-max-bytes", id = "webhook-batch-max-bytes", value_name = "BYTES", default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u64).range(1024..=(256 << 20)))]
     pub batch_max_bytes: u64,
     /// Most memory the batches waiting for the receiver may hold, MiB;
     /// past it streams are not read (agents keep their batches in their
     /// spools).
-    #[arg(long = "webhook-queue-mib", id = "webhook-queue-mib", default_value_t = 64,
+    #[arg(long = "webhook-queue-mib", id = "webhook-queue-mib", value_name = "MIB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub queue_mib: u64,
     /// Seconds one POST may take, connection and TLS handshake included;
     /// past it the POST is retried.
-    #[arg(long = "webhook-timeout-s", id = "webhook-timeout-s", default_value_t = 10,
+    #[arg(long = "webhook-timeout-s", id = "webhook-timeout-s", value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout_s: u64,
     /// Longest wait between two tries of a failing POST, seconds (the
     /// wait doubles from 250 ms, with jitter; a Retry-After is honoured
     /// up to this).
-    #[arg(long = "webhook-max-backoff-s", id = "webhook-max-backoff-s", default_value_t = 30,
+    #[arg(long = "webhook-max-backoff-s", id = "webhook-max-backoff-s", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub max_backoff_s: u64,
 }
