@@ -85,6 +85,12 @@ enum Command {
         /// The policy file (YAML).
         file: PathBuf,
     },
+    /// Check an export filter file without running (exit 1 with the
+    /// error).
+    CheckFilter {
+        /// The filter file (YAML, docs/config.md#volume-control).
+        file: PathBuf,
+    },
 }
 
 fn effective_config(cli: &Cli) -> Result<Config> {
@@ -154,6 +160,20 @@ fn real_main(cli: Cli) -> Result<()> {
             #[allow(clippy::print_stdout)]
             {
                 println!("policy {}: ok, {} entries", file.display(), p.entries.len());
+            }
+            Ok(())
+        }
+        Some(Command::CheckFilter { file }) => {
+            let spec = export::filter::FilterSpec::load(&file)?;
+            let profile = spec.profile.map_or("the configured one", |p| p.as_str());
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "export filter {}: ok, profile {profile}, {} deny and {} allow entries",
+                    file.display(),
+                    spec.deny.len(),
+                    spec.allow.len()
+                );
             }
             Ok(())
         }

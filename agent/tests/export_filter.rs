@@ -202,6 +202,26 @@ fn a_bad_filter_file_stops_the_start_and_names_itself() {
         err.contains("bad.yaml") && err.contains("never filtered"),
         "{err}"
     );
+    // check-filter says the same without running, and passes a good one
+    let out = Command::new(agent_bin())
+        .args(["check-filter", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never filtered"));
+    write(
+        &file,
+        "profile: security\ndeny: [{scope: {namespaces: [kube-system]}}]\n",
+    );
+    let out = Command::new(agent_bin())
+        .args(["check-filter", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok, profile security, 1 deny"),
+        "{out:?}"
+    );
     // a missing one too
     let out = Command::new(agent_bin())
         .args([
