@@ -2,8 +2,8 @@
 //! the one definition every shape (JSON lines, wire, OCSF) is made from.
 //! Field names are a stable contract, documented in docs/events.md.
 pub use spyglass_proto::model::{
-    Action, AgentInfo, AgentState, Aggregate, Ancestor, Args, ConnectOutcome, Container, ContainerState,
-    Endpoint, Enforced, Event, ExitInfo, Family, FindingInfo, ForkInfo, Kind, Lifecycle, Loss,
-    LossStage, LossTotals, Mitre, Name, NetOp, Network, OomKill, Outcome, ProbeStatus, Process,
-    Protocol, Restarts, Runtime, Text, Tracked, Unattributed, Unread, Usage,
+    Action, AgentInfo, AgentState, Aggregate, Ancestor, Args, ConnectOutcome, Container,
+    ContainerState, Endpoint, Enforced, Event, ExitInfo, Family, FindingInfo, ForkInfo, Kind,
+    Lifecycle, Loss, LossStage, LossTotals, Mitre, Name, NetOp, Network, OomKill, Outcome,
+    ProbeStatus, Process, Protocol, Restarts, Runtime, Text, Tracked, Unattributed, Unread, Usage,
 };
