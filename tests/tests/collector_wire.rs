@@ -611,6 +611,14 @@ fn sample_events(node: &str) -> Vec<Event> {
         })),
         ..Event::default()
     };
+    // repeats the agent's export filter aggregated into one connect
+    let mut aggregated = net("connect", "established");
+    aggregated.aggregate = Some(Box::new(spyglass_proto::v1::Aggregate {
+        count: 41,
+        first_unix_nano: 1_795_549_660_000_000_000,
+        last_unix_nano: 1_795_549_718_000_000_000,
+        interval_s: 60,
+    }));
     vec![
         exec.clone(),
         net("listen", ""),
@@ -618,6 +626,7 @@ fn sample_events(node: &str) -> Vec<Event> {
         container,
         net("connect", "established"),
         net("connect", "failed"),
+        aggregated,
         Event {
             kind: EventKind::Finding as i32,
             time_unix_nano: 1_795_549_718_000_000_000,
@@ -687,6 +696,18 @@ fn ocsf_output_passes_the_ocsf_schema_validator() {
     let classes: std::collections::BTreeSet<u64> =
         out.iter().filter_map(|e| e["class_uid"].as_u64()).collect();
     assert_eq!(classes, [1007, 1008, 2004, 4001].into_iter().collect());
+    // an aggregated connect: OCSF's own count and time range
+    let agg = out.iter().find(|e| e.get("count").is_some()).unwrap();
+    assert_eq!(
+        (&agg["count"], &agg["start_time"], &agg["end_time"]),
+        (
+            &serde_json::json!(41),
+            &serde_json::json!(1_795_549_660_000_i64),
+            &serde_json::json!(1_795_549_718_000_i64)
+        ),
+        "{agg}"
+    );
+    assert_eq!(agg["unmapped"]["aggregate"]["count"], 41);
     // the container profile: the launched process carries its container
     let launch = out
         .iter()
