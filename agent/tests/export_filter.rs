@@ -237,3 +237,53 @@ fn a_bad_filter_file_stops_the_start_and_names_itself() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/f.yaml"), "{err}");
 }
+
+/// `fold_lifetime` on real processes: each exec's exit is sent (the two
+/// carry the same pid and start time), forks are not, and an exit of a
+/// process that never exec'd is folded.
+#[test]
+fn folded_lifetimes_keep_each_exec_and_its_exit() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("export-filter-fold");
+    let file = dir.join("filter.yaml");
+    write(&file, "fold_lifetime: true\n");
+    let agent = start_agent(&["--no-snapshot", "--export-filter", file.to_str().unwrap()]);
+    let mark = marker("filter-fold");
+    // three execs of /bin/true, and a subshell that forks and exits
+    // without exec'ing (`( : )`)
+    let script = format!("for i in 1 2 3; do /bin/true {mark}; done; ( : ); exit 0");
+    let st = Command::new("/bin/sh")
+        .args(["-c", &script, &mark])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    agent.wait_for("the shell's exit", WAIT, |e| {
+        e["kind"] == "exit" && e["process"]["exe"] == "/bin/sh" && argv_of(e).contains(&mark)
+    });
+    let events = agent.stop();
+    let trues = |kind: &str| -> Vec<u64> {
+        let mut pids: Vec<u64> = events
+            .iter()
+            .filter(|e| {
+                e["kind"] == kind
+                    && e["process"]["exe"] == "/bin/true"
+                    && argv_of(e).contains(&mark)
+            })
+            .map(pid_of)
+            .collect();
+        pids.sort_unstable();
+        pids
+    };
+    let execs = trues("exec");
+    assert_eq!(execs.len(), 3, "{execs:?}");
+    assert_eq!(trues("exit"), execs, "each exec's exit, none other");
+    // the shell's forks (the three children and the subshell) are folded,
+    // and so is the subshell's exit (it never exec'd)
+    let shell: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["process"]["exe"] == "/bin/sh" && argv_of(e).contains(&mark))
+        .collect();
+    let kinds: Vec<&str> = shell.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["exec", "exit"], "{shell:#?}");
+}
