@@ -492,6 +492,21 @@ pub fn assert_exactly_once(out: &[Value], mark: &str, n: usize) {
 }
 
 /// Run `n` execs `/bin/true MARK-i`, `gap` apart, in a background thread.
+/// An export filter file in `dir` that lets only execs of `/bin/true`
+/// (and the events never filtered: losses, findings, the agent's own)
+/// leave the agent: for tests whose batches must hold only their own
+/// events (a size limit that other processes' long command lines on the
+/// host would otherwise reach). Pass it as `--export-filter`.
+pub fn only_true_execs(dir: &Path) -> String {
+    let f = dir.join("only-true-execs.yaml");
+    std::fs::write(
+        &f,
+        "allow:\n  - executables: [/bin/true, /usr/bin/true]\n    kinds: [exec]\n",
+    )
+    .unwrap();
+    f.to_str().expect("utf-8 scratch path").to_owned()
+}
+
 pub fn exec_series(mark: &str, n: usize, gap: Duration) -> std::thread::JoinHandle<()> {
     let mark = mark.to_owned();
     std::thread::spawn(move || {

@@ -124,15 +124,16 @@ fn marked_execs_reach_the_receiver_once_and_in_order_through_a_503_outage() {
         );
         let key = p.header("idempotency-key").expect("an Idempotency-Key");
         let first = &p.events()[0]["delivery"];
-        assert_eq!(
-            key,
-            format!(
-                "{}/{}/{}/{}+{lines}",
-                first["node_id"].as_str().unwrap(),
-                first["stream_id"].as_str().unwrap(),
-                first["sequence"],
-                first["index"]
-            )
+        let place = format!(
+            "{}/{}/{}/{}+{lines}-",
+            first["node_id"].as_str().unwrap(),
+            first["stream_id"].as_str().unwrap(),
+            first["sequence"],
+            first["index"]
+        );
+        assert!(
+            key.starts_with(&place) && key.len() == place.len() + 16,
+            "{key}: its first line's place, its line count, a 64-bit hash"
         );
     }
     let refused: Vec<&str> = posts
@@ -176,7 +177,14 @@ fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_refused
             "65536",
         ],
     );
-    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    // only the test's own execs: another process's long command line
+    // would be refused too, and take marked execs of its batch with it
+    let filter = only_true_execs(&dir);
+    let agent = Agent::streaming_to(
+        &col.url(),
+        &dir.join("spool"),
+        &["--no-snapshot", "--export-filter", &filter],
+    );
     let mark = marker("webhook-413");
     // fast, so agent batches carry many execs and bodies exceed 4 KiB
     exec_series(&format!("{mark}-a"), 100, Duration::ZERO)
@@ -328,7 +336,9 @@ fn an_untrusted_certificate_and_an_unreachable_receiver_are_named_and_lose_nothi
             (code == 503 && why.starts_with("webhook: cannot POST")).then_some((code, why))
         },
     );
-    assert!(why.contains(&url), "{why}");
+    // named by scheme, host and port only (a path can hold a token)
+    let shown = url.split('/').take(3).collect::<Vec<_>>().join("/");
+    assert!(why.contains(&shown) && !why.contains("/ingest"), "{why}");
     assert!(
         why.contains("invalid peer certificate") && why.contains("--webhook-ca-file"),
         "{why}"
@@ -355,7 +365,8 @@ fn an_untrusted_certificate_and_an_unreachable_receiver_are_named_and_lose_nothi
         Duration::from_secs(30),
         || {
             let (code, why) = col.ready();
-            (code == 503 && why.contains(&dead)).then_some((code, why))
+            let host = dead.trim_end_matches("/ingest");
+            (code == 503 && why.contains(host)).then_some((code, why))
         },
     );
     assert!(why.starts_with("webhook: cannot POST to "), "{why}");

@@ -192,8 +192,19 @@ impl std::fmt::Debug for Settings {
 
 /// The URL as logs and `/readyz` show it: without its query, which may
 /// carry a secret.
-pub fn shown_url(url: &str) -> &str {
-    url.split_once('?').map_or(url, |(u, _)| u)
+pub fn shown_url(url: &str) -> String {
+    // Only scheme, host and port: a path can carry a token (chat
+    // webhooks), a query or user info too.
+    match url.parse::<Uri>() {
+        Ok(u) => match (u.scheme_str(), u.authority()) {
+            (Some(scheme), Some(a)) => {
+                let host = a.as_str().rsplit('@').next().unwrap_or_default();
+                format!("{scheme}://{host}")
+            }
+            _ => "(an unparsable URL, not shown)".into(),
+        },
+        Err(_) => "(an unparsable URL, not shown)".into(),
+    }
 }
 
 /// Whether `host` (as a URI holds it, IPv6 in brackets) is loopback.
@@ -206,7 +217,7 @@ fn loopback(host: &str) -> bool {
 /// Check `--webhook-url`: https://, or http:// to a loopback host.
 pub fn check_url(url: &str) -> Result<(), ConfigError> {
     let bad = |why: &str| ConfigError::Url {
-        url: url.to_owned(),
+        url: shown_url(url),
         why: why.to_owned(),
     };
     let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
@@ -224,7 +235,7 @@ pub fn check_url(url: &str) -> Result<(), ConfigError> {
         Some("https") => Ok(()),
         Some("http") if loopback(host) => Ok(()),
         Some("http") => Err(ConfigError::NotLoopback {
-            url: url.to_owned(),
+            url: shown_url(url),
             host: host.to_owned(),
         }),
         _ => Err(bad(
@@ -264,8 +275,12 @@ fn read_roots(path: &PathBuf) -> Result<Vec<Certificate<'static>>, ConfigError> 
 /// `Name: value` of `--webhook-header`.
 pub fn parse_header(given: &str) -> Result<(HeaderName, HeaderValue), ConfigError> {
     let bad = || ConfigError::Header {
-        // the value may be a secret: only the name is shown
-        given: given.split(':').next().unwrap_or_default().to_owned() + ": ...",
+        // the value may be a secret: only the name is shown, and nothing
+        // when there is no `:` to tell the name from the value
+        given: match given.split_once(':') {
+            Some((name, _)) => format!("{}: ...", name.trim()),
+            None => "(without a `:`; not shown, it may hold a secret)".into(),
+        },
     };
     let (n, v) = given.split_once(':').ok_or_else(bad)?;
     let name = HeaderName::from_bytes(n.trim().as_bytes()).map_err(|_| bad())?;
@@ -364,7 +379,16 @@ mod tests {
             check_url("https://u:p@siem.example/x"),
             Err(ConfigError::Credentials)
         ));
-        assert_eq!(shown_url("https://h/p?token=s"), "https://h/p");
+        assert_eq!(shown_url("https://h/p?token=s"), "https://h");
+        assert_eq!(shown_url("https://h:8443/hooks/T0K3N"), "https://h:8443");
+        assert_eq!(shown_url("https://u:p@h/x"), "https://h");
+        // errors show no more than that
+        let e = check_url("http://siem.example/hooks/T0K3N?k=s")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("T0K3N") && !e.contains("k=s"), "{e}");
+        let e = check_url("https://exa mple/T0K3N").unwrap_err().to_string();
+        assert!(e.contains("not a URL") && !e.contains("T0K3N"), "{e}");
     }
 
     #[test]
@@ -385,6 +409,9 @@ mod tests {
         let e = parse_header("X-Key s3cret").unwrap_err().to_string();
         assert!(e.contains("expected `Name: value`"), "{e}");
         let e = parse_header("Bad Name: s3cret").unwrap_err().to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        // no `:` at all: nothing of it is shown
+        let e = parse_header("X-Api-Key=s3cret").unwrap_err().to_string();
         assert!(!e.contains("s3cret"), "{e}");
     }
 

@@ -56,12 +56,24 @@ pub fn body(group: &[Pending], part: &[LineRef], framing: Body) -> Vec<u8> {
 }
 
 /// The POST's `Idempotency-Key`: its first line's place (node, stream,
-/// batch sequence, index) and how many lines it carries. The same POST
-/// tried again carries the same key.
-pub fn idempotency_key(group: &[Pending], part: &[LineRef]) -> String {
+/// batch sequence, index), how many lines it carries, and a hash of its
+/// body (FNV-1a, 64 bits). The same POST tried again carries the same
+/// key; two POSTs that start at the same line but carry different lines
+/// (batches grouped otherwise after a restart) do not.
+pub fn idempotency_key(group: &[Pending], part: &[LineRef], body: &[u8]) -> String {
     let (b, i) = part[0];
     let p = &group[b];
-    format!("{}/{}/{}/{i}+{}", p.node, p.stream, p.sequence, part.len())
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in body {
+        h = (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!(
+        "{}/{}/{}/{i}+{}-{h:016x}",
+        p.node,
+        p.stream,
+        p.sequence,
+        part.len()
+    )
 }
 
 /// Agent batches a POST carries lines of (`X-Spyglass-Batches`).
@@ -224,14 +236,16 @@ mod tests {
     }
 
     #[test]
-    fn the_key_names_the_first_line_and_the_count() {
+    fn the_key_names_the_first_line_the_count_and_the_body() {
         let group = [batch(7, &["a", "b", "c"]), batch(8, &["d"])];
-        assert_eq!(
-            idempotency_key(&group, &[(0, 1), (0, 2), (1, 0)]),
-            "node-1/s1/7/1+3"
-        );
+        let key = |part: &[LineRef], body: &[u8]| idempotency_key(&group, part, body);
+        let k = key(&[(0, 1), (0, 2), (1, 0)], b"b\nc\nd\n");
+        assert!(k.starts_with("node-1/s1/7/1+3-"), "{k}");
+        assert_eq!(k, key(&[(0, 1), (0, 2), (1, 0)], b"b\nc\nd\n"), "stable");
+        // the same first line and count with other lines: another key
+        assert_ne!(k, key(&[(0, 1), (0, 2), (1, 0)], b"b\nc\nx\n"));
         // a split half gets its own key
-        assert_eq!(idempotency_key(&group, &[(1, 0)]), "node-1/s1/8/0+1");
+        assert!(key(&[(1, 0)], b"d\n").starts_with("node-1/s1/8/0+1-"));
     }
 
     #[test]

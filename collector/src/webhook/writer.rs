@@ -30,6 +30,15 @@ fn agent(s: &Settings) -> Agent {
         .timeout_global(Some(s.timeout))
         .http_status_as_error(false)
         .max_redirects(0)
+        // A proxy from the environment (HTTPS_PROXY, ...) only for
+        // https://, which tunnels through it (the proxy sees neither the
+        // token nor the body, and cannot answer for the receiver); plain
+        // http:// is loopback only and never leaves the host.
+        .proxy(if s.url.starts_with("https://") {
+            ureq::Proxy::try_from_env()
+        } else {
+            None
+        })
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .user_agent(concat!("spyglass-collector/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -119,7 +128,7 @@ fn post(
     backoff: &mut Backoff,
 ) -> bool {
     let body = frame::body(group, part, s.body);
-    let key = frame::idempotency_key(group, part);
+    let key = frame::idempotency_key(group, part, &body);
     let batches = frame::batches(part).to_string();
     let url = shown_url(&s.url);
     let mut tries = 0u32;
@@ -169,7 +178,13 @@ fn post(
                     .and_then(|c| c.canonical_reason())
                     .unwrap_or("");
                 let why = format!("{url} answered {status} {reason}: {}", frame::hint(status));
-                let wait = retry_after.unwrap_or_else(|| backoff.delay());
+                // Retry-After only where HTTP gives it meaning (429, 503),
+                // and never sooner than the backoff (a receiver answering
+                // `Retry-After: 0` must not make a busy loop)
+                let wait = match (retry_after, status) {
+                    (Some(r), 429 | 503) => r.max(backoff.delay()),
+                    _ => backoff.delay(),
+                };
                 if answer == Answer::Misconfigured {
                     error!(%url, status, body = %text, idempotency_key = %key, wait_ms = wait.as_millis() as u64,
                         "webhook POST refused; retrying (its batches are not acked meanwhile)");
