@@ -54,19 +54,6 @@ fn filtered(port: u16, reason: &str, kind: &str) -> u64 {
     )
 }
 
-fn metric(port: u16, series: &str) -> u64 {
-    let body = http_get(port, "/metrics").1;
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
-}
-
 /// Replace the file whole, as docs/config.md asks (write, then rename).
 fn write(path: &Path, text: &str) {
     let tmp = path.with_extension("new");

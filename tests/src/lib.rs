@@ -229,6 +229,16 @@ pub fn metric(port: u16, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
+/// Events the agent reported dropped from its spool (`loss` events of
+/// stage `agent`), among `events`: what a refused batch costs.
+pub fn spool_dropped(events: &[Value]) -> u64 {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "loss" && e["loss"]["stage"] == "agent")
+        .filter_map(|e| e["loss"]["spool_dropped"].as_u64())
+        .sum()
+}
+
 /// GET `path` on a loopback port: (status code, body); panics when
 /// nothing listens.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {

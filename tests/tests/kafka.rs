@@ -327,13 +327,8 @@ fn unreachable_brokers_a_missing_topic_and_an_oversize_event() {
             .any(|e| argv(e).iter().any(|a| a.contains("-long-"))),
         "the oversize exec reached Kafka"
     );
-    let lost: u64 = all
-        .iter()
-        .filter(|e| e["kind"] == "loss" && e["loss"]["stage"] == "agent")
-        .filter_map(|e| e["loss"]["spool_dropped"].as_u64())
-        .sum();
     assert!(
-        lost >= 1,
+        spool_dropped(&all) >= 1,
         "the agent did not report the refused batch as lost"
     );
     agent.stop();

@@ -229,13 +229,8 @@ fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_refused
             .any(|e| argv(e).iter().any(|a| a.contains("-long-"))),
         "the oversize exec was taken"
     );
-    let lost: u64 = taken
-        .iter()
-        .filter(|e| e["kind"] == "loss" && e["loss"]["stage"] == "agent")
-        .filter_map(|e| e["loss"]["spool_dropped"].as_u64())
-        .sum();
     assert!(
-        lost >= 1,
+        spool_dropped(&taken) >= 1,
         "the agent did not report the refused batch as lost"
     );
     agent.stop();
