@@ -386,6 +386,8 @@ pub struct ExportFilter {
     sampled: BTreeMap<Kind, u64>,
     /// Processes (pid, start) whose exec was sent, for `fold_lifetime`.
     execs_sent: HashSet<(u32, i64)>,
+    /// It lets everything through as it is (decided once, not per batch).
+    pass: bool,
 }
 
 impl ExportFilter {
@@ -397,7 +399,9 @@ impl ExportFilter {
             .clone()
             .or_else(|| profile.aggregate())
             .filter(|a| a.interval_s > 0);
+        let pass = profile == Profile::Full && agg.is_none() && spec == FilterSpec::default();
         ExportFilter {
+            pass,
             profile,
             aggregate_kinds: agg.as_ref().map(|a| a.kinds.clone()).unwrap_or_default(),
             aggregator: agg.map(|a| Aggregator::new(a.interval_s, a.max_keys)),
@@ -413,9 +417,7 @@ impl ExportFilter {
 
     /// Whether it lets everything through as it is (nothing to do).
     pub fn is_pass(&self) -> bool {
-        self.profile == Profile::Full
-            && self.aggregator.is_none()
-            && self.spec == FilterSpec::default()
+        self.pass
     }
 
     /// Windows of repeats open.
