@@ -309,9 +309,15 @@ fn kafka_metrics(s: &mut String, h: &crate::kafka::Health, waiting: u64) {
         ),
         (
             "spyglass_collector_kafka_oversized_batches_total",
-            "Batches refused because an event rendered over --kafka-max-record-bytes.",
+            "Batches refused because an event rendered over the record limit.",
             "counter",
             get(&h.oversized_batches).to_string(),
+        ),
+        (
+            "spyglass_collector_kafka_record_limit_bytes",
+            "Most bytes of one rendered event: --kafka-max-record-bytes, or less when a topic's max.message.bytes is smaller.",
+            "gauge",
+            get(&h.record_limit).to_string(),
         ),
     ] {
         endpoints::single(s, name, help, kind, v);

@@ -187,13 +187,16 @@ impl CollectorService {
         }
         let lines = outputs.render_batch(batch);
         if let Some(k) = kafka {
-            if let Some((index, len)) = crate::kafka::oversized(lines, k.max_record_bytes) {
+            if let Some((index, len, limit)) = k.oversized(lines) {
                 k.health.oversized_batches.fetch_add(1, Ordering::Relaxed);
-                warn!(%peer, sequence = batch.sequence, index, len, "batch refused: an event is over the Kafka record limit");
+                warn!(%peer, sequence = batch.sequence, index, len, limit = limit.line_bytes,
+                    "batch refused: an event is over the Kafka record limit");
                 return Err(Status::invalid_argument(format!(
                     "batch {}: event {index} renders into {len} bytes, over the Kafka record \
-                     limit of {} bytes (--kafka-max-record-bytes, the broker's message.max.bytes)",
-                    batch.sequence, k.max_record_bytes
+                     limit of {} bytes ({})",
+                    batch.sequence,
+                    limit.line_bytes,
+                    limit.source()
                 )));
             }
         }

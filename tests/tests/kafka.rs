@@ -228,18 +228,39 @@ fn an_agent_moved_between_two_replicas_duplicates_nothing() {
     agent.stop();
 }
 
+/// The events topic's max.message.bytes in the bad-input test.
+const TOPIC_MAX: u64 = 5_200;
+
+/// Create `name` with a `max.message.bytes` of `max` (Tansu's CLI: the
+/// broker keeps the setting and describes it; it does not enforce it).
+fn create_limited_topic(b: &Broker, name: &str, partitions: i32, max: u64) {
+    let out = Command::new(spyglass_e2e::kafka::tansu())
+        .args(["topic", "create", name, "--partitions"])
+        .arg(partitions.to_string())
+        .arg("--config")
+        .arg(format!("max.message.bytes={max}"))
+        .arg("--broker")
+        .arg(format!("tcp://{}", b.bootstrap()))
+        .output()
+        .expect("run tansu topic create");
+    assert!(out.status.success(), "tansu topic create {name}: {out:?}");
+}
+
 /// Bad input, in order on one broker: brokers unreachable at start (not
 /// ready, nothing acked, then delivered once they answer), a topic that
 /// does not exist (not ready naming it, until it is created), and an
-/// event over the record limit (its batch refused, counted, reported by
-/// the agent as a loss, and delivery going on).
+/// event over the events topic's max.message.bytes, read from the broker
+/// (its batch refused, counted, reported by the agent as a loss, and
+/// delivery going on).
 #[test]
 fn unreachable_brokers_a_missing_topic_and_an_oversize_event() {
     require_root();
     let _g = serial();
     let dir = scratch("kafka-bad");
     let b = Broker::start(&dir);
-    b.create_topic(EVENTS, 3);
+    // the events topic takes smaller records than the flag's default:
+    // the collector reads that and holds lines to it
+    create_limited_topic(&b, EVENTS, 3, TOPIC_MAX);
     b.create_topic(POSITIONS, 3);
     // the brokers' address answers nothing yet
     let dead = free_port();
@@ -256,8 +277,6 @@ fn unreachable_brokers_a_missing_topic_and_an_oversize_event() {
             "--kafka-transactional-id",
             "spyglass-test-bad",
             "--kafka-recover-aborted",
-            "--kafka-max-record-bytes",
-            "4096",
             "--log-level",
             "error",
         ],
@@ -304,7 +323,13 @@ fn unreachable_brokers_a_missing_topic_and_an_oversize_event() {
     });
     let records = wait_for_marks(&b, &format!("{mark}-a"), 20);
     assert_exactly_once(&records, &format!("{mark}-a"), 20);
-    // one exec whose argv renders over 4096 bytes: its batch is refused
+    // the topic's max.message.bytes less the record framing
+    // (collector/src/kafka/limits.rs), not the flag's 1,000,000
+    assert_eq!(
+        metric(metrics, "spyglass_collector_kafka_record_limit_bytes"),
+        TOPIC_MAX - 803
+    );
+    // one exec whose argv renders over that: its batch is refused
     let long = "x".repeat(6000);
     assert!(Command::new("/bin/true")
         .arg(format!("{mark}-long-{long}"))

@@ -19,6 +19,7 @@
 //! again before each new agent stream's first batch, so an agent's resend
 //! after a collector restart or a move between replicas is recognised.
 pub mod config;
+mod limits;
 mod positions;
 mod recover;
 mod writer;
@@ -32,6 +33,7 @@ use std::{
 };
 
 pub use config::{KafkaArgs, Settings};
+pub use limits::Limit;
 pub use recover::{Partial, Recovered};
 
 use crate::{
@@ -91,7 +93,7 @@ impl Queued for Pending {
 }
 
 /// The first line of a batch longer than `max` bytes: (index, length).
-pub fn oversized(lines: &Lines, max: usize) -> Option<(usize, usize)> {
+fn oversized(lines: &Lines, max: usize) -> Option<(usize, usize)> {
     let mut start = 0;
     for (i, &end) in lines.ends().iter().enumerate() {
         if end - start > max {
@@ -117,6 +119,8 @@ pub struct Health {
     pub commit_micros: AtomicU64,
     pub producer_restarts: AtomicU64,
     pub oversized_batches: AtomicU64,
+    /// Most bytes of one line now (`limits.rs`).
+    pub record_limit: AtomicU64,
     /// When the transaction under way began (ms since the Unix epoch; 0:
     /// none), so a stalled one shows in `/readyz`.
     pub txn_since_ms: AtomicU64,
@@ -188,7 +192,9 @@ pub struct Sink {
     /// tried again, so none is decided failed).
     pub queue: Queue<Pending>,
     pub health: Arc<Health>,
-    pub max_record_bytes: usize,
+    /// Most bytes of one line: the flag's, or a topic's smaller
+    /// `max.message.bytes` once read (`limits.rs`).
+    limit: Mutex<Limit>,
     /// Per agent stream, a batch a crash tore: its sequence and the
     /// lines Kafka holds of it.
     partial: Mutex<HashMap<Stream, (u64, BTreeSet<usize>)>>,
@@ -204,7 +210,7 @@ impl Sink {
         Sink {
             queue: Queue::new(settings.queue_bytes),
             health: Arc::default(),
-            max_record_bytes: settings.max_record_bytes,
+            limit: Mutex::new(Limit::of_flag(settings.max_record_bytes)),
             partial: Mutex::default(),
             settings: settings.clone(),
             positions_partitions: std::sync::atomic::AtomicI32::new(1),
@@ -228,6 +234,25 @@ impl Sink {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("reading where node's streams stand in Kafka: {e}"))
+    }
+
+    /// The first line of `lines` over the record limit: (index, length,
+    /// the limit).
+    pub fn oversized(&self, lines: &Lines) -> Option<(usize, usize, Limit)> {
+        let limit = self.limit.lock().expect("kafka limit lock");
+        oversized(lines, limit.line_bytes).map(|(i, len)| (i, len, limit.clone()))
+    }
+
+    fn set_limit(&self, limit: Limit) {
+        self.health
+            .record_limit
+            .store(limit.line_bytes as u64, Ordering::Relaxed);
+        *self.limit.lock().expect("kafka limit lock") = limit;
+    }
+
+    /// The producer's `message.max.bytes` under the current limit.
+    fn producer_max(&self) -> usize {
+        self.limit.lock().expect("kafka limit lock").producer_max()
     }
 
     /// Remember the torn batches recovery found.
@@ -267,6 +292,7 @@ impl Sink {
 /// (`/readyz` says why meanwhile).
 pub fn start(settings: Settings) -> (Arc<Sink>, tokio::sync::oneshot::Receiver<Recovered>) {
     let sink = Arc::new(Sink::new(&settings));
+    sink.set_limit(Limit::of_flag(settings.max_record_bytes));
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(writer::run(sink.clone(), settings, tx));
     (sink, rx)

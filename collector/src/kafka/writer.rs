@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::{
-    positions,
+    limits, positions,
     recover::{self, Recovered},
     Health, Pending, Settings, Sink,
 };
@@ -93,7 +93,7 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-fn producer_config(s: &Settings) -> ClientConfig {
+fn producer_config(s: &Settings, max_message: usize) -> ClientConfig {
     let mut c = ClientConfig::new();
     // defaults a site may change: batch for 5 ms, and after an outage
     // try the brokers again within a second (librdkafka's default backs
@@ -117,16 +117,16 @@ fn producer_config(s: &Settings) -> ClientConfig {
             "message.timeout.ms",
             DELIVERY_TIMEOUT.as_millis().to_string(),
         )
-        .set("message.max.bytes", (s.max_record_bytes + 4096).to_string());
+        .set("message.max.bytes", max_message.to_string());
     c
 }
 
 /// A transactional producer, initialised (which fences an older producer
 /// of the same transactional.id and aborts its open transaction).
-async fn new_producer(s: &Settings, health: &Arc<Health>) -> Result<Kafka, String> {
-    let p: Kafka = producer_config(s)
+async fn new_producer(s: &Settings, sink: &Sink) -> Result<Kafka, String> {
+    let p: Kafka = producer_config(s, sink.producer_max())
         .create_with_context(Context {
-            health: health.clone(),
+            health: sink.health.clone(),
         })
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
     let init = p.clone();
@@ -144,7 +144,8 @@ async fn new_producer(s: &Settings, health: &Arc<Health>) -> Result<Kafka, Strin
 /// Connect, check the topics, read the positions and recover what an
 /// aborted transaction left.
 async fn start_up(s: &Settings, sink: &Arc<Sink>) -> Result<(Kafka, Recovered), String> {
-    let p = new_producer(s, &sink.health).await?;
+    read_limit(s, sink).await?;
+    let p = new_producer(s, sink).await?;
     let settings = s.clone();
     let sink = sink.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -306,6 +307,22 @@ async fn produce(
     Ok(records)
 }
 
+/// Hold lines to the topics' `max.message.bytes` where it is below the
+/// flag's limit (`limits.rs`).
+async fn read_limit(s: &Settings, sink: &Sink) -> Result<(), String> {
+    let mut topics = vec![s.topic.as_str()];
+    topics.extend(s.findings_topic.as_deref());
+    let found = limits::read(s, &topics).await.map_err(|e| e.to_string())?;
+    let limit = limits::combine(s.max_record_bytes, &found);
+    if let Some((topic, max)) = &limit.topic {
+        warn!(%topic, max_message_bytes = max, line_bytes = limit.line_bytes,
+            flag = s.max_record_bytes,
+            "a topic takes smaller records than --kafka-max-record-bytes: events over its limit are refused to their agents");
+    }
+    sink.set_limit(limit);
+    Ok(())
+}
+
 /// Commit, retrying a retriable failure.
 async fn commit(p: &Kafka) -> Result<(), Failure> {
     for _ in 0..COMMIT_TRIES {
@@ -409,7 +426,7 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
         // Down with nothing to commit: check that Kafka answers again,
         // so /readyz clears without a batch (not ready keeps batches away)
         if !health.up() && sink.queue.idle() {
-            producer = ready_producer(producer, &s, &health).await;
+            producer = ready_producer(producer, &s, &sink).await;
             if let Some(p) = &producer {
                 probe(p, &s, &health).await;
             }
@@ -426,7 +443,7 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
         // wait for their acks meanwhile; /readyz says why.
         let mut uncertain = false;
         loop {
-            producer = ready_producer(producer, &s, &health).await;
+            producer = ready_producer(producer, &s, &sink).await;
             let Some(p) = producer.clone() else {
                 backoff.wait().await;
                 continue;
@@ -513,15 +530,12 @@ async fn committed_already(s: &Settings, parts: i32, group: &[Pending]) -> Resul
 
 /// `producer`, or a new one when there is none (`None` while Kafka does
 /// not answer; /readyz says why).
-async fn ready_producer(
-    producer: Option<Kafka>,
-    s: &Settings,
-    health: &Arc<Health>,
-) -> Option<Kafka> {
+async fn ready_producer(producer: Option<Kafka>, s: &Settings, sink: &Sink) -> Option<Kafka> {
     if producer.is_some() {
         return producer;
     }
-    match new_producer(s, health).await {
+    let health = &sink.health;
+    match new_producer(s, sink).await {
         Ok(p) => {
             health.producer_restarts.fetch_add(1, Ordering::Relaxed);
             Some(p)
