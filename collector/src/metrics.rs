@@ -348,7 +348,7 @@ fn webhook_metrics(s: &mut String, h: &crate::webhook::Health, waiting: u64) {
         ),
         (
             "spyglass_collector_webhook_retries_total",
-            "POSTs tried again after a failure (not 2xx, not 413, or no answer); their batches are not acked meanwhile.",
+            "POSTs tried again after a failure (5xx, 408, 429, 401, 407, a redirect, no answer) and tries of lines a receiver refused every one of; their batches are not acked meanwhile.",
             "counter",
             get(&h.retries),
         ),
@@ -370,14 +370,20 @@ fn webhook_metrics(s: &mut String, h: &crate::webhook::Health, waiting: u64) {
             "gauge",
             waiting,
         ),
-        (
-            "spyglass_collector_webhook_oversized_total",
-            "Batches refused to their agents (INVALID_ARGUMENT) because the receiver answered 413 to one of their events alone.",
-            "counter",
-            get(&h.oversized),
-        ),
     ] {
         endpoints::single(s, name, help, kind, v);
+    }
+    endpoints::family(
+        s,
+        "spyglass_collector_webhook_refused_lines_total",
+        "Events dropped from the webhook output because the receiver refused them alone (4xx, by status) while it took the others; the rest of their batches was delivered.",
+        "counter",
+    );
+    for (status, n) in h.refused_lines() {
+        let _ = writeln!(
+            s,
+            "spyglass_collector_webhook_refused_lines_total{{status=\"{status}\"}} {n}"
+        );
     }
 }
 

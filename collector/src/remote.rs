@@ -189,23 +189,28 @@ impl<P: Queued> Queue<P> {
     pub async fn take(&self, max_bytes: usize) -> Vec<P> {
         loop {
             let notified = self.wake.notified();
-            {
-                let mut q = self.queue.lock().expect("remote queue lock");
-                if !q.is_empty() {
-                    let mut out = Vec::new();
-                    let mut bytes = 0;
-                    while let Some(p) = q.front() {
-                        if !out.is_empty() && bytes + p.bytes() > max_bytes {
-                            break;
-                        }
-                        bytes += p.bytes();
-                        out.extend(q.pop_front());
-                    }
-                    return out;
-                }
+            let out = self.try_take(max_bytes);
+            if !out.is_empty() {
+                return out;
             }
             notified.await;
         }
+    }
+
+    /// Take the queued batches, oldest first, up to `max_bytes` (at
+    /// least one when any is queued); none when none is.
+    pub fn try_take(&self, max_bytes: usize) -> Vec<P> {
+        let mut q = self.queue.lock().expect("remote queue lock");
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(p) = q.front() {
+            if !out.is_empty() && bytes + p.bytes() > max_bytes {
+                break;
+            }
+            bytes += p.bytes();
+            out.extend(q.pop_front());
+        }
+        out
     }
 
     /// The writer settled `group` with `result`; its bytes leave the
@@ -362,7 +367,9 @@ mod tests {
         assert_eq!(q.outcome(2), Some(Ok(())));
         assert_eq!(q.outcome(3), None);
         assert_eq!(q.waiting_bytes(), 100);
-        let group = q.take(250).await;
+        let group = q.try_take(250);
+        assert_eq!(group.len(), 1);
+        assert!(q.try_take(250).is_empty(), "nothing left to take");
         q.decided(&group, Err("broker gone".into()));
         assert_eq!(q.wait(3).await, Err("broker gone".into()));
         assert_eq!(q.waiting_bytes(), 0);

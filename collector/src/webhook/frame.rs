@@ -9,25 +9,35 @@ use super::{config::Body, Pending};
 /// A line of a group: (batch's place in the group, line's index in it).
 pub type LineRef = (usize, usize);
 
-/// Cut a group's lines into POSTs of at most `max_bytes` of lines
+/// Cut `lines` of a group into POSTs of at most `max_bytes` of lines
 /// (newlines counted), in order; a line larger than that goes alone.
-pub fn parts(group: &[Pending], max_bytes: usize) -> Vec<Vec<LineRef>> {
+pub fn parts(
+    group: &[Pending],
+    lines: impl IntoIterator<Item = LineRef>,
+    max_bytes: usize,
+) -> Vec<Vec<LineRef>> {
     let mut out: Vec<Vec<LineRef>> = Vec::new();
     let mut bytes = 0;
-    for (b, p) in group.iter().enumerate() {
-        for i in 0..p.count() {
-            let n = p.line(i).len() + 1;
-            match out.last_mut() {
-                Some(part) if bytes + n <= max_bytes => part.push((b, i)),
-                _ => {
-                    out.push(vec![(b, i)]);
-                    bytes = 0;
-                }
+    for (b, i) in lines {
+        let n = group[b].line(i).len() + 1;
+        match out.last_mut() {
+            Some(part) if bytes + n <= max_bytes => part.push((b, i)),
+            _ => {
+                out.push(vec![(b, i)]);
+                bytes = 0;
             }
-            bytes += n;
         }
+        bytes += n;
     }
     out
+}
+
+/// Every line of a group, in order.
+pub fn all_lines(group: &[Pending]) -> impl Iterator<Item = LineRef> + '_ {
+    group
+        .iter()
+        .enumerate()
+        .flat_map(|(b, p)| (0..p.count()).map(move |i| (b, i)))
 }
 
 /// The body of a POST carrying `part`.
@@ -94,21 +104,26 @@ pub fn batches(part: &[LineRef]) -> usize {
 pub enum Answer {
     /// 2xx: the receiver has the lines.
     Taken,
-    /// 413: too large; split the POST (or refuse its one line).
-    TooLarge,
+    /// A 4xx that may be a verdict on the content (413, 400, 403, 404,
+    /// 422, ...): split the POST to find the lines refused
+    /// (`split.rs`). A receiver refusing everything this way is told
+    /// apart there: it takes no part of the split.
+    Refused,
     /// Try the same POST again later: the receiver fails or is busy
     /// (5xx, 408, 429).
     Retry,
     /// Try again later, but it will not pass until an operator acts: a
-    /// redirect, a 4xx (401, 403, 404, ...). Logged as an error.
+    /// redirect, 401, 407 (no part of the body can change these).
+    /// Logged as an error.
     Misconfigured,
 }
 
 pub fn answer(status: u16) -> Answer {
     match status {
         200..=299 => Answer::Taken,
-        413 => Answer::TooLarge,
         408 | 429 | 500..=599 => Answer::Retry,
+        401 | 407 => Answer::Misconfigured,
+        400..=499 => Answer::Refused,
         _ => Answer::Misconfigured,
     }
 }
@@ -118,6 +133,7 @@ pub fn hint(status: u16) -> &'static str {
     match status {
         300..=399 => "redirects are not followed: give the final URL in --webhook-url",
         401 | 403 => "check --webhook-token-file, --webhook-auth-scheme and --webhook-header",
+        407 => "the proxy (HTTPS_PROXY, ALL_PROXY) asks for credentials",
         404 | 405 => "check the path of --webhook-url",
         400 | 415 | 422 => {
             "the receiver does not take this body: check --webhook-body and --format"
@@ -212,12 +228,15 @@ mod tests {
             batch(3, &[&"x".repeat(40)]),
         ];
         // each short line is 8 bytes with its newline
-        let p = parts(&group, 16);
+        let p = parts(&group, all_lines(&group), 16);
         assert_eq!(p, [vec![(0, 0), (0, 1)], vec![(1, 0)], vec![(2, 0)]]);
-        let p = parts(&group, 1 << 20);
+        let p = parts(&group, all_lines(&group), 1 << 20);
         assert_eq!(p, [vec![(0, 0), (0, 1), (1, 0), (2, 0)]]);
         assert_eq!(batches(&p[0]), 3);
-        assert!(parts(&[], 10).is_empty());
+        assert!(parts(&[], all_lines(&[]), 10).is_empty());
+        // some lines only (what a split left to try again)
+        let p = parts(&group, [(0, 1), (2, 0)], 16);
+        assert_eq!(p, [vec![(0, 1)], vec![(2, 0)]]);
     }
 
     #[test]
@@ -252,11 +271,13 @@ mod tests {
     fn answers_are_classified() {
         assert_eq!(answer(200), Answer::Taken);
         assert_eq!(answer(204), Answer::Taken);
-        assert_eq!(answer(413), Answer::TooLarge);
+        for s in [400, 403, 404, 409, 413, 415, 422, 451] {
+            assert_eq!(answer(s), Answer::Refused, "{s}");
+        }
         for s in [408, 429, 500, 502, 503] {
             assert_eq!(answer(s), Answer::Retry, "{s}");
         }
-        for s in [301, 400, 401, 403, 404, 409] {
+        for s in [101, 301, 307, 401, 407, 600] {
             assert_eq!(answer(s), Answer::Misconfigured, "{s}");
         }
         assert!(hint(401).contains("--webhook-token-file"));

@@ -7,9 +7,13 @@
 //! streams wait and agents keep their batches in their spools). One
 //! writer thread (`writer.rs`, blocking HTTP) takes whole batches up to
 //! `--webhook-batch-max-bytes`, POSTs them in order and retries each
-//! POST until the receiver takes it; a 413 splits the POST in halves,
-//! and a single line still refused gets its batch refused to the agent
-//! (INVALID_ARGUMENT, as an event over Kafka's record limit).
+//! POST until the receiver takes it. A 4xx that may judge the content
+//! (413, 400, 403, 422, ... not 401, 407, 408, 429) splits the POST in
+//! halves (`split.rs`); one line the receiver refuses alone while it
+//! takes the lines around it is dropped from the webhook stream, counted
+//! and logged, and the rest of its batch is delivered and acked. A
+//! receiver refusing every line takes none: nothing is dropped, the
+//! lines are tried again and `/readyz` names it.
 //!
 //! Dedupe is the collector's in-memory ledger: an agent's resend within
 //! one collector process is not POSTed twice. Across a collector restart
@@ -17,10 +21,11 @@
 //! header (the same POST retried) or on each line's `delivery` place.
 pub mod config;
 mod frame;
+mod split;
 mod writer;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -45,13 +50,13 @@ pub struct Health {
     /// POSTs answered, by status (`error`: no answer: connection, TLS,
     /// timeout).
     posts: Mutex<BTreeMap<String, u64>>,
+    /// Lines dropped because the receiver refused them alone while it
+    /// took the others, by the status of the refusal.
+    refused_lines: Mutex<BTreeMap<u16, u64>>,
     pub retries: AtomicU64,
     /// Body bytes and lines the receiver took.
     pub bytes: AtomicU64,
     pub lines: AtomicU64,
-    /// Batches refused because the receiver refused one of their lines
-    /// alone (413).
-    pub oversized: AtomicU64,
 }
 
 impl Health {
@@ -77,20 +82,30 @@ impl Health {
     pub fn posts(&self) -> BTreeMap<String, u64> {
         self.posts.lock().expect("webhook posts lock").clone()
     }
+
+    fn refused_line(&self, status: u16) {
+        *self
+            .refused_lines
+            .lock()
+            .expect("webhook refused lines lock")
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    /// Lines dropped so far because the receiver refused them alone, by
+    /// status.
+    pub fn refused_lines(&self) -> BTreeMap<u16, u64> {
+        self.refused_lines
+            .lock()
+            .expect("webhook refused lines lock")
+            .clone()
+    }
 }
 
-/// Batches the receiver refused (most recent kept), so their acks and
-/// those of their resends say so.
-const REFUSALS_KEPT: usize = 1024;
-
-/// A refused batch: generation, node, stream, sequence, why.
-type Refusal = (u64, String, String, u64, String);
-
-/// The batches waiting for the receiver, and what it refused.
+/// The batches waiting for the receiver.
 pub struct Sink {
     pub queue: Queue<Pending>,
     pub health: Arc<Health>,
-    refused: Mutex<VecDeque<Refusal>>,
 }
 
 impl Sink {
@@ -98,36 +113,23 @@ impl Sink {
         Sink {
             queue: Queue::new(settings.queue_bytes),
             health: Arc::default(),
-            refused: Mutex::default(),
         }
     }
 
-    /// Record a refusal; call before the writer decides its generation.
-    fn refuse(&self, p: &Pending, why: String) {
-        let mut r = self.refused.lock().expect("webhook refusals lock");
-        if r.len() >= REFUSALS_KEPT {
-            r.pop_front();
-        }
-        r.push_back((p.gen, p.node.clone(), p.stream.clone(), p.sequence, why));
-    }
-
-    /// Generation `gen`: `None` until the writer decided it.
+    /// Generation `gen`: `None` until the writer decided it. The
+    /// receiver refuses lines, never whole batches: a decided batch is
+    /// acked.
     pub fn outcome(&self, gen: u64) -> Option<Result<(), Failure>> {
-        let o = self.queue.outcome(gen)?;
-        let r = self.refused.lock().expect("webhook refusals lock");
-        match r.iter().find(|f| f.0 == gen) {
-            Some(f) => Some(Err(Failure::Refused(f.4.clone()))),
-            None => Some(o.map_err(Failure::Sync)),
-        }
+        Some(self.queue.outcome(gen)?.map_err(Failure::Sync))
     }
 
-    /// Why the receiver refused batch `sequence` of a stream, if it did
-    /// (for a resend found a duplicate).
-    pub fn refused(&self, node: &str, stream: &str, sequence: u64) -> Option<String> {
-        let r = self.refused.lock().expect("webhook refusals lock");
-        r.iter()
-            .find(|f| f.3 == sequence && f.1 == node && f.2 == stream)
-            .map(|f| f.4.clone())
+    /// Why the receiver refused batch `sequence` of a stream: never
+    /// since it judges lines, not batches (a line it refuses alone is
+    /// dropped and its batch acked). Kept for the stream loop's
+    /// duplicate check (`service.rs`), which can go.
+    #[allow(clippy::unused_self)]
+    pub fn refused(&self, _node: &str, _stream: &str, _sequence: u64) -> Option<String> {
+        None
     }
 }
 
@@ -162,62 +164,6 @@ fn count_taken(h: &Health, lines: usize, bytes: usize) {
 mod tests {
     use super::*;
 
-    fn pending(gen: u64, seq: u64) -> Pending {
-        Pending::of_lines(gen, seq, &["{}"])
-    }
-
-    fn settings() -> Settings {
-        config::WebhookArgs {
-            url: Some("http://127.0.0.1:1/x".into()),
-            ca_file: None,
-            token_file: None,
-            auth_scheme: "Bearer".into(),
-            headers: vec![],
-            body: config::Body::Ndjson,
-            batch_max_bytes: 1 << 20,
-            queue_mib: 1,
-            timeout_s: 1,
-            max_backoff_s: 1,
-        }
-        .settings()
-        .unwrap()
-        .unwrap()
-    }
-
-    #[test]
-    fn a_refused_batch_is_refused_for_its_generation_and_its_resends() {
-        let sink = Sink::new(&settings());
-        sink.queue.open();
-        let (a, b) = (pending(1, 10), pending(2, 11));
-        assert_eq!(a.line(0), b"{}");
-        sink.refuse(&b, "413".into());
-        sink.queue.submit(a);
-        sink.queue.submit(b);
-        let group = futures_take(&sink);
-        assert_eq!(sink.outcome(1), None);
-        sink.queue.decided(&group, Ok(()));
-        assert_eq!(sink.outcome(1), Some(Ok(())));
-        assert_eq!(sink.outcome(2), Some(Err(Failure::Refused("413".into()))));
-        assert_eq!(sink.refused("node-1", "s1", 11).as_deref(), Some("413"));
-        assert_eq!(sink.refused("node-1", "s1", 10), None);
-        assert_eq!(sink.refused("node-1", "other", 11), None);
-        for i in 0..REFUSALS_KEPT as u64 {
-            sink.refuse(&pending(100 + i, 100 + i), "x".into());
-        }
-        assert_eq!(
-            sink.refused("node-1", "s1", 11),
-            None,
-            "the oldest is let go"
-        );
-    }
-
-    fn futures_take(sink: &Sink) -> Vec<Pending> {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(sink.queue.take(1 << 20))
-    }
-
     #[test]
     fn health_names_the_reason_and_counts_answers() {
         let h = Health::default();
@@ -234,5 +180,9 @@ mod tests {
         assert_eq!(h.posts().get("503"), Some(&1));
         assert_eq!(h.posts().get("error"), Some(&1));
         assert_eq!(h.lines.load(Ordering::Relaxed), 3);
+        h.refused_line(403);
+        h.refused_line(403);
+        h.refused_line(413);
+        assert_eq!(h.refused_lines(), BTreeMap::from([(403, 2), (413, 1)]));
     }
 }

@@ -1,11 +1,12 @@
 //! The one thread that POSTs to the receiver: it takes the queued
-//! batches in order, POSTs their lines and retries each POST until the
-//! receiver takes it, then decides the batches' generations. Blocking
+//! batches in order, POSTs their lines (splitting a POST refused for its
+//! content, `split.rs`) and retries until every line is taken or judged
+//! refused, then decides the batches' generations. Blocking
 //! HTTP (ureq) on a thread of its own; the queue is reached through the
 //! runtime's handle.
-use std::{collections::BTreeMap, io::Read, time::Duration};
+use std::{io::Read, time::Duration};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use ureq::{
     http::StatusCode,
     tls::{RootCerts, TlsConfig},
@@ -16,6 +17,7 @@ use super::{
     config::{shown_url, Settings},
     count_answer, count_taken,
     frame::{self, Answer, Backoff, LineRef},
+    split::{self, Sent},
     Health, Pending, Sink,
 };
 
@@ -58,67 +60,81 @@ pub fn run(sink: &Sink, s: &Settings, rt: &tokio::runtime::Handle) {
     let mut backoff = Backoff::new(s.max_backoff, seed());
     info!(url = %shown_url(&s.url), "webhook output started");
     loop {
-        let group = rt.block_on(sink.queue.take(s.batch_max_bytes));
-        let refused = deliver(&agent, s, &sink.health, &group, &mut backoff);
-        // refusals first: a generation's outcome reads them once decided
-        for (b, why) in refused {
-            sink.refuse(&group[b], why);
+        let mut group = rt.block_on(sink.queue.take(s.batch_max_bytes));
+        let mut lines: Vec<LineRef> = frame::all_lines(&group).collect();
+        loop {
+            let parts = frame::parts(&group, lines, s.batch_max_bytes);
+            let round = split::round(parts, |part| {
+                post(&agent, s, &sink.health, &group, part, &mut backoff)
+            });
+            for &((b, i), status) in &round.dropped {
+                dropped(&sink.health, &group[b], i, status);
+            }
+            let Some(status) = round.status else { break };
+            lines = round.tail;
+            wait_all_refused(&sink.health, s, status, lines.len(), &mut backoff);
+            // lines queued since give a line refused alone neighbours the
+            // receiver may take (a lone line is never judged by itself)
+            let held: usize = lines.iter().map(|&(b, i)| group[b].line(i).len() + 1).sum();
+            if held < s.batch_max_bytes {
+                let first = group.len();
+                group.extend(sink.queue.try_take(s.batch_max_bytes - held));
+                lines.extend(frame::all_lines(&group).filter(|&(b, _)| b >= first));
+            }
         }
         sink.queue.decided(&group, Ok(()));
     }
 }
 
-/// POST every line of `group`, in order: the batches whose line the
-/// receiver refused alone (413), with why (their other lines are not
-/// sent once that is known).
-fn deliver(
-    agent: &Agent,
-    s: &Settings,
-    health: &Health,
-    group: &[Pending],
-    backoff: &mut Backoff,
-) -> BTreeMap<usize, String> {
-    let mut refused = BTreeMap::new();
-    let mut todo: std::collections::VecDeque<Vec<LineRef>> =
-        frame::parts(group, s.batch_max_bytes).into();
-    while let Some(part) = todo.pop_front() {
-        let part: Vec<LineRef> = part
-            .into_iter()
-            .filter(|(b, _)| !refused.contains_key(b))
-            .collect();
-        if part.is_empty() {
-            continue;
-        }
-        if post(agent, s, health, group, &part, backoff) {
-            continue;
-        }
-        // 413: halves, in order; one line alone refuses its batch
-        if part.len() > 1 {
-            let (a, b) = part.split_at(part.len() / 2);
-            todo.push_front(b.to_vec());
-            todo.push_front(a.to_vec());
-            continue;
-        }
-        let (b, i) = part[0];
-        let p = &group[b];
-        let why = format!(
-            "event {i} renders into {} bytes and the webhook receiver refuses it alone \
-             (413 Payload Too Large: raise its body limit)",
-            p.line(i).len()
-        );
-        error!(node = %p.node, sequence = p.sequence, index = i, bytes = p.line(i).len(),
-            "webhook receiver refuses one event alone (413); its batch is refused to the agent");
-        health
-            .oversized
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        refused.insert(b, why);
-    }
-    refused
+/// The receiver refused `line` of `p` alone and took other lines around
+/// it: dropped from the webhook stream (its batch is acked once every
+/// other line is taken). Counted and logged with its place, never its
+/// content.
+fn dropped(health: &Health, p: &Pending, index: usize, status: u16) {
+    error!(node = %p.node, stream = %p.stream, sequence = p.sequence, index, status,
+        bytes = p.line(index).len(),
+        "webhook receiver refuses one event alone while it takes the others; \
+         that event is dropped from the webhook output (the rest of its batch is delivered)");
+    health.refused_line(status);
 }
 
-/// POST `part` until the receiver takes it (`true`) or answers 413
-/// (`false`); every other answer, and no answer, is retried after a
-/// wait, with `/readyz` saying why meanwhile.
+/// The receiver refused every line since the last it took, each alone:
+/// it may refuse everything (a bad token, a wrong path), so nothing is
+/// dropped; `/readyz` names it and the lines are tried again after a
+/// wait.
+fn wait_all_refused(
+    health: &Health,
+    s: &Settings,
+    status: u16,
+    lines: usize,
+    backoff: &mut Backoff,
+) {
+    let url = shown_url(&s.url);
+    let wait = backoff.delay();
+    error!(%url, status, lines, wait_ms = wait.as_millis() as u64,
+        "webhook receiver refuses every event, each alone, and takes none; nothing is dropped, \
+         retrying (their batches are not acked meanwhile)");
+    health.down.set(format!(
+        "{url} answered {status} {}: {} (it refuses every event, each alone)",
+        reason(status),
+        frame::hint(status)
+    ));
+    health
+        .retries
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(wait.max(Duration::from_millis(10)));
+}
+
+fn reason(status: u16) -> &'static str {
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("")
+}
+
+/// POST `part` until the receiver takes it or refuses it with a status
+/// that may judge its content (`split.rs`); every other answer, and no
+/// answer, is retried after a wait, with `/readyz` saying why meanwhile.
 fn post(
     agent: &Agent,
     s: &Settings,
@@ -126,7 +142,7 @@ fn post(
     group: &[Pending],
     part: &[LineRef],
     backoff: &mut Backoff,
-) -> bool {
+) -> Sent {
     let body = frame::body(group, part, s.body);
     let key = frame::idempotency_key(group, part, &body);
     let batches = frame::batches(part).to_string();
@@ -150,19 +166,15 @@ fn post(
                 let status = resp.status().as_u16();
                 count_answer(health, Some(status));
                 let answer = frame::answer(status);
-                if matches!(answer, Answer::Taken | Answer::TooLarge) {
+                if answer == Answer::Taken {
                     // read to its end, so the connection is kept
                     let _ = resp.body_mut().with_config().limit(1 << 20).read_to_vec();
-                    if answer == Answer::TooLarge {
-                        info!(%url, bytes = body.len(), lines = part.len(), "webhook receiver answered 413; splitting the POST");
-                        return false;
-                    }
                     if tries > 0 {
                         info!(%url, tries, "webhook receiver takes the POSTs again");
                     }
                     count_taken(health, part.len(), body.len());
                     backoff.reset();
-                    return true;
+                    return Sent::Taken;
                 }
                 let retry_after = frame::retry_after(
                     resp.headers()
@@ -173,11 +185,16 @@ fn post(
                 let mut head = Vec::new();
                 let _ = resp.body_mut().as_reader().take(200).read_to_end(&mut head);
                 let text = frame::excerpt(&head);
-                let reason = StatusCode::from_u16(status)
-                    .ok()
-                    .and_then(|c| c.canonical_reason())
-                    .unwrap_or("");
-                let why = format!("{url} answered {status} {reason}: {}", frame::hint(status));
+                if answer == Answer::Refused {
+                    debug!(%url, status, body = %text, bytes = body.len(), lines = part.len(),
+                        "webhook receiver refused a POST; splitting it");
+                    return Sent::Refused(status);
+                }
+                let why = format!(
+                    "{url} answered {status} {}: {}",
+                    reason(status),
+                    frame::hint(status)
+                );
                 // Retry-After only where HTTP gives it meaning (429, 503),
                 // and never sooner than the backoff (a receiver answering
                 // `Retry-After: 0` must not make a busy loop)
