@@ -4,7 +4,8 @@
 //! POST (headers, body, the status it answered) and keeps the lines of
 //! those it took (2xx), in arrival order. What it answers is set with
 //! [`Receiver::set`]: take everything, a fixed status, 413 over a body
-//! size, or 401 without the right token. Stopped on drop.
+//! size, 401 without the right token, or 403 to a body holding a marker
+//! (a web application firewall judging one event). Stopped on drop.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -33,6 +34,8 @@ pub enum Mode {
     MaxBody(usize),
     /// 401 unless `Authorization` is `Bearer TOKEN`, else 200.
     Token(String),
+    /// 403 to a body containing this text, else 200.
+    RefuseMarked(String),
 }
 
 /// One POST as received.
@@ -78,14 +81,16 @@ pub struct Receiver {
     rt: Option<tokio::runtime::Runtime>,
 }
 
-fn answer(mode: &Mode, auth: Option<&str>, len: usize) -> u16 {
+fn answer(mode: &Mode, auth: Option<&str>, body: &[u8]) -> u16 {
     match mode {
         Mode::Take => 200,
         Mode::Status(s) => *s,
-        Mode::MaxBody(max) if len > *max => 413,
+        Mode::MaxBody(max) if body.len() > *max => 413,
         Mode::MaxBody(_) => 200,
         Mode::Token(t) if auth == Some(format!("Bearer {t}").as_str()) => 200,
         Mode::Token(_) => 401,
+        Mode::RefuseMarked(m) if body.windows(m.len()).any(|w| w == m.as_bytes()) => 403,
+        Mode::RefuseMarked(_) => 200,
     }
 }
 
@@ -104,7 +109,7 @@ async fn handle(
     let status = answer(
         &mode,
         headers.get("authorization").map(String::as_str),
-        body.len(),
+        &body,
     );
     s.posts.push(Post {
         headers,
@@ -226,13 +231,17 @@ mod tests {
 
     #[test]
     fn answers_follow_the_mode() {
-        assert_eq!(answer(&Mode::Take, None, 10), 200);
-        assert_eq!(answer(&Mode::Status(503), None, 10), 503);
-        assert_eq!(answer(&Mode::MaxBody(5), None, 10), 413);
-        assert_eq!(answer(&Mode::MaxBody(50), None, 10), 200);
+        let ten = b"0123456789";
+        assert_eq!(answer(&Mode::Take, None, ten), 200);
+        assert_eq!(answer(&Mode::Status(503), None, ten), 503);
+        assert_eq!(answer(&Mode::MaxBody(5), None, ten), 413);
+        assert_eq!(answer(&Mode::MaxBody(50), None, ten), 200);
         let t = Mode::Token("t".into());
-        assert_eq!(answer(&t, Some("Bearer t"), 1), 200);
-        assert_eq!(answer(&t, Some("Bearer x"), 1), 401);
-        assert_eq!(answer(&t, None, 1), 401);
+        assert_eq!(answer(&t, Some("Bearer t"), b"x"), 200);
+        assert_eq!(answer(&t, Some("Bearer x"), b"x"), 401);
+        assert_eq!(answer(&t, None, b"x"), 401);
+        let m = Mode::RefuseMarked("POISON".into());
+        assert_eq!(answer(&m, None, b"{\"a\":\"xPOISONx\"}\n"), 403);
+        assert_eq!(answer(&m, None, b"{\"a\":\"POISO\"}\n"), 200);
     }
 }

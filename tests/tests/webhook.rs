@@ -2,8 +2,11 @@
 //! and a real HTTPS receiver on loopback (tests/src/webhook.rs): every
 //! marked exec exactly once and in order per node, through a receiver
 //! answering 503 for 10 s, one that takes at most 4 KiB a body (413s
-//! split the POSTs; an event over it alone is refused to its agent), and
-//! one that answers 401 until the collector has the right token.
+//! split the POSTs; an event over it alone is dropped, its batch mates
+//! delivered), one refusing with 403 the one event carrying a marker (a
+//! web application firewall), one answering 403 to everything (nothing
+//! dropped until it is fixed), and one that answers 401 until the
+//! collector has the right token.
 mod common;
 
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
@@ -157,10 +160,11 @@ fn marked_execs_reach_the_receiver_once_and_in_order_through_a_503_outage() {
 
 /// A receiver that takes at most 4 KiB a body (JSON arrays): the
 /// collector splits its POSTs until they pass; an exec rendering over
-/// 4 KiB alone is refused to its agent (a loss event reports it, the
-/// refusal is counted) and the execs after it arrive once each.
+/// 4 KiB is refused alone while the execs around it are taken, so it
+/// alone is dropped (counted by status) and the execs after it arrive
+/// once each.
 #[test]
-fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_refused() {
+fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_dropped() {
     require_root();
     let _g = serial();
     let dir = scratch("webhook-413");
@@ -178,7 +182,7 @@ fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_refused
         ],
     );
     // only the test's own execs: another process's long command line
-    // would be refused too, and take marked execs of its batch with it
+    // would be refused too
     let filter = only_true_execs(&dir);
     let agent = Agent::streaming_to(
         &col.url(),
@@ -211,11 +215,6 @@ fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_refused
         .status()
         .unwrap()
         .success());
-    eventually(
-        "the oversize batch refused",
-        Duration::from_secs(30),
-        || (col.metric("spyglass_collector_webhook_oversized_total") >= 1).then_some(()),
-    );
     exec_series(&format!("{mark}-b"), 20, Duration::from_millis(10))
         .join()
         .unwrap();
@@ -229,11 +228,175 @@ fn a_receiver_limiting_its_bodies_gets_split_posts_and_an_oversize_event_refused
             .any(|e| argv(e).iter().any(|a| a.contains("-long-"))),
         "the oversize exec was taken"
     );
-    assert!(
-        spool_dropped(&taken) >= 1,
-        "the agent did not report the refused batch as lost"
-    );
+    assert_eq!(wait_refused(&col, 413), 1);
+    assert_no_agent_loss(agent, &r);
+}
+
+/// Lines the collector dropped because the receiver refused them alone
+/// with `status`, once it counted any (the count follows the POST that
+/// confirms the refusal, which may come after the marks the test waited
+/// for); 0 while none.
+fn refused_lines(col: &RemoteCollector, status: u16) -> u64 {
+    let (_, text) = http_get(col.metrics, "/metrics");
+    let name = format!("spyglass_collector_webhook_refused_lines_total{{status=\"{status}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&name))
+        .map_or(0, |v| v.trim().parse().expect("a counter"))
+}
+
+/// Wait until a refused line is counted under `status`: the count.
+fn wait_refused(col: &RemoteCollector, status: u16) -> u64 {
+    eventually("a refused line counted", Duration::from_secs(20), || {
+        let n = refused_lines(col, status);
+        (n > 0).then_some(n)
+    })
+}
+
+/// Stop the agent; its last loss event (sent before `stopping`) reports
+/// nothing dropped from its spool: no batch was refused to it.
+fn assert_no_agent_loss(agent: Agent, r: &Receiver) {
     agent.stop();
+    let taken = eventually(
+        "the agent's stopping event at the receiver",
+        Duration::from_secs(30),
+        || {
+            let t = r.taken();
+            t.iter()
+                .any(|e| e["kind"] == "agent" && e["agent"]["state"] == "stopping")
+                .then_some(t)
+        },
+    );
+    let last_loss = taken
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "loss")
+        .expect("a final loss event");
+    assert_eq!(
+        last_loss["loss"]["totals"]["spool_dropped"].as_u64(),
+        Some(0),
+        "the agent lost batches: {last_loss}"
+    );
+}
+
+/// A receiver (a web application firewall) answering 403 to any body
+/// that holds one exec's command line: that exec alone is dropped
+/// (counted under 403); every other exec, its batch mates included,
+/// arrives once and in order, and the agent loses nothing.
+#[test]
+fn an_event_the_receiver_refuses_alone_is_dropped_and_its_batch_delivered() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("webhook-poison");
+    let r = Receiver::start(&dir.join("receiver"));
+    let mark = marker("webhook-poison");
+    let poison = format!("POISON-{mark}");
+    r.set(Mode::RefuseMarked(poison.clone()));
+    let col = webhook_collector(&r, free_port(), free_port(), &[]);
+    let filter = only_true_execs(&dir);
+    let agent = Agent::streaming_to(
+        &col.url(),
+        &dir.join("spool"),
+        &["--no-snapshot", "--export-filter", &filter],
+    );
+    // back to back, so the poisoned exec shares its batch with others
+    const N: usize = 40;
+    for i in 0..N {
+        let mut cmd = Command::new("/bin/true");
+        cmd.arg(format!("{mark}-{i:05}"));
+        if i == N / 2 {
+            cmd.arg(&poison);
+        }
+        assert!(cmd.status().unwrap().success());
+    }
+    let taken = wait_for_marks(&r, &mark, N - 1);
+    let seen = marked_execs(&taken, &mark);
+    let want: Vec<String> = (0..N)
+        .filter(|i| *i != N / 2)
+        .map(|i| format!("{mark}-{i:05}"))
+        .collect();
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), want);
+    assert!(seen.values().all(|n| *n == 1), "duplicated: {seen:?}");
+    assert_in_order(&taken);
+    let poisoned = r
+        .posts()
+        .iter()
+        .any(|p| p.status == 403 && p.events().len() > 1);
+    assert!(poisoned, "no POST carried the poisoned exec with others");
+    assert_eq!(wait_refused(&col, 403), 1);
+    assert!(col.ready().0 == 200, "not ready after a dropped line");
+    assert_no_agent_loss(agent, &r);
+}
+
+/// A receiver answering 403 to everything (a bad token): nothing is
+/// dropped, nothing acked, /readyz names it; once fixed, every exec
+/// arrives once.
+#[test]
+fn a_receiver_refusing_everything_gets_nothing_dropped_until_fixed() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("webhook-403");
+    let r = Receiver::start(&dir.join("receiver"));
+    r.set(Mode::Status(403));
+    let status = dir.join("agents.json");
+    let col = webhook_collector(
+        &r,
+        free_port(),
+        free_port(),
+        &["--status-file", status.to_str().unwrap()],
+    );
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let mark = marker("webhook-403");
+    exec_series(&mark, 30, Duration::from_millis(10))
+        .join()
+        .unwrap();
+    assert_named_and_nothing_acked(&col, &status, "403");
+    let posts = r.posts();
+    assert!(posts.len() > 1 && posts.iter().all(|p| p.status == 403));
+    let (_, metrics) = http_get(col.metrics, "/metrics");
+    assert!(
+        !metrics.contains("spyglass_collector_webhook_refused_lines_total{"),
+        "lines dropped while the receiver refused everything"
+    );
+    r.set(Mode::Take);
+    let taken = wait_for_marks(&r, &mark, 30);
+    assert_exactly_once(&taken, &mark, 30);
+    // order is not asserted: the fix can land in the middle of a split,
+    // and the lines refused alone before it then arrive after those taken
+    // (docs/collector.md)
+    assert_eq!(refused_lines(&col, 403), 0, "a line was dropped");
+    eventually("/readyz ready", Duration::from_secs(10), || {
+        (col.ready().0 == 200).then_some(())
+    });
+    assert_no_agent_loss(agent, &r);
+}
+
+/// /readyz names the receiver's `status` and the token flags, and no
+/// batch is acked (the collector writes the agents' status every second).
+fn assert_named_and_nothing_acked(col: &RemoteCollector, status_file: &Path, status: &str) {
+    let why = eventually(
+        "/readyz to name the refusal",
+        Duration::from_secs(20),
+        || {
+            let (code, why) = col.ready();
+            (code == 503 && why.contains(&format!("answered {status} "))).then_some(why)
+        },
+    );
+    assert!(
+        why.starts_with("webhook: ") && why.contains("--webhook-token-file"),
+        "{why}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let agents: Value = serde_json::from_slice(&std::fs::read(status_file).unwrap()).unwrap();
+    let acked: u64 = agents
+        .as_object()
+        .expect("agent status is an object")
+        .values()
+        .filter_map(|a| a["batches"].as_u64())
+        .sum();
+    assert_eq!(
+        acked, 0,
+        "batches acked while the receiver refused them: {agents}"
+    );
 }
 
 /// A receiver answering 401 to the collector's token: /readyz names it,
@@ -263,30 +426,10 @@ fn a_401_receiver_is_named_and_nothing_is_acked_until_the_token_is_fixed() {
     exec_series(&mark, 30, Duration::from_millis(10))
         .join()
         .unwrap();
-    let (_, why) = eventually("/readyz to name the 401", Duration::from_secs(20), || {
-        let (code, why) = col.ready();
-        (code == 503 && why.contains("401")).then_some((code, why))
-    });
-    assert!(
-        why.starts_with("webhook: ") && why.contains("--webhook-token-file"),
-        "{why}"
-    );
+    assert_named_and_nothing_acked(&col, &status, "401");
     assert!(
         r.posts().iter().all(|p| p.status == 401),
         "the receiver took a POST with the wrong token"
-    );
-    // the collector writes the agents' status every second: no ack
-    std::thread::sleep(Duration::from_millis(2500));
-    let agents: Value = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
-    let acked: u64 = agents
-        .as_object()
-        .expect("agent status is an object")
-        .values()
-        .filter_map(|a| a["batches"].as_u64())
-        .sum();
-    assert_eq!(
-        acked, 0,
-        "batches acked while the receiver refused them: {agents}"
     );
     col.kill();
     let col = webhook_collector(&r, port, metrics, &["--webhook-token-file", &right]);
