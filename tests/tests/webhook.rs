@@ -317,11 +317,25 @@ fn an_event_the_receiver_refuses_alone_is_dropped_and_its_batch_delivered() {
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), want);
     assert!(seen.values().all(|n| *n == 1), "duplicated: {seen:?}");
     assert_in_order(&taken);
+    // the poisoned exec's batch, from a POST the receiver refused
+    let batch_of = |e: &Value| {
+        let d = &e["delivery"];
+        (d["stream_id"].to_string(), d["sequence"].as_u64())
+    };
     let poisoned = r
         .posts()
         .iter()
-        .any(|p| p.status == 403 && p.events().len() > 1);
-    assert!(poisoned, "no POST carried the poisoned exec with others");
+        .filter(|p| p.status == 403)
+        .flat_map(spyglass_e2e::webhook::Post::events)
+        .find(|e| argv(e).contains(&poison))
+        .expect("a refused POST carrying the poisoned exec");
+    assert!(
+        taken
+            .iter()
+            .any(|e| marked_execs(std::slice::from_ref(e), &mark).len() == 1
+                && batch_of(e) == batch_of(&poisoned)),
+        "no batch mate of the poisoned exec was delivered"
+    );
     assert_eq!(wait_refused(&col, 403), 1);
     assert!(col.ready().0 == 200, "not ready after a dropped line");
     assert_no_agent_loss(agent, &r);
