@@ -10,9 +10,12 @@
 //! (a bad token answered with 403, a wrong path answered 404, a proxy)
 //! takes nothing after the refusals, so nothing is dropped: the lines
 //! refused since the last POST taken are handed back to be tried again
-//! after a wait. A receiver that starts taking POSTs again in the middle
-//! takes the lines it refused on their second try (after the lines taken
-//! meanwhile: the one case where lines arrive out of order).
+//! after a wait (`writer.rs` then POSTs them once, and if they are still
+//! refused, hands them in as suspects without splitting them again, with
+//! the lines queued since as parts). A receiver that starts taking POSTs
+//! again in the middle takes the lines it refused on their second try
+//! (after the lines taken meanwhile: the one case where lines arrive out
+//! of order).
 use std::collections::VecDeque;
 
 use super::frame::LineRef;
@@ -37,38 +40,38 @@ pub struct Round {
     /// may refuse everything): nothing is judged; try them again, in
     /// order, after a wait. Empty when every line was taken or dropped.
     pub tail: Vec<LineRef>,
-    /// The status of the last refusal of the tail.
+    /// The status of the tail's last refusal; `None` when it is empty.
     pub status: Option<u16>,
 }
 
 /// POST `parts` in order with `post`, splitting refused POSTs in halves
 /// down to single lines; judge the lines refused alone as the module
-/// says.
-pub fn round(parts: Vec<Vec<LineRef>>, mut post: impl FnMut(&[LineRef]) -> Sent) -> Round {
+/// says. `suspects`: lines already refused alone, with nothing taken
+/// since (a previous round's tail, which the writer found still refused),
+/// judged like the ones this round finds.
+pub fn round(
+    mut suspects: Vec<(LineRef, u16)>,
+    parts: Vec<Vec<LineRef>>,
+    mut post: impl FnMut(&[LineRef]) -> Sent,
+) -> Round {
     let mut todo: VecDeque<Vec<LineRef>> = parts.into();
-    let mut out = Round::default();
-    // refused alone, nothing taken since
-    let mut suspects: Vec<(LineRef, u16)> = Vec::new();
+    let mut dropped = Vec::new();
     while let Some(part) = todo.pop_front() {
         match post(&part) {
-            Sent::Taken => confirm(&mut suspects, &mut out.dropped, &mut post),
-            Sent::Refused(status) if part.len() > 1 => {
+            Sent::Taken => confirm(&mut suspects, &mut dropped, &mut post),
+            Sent::Refused(_) if part.len() > 1 => {
                 let (a, b) = part.split_at(part.len() / 2);
                 todo.push_front(b.to_vec());
                 todo.push_front(a.to_vec());
-                out.status = Some(status);
             }
-            Sent::Refused(status) => {
-                suspects.push((part[0], status));
-                out.status = Some(status);
-            }
+            Sent::Refused(status) => suspects.push((part[0], status)),
         }
     }
-    out.tail = suspects.into_iter().map(|(l, _)| l).collect();
-    if out.tail.is_empty() {
-        out.status = None;
+    Round {
+        dropped,
+        status: suspects.last().map(|s| s.1),
+        tail: suspects.into_iter().map(|(l, _)| l).collect(),
     }
-    out
 }
 
 /// The receiver took a POST after refusing `suspects` alone: each is
@@ -127,7 +130,7 @@ mod tests {
     }
 
     fn run(f: &mut Fake, parts: Vec<Vec<LineRef>>) -> Round {
-        round(parts, |p| f.post(p))
+        round(vec![], parts, |p| f.post(p))
     }
 
     #[test]
@@ -149,17 +152,36 @@ mod tests {
         let all = lines(9);
         let bad = [all[0], all[1], all[8]];
         let mut f = Fake::new(&bad, 422);
-        let mut parts = vec![all[..5].to_vec(), all[5..].to_vec()];
-        let r = run(&mut f, parts.clone());
+        let parts = vec![all[..5].to_vec(), all[5..].to_vec()];
+        let r = run(&mut f, parts);
         // the first two: a later POST was taken; the last: nothing after
         assert_eq!(r.dropped, [(all[0], 422), (all[1], 422)]);
         assert_eq!((r.tail.clone(), r.status), (vec![all[8]], Some(422)));
         assert_eq!(f.taken, all[2..8]);
         // tried again with lines queued since: judged then
-        parts = vec![vec![all[8], (9, 0), (9, 1)]];
-        let r = run(&mut f, parts);
+        let r = run(&mut f, vec![vec![all[8], (9, 0), (9, 1)]]);
         assert_eq!(r.dropped, [(all[8], 422)]);
         assert!(r.tail.is_empty());
+    }
+
+    #[test]
+    fn a_tail_still_refused_is_judged_by_the_lines_queued_since_without_a_new_split() {
+        // a burst of refused lines filled a whole round: handed in as
+        // suspects, judged once the receiver takes the lines after them
+        let burst = lines(16);
+        let mut f = Fake::new(&burst, 403);
+        let suspects = burst.iter().map(|&l| (l, 403)).collect();
+        let r = round(suspects, vec![vec![(9, 0), (9, 1)]], |p| f.post(p));
+        assert_eq!(r.dropped.len(), 16);
+        assert!(r.tail.is_empty());
+        // the new part, then each suspect alone once
+        assert_eq!(f.posts, 1 + 16);
+        assert_eq!(f.taken, [(9, 0), (9, 1)]);
+        // nothing queued since: still the tail, nothing posted
+        let mut f = Fake::new(&burst, 403);
+        let suspects = burst.iter().map(|&l| (l, 403)).collect();
+        let r = round(suspects, vec![], |p| f.post(p));
+        assert_eq!((r.tail, r.status, f.posts), (burst, Some(403), 0));
     }
 
     #[test]

@@ -62,27 +62,56 @@ pub fn run(sink: &Sink, s: &Settings, rt: &tokio::runtime::Handle) {
     loop {
         let mut group = rt.block_on(sink.queue.take(s.batch_max_bytes));
         let mut lines: Vec<LineRef> = frame::all_lines(&group).collect();
+        // lines refused alone with nothing taken after them
+        let mut tail: Vec<LineRef> = Vec::new();
         loop {
+            let mut post =
+                |part: &[LineRef]| post(&agent, s, &sink.health, &group, part, &mut backoff);
+            let suspects = retry_tail(&group, s, tail, &mut lines, &mut post);
             let parts = frame::parts(&group, lines, s.batch_max_bytes);
-            let round = split::round(parts, |part| {
-                post(&agent, s, &sink.health, &group, part, &mut backoff)
-            });
+            let round = split::round(suspects, parts, post);
             for &((b, i), status) in &round.dropped {
                 dropped(&sink.health, &group[b], i, status);
             }
             let Some(status) = round.status else { break };
-            lines = round.tail;
-            wait_all_refused(&sink.health, s, status, lines.len(), &mut backoff);
-            // lines queued since give a line refused alone neighbours the
+            tail = round.tail;
+            wait_all_refused(&sink.health, s, status, tail.len(), &mut backoff);
+            // the batches queued since give the tail neighbours the
             // receiver may take (a lone line is never judged by itself)
-            let held: usize = lines.iter().map(|&(b, i)| group[b].line(i).len() + 1).sum();
-            if held < s.batch_max_bytes {
-                let first = group.len();
-                group.extend(sink.queue.try_take(s.batch_max_bytes - held));
-                lines.extend(frame::all_lines(&group).filter(|&(b, _)| b >= first));
-            }
+            let first = group.len();
+            group.extend(sink.queue.try_take(s.batch_max_bytes));
+            lines = frame::all_lines(&group)
+                .filter(|&(b, _)| b >= first)
+                .collect();
         }
         sink.queue.decided(&group, Ok(()));
+    }
+}
+
+/// Try a round's tail again: its first POST once. Taken, the receiver
+/// takes lines again: the whole tail goes back in front of `lines`, to
+/// be POSTed and split as usual. Refused again: the tail's lines are
+/// suspects as they are (not split down to single lines again), to be
+/// judged by what the receiver does with `lines`.
+fn retry_tail(
+    group: &[Pending],
+    s: &Settings,
+    tail: Vec<LineRef>,
+    lines: &mut Vec<LineRef>,
+    post: &mut impl FnMut(&[LineRef]) -> Sent,
+) -> Vec<(LineRef, u16)> {
+    let Some(first) = frame::parts(group, tail.iter().copied(), s.batch_max_bytes)
+        .into_iter()
+        .next()
+    else {
+        return Vec::new();
+    };
+    match post(&first) {
+        Sent::Taken => {
+            lines.splice(0..0, tail[first.len()..].iter().copied());
+            Vec::new()
+        }
+        Sent::Refused(status) => tail.into_iter().map(|l| (l, status)).collect(),
     }
 }
 
