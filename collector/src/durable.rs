@@ -45,6 +45,10 @@ pub enum Failure {
     /// The remote output's receiver refused it for good (a webhook's
     /// 413 for one line): the agent drops it and reports the loss.
     Refused(String),
+    /// Kafka: its node was claimed by a newer stream (another replica's,
+    /// or a reconnect) before it committed, so it was left out
+    /// (`kafka/gate.rs`): the agent resends it where it is now.
+    Fenced(String),
 }
 
 /// What the syncer has done: every generation up to `covered` went

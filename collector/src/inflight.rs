@@ -34,6 +34,9 @@ pub enum Ready<T, E> {
     /// The remote output's receiver refused this batch for good: it is
     /// refused, nothing from here on is acked, the stream ends.
     Rejected { item: T, error: String },
+    /// Kafka left this batch out (its node moved to a newer stream):
+    /// nothing from here on is acked; the stream ends.
+    Fenced { item: T, error: String },
 }
 
 /// The stream's waiting batches, oldest first.
@@ -119,6 +122,7 @@ impl<T, E> InFlight<T, E> {
                     ready.push(match failure {
                         Failure::Sync(error) => Ready::SyncFailed { item, error },
                         Failure::Refused(error) => Ready::Rejected { item, error },
+                        Failure::Fenced(error) => Ready::Fenced { item, error },
                     });
                     self.queue.clear();
                     self.ended = true;

@@ -314,6 +314,12 @@ fn kafka_metrics(s: &mut String, h: &crate::kafka::Health, waiting: u64) {
             get(&h.oversized_batches).to_string(),
         ),
         (
+            "spyglass_collector_kafka_fenced_batches_total",
+            "Batches not committed because their node's agent reached another stream (another replica, or a reconnect) since they arrived: refused, and resent by the agent.",
+            "counter",
+            get(&h.fenced_batches).to_string(),
+        ),
+        (
             "spyglass_collector_kafka_record_limit_bytes",
             "Most bytes of one rendered event: --kafka-max-record-bytes, or less when a topic's max.message.bytes is smaller.",
             "gauge",

@@ -223,6 +223,21 @@ impl<P: Queued> Queue<P> {
         self.queued.send_modify(|q| *q = q.saturating_sub(n));
     }
 
+    /// [`Queue::decided`] batch by batch: `result(i)` for the group's
+    /// `i`th batch (runs of one result decided together, in order).
+    pub fn decided_each(&self, group: &[P], result: impl Fn(usize) -> Result<(), String>) {
+        let mut start = 0;
+        while start < group.len() {
+            let r = result(start);
+            let mut end = start + 1;
+            while end < group.len() && result(end) == r {
+                end += 1;
+            }
+            self.decided(&group[start..end], r);
+            start = end;
+        }
+    }
+
     /// Generation `gen`: `None` until the writer decided it.
     pub fn outcome(&self, gen: u64) -> Option<Result<(), String>> {
         self.decided.borrow().outcome(gen)
@@ -324,7 +339,8 @@ impl Remote {
     /// have refused it for good.
     pub fn outcome(&self, gen: u64) -> Option<Result<(), Failure>> {
         match self {
-            Remote::Kafka(k) => Some(k.queue.outcome(gen)?.map_err(Failure::Sync)),
+            // Kafka decides a batch failed only when it fenced it
+            Remote::Kafka(k) => Some(k.queue.outcome(gen)?.map_err(Failure::Fenced)),
             Remote::Webhook(w) => w.outcome(gen),
         }
     }

@@ -155,7 +155,11 @@ impl CollectorService {
         let (outputs, ledger) = &mut *guard;
         if let (Some(k), Some(fresh)) = (kafka, fresh) {
             // this stream's mark only: recording the node's other streams
-            // could evict this one from the ledger's per-node places
+            // could evict this one from the ledger's per-node places. What
+            // Kafka holds past the claim is all it will hold of what was
+            // sent before (a batch this replica wrote and did not commit
+            // is fenced), so the mark is set to it, not raised.
+            ledger.forget_stream(node, stream);
             for m in fresh.marks.iter().filter(|m| m.stream == stream) {
                 ledger.record(&m.node, &m.stream, m.sequence);
             }
@@ -169,6 +173,9 @@ impl CollectorService {
         }
         if let Some(gone) = &evicted {
             ledger.forget_node(gone);
+            if let Some(k) = kafka {
+                k.forget_node(gone);
+            }
         }
         let durable = &self.shared.durability;
         let mut accepted = Accepted {
@@ -232,6 +239,7 @@ impl CollectorService {
                 batch,
                 outputs.lines(),
                 present,
+                k.claim_of(node),
             ));
         }
         if let Some(w) = remote.and_then(Remote::webhook) {
@@ -313,6 +321,21 @@ impl CollectorService {
     fn rejected(a: &Accepted, peer: &str, error: &str) -> Status {
         warn!(%peer, node = %a.node_id, sequence = a.sequence, error, "batch refused: the receiver refuses it");
         Status::invalid_argument(format!("batch {}: {error}", a.sequence))
+    }
+
+    /// Kafka left the batch out: its node's agent reached a newer stream
+    /// since it arrived. This stream's dedupe mark is forgotten (its
+    /// resends are judged again by the next stream's refresh) and the
+    /// stream ends; the agent resends where it is now.
+    async fn fenced(&self, a: &Accepted, error: &str) -> Status {
+        info!(node = %a.node_id, sequence = a.sequence, error, "batch fenced; the agent resends it");
+        self.shared
+            .outputs
+            .lock()
+            .await
+            .1
+            .forget_stream(&a.node_id, &a.stream_id);
+        Status::unavailable(error.to_owned())
     }
 
     /// The fdatasync covering a batch failed: written, perhaps not on
@@ -516,6 +539,7 @@ impl CollectorService {
                     Ready::Rejected { item: a, error } => {
                         (Err(Self::rejected(&a, &peer, &error)), true)
                     }
+                    Ready::Fenced { item: a, error } => (Err(self.fenced(&a, &error).await), true),
                 };
                 if !client_gone && tx.send(send).await.is_err() {
                     client_gone = true;

@@ -187,9 +187,11 @@ impl Broker {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.child.id());
+        assert!(
+            crate::signal_child(&self.child, sig),
+            "kill({}, {sig})",
+            self.child.id()
+        );
     }
 
     /// An rdkafka consumer on [`Broker::bootstrap`] with a throwaway group

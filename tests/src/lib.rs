@@ -212,6 +212,21 @@ impl RemoteCollector {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Send `sig` to the collector (SIGSTOP: it holds what it took).
+    pub fn signal(&self, sig: i32) {
+        assert!(
+            signal_child(&self.child, sig),
+            "signal {sig} to the collector"
+        );
+    }
+}
+
+/// Send `sig` to a child process of the test; whether it was sent.
+pub fn signal_child(child: &Child, sig: i32) -> bool {
+    // SAFETY: kill(2) on the pid of our own child, which has not been
+    // waited for (so the pid is not reused).
+    unsafe { libc::kill(child.id() as i32, sig) == 0 }
 }
 
 impl Drop for RemoteCollector {
@@ -414,8 +429,7 @@ impl Agent {
 
     /// Send a signal to the agent process.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        signal_child(&self.child, sig);
     }
 
     /// SIGTERM, wait for a clean exit, return every event.

@@ -10,6 +10,9 @@ use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 use common::*;
 use serde_json::Value;
 use spyglass_e2e::kafka::{Broker, Proxy, Record};
+use spyglass_proto::v1::{collector_client::CollectorClient, Batch, Event, EventKind, Process};
+use tokio_stream::StreamExt;
+use tonic::{transport::Channel, Code};
 
 const EVENTS: &str = "spyglass-events";
 const FINDINGS: &str = "spyglass-findings";
@@ -226,6 +229,131 @@ fn an_agent_moved_between_two_replicas_duplicates_nothing() {
         assert!(n > 0, "replica on port {} committed no batch", c.port);
     }
     agent.stop();
+}
+
+/// An exec event of `node` whose argv[1] is `arg` (a hand-made agent
+/// batch's content).
+fn exec_event(node: &str, arg: &str) -> Event {
+    Event {
+        kind: EventKind::Exec as i32,
+        time_unix_nano: 1_795_549_718_856_200_274,
+        node: node.into(),
+        process: Some(Process {
+            pid: 4242,
+            tid: 4242,
+            ppid: 1,
+            comm: "true".into(),
+            exe: "/bin/true".into(),
+            argv: vec!["/bin/true".into(), arg.into()],
+            ..Process::default()
+        }),
+        ..Event::default()
+    }
+}
+
+/// Batch `seq` of one hand-made agent stream of `node`, one exec.
+fn exec_batch(node: &str, seq: u64, arg: &str) -> Batch {
+    Batch {
+        node_id: node.into(),
+        sequence: seq,
+        events: vec![exec_event(node, arg)],
+        sent_unix_nano: 0,
+        stream_id: "fence-stream".into(),
+    }
+}
+
+async fn channel(port: u16) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Fencing (collector/src/kafka/gate.rs). A node's batch 2 reaches
+/// replica A while A is stopped (SIGSTOP), so A holds it unwritten; the
+/// node moves to replica B with the same batch, and B claims the node
+/// and commits it. When A goes on it must not commit batch 2 too: its
+/// gate reads B's claim before its commit and leaves the batch out, and
+/// A's stream gets UNAVAILABLE. Without the gate A commits it, and the
+/// mark is in Kafka twice. A hand-made agent stream (no real agent), so
+/// A is idle when it stops and the order is the same on every run.
+#[test]
+fn a_replica_does_not_commit_a_batch_its_node_moved_away_with() {
+    let _g = serial();
+    let dir = scratch("kafka-fence");
+    let b = broker(&dir);
+    let a = kafka_replica(&b, free_port(), free_port(), "spyglass-test-a");
+    let r = kafka_replica(&b, free_port(), free_port(), "spyglass-test-b");
+    for c in [&a, &r] {
+        eventually("the replica ready", Duration::from_secs(20), || {
+            (c.ready().0 == 200).then_some(())
+        });
+    }
+    let mark = marker("kafka-fence");
+    let node = "fence-node";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut at_a = CollectorClient::new(channel(a.port).await);
+        let mut acks = at_a
+            .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("a stream to A")
+            .into_inner();
+        tx.send(exec_batch(node, 1, &format!("{mark}-00000")))
+            .await
+            .unwrap();
+        let ack = acks.next().await.expect("an ack").expect("batch 1 acked");
+        assert_eq!(ack.sequence, 1);
+        // A stops; batch 2 waits in its socket
+        a.signal(libc::SIGSTOP);
+        tx.send(exec_batch(node, 2, &format!("{mark}-00001")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // the node moves to B with batch 2: B claims it and commits
+        let mut at_b = CollectorClient::new(channel(r.port).await);
+        let mut b_acks = at_b
+            .publish(tokio_stream::iter(vec![exec_batch(
+                node,
+                2,
+                &format!("{mark}-00001"),
+            )]))
+            .await
+            .expect("a stream to B")
+            .into_inner();
+        let ack = b_acks
+            .next()
+            .await
+            .expect("an ack from B")
+            .expect("batch 2 acked by B");
+        assert_eq!(ack.sequence, 2);
+        // A goes on with batch 2 from its stream: fenced
+        a.signal(libc::SIGCONT);
+        let refused = tokio::time::timeout(Duration::from_secs(60), acks.next())
+            .await
+            .expect("A answered batch 2 within 60 s");
+        match refused {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("fenced"), "{status:?}");
+            }
+            other => panic!("A acked or ended instead of refusing batch 2: {other:?}"),
+        }
+        drop(tx);
+    });
+    assert_eq!(
+        metric(a.metrics, "spyglass_collector_kafka_fenced_batches_total"),
+        1
+    );
+    let all = b.read_all(EVENTS);
+    assert_exactly_once(&all, &mark, 2);
+    assert_keyed_and_ordered(&all);
 }
 
 /// The events topic's max.message.bytes in the bad-input test.

@@ -196,3 +196,45 @@ fn cut_and_deliver_after(rt: &Runtime, broker: &Broker) {
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
     assert_eq!(got, want, "each record once, in order");
 }
+
+/// What the collector's fencing of a replica rests on: under
+/// read_committed, an open transaction's first record holds back every
+/// record after it in its partition (the last stable offset), committed
+/// ones included, until it ends.
+#[test]
+fn an_open_transaction_holds_back_later_commits_in_its_partition() {
+    let dir = scratch("kafka-lso");
+    let broker = Broker::start(&dir);
+    broker.create_topic("pos", 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let first = producer(&broker, &[("transactional.id", "lso-a")]);
+    first.init_transactions(T).expect("init_transactions (a)");
+    let later = producer(&broker, &[("transactional.id", "lso-b")]);
+    later.init_transactions(T).expect("init_transactions (b)");
+
+    first.begin_transaction().expect("begin (a)");
+    delivered(&rt, "open", vec![send(&first, "pos", "k", "a-open")]);
+    later.begin_transaction().expect("begin (b)");
+    delivered(&rt, "later", vec![send(&later, "pos", "k", "b-later")]);
+    later.commit_transaction(T).expect("commit (b)");
+
+    let seen = texts(&broker.read_all("pos"));
+    assert_eq!(
+        seen,
+        [],
+        "a record committed after an open transaction's record is held back"
+    );
+    first.commit_transaction(T).expect("commit (a)");
+    let seen: Vec<String> = texts(&broker.read_all("pos"))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        seen,
+        ["a-open", "b-later"],
+        "both, in order, once (a) ended"
+    );
+}

@@ -19,6 +19,7 @@
 //! again before each new agent stream's first batch, so an agent's resend
 //! after a collector restart or a move between replicas is recognised.
 pub mod config;
+mod gate;
 mod limits;
 mod positions;
 mod recover;
@@ -51,11 +52,21 @@ pub struct Pending {
     /// Lines already in Kafka (a batch a crash tore; see `recover.rs`):
     /// not produced again.
     skip: BTreeSet<usize>,
+    /// The offset of the node's claim it arrived under (`gate.rs`):
+    /// `None` only for a node this replica never claimed.
+    claim: Option<i64>,
 }
 
 impl Pending {
-    /// `skip`: lines of it Kafka already holds.
-    pub fn new(gen: u64, batch: &Received, lines: &Lines, skip: BTreeSet<usize>) -> Self {
+    /// `skip`: lines of it Kafka already holds; `claim`: the node's claim
+    /// now ([`Sink::claim_of`]).
+    pub fn new(
+        gen: u64,
+        batch: &Received,
+        lines: &Lines,
+        skip: BTreeSet<usize>,
+        claim: Option<i64>,
+    ) -> Self {
         Pending {
             batch: Written::new(gen, batch, lines),
             findings: batch
@@ -64,6 +75,7 @@ impl Pending {
                 .map(|e| e.kind == spyglass_proto::model::Kind::Finding)
                 .collect(),
             skip,
+            claim,
         }
     }
 
@@ -121,6 +133,9 @@ pub struct Health {
     pub oversized_batches: AtomicU64,
     /// Most bytes of one line now (`limits.rs`).
     pub record_limit: AtomicU64,
+    /// Batches left out of a transaction because their node was claimed
+    /// again since they arrived (`gate.rs`).
+    pub fenced_batches: AtomicU64,
     /// When the transaction under way began (ms since the Unix epoch; 0:
     /// none), so a stalled one shows in `/readyz`.
     pub txn_since_ms: AtomicU64,
@@ -203,7 +218,23 @@ pub struct Sink {
     positions_partitions: std::sync::atomic::AtomicI32,
     /// Refreshes at once (each is a consumer reading one partition).
     refreshing: tokio::sync::Semaphore,
+    /// Claims waiting for the writer's next transaction: the node, and
+    /// who waits for the claim's offset.
+    claims: Mutex<Vec<ClaimRequest>>,
+    claim_wake: tokio::sync::Notify,
+    /// Per node, the offset of this replica's last claim of it.
+    claimed: Mutex<HashMap<String, i64>>,
 }
+
+/// A node to claim, and who waits for the claim's offset once committed.
+struct ClaimRequest {
+    node: String,
+    done: tokio::sync::oneshot::Sender<i64>,
+}
+
+/// Longest wait for a claim to commit before a new stream's first batch
+/// is refused (`UNAVAILABLE`: the agent resends it).
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Sink {
     pub fn new(settings: &Settings) -> Self {
@@ -215,20 +246,75 @@ impl Sink {
             settings: settings.clone(),
             positions_partitions: std::sync::atomic::AtomicI32::new(1),
             refreshing: tokio::sync::Semaphore::new(4),
+            claims: Mutex::default(),
+            claim_wake: tokio::sync::Notify::new(),
+            claimed: Mutex::default(),
         }
     }
 
+    /// Claim `node` (a committed claim record, `gate.rs`): its offset.
+    async fn claim(&self, node: &str) -> Result<i64, String> {
+        let (done, offset) = tokio::sync::oneshot::channel();
+        self.claims
+            .lock()
+            .expect("kafka claims lock")
+            .push(ClaimRequest {
+                node: node.to_owned(),
+                done,
+            });
+        self.claim_wake.notify_one();
+        match tokio::time::timeout(CLAIM_WAIT, offset).await {
+            Ok(Ok(at)) => {
+                self.claimed
+                    .lock()
+                    .expect("kafka claimed lock")
+                    .insert(node.to_owned(), at);
+                Ok(at)
+            }
+            Ok(Err(_)) => Err("the Kafka writer ended".to_owned()),
+            Err(_) => Err(format!(
+                "claiming node {node} in Kafka took over {} s",
+                CLAIM_WAIT.as_secs()
+            )),
+        }
+    }
+
+    /// The claims to write in the next transaction.
+    fn take_claims(&self) -> Vec<ClaimRequest> {
+        std::mem::take(&mut *self.claims.lock().expect("kafka claims lock"))
+    }
+
+    /// The offset of this replica's last claim of `node`.
+    pub fn claim_of(&self, node: &str) -> Option<i64> {
+        self.claimed
+            .lock()
+            .expect("kafka claimed lock")
+            .get(node)
+            .copied()
+    }
+
+    /// `node` left the collector's bounded set of nodes.
+    pub fn forget_node(&self, node: &str) {
+        self.claimed
+            .lock()
+            .expect("kafka claimed lock")
+            .remove(node);
+    }
+
     /// What Kafka holds of `node`'s streams now: another replica may have
-    /// written its batches since this one last did (the agent moved). Read
-    /// the node's positions partition and recover past it, so a batch
-    /// already in Kafka is not written twice. Call it before a new
-    /// stream's first batch.
+    /// written its batches since this one last did (the agent moved).
+    /// Claim the node, read its positions partition past the claim and
+    /// recover past it, so a batch already in Kafka is not written twice
+    /// and one another replica still holds is fenced there (`gate.rs`).
+    /// Call it before a new stream's first batch; what it returns is what
+    /// Kafka holds, and all it will hold of batches sent before.
     pub async fn refresh(&self, node: &str) -> Result<Recovered, String> {
+        let claim = self.claim(node).await?;
         let _one = self.refreshing.acquire().await;
         let (s, node) = (self.settings.clone(), node.to_owned());
         let parts = self.positions_partitions.load(Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
-            let marks = positions::read_node(&s, &node, parts)?;
+            let marks = positions::read_node(&s, &node, parts, Some(claim))?;
             recover::scan(&s, marks)
         })
         .await
@@ -308,6 +394,7 @@ mod tests {
             batch: Written::of_lines(1, 1, &[r#"{"a":1}"#, r#"{"f":2}"#]),
             findings: vec![false, true],
             skip: BTreeSet::new(),
+            claim: None,
         };
         let got: Vec<_> = p.records().collect();
         assert_eq!(

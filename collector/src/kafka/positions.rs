@@ -64,6 +64,74 @@ impl Position {
     }
 }
 
+/// The partition of the positions topic that claims and transaction
+/// marks go to: one partition, so they are in one order (`gate.rs`).
+pub const CLAIMS_PARTITION: i32 = 0;
+
+/// The first record of a transaction that commits batches: the gate
+/// reads the claims partition up to it. Keyed `OWNER#txn`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// The replica's transactional.id.
+    pub txn: String,
+}
+
+impl Mark {
+    pub fn key(&self) -> String {
+        format!("{}#txn", self.txn)
+    }
+
+    pub fn value(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A replica took a node's streams (a new agent stream reached it): a
+/// batch of the node a replica received under an earlier claim is not
+/// committed after it (`gate.rs`). Written to [`CLAIMS_PARTITION`],
+/// keyed `NODE#claim` (node ids hold no `#`, so it never shares a key
+/// with a position, and compaction keeps the last claim).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The node id.
+    pub claim: String,
+    /// The claiming replica's transactional.id.
+    pub owner: String,
+}
+
+impl Claim {
+    pub fn key(&self) -> String {
+        format!("{}#claim", self.claim)
+    }
+
+    pub fn value(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A record of the positions topic.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry {
+    Position(Position),
+    Claim(Claim),
+    Mark(Mark),
+}
+
+impl Entry {
+    /// `None`: not a record the collector writes.
+    pub fn parse(payload: &[u8]) -> Option<Entry> {
+        if let Ok(p) = serde_json::from_slice::<Position>(payload) {
+            return Some(Entry::Position(p));
+        }
+        if let Ok(c) = serde_json::from_slice::<Claim>(payload) {
+            return Some(Entry::Claim(c));
+        }
+        serde_json::from_slice::<Mark>(payload)
+            .ok()
+            .map(Entry::Mark)
+    }
+}
+
 /// The highest position per stream among `group`'s batches.
 pub fn of_group<'a>(batches: impl Iterator<Item = (&'a str, &'a str, u64)>) -> Vec<Position> {
     let mut high: BTreeMap<(&str, &str), u64> = BTreeMap::new();
@@ -119,7 +187,22 @@ impl ConsumerContext for Quiet {}
 /// `reset`: where a start offset past the end goes (`earliest` or
 /// `latest`).
 pub fn consumer(settings: &Settings, reset: &str) -> Result<BaseConsumer<Quiet>, PositionsError> {
+    // these reads end at the partition's end: a fetch there waits this
+    // long for new records (librdkafka's default, 500 ms, made every
+    // refresh of a node take over a second)
+    consumer_tuned(settings, reset, &[("fetch.wait.max.ms", "10")])
+}
+
+/// [`consumer`] with `tuning` (properties the site's file does not set).
+pub fn consumer_tuned(
+    settings: &Settings,
+    reset: &str,
+    tuning: &[(&str, &str)],
+) -> Result<BaseConsumer<Quiet>, PositionsError> {
     let mut c = ClientConfig::new();
+    for (k, v) in tuning {
+        c.set(*k, *v);
+    }
     for (k, v) in &settings.extra {
         c.set(k, v);
     }
@@ -183,15 +266,58 @@ pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError>
 }
 
 /// The last committed positions of `node`'s streams, read from its one
-/// partition (blocking).
+/// partition (blocking). With `claim` (the offset of this replica's
+/// claim of the node), first read the claims partition past it: under
+/// read_committed that waits until every transaction that began before
+/// the claim ended, so what they committed of the node is read
+/// (`gate.rs`).
 pub fn read_node(
     settings: &Settings,
     node: &str,
     partitions: i32,
+    claim: Option<i64>,
 ) -> Result<Vec<Position>, PositionsError> {
+    let topic = &settings.positions_topic;
+    if let Some(claim) = claim {
+        let c = consumer(settings, "earliest")?;
+        read_past(&c, topic, claim)?;
+    }
     let c = consumer(settings, "earliest")?;
     let part = partition_of(node, partitions);
-    read_from(&c, &settings.positions_topic, &[part], |p| p.node == node).map(|(marks, _)| marks)
+    read_from(&c, topic, &[part], |p| p.node == node).map(|(marks, _)| marks)
+}
+
+/// Read the claims partition from `offset` until the read passed it.
+fn read_past(c: &BaseConsumer<Quiet>, topic: &str, offset: i64) -> Result<(), PositionsError> {
+    let read = |source| PositionsError::Read {
+        topic: topic.to_owned(),
+        source,
+    };
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, CLAIMS_PARTITION, Offset::Offset(offset))
+        .map_err(read)?;
+    c.assign(&list).map_err(read)?;
+    let limit = Duration::from_secs(120);
+    let start = Instant::now();
+    while next_offset(c, topic, CLAIMS_PARTITION).is_none_or(|n| n <= offset) {
+        if start.elapsed() > limit {
+            return Err(PositionsError::Slow(topic.to_owned(), limit));
+        }
+        match c.poll(Duration::from_millis(20)) {
+            None | Some(Ok(_) | Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(source)) => return Err(read(source)),
+        }
+    }
+    Ok(())
+}
+
+/// Where `c` will read `part` of `topic` next (`None`: not known yet).
+pub fn next_offset(c: &BaseConsumer<Quiet>, topic: &str, part: i32) -> Option<i64> {
+    let list = c.position().ok()?;
+    match list.find_partition(topic, part)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
 }
 
 /// Read `parts` of `topic` from the beginning to their end (committed
@@ -212,7 +338,9 @@ fn read_from(
     let mut list = TopicPartitionList::new();
     let mut open = Vec::new();
     for &p in parts {
-        list.add_partition_offset(topic, p, Offset::Beginning)
+        // offset 0, not Beginning: no offset lookup first (a compacted
+        // partition that starts later is reset to its start: earliest)
+        list.add_partition_offset(topic, p, Offset::Offset(0))
             .map_err(read)?;
         open.push(p);
     }
@@ -232,11 +360,9 @@ fn read_from(
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|&o| o != p),
             Some(Err(source)) => return Err(read(source)),
-            Some(Ok(m)) => match m
-                .payload()
-                .and_then(|b| serde_json::from_slice::<Position>(b).ok())
-            {
-                Some(pos) if keep(&pos) => {
+            Some(Ok(m)) => match m.payload().and_then(Entry::parse) {
+                Some(Entry::Claim(_) | Entry::Mark(_)) => {}
+                Some(Entry::Position(pos)) if keep(&pos) => {
                     let key = (pos.node.clone(), pos.stream.clone());
                     match marks.get(&key) {
                         Some(had) if had.sequence >= pos.sequence => {}

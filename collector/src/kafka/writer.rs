@@ -14,10 +14,13 @@ use rdkafka::{
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use std::collections::HashMap;
+
 use super::{
+    gate::Gate,
     limits, positions,
     recover::{self, Recovered},
-    Health, Pending, Settings, Sink,
+    ClaimRequest, Health, Pending, Settings, Sink,
 };
 
 /// Most bytes of rendered lines one transaction takes.
@@ -143,7 +146,7 @@ async fn new_producer(s: &Settings, sink: &Sink) -> Result<Kafka, String> {
 
 /// Connect, check the topics, read the positions and recover what an
 /// aborted transaction left.
-async fn start_up(s: &Settings, sink: &Arc<Sink>) -> Result<(Kafka, Recovered), String> {
+async fn start_up(s: &Settings, sink: &Arc<Sink>) -> Result<(Kafka, Gate, Recovered), String> {
     read_limit(s, sink).await?;
     let p = new_producer(s, sink).await?;
     let settings = s.clone();
@@ -158,12 +161,15 @@ async fn start_up(s: &Settings, sink: &Arc<Sink>) -> Result<(Kafka, Recovered), 
         let parts = positions::partitions(&c, &settings.positions_topic, Duration::from_secs(10))?;
         sink.positions_partitions
             .store(parts.len() as i32, std::sync::atomic::Ordering::Relaxed);
+        // the tail starts before the positions are read: a claim made
+        // meanwhile is not missed
+        let gate = Gate::new(&settings)?;
         let (marks, skipped) = positions::read(&settings)?;
-        recover::scan(&settings, marks).map(|r| (r, skipped))
+        recover::scan(&settings, marks).map(|r| (gate, r, skipped))
     })
     .await
     .map_err(|e| format!("reading the positions: {e}"))?;
-    let (recovered, skipped) = read.map_err(|e| e.to_string())?;
+    let (gate, recovered, skipped) = read.map_err(|e| e.to_string())?;
     if skipped > 0 {
         warn!(topic = %s.positions_topic, skipped, "records of the positions topic that are not positions were skipped");
     }
@@ -175,7 +181,7 @@ async fn start_up(s: &Settings, sink: &Arc<Sink>) -> Result<(Kafka, Recovered), 
     }
     info!(topic = %s.positions_topic, streams = recovered.marks.len(),
         torn_batches = recovered.partial.len(), "kafka positions read");
-    Ok((p, recovered))
+    Ok((p, gate, recovered))
 }
 
 /// Enqueue one record, waiting while librdkafka's queue is full.
@@ -234,12 +240,49 @@ fn headers(b: &Pending, index: usize) -> OwnedHeaders {
         })
 }
 
-/// Produce `group`'s records and positions in one transaction.
+/// A record for the claims partition.
+fn to_claims<'a>(s: &'a Settings, key: &'a str, value: &'a [u8]) -> FutureRecord<'a, str, [u8]> {
+    FutureRecord::to(s.positions_topic.as_str())
+        .partition(positions::CLAIMS_PARTITION)
+        .key(key)
+        .payload(value)
+}
+
+/// The transaction's records in the claims partition: its mark (when it
+/// carries batches), then the claims. Their offsets.
+async fn produce_turn(
+    p: &Kafka,
+    s: &Settings,
+    mark: bool,
+    claims: &[ClaimRequest],
+) -> Result<(Option<i64>, Vec<i64>), KafkaError> {
+    let mut futs = Vec::new();
+    if mark {
+        let m = positions::Mark {
+            txn: s.transactional_id.clone(),
+        };
+        let (key, value) = (m.key(), m.value());
+        futs.push(send(p, to_claims(s, &key, &value)).await?);
+    }
+    for c in claims {
+        let claim = positions::Claim {
+            claim: c.node.clone(),
+            owner: s.transactional_id.clone(),
+        };
+        let (key, value) = (claim.key(), claim.value());
+        futs.push(send(p, to_claims(s, &key, &value)).await?);
+    }
+    let mut at: Vec<i64> = delivered(futs).await?.into_iter().map(|(_, o)| o).collect();
+    let mark = mark.then(|| at.remove(0));
+    Ok((mark, at))
+}
+
+/// Produce `group`'s records and positions: how many records.
 async fn produce(
     p: &Kafka,
     s: &Settings,
     parts: i32,
-    group: &[Pending],
+    group: &[&Pending],
 ) -> Result<usize, KafkaError> {
     let mut futs = Vec::new();
     // (batch, topic) of each record
@@ -260,8 +303,33 @@ async fn produce(
     }
     let records = futs.len();
     let at = delivered(futs).await?;
-    // positions after the records they vouch for, with where each
-    // stream's records end (recovery reads on from there)
+    let marks = marks_of(group, whose, at);
+    let mut futs = Vec::new();
+    for m in &marks {
+        let (key, value) = (m.key(), m.value());
+        futs.push(
+            send(
+                p,
+                FutureRecord::to(s.positions_topic.as_str())
+                    .partition(positions::partition_of(&m.node, parts))
+                    .key(key.as_str())
+                    .payload(value.as_slice()),
+            )
+            .await?,
+        );
+    }
+    delivered(futs).await?;
+    Ok(records)
+}
+
+/// The group's positions, with where each stream's records end
+/// (recovery reads on from there): `whose` is (batch, topic) of each
+/// record, `at` where it landed.
+fn marks_of(
+    group: &[&Pending],
+    whose: Vec<(usize, &str)>,
+    at: Vec<(i32, i64)>,
+) -> Vec<positions::Position> {
     let mut marks = positions::of_group(group.iter().map(|b| {
         (
             b.batch.node.as_str(),
@@ -269,7 +337,7 @@ async fn produce(
             b.batch.sequence,
         )
     }));
-    let index: std::collections::HashMap<(&str, &str), usize> = marks
+    let index: HashMap<(&str, &str), usize> = marks
         .iter()
         .enumerate()
         .map(|(i, m)| ((m.node.as_str(), m.stream.as_str()), i))
@@ -289,22 +357,7 @@ async fn produce(
             marks[m].advance(topic, partition, offset + 1);
         }
     }
-    let mut futs = Vec::new();
-    for m in &marks {
-        let (key, value) = (m.key(), m.value());
-        futs.push(
-            send(
-                p,
-                FutureRecord::to(s.positions_topic.as_str())
-                    .partition(positions::partition_of(&m.node, parts))
-                    .key(key.as_str())
-                    .payload(value.as_slice()),
-            )
-            .await?,
-        );
-    }
-    delivered(futs).await?;
-    Ok(records)
+    marks
 }
 
 /// Hold lines to the topics' `max.message.bytes` where it is below the
@@ -342,19 +395,29 @@ async fn commit(p: &Kafka) -> Result<(), Failure> {
     })
 }
 
+/// What a committed transaction did.
+struct Committed {
+    records: usize,
+    /// Each claim's offset, in order.
+    claims: Vec<i64>,
+    /// Per batch of the group: fenced, so left out (`gate.rs`).
+    fenced: Vec<bool>,
+}
+
+type SharedGate = Arc<std::sync::Mutex<Gate>>;
+
 /// One transaction: begin, produce, commit; aborted on failure.
 async fn transact(
     p: &Kafka,
     s: &Settings,
     parts: i32,
     group: &[Pending],
-) -> Result<usize, Failure> {
+    claims: &[ClaimRequest],
+    gate: &SharedGate,
+) -> Result<Committed, Failure> {
     p.begin_transaction()
         .map_err(|e| Failure::of("begin", &e))?;
-    let result = match produce(p, s, parts, group).await {
-        Ok(n) => commit(p).await.map(|()| n),
-        Err(e) => Err(Failure::of("produce", &e)),
-    };
+    let result = attempt(p, s, parts, group, claims, gate).await;
     let Err(mut f) = result else { return result };
     if !f.fatal {
         let a = p.clone();
@@ -364,6 +427,74 @@ async fn transact(
         }
     }
     Err(f)
+}
+
+/// The open transaction's mark and claims, the gate, the batches it
+/// passed, the commit.
+async fn attempt(
+    p: &Kafka,
+    s: &Settings,
+    parts: i32,
+    group: &[Pending],
+    claims: &[ClaimRequest],
+    gate: &SharedGate,
+) -> Result<Committed, Failure> {
+    let (mark, claim_at) = produce_turn(p, s, !group.is_empty(), claims)
+        .await
+        .map_err(|e| Failure::of("produce", &e))?;
+    let fenced = match mark {
+        Some(mark) => judge(gate, mark, group).await?,
+        None => vec![false; group.len()],
+    };
+    let live: Vec<&Pending> = group
+        .iter()
+        .zip(&fenced)
+        .filter(|(_, &f)| !f)
+        .map(|(b, _)| b)
+        .collect();
+    let records = produce(p, s, parts, &live)
+        .await
+        .map_err(|e| Failure::of("produce", &e))?;
+    commit(p).await?;
+    Ok(Committed {
+        records,
+        claims: claim_at,
+        fenced,
+    })
+}
+
+/// Per batch of `group`: its node was claimed again since the batch's
+/// claim (read up to the transaction's `mark`).
+async fn judge(gate: &SharedGate, mark: i64, group: &[Pending]) -> Result<Vec<bool>, Failure> {
+    let batches: Vec<(String, Option<i64>)> = group
+        .iter()
+        .map(|b| (b.batch.node.clone(), b.claim))
+        .collect();
+    let gate = gate.clone();
+    tokio::task::spawn_blocking(move || {
+        let claimed: Vec<(&str, i64)> = batches
+            .iter()
+            .filter_map(|(n, c)| Some((n.as_str(), (*c)?)))
+            .collect();
+        let mut verdict = gate
+            .lock()
+            .expect("kafka gate lock")
+            .fenced(mark, &claimed)?
+            .into_iter();
+        // a batch without a claim is not fenced
+        Ok(batches
+            .iter()
+            .map(|(_, c)| c.is_some() && verdict.next().unwrap_or(false))
+            .collect())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r: Result<Vec<bool>, positions::PositionsError>| r.map_err(|e| e.to_string()))
+    .map_err(|why| Failure {
+        why: format!("reading the claims before committing: {why}"),
+        fatal: false,
+        committing: false,
+    })
 }
 
 /// Whether every topic answers its metadata: then the output is up.
@@ -407,12 +538,12 @@ impl Backoff {
 pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recovered>) {
     let health = sink.health.clone();
     let mut backoff = Backoff(Duration::from_millis(100));
-    let mut producer = loop {
+    let (mut producer, gate) = loop {
         match start_up(&s, &sink).await {
-            Ok((p, marks)) => {
+            Ok((p, gate, marks)) => {
                 let _ = positions.send(marks);
                 health.set_up();
-                break Some(p);
+                break (Some(p), Arc::new(std::sync::Mutex::new(gate)));
             }
             Err(why) => {
                 warn!(error = %why, brokers = %s.brokers, "kafka not ready; retrying");
@@ -421,65 +552,104 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
             }
         }
     };
-    backoff = Backoff(Duration::from_millis(100));
+    let mut w = Writer {
+        sink,
+        s,
+        gate,
+        backoff: Backoff(Duration::from_millis(100)),
+    };
     loop {
         // Down with nothing to commit: check that Kafka answers again,
         // so /readyz clears without a batch (not ready keeps batches away)
-        if !health.up() && sink.queue.idle() {
-            producer = ready_producer(producer, &s, &sink).await;
+        if !health.up() && w.sink.queue.idle() {
+            producer = ready_producer(producer, &w.s, &w.sink).await;
             if let Some(p) = &producer {
-                probe(p, &s, &health).await;
+                probe(p, &w.s, &health).await;
             }
         }
-        let Ok(group) =
-            tokio::time::timeout(Duration::from_secs(1), sink.queue.take(GROUP_BYTES)).await
-        else {
-            continue;
+        let group = tokio::select! {
+            g = w.sink.queue.take(GROUP_BYTES) => g,
+            () = w.sink.claim_wake.notified() => Vec::new(),
+            () = tokio::time::sleep(Duration::from_secs(1)) => Vec::new(),
         };
-        // The group is retried until it commits: a stream's batches
-        // commit in order and none is skipped (positions are high-water
-        // marks, so a later batch committed after an earlier one failed
-        // would hide the failed one from every replica's dedupe). Agents
-        // wait for their acks meanwhile; /readyz says why.
+        let claims = w.sink.take_claims();
+        if group.is_empty() && claims.is_empty() {
+            continue;
+        }
+        producer = w.commit(producer, &group, claims).await;
+    }
+}
+
+/// The writer task's state between transactions.
+struct Writer {
+    sink: Arc<Sink>,
+    s: Settings,
+    gate: SharedGate,
+    backoff: Backoff,
+}
+
+impl Writer {
+    /// Commit `group` and `claims`, retrying until it commits: a stream's
+    /// batches commit in order and none is skipped (positions are
+    /// high-water marks, so a later batch committed after an earlier one
+    /// failed would hide the failed one from every replica's dedupe).
+    /// Agents wait for their acks meanwhile; /readyz says why. Fenced
+    /// batches are refused to their agents (they resend them).
+    async fn commit(
+        &mut self,
+        mut producer: Option<Kafka>,
+        group: &[Pending],
+        mut claims: Vec<ClaimRequest>,
+    ) -> Option<Kafka> {
+        let (sink, s, health) = (&self.sink, &self.s, &self.sink.health);
         let mut uncertain = false;
         loop {
-            producer = ready_producer(producer, &s, &sink).await;
+            producer = ready_producer(producer, s, sink).await;
             let Some(p) = producer.clone() else {
-                backoff.wait().await;
+                self.backoff.wait().await;
                 continue;
             };
             let parts = sink.positions_partitions.load(Ordering::Relaxed);
             if uncertain {
                 // the new producer's init finished the old transaction
                 // either way: its positions say which
-                match committed_already(&s, parts, &group).await {
+                match committed_already(s, parts, group).await {
                     Ok(true) => {
                         info!(
                             batches = group.len(),
                             "the commit that failed had committed; not sent again"
                         );
                         health.committed(0, group.len(), Duration::ZERO);
-                        sink.queue.decided(&group, Ok(()));
-                        break;
+                        sink.queue.decided(group, Ok(()));
+                        // its claims' offsets are not known: claimed again
+                        sink.claims
+                            .lock()
+                            .expect("kafka claims lock")
+                            .append(&mut claims);
+                        return producer;
                     }
                     Ok(false) => uncertain = false,
                     Err(why) => {
                         health.set_down(why);
-                        backoff.wait().await;
+                        self.backoff.wait().await;
                         continue;
                     }
                 }
             }
             let t = Instant::now();
             health.in_txn(true);
-            let result = transact(&p, &s, parts, &group).await;
+            let result = transact(&p, s, parts, group, &claims, &self.gate).await;
             health.in_txn(false);
             match result {
-                Ok(records) => {
-                    health.committed(records, group.len(), t.elapsed());
-                    sink.queue.decided(&group, Ok(()));
-                    backoff = Backoff(Duration::from_millis(100));
-                    break;
+                Ok(done) => {
+                    let live = done.fenced.iter().filter(|&&f| !f).count();
+                    health.committed(done.records, live, t.elapsed());
+                    settle(sink, group, &done.fenced);
+                    for (c, at) in claims.into_iter().zip(done.claims) {
+                        let _ = c.done.send(at);
+                    }
+                    self.backoff = Backoff(Duration::from_millis(100));
+                    return producer;
                 }
                 Err(f) => {
                     warn!(error = %f.why, batches = group.len(), fatal = f.fatal,
@@ -493,11 +663,30 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
                         // a commit that timed out may have gone through
                         uncertain = f.committing;
                     }
-                    backoff.wait().await;
+                    self.backoff.wait().await;
                 }
             }
         }
     }
+}
+
+/// Decide `group` once committed: fenced batches refused (their agents
+/// resend them to the replica that holds their node now), the rest acked.
+fn settle(sink: &Sink, group: &[Pending], fenced: &[bool]) {
+    let n = fenced.iter().filter(|&&f| f).count();
+    if n > 0 {
+        sink.health
+            .fenced_batches
+            .fetch_add(n as u64, Ordering::Relaxed);
+        info!(batches = n, "batches of nodes another stream claimed since were left out (fenced); their agents resend them");
+    }
+    sink.queue.decided_each(group, |i| {
+        if fenced[i] {
+            Err("the node's batches moved to another collector stream (fenced): resend".to_owned())
+        } else {
+            Ok(())
+        }
+    });
 }
 
 /// Whether Kafka already holds `group`: every stream's committed
@@ -517,7 +706,7 @@ async fn committed_already(s: &Settings, parts: i32, group: &[Pending]) -> Resul
         nodes.dedup();
         let mut have = Vec::new();
         for node in nodes {
-            have.extend(positions::read_node(&s, node, parts).map_err(|e| e.to_string())?);
+            have.extend(positions::read_node(&s, node, parts, None).map_err(|e| e.to_string())?);
         }
         Ok(want.iter().all(|w| {
             have.iter()
