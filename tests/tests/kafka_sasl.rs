@@ -27,13 +27,10 @@ use spyglass_e2e::kafka::{Broker, Record, Scram};
 const EVENTS: &str = "spyglass-events";
 const POSITIONS: &str = "spyglass-positions";
 const PASSWORD: &str = "a-password-never-shown";
-/// What the collector says of a refused login, in its log and `/readyz`.
-/// For now the words of its first start-up step, which times out on a
-/// refused login (DescribeConfigs, collector/src/kafka/limits.rs): the
-/// producer that would report the authentication error is never made.
-/// To become the refusal in plain words once the collector reports it.
-const AUTH_FAILED: &str = "describing the configuration of topic spyglass-events: \
-                           Admin operation error: OperationTimedOut";
+/// What the collector says of a refused login, in its log and `/readyz`
+/// (then librdkafka's words, and what to check).
+const AUTH_FAILED: &str =
+    "the brokers refused the SASL login of user spyglass-collector (SCRAM-SHA-512): ";
 
 /// A collector publishing to `b`, with the librdkafka properties file
 /// `config` if any, its log (stderr) in `log`.

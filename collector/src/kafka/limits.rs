@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, ResourceSpecifier},
-    client::DefaultClientContext,
+    client::ClientContext,
     config::ClientConfig,
 };
 use spyglass_proto::limits::{MAX_NODE_ID_LEN, MAX_STREAM_ID_LEN};
@@ -84,18 +84,20 @@ pub fn combine(flag: usize, topics: &[(String, Option<usize>)]) -> Limit {
     limit
 }
 
-/// Each of `topics`' `max.message.bytes`, as the brokers describe it.
-pub async fn read(
+/// Each of `topics`' `max.message.bytes`, as the brokers describe it;
+/// `context` sees the client's errors (a refused login).
+pub async fn read<C: ClientContext + 'static>(
     s: &Settings,
     topics: &[&str],
+    context: C,
 ) -> Result<Vec<(String, Option<usize>)>, LimitsError> {
     let mut c = ClientConfig::new();
     for (k, v) in &s.extra {
         c.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> = c
+    let admin: AdminClient<C> = c
         .set("bootstrap.servers", &s.brokers)
-        .create()
+        .create_with_context(context)
         .map_err(LimitsError::Client)?;
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let specs: Vec<ResourceSpecifier<'_>> =

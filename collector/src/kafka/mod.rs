@@ -139,6 +139,9 @@ pub struct Health {
     /// When the transaction under way began (ms since the Unix epoch; 0:
     /// none), so a stalled one shows in `/readyz`.
     pub txn_since_ms: AtomicU64,
+    /// librdkafka's words for the last refused SASL login, until a start
+    /// or a new producer reports it.
+    login: Down,
 }
 
 /// A transaction open longer than this makes the output not ready.
@@ -157,6 +160,24 @@ impl Health {
 
     pub fn set_up(&self) {
         self.down.clear();
+        self.login.clear();
+    }
+
+    /// The brokers refused the login: `why`, in plain words.
+    pub fn login_refused(&self, why: &str) {
+        self.login.set(why.to_owned());
+    }
+
+    /// A login was refused since the output last worked.
+    pub fn login_was_refused(&self) -> bool {
+        self.login.why().is_some()
+    }
+
+    /// Why a start or a new producer failed: a refused login when the
+    /// client saw one since the output last worked (the failure itself is
+    /// then a timeout of what waited for the brokers), else `why`.
+    pub fn explain(&self, why: String) -> String {
+        self.login.why().unwrap_or(why)
     }
 
     /// Why `/readyz` answers 503, if it does.

@@ -39,21 +39,52 @@ const COMMIT_TRIES: u32 = 5;
 /// shows the last one in `/readyz`.
 struct Context {
     health: Arc<Health>,
+    /// `user U (MECHANISM)`, for a refused login.
+    login: String,
+}
+
+impl Context {
+    fn new(health: &Arc<Health>, s: &Settings) -> Self {
+        let user = s
+            .extra
+            .get("sasl.username")
+            .map_or("(none)", String::as_str);
+        let mechanism = s
+            .extra
+            .get("sasl.mechanism")
+            .map_or("GSSAPI", String::as_str);
+        Context {
+            health: health.clone(),
+            login: format!("user {user} ({mechanism})"),
+        }
+    }
 }
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(error = %error, reason, "kafka client error");
         let code = error.rdkafka_error_code();
         if matches!(
             code,
-            Some(
-                RDKafkaErrorCode::Authentication
-                    | RDKafkaErrorCode::SaslAuthenticationFailed
-                    | RDKafkaErrorCode::AllBrokersDown
-                    | RDKafkaErrorCode::SSL
-            )
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
         ) {
+            let why = format!(
+                "the brokers refused the SASL login of {}: {reason}; check sasl.username and \
+                 sasl.password in --kafka-config",
+                self.login
+            );
+            warn!(error = %why, "kafka login refused");
+            self.health.login_refused(&why);
+            self.health.set_down(why);
+            return;
+        }
+        warn!(error = %error, reason, "kafka client error");
+        if matches!(
+            code,
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::SSL)
+        ) && !self.health.login_was_refused()
+        {
+            // after a refused login every broker is "down": the refusal
+            // is what to show
             self.health.set_down(reason.to_owned());
         }
     }
@@ -128,9 +159,7 @@ fn producer_config(s: &Settings, max_message: usize) -> ClientConfig {
 /// of the same transactional.id and aborts its open transaction).
 async fn new_producer(s: &Settings, sink: &Sink) -> Result<Kafka, String> {
     let p: Kafka = producer_config(s, sink.producer_max())
-        .create_with_context(Context {
-            health: sink.health.clone(),
-        })
+        .create_with_context(Context::new(&sink.health, s))
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
     let init = p.clone();
     blocking(move || init.init_transactions(Duration::from_secs(30)))
@@ -147,8 +176,16 @@ async fn new_producer(s: &Settings, sink: &Sink) -> Result<Kafka, String> {
 /// Connect, check the topics, read the positions and recover what an
 /// aborted transaction left.
 async fn start_up(s: &Settings, sink: &Arc<Sink>) -> Result<(Kafka, Gate, Recovered), String> {
+    // the producer first: its client reports a refused login (an admin
+    // client's request only times out)
+    let built_for = sink.producer_max();
+    let mut p = new_producer(s, sink).await?;
     read_limit(s, sink).await?;
-    let p = new_producer(s, sink).await?;
+    if sink.producer_max() != built_for {
+        // a topic takes smaller records: a producer that batches to it
+        let old = std::mem::replace(&mut p, new_producer(s, sink).await?);
+        tokio::task::spawn_blocking(move || drop(old));
+    }
     let settings = s.clone();
     let sink = sink.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -365,7 +402,10 @@ fn marks_of(
 async fn read_limit(s: &Settings, sink: &Sink) -> Result<(), String> {
     let mut topics = vec![s.topic.as_str()];
     topics.extend(s.findings_topic.as_deref());
-    let found = limits::read(s, &topics).await.map_err(|e| e.to_string())?;
+    let context = Context::new(&sink.health, s);
+    let found = limits::read(s, &topics, context)
+        .await
+        .map_err(|e| e.to_string())?;
     let limit = limits::combine(s.max_record_bytes, &found);
     if let Some((topic, max)) = &limit.topic {
         warn!(%topic, max_message_bytes = max, line_bytes = limit.line_bytes,
@@ -546,6 +586,8 @@ pub async fn run(sink: Arc<Sink>, s: Settings, positions: oneshot::Sender<Recove
                 break (Some(p), Arc::new(std::sync::Mutex::new(gate)));
             }
             Err(why) => {
+                // a refused login shows as a timeout of what waited for it
+                let why = health.explain(why);
                 warn!(error = %why, brokers = %s.brokers, "kafka not ready; retrying");
                 health.set_down(why);
                 backoff.wait().await;
@@ -730,6 +772,7 @@ async fn ready_producer(producer: Option<Kafka>, s: &Settings, sink: &Sink) -> O
             Some(p)
         }
         Err(why) => {
+            let why = health.explain(why);
             warn!(error = %why, "kafka producer not ready; retrying");
             health.set_down(why);
             None
