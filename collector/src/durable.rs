@@ -42,9 +42,6 @@ pub enum Failure {
     /// Its sync (or commit) failed: written, perhaps not kept; the
     /// stream's resends are written again.
     Sync(String),
-    /// The remote output's receiver refused it for good (a webhook's
-    /// 413 for one line): the agent drops it and reports the loss.
-    Refused(String),
     /// Kafka: its node was claimed by a newer stream (another replica's,
     /// or a reconnect) before it committed, so it was left out
     /// (`kafka/gate.rs`): the agent resends it where it is now.

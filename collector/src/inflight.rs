@@ -31,9 +31,6 @@ pub enum Ready<T, E> {
     /// The sync covering this batch failed: nothing from here on is
     /// acked; the stream ends.
     SyncFailed { item: T, error: String },
-    /// The remote output's receiver refused this batch for good: it is
-    /// refused, nothing from here on is acked, the stream ends.
-    Rejected { item: T, error: String },
     /// Kafka left this batch out (its node moved to a newer stream):
     /// nothing from here on is acked; the stream ends.
     Fenced { item: T, error: String },
@@ -121,7 +118,6 @@ impl<T, E> InFlight<T, E> {
                 (Entry::Written { item, .. }, Some(Err(failure))) => {
                     ready.push(match failure {
                         Failure::Sync(error) => Ready::SyncFailed { item, error },
-                        Failure::Refused(error) => Ready::Rejected { item, error },
                         Failure::Fenced(error) => Ready::Fenced { item, error },
                     });
                     self.queue.clear();
@@ -200,22 +196,22 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_the_receiver_refused_is_rejected_and_nothing_after_it_acked() {
+    fn a_fenced_batch_is_refused_and_nothing_after_it_acked() {
         let mut f: InFlight<u64, &str> = InFlight::new(8);
         for (gen, seq) in [(1, 1), (2, 2), (3, 3)] {
             f.written(gen, seq);
         }
         let outcome = |g: u64, _: &u64| match g {
-            2 => Some(Err(Failure::Refused("413".into()))),
+            2 => Some(Err(Failure::Fenced("moved".into()))),
             _ => Some(Ok(())),
         };
         assert_eq!(
             f.take_ready(outcome),
             [
                 R::Ack(1),
-                R::Rejected {
+                R::Fenced {
                     item: 2,
-                    error: "413".into()
+                    error: "moved".into()
                 }
             ]
         );

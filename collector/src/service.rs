@@ -300,27 +300,14 @@ impl CollectorService {
     /// Whether batch `a`, written at (or, a duplicate, waiting for)
     /// generation `gen`, may be acked: `None` until decided. A duplicate
     /// waits for the last generation written, which may be another
-    /// batch's: whether its own first copy was refused by the webhook's
-    /// receiver is asked by its place in its stream.
+    /// batch's: a failed sync of it may have lost the first copy too, but
+    /// Kafka fencing that other batch says nothing of this one (a
+    /// duplicate after a new stream's refresh is one Kafka holds).
     fn outcome(&self, gen: u64, a: &Accepted) -> Option<Result<(), Failure>> {
-        let o = self.shared.durability.outcome(gen)?;
-        if !a.duplicate || matches!(o, Err(Failure::Sync(_))) {
-            return Some(o);
+        match self.shared.durability.outcome(gen)? {
+            Err(Failure::Fenced(_)) if a.duplicate => Some(Ok(())),
+            o => Some(o),
         }
-        let refused = self
-            .shared
-            .durability
-            .remote()
-            .and_then(Remote::webhook)
-            .and_then(|w| w.refused(&a.node_id, &a.stream_id, a.sequence));
-        Some(refused.map_or(Ok(()), |why| Err(Failure::Refused(why))))
-    }
-
-    /// The webhook's receiver refused the batch for good: refused to the
-    /// agent (which drops it and reports the loss); the stream ends.
-    fn rejected(a: &Accepted, peer: &str, error: &str) -> Status {
-        warn!(%peer, node = %a.node_id, sequence = a.sequence, error, "batch refused: the receiver refuses it");
-        Status::invalid_argument(format!("batch {}: {error}", a.sequence))
     }
 
     /// Kafka left the batch out: its node's agent reached a newer stream
@@ -535,9 +522,6 @@ impl CollectorService {
                     Ready::Refused(status) => (Err(status), true),
                     Ready::SyncFailed { item: a, error } => {
                         (Err(self.sync_failed(&a, &error).await), true)
-                    }
-                    Ready::Rejected { item: a, error } => {
-                        (Err(Self::rejected(&a, &peer, &error)), true)
                     }
                     Ready::Fenced { item: a, error } => (Err(self.fenced(&a, &error).await), true),
                 };

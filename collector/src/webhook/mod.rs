@@ -122,15 +122,6 @@ impl Sink {
     pub fn outcome(&self, gen: u64) -> Option<Result<(), Failure>> {
         Some(self.queue.outcome(gen)?.map_err(Failure::Sync))
     }
-
-    /// Why the receiver refused batch `sequence` of a stream: never
-    /// since it judges lines, not batches (a line it refuses alone is
-    /// dropped and its batch acked). Kept for the stream loop's
-    /// duplicate check (`service.rs`), which can go.
-    #[allow(clippy::unused_self)]
-    pub fn refused(&self, _node: &str, _stream: &str, _sequence: u64) -> Option<String> {
-        None
-    }
 }
 
 /// Start the writer thread; the queue is open at once.
