@@ -109,12 +109,15 @@ pub const STREAM_IN_FLIGHT: usize = 64;
 impl CollectorService {
     /// Check, deduplicate and write a batch: the generation its ack waits
     /// for, and what the ack needs.
-    /// `first`: the stream's first batch.
+    /// `first`: the stream's first batch; `claim`: the stream's claim of
+    /// its node in Kafka (set by the first batch's refresh, carried by
+    /// every batch of the stream: `kafka/gate.rs`).
     async fn accept(
         &self,
         batch: Batch,
         peer: &str,
         first: bool,
+        claim: &mut Option<i64>,
     ) -> Result<(u64, Accepted), Status> {
         let received = Received::from_batch(batch).map_err(|e| {
             warn!(%peer, error = %e, "batch refused");
@@ -145,10 +148,12 @@ impl CollectorService {
         if let Some(k) = kafka {
             if first {
                 // another replica may have written this node since
-                fresh = Some(k.refresh(node).await.map_err(|e| {
+                let (at, recovered) = k.refresh(node).await.map_err(|e| {
                     warn!(%peer, %node, error = %e, "batch refused: Kafka positions unknown");
                     Status::unavailable(e)
-                })?);
+                })?;
+                *claim = Some(at);
+                fresh = Some(recovered);
             }
         }
         let mut guard = self.shared.outputs.lock().await;
@@ -173,9 +178,6 @@ impl CollectorService {
         }
         if let Some(gone) = &evicted {
             ledger.forget_node(gone);
-            if let Some(k) = kafka {
-                k.forget_node(gone);
-            }
         }
         let durable = &self.shared.durability;
         let mut accepted = Accepted {
@@ -239,7 +241,7 @@ impl CollectorService {
                 batch,
                 outputs.lines(),
                 present,
-                k.claim_of(node),
+                *claim,
             ));
         }
         if let Some(w) = remote.and_then(Remote::webhook) {
@@ -503,6 +505,8 @@ impl CollectorService {
         // a batch read, to be checked and written, with the decode
         // budget it holds until written
         let mut held: Option<(Batch, Option<Reservation>)> = None;
+        // this stream's claim of its node in Kafka (its first batch's)
+        let mut claim = None;
         // when the rate limit lets the next batch be read
         let mut read_after: Option<tokio::time::Instant> = None;
         let durable = &self.shared.durability;
@@ -587,7 +591,7 @@ impl CollectorService {
                         .delay(batch.events.len(), self.shared.max_events_per_sec)
                         .map(|d| tokio::time::Instant::now() + d);
                     let first = reader.node.is_none().then(|| batch.node_id.clone());
-                    match self.accept(batch, &peer, first.is_some()).await {
+                    match self.accept(batch, &peer, first.is_some(), &mut claim).await {
                         Ok((gen, accepted)) => {
                             if let Some(n) = first {
                                 // logged once the batch passed validation

@@ -8,7 +8,7 @@
 //! it arrived under. A transaction that commits batches first writes a
 //! mark ([`positions::Mark`]) to the claims partition and reads it up to
 //! the mark: under read_committed that read ends only once every
-//! transaction that began before it ended. A batch whose node was claimed
+//! transaction whose first record there is earlier ended. A batch whose node was claimed
 //! again since its own claim (by another replica, or by a newer stream
 //! here) is fenced: left out of the transaction and refused to its agent,
 //! which resends it where it is now.

@@ -52,14 +52,14 @@ pub struct Pending {
     /// Lines already in Kafka (a batch a crash tore; see `recover.rs`):
     /// not produced again.
     skip: BTreeSet<usize>,
-    /// The offset of the node's claim it arrived under (`gate.rs`):
-    /// `None` only for a node this replica never claimed.
+    /// The offset of the claim of its node its stream made (`gate.rs`):
+    /// `None` only without a refresh (never with Kafka as the output).
     claim: Option<i64>,
 }
 
 impl Pending {
-    /// `skip`: lines of it Kafka already holds; `claim`: the node's claim
-    /// now ([`Sink::claim_of`]).
+    /// `skip`: lines of it Kafka already holds; `claim`: its stream's
+    /// claim ([`Sink::refresh`]).
     pub fn new(
         gen: u64,
         batch: &Received,
@@ -243,8 +243,6 @@ pub struct Sink {
     /// who waits for the claim's offset.
     claims: Mutex<Vec<ClaimRequest>>,
     claim_wake: tokio::sync::Notify,
-    /// Per node, the offset of this replica's last claim of it.
-    claimed: Mutex<HashMap<String, i64>>,
 }
 
 /// A node to claim, and who waits for the claim's offset once committed.
@@ -269,7 +267,6 @@ impl Sink {
             refreshing: tokio::sync::Semaphore::new(4),
             claims: Mutex::default(),
             claim_wake: tokio::sync::Notify::new(),
-            claimed: Mutex::default(),
         }
     }
 
@@ -285,14 +282,11 @@ impl Sink {
             });
         self.claim_wake.notify_one();
         match tokio::time::timeout(CLAIM_WAIT, offset).await {
-            Ok(Ok(at)) => {
-                self.claimed
-                    .lock()
-                    .expect("kafka claimed lock")
-                    .insert(node.to_owned(), at);
-                Ok(at)
-            }
-            Ok(Err(_)) => Err("the Kafka writer ended".to_owned()),
+            Ok(Ok(at)) => Ok(at),
+            Ok(Err(_)) => Err(format!(
+                "the claim of node {node} was not confirmed by Kafka (a commit that may or may not \
+                 have gone through); the agent resends"
+            )),
             Err(_) => Err(format!(
                 "claiming node {node} in Kafka took over {} s",
                 CLAIM_WAIT.as_secs()
@@ -305,31 +299,15 @@ impl Sink {
         std::mem::take(&mut *self.claims.lock().expect("kafka claims lock"))
     }
 
-    /// The offset of this replica's last claim of `node`.
-    pub fn claim_of(&self, node: &str) -> Option<i64> {
-        self.claimed
-            .lock()
-            .expect("kafka claimed lock")
-            .get(node)
-            .copied()
-    }
-
-    /// `node` left the collector's bounded set of nodes.
-    pub fn forget_node(&self, node: &str) {
-        self.claimed
-            .lock()
-            .expect("kafka claimed lock")
-            .remove(node);
-    }
-
     /// What Kafka holds of `node`'s streams now: another replica may have
     /// written its batches since this one last did (the agent moved).
     /// Claim the node, read its positions partition past the claim and
     /// recover past it, so a batch already in Kafka is not written twice
     /// and one another replica still holds is fenced there (`gate.rs`).
-    /// Call it before a new stream's first batch; what it returns is what
-    /// Kafka holds, and all it will hold of batches sent before.
-    pub async fn refresh(&self, node: &str) -> Result<Recovered, String> {
+    /// Call it before a new stream's first batch: the stream's claim
+    /// (every batch of the stream carries it), and what Kafka holds: all
+    /// it will hold of the node's batches sent before.
+    pub async fn refresh(&self, node: &str) -> Result<(i64, Recovered), String> {
         let claim = self.claim(node).await?;
         let _one = self.refreshing.acquire().await;
         let (s, node) = (self.settings.clone(), node.to_owned());
@@ -341,6 +319,7 @@ impl Sink {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("reading where node's streams stand in Kafka: {e}"))
+        .map(|r| (claim, r))
     }
 
     /// The first line of `lines` over the record limit: (index, length,

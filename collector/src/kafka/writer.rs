@@ -102,6 +102,9 @@ struct Failure {
     /// committed all the same (a commit that timed out, then an abort
     /// refused).
     committing: bool,
+    /// With `committing`: the gate's verdict on the group's batches
+    /// (which were left out of the commit that may have gone through).
+    fenced: Vec<bool>,
 }
 
 impl Failure {
@@ -114,6 +117,7 @@ impl Failure {
             why: format!("{what}: {e}"),
             fatal,
             committing: what == "commit",
+            fenced: Vec::new(),
         }
     }
 }
@@ -432,6 +436,7 @@ async fn commit(p: &Kafka) -> Result<(), Failure> {
         why: format!("commit: still failing after {COMMIT_TRIES} tries"),
         fatal: false,
         committing: true,
+        fenced: Vec::new(),
     })
 }
 
@@ -495,7 +500,10 @@ async fn attempt(
     let records = produce(p, s, parts, &live)
         .await
         .map_err(|e| Failure::of("produce", &e))?;
-    commit(p).await?;
+    commit(p).await.map_err(|mut f| {
+        f.fenced.clone_from(&fenced);
+        f
+    })?;
     Ok(Committed {
         records,
         claims: claim_at,
@@ -534,6 +542,7 @@ async fn judge(gate: &SharedGate, mark: i64, group: &[Pending]) -> Result<Vec<bo
         why: format!("reading the claims before committing: {why}"),
         fatal: false,
         committing: false,
+        fenced: Vec::new(),
     })
 }
 
@@ -641,10 +650,11 @@ impl Writer {
         &mut self,
         mut producer: Option<Kafka>,
         group: &[Pending],
-        mut claims: Vec<ClaimRequest>,
+        claims: Vec<ClaimRequest>,
     ) -> Option<Kafka> {
         let (sink, s, health) = (&self.sink, &self.s, &self.sink.health);
-        let mut uncertain = false;
+        // the gate's verdict of a commit that may have gone through
+        let mut uncertain: Option<Vec<bool>> = None;
         loop {
             producer = ready_producer(producer, s, sink).await;
             let Some(p) = producer.clone() else {
@@ -652,27 +662,34 @@ impl Writer {
                 continue;
             };
             let parts = sink.positions_partitions.load(Ordering::Relaxed);
-            if uncertain {
+            if let Some(mut fenced) = uncertain.take() {
                 // the new producer's init finished the old transaction
-                // either way: its positions say which
-                match committed_already(s, parts, group).await {
+                // either way: the positions of the batches it carried (all
+                // but the fenced ones) say which
+                fenced.resize(group.len(), false);
+                let carried: Vec<&Pending> = group
+                    .iter()
+                    .zip(&fenced)
+                    .filter(|(_, &f)| !f)
+                    .map(|(b, _)| b)
+                    .collect();
+                match committed_already(s, parts, &carried).await {
                     Ok(true) => {
                         info!(
-                            batches = group.len(),
+                            batches = carried.len(),
                             "the commit that failed had committed; not sent again"
                         );
-                        health.committed(0, group.len(), Duration::ZERO);
-                        sink.queue.decided(group, Ok(()));
-                        // its claims' offsets are not known: claimed again
-                        sink.claims
-                            .lock()
-                            .expect("kafka claims lock")
-                            .append(&mut claims);
+                        health.committed(0, carried.len(), Duration::ZERO);
+                        settle(sink, group, &fenced);
+                        // the claims' offsets are not known: dropping the
+                        // requests refuses their streams, which claim anew
+                        drop(claims);
                         return producer;
                     }
-                    Ok(false) => uncertain = false,
+                    Ok(false) => {}
                     Err(why) => {
                         health.set_down(why);
+                        uncertain = Some(fenced);
                         self.backoff.wait().await;
                         continue;
                     }
@@ -703,7 +720,7 @@ impl Writer {
                         let old = producer.take();
                         tokio::task::spawn_blocking(move || drop(old));
                         // a commit that timed out may have gone through
-                        uncertain = f.committing;
+                        uncertain = f.committing.then_some(f.fenced);
                     }
                     self.backoff.wait().await;
                 }
@@ -734,7 +751,7 @@ fn settle(sink: &Sink, group: &[Pending], fenced: &[bool]) {
 /// Whether Kafka already holds `group`: every stream's committed
 /// position is at or past its batches (records and positions commit in
 /// one transaction, so this is exact).
-async fn committed_already(s: &Settings, parts: i32, group: &[Pending]) -> Result<bool, String> {
+async fn committed_already(s: &Settings, parts: i32, group: &[&Pending]) -> Result<bool, String> {
     let want = positions::of_group(group.iter().map(|b| {
         (
             b.batch.node.as_str(),
