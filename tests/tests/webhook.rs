@@ -330,6 +330,10 @@ fn an_event_the_receiver_refuses_alone_is_dropped_and_its_batch_delivered() {
         .find(|e| argv(e).contains(&poison))
         .expect("a refused POST carrying the poisoned exec");
     assert!(
+        batch_of(&poisoned).1.is_some(),
+        "the poisoned exec carries no delivery place: {poisoned}"
+    );
+    assert!(
         taken
             .iter()
             .any(|e| marked_execs(std::slice::from_ref(e), &mark).len() == 1
