@@ -544,3 +544,25 @@ pub fn exec_series(mark: &str, n: usize, gap: Duration) -> std::thread::JoinHand
         }
     })
 }
+
+/// A hand-made exec event of `node` (`/bin/true ARG`), for tests that
+/// speak the collector's gRPC as an agent would.
+pub fn exec_event(node: &str, arg: &str) -> spyglass_proto::v1::Event {
+    use spyglass_proto::v1::{Event, EventKind, Process};
+    Event {
+        kind: EventKind::Exec as i32,
+        time_unix_nano: 1_795_549_718_856_200_274,
+        node: node.into(),
+        process: Some(Process {
+            pid: 4242,
+            tid: 4242,
+            ppid: 1,
+            comm: "true".into(),
+            exe: "/bin/true".into(),
+            argv: vec!["/bin/true".into(), arg.into()],
+            cgroup_id: 1,
+            ..Process::default()
+        }),
+        ..Event::default()
+    }
+}

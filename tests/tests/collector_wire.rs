@@ -14,7 +14,7 @@ use std::{
 use common::{pki::LOOPBACK, *};
 use spyglass_proto::v1::{
     collector_client::CollectorClient, event::Detail, Ack, Batch, Endpoint, Event, EventKind,
-    Finding, Loss, Network, Process, Severity,
+    Finding, Loss, Network, Severity,
 };
 use tokio_stream::StreamExt;
 use tonic::{
@@ -27,25 +27,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn exec_event(node: &str, arg: &str) -> Event {
-    Event {
-        kind: EventKind::Exec as i32,
-        time_unix_nano: 1_795_549_718_856_200_274,
-        node: node.into(),
-        process: Some(Process {
-            pid: 4242,
-            tid: 4242,
-            ppid: 1,
-            comm: "true".into(),
-            exe: "/bin/true".into(),
-            argv: vec!["/bin/true".into(), arg.into()],
-            cgroup_id: 1,
-            ..Process::default()
-        }),
-        ..Event::default()
-    }
 }
 
 fn batch(node: &str, seq: u64, events: Vec<Event>) -> Batch {

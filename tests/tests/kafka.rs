@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 use common::*;
 use serde_json::Value;
 use spyglass_e2e::kafka::{Broker, Proxy, Record};
-use spyglass_proto::v1::{collector_client::CollectorClient, Batch, Event, EventKind, Process};
+use spyglass_proto::v1::{collector_client::CollectorClient, Batch};
 use tokio_stream::StreamExt;
 use tonic::{transport::Channel, Code};
 
@@ -30,6 +30,18 @@ fn broker(dir: &Path) -> Broker {
 /// /readyz and /metrics.
 fn kafka_collector(b: &Broker, port: u16, metrics: u16) -> RemoteCollector {
     kafka_replica(b, port, metrics, "spyglass-test-0")
+}
+
+/// Replicas A and B on `b`, ready.
+fn two_replicas(b: &Broker) -> (RemoteCollector, RemoteCollector) {
+    let a = kafka_replica(b, free_port(), free_port(), "spyglass-test-a");
+    let r = kafka_replica(b, free_port(), free_port(), "spyglass-test-b");
+    for c in [&a, &r] {
+        eventually("the replica ready", Duration::from_secs(20), || {
+            (c.ready().0 == 200).then_some(())
+        });
+    }
+    (a, r)
 }
 
 /// A replica with its own transactional.id.
@@ -198,13 +210,7 @@ fn an_agent_moved_between_two_replicas_duplicates_nothing() {
     let _g = serial();
     let dir = scratch("kafka-replicas");
     let b = broker(&dir);
-    let a = kafka_replica(&b, free_port(), free_port(), "spyglass-test-a");
-    let r = kafka_replica(&b, free_port(), free_port(), "spyglass-test-b");
-    for c in [&a, &r] {
-        eventually("the replica ready", Duration::from_secs(20), || {
-            (c.ready().0 == 200).then_some(())
-        });
-    }
+    let (a, r) = two_replicas(&b);
     let front = Proxy::start(a.port);
     let agent = Agent::streaming_to(
         &format!("http://127.0.0.1:{}", front.port),
@@ -229,26 +235,6 @@ fn an_agent_moved_between_two_replicas_duplicates_nothing() {
         assert!(n > 0, "replica on port {} committed no batch", c.port);
     }
     agent.stop();
-}
-
-/// An exec event of `node` whose argv[1] is `arg` (a hand-made agent
-/// batch's content).
-fn exec_event(node: &str, arg: &str) -> Event {
-    Event {
-        kind: EventKind::Exec as i32,
-        time_unix_nano: 1_795_549_718_856_200_274,
-        node: node.into(),
-        process: Some(Process {
-            pid: 4242,
-            tid: 4242,
-            ppid: 1,
-            comm: "true".into(),
-            exe: "/bin/true".into(),
-            argv: vec!["/bin/true".into(), arg.into()],
-            ..Process::default()
-        }),
-        ..Event::default()
-    }
 }
 
 /// Batch `seq` of one hand-made agent stream of `node`, one exec.
@@ -283,13 +269,7 @@ fn a_replica_does_not_commit_a_batch_its_node_moved_away_with() {
     let _g = serial();
     let dir = scratch("kafka-fence");
     let b = broker(&dir);
-    let a = kafka_replica(&b, free_port(), free_port(), "spyglass-test-a");
-    let r = kafka_replica(&b, free_port(), free_port(), "spyglass-test-b");
-    for c in [&a, &r] {
-        eventually("the replica ready", Duration::from_secs(20), || {
-            (c.ready().0 == 200).then_some(())
-        });
-    }
+    let (a, r) = two_replicas(&b);
     let mark = marker("kafka-fence");
     let node = "fence-node";
     let rt = tokio::runtime::Builder::new_multi_thread()
