@@ -20,25 +20,17 @@
 //! claim comes first, A's gate reads it and A leaves the batch out. One
 //! partition keeps every wait pointing at an earlier offset, so two
 //! transactions never wait for each other.
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::collections::HashMap;
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
-    Message, Offset, TopicPartitionList,
+    Offset, TopicPartitionList,
 };
 
 use super::{
-    positions::{self, Entry, PositionsError, Quiet},
+    positions::{self, PositionsError, Quiet},
     Settings,
 };
-
-/// Longest wait for the transactions open before ours to end (the
-/// broker aborts one after the producers' transaction timeout, 60 s).
-const LIMIT: Duration = Duration::from_secs(120);
 
 /// A read_committed tail of the positions topic: the last claim of each
 /// node.
@@ -80,33 +72,12 @@ impl Gate {
         mark: i64,
         batches: &[(&str, i64)],
     ) -> Result<Vec<bool>, PositionsError> {
-        let start = Instant::now();
-        let part = positions::CLAIMS_PARTITION;
-        while positions::next_offset(&self.consumer, &self.topic, part).is_none_or(|n| n < mark) {
-            if start.elapsed() > LIMIT {
-                return Err(PositionsError::Slow(self.topic.clone(), LIMIT));
-            }
-            match self.consumer.poll(Duration::from_millis(10)) {
-                None | Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(source)) => {
-                    return Err(PositionsError::Read {
-                        topic: self.topic.clone(),
-                        source,
-                    })
-                }
-                Some(Ok(m)) => {
-                    if let Some(Entry::Claim(c)) = m.payload().and_then(Entry::parse) {
-                        self.saw_claim(c.claim, m.offset());
-                    }
-                }
-            }
-        }
+        let latest = &mut self.latest;
+        positions::read_claims_to(&self.consumer, &self.topic, mark, |c, offset| {
+            let at = latest.entry(c.claim).or_insert(offset);
+            *at = (*at).max(offset);
+        })?;
         Ok(judge(&self.latest, batches))
-    }
-
-    fn saw_claim(&mut self, node: String, offset: i64) {
-        let at = self.latest.entry(node).or_insert(offset);
-        *at = (*at).max(offset);
     }
 }
 

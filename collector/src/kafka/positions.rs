@@ -297,15 +297,38 @@ fn read_past(c: &BaseConsumer<Quiet>, topic: &str, offset: i64) -> Result<(), Po
     list.add_partition_offset(topic, CLAIMS_PARTITION, Offset::Offset(offset))
         .map_err(read)?;
     c.assign(&list).map_err(read)?;
+    read_claims_to(c, topic, offset + 1, |_, _| {})
+}
+
+/// Read the claims partition on until everything before offset `end`
+/// was read (under read_committed: until every transaction with a record
+/// there before `end` ended), handing each claim and its offset to
+/// `claim`. At most 120 s (the brokers abort a transaction after 60 s).
+pub fn read_claims_to(
+    c: &BaseConsumer<Quiet>,
+    topic: &str,
+    end: i64,
+    mut claim: impl FnMut(Claim, i64),
+) -> Result<(), PositionsError> {
     let limit = Duration::from_secs(120);
     let start = Instant::now();
-    while next_offset(c, topic, CLAIMS_PARTITION).is_none_or(|n| n <= offset) {
+    while next_offset(c, topic, CLAIMS_PARTITION).is_none_or(|n| n < end) {
         if start.elapsed() > limit {
             return Err(PositionsError::Slow(topic.to_owned(), limit));
         }
-        match c.poll(Duration::from_millis(20)) {
-            None | Some(Ok(_) | Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(source)) => return Err(read(source)),
+        match c.poll(Duration::from_millis(10)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(source)) => {
+                return Err(PositionsError::Read {
+                    topic: topic.to_owned(),
+                    source,
+                })
+            }
+            Some(Ok(m)) => {
+                if let Some(Entry::Claim(c)) = m.payload().and_then(Entry::parse) {
+                    claim(c, m.offset());
+                }
+            }
         }
     }
     Ok(())
