@@ -466,3 +466,112 @@ fn unreachable_brokers_a_missing_topic_and_an_oversize_event() {
     );
     agent.stop();
 }
+
+/// The positions partition of `node` among `parts` (the collector's
+/// choice, collector/src/kafka/positions.rs `partition_of`: FNV-1a).
+fn positions_partition(node: &str, parts: u32) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in node.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (h % parts) as i32
+}
+
+/// A new stream's refresh reads the node's positions partition up to
+/// where it was written when its claim was read past, not only to its
+/// committed end (positions.rs `read_node`). On Kafka a transaction's
+/// commit marker can reach the claims partition (0) before the node's
+/// partition; a refresh that stopped at the committed end there would
+/// miss what the transaction committed of the node and write it again.
+/// Tansu writes every marker at once, so the test holds that window open
+/// itself: its own transaction writes the node's position (batch 2 of
+/// the stream) to the node's partition, not partition 0, and stays open
+/// while the stream starts. The refresh must wait for it and, once it
+/// commits, ack batches 1 and 2 as delivered without writing them.
+/// Without the wait the refresh reads past the open record, and both
+/// batches are in Kafka.
+#[test]
+fn a_refresh_waits_for_a_position_written_but_not_yet_committed() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let _g = serial();
+    let dir = scratch("kafka-marker");
+    let b = broker(&dir);
+    let col = kafka_collector(&b, free_port(), free_port());
+    eventually("the collector ready", Duration::from_secs(20), || {
+        (col.ready().0 == 200).then_some(())
+    });
+    // a node whose positions are not in the claims partition
+    let node = (0..)
+        .map(|i| format!("marker-node-{i}"))
+        .find(|n| positions_partition(n, 3) != 0)
+        .unwrap();
+    let held: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("transactional.id", "test-held-position")
+        .create()
+        .expect("a transactional producer");
+    let t = Duration::from_secs(30);
+    held.init_transactions(t).expect("init_transactions");
+    held.begin_transaction().expect("begin_transaction");
+    let position = serde_json::json!({
+        "node": node, "stream": "fence-stream", "sequence": 2, "tails": []
+    })
+    .to_string();
+    let key = format!("{node}/fence-stream");
+    held.send(
+        BaseRecord::to(POSITIONS)
+            .partition(positions_partition(&node, 3))
+            .key(&key)
+            .payload(&position),
+    )
+    .map_err(|(e, _)| e)
+    .expect("enqueue the position");
+    held.flush(t).expect("the position written (uncommitted)");
+    let mark = marker("kafka-marker");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = CollectorClient::new(channel(col.port).await);
+        let batches = (1..=2).map(|s| exec_batch(&node, s, &format!("{mark}-{s:05}")));
+        let mut acks = client
+            .publish(tokio_stream::iter(batches.collect::<Vec<_>>()))
+            .await
+            .expect("a stream")
+            .into_inner();
+        // the refresh is waiting on the open transaction now
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        held.commit_transaction(t).expect("commit the position");
+        for want in 1..=2 {
+            let ack = tokio::time::timeout(Duration::from_secs(60), acks.next())
+                .await
+                .expect("an ack within 60 s")
+                .expect("an ack")
+                .expect("the batch acked");
+            assert_eq!(ack.sequence, want);
+        }
+    });
+    // something the collector writes after them: the marked execs would
+    // be in Kafka before it
+    let after = marker("kafka-marker-after");
+    rt.block_on(async {
+        let mut client = CollectorClient::new(channel(col.port).await);
+        let mut acks = client
+            .publish(tokio_stream::iter(vec![exec_batch(&node, 3, &after)]))
+            .await
+            .expect("a stream")
+            .into_inner();
+        acks.next().await.expect("an ack").expect("batch 3 acked");
+    });
+    let records = wait_for_marks(&b, &after, 1);
+    let written: Vec<Value> = events(&records)
+        .into_iter()
+        .filter(|e| argv(e).iter().any(|a| a.starts_with(&mark)))
+        .collect();
+    assert!(
+        written.is_empty(),
+        "batches Kafka already held were written again: {written:?}"
+    );
+}

@@ -187,22 +187,22 @@ impl ConsumerContext for Quiet {}
 /// `reset`: where a start offset past the end goes (`earliest` or
 /// `latest`).
 pub fn consumer(settings: &Settings, reset: &str) -> Result<BaseConsumer<Quiet>, PositionsError> {
-    // these reads end at the partition's end: a fetch there waits this
-    // long for new records (librdkafka's default, 500 ms, made every
-    // refresh of a node take over a second)
-    consumer_tuned(settings, reset, &[("fetch.wait.max.ms", "10")])
+    client(settings, reset, "read_committed")
 }
 
-/// [`consumer`] with `tuning` (properties the site's file does not set).
-pub fn consumer_tuned(
+/// A client of the site's settings reading at `isolation`
+/// (`read_committed` or `read_uncommitted`; a watermark query answers at
+/// the client's isolation too).
+fn client(
     settings: &Settings,
     reset: &str,
-    tuning: &[(&str, &str)],
+    isolation: &str,
 ) -> Result<BaseConsumer<Quiet>, PositionsError> {
     let mut c = ClientConfig::new();
-    for (k, v) in tuning {
-        c.set(*k, *v);
-    }
+    // these reads end at the partition's end: a fetch there waits this
+    // long for new records (librdkafka's default, 500 ms, made every
+    // refresh of a node take over a second); the site's file may set it
+    c.set("fetch.wait.max.ms", "10");
     for (k, v) in &settings.extra {
         c.set(k, v);
     }
@@ -212,11 +212,24 @@ pub fn consumer_tuned(
             format!("{}-positions", settings.transactional_id),
         )
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", reset)
         .create_with_context(Quiet)
         .map_err(PositionsError::Client)
+}
+
+/// The end of `part` of `topic` counting the records of transactions
+/// still open or whose commit marker has not reached it yet (its high
+/// watermark).
+fn written_end(settings: &Settings, topic: &str, part: i32) -> Result<i64, PositionsError> {
+    let c = client(settings, "earliest", "read_uncommitted")?;
+    c.fetch_watermarks(topic, part, Duration::from_secs(10))
+        .map(|(_, high)| high)
+        .map_err(|source| PositionsError::Read {
+            topic: topic.to_owned(),
+            source,
+        })
 }
 
 /// The partitions of `topic`, or why not.
@@ -262,7 +275,7 @@ pub fn partition_of(node: &str, partitions: i32) -> i32 {
 pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError> {
     let c = consumer(settings, "earliest")?;
     let parts = partitions(&c, &settings.positions_topic, Duration::from_secs(10))?;
-    read_from(&c, &settings.positions_topic, &parts, |_| true)
+    read_from(&c, &settings.positions_topic, &parts, 0, |_| true)
 }
 
 /// The last committed positions of `node`'s streams, read from its one
@@ -270,7 +283,10 @@ pub fn read(settings: &Settings) -> Result<(Vec<Position>, u64), PositionsError>
 /// claim of the node), first read the claims partition past it: under
 /// read_committed that waits until every transaction that began before
 /// the claim ended, so what they committed of the node is read
-/// (`gate.rs`).
+/// (`gate.rs`). Such a transaction's commit marker may reach the claims
+/// partition before the node's (Kafka writes each partition's marker on
+/// its own), so the node's partition is then read up to where it was
+/// written when the claims read ended, not only to its committed end.
 pub fn read_node(
     settings: &Settings,
     node: &str,
@@ -278,13 +294,15 @@ pub fn read_node(
     claim: Option<i64>,
 ) -> Result<Vec<Position>, PositionsError> {
     let topic = &settings.positions_topic;
+    let part = partition_of(node, partitions);
+    let mut end = 0;
     if let Some(claim) = claim {
         let c = consumer(settings, "earliest")?;
         read_past(&c, topic, claim)?;
+        end = written_end(settings, topic, part)?;
     }
     let c = consumer(settings, "earliest")?;
-    let part = partition_of(node, partitions);
-    read_from(&c, topic, &[part], |p| p.node == node).map(|(marks, _)| marks)
+    read_from(&c, topic, &[part], end, |p| p.node == node).map(|(marks, _)| marks)
 }
 
 /// Read the claims partition from `offset` until the read passed it.
@@ -344,11 +362,14 @@ pub fn next_offset(c: &BaseConsumer<Quiet>, topic: &str, part: i32) -> Option<i6
 }
 
 /// Read `parts` of `topic` from the beginning to their end (committed
-/// records only): the last position of each stream `keep` takes.
+/// records only), and each at least up to offset `end` (under
+/// read_committed: until every transaction with a record there before
+/// `end` ended): the last position of each stream `keep` takes.
 fn read_from(
     c: &BaseConsumer<Quiet>,
     topic: &str,
     parts: &[i32],
+    end: i64,
     keep: impl Fn(&Position) -> bool,
 ) -> Result<(Vec<Position>, u64), PositionsError> {
     let read = |source| PositionsError::Read {
@@ -375,13 +396,20 @@ fn read_from(
     let mut skipped = 0;
     let limit = Duration::from_secs(120);
     let start = Instant::now();
+    // partitions read to their committed end, waiting to pass `end`
+    let mut ended = Vec::new();
     while !open.is_empty() {
         if start.elapsed() > limit {
             return Err(PositionsError::Slow(topic.to_owned(), limit));
         }
-        match c.poll(Duration::from_millis(200)) {
+        // (no position yet: nothing read, none past the start)
+        open.retain(|&p| !(ended.contains(&p) && next_offset(c, topic, p).unwrap_or(0) >= end));
+        if open.is_empty() {
+            break;
+        }
+        match c.poll(Duration::from_millis(10)) {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|&o| o != p),
+            Some(Err(KafkaError::PartitionEOF(p))) => ended.push(p),
             Some(Err(source)) => return Err(read(source)),
             Some(Ok(m)) => match m.payload().and_then(Entry::parse) {
                 Some(Entry::Claim(_) | Entry::Mark(_)) => {}
