@@ -17,6 +17,7 @@ pub mod export;
 #[cfg(test)]
 mod fuzz;
 pub mod metrics;
+pub mod packages;
 pub mod pipeline;
 pub mod policy;
 pub mod process;
