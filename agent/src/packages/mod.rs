@@ -38,10 +38,12 @@
 //! fields, names such as `../../etc/shadow`) skips the stanza and is
 //! counted in [`IndexStats`]; nothing in it can panic the parser.
 //!
-//! Memory: one [`Package`] per package, and each owned path stored once in
-//! a string arena plus about 10 bytes of table (this Debian host: 780
-//! packages, ~95k paths, see `index_of_this_host_bench`). A lookup hashes
-//! the path once into a stack buffer and allocates nothing.
+//! Memory: one [`Package`] per package; each owned path stored as its
+//! directory (once per directory) and its file name, with about 20 bytes
+//! of table per path. This Debian host (781 packages, 101,586 paths, 8 MB
+//! of lists) indexes in ~70 ms into ~5 MiB of heap (peak RSS +9 MiB while
+//! reading); a lookup normalises into a stack buffer, makes two hash
+//! probes (~150 ns) and allocates nothing. See `index_of_this_host_bench`.
 mod apk;
 mod build;
 mod dpkg;

@@ -97,28 +97,29 @@ pub fn normalise<'b>(
     std::str::from_utf8(&buf[..len]).ok()
 }
 
-/// Paths -> package numbers: all paths in one string arena, an
-/// open-addressing table of indexes into it. About 10 bytes per path plus
-/// the path's own bytes; lookups hash once (SipHash with a per-table random
-/// key, so a hostile image cannot pick colliding paths) and compare in the
-/// arena, without allocating.
+/// Strings tagged with a number -> values: the strings in one arena, an
+/// open-addressing table of entry indexes. Hashing is SipHash with a
+/// per-table random key, so a hostile image cannot choose colliding paths;
+/// lookups compare in the arena and allocate nothing.
 #[derive(Debug)]
-pub struct PathTable {
+struct StrTable {
     arena: String,
-    /// End offset of each path in the arena (start = previous end).
+    /// End offset of each string in the arena (start = previous end).
     ends: Vec<u32>,
-    owners: Vec<u32>,
+    tags: Vec<u32>,
+    values: Vec<u32>,
     /// 0 = empty, otherwise entry index + 1; length a power of two.
     slots: Vec<u32>,
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Default for PathTable {
+impl Default for StrTable {
     fn default() -> Self {
-        PathTable {
+        StrTable {
             arena: String::new(),
             ends: Vec::new(),
-            owners: Vec::new(),
+            tags: Vec::new(),
+            values: Vec::new(),
             slots: vec![0; 16],
             hasher: Default::default(),
         }
@@ -130,76 +131,137 @@ impl Default for PathTable {
 pub enum InsertError {
     /// Already owned (by this or another package): the first owner stays.
     Present,
-    /// The arena would pass 4 GiB (u32 offsets).
+    /// An arena would pass 4 GiB (u32 offsets).
     Full,
 }
 
-impl PathTable {
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
+impl StrTable {
     fn key(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.arena[start..self.ends[i] as usize]
     }
 
-    /// The slot holding `path`, or the empty slot where it would go.
-    fn probe(&self, path: &str) -> usize {
+    /// The slot holding (`tag`, `s`), or the empty slot where it would go.
+    fn probe(&self, tag: u32, s: &str) -> usize {
         let mask = self.slots.len() - 1;
-        let mut i = (self.hasher.hash_one(path) as usize) & mask;
+        let mut i = (self.hasher.hash_one((tag, s)) as usize) & mask;
         loop {
             match self.slots[i] {
                 0 => return i,
-                v if self.key(v as usize - 1) == path => return i,
+                v if self.tags[v as usize - 1] == tag && self.key(v as usize - 1) == s => return i,
                 _ => i = (i + 1) & mask,
             }
         }
     }
 
-    pub fn get(&self, path: &str) -> Option<u32> {
-        match self.slots[self.probe(path)] {
+    fn get(&self, tag: u32, s: &str) -> Option<u32> {
+        match self.slots[self.probe(tag, s)] {
             0 => None,
-            v => Some(self.owners[v as usize - 1]),
+            v => Some(self.values[v as usize - 1]),
         }
+    }
+
+    /// Insert at `slot` (from [`StrTable::probe`], empty); the entry index.
+    fn insert_at(
+        &mut self,
+        slot: usize,
+        tag: u32,
+        s: &str,
+        value: u32,
+    ) -> Result<u32, InsertError> {
+        let end = u32::try_from(self.arena.len() + s.len()).map_err(|_| InsertError::Full)?;
+        self.arena.push_str(s);
+        self.ends.push(end);
+        self.tags.push(tag);
+        self.values.push(value);
+        let index = self.ends.len() as u32 - 1;
+        self.slots[slot] = index + 1;
+        // Load factor at most 1/2: short probe sequences.
+        if self.ends.len() * 2 > self.slots.len() {
+            self.slots = vec![0; self.slots.len() * 2];
+            for i in 0..self.ends.len() {
+                let slot = self.probe(self.tags[i], self.key(i));
+                self.slots[slot] = i as u32 + 1;
+            }
+        }
+        Ok(index)
+    }
+
+    fn shrink(&mut self) {
+        self.arena.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.tags.shrink_to_fit();
+        self.values.shrink_to_fit();
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.arena.capacity()
+            + 4 * (self.ends.capacity()
+                + self.tags.capacity()
+                + self.values.capacity()
+                + self.slots.capacity())
+    }
+}
+
+/// Canonical paths -> package numbers, stored as (directory, file name):
+/// each directory once (a Debian system has ~10x fewer directories than
+/// files, and its paths average 64 bytes), each file name tagged with its
+/// directory's number. About 20 bytes per path plus its file name; a
+/// lookup is two hash probes.
+#[derive(Debug, Default)]
+pub struct PathTable {
+    /// Directory -> its own number (tag 0).
+    dirs: StrTable,
+    /// (directory number, file name) -> owner.
+    files: StrTable,
+}
+
+/// `/usr/bin/curl` -> (`/usr/bin`, `curl`); `/x` -> (`/`, `x`).
+fn split(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(0) => ("/", &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    }
+}
+
+impl PathTable {
+    pub fn len(&self) -> usize {
+        self.files.ends.len()
+    }
+
+    pub fn get(&self, path: &str) -> Option<u32> {
+        let (dir, name) = split(path);
+        let d = self.dirs.get(0, dir)?;
+        self.files.get(d, name)
     }
 
     pub fn insert(&mut self, path: &str, owner: u32) -> Result<(), InsertError> {
-        let slot = self.probe(path);
-        if self.slots[slot] != 0 {
+        let (dir, name) = split(path);
+        let slot = self.dirs.probe(0, dir);
+        let d = match self.dirs.slots[slot] {
+            0 => {
+                let next = self.dirs.ends.len() as u32;
+                self.dirs.insert_at(slot, 0, dir, next)?
+            }
+            v => v - 1,
+        };
+        let slot = self.files.probe(d, name);
+        if self.files.slots[slot] != 0 {
             return Err(InsertError::Present);
         }
-        let end = u32::try_from(self.arena.len() + path.len()).map_err(|_| InsertError::Full)?;
-        self.arena.push_str(path);
-        self.ends.push(end);
-        self.owners.push(owner);
-        self.slots[slot] = self.ends.len() as u32;
-        // Load factor at most 1/2: short probe sequences.
-        if self.ends.len() * 2 > self.slots.len() {
-            self.grow();
-        }
-        Ok(())
-    }
-
-    fn grow(&mut self) {
-        self.slots = vec![0; self.slots.len() * 2];
-        for i in 0..self.ends.len() {
-            let slot = self.probe(self.key(i));
-            self.slots[slot] = i as u32 + 1;
-        }
+        self.files.insert_at(slot, d, name, owner).map(drop)
     }
 
     /// Drop spare capacity once built.
     pub fn shrink(&mut self) {
-        self.arena.shrink_to_fit();
-        self.ends.shrink_to_fit();
-        self.owners.shrink_to_fit();
+        self.dirs.shrink();
+        self.files.shrink();
     }
 
     /// Heap bytes held (capacities).
     pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity()
-            + 4 * (self.ends.capacity() + self.owners.capacity() + self.slots.capacity())
+        self.dirs.heap_bytes() + self.files.heap_bytes()
     }
 }
 
@@ -295,6 +357,18 @@ mod tests {
             assert_eq!(t.get(&format!("/usr/lib/x/file{i}")), Some(i));
         }
         assert_eq!(t.get("/usr/lib/x/file1000"), None);
+        assert_eq!(
+            t.get("/usr/lib/x"),
+            None,
+            "a directory of files is not a file"
+        );
         assert_eq!(t.get(""), None);
+        // Files at the root, and the same name in two directories.
+        t.insert("/init", 5000).unwrap();
+        t.insert("/usr/lib/y/file7", 5001).unwrap();
+        assert_eq!(t.get("/init"), Some(5000));
+        assert_eq!(t.get("/usr/lib/y/file7"), Some(5001));
+        assert_eq!(t.get("/usr/lib/x/file7"), Some(7));
+        assert_eq!(t.len(), 1002);
     }
 }
