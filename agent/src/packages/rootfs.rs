@@ -36,13 +36,14 @@ struct OpenHow {
     resolve: u64,
 }
 
-/// An opened root filesystem.
-pub(super) struct RootFs {
+/// An opened root filesystem (`/proc/PID/root` or a directory).
+pub struct RootFs {
     path: PathBuf,
     fd: OwnedFd,
 }
 
 impl RootFs {
+    /// Open the root; it stays valid (the same mount) while held.
     pub fn open(root: &Path) -> Result<Self, PackagesError> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
@@ -205,6 +206,60 @@ impl RootFs {
         Ok(Some(names))
     }
 
+    /// Resolve the symlinks of an absolute `path` as the kernel would with
+    /// this root as `/` (`/bin/sh` -> `/usr/bin/dash`, `/usr/bin/awk` ->
+    /// `/usr/bin/mawk` through `/etc/alternatives`), for an exec path
+    /// reported as the program asked for it. The walk holds a descriptor
+    /// per resolved directory and opens one plain name at a time under it
+    /// (`O_PATH | O_NOFOLLOW`), reading a symlink's target from its own
+    /// descriptor; `..` pops a descriptor and stops at the root, and an
+    /// absolute target restarts at the root: no race can lead the walk out
+    /// of the root. At most 40 links (the kernel's limit).
+    pub fn resolve(&self, path: &str) -> Result<String, PackagesError> {
+        let err = |source| self.read_err(path, source);
+        if !path.starts_with('/') || path.len() > super::paths::PATH_MAX {
+            return Err(err(io::Error::from(io::ErrorKind::InvalidInput)));
+        }
+        let mut done: Vec<(String, OwnedFd)> = Vec::new();
+        let mut todo: Vec<String> = path.rsplit('/').map(str::to_string).collect();
+        let mut links = 0;
+        while let Some(comp) = todo.pop() {
+            match comp.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let dir = done
+                .last()
+                .map_or(self.fd.as_raw_fd(), |(_, fd)| fd.as_raw_fd());
+            let fd = open_name(dir, &comp).map_err(err)?;
+            let Some(target) = link_target(&fd).map_err(err)? else {
+                done.push((comp, fd));
+                continue;
+            };
+            links += 1;
+            if links > 40 {
+                return Err(err(io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+            if target.starts_with('/') {
+                done.clear();
+            }
+            todo.extend(target.rsplit('/').map(str::to_string));
+        }
+        let mut out = String::with_capacity(path.len());
+        for (name, _) in &done {
+            out.push('/');
+            out.push_str(name);
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        Ok(out)
+    }
+
     /// The target of a symlink directly under the root (`bin`, `lib`...),
     /// or None when it is not a symlink (or missing).
     pub fn top_level_link(&self, name: &str) -> Option<String> {
@@ -225,4 +280,53 @@ impl RootFs {
         }
         String::from_utf8(buf[..n as usize].to_vec()).ok()
     }
+}
+
+/// The target of the symlink `fd` (an `O_PATH | O_NOFOLLOW` descriptor),
+/// or None when it is not a symlink.
+fn link_target(fd: &OwnedFd) -> io::Result<Option<String>> {
+    let mut buf = vec![0u8; super::paths::PATH_MAX];
+    // SAFETY: `fd` is open for the call, the empty path is NUL-terminated
+    // and `buf` is writable for its length. readlinkat with an empty path
+    // reads the link `fd` itself refers to (Linux 2.6.39+).
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        // ENOENT/EINVAL: not a symlink.
+        return match e.raw_os_error() {
+            Some(libc::EINVAL | libc::ENOENT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// `openat(dir, name, O_PATH | O_NOFOLLOW)` of one plain name (no `/`,
+/// not `.` or `..`): a lookup in that directory only.
+fn open_name(dir: i32, name: &str) -> io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is NUL-terminated and alive for the call; `dir` is a
+    // descriptor the caller holds open.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

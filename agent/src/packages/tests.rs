@@ -164,6 +164,37 @@ fn a_diversion_by_another_package_moves_the_file() {
 }
 
 #[test]
+fn exec_paths_resolve_inside_the_rootfs() {
+    let r = debian_root(true);
+    r.write("usr/bin/dash", b"\x7fELF");
+    r.link("bin/sh", "dash");
+    // An alternatives chain no package lists, through the /bin alias.
+    r.link("etc/alternatives/awk", "/bin/dash");
+    r.link("usr/bin/awk", "/etc/alternatives/awk");
+    // Links that try to climb out land inside the rootfs.
+    r.link("usr/bin/up", "../../../../../../../../usr/bin/dash");
+    r.link("usr/bin/loop", "loop");
+    let fs = RootFs::open(&r.0).unwrap();
+    assert_eq!(fs.resolve("/bin/sh").unwrap(), "/usr/bin/dash");
+    assert_eq!(fs.resolve("/usr/bin/awk").unwrap(), "/usr/bin/dash");
+    assert_eq!(fs.resolve("/usr/bin/up").unwrap(), "/usr/bin/dash");
+    assert_eq!(
+        fs.resolve("/usr/bin/../bin/./dash").unwrap(),
+        "/usr/bin/dash"
+    );
+    assert!(fs.resolve("/usr/bin/loop").is_err());
+    assert!(fs.resolve("/usr/bin/missing").is_err());
+    assert!(fs.resolve("usr/bin/dash").is_err());
+    let idx = PackageIndex::read_from(&fs).unwrap();
+    assert_eq!(idx.owner("/usr/bin/awk"), None);
+    assert_eq!(
+        idx.owner_resolving(&fs, "/usr/bin/awk").map(|p| &*p.name),
+        Some("dash")
+    );
+    assert_eq!(idx.owner_resolving(&fs, "/usr/bin/missing"), None);
+}
+
+#[test]
 fn distroless_status_d_with_md5sums() {
     let r = Root::new("distroless");
     r.write("etc/os-release", OS_RELEASE_DEBIAN);
@@ -401,6 +432,10 @@ fn this_hosts_dpkg_owns_its_binaries() {
         expected.contains(&format!("{}: /bin/sh", owner.name)),
         "dpkg -S says {expected}"
     );
+    // The same resolution done inside the rootfs, as for a container.
+    let root = RootFs::open(Path::new("/")).unwrap();
+    assert_eq!(root.resolve("/bin/sh").unwrap(), sh.to_str().unwrap());
+    assert_eq!(idx.owner_resolving(&root, "/bin/sh"), Some(owner));
     // As many packages as dpkg itself counts with files on disk.
     let states = host_output("dpkg-query", &["-W", "-f=${db:Status-Status}\n"]);
     let on_disk = states
@@ -448,8 +483,15 @@ fn index_of_this_host_bench() {
         );
     }
     let per = t.elapsed() / n as u32;
+    let root = RootFs::open(Path::new("/")).unwrap();
+    let m = 10_000u32;
+    let t = std::time::Instant::now();
+    for _ in 0..m {
+        std::hint::black_box(idx.owner_resolving(&root, std::hint::black_box("/usr/bin/awk")));
+    }
+    let resolving = t.elapsed() / m;
     eprintln!(
-        "indexed / in {built:?}: {} packages, {} paths, {} bytes read, ~{} KiB heap; {n} lookups: {per:?} each ({hits} hits); stats {:?}",
+        "indexed / in {built:?}: {} packages, {} paths, {} bytes read, ~{} KiB heap; {n} lookups: {per:?} each ({hits} hits); a miss resolved in the rootfs (/usr/bin/awk): {resolving:?}; stats {:?}",
         idx.packages().len(),
         idx.path_count(),
         idx.stats().bytes_read,
