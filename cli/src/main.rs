@@ -1,6 +1,7 @@
 //! `spyglass`: ask a collector's fleet inventory which containers run as
 //! root, which ports are exposed, what talks to the internet, which images
-//! run where, which nodes report and which findings are open; follow its
+//! run where and which vulnerabilities they carry, which nodes report and
+//! which findings are open; follow its
 //! live event stream (`events --follow`).
 //!
 //! Exit status: 0 when something matched, 1 when nothing did, 2 on an
@@ -98,16 +99,60 @@ enum Query {
         #[arg(long)]
         namespace: Option<String>,
     },
-    /// Images and where they run.
+    /// Images and where they run; with --descends-from or --lineage,
+    /// the image hierarchy (images built on one, or one's bases).
     Images {
         #[arg(long)]
         digest: Option<String>,
+        /// Images built on this one (a manifest, index or config
+        /// digest): those whose layers start with its layers, or whose
+        /// annotations name it as their base.
+        #[arg(long, conflicts_with_all = ["digest", "lineage"])]
+        descends_from: Option<String>,
+        /// This image's bases, the nearest first.
+        #[arg(long, conflicts_with = "digest")]
+        lineage: Option<String>,
     },
     /// Nodes and their agents.
     Nodes {
         /// Only nodes whose agent's stream is open.
         #[arg(long)]
         connected: bool,
+    },
+    /// Vulnerabilities of the fleet's images, from imported scanner
+    /// reports (the collector's --vuln-reports), with where each image
+    /// runs now.
+    Vulns {
+        /// At or above: negligible, low, medium, high or critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// Only those with a fixed version.
+        #[arg(long)]
+        fixable: bool,
+        /// Only images running now.
+        #[arg(long)]
+        running: bool,
+        /// A manifest, index or config digest of the image.
+        #[arg(long)]
+        image: Option<String>,
+        /// A vulnerability id (CVE-..., GHSA-...).
+        #[arg(long)]
+        id: Option<String>,
+        /// A package name.
+        #[arg(long)]
+        package: Option<String>,
+        /// Images running in this containerd or Kubernetes namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Images running on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// The imported scanner reports.
+    Reports {
+        /// Reports naming this digest.
+        #[arg(long)]
+        image: Option<String>,
     },
     /// Findings, open and resolved.
     Findings {
@@ -187,8 +232,53 @@ fn request(
             ],
             table::EGRESS,
         ),
-        Query::Images { digest } => ("images", vec![value("digest", digest)], table::IMAGES),
+        Query::Images {
+            descends_from: Some(d),
+            ..
+        } => (
+            "lineage",
+            vec![
+                Some(("image", d)),
+                Some(("relation", "descendants".to_owned())),
+            ],
+            table::LINEAGE,
+        ),
+        Query::Images {
+            lineage: Some(d), ..
+        } => (
+            "lineage",
+            vec![
+                Some(("image", d)),
+                Some(("relation", "ancestors".to_owned())),
+            ],
+            table::LINEAGE,
+        ),
+        Query::Images { digest, .. } => ("images", vec![value("digest", digest)], table::IMAGES),
         Query::Nodes { connected } => ("nodes", vec![flag("connected", connected)], table::NODES),
+        Query::Vulns {
+            severity,
+            fixable,
+            running,
+            image,
+            id,
+            package,
+            namespace,
+            node,
+        } => (
+            "vulns",
+            vec![
+                value("severity", severity),
+                flag("fixable", fixable),
+                flag("running", running),
+                value("image", image),
+                value("id", id),
+                value("package", package),
+                value("namespace", namespace),
+                value("node", node),
+            ],
+            table::VULNS,
+        ),
+        Query::Reports { image } => ("reports", vec![value("image", image)], table::REPORTS),
         Query::Findings {
             rule,
             severity,

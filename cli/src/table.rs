@@ -147,6 +147,38 @@ pub const IMAGES: &[Column] = &[
     col("LAST SEEN", |r| when(r, "last_seen")),
 ];
 
+pub const LINEAGE: &[Column] = &[
+    col("RELATION", |r| text(r, "relation")),
+    col("CONFIG", |r| short_digest(&text(r, "config_digest"))),
+    col("REF", |r| text(r, "ref")),
+    col("LAYERS", |r| text(r, "layers")),
+    col("BY", |r| text(r, "by")),
+    col("CONTAINERS", |r| text(r, "running.containers")),
+    col("NODES", |r| text(r, "running.nodes")),
+];
+
+pub const VULNS: &[Column] = &[
+    col("SEVERITY", |r| text(r, "severity")),
+    col("ID", |r| text(r, "id")),
+    col("PACKAGE", |r| text(r, "package.name")),
+    col("VERSION", |r| text(r, "package.version")),
+    col("FIXED IN", |r| text(r, "fixed_version")),
+    col("IMAGE", |r| short_digest(&text(r, "image.digest"))),
+    col("REF", |r| text(r, "image.ref")),
+    col("CONTAINERS", |r| text(r, "running.containers")),
+    col("NODES", |r| text(r, "running.nodes")),
+];
+
+pub const REPORTS: &[Column] = &[
+    col("NAME", |r| text(r, "name")),
+    col("FORMAT", |r| text(r, "format")),
+    col("CONFIG", |r| short_digest(&text(r, "image.config_digest"))),
+    col("PACKAGES", |r| text(r, "packages")),
+    col("VULNS", |r| text(r, "vulnerabilities")),
+    col("FLEET IMAGES", |r| text(r, "fleet_images")),
+    col("IMPORTED", |r| when(r, "imported")),
+];
+
 pub const NODES: &[Column] = &[
     col("NODE", |r| text(r, "node")),
     col("CONNECTED", |r| text(r, "connected")),

@@ -19,6 +19,8 @@ mod remote;
 mod service;
 mod streams;
 mod syslog;
+#[allow(dead_code)] // read by the report import, which follows
+mod vulns;
 mod webhook;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};

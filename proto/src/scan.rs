@@ -189,6 +189,7 @@ fn message_size(full_name: &str) -> Option<usize> {
         "ProbeStatus" => size_of::<v1::ProbeStatus>(),
         "AgentInfo" => size_of::<v1::AgentInfo>(),
         "Lifecycle" => size_of::<v1::Lifecycle>(),
+        "ImageLineage" => size_of::<v1::ImageLineage>(),
         "Aggregate" => size_of::<v1::Aggregate>(),
         "Tracked" => size_of::<v1::Tracked>(),
         "Finding" => size_of::<v1::Finding>(),

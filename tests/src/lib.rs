@@ -15,6 +15,7 @@ use std::{
 use serde_json::Value;
 
 pub mod containers;
+pub mod fleet;
 pub mod kafka;
 pub mod pki;
 pub mod postgres;

@@ -589,6 +589,7 @@ fn sample_events(node: &str) -> Vec<Event> {
         detail: Some(Detail::Lifecycle(spyglass_proto::v1::Lifecycle {
             state: "exited".into(),
             exit_code: Some(137),
+            image: None,
         })),
         ..Event::default()
     };

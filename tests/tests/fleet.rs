@@ -3,60 +3,25 @@
 //! which containers run as root and which ports are exposed.
 //!
 //! `SPYGLASS_E2E_COLLECTOR=PATH` runs another collector binary (an older
-//! build, to see these tests fail there).
+//! build, to see these tests fail there: tests/src/fleet.rs).
 mod common;
 
 use std::{
     io::Read,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use common::*;
 use serde_json::Value;
-use spyglass_e2e::containers::{container_id, image, Ctr};
+use spyglass_e2e::{
+    containers::{container_id, image, Ctr},
+    fleet::{api_get, collector_bin, spyglass, start_collector},
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "fleet-e2e-token-7f3a";
-
-fn collector_bin() -> PathBuf {
-    std::env::var_os("SPYGLASS_E2E_COLLECTOR")
-        .map_or_else(|| bin("spyglass-collector"), PathBuf::from)
-}
-
-/// Start the collector with `extra` flags; fails at once if it exits.
-fn start_collector(dir: &Path, extra: &[&str]) -> Collector {
-    let port = free_port();
-    let output = dir.join("out.jsonl");
-    let mut child = Command::new(collector_bin())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--output")
-        .arg(&output)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start collector");
-    eventually("the collector to listen", Duration::from_secs(20), || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("the collector exited at start ({st}) with {extra:?}");
-        }
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    Collector {
-        child,
-        port,
-        output,
-    }
-}
-
-/// GET on the API: status and body (JSON when it parses).
-fn api_get(port: u16, path: &str, token: Option<&str>) -> (u16, Value) {
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let (status, body) = http_get_with(port, path, &auth);
-    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    (status, json)
-}
 
 fn ids(rows: &Value, key: &str) -> Vec<String> {
     rows[key]
@@ -281,22 +246,6 @@ fn root_containers_and_exposed_ports_from_the_api() {
         (&user_id, user_port),
     );
     agent.stop();
-}
-
-/// `spyglass ARGS` against the collector's API: exit code, stdout, stderr.
-fn spyglass(api: u16, token_file: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin("spyglass"))
-        .args(["--collector", &format!("http://127.0.0.1:{api}")])
-        .arg("--token-file")
-        .arg(token_file)
-        .args(args)
-        .output()
-        .expect("run spyglass");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The CLI over the same API: root containers and exposed ports of this

@@ -466,6 +466,7 @@ fn synthetic_batches(
                 created.lifecycle = Some(Lifecycle {
                     state: ContainerState::Created,
                     exit_code: None,
+                    image: None,
                 });
                 events.push(wire::to_wire(&created));
                 let mut listen = samples::listen();

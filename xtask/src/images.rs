@@ -1,6 +1,8 @@
 //! Test images, built here (no registry can be reached) as OCI image
 //! layout archives and imported into containerd's `k8s.io` and `default`
-//! namespaces. One layer: Debian's static busybox and its applet links.
+//! namespaces. One layer: Debian's static busybox and its applet links;
+//! `app:1` adds a second on busybox:1's and names it as its base in its
+//! manifest's annotations.
 //!
 //! Reproducible: the layer tar is sorted with fixed owners and times, so
 //! the same busybox gives the same digests. `target/test-images/images.json`
@@ -34,6 +36,9 @@ struct Spec {
     ports: &'static [&'static str],
     /// Extra platforms beside linux/amd64 (makes an index).
     extra_arch: &'static [&'static str],
+    /// Built on this image (listed before it): its layers plus one of its
+    /// own, and manifest annotations naming it as the base.
+    base: Option<&'static str>,
 }
 
 const IMAGES: &[Spec] = &[
@@ -43,6 +48,7 @@ const IMAGES: &[Spec] = &[
         cmd: &["/bin/sh"],
         ports: &["8080/tcp"],
         extra_arch: &[],
+        base: None,
     },
     Spec {
         name: "spyglass.test/busybox-multi:1",
@@ -50,6 +56,7 @@ const IMAGES: &[Spec] = &[
         cmd: &["/bin/sh"],
         ports: &[],
         extra_arch: &["arm64"],
+        base: None,
     },
     Spec {
         name: "spyglass.test/nonroot:1",
@@ -57,6 +64,16 @@ const IMAGES: &[Spec] = &[
         cmd: &["/bin/sh"],
         ports: &[],
         extra_arch: &[],
+        base: None,
+    },
+    // Built on busybox:1 (the image hierarchy: docs/vulnerabilities.md).
+    Spec {
+        name: "spyglass.test/app:1",
+        user: "",
+        cmd: &["/bin/sh"],
+        ports: &[],
+        extra_arch: &[],
+        base: Some("spyglass.test/busybox:1"),
     },
     // The CRI plugin's default sandbox image, so pods start offline.
     Spec {
@@ -65,6 +82,7 @@ const IMAGES: &[Spec] = &[
         cmd: &["/bin/sleep", "2147483647"],
         ports: &[],
         extra_arch: &[],
+        base: None,
     },
 ];
 
@@ -101,6 +119,17 @@ fn layer(work: &Path) -> Result<PathBuf> {
     Ok(tar)
 }
 
+/// The layer an image adds on its base: `/app/built-on` naming the base.
+fn app_layer(work: &Path, base: &str) -> Result<PathBuf> {
+    let root = work.join("app-rootfs");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("app"))?;
+    std::fs::write(root.join("app/built-on"), format!("{base}\n"))?;
+    let tar = work.join("app-layer.tar");
+    tar_of(&root, &["app"], &tar)?;
+    Ok(tar)
+}
+
 /// Build every test image; write the archive and the digests record.
 pub fn build() -> Result<PathBuf> {
     let out = dir();
@@ -108,6 +137,8 @@ pub fn build() -> Result<PathBuf> {
     let mut layout = Layout::create(&out.join("layout"))?;
     let layer = layout.layer(&layer(&out)?)?;
     let mut record = String::from("[\n");
+    // manifest digests of the images built so far, by name
+    let mut built: Vec<(&str, String)> = Vec::new();
     for (i, img) in IMAGES.iter().enumerate() {
         let mut platforms = vec!["amd64"];
         platforms.extend(img.extra_arch);
@@ -118,15 +149,30 @@ pub fn build() -> Result<PathBuf> {
             cmd = json_list(img.cmd),
             ports = ports.join(","),
         );
+        let mut layers = vec![layer.clone()];
+        let mut annotations = Vec::new();
+        if let Some(base) = img.base {
+            let digest = built
+                .iter()
+                .find(|(n, _)| *n == base)
+                .map(|(_, d)| d.clone())
+                .with_context(|| format!("{}: base {base} is not built before it", img.name))?;
+            layers.push(layout.layer(&app_layer(&out, base)?)?);
+            annotations.push(("org.opencontainers.image.base.digest", digest));
+            annotations.push(("org.opencontainers.image.base.name", base.to_owned()));
+        }
+        let annotations: Vec<(&str, &str)> =
+            annotations.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let manifests = platforms
             .iter()
-            .map(|arch| layout.manifest(arch, &config, std::slice::from_ref(&layer)))
+            .map(|arch| layout.manifest_annotated(arch, &config, &layers, &annotations))
             .collect::<Result<Vec<_>>>()?;
         let index_digest = layout
             .name(img.name, &manifests)?
             .map(|b| b.digest)
             .unwrap_or_default();
         let amd = &manifests[0];
+        built.push((img.name, amd.blob.digest.clone()));
         let _ = write!(
             record,
             r#"  {{"ref":"{}","digest":"{}","index_digest":"{index_digest}","config_digest":"{}","user":"{}"}}{}"#,

@@ -116,6 +116,17 @@ impl Layout {
     /// Config and manifest for one platform. `config` is the image
     /// config's `config` object (JSON), `labels` go into it as well.
     pub fn manifest(&self, arch: &str, config: &str, layers: &[Blob]) -> Result<Manifest> {
+        self.manifest_annotated(arch, config, layers, &[])
+    }
+
+    /// [`Layout::manifest`] with manifest `annotations` (key, value).
+    pub fn manifest_annotated(
+        &self,
+        arch: &str,
+        config: &str,
+        layers: &[Blob],
+        annotations: &[(&str, &str)],
+    ) -> Result<Manifest> {
         let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
         let image_config = format!(
             r#"{{"architecture":"{arch}","os":"linux","config":{config},"rootfs":{{"type":"layers","diff_ids":{}}},"history":[{{"created_by":"spyglass xtask"}}]}}"#,
@@ -131,8 +142,18 @@ impl Layout {
                 )
             })
             .collect();
+        let annotations: Vec<String> = annotations
+            .iter()
+            .map(|(k, v)| format!("{k:?}:{v:?}"))
+            .collect();
+        // none: no member at all (the images' digests stay as they were)
+        let annotations = if annotations.is_empty() {
+            String::new()
+        } else {
+            format!(r#","annotations":{{{}}}"#, annotations.join(","))
+        };
         let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_MANIFEST}","config":{{"mediaType":"{MEDIA_CONFIG}","digest":"{}","size":{}}},"layers":[{}]}}"#,
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_MANIFEST}","config":{{"mediaType":"{MEDIA_CONFIG}","digest":"{}","size":{}}},"layers":[{}]{annotations}}}"#,
             cfg.digest,
             cfg.size,
             layer_json.join(",")

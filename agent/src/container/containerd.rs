@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
-use super::meta::{self, ContainerMeta, Image};
+use super::meta::{self, ContainerMeta, Image, ImageLineage};
 use crate::event::Unattributed;
 
 /// What the containerd task tells the pipeline.
@@ -179,10 +179,43 @@ async fn read_blob(ch: &Channel, ns: &str, digest: &str) -> Result<Vec<u8>, Cont
     Ok(out)
 }
 
+/// What an image target resolves to: its digests, declared ports and
+/// lineage (immutable for a target digest).
+#[derive(Clone, Default)]
+struct Resolved {
+    digest: String,
+    index: String,
+    config: String,
+    ports: Vec<String>,
+    lineage: Option<Arc<ImageLineage>>,
+}
+
+impl Resolved {
+    fn fill(&self, image: &mut Image) {
+        image.digest.clone_from(&self.digest);
+        image.index_digest.clone_from(&self.index);
+        image.config_digest.clone_from(&self.config);
+        image.exposed_ports.clone_from(&self.ports);
+        image.lineage.clone_from(&self.lineage);
+    }
+}
+
 /// Digests behind an image target, cached by target digest (immutable).
 #[derive(Default)]
 struct ImageDigests {
-    by_target: HashMap<String, (String, String, String, Vec<String>)>,
+    by_target: HashMap<String, Resolved>,
+}
+
+/// A blob of the content store, or `None` (logged at debug: the image
+/// is reported with what could be read).
+async fn blob(ch: &Channel, ns: &str, digest: &str, what: &str, image: &str) -> Option<Vec<u8>> {
+    match read_blob(ch, ns, digest).await {
+        Ok(json) => Some(json),
+        Err(e) => {
+            debug!(image, error = %e, "cannot read image {what}");
+            None
+        }
+    }
 }
 
 impl ImageDigests {
@@ -212,63 +245,60 @@ impl ImageDigests {
         let Some(target) = target else {
             return image;
         };
-        if let Some((digest, index, config, ports)) = self.by_target.get(&target.digest) {
-            (
-                image.digest,
-                image.index_digest,
-                image.config_digest,
-                image.exposed_ports,
-            ) = (digest.clone(), index.clone(), config.clone(), ports.clone());
+        if let Some(r) = self.by_target.get(&target.digest) {
+            r.fill(&mut image);
             return image;
         }
-        let (mut digest, mut index) = (target.digest.clone(), String::new());
-        if meta::is_index(&target.media_type) {
-            index = target.digest.clone();
-            digest = match read_blob(ch, ns, &index).await {
-                Ok(json) => meta::manifest_for_platform(&json, "linux", meta::host_arch())
-                    .unwrap_or_default(),
-                Err(e) => {
-                    debug!(image = reference, error = %e, "cannot read image index");
-                    String::new()
-                }
-            };
-        }
-        let config = if digest.is_empty() {
-            String::new()
-        } else {
-            match read_blob(ch, ns, &digest).await {
-                Ok(json) => meta::config_of_manifest(&json).unwrap_or_default(),
-                Err(e) => {
-                    debug!(image = reference, error = %e, "cannot read image manifest");
-                    String::new()
-                }
-            }
-        };
-        let ports = if config.is_empty() {
-            Vec::new()
-        } else {
-            match read_blob(ch, ns, &config).await {
-                Ok(json) => meta::exposed_ports_of_config(&json),
-                Err(e) => {
-                    debug!(image = reference, error = %e, "cannot read image config");
-                    Vec::new()
-                }
-            }
-        };
+        let r = Self::read(ch, ns, reference, &target.digest, &target.media_type).await;
         if self.by_target.len() >= Self::MAX {
             self.by_target.clear();
         }
-        self.by_target.insert(
-            target.digest.clone(),
-            (digest.clone(), index.clone(), config.clone(), ports.clone()),
-        );
-        (
-            image.digest,
-            image.index_digest,
-            image.config_digest,
-            image.exposed_ports,
-        ) = (digest, index, config, ports);
+        r.fill(&mut image);
+        self.by_target.insert(target.digest, r);
         image
+    }
+
+    /// Read a target's index (if it is one), manifest and config.
+    async fn read(ch: &Channel, ns: &str, image: &str, target: &str, media: &str) -> Resolved {
+        let mut r = Resolved {
+            digest: target.to_owned(),
+            ..Resolved::default()
+        };
+        let (mut base, mut base_name) = (String::new(), String::new());
+        if meta::is_index(media) {
+            r.index = target.to_owned();
+            r.digest = String::new();
+            if let Some(json) = blob(ch, ns, target, "index", image).await {
+                r.digest = meta::manifest_for_platform(&json, "linux", meta::host_arch())
+                    .unwrap_or_default();
+                (base, base_name) = meta::base_of(&json);
+            }
+        }
+        if !r.digest.is_empty() {
+            if let Some(json) = blob(ch, ns, &r.digest, "manifest", image).await {
+                r.config = meta::config_of_manifest(&json).unwrap_or_default();
+                // the platform manifest's annotations over the index's
+                let (b, n) = meta::base_of(&json);
+                if !b.is_empty() || !n.is_empty() {
+                    (base, base_name) = (b, n);
+                }
+            }
+        }
+        let mut diff_ids = Vec::new();
+        if !r.config.is_empty() {
+            if let Some(json) = blob(ch, ns, &r.config, "config", image).await {
+                r.ports = meta::exposed_ports_of_config(&json);
+                diff_ids = meta::diff_ids_of_config(&json);
+            }
+        }
+        if !(base.is_empty() && base_name.is_empty() && diff_ids.is_empty()) {
+            r.lineage = Some(Arc::new(ImageLineage {
+                base_digest: base,
+                base_name,
+                diff_ids,
+            }));
+        }
+        r
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use spyglass_proto::model::{ContainerMeta, Image, Pod, Posture, Seccomp};
+pub use spyglass_proto::model::{ContainerMeta, Image, ImageLineage, Pod, Posture, Seccomp};
 
 /// Labels a kubelet sets on CRI containers.
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
@@ -273,6 +273,68 @@ pub fn exposed_ports_of_config(config_json: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Most layers of an image reported (Docker refuses more than 127).
+pub const MAX_LAYERS: usize = 256;
+/// Longest base image name reported.
+const MAX_BASE_NAME: usize = 512;
+
+/// A `sha256:` digest of 64 lower-case hex digits.
+pub fn is_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The base image an index's or manifest's annotations name
+/// (`org.opencontainers.image.base.digest` and `.name`): each empty when
+/// absent or malformed.
+pub fn base_of(json: &[u8]) -> (String, String) {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Annotated {
+        annotations: BTreeMap<String, String>,
+    }
+    let a = serde_json::from_slice::<Annotated>(json).unwrap_or_default();
+    let digest = a
+        .annotations
+        .get("org.opencontainers.image.base.digest")
+        .filter(|d| is_digest(d))
+        .cloned()
+        .unwrap_or_default();
+    let name = a
+        .annotations
+        .get("org.opencontainers.image.base.name")
+        .filter(|n| n.len() <= MAX_BASE_NAME && !n.chars().any(char::is_control))
+        .cloned()
+        .unwrap_or_default();
+    (digest, name)
+}
+
+/// An image config's `rootfs.diff_ids`, base first; empty when any is
+/// not a digest (a config a reader cannot trust) or there are over
+/// [`MAX_LAYERS`].
+pub fn diff_ids_of_config(config_json: &[u8]) -> Vec<String> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Config {
+        rootfs: Rootfs,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Rootfs {
+        diff_ids: Vec<String>,
+    }
+    let ids = serde_json::from_slice::<Config>(config_json)
+        .map(|c| c.rootfs.diff_ids)
+        .unwrap_or_default();
+    if ids.len() > MAX_LAYERS || !ids.iter().all(|d| is_digest(d)) {
+        return Vec::new();
+    }
+    ids
+}
+
 /// The config digest of an image manifest.
 pub fn config_of_manifest(manifest_json: &[u8]) -> Option<String> {
     let m: Manifest = serde_json::from_slice(manifest_json).ok()?;
@@ -419,6 +481,36 @@ mod tests {
         assert_eq!(exposed_ports_of_config(config), ["53/udp", "8080/tcp"]);
         assert!(exposed_ports_of_config(br#"{"config":{}}"#).is_empty());
         assert!(exposed_ports_of_config(b"garbage").is_empty());
+    }
+
+    #[test]
+    fn lineage_from_annotations_and_the_config() {
+        let base = format!("sha256:{}", "a".repeat(64));
+        let manifest = format!(
+            r#"{{"annotations":{{"org.opencontainers.image.base.digest":"{base}",
+                "org.opencontainers.image.base.name":"docker.io/library/debian:bookworm"}}}}"#
+        );
+        assert_eq!(
+            base_of(manifest.as_bytes()),
+            (base.clone(), "docker.io/library/debian:bookworm".to_owned())
+        );
+        // a malformed digest or a name with control characters is dropped
+        let bad = r#"{"annotations":{"org.opencontainers.image.base.digest":"sha256:XYZ",
+            "org.opencontainers.image.base.name":"a\u001b[2Jb"}}"#;
+        assert_eq!(base_of(bad.as_bytes()), (String::new(), String::new()));
+        assert_eq!(base_of(b"garbage"), (String::new(), String::new()));
+        let one = format!("sha256:{}", "1".repeat(64));
+        let two = format!("sha256:{}", "2".repeat(64));
+        let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{one}","{two}"]}}}}"#);
+        assert_eq!(diff_ids_of_config(config.as_bytes()), [one.clone(), two]);
+        let upper = format!(
+            r#"{{"rootfs":{{"diff_ids":["{one}","sha256:{}"]}}}}"#,
+            "A".repeat(64)
+        );
+        assert!(diff_ids_of_config(upper.as_bytes()).is_empty());
+        let many: Vec<String> = (0..=MAX_LAYERS).map(|_| one.clone()).collect();
+        let config = serde_json::json!({"rootfs": {"diff_ids": many}}).to_string();
+        assert!(diff_ids_of_config(config.as_bytes()).is_empty());
         let spec = br#"{"process":{"args":["/bin/sh","-c","x"]}}"#;
         assert_eq!(args_from_spec(spec), ["/bin/sh", "-c", "x"]);
         assert!(is_index(MEDIA_OCI_INDEX) && is_index(MEDIA_DOCKER_LIST));

@@ -36,13 +36,22 @@ pub fn container_event(
         c.fill(m);
     }
     ev.container = Some(c);
+    let mut lifecycle = lifecycle;
+    if lifecycle.state == ContainerState::Created {
+        // once per container, not with every event of it
+        lifecycle.image = meta.and_then(|m| m.image.lineage.clone());
+    }
     ev.lifecycle = Some(lifecycle);
     ev
 }
 
 /// A lifecycle step.
 pub fn step(state: ContainerState, exit_code: Option<i32>) -> Lifecycle {
-    Lifecycle { state, exit_code }
+    Lifecycle {
+        state,
+        exit_code,
+        image: None,
+    }
 }
 
 /// The `snapshot_complete` marker. `containers`: None when containerd

@@ -160,6 +160,57 @@ async fn events(
     }
 }
 
+/// `/api/v1/lineage?image=DIGEST[&relation=ancestors|descendants]`: the
+/// image hierarchy around one image (lineage.rs).
+async fn lineage(
+    State(app): State<App>,
+    headers: HeaderMap,
+    pairs: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use super::lineage::{self, LineageError, Which};
+    if !authorized(&headers, app.token.as_deref()) {
+        return unauthorized();
+    }
+    let pairs = match pairs {
+        Ok(Query(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("query string: {e}")),
+    };
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if let Some((name, _)) = pairs.iter().find(|(n, _)| n != "image" && n != "relation") {
+        let name: String = name.chars().take(64).collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("lineage takes image= and relation=, not {name}="),
+        );
+    }
+    let Some(image) = get("image") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "lineage needs image=DIGEST (a manifest, index or config digest)",
+        );
+    };
+    let which = match Which::parse(get("relation")) {
+        Ok(w) => w,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    if let Some(why) = app.health.reach.down() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("store unreachable: {why}"),
+        );
+    }
+    match lineage::rows(&app.pool, image, which).await {
+        Ok(rows) => Json(json!({ "lineage": rows, "truncated": false,
+            "stale": app.health.stale.load(Ordering::Relaxed) }))
+        .into_response(),
+        Err(e @ LineageError::Unknown(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e) => {
+            warn!(error = %e, "API lineage query failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+    }
+}
+
 async fn list(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
@@ -241,6 +292,7 @@ pub fn spawn(
     };
     let router = Router::new()
         .route("/api/v1/events", get(events))
+        .route("/api/v1/lineage", get(lineage))
         .route("/api/v1/{name}", get(list))
         .with_state(app)
         .merge(web);

@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 
 use spyglass_proto::model::{
-    AgentState, ConnectOutcome, Container, ContainerState, Event, Kind, NetOp, Severity, Usage,
+    AgentState, ConnectOutcome, Container, ContainerState, Event, ImageLineage, Kind, NetOp,
+    Severity, Usage,
 };
 
 /// Where a socket or finding belongs: a container's id, or `""` for the
@@ -141,6 +142,25 @@ pub enum Change<'a> {
         exit_code: Option<i32>,
         at: i64,
     },
+    /// Where a container's image comes from (its `created` step).
+    Lineage {
+        /// The image's manifest digest and config digest.
+        digest: &'a str,
+        config_digest: &'a str,
+        lineage: &'a ImageLineage,
+    },
+}
+
+/// The image lineage a container's `created` step carries, keyed by
+/// the image's digests (none without both).
+fn lineage_change(ev: &Event) -> Option<Change<'_>> {
+    let lineage = ev.lifecycle.as_ref()?.image.as_deref()?;
+    let image = &ev.container.as_ref()?.meta.as_ref()?.image;
+    (!image.digest.is_empty() && !image.config_digest.is_empty()).then_some(Change::Lineage {
+        digest: &image.digest,
+        config_digest: &image.config_digest,
+        lineage,
+    })
 }
 
 /// Whether the image of the event's container declares `port/protocol`.
@@ -207,6 +227,7 @@ pub fn derive<'a>(ev: &'a Event, internet: fn(IpAddr) -> bool, out: &mut Vec<Cha
     let deletion = ev.kind == Kind::Container
         && ev
             .lifecycle
+            .as_ref()
             .is_some_and(|l| l.state == ContainerState::Deleted);
     if let Some(c) = ev.container.as_ref().filter(|_| !deletion) {
         out.push(Change::Container {
@@ -227,6 +248,9 @@ pub fn derive<'a>(ev: &'a Event, internet: fn(IpAddr) -> bool, out: &mut Vec<Cha
         }));
     }
     if let Some(c) = network_change(ev, internet) {
+        out.push(c);
+    }
+    if let Some(c) = lineage_change(ev) {
         out.push(c);
     }
     if let (Kind::Container, Some(l), Some(c)) = (ev.kind, &ev.lifecycle, &ev.container) {

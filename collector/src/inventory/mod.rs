@@ -13,12 +13,17 @@
 //!   `--retain-closed`;
 //! - [`updater`]: the store task fed from ingest, [`weigh`]: what its
 //!   queue holds;
+//! - [`reports`]: scanner reports in the store; [`lineage`]: the image
+//!   hierarchy;
 //! - [`query`] and [`api`]: the read side; [`web`]: the web page.
 pub mod api;
 pub mod changes;
 pub mod filters;
+pub mod lineage;
 pub mod query;
 pub mod reach;
+#[allow(dead_code)] // used by the report import (report_dir.rs), wired next
+pub mod reports;
 pub mod restarts;
 pub mod retention;
 #[cfg(test)]
@@ -28,6 +33,8 @@ pub mod store;
 pub mod sweep;
 pub mod tracker;
 pub mod updater;
+#[cfg(test)]
+mod vuln_roundtrip;
 pub mod web;
 pub mod weigh;
 

@@ -337,7 +337,140 @@ pub const FINDINGS: Endpoint = Endpoint {
     ],
 };
 
-pub const ENDPOINTS: &[&Endpoint] = &[&CONTAINERS, &PORTS, &EGRESS, &IMAGES, &NODES, &FINDINGS];
+/// The severity words of scanner reports, as `severity=` of `vulns`
+/// takes them (at or above).
+pub fn vuln_severity(v: &str) -> Result<(), String> {
+    const WORDS: &[&str] = &["negligible", "low", "medium", "high", "critical"];
+    if WORDS.contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{v:?} is not one of {}", WORDS.join(", ")))
+    }
+}
+
+/// Vulnerabilities of the fleet's images, from the scanner reports that
+/// name any of an image's digests (reports.rs): one row per image,
+/// vulnerability and package, with where the image runs now.
+pub const VULNS: Endpoint = Endpoint {
+    name: "vulns",
+    select: "SELECT i.digest, \
+        (SELECT MIN(r.ref) FROM image_refs r WHERE r.digest = i.digest), \
+        x.id, x.severity, x.kind, x.package, x.version, x.source_package, x.fixed_version, \
+        x.purl, x.title, x.vex, x.report, \
+        (SELECT COUNT(*) FROM containers c WHERE c.image_digest = i.digest AND c.exited IS NULL), \
+        (SELECT COUNT(DISTINCT c.node) FROM containers c \
+            WHERE c.image_digest = i.digest AND c.exited IS NULL) \
+        FROM images i JOIN vulns x ON x.report IN (SELECT d.report FROM vuln_report_digests d \
+            WHERE d.digest = i.digest OR d.digest = i.config_digest OR d.digest = i.index_digest) \
+        WHERE 1 = 1",
+    order: "x.severity_rank DESC, i.digest, x.id, x.package, x.version",
+    filters: &[
+        Filter::Text {
+            name: "severity",
+            sql: "x.severity_rank >= (CASE ? WHEN 'critical' THEN 5 WHEN 'high' THEN 4 \
+                WHEN 'medium' THEN 3 WHEN 'low' THEN 2 WHEN 'negligible' THEN 1 ELSE 0 END)",
+            check: Some(vuln_severity),
+        },
+        Filter::Flag {
+            name: "fixable",
+            yes: "x.fixed_version <> ''",
+            no: "x.fixed_version = ''",
+        },
+        Filter::Flag {
+            name: "running",
+            yes: "EXISTS (SELECT 1 FROM containers c \
+                WHERE c.image_digest = i.digest AND c.exited IS NULL)",
+            no: "NOT EXISTS (SELECT 1 FROM containers c \
+                WHERE c.image_digest = i.digest AND c.exited IS NULL)",
+        },
+        Filter::Text {
+            name: "image",
+            sql: "(i.digest = ? OR i.index_digest = ? OR i.config_digest = ?)",
+            check: None,
+        },
+        Filter::Text {
+            name: "id",
+            sql: "x.id = ?",
+            check: None,
+        },
+        Filter::Text {
+            name: "package",
+            sql: "x.package = ?",
+            check: None,
+        },
+        Filter::Text {
+            name: "namespace",
+            sql: "EXISTS (SELECT 1 FROM containers c WHERE c.image_digest = i.digest \
+                AND c.exited IS NULL AND (c.namespace = ? OR c.pod_namespace = ?))",
+            check: None,
+        },
+        Filter::Text {
+            name: "node",
+            sql: "EXISTS (SELECT 1 FROM containers c WHERE c.image_digest = i.digest \
+                AND c.exited IS NULL AND c.node = ?)",
+            check: None,
+        },
+    ],
+    columns: &[
+        ("image.digest", Col::Text),
+        ("image.ref", Col::Text),
+        ("id", Col::Text),
+        ("severity", Col::Text),
+        ("package.kind", Col::Text),
+        ("package.name", Col::Text),
+        ("package.version", Col::Text),
+        ("package.source", Col::Text),
+        ("fixed_version", Col::Text),
+        ("package.purl", Col::Text),
+        ("title", Col::Text),
+        ("vex", Col::Text),
+        ("report", Col::Text),
+        ("running.containers", Col::Int),
+        ("running.nodes", Col::Int),
+    ],
+};
+
+/// The imported scanner reports.
+pub const REPORTS: Endpoint = Endpoint {
+    name: "reports",
+    select: "SELECT x.name, x.format, x.imported, x.packages, x.vulnerabilities, \
+        (SELECT MIN(d.digest) FROM vuln_report_digests d \
+            WHERE d.report = x.name AND d.kind = 'config'), \
+        (SELECT MIN(d.digest) FROM vuln_report_digests d \
+            WHERE d.report = x.name AND d.kind = 'manifest'), \
+        (SELECT COUNT(*) FROM images i WHERE EXISTS (SELECT 1 FROM vuln_report_digests d \
+            WHERE d.report = x.name AND (d.digest = i.digest OR d.digest = i.config_digest \
+            OR d.digest = i.index_digest))) \
+        FROM vuln_reports x WHERE 1 = 1",
+    order: "x.name",
+    filters: &[Filter::Text {
+        name: "image",
+        sql:
+            "EXISTS (SELECT 1 FROM vuln_report_digests d WHERE d.report = x.name AND d.digest = ?)",
+        check: None,
+    }],
+    columns: &[
+        ("name", Col::Text),
+        ("format", Col::Text),
+        ("imported", Col::Time),
+        ("packages", Col::Int),
+        ("vulnerabilities", Col::Int),
+        ("image.config_digest", Col::Text),
+        ("image.manifest_digest", Col::Text),
+        ("fleet_images", Col::Int),
+    ],
+};
+
+pub const ENDPOINTS: &[&Endpoint] = &[
+    &CONTAINERS,
+    &PORTS,
+    &EGRESS,
+    &IMAGES,
+    &NODES,
+    &FINDINGS,
+    &VULNS,
+    &REPORTS,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {

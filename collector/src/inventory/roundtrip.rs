@@ -87,12 +87,12 @@ fn take_rows(t: &mut Tracker, evs: &[Event]) -> super::rows::Rows {
 }
 
 /// The rows `evs` make through a fresh collector's tracker.
-fn rows_of(evs: &[Event]) -> super::rows::Rows {
+pub(super) fn rows_of(evs: &[Event]) -> super::rows::Rows {
     take_rows(&mut Tracker::default(), evs)
 }
 
 /// A new SQLite store in a scratch directory named `name`.
-async fn scratch_store(name: &str) -> (std::path::PathBuf, sqlx::AnyPool) {
+pub(super) async fn scratch_store(name: &str) -> (std::path::PathBuf, sqlx::AnyPool) {
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -100,7 +100,7 @@ async fn scratch_store(name: &str) -> (std::path::PathBuf, sqlx::AnyPool) {
     (dir, pool)
 }
 
-async fn get(
+pub(super) async fn get(
     pool: &sqlx::AnyPool,
     ep: &query::Endpoint,
     q: &[(&str, &str)],
@@ -187,6 +187,7 @@ async fn events_become_rows_that_answer_the_questions_and_a_resend_adds_none() {
     exit.lifecycle = Some(Lifecycle {
         state: ContainerState::Exited,
         exit_code: Some(137),
+        image: None,
     });
     store::write(&pool, &rows_of(&[exit])).await.unwrap();
     let gone = get(&pool, &query::CONTAINERS, &[("exited", "true")]).await;

@@ -85,6 +85,15 @@ pub struct ImageRow {
     pub last_seen: i64,
 }
 
+/// An image's lineage (its `images` row's base, and its layers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineageRow {
+    pub config_digest: String,
+    pub base_digest: String,
+    pub base_name: String,
+    pub diff_ids: Vec<String>,
+}
+
 /// `findings` key: node, container (`""`: host), rule, subject.
 pub type FindingKey = (String, String, String, String);
 
@@ -131,6 +140,8 @@ pub struct Rows {
     pub images: HashMap<String, ImageRow>,
     /// (digest, reference).
     pub image_refs: HashMap<(String, String), ()>,
+    /// By manifest digest; written after `images`.
+    pub lineages: HashMap<String, LineageRow>,
     pub findings: HashMap<FindingKey, FindingRow>,
     /// (node, container id) -> its latest lifecycle step; written after
     /// `containers` and `listeners` (an exit closes the container's
@@ -151,6 +162,7 @@ impl Rows {
             + self.egress.len()
             + self.images.len()
             + self.image_refs.len()
+            + self.lineages.len()
             + self.findings.len()
             + self.lifecycle.len()
             + self.sweeps.len()

@@ -188,6 +188,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "container usage",
         include_str!("migrations/0005_container_usage.sql"),
     ),
+    (
+        6,
+        "vulnerability reports",
+        include_str!("migrations/0006_vuln_reports.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -713,6 +718,7 @@ async fn write_once(pool: &AnyPool, rows: &Rows) -> Result<(), sqlx::Error> {
     write_containers(&mut tx, rows).await?;
     write_sockets(&mut tx, rows).await?;
     write_images_and_findings(&mut tx, rows).await?;
+    super::lineage::write(&mut tx, rows).await?;
     write_lifecycle(&mut tx, rows).await?;
     super::sweep::write(&mut tx, &rows.sweeps).await?;
     tx.commit().await

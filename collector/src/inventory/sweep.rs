@@ -126,6 +126,7 @@ mod tests {
         ev.lifecycle = Some(Lifecycle {
             state,
             exit_code: None,
+            image: None,
         });
         ev.snapshot = snapshot;
         ev

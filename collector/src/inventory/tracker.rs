@@ -8,14 +8,14 @@
 //! `snapshot_complete` queues the sweep of what was not re-announced.
 use std::collections::{HashMap, HashSet};
 
-use spyglass_proto::model::AgentState;
+use spyglass_proto::model::{AgentState, ImageLineage};
 
 use super::{
     changes::{Agent, Change, Egress, Finding, Listener},
     restarts::Restarts,
     rows::{
-        ContainerRow, EgressRow, FindingRow, ImageRow, ListenerRow, NodeRow, Rows, SocketKey,
-        Sweep, UsageRow,
+        ContainerRow, EgressRow, FindingRow, ImageRow, LineageRow, ListenerRow, NodeRow, Rows,
+        SocketKey, Sweep, UsageRow,
     },
 };
 
@@ -61,6 +61,8 @@ pub struct Tracker {
     /// (node, container) -> distinct destinations in `egress`.
     destinations: HashMap<(String, String), usize>,
     image_refs: HashSet<(String, String)>,
+    /// Manifest digests whose lineage was written.
+    lineages: HashSet<String>,
     /// Agents restarting, per node.
     restarts: Restarts,
     /// node -> lost events written (its agent's latest totals).
@@ -140,6 +142,11 @@ impl Tracker {
                 exit_code,
                 at,
             } => self.lifecycle(node, container_id, *state, *exit_code, *at),
+            Change::Lineage {
+                digest,
+                config_digest,
+                lineage,
+            } => self.lineage_seen(digest, config_digest, lineage),
         }
         self.bound();
     }
@@ -333,6 +340,23 @@ impl Tracker {
         }
     }
 
+    /// An image's lineage: written once per manifest digest (an image's
+    /// lineage never changes).
+    fn lineage_seen(&mut self, digest: &str, config: &str, lineage: &ImageLineage) {
+        if !self.lineages.insert(digest.to_owned()) {
+            return;
+        }
+        self.rows.lineages.insert(
+            digest.to_owned(),
+            LineageRow {
+                config_digest: config.to_owned(),
+                base_digest: lineage.base_digest.clone(),
+                base_name: lineage.base_name.clone(),
+                diff_ids: lineage.diff_ids.clone(),
+            },
+        );
+    }
+
     fn listener_seen(&mut self, l: &Listener<'_>) {
         let key = socket_key(l.node, l.container_id, l.protocol, l.address, l.port);
         let generation = self.generation(l.node);
@@ -443,7 +467,11 @@ impl Tracker {
 
     /// Forget everything past [`MAX_REMEMBERED`] entries.
     fn bound(&mut self) {
-        if self.container_count + self.listeners.len() + self.egress.len() + self.image_refs.len()
+        if self.container_count
+            + self.listeners.len()
+            + self.egress.len()
+            + self.image_refs.len()
+            + self.lineages.len()
             > MAX_REMEMBERED
         {
             self.forget();
@@ -486,6 +514,7 @@ impl Tracker {
         self.egress.clear();
         self.destinations.clear();
         self.image_refs.clear();
+        self.lineages.clear();
         self.lost.clear();
     }
 

@@ -7,8 +7,8 @@
 use std::{collections::BTreeMap, mem::size_of};
 
 use spyglass_proto::model::{
-    AgentInfo, Args, Container, ContainerMeta, Event, FindingInfo, Loss, Pod, Posture, Process,
-    Usage,
+    AgentInfo, Args, Container, ContainerMeta, Event, FindingInfo, ImageLineage, Loss, Pod,
+    Posture, Process, Usage,
 };
 
 /// Drop what no state change reads: a finding's evidence, the process's
@@ -96,6 +96,15 @@ pub fn bytes(ev: &Event) -> usize {
         + ev.agent.as_deref().map_or(0, agent)
         + ev.loss.as_ref().map_or(0, |_| size_of::<Loss>())
         + ev.resources.as_ref().map_or(0, |_| size_of::<Usage>())
+        + ev.lifecycle
+            .as_ref()
+            .and_then(|l| l.image.as_deref())
+            .map_or(0, |i| {
+                size_of::<ImageLineage>()
+                    + text(&i.base_digest)
+                    + text(&i.base_name)
+                    + texts(&i.diff_ids)
+            })
 }
 
 #[cfg(test)]

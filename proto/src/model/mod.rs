@@ -329,7 +329,7 @@ pub struct AgentInfo {
 }
 
 /// A step in a container's life (`container` events).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Lifecycle {
     pub state: ContainerState,
     /// Exit status of the container's init process as containerd reports
@@ -337,6 +337,9 @@ pub struct Lifecycle {
     /// saw the exit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// `created`: the image's lineage, when the agent could read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<Arc<ImageLineage>>,
 }
 
 /// Entries in the agent's caches.
@@ -368,6 +371,27 @@ pub struct Image {
     /// Ports the image declares (`8080/tcp`), from its config.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exposed_ports: Vec<String>,
+    /// Where the image comes from, as the agent read it from containerd.
+    /// Not rendered with every event: it goes out once per container, in
+    /// its `created` lifecycle event ([`Lifecycle::image`]).
+    #[serde(skip)]
+    pub lineage: Option<Arc<ImageLineage>>,
+}
+
+/// Where an image comes from: the base image its annotations name, and
+/// its layers (base first; a base's layers are a prefix of its
+/// descendants').
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImageLineage {
+    /// `org.opencontainers.image.base.digest` of the manifest or index.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub base_digest: String,
+    /// `org.opencontainers.image.base.name`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub base_name: String,
+    /// The config's `rootfs.diff_ids`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub diff_ids: Vec<String>,
 }
 
 /// Kubernetes pod of a container.

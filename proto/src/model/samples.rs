@@ -49,6 +49,7 @@ pub fn container() -> Container {
             index_digest: "sha256:bb".into(),
             config_digest: "sha256:cc".into(),
             exposed_ports: vec!["80/tcp".into()],
+            lineage: None,
         },
         pod: Some(pod.clone()),
         labels,
@@ -177,6 +178,26 @@ pub fn container_exited() -> Event {
     ev.lifecycle = Some(Lifecycle {
         state: ContainerState::Exited,
         exit_code: Some(137),
+        image: None,
+    });
+    ev
+}
+
+/// A container first seen, with its image's lineage.
+pub fn container_created() -> Event {
+    let mut ev = Event::new(Kind::Container, Timestamp(T), "n1".into());
+    ev.container = Some(container());
+    ev.lifecycle = Some(Lifecycle {
+        state: ContainerState::Created,
+        exit_code: None,
+        image: Some(Arc::new(ImageLineage {
+            base_digest: format!("sha256:{}", "b".repeat(64)),
+            base_name: "docker.io/library/debian:bookworm-slim".into(),
+            diff_ids: vec![
+                format!("sha256:{}", "1".repeat(64)),
+                format!("sha256:{}", "2".repeat(64)),
+            ],
+        })),
     });
     ev
 }
@@ -363,6 +384,7 @@ pub fn all() -> Vec<Event> {
         listen(),
         close(),
         container_exited(),
+        container_created(),
         snapshot_complete(),
         connect(),
         loss(),

@@ -264,6 +264,7 @@ fn container_from(c: w::ContainerContext) -> Container {
                 index_digest: c.image_index_digest,
                 config_digest: c.image_config_digest,
                 exposed_ports: c.image_exposed_ports,
+                lineage: None,
             },
             pod: None,
             labels: c.labels.into_iter().collect(),
@@ -596,6 +597,11 @@ pub fn to_wire(ev: &Event) -> w::Event {
         Some(Detail::Lifecycle(w::Lifecycle {
             state: l.state.as_str().into(),
             exit_code: l.exit_code,
+            image: l.image.as_deref().map(|i| w::ImageLineage {
+                base_digest: i.base_digest.clone(),
+                base_name: i.base_name.clone(),
+                diff_ids: i.diff_ids.clone(),
+            }),
         }))
     } else {
         ev.agent
@@ -671,6 +677,13 @@ pub fn from_wire(ev: w::Event) -> Result<Event, WireError> {
             out.lifecycle = Some(Lifecycle {
                 state: ContainerState::parse_lenient(&l.state),
                 exit_code: l.exit_code,
+                image: l.image.map(|i| {
+                    Arc::new(ImageLineage {
+                        base_digest: i.base_digest,
+                        base_name: i.base_name,
+                        diff_ids: i.diff_ids,
+                    })
+                }),
             });
         }
         None => {}

@@ -136,6 +136,7 @@ fn node_events(n: usize, containers: usize, t: i64) -> Vec<Event> {
         created.lifecycle = Some(Lifecycle {
             state: ContainerState::Created,
             exit_code: None,
+            image: None,
         });
         out.push(created);
         let mut listen = samples::listen();
