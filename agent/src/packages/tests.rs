@@ -455,6 +455,73 @@ fn this_hosts_dpkg_owns_its_binaries() {
     assert!(idx.path_count() > 10_000, "{} paths", idx.path_count());
 }
 
+/// Every regular file in this host's /usr/bin and /usr/sbin: the index
+/// names the package `dpkg -S` names (asked under both merged-/usr
+/// spellings, since dpkg itself knows only the one its list has), and
+/// nothing for the files dpkg does not know.
+#[test]
+fn this_hosts_bin_dirs_agree_with_dpkg_s() {
+    let idx = PackageIndex::read(Path::new("/")).unwrap();
+    let mut files = Vec::new();
+    for dir in ["/usr/bin", "/usr/sbin"] {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                files.push(e.path().to_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(files.len() > 100, "{} files", files.len());
+    let mut args: Vec<String> = vec!["-S".into()];
+    for f in &files {
+        args.push(f.clone());
+        args.push(f.strip_prefix("/usr").unwrap().to_string());
+    }
+    // Exit status 1 when some path is unknown: the answers are on stdout.
+    let out = Command::new("dpkg-query").args(&args).output().unwrap();
+    let mut dpkg: std::collections::HashMap<String, Vec<String>> = Default::default();
+    // dpkg -S names no owner for a diversion's new name; dpkg -L says the
+    // diverted package's file is there (libpq-dev's pg_config, diverted by
+    // postgresql-common to /usr/bin/pg_config.libpq-dev): some owner.
+    let mut diverted_to = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        if line.starts_with("diversion by ") {
+            if let Some((_, to)) = line.split_once(" to: ") {
+                diverted_to.push(to.to_string());
+            }
+            continue;
+        }
+        let (pkgs, path) = line.rsplit_once(": ").unwrap();
+        let path = if path.starts_with("/usr/") {
+            path.to_string()
+        } else {
+            format!("/usr{path}")
+        };
+        let names = pkgs
+            .split(", ")
+            .map(|p| p.split(':').next().unwrap().to_string());
+        dpkg.entry(path).or_default().extend(names);
+    }
+    let mut owned = 0;
+    for f in &files {
+        let ours = idx.owner(f).map(|p| p.name.to_string());
+        match dpkg.get(f) {
+            Some(names) => {
+                owned += 1;
+                let ours =
+                    ours.unwrap_or_else(|| panic!("{f}: dpkg -S says {names:?}, the index none"));
+                assert!(
+                    names.contains(&ours),
+                    "{f}: dpkg -S says {names:?}, the index {ours}"
+                );
+            }
+            None if diverted_to.contains(f) => assert!(ours.is_some(), "{f}: a diversion's target"),
+            None => assert_eq!(ours, None, "{f}: dpkg -S knows no owner"),
+        }
+    }
+    assert!(owned > 100, "{owned} owned files");
+}
+
 /// Figures for the report: `cargo test --release -p spyglass-agent --lib
 /// packages::tests::index_of_this_host_bench -- --ignored --nocapture`.
 #[test]
