@@ -51,6 +51,8 @@
 mod apk;
 mod build;
 mod dpkg;
+#[cfg(test)]
+mod fuzz;
 mod paths;
 mod purl;
 mod rootfs;
