@@ -56,6 +56,41 @@ fn names(r: &Report) -> Vec<&str> {
 /// A vulnerability as (id, package name, severity, fixed version, vex).
 type Row = (String, String, Severity, Option<String>, Option<VexState>);
 
+fn row(
+    id: &str,
+    package: &str,
+    severity: Severity,
+    fix: Option<&str>,
+    vex: Option<VexState>,
+) -> Row {
+    (
+        id.into(),
+        package.into(),
+        severity,
+        fix.map(str::to_owned),
+        vex,
+    )
+}
+
+const CURL_FIX: Option<&str> = Some("7.88.1-10+deb12u16");
+const SSL_FIX: Option<&str> = Some("3.0.19-1~deb12u3");
+
+/// The four findings the hand-written Trivy and Grype reports share.
+fn four_findings() -> Vec<Row> {
+    vec![
+        row("CVE-2023-45853", "zlib1g", Severity::Critical, None, None),
+        row("CVE-2025-9086", "curl", Severity::Medium, CURL_FIX, None),
+        row(
+            "CVE-2025-9086",
+            "libcurl4",
+            Severity::Medium,
+            CURL_FIX,
+            None,
+        ),
+        row("CVE-2025-9230", "libssl3", Severity::High, SSL_FIX, None),
+    ]
+}
+
 /// The report's vulnerabilities as rows, sorted.
 fn vulns(r: &Report) -> Vec<Row> {
     let mut v: Vec<_> = r
@@ -122,40 +157,7 @@ fn trivy_vulnerabilities_join_the_listed_packages() {
         [format!("{REPO}@{MANIFEST}"), format!("{REPO}:1")]
     );
     assert_eq!(names(&r), PACKAGES, "no package added for a vulnerability");
-    let fix = Some("7.88.1-10+deb12u16".to_owned());
-    assert_eq!(
-        vulns(&r),
-        [
-            (
-                "CVE-2023-45853".into(),
-                "zlib1g".into(),
-                Severity::Critical,
-                None,
-                None
-            ),
-            (
-                "CVE-2025-9086".into(),
-                "curl".into(),
-                Severity::Medium,
-                fix.clone(),
-                None
-            ),
-            (
-                "CVE-2025-9086".into(),
-                "libcurl4".into(),
-                Severity::Medium,
-                fix,
-                None
-            ),
-            (
-                "CVE-2025-9230".into(),
-                "libssl3".into(),
-                Severity::High,
-                Some("3.0.19-1~deb12u3".into()),
-                None
-            ),
-        ]
-    );
+    assert_eq!(vulns(&r), four_findings());
     let curl = r
         .vulnerabilities
         .iter()
@@ -220,50 +222,17 @@ fn grype_report_names_the_image_by_every_digest_and_keeps_vex_statements() {
         ("1:1.2.13.dfsg-1", Some("zlib"))
     );
     assert_eq!(zlib.arch.as_deref(), Some("amd64"));
-    let fix = Some("7.88.1-10+deb12u16".to_owned());
-    let ssl_fix = Some("3.0.19-1~deb12u3".to_owned());
-    assert_eq!(
-        vulns(&r),
-        [
-            (
-                "CVE-2023-45853".into(),
-                "zlib1g".into(),
-                Severity::Critical,
-                None,
-                None
-            ),
-            (
-                "CVE-2025-9086".into(),
-                "curl".into(),
-                Severity::Medium,
-                fix.clone(),
-                None
-            ),
-            (
-                "CVE-2025-9086".into(),
-                "libcurl4".into(),
-                Severity::Medium,
-                fix,
-                None
-            ),
-            (
-                "CVE-2025-9230".into(),
-                "libssl3".into(),
-                Severity::High,
-                ssl_fix.clone(),
-                None
-            ),
-            // Removed by a VEX document: kept with its statement. The
-            // user-ignored CVE-2024-2379 stays out.
-            (
-                "CVE-2025-9231".into(),
-                "libssl3".into(),
-                Severity::Medium,
-                ssl_fix,
-                Some(VexState::NotAffected)
-            ),
-        ]
-    );
+    let mut want = four_findings();
+    // Removed by a VEX document: kept with its statement. The
+    // user-ignored CVE-2024-2379 stays out.
+    want.push(row(
+        "CVE-2025-9231",
+        "libssl3",
+        Severity::Medium,
+        SSL_FIX,
+        Some(VexState::NotAffected),
+    ));
+    assert_eq!(vulns(&r), want);
 }
 
 #[test]
@@ -310,31 +279,12 @@ fn trivy_cyclonedx_names_the_image_id_and_packages() {
 #[test]
 fn cyclonedx_vulnerabilities_take_the_highest_rating_and_trivys_recommended_fix() {
     let r = ok("trivy-vulns.cdx.json", TRIVY_VULNS_CDX);
-    let fix = Some("7.88.1-10+deb12u16".to_owned());
     assert_eq!(
         vulns(&r),
         [
-            (
-                "CVE-2023-45853".into(),
-                "zlib1g".into(),
-                Severity::Critical,
-                None,
-                None
-            ),
-            (
-                "CVE-2025-9086".into(),
-                "curl".into(),
-                Severity::High,
-                fix.clone(),
-                None
-            ),
-            (
-                "CVE-2025-9086".into(),
-                "libcurl4".into(),
-                Severity::High,
-                fix,
-                None
-            ),
+            row("CVE-2023-45853", "zlib1g", Severity::Critical, None, None),
+            row("CVE-2025-9086", "curl", Severity::High, CURL_FIX, None),
+            row("CVE-2025-9086", "libcurl4", Severity::High, CURL_FIX, None),
         ]
     );
 }
@@ -355,36 +305,32 @@ fn a_vex_only_bom_is_a_report_about_the_image_its_purl_names() {
         (zlib.kind.as_str(), zlib.arch.as_deref()),
         ("deb", Some("amd64"))
     );
+    let under = Some(VexState::UnderInvestigation);
+    let not_affected = Some(VexState::NotAffected);
     assert_eq!(
         vulns(&r),
         [
-            (
-                "CVE-2023-45853".into(),
-                "zlib1g".into(),
+            row("CVE-2023-45853", "zlib1g", Severity::Unknown, None, under),
+            row(
+                "CVE-2024-2379",
+                "libcurl4",
                 Severity::Unknown,
                 None,
-                Some(VexState::UnderInvestigation)
+                not_affected
             ),
-            (
-                "CVE-2024-2379".into(),
-                "libcurl4".into(),
-                Severity::Unknown,
-                None,
-                Some(VexState::NotAffected)
-            ),
-            (
-                "CVE-2025-9086".into(),
-                "curl".into(),
+            row(
+                "CVE-2025-9086",
+                "curl",
                 Severity::High,
-                Some("7.88.1-10+deb12u16".into()),
+                CURL_FIX,
                 Some(VexState::Affected)
             ),
-            (
-                "CVE-2025-9231".into(),
-                "libssl3".into(),
+            row(
+                "CVE-2025-9231",
+                "libssl3",
                 Severity::Medium,
                 None,
-                Some(VexState::NotAffected)
+                not_affected
             ),
             // CVE-2025-9230's ref points into another BOM at no purl: skipped.
         ]
@@ -462,6 +408,36 @@ fn foreign_files_are_refused_with_what_to_do() {
     assert!(
         err("s.json", br#"{"spdxVersion": "SPDX-2.3"}"#).starts_with("s.json: an SPDX document")
     );
+}
+
+#[test]
+fn deep_nesting_is_refused_or_skipped_not_a_stack_overflow() {
+    // In a field that is not read, serde_json skips it without recursing.
+    let mut bytes = br#"{"bomFormat": "CycloneDX", "specVersion": "1.6", "x": "#.to_vec();
+    bytes.extend(std::iter::repeat_n(b'[', 100_000));
+    bytes.extend(std::iter::repeat_n(b']', 100_000));
+    bytes.push(b'}');
+    let e = err("deep.json", &bytes);
+    assert!(
+        e.starts_with("deep.json: the CycloneDX report names no image digest"),
+        "{e}"
+    );
+    // In nested components, which are read: the recursion limit.
+    let mut bytes = br#"{"bomFormat": "CycloneDX", "specVersion": "1.6", "components": "#.to_vec();
+    for _ in 0..10_000 {
+        bytes.extend_from_slice(br#"[{"name": "a", "components": "#);
+    }
+    bytes.extend_from_slice(b"[]");
+    for _ in 0..10_000 {
+        bytes.extend_from_slice(b"}]");
+    }
+    bytes.push(b'}');
+    let e = err("deep.json", &bytes);
+    assert!(
+        e.starts_with("deep.json: truncated or malformed JSON at line 1"),
+        "{e}"
+    );
+    assert!(e.contains("recursion limit exceeded"), "{e}");
 }
 
 #[test]
