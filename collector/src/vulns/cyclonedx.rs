@@ -240,10 +240,16 @@ impl<'a> Packages<'a> {
             .and_then(|p| p.qualifier("arch"))
             .or_else(|| c.property("syft:metadata:architecture"))
             .map(str::to_owned);
+        // Older Trivy BOMs keep a Debian or RPM epoch only in the purl
+        // (`epoch=1`): put it back, as Trivy's InstalledVersion has it.
+        let version = match purl.as_ref().and_then(|p| p.qualifier("epoch")) {
+            Some(e) if e != "0" && !c.version.contains(':') => format!("{e}:{}", c.version),
+            _ => c.version.clone(),
+        };
         let i = b.package(Package {
             kind: kind(purl.as_ref(), scanner_type),
             name,
-            version: c.version.clone(),
+            version,
             source,
             arch,
             purl: non_empty(&c.purl),

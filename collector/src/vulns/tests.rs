@@ -26,6 +26,10 @@ const SYFT: &[u8] = include_bytes!("fixtures/syft.json");
 const SYFT_CDX: &[u8] = include_bytes!("fixtures/syft.cdx.json");
 const GRYPE: &[u8] = include_bytes!("fixtures/grype.json");
 const VEX_CDX: &[u8] = include_bytes!("fixtures/vex.cdx.json");
+// The scanners' own test outputs (fixtures/README.md, "Upstream").
+const UP_TRIVY: &[u8] = include_bytes!("fixtures/upstream/trivy-debian-buster.json");
+const UP_GRYPE: &[u8] = include_bytes!("fixtures/upstream/grype-image.json");
+const UP_TRIVY_CDX: &[u8] = include_bytes!("fixtures/upstream/trivy-centos-7.cdx.json");
 
 fn ok(name: &str, bytes: &[u8]) -> Report {
     parse(name, bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -335,6 +339,105 @@ fn a_vex_only_bom_is_a_report_about_the_image_its_purl_names() {
             // CVE-2025-9230's ref points into another BOM at no purl: skipped.
         ]
     );
+}
+
+#[test]
+fn trivys_own_debian_test_report_without_package_list_adds_the_vulnerable_packages() {
+    let r = ok("trivy-debian-buster.json", UP_TRIVY);
+    assert_eq!(
+        r.subject.config_digest.as_deref(),
+        Some("sha256:c2c03a296d2329a4f3ab72a7bf38b78a8a80108204d326b0139d6af700e152d1")
+    );
+    assert_eq!(
+        r.subject.diff_ids,
+        ["sha256:78c1b9419976227e05be9d243b7fa583bea44a5258e52018b2af4cdfe23d148d"]
+    );
+    assert_eq!(
+        r.subject.refs,
+        ["ghcr.io/aquasecurity/trivy-test-images:debian-buster"]
+    );
+    assert_eq!(names(&r), ["bash", "libidn2-0"]);
+    let idn = package(&r, "libidn2-0");
+    assert_eq!(
+        (idn.version.as_str(), idn.arch.as_deref()),
+        ("2.0.5-1", Some("amd64"))
+    );
+    assert_eq!(
+        vulns(&r),
+        [
+            row(
+                "CVE-2019-18224",
+                "libidn2-0",
+                Severity::Critical,
+                Some("2.0.5-1+deb10u1"),
+                None
+            ),
+            row("CVE-2019-18276", "bash", Severity::Low, None, None),
+        ]
+    );
+}
+
+#[test]
+fn grypes_own_image_presenter_snapshot_parses() {
+    let r = ok("grype-image.json", UP_GRYPE);
+    assert_eq!(
+        r.subject.manifest_digests,
+        ["sha256:ca738abb87a8d58f112d3400ebb079b61ceae7dc290beb34bda735be4b1941d5"]
+    );
+    assert_eq!(
+        r.subject.config_digest.as_deref(),
+        Some("sha256:ab5608d634db2716a297adbfa6a5dd5d8f8f5a7d0cab73649ea7fbb8c8da544f")
+    );
+    assert_eq!(r.subject.diff_ids.len(), 3);
+    assert_eq!(
+        (
+            package(&r, "package-1").kind.as_str(),
+            package(&r, "package-2").kind.as_str()
+        ),
+        ("rpm", "deb")
+    );
+    assert_eq!(
+        vulns(&r),
+        [
+            row(
+                "CVE-1999-0001",
+                "package-1",
+                Severity::Low,
+                Some("1.2.1"),
+                None
+            ),
+            row("CVE-1999-0002", "package-2", Severity::Critical, None, None),
+        ]
+    );
+}
+
+#[test]
+fn an_older_trivy_bom_with_one_layer_keeps_it_and_puts_rpm_epochs_back() {
+    let r = ok("trivy-centos-7.cdx.json", UP_TRIVY_CDX);
+    assert_eq!(
+        r.subject.config_digest.as_deref(),
+        Some("sha256:f1cb7c7d58b73eac859c395882eec49d50651244e342cd6c68a5c7809785f427")
+    );
+    assert_eq!(
+        r.subject.diff_ids,
+        ["sha256:89169d87dbe2b72ba42bfbb3579c957322baca28e03a1e558076542a1c1b2b4a"],
+        "a single diff id has no order to lose"
+    );
+    assert_eq!(
+        r.subject.refs,
+        ["ghcr.io/aquasecurity/trivy-test-images:centos-7"]
+    );
+    let ssl = package(&r, "openssl-libs");
+    assert_eq!(
+        (
+            ssl.kind.as_str(),
+            ssl.version.as_str(),
+            ssl.source.as_deref(),
+            ssl.arch.as_deref()
+        ),
+        ("rpm", "1:1.0.2k-16.el7", Some("openssl"), Some("x86_64"))
+    );
+    assert_eq!(package(&r, "bash").version, "4.2.46-31.el7");
 }
 
 #[test]
