@@ -19,7 +19,6 @@ mod remote;
 mod service;
 mod streams;
 mod syslog;
-#[allow(dead_code)] // read by the report import, which follows
 mod vulns;
 mod webhook;
 
@@ -187,6 +186,12 @@ struct Cli {
     /// (same units).
     #[arg(long, default_value = "24h")]
     retain_closed: inventory::retention::Keep,
+    /// A directory of scanner reports to import into the inventory
+    /// (Trivy JSON, Grype JSON, CycloneDX BOM or VEX; `*.json`), read
+    /// again as files appear, change or go (docs/vulnerabilities.md).
+    /// Needs the inventory (not `--store none`).
+    #[arg(long)]
+    vuln_reports: Option<PathBuf>,
     /// Serve the inventory's read API (JSON under /api/v1/) on this
     /// address (ADDR:PORT, plain HTTP). Off when not given. Without
     /// --api-token-file only a loopback address is accepted.
@@ -251,6 +256,9 @@ async fn open_inventory(
             if cli.api_listen.is_some() {
                 return Err(inventory::api::ApiError::NoStore.into());
             }
+            if cli.vuln_reports.is_some() {
+                anyhow::bail!("--vuln-reports needs the inventory: drop --store none");
+            }
             return Ok(None);
         }
         StoreUrl::Sqlite(path) => {
@@ -288,6 +296,24 @@ async fn open_inventory(
         Some(why) => feed.health.reach.set_down(why),
     }
     Ok(Some((pool, feed)))
+}
+
+/// Start importing the reports of `dir` (`--vuln-reports`), refused at
+/// start when it is not a directory.
+fn watch_reports(
+    pool: &sqlx::AnyPool,
+    dir: &std::path::Path,
+) -> Result<Arc<inventory::report_dir::ImportHealth>> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "--vuln-reports {}: not a directory: create it (scanner reports are written into it)",
+            dir.display()
+        );
+    }
+    let health = Arc::new(inventory::report_dir::ImportHealth::default());
+    inventory::report_dir::spawn(pool.clone(), dir.to_owned(), health.clone());
+    info!(dir = %dir.display(), "importing vulnerability reports");
+    Ok(health)
 }
 
 fn main() {
@@ -403,6 +429,10 @@ async fn run(cli: Cli) -> Result<()> {
     let inventory = open_inventory(&cli, out_path.as_deref()).await?;
     let mut metrics = metrics::Metrics::new(syslog.as_ref().map(|s| s.dropped.clone()));
     metrics.store = inventory.as_ref().map(|(_, feed)| feed.health.clone());
+    metrics.vuln_reports = match (&inventory, &cli.vuln_reports) {
+        (Some((pool, _)), Some(dir)) => Some(watch_reports(pool, dir)?),
+        _ => None,
+    };
     let live = Arc::new(live::Hub::new(cli.api_max_stream_clients));
     metrics.live = cli.api_listen.map(|_| live.clone());
     metrics.remote.clone_from(&remote);

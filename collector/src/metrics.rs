@@ -45,6 +45,8 @@ pub struct Metrics {
     /// The remote output (`--kafka-brokers`, `--webhook-url`); `None`:
     /// none.
     pub remote: Option<crate::remote::Remote>,
+    /// The scanner report import (`--vuln-reports`); `None`: none.
+    pub vuln_reports: Option<Arc<crate::inventory::report_dir::ImportHealth>>,
 }
 
 /// Most (rule, severity) series of `spyglass_collector_findings_total`:
@@ -228,6 +230,9 @@ impl Metrics {
         }
         if let Some(l) = &self.live {
             l.metrics(&mut s);
+        }
+        if let Some(r) = &self.vuln_reports {
+            report_metrics(&mut s, r);
         }
         s
     }
@@ -470,6 +475,40 @@ pub fn answer(m: &Metrics, agents: &Agents, path: &str) -> endpoints::Answer {
     let remote = m.remote.as_ref().and_then(crate::remote::Remote::not_ready);
     let not_ready = m.not_ready().map(str::to_owned).or(remote);
     endpoints::answer(path, || m.render(agents), stalled, not_ready.as_deref())
+}
+
+/// The scanner report import's families.
+fn report_metrics(s: &mut String, h: &crate::inventory::report_dir::ImportHealth) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let rejecting = h.rejects.lock().map_or(0, |r| r.len()) as u64;
+    for (name, help, kind, v) in [
+        (
+            "spyglass_collector_vuln_reports_imported_total",
+            "Scanner reports saved into the inventory (a changed file is saved again).",
+            "counter",
+            get(&h.imported),
+        ),
+        (
+            "spyglass_collector_vuln_reports_rejected_total",
+            "Scanner report files refused (unreadable, too large, or not a report; the log names the file and why).",
+            "counter",
+            get(&h.rejected),
+        ),
+        (
+            "spyglass_collector_vuln_reports_removed_total",
+            "Scanner reports removed from the inventory because their file went.",
+            "counter",
+            get(&h.removed),
+        ),
+        (
+            "spyglass_collector_vuln_reports_rejecting",
+            "Report files refused in their current version.",
+            "gauge",
+            rejecting,
+        ),
+    ] {
+        endpoints::single(s, name, help, kind, v);
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! agent under containerd reads each image's lineage from containerd's
 //! content store, a real collector builds the image hierarchy in its
 //! store, and the API and the `spyglass` CLI answer which images are
-//! built on which.
+//! built on which; scanner reports dropped in `--vuln-reports` or sent to
+//! the API join the running images on any of their digests.
 mod common;
 
 use std::time::Duration;
@@ -10,8 +11,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 use spyglass_e2e::{
-    containers::{container_id, image, Ctr},
-    fleet::{api_get, spyglass, start_collector},
+    containers::{container_id, image, Ctr, TestImage},
+    fleet::{api_get, api_send, spyglass, start_collector},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -136,7 +137,10 @@ fn an_image_descends_from_the_base_its_layers_start_with() {
         base.digest
     ));
     assert_eq!(st, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("relation"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("relation"),
+        "{body}"
+    );
 
     // the CLI: images built on busybox, and app's bases
     let (code, out, err) = spyglass(
@@ -153,5 +157,197 @@ fn an_image_descends_from_the_base_its_layers_start_with() {
         .find(|l| l.starts_with("ancestor"))
         .unwrap_or_else(|| panic!("no ancestor row: {out}"));
     assert!(ancestor.contains(&base.reference), "{out}");
+    agent.stop();
+}
+
+/// A Trivy JSON report (the shape `trivy image -f json` writes: its
+/// `Metadata.ImageID` is the config digest, `RepoDigests` name the
+/// manifest) of `img`, with `vulns` (id, severity, fixed version) on the
+/// image's busybox-static (the Debian package its one binary comes from).
+fn trivy_report(img: &TestImage, vulns: &[(&str, &str, &str)]) -> String {
+    let repo = img.reference.split(':').next().unwrap();
+    let vulns: Vec<Value> = vulns
+        .iter()
+        .map(|(id, severity, fixed)| {
+            serde_json::json!({
+                "VulnerabilityID": id,
+                "PkgName": "busybox-static",
+                "PkgIdentifier": {
+                    "PURL": "pkg:deb/debian/busybox-static@1.35.0-4%2Bdeb12u1%2Bb1?arch=amd64&distro=debian-12"
+                },
+                "InstalledVersion": "1:1.35.0-4+deb12u1+b1",
+                "FixedVersion": fixed,
+                "Severity": severity,
+                "Title": format!("{id} in busybox"),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "SchemaVersion": 2,
+        "ArtifactName": img.reference,
+        "ArtifactType": "container_image",
+        "Metadata": {
+            "OS": {"Family": "debian", "Name": "12.12"},
+            "ImageID": img.config_digest,
+            "RepoTags": [img.reference],
+            "RepoDigests": [format!("{repo}@{}", img.digest)],
+        },
+        "Results": [{
+            "Target": format!("{} (debian 12.12)", img.reference),
+            "Class": "os-pkgs",
+            "Type": "debian",
+            "Vulnerabilities": vulns,
+        }],
+    })
+    .to_string()
+}
+
+/// The vulnerability ids the API answers for `q`.
+fn vuln_ids(api: u16, q: &str) -> Vec<String> {
+    let (st, body) = api_get(api, &format!("/api/v1/vulns{q}"), Some(TOKEN));
+    assert_eq!(st, 200, "{body}");
+    body["vulns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Reports in `--vuln-reports` and through the API, joined with the
+/// images that run: one written before its image's container starts and
+/// one after both join; a truncated rewrite of a report is refused by
+/// name and its earlier version stays answered; a removed file's rows
+/// go; a new scan sent to the API supersedes the file of the same image.
+#[test]
+fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
+    require_root();
+    let _g = serial();
+    let dir = scratch("vulns-reports");
+    let reports = dir.join("reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    let token_file = dir.join("api.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let (api, metrics) = (free_port(), free_port());
+    let store = format!("sqlite:{}", dir.join("inventory.db").display());
+    let (base, app) = (
+        image("spyglass.test/busybox:1"),
+        image("spyglass.test/app:1"),
+    );
+    // app's report is there before anything runs
+    std::fs::write(
+        reports.join("app.json"),
+        trivy_report(&app, &[("CVE-2023-42363", "MEDIUM", "1:1.36.1-1")]),
+    )
+    .unwrap();
+    let col = start_collector(
+        &dir,
+        &[
+            "--store",
+            &store,
+            "--api-listen",
+            &format!("127.0.0.1:{api}"),
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+            "--vuln-reports",
+            reports.to_str().unwrap(),
+        ],
+    );
+    let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
+    let app_id = container_id("vulns-app");
+    let base_id = container_id("vulns-base");
+    let _a = Ctr::run(&app.reference, &app_id, &[], &["/bin/sleep", "300"]);
+    let _b = Ctr::run(&base.reference, &base_id, &[], &["/bin/sleep", "300"]);
+    let rows = eventually("app's vulnerability, running", WAIT, || {
+        let (_, body) = api_get(api, "/api/v1/vulns?running=true", Some(TOKEN));
+        let rows = body["vulns"].as_array()?.clone();
+        rows.iter()
+            .any(|r| r["image"]["digest"] == app.digest.as_str())
+            .then_some(rows)
+    });
+    let row = rows
+        .iter()
+        .find(|r| r["image"]["digest"] == app.digest.as_str())
+        .unwrap();
+    assert_eq!(row["id"], "CVE-2023-42363", "{row}");
+    assert_eq!(row["severity"], "medium", "{row}");
+    assert_eq!(row["package"]["name"], "busybox-static", "{row}");
+    assert_eq!(row["fixed_version"], "1:1.36.1-1", "{row}");
+    assert_eq!(row["running"]["containers"], 1, "{row}");
+    assert_eq!(row["image"]["ref"], app.reference.as_str(), "{row}");
+
+    // busybox's report comes after its container started
+    std::fs::write(
+        reports.join("base.json"),
+        trivy_report(&base, &[("CVE-2022-48174", "CRITICAL", "")]),
+    )
+    .unwrap();
+    let q = format!("?image={}", base.digest);
+    eventually("busybox's report joined", WAIT, || {
+        (vuln_ids(api, &q) == ["CVE-2022-48174"]).then_some(())
+    });
+    assert_eq!(
+        vuln_ids(api, "?severity=high&running=true"),
+        ["CVE-2022-48174"]
+    );
+    assert_eq!(vuln_ids(api, "?fixable=true"), ["CVE-2023-42363"]);
+
+    // a truncated rewrite of app.json: refused by name, the old one stays
+    let good = std::fs::read(reports.join("app.json")).unwrap();
+    std::fs::write(reports.join("app.json"), &good[..good.len() / 2]).unwrap();
+    eventually("the truncated report refused", WAIT, || {
+        (metric(metrics, "spyglass_collector_vuln_reports_rejected_total") >= 1).then_some(())
+    });
+    assert_eq!(
+        metric(metrics, "spyglass_collector_vuln_reports_rejecting"),
+        1
+    );
+    let q = format!("?image={}", app.digest);
+    assert_eq!(vuln_ids(api, &q), ["CVE-2023-42363"]);
+
+    // the CLI: what runs with a critical vulnerability
+    let (code, out, err) = spyglass(api, &token_file, &["vulns", "--severity", "critical"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("CVE-2022-48174") && out.contains(&base.reference),
+        "{out}"
+    );
+    assert!(!out.contains("CVE-2023-42363"), "{out}");
+
+    // a rescan of busybox sent to the API supersedes base.json
+    let rescan = trivy_report(&base, &[("CVE-2023-42366", "LOW", "1:1.36.1-1")]);
+    let (st, body) = api_send(
+        api,
+        "PUT",
+        "/api/v1/reports/busybox-rescan",
+        Some(TOKEN),
+        rescan.as_bytes(),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["superseded"][0], "base.json", "{body}");
+    let q = format!("?image={}", base.digest);
+    assert_eq!(vuln_ids(api, &q), ["CVE-2023-42366"]);
+    // garbage and a bad name are refused by the API, naming why
+    let (st, body) = api_send(api, "PUT", "/api/v1/reports/x", Some(TOKEN), b"{\"a\":");
+    assert_eq!(st, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("api:x"), "{body}");
+    let (st, _) = api_send(api, "PUT", "/api/v1/reports/..%2Fetc", Some(TOKEN), b"{}");
+    assert_eq!(st, 400);
+    let (st, _) = api_send(api, "PUT", "/api/v1/reports/x", Some("wrong"), b"{}");
+    assert_eq!(st, 401);
+    assert_eq!(vuln_ids(api, &q), ["CVE-2023-42366"]);
+
+    // app.json removed: its rows go (the refused version never replaced it)
+    std::fs::remove_file(reports.join("app.json")).unwrap();
+    let q = format!("?image={}", app.digest);
+    eventually("app.json's rows gone", WAIT, || {
+        vuln_ids(api, &q).is_empty().then_some(())
+    });
+    assert_eq!(
+        metric(metrics, "spyglass_collector_vuln_reports_rejecting"),
+        0
+    );
     agent.stop();
 }

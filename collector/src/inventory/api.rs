@@ -1,6 +1,7 @@
-//! The read API (`--api-listen`): JSON under `/api/v1/`, read-only,
-//! behind a bearer token of its own (`--api-token-file`), separate from
-//! the agents' credentials. Without a token it serves loopback only.
+//! The read API (`--api-listen`): JSON under `/api/v1/`, behind a bearer
+//! token of its own (`--api-token-file`), separate from the agents'
+//! credentials. Without a token it serves loopback only. It reads, but
+//! for scanner reports, which it takes (`PUT /api/v1/reports/NAME`).
 use std::{
     net::SocketAddr,
     path::Path,
@@ -70,6 +71,8 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), ApiEr
 
 #[derive(Clone)]
 struct App {
+    /// Report uploads, one at a time.
+    uploads: Arc<tokio::sync::Semaphore>,
     pool: AnyPool,
     token: Option<Arc<str>>,
     health: Arc<Health>,
@@ -211,6 +214,73 @@ async fn lineage(
     }
 }
 
+/// A report name sent to the API: 1 to 128 of `A-Z a-z 0-9 . _ -`,
+/// not starting with `.`.
+fn report_name(name: &str) -> Result<String, String> {
+    let ok = (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(format!("{}{name}", super::report_dir::API_PREFIX))
+    } else {
+        Err("a report name is 1 to 128 of A-Z a-z 0-9 . _ - (not starting with .)".into())
+    }
+}
+
+/// `PUT /api/v1/reports/NAME` with a report as the body: parsed and
+/// saved as `api:NAME` (a new scan of an image supersedes the old one);
+/// `DELETE` removes it. One upload at a time (a report is read whole).
+async fn put_report(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use super::report_dir::{import, ImportError, Outcome};
+    if !authorized(&headers, app.token.as_deref()) {
+        return unauthorized();
+    }
+    let name = match report_name(&name) {
+        Ok(n) => n,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    let _one = app.uploads.acquire().await;
+    match import(&app.pool, &name, body.to_vec()).await {
+        Ok(Outcome::Unchanged) => {
+            Json(json!({ "report": name, "unchanged": true })).into_response()
+        }
+        Ok(Outcome::Saved(s)) => {
+            info!(report = %name, superseded = ?s.superseded, "vulnerability report imported through the API");
+            Json(json!({ "report": name, "superseded": s.superseded })).into_response()
+        }
+        Err(e @ ImportError::Store(_)) => {
+            warn!(report = %name, error = %e, "vulnerability report not saved");
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+async fn delete_report(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers, app.token.as_deref()) {
+        return unauthorized();
+    }
+    let name = match report_name(&name) {
+        Ok(n) => n,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    match super::reports::delete(&app.pool, &name).await {
+        Ok(()) => Json(json!({ "report": name, "deleted": true })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
 async fn list(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
@@ -285,6 +355,7 @@ pub fn spawn(
     // the web page (web.rs) on the same listener, behind the same token
     let web = super::web::router(pool.clone(), token.clone(), health.clone());
     let app = App {
+        uploads: Arc::new(tokio::sync::Semaphore::new(1)),
         pool,
         token: token.map(Arc::from),
         health,
@@ -294,6 +365,12 @@ pub fn spawn(
         .route("/api/v1/events", get(events))
         .route("/api/v1/lineage", get(lineage))
         .route("/api/v1/{name}", get(list))
+        .route(
+            "/api/v1/reports/{name}",
+            axum::routing::put(put_report).delete(delete_report).layer(
+                axum::extract::DefaultBodyLimit::max(crate::vulns::MAX_REPORT_BYTES),
+            ),
+        )
         .with_state(app)
         .merge(web);
     info!(addr = ?listener.local_addr().ok(), "inventory API ready");
@@ -337,6 +414,23 @@ mod tests {
             assert!(!host(bad), "{bad}");
         }
         assert!(loopback_host(&HeaderMap::new()), "no Host: not a browser");
+    }
+
+    #[test]
+    fn report_names_are_plain_file_names() {
+        assert_eq!(report_name("app-1.4_x").unwrap(), "api:app-1.4_x");
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            ".hidden",
+            "../etc",
+            "a/b",
+            "a b",
+            "x\u{7}",
+            long.as_str(),
+        ] {
+            assert!(report_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

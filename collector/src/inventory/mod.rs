@@ -13,8 +13,9 @@
 //!   `--retain-closed`;
 //! - [`updater`]: the store task fed from ingest, [`weigh`]: what its
 //!   queue holds;
-//! - [`reports`]: scanner reports in the store; [`lineage`]: the image
-//!   hierarchy;
+//! - [`reports`]: scanner reports in the store, [`report_dir`]: the
+//!   `--vuln-reports` directory they are imported from; [`lineage`]:
+//!   the image hierarchy;
 //! - [`query`] and [`api`]: the read side; [`web`]: the web page.
 pub mod api;
 pub mod changes;
@@ -22,7 +23,7 @@ pub mod filters;
 pub mod lineage;
 pub mod query;
 pub mod reach;
-#[allow(dead_code)] // used by the report import (report_dir.rs), wired next
+pub mod report_dir;
 pub mod reports;
 pub mod restarts;
 pub mod retention;
