@@ -194,6 +194,59 @@ fn exec_paths_resolve_inside_the_rootfs() {
     assert_eq!(idx.owner_resolving(&fs, "/usr/bin/missing"), None);
 }
 
+/// The agent's case: a process chrooted into the rootfs, read through
+/// `/proc/PID/root`. An absolute symlink there must resolve inside the
+/// process's root, not the agent's (the host's os-release says debian 12).
+#[test]
+fn a_process_root_through_proc() {
+    use std::os::unix::ffi::OsStrExt;
+    let r = debian_root(true);
+    r.write("usr/lib/os-release", b"ID=testos\nVERSION_ID=99\n");
+    fs::remove_file(r.0.join("etc/os-release")).unwrap();
+    r.link("etc/os-release", "/usr/lib/os-release");
+    let dir = std::ffi::CString::new(r.0.as_os_str().as_bytes()).unwrap();
+    // SAFETY: the child only calls async-signal-safe functions (chroot,
+    // pause, _exit) before it is killed.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above, in the child.
+        unsafe {
+            if libc::chroot(dir.as_ptr()) != 0 {
+                libc::_exit(1);
+            }
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs::read_link(&proc_root).ok().as_deref() != Some(r.0.as_path()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never chrooted (run as root)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let idx = PackageIndex::read(&proc_root);
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    let idx = idx.unwrap();
+    assert_eq!(
+        idx.distro().map(Distro::qualifier).as_deref(),
+        Some("testos-99")
+    );
+    let dash = idx.owner("/usr/bin/dash").expect("dash");
+    assert_eq!(
+        &*dash.purl,
+        "pkg:deb/testos/dash@0.5.12-2?arch=amd64&distro=testos-99"
+    );
+}
+
 #[test]
 fn distroless_status_d_with_md5sums() {
     let r = Root::new("distroless");
