@@ -266,7 +266,8 @@ impl<'a> Packages<'a> {
     /// The package an `affects[].ref` names: a bom-ref of this BOM, a
     /// BOM-Link into another (`urn:cdx:SERIAL/VERSION#BOM-REF`), or a
     /// purl; a purl not listed adds its package. `None` for a ref into
-    /// another BOM that is not a purl (nothing here says what it is).
+    /// another BOM that is not a purl (nothing here says what it is), and
+    /// for the image itself.
     fn resolve(
         &mut self,
         b: &mut Builder<'_>,
@@ -291,7 +292,9 @@ impl<'a> Packages<'a> {
         if let Some(&i) = self.by_purl.get(r) {
             return Ok(Some(i));
         }
-        let Some(package) = package_from_purl(r) else {
+        // A statement about the image itself (its pkg:oci purl) names no
+        // package: a report holds vulnerabilities of packages only.
+        let Some(package) = package_from_purl(r).filter(|p| p.kind != "oci") else {
             return Ok(None);
         };
         let i = b.package(package)?;

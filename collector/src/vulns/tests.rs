@@ -441,6 +441,18 @@ fn an_older_trivy_bom_with_one_layer_keeps_it_and_puts_rpm_epochs_back() {
 }
 
 #[test]
+fn a_vex_statement_about_the_image_itself_adds_no_package() {
+    let bytes = edit(VEX_CDX, |v| {
+        let image = v["metadata"]["component"]["purl"].clone();
+        let affects = v["vulnerabilities"][0]["affects"].as_array_mut().unwrap();
+        affects.push(json!({"ref": image}));
+    });
+    let r = ok("vex.cdx.json", &bytes);
+    assert_eq!(names(&r), PACKAGES);
+    assert_eq!(r.vulnerabilities.len(), 4);
+}
+
+#[test]
 fn cyclonedx_resolved_maps_to_fixed_and_spec_1_4_and_1_7_are_read() {
     let bytes = edit(VEX_CDX, |v| {
         v["specVersion"] = json!("1.4");
