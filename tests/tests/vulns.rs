@@ -13,6 +13,7 @@ use serde_json::Value;
 use spyglass_e2e::{
     containers::{container_id, image, Ctr, TestImage},
     fleet::{api_get, api_send, spyglass, start_collector},
+    postgres::Postgres,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -219,17 +220,21 @@ fn vuln_ids(api: u16, q: &str) -> Vec<String> {
 /// one after both join; a truncated rewrite of a report is refused by
 /// name and its earlier version stays answered; a removed file's rows
 /// go; a new scan sent to the API supersedes the file of the same image.
+/// On PostgreSQL (the SQLite store runs the same SQL in
+/// collector/src/inventory/vuln_roundtrip.rs), which also answers the
+/// image hierarchy here.
 #[test]
 fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
     require_root();
     let _g = serial();
     let dir = scratch("vulns-reports");
+    let pg = Postgres::start(&dir);
     let reports = dir.join("reports");
     std::fs::create_dir_all(&reports).unwrap();
     let token_file = dir.join("api.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let (api, metrics) = (free_port(), free_port());
-    let store = format!("sqlite:{}", dir.join("inventory.db").display());
+    let store = pg.url();
     let (base, app) = (
         image("spyglass.test/busybox:1"),
         image("spyglass.test/app:1"),
@@ -339,6 +344,23 @@ fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
     assert_eq!(st, 401);
     assert_eq!(vuln_ids(api, &q), ["CVE-2023-42366"]);
 
+    // the hierarchy on PostgreSQL: busybox is app's base
+    let (st, up) = api_get(
+        api,
+        &format!("/api/v1/lineage?image={}&relation=ancestors", app.digest),
+        Some(TOKEN),
+    );
+    assert_eq!(st, 200, "{up}");
+    assert!(
+        up["lineage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["relation"] == "ancestor"
+                && r["config_digest"] == base.config_digest.as_str()),
+        "{up}"
+    );
+
     // app.json removed: its rows go (the refused version never replaced it)
     std::fs::remove_file(reports.join("app.json")).unwrap();
     let q = format!("?image={}", app.digest);
@@ -350,4 +372,5 @@ fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
         0
     );
     agent.stop();
+    pg.stop();
 }
