@@ -5,5 +5,6 @@ pub use spyglass_proto::model::{
     Action, AgentInfo, AgentState, Aggregate, Ancestor, Args, ConnectOutcome, Container,
     ContainerState, Endpoint, Enforced, Event, ExitInfo, Family, FindingInfo, ForkInfo, Kind,
     Lifecycle, Loss, LossStage, LossTotals, Mitre, Name, NetOp, Network, OomKill, Outcome,
-    ProbeStatus, Process, Protocol, Restarts, Runtime, Text, Tracked, Unattributed, Unread, Usage,
+    PackageRef, ProbeStatus, Process, Protocol, Restarts, Runtime, Text, Tracked, Unattributed,
+    Unread, Usage,
 };

@@ -190,6 +190,7 @@ fn message_size(full_name: &str) -> Option<usize> {
         "AgentInfo" => size_of::<v1::AgentInfo>(),
         "Lifecycle" => size_of::<v1::Lifecycle>(),
         "ImageLineage" => size_of::<v1::ImageLineage>(),
+        "PackageRef" => size_of::<v1::PackageRef>(),
         "Aggregate" => size_of::<v1::Aggregate>(),
         "Tracked" => size_of::<v1::Tracked>(),
         "Finding" => size_of::<v1::Finding>(),

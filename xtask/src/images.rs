@@ -39,6 +39,9 @@ struct Spec {
     /// Built on this image (listed before it): its layers plus one of its
     /// own, and manifest annotations naming it as the base.
     base: Option<&'static str>,
+    /// A layer with a dpkg database saying busybox-static (this host's
+    /// stanza and file list) owns /bin/busybox.
+    dpkg: bool,
 }
 
 const IMAGES: &[Spec] = &[
@@ -49,6 +52,7 @@ const IMAGES: &[Spec] = &[
         ports: &["8080/tcp"],
         extra_arch: &[],
         base: None,
+        dpkg: false,
     },
     Spec {
         name: "spyglass.test/busybox-multi:1",
@@ -57,6 +61,7 @@ const IMAGES: &[Spec] = &[
         ports: &[],
         extra_arch: &["arm64"],
         base: None,
+        dpkg: false,
     },
     Spec {
         name: "spyglass.test/nonroot:1",
@@ -65,6 +70,7 @@ const IMAGES: &[Spec] = &[
         ports: &[],
         extra_arch: &[],
         base: None,
+        dpkg: false,
     },
     // Built on busybox:1 (the image hierarchy: docs/vulnerabilities.md).
     Spec {
@@ -74,6 +80,18 @@ const IMAGES: &[Spec] = &[
         ports: &[],
         extra_arch: &[],
         base: Some("spyglass.test/busybox:1"),
+        dpkg: false,
+    },
+    // busybox with the dpkg database of the Debian package it comes from
+    // (package ownership of execs: docs/vulnerabilities.md).
+    Spec {
+        name: "spyglass.test/busybox-deb:1",
+        user: "",
+        cmd: &["/bin/sh"],
+        ports: &[],
+        extra_arch: &[],
+        base: None,
+        dpkg: true,
     },
     // The CRI plugin's default sandbox image, so pods start offline.
     Spec {
@@ -83,6 +101,7 @@ const IMAGES: &[Spec] = &[
         ports: &[],
         extra_arch: &[],
         base: None,
+        dpkg: false,
     },
 ];
 
@@ -130,6 +149,36 @@ fn app_layer(work: &Path, base: &str) -> Result<PathBuf> {
     Ok(tar)
 }
 
+/// The layer of a dpkg database: this host's busybox-static stanza and
+/// file list, and its os-release.
+fn dpkg_layer(work: &Path) -> Result<PathBuf> {
+    let root = work.join("dpkg-rootfs");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("var/lib/dpkg/info"))?;
+    std::fs::create_dir_all(root.join("etc"))?;
+    let stanza = Command::new("dpkg-query")
+        .args(["-s", "busybox-static"])
+        .output()
+        .context("dpkg-query -s busybox-static")?;
+    anyhow::ensure!(
+        stanza.status.success(),
+        "dpkg-query -s busybox-static failed (package busybox-static; `cargo xtask setup` installs it)"
+    );
+    let mut status = stanza.stdout;
+    status.push(b'\n');
+    std::fs::write(root.join("var/lib/dpkg/status"), status)?;
+    std::fs::copy(
+        "/var/lib/dpkg/info/busybox-static.list",
+        root.join("var/lib/dpkg/info/busybox-static.list"),
+    )
+    .context("copying /var/lib/dpkg/info/busybox-static.list")?;
+    std::fs::copy("/usr/lib/os-release", root.join("etc/os-release"))
+        .context("copying /usr/lib/os-release")?;
+    let tar = work.join("dpkg-layer.tar");
+    tar_of(&root, &["etc", "var"], &tar)?;
+    Ok(tar)
+}
+
 /// Build every test image; write the archive and the digests record.
 pub fn build() -> Result<PathBuf> {
     let out = dir();
@@ -160,6 +209,9 @@ pub fn build() -> Result<PathBuf> {
             layers.push(layout.layer(&app_layer(&out, base)?)?);
             annotations.push(("org.opencontainers.image.base.digest", digest));
             annotations.push(("org.opencontainers.image.base.name", base.to_owned()));
+        }
+        if img.dpkg {
+            layers.push(layout.layer(&dpkg_layer(&out)?)?);
         }
         let annotations: Vec<(&str, &str)> =
             annotations.iter().map(|(k, v)| (*k, v.as_str())).collect();

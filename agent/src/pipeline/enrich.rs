@@ -308,6 +308,9 @@ impl Enricher {
             unread: info.unread.clone(),
             cgroup_id: info.cgroup_id,
             start_time: (info.start_time_ns != 0).then(|| self.clock.wall(info.start_time_ns)),
+            // execs only, by the ownership stage
+            package: None,
+            unpackaged: false,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod enrich;
 pub mod inventory;
 pub mod losses;
 pub mod oom;
+pub mod ownership;
 pub mod reader;
 pub mod sinks;
 
@@ -143,6 +144,8 @@ pub struct Pipeline {
     detector: Option<Detector>,
     /// Container cgroups and busy containers' processes, sampled.
     sampler: Sampler,
+    /// The package owning each container exec's file.
+    ownership: Option<ownership::Ownership>,
     sinks: Sinks,
     losses: LossReporter,
     metrics: Arc<Metrics>,
@@ -182,12 +185,22 @@ impl Pipeline {
         let policy_file = policy_file
             .filter(|_| detector.is_some())
             .map(WatchedFile::new);
+        // containers' images are known only through containerd
+        let ownership = attribute
+            .containerd_enabled()
+            .then(|| {
+                ownership::Ownership::start()
+                    .map_err(|e| tracing::warn!(error = %e, "no package index thread: execs carry no package"))
+                    .ok()
+            })
+            .flatten();
         Pipeline {
             enricher,
             attribute,
             lifecycle,
             detector,
             sampler,
+            ownership,
             sinks,
             losses,
             metrics,
@@ -600,6 +613,9 @@ impl Pipeline {
 
     /// Events to the sinks, their findings after them.
     fn emit(&mut self, mut events: Vec<Event>) -> Result<(), PipelineError> {
+        if let Some(o) = &mut self.ownership {
+            o.mark(&mut events);
+        }
         if let Some(d) = &mut self.detector {
             let findings = d.observe(&events, Instant::now());
             events.extend(findings);

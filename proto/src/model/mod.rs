@@ -58,6 +58,30 @@ pub struct Process {
     /// Process start, RFC 3339 UTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Timestamp>,
+    /// An exec in a container: the OS package of the container's image
+    /// that owns `exe` (read from the image's own dpkg or apk database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<Arc<PackageRef>>,
+    /// An exec in a container: no package of the image owns `exe` (a file
+    /// copied or built in, a script, a download).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unpackaged: bool,
+}
+
+/// An OS package, as an exec's owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PackageRef {
+    /// `deb` or `apk`.
+    pub kind: String,
+    pub name: String,
+    pub version: String,
+    /// The source package, when it is not `name`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub arch: String,
+    /// `pkg:deb/debian/curl@7.88.1-10%2Bdeb12u8?arch=amd64&distro=debian-12`.
+    pub purl: String,
 }
 
 /// An ancestor in the parent chain.

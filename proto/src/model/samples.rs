@@ -26,6 +26,15 @@ pub fn process() -> Process {
         unread: vec![Unread::Ppid],
         cgroup_id: 4242,
         start_time: Some(Timestamp(T - 1_000)),
+        package: Some(Arc::new(PackageRef {
+            kind: "deb".into(),
+            name: "curl".into(),
+            version: "7.88.1-10+deb12u8".into(),
+            source: "curl-src".into(),
+            arch: "amd64".into(),
+            purl: "pkg:deb/debian/curl@7.88.1-10%2Bdeb12u8?arch=amd64&distro=debian-12".into(),
+        })),
+        unpackaged: false,
     }
 }
 
@@ -100,6 +109,17 @@ fn base(kind: Kind) -> Event {
 pub fn exec() -> Event {
     let mut ev = base(Kind::Exec);
     ev.enforced = Some(Enforced::Kill);
+    ev
+}
+
+/// An exec of a file no package of the image owns.
+pub fn exec_unpackaged() -> Event {
+    let mut ev = base(Kind::Exec);
+    if let Some(p) = ev.process.as_mut() {
+        p.exe = "/tmp/x".into();
+        p.package = None;
+        p.unpackaged = true;
+    }
     ev
 }
 
@@ -378,6 +398,7 @@ pub fn runaway_resolved() -> Event {
 pub fn all() -> Vec<Event> {
     vec![
         exec(),
+        exec_unpackaged(),
         exit(),
         normal_exit(),
         fork(),

@@ -114,6 +114,15 @@ fn process_to(p: &Process) -> w::Process {
         start_time_unix_nano: nonzero_time(p.start_time),
         exe_truncated: p.exe_truncated,
         unread: p.unread.iter().map(|u| u.as_str().to_owned()).collect(),
+        package: p.package.as_deref().map(|k| w::PackageRef {
+            kind: k.kind.clone(),
+            name: k.name.clone(),
+            version: k.version.clone(),
+            source: k.source.clone(),
+            arch: k.arch.clone(),
+            purl: k.purl.clone(),
+        }),
+        unpackaged: p.unpackaged,
     }
 }
 
@@ -132,6 +141,17 @@ fn process_from(p: w::Process) -> Process {
         unread: p.unread.iter().map(|u| Unread::parse_lenient(u)).collect(),
         cgroup_id: p.cgroup_id,
         start_time: time_from(p.start_time_unix_nano),
+        package: p.package.map(|k| {
+            Arc::new(PackageRef {
+                kind: k.kind,
+                name: k.name,
+                version: k.version,
+                source: k.source,
+                arch: k.arch,
+                purl: k.purl,
+            })
+        }),
+        unpackaged: p.unpackaged,
     }
 }
 
