@@ -201,6 +201,11 @@ struct Cli {
     /// (`Authorization: Bearer TOKEN`); not the agents' --token.
     #[arg(long, requires = "api_listen")]
     api_token_file: Option<PathBuf>,
+    /// File holding the token scanner report uploads must send
+    /// (`PUT`/`DELETE /api/v1/reports/NAME`, `Authorization: Bearer
+    /// TOKEN`); not the read API's token. Uploads are off without it.
+    #[arg(long, requires = "api_listen")]
+    api_report_token_file: Option<PathBuf>,
     /// Most clients following the live event stream
     /// (/api/v1/events?follow=1) at once; one more gets 503.
     #[arg(long, default_value_t = live::DEFAULT_MAX_CLIENTS)]
@@ -594,7 +599,19 @@ async fn run(cli: Cli) -> Result<()> {
     }
     if let (Some((pool, feed)), Some(addr)) = (&inventory, cli.api_listen) {
         let listener = inventory::api::bind(addr).await?;
-        inventory::api::spawn(listener, pool.clone(), api_token, feed.health.clone(), live);
+        let report_token = cli
+            .api_report_token_file
+            .as_deref()
+            .map(inventory::api::read_token)
+            .transpose()?;
+        inventory::api::spawn(
+            listener,
+            pool.clone(),
+            api_token,
+            report_token,
+            feed.health.clone(),
+            live,
+        );
     }
     let incoming = idle::incoming(
         listener,

@@ -18,6 +18,8 @@ use spyglass_e2e::{
 
 const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "vulns-e2e-token-51c9";
+/// The report uploads' token (`--api-report-token-file`).
+const REPORT_TOKEN: &str = "vulns-e2e-reports-8d2e";
 
 /// `app:1` is built on `busybox:1` (xtask/src/images.rs: busybox's layer
 /// plus one, and manifest annotations naming busybox:1). Its container's
@@ -227,7 +229,8 @@ fn vuln_ids(api: u16, q: &str) -> Vec<String> {
 /// images that run: one written before its image's container starts and
 /// one after both join; a truncated rewrite of a report is refused by
 /// name and its earlier version stays answered; a removed file's rows
-/// go; a new scan sent to the API supersedes the file of the same image.
+/// go; a new scan sent to the API supersedes the file of the same image,
+/// and that file written again (as at a restart) is not imported again.
 /// On PostgreSQL (the SQLite store runs the same SQL in
 /// collector/src/inventory/vuln_roundtrip.rs), which also answers the
 /// image hierarchy here.
@@ -241,6 +244,8 @@ fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
     std::fs::create_dir_all(&reports).unwrap();
     let token_file = dir.join("api.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let report_token_file = dir.join("reports.token");
+    std::fs::write(&report_token_file, format!("{REPORT_TOKEN}\n")).unwrap();
     let (api, metrics) = (free_port(), free_port());
     let store = pg.url();
     let (base, app) = (
@@ -266,6 +271,8 @@ fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
             &format!("127.0.0.1:{metrics}"),
             "--vuln-reports",
             reports.to_str().unwrap(),
+            "--api-report-token-file",
+            report_token_file.to_str().unwrap(),
         ],
     );
     let agent = Agent::streaming_to(&col.url(), &dir.join("spool"), &["--no-snapshot"]);
@@ -335,7 +342,7 @@ fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
         api,
         "PUT",
         "/api/v1/reports/busybox-rescan",
-        Some(TOKEN),
+        Some(REPORT_TOKEN),
         rescan.as_bytes(),
     );
     assert_eq!(st, 200, "{body}");
@@ -343,13 +350,42 @@ fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
     let q = format!("?image={}", base.digest);
     assert_eq!(vuln_ids(api, &q), ["CVE-2023-42366"]);
     // garbage and a bad name are refused by the API, naming why
-    let (st, body) = api_send(api, "PUT", "/api/v1/reports/x", Some(TOKEN), b"{\"a\":");
+    let (st, body) = api_send(
+        api,
+        "PUT",
+        "/api/v1/reports/x",
+        Some(REPORT_TOKEN),
+        b"{\"a\":",
+    );
     assert_eq!(st, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("api:x"), "{body}");
-    let (st, _) = api_send(api, "PUT", "/api/v1/reports/..%2Fetc", Some(TOKEN), b"{}");
+    let (st, _) = api_send(
+        api,
+        "PUT",
+        "/api/v1/reports/..%2Fetc",
+        Some(REPORT_TOKEN),
+        b"{}",
+    );
     assert_eq!(st, 400);
-    let (st, _) = api_send(api, "PUT", "/api/v1/reports/x", Some("wrong"), b"{}");
-    assert_eq!(st, 401);
+    // the read API's token does not write reports
+    for token in ["wrong", TOKEN] {
+        let (st, _) = api_send(api, "PUT", "/api/v1/reports/x", Some(token), b"{}");
+        assert_eq!(st, 401, "{token}");
+    }
+    // base.json, which the rescan superseded, written again with the
+    // same bytes (as at a restart): not imported again; a file after it
+    // in name order shows the scan passed it
+    let old = std::fs::read(reports.join("base.json")).unwrap();
+    std::fs::write(reports.join("base.json"), &old).unwrap();
+    let imported = metric(metrics, "spyglass_collector_vuln_reports_imported_total");
+    std::fs::write(
+        reports.join("zz-app-rescan.json"),
+        trivy_report(&app, &[("CVE-2023-42363", "MEDIUM", "1:1.36.1-1")]),
+    )
+    .unwrap();
+    eventually("the scan after base.json's rewrite", WAIT, || {
+        (metric(metrics, "spyglass_collector_vuln_reports_imported_total") > imported).then_some(())
+    });
     assert_eq!(vuln_ids(api, &q), ["CVE-2023-42366"]);
 
     // the hierarchy on PostgreSQL: busybox is app's base
@@ -369,8 +405,10 @@ fn reports_join_the_running_images_and_a_bad_one_changes_nothing() {
         "{up}"
     );
 
-    // app.json removed: its rows go (the refused version never replaced it)
+    // app's files removed (the truncated app.json, and the rescan that
+    // superseded it): its rows go
     std::fs::remove_file(reports.join("app.json")).unwrap();
+    std::fs::remove_file(reports.join("zz-app-rescan.json")).unwrap();
     let q = format!("?image={}", app.digest);
     eventually("app.json's rows gone", WAIT, || {
         vuln_ids(api, &q).is_empty().then_some(())

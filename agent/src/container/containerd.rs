@@ -249,17 +249,28 @@ impl ImageDigests {
             r.fill(&mut image);
             return image;
         }
-        let r = Self::read(ch, ns, reference, &target.digest, &target.media_type).await;
-        if self.by_target.len() >= Self::MAX {
-            self.by_target.clear();
-        }
+        let (r, complete) = Self::read(ch, ns, reference, &target.digest, &target.media_type).await;
         r.fill(&mut image);
-        self.by_target.insert(target.digest, r);
+        // a read that failed (containerd busy) is tried again next time
+        if complete {
+            if self.by_target.len() >= Self::MAX {
+                self.by_target.clear();
+            }
+            self.by_target.insert(target.digest, r);
+        }
         image
     }
 
-    /// Read a target's index (if it is one), manifest and config.
-    async fn read(ch: &Channel, ns: &str, image: &str, target: &str, media: &str) -> Resolved {
+    /// Read a target's index (if it is one), manifest and config; and
+    /// whether every blob could be read.
+    async fn read(
+        ch: &Channel,
+        ns: &str,
+        image: &str,
+        target: &str,
+        media: &str,
+    ) -> (Resolved, bool) {
+        let mut complete = true;
         let mut r = Resolved {
             digest: target.to_owned(),
             ..Resolved::default()
@@ -268,27 +279,40 @@ impl ImageDigests {
         if meta::is_index(media) {
             r.index = target.to_owned();
             r.digest = String::new();
-            if let Some(json) = blob(ch, ns, target, "index", image).await {
-                r.digest = meta::manifest_for_platform(&json, "linux", meta::host_arch())
-                    .unwrap_or_default();
-                (base, base_name) = meta::base_of(&json);
+            match blob(ch, ns, target, "index", image).await {
+                Some(json) => {
+                    r.digest = meta::manifest_for_platform(&json, "linux", meta::host_arch())
+                        .unwrap_or_default();
+                    (base, base_name) = meta::base_of(&json);
+                }
+                None => complete = false,
             }
         }
         if !r.digest.is_empty() {
-            if let Some(json) = blob(ch, ns, &r.digest, "manifest", image).await {
-                r.config = meta::config_of_manifest(&json).unwrap_or_default();
-                // the platform manifest's annotations over the index's
-                let (b, n) = meta::base_of(&json);
-                if !b.is_empty() || !n.is_empty() {
-                    (base, base_name) = (b, n);
+            match blob(ch, ns, &r.digest, "manifest", image).await {
+                Some(json) => {
+                    r.config = meta::config_of_manifest(&json).unwrap_or_default();
+                    // the platform manifest's annotations over the
+                    // index's, each one it has
+                    let (b, n) = meta::base_of(&json);
+                    if !b.is_empty() {
+                        base = b;
+                    }
+                    if !n.is_empty() {
+                        base_name = n;
+                    }
                 }
+                None => complete = false,
             }
         }
         let mut diff_ids = Vec::new();
         if !r.config.is_empty() {
-            if let Some(json) = blob(ch, ns, &r.config, "config", image).await {
-                r.ports = meta::exposed_ports_of_config(&json);
-                diff_ids = meta::diff_ids_of_config(&json);
+            match blob(ch, ns, &r.config, "config", image).await {
+                Some(json) => {
+                    r.ports = meta::exposed_ports_of_config(&json);
+                    diff_ids = meta::diff_ids_of_config(&json);
+                }
+                None => complete = false,
             }
         }
         if !(base.is_empty() && base_name.is_empty() && diff_ids.is_empty()) {
@@ -298,7 +322,7 @@ impl ImageDigests {
                 diff_ids,
             }));
         }
-        r
+        (r, complete)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The read API (`--api-listen`): JSON under `/api/v1/`, behind a bearer
 //! token of its own (`--api-token-file`), separate from the agents'
 //! credentials. Without a token it serves loopback only. It reads, but
-//! for scanner reports, which it takes (`PUT /api/v1/reports/NAME`).
+//! for scanner reports, which it takes (`PUT /api/v1/reports/NAME`)
+//! behind a token of their own (`--api-report-token-file`).
 use std::{
     net::SocketAddr,
     path::Path,
@@ -73,6 +74,9 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), ApiEr
 struct App {
     /// Report uploads, one at a time.
     uploads: Arc<tokio::sync::Semaphore>,
+    /// The token report uploads need (`--api-report-token-file`); none:
+    /// uploads are off.
+    report_token: Option<Arc<str>>,
     pool: AnyPool,
     token: Option<Arc<str>>,
     health: Arc<Health>,
@@ -203,7 +207,7 @@ async fn lineage(
         );
     }
     match lineage::rows(&app.pool, image, which).await {
-        Ok(rows) => Json(json!({ "lineage": rows, "truncated": false,
+        Ok((rows, truncated)) => Json(json!({ "lineage": rows, "truncated": truncated,
             "stale": app.health.stale.load(Ordering::Relaxed) }))
         .into_response(),
         Err(e @ LineageError::Unknown(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
@@ -229,28 +233,61 @@ fn report_name(name: &str) -> Result<String, String> {
     }
 }
 
+/// The answer to a request without the report token
+/// (`--api-report-token-file`); `None`: it has it.
+fn not_report_writer(headers: &HeaderMap, token: Option<&str>) -> Option<Response> {
+    let Some(want) = token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "report uploads are off: start the collector with --api-report-token-file \
+             (a token of its own, not the read API's)",
+        ));
+    };
+    (!authorized(headers, Some(want))).then(unauthorized)
+}
+
 /// `PUT /api/v1/reports/NAME` with a report as the body: parsed and
 /// saved as `api:NAME` (a new scan of an image supersedes the old one);
-/// `DELETE` removes it. One upload at a time (a report is read whole).
+/// `DELETE` removes it. Behind the report token, checked before a byte
+/// of the body is read; one body is read at a time, at most
+/// [`crate::vulns::MAX_REPORT_BYTES`].
 async fn put_report(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     use super::report_dir::{import, ImportError, Outcome};
-    if !authorized(&headers, app.token.as_deref()) {
-        return unauthorized();
+    if let Some(r) = not_report_writer(&headers, app.report_token.as_deref()) {
+        return r;
     }
     let name = match report_name(&name) {
         Ok(n) => n,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     let _one = app.uploads.acquire().await;
-    match import(&app.pool, &name, body.to_vec()).await {
+    let bytes = match axum::body::to_bytes(body, crate::vulns::MAX_REPORT_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "{name}: the body was not read ({e}); a report holds at most {} bytes",
+                    crate::vulns::MAX_REPORT_BYTES
+                ),
+            )
+        }
+    };
+    match import(&app.pool, &name, Vec::from(bytes)).await {
         Ok(Outcome::Unchanged) => {
             Json(json!({ "report": name, "unchanged": true })).into_response()
         }
+        Ok(Outcome::Superseded) => error(
+            StatusCode::CONFLICT,
+            &format!(
+                "{name}: a newer scan of its image replaced these very bytes; not imported again"
+            ),
+        ),
         Ok(Outcome::Saved(s)) => {
             info!(report = %name, superseded = ?s.superseded, "vulnerability report imported through the API");
             Json(json!({ "report": name, "superseded": s.superseded })).into_response()
@@ -268,8 +305,8 @@ async fn delete_report(
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&headers, app.token.as_deref()) {
-        return unauthorized();
+    if let Some(r) = not_report_writer(&headers, app.report_token.as_deref()) {
+        return r;
     }
     let name = match report_name(&name) {
         Ok(n) => n,
@@ -349,6 +386,7 @@ pub fn spawn(
     listener: tokio::net::TcpListener,
     pool: AnyPool,
     token: Option<String>,
+    report_token: Option<String>,
     health: Arc<Health>,
     live: Arc<crate::live::Hub>,
 ) {
@@ -356,6 +394,7 @@ pub fn spawn(
     let web = super::web::router(pool.clone(), token.clone(), health.clone());
     let app = App {
         uploads: Arc::new(tokio::sync::Semaphore::new(1)),
+        report_token: report_token.map(Arc::from),
         pool,
         token: token.map(Arc::from),
         health,
@@ -367,9 +406,7 @@ pub fn spawn(
         .route("/api/v1/{name}", get(list))
         .route(
             "/api/v1/reports/{name}",
-            axum::routing::put(put_report).delete(delete_report).layer(
-                axum::extract::DefaultBodyLimit::max(crate::vulns::MAX_REPORT_BYTES),
-            ),
+            axum::routing::put(put_report).delete(delete_report),
         )
         .with_state(app)
         .merge(web);

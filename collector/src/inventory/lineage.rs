@@ -8,8 +8,10 @@
 //! are not known.
 //!
 //! [`relate`] is the pure part; [`answer`] reads what it needs: the
-//! image's layers and those of every known image sharing its first layer
-//! (an index on `(position, diff_id)`), so it never scans the fleet.
+//! image's layers and those of the known images sharing its first layer
+//! (an index on `(position, diff_id)`), at most [`MAX_CANDIDATES`] of
+//! them (more: the answer says it is truncated). A base shared by most
+//! of the fleet makes that most of the fleet's images.
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -145,16 +147,18 @@ async fn config_of(pool: &AnyPool, digest: &str) -> Result<Option<String>, sqlx:
 }
 
 /// The layers of the known images sharing `config`'s first layer (its
-/// own included).
+/// own included), at most [`MAX_CANDIDATES`] others (more: the answer
+/// says it is truncated).
 async fn family(
     pool: &AnyPool,
     config: &str,
 ) -> Result<BTreeMap<String, Vec<String>>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT l.config_digest, l.position, l.diff_id FROM image_layers l \
-         WHERE l.config_digest IN (SELECT o.config_digest FROM image_layers o \
-            WHERE o.position = 0 AND o.diff_id = (SELECT f.diff_id FROM image_layers f \
-                WHERE f.config_digest = $1 AND f.position = 0) LIMIT $2) \
+         WHERE l.config_digest = $1 OR l.config_digest IN (SELECT o.config_digest \
+            FROM image_layers o WHERE o.position = 0 AND o.diff_id = (SELECT f.diff_id \
+                FROM image_layers f WHERE f.config_digest = $1 AND f.position = 0) \
+            ORDER BY o.config_digest LIMIT $2) \
          ORDER BY l.config_digest, l.position",
     )
     .bind(config)
@@ -209,6 +213,9 @@ pub struct Answer {
     pub base_name: Option<String>,
     pub ancestors: Vec<Related>,
     pub descendants: Vec<Related>,
+    /// More images share its first layer than one answer reads: some
+    /// relatives may be missing.
+    pub truncated: bool,
 }
 
 /// The hierarchy around the image `digest` names (any of its digests).
@@ -217,6 +224,7 @@ pub async fn answer(pool: &AnyPool, digest: &str) -> Result<Answer, LineageError
         .await?
         .ok_or_else(|| LineageError::Unknown(digest.chars().take(80).collect()))?;
     let known = family(pool, &config).await?;
+    let truncated = known.len() > usize::try_from(MAX_CANDIDATES).unwrap_or(usize::MAX);
     let layers = known.get(&config).cloned().unwrap_or_default();
     let mut rel = relate(&config, &layers, &known);
     let (children, base) = annotated(pool, &config).await?;
@@ -239,6 +247,7 @@ pub async fn answer(pool: &AnyPool, digest: &str) -> Result<Answer, LineageError
         base_name,
         ancestors: rel.ancestors,
         descendants: rel.descendants,
+        truncated,
     })
 }
 
@@ -292,7 +301,7 @@ pub async fn rows(
     pool: &AnyPool,
     digest: &str,
     which: Which,
-) -> Result<Vec<serde_json::Value>, LineageError> {
+) -> Result<(Vec<serde_json::Value>, bool), LineageError> {
     let a = answer(pool, digest).await?;
     let mut out = Vec::new();
     let mut row =
@@ -326,7 +335,7 @@ pub async fn rows(
         first["base_digest"] = a.base_digest.into();
         first["base_name"] = a.base_name.into();
     }
-    Ok(out)
+    Ok((out, a.truncated))
 }
 
 #[cfg(test)]

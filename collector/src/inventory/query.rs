@@ -348,21 +348,47 @@ pub fn vuln_severity(v: &str) -> Result<(), String> {
     }
 }
 
+/// Which report describes which image (manifest digest): a report that
+/// names a config digest describes the images of that config only (a
+/// multi-platform index digest names every platform's image); one that
+/// names none, the images of the manifest or index digests it names.
+/// Equi-joins only, so both databases use their indexes.
+macro_rules! report_images {
+    () => {
+        "SELECT i2.digest AS image, d.report AS report FROM images i2 \
+            JOIN vuln_report_digests d ON d.kind = 'config' AND d.digest = i2.config_digest \
+         UNION SELECT i2.digest, d.report FROM images i2 \
+            JOIN vuln_report_digests d ON d.kind <> 'config' AND d.digest = i2.digest \
+            WHERE NOT EXISTS (SELECT 1 FROM vuln_report_digests c \
+                WHERE c.report = d.report AND c.kind = 'config') \
+         UNION SELECT i2.digest, d.report FROM images i2 \
+            JOIN vuln_report_digests d ON d.kind <> 'config' AND d.digest = i2.index_digest \
+            WHERE NOT EXISTS (SELECT 1 FROM vuln_report_digests c \
+                WHERE c.report = d.report AND c.kind = 'config')"
+    };
+}
+
 /// Vulnerabilities of the fleet's images, from the scanner reports that
-/// name any of an image's digests (reports.rs): one row per image,
-/// vulnerability and package, with where the image runs now.
+/// describe them ([`report_images!`]): one row per image,
+/// vulnerability and package, with where the image runs now (counted
+/// once per image in one grouped pass, not once per row: an image in
+/// 10,000 containers with 1,000 vulnerabilities took over 10 s so).
 pub const VULNS: Endpoint = Endpoint {
     name: "vulns",
-    select: "SELECT i.digest, \
+    select: concat!(
+        "SELECT i.digest, \
         (SELECT MIN(r.ref) FROM image_refs r WHERE r.digest = i.digest), \
         x.id, x.severity, x.kind, x.package, x.version, x.source_package, x.fixed_version, \
-        x.purl, x.title, x.vex, x.report, \
-        (SELECT COUNT(*) FROM containers c WHERE c.image_digest = i.digest AND c.exited IS NULL), \
-        (SELECT COUNT(DISTINCT c.node) FROM containers c \
-            WHERE c.image_digest = i.digest AND c.exited IS NULL) \
-        FROM images i JOIN vulns x ON x.report IN (SELECT d.report FROM vuln_report_digests d \
-            WHERE d.digest = i.digest OR d.digest = i.config_digest OR d.digest = i.index_digest) \
-        WHERE 1 = 1",
+        x.purl, x.title, x.vex, x.report, COALESCE(r.containers, 0), COALESCE(r.nodes, 0) \
+        FROM images i JOIN (",
+        report_images!(),
+        ") j ON j.image = i.digest \
+        JOIN vulns x ON x.report = j.report \
+        LEFT JOIN (SELECT c.image_digest AS digest, COUNT(*) AS containers, \
+            COUNT(DISTINCT c.node) AS nodes FROM containers c WHERE c.exited IS NULL \
+            GROUP BY c.image_digest) r ON r.digest = i.digest \
+        WHERE 1 = 1"
+    ),
     order: "x.severity_rank DESC, i.digest, x.id, x.package, x.version",
     filters: &[
         Filter::Text {
@@ -378,10 +404,8 @@ pub const VULNS: Endpoint = Endpoint {
         },
         Filter::Flag {
             name: "running",
-            yes: "EXISTS (SELECT 1 FROM containers c \
-                WHERE c.image_digest = i.digest AND c.exited IS NULL)",
-            no: "NOT EXISTS (SELECT 1 FROM containers c \
-                WHERE c.image_digest = i.digest AND c.exited IS NULL)",
+            yes: "COALESCE(r.containers, 0) > 0",
+            no: "COALESCE(r.containers, 0) = 0",
         },
         Filter::Text {
             name: "image",
@@ -433,15 +457,17 @@ pub const VULNS: Endpoint = Endpoint {
 /// The imported scanner reports.
 pub const REPORTS: Endpoint = Endpoint {
     name: "reports",
-    select: "SELECT x.name, x.format, x.imported, x.packages, x.vulnerabilities, \
+    select: concat!(
+        "SELECT x.name, x.format, x.imported, x.packages, x.vulnerabilities, \
         (SELECT MIN(d.digest) FROM vuln_report_digests d \
             WHERE d.report = x.name AND d.kind = 'config'), \
         (SELECT MIN(d.digest) FROM vuln_report_digests d \
             WHERE d.report = x.name AND d.kind = 'manifest'), \
-        (SELECT COUNT(*) FROM images i WHERE EXISTS (SELECT 1 FROM vuln_report_digests d \
-            WHERE d.report = x.name AND (d.digest = i.digest OR d.digest = i.config_digest \
-            OR d.digest = i.index_digest))) \
-        FROM vuln_reports x WHERE 1 = 1",
+        (SELECT COUNT(*) FROM (",
+        report_images!(),
+        ") j WHERE j.report = x.name) \
+        FROM vuln_reports x WHERE 1 = 1"
+    ),
     order: "x.name",
     filters: &[Filter::Text {
         name: "image",

@@ -81,6 +81,8 @@ pub enum ImportError {
 pub enum Outcome {
     /// The store held these bytes already.
     Unchanged,
+    /// A newer scan of the image superseded these bytes: not imported.
+    Superseded,
     Saved(reports::Saved),
 }
 
@@ -96,6 +98,9 @@ pub async fn import(pool: &AnyPool, name: &str, bytes: Vec<u8>) -> Result<Outcom
     let sha = hex(&Sha256::digest(&bytes));
     if reports::stored_sha(pool, name).await?.as_deref() == Some(sha.as_str()) {
         return Ok(Outcome::Unchanged);
+    }
+    if reports::is_superseded(pool, name, &sha).await? {
+        return Ok(Outcome::Superseded);
     }
     let owned = name.to_owned();
     let report = tokio::task::spawn_blocking(move || crate::vulns::parse(&owned, &bytes))
@@ -124,7 +129,8 @@ fn list(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, Stamp)>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !name.ends_with(".json") {
+        // `api:` names are the API's uploads
+        if name.starts_with('.') || name.starts_with(API_PREFIX) || !name.ends_with(".json") {
             continue;
         }
         let path = entry.path();
@@ -153,7 +159,7 @@ async fn scan(
         }
         seen.insert(name.clone(), *stamp);
         match read_and_import(pool, name, path, stamp.0).await {
-            Ok(Outcome::Unchanged) => health.accepted(name),
+            Ok(Outcome::Unchanged | Outcome::Superseded) => health.accepted(name),
             Ok(Outcome::Saved(saved)) => {
                 health.imported.fetch_add(1, Ordering::Relaxed);
                 health.accepted(name);
@@ -171,6 +177,12 @@ async fn scan(
         }
     }
     seen.retain(|name, _| files.iter().any(|(n, _, _)| n == name));
+    // a refused file that went is no longer refused
+    health
+        .rejects
+        .lock()
+        .expect("rejects lock")
+        .retain(|name, _| name.starts_with(API_PREFIX) || files.iter().any(|(n, _, _)| n == name));
     remove_gone(pool, &files, health).await;
     Ok(())
 }

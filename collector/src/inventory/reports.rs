@@ -60,16 +60,32 @@ pub async fn save(
         name: name.to_owned(),
         source,
     };
+    let format = format_word(report);
     let mut tx = pool.begin().await.map_err(wrap)?;
-    let superseded = superseded(&mut tx, name, report).await.map_err(wrap)?;
-    for old in superseded.iter().map(String::as_str).chain([name]) {
-        delete_in(&mut tx, old).await.map_err(wrap)?;
+    let old = superseded(&mut tx, name, &format, report)
+        .await
+        .map_err(wrap)?;
+    for (old_name, old_sha) in &old {
+        delete_in(&mut tx, old_name).await.map_err(wrap)?;
+        sqlx::query(
+            "INSERT INTO vuln_superseded (name, sha256, at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(old_name)
+        .bind(old_sha)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(wrap)?;
     }
-    insert(&mut tx, name, sha256, report, now)
+    delete_in(&mut tx, name).await.map_err(wrap)?;
+    insert(&mut tx, name, sha256, &format, report, now)
         .await
         .map_err(wrap)?;
     tx.commit().await.map_err(wrap)?;
-    Ok(Saved { superseded })
+    Ok(Saved {
+        superseded: old.into_iter().map(|(n, _)| n).collect(),
+    })
 }
 
 /// Delete report `name` (its file was removed).
@@ -80,6 +96,11 @@ pub async fn delete(pool: &AnyPool, name: &str) -> Result<(), ReportStoreError> 
     };
     let mut tx = pool.begin().await.map_err(wrap)?;
     delete_in(&mut tx, name).await.map_err(wrap)?;
+    sqlx::query("DELETE FROM vuln_superseded WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(wrap)?;
     tx.commit().await.map_err(wrap)
 }
 
@@ -101,29 +122,79 @@ fn digests(report: &Report) -> Vec<(&str, &'static str)> {
     out
 }
 
-/// Other reports naming any digest `report` names.
+/// The reports `report` (of format `format`) supersedes: earlier scans
+/// of the same image by the same kind of scanner. With a config digest:
+/// those of the same config (a multi-platform index digest names every
+/// platform's image, so it does not decide); without: those without one
+/// naming one of its manifest or index digests. A Grype scan leaves a
+/// Trivy scan of the image in place, and a CycloneDX VEX or SBOM leaves
+/// both.
 async fn superseded(
     tx: &mut Transaction<'_, Any>,
     name: &str,
+    format: &str,
     report: &Report,
-) -> Result<Vec<String>, sqlx::Error> {
-    let mut out: Vec<String> = Vec::new();
-    for (digest, _) in digests(report) {
-        let found: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT report FROM vuln_report_digests WHERE digest = $1 AND report <> $2",
-        )
-        .bind(digest)
-        .bind(name)
-        .fetch_all(&mut **tx)
-        .await?;
-        for f in found {
-            if !out.contains(&f) {
-                out.push(f);
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let found: Vec<(String, String)> = match &report.subject.config_digest {
+        Some(config) => {
+            sqlx::query_as(
+                "SELECT DISTINCT r.name, r.sha256 FROM vuln_reports r \
+                 JOIN vuln_report_digests d ON d.report = r.name \
+                 WHERE d.kind = 'config' AND d.digest = $1 AND r.format = $2 AND r.name <> $3",
+            )
+            .bind(config)
+            .bind(format)
+            .bind(name)
+            .fetch_all(&mut **tx)
+            .await?
+        }
+        None => {
+            let mut all = Vec::new();
+            for (digest, _) in digests(report) {
+                let found: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT DISTINCT r.name, r.sha256 FROM vuln_reports r \
+                     JOIN vuln_report_digests d ON d.report = r.name \
+                     WHERE d.digest = $1 AND r.format = $2 AND r.name <> $3 \
+                     AND NOT EXISTS (SELECT 1 FROM vuln_report_digests c \
+                        WHERE c.report = r.name AND c.kind = 'config')",
+                )
+                .bind(digest)
+                .bind(format)
+                .bind(name)
+                .fetch_all(&mut **tx)
+                .await?;
+                all.extend(found);
             }
+            all
+        }
+    };
+    for f in found {
+        if !out.contains(&f) {
+            out.push(f);
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// Whether the store superseded report `name` with these bytes (a
+/// newer scan of its image came since): importing it again would bring
+/// back what the newer scan no longer says.
+pub async fn is_superseded(
+    pool: &AnyPool,
+    name: &str,
+    sha256: &str,
+) -> Result<bool, ReportStoreError> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM vuln_superseded WHERE name = $1 AND sha256 = $2",
+    )
+    .bind(name)
+    .bind(sha256)
+    .fetch_one(pool)
+    .await
+    .map(|n| n > 0)
+    .map_err(ReportStoreError::Read)
 }
 
 async fn delete_in(tx: &mut Transaction<'_, Any>, name: &str) -> Result<(), sqlx::Error> {
@@ -181,17 +252,22 @@ fn insert_sql(table: &str, cols: &[&str], rows: usize) -> String {
     s
 }
 
+/// The report's format as stored (`trivy`, `grype`, `cyclone_dx`).
+fn format_word(report: &Report) -> String {
+    serde_json::to_value(report.format)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 async fn insert(
     tx: &mut Transaction<'_, Any>,
     name: &str,
     sha256: &str,
+    format: &str,
     report: &Report,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let format = serde_json::to_value(report.format)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
     sqlx::query(
         "INSERT INTO vuln_reports (name, format, sha256, imported, packages, vulnerabilities) \
          VALUES ($1, $2, $3, $4, $5, $6)",

@@ -156,6 +156,29 @@ async fn reports_join_on_any_digest_and_a_new_scan_supersedes_the_old() {
     assert_eq!(saved.superseded, ["web.json"]);
     let web = get(&pool, &query::VULNS, &[("image", &digest('a'))]).await;
     assert_eq!(ids(&web), ["CVE-2024-0002"]);
+    // another scanner's report of the image stands beside it
+    let mut grype = report(
+        Subject {
+            config_digest: Some(digest('b')),
+            ..Subject::default()
+        },
+        vec![vuln("CVE-2024-0009", 0, Severity::Medium, None)],
+    );
+    grype.format = Format::Grype;
+    let saved = reports::save(&pool, "web.grype.json", "s4", &grype, 3)
+        .await
+        .unwrap();
+    assert!(saved.superseded.is_empty(), "{saved:?}");
+    let web = get(&pool, &query::VULNS, &[("image", &digest('a'))]).await;
+    assert_eq!(ids(&web), ["CVE-2024-0009", "CVE-2024-0002"]);
+    // the superseded report's bytes are remembered, not imported again
+    assert!(reports::is_superseded(&pool, "web.json", "s1")
+        .await
+        .unwrap());
+    assert!(!reports::is_superseded(&pool, "web.json", "s9")
+        .await
+        .unwrap());
+    reports::delete(&pool, "web.grype.json").await.unwrap();
     let names: Vec<String> = get(&pool, &query::REPORTS, &[])
         .await
         .iter()

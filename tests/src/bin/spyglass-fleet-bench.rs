@@ -292,8 +292,54 @@ fn file_size(p: &Path) -> u64 {
         .sum()
 }
 
+/// Vulnerabilities in the bench's scanner report.
+const REPORT_VULNS: usize = 5_000;
+
+/// A Trivy JSON report of the image of every tenth container (app-0: its
+/// config digest) with `n` vulnerabilities over `n / 10` packages, a
+/// fifth of them critical, half fixable.
+fn trivy_report(n: usize) -> String {
+    let severities = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"];
+    let vulns: Vec<Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "VulnerabilityID": format!("CVE-2026-{i:05}"),
+                "PkgName": format!("lib{}", i % (n / 10).max(1)),
+                "InstalledVersion": "1.0-1",
+                "FixedVersion": if i % 2 == 0 { "1.0-2" } else { "" },
+                "Severity": severities[i % severities.len()],
+                "Title": "bench",
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "SchemaVersion": 2,
+        "ArtifactName": "registry.example/app-0:1",
+        "ArtifactType": "container_image",
+        "Metadata": {"ImageID": format!("sha256:{:064x}", 100)},
+        "Results": [{"Target": "app-0", "Class": "os-pkgs", "Type": "debian", "Vulnerabilities": vulns}],
+    })
+    .to_string()
+}
+
+/// Import the bench's report through the API: its time, ms.
+fn import_report(api: u16) -> f64 {
+    let body = trivy_report(REPORT_VULNS);
+    let t = Instant::now();
+    let (code, answer) = spyglass_e2e::fleet::api_send(
+        api,
+        "PUT",
+        "/api/v1/reports/bench-app-0",
+        None,
+        body.as_bytes(),
+    );
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(code, 200, "PUT the report: {answer}");
+    ms
+}
+
 /// The fleet view's questions: what the CLI and the page ask.
-const QUESTIONS: [(&str, &str, Option<&str>); 6] = [
+const QUESTIONS: [(&str, &str, Option<&str>); 8] = [
     (
         "spyglass containers --root",
         "/api/v1/containers?root=true",
@@ -316,6 +362,16 @@ const QUESTIONS: [(&str, &str, Option<&str>); 6] = [
     ),
     ("spyglass nodes", "/api/v1/nodes", Some("nodes")),
     ("web overview", "/", None),
+    (
+        "spyglass vulns --severity critical --running",
+        "/api/v1/vulns?severity=critical&running=true",
+        Some("vulns"),
+    ),
+    (
+        "spyglass vulns --running --namespace team-0 --limit 10000",
+        "/api/v1/vulns?running=true&namespace=team-0&limit=10000",
+        Some("vulns"),
+    ),
 ];
 
 /// Publish the fleet to a collector on `store`, wait until it is
@@ -359,6 +415,7 @@ fn bench_store(a: &Args, dir: &Path, label: &str, store: &str, size: &dyn Fn() -
     let stored = start.elapsed().as_secs_f64();
     // updates the store task dropped (its queue full) mark every answer
     let stale = get(api, "/api/v1/nodes?limit=1")["stale"] == Value::Bool(true);
+    let import_ms = import_report(api);
     let mut report = format!(
         "\n**{label}**: published on {STREAMS} gRPC streams in {ingest:.1} s ({:.0} events/s); \
          all of it answered by the API {stored:.1} s after the first send; {}.\n\n\
@@ -370,6 +427,10 @@ fn bench_store(a: &Args, dir: &Path, label: &str, store: &str, size: &dyn Fn() -
             "nothing dropped (not stale)"
         }
     );
+    report.push_str(&format!(
+        "| `spyglass reports` import: PUT a Trivy report of {REPORT_VULNS} vulnerabilities | \
+         `/api/v1/reports/bench-app-0` | {import_ms:.1} | (once) | parsed and stored |\n"
+    ));
     for (what, path, key) in QUESTIONS {
         let (median, slowest, answer) = time_get(api, path, key);
         report.push_str(&format!(

@@ -14,6 +14,16 @@ CREATE TABLE vuln_reports (
     vulnerabilities BIGINT NOT NULL
 );
 
+-- Reports a newer scan of their image replaced, by name and bytes: the
+-- same file is not imported again (at a restart, or by another replica),
+-- which would bring back what the newer scan no longer says.
+CREATE TABLE vuln_superseded (
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (name, sha256)
+);
+
 -- The digests a report names (kind: manifest, index or config): an
 -- image joins its reports on any of its own three digests.
 CREATE TABLE vuln_report_digests (
@@ -41,6 +51,8 @@ CREATE INDEX image_layers_diff_id ON image_layers (position, diff_id);
 -- (org.opencontainers.image.base.digest and .name).
 ALTER TABLE images ADD COLUMN base_digest TEXT NOT NULL DEFAULT '';
 ALTER TABLE images ADD COLUMN base_name TEXT NOT NULL DEFAULT '';
+CREATE INDEX images_config_digest ON images (config_digest);
+CREATE INDEX images_base_digest ON images (base_digest);
 
 -- One vulnerability of one installed package. severity_rank orders the
 -- severities: 0 unknown, 1 negligible, 2 low, 3 medium, 4 high,
