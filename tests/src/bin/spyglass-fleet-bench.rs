@@ -292,6 +292,9 @@ fn file_size(p: &Path) -> u64 {
         .sum()
 }
 
+/// The report uploads' token (`--api-report-token-file`).
+const REPORT_TOKEN: &str = "fleet-bench-reports";
+
 /// Vulnerabilities in the bench's scanner report.
 const REPORT_VULNS: usize = 5_000;
 
@@ -330,7 +333,7 @@ fn import_report(api: u16) -> f64 {
         api,
         "PUT",
         "/api/v1/reports/bench-app-0",
-        None,
+        Some(REPORT_TOKEN),
         body.as_bytes(),
     );
     let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -380,10 +383,19 @@ const QUESTIONS: [(&str, &str, Option<&str>); 8] = [
 fn bench_store(a: &Args, dir: &Path, label: &str, store: &str, size: &dyn Fn() -> u64) -> String {
     let (port, api) = (free_port(), free_port());
     let api_addr = format!("127.0.0.1:{api}");
+    let token_file = dir.join("reports.token");
+    std::fs::write(&token_file, REPORT_TOKEN).expect("write the report token");
     let mut collector = Collector::start(
         port,
         &dir.join(format!("out-{label}.jsonl")),
-        &["--store", store, "--api-listen", &api_addr],
+        &[
+            "--store",
+            store,
+            "--api-listen",
+            &api_addr,
+            "--api-report-token-file",
+            token_file.to_str().expect("utf-8 path"),
+        ],
     );
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
