@@ -437,8 +437,8 @@ fn is_exec_of(e: &Value, id: &str, mark: &str) -> bool {
 /// (busybox-deb:1: this host's busybox-static stanza and file list, see
 /// xtask/src/images.rs): /bin/busybox is busybox-static's at this host's
 /// version; /bin/sh, a link to it, is resolved in the container's root;
-/// a copy of busybox under /tmp is unpackaged; in an image with no
-/// package database an exec carries neither.
+/// a copy of busybox under /tmp is unpackaged; a path through `..`, and
+/// an exec in an image with no package database, carry neither.
 #[test]
 fn an_exec_carries_the_package_that_owns_its_file() {
     require_root();
@@ -481,22 +481,38 @@ fn an_exec_carries_the_package_that_owns_its_file() {
     );
     assert!(owned["process"].get("unpackaged").is_none(), "{owned}");
 
-    // /bin/sh is a link to busybox: resolved inside the container's root
-    c.exec("sh", &["/bin/sh", "-c", "true", "via-sh"]);
-    let sh = agent.wait_for("the exec of /bin/sh", WAIT, |e| {
-        is_exec_of(e, &id, "via-sh")
+    // /bin/sh is a link to busybox: resolved inside the container's root,
+    // off the pipeline (the exec that asks carries no answer; later ones do)
+    let sh = eventually("an exec of /bin/sh carrying its package", WAIT, || {
+        n += 1;
+        let mark = format!("via-sh-{n}");
+        c.exec(&format!("s{n}"), &["/bin/sh", "-c", "true", &mark]);
+        std::thread::sleep(Duration::from_millis(200));
+        exec_of(&agent, &id, &mark).filter(|e| e["process"].get("package").is_some())
     });
     assert_eq!(sh["process"]["exe"], "/bin/sh", "{sh}");
     assert_eq!(sh["process"]["package"]["name"], "busybox-static", "{sh}");
 
     // a copy of busybox is no package's
     c.exec("cp", &["/bin/cp", "/bin/busybox", "/tmp/busybox"]);
-    c.exec("bb", &["/tmp/busybox", "echo", "copied"]);
-    let copied = agent.wait_for("the exec of the copy", WAIT, |e| {
-        is_exec_of(e, &id, "copied")
+    let copied = eventually("an exec of the copy marked unpackaged", WAIT, || {
+        n += 1;
+        let mark = format!("copied-{n}");
+        c.exec(&format!("b{n}"), &["/tmp/busybox", "echo", &mark]);
+        std::thread::sleep(Duration::from_millis(200));
+        exec_of(&agent, &id, &mark).filter(|e| e["process"].get("unpackaged").is_some())
     });
     assert_eq!(copied["process"]["unpackaged"], true, "{copied}");
     assert!(copied["process"].get("package").is_none(), "{copied}");
+
+    // a path with `..` names what the kernel ran only after links are
+    // followed: no answer (the text would look up another file)
+    c.exec("dd", &["/tmp/../bin/busybox", "echo", "dotdot"]);
+    let dotdot = agent.wait_for("the exec through ..", WAIT, |e| {
+        is_exec_of(e, &id, "dotdot")
+    });
+    assert!(dotdot["process"].get("package").is_none(), "{dotdot}");
+    assert!(dotdot["process"].get("unpackaged").is_none(), "{dotdot}");
 
     // busybox:1 has no package database: no answer, not "unpackaged"
     let plain = image("spyglass.test/busybox:1");
