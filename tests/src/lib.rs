@@ -263,15 +263,35 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 
 /// [`http_get`] with extra request `headers` (each ending in `\r\n`).
 pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
+    http_request(port, "GET", path, headers, &[], Duration::from_secs(10))
+}
+
+/// `method` `path` on loopback `port` with `headers` (each ending in
+/// `\r\n`) and `body` (sent with its length when not empty), waiting
+/// up to `timeout` for the answer: its status and body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s =
         std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}{length}Connection: close\r\n\r\n"
     )
     .unwrap();
+    s.write_all(body).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text
